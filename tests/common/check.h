@@ -1,0 +1,61 @@
+// The one differential harness for every test (STYLE.md, after ggml's test-backend-ops):
+// tolerances come from one per-dtype table, comparisons use the relative L2 error
+// ||a - b|| / ||b|| (NaN never passes), and gradients are checked against central finite
+// differences in fp64 on the CPU.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "moe/core/tensor.h"
+
+namespace moe::test {
+
+// Relative L2 tolerance of a result computed in `dtype` against a higher-precision reference.
+//   f64 1e-12 | f32 1e-5 | f16 2e-3 | bf16 1e-2 | fp8_e4m3 6e-2 | fp8_e5m2 1.2e-1
+// The finite-difference check (fp64, central differences, step 1e-6) uses kGradCheckTol.
+double tolerance(DType dtype);
+inline constexpr double kGradCheckTol = 1e-6;
+
+// ||a - b|| / max(||b||, tiny); +inf if any element of a is NaN/Inf while b's is finite.
+double relative_error(const Tensor& a, const Tensor& b);
+double relative_error(const std::vector<double>& a, const std::vector<double>& b);
+
+// Expects relative_error(actual, expected) <= tol and equal shapes; `what` names the value.
+::testing::AssertionResult close(const Tensor& actual, const Tensor& expected, double tol,
+                                 const std::string& what = "");
+::testing::AssertionResult close_as(const Tensor& actual, const Tensor& expected, DType dtype,
+                                    const std::string& what = "");
+#define EXPECT_CLOSE(actual, expected, tol) EXPECT_TRUE(::moe::test::close(actual, expected, tol, #actual))
+
+// Exact equality of integer (or any) tensors, elementwise.
+::testing::AssertionResult equal(const Tensor& actual, const Tensor& expected,
+                                 const std::string& what = "");
+
+// Central-difference gradient of a scalar function of the fp64 CPU tensor `x` (modified in
+// place and restored): grad[i] = (f(x + h e_i) - f(x - h e_i)) / 2h.
+Tensor numerical_gradient(const std::function<double()>& loss, Tensor& x, double step = 1e-6);
+
+// Random tensor from the counter-based RNG (same values on CPU and CUDA for the same seed).
+Tensor random_normal(const Shape& shape, DType dtype, uint64_t seed, Device device = Device::cpu(),
+                     double stddev = 1.0);
+Tensor random_uniform(const Shape& shape, DType dtype, uint64_t seed, double lo, double hi,
+                      Device device = Device::cpu());
+
+// A fresh seed per call (tests must not run on the same inputs forever); printed on failure
+// by SCOPED_TRACE so a failure can be reproduced with MOE_TEST_SEED=<seed>.
+uint64_t fresh_seed();
+
+// Sum over all elements of a * b (a dot product through the double conversion): used to turn
+// a tensor output into a scalar loss L = <out, weights> whose gradient is `weights`.
+double dot(const Tensor& a, const Tensor& b);
+
+bool have_gpu();
+#define MOE_REQUIRE_GPU() \
+  if (!::moe::test::have_gpu()) GTEST_SKIP() << "no CUDA device"
+
+}  // namespace moe::test
