@@ -1,20 +1,49 @@
-// The `moe` program: one binary, Megatron's flag names, subcommands.
+// The `moe` program: one binary, subcommands, Megatron's flag names.
+//   moe                   the default job (for now: one MoE layer forward + backward)
+//   moe bench moe-layer   the MoE layer benchmark (bench/moe_layer_bench.h)
 #include <CLI/CLI.hpp>
 
-#include <iostream>
+#include <cstdio>
+#include <exception>
 
-#include "moe/core/device.h"
+#include "layer_demo.h"
 #include "moe/core/error.h"
+#include "moe_layer_bench.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"moecore: train Mixture-of-Experts language models"};
   app.require_subcommand(0, 1);
+  bool force_cpu = false;
+  app.add_flag("--cpu", force_cpu, "run on the CPU even when a GPU is present");
+
+  CLI::App* bench = app.add_subcommand("bench", "benchmarks");
+  bench->require_subcommand(1);
+  moe::bench::MoELayerBenchOptions layer_options;
+  CLI::App* bench_layer = bench->add_subcommand("moe-layer", "MoE layer forward/backward");
+  bench_layer->add_option("--shapes", layer_options.shapes,
+                          "mixtral-8x7b qwen3-30b-a3b deepseek-v3 deepseek-v3-ep8 tiny");
+  bench_layer->add_option("--tokens", layer_options.tokens, "token counts (default 8192 16384)");
+  bench_layer->add_option("--routings", layer_options.routings, "balanced and/or skewed")
+      ->check(CLI::IsMember({"balanced", "skewed"}));
+  bench_layer->add_option("--moe-token-dispatcher-type", layer_options.dispatcher)
+      ->check(CLI::IsMember({"allgather", "alltoall"}));
+  bench_layer->add_option("--warmup", layer_options.warmup);
+  bench_layer->add_option("--iters", layer_options.iters);
+  bench_layer->add_flag("!--no-stages", layer_options.stages, "skip the per-stage breakdown");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  std::cout << "moecore: CUDA " << (moe::cuda_built() ? "built" : "not built") << ", "
-            << moe::cuda_device_count() << " device(s)\n";
-  return 0;
+  try {
+    if (bench_layer->parsed()) {
+      layer_options.cpu = force_cpu;
+      return moe::bench::run_moe_layer_bench(layer_options);
+    }
+    return moe::app::run_layer_demo(force_cpu);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe: error: %s\n", e.what());
+    return 1;
+  }
 }

@@ -57,7 +57,9 @@ MOE_HD double philox_normal(uint64_t seed, uint64_t index) {
 
 class Tensor;
 // Fill a floating tensor in place; identical values on CPU and CUDA.
-void fill_uniform(Tensor& t, uint64_t seed, double lo, double hi);
-void fill_normal(Tensor& t, uint64_t seed, double mean, double stddev);
+// `offset` is the draw index of t's first element, so a slice of a larger tensor can be
+// filled with exactly the values the whole tensor would get.
+void fill_uniform(Tensor& t, uint64_t seed, double lo, double hi, uint64_t offset = 0);
+void fill_normal(Tensor& t, uint64_t seed, double mean, double stddev, uint64_t offset = 0);
 
 }  // namespace moe

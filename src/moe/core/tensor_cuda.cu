@@ -41,20 +41,22 @@ __global__ void fill_kernel(T* dst, T value, int64_t n) {
 }
 
 template <class T>
-__global__ void uniform_kernel(T* dst, int64_t n, uint64_t seed, float lo, float hi) {
+__global__ void uniform_kernel(T* dst, int64_t n, uint64_t seed, float lo, float hi,
+                               uint64_t offset) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const float v = philox_uniform(seed, static_cast<uint64_t>(i), lo, hi);
+    const float v = philox_uniform(seed, offset + static_cast<uint64_t>(i), lo, hi);
     if constexpr (std::is_same_v<T, double>) dst[i] = v;
     else dst[i] = T(v);  // host-identical rounding (bit-level conversion)
   }
 }
 
 template <class T>
-__global__ void normal_kernel(T* dst, int64_t n, uint64_t seed, double mean, double stddev) {
+__global__ void normal_kernel(T* dst, int64_t n, uint64_t seed, double mean, double stddev,
+                              uint64_t offset) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const double v = mean + stddev * philox_normal(seed, static_cast<uint64_t>(i));
+    const double v = mean + stddev * philox_normal(seed, offset + static_cast<uint64_t>(i));
     if constexpr (std::is_same_v<T, double>) dst[i] = v;
     else dst[i] = T(static_cast<float>(v));
   }
@@ -96,22 +98,22 @@ void fill_cuda(Tensor& t, double value) {
   });
 }
 
-void fill_uniform_cuda(Tensor& t, uint64_t seed, float lo, float hi) {
+void fill_uniform_cuda(Tensor& t, uint64_t seed, float lo, float hi, uint64_t offset) {
   const int64_t n = t.numel();
   if (n == 0) return;
   dispatch<MOE_FLOAT_DTYPES>(t.dtype(), "fill_uniform", [&]<class T>() {
     uniform_kernel<T><<<cuda::blocks_for(n, kThreads), kThreads, 0, cuda::stream_of(t)>>>(
-        t.data<T>(), n, seed, lo, hi);
+        t.data<T>(), n, seed, lo, hi, offset);
     MOE_CUDA_CHECK_LAUNCH();
   });
 }
 
-void fill_normal_cuda(Tensor& t, uint64_t seed, double mean, double stddev) {
+void fill_normal_cuda(Tensor& t, uint64_t seed, double mean, double stddev, uint64_t offset) {
   const int64_t n = t.numel();
   if (n == 0) return;
   dispatch<MOE_FLOAT_DTYPES>(t.dtype(), "fill_normal", [&]<class T>() {
     normal_kernel<T><<<cuda::blocks_for(n, kThreads), kThreads, 0, cuda::stream_of(t)>>>(
-        t.data<T>(), n, seed, mean, stddev);
+        t.data<T>(), n, seed, mean, stddev, offset);
     MOE_CUDA_CHECK_LAUNCH();
   });
 }

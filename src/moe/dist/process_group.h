@@ -23,6 +23,20 @@ namespace moe::dist {
 
 enum class ReduceOp { sum, avg, max, min };
 
+constexpr const char* reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::avg:
+      return "avg";
+    case ReduceOp::max:
+      return "max";
+    case ReduceOp::min:
+      return "min";
+  }
+  return "?";
+}
+
 class ProcessGroup {
  public:
   virtual ~ProcessGroup() = default;

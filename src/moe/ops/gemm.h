@@ -9,8 +9,13 @@
 // dtypes: A and B share one dtype; C has the same dtype, or f32 when A/B are bf16/f16 (fp32
 // output for gradient accumulation and the fp32 router). Accumulation is always at least fp32.
 //   CPU: f64, f32 through OpenBLAS (cblas_dgemm / cblas_sgemm); bf16/f16 upcast to f32.
-//   CUDA: cuBLASLt; bf16/f16 with fp32 compute; f32 (no TF32) and f64.
-// M, N or K may be 0 (C is then scaled by beta, or left to beta * C).
+//   CUDA: cuBLASLt; bf16/f16 with fp32 compute; f32 (no TF32) and f64. The matmul descriptors
+//   and the heuristic's algorithm are cached per (shape, dtypes, pointer alignment) and per
+//   thread, with a 32 MiB workspace per stream: a repeated shape costs one cublasLtMatmul. No
+//   host synchronisation. Any pointer alignment the dtype allows works (row views included).
+// M, N or K may be 0: with M or N zero nothing happens; with K zero C = beta * C (beta = 0
+// writes zeros). As in BLAS, beta = 0 never reads C (NaNs in C do not propagate).
+// Tensors must be contiguous (every moe Tensor is); c must not alias a or b.
 #pragma once
 
 #include "moe/core/tensor.h"

@@ -20,6 +20,10 @@
 // inputs are bf16/f16 (fp32 main gradients). tokens_per_expert is i64 or i32 [E].
 // CUDA: reads the counts to the host once per call unless `host_tokens_per_expert` is given
 // (the alltoall dispatcher already knows them), then runs the experts' GEMMs through cuBLAS.
+// That read (one small D2H copy and a wait on x's current stream) is the only host
+// synchronisation. Given host counts are trusted to match the tensor (it is not read).
+// Errors: the counts must be non-negative and sum to at most x's row count (checked on the
+// host, on both devices), and every shape/dtype mismatch names the op and the tensor.
 #pragma once
 
 #include <cstdint>
@@ -35,5 +39,23 @@ void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& 
 void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
                         Tensor& dw, bool accumulate,
                         std::span<const int64_t> host_tokens_per_expert = {});
+
+// How the CUDA path runs the experts' GEMMs (the CPU reference ignores it):
+//   per_expert_lt    one cuBLASLt matmul per expert with rows (its best kernel for each shape;
+//                    a launch and a tail per expert).
+//   grouped_batched  one cublasGemmGroupedBatchedEx call for all experts (experts with equal
+//                    row counts share a group); one launch, so small experts fill the GPU
+//                    together. Used only where x, w and the output share a dtype (the
+//                    combinations cuBLAS's grouped GEMM documents): a bf16 -> f32 wgrad runs
+//                    per_expert_lt whatever the setting.
+//   automatic        (default) grouped_batched when at least 4 experts have rows and they
+//                    average at most 1024 rows; per_expert_lt otherwise. Few, large GEMMs run at
+//                    cuBLASLt's per-shape best with their launch cost amortised; many small
+//                    ones are dominated by launches and wave tails, which one grouped launch
+//                    removes.
+// Process-wide; meant for benchmarks and tests comparing the two. Thread-safe.
+enum class GroupedGemmBackend { automatic, per_expert_lt, grouped_batched };
+void set_grouped_gemm_backend(GroupedGemmBackend backend);
+GroupedGemmBackend grouped_gemm_backend();
 
 }  // namespace moe::ops

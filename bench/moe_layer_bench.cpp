@@ -1,0 +1,176 @@
+#include "moe_layer_bench.h"
+
+#include <cstdio>
+#include <map>
+#include <optional>
+
+#include "ceilings.h"
+#include "moe/core/allocator.h"
+#include "moe/core/rng.h"
+#include "moe/core/timer.h"
+#include "moe/nn/moe_layer.h"
+
+namespace moe::bench {
+namespace {
+
+struct Shape {
+  std::string name;
+  int64_t hidden, ffn, experts, topk, shared;
+  std::string score_function;
+  int64_t groups, group_topk;
+  double scaling;
+  double peer_tflops;  // torch._grouped_mm fwd+bwd on one H200, T = 8192 (0: none)
+};
+
+const std::vector<Shape>& all_shapes() {
+  static const std::vector<Shape> shapes = {
+      {"mixtral-8x7b", 4096, 14336, 8, 2, 0, "softmax", 0, 0, 1.0, 527},
+      {"qwen3-30b-a3b", 2048, 768, 128, 8, 0, "softmax", 0, 0, 1.0, 185},
+      {"deepseek-v3", 7168, 2048, 256, 8, 2048, "sigmoid", 8, 4, 2.5, 310},
+      // One rank of EP = 8: 32 local experts receive, on average, T * K rows.
+      {"deepseek-v3-ep8", 7168, 2048, 32, 8, 2048, "sigmoid", 8, 4, 2.5, 403},
+      {"tiny", 64, 128, 8, 2, 0, "softmax", 0, 0, 1.0, 0},
+  };
+  return shapes;
+}
+
+nn::MoEConfig config_for(const Shape& s, Device device, const std::string& routing,
+                         const std::string& dispatcher) {
+  nn::MoEConfig c;
+  c.hidden_size = s.hidden;
+  c.moe_ffn_hidden_size = s.ffn;
+  c.num_experts = s.experts;
+  c.moe_router_topk = s.topk;
+  c.moe_shared_expert_intermediate_size = s.shared;
+  c.moe_router_score_function = s.score_function;
+  c.moe_router_num_groups = s.groups;
+  c.moe_router_group_topk = s.group_topk;
+  if (s.scaling != 1.0) c.moe_router_topk_scaling_factor = s.scaling;
+  c.moe_router_enable_expert_bias = s.score_function == "sigmoid" || routing == "skewed";
+  c.moe_router_load_balancing_type = s.score_function == "sigmoid" ? "seq_aux_loss" : "aux_loss";
+  c.moe_aux_loss_coeff = s.score_function == "sigmoid" ? 1e-4 : 1e-2;
+  c.moe_router_force_load_balancing = routing == "balanced";
+  c.moe_token_dispatcher_type = dispatcher;
+  c.params_dtype = device.is_cuda() ? DType::bf16 : DType::f32;
+  return c;
+}
+
+// A selection-only bias that tilts the load towards low expert indices (linearly, by about
+// the spread of the scores), for the "skewed" routing.
+void skew_expert_bias(nn::MoELayer& layer, const Shape& s) {
+  const double spread = s.score_function == "sigmoid" ? 0.1 : 1.0 / static_cast<double>(s.experts);
+  std::vector<float> bias(static_cast<size_t>(s.experts));
+  for (int64_t e = 0; e < s.experts; ++e)
+    bias[e] = static_cast<float>(spread * (1.0 - 2.0 * e / static_cast<double>(s.experts - 1)));
+  layer.router.expert_bias.copy_(Tensor::from_vector<float>(bias, {s.experts}));
+}
+
+double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
+
+}  // namespace
+
+int run_moe_layer_bench(const MoELayerBenchOptions& options) {
+  const bool gpu = !options.cpu && cuda_device_count() > 0;
+  const Device device = gpu ? Device::cuda(0) : Device::cpu();
+  const Ceilings ceilings = measure_ceilings(device);
+  std::printf("device %s; measured ceilings: dense %s GEMM %.1f TFLOP/s, copy %.0f GB/s\n",
+              device.str().c_str(), gpu ? "bf16" : "f32", ceilings.gemm_tflops,
+              ceilings.copy_gb_per_s);
+  std::printf("dispatcher %s, %d warm-up + %d timed iterations (median)\n\n",
+              options.dispatcher.c_str(), options.warmup, options.iters);
+  std::printf("| shape | T | routing | max/mean load | fwd ms | fwd TFLOP/s | fwd+bwd ms | "
+              "fwd+bwd TFLOP/s | vs GEMM | vs torch | peak GiB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::fflush(stdout);
+
+  std::vector<std::string> stage_rows;
+  for (const Shape& shape : all_shapes()) {
+    const bool wanted = options.shapes.empty()
+                            ? (gpu ? shape.name != "tiny" : shape.name == "tiny")
+                            : std::find(options.shapes.begin(), options.shapes.end(), shape.name) !=
+                                  options.shapes.end();
+    if (!wanted) continue;
+    std::vector<int64_t> token_counts = options.tokens;
+    if (token_counts.empty()) token_counts = gpu ? std::vector<int64_t>{8192, 16384} : std::vector<int64_t>{256};
+    for (const std::string& routing : options.routings) {
+      nn::MoEConfig config = config_for(shape, device, routing, options.dispatcher);
+      std::optional<nn::MoELayer> layer;
+      layer.emplace(config, device);
+      if (routing == "skewed") skew_expert_bias(*layer, shape);
+      for (int64_t T : token_counts) {
+        Tensor x = Tensor::empty({T, shape.hidden}, config.params_dtype, device);
+        fill_normal(x, 11, 0.0, 1.0);
+        Tensor dy = Tensor::empty({T, shape.hidden}, config.params_dtype, device);
+        fill_normal(dy, 12, 0.0, 1e-2);
+        nn::MoEContext ctx;
+        const double fwd_ms = median_ms(device, options.warmup, options.iters,
+                                        [&] { layer->forward(x, ctx); });
+        reset_peak_memory(device);
+        const double step_ms = median_ms(device, options.warmup, options.iters, [&] {
+          layer->forward(x, ctx);
+          layer->backward(dy, ctx);
+        });
+        const double peak = gib(memory_stats(device).peak_allocated_bytes);
+        // Load balance of the last routing.
+        const std::vector<int64_t> load = ctx.router.tokens_per_expert.to_vector<int64_t>();
+        double max_load = 0, total = 0;
+        for (int64_t n : load) {
+          max_load = std::max(max_load, static_cast<double>(n));
+          total += static_cast<double>(n);
+        }
+        const double imbalance = max_load / (total / static_cast<double>(load.size()));
+        const double fwd_flops = 6.0 * T * shape.topk * shape.hidden * shape.ffn +
+                                 6.0 * T * shape.hidden * shape.shared;
+        const double fwd_tflops = fwd_flops / (fwd_ms * 1e-3) / 1e12;
+        const double step_tflops = 3.0 * fwd_flops / (step_ms * 1e-3) / 1e12;
+        char peer[32] = "-";
+        if (shape.peer_tflops > 0 && T == 8192 && gpu)
+          std::snprintf(peer, sizeof peer, "%.2fx", step_tflops / shape.peer_tflops);
+        std::printf("| %s | %lld | %s | %.2f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.1f |\n",
+                    shape.name.c_str(), static_cast<long long>(T), routing.c_str(), imbalance,
+                    fwd_ms, fwd_tflops, step_ms, step_tflops, step_tflops / ceilings.gemm_tflops,
+                    peer, peak);
+        std::fflush(stdout);
+
+        if (options.stages) {
+          DeviceTimer timer(device);
+          std::map<std::string, double> stage_ms;
+          std::vector<std::string> order;
+          const int reps = std::max(1, options.iters / 2);
+          for (int rep = 0; rep < reps; ++rep) {
+            std::vector<std::string> names;
+            timer.reset();
+            timer.record();
+            layer->stage_hook = [&](const char* stage) {
+              timer.record();
+              names.emplace_back(stage);
+            };
+            layer->forward(x, ctx);
+            layer->backward(dy, ctx);
+            layer->stage_hook = nullptr;
+            for (size_t i = 0; i < names.size(); ++i) {
+              if (rep == 0) order.push_back(names[i]);
+              stage_ms[names[i]] += timer.elapsed_ms(i, i + 1) / reps;
+            }
+          }
+          std::string row = "| " + shape.name + " | " + std::to_string(T) + " | " + routing + " |";
+          for (const std::string& name : order) {
+            char cell[64];
+            std::snprintf(cell, sizeof cell, " %s %.2f |", name.c_str(), stage_ms[name]);
+            row += cell;
+          }
+          stage_rows.push_back(row);
+        }
+      }
+      layer.reset();
+      empty_cache();
+    }
+  }
+  if (!stage_rows.empty()) {
+    std::printf("\nWhere the time goes (ms per stage, forward then backward):\n\n");
+    for (const std::string& row : stage_rows) std::printf("%s\n", row.c_str());
+  }
+  return 0;
+}
+
+}  // namespace moe::bench

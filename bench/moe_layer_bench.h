@@ -1,0 +1,27 @@
+// `moe bench moe-layer`: forward and forward+backward time of one MoE layer on the published
+// shapes, TFLOP/s counted from the expert GEMMs only, peak memory, and ratios to the GPU's
+// measured dense GEMM rate and to the PyTorch (torch._grouped_mm) figures of the same GPU.
+//
+// FLOPs: forward = 6 T K H F (+ 6 T H S with a shared expert of width S); fwd+bwd = 3x.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe::bench {
+
+struct MoELayerBenchOptions {
+  std::vector<std::string> shapes;  // empty: all shapes for the device
+  std::vector<int64_t> tokens;      // empty: 8192 and 16384 on GPU, 256 on CPU
+  std::vector<std::string> routings{"balanced", "skewed"};
+  std::string dispatcher = "alltoall";
+  int warmup = 3;
+  int iters = 10;
+  bool stages = true;  // also print where the time goes, per stage
+  bool cpu = false;    // force the CPU even when a GPU is present
+};
+
+int run_moe_layer_bench(const MoELayerBenchOptions& options);
+
+}  // namespace moe::bench

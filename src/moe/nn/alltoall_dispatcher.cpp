@@ -1,0 +1,197 @@
+// The alltoall token dispatcher (Megatron's MoEAlltoAllTokenDispatcher), with expert tensor
+// parallelism. Ranks: p = EP rank of P, q = ETP rank of Q; the ETP x EP group orders its
+// ranks g = q + Q * p (ETP fastest, DESIGN.md). After the exchange a rank holds, for each of
+// its local experts le, rows from every (ETP peer q', EP source r), received as chunks ordered
+// [q'][r][le] and reordered to [le][q'][r] so each expert's rows are contiguous.
+#include "moe/nn/alltoall_dispatcher.h"
+
+#include <numeric>
+
+namespace moe::nn {
+namespace {
+
+Tensor as_rows(const Tensor& probs) { return probs.reshape({probs.size(0), 1}); }
+
+}  // namespace
+
+AllToAllDispatcher::AllToAllDispatcher(const MoEConfig& config, const MoEGroups& groups)
+    : config_(config), groups_(groups) {}
+
+int64_t AllToAllDispatcher::sent_rows(const DispatchContext& ctx) const {
+  return std::accumulate(ctx.input_splits.begin(), ctx.input_splits.end(), int64_t{0});
+}
+
+void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& probs,
+                                             const Tensor& expert_ids, DispatchContext& ctx) {
+  check_dim(x, 2, "alltoall dispatch", "x");
+  check_shape(expert_ids, probs.shape(), "alltoall dispatch", "expert_ids");
+  ctx = DispatchContext{};
+  ctx.x = x;
+  ctx.probs = probs;  // router dtype: f32, or f64 for the CPU gradient checks
+  ctx.expert_ids = expert_ids;
+  ctx.num_tokens = x.size(0);
+  const int64_t T = ctx.num_tokens, K = probs.size(1), E = config_.num_experts;
+
+  // Permute 1: rows sorted by global expert, so every destination's rows are contiguous.
+  ops::PermuteConfig pc;
+  pc.num_experts = E;
+  pc.pad_multiple = config_.moe_router_padding_for_fp8 ? 16 : 1;
+  if (config_.moe_pad_expert_input_to_capacity) {
+    pc.pad_to_capacity = true;
+    pc.capacity = ops::expert_capacity(T, K, E, *config_.moe_expert_capacity_factor);
+  }
+  ctx.map = ops::make_permute_map(expert_ids, pc);
+  ctx.permuted = ops::permute_forward(x, ctx.probs, ctx.map);
+  if (single_rank()) return;
+
+  // Counts of every rank of the ETP x EP group, on the host: the one sync of this dispatcher.
+  const int P = groups_.ep_size(), Q = groups_.etp_size(), p = groups_.ep_rank(),
+            q = groups_.etp_rank();
+  const int64_t El = config_.num_local_experts();
+  Tensor all_counts = Tensor::empty({static_cast<int64_t>(P) * Q, E}, DType::i64, x.device());
+  groups_.tp_ep->all_gather(ctx.map.tokens_per_expert.reshape({1, E}), all_counts);
+  const std::vector<int64_t> counts = all_counts.to_vector<int64_t>();
+  auto count = [&](int g, int64_t expert) { return counts[static_cast<size_t>(g * E + expert)]; };
+
+  const int me = q + Q * p;
+  ctx.input_splits.assign(P, 0);
+  ctx.output_splits.assign(P, 0);
+  for (int r = 0; r < P; ++r)
+    for (int64_t le = 0; le < El; ++le) {
+      ctx.input_splits[r] += count(me, r * El + le);
+      ctx.output_splits[r] += count(q + Q * r, p * El + le);
+    }
+  ctx.etp_gather_counts.assign(Q, 0);
+  ctx.chunk_sizes.clear();
+  for (int qq = 0; qq < Q; ++qq)
+    for (int r = 0; r < P; ++r)
+      for (int64_t le = 0; le < El; ++le) {
+        const int64_t n = count(qq + Q * r, p * El + le);
+        ctx.etp_gather_counts[qq] += n;
+        ctx.chunk_sizes.push_back(n);
+      }
+  // Permute 2: chunk (qq, r, le) at index (qq * P + r) * El + le moves to [le][qq][r].
+  const int64_t chunks = static_cast<int64_t>(ctx.chunk_sizes.size());
+  ctx.chunk_order.clear();
+  ctx.inverse_order.assign(chunks, 0);
+  ctx.sorted_chunk_sizes.clear();
+  std::vector<int64_t> per_expert(El, 0);
+  for (int64_t le = 0; le < El; ++le)
+    for (int qq = 0; qq < Q; ++qq)
+      for (int r = 0; r < P; ++r) {
+        const int64_t source = (static_cast<int64_t>(qq) * P + r) * El + le;
+        ctx.inverse_order[source] = static_cast<int64_t>(ctx.chunk_order.size());
+        ctx.chunk_order.push_back(source);
+        ctx.sorted_chunk_sizes.push_back(ctx.chunk_sizes[source]);
+        per_expert[le] += ctx.chunk_sizes[source];
+      }
+  // inverse_order above maps source -> position; sort_chunks wants, for each output chunk,
+  // the input chunk: the inverse permutation of chunk_order is exactly that map read as
+  // "output chunk `source` takes input chunk inverse_order[source]".
+  ctx.out.host_tokens_per_expert = per_expert;
+}
+
+Tensor AllToAllDispatcher::exchange_forward(const Tensor& rows, const DispatchContext& ctx) const {
+  const int64_t received =
+      std::accumulate(ctx.output_splits.begin(), ctx.output_splits.end(), int64_t{0});
+  Shape shape = rows.shape();
+  shape[0] = received;
+  Tensor out = Tensor::empty(shape, rows.dtype(), rows.device());
+  if (groups_.ep_size() > 1) {
+    groups_.ep->all_to_all_v(rows.rows(0, sent_rows(ctx)), out, ctx.input_splits,
+                             ctx.output_splits);
+  } else {
+    out.copy_(rows.rows(0, received));
+  }
+  if (groups_.etp_size() == 1) return out;
+  shape[0] = std::accumulate(ctx.etp_gather_counts.begin(), ctx.etp_gather_counts.end(), int64_t{0});
+  Tensor gathered = Tensor::empty(shape, rows.dtype(), rows.device());
+  groups_.etp->all_gather_v(out, gathered, ctx.etp_gather_counts);
+  return gathered;
+}
+
+Tensor AllToAllDispatcher::exchange_backward(const Tensor& rows, const DispatchContext& ctx,
+                                             int64_t total_rows) const {
+  Tensor mine = rows;
+  Shape shape = rows.shape();
+  if (groups_.etp_size() > 1) {
+    shape[0] = ctx.etp_gather_counts[static_cast<size_t>(groups_.etp_rank())];
+    mine = Tensor::empty(shape, rows.dtype(), rows.device());
+    groups_.etp->reduce_scatter_v(rows, mine, ctx.etp_gather_counts);
+  }
+  shape[0] = total_rows;
+  Tensor out = Tensor::zeros(shape, rows.dtype(), rows.device());
+  Tensor sent = out.rows(0, sent_rows(ctx));
+  if (groups_.ep_size() > 1) {
+    groups_.ep->all_to_all_v(mine, sent, ctx.output_splits, ctx.input_splits);
+  } else {
+    sent.copy_(mine);
+  }
+  return out;
+}
+
+void AllToAllDispatcher::dispatch_communicate(DispatchContext& ctx) {
+  if (single_rank()) return;
+  ctx.comm_x = exchange_forward(ctx.permuted.x, ctx);
+  ctx.comm_probs = exchange_forward(as_rows(ctx.permuted.probs), ctx);
+}
+
+DispatchedTokens AllToAllDispatcher::dispatch_postprocess(DispatchContext& ctx) {
+  if (single_rank()) {
+    ctx.out = {ctx.permuted.x, ctx.permuted.probs, ctx.map.tokens_per_expert, {}};
+    return ctx.out;
+  }
+  ctx.out.x = ops::sort_chunks(ctx.comm_x, ctx.chunk_sizes, ctx.chunk_order);
+  Tensor probs = ops::sort_chunks(ctx.comm_probs, ctx.chunk_sizes, ctx.chunk_order);
+  ctx.out.probs = probs.reshape({probs.size(0)});
+  const auto& host = ctx.out.host_tokens_per_expert;
+  ctx.out.tokens_per_expert = Tensor::from_vector<int64_t>(host, {static_cast<int64_t>(host.size())},
+                                                          ctx.x.device());
+  ctx.comm_x = Tensor();
+  ctx.comm_probs = Tensor();
+  return ctx.out;
+}
+
+void AllToAllDispatcher::combine_preprocess(const Tensor& expert_out, DispatchContext& ctx) {
+  if (single_rank()) {
+    ctx.combine_buffer = expert_out;
+    return;
+  }
+  ctx.combine_buffer = ops::sort_chunks(expert_out, ctx.sorted_chunk_sizes, ctx.inverse_order);
+}
+
+void AllToAllDispatcher::combine_communicate(DispatchContext& ctx) {
+  if (single_rank()) return;
+  ctx.combine_buffer = exchange_backward(ctx.combine_buffer, ctx, ctx.map.num_rows);
+}
+
+Tensor AllToAllDispatcher::combine_postprocess(DispatchContext& ctx) {
+  Tensor y = ops::unpermute_forward(ctx.combine_buffer, ctx.map);
+  ctx.combine_buffer = Tensor();
+  return y;
+}
+
+Tensor AllToAllDispatcher::combine_backward(const Tensor& dy, DispatchContext& ctx) {
+  Tensor d_rows = ops::unpermute_backward(dy, ctx.map);
+  if (single_rank()) return d_rows;
+  Tensor received = exchange_forward(d_rows, ctx);
+  return ops::sort_chunks(received, ctx.chunk_sizes, ctx.chunk_order);
+}
+
+TokenDispatcher::Grads AllToAllDispatcher::dispatch_backward(const Tensor& dx_expert,
+                                                             const Tensor& dprobs_expert,
+                                                             DispatchContext& ctx) {
+  Tensor dx_rows = dx_expert, dprobs_rows = dprobs_expert;
+  if (!single_rank()) {
+    dx_rows = exchange_backward(ops::sort_chunks(dx_expert, ctx.sorted_chunk_sizes, ctx.inverse_order),
+                                ctx, ctx.map.num_rows);
+    Tensor p = exchange_backward(
+        ops::sort_chunks(as_rows(dprobs_expert), ctx.sorted_chunk_sizes, ctx.inverse_order), ctx,
+        ctx.map.num_rows);
+    dprobs_rows = p.reshape({p.size(0)});
+  }
+  ops::PermuteGrads g = ops::permute_backward(dx_rows, dprobs_rows, ctx.map);
+  return {g.x, g.probs};
+}
+
+}  // namespace moe::nn

@@ -1,0 +1,38 @@
+// The alltoall dispatcher: see token_dispatcher.h. One host synchronisation per forward (the
+// per-expert counts, to size the all-to-all), as in Megatron; the host counts are then handed
+// to the grouped GEMMs, which need no further sync.
+#pragma once
+
+#include "moe/nn/token_dispatcher.h"
+
+namespace moe::nn {
+
+class AllToAllDispatcher final : public TokenDispatcher {
+ public:
+  AllToAllDispatcher(const MoEConfig& config, const MoEGroups& groups);
+  void dispatch_preprocess(const Tensor& x, const Tensor& probs, const Tensor& expert_ids,
+                           DispatchContext& ctx) override;
+  void dispatch_communicate(DispatchContext& ctx) override;
+  DispatchedTokens dispatch_postprocess(DispatchContext& ctx) override;
+  void combine_preprocess(const Tensor& expert_out, DispatchContext& ctx) override;
+  void combine_communicate(DispatchContext& ctx) override;
+  Tensor combine_postprocess(DispatchContext& ctx) override;
+  Tensor combine_backward(const Tensor& dy, DispatchContext& ctx) override;
+  Grads dispatch_backward(const Tensor& dx_expert, const Tensor& dprobs_expert,
+                          DispatchContext& ctx) override;
+
+ private:
+  bool single_rank() const { return groups_.ep_size() * groups_.etp_size() == 1; }
+  // Rows of a permute-1 buffer actually exchanged (the rest is allocation slack).
+  int64_t sent_rows(const DispatchContext& ctx) const;
+  // EP all-to-all then ETP all-gather-v, of rows laid out like permute 1's output.
+  Tensor exchange_forward(const Tensor& rows, const DispatchContext& ctx) const;
+  // ETP reduce-scatter-v then EP all-to-all back, returning a permute-1-shaped buffer of
+  // `total_rows` rows (zero past the exchanged ones).
+  Tensor exchange_backward(const Tensor& rows, const DispatchContext& ctx, int64_t total_rows) const;
+
+  MoEConfig config_;
+  MoEGroups groups_;
+};
+
+}  // namespace moe::nn

@@ -1,0 +1,138 @@
+#include "moe/nn/moe_config.h"
+
+#include "moe/core/error.h"
+
+namespace moe::nn {
+
+LoadBalancingType MoEConfig::load_balancing() const {
+  const std::string& t = moe_router_load_balancing_type;
+  if (t == "aux_loss") return LoadBalancingType::aux_loss;
+  if (t == "seq_aux_loss") return LoadBalancingType::seq_aux_loss;
+  if (t == "global_aux_loss") return LoadBalancingType::global_aux_loss;
+  if (t == "sinkhorn") return LoadBalancingType::sinkhorn;
+  if (t == "none") return LoadBalancingType::none;
+  MOE_FAIL("--moe-router-load-balancing-type ", t,
+           " is not one of aux_loss, seq_aux_loss, global_aux_loss, sinkhorn, none");
+}
+
+DispatcherType MoEConfig::dispatcher() const {
+  if (moe_token_dispatcher_type == "allgather") return DispatcherType::allgather;
+  if (moe_token_dispatcher_type == "alltoall") return DispatcherType::alltoall;
+  if (moe_token_dispatcher_type == "flex")
+    MOE_FAIL("--moe-token-dispatcher-type flex is not supported by this build; use alltoall");
+  MOE_FAIL("--moe-token-dispatcher-type ", moe_token_dispatcher_type,
+           " is not one of allgather, alltoall");
+}
+
+ops::DropPolicy MoEConfig::drop_policy() const {
+  if (moe_token_drop_policy == "probs") return ops::DropPolicy::probs;
+  if (moe_token_drop_policy == "position") return ops::DropPolicy::position;
+  MOE_FAIL("--moe-token-drop-policy ", moe_token_drop_policy, " is not one of probs, position");
+}
+
+ops::TopKConfig MoEConfig::topk_config() const {
+  ops::TopKConfig c;
+  c.topk = moe_router_topk;
+  c.score_function =
+      moe_router_score_function == "sigmoid" ? ops::ScoreFunction::sigmoid : ops::ScoreFunction::softmax;
+  c.pre_softmax = moe_router_pre_softmax;
+  c.num_groups = moe_router_num_groups;
+  c.group_topk = moe_router_group_topk;
+  c.scaling_factor = moe_router_topk_scaling_factor.value_or(1.0);
+  return c;
+}
+
+void MoEConfig::validate() const {
+  MOE_CHECK(hidden_size > 0, "--hidden-size must be positive, got ", hidden_size);
+  MOE_CHECK(num_experts > 0, "--num-experts must be positive, got ", num_experts);
+  MOE_CHECK(moe_ffn_hidden_size > 0, "--moe-ffn-hidden-size must be positive, got ",
+            moe_ffn_hidden_size);
+  MOE_CHECK(moe_shared_expert_intermediate_size >= 0,
+            "--moe-shared-expert-intermediate-size must not be negative");
+  MOE_CHECK(!moe_shared_expert_gate || moe_shared_expert_intermediate_size > 0,
+            "the shared-expert gate needs --moe-shared-expert-intermediate-size");
+  MOE_CHECK(moe_router_topk >= 1 && moe_router_topk <= num_experts, "--moe-router-topk ",
+            moe_router_topk, " must be between 1 and --num-experts ", num_experts);
+
+  const LoadBalancingType balancing = load_balancing();  // validates the name
+  (void)dispatcher();
+  (void)drop_policy();
+  MOE_CHECK(moe_router_score_function == "softmax" || moe_router_score_function == "sigmoid",
+            "--moe-router-score-function ", moe_router_score_function,
+            " is not one of softmax, sigmoid");
+  MOE_CHECK(moe_router_dtype == "fp32" || moe_router_dtype == "fp64", "--moe-router-dtype ",
+            moe_router_dtype, " is not one of fp32, fp64");
+  const bool softmax = moe_router_score_function == "softmax";
+
+  MOE_CHECK(!moe_router_pre_softmax || softmax,
+            "--moe-router-pre-softmax applies to --moe-router-score-function softmax only");
+  MOE_CHECK(!(moe_router_topk == 1 && softmax && !moe_router_pre_softmax &&
+              balancing != LoadBalancingType::sinkhorn),
+            "--moe-router-topk 1 with softmax scores needs --moe-router-pre-softmax (a softmax "
+            "over one chosen logit is always 1, so the router would get no gradient)");
+
+  // Group-limited routing.
+  MOE_CHECK((moe_router_num_groups > 0) == (moe_router_group_topk > 0),
+            "--moe-router-num-groups and --moe-router-group-topk must be given together (got ",
+            moe_router_num_groups, " groups, group top-k ", moe_router_group_topk, ")");
+  if (moe_router_num_groups > 0) {
+    MOE_CHECK(num_experts % moe_router_num_groups == 0, "--num-experts ", num_experts,
+              " is not divisible by --moe-router-num-groups ", moe_router_num_groups);
+    MOE_CHECK(moe_router_group_topk <= moe_router_num_groups, "--moe-router-group-topk ",
+              moe_router_group_topk, " exceeds --moe-router-num-groups ", moe_router_num_groups);
+    MOE_CHECK(moe_router_topk % moe_router_group_topk == 0, "--moe-router-topk ", moe_router_topk,
+              " must be a multiple of --moe-router-group-topk ", moe_router_group_topk);
+    MOE_CHECK(moe_router_topk <= moe_router_group_topk * (num_experts / moe_router_num_groups),
+              "--moe-router-topk ", moe_router_topk, " exceeds the experts in the kept groups");
+    MOE_CHECK(moe_router_topk / moe_router_group_topk <= num_experts / moe_router_num_groups,
+              "each kept group must hold --moe-router-topk / --moe-router-group-topk experts");
+  }
+  if (moe_router_topk_scaling_factor)
+    MOE_CHECK(*moe_router_topk_scaling_factor > 0,
+              "--moe-router-topk-scaling-factor must be positive");
+
+  // Load balancing.
+  MOE_CHECK(moe_aux_loss_coeff >= 0, "--moe-aux-loss-coeff must not be negative");
+  if (balancing == LoadBalancingType::sinkhorn) {
+    MOE_CHECK(moe_aux_loss_coeff == 0,
+              "--moe-router-load-balancing-type sinkhorn balances by itself: drop "
+              "--moe-aux-loss-coeff (got ",
+              moe_aux_loss_coeff, ")");
+    MOE_CHECK(!moe_expert_capacity_factor,
+              "--moe-expert-capacity-factor is not supported with sinkhorn load balancing");
+    MOE_CHECK(!moe_router_enable_expert_bias,
+              "--moe-router-enable-expert-bias is not supported with sinkhorn load balancing");
+    MOE_CHECK(moe_router_num_groups == 0,
+              "group-limited routing is not supported with sinkhorn load balancing");
+    MOE_CHECK(!moe_router_force_load_balancing,
+              "--moe-router-force-load-balancing replaces the routing; not with sinkhorn");
+  }
+  if (balancing == LoadBalancingType::none)
+    MOE_CHECK(moe_aux_loss_coeff == 0, "--moe-aux-loss-coeff ", moe_aux_loss_coeff,
+              " is given but --moe-router-load-balancing-type is none");
+  if (moe_router_enable_expert_bias)
+    MOE_CHECK(moe_router_bias_update_rate >= 0, "--moe-router-bias-update-rate must not be negative");
+  if (moe_z_loss_coeff) MOE_CHECK(*moe_z_loss_coeff >= 0, "--moe-z-loss-coeff must not be negative");
+  if (moe_input_jitter_eps)
+    MOE_CHECK(*moe_input_jitter_eps > 0 && *moe_input_jitter_eps < 1,
+              "--moe-input-jitter-eps must be in (0, 1), got ", *moe_input_jitter_eps);
+
+  // Capacity.
+  if (moe_expert_capacity_factor)
+    MOE_CHECK(*moe_expert_capacity_factor > 0, "--moe-expert-capacity-factor must be positive");
+  MOE_CHECK(!moe_pad_expert_input_to_capacity || moe_expert_capacity_factor,
+            "--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor");
+
+  // Parallelism.
+  MOE_CHECK(expert_model_parallel_size >= 1 && expert_tensor_parallel_size >= 1,
+            "--expert-model-parallel-size and --expert-tensor-parallel-size must be positive");
+  MOE_CHECK(num_experts % expert_model_parallel_size == 0, "--num-experts ", num_experts,
+            " is not divisible by --expert-model-parallel-size ", expert_model_parallel_size);
+  MOE_CHECK(moe_ffn_hidden_size % expert_tensor_parallel_size == 0, "--moe-ffn-hidden-size ",
+            moe_ffn_hidden_size, " is not divisible by --expert-tensor-parallel-size ",
+            expert_tensor_parallel_size);
+  MOE_CHECK(is_floating(params_dtype) && dtype_size(params_dtype) >= 2,
+            "parameter dtype must be f64, f32, bf16 or f16, got ", params_dtype);
+}
+
+}  // namespace moe::nn

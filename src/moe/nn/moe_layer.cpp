@@ -1,0 +1,81 @@
+#include "moe/nn/moe_layer.h"
+
+#include "moe/ops/elementwise.h"
+
+namespace moe::nn {
+
+#define MOE_STAGE_DONE(name) \
+  if (stage_hook) stage_hook(name)
+
+MoELayer::MoELayer(const MoEConfig& config, Device device, MoEGroups groups)
+    : router(config, device, groups),
+      experts(config, device, groups.ep_rank(), groups.etp_rank()),
+      config_(config),
+      groups_(std::move(groups)),
+      dispatcher_(make_token_dispatcher(config, groups_)) {
+  if (config.moe_shared_expert_intermediate_size > 0) shared_expert.emplace(config, device);
+}
+
+Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
+  MOE_CHECK(x.dim() == 2 || x.dim() == 3, "MoELayer::forward: x must be [S, B, H] or [T, H], got ",
+            shape_str(x.shape()));
+  MOE_CHECK(x.size(-1) == config_.hidden_size, "MoELayer::forward: hidden size ", x.size(-1),
+            " != --hidden-size ", config_.hidden_size);
+  MOE_CHECK(x.dtype() == config_.params_dtype, "MoELayer::forward: input dtype ", x.dtype(),
+            " != parameter dtype ", config_.params_dtype);
+  ctx.input_shape = x.shape();
+  const int64_t num_sequences = x.dim() == 3 ? x.size(1) : 1;
+  const Tensor tokens = x.flatten_rows();
+
+  router.forward(tokens, num_sequences, ctx.router);
+  MOE_STAGE_DONE("route");
+  const DispatchedTokens routed =
+      dispatcher_->dispatch(tokens, ctx.router.probs, ctx.router.expert_ids, ctx.dispatch);
+  MOE_STAGE_DONE("dispatch");
+  const Tensor expert_out = experts.forward(routed.x, routed.probs, routed.tokens_per_expert,
+                                            routed.host_tokens_per_expert, ctx.experts);
+  MOE_STAGE_DONE("experts");
+  Tensor y = dispatcher_->combine(expert_out, ctx.dispatch);
+  MOE_STAGE_DONE("combine");
+  if (shared_expert) {
+    ops::add_(y, shared_expert->forward(tokens, ctx.shared));
+    MOE_STAGE_DONE("shared");
+  }
+  return y.reshape(ctx.input_shape);
+}
+
+Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) {
+  check_shape(dy, ctx.input_shape, "MoELayer::backward", "dy");
+  const Tensor d_tokens = dy.flatten_rows().to(config_.params_dtype);
+  const Tensor d_expert_out = dispatcher_->combine_backward(d_tokens, ctx.dispatch);
+  MOE_STAGE_DONE("combine.bwd");
+  const Experts::Grads d_experts = experts.backward(d_expert_out, ctx.experts);
+  MOE_STAGE_DONE("experts.bwd");
+  const TokenDispatcher::Grads d_routed =
+      dispatcher_->dispatch_backward(d_experts.x, d_experts.probs, ctx.dispatch);
+  MOE_STAGE_DONE("dispatch.bwd");
+  Tensor dx = router.backward(d_routed.probs, ctx.router, loss_scale);
+  ops::add_(dx, d_routed.x);
+  MOE_STAGE_DONE("route.bwd");
+  if (shared_expert) {
+    ops::add_(dx, shared_expert->backward(d_tokens, ctx.shared));
+    MOE_STAGE_DONE("shared.bwd");
+  }
+  return dx.reshape(ctx.input_shape);
+}
+
+std::vector<Parameter*> MoELayer::parameters() {
+  std::vector<Parameter*> params{&router.weight, &experts.fc1, &experts.fc2};
+  if (shared_expert) {
+    params.push_back(&shared_expert->fc1);
+    params.push_back(&shared_expert->fc2);
+    if (config_.moe_shared_expert_gate) params.push_back(&shared_expert->gate);
+  }
+  return params;
+}
+
+void MoELayer::zero_grad() {
+  for (Parameter* p : parameters()) p->zero_grad();
+}
+
+}  // namespace moe::nn

@@ -1,0 +1,69 @@
+// MoELayer: the mixture-of-experts block of a transformer layer, as explicit stages
+// (DESIGN.md "The MoE layer, as data flows"):
+//
+//   route    Router: logits, top-k, losses, capacity           -> probs [T,K], ids [T,K]
+//   dispatch TokenDispatcher preprocess / communicate / postprocess -> rows by local expert
+//   experts  grouped (or sequential) SwiGLU experts, probs applied after the activation
+//   combine  TokenDispatcher preprocess / communicate / postprocess -> y [T,H]
+//   (+ the shared expert on every token, added to y)
+//
+// Backward walks the stages in reverse with the same groups. Gradient rule: parameter
+// gradients accumulate (micro-batches add up), dL/dx is written. Per-call state lives in an
+// MoEContext the caller owns, so several micro-batches can be in flight (pipelining) and a
+// forward can be recomputed.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "moe/nn/experts.h"
+#include "moe/nn/moe_config.h"
+#include "moe/nn/moe_groups.h"
+#include "moe/nn/router.h"
+#include "moe/nn/shared_expert.h"
+#include "moe/nn/token_dispatcher.h"
+
+namespace moe::nn {
+
+struct MoEContext {
+  Shape input_shape;
+  RouterContext router;
+  DispatchContext dispatch;
+  ExpertsContext experts;
+  SharedExpertContext shared;
+};
+
+class MoELayer {
+ public:
+  MoELayer(const MoEConfig& config, Device device, MoEGroups groups = {});
+
+  // x [S, B, H] (Megatron's layout; B sequences, used by seq_aux_loss) or [T, H] (one sequence).
+  Tensor forward(const Tensor& x, MoEContext& ctx);
+  // dy like x -> dx like x. `loss_scale` multiplies the aux/z-loss gradients (the factor the
+  // main loss gradient carries).
+  Tensor backward(const Tensor& dy, MoEContext& ctx, double loss_scale = 1.0);
+  // End of an optimizer step: expert-bias update, per-step accumulators reset.
+  void finish_step() { router.finish_step(); }
+
+  std::vector<Parameter*> parameters();
+  void zero_grad();
+  const MoEConfig& config() const { return config_; }
+
+  // Called after each stage with its name ("route", "dispatch", "experts", "combine",
+  // "shared"; backward: "combine.bwd", "experts.bwd", "dispatch.bwd", "route.bwd",
+  // "shared.bwd"), so a profiler can timestamp the stages. Unset: no cost.
+  std::function<void(const char* stage)> stage_hook;
+
+  Router router;
+  Experts experts;
+  std::optional<SharedExpert> shared_expert;
+
+ private:
+  MoEConfig config_;
+  MoEGroups groups_;
+  std::unique_ptr<TokenDispatcher> dispatcher_;
+};
+
+}  // namespace moe::nn

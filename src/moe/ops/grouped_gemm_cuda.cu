@@ -1,0 +1,318 @@
+// CUDA grouped GEMM: the experts' products through cuBLAS, by one of two backends
+// (GroupedGemmBackend in grouped_gemm.h says which runs when):
+//   per_expert_lt    one cached cuBLASLt matmul (gemm_cuda.cu) per expert with rows;
+//   grouped_batched  one cublasGemmGroupedBatchedEx_64 call; experts with equal row counts form
+//                    one group. Its A/B/C pointer arrays must be in device memory: they go in
+//                    one caching-allocator tensor, filled by one H2D copy from a pageable host
+//                    vector (cudaMemcpyAsync from pageable memory returns once the bytes are
+//                    staged, so the vector may die right after; the tensor's block is only
+//                    reused by later work on the same stream, which runs after this GEMM).
+// Both skip experts without rows; wgrad zeroes their gradients unless accumulating, and the
+// forward zeroes y's rows past sum(counts). No host synchronisation here: the counts arrive
+// on the host (read_counts_cuda is the one documented sync).
+//
+// Column-major view (gemm_cuda.cu explains the swap): with n_e rows for expert e,
+//   forward  y_e [n_e, N] = x_e op(w_e):   C^T [N, n_e] = op(w_e)^T x_e^T
+//            cuBLAS (m, n, k) = (N, n_e, K), A = w_e (op T if trans_w, lda = w_e's row length),
+//            B = x_e (op N, ldb = K), C = y_e (ldc = N)
+//   wgrad    dw_e [N, K] = dy_e^T x_e:     C^T [K, N] = x_e^T dy_e
+//            cuBLAS (m, n, k) = (K, N, n_e), A = x_e (op N, lda = K),
+//            B = dy_e (op T, ldb = N), C = dw_e (ldc = K)
+#include <algorithm>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "moe/core/cuda_utils.h"
+#include "moe/ops/cublas_handle.h"
+#include "moe/ops/gemm_cuda.h"
+#include "moe/ops/grouped_gemm.h"
+#include "moe/ops/grouped_gemm_cuda.h"
+
+namespace moe::ops {
+namespace {
+
+// Page-locked host memory for reading the counts (a D2H copy into pinned memory is a plain
+// DMA; into pageable memory it is staged through a driver buffer). Per thread, grown as needed;
+// every use is followed by a stream synchronisation, so reuse never races a pending copy.
+struct PinnedBuffer {
+  void* data = nullptr;
+  size_t bytes = 0;
+  ~PinnedBuffer() {
+    if (data) (void)cudaFreeHost(data);
+  }
+  void* get(size_t needed) {
+    if (needed > bytes) {
+      if (data) MOE_CUDA_CHECK(cudaFreeHost(data));
+      data = nullptr;
+      bytes = 0;
+      const size_t size = std::max<size_t>(needed, 4096);
+      MOE_CUDA_CHECK(cudaHostAlloc(&data, size, cudaHostAllocPortable));
+      bytes = size;
+    }
+    return data;
+  }
+};
+thread_local PinnedBuffer tls_pinned_counts;
+
+cudaDataType_t cuda_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::f64:
+      return CUDA_R_64F;
+    case DType::f32:
+      return CUDA_R_32F;
+    case DType::bf16:
+      return CUDA_R_16BF;
+    case DType::f16:
+      return CUDA_R_16F;
+    default:
+      MOE_FAIL("grouped_gemm: dtype ", dtype, " has no cuBLAS type");
+  }
+}
+
+// Experts with rows and their row total.
+struct Activity {
+  int64_t experts = 0;
+  int64_t rows = 0;
+};
+Activity activity(std::span<const int64_t> counts) {
+  Activity a;
+  for (int64_t n : counts) {
+    if (n > 0) {
+      ++a.experts;
+      a.rows += n;
+    }
+  }
+  return a;
+}
+
+// The rule documented at GroupedGemmBackend in grouped_gemm.h.
+constexpr int64_t kGroupedMinExperts = 4;
+constexpr int64_t kGroupedMaxMeanRows = 1024;
+
+bool use_grouped_batched(std::span<const int64_t> counts, DType a_dtype, DType c_dtype) {
+  if (a_dtype != c_dtype) return false;  // cuBLAS's grouped GEMM has no bf16/f16 -> f32 form
+  switch (grouped_gemm_backend()) {
+    case GroupedGemmBackend::per_expert_lt:
+      return false;
+    case GroupedGemmBackend::grouped_batched:
+      return true;
+    case GroupedGemmBackend::automatic:
+      break;
+  }
+  const Activity a = activity(counts);
+  return a.experts >= kGroupedMinExperts && a.rows <= kGroupedMaxMeanRows * a.experts;
+}
+
+// One expert's product in cuBLAS's column-major terms (see the file comment).
+struct Problem {
+  int64_t m, n, k, lda, ldb, ldc;
+  const void* a;
+  const void* b;
+  void* c;
+};
+
+// Runs `problems` (all with the same transposes, dtypes and beta) as one grouped call. Problems
+// with equal (m, n, k) share a group.
+void run_grouped_batched(const std::vector<Problem>& problems, cublasOperation_t trans_a,
+                         cublasOperation_t trans_b, DType a_dtype, DType c_dtype, double beta,
+                         int device, cudaStream_t stream) {
+  if (problems.empty()) return;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::vector<size_t>> groups;
+  for (size_t i = 0; i < problems.size(); ++i)
+    groups[{problems[i].m, problems[i].n, problems[i].k}].push_back(i);
+
+  const size_t group_count = groups.size(), total = problems.size();
+  std::vector<cublasOperation_t> trans_a_array(group_count, trans_a),
+      trans_b_array(group_count, trans_b);
+  std::vector<int64_t> m(group_count), n(group_count), k(group_count), lda(group_count),
+      ldb(group_count), ldc(group_count), group_size(group_count);
+  // Pointer table, in group order: A pointers, then B, then C.
+  std::vector<const void*> pointers(3 * total);
+  size_t g = 0, slot = 0;
+  for (const auto& [shape, members] : groups) {
+    const Problem& first = problems[members.front()];
+    m[g] = first.m;
+    n[g] = first.n;
+    k[g] = first.k;
+    lda[g] = first.lda;  // leading dimensions follow from (m, n, k) and the transposes
+    ldb[g] = first.ldb;
+    ldc[g] = first.ldc;
+    group_size[g] = static_cast<int64_t>(members.size());
+    for (size_t i : members) {
+      pointers[slot] = problems[i].a;
+      pointers[total + slot] = problems[i].b;
+      pointers[2 * total + slot] = problems[i].c;
+      ++slot;
+    }
+    ++g;
+  }
+
+  Tensor device_pointers =
+      Tensor::empty({static_cast<int64_t>(3 * total)}, DType::i64, Device::cuda(device));
+  static_assert(sizeof(const void*) == sizeof(int64_t));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(device_pointers.raw(), pointers.data(),
+                                 pointers.size() * sizeof(const void*), cudaMemcpyHostToDevice,
+                                 stream));
+  auto* table = static_cast<void**>(device_pointers.raw());
+
+  const bool f64 = a_dtype == DType::f64;
+  std::vector<double> alpha_d(group_count, 1.0), beta_d(group_count, beta);
+  std::vector<float> alpha_f(group_count, 1.0f), beta_f(group_count, static_cast<float>(beta));
+  const void* alpha = f64 ? static_cast<const void*>(alpha_d.data()) : alpha_f.data();
+  const void* beta_array = f64 ? static_cast<const void*>(beta_d.data()) : beta_f.data();
+  const cudaDataType_t ab_type = cuda_dtype(a_dtype), c_type = cuda_dtype(c_dtype);
+
+  cublasHandle_t handle = cuda::cublas_handle(device, stream);
+  MOE_CUBLAS_CHECK(cublasGemmGroupedBatchedEx_64(
+      handle, trans_a_array.data(), trans_b_array.data(), m.data(), n.data(), k.data(), alpha,
+      const_cast<const void* const*>(table), ab_type, lda.data(),
+      const_cast<const void* const*>(table + total), ab_type, ldb.data(), beta_array,
+      table + 2 * total, c_type, ldc.data(), static_cast<int64_t>(group_count), group_size.data(),
+      f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F));
+}
+
+// Runs `problems` one cuBLASLt matmul each. Problem fields are in column-major terms, so
+// cuBLAS's A (our row-major second operand) and B (our first) swap back into LtMatmul's
+// row-major convention.
+void run_per_expert(const std::vector<Problem>& problems, bool cm_trans_a, bool cm_trans_b,
+                    DType a_dtype, DType c_dtype, double beta, int device, cudaStream_t stream) {
+  for (const Problem& p : problems) {
+    LtMatmul args;
+    args.a_dtype = a_dtype;
+    args.c_dtype = c_dtype;
+    args.trans_a = cm_trans_b;  // row-major A is column-major B
+    args.trans_b = cm_trans_a;
+    args.m = p.n;
+    args.n = p.m;
+    args.k = p.k;
+    args.a = p.b;
+    args.b = p.a;
+    args.c = p.c;
+    args.alpha = 1.0;
+    args.beta = beta;
+    lt_matmul(args, device, reinterpret_cast<StreamHandle>(stream));
+  }
+}
+
+void run(const std::vector<Problem>& problems, std::span<const int64_t> counts, bool cm_trans_a,
+         bool cm_trans_b, DType a_dtype, DType c_dtype, double beta, int device,
+         cudaStream_t stream) {
+  if (use_grouped_batched(counts, a_dtype, c_dtype)) {
+    run_grouped_batched(problems, cm_trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                        cm_trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, a_dtype, c_dtype, beta, device,
+                        stream);
+  } else {
+    run_per_expert(problems, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device, stream);
+  }
+}
+
+const char* byte_ptr(const Tensor& t) {
+  return static_cast<const char*>(t.raw());
+}
+char* byte_ptr(Tensor& t) {
+  return static_cast<char*>(t.raw());
+}
+
+}  // namespace
+
+std::vector<int64_t> read_counts_cuda(const Tensor& tokens_per_expert) {
+  const int64_t experts = tokens_per_expert.numel();
+  std::vector<int64_t> counts(static_cast<size_t>(experts));
+  if (experts == 0) return counts;
+  const cudaStream_t stream = cuda::stream_of(tokens_per_expert);
+  void* host = tls_pinned_counts.get(tokens_per_expert.nbytes());
+  MOE_CUDA_CHECK(cudaMemcpyAsync(host, tokens_per_expert.raw(), tokens_per_expert.nbytes(),
+                                 cudaMemcpyDeviceToHost, stream));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  dispatch<DType::i64, DType::i32>(tokens_per_expert.dtype(), "grouped_gemm", [&]<class I>() {
+    const I* p = static_cast<const I*>(host);
+    for (int64_t e = 0; e < experts; ++e)
+      counts[static_cast<size_t>(e)] = static_cast<int64_t>(p[e]);
+  });
+  return counts;
+}
+
+void grouped_gemm_cuda(const Tensor& x, const Tensor& w, bool trans_w,
+                       std::span<const int64_t> counts, Tensor& y) {
+  const int64_t rows = x.size(0), k = x.size(1), n = y.size(1);
+  if (y.numel() == 0) return;
+  const cudaStream_t stream = cuda::stream_of(y);  // also makes y's device current
+  const int device = y.device().index;
+  if (k == 0) {  // empty inner dimension: every product row is zero, like the padding
+    MOE_CUDA_CHECK(cudaMemsetAsync(y.raw(), 0, y.nbytes(), stream));
+    return;
+  }
+  const size_t elem = dtype_size(x.dtype());
+  std::vector<Problem> problems;
+  problems.reserve(counts.size());
+  int64_t start = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    const int64_t rows_e = counts[e];
+    if (rows_e > 0) {
+      Problem p;
+      p.m = n;
+      p.n = rows_e;
+      p.k = k;
+      p.lda = trans_w ? k : n;
+      p.ldb = k;
+      p.ldc = n;
+      p.a = byte_ptr(w) + static_cast<size_t>(static_cast<int64_t>(e) * n * k) * elem;
+      p.b = byte_ptr(x) + static_cast<size_t>(start * k) * elem;
+      p.c = byte_ptr(y) + static_cast<size_t>(start * n) * elem;
+      problems.push_back(p);
+    }
+    start += rows_e;
+  }
+  run(problems, counts, /*cm_trans_a=*/trans_w, /*cm_trans_b=*/false, x.dtype(), y.dtype(),
+      /*beta=*/0.0, device, stream);
+  if (start < rows) {
+    MOE_CUDA_CHECK(cudaMemsetAsync(byte_ptr(y) + static_cast<size_t>(start * n) * elem, 0,
+                                   static_cast<size_t>((rows - start) * n) * elem, stream));
+  }
+}
+
+void grouped_gemm_wgrad_cuda(const Tensor& dy, const Tensor& x, std::span<const int64_t> counts,
+                             Tensor& dw, bool accumulate) {
+  const int64_t n = dy.size(1), k = x.size(1);
+  if (dw.numel() == 0) return;
+  const cudaStream_t stream = cuda::stream_of(dw);  // also makes dw's device current
+  const int device = dw.device().index;
+  const size_t elem = dtype_size(x.dtype()), dw_elem = dtype_size(dw.dtype());
+  const size_t expert_bytes = static_cast<size_t>(n * k) * dw_elem;
+  std::vector<Problem> problems;
+  problems.reserve(counts.size());
+  int64_t start = 0;
+  size_t e = 0;
+  while (e < counts.size()) {
+    if (counts[e] == 0) {
+      // A run of experts without rows: one memset for the run (unless accumulating, where
+      // "+= 0" leaves them as they are).
+      size_t end = e;
+      while (end < counts.size() && counts[end] == 0) ++end;
+      if (!accumulate) {
+        MOE_CUDA_CHECK(
+            cudaMemsetAsync(byte_ptr(dw) + e * expert_bytes, 0, (end - e) * expert_bytes, stream));
+      }
+      e = end;
+      continue;
+    }
+    Problem p;
+    p.m = k;
+    p.n = n;
+    p.k = counts[e];
+    p.lda = k;
+    p.ldb = n;
+    p.ldc = k;
+    p.a = byte_ptr(x) + static_cast<size_t>(start * k) * elem;
+    p.b = byte_ptr(dy) + static_cast<size_t>(start * n) * elem;
+    p.c = byte_ptr(dw) + e * expert_bytes;
+    problems.push_back(p);
+    start += counts[e];
+    ++e;
+  }
+  run(problems, counts, /*cm_trans_a=*/false, /*cm_trans_b=*/true, x.dtype(), dw.dtype(),
+      accumulate ? 1.0 : 0.0, device, stream);
+}
+
+}  // namespace moe::ops
