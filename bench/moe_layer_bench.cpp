@@ -9,6 +9,7 @@
 #include "moe/core/rng.h"
 #include "moe/core/timer.h"
 #include "moe/nn/moe_layer.h"
+#include "moe/ops/grouped_gemm.h"
 
 namespace moe::bench {
 namespace {
@@ -65,6 +66,15 @@ void skew_expert_bias(nn::MoELayer& layer, const Shape& s) {
   layer.router.expert_bias.copy_(Tensor::from_vector<float>(bias, {s.experts}));
 }
 
+ops::GroupedGemmBackend parse_backend(const std::string& name) {
+  if (name == "automatic") return ops::GroupedGemmBackend::automatic;
+  if (name == "per_expert_lt") return ops::GroupedGemmBackend::per_expert_lt;
+  if (name == "per_expert_streams") return ops::GroupedGemmBackend::per_expert_streams;
+  if (name == "grouped_batched") return ops::GroupedGemmBackend::grouped_batched;
+  MOE_FAIL("unknown grouped GEMM backend ", name,
+           " (automatic, per_expert_lt, per_expert_streams, grouped_batched)");
+}
+
 double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
 }  // namespace
@@ -78,9 +88,9 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
               ceilings.copy_gb_per_s);
   std::printf("dispatcher %s, %d warm-up + %d timed iterations (median)\n\n",
               options.dispatcher.c_str(), options.warmup, options.iters);
-  std::printf("| shape | T | routing | max/mean load | fwd ms | fwd TFLOP/s | fwd+bwd ms | "
+  std::printf("| shape | T | routing | gemm | max/mean load | fwd ms | fwd TFLOP/s | fwd+bwd ms | "
               "fwd+bwd TFLOP/s | vs GEMM | vs torch | peak GiB |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
 
   std::vector<std::string> stage_rows;
@@ -97,7 +107,8 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
       std::optional<nn::MoELayer> layer;
       layer.emplace(config, device);
       if (routing == "skewed") skew_expert_bias(*layer, shape);
-      for (int64_t T : token_counts) {
+      for (int64_t T : token_counts) for (const std::string& backend : options.gemm_backends) {
+        ops::set_grouped_gemm_backend(parse_backend(backend));
         Tensor x = Tensor::empty({T, shape.hidden}, config.params_dtype, device);
         fill_normal(x, 11, 0.0, 1.0);
         Tensor dy = Tensor::empty({T, shape.hidden}, config.params_dtype, device);
@@ -126,8 +137,9 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
         char peer[32] = "-";
         if (shape.peer_tflops > 0 && T == 8192 && gpu)
           std::snprintf(peer, sizeof peer, "%.2fx", step_tflops / shape.peer_tflops);
-        std::printf("| %s | %lld | %s | %.2f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.1f |\n",
-                    shape.name.c_str(), static_cast<long long>(T), routing.c_str(), imbalance,
+        std::printf("| %s | %lld | %s | %s | %.2f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.1f |\n",
+                    shape.name.c_str(), static_cast<long long>(T), routing.c_str(), backend.c_str(),
+                    imbalance,
                     fwd_ms, fwd_tflops, step_ms, step_tflops, step_tflops / ceilings.gemm_tflops,
                     peer, peak);
         std::fflush(stdout);
@@ -153,7 +165,8 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
               stage_ms[names[i]] += timer.elapsed_ms(i, i + 1) / reps;
             }
           }
-          std::string row = "| " + shape.name + " | " + std::to_string(T) + " | " + routing + " |";
+          std::string row = "| " + shape.name + " | " + std::to_string(T) + " | " + routing +
+                            " | " + backend + " |";
           for (const std::string& name : order) {
             char cell[64];
             std::snprintf(cell, sizeof cell, " %s %.2f |", name.c_str(), stage_ms[name]);
@@ -166,6 +179,7 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
       empty_cache();
     }
   }
+  ops::set_grouped_gemm_backend(ops::GroupedGemmBackend::automatic);
   if (!stage_rows.empty()) {
     std::printf("\nWhere the time goes (ms per stage, forward then backward):\n\n");
     for (const std::string& row : stage_rows) std::printf("%s\n", row.c_str());

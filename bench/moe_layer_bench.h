@@ -16,6 +16,9 @@ struct MoELayerBenchOptions {
   std::vector<int64_t> tokens;      // empty: 8192 and 16384 on GPU, 256 on CPU
   std::vector<std::string> routings{"balanced", "skewed"};
   std::string dispatcher = "alltoall";
+  // Grouped-GEMM backends to compare: automatic, per_expert_lt, per_expert_streams,
+  // grouped_batched (ops/grouped_gemm.h).
+  std::vector<std::string> gemm_backends{"automatic"};
   int warmup = 3;
   int iters = 10;
   bool stages = true;  // also print where the time goes, per stage

@@ -11,8 +11,12 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) { return t.to(Device::cuda()); }
-Tensor host(const Tensor& t) { return t.to(Device::cpu()); }
+Tensor gpu(const Tensor& t) {
+  return t.to(Device::cuda());
+}
+Tensor host(const Tensor& t) {
+  return t.to(Device::cpu());
+}
 
 Tensor misaligned_gpu(const Tensor& values) {
   Tensor flat = Tensor::zeros({values.numel() + 8}, values.dtype(), Device::cuda());
@@ -74,14 +78,15 @@ TEST(ElementwiseCuda, SumRowsMatchesCpu) {
   SCOPED_TRACE(seed);
   uint64_t s = seed;
   for (DType dt : {DType::f32, DType::bf16, DType::f64}) {
-    for (Shape shape : {Shape{257, 259}, Shape{5000, 64}, Shape{3, 4096}, Shape{0, 7},
-                        Shape{1, 1}}) {
+    for (Shape shape :
+         {Shape{257, 259}, Shape{5000, 64}, Shape{3, 4096}, Shape{0, 7}, Shape{1, 1}}) {
       SCOPED_TRACE(testing::Message() << dtype_name(dt) << " " << shape_str(shape));
       const Tensor x = test::random_normal(shape, DType::f32, ++s).to(dt);
       const Tensor got = sum_rows(gpu(x));
       EXPECT_TRUE(got.is_cuda());
       // Accumulated in fp32 (fp64 for f64) on the GPU, in fp64 on the CPU.
-      EXPECT_TRUE(test::close_as(host(got), sum_rows(x), dt == DType::f64 ? DType::f64 : DType::f32));
+      EXPECT_TRUE(
+          test::close_as(host(got), sum_rows(x), dt == DType::f64 ? DType::f64 : DType::f32));
     }
   }
 }

@@ -1,10 +1,11 @@
 // Elementwise helpers on the CPU: known answers, mixed dtypes computed in fp32, errors.
+#include "moe/ops/elementwise.h"
+
 #include <gtest/gtest.h>
 
 #include <vector>
 
 #include "common/check.h"
-#include "moe/ops/elementwise.h"
 
 namespace moe::ops {
 namespace {
@@ -60,8 +61,8 @@ TEST(Elementwise, SumRowsKnownAnswer) {
   EXPECT_TRUE(test::equal(s, Tensor::from_vector(std::vector<float>{9, 12}, {2})));
   EXPECT_EQ(sum_rows(x.to(DType::f64)).dtype(), DType::f64);
   EXPECT_EQ(sum_rows(x.to(DType::bf16)).dtype(), DType::f32);
-  EXPECT_TRUE(test::equal(sum_rows(Tensor::empty({0, 3}, DType::f32)),
-                          Tensor::zeros({3}, DType::f32)));
+  EXPECT_TRUE(
+      test::equal(sum_rows(Tensor::empty({0, 3}, DType::f32)), Tensor::zeros({3}, DType::f32)));
 }
 
 TEST(Elementwise, EmptyAndErrors) {

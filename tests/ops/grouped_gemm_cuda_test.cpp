@@ -31,6 +31,8 @@ const char* backend_name(GroupedGemmBackend b) {
       return "automatic";
     case GroupedGemmBackend::per_expert_lt:
       return "per_expert_lt";
+    case GroupedGemmBackend::per_expert_streams:
+      return "per_expert_streams";
     case GroupedGemmBackend::grouped_batched:
       return "grouped_batched";
   }
@@ -39,6 +41,7 @@ const char* backend_name(GroupedGemmBackend b) {
 
 constexpr GroupedGemmBackend kBackends[] = {GroupedGemmBackend::automatic,
                                             GroupedGemmBackend::per_expert_lt,
+                                            GroupedGemmBackend::per_expert_streams,
                                             GroupedGemmBackend::grouped_batched};
 
 // About a third of the experts get no tokens; the others 1..max_rows (some equal, so the

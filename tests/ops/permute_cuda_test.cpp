@@ -20,8 +20,12 @@ namespace {
 
 using test::RoutingSpec;
 
-Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda()) : Tensor(); }
-Tensor host(const Tensor& t) { return t.to(Device::cpu()); }
+Tensor gpu(const Tensor& t) {
+  return t.defined() ? t.to(Device::cuda()) : Tensor();
+}
+Tensor host(const Tensor& t) {
+  return t.to(Device::cpu());
+}
 
 // Usable experts of a spec with holes (every third expert left empty).
 bool routable(const RoutingSpec& spec) {
@@ -32,11 +36,11 @@ bool routable(const RoutingSpec& spec) {
 
 std::vector<PermuteConfig> all_configs(int64_t tokens, int64_t topk, int64_t experts) {
   const int64_t capacity = std::max<int64_t>(expert_capacity(tokens, topk, experts, 1.0), 1);
-  return {{.num_experts = experts},
-          {.num_experts = experts, .pad_multiple = 16},
-          {.num_experts = experts, .capacity = capacity, .pad_to_capacity = true},
-          {.num_experts = experts, .pad_multiple = 16, .capacity = capacity,
-           .pad_to_capacity = true}};
+  return {
+      {.num_experts = experts},
+      {.num_experts = experts, .pad_multiple = 16},
+      {.num_experts = experts, .capacity = capacity, .pad_to_capacity = true},
+      {.num_experts = experts, .pad_multiple = 16, .capacity = capacity, .pad_to_capacity = true}};
 }
 
 std::string describe(const RoutingSpec& s, const PermuteConfig& c) {
@@ -66,8 +70,11 @@ TEST(PermuteCuda, MapsMatchCpuExactly) {
     for (int64_t topk : {1, 2, 8}) {
       for (int64_t experts : {8, 33, 128}) {
         for (bool holes : {false, true}) {
-          const RoutingSpec spec{.tokens = tokens, .topk = topk, .experts = experts,
-                                 .holes = holes, .drop = holes ? 0.1 : 0.0};
+          const RoutingSpec spec{.tokens = tokens,
+                                 .topk = topk,
+                                 .experts = experts,
+                                 .holes = holes,
+                                 .drop = holes ? 0.1 : 0.0};
           if (!routable(spec)) continue;
           const Tensor ids = test::random_routing(spec, ++case_seed);
           const Tensor ids_gpu = gpu(ids);
@@ -99,8 +106,11 @@ TEST(PermuteCuda, DropsMatchCpuExactly) {
   for (int64_t tokens : {0, 257, 3001}) {
     for (int64_t topk : {1, 2, 8}) {
       for (int64_t experts : {8, 33, 128}) {
-        const RoutingSpec spec{.tokens = tokens, .topk = topk, .experts = experts,
-                               .holes = experts > topk * 2, .drop = 0.05};
+        const RoutingSpec spec{.tokens = tokens,
+                               .topk = topk,
+                               .experts = experts,
+                               .holes = experts > topk * 2,
+                               .drop = 0.05};
         if (!routable(spec)) continue;
         const Tensor ids = test::random_routing(spec, ++case_seed);
         // Tied probs (ties broken by slot index), continuous f32 and f64 probs.
@@ -114,9 +124,11 @@ TEST(PermuteCuda, DropsMatchCpuExactly) {
             for (DropPolicy policy : {DropPolicy::probs, DropPolicy::position}) {
               SCOPED_TRACE(testing::Message()
                            << describe(spec, {}) << " capacity " << capacity << " probs "
-                           << probs.dtype() << (policy == DropPolicy::probs ? " probs" : " position"));
+                           << probs.dtype()
+                           << (policy == DropPolicy::probs ? " probs" : " position"));
               const Tensor expected = drop_over_capacity(ids, probs, experts, capacity, policy);
-              const Tensor got = drop_over_capacity(gpu(ids), gpu(probs), experts, capacity, policy);
+              const Tensor got =
+                  drop_over_capacity(gpu(ids), gpu(probs), experts, capacity, policy);
               EXPECT_TRUE(got.is_cuda());
               EXPECT_TRUE(test::equal(host(got), expected, "dropped ids"));
             }
@@ -178,8 +190,8 @@ void check_rows(const RowCase& rc, const PermuteConfig& config, const Tensor& id
 
   const Tensor y_gpu = unpermute_forward(yp_gpu, gmap);
   EXPECT_EQ(y_gpu.dtype(), rc.dtype);
-  EXPECT_TRUE(test::close_as(host(y_gpu), unpermute_forward(yp_ref, cmap), rc.dtype,
-                             "unpermute_forward"));
+  EXPECT_TRUE(
+      test::close_as(host(y_gpu), unpermute_forward(yp_ref, cmap), rc.dtype, "unpermute_forward"));
 
   const PermuteGrads gc = permute_backward(yp_ref, d_probs_perm, cmap);
   const PermuteGrads gg = permute_backward(yp_gpu, gpu(d_probs_perm), gmap);
@@ -205,14 +217,14 @@ TEST(PermuteCuda, RowOpsMatchCpu) {
   size_t index = 0;
   for (const RowCase& rc : cases) {
     const int64_t experts = std::vector<int64_t>{8, 33, 128}[index++ % 3];
-    RoutingSpec spec{.tokens = tokens, .topk = rc.topk, .experts = experts, .holes = true,
-                     .drop = 0.1};
+    RoutingSpec spec{
+        .tokens = tokens, .topk = rc.topk, .experts = experts, .holes = true, .drop = 0.1};
     if (!routable(spec)) spec.holes = false;
     const Tensor ids = test::random_routing(spec, ++case_seed);
     for (const PermuteConfig& config : all_configs(tokens, rc.topk, experts)) {
-      SCOPED_TRACE(testing::Message() << dtype_name(rc.dtype) << " H=" << rc.hidden
-                                      << (rc.misaligned ? " misaligned " : " ")
-                                      << describe(spec, config));
+      SCOPED_TRACE(testing::Message()
+                   << dtype_name(rc.dtype) << " H=" << rc.hidden
+                   << (rc.misaligned ? " misaligned " : " ") << describe(spec, config));
       check_rows(rc, config, ids, ++case_seed);
     }
   }
@@ -235,7 +247,8 @@ TEST(PermuteCuda, ZeroTokens) {
     EXPECT_EQ(unpermute_backward(x, map).shape(), (Shape{map.num_rows, 16}));
   }
   EXPECT_EQ(drop_over_capacity(ids, Tensor::empty({0, 2}, DType::f32, Device::cuda()), 8, 2,
-                               DropPolicy::probs).shape(),
+                               DropPolicy::probs)
+                .shape(),
             (Shape{0, 2}));
 }
 

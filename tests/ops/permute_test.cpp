@@ -1,6 +1,8 @@
 // Token permutation on the CPU, as a specification: the map's layout (stable by expert, padding
 // to multiples and to capacity), fp64 finite-difference gradients of permute / unpermute, the
 // Megatron-equivalent round trips, capacity dropping, chunk sorting, empty inputs and errors.
+#include "moe/ops/permute.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 #include <vector>
 
 #include "common/check.h"
-#include "moe/ops/permute.h"
 #include "ops/permute_testing.h"
 
 namespace moe::ops {
@@ -16,8 +17,12 @@ namespace {
 
 using test::RoutingSpec;
 
-std::vector<int32_t> ints(const Tensor& t) { return t.to_vector<int32_t>(); }
-std::vector<int64_t> longs(const Tensor& t) { return t.to_vector<int64_t>(); }
+std::vector<int32_t> ints(const Tensor& t) {
+  return t.to_vector<int32_t>();
+}
+std::vector<int64_t> longs(const Tensor& t) {
+  return t.to_vector<int64_t>();
+}
 
 Tensor ids_of(const std::vector<int32_t>& v, int64_t tokens, int64_t topk) {
   return Tensor::from_vector(v, {tokens, topk});
@@ -26,7 +31,9 @@ Tensor ids_of(const std::vector<int32_t>& v, int64_t tokens, int64_t topk) {
 // The worked example: 4 tokens, top-2 of 3 experts, slot 5 dropped.
 //   slot:   0  1  2  3  4  5  6  7
 //   expert: 0  2  1  0  2 -1  0  1
-Tensor example_ids() { return ids_of({0, 2, 1, 0, 2, -1, 0, 1}, 4, 2); }
+Tensor example_ids() {
+  return ids_of({0, 2, 1, 0, 2, -1, 0, 1}, 4, 2);
+}
 
 // Checks everything a map promises, whatever its config: the two directions are inverse,
 // every expert's rows are its slots in ascending order followed by padding, and rows past
@@ -85,23 +92,23 @@ TEST(PermuteMap, PadToMultiple) {
   EXPECT_EQ(longs(map.tokens_per_expert), (std::vector<int64_t>{4, 4, 4}));
   EXPECT_EQ(ints(map.slot_to_row), (std::vector<int32_t>{0, 8, 4, 1, 9, -1, 2, 5}));
   std::vector<int32_t> rows(17, -1);
-  for (auto [r, s] : std::vector<std::pair<int, int>>{{0, 0}, {1, 3}, {2, 6}, {4, 2}, {5, 7},
-                                                      {8, 1}, {9, 4}})
+  for (auto [r, s] :
+       std::vector<std::pair<int, int>>{{0, 0}, {1, 3}, {2, 6}, {4, 2}, {5, 7}, {8, 1}, {9, 4}})
     rows[r] = s;
   EXPECT_EQ(ints(map.row_to_slot), rows);
 }
 
 TEST(PermuteMap, PadToCapacityDropsOverflowByPosition) {
   // Expert 0 has slots 0, 3, 6: with capacity 2 slot 6 is dropped.
-  PermuteMap map = make_permute_map(
-      example_ids(), {.num_experts = 3, .capacity = 2, .pad_to_capacity = true});
+  PermuteMap map =
+      make_permute_map(example_ids(), {.num_experts = 3, .capacity = 2, .pad_to_capacity = true});
   EXPECT_EQ(map.num_rows, 6);
   EXPECT_EQ(longs(map.tokens_per_expert), (std::vector<int64_t>{2, 2, 2}));
   EXPECT_EQ(ints(map.slot_to_row), (std::vector<int32_t>{0, 4, 2, 1, 5, -1, -1, 3}));
   EXPECT_EQ(ints(map.row_to_slot), (std::vector<int32_t>{0, 3, 2, 7, 1, 4}));
   // Capacity rows rounded up to the multiple: 4 rows per expert, 2 of them kept at most.
-  map = make_permute_map(example_ids(), {.num_experts = 3, .pad_multiple = 4, .capacity = 2,
-                                         .pad_to_capacity = true});
+  map = make_permute_map(
+      example_ids(), {.num_experts = 3, .pad_multiple = 4, .capacity = 2, .pad_to_capacity = true});
   EXPECT_EQ(map.num_rows, 12);
   EXPECT_EQ(longs(map.tokens_per_expert), (std::vector<int64_t>{4, 4, 4}));
   EXPECT_EQ(ints(map.slot_to_row), (std::vector<int32_t>{0, 8, 4, 1, 9, -1, -1, 5}));
@@ -112,13 +119,13 @@ TEST(PermuteMap, RandomRoutingsAreConsistent) {
   SCOPED_TRACE(seed);
   for (int64_t topk : {1, 2, 8}) {
     for (int64_t experts : {12, 33}) {
-      const RoutingSpec spec{.tokens = 57, .topk = topk, .experts = experts, .holes = true,
-                             .drop = 0.1};
+      const RoutingSpec spec{
+          .tokens = 57, .topk = topk, .experts = experts, .holes = true, .drop = 0.1};
       const Tensor ids = test::random_routing(spec, seed + topk * 100 + experts);
-      for (PermuteConfig config : {PermuteConfig{.num_experts = experts},
-                                   PermuteConfig{.num_experts = experts, .pad_multiple = 16},
-                                   PermuteConfig{.num_experts = experts, .capacity = 5,
-                                                 .pad_to_capacity = true}}) {
+      for (PermuteConfig config :
+           {PermuteConfig{.num_experts = experts},
+            PermuteConfig{.num_experts = experts, .pad_multiple = 16},
+            PermuteConfig{.num_experts = experts, .capacity = 5, .pad_to_capacity = true}}) {
         SCOPED_TRACE(testing::Message() << "K=" << topk << " E=" << experts << " pad "
                                         << config.pad_multiple << " cap " << config.capacity);
         const PermuteMap map = make_permute_map(ids, config);
@@ -161,8 +168,8 @@ TEST(PermuteGrad, PermuteMatchesFiniteDifferences) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   const int64_t tokens = 7, topk = 3, experts = 5, hidden = 4;
-  const Tensor ids = test::random_routing(
-      {.tokens = tokens, .topk = topk, .experts = experts, .drop = 0.2}, seed);
+  const Tensor ids =
+      test::random_routing({.tokens = tokens, .topk = topk, .experts = experts, .drop = 0.2}, seed);
   for (const GradCase& c : grad_cases(experts)) {
     SCOPED_TRACE(c.name);
     const PermuteMap map = make_permute_map(ids, c.config);
@@ -176,8 +183,8 @@ TEST(PermuteGrad, PermuteMatchesFiniteDifferences) {
     };
     const PermuteGrads grads = permute_backward(wx, wp, map);
     EXPECT_TRUE(test::close(grads.x, test::numerical_gradient(loss, x), test::kGradCheckTol, "dx"));
-    EXPECT_TRUE(test::close(grads.probs, test::numerical_gradient(loss, probs),
-                            test::kGradCheckTol, "dprobs"));
+    EXPECT_TRUE(test::close(grads.probs, test::numerical_gradient(loss, probs), test::kGradCheckTol,
+                            "dprobs"));
     // Without probs the probs gradient is undefined and dx is unchanged.
     const PermuteGrads no_probs = permute_backward(wx, Tensor(), map);
     EXPECT_FALSE(no_probs.probs.defined());
@@ -247,7 +254,8 @@ TEST(PermuteRoundTrip, ReturnsXTimesKeptSlots) {
   }
 }
 
-// probs_perm applied to the permuted rows (as the SwiGLU does): y_perm[r] = probs_perm[r] x_perm[r].
+// probs_perm applied to the permuted rows (as the SwiGLU does): y_perm[r] = probs_perm[r]
+// x_perm[r].
 Tensor apply_row_probs(const Tensor& x_perm, const Tensor& probs_perm) {
   Tensor out = x_perm.to(DType::f64);
   const auto p = probs_perm.to_double_vector();
@@ -319,9 +327,9 @@ TEST(PermuteRoundTrip, PaddingToMultiplesOf16LeavesOutputsUnchanged) {
 // ---- capacity -------------------------------------------------------------------------------
 
 TEST(PermuteCapacity, ExpertCapacityFormula) {
-  EXPECT_EQ(expert_capacity(10, 2, 4, 1.0), 5);   // ceil(20 / 4)
-  EXPECT_EQ(expert_capacity(10, 2, 4, 1.5), 8);   // ceil(7.5)
-  EXPECT_EQ(expert_capacity(7, 1, 3, 1.0), 3);    // ceil(2.33)
+  EXPECT_EQ(expert_capacity(10, 2, 4, 1.0), 5);  // ceil(20 / 4)
+  EXPECT_EQ(expert_capacity(10, 2, 4, 1.5), 8);  // ceil(7.5)
+  EXPECT_EQ(expert_capacity(7, 1, 3, 1.0), 3);   // ceil(2.33)
   EXPECT_EQ(expert_capacity(4096, 8, 128, 1.0), 256);
   EXPECT_EQ(expert_capacity(0, 2, 4, 1.0), 0);
   EXPECT_THROW(expert_capacity(10, 2, 0, 1.0), moe::Error);
@@ -426,9 +434,9 @@ TEST(PermuteCapacity, DropAndPadKeepsTheSameSlotsAsDrop) {
   // Padding to capacity without dropping first drops the overflow by position.
   const PermuteMap direct = make_permute_map(
       ids, {.num_experts = experts, .capacity = capacity, .pad_to_capacity = true});
-  const PermuteMap via_drop = make_permute_map(
-      drop_over_capacity(ids, Tensor(), experts, capacity, DropPolicy::position),
-      {.num_experts = experts, .capacity = capacity, .pad_to_capacity = true});
+  const PermuteMap via_drop =
+      make_permute_map(drop_over_capacity(ids, Tensor(), experts, capacity, DropPolicy::position),
+                       {.num_experts = experts, .capacity = capacity, .pad_to_capacity = true});
   EXPECT_TRUE(test::equal(direct.slot_to_row, via_drop.slot_to_row));
   EXPECT_TRUE(test::equal(direct.row_to_slot, via_drop.row_to_slot));
 }
@@ -478,8 +486,8 @@ TEST(PermuteDtypes, Bf16SumsInFp32) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   const int64_t tokens = 29, topk = 4, experts = 5, hidden = 16;
-  const Tensor ids = test::random_routing(
-      {.tokens = tokens, .topk = topk, .experts = experts, .drop = 0.1}, seed);
+  const Tensor ids =
+      test::random_routing({.tokens = tokens, .topk = topk, .experts = experts, .drop = 0.1}, seed);
   const PermuteMap map = make_permute_map(ids, {.num_experts = experts});
   const Tensor y16 = test::random_normal({map.num_rows, hidden}, DType::bf16, seed + 1);
   const Tensor ref = unpermute_forward(y16.to(DType::f32), map);
@@ -489,8 +497,7 @@ TEST(PermuteDtypes, Bf16SumsInFp32) {
   // Rows of any dtype are moved exactly.
   for (DType dt : {DType::f64, DType::bf16, DType::f16, DType::fp8_e4m3, DType::i32}) {
     const Tensor x = test::random_normal({tokens, hidden}, DType::f32, seed + 2).to(dt);
-    const Tensor back = unpermute_forward(permute_forward(x, Tensor(), map).x.to(DType::f64),
-                                          map);
+    const Tensor back = unpermute_forward(permute_forward(x, Tensor(), map).x.to(DType::f64), map);
     const Tensor expected = scale_rows(x.to(DType::f64), kept_per_token(map));
     EXPECT_TRUE(test::close_as(back, expected, DType::f64)) << dtype_name(dt);
   }
@@ -516,7 +523,8 @@ TEST(SortChunks, KnownAnswerAndInverse) {
   EXPECT_EQ(sort_chunks(p, sizes, order).to_vector<int32_t>(),
             (std::vector<int32_t>{2, 3, 4, 5, 0, 1}));
   EXPECT_EQ(sort_chunks(Tensor::empty({0, 3}, DType::bf16), std::vector<int64_t>{0, 0},
-                        std::vector<int64_t>{1, 0}).shape(),
+                        std::vector<int64_t>{1, 0})
+                .shape(),
             (Shape{0, 3}));
 }
 
@@ -527,8 +535,7 @@ TEST(SortChunks, RejectsBadArguments) {
   EXPECT_THROW(sort_chunks(x, std::vector<int64_t>{3, 3}, std::vector<int64_t>{0, 0}),
                moe::Error);  // not a permutation
   EXPECT_THROW(sort_chunks(x, std::vector<int64_t>{3, 3}, std::vector<int64_t>{0}), moe::Error);
-  EXPECT_THROW(sort_chunks(x, std::vector<int64_t>{7, -1}, std::vector<int64_t>{0, 1}),
-               moe::Error);
+  EXPECT_THROW(sort_chunks(x, std::vector<int64_t>{7, -1}, std::vector<int64_t>{0, 1}), moe::Error);
 }
 
 // ---- errors ---------------------------------------------------------------------------------
@@ -548,9 +555,9 @@ TEST(PermuteErrors, RejectsBadInput) {
   EXPECT_THROW(permute_forward(x, Tensor::zeros({4, 3}, DType::f32), map), moe::Error);
   EXPECT_THROW(permute_forward(x, Tensor::zeros({4, 2}, DType::bf16), map), moe::Error);
   EXPECT_THROW(permute_backward(Tensor::zeros({7, 3}, DType::f32), Tensor(), map), moe::Error);
-  EXPECT_THROW(permute_backward(Tensor::zeros({8, 3}, DType::f32), Tensor::zeros({7}, DType::f32),
-                                map),
-               moe::Error);
+  EXPECT_THROW(
+      permute_backward(Tensor::zeros({8, 3}, DType::f32), Tensor::zeros({7}, DType::f32), map),
+      moe::Error);
   EXPECT_THROW(unpermute_forward(Tensor::zeros({8, 3}, DType::i32), map), moe::Error);
   EXPECT_THROW(unpermute_forward(Tensor::zeros({4, 3}, DType::f32), map), moe::Error);
   EXPECT_THROW(unpermute_backward(Tensor::zeros({8, 3}, DType::f32), map), moe::Error);
@@ -558,8 +565,7 @@ TEST(PermuteErrors, RejectsBadInput) {
   broken.num_rows = 9;
   EXPECT_THROW(unpermute_forward(Tensor::zeros({9, 3}, DType::f32), broken), moe::Error);
   EXPECT_THROW(drop_over_capacity(ids, Tensor(), 3, 2, DropPolicy::probs), moe::Error);
-  EXPECT_THROW(drop_over_capacity(ids, Tensor::zeros({4, 2}, DType::f32), 2, 2,
-                                  DropPolicy::probs),
+  EXPECT_THROW(drop_over_capacity(ids, Tensor::zeros({4, 2}, DType::f32), 2, 2, DropPolicy::probs),
                moe::Error);  // id 2 out of range
   EXPECT_THROW(drop_over_capacity(ids, Tensor(), 3, -1, DropPolicy::position), moe::Error);
 }

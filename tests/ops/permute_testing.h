@@ -17,8 +17,8 @@ struct RoutingSpec {
   int64_t tokens = 0;
   int64_t topk = 1;
   int64_t experts = 1;
-  bool holes = false;      // every third expert (1, 4, 7, ...) receives no tokens
-  double drop = 0.0;       // fraction of slots set to -1 (already dropped)
+  bool holes = false;  // every third expert (1, 4, 7, ...) receives no tokens
+  double drop = 0.0;   // fraction of slots set to -1 (already dropped)
 };
 
 // expert_ids [T, K] i32: K distinct experts per token (in random order), from the experts the
@@ -55,6 +55,8 @@ inline Tensor tied_probs(int64_t tokens, int64_t topk, uint64_t seed) {
 }
 
 // x rounded through dtype and back (the same values a bf16 kernel sees, in f32).
-inline Tensor rounded_through(const Tensor& x, DType dtype) { return x.to(dtype).to(DType::f32); }
+inline Tensor rounded_through(const Tensor& x, DType dtype) {
+  return x.to(dtype).to(DType::f32);
+}
 
 }  // namespace moe::test

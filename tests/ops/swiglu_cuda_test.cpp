@@ -10,11 +10,17 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda()) : Tensor(); }
-Tensor host(const Tensor& t) { return t.to(Device::cpu()); }
+Tensor gpu(const Tensor& t) {
+  return t.defined() ? t.to(Device::cuda()) : Tensor();
+}
+Tensor host(const Tensor& t) {
+  return t.to(Device::cpu());
+}
 
 // The reference dtype for a kernel dtype: f32 for bf16/f16 (on the same rounded values).
-DType ref_dtype(DType dt) { return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt; }
+DType ref_dtype(DType dt) {
+  return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
+}
 
 // A GPU copy of `values` starting 1 element past an aligned address.
 Tensor misaligned_gpu(const Tensor& values) {
@@ -77,8 +83,8 @@ TEST(SwigluCuda, F64Probs) {
   const Tensor fc1 = test::random_normal({33, 64}, DType::f64, seed);
   const Tensor dh = test::random_normal({33, 32}, DType::f64, seed + 1);
   const Tensor probs = test::random_uniform({33}, DType::f64, seed + 2, 0.0, 1.0);
-  EXPECT_TRUE(test::close_as(host(swiglu_forward(gpu(fc1), gpu(probs))),
-                             swiglu_forward(fc1, probs), DType::f64));
+  EXPECT_TRUE(test::close_as(host(swiglu_forward(gpu(fc1), gpu(probs))), swiglu_forward(fc1, probs),
+                             DType::f64));
   const SwigluGrads g = swiglu_backward(gpu(dh), gpu(fc1), gpu(probs));
   const SwigluGrads c = swiglu_backward(dh, fc1, probs);
   EXPECT_TRUE(test::close_as(host(g.fc1_out), c.fc1_out, DType::f64));

@@ -1,17 +1,20 @@
 // SwiGLU with probs and the sigmoid gate on the CPU: known answers from the formulas, fp64
 // finite-difference gradients (with and without probs), bf16 computed in fp32, errors.
+#include "moe/ops/swiglu.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
 #include "common/check.h"
-#include "moe/ops/swiglu.h"
 
 namespace moe::ops {
 namespace {
 
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+double sigmoid(double x) {
+  return 1.0 / (1.0 + std::exp(-x));
+}
 
 TEST(Swiglu, KnownAnswer) {
   // Two rows, F = 2: [gate0 gate1 | up0 up1].
@@ -41,13 +44,13 @@ TEST(Swiglu, GradientsMatchFiniteDifferences) {
   for (bool with_probs : {true, false}) {
     SCOPED_TRACE(with_probs ? "with probs" : "without probs");
     Tensor fc1 = test::random_normal({rows, 2 * ffn}, DType::f64, seed, Device::cpu(), 2.0);
-    Tensor probs = with_probs ? test::random_uniform({rows}, DType::f64, seed + 1, 0.1, 1.0)
-                              : Tensor();
+    Tensor probs =
+        with_probs ? test::random_uniform({rows}, DType::f64, seed + 1, 0.1, 1.0) : Tensor();
     const Tensor w = test::random_normal({rows, ffn}, DType::f64, seed + 2);
     auto loss = [&] { return test::dot(swiglu_forward(fc1, probs), w); };
     const SwigluGrads g = swiglu_backward(w, fc1, probs);
-    EXPECT_TRUE(test::close(g.fc1_out, test::numerical_gradient(loss, fc1), test::kGradCheckTol,
-                            "d_fc1"));
+    EXPECT_TRUE(
+        test::close(g.fc1_out, test::numerical_gradient(loss, fc1), test::kGradCheckTol, "d_fc1"));
     if (with_probs) {
       EXPECT_TRUE(test::close(g.probs, test::numerical_gradient(loss, probs), test::kGradCheckTol,
                               "d_probs"));
@@ -108,12 +111,12 @@ TEST(Swiglu, RejectsBadInput) {
 // ---- sigmoid gate ---------------------------------------------------------------------------
 
 TEST(SigmoidGate, KnownAnswer) {
-  const Tensor out = Tensor::from_vector(std::vector<double>{1.0, -2.0, 3.0, 0.5, 4.0, -1.0},
-                                         {2, 3});
+  const Tensor out =
+      Tensor::from_vector(std::vector<double>{1.0, -2.0, 3.0, 0.5, 4.0, -1.0}, {2, 3});
   const Tensor g = Tensor::from_vector(std::vector<double>{0.3, -1.2}, {2, 1});
   const double s0 = sigmoid(0.3), s1 = sigmoid(-1.2);
-  const Tensor expected = Tensor::from_vector(
-      std::vector<double>{s0, -2 * s0, 3 * s0, 0.5 * s1, 4 * s1, -s1}, {2, 3});
+  const Tensor expected =
+      Tensor::from_vector(std::vector<double>{s0, -2 * s0, 3 * s0, 0.5 * s1, 4 * s1, -s1}, {2, 3});
   EXPECT_TRUE(test::close_as(sigmoid_gate_forward(out, g), expected, DType::f64));
 }
 
@@ -125,10 +128,10 @@ TEST(SigmoidGate, GradientsMatchFiniteDifferences) {
   const Tensor w = test::random_normal({6, 5}, DType::f64, seed + 2);
   auto loss = [&] { return test::dot(sigmoid_gate_forward(out, g), w); };
   const SigmoidGateGrads grads = sigmoid_gate_backward(w, out, g);
-  EXPECT_TRUE(test::close(grads.out, test::numerical_gradient(loss, out), test::kGradCheckTol,
-                          "d_out"));
-  EXPECT_TRUE(test::close(grads.gate_logits, test::numerical_gradient(loss, g),
-                          test::kGradCheckTol, "d_gate"));
+  EXPECT_TRUE(
+      test::close(grads.out, test::numerical_gradient(loss, out), test::kGradCheckTol, "d_out"));
+  EXPECT_TRUE(test::close(grads.gate_logits, test::numerical_gradient(loss, g), test::kGradCheckTol,
+                          "d_gate"));
 }
 
 TEST(SigmoidGate, Bf16ComputesInFp32AndRejectsBadInput) {
@@ -136,9 +139,9 @@ TEST(SigmoidGate, Bf16ComputesInFp32AndRejectsBadInput) {
   SCOPED_TRACE(seed);
   const Tensor out = test::random_normal({7, 16}, DType::bf16, seed);
   const Tensor g = test::random_normal({7, 1}, DType::bf16, seed + 1);
-  EXPECT_TRUE(test::equal(sigmoid_gate_forward(out, g),
-                          sigmoid_gate_forward(out.to(DType::f32), g.to(DType::f32))
-                              .to(DType::bf16)));
+  EXPECT_TRUE(
+      test::equal(sigmoid_gate_forward(out, g),
+                  sigmoid_gate_forward(out.to(DType::f32), g.to(DType::f32)).to(DType::bf16)));
   EXPECT_THROW(sigmoid_gate_forward(out, Tensor::zeros({7, 2}, DType::bf16)), moe::Error);
   EXPECT_THROW(sigmoid_gate_forward(out, Tensor::zeros({7, 1}, DType::f32)), moe::Error);
   EXPECT_THROW(sigmoid_gate_backward(Tensor::zeros({7, 15}, DType::bf16), out, g), moe::Error);

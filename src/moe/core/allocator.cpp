@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 
 #include "moe/core/error.h"
@@ -33,6 +34,7 @@ struct CachingCudaAllocator {
   std::mutex mutex;
   std::map<std::pair<int, StreamHandle>, FreeList> free_lists;
   std::unordered_map<void*, Block> blocks;  // every block obtained from the driver
+  std::set<std::pair<int, StreamHandle>> live_streams;  // streams that allocated, not released
   std::map<int, MemoryStats> stats;
 
   void* allocate(size_t requested, int device) {
@@ -41,15 +43,22 @@ struct CachingCudaAllocator {
                                                      : round_up(requested, kLargeRound);
     StreamHandle stream = current_stream(device);
     std::lock_guard lock(mutex);
+    live_streams.insert({device, stream});
     MemoryStats& s = stats[device];
-    FreeList& list = free_lists[{device, stream}];
-    // Best fit, but never hand a large block to a much smaller request.
-    auto it = list.lower_bound(bytes);
+    // Best fit from this stream's blocks, then from blocks of destroyed (synchronised)
+    // streams; never hand a large block to a much smaller request.
     void* ptr = nullptr;
-    if (it != list.end() && it->first <= 2 * bytes + kLargeRound) {
-      ptr = it->second;
-      list.erase(it);
-    } else {
+    for (StreamHandle key : {stream, static_cast<StreamHandle>(nullptr)}) {
+      FreeList& list = free_lists[{device, key}];
+      auto it = list.lower_bound(bytes);
+      if (it != list.end() && it->first <= 2 * bytes + kLargeRound) {
+        ptr = it->second;
+        list.erase(it);
+        blocks[ptr].stream = stream;
+        break;
+      }
+    }
+    if (ptr == nullptr) {
       cudaError_t status = cudaMalloc(&ptr, bytes);
       if (status == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError();
@@ -80,9 +89,24 @@ struct CachingCudaAllocator {
     std::lock_guard lock(mutex);
     auto it = blocks.find(ptr);
     MOE_CHECK(it != blocks.end(), "freeing a pointer the CUDA allocator did not hand out");
-    const Block& block = it->second;
+    Block& block = it->second;
     stats[block.device].allocated_bytes -= static_cast<int64_t>(block.bytes);
+    // A block whose stream was destroyed meanwhile (its thread ended) serves any stream.
+    if (!live_streams.contains({block.device, block.stream})) block.stream = nullptr;
     free_lists[{block.device, block.stream}].emplace(block.bytes, ptr);
+  }
+
+  void release_stream(int device, StreamHandle stream) {
+    std::lock_guard lock(mutex);
+    live_streams.erase({device, stream});
+    auto it = free_lists.find({device, stream});
+    if (it == free_lists.end()) return;
+    FreeList& orphans = free_lists[{device, nullptr}];
+    for (auto& [bytes, ptr] : it->second) {
+      orphans.emplace(bytes, ptr);
+      blocks[ptr].stream = nullptr;
+    }
+    free_lists.erase(it);
   }
 
   void release_cached_locked() {
@@ -153,6 +177,10 @@ void reset_peak_memory(Device device) {
   std::lock_guard lock(a.mutex);
   MemoryStats& s = a.stats[device.index];
   s.peak_allocated_bytes = s.allocated_bytes;
+}
+
+void release_stream_blocks(int device, StreamHandle stream) {
+  cuda_allocator().release_stream(device, stream);
 }
 
 void empty_cache() {

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "moe/core/device.h"
+#include "moe/core/stream.h"
 
 namespace moe {
 
@@ -26,5 +27,8 @@ MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
 // Returns cached, unused CUDA blocks to the driver.
 void empty_cache();
+// Called when a stream is about to be destroyed (after it was synchronised): its cached
+// blocks become reusable by any stream of that device instead of being stranded.
+void release_stream_blocks(int device, StreamHandle stream);
 
 }  // namespace moe

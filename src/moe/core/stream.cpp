@@ -2,6 +2,7 @@
 
 #include <map>
 
+#include "moe/core/allocator.h"
 #include "moe/core/error.h"
 
 #if MOE_WITH_CUDA
@@ -16,7 +17,13 @@ struct ThreadStreams {
   std::map<int, cudaStream_t> owned;    // created by this thread, destroyed at thread exit
   std::map<int, cudaStream_t> current;  // overrides set by StreamGuard
   ~ThreadStreams() {
-    for (auto& [device, stream] : owned) (void)cudaStreamDestroy(stream);
+    for (auto& [device, stream] : owned) {
+      // Blocks freed on this stream are cached under it; once its work is done they may
+      // serve any stream.
+      if (cudaSetDevice(device) == cudaSuccess && cudaStreamSynchronize(stream) == cudaSuccess)
+        release_stream_blocks(device, reinterpret_cast<StreamHandle>(stream));
+      (void)cudaStreamDestroy(stream);
+    }
   }
 };
 thread_local ThreadStreams tls_streams;

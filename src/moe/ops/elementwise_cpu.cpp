@@ -30,8 +30,8 @@ void add_(Tensor& a, const Tensor& b, double alpha) {
   }
   dispatch<MOE_ELEMENTWISE_DTYPES>(a.dtype(), op, [&]<class TA>() {
     dispatch<MOE_ELEMENTWISE_DTYPES>(b.dtype(), op, [&]<class TB>() {
-      using A = std::conditional_t<std::is_same_v<TA, double> || std::is_same_v<TB, double>,
-                                   double, float>;
+      using A = std::conditional_t<std::is_same_v<TA, double> || std::is_same_v<TB, double>, double,
+                                   float>;
       TA* pa = a.data<TA>();
       const TB* pb = b.data<TB>();
       const A k = static_cast<A>(alpha);

@@ -18,14 +18,18 @@ using MixedAcc =
 
 template <class T, class A>
 __device__ __forceinline__ A load_as(const T& v) {
-  if constexpr (std::is_same_v<T, double>) return static_cast<A>(v);
-  else return static_cast<A>(cuda::load_float(&v));
+  if constexpr (std::is_same_v<T, double>)
+    return static_cast<A>(v);
+  else
+    return static_cast<A>(cuda::load_float(&v));
 }
 
 template <class T, class A>
 __device__ __forceinline__ void store_as(T& dst, A v) {
-  if constexpr (std::is_same_v<T, double>) dst = v;
-  else cuda::store_float(&dst, static_cast<float>(v));
+  if constexpr (std::is_same_v<T, double>)
+    dst = v;
+  else
+    cuda::store_float(&dst, static_cast<float>(v));
 }
 
 // a += alpha * b over N-element packs; elements from packs * N on are the tail.
@@ -98,15 +102,15 @@ void add_cuda(Tensor& a, const Tensor& b, double alpha) {
     dispatch<MOE_ELEMENTWISE_DTYPES>(b.dtype(), "add_", [&]<class TB>() {
       using A = MixedAcc<TA, TB>;
       // 16 bytes of the narrower dtype per pack (the wider one moves 32 or 64 bytes).
-      constexpr int kN = kPack16<TA> > kPack16<TB> ? kPack16<TA> : kPack16<TB>;
+      constexpr int kN = kPack16 < TA >> kPack16<TB> ? kPack16<TA> : kPack16<TB>;
       const bool vector = aligned_to(a.raw(), 16) && aligned_to(b.raw(), 16);
       const unsigned blocks = cuda::blocks_for(vector ? (n + kN - 1) / kN : n, kThreads);
       if (vector)
-        add_kernel<TA, TB, kN><<<blocks, kThreads, 0, stream>>>(a.data<TA>(), b.data<TB>(), n,
-                                                                 static_cast<A>(alpha));
+        add_kernel<TA, TB, kN>
+            <<<blocks, kThreads, 0, stream>>>(a.data<TA>(), b.data<TB>(), n, static_cast<A>(alpha));
       else
-        add_kernel<TA, TB, 1><<<blocks, kThreads, 0, stream>>>(a.data<TA>(), b.data<TB>(), n,
-                                                                static_cast<A>(alpha));
+        add_kernel<TA, TB, 1>
+            <<<blocks, kThreads, 0, stream>>>(a.data<TA>(), b.data<TB>(), n, static_cast<A>(alpha));
       MOE_CUDA_CHECK_LAUNCH();
     });
   });
@@ -134,19 +138,20 @@ void sum_rows_cuda(const Tensor& x, Tensor& out) {
   cudaStream_t stream = cuda::stream_of(x);
   // Enough row splits to fill the GPU when there are few columns, each of >= 64 rows.
   constexpr int64_t kMinRowsPerSplit = 64, kMaxSplits = 512;
-  const int64_t splits = std::clamp<int64_t>((rows + kMinRowsPerSplit - 1) / kMinRowsPerSplit, 1,
-                                             kMaxSplits);
+  const int64_t splits =
+      std::clamp<int64_t>((rows + kMinRowsPerSplit - 1) / kMinRowsPerSplit, 1, kMaxSplits);
   const int64_t rows_per_split = std::max<int64_t>((rows + splits - 1) / splits, 1);
   const unsigned col_blocks = static_cast<unsigned>((cols + kThreads - 1) / kThreads);
   dispatch<MOE_ELEMENTWISE_DTYPES>(x.dtype(), "sum_rows", [&]<class T>() {
     using O = std::conditional_t<std::is_same_v<T, double>, double, float>;
     Tensor partial = splits == 1 ? out : Tensor::empty({splits, cols}, out.dtype(), out.device());
-    column_sum_kernel<T, O><<<dim3(col_blocks, static_cast<unsigned>(splits)), kThreads, 0, stream>>>(
-        x.data<T>(), partial.data<O>(), rows, cols, rows_per_split);
+    column_sum_kernel<T, O>
+        <<<dim3(col_blocks, static_cast<unsigned>(splits)), kThreads, 0, stream>>>(
+            x.data<T>(), partial.data<O>(), rows, cols, rows_per_split);
     MOE_CUDA_CHECK_LAUNCH();
     if (splits > 1) {
-      add_partials_kernel<O><<<col_blocks, kThreads, 0, stream>>>(partial.data<O>(), out.data<O>(),
-                                                                   splits, cols);
+      add_partials_kernel<O>
+          <<<col_blocks, kThreads, 0, stream>>>(partial.data<O>(), out.data<O>(), splits, cols);
       MOE_CUDA_CHECK_LAUNCH();
     }
   });

@@ -90,18 +90,52 @@ Activity activity(std::span<const int64_t> counts) {
 constexpr int64_t kGroupedMinExperts = 4;
 constexpr int64_t kGroupedMaxMeanRows = 1024;
 
-bool use_grouped_batched(std::span<const int64_t> counts, DType a_dtype, DType c_dtype) {
-  if (a_dtype != c_dtype) return false;  // cuBLAS's grouped GEMM has no bf16/f16 -> f32 form
-  switch (grouped_gemm_backend()) {
-    case GroupedGemmBackend::per_expert_lt:
-      return false;
-    case GroupedGemmBackend::grouped_batched:
-      return true;
-    case GroupedGemmBackend::automatic:
-      break;
+GroupedGemmBackend choose_backend(std::span<const int64_t> counts, DType a_dtype, DType c_dtype) {
+  GroupedGemmBackend backend = grouped_gemm_backend();
+  if (backend == GroupedGemmBackend::automatic) {
+    const Activity a = activity(counts);
+    backend = a.experts >= kGroupedMinExperts && a.rows <= kGroupedMaxMeanRows * a.experts
+                  ? GroupedGemmBackend::grouped_batched
+                  : GroupedGemmBackend::per_expert_lt;
   }
-  const Activity a = activity(counts);
-  return a.experts >= kGroupedMinExperts && a.rows <= kGroupedMaxMeanRows * a.experts;
+  // cuBLAS's grouped GEMM has no bf16/f16 -> f32 form.
+  if (backend == GroupedGemmBackend::grouped_batched && a_dtype != c_dtype)
+    backend = GroupedGemmBackend::per_expert_lt;
+  return backend;
+}
+
+// Side streams of the calling thread for one device, with the events that fork them from and
+// join them into the caller's stream. Created on first use, destroyed at thread exit.
+constexpr int kSideStreams = 4;
+struct SideStreams {
+  int device = -1;
+  cudaStream_t streams[kSideStreams] = {};
+  cudaEvent_t done[kSideStreams] = {};
+  cudaEvent_t fork = nullptr;
+  ~SideStreams() {
+    if (device < 0) return;
+    (void)cudaSetDevice(device);
+    for (int i = 0; i < kSideStreams; ++i) {
+      (void)cudaStreamSynchronize(streams[i]);
+      (void)cudaStreamDestroy(streams[i]);
+      (void)cudaEventDestroy(done[i]);
+    }
+    (void)cudaEventDestroy(fork);
+  }
+};
+thread_local std::map<int, SideStreams> tls_side_streams;
+
+SideStreams& side_streams(int device) {
+  SideStreams& s = tls_side_streams[device];
+  if (s.device < 0) {
+    for (int i = 0; i < kSideStreams; ++i) {
+      MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s.streams[i], cudaStreamNonBlocking));
+      MOE_CUDA_CHECK(cudaEventCreateWithFlags(&s.done[i], cudaEventDisableTiming));
+    }
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
+    s.device = device;
+  }
+  return s;
 }
 
 // One expert's product in cuBLAS's column-major terms (see the file comment).
@@ -176,8 +210,19 @@ void run_grouped_batched(const std::vector<Problem>& problems, cublasOperation_t
 // cuBLAS's A (our row-major second operand) and B (our first) swap back into LtMatmul's
 // row-major convention.
 void run_per_expert(const std::vector<Problem>& problems, bool cm_trans_a, bool cm_trans_b,
-                    DType a_dtype, DType c_dtype, double beta, int device, cudaStream_t stream) {
-  for (const Problem& p : problems) {
+                    DType a_dtype, DType c_dtype, double beta, int device, cudaStream_t stream,
+                    bool spread_over_streams) {
+  SideStreams* side = nullptr;
+  int used = 0;
+  if (spread_over_streams && problems.size() > 1) {
+    side = &side_streams(device);
+    used = static_cast<int>(std::min<size_t>(problems.size(), kSideStreams));
+    MOE_CUDA_CHECK(cudaEventRecord(side->fork, stream));
+    for (int i = 0; i < used; ++i) MOE_CUDA_CHECK(cudaStreamWaitEvent(side->streams[i], side->fork));
+  }
+  for (size_t i = 0; i < problems.size(); ++i) {
+    const Problem& p = problems[i];
+    const cudaStream_t run_on = side ? side->streams[i % used] : stream;
     LtMatmul args;
     args.a_dtype = a_dtype;
     args.c_dtype = c_dtype;
@@ -191,19 +236,27 @@ void run_per_expert(const std::vector<Problem>& problems, bool cm_trans_a, bool 
     args.c = p.c;
     args.alpha = 1.0;
     args.beta = beta;
-    lt_matmul(args, device, reinterpret_cast<StreamHandle>(stream));
+    lt_matmul(args, device, reinterpret_cast<StreamHandle>(run_on));
+  }
+  if (side) {
+    for (int i = 0; i < used; ++i) {
+      MOE_CUDA_CHECK(cudaEventRecord(side->done[i], side->streams[i]));
+      MOE_CUDA_CHECK(cudaStreamWaitEvent(stream, side->done[i]));
+    }
   }
 }
 
 void run(const std::vector<Problem>& problems, std::span<const int64_t> counts, bool cm_trans_a,
          bool cm_trans_b, DType a_dtype, DType c_dtype, double beta, int device,
          cudaStream_t stream) {
-  if (use_grouped_batched(counts, a_dtype, c_dtype)) {
+  const GroupedGemmBackend backend = choose_backend(counts, a_dtype, c_dtype);
+  if (backend == GroupedGemmBackend::grouped_batched) {
     run_grouped_batched(problems, cm_trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                         cm_trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, a_dtype, c_dtype, beta, device,
                         stream);
   } else {
-    run_per_expert(problems, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device, stream);
+    run_per_expert(problems, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device, stream,
+                   backend == GroupedGemmBackend::per_expert_streams);
   }
 }
 

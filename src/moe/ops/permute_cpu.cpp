@@ -15,7 +15,9 @@ namespace {
 
 constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
 
-int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
 
 void check_map(const PermuteMap& map, const char* op) {
   check_dtype(map.slot_to_row, DType::i32, op, "map.slot_to_row");
@@ -54,8 +56,10 @@ void gather_rows_cpu(const Tensor& src, const Tensor& probs, const Tensor& row_t
   const int32_t* r2s = row_to_slot.data<int32_t>();
   for (int64_t r = 0; r < rows; ++r) {
     char* o = out + static_cast<size_t>(r) * row_bytes;
-    if (r2s[r] < 0) std::memset(o, 0, row_bytes);
-    else std::memcpy(o, in + static_cast<size_t>(r2s[r] / topk) * row_bytes, row_bytes);
+    if (r2s[r] < 0)
+      std::memset(o, 0, row_bytes);
+    else
+      std::memcpy(o, in + static_cast<size_t>(r2s[r] / topk) * row_bytes, row_bytes);
   }
   if (!probs.defined()) return;
   dispatch<DType::f32, DType::f64>(probs.dtype(), "permute (probs)", [&]<class P>() {
@@ -167,8 +171,7 @@ PermuteMap make_permute_map(const Tensor& expert_ids, const PermuteConfig& confi
   check_dtype(expert_ids, DType::i32, op, "expert_ids");
   const int64_t experts = config.num_experts;
   MOE_CHECK(experts > 0, op, ": num_experts must be positive, got ", experts);
-  MOE_CHECK(config.pad_multiple >= 1, op, ": pad_multiple must be >= 1, got ",
-            config.pad_multiple);
+  MOE_CHECK(config.pad_multiple >= 1, op, ": pad_multiple must be >= 1, got ", config.pad_multiple);
   MOE_CHECK(!config.pad_to_capacity || config.capacity > 0, op,
             ": pad_to_capacity needs a positive capacity, got ", config.capacity);
   const int64_t tokens = expert_ids.size(0), topk = expert_ids.size(1);
@@ -197,8 +200,7 @@ PermuteMap make_permute_map(const Tensor& expert_ids, const PermuteConfig& confi
                                                 capacity_rows, kept_capacity, map);
                   return map;)
   }
-  make_permute_map_cpu(expert_ids, experts, config.pad_multiple, capacity_rows, kept_capacity,
-                       map);
+  make_permute_map_cpu(expert_ids, experts, config.pad_multiple, capacity_rows, kept_capacity, map);
   return map;
 }
 
@@ -233,7 +235,8 @@ PermuteGrads permute_backward(const Tensor& d_x_perm, const Tensor& d_probs_perm
     check_shape(d_probs_perm, {map.num_rows}, op, "d_probs_perm");
     check_probs_dtype(d_probs_perm, op, "d_probs_perm");
     check_same_device(d_probs_perm, d_x_perm, op);
-    grads.probs = Tensor::empty({map.num_tokens, map.topk}, d_probs_perm.dtype(), d_x_perm.device());
+    grads.probs =
+        Tensor::empty({map.num_tokens, map.topk}, d_probs_perm.dtype(), d_x_perm.device());
   }
   if (d_x_perm.is_cuda()) {
     MOE_CUDA_ONLY(detail::sum_slot_rows_cuda(d_x_perm, d_probs_perm, map.slot_to_row, map.topk,
@@ -251,9 +254,9 @@ Tensor unpermute_forward(const Tensor& y_perm, const PermuteMap& map) {
   Tensor y = Tensor::empty({map.num_tokens, y_perm.size(1)}, y_perm.dtype(), y_perm.device());
   Tensor no_probs;
   if (y_perm.is_cuda()) {
-    MOE_CUDA_ONLY(detail::sum_slot_rows_cuda(y_perm, Tensor(), map.slot_to_row, map.topk, y,
-                                             no_probs);
-                  return y;)
+    MOE_CUDA_ONLY(
+        detail::sum_slot_rows_cuda(y_perm, Tensor(), map.slot_to_row, map.topk, y, no_probs);
+        return y;)
   }
   sum_slot_rows_cpu(y_perm, Tensor(), map.slot_to_row, map.topk, y, no_probs);
   return y;
@@ -266,21 +269,23 @@ Tensor unpermute_backward(const Tensor& d_y, const PermuteMap& map) {
   Tensor d_y_perm = Tensor::empty({map.num_rows, d_y.size(1)}, d_y.dtype(), d_y.device());
   Tensor no_probs;
   if (d_y.is_cuda()) {
-    MOE_CUDA_ONLY(detail::gather_rows_cuda(d_y, Tensor(), map.row_to_slot, map.topk, d_y_perm,
-                                           no_probs);
-                  return d_y_perm;)
+    MOE_CUDA_ONLY(
+        detail::gather_rows_cuda(d_y, Tensor(), map.row_to_slot, map.topk, d_y_perm, no_probs);
+        return d_y_perm;)
   }
   gather_rows_cpu(d_y, Tensor(), map.row_to_slot, map.topk, d_y_perm, no_probs);
   return d_y_perm;
 }
 
 int64_t expert_capacity(int64_t num_tokens, int64_t topk, int64_t num_experts, double factor) {
-  MOE_CHECK(num_tokens >= 0 && topk > 0 && num_experts > 0, "expert_capacity: bad sizes T=",
-            num_tokens, " K=", topk, " E=", num_experts);
-  MOE_CHECK(factor > 0 && std::isfinite(factor), "expert_capacity: capacity factor must be "
-            "positive and finite, got ", factor);
-  return static_cast<int64_t>(
-      std::ceil(static_cast<double>(num_tokens * topk) / static_cast<double>(num_experts) * factor));
+  MOE_CHECK(num_tokens >= 0 && topk > 0 && num_experts > 0,
+            "expert_capacity: bad sizes T=", num_tokens, " K=", topk, " E=", num_experts);
+  MOE_CHECK(factor > 0 && std::isfinite(factor),
+            "expert_capacity: capacity factor must be "
+            "positive and finite, got ",
+            factor);
+  return static_cast<int64_t>(std::ceil(static_cast<double>(num_tokens * topk) /
+                                        static_cast<double>(num_experts) * factor));
 }
 
 Tensor drop_over_capacity(const Tensor& expert_ids, const Tensor& probs, int64_t num_experts,
@@ -298,9 +303,9 @@ Tensor drop_over_capacity(const Tensor& expert_ids, const Tensor& probs, int64_t
   MOE_CHECK(expert_ids.numel() <= kMaxIndex, op, ": too many slots (", expert_ids.numel(), ")");
   Tensor out = Tensor::empty(expert_ids.shape(), DType::i32, expert_ids.device());
   if (expert_ids.is_cuda()) {
-    MOE_CUDA_ONLY(detail::drop_over_capacity_cuda(expert_ids, probs, num_experts, capacity, policy,
-                                                  out);
-                  return out;)
+    MOE_CUDA_ONLY(
+        detail::drop_over_capacity_cuda(expert_ids, probs, num_experts, capacity, policy, out);
+        return out;)
   }
   drop_over_capacity_cpu(expert_ids, probs, num_experts, capacity, policy, out);
   return out;
@@ -318,8 +323,8 @@ Tensor sort_chunks(const Tensor& x, std::span<const int64_t> chunk_sizes,
     MOE_CHECK(chunk_sizes[i] >= 0, op, ": chunk ", i, " has negative size ", chunk_sizes[i]);
     src_start[i + 1] = src_start[i] + chunk_sizes[i];
   }
-  MOE_CHECK(src_start[n] == x.size(0), op, ": chunk sizes add up to ", src_start[n], " rows, x has ",
-            x.size(0));
+  MOE_CHECK(src_start[n] == x.size(0), op, ": chunk sizes add up to ", src_start[n],
+            " rows, x has ", x.size(0));
   std::vector<bool> seen(n, false);
   for (size_t i = 0; i < n; ++i) {
     MOE_CHECK(order[i] >= 0 && order[i] < static_cast<int64_t>(n) && !seen[order[i]], op,
@@ -333,8 +338,8 @@ Tensor sort_chunks(const Tensor& x, std::span<const int64_t> chunk_sizes,
   int64_t dst_row = 0;
   for (size_t i = 0; i < n; ++i) {
     const int64_t rows = chunk_sizes[order[i]];
-    if (rows > 0) copies.push_back({src_start[order[i]] * row_bytes, dst_row * row_bytes,
-                                    rows * row_bytes});
+    if (rows > 0)
+      copies.push_back({src_start[order[i]] * row_bytes, dst_row * row_bytes, rows * row_bytes});
     dst_row += rows;
   }
   if (x.is_cuda()) {

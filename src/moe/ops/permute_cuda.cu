@@ -12,13 +12,12 @@ namespace {
 
 // dst row r = src row (row_to_slot[r] / topk), or zeros for a padding row. W: the memory word.
 template <class W, class P>
-__global__ void gather_rows_kernel(const W* __restrict__ src, W* __restrict__ dst,
-                                   int64_t num_rows, int64_t words_per_row,
-                                   const int32_t* __restrict__ row_to_slot, int64_t topk,
-                                   int threads_per_row, const P* __restrict__ probs,
+__global__ void gather_rows_kernel(const W* __restrict__ src, W* __restrict__ dst, int64_t num_rows,
+                                   int64_t words_per_row, const int32_t* __restrict__ row_to_slot,
+                                   int64_t topk, int threads_per_row, const P* __restrict__ probs,
                                    P* __restrict__ probs_out) {
-  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / threads_per_row) +
-                      threadIdx.x / threads_per_row;
+  const int64_t row =
+      int64_t(blockIdx.x) * (blockDim.x / threads_per_row) + threadIdx.x / threads_per_row;
   const int lane = static_cast<int>(threadIdx.x) % threads_per_row;
   if (row >= num_rows) return;
   const int32_t slot = row_to_slot[row];
@@ -41,8 +40,8 @@ __global__ void sum_slot_rows_kernel(const T* __restrict__ src, T* __restrict__ 
                                      const int32_t* __restrict__ slot_to_row, int64_t topk,
                                      int threads_per_row, const P* __restrict__ grad_probs_perm,
                                      P* __restrict__ grad_probs) {
-  const int64_t token = int64_t(blockIdx.x) * (blockDim.x / threads_per_row) +
-                        threadIdx.x / threads_per_row;
+  const int64_t token =
+      int64_t(blockIdx.x) * (blockDim.x / threads_per_row) + threadIdx.x / threads_per_row;
   const int lane = static_cast<int>(threadIdx.x) % threads_per_row;
   if (token >= num_tokens) return;
   const int32_t* rows = slot_to_row + token * topk;
@@ -89,11 +88,16 @@ void with_word(int64_t row_bytes, const void* a, const void* b, Fn&& fn) {
   auto fits = [&](size_t w) {
     return row_bytes % static_cast<int64_t>(w) == 0 && aligned_to(a, w) && aligned_to(b, w);
   };
-  if (fits(16)) fn.template operator()<uint4>();
-  else if (fits(8)) fn.template operator()<uint2>();
-  else if (fits(4)) fn.template operator()<uint32_t>();
-  else if (fits(2)) fn.template operator()<uint16_t>();
-  else fn.template operator()<uint8_t>();
+  if (fits(16))
+    fn.template operator()<uint4>();
+  else if (fits(8))
+    fn.template operator()<uint2>();
+  else if (fits(4))
+    fn.template operator()<uint32_t>();
+  else if (fits(2))
+    fn.template operator()<uint16_t>();
+  else
+    fn.template operator()<uint8_t>();
 }
 
 constexpr int kMaxChunksPerLaunch = 128;  // keeps the kernel argument under 4 KiB
@@ -139,8 +143,8 @@ void gather_rows_cuda(const Tensor& src, const Tensor& probs, const Tensor& row_
   });
 }
 
-void sum_slot_rows_cuda(const Tensor& src, const Tensor& grad_probs_perm,
-                        const Tensor& slot_to_row, int64_t topk, Tensor& dst, Tensor& grad_probs) {
+void sum_slot_rows_cuda(const Tensor& src, const Tensor& grad_probs_perm, const Tensor& slot_to_row,
+                        int64_t topk, Tensor& dst, Tensor& grad_probs) {
   const int64_t tokens = dst.size(0);
   if (tokens == 0) return;
   const int64_t cols = dst.size(1);
@@ -186,9 +190,10 @@ void copy_chunks_cuda(const Tensor& src, const std::vector<ChunkCopy>& chunks, T
         max_words = std::max(max_words, batch.words[i]);
       }
       if (max_words == 0) continue;
-      const dim3 grid(cuda::blocks_for(max_words, kCopyThreads, 1024), static_cast<unsigned>(count));
-      copy_chunks_kernel<W><<<grid, kCopyThreads, 0, stream>>>(
-          static_cast<const W*>(src.raw()), static_cast<W*>(dst.raw()), batch);
+      const dim3 grid(cuda::blocks_for(max_words, kCopyThreads, 1024),
+                      static_cast<unsigned>(count));
+      copy_chunks_kernel<W><<<grid, kCopyThreads, 0, stream>>>(static_cast<const W*>(src.raw()),
+                                                               static_cast<W*>(dst.raw()), batch);
       MOE_CUDA_CHECK_LAUNCH();
     }
   });

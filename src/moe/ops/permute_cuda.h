@@ -29,8 +29,8 @@ void gather_rows_cuda(const Tensor& src, const Tensor& probs, const Tensor& row_
 // dst[t] = sum_j src[slot_to_row[t*topk + j]] over the kept slots, in slot order, computed in
 // fp32 (fp64 for f64); and, when grad_probs_perm is defined, grad_probs[t*topk + j] =
 // grad_probs_perm[slot_to_row[...]] (0 for dropped slots).
-void sum_slot_rows_cuda(const Tensor& src, const Tensor& grad_probs_perm,
-                        const Tensor& slot_to_row, int64_t topk, Tensor& dst, Tensor& grad_probs);
+void sum_slot_rows_cuda(const Tensor& src, const Tensor& grad_probs_perm, const Tensor& slot_to_row,
+                        int64_t topk, Tensor& dst, Tensor& grad_probs);
 
 // One contiguous byte range per chunk: dst[dst_offset, +bytes) = src[src_offset, +bytes).
 struct ChunkCopy {

@@ -26,8 +26,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 2048;             // slots per tile: 8 rounds of 256
-constexpr int64_t kMaxExperts = 8192;   // per-expert counters live in shared memory (4 B each)
+constexpr int kTile = 2048;            // slots per tile: 8 rounds of 256
+constexpr int64_t kMaxExperts = 8192;  // per-expert counters live in shared memory (4 B each)
 
 // Keys outside [0, E) (dropped slots; or invalid ids, which the device cannot report without a
 // sync) take no row.
@@ -159,8 +159,9 @@ __global__ void iota_kernel(int32_t* out, int64_t n) {
     out[i] = static_cast<int32_t>(i);
 }
 
-__global__ void gather_ids_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ order,
-                                  int32_t* __restrict__ out, int64_t n) {
+__global__ void gather_ids_kernel(const int32_t* __restrict__ ids,
+                                  const int32_t* __restrict__ order, int32_t* __restrict__ out,
+                                  int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = ids[order[i]];
@@ -220,10 +221,9 @@ void make_permute_map_cuda(const Tensor& expert_ids, int64_t num_experts, int64_
 
   TileCounts counts = count_tiles(keys, n, experts, device, stream);
   Tensor row_start = Tensor::empty({num_experts}, DType::i64, device);
-  expert_rows_kernel<<<1, kThreads, 0, stream>>>(counts.totals.data<int32_t>(), experts,
-                                                 pad_multiple, capacity_rows,
-                                                 map.tokens_per_expert.data<int64_t>(),
-                                                 row_start.data<int64_t>());
+  expert_rows_kernel<<<1, kThreads, 0, stream>>>(
+      counts.totals.data<int32_t>(), experts, pad_multiple, capacity_rows,
+      map.tokens_per_expert.data<int64_t>(), row_start.data<int64_t>());
   MOE_CUDA_CHECK_LAUNCH();
   // Every row starts as padding (-1: all bytes 0xff); pass 3 fills in the kept slots' rows.
   if (map.row_to_slot.numel() > 0) {
@@ -262,8 +262,8 @@ void drop_over_capacity_cuda(const Tensor& expert_ids, const Tensor& probs, int6
     MOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
         nullptr, temp_bytes, probs.data<P>(), sorted_probs.data<P>(), iota.data<int32_t>(),
         order.data<int32_t>(), items, 0, static_cast<int>(sizeof(P) * 8), stream));
-    Tensor temp = Tensor::empty({static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))},
-                                DType::u8, device);
+    Tensor temp =
+        Tensor::empty({static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))}, DType::u8, device);
     MOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
         temp.raw(), temp_bytes, probs.data<P>(), sorted_probs.data<P>(), iota.data<int32_t>(),
         order.data<int32_t>(), items, 0, static_cast<int>(sizeof(P) * 8), stream));

@@ -11,7 +11,9 @@
 // dtypes: logits f32 or f64 on both devices (the router runs in fp32/fp64, DESIGN.md);
 // internally every selection value, score and prob is computed in fp64 and rounded once.
 // Top-k order: higher selection value first, equal values by LOWER expert index, so the
-// selection is unique and the CPU and CUDA pick the same experts (NaN ranks last).
+// selection is unique and the CPU and CUDA pick the same experts (NaN ranks last). Where the
+// ranked scores are a strictly increasing function of z (pre-softmax or sigmoid without bias
+// or groups), the logits themselves are ranked: the same experts, ties decided exactly.
 // Empty inputs (T = 0) give empty outputs and zero losses.
 // CUDA limits: K <= 32; the top-k keeps a token's E (+ num_groups) selection values in shared
 // memory, 9 bytes each, at most 48 KiB (E <= ~5400, or ~2700 with num_groups = E).
@@ -123,7 +125,8 @@ void z_loss_backward(double grad_loss, const Tensor& logits, double coeff, Tenso
 //   < tol (or max_iters); returns d1 * C * d0 [T, E], whose top-k are the assignments.
 // d0 [T], d1 [E] start at 1 and are iterated in fp64 on both devices (no rescaling of exp(z),
 // as in Megatron: logits must stay below ~700). On CUDA the iteration runs in one thread
-// block, without host synchronisation (sinkhorn is a legacy option; speed is secondary).
+// block, without host synchronisation (sinkhorn is a legacy option; speed is secondary);
+// it keeps d1 in shared memory, so E <= 5000 there.
 Tensor sinkhorn(const Tensor& logits, double tol = 1e-4, int max_iters = 1000);
 
 // Sinkhorn routing (load balancing type `sinkhorn`, k experts): I = topk(sinkhorn(z), k);

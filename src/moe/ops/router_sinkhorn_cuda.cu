@@ -30,9 +30,11 @@ __global__ void exp_kernel(const T* z, int64_t n, double* cost) {
     cost[i] = exp(static_cast<double>(z[i]));
 }
 
-// blockDim = kSinkhornWarps * 32. Shared: d1 [E], column partials [32][33].
-__global__ void sinkhorn_kernel(const double* cost, int64_t rows, int64_t cols, double tol,
-                                int max_iters, double* d0, double* d1_out) {
+// blockDim = kSinkhornWarps * 32 (the launch bound keeps registers within a 1024-thread
+// block). Shared: d1 [E], column partials [32][33].
+__global__ void __launch_bounds__(kSinkhornWarps* kWarp)
+    sinkhorn_kernel(const double* cost, int64_t rows, int64_t cols, double tol, int max_iters,
+                    double* d0, double* d1_out) {
   extern __shared__ double shared_f64[];
   double* d1 = shared_f64;
   double* column_part = shared_f64 + cols;  // [kSinkhornWarps][kWarp + 1]

@@ -43,7 +43,8 @@ __device__ __forceinline__ void warp_best(double& value, int64_t& index) {
 inline constexpr int kReduceThreads = 512;
 
 template <class T>
-__global__ void scaled_sum_kernel(const double* partial, int64_t n, double scale, T* out) {
+__global__ void __launch_bounds__(kReduceThreads)
+    scaled_sum_kernel(const double* partial, int64_t n, double scale, T* out) {
   __shared__ double buffer[kReduceThreads];
   double acc = 0;
   for (int64_t i = threadIdx.x; i < n; i += kReduceThreads) acc += partial[i];

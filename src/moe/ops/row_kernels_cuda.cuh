@@ -19,14 +19,18 @@ using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <class T>
 __device__ __forceinline__ Acc<T> to_acc(const T& v) {
-  if constexpr (std::is_same_v<T, double>) return v;
-  else return cuda::load_float(&v);
+  if constexpr (std::is_same_v<T, double>)
+    return v;
+  else
+    return cuda::load_float(&v);
 }
 
 template <class T>
 __device__ __forceinline__ void from_acc(T& dst, Acc<T> v) {
-  if constexpr (std::is_same_v<T, double>) dst = v;
-  else cuda::store_float(&dst, v);
+  if constexpr (std::is_same_v<T, double>)
+    dst = v;
+  else
+    cuda::store_float(&dst, v);
 }
 
 // ---- packed loads and stores ---------------------------------------------------------------
@@ -43,11 +47,26 @@ struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Pack {
 
 template <int Bytes>
 struct WordOf;
-template <> struct WordOf<1> { using type = uint8_t; };
-template <> struct WordOf<2> { using type = uint16_t; };
-template <> struct WordOf<4> { using type = uint32_t; };
-template <> struct WordOf<8> { using type = uint2; };
-template <> struct WordOf<16> { using type = uint4; };
+template <>
+struct WordOf<1> {
+  using type = uint8_t;
+};
+template <>
+struct WordOf<2> {
+  using type = uint16_t;
+};
+template <>
+struct WordOf<4> {
+  using type = uint32_t;
+};
+template <>
+struct WordOf<8> {
+  using type = uint2;
+};
+template <>
+struct WordOf<16> {
+  using type = uint4;
+};
 
 // p must be aligned to alignof(Pack<T, N>).
 template <int N, class T>
@@ -113,7 +132,8 @@ inline RowLaunch row_launch(int64_t rows, int64_t packs_per_row) {
 template <class A>
 __device__ __forceinline__ A row_group_sum(A v, int threads_per_row, A* scratch) {
   const int lanes = threads_per_row < 32 ? threads_per_row : 32;
-  for (int offset = lanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = lanes / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   if (threads_per_row <= 32) return v;
   const int warp = static_cast<int>(threadIdx.x) / 32;
   __syncthreads();  // the scratch may still be read from a previous call

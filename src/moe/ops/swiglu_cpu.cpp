@@ -154,8 +154,8 @@ Tensor swiglu_forward(const Tensor& fc1_out, const Tensor& probs) {
   const char* op = "swiglu_forward";
   check_fc1_out(fc1_out, op);
   check_row_probs(probs, fc1_out, op);
-  Tensor h = Tensor::empty({fc1_out.size(0), fc1_out.size(1) / 2}, fc1_out.dtype(),
-                           fc1_out.device());
+  Tensor h =
+      Tensor::empty({fc1_out.size(0), fc1_out.size(1) / 2}, fc1_out.dtype(), fc1_out.device());
   if (fc1_out.is_cuda()) {
     MOE_CUDA_ONLY(detail::swiglu_forward_cuda(fc1_out, probs, h); return h;)
   }
@@ -213,9 +213,9 @@ SigmoidGateGrads sigmoid_gate_backward(const Tensor& grad_y, const Tensor& out,
   grads.out = Tensor::empty(out.shape(), out.dtype(), out.device());
   grads.gate_logits = Tensor::empty(gate_logits.shape(), gate_logits.dtype(), out.device());
   if (out.is_cuda()) {
-    MOE_CUDA_ONLY(detail::sigmoid_gate_backward_cuda(grad_y, out, gate_logits, grads.out,
-                                                     grads.gate_logits);
-                  return grads;)
+    MOE_CUDA_ONLY(
+        detail::sigmoid_gate_backward_cuda(grad_y, out, gate_logits, grads.out, grads.gate_logits);
+        return grads;)
   }
   sigmoid_gate_backward_cpu(grad_y, out, gate_logits, grads.out, grads.gate_logits);
   return grads;

@@ -11,8 +11,10 @@ namespace {
 
 template <class A>
 __device__ __forceinline__ A sigmoid(A x) {
-  if constexpr (std::is_same_v<A, double>) return 1.0 / (1.0 + exp(-x));
-  else return 1.0f / (1.0f + expf(-x));
+  if constexpr (std::is_same_v<A, double>)
+    return 1.0 / (1.0 + exp(-x));
+  else
+    return 1.0f / (1.0f + expf(-x));
 }
 
 __device__ __forceinline__ int64_t row_of_thread(int threads_per_row) {
@@ -22,7 +24,8 @@ __device__ __forceinline__ int64_t row_of_thread(int threads_per_row) {
 // h = silu(gate) * up * p, N elements per thread step.
 template <class T, int N, class P>
 __global__ void swiglu_forward_kernel(const T* __restrict__ fc1, T* __restrict__ h, int64_t rows,
-                                      int64_t ffn, int threads_per_row, const P* __restrict__ probs) {
+                                      int64_t ffn, int threads_per_row,
+                                      const P* __restrict__ probs) {
   using A = Acc<T>;
   const int64_t row = row_of_thread(threads_per_row);
   const int lane = static_cast<int>(threadIdx.x) % threads_per_row;
@@ -111,10 +114,10 @@ __global__ void sigmoid_gate_forward_kernel(const T* __restrict__ out, const T* 
 
 // d_out = dy s, d_g = (sum_h dy out) s (1 - s).
 template <class T, int N>
-__global__ void sigmoid_gate_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ out,
-                                             const T* __restrict__ gate, T* __restrict__ d_out,
-                                             T* __restrict__ d_gate, int64_t rows, int64_t cols,
-                                             int threads_per_row) {
+__global__ void sigmoid_gate_backward_kernel(const T* __restrict__ grad_y,
+                                             const T* __restrict__ out, const T* __restrict__ gate,
+                                             T* __restrict__ d_out, T* __restrict__ d_gate,
+                                             int64_t rows, int64_t cols, int threads_per_row) {
   using A = Acc<T>;
   __shared__ A scratch[kRowBlock / 32];
   const int64_t row = row_of_thread(threads_per_row);
@@ -147,8 +150,10 @@ void with_pack_width(int64_t cols, std::initializer_list<const void*> bases, Fn&
   constexpr int kN = kPack16<T>;
   bool vector = cols % kN == 0;
   for (const void* p : bases) vector = vector && aligned_to(p, 16);
-  if (vector) launch.template operator()<kN>();
-  else launch.template operator()<1>();
+  if (vector)
+    launch.template operator()<kN>();
+  else
+    launch.template operator()<1>();
 }
 
 template <class Fn>
@@ -188,8 +193,8 @@ void swiglu_backward_cuda(const Tensor& grad_h, const Tensor& fc1_out, const Ten
       with_pack_width<T>(ffn, {fc1_out.raw(), grad_h.raw(), d_fc1.raw()}, [&]<int N>() {
         const RowLaunch launch = row_launch(rows, (ffn + N - 1) / N);
         swiglu_backward_kernel<T, N, P><<<launch.blocks, kRowBlock, 0, stream>>>(
-            grad_h.data<T>(), fc1_out.data<T>(), d_fc1.data<T>(), rows, ffn,
-            launch.threads_per_row, probs.defined() ? probs.data<P>() : nullptr,
+            grad_h.data<T>(), fc1_out.data<T>(), d_fc1.data<T>(), rows, ffn, launch.threads_per_row,
+            probs.defined() ? probs.data<P>() : nullptr,
             d_probs.defined() ? d_probs.data<P>() : nullptr);
         MOE_CUDA_CHECK_LAUNCH();
       });
@@ -220,8 +225,8 @@ void sigmoid_gate_backward_cuda(const Tensor& grad_y, const Tensor& out, const T
     with_pack_width<T>(cols, {grad_y.raw(), out.raw(), d_out.raw()}, [&]<int N>() {
       const RowLaunch launch = row_launch(rows, (cols + N - 1) / N);
       sigmoid_gate_backward_kernel<T, N><<<launch.blocks, kRowBlock, 0, stream>>>(
-          grad_y.data<T>(), out.data<T>(), gate_logits.data<T>(), d_out.data<T>(),
-          d_gate.data<T>(), rows, cols, launch.threads_per_row);
+          grad_y.data<T>(), out.data<T>(), gate_logits.data<T>(), d_out.data<T>(), d_gate.data<T>(),
+          rows, cols, launch.threads_per_row);
       MOE_CUDA_CHECK_LAUNCH();
     });
   });
