@@ -61,7 +61,7 @@ int run_layer_demo(bool force_cpu) {
               ctx.router.z_loss.item());
   double grad_norm2 = 0;
   for (nn::Parameter* p : layer.parameters()) {
-    for (double g : p->grad.to_double_vector()) grad_norm2 += g * g;
+    for (double g : p->grad_value().to_double_vector()) grad_norm2 += g * g;
   }
   std::printf("  gradient norm over %zu parameter tensors: %.6f; |dx| mean %.6f\n",
               layer.parameters().size(), std::sqrt(grad_norm2), [&] {

@@ -70,6 +70,7 @@ ops::GroupedGemmBackend parse_backend(const std::string& name) {
   if (name == "automatic") return ops::GroupedGemmBackend::automatic;
   if (name == "per_expert_lt") return ops::GroupedGemmBackend::per_expert_lt;
   if (name == "per_expert_streams") return ops::GroupedGemmBackend::per_expert_streams;
+  if (name == "per_expert_threads") return ops::GroupedGemmBackend::per_expert_threads;
   if (name == "grouped_batched") return ops::GroupedGemmBackend::grouped_batched;
   MOE_FAIL("unknown grouped GEMM backend ", name,
            " (automatic, per_expert_lt, per_expert_streams, grouped_batched)");
@@ -118,6 +119,7 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
                                         [&] { layer->forward(x, ctx); });
         reset_peak_memory(device);
         const double step_ms = median_ms(device, options.warmup, options.iters, [&] {
+          layer->zero_grad();  // one micro-batch per step, as a training step runs it
           layer->forward(x, ctx);
           layer->backward(dy, ctx);
         });
@@ -157,6 +159,7 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
               timer.record();
               names.emplace_back(stage);
             };
+            layer->zero_grad();
             layer->forward(x, ctx);
             layer->backward(dy, ctx);
             layer->stage_hook = nullptr;

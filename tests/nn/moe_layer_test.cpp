@@ -4,6 +4,7 @@
 
 #include <functional>
 
+#include "moe/ops/elementwise.h"
 #include "nn/moe_test_util.h"
 
 namespace moe {
@@ -97,7 +98,7 @@ TEST_P(MoELayerGradient, MatchesFiniteDifferences) {
 
   EXPECT_TRUE(test::close(dx, test::numerical_gradient(objective, x), test::kGradCheckTol, "dx"));
   for (nn::Parameter* p : layer.parameters()) {
-    const Tensor analytic = p->grad.clone();
+    const Tensor analytic = p->grad_value().clone();
     EXPECT_TRUE(test::close(analytic, test::numerical_gradient(objective, p->value),
                             test::kGradCheckTol, p->name));
   }
@@ -120,8 +121,8 @@ TEST(MoELayer, GroupedEqualsSequential) {
   nn::MoEContext ca, cb;
   EXPECT_TRUE(test::close_as(b.forward(x, cb), a.forward(x, ca), DType::f32));
   EXPECT_TRUE(test::close_as(b.backward(dy, cb), a.backward(dy, ca), DType::f32));
-  EXPECT_TRUE(test::close_as(b.experts.fc1.grad, a.experts.fc1.grad, DType::f32));
-  EXPECT_TRUE(test::close_as(b.experts.fc2.grad, a.experts.fc2.grad, DType::f32));
+  EXPECT_TRUE(test::close_as(b.experts.fc1.grad_value(), a.experts.fc1.grad_value(), DType::f32));
+  EXPECT_TRUE(test::close_as(b.experts.fc2.grad_value(), a.experts.fc2.grad_value(), DType::f32));
 }
 
 // Padding expert inputs (to capacity, or to multiples of 16) adds rows that carry nothing:
@@ -147,7 +148,7 @@ TEST(MoELayer, PaddingLeavesOutputsUnchanged) {
       nn::MoEContext ctx;
       Tensor y = layer.forward(x, ctx);
       Tensor dx = layer.backward(dy, ctx);
-      return std::make_tuple(y, dx, layer.experts.fc1.grad.clone());
+      return std::make_tuple(y, dx, layer.experts.fc1.grad_value().clone());
     };
     auto [y_drop, dx_drop, g_drop] = run(drop);
     auto [y_pad, dx_pad, g_pad] = run(pad);
@@ -208,6 +209,48 @@ TEST(MoELayer, BadInputNamesTheCause) {
   const Tensor x = test::random_normal({4, c.hidden_size}, DType::f32, 1);
   layer.forward(x, ctx);
   EXPECT_THROW(layer.backward(Tensor::zeros({5, c.hidden_size}, DType::f32), ctx), Error);
+}
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+// zero_grad() is lazy; gradients must still be exact: one backward after zero_grad gives g,
+// two give 2g, and zero_grad again forgets them (no stale values leak into the next step).
+TEST(MoELayer, LazyZeroGradIsExact) {
+  for (bool grouped : {true, false}) {
+    nn::MoEConfig c = test::small_moe_config(DType::f64);
+    c.moe_grouped_gemm = grouped;
+    c.num_experts = 8;  // some experts get no tokens from 5 tokens x top-2
+    c.moe_shared_expert_intermediate_size = 3;
+    c.moe_shared_expert_gate = true;
+    nn::MoELayer layer(c, Device::cpu());
+    const Tensor x = test::random_normal({5, c.hidden_size}, DType::f64, test::fresh_seed());
+    const Tensor dy = test::random_normal(x.shape(), DType::f64, test::fresh_seed());
+    auto step = [&] {
+      nn::MoEContext ctx;
+      layer.forward(x, ctx);
+      layer.backward(dy, ctx);
+    };
+    layer.zero_grad();
+    step();
+    std::vector<Tensor> once;
+    for (nn::Parameter* p : layer.parameters()) once.push_back(p->grad_value().clone());
+    step();
+    size_t i = 0;
+    for (nn::Parameter* p : layer.parameters()) {
+      Tensor twice = once[i++].clone();
+      ops::add_(twice, once[i - 1]);
+      EXPECT_TRUE(test::close(p->grad_value(), twice, 1e-14, p->name + " accumulates"));
+    }
+    layer.zero_grad();
+    step();
+    i = 0;
+    for (nn::Parameter* p : layer.parameters())
+      EXPECT_TRUE(test::close(p->grad_value(), once[i++], 1e-14, p->name + " after zero_grad"));
+  }
 }
 
 }  // namespace

@@ -33,6 +33,8 @@ const char* backend_name(GroupedGemmBackend b) {
       return "per_expert_lt";
     case GroupedGemmBackend::per_expert_streams:
       return "per_expert_streams";
+    case GroupedGemmBackend::per_expert_threads:
+      return "per_expert_threads";
     case GroupedGemmBackend::grouped_batched:
       return "grouped_batched";
   }
@@ -42,6 +44,7 @@ const char* backend_name(GroupedGemmBackend b) {
 constexpr GroupedGemmBackend kBackends[] = {GroupedGemmBackend::automatic,
                                             GroupedGemmBackend::per_expert_lt,
                                             GroupedGemmBackend::per_expert_streams,
+                                            GroupedGemmBackend::per_expert_threads,
                                             GroupedGemmBackend::grouped_batched};
 
 // About a third of the experts get no tokens; the others 1..max_rows (some equal, so the

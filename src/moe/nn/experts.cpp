@@ -116,15 +116,15 @@ Experts::Grads Experts::backward(const Tensor& grad_y, ExpertsContext& ctx) {
   Tensor d_activation = Tensor::empty({R, Fl}, ctx.x.dtype(), ctx.x.device());
   ops::grouped_gemm(dy, fc2.value, false, ctx.tokens_per_expert, d_activation,
                     ctx.host_tokens_per_expert);
-  ops::grouped_gemm_wgrad(dy, ctx.activation, ctx.tokens_per_expert, fc2.grad, true,
-                          ctx.host_tokens_per_expert);
+  ops::grouped_gemm_wgrad(dy, ctx.activation, ctx.tokens_per_expert, fc2.grad,
+                          fc2.take_grad_beta() != 0.0f, ctx.host_tokens_per_expert);
   ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, ctx.probs);
   // fc1: h1 = x fc1^T  ->  dx = dh1 fc1,  dfc1 += dh1^T x
   Tensor dx = Tensor::empty({R, config_.hidden_size}, ctx.x.dtype(), ctx.x.device());
   ops::grouped_gemm(act.fc1_out, fc1.value, false, ctx.tokens_per_expert, dx,
                     ctx.host_tokens_per_expert);
-  ops::grouped_gemm_wgrad(act.fc1_out, ctx.x, ctx.tokens_per_expert, fc1.grad, true,
-                          ctx.host_tokens_per_expert);
+  ops::grouped_gemm_wgrad(act.fc1_out, ctx.x, ctx.tokens_per_expert, fc1.grad,
+                          fc1.take_grad_beta() != 0.0f, ctx.host_tokens_per_expert);
   return {dx, act.probs};
 }
 
@@ -159,6 +159,9 @@ Experts::Grads Experts::backward_sequential(const Tensor& grad_y, ExpertsContext
   const int64_t R = ctx.x.size(0), Fl = config_.local_ffn_size(), H = config_.hidden_size;
   const Tensor dy = grad_y.to(ctx.x.dtype());
   Tensor d_activation = Tensor::zeros({R, Fl}, ctx.x.dtype(), ctx.x.device());
+  // Experts without rows are skipped below: materialise a lazily zeroed gradient first.
+  fc1.grad_value();
+  fc2.grad_value();
   int64_t start = 0;
   for (int64_t e = 0; e < config_.num_local_experts(); ++e) {
     const int64_t n = ctx.host_tokens_per_expert[static_cast<size_t>(e)];

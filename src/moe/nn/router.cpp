@@ -165,7 +165,7 @@ Tensor Router::backward(const Tensor& d_probs, RouterContext& ctx, double loss_s
                          *config_.moe_z_loss_coeff / MoEGroups::size_of(groups_.tp_cp), d_logits);
   }
 
-  ops::gemm(d_logits, true, ctx.router_input, false, weight.grad, 1.0f, 1.0f);
+  ops::gemm(d_logits, true, ctx.router_input, false, weight.grad, 1.0f, weight.take_grad_beta());
   Tensor dx = ops::matmul(d_logits, weight.value);
   if (config_.moe_input_jitter_eps)
     dx = ops::input_jitter_backward(dx, *config_.moe_input_jitter_eps, ctx.jitter_seed);

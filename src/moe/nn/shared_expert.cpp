@@ -40,14 +40,14 @@ Tensor SharedExpert::backward(const Tensor& grad_y, SharedExpertContext& ctx) {
     ops::SigmoidGateGrads g = ops::sigmoid_gate_backward(d_output, ctx.output, ctx.gate_logits);
     d_output = g.out;
     const Tensor d_gate = g.gate_logits.to(ctx.x.dtype());
-    ops::gemm(d_gate, true, ctx.x, false, gate.grad, 1.0f, 1.0f);
+    ops::gemm(d_gate, true, ctx.x, false, gate.grad, 1.0f, gate.take_grad_beta());
     ops::gemm(d_gate, false, gate.value, false, dx);
     dx_written = true;
   }
-  ops::gemm(d_output, true, ctx.activation, false, fc2.grad, 1.0f, 1.0f);
+  ops::gemm(d_output, true, ctx.activation, false, fc2.grad, 1.0f, fc2.take_grad_beta());
   const Tensor d_activation = ops::matmul(d_output, fc2.value);
   const ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, Tensor());
-  ops::gemm(act.fc1_out, true, ctx.x, false, fc1.grad, 1.0f, 1.0f);
+  ops::gemm(act.fc1_out, true, ctx.x, false, fc1.grad, 1.0f, fc1.take_grad_beta());
   ops::gemm(act.fc1_out, false, fc1.value, false, dx, 1.0f, dx_written ? 1.0f : 0.0f);
   return dx;
 }

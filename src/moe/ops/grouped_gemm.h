@@ -51,13 +51,22 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
 //   per_expert_streams  as per_expert_lt, with the experts spread round-robin over 4 side
 //                    streams forked from (and joined back into) the current stream, so the
 //                    GEMMs of small experts, each too small to fill the GPU, run side by side.
+//   per_expert_threads  as per_expert_streams, with the launches issued by 4 host threads
+//                    (each with its own stream and cuBLASLt handle): with many small experts
+//                    the host's launch cost, not the GPU, bounds per_expert_lt.
 //   automatic        (default) grouped_batched when at least 4 experts have rows and they
 //                    average at most 1024 rows; per_expert_lt otherwise. Few, large GEMMs run at
 //                    cuBLASLt's per-shape best with their launch cost amortised; many small
 //                    ones are dominated by launches and wave tails, which one grouped launch
 //                    removes.
 // Process-wide; meant for benchmarks and tests comparing the two. Thread-safe.
-enum class GroupedGemmBackend { automatic, per_expert_lt, per_expert_streams, grouped_batched };
+enum class GroupedGemmBackend {
+  automatic,
+  per_expert_lt,
+  per_expert_streams,
+  per_expert_threads,
+  grouped_batched
+};
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
 GroupedGemmBackend grouped_gemm_backend();
 

@@ -19,7 +19,11 @@
 //            cuBLAS (m, n, k) = (K, N, n_e), A = x_e (op N, lda = K),
 //            B = dy_e (op T, ldb = N), C = dw_e (ldc = K)
 #include <algorithm>
+#include <condition_variable>
+#include <functional>
 #include <map>
+#include <mutex>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -138,6 +142,68 @@ SideStreams& side_streams(int device) {
   return s;
 }
 
+// Host threads that issue GEMM launches in parallel (per_expert_threads). Each worker runs
+// its share of the problems on its own current stream, after waiting on the caller's fork
+// event, and records a done event the caller's stream then waits on. One grouped GEMM uses
+// the pool at a time (callers queue on `use`).
+constexpr int kLaunchThreads = 4;
+class LaunchPool {
+ public:
+  static LaunchPool& instance() {
+    static auto* pool = new LaunchPool();  // leaked: workers outlive static destruction
+    return *pool;
+  }
+  std::mutex use;
+
+  // Runs work(worker) on every worker and returns when all have finished issuing.
+  void run(const std::function<void(int worker)>& work) {
+    std::unique_lock lock(mutex_);
+    work_ = &work;
+    pending_ = kLaunchThreads;
+    ++generation_;
+    wake_.notify_all();
+    done_.wait(lock, [&] { return pending_ == 0; });
+    work_ = nullptr;
+    if (error_) {
+      std::exception_ptr e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
+  }
+
+ private:
+  LaunchPool() {
+    for (int i = 0; i < kLaunchThreads; ++i) std::thread([this, i] { loop(i); }).detach();
+  }
+  void loop(int worker) {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* work;
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        work = work_;
+      }
+      std::exception_ptr error;
+      try {
+        (*work)(worker);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard lock(mutex_);
+      if (error && !error_) error_ = error;
+      if (--pending_ == 0) done_.notify_all();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)>* work_ = nullptr;
+  int pending_ = 0;
+  uint64_t generation_ = 0;
+  std::exception_ptr error_;
+};
+
 // One expert's product in cuBLAS's column-major terms (see the file comment).
 struct Problem {
   int64_t m, n, k, lda, ldb, ldc;
@@ -246,11 +312,42 @@ void run_per_expert(const std::vector<Problem>& problems, bool cm_trans_a, bool 
   }
 }
 
+// per_expert_threads: the problems dealt round-robin to the launch threads.
+void run_per_expert_threaded(const std::vector<Problem>& problems, bool cm_trans_a,
+                             bool cm_trans_b, DType a_dtype, DType c_dtype, double beta,
+                             int device, cudaStream_t stream) {
+  LaunchPool& pool = LaunchPool::instance();
+  std::lock_guard use(pool.use);
+  cudaEvent_t fork;
+  MOE_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  MOE_CUDA_CHECK(cudaEventRecord(fork, stream));
+  std::vector<cudaEvent_t> done(kLaunchThreads);
+  for (cudaEvent_t& e : done) MOE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  pool.run([&](int worker) {
+    MOE_CUDA_CHECK(cudaSetDevice(device));
+    const auto own = reinterpret_cast<cudaStream_t>(current_stream(device));
+    MOE_CUDA_CHECK(cudaStreamWaitEvent(own, fork));
+    std::vector<Problem> mine;
+    for (size_t i = static_cast<size_t>(worker); i < problems.size(); i += kLaunchThreads)
+      mine.push_back(problems[i]);
+    run_per_expert(mine, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device, own, false);
+    MOE_CUDA_CHECK(cudaEventRecord(done[worker], own));
+  });
+  for (cudaEvent_t e : done) {
+    MOE_CUDA_CHECK(cudaStreamWaitEvent(stream, e));
+    MOE_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait is satisfied
+  }
+  MOE_CUDA_CHECK(cudaEventDestroy(fork));
+}
+
 void run(const std::vector<Problem>& problems, std::span<const int64_t> counts, bool cm_trans_a,
          bool cm_trans_b, DType a_dtype, DType c_dtype, double beta, int device,
          cudaStream_t stream) {
   const GroupedGemmBackend backend = choose_backend(counts, a_dtype, c_dtype);
-  if (backend == GroupedGemmBackend::grouped_batched) {
+  if (backend == GroupedGemmBackend::per_expert_threads && problems.size() > 1) {
+    run_per_expert_threaded(problems, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device,
+                            stream);
+  } else if (backend == GroupedGemmBackend::grouped_batched) {
     run_grouped_batched(problems, cm_trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                         cm_trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, a_dtype, c_dtype, beta, device,
                         stream);
