@@ -51,14 +51,14 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
 //   per_expert_streams  as per_expert_lt, with the experts spread round-robin over 4 side
 //                    streams forked from (and joined back into) the current stream, so the
 //                    GEMMs of small experts, each too small to fill the GPU, run side by side.
-//   per_expert_threads  as per_expert_streams, with the launches issued by 4 host threads
+//   per_expert_threads  as per_expert_streams, with the launches issued by 8 host threads
 //                    (each with its own stream and cuBLASLt handle): with many small experts
 //                    the host's launch cost, not the GPU, bounds per_expert_lt.
-//   automatic        (default) grouped_batched when at least 4 experts have rows and they
-//                    average at most 1024 rows; per_expert_lt otherwise. Few, large GEMMs run at
-//                    cuBLASLt's per-shape best with their launch cost amortised; many small
-//                    ones are dominated by launches and wave tails, which one grouped launch
-//                    removes.
+//   automatic        (default) per_expert_threads when at least 16 experts have rows and they
+//                    average at most 1024 rows, else per_expert_lt. Measured on an H200
+//                    (docs/perf.md): few large experts run best one cuBLASLt call each; many
+//                    small ones are bound by the host's launch rate, which the threads raise;
+//                    cuBLAS's grouped GEMM was the slowest at every MoE shape.
 // Process-wide; meant for benchmarks and tests comparing the two. Thread-safe.
 enum class GroupedGemmBackend {
   automatic,

@@ -90,16 +90,17 @@ Activity activity(std::span<const int64_t> counts) {
   return a;
 }
 
-// The rule documented at GroupedGemmBackend in grouped_gemm.h.
-constexpr int64_t kGroupedMinExperts = 4;
-constexpr int64_t kGroupedMaxMeanRows = 1024;
+// The rule documented at GroupedGemmBackend in grouped_gemm.h (measured on an H200,
+// docs/perf.md: cuBLAS's grouped GEMM was slower than per-expert cuBLASLt at every MoE shape).
+constexpr int64_t kThreadedMinExperts = 16;
+constexpr int64_t kThreadedMaxMeanRows = 1024;
 
 GroupedGemmBackend choose_backend(std::span<const int64_t> counts, DType a_dtype, DType c_dtype) {
   GroupedGemmBackend backend = grouped_gemm_backend();
   if (backend == GroupedGemmBackend::automatic) {
     const Activity a = activity(counts);
-    backend = a.experts >= kGroupedMinExperts && a.rows <= kGroupedMaxMeanRows * a.experts
-                  ? GroupedGemmBackend::grouped_batched
+    backend = a.experts >= kThreadedMinExperts && a.rows <= kThreadedMaxMeanRows * a.experts
+                  ? GroupedGemmBackend::per_expert_threads
                   : GroupedGemmBackend::per_expert_lt;
   }
   // cuBLAS's grouped GEMM has no bf16/f16 -> f32 form.
@@ -146,7 +147,7 @@ SideStreams& side_streams(int device) {
 // its share of the problems on its own current stream, after waiting on the caller's fork
 // event, and records a done event the caller's stream then waits on. One grouped GEMM uses
 // the pool at a time (callers queue on `use`).
-constexpr int kLaunchThreads = 4;
+constexpr int kLaunchThreads = 8;
 class LaunchPool {
  public:
   static LaunchPool& instance() {
