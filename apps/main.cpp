@@ -28,8 +28,8 @@ int main(int argc, char** argv) {
   bench_layer->add_option("--moe-token-dispatcher-type", layer_options.dispatcher)
       ->check(CLI::IsMember({"allgather", "alltoall"}));
   bench_layer->add_option("--grouped-gemm-backends", layer_options.gemm_backends,
-                          "automatic per_expert_lt per_expert_streams per_expert_threads grouped_batched")
-      ->check(CLI::IsMember({"automatic", "per_expert_lt", "per_expert_streams", "per_expert_threads", "grouped_batched"}));
+                          "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched grouped_batched")
+      ->check(CLI::IsMember({"automatic", "per_expert_lt", "per_expert_streams", "per_expert_threads", "chunked_batched", "grouped_batched"}));
   bench_layer->add_option("--warmup", layer_options.warmup);
   bench_layer->add_option("--iters", layer_options.iters);
   bench_layer->add_flag("!--no-stages", layer_options.stages, "skip the per-stage breakdown");

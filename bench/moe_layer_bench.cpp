@@ -71,6 +71,7 @@ ops::GroupedGemmBackend parse_backend(const std::string& name) {
   if (name == "per_expert_lt") return ops::GroupedGemmBackend::per_expert_lt;
   if (name == "per_expert_streams") return ops::GroupedGemmBackend::per_expert_streams;
   if (name == "per_expert_threads") return ops::GroupedGemmBackend::per_expert_threads;
+  if (name == "chunked_batched") return ops::GroupedGemmBackend::chunked_batched;
   if (name == "grouped_batched") return ops::GroupedGemmBackend::grouped_batched;
   MOE_FAIL("unknown grouped GEMM backend ", name,
            " (automatic, per_expert_lt, per_expert_streams, grouped_batched)");

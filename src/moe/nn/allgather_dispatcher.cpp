@@ -2,6 +2,9 @@
 // ETP x EP group sees every token of the group and computes its local experts' share.
 #include "moe/nn/allgather_dispatcher.h"
 
+#include <algorithm>
+
+#include "moe/ops/grouped_gemm.h"
 #include "moe/ops/local_experts.h"
 
 namespace moe::nn {
@@ -47,7 +50,9 @@ DispatchedTokens AllGatherDispatcher::dispatch_postprocess(DispatchContext& ctx)
   const Tensor local_ids = ops::localize_expert_ids(ctx.combine_buffer, first, El);
   ops::PermuteConfig pc;
   pc.num_experts = El;
-  pc.pad_multiple = config_.moe_router_padding_for_fp8 ? 16 : 1;
+  // FP8 GEMMs need multiples of 16 rows; the bf16 grouped GEMM may ask for whole chunks.
+  pc.pad_multiple = std::max<int64_t>(config_.moe_router_padding_for_fp8 ? 16 : 1,
+                                      ops::grouped_gemm_row_multiple(ctx.x.device(), ctx.x.dtype(), El));
   if (config_.moe_pad_expert_input_to_capacity) {
     const int64_t T = ctx.num_tokens, K = ctx.probs.size(1);
     pc.pad_to_capacity = true;

@@ -5,7 +5,10 @@
 // [q'][r][le] and reordered to [le][q'][r] so each expert's rows are contiguous.
 #include "moe/nn/alltoall_dispatcher.h"
 
+#include <algorithm>
 #include <numeric>
+
+#include "moe/ops/grouped_gemm.h"
 
 namespace moe::nn {
 namespace {
@@ -35,7 +38,11 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
   // Permute 1: rows sorted by global expert, so every destination's rows are contiguous.
   ops::PermuteConfig pc;
   pc.num_experts = E;
+  // FP8 GEMMs need multiples of 16 rows. On one rank the bf16 grouped GEMM may also ask for
+  // whole chunks; across ranks that padding would be paid once per source rank, so not there.
   pc.pad_multiple = config_.moe_router_padding_for_fp8 ? 16 : 1;
+  if (single_rank())
+    pc.pad_multiple = std::max(pc.pad_multiple, ops::grouped_gemm_row_multiple(x.device(), x.dtype(), E));
   if (config_.moe_pad_expert_input_to_capacity) {
     pc.pad_to_capacity = true;
     pc.capacity = ops::expert_capacity(T, K, E, *config_.moe_expert_capacity_factor);

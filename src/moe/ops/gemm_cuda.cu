@@ -61,6 +61,7 @@ struct PlanKey {
   bool trans_a, trans_b;
   int64_t m, n, k;
   uint32_t align_a, align_b, align_c;
+  int64_t batch = 0;  // > 0: batched through device arrays of pointers
   bool operator==(const PlanKey&) const = default;
 };
 
@@ -76,6 +77,7 @@ struct PlanKeyHash {
     mix(static_cast<uint64_t>(key.k));
     mix(key.align_a | (static_cast<uint64_t>(key.align_b) << 16) |
         (static_cast<uint64_t>(key.align_c) << 32));
+    mix(static_cast<uint64_t>(key.batch));
     return static_cast<size_t>(h);
   }
 };
@@ -137,6 +139,16 @@ std::unique_ptr<Plan> make_plan(const PlanKey& key, cublasLtHandle_t handle) {
                                               static_cast<int64_t>(a_rows)));
   MOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->layout_c, c_type, static_cast<uint64_t>(key.n),
                                               static_cast<uint64_t>(key.m), key.n));
+  if (key.batch > 0) {  // matrices found through device arrays of pointers
+    const int32_t count = static_cast<int32_t>(key.batch);
+    const auto mode = static_cast<int32_t>(CUBLASLT_BATCH_MODE_POINTER_ARRAY);
+    for (cublasLtMatrixLayout_t layout : {plan->layout_a, plan->layout_b, plan->layout_c}) {
+      MOE_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                        &count, sizeof(count)));
+      MOE_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE,
+                                                        &mode, sizeof(mode)));
+    }
+  }
 
   Preference pref;
   pref.set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -153,7 +165,8 @@ std::unique_ptr<Plan> make_plan(const PlanKey& key, cublasLtHandle_t handle) {
                                      plan->layout_c, plan->layout_c, pref.pref, 1, &result, &found);
   MOE_CHECK(status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
             "gemm: cuBLASLt has no algorithm for ", key.a_dtype, " -> ", key.c_dtype, " M=", key.m,
-            " N=", key.n, " K=", key.k, " trans_a=", key.trans_a, " trans_b=", key.trans_b,
+            " N=", key.n, " K=", key.k, " batch=", key.batch, " trans_a=", key.trans_a,
+            " trans_b=", key.trans_b,
             " (alignments ", key.align_a, "/", key.align_b, "/", key.align_c,
             " B; heuristic status ", cublasGetStatusName(status), ")");
   plan->algo = result.algo;
@@ -241,9 +254,10 @@ void lt_matmul(const LtMatmul& args, int device, StreamHandle stream_handle) {
                     args.m,
                     args.n,
                     args.k,
-                    alignment_class(args.a, args.a_dtype),
-                    alignment_class(args.b, args.a_dtype),
-                    alignment_class(args.c, args.c_dtype)};
+                    args.pointer_array ? args.pointer_alignment : alignment_class(args.a, args.a_dtype),
+                    args.pointer_array ? args.pointer_alignment : alignment_class(args.b, args.a_dtype),
+                    args.pointer_array ? args.pointer_alignment : alignment_class(args.c, args.c_dtype),
+                    args.pointer_array ? args.batch : 0};
   const Plan& plan = tls_plans.get(key, handle);
   const cuda::BlasWorkspace workspace = cuda::blas_workspace(device, stream);
   const float alpha_f = static_cast<float>(args.alpha), beta_f = static_cast<float>(args.beta);

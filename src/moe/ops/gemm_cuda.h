@@ -30,6 +30,12 @@ struct LtMatmul {
   void* c = nullptr;
   double alpha = 1.0;
   double beta = 0.0;
+  // Batched form: `batch` products of this shape whose matrices are found through device
+  // arrays of `batch` pointers each (a, b, c then point at those arrays, in device memory),
+  // every matrix aligned to `pointer_alignment` bytes.
+  int64_t batch = 1;
+  bool pointer_array = false;
+  uint32_t pointer_alignment = 0;
 };
 void lt_matmul(const LtMatmul& args, int device, StreamHandle stream);
 

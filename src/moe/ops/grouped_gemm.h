@@ -54,19 +54,35 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
 //   per_expert_threads  as per_expert_streams, with the launches issued by 8 host threads
 //                    (each with its own stream and cuBLASLt handle): with many small experts
 //                    the host's launch cost, not the GPU, bounds per_expert_lt.
-//   automatic        (default) per_expert_threads when at least 16 experts have rows and they
-//                    average at most 1024 rows, else per_expert_lt. Measured on an H200
-//                    (docs/perf.md): few large experts run best one cuBLASLt call each; many
-//                    small ones are bound by the host's launch rate, which the threads raise;
-//                    cuBLAS's grouped GEMM was the slowest at every MoE shape.
+//   chunked_batched  forward/dgrad only, when every expert's row count is a multiple of
+//                    kGroupedGemmChunkRows: one cuBLASLt call batched over all 128-row chunks of
+//                    all experts (pointer arrays), so small experts fill the GPU together in
+//                    one launch. wgrad (a reduction over each expert's rows) groups the
+//                    experts by row count, whole chunks making those few, and runs each group
+//                    as one batched call.
+//   automatic        (default) with at least 16 experts with rows: chunked_batched when the
+//                    counts allow it, else per_expert_threads when they average at most 1024
+//                    rows; otherwise per_expert_lt. Measured on an H200 (docs/perf.md): few
+//                    large experts run best one cuBLASLt call each; many small ones leave
+//                    most of the GPU idle per call and pay the host's launch rate; cuBLAS's
+//                    grouped GEMM was the slowest at every MoE shape.
 // Process-wide; meant for benchmarks and tests comparing the two. Thread-safe.
 enum class GroupedGemmBackend {
   automatic,
   per_expert_lt,
   per_expert_streams,
   per_expert_threads,
+  chunked_batched,
   grouped_batched
 };
+
+// Rows per chunk of the chunked_batched backend.
+inline constexpr int64_t kGroupedGemmChunkRows = 128;
+// The multiple the MoE dispatcher should pad each local expert's row count to, so the grouped
+// GEMM can run chunked_batched: kGroupedGemmChunkRows for CUDA bf16/f16 experts when the
+// backend allows it and there are at least 16 local experts; 1 otherwise. Padding rows carry
+// zero tokens with probability 0, so they change no result, only the work.
+int64_t grouped_gemm_row_multiple(Device device, DType dtype, int64_t num_local_experts);
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
 GroupedGemmBackend grouped_gemm_backend();
 

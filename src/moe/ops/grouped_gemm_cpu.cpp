@@ -109,6 +109,15 @@ GroupedGemmBackend grouped_gemm_backend() {
   return g_backend.load();
 }
 
+int64_t grouped_gemm_row_multiple(Device device, DType dtype, int64_t num_local_experts) {
+  const GroupedGemmBackend backend = g_backend.load();
+  const bool allowed =
+      backend == GroupedGemmBackend::automatic || backend == GroupedGemmBackend::chunked_batched;
+  const bool half = dtype == DType::bf16 || dtype == DType::f16;
+  return device.is_cuda() && half && allowed && num_local_experts >= 16 ? kGroupedGemmChunkRows
+                                                                         : 1;
+}
+
 void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& tokens_per_expert,
                   Tensor& y, std::span<const int64_t> host_tokens_per_expert) {
   check_dim(x, 2, kForward, "x");

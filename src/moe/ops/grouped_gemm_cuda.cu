@@ -95,14 +95,29 @@ Activity activity(std::span<const int64_t> counts) {
 constexpr int64_t kThreadedMinExperts = 16;
 constexpr int64_t kThreadedMaxMeanRows = 1024;
 
+bool chunkable(std::span<const int64_t> counts) {
+  for (int64_t n : counts)
+    if (n % kGroupedGemmChunkRows != 0) return false;
+  return true;
+}
+
 GroupedGemmBackend choose_backend(std::span<const int64_t> counts, DType a_dtype, DType c_dtype) {
   GroupedGemmBackend backend = grouped_gemm_backend();
   if (backend == GroupedGemmBackend::automatic) {
     const Activity a = activity(counts);
-    backend = a.experts >= kThreadedMinExperts && a.rows <= kThreadedMaxMeanRows * a.experts
-                  ? GroupedGemmBackend::per_expert_threads
-                  : GroupedGemmBackend::per_expert_lt;
+    if (a.experts < kThreadedMinExperts) {
+      backend = GroupedGemmBackend::per_expert_lt;
+    } else if (chunkable(counts)) {
+      backend = GroupedGemmBackend::chunked_batched;
+    } else {
+      backend = a.rows <= kThreadedMaxMeanRows * a.experts ? GroupedGemmBackend::per_expert_threads
+                                                           : GroupedGemmBackend::per_expert_lt;
+    }
   }
+  // Chunks need whole multiples of the chunk rows; otherwise (and for wgrad, which the caller
+  // never routes here) the launch threads.
+  if (backend == GroupedGemmBackend::chunked_batched && !chunkable(counts))
+    backend = GroupedGemmBackend::per_expert_threads;
   // cuBLAS's grouped GEMM has no bf16/f16 -> f32 form.
   if (backend == GroupedGemmBackend::grouped_batched && a_dtype != c_dtype)
     backend = GroupedGemmBackend::per_expert_lt;
@@ -313,6 +328,110 @@ void run_per_expert(const std::vector<Problem>& problems, bool cm_trans_a, bool 
   }
 }
 
+// chunked_batched (forward / dgrad): every expert's rows in chunks of kGroupedGemmChunkRows,
+// all chunks of all experts in one cuBLASLt call batched through device pointer arrays.
+// y_chunk [C, N] = x_chunk [C, K] op(w_e), w_e [N, K] (trans_w) or [K, N].
+void run_chunked(const Tensor& x, const Tensor& w, bool trans_w, std::span<const int64_t> counts,
+                 Tensor& y, int device, cudaStream_t stream) {
+  const int64_t k = x.size(1), n = y.size(1), C = kGroupedGemmChunkRows;
+  const size_t elem = dtype_size(x.dtype());
+  std::vector<const void*> a, b, c;  // row-major operands: x chunks, weights, y chunks
+  uint32_t alignment = 256;
+  auto note = [&](const void* p) {
+    const auto address = reinterpret_cast<uintptr_t>(p);
+    if (address % alignment != 0) alignment = address % 16 == 0 ? 16 : static_cast<uint32_t>(elem);
+  };
+  int64_t start = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    const char* weight = static_cast<const char*>(w.raw()) + static_cast<size_t>(e) * n * k * elem;
+    for (int64_t row = start; row < start + counts[e]; row += C) {
+      a.push_back(static_cast<const char*>(x.raw()) + static_cast<size_t>(row * k) * elem);
+      b.push_back(weight);
+      c.push_back(static_cast<char*>(y.raw()) + static_cast<size_t>(row * n) * elem);
+      note(a.back());
+      note(b.back());
+      note(c.back());
+    }
+    start += counts[e];
+  }
+  const size_t chunks = a.size();
+  if (chunks == 0) return;
+  std::vector<const void*> table;
+  table.reserve(3 * chunks);
+  table.insert(table.end(), a.begin(), a.end());
+  table.insert(table.end(), b.begin(), b.end());
+  table.insert(table.end(), c.begin(), c.end());
+  Tensor device_table = Tensor::empty({static_cast<int64_t>(3 * chunks)}, DType::i64, y.device());
+  // From pageable memory: returns once the bytes are staged, so `table` may die after it.
+  MOE_CUDA_CHECK(cudaMemcpyAsync(device_table.raw(), table.data(), table.size() * sizeof(void*),
+                                 cudaMemcpyHostToDevice, stream));
+  auto* pointers = static_cast<void**>(device_table.raw());
+  LtMatmul args;
+  args.a_dtype = x.dtype();
+  args.c_dtype = y.dtype();
+  args.trans_a = false;
+  args.trans_b = trans_w;
+  args.m = C;
+  args.n = n;
+  args.k = k;
+  args.a = pointers;
+  args.b = pointers + chunks;
+  args.c = pointers + 2 * chunks;
+  args.batch = static_cast<int64_t>(chunks);
+  args.pointer_array = true;
+  args.pointer_alignment = alignment;
+  lt_matmul(args, device, reinterpret_cast<StreamHandle>(stream));
+}
+
+// chunked_batched for wgrad: with row counts in whole chunks, experts take few distinct
+// shapes; the experts of each shape run as one cuBLASLt call batched through pointer arrays.
+void run_batched_by_shape(const std::vector<Problem>& problems, bool cm_trans_a, bool cm_trans_b,
+                          DType a_dtype, DType c_dtype, double beta, int device,
+                          cudaStream_t stream) {
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::vector<size_t>> groups;
+  for (size_t i = 0; i < problems.size(); ++i)
+    groups[{problems[i].m, problems[i].n, problems[i].k}].push_back(i);
+  std::vector<const void*> table;
+  table.reserve(3 * problems.size());
+  for (const auto& [shape, members] : groups)
+    for (int operand = 0; operand < 3; ++operand)
+      for (size_t i : members)
+        table.push_back(operand == 0 ? problems[i].b : operand == 1 ? problems[i].a : problems[i].c);
+  Tensor device_table =
+      Tensor::empty({static_cast<int64_t>(table.size())}, DType::i64, Device::cuda(device));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(device_table.raw(), table.data(), table.size() * sizeof(void*),
+                                 cudaMemcpyHostToDevice, stream));
+  auto* pointers = static_cast<void**>(device_table.raw());
+  size_t offset = 0;
+  for (const auto& [shape, members] : groups) {
+    uint32_t alignment = 256;
+    for (size_t i : members)
+      for (const void* p : {problems[i].a, problems[i].b, static_cast<const void*>(problems[i].c)}) {
+        const auto address = reinterpret_cast<uintptr_t>(p);
+        if (address % alignment != 0)
+          alignment = address % 16 == 0 ? 16 : static_cast<uint32_t>(dtype_size(a_dtype));
+      }
+    const size_t count = members.size();
+    LtMatmul args;  // row-major terms: A is cuBLAS's second operand (file comment)
+    args.a_dtype = a_dtype;
+    args.c_dtype = c_dtype;
+    args.trans_a = cm_trans_b;
+    args.trans_b = cm_trans_a;
+    args.m = std::get<1>(shape);
+    args.n = std::get<0>(shape);
+    args.k = std::get<2>(shape);
+    args.a = pointers + offset;
+    args.b = pointers + offset + count;
+    args.c = pointers + offset + 2 * count;
+    args.beta = beta;
+    args.batch = static_cast<int64_t>(count);
+    args.pointer_array = true;
+    args.pointer_alignment = alignment;
+    lt_matmul(args, device, reinterpret_cast<StreamHandle>(stream));
+    offset += 3 * count;
+  }
+}
+
 // per_expert_threads: the problems dealt round-robin to the launch threads.
 void run_per_expert_threaded(const std::vector<Problem>& problems, bool cm_trans_a,
                              bool cm_trans_b, DType a_dtype, DType c_dtype, double beta,
@@ -345,7 +464,9 @@ void run(const std::vector<Problem>& problems, std::span<const int64_t> counts, 
          bool cm_trans_b, DType a_dtype, DType c_dtype, double beta, int device,
          cudaStream_t stream) {
   const GroupedGemmBackend backend = choose_backend(counts, a_dtype, c_dtype);
-  if (backend == GroupedGemmBackend::per_expert_threads && problems.size() > 1) {
+  if (backend == GroupedGemmBackend::chunked_batched) {  // reached by wgrad
+    run_batched_by_shape(problems, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device, stream);
+  } else if (backend == GroupedGemmBackend::per_expert_threads && problems.size() > 1) {
     run_per_expert_threaded(problems, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device,
                             stream);
   } else if (backend == GroupedGemmBackend::grouped_batched) {
@@ -415,8 +536,12 @@ void grouped_gemm_cuda(const Tensor& x, const Tensor& w, bool trans_w,
     }
     start += rows_e;
   }
-  run(problems, counts, /*cm_trans_a=*/trans_w, /*cm_trans_b=*/false, x.dtype(), y.dtype(),
-      /*beta=*/0.0, device, stream);
+  if (choose_backend(counts, x.dtype(), y.dtype()) == GroupedGemmBackend::chunked_batched) {
+    run_chunked(x, w, trans_w, counts, y, device, stream);
+  } else {
+    run(problems, counts, /*cm_trans_a=*/trans_w, /*cm_trans_b=*/false, x.dtype(), y.dtype(),
+        /*beta=*/0.0, device, stream);
+  }
   if (start < rows) {
     MOE_CUDA_CHECK(cudaMemsetAsync(byte_ptr(y) + static_cast<size_t>(start * n) * elem, 0,
                                    static_cast<size_t>((rows - start) * n) * elem, stream));
