@@ -140,7 +140,7 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
         char peer[32] = "-";
         if (shape.peer_tflops > 0 && T == 8192 && gpu)
           std::snprintf(peer, sizeof peer, "%.2fx", step_tflops / shape.peer_tflops);
-        std::printf("| %s | %lld | %s | %s | %.2f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.1f |\n",
+        std::printf("| %s | %lld | %s | %s | %.2f | %.2f | %.3g | %.2f | %.3g | %.2f | %s | %.3g |\n",
                     shape.name.c_str(), static_cast<long long>(T), routing.c_str(), backend.c_str(),
                     imbalance,
                     fwd_ms, fwd_tflops, step_ms, step_tflops, step_tflops / ceilings.gemm_tflops,
