@@ -8,6 +8,7 @@
 
 #include "layer_demo.h"
 #include "moe/core/error.h"
+#include "moe/ops/grouped_gemm.h"
 #include "moe_layer_bench.h"
 
 int main(int argc, char** argv) {
@@ -29,7 +30,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"allgather", "alltoall"}));
   bench_layer->add_option("--grouped-gemm-backends", layer_options.gemm_backends,
                           "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched grouped_batched")
-      ->check(CLI::IsMember({"automatic", "per_expert_lt", "per_expert_streams", "per_expert_threads", "chunked_batched", "grouped_batched"}));
+      ->check([](const std::string& name) {
+        (void)moe::ops::parse_grouped_gemm_backend(name);  // throws, naming the choices
+        return std::string();
+      });
   bench_layer->add_option("--warmup", layer_options.warmup);
   bench_layer->add_option("--iters", layer_options.iters);
   bench_layer->add_flag("!--no-stages", layer_options.stages, "skip the per-stage breakdown");

@@ -66,17 +66,6 @@ void skew_expert_bias(nn::MoELayer& layer, const Shape& s) {
   layer.router.expert_bias.copy_(Tensor::from_vector<float>(bias, {s.experts}));
 }
 
-ops::GroupedGemmBackend parse_backend(const std::string& name) {
-  if (name == "automatic") return ops::GroupedGemmBackend::automatic;
-  if (name == "per_expert_lt") return ops::GroupedGemmBackend::per_expert_lt;
-  if (name == "per_expert_streams") return ops::GroupedGemmBackend::per_expert_streams;
-  if (name == "per_expert_threads") return ops::GroupedGemmBackend::per_expert_threads;
-  if (name == "chunked_batched") return ops::GroupedGemmBackend::chunked_batched;
-  if (name == "grouped_batched") return ops::GroupedGemmBackend::grouped_batched;
-  MOE_FAIL("unknown grouped GEMM backend ", name,
-           " (automatic, per_expert_lt, per_expert_streams, grouped_batched)");
-}
-
 double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
 }  // namespace
@@ -110,7 +99,7 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
       layer.emplace(config, device);
       if (routing == "skewed") skew_expert_bias(*layer, shape);
       for (int64_t T : token_counts) for (const std::string& backend : options.gemm_backends) {
-        ops::set_grouped_gemm_backend(parse_backend(backend));
+        ops::set_grouped_gemm_backend(ops::parse_grouped_gemm_backend(backend));
         Tensor x = Tensor::empty({T, shape.hidden}, config.params_dtype, device);
         fill_normal(x, 11, 0.0, 1.0);
         Tensor dy = Tensor::empty({T, shape.hidden}, config.params_dtype, device);

@@ -4,9 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
-#include <mutex>
 
-#include "moe/dist/local_backend.h"
 #include "nn/moe_test_util.h"
 
 namespace moe {
@@ -133,9 +131,6 @@ TEST(MoELayerCudaExpertParallel, MatchesOneRank) {
   MOE_REQUIRE_GPU();
   for (const char* dispatcher : {"alltoall", "allgather"}) {
     SCOPED_TRACE(dispatcher);
-    const uint64_t seed = test::fresh_seed();
-    SCOPED_TRACE(seed);
-    const int ep = 4, etp = 2, world = ep * etp;
     MoEConfig base = test::small_moe_config(DType::f32);
     base.hidden_size = 64;
     base.num_experts = 16;
@@ -143,43 +138,7 @@ TEST(MoELayerCudaExpertParallel, MatchesOneRank) {
     base.moe_router_topk = 4;
     base.init_method_std = 0.1;
     base.moe_token_dispatcher_type = dispatcher;
-    std::vector<Tensor> xs, dys;
-    for (int r = 0; r < world; ++r) {
-      xs.push_back(test::random_normal({33, base.hidden_size}, DType::f32, seed + 2 * r, Device::cuda()));
-      dys.push_back(test::random_normal({33, base.hidden_size}, DType::f32, seed + 2 * r + 1, Device::cuda()));
-    }
-    MoELayer reference(base, Device::cuda());
-    std::vector<Tensor> ref_y, ref_dx;
-    for (int r = 0; r < world; ++r) {
-      nn::MoEContext ctx;
-      ref_y.push_back(reference.forward(xs[r], ctx));
-      ref_dx.push_back(reference.backward(dys[r], ctx));
-    }
-    MoEConfig parallel = base;
-    parallel.expert_model_parallel_size = ep;
-    parallel.expert_tensor_parallel_size = etp;
-    std::mutex mutex;
-    std::vector<std::string> failures;
-    dist::run_local(world, [&](std::shared_ptr<dist::ProcessGroup> group) {
-      const int rank = group->rank();
-      const nn::MoEGroups groups = test::expert_groups(group, ep, etp);
-      MoELayer layer(parallel, Device::cuda(), groups);
-      nn::MoEContext ctx;
-      const Tensor y = layer.forward(xs[rank], ctx);
-      const Tensor dx = layer.backward(dys[rank], ctx);
-      nn::Experts expected(parallel, Device::cpu(), groups.ep_rank(), groups.etp_rank());
-      expected.load_full(reference.experts.fc1.grad_value(), reference.experts.fc2.grad_value());
-      std::vector<::testing::AssertionResult> checks = {
-          test::close(y, ref_y[rank], 1e-5, "y"),
-          test::close(dx, ref_dx[rank], 1e-5, "dx"),
-          test::close(layer.experts.fc1.grad_value(), expected.fc1.value, 1e-5, "fc1 grad"),
-          test::close(layer.experts.fc2.grad_value(), expected.fc2.value, 1e-5, "fc2 grad"),
-      };
-      std::lock_guard lock(mutex);
-      for (auto& c : checks)
-        if (!c) failures.push_back("rank " + std::to_string(rank) + ": " + c.message());
-    });
-    for (const std::string& f : failures) ADD_FAILURE() << f;
+    test::check_expert_parallel_invariance(base, 4, 2, 33, Device::cuda(), 1e-5);
   }
 }
 

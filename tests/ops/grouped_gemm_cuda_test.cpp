@@ -25,23 +25,7 @@ class BackendGuard {
   BackendGuard& operator=(const BackendGuard&) = delete;
 };
 
-const char* backend_name(GroupedGemmBackend b) {
-  switch (b) {
-    case GroupedGemmBackend::automatic:
-      return "automatic";
-    case GroupedGemmBackend::per_expert_lt:
-      return "per_expert_lt";
-    case GroupedGemmBackend::per_expert_streams:
-      return "per_expert_streams";
-    case GroupedGemmBackend::per_expert_threads:
-      return "per_expert_threads";
-    case GroupedGemmBackend::chunked_batched:
-      return "chunked_batched";
-    case GroupedGemmBackend::grouped_batched:
-      return "grouped_batched";
-  }
-  return "?";
-}
+const char* backend_name(GroupedGemmBackend b) { return ops::grouped_gemm_backend_name(b); }
 
 constexpr GroupedGemmBackend kBackends[] = {GroupedGemmBackend::automatic,
                                             GroupedGemmBackend::per_expert_lt,

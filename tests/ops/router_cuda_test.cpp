@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "ops/router_test_util.h"
 #include "moe/ops/router.h"
 
 namespace moe {
@@ -24,18 +25,7 @@ using ops::TopKRouting;
 const Device kGpu = Device::cuda();
 const Device kCpu = Device::cpu();
 
-TopKConfig make_config(int64_t topk, ScoreFunction f, bool pre_softmax = false,
-                       int64_t num_groups = 0, int64_t group_topk = 0,
-                       double scaling_factor = 1.0) {
-  TopKConfig c;
-  c.topk = topk;
-  c.score_function = f;
-  c.pre_softmax = pre_softmax;
-  c.num_groups = num_groups;
-  c.group_topk = group_topk;
-  c.scaling_factor = scaling_factor;
-  return c;
-}
+using test::make_config;
 
 // A group-limited setting for (E, K) that masks something (group_topk < num_groups), with
 // group_topk near half the groups; false when none exists.

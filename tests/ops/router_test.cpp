@@ -19,18 +19,7 @@ using ops::ScoreFunction;
 using ops::TopKConfig;
 using ops::TopKRouting;
 
-TopKConfig make_config(int64_t topk, ScoreFunction f, bool pre_softmax = false,
-                       int64_t num_groups = 0, int64_t group_topk = 0,
-                       double scaling_factor = 1.0) {
-  TopKConfig c;
-  c.topk = topk;
-  c.score_function = f;
-  c.pre_softmax = pre_softmax;
-  c.num_groups = num_groups;
-  c.group_topk = group_topk;
-  c.scaling_factor = scaling_factor;
-  return c;
-}
+using test::make_config;
 
 Tensor f64(const std::vector<double>& v, const Shape& shape) {
   return Tensor::from_vector(v, shape);

@@ -14,6 +14,19 @@
 
 namespace moe::test {
 
+inline ops::TopKConfig make_config(int64_t topk, ops::ScoreFunction f, bool pre_softmax = false,
+                                   int64_t num_groups = 0, int64_t group_topk = 0,
+                                   double scaling_factor = 1.0) {
+  ops::TopKConfig c;
+  c.topk = topk;
+  c.score_function = f;
+  c.pre_softmax = pre_softmax;
+  c.num_groups = num_groups;
+  c.group_topk = group_topk;
+  c.scaling_factor = scaling_factor;
+  return c;
+}
+
 // [T, E] f64 logits: each row a random permutation of a 0.37-spaced ladder centred on 0, plus
 // noise in [0, 0.05): any two logits of a row differ by > 0.3, far more than the 1e-6 steps
 // of the finite differences, and sums of them (group scores) tie with probability 0.

@@ -16,13 +16,7 @@ int AllGatherDispatcher::group_size() const { return MoEGroups::size_of(groups_.
 
 void AllGatherDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& probs,
                                               const Tensor& expert_ids, DispatchContext& ctx) {
-  check_dim(x, 2, "allgather dispatch", "x");
-  check_shape(expert_ids, probs.shape(), "allgather dispatch", "expert_ids");
-  ctx = DispatchContext{};
-  ctx.x = x;
-  ctx.probs = probs;  // router dtype: f32, or f64 for the CPU gradient checks
-  ctx.expert_ids = expert_ids;
-  ctx.num_tokens = x.size(0);
+  begin_dispatch(x, probs, expert_ids, ctx, "allgather dispatch");
 }
 
 void AllGatherDispatcher::dispatch_communicate(DispatchContext& ctx) {

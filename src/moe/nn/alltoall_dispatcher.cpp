@@ -26,13 +26,7 @@ int64_t AllToAllDispatcher::sent_rows(const DispatchContext& ctx) const {
 
 void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& probs,
                                              const Tensor& expert_ids, DispatchContext& ctx) {
-  check_dim(x, 2, "alltoall dispatch", "x");
-  check_shape(expert_ids, probs.shape(), "alltoall dispatch", "expert_ids");
-  ctx = DispatchContext{};
-  ctx.x = x;
-  ctx.probs = probs;  // router dtype: f32, or f64 for the CPU gradient checks
-  ctx.expert_ids = expert_ids;
-  ctx.num_tokens = x.size(0);
+  begin_dispatch(x, probs, expert_ids, ctx, "alltoall dispatch");
   const int64_t T = ctx.num_tokens, K = probs.size(1), E = config_.num_experts;
 
   // Permute 1: rows sorted by global expert, so every destination's rows are contiguous.

@@ -88,6 +88,10 @@ class TokenDispatcher {
   }
 };
 
+// Checks a dispatch's inputs (naming `op`) and starts a fresh context holding them.
+void begin_dispatch(const Tensor& x, const Tensor& probs, const Tensor& expert_ids,
+                    DispatchContext& ctx, const char* op);
+
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(const MoEConfig& config,
                                                        const MoEGroups& groups);
 

@@ -14,6 +14,7 @@
 
 #include <cstddef>
 
+#include "moe/core/dtype.h"
 #include "moe/core/error.h"
 
 // Checks a cublasStatus_t (cuBLAS and cuBLASLt share the type) and names the failing call.
@@ -26,6 +27,17 @@
   } while (0)
 
 namespace moe::cuda {
+
+// The cuBLAS data type of a floating dtype; `what` names the caller in the error.
+inline cudaDataType_t blas_dtype(DType dtype, const char* what) {
+  switch (dtype) {
+    case DType::f64: return CUDA_R_64F;
+    case DType::f32: return CUDA_R_32F;
+    case DType::bf16: return CUDA_R_16BF;
+    case DType::f16: return CUDA_R_16F;
+    default: MOE_FAIL(what, ": dtype ", dtype, " has no cuBLAS type");
+  }
+}
 
 // 32 MiB: enough for cuBLASLt's split-K and stream-K kernels on Hopper at any shape we run
 // (NVIDIA recommends >= 32 MiB on sm_90), and for cublasGemmGroupedBatchedEx's tables.

@@ -29,21 +29,6 @@
 namespace moe::ops {
 namespace {
 
-cudaDataType_t cuda_dtype(DType dtype) {
-  switch (dtype) {
-    case DType::f64:
-      return CUDA_R_64F;
-    case DType::f32:
-      return CUDA_R_32F;
-    case DType::bf16:
-      return CUDA_R_16BF;
-    case DType::f16:
-      return CUDA_R_16F;
-    default:
-      MOE_FAIL("gemm: dtype ", dtype, " has no cuBLAS type");
-  }
-}
-
 // The alignment we promise cuBLASLt for a buffer: 256 B (its default), 16 B (what vectorised
 // and TMA loads need), or just the element size. Promising less than the address has is always
 // safe (an algorithm for a weaker alignment runs on a stronger one); three classes instead of
@@ -131,8 +116,8 @@ std::unique_ptr<Plan> make_plan(const PlanKey& key, cublasLtHandle_t handle) {
   const uint64_t b_cols = static_cast<uint64_t>(key.trans_b ? key.n : key.k);
   const uint64_t a_rows = static_cast<uint64_t>(key.trans_a ? key.m : key.k);  // A's row length
   const uint64_t a_cols = static_cast<uint64_t>(key.trans_a ? key.k : key.m);
-  const cudaDataType_t ab_type = cuda_dtype(key.a_dtype);
-  const cudaDataType_t c_type = cuda_dtype(key.c_dtype);
+  const cudaDataType_t ab_type = cuda::blas_dtype(key.a_dtype, "gemm");
+  const cudaDataType_t c_type = cuda::blas_dtype(key.c_dtype, "gemm");
   MOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->layout_a, ab_type, b_rows, b_cols,
                                               static_cast<int64_t>(b_rows)));
   MOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->layout_b, ab_type, a_rows, a_cols,

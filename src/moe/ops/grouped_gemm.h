@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "moe/core/tensor.h"
 
@@ -84,6 +85,9 @@ inline constexpr int64_t kGroupedGemmChunkRows = 128;
 // zero tokens with probability 0, so they change no result, only the work.
 int64_t grouped_gemm_row_multiple(Device device, DType dtype, int64_t num_local_experts);
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
+const char* grouped_gemm_backend_name(GroupedGemmBackend backend);
+// The backend of that name; an error listing the names otherwise.
+GroupedGemmBackend parse_grouped_gemm_backend(const std::string& name);
 GroupedGemmBackend grouped_gemm_backend();
 
 }  // namespace moe::ops

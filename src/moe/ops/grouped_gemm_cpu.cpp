@@ -109,6 +109,34 @@ GroupedGemmBackend grouped_gemm_backend() {
   return g_backend.load();
 }
 
+namespace {
+constexpr GroupedGemmBackend kAllBackends[] = {
+    GroupedGemmBackend::automatic,          GroupedGemmBackend::per_expert_lt,
+    GroupedGemmBackend::per_expert_streams, GroupedGemmBackend::per_expert_threads,
+    GroupedGemmBackend::chunked_batched,    GroupedGemmBackend::grouped_batched};
+}  // namespace
+
+const char* grouped_gemm_backend_name(GroupedGemmBackend backend) {
+  switch (backend) {
+    case GroupedGemmBackend::automatic: return "automatic";
+    case GroupedGemmBackend::per_expert_lt: return "per_expert_lt";
+    case GroupedGemmBackend::per_expert_streams: return "per_expert_streams";
+    case GroupedGemmBackend::per_expert_threads: return "per_expert_threads";
+    case GroupedGemmBackend::chunked_batched: return "chunked_batched";
+    case GroupedGemmBackend::grouped_batched: return "grouped_batched";
+  }
+  return "?";
+}
+
+GroupedGemmBackend parse_grouped_gemm_backend(const std::string& name) {
+  std::string names;
+  for (GroupedGemmBackend b : kAllBackends) {
+    if (name == grouped_gemm_backend_name(b)) return b;
+    names += std::string(names.empty() ? "" : ", ") + grouped_gemm_backend_name(b);
+  }
+  MOE_FAIL("unknown grouped GEMM backend '", name, "'; one of: ", names);
+}
+
 int64_t grouped_gemm_row_multiple(Device device, DType dtype, int64_t num_local_experts) {
   const GroupedGemmBackend backend = g_backend.load();
   const bool allowed =

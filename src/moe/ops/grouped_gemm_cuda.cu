@@ -59,21 +59,6 @@ struct PinnedBuffer {
 };
 thread_local PinnedBuffer tls_pinned_counts;
 
-cudaDataType_t cuda_dtype(DType dtype) {
-  switch (dtype) {
-    case DType::f64:
-      return CUDA_R_64F;
-    case DType::f32:
-      return CUDA_R_32F;
-    case DType::bf16:
-      return CUDA_R_16BF;
-    case DType::f16:
-      return CUDA_R_16F;
-    default:
-      MOE_FAIL("grouped_gemm: dtype ", dtype, " has no cuBLAS type");
-  }
-}
-
 // Experts with rows and their row total.
 struct Activity {
   int64_t experts = 0;
@@ -277,7 +262,7 @@ void run_grouped_batched(const std::vector<Problem>& problems, cublasOperation_t
   std::vector<float> alpha_f(group_count, 1.0f), beta_f(group_count, static_cast<float>(beta));
   const void* alpha = f64 ? static_cast<const void*>(alpha_d.data()) : alpha_f.data();
   const void* beta_array = f64 ? static_cast<const void*>(beta_d.data()) : beta_f.data();
-  const cudaDataType_t ab_type = cuda_dtype(a_dtype), c_type = cuda_dtype(c_dtype);
+  const cudaDataType_t ab_type = cuda::blas_dtype(a_dtype, "grouped_gemm"), c_type = cuda::blas_dtype(c_dtype, "grouped_gemm");
 
   cublasHandle_t handle = cuda::cublas_handle(device, stream);
   MOE_CUBLAS_CHECK(cublasGemmGroupedBatchedEx_64(
@@ -286,6 +271,23 @@ void run_grouped_batched(const std::vector<Problem>& problems, cublasOperation_t
       const_cast<const void* const*>(table + total), ab_type, ldb.data(), beta_array,
       table + 2 * total, c_type, ldc.data(), static_cast<int64_t>(group_count), group_size.data(),
       f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F));
+}
+
+// LtMatmul's row-major shape and flags for a problem given in cuBLAS's column-major terms
+// (operands are filled by the caller: row-major A is column-major B and vice versa).
+LtMatmul row_major_args(const Problem& p, bool cm_trans_a, bool cm_trans_b, DType a_dtype,
+                        DType c_dtype, double beta) {
+  LtMatmul args;
+  args.a_dtype = a_dtype;
+  args.c_dtype = c_dtype;
+  args.trans_a = cm_trans_b;
+  args.trans_b = cm_trans_a;
+  args.m = p.n;
+  args.n = p.m;
+  args.k = p.k;
+  args.alpha = 1.0;
+  args.beta = beta;
+  return args;
 }
 
 // Runs `problems` one cuBLASLt matmul each. Problem fields are in column-major terms, so
@@ -305,19 +307,10 @@ void run_per_expert(const std::vector<Problem>& problems, bool cm_trans_a, bool 
   for (size_t i = 0; i < problems.size(); ++i) {
     const Problem& p = problems[i];
     const cudaStream_t run_on = side ? side->streams[i % used] : stream;
-    LtMatmul args;
-    args.a_dtype = a_dtype;
-    args.c_dtype = c_dtype;
-    args.trans_a = cm_trans_b;  // row-major A is column-major B
-    args.trans_b = cm_trans_a;
-    args.m = p.n;
-    args.n = p.m;
-    args.k = p.k;
-    args.a = p.b;
+    LtMatmul args = row_major_args(p, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta);
+    args.a = p.b;  // row-major A is column-major B
     args.b = p.a;
     args.c = p.c;
-    args.alpha = 1.0;
-    args.beta = beta;
     lt_matmul(args, device, reinterpret_cast<StreamHandle>(run_on));
   }
   if (side) {
@@ -412,18 +405,11 @@ void run_batched_by_shape(const std::vector<Problem>& problems, bool cm_trans_a,
           alignment = address % 16 == 0 ? 16 : static_cast<uint32_t>(dtype_size(a_dtype));
       }
     const size_t count = members.size();
-    LtMatmul args;  // row-major terms: A is cuBLAS's second operand (file comment)
-    args.a_dtype = a_dtype;
-    args.c_dtype = c_dtype;
-    args.trans_a = cm_trans_b;
-    args.trans_b = cm_trans_a;
-    args.m = std::get<1>(shape);
-    args.n = std::get<0>(shape);
-    args.k = std::get<2>(shape);
-    args.a = pointers + offset;
+    LtMatmul args = row_major_args(problems[members.front()], cm_trans_a, cm_trans_b, a_dtype,
+                                   c_dtype, beta);
+    args.a = pointers + offset;  // the table lists cuBLAS's second operand first
     args.b = pointers + offset + count;
     args.c = pointers + offset + 2 * count;
-    args.beta = beta;
     args.batch = static_cast<int64_t>(count);
     args.pointer_array = true;
     args.pointer_alignment = alignment;
