@@ -1,13 +1,16 @@
 // The `moe` program: one binary, subcommands, Megatron's flag names.
 //   moe                   the default job (for now: one MoE layer forward + backward)
 //   moe bench moe-layer   the MoE layer benchmark (bench/moe_layer_bench.h)
+//   moe bench attention   the attention benchmark, per backend (bench/attention_bench.h)
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
 
+#include "attention_bench.h"
 #include "layer_demo.h"
 #include "moe/core/error.h"
+#include "moe/ops/attention.h"
 #include "moe/ops/grouped_gemm.h"
 #include "moe_layer_bench.h"
 
@@ -38,6 +41,20 @@ int main(int argc, char** argv) {
   bench_layer->add_option("--iters", layer_options.iters);
   bench_layer->add_flag("!--no-stages", layer_options.stages, "skip the per-stage breakdown");
 
+  moe::bench::AttentionBenchOptions attention_options;
+  CLI::App* bench_attention =
+      bench->add_subcommand("attention", "causal attention forward/backward per backend");
+  bench_attention->add_option("--shapes", attention_options.shapes,
+                              "gqa-s4096 mha-s8192 mla-s4096 tiny");
+  bench_attention->add_option("--backends", attention_options.backends,
+                              "cudnn native automatic (default: cudnn native)")
+      ->check([](const std::string& name) {
+        (void)moe::ops::parse_attention_backend(name);  // throws, naming the choices
+        return std::string();
+      });
+  bench_attention->add_option("--warmup", attention_options.warmup);
+  bench_attention->add_option("--iters", attention_options.iters);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -47,6 +64,10 @@ int main(int argc, char** argv) {
     if (bench_layer->parsed()) {
       layer_options.cpu = force_cpu;
       return moe::bench::run_moe_layer_bench(layer_options);
+    }
+    if (bench_attention->parsed()) {
+      attention_options.cpu = force_cpu;
+      return moe::bench::run_attention_bench(attention_options);
     }
     return moe::app::run_layer_demo(force_cpu);
   } catch (const std::exception& e) {

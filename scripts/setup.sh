@@ -15,3 +15,12 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The cuDNN frontend (header-only C++ graph API for cuDNN's fused attention) comes from PyPI;
+# CMake finds its headers through python3. Headers only: --no-deps skips its Python stack.
+# Pinned: the version attention_cudnn.cpp was written against.
+if ! python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['purelib'], 'include', 'cudnn_frontend.h')))" 2>/dev/null; then
+  echo "setup: installing nvidia-cudnn-frontend (pip)"
+  python3 -m pip install -q --no-deps --disable-pip-version-check nvidia-cudnn-frontend==1.32.0 >/dev/null 2>&1 \
+    || echo "setup: pip install nvidia-cudnn-frontend failed: attention will use its native kernels"
+fi

@@ -4,6 +4,7 @@
 // (not a multiple of the 32-row tile), Hq = 8, Hkv = 2 with D = Dv = 128 and the MLA dims
 // D = 192, Dv = 128; MQA with tiny odd head dims; D = Dv = 256 (the shared-memory maximum);
 // S = 1; full (non-causal) attention; the sbhd layout; empty inputs; large scores; determinism.
+// These test the native kernels (backend native); attention_cudnn_cuda_test.cpp tests cuDNN's.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -59,6 +60,7 @@ void check_case(const Case& c, DType dt, uint64_t seed) {
   AttentionOptions options;
   options.causal = c.causal;
   options.layout = c.layout;
+  options.backend = AttentionBackend::native;
 
   const AttentionOutput got = attention_forward(q.dev, k.dev, v.dev, options);
   const AttentionOutput want = attention_forward(q.ref, k.ref, v.ref, options);
@@ -141,9 +143,11 @@ TEST(AttentionCuda, BackwardIsDeterministic) {
   const Input k = make({2, 129, 1, 64}, DType::bf16, seed + 1);
   const Input v = make({2, 129, 1, 64}, DType::bf16, seed + 2);
   const Input dout = make({2, 129, 8, 64}, DType::bf16, seed + 3);
-  const AttentionOutput f = attention_forward(q.dev, k.dev, v.dev);
-  const AttentionGrads a = attention_backward(dout.dev, q.dev, k.dev, v.dev, f.out, f.lse);
-  const AttentionGrads b = attention_backward(dout.dev, q.dev, k.dev, v.dev, f.out, f.lse);
+  AttentionOptions options;
+  options.backend = AttentionBackend::native;
+  const AttentionOutput f = attention_forward(q.dev, k.dev, v.dev, options);
+  const AttentionGrads a = attention_backward(dout.dev, q.dev, k.dev, v.dev, f.out, f.lse, options);
+  const AttentionGrads b = attention_backward(dout.dev, q.dev, k.dev, v.dev, f.out, f.lse, options);
   EXPECT_TRUE(test::equal(host(a.q), host(b.q)));
   EXPECT_TRUE(test::equal(host(a.k), host(b.k)));
   EXPECT_TRUE(test::equal(host(a.v), host(b.v)));

@@ -1,7 +1,8 @@
 // Attention on the CPU: the forward against a dense softmax(scale q k^T + mask) v written out
 // here, fp64 finite-difference gradients of dq, dk, dv (GQA, causal and full, a YaRN-like
 // scale, both layouts), the causal known answers (token 0 copies v_0; S = 1), GQA equal to MHA
-// with repeated k/v, bf16 computed in f32, large scores, empty inputs and errors.
+// with repeated k/v, bf16 computed in f32, large scores, empty inputs, errors and the backend
+// option.
 #include "moe/ops/attention.h"
 
 #include <gtest/gtest.h>
@@ -310,6 +311,22 @@ TEST(Attention, EmptyInputs) {
     EXPECT_EQ(g.k.shape(), k.shape());
     EXPECT_EQ(g.v.shape(), v.shape());
   }
+}
+
+// The backend option names round-trip; the CPU ignores the option (its reference always runs)
+// and reports native.
+TEST(Attention, BackendOption) {
+  for (AttentionBackend b :
+       {AttentionBackend::automatic, AttentionBackend::cudnn, AttentionBackend::native})
+    EXPECT_EQ(parse_attention_backend(attention_backend_name(b)), b);
+  EXPECT_THROW(parse_attention_backend("flash"), moe::Error);
+  const Tensor q = test::random_normal({1, 6, 2, 8}, DType::f32, 1);
+  const Tensor k = test::random_normal({1, 6, 1, 8}, DType::f32, 2);
+  const Tensor v = test::random_normal({1, 6, 1, 8}, DType::f32, 3);
+  AttentionOptions cudnn;
+  cudnn.backend = AttentionBackend::cudnn;
+  EXPECT_EQ(attention_backend_for(q, k, v, cudnn), AttentionBackend::native);
+  EXPECT_TRUE(test::equal(attention_forward(q, k, v, cudnn).out, attention_forward(q, k, v).out));
 }
 
 TEST(Attention, RejectsBadInput) {

@@ -28,10 +28,25 @@
 // dtypes: q, k, v, out, dout share one dtype. CPU: f64 (computed in f64), f32, bf16, f16
 // (computed in f32). CUDA: f32 and bf16 (computed in f32), D and Dv up to 256. lse is f64 for f64
 // inputs and f32 otherwise. Empty inputs (B = 0 or S = 0) give empty outputs. No host
-// synchronisation on CUDA; the kernels are deterministic (no atomics: dq is its own pass).
+// synchronisation on CUDA.
+//
+// CUDA backends (AttentionOptions::backend; the CPU ignores it):
+//  - native: this library's FlashAttention-2 kernels (attention_cuda.cu): f32 and bf16, any head
+//    dims up to 256, deterministic (no atomics: dq is its own pass).
+//  - cudnn: cuDNN's fused flash SDPA through the cuDNN frontend graph API
+//    (attention_cudnn.cpp; only in builds that found the frontend headers, MOE_WITH_CUDNN): bf16,
+//    D and Dv multiples of 8 up to 256 where the installed cuDNN supports the pair (D = 192,
+//    Dv = 128 needs a recent cuDNN), 16-byte aligned tensors. Its lse is the same natural-log
+//    logsumexp of the scaled scores, so a forward of one backend and a backward of the other
+//    mix. Its backward accumulates dq with fp32 atomics: not bitwise reproducible unless
+//    `deterministic` is set. Asked for explicitly, an unsupported problem throws.
+//  - automatic (the default): cudnn where it can run the problem (built in, bf16, the dims and
+//    `deterministic` supported), native otherwise; a problem cuDNN rejects after passing those
+//    checks is logged once (stderr) with cuDNN's reason.
 #pragma once
 
 #include <optional>
+#include <string>
 
 #include "moe/core/tensor.h"
 
@@ -39,12 +54,23 @@ namespace moe::ops {
 
 enum class AttentionLayout { bshd, sbhd };
 
+enum class AttentionBackend { automatic, cudnn, native };
+
+const char* attention_backend_name(AttentionBackend backend);
+// "automatic", "cudnn" or "native"; throws moe::Error naming the choices otherwise.
+AttentionBackend parse_attention_backend(const std::string& name);
+
 struct AttentionOptions {
   // Multiplies <q_i, k_j>; unset means 1 / sqrt(D).
   std::optional<double> softmax_scale;
   // Token i attends to tokens j <= i only (the decoder mask).
   bool causal = true;
   AttentionLayout layout = AttentionLayout::bshd;
+  // Which CUDA implementation runs (see above).
+  AttentionBackend backend = AttentionBackend::automatic;
+  // Asks the cudnn backward for bitwise-reproducible gradients (its slower deterministic
+  // algorithm, with an O(B Hq S^2) workspace on Hopper). The native kernels always are.
+  bool deterministic = false;
 };
 
 struct AttentionOutput {
@@ -68,5 +94,14 @@ AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q, const
 
 // The scale that `options` gives for q/k head dim `head_dim`.
 double attention_scale(const AttentionOptions& options, int64_t head_dim);
+
+// The backend that attention_forward and attention_backward take for these inputs and options:
+// native or cudnn (never automatic). For cudnn or automatic it builds (and caches) the cuDNN
+// forward and backward graphs, so a cudnn answer means both run through cuDNN; when cuDNN
+// cannot, the answer is native and `reason` (if given) says why (an explicit cudnn request then
+// throws on use). CPU tensors answer native.
+AttentionBackend attention_backend_for(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const AttentionOptions& options = {},
+                                       std::string* reason = nullptr);
 
 }  // namespace moe::ops

@@ -9,6 +9,7 @@
 
 #include "moe/ops/attention.h"
 #include "moe/ops/attention_cuda.h"
+#include "moe/ops/attention_cudnn.h"
 
 namespace moe::ops {
 namespace {
@@ -204,6 +205,42 @@ void backward_cpu(const AttentionShape& s, const Tensor& grad_out, const Tensor&
 
 }  // namespace
 
+const char* attention_backend_name(AttentionBackend backend) {
+  switch (backend) {
+    case AttentionBackend::automatic: return "automatic";
+    case AttentionBackend::cudnn: return "cudnn";
+    case AttentionBackend::native: return "native";
+  }
+  return "?";
+}
+
+AttentionBackend parse_attention_backend(const std::string& name) {
+  for (AttentionBackend b :
+       {AttentionBackend::automatic, AttentionBackend::cudnn, AttentionBackend::native})
+    if (name == attention_backend_name(b)) return b;
+  MOE_FAIL("unknown attention backend '", name, "'; one of: automatic, cudnn, native");
+}
+
+AttentionBackend attention_backend_for(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const AttentionOptions& options, std::string* reason) {
+  const AttentionShape shape = check_qkv(q, k, v, options, "attention_backend_for");
+  if (reason) reason->clear();
+  if (!q.is_cuda() || options.backend == AttentionBackend::native) return AttentionBackend::native;
+  if (shape.batch == 0 || shape.seq == 0) {
+    if (reason) *reason = "empty inputs: no kernel runs";
+    return AttentionBackend::native;
+  }
+#if MOE_WITH_CUDA
+  // Outputs are freshly allocated (aligned) by the op: q, k, v are the tensors that matter.
+  for (detail::CudnnPass pass : {detail::CudnnPass::forward, detail::CudnnPass::backward})
+    if (!detail::cudnn_attention_can_run(pass, shape, options.deterministic, {&q, &k, &v}, reason))
+      return AttentionBackend::native;
+  return AttentionBackend::cudnn;
+#else
+  return AttentionBackend::native;
+#endif
+}
+
 double attention_scale(const AttentionOptions& options, int64_t head_dim) {
   if (options.softmax_scale) return *options.softmax_scale;
   MOE_CHECK(head_dim >= 1, "attention: head dim must be positive, got ", head_dim);
@@ -219,8 +256,14 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
   result.lse =
       Tensor::empty({shape.batch, shape.q_heads, shape.seq}, lse_dtype_for(q.dtype()), q.device());
   if (q.is_cuda()) {
-    MOE_CUDA_ONLY(detail::attention_forward_cuda(shape, q, k, v, result.out, result.lse);
-                  return result;)
+    MOE_CUDA_ONLY(
+        if (detail::use_cudnn_attention(detail::CudnnPass::forward, shape, options,
+                                        {&q, &k, &v, &result.out, &result.lse})) {
+          detail::attention_forward_cudnn(shape, q, k, v, result.out, result.lse);
+        } else {
+          detail::attention_forward_cuda(shape, q, k, v, result.out, result.lse);
+        }
+        return result;)
   }
   forward_cpu(shape, q, k, v, result.out, result.lse);
   return result;
@@ -248,9 +291,17 @@ AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q, const
   grads.k = Tensor::empty(k.shape(), k.dtype(), k.device());
   grads.v = Tensor::empty(v.shape(), v.dtype(), v.device());
   if (q.is_cuda()) {
-    MOE_CUDA_ONLY(detail::attention_backward_cuda(shape, grad_out, q, k, v, out, lse, grads.q,
-                                                  grads.k, grads.v);
-                  return grads;)
+    MOE_CUDA_ONLY(
+        if (detail::use_cudnn_attention(
+                detail::CudnnPass::backward, shape, options,
+                {&q, &k, &v, &out, &grad_out, &lse, &grads.q, &grads.k, &grads.v})) {
+          detail::attention_backward_cudnn(shape, options.deterministic, grad_out, q, k, v, out,
+                                           lse, grads.q, grads.k, grads.v);
+        } else {
+          detail::attention_backward_cuda(shape, grad_out, q, k, v, out, lse, grads.q, grads.k,
+                                          grads.v);
+        }
+        return grads;)
   }
   backward_cpu(shape, grad_out, q, k, v, out, lse, grads.q, grads.k, grads.v);
   return grads;

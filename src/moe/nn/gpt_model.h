@@ -1,0 +1,110 @@
+// GPTModel: the decoder-only language model around the MoE layer (Megatron's GPTModel; HF's
+// MixtralForCausalLM / Qwen3MoeForCausalLM with GQA attention):
+//
+//   input_ids [S, B] -> embedding [S, B, H]
+//     -> layers l = 0..L-1: TransformerLayer (dense MLP, or MoE when config.is_moe_layer(l))
+//     -> final RMSNorm -> hidden [T, H] (T = S * B, rows in [S, B] order)
+//     -> fused output layer + cross-entropy (ops::linear_cross_entropy_*: never the [T, V]
+//        logits), with the output weight tied to the embedding, or a separate lm_head
+//   loss = lm_loss + aux_loss,  lm_loss = mean over labelled tokens (labels == -100 and
+//          loss_mask == 0 are left out; CrossEntropyOptions can ask for a sum instead),
+//          aux_loss = sum over MoE layers of the router's aux_loss (coefficient included) and
+//          z_loss.
+// Token order: Megatron keeps activations sequence-major, [S, B, H], and so does this model,
+// so input_ids, labels and loss_mask are [S, B] (the transpose of a data loader's [B, S]).
+// Positions for rotary are the sequence index s (no packed-sequence positions yet).
+//
+// backward(ctx, loss_scale) computes loss_scale * d(loss)/d(parameters): the cross-entropy
+// gradient starts at loss_scale and every MoE layer's aux / z-loss gradient is scaled by the
+// same factor (Megatron's MoEAuxLossAutoScaler). Gradient rule: parameter gradients accumulate
+// (micro-batches add up) and are written lazily after zero_grad (parameter.h); read them with
+// Parameter::grad_value(). The output weight's gradient is materialised before the
+// cross-entropy backward, which always accumulates.
+//
+// Parameter names follow Hugging Face where a tensor matches one of HF's (model.embed_tokens,
+// model.layers.<l>.input_layernorm, self_attn.{q,k,v,o}_proj, self_attn.{q,k}_norm,
+// post_attention_layernorm, model.norm, lm_head) and say what is fused where it does not
+// (mlp.gate_up_proj.weight = [gate_proj; up_proj], mlp.experts.gate_up_proj [E, 2F, H],
+// mlp.experts.down_proj [E, H, F]); the checkpoint converter maps them onto HF's.
+// Initialisation: param_init.h (Megatron: normal(0, init_method_std), residual-writing layers
+// scaled by 1 / sqrt(2 L), norms one, biases zero), seeded per tensor from `seed`.
+//
+// Not yet: MLA attention (AttentionType::mla throws), multi-token prediction
+// (mtp_num_layers > 0 throws), tensor / pipeline / context parallelism of the dense part.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moe/nn/model_config.h"
+#include "moe/nn/moe_groups.h"
+#include "moe/nn/parameter.h"
+#include "moe/nn/rmsnorm_module.h"
+#include "moe/nn/transformer_layer.h"
+#include "moe/ops/cross_entropy.h"
+
+namespace moe::nn {
+
+struct GPTContext {
+  Shape tokens_shape;  // [S, B]
+  Tensor input_ids;    // [S, B]
+  Tensor labels;       // [T]
+  Tensor loss_mask;    // [T] f32, or undefined
+  std::vector<TransformerLayerContext> layers;
+  RMSNormContext final_norm;
+  Tensor hidden;  // [T, H] the final norm's output: the cross-entropy's input
+  ops::CrossEntropyResult cross_entropy;
+};
+
+// 0-d tensors on the model's device (f64 for f64 models, else f32); nothing is synchronised.
+struct GPTLoss {
+  Tensor loss;      // lm_loss + aux_loss: what backward differentiates
+  Tensor lm_loss;   // the cross-entropy
+  Tensor aux_loss;  // sum of the MoE layers' aux and z losses (0 without MoE layers)
+};
+
+class GPTModel {
+ public:
+  // Parameters in `dtype` (f64/f32 on the CPU, f32/bf16 on CUDA) on `device`. `groups` are the
+  // expert-parallel groups every MoE layer uses (default: this rank alone).
+  GPTModel(const ModelConfig& config, DType dtype, Device device, uint64_t seed = 1234,
+           const MoEGroups& groups = {});
+
+  // input_ids, labels [S, B] (i32 or i64; labels may hold ignore_index), loss_mask undefined or
+  // f32 [S, B]. Saves in ctx what backward needs.
+  GPTLoss forward(const Tensor& input_ids, const Tensor& labels, GPTContext& ctx,
+                  const Tensor& loss_mask = Tensor());
+  // Accumulates loss_scale * d(loss)/d(parameter) into every parameter's gradient.
+  void backward(GPTContext& ctx, double loss_scale = 1.0);
+
+  // Logits [S, B, V] for input_ids [S, B] (inference and parity checks: holds the full logits).
+  Tensor logits(const Tensor& input_ids);
+
+  std::vector<Parameter*> parameters();  // each tensor once (a tied output weight is the embedding)
+  void zero_grad();
+  // End of an optimizer step: the MoE layers' expert-bias updates and per-step accumulators.
+  void finish_step();
+
+  Parameter& output_weight() {
+    return config_.untie_embeddings_and_output_weights ? lm_head : embed_tokens;
+  }
+  const ModelConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  Parameter embed_tokens;  // [V, H] model.embed_tokens.weight
+  std::vector<TransformerLayer> layers;
+  RMSNorm final_norm;                      // model.norm.weight
+  Parameter lm_head;                       // [V, H] lm_head.weight, only when untied
+  ops::CrossEntropyOptions cross_entropy;  // ignore_index, reduction, CUDA chunk size
+
+ private:
+  // Embedding and layers and final norm: the hidden states [T, H] the output layer reads.
+  Tensor trunk(const Tensor& input_ids, GPTContext& ctx);
+
+  ModelConfig config_;
+  DType dtype_;
+  Device device_;
+};
+
+}  // namespace moe::nn

@@ -1,0 +1,83 @@
+// Grouped-query self-attention block (MHA when heads == query groups, MQA with one group), as in
+// Mixtral, Qwen2/Qwen3(-MoE) and Llama. Tokens stay in Megatron's [S, B, H] order throughout;
+// the core attention op runs in its sbhd layout, so no transposes are needed.
+//
+//   x [S, B, H]  (T = S * B rows)
+//   q = x Wq^T (+ bq)  [S, B, Hq, D]      Wq [Hq * D, H]      (HF q_proj)
+//   k = x Wk^T (+ bk)  [S, B, Hkv, D]     Wk [Hkv * D, H]     (HF k_proj)
+//   v = x Wv^T (+ bv)  [S, B, Hkv, D]     Wv [Hkv * D, H]     (HF v_proj)
+//   q, k <- RMSNorm over D of each head, weights [D]          (--qk-layernorm: Qwen3's q_norm,
+//                                                              k_norm; before rotary, as HF)
+//   q, k <- rotary on the first Dr = int(D * rotary_percent) features of each head
+//           (ops::rotary_forward; half = HF rotate_half, interleaved = GPT-J pairs; YaRN
+//            frequencies and mscale when ModelConfig::yarn is set), position = s
+//   o = causal softmax(q k^T / sqrt(D)) v,  query head h reads kv head h / (Hq / Hkv)
+//   y = o Wo^T  [S, B, H]                 Wo [H, Hq * D]      (HF o_proj, Megatron linear_proj)
+//
+// The projections are separate (HF's q_proj / k_proj / v_proj), not Megatron's fused
+// linear_qkv: three GEMMs whose outputs are already the [S, B, heads, D] tensors the attention
+// op reads, with no column split and no per-group interleaving (Megatron's linear_qkv orders
+// rows [group: its q heads, k, v]); the checkpoint converter maps either layout onto these.
+// Biases (--add-qkv-bias, Qwen2) are added with a K = 1 GEMM (ones [T, 1] x bias [1, N]).
+//
+// Gradient rule: backward accumulates every parameter gradient (lazily written after
+// zero_grad, parameter.h) and writes dL/dx. MLA (AttentionType::mla) is a separate module
+// (not written yet): constructing this one for an MLA config throws.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "moe/nn/model_config.h"
+#include "moe/nn/parameter.h"
+#include "moe/nn/rmsnorm_module.h"
+#include "moe/ops/attention.h"
+#include "moe/ops/rope.h"
+
+namespace moe::nn {
+
+struct AttentionContext {
+  Shape input_shape;  // [S, B, H]
+  Tensor x;           // [T, H] the block's input rows
+  RMSNormContext q_norm, k_norm;
+  Tensor q, k, v;   // [S, B, heads, D] as the attention op read them (normed, rotated)
+  Tensor out, lse;  // the attention op's results: out [S, B, Hq, D], lse [B, Hq, S]
+};
+
+class GqaAttention {
+ public:
+  GqaAttention() = default;
+  // Parameters are named prefix + "q_proj.weight", ... (prefix e.g. "model.layers.3.self_attn.")
+  // and initialised per param_init.h from (seed, layer). Throws for MLA configs and for shapes
+  // that do not fit (heads not a multiple of query groups, odd or empty rotary dim).
+  GqaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix, DType dtype,
+               Device device, uint64_t seed);
+
+  // x [S, B, H] -> y [S, B, H].
+  Tensor forward(const Tensor& x, AttentionContext& ctx) const;
+  // dy [S, B, H] -> dx [S, B, H]; accumulates the parameter gradients.
+  Tensor backward(const Tensor& dy, AttentionContext& ctx);
+
+  std::vector<Parameter*> parameters();
+  void zero_grad();
+
+  int64_t num_heads() const { return heads_; }
+  int64_t num_query_groups() const { return groups_; }
+  int64_t head_dim() const { return head_dim_; }
+  int64_t rotary_dim() const { return rotary_dim_; }
+
+  Parameter q_proj, k_proj, v_proj, o_proj;  // weights, [out, in]
+  Parameter q_bias, k_bias, v_bias;          // [Hq * D], [Hkv * D], [Hkv * D] with add_qkv_bias
+  std::optional<RMSNorm> q_norm, k_norm;     // weight [D] with qk_layernorm
+
+ private:
+  int64_t hidden_ = 0, heads_ = 0, groups_ = 0, head_dim_ = 0, rotary_dim_ = 0;
+  bool bias_ = false;
+  DType dtype_ = DType::f32;
+  Tensor inv_freq_;  // [Dr / 2] f32 (f64 for f64 models) on the parameters' device
+  ops::RotaryArgs rotary_;
+  ops::AttentionOptions attention_;
+};
+
+}  // namespace moe::nn

@@ -1,0 +1,90 @@
+#include "moe/nn/transformer_layer.h"
+
+#include <string>
+
+#include "moe/nn/param_init.h"
+#include "moe/ops/elementwise.h"
+
+namespace moe::nn {
+
+MoEConfig moe_config_for_layer(const ModelConfig& config, int64_t layer, DType dtype,
+                               uint64_t seed) {
+  MoEConfig moe = config.moe;
+  moe.hidden_size = config.hidden_size;
+  moe.params_dtype = dtype;
+  moe.init_method_std = config.init_method_std;
+  moe.seed = parameter_seed(seed, layer, "moe");
+  return moe;
+}
+
+TransformerLayer::TransformerLayer(const ModelConfig& config, int64_t layer, DType dtype,
+                                   Device device, uint64_t seed, const MoEGroups& groups)
+    : layer_(layer) {
+  MOE_CHECK(layer >= 0 && layer < config.num_layers, "TransformerLayer: layer ", layer,
+            " is outside [0, --num-layers ", config.num_layers, ")");
+  const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+  input_layernorm = RMSNorm(prefix + "input_layernorm.weight", config.hidden_size,
+                            config.norm_epsilon, dtype, device);
+  self_attention = GqaAttention(config, layer, prefix + "self_attn.", dtype, device, seed);
+  post_attention_layernorm = RMSNorm(prefix + "post_attention_layernorm.weight", config.hidden_size,
+                                     config.norm_epsilon, dtype, device);
+  if (!config.is_moe_layer(layer)) {
+    mlp.emplace(config, layer, prefix + "mlp.", dtype, device, seed);
+    return;
+  }
+  moe =
+      std::make_unique<MoELayer>(moe_config_for_layer(config, layer, dtype, seed), device, groups);
+  moe->router.weight.name = prefix + "mlp.gate.weight";
+  moe->experts.fc1.name = prefix + "mlp.experts.gate_up_proj";
+  moe->experts.fc2.name = prefix + "mlp.experts.down_proj";
+  // The experts draw fc2 with init_method_std; Megatron's experts use output_layer_init_method.
+  // Scaling normal(0, std) draws by c gives exactly normal(0, c std), and keeps the values that
+  // any expert-parallel mapping draws for its shard consistent.
+  const double output_scale =
+      config.init_method_std > 0
+          ? output_layer_std(config.init_method_std, config.num_layers) / config.init_method_std
+          : 1.0;
+  ops::scale_(moe->experts.fc2.value, output_scale);
+  if (moe->shared_expert) {
+    moe->shared_expert->fc1.name = prefix + "mlp.shared_expert.gate_up_proj.weight";
+    moe->shared_expert->fc2.name = prefix + "mlp.shared_expert.down_proj.weight";
+    moe->shared_expert->gate.name = prefix + "mlp.shared_expert_gate.weight";
+    ops::scale_(moe->shared_expert->fc2.value, output_scale);
+  }
+}
+
+Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx) {
+  check_dim(x, 3, "TransformerLayer::forward", "x");
+  // h = x + attention(norm1(x))
+  Tensor h = self_attention.forward(input_layernorm.forward(x, ctx.input_norm), ctx.attention);
+  ops::add_(h, x);
+  // out = h + mlp(norm2(h))
+  const Tensor normed = post_attention_layernorm.forward(h, ctx.post_attention_norm);
+  Tensor out = moe ? moe->forward(normed, ctx.moe) : mlp->forward(normed, ctx.mlp);
+  ops::add_(out, h);
+  return out;
+}
+
+Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx,
+                                  double loss_scale) {
+  const Tensor d_normed = moe ? moe->backward(dy, ctx.moe, loss_scale) : mlp->backward(dy, ctx.mlp);
+  Tensor dh = post_attention_layernorm.backward(d_normed, ctx.post_attention_norm);
+  ops::add_(dh, dy);
+  Tensor dx = input_layernorm.backward(self_attention.backward(dh, ctx.attention), ctx.input_norm);
+  ops::add_(dx, dh);
+  return dx;
+}
+
+std::vector<Parameter*> TransformerLayer::parameters() {
+  std::vector<Parameter*> params{&input_layernorm.weight};
+  for (Parameter* p : self_attention.parameters()) params.push_back(p);
+  params.push_back(&post_attention_layernorm.weight);
+  for (Parameter* p : moe ? moe->parameters() : mlp->parameters()) params.push_back(p);
+  return params;
+}
+
+void TransformerLayer::zero_grad() {
+  for (Parameter* p : parameters()) p->zero_grad();
+}
+
+}  // namespace moe::nn

@@ -1,0 +1,72 @@
+// One pre-norm decoder layer (Llama / Mixtral / Qwen / DeepSeek, Megatron's TransformerLayer):
+//   h   = x + attention(input_layernorm(x))
+//   out = h + mlp(post_attention_layernorm(h))      mlp = DenseMLP, or MoELayer when
+//                                                   ModelConfig::is_moe_layer(layer)
+// Tokens are [S, B, H] throughout (Megatron's order: the MoE router's per-sequence counts use B).
+// Backward, from d_out:
+//   dh = d_out + norm2^T(mlp^T(d_out)),   dx = dh + norm1^T(attention^T(dh))
+// Gradient rule: parameter gradients accumulate (lazily written after zero_grad), dL/dx is
+// written. The MoE layer's aux / z-loss gradients are added in its backward, scaled by
+// `loss_scale` (the factor the main loss gradient carries).
+// Per-call state lives in a TransformerLayerContext the caller owns (micro-batches in flight,
+// recomputation), as for MoELayer.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "moe/nn/dense_mlp.h"
+#include "moe/nn/gqa_attention.h"
+#include "moe/nn/model_config.h"
+#include "moe/nn/moe_groups.h"
+#include "moe/nn/moe_layer.h"
+#include "moe/nn/rmsnorm_module.h"
+
+namespace moe::nn {
+
+struct TransformerLayerContext {
+  RMSNormContext input_norm;
+  AttentionContext attention;
+  RMSNormContext post_attention_norm;
+  DenseMLPContext mlp;  // dense layers
+  MoEContext moe;       // MoE layers: also holds this call's router aux_loss / z_loss
+};
+
+class TransformerLayer {
+ public:
+  // Layer `layer` (0-based) of `config`, parameters in `dtype` on `device`, named
+  // "model.layers.<layer>.<HF-like name>" and seeded from (seed, layer) (param_init.h).
+  // An MoE layer copies config.moe with hidden_size, params_dtype, init_method_std and a
+  // per-layer seed taken from the model; its parameters are renamed (mlp.gate.weight for the
+  // router, mlp.experts.gate_up_proj [E, 2F, H], mlp.experts.down_proj [E, H, F],
+  // mlp.shared_expert.{gate_up_proj,down_proj}.weight, mlp.shared_expert_gate.weight) and its
+  // fc2 weights scaled to Megatron's output-layer std.
+  TransformerLayer(const ModelConfig& config, int64_t layer, DType dtype, Device device,
+                   uint64_t seed, const MoEGroups& groups = {});
+
+  // x [S, B, H] -> [S, B, H].
+  Tensor forward(const Tensor& x, TransformerLayerContext& ctx);
+  Tensor backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale = 1.0);
+
+  std::vector<Parameter*> parameters();
+  void zero_grad();
+  bool is_moe() const { return moe != nullptr; }
+  int64_t index() const { return layer_; }
+
+  RMSNorm input_layernorm;
+  GqaAttention self_attention;
+  RMSNorm post_attention_layernorm;
+  std::optional<DenseMLP> mlp;    // dense layers
+  std::unique_ptr<MoELayer> moe;  // MoE layers
+
+ private:
+  int64_t layer_ = 0;
+};
+
+// The MoE block's config for layer `layer` of a model (hidden size, dtype, std and seed from the
+// model, everything else from config.moe).
+MoEConfig moe_config_for_layer(const ModelConfig& config, int64_t layer, DType dtype,
+                               uint64_t seed);
+
+}  // namespace moe::nn
