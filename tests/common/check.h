@@ -55,6 +55,11 @@ uint64_t fresh_seed();
 double dot(const Tensor& a, const Tensor& b);
 
 bool have_gpu();
+
+// Copies to the first GPU / to the host (shorthands for the CUDA-vs-CPU tests); an undefined
+// tensor stays undefined.
+inline Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda()) : Tensor(); }
+inline Tensor host(const Tensor& t) { return t.defined() ? t.to(Device::cpu()) : Tensor(); }
 #define MOE_REQUIRE_GPU() \
   if (!::moe::test::have_gpu()) GTEST_SKIP() << "no CUDA device"
 

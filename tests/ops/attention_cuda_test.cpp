@@ -16,12 +16,8 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) {
-  return t.to(Device::cuda());
-}
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
+using test::gpu;
+using test::host;
 
 struct Case {
   int64_t batch, seq, q_heads, kv_heads, head_dim, v_head_dim;

@@ -20,12 +20,8 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) {
-  return t.to(Device::cuda());
-}
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
+using test::gpu;
+using test::host;
 
 #define MOE_REQUIRE_CUDNN()                \
   MOE_REQUIRE_GPU();                       \

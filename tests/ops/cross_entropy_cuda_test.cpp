@@ -17,12 +17,8 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) {
-  return t.defined() ? t.to(Device::cuda()) : Tensor();
-}
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
+using test::gpu;
+using test::host;
 
 std::vector<int64_t> random_labels(int64_t tokens, int64_t vocab, uint64_t seed,
                                    int64_t ignore_every) {

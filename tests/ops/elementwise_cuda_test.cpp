@@ -11,12 +11,8 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) {
-  return t.to(Device::cuda());
-}
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
+using test::gpu;
+using test::host;
 
 Tensor misaligned_gpu(const Tensor& values) {
   Tensor flat = Tensor::zeros({values.numel() + 8}, values.dtype(), Device::cuda());

@@ -20,12 +20,8 @@ namespace {
 
 using test::RoutingSpec;
 
-Tensor gpu(const Tensor& t) {
-  return t.defined() ? t.to(Device::cuda()) : Tensor();
-}
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
+using test::gpu;
+using test::host;
 
 // Usable experts of a spec with holes (every third expert left empty).
 bool routable(const RoutingSpec& spec) {

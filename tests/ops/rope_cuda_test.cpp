@@ -13,12 +13,8 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) {
-  return t.defined() ? t.to(Device::cuda()) : Tensor();
-}
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
+using test::gpu;
+using test::host;
 DType ref_dtype(DType dt) {
   return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
 }

@@ -10,12 +10,8 @@
 namespace moe::ops {
 namespace {
 
-Tensor gpu(const Tensor& t) {
-  return t.defined() ? t.to(Device::cuda()) : Tensor();
-}
-Tensor host(const Tensor& t) {
-  return t.to(Device::cpu());
-}
+using test::gpu;
+using test::host;
 
 // The reference dtype for a kernel dtype: f32 for bf16/f16 (on the same rounded values).
 DType ref_dtype(DType dt) {
