@@ -118,4 +118,17 @@ double dot(const Tensor& a, const Tensor& b) {
 
 bool have_gpu() { return cuda_device_count() > 0; }
 
+Tensor misaligned_gpu(const Tensor& values) {
+  Tensor flat = Tensor::zeros({values.numel() + 8}, values.dtype(), Device::cuda());
+  Tensor view = flat.rows(1, values.numel()).reshape(values.shape());
+  view.copy_(values);
+  return view;
+}
+
+PairedInput paired_input(const Shape& shape, DType dtype, uint64_t seed, bool misaligned,
+                         double stddev) {
+  const Tensor v = random_normal(shape, DType::f32, seed, Device::cpu(), stddev).to(dtype);
+  return {v.to(reference_dtype(dtype)), misaligned ? misaligned_gpu(gpu(v)) : gpu(v)};
+}
+
 }  // namespace moe::test

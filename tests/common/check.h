@@ -60,6 +60,25 @@ bool have_gpu();
 // tensor stays undefined.
 inline Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda()) : Tensor(); }
 inline Tensor host(const Tensor& t) { return t.defined() ? t.to(Device::cpu()) : Tensor(); }
+
+// The dtype a CPU reference computes a kernel dtype in: f32 for bf16/f16 (on the same rounded
+// values), the dtype itself otherwise.
+inline DType reference_dtype(DType dt) {
+  return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
+}
+
+// A GPU copy of `values` starting one element past an aligned address (forces the kernels'
+// unvectorised paths).
+Tensor misaligned_gpu(const Tensor& values);
+
+// One random input twice: `dev` on the GPU in the kernel dtype, `ref` on the CPU in
+// reference_dtype(dtype) holding the same (rounded) values.
+struct PairedInput {
+  Tensor ref;
+  Tensor dev;
+};
+PairedInput paired_input(const Shape& shape, DType dtype, uint64_t seed, bool misaligned = false,
+                         double stddev = 1.0);
 #define MOE_REQUIRE_GPU() \
   if (!::moe::test::have_gpu()) GTEST_SKIP() << "no CUDA device"
 

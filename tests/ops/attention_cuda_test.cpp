@@ -36,23 +36,14 @@ Shape dims(const Case& c, int64_t heads, int64_t dim) {
   return {c.seq, c.batch, heads, dim};
 }
 
-// One input: the kernel-dtype values on the GPU, and the same (rounded) values in f32 on the CPU.
-struct Input {
-  Tensor ref;
-  Tensor dev;
-};
-
-Input make(const Shape& shape, DType dtype, uint64_t seed, double stddev = 1.0) {
-  const Tensor v = test::random_normal(shape, DType::f32, seed, Device::cpu(), stddev).to(dtype);
-  return {v.to(DType::f32), gpu(v)};
-}
+using Input = test::PairedInput;
 
 void check_case(const Case& c, DType dt, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << c << " " << dtype_name(dt));
-  const Input q = make(dims(c, c.q_heads, c.head_dim), dt, seed);
-  const Input k = make(dims(c, c.kv_heads, c.head_dim), dt, seed + 1);
-  const Input v = make(dims(c, c.kv_heads, c.v_head_dim), dt, seed + 2);
-  const Input dout = make(dims(c, c.q_heads, c.v_head_dim), dt, seed + 3);
+  const Input q = test::paired_input(dims(c, c.q_heads, c.head_dim), dt, seed);
+  const Input k = test::paired_input(dims(c, c.kv_heads, c.head_dim), dt, seed + 1);
+  const Input v = test::paired_input(dims(c, c.kv_heads, c.v_head_dim), dt, seed + 2);
+  const Input dout = test::paired_input(dims(c, c.q_heads, c.v_head_dim), dt, seed + 3);
   AttentionOptions options;
   options.causal = c.causal;
   options.layout = c.layout;
@@ -118,9 +109,9 @@ TEST(AttentionCuda, LargeScoresStayFinite) {
   MOE_REQUIRE_GPU();
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
-  const Input q = make({2, 100, 4, 64}, DType::f32, seed, 1e4);
-  const Input k = make({2, 100, 2, 64}, DType::f32, seed + 1);
-  const Input v = make({2, 100, 2, 32}, DType::f32, seed + 2);
+  const Input q = test::paired_input({2, 100, 4, 64}, DType::f32, seed, false, 1e4);
+  const Input k = test::paired_input({2, 100, 2, 64}, DType::f32, seed + 1);
+  const Input v = test::paired_input({2, 100, 2, 32}, DType::f32, seed + 2);
   const AttentionOutput got = attention_forward(q.dev, k.dev, v.dev);
   const AttentionOutput want = attention_forward(q.ref, k.ref, v.ref);
   for (double x : host(got.out).to_double_vector()) ASSERT_TRUE(std::isfinite(x));
@@ -135,10 +126,10 @@ TEST(AttentionCuda, BackwardIsDeterministic) {
   MOE_REQUIRE_GPU();
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
-  const Input q = make({2, 129, 8, 64}, DType::bf16, seed);
-  const Input k = make({2, 129, 1, 64}, DType::bf16, seed + 1);
-  const Input v = make({2, 129, 1, 64}, DType::bf16, seed + 2);
-  const Input dout = make({2, 129, 8, 64}, DType::bf16, seed + 3);
+  const Input q = test::paired_input({2, 129, 8, 64}, DType::bf16, seed);
+  const Input k = test::paired_input({2, 129, 1, 64}, DType::bf16, seed + 1);
+  const Input v = test::paired_input({2, 129, 1, 64}, DType::bf16, seed + 2);
+  const Input dout = test::paired_input({2, 129, 8, 64}, DType::bf16, seed + 3);
   AttentionOptions options;
   options.backend = AttentionBackend::native;
   const AttentionOutput f = attention_forward(q.dev, k.dev, v.dev, options);

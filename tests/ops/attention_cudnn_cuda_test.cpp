@@ -51,16 +51,7 @@ Shape dims(const Case& c, int64_t heads, int64_t dim) {
   return {c.seq, c.batch, heads, dim};
 }
 
-// One input: the bf16 values on the GPU, and the same (rounded) values in f32 on the CPU.
-struct Input {
-  Tensor ref;
-  Tensor dev;
-};
-
-Input make(const Shape& shape, uint64_t seed, double stddev = 1.0, DType dtype = DType::bf16) {
-  const Tensor v = test::random_normal(shape, DType::f32, seed, Device::cpu(), stddev).to(dtype);
-  return {v.to(DType::f32), gpu(v)};
-}
+using Input = test::PairedInput;
 
 AttentionOptions options_for(const Case& c, AttentionBackend backend) {
   AttentionOptions options;
@@ -72,10 +63,10 @@ AttentionOptions options_for(const Case& c, AttentionBackend backend) {
 
 void check_case(const Case& c, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << c);
-  const Input q = make(dims(c, c.q_heads, c.head_dim), seed);
-  const Input k = make(dims(c, c.kv_heads, c.head_dim), seed + 1);
-  const Input v = make(dims(c, c.kv_heads, c.v_head_dim), seed + 2);
-  const Input dout = make(dims(c, c.q_heads, c.v_head_dim), seed + 3);
+  const Input q = test::paired_input(dims(c, c.q_heads, c.head_dim), DType::bf16, seed);
+  const Input k = test::paired_input(dims(c, c.kv_heads, c.head_dim), DType::bf16, seed + 1);
+  const Input v = test::paired_input(dims(c, c.kv_heads, c.v_head_dim), DType::bf16, seed + 2);
+  const Input dout = test::paired_input(dims(c, c.q_heads, c.v_head_dim), DType::bf16, seed + 3);
   const AttentionOptions cudnn = options_for(c, AttentionBackend::cudnn);
   const AttentionOptions native = options_for(c, AttentionBackend::native);
   const AttentionOptions automatic = options_for(c, AttentionBackend::automatic);
@@ -168,9 +159,9 @@ TEST(AttentionCudnn, LargeScoresStayFinite) {
   MOE_REQUIRE_CUDNN();
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
-  const Input q = make({2, 100, 4, 64}, seed, 1e3);
-  const Input k = make({2, 100, 2, 64}, seed + 1);
-  const Input v = make({2, 100, 2, 64}, seed + 2);
+  const Input q = test::paired_input({2, 100, 4, 64}, DType::bf16, seed, false, 1e3);
+  const Input k = test::paired_input({2, 100, 2, 64}, DType::bf16, seed + 1);
+  const Input v = test::paired_input({2, 100, 2, 64}, DType::bf16, seed + 2);
   AttentionOptions options;
   options.backend = AttentionBackend::cudnn;
   const AttentionOutput got = attention_forward(q.dev, k.dev, v.dev, options);
@@ -190,10 +181,10 @@ TEST(AttentionCudnn, DeterministicBackward) {
   MOE_REQUIRE_CUDNN();
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
-  const Input q = make({2, 129, 8, 64}, seed);
-  const Input k = make({2, 129, 1, 64}, seed + 1);
-  const Input v = make({2, 129, 1, 64}, seed + 2);
-  const Input dout = make({2, 129, 8, 64}, seed + 3);
+  const Input q = test::paired_input({2, 129, 8, 64}, DType::bf16, seed);
+  const Input k = test::paired_input({2, 129, 1, 64}, DType::bf16, seed + 1);
+  const Input v = test::paired_input({2, 129, 1, 64}, DType::bf16, seed + 2);
+  const Input dout = test::paired_input({2, 129, 8, 64}, DType::bf16, seed + 3);
   AttentionOptions options;
   options.deterministic = true;
   std::string reason;
@@ -217,9 +208,9 @@ TEST(AttentionCudnn, DeterministicBackward) {
 TEST(AttentionCudnn, GraphsAreCachedPerProblem) {
   MOE_REQUIRE_CUDNN();
   const uint64_t seed = test::fresh_seed();
-  const Input q = make({1, 77, 4, 64}, seed);
-  const Input k = make({1, 77, 2, 64}, seed + 1);
-  const Input v = make({1, 77, 2, 64}, seed + 2);
+  const Input q = test::paired_input({1, 77, 4, 64}, DType::bf16, seed);
+  const Input k = test::paired_input({1, 77, 2, 64}, DType::bf16, seed + 1);
+  const Input v = test::paired_input({1, 77, 2, 64}, DType::bf16, seed + 2);
   AttentionOptions options;
   options.backend = AttentionBackend::cudnn;
   options.softmax_scale = 0.0771;  // a scale no other test uses: this thread's first build
@@ -260,12 +251,15 @@ TEST(AttentionCudnn, UnsupportedProblemsFallBackOrThrow) {
                  moe::Error);
   };
   // f32: cuDNN's flash kernels are 16-bit.
-  check_fallback(make({1, 40, 4, 64}, seed, 1.0, DType::f32),
-                 make({1, 40, 2, 64}, seed + 1, 1.0, DType::f32),
-                 make({1, 40, 2, 64}, seed + 2, 1.0, DType::f32), DType::f32, "f32");
+  check_fallback(test::paired_input({1, 40, 4, 64}, DType::f32, seed, false, 1.0),
+                 test::paired_input({1, 40, 2, 64}, DType::f32, seed + 1, false, 1.0),
+                 test::paired_input({1, 40, 2, 64}, DType::f32, seed + 2, false, 1.0), DType::f32,
+                 "f32");
   // Head dims that are not multiples of 8.
-  check_fallback(make({1, 45, 3, 5}, seed + 3), make({1, 45, 1, 5}, seed + 4),
-                 make({1, 45, 1, 3}, seed + 5), DType::bf16, "odd head dims");
+  check_fallback(test::paired_input({1, 45, 3, 5}, DType::bf16, seed + 3),
+                 test::paired_input({1, 45, 1, 5}, DType::bf16, seed + 4),
+                 test::paired_input({1, 45, 1, 3}, DType::bf16, seed + 5), DType::bf16,
+                 "odd head dims");
   // q two bytes past a 16-byte boundary (a view into a larger buffer).
   const Shape qs{1, 40, 4, 64};
   const Tensor buffer =
@@ -273,7 +267,8 @@ TEST(AttentionCudnn, UnsupportedProblemsFallBackOrThrow) {
   Input q_off;
   q_off.dev = gpu(buffer).rows(1, 40 * 4 * 64).reshape(qs);
   q_off.ref = host(q_off.dev).to(DType::f32);
-  check_fallback(q_off, make({1, 40, 2, 64}, seed + 7), make({1, 40, 2, 64}, seed + 8), DType::bf16,
+  check_fallback(q_off, test::paired_input({1, 40, 2, 64}, DType::bf16, seed + 7),
+                 test::paired_input({1, 40, 2, 64}, DType::bf16, seed + 8), DType::bf16,
                  "misaligned q");
 }
 

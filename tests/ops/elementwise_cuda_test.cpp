@@ -14,12 +14,6 @@ namespace {
 using test::gpu;
 using test::host;
 
-Tensor misaligned_gpu(const Tensor& values) {
-  Tensor flat = Tensor::zeros({values.numel() + 8}, values.dtype(), Device::cuda());
-  Tensor view = flat.rows(1, values.numel()).reshape(values.shape());
-  view.copy_(values);
-  return view;
-}
 
 TEST(ElementwiseCuda, AddMatchesCpu) {
   MOE_REQUIRE_GPU();
@@ -37,7 +31,7 @@ TEST(ElementwiseCuda, AddMatchesCpu) {
                                         << shape_str(shape) << (misaligned ? " misaligned" : ""));
         const Tensor a = test::random_normal(shape, DType::f32, ++s).to(da);
         const Tensor b = test::random_normal(shape, DType::f32, ++s).to(db);
-        Tensor a_gpu = misaligned ? misaligned_gpu(gpu(a)) : gpu(a);
+        Tensor a_gpu = misaligned ? test::misaligned_gpu(gpu(a)) : gpu(a);
         add_(a_gpu, gpu(b), -0.75);
         // Reference in the compute type, on the same values; the result is rounded once to a's
         // dtype, so a's dtype sets the tolerance.
@@ -59,7 +53,7 @@ TEST(ElementwiseCuda, ScaleMatchesCpu) {
     for (bool misaligned : {false, true}) {
       SCOPED_TRACE(testing::Message() << dtype_name(dt) << (misaligned ? " misaligned" : ""));
       const Tensor a = test::random_normal({257, 259}, DType::f32, seed).to(dt);
-      Tensor a_gpu = misaligned ? misaligned_gpu(gpu(a)) : gpu(a);
+      Tensor a_gpu = misaligned ? test::misaligned_gpu(gpu(a)) : gpu(a);
       scale_(a_gpu, 1.7);
       Tensor expected = a.to(dt == DType::f64 ? DType::f64 : DType::f32);
       scale_(expected, 1.7);

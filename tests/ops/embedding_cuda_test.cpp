@@ -15,9 +15,6 @@ namespace {
 
 using test::gpu;
 using test::host;
-DType ref_dtype(DType dt) {
-  return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
-}
 
 // `tokens` ids in [0, range), i64.
 Tensor random_ids(int64_t tokens, int64_t range, uint64_t seed) {
@@ -58,12 +55,12 @@ TEST(EmbeddingCuda, MatchesCpu) {
               const Tensor dy = test::random_normal({tokens, hidden}, dt, ++s);
               const Tensor y = embedding_forward(gpu(ids), gpu(w), args);
               EXPECT_TRUE(test::equal(host(y), embedding_forward(ids, w, args)));  // a copy
-              const Tensor start = test::random_normal({rows, hidden}, ref_dtype(dt), ++s);
+              const Tensor start = test::random_normal({rows, hidden}, test::reference_dtype(dt), ++s);
               Tensor dw = gpu(start);
               Tensor dw_ref = start.clone();
               embedding_backward(gpu(dy), gpu(ids), dw, accumulate, args);
-              embedding_backward(dy.to(ref_dtype(dt)), ids, dw_ref, accumulate, args);
-              EXPECT_TRUE(test::close_as(host(dw), dw_ref, ref_dtype(dt), "dW"));
+              embedding_backward(dy.to(test::reference_dtype(dt)), ids, dw_ref, accumulate, args);
+              EXPECT_TRUE(test::close_as(host(dw), dw_ref, test::reference_dtype(dt), "dW"));
             }
           }
         }

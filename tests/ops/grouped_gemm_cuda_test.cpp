@@ -54,9 +54,6 @@ Tensor counts_tensor(const std::vector<int64_t>& counts, DType dtype, Device dev
   return Tensor::from_vector(counts, {static_cast<int64_t>(counts.size())}).to(dtype).to(device);
 }
 
-DType compute_dtype(DType dt) {
-  return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
-}
 
 struct Layout {
   int64_t experts, max_rows, n, k;
@@ -77,7 +74,7 @@ TEST(GroupedGemmCuda, ForwardMatchesCpu) {
         const Tensor x = test::random_normal({rows, l.k}, dt, seed + 1);
         const Shape w_shape = trans_w ? Shape{l.experts, l.n, l.k} : Shape{l.experts, l.k, l.n};
         const Tensor w = test::random_normal(w_shape, dt, seed + 2);
-        const DType cdt = compute_dtype(dt);
+        const DType cdt = test::reference_dtype(dt);
         Tensor expected = Tensor::empty({rows, l.n}, cdt);
         ops::grouped_gemm(x.to(cdt), w.to(cdt), trans_w,
                           counts_tensor(counts, DType::i64, Device::cpu()), expected);
@@ -186,7 +183,7 @@ TEST(GroupedGemmCuda, WgradMatchesCpu) {
       const Tensor dy = test::random_normal({rows, l.n}, dt.in, seed + 1);
       const Tensor x = test::random_normal({rows, l.k}, dt.in, seed + 2);
       const Tensor base = test::random_normal({l.experts, l.n, l.k}, dt.out, seed + 3);
-      const DType cdt = compute_dtype(dt.in);
+      const DType cdt = test::reference_dtype(dt.in);
       const Tensor dy_gpu = dy.to(gpu), x_gpu = x.to(gpu);
       for (bool accumulate : {false, true}) {
         Tensor expected = base.to(cdt == DType::f64 ? DType::f64 : DType::f32);

@@ -137,15 +137,6 @@ TEST(PermuteCuda, DropsMatchCpuExactly) {
 
 // ---- rows -----------------------------------------------------------------------------------
 
-// A [rows, cols] tensor of `dtype` on the GPU whose data starts 2 bytes past a 16-byte boundary
-// (forces the scalar paths).
-Tensor misaligned_gpu(const Tensor& values) {
-  const int64_t n = values.numel();
-  Tensor flat = Tensor::zeros({n + 8}, values.dtype(), Device::cuda());
-  Tensor view = flat.rows(1, n).reshape(values.shape());
-  view.copy_(values);
-  return view;
-}
 
 struct RowCase {
   DType dtype;
@@ -165,7 +156,7 @@ void check_rows(const RowCase& rc, const PermuteConfig& config, const Tensor& id
   // Inputs in the kernel's dtype; the reference sees the same values.
   auto make = [&](const Shape& shape, uint64_t s) {
     const Tensor v = test::random_normal(shape, DType::f32, s).to(rc.dtype);
-    return std::pair{v.to(ref_dtype), rc.misaligned ? misaligned_gpu(gpu(v)) : gpu(v)};
+    return std::pair{v.to(ref_dtype), rc.misaligned ? test::misaligned_gpu(gpu(v)) : gpu(v)};
   };
   const auto [x_ref, x_gpu] = make({tokens, rc.hidden}, seed);
   const auto [yp_ref, yp_gpu] = make({rows, rc.hidden}, seed + 1);

@@ -12,30 +12,11 @@ namespace {
 
 using test::gpu;
 using test::host;
-DType ref_dtype(DType dt) {
-  return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
-}
 DType grad_dtype(DType dt) {
-  return ref_dtype(dt);
+  return test::reference_dtype(dt);
 }
 
-// A GPU copy of `values` starting 1 element past an aligned address.
-Tensor misaligned_gpu(const Tensor& values) {
-  Tensor flat = Tensor::zeros({values.numel() + 8}, values.dtype(), Device::cuda());
-  Tensor view = flat.rows(1, values.numel()).reshape(values.shape());
-  view.copy_(values);
-  return view;
-}
 
-struct Inputs {
-  Tensor ref;  // CPU, reference dtype
-  Tensor dev;  // GPU, kernel dtype
-};
-
-Inputs make(const Shape& shape, DType dtype, uint64_t seed, bool misaligned, double stddev = 1.0) {
-  const Tensor v = test::random_normal(shape, DType::f32, seed, Device::cpu(), stddev).to(dtype);
-  return {v.to(ref_dtype(dtype)), misaligned ? misaligned_gpu(gpu(v)) : gpu(v)};
-}
 
 TEST(RmsNormCuda, MatchesCpu) {
   MOE_REQUIRE_GPU();
@@ -51,16 +32,16 @@ TEST(RmsNormCuda, MatchesCpu) {
                                           << (misaligned ? " misaligned" : "")
                                           << (accumulate ? " accumulate" : " write"));
           const int64_t hidden = shape.back();
-          const Inputs x = make(shape, dt, ++s, misaligned, 2.0);
-          const Inputs w = make({hidden}, dt, ++s, misaligned);
-          const Inputs dy = make(shape, dt, ++s, misaligned);
+          const test::PairedInput x = test::paired_input(shape, dt, ++s, misaligned, 2.0);
+          const test::PairedInput w = test::paired_input({hidden}, dt, ++s, misaligned);
+          const test::PairedInput dy = test::paired_input(shape, dt, ++s, misaligned);
           const double eps = 1e-6;
           const RmsNormOutput out = rmsnorm_forward(x.dev, w.dev, eps);
           const RmsNormOutput ref = rmsnorm_forward(x.ref, w.ref, eps);
           EXPECT_TRUE(out.y.is_cuda());
           EXPECT_EQ(out.y.dtype(), dt);
           EXPECT_TRUE(test::close_as(host(out.y), ref.y, dt, "y"));
-          EXPECT_TRUE(test::close_as(host(out.rstd), ref.rstd, ref_dtype(dt), "rstd"));
+          EXPECT_TRUE(test::close_as(host(out.rstd), ref.rstd, test::reference_dtype(dt), "rstd"));
 
           const Tensor start = test::random_normal({hidden}, grad_dtype(dt), ++s);
           Tensor dw = gpu(start);

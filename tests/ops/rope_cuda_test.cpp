@@ -15,9 +15,6 @@ namespace {
 
 using test::gpu;
 using test::host;
-DType ref_dtype(DType dt) {
-  return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
-}
 
 Tensor random_positions(int64_t tokens, uint64_t seed, DType dtype) {
   std::vector<int64_t> p;
@@ -70,10 +67,10 @@ TEST(RotaryCuda, MatchesCpu) {
           EXPECT_TRUE(y.is_cuda());
           EXPECT_EQ(y.dtype(), dt);
           EXPECT_TRUE(test::close_as(
-              host(y), rotary_forward(x.to(ref_dtype(dt)), freq, positions, args), dt, "y"));
+              host(y), rotary_forward(x.to(test::reference_dtype(dt)), freq, positions, args), dt, "y"));
           const Tensor dx = rotary_backward(gpu(dy), gpu(freq), gpu(positions), args);
           EXPECT_TRUE(test::close_as(
-              host(dx), rotary_backward(dy.to(ref_dtype(dt)), freq, positions, args), dt, "dx"));
+              host(dx), rotary_backward(dy.to(test::reference_dtype(dt)), freq, positions, args), dt, "dx"));
         }
       }
     }

@@ -14,27 +14,8 @@ using test::gpu;
 using test::host;
 
 // The reference dtype for a kernel dtype: f32 for bf16/f16 (on the same rounded values).
-DType ref_dtype(DType dt) {
-  return dt == DType::bf16 || dt == DType::f16 ? DType::f32 : dt;
-}
 
-// A GPU copy of `values` starting 1 element past an aligned address.
-Tensor misaligned_gpu(const Tensor& values) {
-  Tensor flat = Tensor::zeros({values.numel() + 8}, values.dtype(), Device::cuda());
-  Tensor view = flat.rows(1, values.numel()).reshape(values.shape());
-  view.copy_(values);
-  return view;
-}
 
-struct Inputs {
-  Tensor ref;  // CPU, reference dtype
-  Tensor dev;  // GPU, kernel dtype
-};
-
-Inputs make(const Shape& shape, DType dtype, uint64_t seed, bool misaligned, double stddev = 1.0) {
-  const Tensor v = test::random_normal(shape, DType::f32, seed, Device::cpu(), stddev).to(dtype);
-  return {v.to(ref_dtype(dtype)), misaligned ? misaligned_gpu(gpu(v)) : gpu(v)};
-}
 
 TEST(SwigluCuda, MatchesCpu) {
   MOE_REQUIRE_GPU();
@@ -49,8 +30,8 @@ TEST(SwigluCuda, MatchesCpu) {
             SCOPED_TRACE(testing::Message() << dtype_name(dt) << " R=" << rows << " F=" << ffn
                                             << (misaligned ? " misaligned" : "")
                                             << (with_probs ? " probs" : " no probs"));
-            const Inputs fc1 = make({rows, 2 * ffn}, dt, ++s, misaligned, 2.0);
-            const Inputs dh = make({rows, ffn}, dt, ++s, misaligned);
+            const test::PairedInput fc1 = test::paired_input({rows, 2 * ffn}, dt, ++s, misaligned, 2.0);
+            const test::PairedInput dh = test::paired_input({rows, ffn}, dt, ++s, misaligned);
             const Tensor probs =
                 with_probs ? test::random_uniform({rows}, DType::f32, ++s, 0.0, 1.0) : Tensor();
             const Tensor h = swiglu_forward(fc1.dev, gpu(probs));
@@ -63,7 +44,7 @@ TEST(SwigluCuda, MatchesCpu) {
             EXPECT_EQ(g.probs.defined(), with_probs);
             if (with_probs) {
               // Computed in fp32 from the same values; only the summation order differs.
-              EXPECT_TRUE(test::close_as(host(g.probs), c.probs, ref_dtype(dt), "d_probs"));
+              EXPECT_TRUE(test::close_as(host(g.probs), c.probs, test::reference_dtype(dt), "d_probs"));
             }
           }
         }
@@ -99,9 +80,9 @@ TEST(SigmoidGateCuda, MatchesCpu) {
         for (bool misaligned : {false, true}) {
           SCOPED_TRACE(testing::Message() << dtype_name(dt) << " T=" << rows << " H=" << hidden
                                           << (misaligned ? " misaligned" : ""));
-          const Inputs out = make({rows, hidden}, dt, ++s, misaligned);
-          const Inputs gate = make({rows, 1}, dt, ++s, false, 2.0);
-          const Inputs dy = make({rows, hidden}, dt, ++s, misaligned);
+          const test::PairedInput out = test::paired_input({rows, hidden}, dt, ++s, misaligned);
+          const test::PairedInput gate = test::paired_input({rows, 1}, dt, ++s, false, 2.0);
+          const test::PairedInput dy = test::paired_input({rows, hidden}, dt, ++s, misaligned);
           EXPECT_TRUE(test::close_as(host(sigmoid_gate_forward(out.dev, gate.dev)),
                                      sigmoid_gate_forward(out.ref, gate.ref), dt, "y"));
           const SigmoidGateGrads g = sigmoid_gate_backward(dy.dev, out.dev, gate.dev);

@@ -92,11 +92,11 @@ Tensor Experts::forward(const Tensor& x, const Tensor& probs, const Tensor& toke
   ctx.probs = probs;
   ctx.tokens_per_expert = tokens_per_expert;
   ctx.host_tokens_per_expert.assign(host_tokens_per_expert.begin(), host_tokens_per_expert.end());
-  if (!config_.moe_grouped_gemm) {
-    if (ctx.host_tokens_per_expert.empty())
-      ctx.host_tokens_per_expert = tokens_per_expert.to(DType::i64).to_vector<int64_t>();
-    return forward_sequential(x, probs, ctx);
-  }
+  // The GEMMs need the counts on the host: read them once here (the layer's one sync when the
+  // dispatcher did not already have them), not once per GEMM of the forward and backward.
+  if (ctx.host_tokens_per_expert.empty())
+    ctx.host_tokens_per_expert = tokens_per_expert.to(DType::i64).to_vector<int64_t>();
+  if (!config_.moe_grouped_gemm) return forward_sequential(x, probs, ctx);
   const int64_t R = x.size(0), Fl = config_.local_ffn_size();
   ctx.fc1_out = Tensor::empty({R, 2 * Fl}, x.dtype(), x.device());
   ops::grouped_gemm(x, fc1.value, true, tokens_per_expert, ctx.fc1_out, ctx.host_tokens_per_expert);
