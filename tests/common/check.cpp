@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 #include "moe/core/rng.h"
@@ -106,6 +107,18 @@ uint64_t fresh_seed() {
         std::chrono::high_resolution_clock::now().time_since_epoch().count());
   }();
   return next++;
+}
+
+std::string fixture_path(const std::string& relative) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> roots;
+  if (const char* env = std::getenv("MOE_TEST_DATA_DIR")) roots.emplace_back(env);
+  roots.emplace_back(MOE_TEST_DATA_DIR);
+  roots.emplace_back("tests/fixtures");
+  for (const fs::path& root : roots)
+    if (fs::exists(root / relative)) return (root / relative).string();
+  MOE_FAIL("fixture ", relative, " is in none of $MOE_TEST_DATA_DIR, ", MOE_TEST_DATA_DIR,
+           ", ./tests/fixtures");
 }
 
 double dot(const Tensor& a, const Tensor& b) {

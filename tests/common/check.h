@@ -50,6 +50,12 @@ Tensor random_uniform(const Shape& shape, DType dtype, uint64_t seed, double lo,
 // by SCOPED_TRACE so a failure can be reproduced with MOE_TEST_SEED=<seed>.
 uint64_t fresh_seed();
 
+// The path of a file under tests/fixtures/ (e.g. "hf/mixtral-tiny/config.json"): from
+// $MOE_TEST_DATA_DIR if set, else the source tree this binary was configured from, else
+// tests/fixtures relative to the working directory (a build run on another machine from the
+// repository root).
+std::string fixture_path(const std::string& relative);
+
 // Sum over all elements of a * b (a dot product through the double conversion): used to turn
 // a tensor output into a scalar loss L = <out, weights> whose gradient is `weights`.
 double dot(const Tensor& a, const Tensor& b);

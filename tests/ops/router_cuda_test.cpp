@@ -70,6 +70,9 @@ std::vector<Variant> variants(int64_t experts, int64_t k) {
     v.push_back({"sigmoid groups", make_config(k, ScoreFunction::sigmoid, false, g, gk), false});
     v.push_back({"sigmoid+bias groups x2.5",
                  make_config(k, ScoreFunction::sigmoid, false, g, gk, 2.5), true});
+    TopKConfig best_of_group = make_config(k, ScoreFunction::softmax, true, g, gk);
+    best_of_group.group_score_size = 1;  // DeepSeek-V2: a group ranks by its best expert
+    v.push_back({"pre-softmax groups by max", best_of_group, false});
   }
   // E groups of one expert (each lane owns many groups): the K best groups are the top-k.
   v.push_back({"groups of one", make_config(k, ScoreFunction::sigmoid, false, experts, k), true});

@@ -188,6 +188,11 @@ TEST(RouterTopK, ExpertBiasChangesSelectionButNotProbs) {
   }
 }
 
+TopKConfig with_group_score(TopKConfig config, int64_t size) {
+  config.group_score_size = size;
+  return config;
+}
+
 // Megatron's group-limited test: no expert outside the kept groups is ever chosen.
 TEST(RouterTopK, GroupLimitedRoutingStaysInTheKeptGroups) {
   const uint64_t seed = test::fresh_seed();
@@ -205,6 +210,11 @@ TEST(RouterTopK, GroupLimitedRoutingStaysInTheKeptGroups) {
       {"pre-softmax", make_config(k, ScoreFunction::softmax, true, groups, group_topk), false},
       {"sigmoid", make_config(k, ScoreFunction::sigmoid, false, groups, group_topk), false},
       {"sigmoid+bias", make_config(k, ScoreFunction::sigmoid, false, groups, group_topk), true},
+      // DeepSeek-V2's group_limited_greedy: a group ranks by its best expert.
+      {"softmax, group score = max", with_group_score(make_config(k, ScoreFunction::softmax, true,
+                                                                  groups, group_topk), 1), false},
+      {"sigmoid+bias, group score = top 3",
+       with_group_score(make_config(k, ScoreFunction::sigmoid, false, groups, group_topk), 3), true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -225,7 +235,8 @@ TEST(RouterTopK, GroupLimitedRoutingStaysInTheKeptGroups) {
               : test::row(r.scores, t);
       if (c.with_bias)
         for (int64_t e = 0; e < experts; ++e) sel[e] += bias.to_double_vector()[e];
-      const std::vector<bool> kept = test::reference_kept_experts(sel, groups, group_topk, k);
+      const std::vector<bool> kept = test::reference_kept_experts(sel, groups, group_topk, k,
+                                                                  c.config.group_score_size);
       const std::vector<int64_t> expected = test::reference_topk(sel, k, kept);
       std::set<int64_t> kept_groups;
       for (int64_t j = 0; j < k; ++j) {

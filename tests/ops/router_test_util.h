@@ -62,14 +62,16 @@ inline std::vector<int64_t> reference_topk(const std::vector<double>& values, in
 // The experts in the groups that group-limited routing keeps for one row of selection values.
 inline std::vector<bool> reference_kept_experts(const std::vector<double>& values,
                                                 int64_t num_groups, int64_t group_topk,
-                                                int64_t topk) {
+                                                int64_t topk, int64_t score_size = 0) {
+  // A group's score: the sum of its best score_size values (0: topk / group_topk).
+  if (score_size == 0) score_size = topk / group_topk;
   const int64_t experts = static_cast<int64_t>(values.size()), size = experts / num_groups;
   std::vector<double> group_score(num_groups);
   for (int64_t g = 0; g < num_groups; ++g) {
     std::vector<double> members(values.begin() + g * size, values.begin() + (g + 1) * size);
     std::sort(members.begin(), members.end(), std::greater<double>());
     double sum = 0;
-    for (int64_t i = 0; i < topk / group_topk; ++i) sum += members[i];
+    for (int64_t i = 0; i < score_size; ++i) sum += members[i];
     group_score[g] = sum;
   }
   const std::vector<int64_t> groups = reference_topk(group_score, group_topk);

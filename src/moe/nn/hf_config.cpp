@@ -271,6 +271,9 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
       if (groups > 1) {
         m.moe_router_num_groups = groups;
         m.moe_router_group_topk = f.required_int("topk_group");
+        // V2's group_limited_greedy ranks groups by their best score; V3's noaux_tc by the
+        // sum of their best two (transformers' DeepseekV2Moe / DeepseekV3TopkRouter).
+        m.moe_router_group_score_topk = method == "group_limited_greedy" ? 1 : 2;
       }
     }
     // noaux_tc: the auxiliary-loss-free balancing of DeepSeek-V3 (e_score_correction_bias).

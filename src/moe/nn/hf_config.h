@@ -41,9 +41,9 @@
 // configuration class (documented in hf_config.cpp next to each read). Anything moecore cannot
 // express is refused with the reason: other model types, other rope scalings, sliding-window
 // attention, attention / o_proj biases, sigmoid routing without renormalisation.
-// Known approximation: DeepSeek-V2's group_limited_greedy ranks groups by their best expert,
-// Megatron's group-limited routing (and moecore's router) by the sum of each group's top
-// (topk / group_topk) scores; the mapping keeps Megatron's rule.
+// Group scores: DeepSeek-V2's group_limited_greedy ranks groups by their best expert
+// (--moe-router-group-score-topk 1), V3's noaux_tc by the sum of their best two (2);
+// Megatron's default (0) sums topk / group_topk, the same for V3's published shape.
 #pragma once
 
 #include <nlohmann/json.hpp>

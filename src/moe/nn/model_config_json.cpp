@@ -214,6 +214,7 @@ void read_moe(const json& object, MoEConfig& m) {
   r.read("moe_router_pre_softmax", m.moe_router_pre_softmax);
   r.read("moe_router_num_groups", m.moe_router_num_groups);
   r.read("moe_router_group_topk", m.moe_router_group_topk);
+  r.read("moe_router_group_score_topk", m.moe_router_group_score_topk);
   r.read("moe_router_topk_scaling_factor", m.moe_router_topk_scaling_factor);
   r.read("moe_router_enable_expert_bias", m.moe_router_enable_expert_bias);
   r.read("moe_router_bias_update_rate", m.moe_router_bias_update_rate);
@@ -370,6 +371,7 @@ json moe_to_json(const MoEConfig& m) {
       {"moe_router_pre_softmax", m.moe_router_pre_softmax},
       {"moe_router_num_groups", m.moe_router_num_groups},
       {"moe_router_group_topk", m.moe_router_group_topk},
+      {"moe_router_group_score_topk", m.moe_router_group_score_topk},
       {"moe_router_topk_scaling_factor", optional_json(m.moe_router_topk_scaling_factor)},
       {"moe_router_enable_expert_bias", m.moe_router_enable_expert_bias},
       {"moe_router_bias_update_rate", m.moe_router_bias_update_rate},

@@ -38,6 +38,7 @@ ops::TopKConfig MoEConfig::topk_config() const {
   c.pre_softmax = moe_router_pre_softmax;
   c.num_groups = moe_router_num_groups;
   c.group_topk = moe_router_group_topk;
+  c.group_score_size = moe_router_group_score_topk;
   c.scaling_factor = moe_router_topk_scaling_factor.value_or(1.0);
   return c;
 }
@@ -86,6 +87,13 @@ void MoEConfig::validate() const {
               "--moe-router-topk ", moe_router_topk, " exceeds the experts in the kept groups");
     MOE_CHECK(moe_router_topk / moe_router_group_topk <= num_experts / moe_router_num_groups,
               "each kept group must hold --moe-router-topk / --moe-router-group-topk experts");
+    MOE_CHECK(moe_router_group_score_topk >= 0 &&
+                  moe_router_group_score_topk <= num_experts / moe_router_num_groups,
+              "--moe-router-group-score-topk ", moe_router_group_score_topk,
+              " must be in [0, experts per group = ", num_experts / moe_router_num_groups, "]");
+  } else {
+    MOE_CHECK(moe_router_group_score_topk == 0,
+              "--moe-router-group-score-topk needs --moe-router-num-groups");
   }
   if (moe_router_topk_scaling_factor)
     MOE_CHECK(*moe_router_topk_scaling_factor > 0,

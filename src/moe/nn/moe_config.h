@@ -31,6 +31,10 @@ struct MoEConfig {
   bool moe_router_pre_softmax = false;                       // --moe-router-pre-softmax
   int64_t moe_router_num_groups = 0;                         // --moe-router-num-groups
   int64_t moe_router_group_topk = 0;                         // --moe-router-group-topk
+  // --moe-router-group-score-topk (moecore): a group's score is the sum of its best this-many
+  // scores; 0 = topk / group_topk (Megatron). 1 = DeepSeek-V2's group_limited_greedy (the
+  // group's best expert); DeepSeek-V3's noaux_tc always sums 2.
+  int64_t moe_router_group_score_topk = 0;
   std::optional<double> moe_router_topk_scaling_factor;      // --moe-router-topk-scaling-factor
   bool moe_router_enable_expert_bias = false;                // --moe-router-enable-expert-bias
   double moe_router_bias_update_rate = 1e-3;                 // --moe-router-bias-update-rate

@@ -33,6 +33,10 @@ struct TopKConfig {
   bool pre_softmax = false;     // softmax only: softmax over all E, then top-k, no renorm
   int64_t num_groups = 0;       // group-limited routing: 0 = off
   int64_t group_topk = 0;       // groups kept per token
+  // How many of a group's best selection values add up to its score: 0 = K / group_topk
+  // (Megatron; DeepSeek-V3's top-2 when K / group_topk = 2), 1 = the group's best expert
+  // (DeepSeek-V2's group_limited_greedy). At most the group size.
+  int64_t group_score_size = 0;
   double scaling_factor = 1.0;  // probs *= scaling_factor (1.0 = off)
 };
 
@@ -56,13 +60,18 @@ struct TopKRouting {
 //                        sigmoid, so the bias moves selection only and p stays a distribution)
 //   then p *= scaling_factor.
 // Group-limited: experts in num_groups contiguous groups; a group's score is the sum of its
-// top (k / group_topk) selection scores; the best group_topk groups stay, the others are
+// top (group_score_size, default k / group_topk) selection scores; the best group_topk groups stay, the others are
 // masked to -inf, then top-k. expert_bias may be undefined (no bias); when defined it is [E],
 // f32 or f64 (any of the two, whatever the logits' dtype), on the logits' device.
 // Checks: 1 <= K <= E; scaling_factor > 0; pre_softmax only with softmax; groups need
 // E % num_groups == 0, 1 <= group_topk <= min(num_groups, K), K / group_topk <= E / num_groups
 // and group_topk * E / num_groups >= K. Top-1 softmax without pre_softmax is allowed here
 // (probs are then all 1; Megatron rejects it, the Router module's config may too).
+// The number of values a group's score sums (TopKConfig::group_score_size resolved).
+inline int64_t group_score_size(const TopKConfig& config) {
+  return config.group_score_size > 0 ? config.group_score_size : config.topk / config.group_topk;
+}
+
 TopKRouting topk_routing_forward(const Tensor& logits, const Tensor& expert_bias,
                                  const TopKConfig& config);
 // d_logits [T, E] (written) = d(probs)/d(logits)^T grad_probs, grad_probs [T, K] in the

@@ -37,7 +37,7 @@ void route_rows_cpu(const Tensor& logits, int64_t topk, const RoutingRule& rule,
 
   const int64_t num_groups = rule.num_groups;
   const int64_t group_size = num_groups > 0 ? num_experts / num_groups : 0;
-  const int64_t per_group = num_groups > 0 ? topk / rule.group_topk : 0;
+  const int64_t per_group = rule.group_score_size;
 
   std::vector<double> s(num_experts), sel(num_experts), group_score(num_groups), q(topk);
   std::vector<int64_t> candidates, group_members(group_size), groups(num_groups), chosen(topk);
@@ -83,7 +83,7 @@ void route_rows_cpu(const Tensor& logits, int64_t topk, const RoutingRule& rule,
       }
       candidates.clear();
       if (num_groups > 0) {
-        // A group's score: the sum of its top (K / group_topk) selection values, added in
+        // A group's score: the sum of its top group_score_size selection values, added in
         // ranking order (the CUDA kernel adds them in the same order).
         for (int64_t g = 0; g < num_groups; ++g) {
           std::iota(group_members.begin(), group_members.end(), g * group_size);
@@ -229,6 +229,9 @@ void check_topk_config(const TopKConfig& config, int64_t num_experts, const char
             group_size);
   MOE_CHECK(config.group_topk * group_size >= config.topk, op, ": the ", config.group_topk,
             " kept groups of ", group_size, " experts cannot hold topk = ", config.topk);
+  MOE_CHECK(config.group_score_size >= 0 && config.group_score_size <= group_size, op,
+            ": group_score_size = ", config.group_score_size, " must be in [0, group size ",
+            group_size, "]");
 }
 
 }  // namespace

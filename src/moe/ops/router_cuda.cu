@@ -29,7 +29,7 @@ struct RouteArgs {
   int64_t num_experts;
   int64_t topk;        // <= 32: lane j finalises choice j
   int64_t group_size;  // E / G when groups are on
-  int64_t per_group;   // K / group_topk: the values summed into a group's score
+  int64_t per_group;   // group_score_size: the values summed into a group's score
   int per_warp_bytes;
   RoutingRule rule;
 };
@@ -260,7 +260,7 @@ void route_cuda(const Tensor& logits, int64_t topk, const RoutingRule& rule, con
     a.num_experts = num_experts;
     a.topk = topk;
     a.group_size = groups > 0 ? num_experts / groups : 0;
-    a.per_group = groups > 0 ? topk / rule.group_topk : 0;
+    a.per_group = rule.group_score_size;
     a.per_warp_bytes = static_cast<int>(per_warp);
     a.rule = rule;
     route_kernel<T><<<cuda::blocks_for(num_tokens, warps), warps * kWarp,

@@ -46,6 +46,7 @@ struct RoutingRule {
   double scaling = 1.0;
   int64_t num_groups = 0;  // 0: no group-limited routing
   int64_t group_topk = 0;
+  int64_t group_score_size = 0;  // values summed per group score (resolved, > 0 with groups)
 };
 
 inline RoutingRule topk_rule(const TopKConfig& config, bool has_bias) {
@@ -53,6 +54,7 @@ inline RoutingRule topk_rule(const TopKConfig& config, bool has_bias) {
   r.scaling = config.scaling_factor;
   r.num_groups = config.num_groups;
   r.group_topk = config.group_topk;
+  r.group_score_size = config.num_groups > 0 ? group_score_size(config) : 0;
   const bool groups = config.num_groups > 0;
   if (config.score_function == ScoreFunction::softmax) {
     r.score = ScoreKind::softmax;
