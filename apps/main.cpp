@@ -2,16 +2,24 @@
 //   moe                   the default job (for now: one MoE layer forward + backward)
 //   moe bench moe-layer   the MoE layer benchmark (bench/moe_layer_bench.h)
 //   moe bench attention   the attention benchmark, per backend (bench/attention_bench.h)
+//   moe bench model       whole-model forward + backward (bench/model_bench.h)
+//   moe convert           Hugging Face <-> moecore model folders (convert_cmd.h)
+//   moe forward           logits and next-token loss of a model folder on token ids (forward_cmd.h)
+//   moe info              a model's config and parameter counts (info_cmd.h)
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
 
 #include "attention_bench.h"
+#include "convert_cmd.h"
+#include "forward_cmd.h"
+#include "info_cmd.h"
 #include "layer_demo.h"
 #include "moe/core/error.h"
 #include "moe/ops/attention.h"
 #include "moe/ops/grouped_gemm.h"
+#include "model_bench.h"
 #include "moe_layer_bench.h"
 
 int main(int argc, char** argv) {
@@ -55,6 +63,16 @@ int main(int argc, char** argv) {
   bench_attention->add_option("--warmup", attention_options.warmup);
   bench_attention->add_option("--iters", attention_options.iters);
 
+  moe::bench::ModelBenchOptions model_options;
+  CLI::App* bench_model = moe::bench::add_model_bench_command(*bench, model_options);
+
+  moe::app::ConvertCommandOptions convert_options;
+  CLI::App* convert = moe::app::add_convert_command(app, convert_options);
+  moe::app::ForwardCommandOptions forward_options;
+  CLI::App* forward = moe::app::add_forward_command(app, forward_options);
+  moe::app::InfoCommandOptions info_options;
+  CLI::App* info = moe::app::add_info_command(app, info_options);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -69,6 +87,13 @@ int main(int argc, char** argv) {
       attention_options.cpu = force_cpu;
       return moe::bench::run_attention_bench(attention_options);
     }
+    if (bench_model->parsed()) {
+      model_options.cpu = force_cpu;
+      return moe::bench::run_model_bench(model_options);
+    }
+    if (convert->parsed()) return moe::app::run_convert(convert_options);
+    if (forward->parsed()) return moe::app::run_forward(forward_options, force_cpu);
+    if (info->parsed()) return moe::app::run_info(info_options);
     return moe::app::run_layer_demo(force_cpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());

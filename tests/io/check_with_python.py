@@ -7,6 +7,9 @@
    moecore.safetensors and as shards of at most 40 bytes in sharded/.
 3. Here: moecore.safetensors must be byte-identical to python.safetensors; Python must read
    both our single file and our shards (through the index) back to the same bytes.
+4. .npy: numpy writes python.npy (float32 [2, 3, 5]); the C++ test NpyPython.* reads it and
+   writes moecore.npy with the same values, which must load in numpy to the same array and be
+   byte-identical to numpy's file (numpy >= 1.22 pads the header the same way).
 
 Usage: python3 tests/io/check_with_python.py [path/to/moe_cpu_tests]
 """
@@ -99,5 +102,27 @@ def main():
               f"{len(shards)} shards read back by Python")
 
 
+def check_npy(binary):
+    with tempfile.TemporaryDirectory(prefix="moe_npy_py_") as folder:
+        values = (np.arange(30, dtype=np.float32) * 0.25 - 3).reshape(2, 3, 5)
+        python_file = os.path.join(folder, "python.npy")
+        np.save(python_file, values)
+        env = dict(os.environ, MOE_NPY_PY_DIR=folder)
+        run = subprocess.run([binary, "--gtest_filter=NpyPython.*"], env=env,
+                             capture_output=True, text=True)
+        print(run.stdout[-2000:], run.stderr[-2000:])
+        assert run.returncode == 0 and "[  PASSED  ] 1 test" in run.stdout, "C++ npy side failed"
+        ours = os.path.join(folder, "moecore.npy")
+        loaded = np.load(ours)
+        assert loaded.dtype == np.float32 and loaded.shape == (2, 3, 5), (loaded.dtype, loaded.shape)
+        assert np.array_equal(loaded, values), "moecore.npy values differ"
+        with open(python_file, "rb") as a, open(ours, "rb") as b:
+            same = a.read() == b.read()
+        if hasattr(np.lib.format, "GROWTH_AXIS_MAX_DIGITS"):
+            assert same, "moecore.npy differs from numpy's bytes"
+        print(f"OK: .npy read by numpy {np.__version__}" + (", byte-identical" if same else ""))
+
+
 if __name__ == "__main__":
     main()
+    check_npy(sys.argv[1] if len(sys.argv) > 1 else "build/cpu/tests/moe_cpu_tests")

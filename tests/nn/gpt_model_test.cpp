@@ -12,6 +12,7 @@
 
 #include "moe/ops/elementwise.h"
 #include "nn/gpt_test_util.h"
+#include "nn/gradient_check.h"
 
 namespace moe {
 namespace {
@@ -77,11 +78,7 @@ TEST_P(GPTModelGradient, WholeModelMatchesFiniteDifferences) {
   EXPECT_GT(loss.aux_loss.item(), 0.0);
   EXPECT_NEAR(loss.loss.item(), loss.lm_loss.item() + loss.aux_loss.item(), 1e-14);
   model.backward(ctx);
-  for (nn::Parameter* p : model.parameters()) {
-    const Tensor analytic = p->grad_value().clone();
-    EXPECT_TRUE(test::close(analytic, test::numerical_gradient(objective, p->value),
-                            test::kGradCheckTol, p->name));
-  }
+  test::expect_parameter_gradients(objective, model.parameters());
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, GPTModelGradient, ::testing::Range<size_t>(0, 3),
@@ -255,14 +252,6 @@ TEST(GPTModel, ParameterNames) {
   EXPECT_EQ(untied.parameters().size(), expected.size() + 1);
 }
 
-double sample_std(const Tensor& t) {
-  const std::vector<double> x = t.to_double_vector();
-  double sum = 0, sq = 0;
-  for (double v : x) sum += v, sq += v * v;
-  const double n = static_cast<double>(x.size()), mean = sum / n;
-  return std::sqrt(sq / n - mean * mean);
-}
-
 // Megatron's initialisation: normal(0, std), the residual-writing projections (o_proj, the
 // MLPs' and experts' down projections) std / sqrt(2 L), norms one; distinct draws per tensor
 // and per layer; the same seed gives the same model.
@@ -276,15 +265,15 @@ TEST(GPTModel, Initialisation) {
   const double std = config.init_method_std, out_std = std / std::sqrt(8.0);
   auto& l0 = model.layers[0];
   auto& l1 = model.layers[1];
-  EXPECT_NEAR(sample_std(model.embed_tokens.value), std, 0.03 * std);
-  EXPECT_NEAR(sample_std(model.lm_head.value), std, 0.03 * std);
-  EXPECT_NEAR(sample_std(l0.self_attention.q_proj.value), std, 0.05 * std);
-  EXPECT_NEAR(sample_std(l0.self_attention.o_proj.value), out_std, 0.05 * out_std);
-  EXPECT_NEAR(sample_std(l0.mlp->fc1.value), std, 0.05 * std);
-  EXPECT_NEAR(sample_std(l0.mlp->fc2.value), out_std, 0.05 * out_std);
-  EXPECT_NEAR(sample_std(l1.moe->experts.fc1.value), std, 0.03 * std);
-  EXPECT_NEAR(sample_std(l1.moe->experts.fc2.value), out_std, 0.03 * out_std);
-  EXPECT_NEAR(sample_std(l1.moe->shared_expert->fc2.value), out_std, 0.05 * out_std);
+  EXPECT_NEAR(test::sample_std(model.embed_tokens.value), std, 0.03 * std);
+  EXPECT_NEAR(test::sample_std(model.lm_head.value), std, 0.03 * std);
+  EXPECT_NEAR(test::sample_std(l0.self_attention.q_proj.value), std, 0.05 * std);
+  EXPECT_NEAR(test::sample_std(l0.self_attention.o_proj.value), out_std, 0.05 * out_std);
+  EXPECT_NEAR(test::sample_std(l0.mlp->fc1.value), std, 0.05 * std);
+  EXPECT_NEAR(test::sample_std(l0.mlp->fc2.value), out_std, 0.05 * out_std);
+  EXPECT_NEAR(test::sample_std(l1.moe->experts.fc1.value), std, 0.03 * std);
+  EXPECT_NEAR(test::sample_std(l1.moe->experts.fc2.value), out_std, 0.03 * out_std);
+  EXPECT_NEAR(test::sample_std(l1.moe->shared_expert->fc2.value), out_std, 0.05 * out_std);
   EXPECT_EQ(l0.input_layernorm.weight.value.to_double_vector(),
             std::vector<double>(static_cast<size_t>(config.hidden_size), 1.0));
   EXPECT_GT(test::relative_error(l0.self_attention.q_proj.value, l1.self_attention.q_proj.value),
@@ -320,8 +309,7 @@ TEST(GPTModel, BadConfigOrInputNamesTheCause) {
     }
   };
   build([](ModelConfig&) {});  // the base config is valid
-  throws_with([](ModelConfig& c) { c.attention_type = nn::AttentionType::mla; }, "MLA");
-  throws_with([](ModelConfig& c) { c.mtp_num_layers = 1; }, "--mtp-num-layers");
+  throws_with([](ModelConfig& c) { c.mtp_num_layers = -1; }, "--mtp-num-layers");
   throws_with([](ModelConfig& c) { c.num_query_groups = 3; }, "--num-query-groups");
   throws_with([](ModelConfig& c) { c.rotary_percent = 0.5; }, "rotary");  // head dim 2 -> 1
   throws_with([](ModelConfig& c) { c.moe_layer_pattern = {0, 1, 1}; }, "--moe-layer-freq");

@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "moe/ops/elementwise.h"
+#include "nn/gradient_check.h"
 #include "nn/moe_test_util.h"
 
 namespace moe {
@@ -97,11 +98,7 @@ TEST_P(MoELayerGradient, MatchesFiniteDifferences) {
   const Tensor dx = layer.backward(weights, ctx);
 
   EXPECT_TRUE(test::close(dx, test::numerical_gradient(objective, x), test::kGradCheckTol, "dx"));
-  for (nn::Parameter* p : layer.parameters()) {
-    const Tensor analytic = p->grad_value().clone();
-    EXPECT_TRUE(test::close(analytic, test::numerical_gradient(objective, p->value),
-                            test::kGradCheckTol, p->name));
-  }
+  test::expect_parameter_gradients(objective, layer.parameters());
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, MoELayerGradient, ::testing::Range<size_t>(0, 12),

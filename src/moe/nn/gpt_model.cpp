@@ -14,11 +14,6 @@ constexpr const char* kOp = "GPTModel";
 // ModelConfig::validate() checks the shapes and options; these are the model's own limits.
 void check_model_config(const ModelConfig& c, DType dtype) {
   c.validate();
-  MOE_CHECK(c.attention_type == AttentionType::gqa, kOp,
-            ": --multi-latent-attention (MLA) is not supported yet; only grouped-query "
-            "attention is implemented");
-  MOE_CHECK(c.mtp_num_layers == 0, kOp, ": --mtp-num-layers ", c.mtp_num_layers,
-            ": multi-token prediction is not implemented yet (use 0)");
   MOE_CHECK(dtype == DType::f64 || dtype == DType::f32 || dtype == DType::bf16, kOp,
             ": parameters must be f64, f32 or bf16, got ", dtype);
 }
@@ -30,6 +25,23 @@ void check_tokens(const Tensor& t, const char* name, Device device) {
             " must be i32 or i64, got ", t.dtype());
   MOE_CHECK(t.device() == device, kOp, ": ", name, " is on ", t.device(), " but the model is on ",
             device);
+}
+
+// t [S, B] shifted left by k along the sequence: out[s] = t[s + k], `fill` where s + k >= S
+// (Megatron's roll_tensor applied k times: torch.roll then the vacated positions set).
+Tensor shift_left(const Tensor& t, int64_t k, double fill) {
+  const int64_t S = t.size(0);
+  Tensor out = Tensor::full(t.shape(), fill, t.dtype(), t.device());
+  if (k < S) out.rows(0, S - k).copy_(t.rows(k, S - k));
+  return out;
+}
+
+void add_router_losses(const TransformerLayer& layer, const TransformerLayerContext& ctx,
+                       Tensor& aux_loss) {
+  if (!layer.is_moe()) return;
+  const RouterContext& router = ctx.moe.router;
+  if (router.aux_loss.defined()) ops::add_(aux_loss, router.aux_loss);
+  if (router.z_loss.defined()) ops::add_(aux_loss, router.z_loss);
 }
 
 }  // namespace
@@ -45,6 +57,9 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
   layers.reserve(static_cast<size_t>(config_.num_layers));
   for (int64_t l = 0; l < config_.num_layers; ++l)
     layers.emplace_back(config_, l, dtype, device, seed, groups);
+  mtp_layers.reserve(static_cast<size_t>(config_.mtp_num_layers));
+  for (int64_t k = 0; k < config_.mtp_num_layers; ++k)
+    mtp_layers.emplace_back(config_, k, dtype, device, seed, groups);
   final_norm = RMSNorm("model.norm.weight", H, config_.norm_epsilon, dtype, device);
   if (config_.untie_embeddings_and_output_weights) {
     // Megatron initialises the output layer with init_method (not the scaled output-layer one).
@@ -67,8 +82,19 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
 GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTContext& ctx,
                           const Tensor& loss_mask) {
   ctx = GPTContext{};
+  check_tokens(input_ids, "input_ids", device_);
   check_tokens(labels, "labels", device_);
   check_shape(labels, input_ids.shape(), kOp, "labels");
+  const int64_t D = config_.mtp_num_layers;
+  if (D > 0) {
+    MOE_CHECK(input_ids.size(0) > D, kOp, ": the sequence length ", input_ids.size(0),
+              " (input_ids [S, B] = ", shape_str(input_ids.shape()),
+              ") must exceed --mtp-num-layers ", D,
+              ": multi-token prediction depth k predicts token s + k + 1 from position s");
+    MOE_CHECK(cross_entropy.reduction == ops::CrossEntropyReduction::mean, kOp,
+              ": multi-token prediction (--mtp-num-layers ", D,
+              ") needs the mean cross-entropy reduction");
+  }
   const int64_t T = input_ids.numel();
   ctx.labels = labels.reshape({T});
   if (loss_mask.defined()) {
@@ -81,27 +107,78 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
   GPTLoss out;
   out.lm_loss = ctx.cross_entropy.loss;
   out.aux_loss = Tensor::zeros({}, out.lm_loss.dtype(), device_);
-  for (size_t l = 0; l < layers.size(); ++l) {
-    if (!layers[l].is_moe()) continue;
-    const RouterContext& router = ctx.layers[l].moe.router;
-    if (router.aux_loss.defined()) ops::add_(out.aux_loss, router.aux_loss);
-    if (router.z_loss.defined()) ops::add_(out.aux_loss, router.z_loss);
-  }
+  for (size_t l = 0; l < layers.size(); ++l)
+    add_router_losses(layers[l], ctx.layers[l], out.aux_loss);
+  out.mtp_loss =
+      D > 0 ? mtp_forward(ctx, out.aux_loss) : Tensor::zeros({}, out.lm_loss.dtype(), device_);
   out.loss = out.lm_loss.clone();
   ops::add_(out.loss, out.aux_loss);
+  ops::add_(out.loss, out.mtp_loss);
   return out;
+}
+
+Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
+  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1], T = S * B;
+  const int64_t H = config_.hidden_size, D = config_.mtp_num_layers;
+  const Tensor labels = ctx.labels.reshape({S, B});
+  Tensor mtp_loss = Tensor::zeros({}, ctx.cross_entropy.loss.dtype(), device_);
+  Tensor prev = ctx.hidden.reshape({S, B, H});  // h_0: after the final norm
+  ctx.mtp.resize(static_cast<size_t>(D));
+  for (int64_t d = 0; d < D; ++d) {
+    const int64_t k = d + 1;
+    MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
+    m.input_ids = shift_left(ctx.input_ids, k, 0.0);
+    m.labels = shift_left(labels, k, static_cast<double>(cross_entropy.ignore_index)).reshape({T});
+    if (ctx.loss_mask.defined())
+      m.loss_mask = shift_left(ctx.loss_mask.reshape({S, B}), k, 0.0).reshape({T});
+    const Tensor embedded = ops::embedding_forward(m.input_ids, embed_tokens.value);
+    prev = mtp_layers[static_cast<size_t>(d)].forward(embedded, prev, m.layer);
+    m.hidden = prev.reshape({T, H});
+    m.cross_entropy = ops::linear_cross_entropy_forward(m.hidden, output_weight().value, m.labels,
+                                                        m.loss_mask, cross_entropy);
+    ops::add_(mtp_loss, m.cross_entropy.loss);
+    add_router_losses(mtp_layers[static_cast<size_t>(d)].layer, m.layer.layer, aux_loss);
+  }
+  ops::scale_(mtp_loss, config_.mtp_loss_scaling_factor / static_cast<double>(D));
+  return mtp_loss;
+}
+
+Tensor GPTModel::mtp_backward(GPTContext& ctx, double loss_scale) {
+  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1], T = S * B;
+  const int64_t H = config_.hidden_size, D = config_.mtp_num_layers;
+  Parameter& weight = output_weight();
+  Tensor& weight_grad = weight.grad_value();
+  const double depth_scale = loss_scale * config_.mtp_loss_scaling_factor / static_cast<double>(D);
+  Tensor d_next;  // d h_k from depth k + 1's layer
+  for (int64_t d = D; d-- > 0;) {
+    MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
+    Tensor dh = ops::linear_cross_entropy_backward(depth_scale, m.hidden, weight.value, m.labels,
+                                                   m.loss_mask, m.cross_entropy, weight_grad,
+                                                   cross_entropy);
+    if (d_next.defined()) ops::add_(dh, d_next.reshape({T, H}));
+    MtpLayerGrads grads =
+        mtp_layers[static_cast<size_t>(d)].backward(dh.reshape({S, B, H}), m.layer, loss_scale);
+    const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
+    ops::embedding_backward(grads.embedding, m.input_ids, embed_tokens.grad, accumulate);
+    d_next = std::move(grads.prev_hidden);
+  }
+  return d_next.reshape({T, H});
 }
 
 void GPTModel::backward(GPTContext& ctx, double loss_scale) {
   MOE_CHECK(ctx.hidden.defined(), kOp, ": backward without a forward");
   MOE_CHECK(ctx.layers.size() == layers.size(), kOp, ": the context holds ", ctx.layers.size(),
             " layers, the model ", layers.size());
+  MOE_CHECK(ctx.mtp.size() == mtp_layers.size(), kOp, ": the context holds ", ctx.mtp.size(),
+            " MTP depths, the model ", mtp_layers.size());
   Parameter& weight = output_weight();
   // The fused cross-entropy accumulates dW (+=): materialise a lazily zeroed gradient first.
   Tensor& weight_grad = weight.grad_value();
-  const Tensor dh = ops::linear_cross_entropy_backward(loss_scale, ctx.hidden, weight.value,
-                                                       ctx.labels, ctx.loss_mask, ctx.cross_entropy,
-                                                       weight_grad, cross_entropy);
+  Tensor dh = ops::linear_cross_entropy_backward(loss_scale, ctx.hidden, weight.value, ctx.labels,
+                                                 ctx.loss_mask, ctx.cross_entropy, weight_grad,
+                                                 cross_entropy);
+  // h_0 also feeds the first MTP layer (hnorm): its gradient adds to the main loss's.
+  if (!mtp_layers.empty()) ops::add_(dh, mtp_backward(ctx, loss_scale));
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
   Tensor dx = final_norm.backward(dh.reshape({S, B, config_.hidden_size}), ctx.final_norm);
   for (size_t l = layers.size(); l-- > 0;) dx = layers[l].backward(dx, ctx.layers[l], loss_scale);
@@ -121,9 +198,24 @@ std::vector<Parameter*> GPTModel::parameters() {
   std::vector<Parameter*> params{&embed_tokens};
   for (TransformerLayer& layer : layers)
     for (Parameter* p : layer.parameters()) params.push_back(p);
+  for (MtpLayer& mtp : mtp_layers)
+    for (Parameter* p : mtp.parameters()) params.push_back(p);
   params.push_back(&final_norm.weight);
   if (config_.untie_embeddings_and_output_weights) params.push_back(&lm_head);
   return params;
+}
+
+std::vector<NamedBuffer> GPTModel::buffers() {
+  std::vector<NamedBuffer> named;
+  auto add = [&](TransformerLayer& layer) {
+    if (layer.moe && layer.moe->config().moe_router_enable_expert_bias)
+      named.push_back(
+          {"model.layers." + std::to_string(layer.index()) + ".mlp.gate.e_score_correction_bias",
+           &layer.moe->router.expert_bias});
+  };
+  for (TransformerLayer& layer : layers) add(layer);
+  for (MtpLayer& mtp : mtp_layers) add(mtp.layer);
+  return named;
 }
 
 void GPTModel::zero_grad() {
@@ -133,6 +225,8 @@ void GPTModel::zero_grad() {
 void GPTModel::finish_step() {
   for (TransformerLayer& layer : layers)
     if (layer.moe) layer.moe->finish_step();
+  for (MtpLayer& mtp : mtp_layers)
+    if (mtp.layer.moe) mtp.layer.moe->finish_step();
 }
 
 }  // namespace moe::nn

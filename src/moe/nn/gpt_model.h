@@ -1,49 +1,87 @@
 // GPTModel: the decoder-only language model around the MoE layer (Megatron's GPTModel; HF's
-// MixtralForCausalLM / Qwen3MoeForCausalLM with GQA attention):
+// MixtralForCausalLM / Qwen3MoeForCausalLM / DeepseekV3ForCausalLM):
 //
 //   input_ids [S, B] -> embedding [S, B, H]
-//     -> layers l = 0..L-1: TransformerLayer (dense MLP, or MoE when config.is_moe_layer(l))
-//     -> final RMSNorm -> hidden [T, H] (T = S * B, rows in [S, B] order)
+//     -> layers l = 0..L-1: TransformerLayer (dense MLP, or MoE when config.is_moe_layer(l);
+//        GQA or MLA attention)
+//     -> final RMSNorm -> hidden h_0 [T, H] (T = S * B, rows in [S, B] order)
 //     -> fused output layer + cross-entropy (ops::linear_cross_entropy_*: never the [T, V]
 //        logits), with the output weight tied to the embedding, or a separate lm_head
-//   loss = lm_loss + aux_loss,  lm_loss = mean over labelled tokens (labels == -100 and
-//          loss_mask == 0 are left out; CrossEntropyOptions can ask for a sum instead),
-//          aux_loss = sum over MoE layers of the router's aux_loss (coefficient included) and
-//          z_loss.
+//   loss = lm_loss + aux_loss + mtp_loss,
+//          lm_loss = mean over labelled tokens (labels == -100 and loss_mask == 0 are left out;
+//          CrossEntropyOptions can ask for a sum instead),
+//          aux_loss = sum over MoE layers (MTP layers included) of the router's aux_loss
+//          (coefficient included) and z_loss.
+//
+// Multi-token prediction (DeepSeek-V3; Megatron's --mtp-num-layers D,
+// --mtp-loss-scaling-factor lambda; mtp_layer.h): for depth k = 1..D
+//   ids_k[s]    = ids[s + k]     (0 for s + k >= S: Megatron's roll_tensor fills 0)
+//   labels_k[s] = labels[s + k]  (ignored for s + k >= S), loss_mask_k[s] = loss_mask[s + k]
+//   h_k = MtpLayer_k(embedding(ids_k), h_{k-1})   (h_0: the decoder output after the final norm)
+//   loss_k = cross-entropy of the shared output layer on h_k against labels_k (mean over the
+//            labelled, unmasked positions of depth k)
+//   mtp_loss = lambda / D * sum_k loss_k
+// The embedding and the output layer are shared: their gradients collect every depth's part.
+// The sequence must be longer than D (each depth keeps S - k positions per sequence). The MTP
+// modules are layers num_layers .. num_layers + D - 1 of the parameter names. logits() is the
+// main head only. MTP needs the mean reduction (Megatron's calculate_per_token_loss rescaling
+// of the sum form is not implemented).
+//
 // Token order: Megatron keeps activations sequence-major, [S, B, H], and so does this model,
 // so input_ids, labels and loss_mask are [S, B] (the transpose of a data loader's [B, S]).
-// Positions for rotary are the sequence index s (no packed-sequence positions yet).
+// Positions for rotary are the sequence index s (no packed-sequence positions yet), in the MTP
+// layers as well.
 //
 // backward(ctx, loss_scale) computes loss_scale * d(loss)/d(parameters): the cross-entropy
-// gradient starts at loss_scale and every MoE layer's aux / z-loss gradient is scaled by the
-// same factor (Megatron's MoEAuxLossAutoScaler). Gradient rule: parameter gradients accumulate
+// gradient starts at loss_scale (loss_scale * lambda / D for each MTP depth) and every MoE
+// layer's aux / z-loss gradient is scaled by the same factor (Megatron's
+// MoEAuxLossAutoScaler and MTPLossAutoScaler). Gradient rule: parameter gradients accumulate
 // (micro-batches add up) and are written lazily after zero_grad (parameter.h); read them with
 // Parameter::grad_value(). The output weight's gradient is materialised before the
 // cross-entropy backward, which always accumulates.
 //
 // Parameter names follow Hugging Face where a tensor matches one of HF's (model.embed_tokens,
 // model.layers.<l>.input_layernorm, self_attn.{q,k,v,o}_proj, self_attn.{q,k}_norm,
-// post_attention_layernorm, model.norm, lm_head) and say what is fused where it does not
+// post_attention_layernorm, model.norm, lm_head; MTP: model.layers.<L + k>.{enorm, hnorm,
+// eh_proj, shared_head.norm}) and say what is fused where it does not
 // (mlp.gate_up_proj.weight = [gate_proj; up_proj], mlp.experts.gate_up_proj [E, 2F, H],
 // mlp.experts.down_proj [E, H, F]); the checkpoint converter maps them onto HF's.
 // Initialisation: param_init.h (Megatron: normal(0, init_method_std), residual-writing layers
 // scaled by 1 / sqrt(2 L), norms one, biases zero), seeded per tensor from `seed`.
 //
-// Not yet: MLA attention (AttentionType::mla throws), multi-token prediction
-// (mtp_num_layers > 0 throws), tensor / pipeline / context parallelism of the dense part.
+// Not yet: tensor / pipeline / context parallelism of the dense part.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "moe/nn/model_config.h"
 #include "moe/nn/moe_groups.h"
+#include "moe/nn/mtp_layer.h"
 #include "moe/nn/parameter.h"
 #include "moe/nn/rmsnorm_module.h"
 #include "moe/nn/transformer_layer.h"
 #include "moe/ops/cross_entropy.h"
 
 namespace moe::nn {
+
+// A checkpointed tensor that is not a Parameter (no gradient): `value` points into the model.
+struct NamedBuffer {
+  std::string name;
+  Tensor* value = nullptr;
+};
+
+// One MTP depth's state (k = depth + 1): its shifted tokens, labels and mask, the layer's
+// context, its output h_k and its cross-entropy.
+struct MtpDepthContext {
+  Tensor input_ids;  // [S, B] ids shifted left by k
+  Tensor labels;     // [T] labels shifted left by k, ignore_index past the end
+  Tensor loss_mask;  // [T] f32 shifted (0 past the end), or undefined
+  MtpLayerContext layer;
+  Tensor hidden;  // [T, H] h_k
+  ops::CrossEntropyResult cross_entropy;
+};
 
 struct GPTContext {
   Shape tokens_shape;  // [S, B]
@@ -54,13 +92,16 @@ struct GPTContext {
   RMSNormContext final_norm;
   Tensor hidden;  // [T, H] the final norm's output: the cross-entropy's input
   ops::CrossEntropyResult cross_entropy;
+  std::vector<MtpDepthContext> mtp;  // one per MTP depth
 };
 
 // 0-d tensors on the model's device (f64 for f64 models, else f32); nothing is synchronised.
 struct GPTLoss {
-  Tensor loss;      // lm_loss + aux_loss: what backward differentiates
-  Tensor lm_loss;   // the cross-entropy
-  Tensor aux_loss;  // sum of the MoE layers' aux and z losses (0 without MoE layers)
+  Tensor loss;      // lm_loss + aux_loss + mtp_loss: what backward differentiates
+  Tensor lm_loss;   // the main next-token cross-entropy
+  Tensor aux_loss;  // sum of the MoE layers' aux and z losses, MTP layers' included (0 without
+                    // MoE layers)
+  Tensor mtp_loss;  // lambda / D * sum_k loss_k (0 without MTP)
 };
 
 class GPTModel {
@@ -71,7 +112,7 @@ class GPTModel {
            const MoEGroups& groups = {});
 
   // input_ids, labels [S, B] (i32 or i64; labels may hold ignore_index), loss_mask undefined or
-  // f32 [S, B]. Saves in ctx what backward needs.
+  // f32 [S, B]; S > mtp_num_layers. Saves in ctx what backward needs.
   GPTLoss forward(const Tensor& input_ids, const Tensor& labels, GPTContext& ctx,
                   const Tensor& loss_mask = Tensor());
   // Accumulates loss_scale * d(loss)/d(parameter) into every parameter's gradient.
@@ -80,7 +121,13 @@ class GPTModel {
   // Logits [S, B, V] for input_ids [S, B] (inference and parity checks: holds the full logits).
   Tensor logits(const Tensor& input_ids);
 
-  std::vector<Parameter*> parameters();  // each tensor once (a tied output weight is the embedding)
+  // Each tensor once (a tied output weight is the embedding): the embedding, the decoder
+  // layers, the MTP layers, the final norm, lm_head.
+  std::vector<Parameter*> parameters();
+  // Checkpointed tensors that are not trained by gradients: the expert bias of each MoE layer
+  // (MTP layers included) with --moe-router-enable-expert-bias,
+  // named "model.layers.<l>.mlp.gate.e_score_correction_bias" (DeepSeek-V3's name), [E] f32.
+  std::vector<NamedBuffer> buffers();
   void zero_grad();
   // End of an optimizer step: the MoE layers' expert-bias updates and per-step accumulators.
   void finish_step();
@@ -94,6 +141,7 @@ class GPTModel {
 
   Parameter embed_tokens;  // [V, H] model.embed_tokens.weight
   std::vector<TransformerLayer> layers;
+  std::vector<MtpLayer> mtp_layers;        // config.mtp_num_layers MTP modules
   RMSNorm final_norm;                      // model.norm.weight
   Parameter lm_head;                       // [V, H] lm_head.weight, only when untied
   ops::CrossEntropyOptions cross_entropy;  // ignore_index, reduction, CUDA chunk size
@@ -101,6 +149,11 @@ class GPTModel {
  private:
   // Embedding and layers and final norm: the hidden states [T, H] the output layer reads.
   Tensor trunk(const Tensor& input_ids, GPTContext& ctx);
+  // The MTP depths' forward after the main loss (fills ctx.mtp); returns lambda / D * sum_k
+  // loss_k and adds the MTP layers' aux losses to aux_loss.
+  Tensor mtp_forward(GPTContext& ctx, Tensor& aux_loss);
+  // d h_0 of the MTP depths (written), accumulating their parameter gradients.
+  Tensor mtp_backward(GPTContext& ctx, double loss_scale);
 
   ModelConfig config_;
   DType dtype_;

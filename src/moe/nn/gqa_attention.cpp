@@ -2,6 +2,7 @@
 
 #include "moe/core/rng.h"
 #include "moe/nn/param_init.h"
+#include "moe/nn/rotary_frequencies.h"
 #include "moe/ops/gemm.h"
 
 namespace moe::nn {
@@ -31,19 +32,6 @@ Tensor project(const Tensor& x, const Parameter& weight, const Parameter* bias) 
   return y;
 }
 
-ops::RotaryFrequencies frequencies(const ModelConfig& config, int64_t rotary_dim) {
-  if (!config.yarn) return ops::rope_frequencies(rotary_dim, config.rotary_base);
-  const YarnConfig& y = *config.yarn;
-  ops::YarnScaling scaling;
-  scaling.factor = y.factor;
-  scaling.original_max_position_embeddings = y.original_max_position_embeddings;
-  scaling.beta_fast = y.beta_fast;
-  scaling.beta_slow = y.beta_slow;
-  scaling.mscale = y.mscale;
-  scaling.mscale_all_dim = y.mscale_all_dim;
-  return ops::yarn_frequencies(rotary_dim, config.rotary_base, scaling);
-}
-
 }  // namespace
 
 GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix,
@@ -54,8 +42,7 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::
       bias_(config.add_qkv_bias),
       dtype_(dtype) {
   MOE_CHECK(config.attention_type == AttentionType::gqa, kOp,
-            ": --multi-latent-attention (MLA) is not supported yet; only grouped-query "
-            "attention is implemented");
+            ": an MLA config (--multi-latent-attention) belongs to MlaAttention");
   MOE_CHECK(hidden_ > 0, kOp, ": --hidden-size must be positive, got ", hidden_);
   MOE_CHECK(heads_ > 0, kOp, ": --num-attention-heads must be positive, got ", heads_);
   MOE_CHECK(groups_ > 0 && heads_ % groups_ == 0, kOp, ": --num-attention-heads ", heads_,
@@ -92,7 +79,7 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::
     k_norm.emplace(prefix + "k_norm.weight", D, config.norm_epsilon, dtype, device);
   }
 
-  const ops::RotaryFrequencies freqs = frequencies(config, rotary_dim_);
+  const ops::RotaryFrequencies freqs = rotary_frequencies(config, rotary_dim_);
   inv_freq_ = ops::inv_freq_tensor(freqs, dtype == DType::f64 ? DType::f64 : DType::f32, device);
   rotary_.layout = config.rotary_style == RotaryStyle::half ? ops::RotaryLayout::half
                                                             : ops::RotaryLayout::interleaved;

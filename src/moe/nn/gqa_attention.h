@@ -22,7 +22,7 @@
 //
 // Gradient rule: backward accumulates every parameter gradient (lazily written after
 // zero_grad, parameter.h) and writes dL/dx. MLA (AttentionType::mla) is a separate module
-// (not written yet): constructing this one for an MLA config throws.
+// (mla_attention.h): constructing this one for an MLA config throws.
 #pragma once
 
 #include <optional>

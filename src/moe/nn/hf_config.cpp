@@ -1,12 +1,12 @@
 // Hugging Face config.json -> ModelConfig (hf_config.h has the mapping). Defaults of the
 // behaviour fields are those of transformers' MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig,
 // DeepseekV2Config and DeepseekV3Config; shape fields have no default here.
+#include "moe/core/json_file.h"
 #include "moe/nn/hf_config.h"
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include "moe/core/error.h"
 
@@ -190,11 +190,14 @@ ModelConfig qwen_moe(const HfFields& f, bool qwen3) {
     if (f.bool_or("attention_bias", false))
       f.unsupported("attention_bias true (biases on q/k/v and o_proj) is not supported");
   } else {
-    c.kv_channels = c.hidden_size / c.num_attention_heads;
+    c.kv_channels = f.int_or("head_dim", c.hidden_size / c.num_attention_heads);
     c.add_qkv_bias = f.bool_or("qkv_bias", true);  // Qwen2-MoE's q/k/v projections have biases
   }
   MoEConfig& m = c.moe;
-  m.num_experts = f.required_int("num_experts");
+  // The published configs say num_experts; transformers 5 writes num_local_experts.
+  m.num_experts = f.has("num_experts") || !f.has("num_local_experts")
+                      ? f.required_int("num_experts")
+                      : f.required_int("num_local_experts");
   m.moe_router_topk = f.required_int("num_experts_per_tok");
   m.moe_ffn_hidden_size = f.required_int("moe_intermediate_size");
   if (!qwen3) {
@@ -238,7 +241,10 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
   c.mla.qk_pos_emb_head_dim = f.required_int("qk_rope_head_dim");
   c.mla.v_head_dim = f.required_int("v_head_dim");
   c.qk_layernorm = true;  // q_a_layernorm / kv_a_layernorm
-  c.rotary_style = RotaryStyle::interleaved;
+  // DeepSeek rotates (x[2i], x[2i+1]) pairs; transformers' V3 port can be told otherwise
+  // (rope_interleave false: rotate_half pairs).
+  c.rotary_style = v3 && !f.bool_or("rope_interleave", true) ? RotaryStyle::half
+                                                             : RotaryStyle::interleaved;
 
   MoEConfig& m = c.moe;
   m.num_experts = f.int_or("n_routed_experts", 0);  // null: a dense model
@@ -348,14 +354,7 @@ ModelConfig from_hf_config_file(const std::string& path) {
   namespace fs = std::filesystem;
   fs::path file = path;
   if (fs::is_directory(file)) file /= "config.json";
-  std::ifstream in(file);
-  MOE_CHECK(in.good(), "cannot open Hugging Face config ", file.string());
-  json config;
-  try {
-    config = json::parse(in);
-  } catch (const json::exception& e) {
-    MOE_FAIL("Hugging Face config ", file.string(), " is not valid JSON: ", e.what());
-  }
+  const json config = read_json_file(file.string(), "Hugging Face config");
   const fs::path folder = fs::absolute(file).parent_path();
   const std::string name =
       file.filename() == "config.json" ? folder.filename().string() : file.stem().string();

@@ -13,7 +13,8 @@
 //                 routing softmax then top-k then renormalise == Megatron's softmax over the
 //                 top-k logits (no --moe-router-pre-softmax); router_aux_loss_coef ->
 //                 aux_loss; router_jitter_noise > 0 -> --moe-input-jitter-eps.
-//   qwen2_moe     as mixtral plus q/k/v biases (qkv_bias, default true); num_experts,
+//   qwen2_moe     as mixtral plus q/k/v biases (qkv_bias, default true); head_dim ->
+//                 kv_channels; num_experts (transformers 5 writes num_local_experts),
 //                 moe_intermediate_size; a shared expert of shared_expert_intermediate_size
 //                 with a sigmoid gate (moe_shared_expert_gate); layer i is MoE iff
 //                 i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0;
@@ -24,7 +25,7 @@
 //                 kv_channels.
 //   deepseek_v2/3 MLA: q_lora_rank (null: 0), kv_lora_rank, qk_nope_head_dim -> qk_head_dim,
 //                 qk_rope_head_dim -> qk_pos_emb_head_dim, v_head_dim; --qk-layernorm (the
-//                 latent norms); interleaved rotary; layer i is MoE iff i >= first_k_dense_replace
+//                 latent norms); interleaved rotary (V3 with rope_interleave false: half); layer i is MoE iff i >= first_k_dense_replace
 //                 and i % moe_layer_freq == 0; n_routed_experts, moe_intermediate_size,
 //                 shared experts of n_shared_experts * moe_intermediate_size (no gate);
 //                 scoring_func softmax|sigmoid; topk_method greedy (no groups),

@@ -1,9 +1,9 @@
 // ModelConfig <-> JSON (model_config_json.h): strict reading (unknown keys and wrong types are
 // errors naming the key), complete writing.
+#include "moe/core/json_file.h"
 #include "moe/nn/model_config_json.h"
 
 #include <cctype>
-#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -334,14 +334,7 @@ ModelConfig model_config_from_json(const json& object) {
 }
 
 ModelConfig load_model_config(const std::string& path) {
-  std::ifstream in(path);
-  MOE_CHECK(in.good(), "cannot open model config ", path);
-  json object;
-  try {
-    object = json::parse(in);
-  } catch (const json::exception& e) {
-    MOE_FAIL("model config ", path, " is not valid JSON: ", e.what());
-  }
+  const json object = read_json_file(path, "model config");
   try {
     return model_config_from_json(object);
   } catch (const Error& e) {

@@ -25,7 +25,10 @@ TransformerLayer::TransformerLayer(const ModelConfig& config, int64_t layer, DTy
   const std::string prefix = "model.layers." + std::to_string(layer) + ".";
   input_layernorm = RMSNorm(prefix + "input_layernorm.weight", config.hidden_size,
                             config.norm_epsilon, dtype, device);
-  self_attention = GqaAttention(config, layer, prefix + "self_attn.", dtype, device, seed);
+  if (config.attention_type == AttentionType::mla)
+    mla_attention.emplace(config, layer, prefix + "self_attn.", dtype, device, seed);
+  else
+    self_attention = GqaAttention(config, layer, prefix + "self_attn.", dtype, device, seed);
   post_attention_layernorm = RMSNorm(prefix + "post_attention_layernorm.weight", config.hidden_size,
                                      config.norm_epsilon, dtype, device);
   if (!config.is_moe_layer(layer)) {
@@ -56,7 +59,9 @@ TransformerLayer::TransformerLayer(const ModelConfig& config, int64_t layer, DTy
 Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx) {
   check_dim(x, 3, "TransformerLayer::forward", "x");
   // h = x + attention(norm1(x))
-  Tensor h = self_attention.forward(input_layernorm.forward(x, ctx.input_norm), ctx.attention);
+  const Tensor normed_x = input_layernorm.forward(x, ctx.input_norm);
+  Tensor h = mla_attention ? mla_attention->forward(normed_x, ctx.mla_attention)
+                           : self_attention.forward(normed_x, ctx.attention);
   ops::add_(h, x);
   // out = h + mlp(norm2(h))
   const Tensor normed = post_attention_layernorm.forward(h, ctx.post_attention_norm);
@@ -70,14 +75,17 @@ Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx
   const Tensor d_normed = moe ? moe->backward(dy, ctx.moe, loss_scale) : mlp->backward(dy, ctx.mlp);
   Tensor dh = post_attention_layernorm.backward(d_normed, ctx.post_attention_norm);
   ops::add_(dh, dy);
-  Tensor dx = input_layernorm.backward(self_attention.backward(dh, ctx.attention), ctx.input_norm);
+  const Tensor d_normed_x = mla_attention ? mla_attention->backward(dh, ctx.mla_attention)
+                                          : self_attention.backward(dh, ctx.attention);
+  Tensor dx = input_layernorm.backward(d_normed_x, ctx.input_norm);
   ops::add_(dx, dh);
   return dx;
 }
 
 std::vector<Parameter*> TransformerLayer::parameters() {
   std::vector<Parameter*> params{&input_layernorm.weight};
-  for (Parameter* p : self_attention.parameters()) params.push_back(p);
+  for (Parameter* p : mla_attention ? mla_attention->parameters() : self_attention.parameters())
+    params.push_back(p);
   params.push_back(&post_attention_layernorm.weight);
   for (Parameter* p : moe ? moe->parameters() : mlp->parameters()) params.push_back(p);
   return params;

@@ -1,5 +1,6 @@
 // One pre-norm decoder layer (Llama / Mixtral / Qwen / DeepSeek, Megatron's TransformerLayer):
-//   h   = x + attention(input_layernorm(x))
+//   h   = x + attention(input_layernorm(x))         attention = GqaAttention, or MlaAttention
+//                                                   when config.attention_type == mla
 //   out = h + mlp(post_attention_layernorm(h))      mlp = DenseMLP, or MoELayer when
 //                                                   ModelConfig::is_moe_layer(layer)
 // Tokens are [S, B, H] throughout (Megatron's order: the MoE router's per-sequence counts use B).
@@ -18,6 +19,7 @@
 
 #include "moe/nn/dense_mlp.h"
 #include "moe/nn/gqa_attention.h"
+#include "moe/nn/mla_attention.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/moe_groups.h"
 #include "moe/nn/moe_layer.h"
@@ -27,7 +29,8 @@ namespace moe::nn {
 
 struct TransformerLayerContext {
   RMSNormContext input_norm;
-  AttentionContext attention;
+  AttentionContext attention;         // GQA layers
+  MlaAttentionContext mla_attention;  // MLA layers
   RMSNormContext post_attention_norm;
   DenseMLPContext mlp;  // dense layers
   MoEContext moe;       // MoE layers: also holds this call's router aux_loss / z_loss
@@ -52,10 +55,15 @@ class TransformerLayer {
   std::vector<Parameter*> parameters();
   void zero_grad();
   bool is_moe() const { return moe != nullptr; }
+  bool is_mla() const { return mla_attention.has_value(); }
   int64_t index() const { return layer_; }
 
   RMSNorm input_layernorm;
+  // The attention block: self_attention for grouped-query attention (the name other code
+  // uses), mla_attention for multi-latent attention. An MLA layer leaves self_attention
+  // default-constructed (no parameters, not called): check is_mla() before reaching into it.
   GqaAttention self_attention;
+  std::optional<MlaAttention> mla_attention;
   RMSNorm post_attention_layernorm;
   std::optional<DenseMLP> mlp;    // dense layers
   std::unique_ptr<MoELayer> moe;  // MoE layers

@@ -3,8 +3,11 @@
 //
 // Shapes: x [S, B, heads, D] (Megatron's layout) or [T, heads, D]; in general any
 // [tokens..., heads, D] with at least 3 dims, tokens = the product of the leading dims. Only
-// the first Dr = 2 * inv_freq.size(0) <= D features of each head are rotated; the rest pass
-// through unchanged (partial rotary: Megatron's rotary_percent, HF's partial_rotary_factor).
+// the Dr = 2 * inv_freq.size(0) features [o, o + Dr) of each head are rotated, o =
+// RotaryArgs::feature_offset (0 unless set, o + Dr <= D); the rest pass through unchanged
+// (partial rotary: Megatron's rotary_percent, HF's partial_rotary_factor, with o = 0; MLA's
+// query heads [q_nope (dn) | q_pe (dr)] rotate their last dr features, o = dn). The pair
+// indices below are relative to o.
 //
 // Positions: p(token) = position_offset + (positions undefined ? index along dim 0 (s or t)
 //                                          : positions[token])
@@ -102,6 +105,7 @@ struct RotaryArgs {
   RotaryLayout layout = RotaryLayout::half;
   double attention_scale = 1.0;  // RotaryFrequencies::attention_scale
   int64_t position_offset = 0;   // added to every position (e.g. a KV-cache offset)
+  int64_t feature_offset = 0;    // o: the first rotated feature of each head (o + Dr <= D)
 };
 
 // y = rotary(x); positions may be undefined (index along dim 0). Returns x's shape and dtype.

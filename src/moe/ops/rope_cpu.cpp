@@ -34,6 +34,10 @@ detail::RotaryLaunch describe(const Tensor& x, const Tensor& inv_freq, const Ten
   l.rotary_dim = 2 * inv_freq.size(0);
   MOE_CHECK(l.rotary_dim > 0 && l.rotary_dim <= l.head_dim, op, ": the rotary dimension ",
             l.rotary_dim, " (2 * inv_freq entries) must be in (0, head_dim = ", l.head_dim, "]");
+  l.feature_offset = args.feature_offset;
+  MOE_CHECK(l.feature_offset >= 0 && l.feature_offset + l.rotary_dim <= l.head_dim, op,
+            ": feature_offset ", l.feature_offset, " + rotary dimension ", l.rotary_dim,
+            " must fit in head_dim ", l.head_dim, " (and the offset must not be negative)");
   l.tokens = 1;
   for (int64_t k = 0; k + 2 < x.dim(); ++k) l.tokens *= x.size(k);
   const int64_t seq = x.size(0);
@@ -91,8 +95,8 @@ void rotary_cpu(const Tensor& x, const Tensor& inv_freq, const Tensor& positions
       }
       for (int64_t h = 0; h < l.heads; ++h) {
         const int64_t base = (t * l.heads + h) * l.head_dim;
-        const T* xr = in + base;
-        T* yr = out + base;
+        const T* xr = in + base + l.feature_offset;  // the rotated features, pairs relative
+        T* yr = out + base + l.feature_offset;
         for (int64_t i = 0; i < half; ++i) {
           const detail::RotaryPair pr = detail::rotary_pair(l.layout, i, half);
           // The backward reads dy at the forward's output indices and writes dx at its inputs.
@@ -105,7 +109,9 @@ void rotary_cpu(const Tensor& x, const Tensor& inv_freq, const Tensor& positions
           yr[wa] = T(oa);
           yr[wb] = T(ob);
         }
-        for (int64_t j = l.rotary_dim; j < l.head_dim; ++j) yr[j] = xr[j];
+        for (int64_t j = 0; j < l.head_dim; ++j)  // pass-through features
+          if (j < l.feature_offset || j >= l.feature_offset + l.rotary_dim)
+            out[base + j] = in[base + j];
       }
     }
   });

@@ -54,6 +54,8 @@ __global__ void rotary_kernel(const T* __restrict__ x, T* __restrict__ y,
       const T* xr = x + token_base + h * l.head_dim;
       T* yr = y + token_base + h * l.head_dim;
       if (k < half) {
+        xr += l.feature_offset;  // pair indices are relative to the first rotated feature
+        yr += l.feature_offset;
         const RotaryPair pr = rotary_pair(l.layout, k, half);
         const int64_t ra = l.inverse ? pr.out_a : pr.in_a, rb = l.inverse ? pr.out_b : pr.in_b;
         const int64_t wa = l.inverse ? pr.in_a : pr.out_a, wb = l.inverse ? pr.in_b : pr.out_b;
@@ -62,7 +64,9 @@ __global__ void rotary_kernel(const T* __restrict__ x, T* __restrict__ y,
         from_acc(yr[wa], oa);
         from_acc(yr[wb], ob);
       } else {
-        const int64_t j = l.rotary_dim + (k - half);
+        // Pass-through feature k - half, skipping the rotated block [offset, offset + Dr).
+        int64_t j = k - half;
+        if (j >= l.feature_offset) j += l.rotary_dim;
         yr[j] = xr[j];
       }
     }

@@ -12,6 +12,7 @@ namespace moe::ops::detail {
 
 struct RotaryLaunch {
   int64_t tokens = 0, heads = 0, head_dim = 0, rotary_dim = 0;
+  int64_t feature_offset = 0;  // rotated features [offset, offset + rotary_dim) of each head
   int64_t position_divisor = 1;
   int64_t position_offset = 0;
   double attention_scale = 1.0;

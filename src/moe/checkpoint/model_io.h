@@ -1,0 +1,67 @@
+// Model folders: reading a Hugging Face folder (config.json + safetensors) or a moecore folder
+// (model_config.json + safetensors, moecore names: hf_names.h) into a GPTModel, and saving a
+// GPTModel as a moecore folder.
+//
+// A moecore folder holds
+//   model_config.json          nn::model_config_to_json (model_config_json.h)
+//   model.safetensors          or model-0000i-of-0000n.safetensors + model.safetensors.index.json
+//   quantization_config.json   only when FP8 weights were kept (`moe convert --keep-fp8`): HF's
+//                              quantization_config, e.g. {"quant_method": "fp8",
+//                              "weight_block_size": [128, 128], ...}
+//   tokenizer files            copied through by `moe convert`
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "moe/checkpoint/fp8_blocks.h"
+#include "moe/core/tensor.h"
+#include "moe/nn/gpt_model.h"
+#include "moe/nn/model_config.h"
+
+namespace moe::checkpoint {
+
+enum class CheckpointFormat { hf, moecore };
+
+const char* format_name(CheckpointFormat format);  // "hf" / "moecore"
+CheckpointFormat parse_format(const std::string& name);  // "hf" | "moecore", else an error
+
+// moecore iff the folder holds model_config.json, HF iff it holds config.json. Not a folder,
+// neither file, or both are errors naming the folder.
+CheckpointFormat detect_format(const std::string& dir);
+
+// The folder's model config (HF: nn::from_hf_config_file, named after the folder; moecore:
+// nn::load_model_config).
+nn::ModelConfig read_model_config(const std::string& dir, CheckpointFormat format);
+// The FP8 block size of the folder's weights, or nullopt when they are not block-scaled FP8
+// (HF: config.json's quantization_config; moecore: quantization_config.json).
+std::optional<Fp8BlockSize> read_fp8_block_size(const std::string& dir, CheckpointFormat format);
+
+// A Hugging Face folder (config.json + safetensors) or a moecore folder (model_config.json +
+// safetensors): builds the GPTModel (dtype f64/f32 on CPU, f32/bf16 on CUDA) and fills every
+// parameter and buffer. `adjust` (may be empty) edits the config before the model is built.
+// FP8 weights are dequantized (in f32, then cast to the parameter's dtype). Errors name the
+// tensor and the file: missing, unexpected, wrong shape, wrong dtype. MTP layers of the
+// checkpoint beyond the (adjusted) config's mtp_num_layers are skipped (transformers itself
+// does not load DeepSeek-V3's MTP layer).
+std::unique_ptr<nn::GPTModel> load_model(const std::string& dir, DType dtype, Device device,
+                                         const std::function<void(nn::ModelConfig&)>& adjust = {});
+
+// Fills an existing model from a folder written for `file_config` (the config in the folder;
+// `model.config()` may differ from it only in what does not change tensor shapes, and in fewer
+// MTP layers).
+void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat format,
+                  const nn::ModelConfig& file_config);
+
+struct SaveOptions {
+  uint64_t max_shard_bytes = 5'000'000'000;  // transformers' default "5GB"
+  bool overwrite = true;  // replace an existing model folder (atomically)
+};
+
+// Writes `model` as a moecore folder (parameters and buffers in their dtypes), atomically:
+// a temporary folder next to `dir` is filled and then takes its place (atomic_folder.h).
+void save_model(const std::string& dir, nn::GPTModel& model, const SaveOptions& options = {});
+
+}  // namespace moe::checkpoint

@@ -1,0 +1,29 @@
+// NumPy .npy files: the float32 arrays `moe forward` writes (logits [B, S, V]) and a reader for
+// tests and tools.
+//
+// The format (numpy.lib.format, version 1.0):
+//   "\x93NUMPY" 0x01 0x00 [u16 little-endian HEADER_LEN] [HEADER_LEN bytes of header] [data]
+//   header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }" padded with spaces and
+//   ending in '\n' so that 10 + HEADER_LEN is a multiple of 64 (numpy's alignment).
+// Data: little-endian, C order (row-major), numel * itemsize bytes. A 0-d array has shape ().
+#pragma once
+
+#include <string>
+
+#include "moe/core/tensor.h"
+
+namespace moe::io {
+
+// The 10-byte preamble and padded header text for a '<f4' C-order array of `shape`.
+std::string npy_header(const Shape& shape);
+
+// Writes `tensor` (any floating dtype, any device; converted to f32) as a float32 .npy,
+// atomically (AtomicFile).
+void write_npy(const std::string& path, const Tensor& tensor);
+
+// Reads a .npy of version 1.0, 2.0 or 3.0 holding '<f4', '<f8', '<i8', '<i4' or '|u1' in C
+// order into a CPU tensor of that dtype (f32, f64, i64, i32, u8). Fortran order, big-endian
+// data, other dtypes and truncated files are errors naming the path.
+Tensor read_npy(const std::string& path);
+
+}  // namespace moe::io

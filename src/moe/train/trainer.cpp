@@ -1,0 +1,233 @@
+#include "moe/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "moe/core/error.h"
+#include "moe/ops/elementwise.h"
+
+namespace moe::train {
+namespace {
+
+// Megatron's defaults: --lr-decay-iters and the weight-decay schedule run over --train-iters.
+LrScheduleConfig schedule_for(const TrainConfig& c) {
+  LrScheduleConfig s = c.schedule;
+  if (s.decay_iters == 0) s.decay_iters = c.train_iters;
+  if (s.train_iters == 0) s.train_iters = c.train_iters;
+  return s;
+}
+
+const TrainConfig& validated(const TrainConfig& c) {
+  c.validate();
+  return c;
+}
+
+// acc[i] += value (0-d), on the device: the losses are read back once per step.
+void accumulate(Tensor& acc, int64_t i, const Tensor& value) {
+  if (!value.defined()) return;
+  Tensor slot = acc.rows(i, 1);
+  ops::add_(slot, value.reshape({1}));
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+void TrainConfig::validate() const {
+  MOE_CHECK(micro_batch_size >= 1, "--micro-batch-size must be positive, got ", micro_batch_size);
+  MOE_CHECK(global_batch_size >= 1, "--global-batch-size must be positive, got ",
+            global_batch_size);
+  MOE_CHECK(global_batch_size % micro_batch_size == 0, "--global-batch-size ", global_batch_size,
+            " is not a multiple of --micro-batch-size ", micro_batch_size,
+            " (on one device the number of micro-batches is global / micro)");
+  MOE_CHECK(seq_length >= 1, "--seq-length must be positive, got ", seq_length);
+  MOE_CHECK(train_iters >= 0, "--train-iters must be >= 0, got ", train_iters);
+  MOE_CHECK(eval_interval >= 0, "--eval-interval must be >= 0, got ", eval_interval);
+  MOE_CHECK(eval_iters >= 0, "--eval-iters must be >= 0, got ", eval_iters);
+  MOE_CHECK(log_interval >= 1, "--log-interval must be positive, got ", log_interval);
+}
+
+Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& train,
+                 BatchSource* valid)
+    : model_(model),
+      config_(validated(config)),
+      train_(train),
+      valid_(valid),
+      schedule_(schedule_for(config)),
+      optimizer_(model.parameters(), config.optimizer) {
+  const int64_t S = config_.seq_length;
+  MOE_CHECK(S > model.config().mtp_num_layers, "--seq-length ", S,
+            " must exceed --mtp-num-layers ", model.config().mtp_num_layers);
+  MOE_CHECK(train.sample_length() == S + 1, "training data: samples of ", train.sample_length(),
+            " tokens, but --seq-length ", S, " needs ", S + 1);
+  if (valid)
+    MOE_CHECK(valid->sample_length() == S + 1, "validation data: samples of ",
+              valid->sample_length(), " tokens, but --seq-length ", S, " needs ", S + 1);
+}
+
+Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
+  const int64_t B = config_.micro_batch_size, S = config_.seq_length, L = S + 1;
+  const int64_t V = model_.config().vocab_size;
+  Tensor sample = source.next(B);
+  MOE_CHECK(sample.device().is_cpu() && sample.shape() == Shape({B, L}), which,
+            " data: a micro-batch must be [", B, ", ", L, "] on the host, got ", sample.str());
+  if (sample.dtype() != DType::i64) sample = sample.to(DType::i64);
+  const int64_t* ids = sample.data<int64_t>();
+  // [B, S + 1] -> inputs [S, B] = sample[:, :-1]^T, labels [S, B] = sample[:, 1:]^T.
+  std::vector<int64_t> inputs(static_cast<size_t>(S * B)), labels(static_cast<size_t>(S * B));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t id = ids[b * L + t];
+      MOE_CHECK(id >= 0 && id < V, which, " data: token id ", id, " (sample ", b, ", position ",
+                t, ") is outside the vocabulary [0, ", V, ")");
+      if (t < S) inputs[static_cast<size_t>(t * B + b)] = id;
+      if (t > 0) labels[static_cast<size_t>((t - 1) * B + b)] = id;
+    }
+  }
+  MicroBatch mb;
+  mb.input_ids = Tensor::from_vector(inputs, {S, B}, model_.device());
+  mb.labels = Tensor::from_vector(labels, {S, B}, model_.device());
+  return mb;
+}
+
+void Trainer::discard_step_accumulators() {
+  std::vector<nn::NamedBuffer> buffers = model_.buffers();
+  std::vector<Tensor> saved;
+  saved.reserve(buffers.size());
+  for (const nn::NamedBuffer& b : buffers) saved.push_back(b.value->clone());
+  model_.finish_step();
+  for (size_t i = 0; i < buffers.size(); ++i) buffers[i].value->copy_(saved[i]);
+}
+
+StepMetrics Trainer::train_step() {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t M = config_.num_microbatches();
+  const double scale = 1.0 / static_cast<double>(M);
+  StepMetrics m;
+  m.iteration = iteration_ + 1;
+
+  model_.zero_grad();
+  Tensor sums;  // [lm, aux, mtp] summed over the micro-batches, on the device
+  for (int64_t i = 0; i < M; ++i) {
+    MicroBatch mb = load(train_, "training");
+    nn::GPTContext ctx;
+    const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
+    model_.backward(ctx, scale);
+    if (!sums.defined()) sums = Tensor::zeros({3}, loss.lm_loss.dtype(), loss.lm_loss.device());
+    accumulate(sums, 0, loss.lm_loss);
+    accumulate(sums, 1, loss.aux_loss);
+    accumulate(sums, 2, loss.mtp_loss);
+  }
+  const std::vector<double> host = sums.to_double_vector();  // the step's one loss read-back
+  m.loss = host[0] * scale;
+  m.aux_loss = host[1] * scale;
+  m.mtp_loss = host[2] * scale;
+
+  const int64_t n = optimizer_.steps_taken();
+  m.lr = schedule_.lr(n);
+  m.weight_decay = schedule_.weight_decay(n);
+
+  // The first value that is not finite, if any: the losses, then the gradient norm (which the
+  // optimizer computes and refuses on).
+  std::string bad;
+  double bad_value = 0.0;
+  for (auto [name, value] : {std::pair{"lm loss", m.loss}, std::pair{"aux loss", m.aux_loss},
+                             std::pair{"mtp loss", m.mtp_loss}}) {
+    if (bad.empty() && !std::isfinite(value)) {
+      bad = name;
+      bad_value = value;
+    }
+  }
+  if (bad.empty()) {
+    const StepResult r = optimizer_.step(m.lr, m.weight_decay);
+    m.grad_norm = r.grad_norm;
+    if (!r.taken) {
+      bad = "gradient norm";
+      bad_value = r.grad_norm;
+    }
+  } else {
+    m.grad_norm = std::numeric_limits<double>::quiet_NaN();  // not computed
+  }
+
+  if (!bad.empty()) {
+    MOE_CHECK(config_.nan_action != NanAction::stop, "iteration ", m.iteration, ": the ", bad,
+              " is ", bad_value,
+              " (--check-for-nan-in-loss-and-grad / --nan-action stop); the model and the "
+              "optimizer are unchanged");
+    discard_step_accumulators();
+    ++skipped_;
+    m.skipped = true;
+    m.message = detail::concat("iteration ", m.iteration, ": the ", bad, " is ", bad_value,
+                               "; update skipped (", skipped_, " skipped so far)");
+  } else {
+    model_.finish_step();
+  }
+
+  ++iteration_;
+  consumed_samples_ += config_.global_batch_size;
+  m.consumed_samples = consumed_samples_;
+  m.tokens = config_.global_batch_size * config_.seq_length;
+  m.seconds = seconds_since(start);
+  return m;
+}
+
+double Trainer::evaluate() {
+  MOE_CHECK(valid_ != nullptr, "evaluate: no validation data was given to the trainer");
+  MOE_CHECK(config_.eval_iters > 0, "evaluate: --eval-iters must be positive, got ",
+            config_.eval_iters);
+  // Megatron's evaluate(): eval_iters iterations of a global batch each, forward only.
+  const int64_t count = config_.eval_iters * config_.num_microbatches();
+  Tensor sum;
+  for (int64_t i = 0; i < count; ++i) {
+    MicroBatch mb = load(*valid_, "validation");
+    nn::GPTContext ctx;
+    const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
+    if (!sum.defined()) sum = Tensor::zeros({1}, loss.lm_loss.dtype(), loss.lm_loss.device());
+    accumulate(sum, 0, loss.lm_loss);
+  }
+  // The forward passes counted routed tokens for the expert-bias update: not training data.
+  discard_step_accumulators();
+  return sum.to_double_vector()[0] / static_cast<double>(count);
+}
+
+void Trainer::run(const std::function<void(const StepMetrics&)>& on_step,
+                  const std::function<void(int64_t, double)>& on_eval) {
+  while (iteration_ < config_.train_iters) {
+    const StepMetrics m = train_step();
+    if (on_step && (m.skipped || m.iteration % config_.log_interval == 0)) on_step(m);
+    if (on_eval && valid_ && config_.eval_interval > 0 && config_.eval_iters > 0 &&
+        m.iteration % config_.eval_interval == 0)
+      on_eval(m.iteration, evaluate());
+  }
+}
+
+TrainerState Trainer::state() const {
+  TrainerState s;
+  s.iteration = iteration_;
+  s.consumed_samples = consumed_samples_;
+  s.skipped_iterations = skipped_;
+  s.optimizer_steps = optimizer_.steps_taken();
+  s.train_position = train_.position();
+  s.valid_position = valid_ ? valid_->position() : 0;
+  return s;
+}
+
+void Trainer::restore(const TrainerState& s) {
+  MOE_CHECK(s.iteration >= 0 && s.consumed_samples >= 0 && s.skipped_iterations >= 0 &&
+                s.optimizer_steps >= 0,
+            "Trainer::restore: negative counters (iteration ", s.iteration, ", consumed samples ",
+            s.consumed_samples, ", skipped ", s.skipped_iterations, ", optimizer steps ",
+            s.optimizer_steps, ")");
+  iteration_ = s.iteration;
+  consumed_samples_ = s.consumed_samples;
+  skipped_ = s.skipped_iterations;
+  optimizer_.set_steps_taken(s.optimizer_steps);
+  train_.set_position(s.train_position);
+  if (valid_) valid_->set_position(s.valid_position);
+}
+
+}  // namespace moe::train

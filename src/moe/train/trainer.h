@@ -1,0 +1,142 @@
+// The training loop on one device (Megatron's train() / train_step() / evaluate() of
+// pretrain_gpt, without the parallel pieces): gradient accumulation over micro-batches, the
+// AdamW step with the lr / weight-decay schedules, the expert-bias update, NaN handling, and the
+// counters a checkpoint needs to resume.
+//
+// One iteration (train_step):
+//   zero_grad
+//   for m = 1..M (M = global_batch_size / micro_batch_size micro-batches):
+//     sample = source.next(micro_batch_size)            [B, S + 1]
+//     input_ids = sample[:, :-1]^T, labels = sample[:, 1:]^T   [S, B] (GPTModel's layout)
+//     forward; backward(loss_scale = 1 / M)
+//       -> gradients are the mean of the micro-batch means, the MoE aux / z losses and the MTP
+//          loss scaled by the same 1 / M (Megatron's MoEAuxLossAutoScaler / MTPLossAutoScaler
+//          get loss_scale / num_microbatches)
+//   reported lm / aux / mtp loss = (1 / M) sum_m (the micro-batch's value)   (one read-back)
+//   non-finite loss or gradient norm:
+//     skip: no update, no expert-bias update, the schedule's step count stays, skipped += 1
+//     stop: throw moe::Error naming the iteration and the value (Megatron's
+//           --check-for-nan-in-loss-and-grad); model and optimizer unchanged
+//   else: AdamW step at lr(n), weight_decay(n) with n = optimizer steps taken so far
+//         (LrSchedule: the first step uses lr(0)), then model.finish_step() (expert bias)
+//   iteration += 1, consumed_samples += global_batch_size (skipped iterations count: the data
+//   was consumed, as Megatron counts them).
+//
+// Determinism: the trainer draws no random numbers; given the model's weights and the sources'
+// streams, the CPU run is bitwise reproducible.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "moe/nn/gpt_model.h"
+#include "moe/train/batch_source.h"
+#include "moe/train/lr_schedule.h"
+#include "moe/train/optimizer.h"
+
+namespace moe::train {
+
+enum class NanAction {
+  skip,  // moecore's --nan-action skip: drop the update and go on
+  stop,  // Megatron's --check-for-nan-in-loss-and-grad: raise
+};
+
+struct TrainConfig {
+  int64_t micro_batch_size = 1;   // --micro-batch-size
+  int64_t global_batch_size = 1;  // --global-batch-size (a multiple of --micro-batch-size on
+                                  // one device: num_microbatches = global / micro)
+  int64_t seq_length = 128;       // --seq-length
+  int64_t train_iters = 0;        // --train-iters (run(); also the schedules' default length)
+  int64_t eval_interval = 0;      // --eval-interval (0: no evaluation in run())
+  int64_t eval_iters = 0;         // --eval-iters (iterations of global_batch_size samples each)
+  int64_t log_interval = 1;       // --log-interval
+  uint64_t seed = 1234;           // --seed: the caller builds the model and the data sources
+                                  // from it; the trainer itself draws nothing
+  LrScheduleConfig schedule;      // --lr ... ; decay_iters = 0 and train_iters = 0 default to
+                                  // --train-iters, as Megatron's --lr-decay-iters does
+  OptimizerConfig optimizer;      // --adam-beta1 ... --clip-grad
+  NanAction nan_action = NanAction::skip;  // --nan-action skip|stop
+
+  int64_t num_microbatches() const { return global_batch_size / micro_batch_size; }
+  // Checks the batch and interval flags; names the flags of anything inconsistent.
+  void validate() const;
+};
+
+struct StepMetrics {
+  int64_t iteration = 0;         // this iteration's number, from 1 (Megatron's logged iteration)
+  int64_t consumed_samples = 0;  // after this iteration
+  double lr = 0.0;               // the rate the step used (or would have used, when skipped)
+  double weight_decay = 0.0;
+  double loss = 0.0;             // lm loss: mean over the global batch's micro-batches
+  double aux_loss = 0.0;         // MoE aux + z losses, same mean
+  double mtp_loss = 0.0;         // lambda / D sum_k loss_k, same mean
+  double grad_norm = 0.0;        // before clipping; NaN when the loss was already not finite
+  bool skipped = false;
+  std::string message;           // why the step was skipped ("" when it was taken)
+  int64_t tokens = 0;            // tokens processed: global_batch_size * seq_length
+  double seconds = 0.0;          // host wall time of train_step (the read-backs synchronise)
+};
+
+// What a checkpoint stores besides the model's tensors and optimizer.state() (the lead writes
+// the files). restore() puts a fresh trainer back at the saved point.
+struct TrainerState {
+  int64_t iteration = 0;           // iterations run, skipped ones included
+  int64_t consumed_samples = 0;    // training samples consumed
+  int64_t skipped_iterations = 0;  // iterations whose update was dropped (NaN/Inf)
+  int64_t optimizer_steps = 0;     // updates taken: the schedules' step count
+  int64_t train_position = 0;      // train BatchSource::position()
+  int64_t valid_position = 0;      // validation BatchSource::position() (0 without one)
+};
+
+class Trainer {
+ public:
+  // The model, the sources and (through the optimizer) the parameters must outlive the
+  // trainer. `valid` may be null (no evaluation). Checks the config and that the sources'
+  // samples are seq_length + 1 tokens long.
+  Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& train,
+          BatchSource* valid = nullptr);
+
+  StepMetrics train_step();
+  // Mean lm loss over eval_iters x num_microbatches validation micro-batches (forward only;
+  // the model's step accumulators, e.g. the expert-bias token counts, are left as they were).
+  double evaluate();
+  // Steps until iteration == train_iters; on_step gets every log_interval-th iteration's
+  // metrics (and a skipped one's always), on_eval (iteration, loss) every eval_interval.
+  void run(const std::function<void(const StepMetrics&)>& on_step = {},
+           const std::function<void(int64_t, double)>& on_eval = {});
+
+  TrainerState state() const;
+  void restore(const TrainerState& state);
+
+  int64_t iteration() const { return iteration_; }
+  int64_t consumed_samples() const { return consumed_samples_; }
+  int64_t skipped_iterations() const { return skipped_; }
+  int64_t optimizer_steps() const { return optimizer_.steps_taken(); }
+  AdamW& optimizer() { return optimizer_; }
+  const LrSchedule& schedule() const { return schedule_; }
+  const TrainConfig& config() const { return config_; }
+
+ private:
+  struct MicroBatch {
+    Tensor input_ids;  // [S, B] i64 on the model's device
+    Tensor labels;     // [S, B] i64 on the model's device
+  };
+  MicroBatch load(BatchSource& source, const char* which);
+  // The model's step accumulators are reset without applying them (a skipped step, an
+  // evaluation): finish_step() with the expert biases put back afterwards.
+  void discard_step_accumulators();
+
+  nn::GPTModel& model_;
+  TrainConfig config_;
+  BatchSource& train_;
+  BatchSource* valid_;
+  LrSchedule schedule_;
+  AdamW optimizer_;
+  int64_t iteration_ = 0;
+  int64_t consumed_samples_ = 0;
+  int64_t skipped_ = 0;
+};
+
+}  // namespace moe::train
