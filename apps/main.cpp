@@ -1,10 +1,12 @@
 // The `moe` program: one binary, subcommands, Megatron's flag names.
-//   moe                   the default job (for now: one MoE layer forward + backward)
+//   moe                   a one-layer demo: an MoE layer forward + backward, what it did
 //   moe bench moe-layer   the MoE layer benchmark (bench/moe_layer_bench.h)
 //   moe bench attention   the attention benchmark, per backend (bench/attention_bench.h)
 //   moe bench model       whole-model forward + backward (bench/model_bench.h)
 //   moe convert           Hugging Face <-> moecore model folders (convert_cmd.h)
 //   moe forward           logits and next-token loss of a model folder on token ids (forward_cmd.h)
+//   moe train             Megatron-style training; no flags: the default run (train_cmd.h)
+//   moe generate          a text sample from a byte-level model or training save (generate_cmd.h)
 //   moe info              a model's config and parameter counts (info_cmd.h)
 #include <CLI/CLI.hpp>
 
@@ -14,6 +16,7 @@
 #include "attention_bench.h"
 #include "convert_cmd.h"
 #include "forward_cmd.h"
+#include "generate_cmd.h"
 #include "info_cmd.h"
 #include "layer_demo.h"
 #include "moe/core/error.h"
@@ -21,6 +24,7 @@
 #include "moe/ops/grouped_gemm.h"
 #include "model_bench.h"
 #include "moe_layer_bench.h"
+#include "train_cmd.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"moecore: train Mixture-of-Experts language models"};
@@ -70,6 +74,10 @@ int main(int argc, char** argv) {
   CLI::App* convert = moe::app::add_convert_command(app, convert_options);
   moe::app::ForwardCommandOptions forward_options;
   CLI::App* forward = moe::app::add_forward_command(app, forward_options);
+  moe::app::TrainCommandOptions train_options;
+  CLI::App* train = moe::app::add_train_command(app, train_options);
+  moe::app::GenerateCommandOptions generate_options;
+  CLI::App* generate = moe::app::add_generate_command(app, generate_options);
   moe::app::InfoCommandOptions info_options;
   CLI::App* info = moe::app::add_info_command(app, info_options);
 
@@ -93,6 +101,8 @@ int main(int argc, char** argv) {
     }
     if (convert->parsed()) return moe::app::run_convert(convert_options);
     if (forward->parsed()) return moe::app::run_forward(forward_options, force_cpu);
+    if (train->parsed()) return moe::app::run_train(*train, force_cpu);
+    if (generate->parsed()) return moe::app::run_generate(generate_options, force_cpu);
     if (info->parsed()) return moe::app::run_info(info_options);
     return moe::app::run_layer_demo(force_cpu);
   } catch (const std::exception& e) {

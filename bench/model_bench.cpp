@@ -17,6 +17,7 @@
 #include "moe/nn/model_zoo.h"
 #include "moe/nn/param_count.h"
 #include "moe/ops/attention.h"
+#include "moe/train/train_log.h"
 
 namespace moe::bench {
 namespace {
@@ -46,17 +47,6 @@ HeadDims head_dims(const nn::ModelConfig& c) {
   if (c.attention_type == nn::AttentionType::mla)
     return {c.mla.qk_head_dim + c.mla.qk_pos_emb_head_dim, c.mla.v_head_dim};
   return {c.head_dim(), c.head_dim()};
-}
-
-// Parameters that nn::count_parameters puts under `attention` but that are no matmul weights:
-// the q/k (GQA) or latent (MLA) norm weights and Qwen2's q/k/v biases, per layer.
-int64_t attention_non_matmul_params(const nn::ModelConfig& c) {
-  if (c.attention_type == nn::AttentionType::mla)
-    return c.qk_layernorm ? c.mla.q_lora_rank + c.mla.kv_lora_rank : 0;
-  const int64_t D = c.head_dim();
-  int64_t n = c.qk_layernorm ? 2 * D : 0;
-  if (c.add_qkv_bias) n += c.num_attention_heads * D + 2 * c.num_query_groups * D;
-  return n;
 }
 
 // Random token ids: S + 1 rows of B ids, uniform over the vocabulary; input = rows [0, S),
@@ -147,19 +137,9 @@ nn::ModelConfig bench_model_config(const std::string& spec) {
 
 StepFlops model_step_flops(const nn::ModelConfig& config, int64_t seq_length,
                            int64_t micro_batch_size) {
-  const nn::ParamCount count = nn::count_parameters(config).main;
-  const int64_t L = config.num_layers, V = config.vocab_size, H = config.hidden_size;
-  StepFlops flops;
-  flops.matmul_params = count.active() - count.embedding - count.norms -
-                        L * attention_non_matmul_params(config) +
-                        (config.untie_embeddings_and_output_weights ? 0 : V * H);
-  const double tokens = static_cast<double>(seq_length) * static_cast<double>(micro_batch_size);
-  const HeadDims dims = head_dims(config);
-  flops.matmul = 6.0 * tokens * static_cast<double>(flops.matmul_params);
-  flops.attention =
-      6.0 * tokens * static_cast<double>(L) * (static_cast<double>(seq_length) / 2.0) *
-      static_cast<double>(config.num_attention_heads) * static_cast<double>(dims.qk + dims.v);
-  return flops;
+  const train::ModelFlops f =
+      train::model_flops_breakdown(config, seq_length, seq_length * micro_batch_size);
+  return {f.matmul_params, f.matmul, f.attention};
 }
 
 CLI::App* add_model_bench_command(CLI::App& bench, ModelBenchOptions& options) {

@@ -3,7 +3,8 @@
 # The CUDA toolkit (nvcc, cuBLASLt, NCCL, cuDNN) is used when present under /usr/local/cuda.
 set -euo pipefail
 packages=(cmake ninja-build g++ libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev
-          nlohmann-json3-dev libcli11-dev)
+          nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
+          fortunes)  # fortunes: the text of `moe train`'s default run (data/builtin_corpus.h)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

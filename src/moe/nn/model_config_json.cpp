@@ -388,6 +388,19 @@ json moe_to_json(const MoEConfig& m) {
 
 }  // namespace
 
+namespace {
+
+// The MoE block as the model uses it: hidden_size and init_method_std mirror the model's
+// (moe_config_for_layer takes them from there), whatever the in-memory copy holds.
+MoEConfig mirrored_moe(const ModelConfig& c) {
+  MoEConfig m = c.moe;
+  m.hidden_size = c.hidden_size;
+  m.init_method_std = c.init_method_std;
+  return m;
+}
+
+}  // namespace
+
 json model_config_to_json(const ModelConfig& c) {
   json yarn = nullptr;
   if (c.yarn)
@@ -425,7 +438,7 @@ json model_config_to_json(const ModelConfig& c) {
       {"untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights},
       {"init_method_std", c.init_method_std},
       {"moe_layer_freq", format_moe_layer_freq(c.moe_layer_pattern)},
-      {"moe", moe_to_json(c.moe)},
+      {"moe", moe_to_json(mirrored_moe(c))},
       {"mtp_num_layers", c.mtp_num_layers},
       {"mtp_loss_scaling_factor", c.mtp_loss_scaling_factor},
   };

@@ -116,6 +116,7 @@ StepMetrics Trainer::train_step() {
     MicroBatch mb = load(train_, "training");
     nn::GPTContext ctx;
     const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
+    if (on_micro_batch) on_micro_batch(ctx);
     model_.backward(ctx, scale);
     if (!sums.defined()) sums = Tensor::zeros({3}, loss.lm_loss.dtype(), loss.lm_loss.device());
     accumulate(sums, 0, loss.lm_loss);

@@ -98,6 +98,10 @@ class Trainer {
   Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& train,
           BatchSource* valid = nullptr);
 
+  // Called after each training micro-batch's forward with its context (the routers' counts and
+  // losses per layer), before its backward: per-layer MoE logging reads it there.
+  std::function<void(const nn::GPTContext&)> on_micro_batch;
+
   StepMetrics train_step();
   // Mean lm loss over eval_iters x num_microbatches validation micro-batches (forward only;
   // the model's step accumulators, e.g. the expert-bias token counts, are left as they were).

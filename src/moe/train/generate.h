@@ -1,0 +1,83 @@
+// Text generation from a GPTModel, one token at a time (`moe generate`, and the sample the
+// default run prints). Each step samples the next id from the logits of the last position:
+//   greedy       temperature == 0 (or top_k == 1): argmax (the lowest id among equal maxima)
+//   temperature  p_i = softmax(logits / T)_i
+//   top-k        only the k largest logits stay (the rest get probability 0), k = 0: all
+//   top-p        nucleus (Holtzman et al., 2019): of the ids left, sorted by probability,
+//                the smallest prefix whose probability sums to >= top_p stays (at least the
+//                most likely id); top_p = 1: all
+// applied in that order (as Hugging Face's generate does), then renormalised, and one id drawn
+// by the inverse CDF over the kept ids in their sorted order with a uniform u in (0, 1) from
+// the Philox generator (core/rng.h) at (seed, step): the same seed gives the same text on any
+// device (up to the logits' own rounding).
+// Ids at or above sampled_vocab_size (the vocabulary padding) are never chosen.
+//
+// No KV cache yet: every step recomputes the whole window with GPTModel::logits, so a step
+// costs a full forward of the window (fine for samples of a few hundred tokens from small
+// models). The window is the last `max_sequence_length` ids (default: the model's
+// max_position_embeddings): rotary positions restart at 0 in each window.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "moe/nn/gpt_model.h"
+
+namespace moe::train {
+
+struct SamplingOptions {
+  double temperature = 1.0;  // >= 0; 0 is greedy
+  int64_t top_k = 0;         // >= 0; 0 keeps all ids
+  double top_p = 1.0;        // in (0, 1]; 1 keeps all ids
+};
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 200;  // >= 0
+  SamplingOptions sampling;
+  uint64_t seed = 1234;
+  // The longest window given to the model: 0 is the model's max_position_embeddings; else
+  // 1..max_position_embeddings (Megatron's --seq-length of the run).
+  int64_t max_sequence_length = 0;
+  // Generation stops after this id is produced (it is the last id returned); nullopt: never.
+  std::optional<int64_t> end_of_document_id;
+  // Ids >= this are never sampled: the tokenizer's vocabulary inside the model's padded one.
+  // 0 is the model's vocab_size; else 1..vocab_size.
+  int64_t sampled_vocab_size = 0;
+};
+
+// Throws moe::Error naming the option when it is out of range.
+void check_sampling_options(const SamplingOptions& options);
+
+// The distribution the sampler draws from, over ids 0..logits.size()-1 (ids >= sampled_vocab,
+// when > 0, get 0): temperature, top-k, top-p as above; greedy gives a one-hot. Logits may be
+// -inf (never chosen); NaN, +inf, or no finite logit among the sampled ids are errors.
+std::vector<double> sampling_distribution(const std::vector<double>& logits,
+                                          const SamplingOptions& options,
+                                          int64_t sampled_vocab = 0);
+
+// One id drawn from sampling_distribution(logits, options, sampled_vocab) with the uniform
+// number `draw` of the Philox stream `seed`: a pure function of its arguments.
+int64_t sample_token(const std::vector<double>& logits, const SamplingOptions& options,
+                     uint64_t seed, uint64_t draw, int64_t sampled_vocab = 0);
+
+// The uniform in (0, 1) used for draw `draw` of `seed`: 53 random bits from one Philox block.
+double sampling_uniform(uint64_t seed, uint64_t draw);
+
+// Continues `prompt` (ids in 0..sampled vocabulary - 1, at least one) by up to
+// options.max_new_tokens ids and returns only the new ids (the end-of-document id included
+// when generation stopped at it). Step t (0-based) uses draw t of options.seed.
+std::vector<int64_t> generate(nn::GPTModel& model, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options);
+
+// generate() for a byte-level model (data/byte_tokenizer.h): the prompt text's bytes (an empty
+// prompt starts a new document: the end-of-document id alone), sampling only ids 0..256, and
+// stopping at the end-of-document id unless options.end_of_document_id says otherwise. Returns
+// the new text (the end-of-document id dropped). A model whose vocab_size cannot be a padded
+// byte vocabulary (ByteTokenizer::fits_model_vocab) is an error saying a tokenizer is needed.
+std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
+                               GenerateOptions options);
+
+}  // namespace moe::train

@@ -1,0 +1,107 @@
+// `moe train`'s flags -> the resolved run: the model (a zoo preset, the default tiny byte-level
+// MoE, or a model_config.json, with Megatron's shape and MoE flags as overrides), the trainer's
+// config (batches, schedules, AdamW, NaN action) and the run's own options (device, logging,
+// checkpoints).
+//
+// Megatron-LM's flag names, one table (train_flags(): name, value, what it sets) documents every
+// flag this build knows; `moe train --help` prints it. Sources, later overriding earlier:
+//   1. the default run's values (default_train_run())
+//   2. the --model preset's model
+//   3. --config FILE.yaml: keys are the flag names without the leading dashes, with '-' or '_'
+//      (num_layers: 4, moe-router-topk: 2, bf16: true, moe_layer_freq: [0, 1, 1])
+//   4. the command line (--flag value, --flag=value; switches take no value)
+// Flags are applied in the table's order, not the command line's: --model first, then the model
+// overrides, then the rest, so `--num-layers 4 --model qwen3-30b-a3b` is the cut Qwen3.
+//
+// Defaults that follow other flags (each said in its help line): --global-batch-size =
+// --micro-batch-size when only that is given (Megatron: micro x data-parallel size),
+// --min-lr = --lr / 10 when only --lr is given, warm-up = --train-iters / 10 unless
+// --lr-warmup-iters or --lr-warmup-fraction is given, --lr-decay-iters = --train-iters.
+//
+// Never ignored: an unknown flag or YAML key, a flag this build refuses (--data-path, parallel
+// sizes above 1, --fp16, ...) and an invalid combination all throw moe::Error naming the flag.
+// --save / --load / --save-interval / --finetune / --no-load-optim are parsed here; the run
+// refuses them unless the build wires training checkpoints (train_run.h's TrainHooks).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "moe/nn/model_config.h"
+#include "moe/train/trainer.h"
+
+namespace moe::train {
+
+struct TrainRunConfig {
+  std::string model_preset = "default";  // --model: "default", a zoo name or a .json file
+  nn::ModelConfig model;                 // after the overrides; validate()d
+  TrainConfig train;                     // after the overrides; validate()d
+
+  bool bf16 = false;  // --bf16: bf16 parameters and activations, fp32 masters (GPU only)
+  bool cpu = false;   // --cpu (moecore): the CPU even when a GPU is present
+
+  // Logging.
+  std::string tensorboard_dir;       // --tensorboard-dir
+  std::string log_dir;               // --log-dir (moecore): metrics.jsonl goes there
+  std::string metrics_jsonl;         // --metrics-jsonl (moecore): the JSONL file itself
+  bool moe_per_layer_logging = false;  // --moe-per-layer-logging
+
+  // Checkpoints (train_run.h refuses them when the build has no checkpoint hooks).
+  std::string save;            // --save DIR
+  std::string load;            // --load DIR
+  int64_t save_interval = 0;   // --save-interval (0: at the end only)
+  bool finetune = false;       // --finetune: load the weights only, counters from 0
+  bool no_load_optim = false;  // --no-load-optim
+
+  int64_t sample_tokens = 200;  // --sample-tokens (moecore): text sampled after training
+
+  std::string config_file;  // --config
+  // The flags that were given ("--name value"), in table order, for the run's log.
+  std::vector<std::string> given;
+
+  // Where the JSONL metrics go: --metrics-jsonl, else <--log-dir>/metrics.jsonl, else
+  // <--save>/metrics.jsonl, else "" (none).
+  std::string metrics_path() const;
+};
+
+struct TrainFlag {
+  std::string name;        // "--num-layers"
+  std::string value_name;  // "N", "STYLE", ...; empty for a switch
+  std::string help;        // what it sets, its choices
+  std::string refused;     // non-empty: why this build stops on the flag
+};
+
+// The table: every flag `moe train` knows, in the order they are applied.
+std::vector<TrainFlag> train_flags();
+// The help text of the table.
+std::string train_flags_help();
+
+// `moe train` with no arguments at all also saves its checkpoint here (relative to the working
+// directory), so that `moe generate --load checkpoints/default` can read it.
+inline constexpr const char* kDefaultRunSave = "checkpoints/default";
+
+// The default run: the built-in tiny byte-level MoE and the training values `moe train` uses
+// when no flag says otherwise.
+TrainRunConfig default_train_run();
+// The default run's model ("--model default"): 4 layers, hidden 64, 8 experts top-2, the byte
+// vocabulary (257 ids) padded to 384 as Megatron pads it (data/byte_tokenizer.h).
+nn::ModelConfig default_train_model();
+
+// argv after "train" -> the resolved run. `args` may hold --config FILE. No arguments at all:
+// default_train_run() with --save kDefaultRunSave.
+TrainRunConfig parse_train_args(const std::vector<std::string>& args);
+
+// YAML file -> (flag name "--x-y", value text) pairs, in file order. Keys may use '_' or '-';
+// lists become "[a,b,c]", booleans "true"/"false". Errors name the file and the key.
+std::vector<std::pair<std::string, std::string>> read_train_yaml(const std::string& path);
+
+// The resolved run for a checkpoint's record: {"model_preset", "flags" (as given), "model" (the
+// model_config_json form), "train" (batches, schedule, optimizer)}.
+nlohmann::json run_config_json(const TrainRunConfig& run);
+
+// A few lines: the model, the device-independent training options, the flags given.
+std::string describe(const TrainRunConfig& run);
+
+}  // namespace moe::train

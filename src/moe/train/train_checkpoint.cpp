@@ -1,0 +1,423 @@
+// Training checkpoints: save, verify, load (train_checkpoint.h).
+#include "moe/train/train_checkpoint.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "moe/checkpoint/atomic_folder.h"
+#include "moe/checkpoint/hf_names.h"
+#include "moe/checkpoint/model_io.h"
+#include "moe/core/crc32c.h"
+#include "moe/core/error.h"
+#include "moe/core/json_file.h"
+#include "moe/io/atomic_file.h"
+#include "moe/io/safetensors.h"
+#include "moe/nn/model_config_json.h"
+
+namespace moe::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kTrainerState = "trainer_state.json";
+constexpr const char* kOptimizer = "optimizer.safetensors";
+constexpr const char* kModelConfig = "model_config.json";
+constexpr const char* kManifestFormat = "moecore-training-checkpoint";
+constexpr const char* kTrainerStateFormat = "moecore-trainer-state";
+constexpr int kVersion = 1;
+constexpr const char* kMasterSuffix = ".master";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+struct FileDigest {
+  uint64_t size = 0;
+  uint32_t crc = 0;
+};
+
+// Size and CRC-32C of a file, read back from the disk in 4 MiB pieces.
+FileDigest digest_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK(in.good(), "cannot open ", path.string(), " to checksum it");
+  std::vector<char> buffer(size_t{4} << 20);
+  FileDigest d;
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const std::streamsize got = in.gcount();
+    if (got <= 0) break;
+    d.crc = crc32c(buffer.data(), static_cast<size_t>(got), d.crc);
+    d.size += static_cast<uint64_t>(got);
+  }
+  MOE_CHECK(in.eof(), "reading ", path.string(), " failed after ", d.size, " bytes");
+  return d;
+}
+
+std::string crc_hex(uint32_t crc) {
+  char text[9];
+  std::snprintf(text, sizeof text, "%08x", crc);
+  return text;
+}
+
+// Every regular file under `folder` (relative, '/'-separated), the manifest left out.
+std::vector<std::string> files_under(const fs::path& folder) {
+  std::vector<std::string> names;
+  for (const fs::directory_entry& e : fs::recursive_directory_iterator(folder)) {
+    if (!e.is_regular_file()) continue;
+    const std::string name = fs::relative(e.path(), folder).generic_string();
+    if (name != kManifest) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+json trainer_state_json(const Trainer& trainer, DType model_dtype, const json& run_config) {
+  const TrainerState s = trainer.state();
+  const TrainConfig& c = trainer.config();
+  return json{
+      {"format", kTrainerStateFormat},
+      {"version", kVersion},
+      {"iteration", s.iteration},
+      {"consumed_samples", s.consumed_samples},
+      {"skipped_iterations", s.skipped_iterations},
+      {"optimizer_steps", s.optimizer_steps},
+      {"train_position", s.train_position},
+      {"valid_position", s.valid_position},
+      // The trainer draws nothing; the data order is a function of (seed, position).
+      {"rng", {{"seed", c.seed}, {"generator", "philox4x32-10"}}},
+      {"model_dtype", dtype_name(model_dtype)},
+      {"train_config",
+       {{"micro_batch_size", c.micro_batch_size},
+        {"global_batch_size", c.global_batch_size},
+        {"seq_length", c.seq_length},
+        {"train_iters", c.train_iters},
+        {"lr", c.schedule.lr},
+        {"min_lr", c.schedule.min_lr},
+        {"lr_decay_style", c.schedule.decay_style},
+        {"clip_grad", c.optimizer.clip_grad},
+        {"exp_avg_dtype", dtype_name(c.optimizer.exp_avg_dtype)},
+        {"exp_avg_sq_dtype", dtype_name(c.optimizer.exp_avg_sq_dtype)}}},
+      {"run_config", run_config},
+  };
+}
+
+// A field of a checkpoint JSON file, with an error naming the file and the key.
+template <class T>
+T field(const json& object, const std::string& key, const fs::path& file) {
+  const auto it = object.find(key);
+  MOE_CHECK(it != object.end(), file.string(), " has no \"", key, "\"");
+  try {
+    return it->get<T>();
+  } catch (const json::exception& e) {
+    MOE_FAIL(file.string(), ": \"", key, "\" is ", it->dump(), ", not of the expected type (",
+             e.what(), ")");
+  }
+}
+
+// The model config as "path: value" leaves ("moe.num_experts": 4), for naming differences.
+void flatten(const json& j, const std::string& prefix, std::map<std::string, json>& out) {
+  if (j.is_object()) {
+    for (const auto& [key, value] : j.items())
+      flatten(value, prefix.empty() ? key : prefix + "." + key, out);
+  } else {
+    out[prefix] = j;
+  }
+}
+
+std::vector<std::string> config_differences(const nn::ModelConfig& saved,
+                                            const nn::ModelConfig& current) {
+  std::map<std::string, json> a, b;
+  flatten(nn::model_config_to_json(saved), "", a);
+  flatten(nn::model_config_to_json(current), "", b);
+  std::vector<std::string> out;
+  for (const auto& [key, value] : a) {
+    const auto it = b.find(key);
+    const std::string other = it == b.end() ? "(absent)" : it->second.dump();
+    if (it == b.end() || it->second != value)
+      out.push_back(key + ": checkpoint " + value.dump() + ", model " + other);
+  }
+  for (const auto& [key, value] : b)
+    if (!a.count(key)) out.push_back(key + ": checkpoint (absent), model " + value.dump());
+  return out;
+}
+
+// Name -> shape of every tensor a config's model has (the moecore layout).
+std::map<std::string, Shape> tensor_layout(const nn::ModelConfig& config) {
+  std::map<std::string, Shape> layout;
+  for (const checkpoint::UnitMapping& unit : checkpoint::hf_model_mapping(config))
+    for (const checkpoint::TensorMapping& m : unit.tensors) layout[m.name] = m.shape;
+  return layout;
+}
+
+std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+  return out;
+}
+
+// The iteration folder to read: load_dir itself when it is one, else the one of the asked
+// iteration or of the tracker.
+fs::path resolve_folder(const std::string& load_dir, const LoadOptions& options) {
+  const fs::path dir(load_dir);
+  MOE_CHECK(fs::is_directory(dir), "--load ", load_dir, ": no such folder");
+  if (!options.iteration && fs::exists(dir / kManifest)) return dir;  // an iteration folder
+  int64_t iteration = 0;
+  if (options.iteration) {
+    MOE_CHECK(*options.iteration >= 0, "--ckpt-step must be >= 0, got ", *options.iteration);
+    iteration = *options.iteration;
+  } else {
+    const std::optional<int64_t> latest = latest_checkpoint_iteration(load_dir);
+    MOE_CHECK(latest.has_value(), "--load ", load_dir, ": no ", kTrackerFileName,
+              " there, so no training checkpoint to resume from");
+    iteration = *latest;
+  }
+  const fs::path folder = dir / checkpoint_folder_name(iteration);
+  MOE_CHECK(fs::is_directory(folder), "training checkpoint ", folder.string(), " does not exist",
+            options.iteration ? std::string(" (--ckpt-step ") + std::to_string(iteration) + ")"
+                              : std::string(" (named by ") + kTrackerFileName + ")");
+  return folder;
+}
+
+void check_shape_of(const io::SafetensorsFile& file, const std::string& name,
+                    const Tensor& target) {
+  const io::SafetensorsTensorInfo& info = file.info(name);
+  MOE_CHECK(info.shape == target.shape(), "tensor ", name, " of ", file.path(), " has shape ",
+            shape_str(info.shape), ", the run's is ", shape_str(target.shape()));
+}
+
+// The file's tensor into `target`, cast to its dtype (round to nearest even) on its device.
+void load_into(Tensor& target, const io::SafetensorsFile& file, const std::string& name) {
+  target.copy_(file.load(name, target.device(), target.dtype()));
+}
+
+}  // namespace
+
+std::string checkpoint_folder_name(int64_t iteration) {
+  MOE_CHECK(iteration >= 0 && iteration <= 9'999'999,
+            "checkpoint iteration must be in [0, 9999999], got ", iteration);
+  char name[16];
+  std::snprintf(name, sizeof name, "iter_%07lld", static_cast<long long>(iteration));
+  return name;
+}
+
+std::optional<int64_t> latest_checkpoint_iteration(const std::string& save_dir) {
+  const fs::path tracker = fs::path(save_dir) / kTrackerFileName;
+  if (!fs::exists(tracker)) return std::nullopt;
+  std::ifstream in(tracker);
+  MOE_CHECK(in.good(), "cannot open the checkpoint tracker ", tracker.string());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  bool digits = !text.empty() && text.size() <= 18;
+  for (char c : text) digits = digits && std::isdigit(static_cast<unsigned char>(c));
+  MOE_CHECK(digits, "the checkpoint tracker ", tracker.string(), " holds \"", text,
+            "\", not an iteration number");
+  return std::stoll(text);
+}
+
+void save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model, Trainer& trainer,
+                              const nlohmann::json& run_config) {
+  std::error_code ec;
+  fs::create_directories(save_dir, ec);
+  MOE_CHECK(!ec && fs::is_directory(save_dir), "--save ", save_dir,
+            ": cannot create the folder: ", ec.message());
+  const int64_t iteration = trainer.iteration();
+  const fs::path target = fs::path(save_dir) / checkpoint_folder_name(iteration);
+
+  // Everything goes into a hidden sibling folder first; commit() swaps it into place.
+  checkpoint::AtomicFolder folder(target.string(), /*overwrite=*/true);
+  const fs::path temp(folder.path());
+  checkpoint::save_model(temp.string(), model);
+
+  io::NamedTensors optimizer_tensors;
+  for (const NamedTensor& s : trainer.optimizer().state())
+    optimizer_tensors.emplace_back(s.name, *s.value);
+  io::write_safetensors((temp / kOptimizer).string(), optimizer_tensors, {{"format", "pt"}});
+
+  io::write_file_atomically((temp / kTrainerState).string(),
+                            trainer_state_json(trainer, model.dtype(), run_config).dump(2) + "\n");
+
+  // The manifest from the bytes on the disk, so that it vouches for what was written.
+  json files = json::object();
+  for (const std::string& name : files_under(temp)) {
+    const FileDigest d = digest_file(temp / name);
+    files[name] = {{"size", d.size}, {"crc32c", crc_hex(d.crc)}};
+  }
+  const json manifest{{"format", kManifestFormat},
+                      {"version", kVersion},
+                      {"iteration", iteration},
+                      {"checksum", "crc32c"},
+                      {"files", files}};
+  io::write_file_atomically((temp / kManifest).string(), manifest.dump(2) + "\n");
+  folder.commit();
+
+  // Megatron's tracker: the iteration number alone.
+  io::write_file_atomically((fs::path(save_dir) / kTrackerFileName).string(),
+                            std::to_string(iteration));
+}
+
+void verify_training_checkpoint(const std::string& folder_name) {
+  const fs::path folder(folder_name);
+  const fs::path manifest_path = folder / kManifest;
+  MOE_CHECK(fs::exists(manifest_path), "training checkpoint ", folder.string(), " has no ",
+            kManifest, " (an interrupted save, or not a moecore training checkpoint)");
+  const json manifest = read_json_file(manifest_path.string(), "checkpoint manifest");
+  MOE_CHECK(manifest.is_object(), manifest_path.string(), " is not a JSON object");
+  const std::string format = field<std::string>(manifest, "format", manifest_path);
+  MOE_CHECK(format == kManifestFormat, manifest_path.string(), ": format \"", format,
+            "\" is not \"", kManifestFormat, "\"");
+  const int version = field<int>(manifest, "version", manifest_path);
+  MOE_CHECK(version == kVersion, manifest_path.string(), ": version ", version,
+            " is not supported (this build reads version ", kVersion, ")");
+  const json files = field<json>(manifest, "files", manifest_path);
+  MOE_CHECK(files.is_object(), manifest_path.string(), ": \"files\" is not an object");
+
+  bool has_weights = false;
+  for (const char* required : {kModelConfig, kOptimizer, kTrainerState})
+    MOE_CHECK(files.contains(required), manifest_path.string(), " does not list ", required,
+              ", which a training checkpoint needs");
+  for (const auto& [name, entry] : files.items()) {
+    const fs::path path = folder / name;
+    MOE_CHECK(entry.is_object(), manifest_path.string(), ": the entry of ", name,
+              " is not an object");
+    const uint64_t size = field<uint64_t>(entry, "size", manifest_path);
+    const std::string crc = field<std::string>(entry, "crc32c", manifest_path);
+    MOE_CHECK(name.find("..") == std::string::npos && !fs::path(name).is_absolute(),
+              manifest_path.string(), " lists ", name, ", a path outside the checkpoint");
+    MOE_CHECK(fs::is_regular_file(path), "training checkpoint file ", path.string(),
+              " is missing (listed in ", kManifest, ")");
+    const FileDigest d = digest_file(path);
+    MOE_CHECK(d.size == size, "training checkpoint file ", path.string(), " is ", d.size,
+              " bytes, the manifest says ", size, d.size < size ? " (truncated)" : " (replaced?)");
+    MOE_CHECK(crc_hex(d.crc) == crc, "training checkpoint file ", path.string(),
+              " is corrupt: CRC-32C ", crc_hex(d.crc), ", the manifest says ", crc);
+    if (name != kOptimizer && ends_with(name, ".safetensors")) has_weights = true;
+  }
+  MOE_CHECK(has_weights, manifest_path.string(), " lists no model safetensors file");
+}
+
+LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& model,
+                                    Trainer* trainer, const LoadOptions& options) {
+  const fs::path folder = resolve_folder(load_dir, options);
+  verify_training_checkpoint(folder.string());
+
+  LoadResult result;
+  result.folder = folder.string();
+
+  // trainer_state.json: checked before anything is changed.
+  const fs::path state_path = folder / kTrainerState;
+  const json state = read_json_file(state_path.string(), "trainer state");
+  MOE_CHECK(state.is_object(), state_path.string(), " is not a JSON object");
+  const std::string format = field<std::string>(state, "format", state_path);
+  MOE_CHECK(format == kTrainerStateFormat, state_path.string(), ": format \"", format,
+            "\" is not \"", kTrainerStateFormat, "\"");
+  TrainerState& saved = result.saved;
+  saved.iteration = field<int64_t>(state, "iteration", state_path);
+  saved.consumed_samples = field<int64_t>(state, "consumed_samples", state_path);
+  saved.skipped_iterations = field<int64_t>(state, "skipped_iterations", state_path);
+  saved.optimizer_steps = field<int64_t>(state, "optimizer_steps", state_path);
+  saved.train_position = field<int64_t>(state, "train_position", state_path);
+  saved.valid_position = field<int64_t>(state, "valid_position", state_path);
+  result.iteration = saved.iteration;
+  result.seed = field<uint64_t>(field<json>(state, "rng", state_path), "seed", state_path);
+  result.run_config = field<json>(state, "run_config", state_path);
+  if (folder.filename().string().rfind("iter_", 0) == 0)
+    MOE_CHECK(folder.filename().string() == checkpoint_folder_name(saved.iteration),
+              state_path.string(), " says iteration ", saved.iteration, ", but its folder is ",
+              folder.filename().string());
+
+  // The model: the checkpoint's tensor layout must be this model's.
+  const nn::ModelConfig file_config = nn::load_model_config((folder / kModelConfig).string());
+  result.config_differences = config_differences(file_config, model.config());
+  if (tensor_layout(file_config) != tensor_layout(model.config()))
+    MOE_FAIL("training checkpoint ", folder.string(), " holds a model of other tensor shapes ",
+             "than this run's: ",
+             result.config_differences.empty() ? std::string("(no config field differs)")
+                                               : join(result.config_differences, "; "));
+
+  if (trainer && !options.finetune && !options.no_load_rng)
+    MOE_CHECK(trainer->config().seed == result.seed, "training checkpoint ", folder.string(),
+              " was trained with --seed ", result.seed, ", this run has --seed ",
+              trainer->config().seed, ": the data order would differ (pass --seed ", result.seed,
+              ", or --no-load-rng / --finetune to accept that)");
+
+  // Every check of optimizer.safetensors before anything is changed: a refused checkpoint
+  // leaves the model and the trainer as they were.
+  const io::SafetensorsFile optimizer_file =
+      io::SafetensorsFile::open((folder / kOptimizer).string());
+  std::map<std::string, nn::Parameter*> params;
+  for (nn::Parameter* p : model.parameters()) params[p->name] = p;
+  const auto master_of = [&](const std::string& name) -> nn::Parameter* {
+    if (!ends_with(name, kMasterSuffix)) return nullptr;
+    const auto it = params.find(name.substr(0, name.size() - std::string(kMasterSuffix).size()));
+    return it == params.end() ? nullptr : it->second;
+  };
+  for (const std::string& name : optimizer_file.names())
+    if (nn::Parameter* p = master_of(name)) check_shape_of(optimizer_file, name, p->value);
+  const bool load_optim = trainer && !options.finetune && !options.no_load_optim;
+  std::vector<NamedTensor> optimizer_state;
+  if (trainer) optimizer_state = trainer->optimizer().state();
+  if (load_optim) {
+    std::set<std::string> expected;
+    for (const NamedTensor& s : optimizer_state) {
+      expected.insert(s.name);
+      if (master_of(s.name)) continue;  // masters may be absent (an f32 checkpoint)
+      MOE_CHECK(optimizer_file.contains(s.name), "training checkpoint file ", optimizer_file.path(),
+                " has no optimizer tensor ", s.name);
+      check_shape_of(optimizer_file, s.name, *s.value);
+    }
+    for (const std::string& name : optimizer_file.names())
+      MOE_CHECK(expected.count(name) || master_of(name), "training checkpoint file ",
+                optimizer_file.path(), " holds optimizer tensor ", name,
+                ", which this run's optimizer does not have");
+  }
+
+  checkpoint::load_weights(model, folder.string(), checkpoint::CheckpointFormat::moecore,
+                           file_config);
+  // fp32 masters, when saved, are the weights (the 16-bit weights are their rounding).
+  for (const std::string& name : optimizer_file.names())
+    if (nn::Parameter* p = master_of(name)) load_into(p->value, optimizer_file, name);
+
+  if (model.config().moe.moe_input_jitter_eps && trainer && !options.finetune)
+    result.warnings.push_back(
+        "--moe-input-jitter-eps: the routers' jitter draws are not in the checkpoint; the "
+        "resumed run draws other jitter than the uninterrupted one would");
+  if (!trainer) return result;
+
+  // The optimizer: loaded, or fresh (zero moments); masters are the loaded weights either way.
+  const io::SafetensorsCollection weights = io::SafetensorsCollection::open(folder.string());
+  for (const NamedTensor& s : optimizer_state) {
+    if (nn::Parameter* p = master_of(s.name)) {
+      if (optimizer_file.contains(s.name))
+        load_into(*s.value, optimizer_file, s.name);
+      else  // a checkpoint without masters (an f32 run): its weights, read again in f32
+        s.value->copy_(weights.load(p->name, s.value->device(), s.value->dtype()));
+    } else if (load_optim) {
+      load_into(*s.value, optimizer_file, s.name);
+    } else {
+      s.value->zero_();
+    }
+  }
+  result.loaded_optimizer = load_optim;
+
+  if (options.finetune) {
+    trainer->restore(TrainerState{});  // iteration 0, data from the start, optimizer step 0
+  } else {
+    TrainerState s = saved;
+    if (!load_optim) s.optimizer_steps = 0;
+    trainer->restore(s);
+    result.loaded_trainer_state = true;
+  }
+  return result;
+}
+
+}  // namespace moe::train

@@ -1,0 +1,113 @@
+// Training checkpoints (`moe train --save / --load / --save-interval`, Megatron's layout in
+// spirit): everything a run needs to continue exactly where it stopped.
+//
+//   <save>/latest_checkpointed_iteration.txt   the tracker: the iteration of the last save
+//                                              ("100", as Megatron writes it)
+//   <save>/iter_0000100/                       one folder per saved iteration (7 digits)
+//     model_config.json + model*.safetensors   a moecore model folder (checkpoint::save_model):
+//                                              parameters in the model's dtype and the buffers
+//                                              (expert biases); `moe generate` / load_model
+//                                              read it as it is
+//     optimizer.safetensors                    AdamW::state(): "<param>.exp_avg",
+//                                              "<param>.exp_avg_sq", "<param>.master" (the fp32
+//                                              masters of a 16-bit model)
+//     trainer_state.json                       TrainerState (iteration, consumed samples,
+//                                              skipped iterations, optimizer steps, data
+//                                              positions), the seed, the train config and the
+//                                              run's resolved flags (run_config)
+//     manifest.json                            {"files": {name: {"size", "crc32c"}}} for every
+//                                              other file (CRC-32C, moe::crc32c), written last
+//
+// Saving is crash-safe: the iteration folder is filled under a hidden temporary name next to
+// it (every file fsynced), renamed into place in one step (checkpoint::AtomicFolder: an
+// existing folder of the same iteration is swapped out atomically), and only then is the
+// tracker replaced (io::write_file_atomically). A save interrupted at any point leaves the
+// previous checkpoint and the tracker as they were; its hidden temporary folder is ignored.
+//
+// Loading verifies every file against the manifest before reading any of it, checks that the
+// checkpoint's model has the model's tensor shapes, and restores weights, buffers, optimizer
+// and trainer state. Exactness: the trainer draws no random numbers and the data sources are
+// functions of (seed, position) (batch_source.h), so with the same seed a resumed CPU run
+// reproduces the uninterrupted run's losses bit for bit. Not yet saved: the routers' jitter
+// draw counters (--moe-input-jitter-eps), which Router keeps private; with jitter on, a
+// resumed run draws different jitter (LoadResult::warnings says so).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "moe/nn/gpt_model.h"
+#include "moe/train/trainer.h"
+
+namespace moe::train {
+
+inline constexpr const char* kTrackerFileName = "latest_checkpointed_iteration.txt";
+
+// "iter_0000100" (Megatron's 'iter_{:07d}').
+std::string checkpoint_folder_name(int64_t iteration);
+
+// The tracker's iteration, or nullopt when `save_dir` holds no tracker (no checkpoint yet:
+// Megatron then starts from scratch). A tracker that is not a non-negative integer is an error
+// naming the file.
+std::optional<int64_t> latest_checkpoint_iteration(const std::string& save_dir);
+
+// Writes <save_dir>/iter_<trainer.iteration()>/ as described above and points the tracker at
+// it. `save_dir` is created if missing. An existing folder of the same iteration is replaced
+// atomically. `run_config` (the resolved flags) is stored for the record; it is not read back
+// into anything.
+void save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model, Trainer& trainer,
+                              const nlohmann::json& run_config);
+
+struct LoadOptions {
+  // --ckpt-step: load this iteration instead of the tracker's.
+  std::optional<int64_t> iteration;
+  // --finetune: weights and buffers only; the trainer starts at iteration 0 with a fresh
+  // optimizer (zero moments, step 0, masters from the loaded weights) and data position 0.
+  bool finetune = false;
+  // --no-load-optim: weights, buffers and trainer counters, but a fresh optimizer (zero
+  // moments, step count 0, so the lr schedule starts again as in Megatron).
+  bool no_load_optim = false;
+  // --no-load-rng: accept a trainer whose --seed differs from the checkpoint's (the data order
+  // then differs from the saved run's).
+  bool no_load_rng = false;
+};
+
+struct LoadResult {
+  std::string folder;                 // the iteration folder that was read
+  int64_t iteration = 0;              // the checkpoint's iteration
+  TrainerState saved;                 // the trainer state as saved
+  uint64_t seed = 0;                  // the saved run's --seed
+  nlohmann::json run_config;          // the saved run's resolved flags
+  bool loaded_optimizer = false;      // moments, masters and step count restored
+  bool loaded_trainer_state = false;  // iteration, samples, data positions restored
+  // Model config fields that differ without changing any tensor shape ("moe.moe_aux_loss_coeff:
+  // checkpoint 0.01, model 0.02"), and other things the caller should log.
+  std::vector<std::string> config_differences;
+  std::vector<std::string> warnings;
+};
+
+// Loads the checkpoint `options.iteration`, or the tracker's, of `load_dir` (`load_dir` may
+// also be an iteration folder itself: one holding manifest.json). In order:
+//   - every file listed in manifest.json exists, has its size and its CRC-32C, and the
+//     manifest lists the files a training checkpoint needs; else a moe::Error naming the file
+//     and what is wrong (missing, truncated, checksum mismatch, malformed JSON);
+//   - the checkpoint's model config gives the model's tensor layout; else an error naming every
+//     differing config field with both values (fields that differ without changing shapes are
+//     reported in config_differences);
+//   - weights and buffers are loaded into `model`; parameters with an fp32 master in
+//     optimizer.safetensors take the master (cast to the model's dtype: bit-equal to the saved
+//     bf16 weights, and the full fp32 value for an f32 model);
+//   - with `trainer` (built on `model`, fresh): optimizer state unless no_load_optim or
+//     finetune, trainer state (Trainer::restore, which also positions the data sources) unless
+//     finetune. Without `trainer` only the model is loaded.
+LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& model,
+                                    Trainer* trainer, const LoadOptions& options = {});
+
+// The manifest check alone on an iteration folder (what load does first): throws moe::Error
+// naming the first bad file.
+void verify_training_checkpoint(const std::string& folder);
+
+}  // namespace moe::train

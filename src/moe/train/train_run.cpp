@@ -1,0 +1,169 @@
+#include "moe/train/train_run.h"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "moe/core/error.h"
+#include <filesystem>
+
+#include "moe/data/builtin_corpus.h"
+#include "moe/data/byte_tokenizer.h"
+#include "moe/train/generate.h"
+#include "moe/train/train_checkpoint.h"
+
+namespace moe::train {
+namespace {
+
+void refuse_unwired(const TrainRunConfig& c, const TrainHooks& hooks) {
+  const char* later = " is not supported by this build yet (training checkpoints are not wired "
+                      "into `moe train`); remove it";
+  MOE_CHECK(c.load.empty() || hooks.load, "--load", later);
+  MOE_CHECK(c.save.empty() || hooks.save, "--save", later);
+  MOE_CHECK(c.save_interval == 0 || hooks.save, "--save-interval", later);
+  MOE_CHECK(!c.finetune || hooks.load, "--finetune", later);
+  MOE_CHECK(!c.no_load_optim || hooks.load, "--no-load-optim", later);
+}
+
+void load_checkpoint(TrainSession& s) {
+  const std::string& dir = s.config.load;
+  const bool iteration_folder = std::filesystem::exists(std::filesystem::path(dir) / "manifest.json");
+  if (!iteration_folder && !latest_checkpoint_iteration(dir)) {
+    s.logger.note("--load " + dir + ": no checkpoint there yet; training from scratch");
+    return;
+  }
+  LoadOptions options;
+  options.finetune = s.config.finetune;
+  options.no_load_optim = s.config.no_load_optim;
+  const LoadResult r = load_training_checkpoint(dir, s.model, &s.trainer, options);
+  s.logger.note(moe::detail::concat("loaded checkpoint ", r.folder, " (iteration ", r.iteration, ")",
+                               r.loaded_optimizer ? "" : "; optimizer not loaded",
+                               r.loaded_trainer_state ? "" : "; counters from 0"));
+  for (const std::string& d : r.config_differences) s.logger.note("  config differs: " + d);
+  for (const std::string& w : r.warnings) s.logger.note("  warning: " + w);
+}
+
+void save_checkpoint(TrainSession& s) {
+  save_training_checkpoint(s.config.save, s.model, s.trainer, run_config_json(s.config));
+  s.logger.note(moe::detail::concat("saved checkpoint ", s.config.save, "/",
+                               checkpoint_folder_name(s.trainer.iteration())));
+}
+
+void print_sample(TrainSession& s) {
+  if (s.config.sample_tokens <= 0) return;
+  if (!data::ByteTokenizer::fits_model_vocab(s.model.config().vocab_size)) {
+    s.logger.note(moe::detail::concat("no text sample: the vocabulary of ", s.model.config().vocab_size,
+                                 " ids is not a byte-level one"));
+    return;
+  }
+  GenerateOptions options;
+  options.max_new_tokens = s.config.sample_tokens;
+  options.sampling.temperature = 0.8;
+  options.sampling.top_p = 0.95;
+  options.seed = s.config.train.seed;
+  options.max_sequence_length = s.config.train.seq_length;
+  const std::string text = generate_byte_text(s.model, "", options);
+  s.logger.note(moe::detail::concat("sample (", s.config.sample_tokens,
+                               " bytes at most, temperature 0.8, top-p 0.95):\n", text));
+}
+
+}  // namespace
+
+TrainHooks standard_train_hooks() {
+  TrainHooks hooks;
+  hooks.load = load_checkpoint;
+  hooks.save = save_checkpoint;
+  hooks.after_training = print_sample;
+  return hooks;
+}
+
+Device train_device(const TrainRunConfig& c) {
+  return !c.cpu && cuda_device_count() > 0 ? Device::cuda(0) : Device::cpu();
+}
+
+TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hooks, std::FILE* out) {
+  refuse_unwired(config, hooks);
+  const Device device = train_device(config);
+  MOE_CHECK(!config.bf16 || device.is_cuda(),
+            "--bf16 trains on a GPU; on the CPU the model trains in f32 (drop --bf16)");
+  const DType dtype = config.bf16 ? DType::bf16 : DType::f32;
+
+  const data::BuiltinCorpus corpus = data::load_builtin_corpus();
+  const TrainConfig& tc = config.train;
+  // Different streams for the two splits: the order of the validation samples does not depend
+  // on the training seed's permutation.
+  TokenArraySource train_data(corpus.train, tc.seq_length, tc.seed, /*shuffle=*/true);
+  TokenArraySource valid_data(corpus.valid, tc.seq_length, tc.seed + 1, /*shuffle=*/false);
+  MOE_CHECK(train_data.num_samples() > 0 && valid_data.num_samples() > 0,
+            "--seq-length ", tc.seq_length, " is longer than the built-in corpus's splits (",
+            corpus.train.size(), " / ", corpus.valid.size(), " tokens)");
+
+  nn::GPTModel model(config.model, dtype, device, tc.seed);
+  Trainer trainer(model, tc, train_data, tc.eval_iters > 0 ? &valid_data : nullptr);
+
+  TrainLoggerOptions log_options;
+  log_options.train_iters = tc.train_iters;
+  log_options.global_batch_size = tc.global_batch_size;
+  log_options.seq_length = tc.seq_length;
+  log_options.device = device;
+  log_options.metrics_jsonl = config.metrics_path();
+  log_options.append_metrics = !config.load.empty();
+  log_options.tensorboard_dir = config.tensorboard_dir;
+  TrainLogger logger(config.model, log_options, out);
+
+  if (out) {
+    std::fprintf(out, "%s", describe(config).c_str());
+    std::fprintf(out,
+                 "data: built-in corpus %s: %lld files, %lld training documents (%zu byte "
+                 "tokens, %lld samples), %lld validation documents (%zu tokens)\n",
+                 corpus.source.c_str(), static_cast<long long>(corpus.files),
+                 static_cast<long long>(corpus.train_documents), corpus.train.size(),
+                 static_cast<long long>(train_data.num_samples()),
+                 static_cast<long long>(corpus.valid_documents), corpus.valid.size());
+    std::fprintf(out, "device: %s, %s%s%s%s\n", device.str().c_str(), dtype_name(dtype),
+                 log_options.metrics_jsonl.empty() ? "" : "; metrics -> ",
+                 log_options.metrics_jsonl.c_str(),
+                 config.tensorboard_dir.empty() ? "" : ("; tensorboard -> " + config.tensorboard_dir).c_str());
+    std::fflush(out);
+  }
+
+  TrainSession session{config, model, trainer, train_data, valid_data, logger};
+  if (!config.load.empty()) hooks.load(session);
+
+  TrainRunResult result;
+  const auto start = std::chrono::steady_clock::now();
+  auto evaluate = [&] {
+    const double loss = trainer.evaluate();
+    logger.on_eval(trainer.iteration(), trainer.consumed_samples(), loss);
+    result.valid_losses.emplace_back(trainer.iteration(), loss);
+  };
+  const bool can_eval = tc.eval_iters > 0;
+  MoELayerStatsCollector layer_stats;  // --moe-per-layer-logging
+  if (config.moe_per_layer_logging)
+    trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };
+  while (trainer.iteration() < tc.train_iters) {
+    const StepMetrics m = trainer.train_step();
+    ++result.iterations;
+    result.losses.push_back(m.skipped ? std::numeric_limits<double>::quiet_NaN() : m.loss);
+    const bool last = m.iteration == tc.train_iters;
+    const bool log_now = last || m.iteration % tc.log_interval == 0;
+    logger.on_step(m, log_now,
+                   log_now && config.moe_per_layer_logging ? layer_stats.take()
+                                                           : std::vector<MoELayerStats>{});
+    if (can_eval && tc.eval_interval > 0 && m.iteration % tc.eval_interval == 0 && !last) evaluate();
+    if (hooks.save && config.save_interval > 0 && m.iteration % config.save_interval == 0 && !last)
+      hooks.save(session);
+  }
+  if (can_eval && result.iterations > 0) evaluate();  // Megatron evaluates after training too
+  if (hooks.save && !config.save.empty()) hooks.save(session);
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (out) {
+    std::fprintf(out, "trained %lld iterations in %s\n", static_cast<long long>(result.iterations),
+                 format_duration(result.seconds).c_str());
+    std::fflush(out);
+  }
+  if (hooks.after_training) hooks.after_training(session);
+  return result;
+}
+
+}  // namespace moe::train

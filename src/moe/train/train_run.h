@@ -1,0 +1,71 @@
+// `moe train`'s run: the resolved TrainRunConfig (train_args.h) -> the model on its device, the
+// built-in corpus as training / validation sources, the Trainer, the logger; then the loop with
+// evaluation every --eval-interval and the final evaluation.
+//
+// Hook points (TrainHooks), for the pieces written beside this one:
+//   load / save : training checkpoints. standard_train_hooks() sets them to
+//     train_checkpoint.h's load_training_checkpoint / save_training_checkpoint. Without them
+//     --load, --save, --save-interval, --finetune and --no-load-optim are refused before
+//     anything runs ("not supported by this build yet"), never ignored.
+//   after_training : standard_train_hooks() prints --sample-tokens bytes of text sampled from
+//     the trained model (generate.h's generate_byte_text) when its vocabulary is a byte one.
+// Not wired: --moe-per-layer-logging. The Trainer does not expose its micro-batches' contexts,
+// so the flag is refused until trainer.h gets a per-micro-batch callback; the collector that
+// callback would feed is ready (train_log.h's MoELayerStatsCollector, tested).
+//
+// --load as Megatron: a folder without a checkpoint yet (no tracker) starts from scratch.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <vector>
+
+#include "moe/nn/gpt_model.h"
+#include "moe/train/batch_source.h"
+#include "moe/train/train_args.h"
+#include "moe/train/train_log.h"
+#include "moe/train/trainer.h"
+
+namespace moe::train {
+
+// What a hook sees: everything the run built.
+struct TrainSession {
+  const TrainRunConfig& config;
+  nn::GPTModel& model;
+  Trainer& trainer;
+  TokenArraySource& train_data;
+  TokenArraySource& valid_data;
+  TrainLogger& logger;
+};
+
+struct TrainHooks {
+  // --load DIR: restore model, optimizer and trainer state (honouring --finetune and
+  // --no-load-optim) before the first step.
+  std::function<void(TrainSession&)> load;
+  // --save DIR: called every --save-interval iterations and once at the end.
+  std::function<void(TrainSession&)> save;
+  // After the last iteration and the final evaluation (and the final save).
+  std::function<void(TrainSession&)> after_training;
+};
+
+struct TrainRunResult {
+  int64_t iterations = 0;              // iterations run by this call
+  std::vector<double> losses;          // lm loss of every iteration (NaN when skipped)
+  std::vector<std::pair<int64_t, double>> valid_losses;  // (iteration, lm loss)
+  double seconds = 0.0;                // wall time of the loop (evaluations included)
+};
+
+// The hooks of the `moe` program: checkpoints and the text sample (see above).
+TrainHooks standard_train_hooks();
+
+// The device of a run: the first GPU unless --cpu or there is none.
+Device train_device(const TrainRunConfig& config);
+
+// Builds and runs everything; prints the setup and the log lines to `out`. Throws moe::Error
+// for a refused combination (checkpoint flags without hooks, --bf16 on the CPU, ...) before
+// training starts.
+TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hooks = {},
+                            std::FILE* out = stdout);
+
+}  // namespace moe::train

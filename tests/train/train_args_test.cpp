@@ -1,0 +1,303 @@
+// `moe train`'s flags: Megatron's names onto the model and trainer configs, zoo presets with
+// overrides, YAML files under the command line, and the errors that name the flag (unknown
+// flags and keys, refused flags, bad values, invalid combinations).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <set>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "moe/core/error.h"
+#include "moe/nn/model_config_json.h"
+#include "moe/nn/model_zoo.h"
+#include "moe/train/train_args.h"
+
+namespace moe::train {
+namespace {
+
+using Args = std::vector<std::string>;
+
+// The message of the moe::Error that parsing `args` throws ("" when it does not throw).
+std::string error_of(const Args& args) {
+  try {
+    parse_train_args(args);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+#define EXPECT_ERROR_NAMES(args, ...)                                   \
+  do {                                                                  \
+    const std::string message = error_of(args);                         \
+    ASSERT_FALSE(message.empty()) << "no error";                        \
+    for (const char* part : {__VA_ARGS__})                              \
+      EXPECT_NE(message.find(part), std::string::npos) << message;      \
+  } while (0)
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("moe_train_args_" + std::to_string(getpid()) + "_" + name);
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+TEST(TrainArgs, NoArgumentsIsTheDefaultRunWhichSaves) {
+  const TrainRunConfig run = parse_train_args({});
+  const TrainRunConfig defaults = default_train_run();
+  EXPECT_EQ(run.model_preset, "default");
+  EXPECT_EQ(nn::model_config_to_json(run.model), nn::model_config_to_json(default_train_model()));
+  EXPECT_EQ(run.model.vocab_size, 384);  // 257 byte ids padded as Megatron pads
+  EXPECT_EQ(run.train.train_iters, defaults.train.train_iters);
+  EXPECT_EQ(run.save, kDefaultRunSave);
+  EXPECT_EQ(run.metrics_path(), std::string(kDefaultRunSave) + "/metrics.jsonl");
+  // Any flag makes it an ordinary run: no implicit save.
+  EXPECT_EQ(parse_train_args({"--train-iters", "5"}).save, "");
+}
+
+TEST(TrainArgs, ZooPresetWithOverridesInAnyOrder) {
+  const Args a = {"--model", "qwen3-30b-a3b", "--num-layers", "4", "--seq-length", "256"};
+  const Args b = {"--num-layers", "4", "--seq-length", "256", "--model", "qwen3-30b-a3b"};
+  for (const Args& args : {a, b}) {
+    const TrainRunConfig run = parse_train_args(args);
+    nn::ModelConfig expected = nn::model_zoo("qwen3-30b-a3b");
+    EXPECT_EQ(run.model_preset, "qwen3-30b-a3b");
+    EXPECT_EQ(run.model.num_layers, 4);
+    EXPECT_EQ(run.model.moe_layer_pattern, (std::vector<int>{1, 1, 1, 1}));
+    EXPECT_EQ(run.model.hidden_size, expected.hidden_size);
+    EXPECT_EQ(run.model.moe.num_experts, expected.moe.num_experts);
+    EXPECT_EQ(run.model.vocab_size, expected.vocab_size);
+    EXPECT_EQ(run.train.seq_length, 256);
+  }
+}
+
+TEST(TrainArgs, CuttingAndExtendingTheLayerPattern) {
+  // DeepSeek-V3-tiny's leading dense layer stays dense when cut; extending repeats the last.
+  const nn::ModelConfig zoo = nn::model_zoo("deepseek-v3-tiny");
+  ASSERT_EQ(zoo.moe_layer_pattern.front(), 0);
+  const TrainRunConfig cut = parse_train_args({"--model", "deepseek-v3-tiny", "--num-layers", "2"});
+  EXPECT_EQ(cut.model.moe_layer_pattern,
+            std::vector<int>(zoo.moe_layer_pattern.begin(), zoo.moe_layer_pattern.begin() + 2));
+  const TrainRunConfig longer = parse_train_args({"--num-layers", "6"});
+  EXPECT_EQ(longer.model.moe_layer_pattern, std::vector<int>(6, 1));
+  const TrainRunConfig freq = parse_train_args({"--num-layers", "4", "--moe-layer-freq", "([0]*1+[1]*3)"});
+  EXPECT_EQ(freq.model.moe_layer_pattern, (std::vector<int>{0, 1, 1, 1}));
+}
+
+TEST(TrainArgs, ModelAndMoEFlagsMapOntoTheirFields) {
+  const TrainRunConfig run = parse_train_args(
+      {"--hidden-size", "96", "--ffn-hidden-size", "200", "--num-attention-heads", "6",
+       "--num-query-groups", "3", "--kv-channels", "16", "--max-position-embeddings", "1024",
+       "--vocab-size", "300", "--num-experts", "6", "--moe-ffn-hidden-size", "40",
+       "--moe-router-topk", "3", "--moe-aux-loss-coeff", "0.05", "--moe-z-loss-coeff", "0.002",
+       "--moe-router-load-balancing-type", "seq_aux_loss", "--moe-router-score-function",
+       "sigmoid", "--moe-router-enable-expert-bias", "--moe-router-bias-update-rate", "0.01",
+       "--moe-token-dispatcher-type", "alltoall", "--moe-grouped-gemm",
+       "--moe-shared-expert-intermediate-size", "32", "--init-method-std", "0.01",
+       "--moe-router-dtype=fp64"});
+  const nn::ModelConfig& m = run.model;
+  EXPECT_EQ(m.hidden_size, 96);
+  EXPECT_EQ(m.moe.hidden_size, 96);  // mirrored
+  EXPECT_EQ(m.ffn_hidden_size, 200);
+  EXPECT_EQ(m.num_attention_heads, 6);
+  EXPECT_EQ(m.num_query_groups, 3);
+  EXPECT_EQ(m.kv_channels, 16);
+  EXPECT_EQ(m.max_position_embeddings, 1024);
+  EXPECT_EQ(m.vocab_size, 300);
+  EXPECT_EQ(m.moe.num_experts, 6);
+  EXPECT_EQ(m.moe.moe_ffn_hidden_size, 40);
+  EXPECT_EQ(m.moe.moe_router_topk, 3);
+  EXPECT_DOUBLE_EQ(m.moe.moe_aux_loss_coeff, 0.05);
+  EXPECT_DOUBLE_EQ(m.moe.moe_z_loss_coeff.value(), 0.002);
+  EXPECT_EQ(m.moe.moe_router_load_balancing_type, "seq_aux_loss");
+  EXPECT_EQ(m.moe.moe_router_score_function, "sigmoid");
+  EXPECT_TRUE(m.moe.moe_router_enable_expert_bias);
+  EXPECT_DOUBLE_EQ(m.moe.moe_router_bias_update_rate, 0.01);
+  EXPECT_EQ(m.moe.moe_token_dispatcher_type, "alltoall");
+  EXPECT_EQ(m.moe.moe_shared_expert_intermediate_size, 32);
+  EXPECT_DOUBLE_EQ(m.init_method_std, 0.01);
+  EXPECT_DOUBLE_EQ(m.moe.init_method_std, 0.01);
+  EXPECT_EQ(m.moe.moe_router_dtype, "fp64");
+}
+
+TEST(TrainArgs, TrainingFlagsMapOntoTheTrainerConfig) {
+  const TrainRunConfig run = parse_train_args(
+      {"--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "500", "--lr",
+       "6e-4", "--min-lr", "6e-5", "--lr-decay-style", "cosine", "--lr-decay-iters", "400",
+       "--lr-warmup-iters", "20", "--lr-warmup-init", "1e-6", "--weight-decay", "0.05",
+       "--clip-grad", "0.5", "--adam-beta1", "0.8", "--adam-beta2", "0.9", "--adam-eps", "1e-6",
+       "--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16",
+       "--seed", "7", "--log-interval", "5", "--eval-interval", "50", "--eval-iters", "3",
+       "--check-for-nan-in-loss-and-grad", "--tensorboard-dir", "tb", "--log-dir", "logs"});
+  const TrainConfig& t = run.train;
+  EXPECT_EQ(t.micro_batch_size, 2);
+  EXPECT_EQ(t.global_batch_size, 8);
+  EXPECT_EQ(t.num_microbatches(), 4);
+  EXPECT_EQ(t.train_iters, 500);
+  EXPECT_DOUBLE_EQ(t.schedule.lr, 6e-4);
+  EXPECT_DOUBLE_EQ(t.schedule.min_lr, 6e-5);
+  EXPECT_EQ(t.schedule.decay_style, "cosine");
+  EXPECT_EQ(t.schedule.decay_iters, 400);
+  EXPECT_EQ(t.schedule.warmup_iters, 20);
+  EXPECT_DOUBLE_EQ(t.schedule.warmup_init, 1e-6);
+  EXPECT_DOUBLE_EQ(t.schedule.start_weight_decay, 0.05);
+  EXPECT_DOUBLE_EQ(t.schedule.end_weight_decay, 0.05);
+  EXPECT_DOUBLE_EQ(t.optimizer.clip_grad, 0.5);
+  EXPECT_DOUBLE_EQ(t.optimizer.beta1, 0.8);
+  EXPECT_DOUBLE_EQ(t.optimizer.beta2, 0.9);
+  EXPECT_DOUBLE_EQ(t.optimizer.eps, 1e-6);
+  EXPECT_EQ(t.optimizer.exp_avg_dtype, DType::bf16);
+  EXPECT_EQ(t.optimizer.exp_avg_sq_dtype, DType::bf16);
+  EXPECT_EQ(t.seed, 7u);
+  EXPECT_EQ(t.log_interval, 5);
+  EXPECT_EQ(t.eval_interval, 50);
+  EXPECT_EQ(t.eval_iters, 3);
+  EXPECT_EQ(t.nan_action, NanAction::stop);
+  EXPECT_EQ(run.tensorboard_dir, "tb");
+  EXPECT_EQ(run.metrics_path(), "logs/metrics.jsonl");
+}
+
+TEST(TrainArgs, DerivedDefaults) {
+  // --global-batch-size defaults to --micro-batch-size (one data-parallel rank), the warm-up
+  // to 10% of --train-iters, or --lr-warmup-fraction of the decay iterations.
+  const TrainRunConfig a = parse_train_args({"--micro-batch-size", "4", "--train-iters", "50"});
+  EXPECT_EQ(a.train.global_batch_size, 4);
+  EXPECT_EQ(a.train.schedule.warmup_iters, 5);
+  const TrainRunConfig b =
+      parse_train_args({"--train-iters", "100", "--lr-decay-iters", "80", "--lr-warmup-fraction", "0.25"});
+  EXPECT_EQ(b.train.schedule.warmup_iters, 20);
+  // --min-lr follows --lr (a tenth) unless given, so a small --lr alone is valid.
+  EXPECT_DOUBLE_EQ(parse_train_args({"--lr", "1e-5"}).train.schedule.min_lr, 1e-6);
+  EXPECT_EQ(parse_train_args({"--nan-action", "stop"}).train.nan_action, NanAction::stop);
+  EXPECT_EQ(parse_train_args({"--seed", "1"}).train.nan_action, NanAction::skip);
+  EXPECT_EQ(parse_train_args({"--metrics-jsonl", "m.jsonl", "--log-dir", "x"}).metrics_path(), "m.jsonl");
+}
+
+TEST(TrainArgs, YamlFileUnderTheCommandLine) {
+  const std::string path = write_temp("run.yaml",
+                                      "# a Megatron-style config\n"
+                                      "model: mixtral-tiny\n"
+                                      "num_layers: 2\n"
+                                      "moe-router-topk: 3\n"
+                                      "micro_batch_size: 2\n"
+                                      "global_batch_size: 4\n"
+                                      "lr: 1.0e-3\n"
+                                      "moe_layer_freq: [0, 1]\n"
+                                      "check_for_nan_in_loss_and_grad: true\n"
+                                      "moe_router_enable_expert_bias: false\n");
+  const TrainRunConfig run = parse_train_args({"--config", path, "--lr", "2e-3"});
+  EXPECT_EQ(run.model_preset, "mixtral-tiny");
+  EXPECT_EQ(run.model.num_layers, 2);
+  EXPECT_EQ(run.model.moe_layer_pattern, (std::vector<int>{0, 1}));
+  EXPECT_EQ(run.model.moe.moe_router_topk, 3);
+  EXPECT_EQ(run.train.micro_batch_size, 2);
+  EXPECT_EQ(run.train.global_batch_size, 4);
+  EXPECT_DOUBLE_EQ(run.train.schedule.lr, 2e-3);  // the command line wins
+  EXPECT_EQ(run.train.nan_action, NanAction::stop);
+  EXPECT_FALSE(run.model.moe.moe_router_enable_expert_bias);  // a false switch is not given
+  const auto pairs = read_train_yaml(path);
+  ASSERT_EQ(pairs.size(), 9u);
+  EXPECT_EQ(pairs[0], (std::pair<std::string, std::string>{"--model", "mixtral-tiny"}));
+  EXPECT_EQ(pairs[6], (std::pair<std::string, std::string>{"--moe-layer-freq", "[0,1]"}));
+}
+
+TEST(TrainArgs, YamlErrorsNameTheKeyAndTheFile) {
+  const std::string typo = write_temp("typo.yaml", "num_layer: 2\n");
+  EXPECT_ERROR_NAMES(Args({"--config", typo}), "num_layer", "typo.yaml", "--num-layers");
+  const std::string nested = write_temp("nested.yaml", "lr:\n  peak: 1\n");
+  EXPECT_ERROR_NAMES(Args({"--config", nested}), "'lr'", "mapping");
+  const std::string refused = write_temp("refused.yaml", "data_path: /data/x\n");
+  EXPECT_ERROR_NAMES(Args({"--config", refused}), "--data-path", "built-in corpus");
+  EXPECT_ERROR_NAMES(Args({"--config", "/nonexistent/run.yaml"}), "cannot open",
+                     "/nonexistent/run.yaml");
+  const std::string bad = write_temp("bad.yaml", "lr: [1, 2\n");
+  EXPECT_ERROR_NAMES(Args({"--config", bad}), "not valid YAML");
+  const std::string bad_bool = write_temp("bool.yaml", "bf16: maybe\n");
+  EXPECT_ERROR_NAMES(Args({"--config", bad_bool}), "--bf16", "maybe");
+}
+
+TEST(TrainArgs, UnknownFlagsAreNamed) {
+  EXPECT_ERROR_NAMES(Args({"--num-layer", "2"}), "unknown flag --num-layer", "--num-layers");
+  EXPECT_ERROR_NAMES(Args({"--frobnicate"}), "unknown flag --frobnicate");
+  EXPECT_ERROR_NAMES(Args({"train.yaml"}), "unexpected argument 'train.yaml'");
+}
+
+TEST(TrainArgs, RefusedFlagsSayWhy) {
+  EXPECT_ERROR_NAMES(Args({"--data-path", "/data/x"}), "--data-path",
+                     "Megatron datasets arrive with the data issue",
+                     "without --data-path the built-in corpus is used");
+  EXPECT_ERROR_NAMES(Args({"--fp16"}), "--fp16", "--bf16");
+  EXPECT_ERROR_NAMES(Args({"--tensor-model-parallel-size", "2"}), "--tensor-model-parallel-size",
+                     "not supported by this build yet");
+  EXPECT_NO_THROW(parse_train_args({"--expert-model-parallel-size", "1"}));
+  EXPECT_ERROR_NAMES(Args({"--train-samples", "1000"}), "--train-samples", "--train-iters");
+}
+
+TEST(TrainArgs, BadValuesAndCombinationsNameTheFlags) {
+  EXPECT_ERROR_NAMES(Args({"--num-layers", "two"}), "--num-layers", "'two'");
+  EXPECT_ERROR_NAMES(Args({"--num-layers", "0"}), "--num-layers", ">= 1");
+  EXPECT_ERROR_NAMES(Args({"--lr"}), "--lr needs a value");
+  EXPECT_ERROR_NAMES(Args({"--bf16=true"}), "--bf16 is a switch");
+  EXPECT_ERROR_NAMES(Args({"--lr-decay-style", "exp"}), "--lr-decay-style", "'exp'", "cosine");
+  EXPECT_ERROR_NAMES(Args({"--micro-batch-size", "3", "--global-batch-size", "8"}),
+                     "--global-batch-size 8", "--micro-batch-size 3");
+  EXPECT_ERROR_NAMES(Args({"--exp-avg-dtype", "bf16"}), "--exp-avg-dtype",
+                     "--use-precision-aware-optimizer");
+  EXPECT_ERROR_NAMES(Args({"--lr-warmup-iters", "5", "--lr-warmup-fraction", "0.1"}),
+                     "--lr-warmup-fraction", "--lr-warmup-iters");
+  EXPECT_ERROR_NAMES(Args({"--vocab-size", "200"}), "--vocab-size 200", "byte");
+  EXPECT_ERROR_NAMES(Args({"--seq-length", "1024"}), "--seq-length 1024",
+                     "--max-position-embeddings");
+  EXPECT_ERROR_NAMES(Args({"--check-for-nan-in-loss-and-grad", "--nan-action", "skip"}),
+                     "--check-for-nan-in-loss-and-grad", "--nan-action skip");
+  EXPECT_ERROR_NAMES(Args({"--save-interval", "10"}), "--save-interval needs --save");
+  EXPECT_ERROR_NAMES(Args({"--finetune"}), "--finetune needs --load");
+  EXPECT_ERROR_NAMES(Args({"--model", "mixtral-9x9b"}), "mixtral-9x9b");
+  // The model's own validation names the flags too.
+  EXPECT_ERROR_NAMES(Args({"--num-attention-heads", "5"}), "--num-query-groups");
+  EXPECT_ERROR_NAMES(Args({"--moe-router-topk", "9"}), "--moe-router-topk");
+}
+
+TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
+  const std::vector<TrainFlag> flags = train_flags();
+  const std::string help = train_flags_help();
+  std::set<std::string> names;
+  for (const TrainFlag& f : flags) {
+    EXPECT_TRUE(names.insert(f.name).second) << "twice: " << f.name;
+    EXPECT_EQ(f.name.rfind("--", 0), 0u) << f.name;
+    EXPECT_FALSE(f.help.empty() && f.refused.empty()) << f.name << " has no help";
+    EXPECT_NE(help.find("  " + f.name + " "), std::string::npos) << f.name;
+  }
+  for (const char* megatron :
+       {"--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
+        "--num-query-groups", "--kv-channels", "--seq-length", "--max-position-embeddings",
+        "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size", "--moe-aux-loss-coeff",
+        "--moe-z-loss-coeff", "--moe-router-load-balancing-type", "--moe-router-score-function",
+        "--moe-router-enable-expert-bias", "--moe-token-dispatcher-type", "--moe-grouped-gemm",
+        "--moe-layer-freq", "--micro-batch-size", "--global-batch-size", "--train-iters", "--lr",
+        "--min-lr", "--lr-decay-style", "--lr-decay-iters", "--lr-warmup-iters",
+        "--lr-warmup-fraction", "--lr-warmup-init", "--lr-wsd-decay-style",
+        "--lr-wsd-decay-iters", "--weight-decay", "--start-weight-decay", "--end-weight-decay",
+        "--weight-decay-incr-style", "--clip-grad", "--adam-beta1", "--adam-beta2", "--adam-eps",
+        "--use-precision-aware-optimizer", "--exp-avg-dtype", "--exp-avg-sq-dtype", "--bf16",
+        "--seed", "--log-interval", "--eval-interval", "--eval-iters", "--tensorboard-dir",
+        "--moe-per-layer-logging", "--check-for-nan-in-loss-and-grad", "--save", "--load",
+        "--save-interval", "--finetune", "--no-load-optim", "--data-path"})
+    EXPECT_TRUE(names.count(megatron)) << megatron;
+}
+
+TEST(TrainArgs, RunConfigJsonRecordsTheFlags) {
+  const TrainRunConfig run = parse_train_args({"--model", "mixtral-tiny", "--lr", "0.01"});
+  const nlohmann::json j = run_config_json(run);
+  EXPECT_EQ(j["model_preset"], "mixtral-tiny");
+  EXPECT_EQ(j["flags"], nlohmann::json::array({"--model mixtral-tiny", "--lr 0.01"}));
+  EXPECT_DOUBLE_EQ(j["train"]["lr"].get<double>(), 0.01);
+  EXPECT_EQ(nn::model_config_from_json(j["model"]).name, "mixtral-tiny");
+  EXPECT_NE(describe(run).find("--lr 0.01"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moe::train
