@@ -86,6 +86,7 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::
   rotary_.attention_scale = freqs.attention_scale;
   attention_.causal = true;
   attention_.layout = ops::AttentionLayout::sbhd;
+  attention_.deterministic = config.deterministic_mode;
 }
 
 Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx) const {

@@ -97,6 +97,7 @@ MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::
   rotary_.attention_scale = freqs.attention_scale;
   attention_.causal = true;
   attention_.layout = ops::AttentionLayout::sbhd;
+  attention_.deterministic = config.deterministic_mode;
   attention_.softmax_scale = mla_softmax_scale(config);
 }
 

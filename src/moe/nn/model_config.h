@@ -61,6 +61,10 @@ struct ModelConfig {
   std::optional<YarnConfig> yarn;
   bool untie_embeddings_and_output_weights = true;  // --untie-embeddings-and-output-weights
   double init_method_std = 0.02;
+  // --deterministic-mode: bitwise-reproducible gradients where a kernel offers the choice
+  // (cuDNN attention's backward; the other kernels always are). A run option, not part of the
+  // model's shape: model_config.json does not store it.
+  bool deterministic_mode = false;
 
   // MoE placement: moe_layer_pattern[i] = 1 if layer i is an MoE layer, one entry per layer
   // (--moe-layer-freq as a list; an integer N means layers 0, N, 2N, ...; Megatron's expression

@@ -162,6 +162,9 @@ std::vector<Entry> build_table() {
                      [](S& s, V) { s.run.model.qk_layernorm = true; }));
   t.push_back(toggle("--add-qkv-bias", "model.add_qkv_bias = true",
                      [](S& s, V) { s.run.model.add_qkv_bias = true; }));
+  t.push_back(toggle("--deterministic-mode",
+                     "bitwise-reproducible gradients (cuDNN attention's deterministic backward)",
+                     [](S& s, V) { s.run.model.deterministic_mode = true; }));
   t.push_back(toggle("--untie-embeddings-and-output-weights",
                      "model.untie_embeddings_and_output_weights = true",
                      [](S& s, V) { s.run.model.untie_embeddings_and_output_weights = true; }));
