@@ -229,4 +229,11 @@ void GPTModel::finish_step() {
     if (mtp.layer.moe) mtp.layer.moe->finish_step();
 }
 
+void GPTModel::discard_step() {
+  for (TransformerLayer& layer : layers)
+    if (layer.moe) layer.moe->discard_step();
+  for (MtpLayer& mtp : mtp_layers)
+    if (mtp.layer.moe) mtp.layer.moe->discard_step();
+}
+
 }  // namespace moe::nn

@@ -131,6 +131,8 @@ class GPTModel {
   void zero_grad();
   // End of an optimizer step: the MoE layers' expert-bias updates and per-step accumulators.
   void finish_step();
+  // The step's accumulators reset without any expert-bias update (skipped steps, evaluation).
+  void discard_step();
 
   Parameter& output_weight() {
     return config_.untie_embeddings_and_output_weights ? lm_head : embed_tokens;

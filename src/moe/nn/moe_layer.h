@@ -46,6 +46,7 @@ class MoELayer {
   Tensor backward(const Tensor& dy, MoEContext& ctx, double loss_scale = 1.0);
   // End of an optimizer step: expert-bias update, per-step accumulators reset.
   void finish_step() { router.finish_step(); }
+  void discard_step() { router.discard_step(); }
 
   std::vector<Parameter*> parameters();
   void zero_grad();

@@ -188,8 +188,12 @@ void Router::finish_step() {
       bias[e] = static_cast<float>(bias[e] + config_.moe_router_bias_update_rate * sign);
     }
     expert_bias.copy_(Tensor::from_vector<float>(bias, {config_.num_experts}));
-    step_tokens_per_expert_.zero_();
   }
+  discard_step();
+}
+
+void Router::discard_step() {
+  if (config_.moe_router_enable_expert_bias) step_tokens_per_expert_.zero_();
   global_tokens_per_expert_.zero_();
   global_micro_batches_ = 0;
 }

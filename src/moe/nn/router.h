@@ -56,6 +56,9 @@ class Router {
   // End of an optimizer step: expert-bias update b_e += u * sign(mean(n) - n_e) with the
   // step's counts summed over TP x DP x CP, then the step accumulators reset.
   void finish_step();
+  // The step's accumulators reset without the expert-bias update (a skipped step, or forward
+  // passes that were not training: evaluation).
+  void discard_step();
 
   Parameter weight;      // [E, H] router dtype
   Tensor expert_bias;    // [E] f32 buffer (checkpointed), zero-initialised

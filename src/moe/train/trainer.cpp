@@ -94,15 +94,6 @@ Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
   return mb;
 }
 
-void Trainer::discard_step_accumulators() {
-  std::vector<nn::NamedBuffer> buffers = model_.buffers();
-  std::vector<Tensor> saved;
-  saved.reserve(buffers.size());
-  for (const nn::NamedBuffer& b : buffers) saved.push_back(b.value->clone());
-  model_.finish_step();
-  for (size_t i = 0; i < buffers.size(); ++i) buffers[i].value->copy_(saved[i]);
-}
-
 StepMetrics Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t M = config_.num_microbatches();
@@ -159,7 +150,7 @@ StepMetrics Trainer::train_step() {
               " is ", bad_value,
               " (--check-for-nan-in-loss-and-grad / --nan-action stop); the model and the "
               "optimizer are unchanged");
-    discard_step_accumulators();
+    model_.discard_step();
     ++skipped_;
     m.skipped = true;
     m.message = detail::concat("iteration ", m.iteration, ": the ", bad, " is ", bad_value,
@@ -191,7 +182,7 @@ double Trainer::evaluate() {
     accumulate(sum, 0, loss.lm_loss);
   }
   // The forward passes counted routed tokens for the expert-bias update: not training data.
-  discard_step_accumulators();
+  model_.discard_step();
   return sum.to_double_vector()[0] / static_cast<double>(count);
 }
 

@@ -128,9 +128,6 @@ class Trainer {
     Tensor labels;     // [S, B] i64 on the model's device
   };
   MicroBatch load(BatchSource& source, const char* which);
-  // The model's step accumulators are reset without applying them (a skipped step, an
-  // evaluation): finish_step() with the expert biases put back afterwards.
-  void discard_step_accumulators();
 
   nn::GPTModel& model_;
   TrainConfig config_;
