@@ -3,11 +3,14 @@
 //   moe bench moe-layer   the MoE layer benchmark (bench/moe_layer_bench.h)
 //   moe bench attention   the attention benchmark, per backend (bench/attention_bench.h)
 //   moe bench model       whole-model forward + backward (bench/model_bench.h)
+//   moe bench tokenizer   single-thread tokenizer encoding speed (bench/tokenizer_bench.h)
 //   moe convert           Hugging Face <-> moecore model folders (convert_cmd.h)
 //   moe forward           logits and next-token loss of a model folder on token ids (forward_cmd.h)
 //   moe train             Megatron-style training; no flags: the default run (train_cmd.h)
 //   moe generate          a text sample from a byte-level model or training save (generate_cmd.h)
 //   moe info              a model's config and parameter counts (info_cmd.h)
+//   moe preprocess        text/JSONL -> Megatron .bin/.idx token datasets (preprocess_cmd.h)
+//   moe plot              a run's metrics JSONL as PNG charts: loss, expert load (plot_cmd.h)
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -24,6 +27,9 @@
 #include "moe/ops/grouped_gemm.h"
 #include "model_bench.h"
 #include "moe_layer_bench.h"
+#include "plot_cmd.h"
+#include "preprocess_cmd.h"
+#include "tokenizer_bench.h"
 #include "train_cmd.h"
 
 int main(int argc, char** argv) {
@@ -69,6 +75,9 @@ int main(int argc, char** argv) {
 
   moe::bench::ModelBenchOptions model_options;
   CLI::App* bench_model = moe::bench::add_model_bench_command(*bench, model_options);
+  moe::bench::TokenizerBenchOptions tokenizer_bench_options;
+  CLI::App* bench_tokenizer =
+      moe::bench::add_tokenizer_bench_command(*bench, tokenizer_bench_options);
 
   moe::app::ConvertCommandOptions convert_options;
   CLI::App* convert = moe::app::add_convert_command(app, convert_options);
@@ -80,6 +89,10 @@ int main(int argc, char** argv) {
   CLI::App* generate = moe::app::add_generate_command(app, generate_options);
   moe::app::InfoCommandOptions info_options;
   CLI::App* info = moe::app::add_info_command(app, info_options);
+  moe::app::PlotCommandOptions plot_options;
+  CLI::App* plot = moe::app::add_plot_command(app, plot_options);
+  moe::app::PreprocessCommandOptions preprocess_options;
+  CLI::App* preprocess = moe::app::add_preprocess_command(app, preprocess_options);
 
   try {
     app.parse(argc, argv);
@@ -99,11 +112,15 @@ int main(int argc, char** argv) {
       model_options.cpu = force_cpu;
       return moe::bench::run_model_bench(model_options);
     }
+    if (bench_tokenizer->parsed())
+      return moe::bench::run_tokenizer_bench(tokenizer_bench_options);
     if (convert->parsed()) return moe::app::run_convert(convert_options);
     if (forward->parsed()) return moe::app::run_forward(forward_options, force_cpu);
     if (train->parsed()) return moe::app::run_train(*train, force_cpu);
     if (generate->parsed()) return moe::app::run_generate(generate_options, force_cpu);
     if (info->parsed()) return moe::app::run_info(info_options);
+    if (plot->parsed()) return moe::app::run_plot(plot_options);
+    if (preprocess->parsed()) return moe::app::run_preprocess(preprocess_options);
     return moe::app::run_layer_demo(force_cpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());

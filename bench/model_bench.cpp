@@ -187,7 +187,8 @@ int run_model_bench(const ModelBenchOptions& options) {
               ceilings.copy_gb_per_s);
   std::printf(
       "whole model, forward + backward (zero_grad + forward + backward per step; NO optimizer "
-      "step): %s parameters%s, seq %lld x micro-batch %lld = %lld tokens, random ids (seed "
+      "step; the output layer's loss backward runs inside the forward, as in training, so it "
+      "counts in fwd ms): %s parameters%s, seq %lld x micro-batch %lld = %lld tokens, random ids (seed "
       "%llu), %s routing; %d warm-up + %d timed steps (median)\n",
       dtype_name(dtype), gpu ? " with fp32 main gradients" : "", static_cast<long long>(S),
       static_cast<long long>(B), static_cast<long long>(S * B),
@@ -221,6 +222,8 @@ int run_model_bench(const ModelBenchOptions& options) {
       reset_peak_memory(device);
 
       nn::GPTContext ctx;
+      // As the trainer runs it: the output layer's loss backward inside the forward.
+      ctx.loss_scale_known_in_forward = 1.0;
       nn::GPTLoss loss;
       for (int i = 0; i < options.warmup; ++i) {
         model->zero_grad();

@@ -3,7 +3,9 @@
 # The CUDA toolkit (nvcc, cuBLASLt, NCCL, cuDNN) is used when present under /usr/local/cuda.
 set -euo pipefail
 packages=(cmake ninja-build g++ libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev
-          nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
+          nlohmann-json3-dev libcli11-dev libyaml-cpp-dev pkg-config
+          libpng-dev             # `moe plot`'s PNG charts
+          libpcre2-dev libutf8proc-dev  # Hugging Face BPE tokenizers: regexes, NFC
           fortunes)  # fortunes: the text of `moe train`'s default run (data/builtin_corpus.h)
 missing=()
 for p in "${packages[@]}"; do

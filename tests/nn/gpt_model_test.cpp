@@ -120,6 +120,52 @@ TEST(GPTModel, LossScaleAndAccumulation) {
   }
 }
 
+// A forward told the loss scale in advance (the trainer's path: the output layer's loss
+// backward runs inside the forward) gives the gradients of forward + backward(scale), tied and
+// untied; backward with another scale, or twice, is refused.
+TEST(GPTModel, LossScaleKnownInForwardGivesTheSameGradients) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  for (const bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    ModelConfig config = test::tiny_gpt_config();
+    config.untie_embeddings_and_output_weights = !tied;
+    GPTModel model(config, DType::f64, Device::cpu(), seed);
+    const Tensor ids = test::random_tokens(6, 3, config.vocab_size, seed + 1);
+    const Tensor labels = test::random_labels(6, 3, config.vocab_size, seed + 2, 4);
+    auto grads = [&] {
+      std::vector<Tensor> g;
+      for (nn::Parameter* p : model.parameters()) g.push_back(p->grad_value().clone());
+      return g;
+    };
+    model.zero_grad();
+    for (double scale : {0.25, 0.5}) {
+      nn::GPTContext ctx;
+      model.forward(ids, labels, ctx);
+      model.backward(ctx, scale);
+    }
+    const std::vector<Tensor> plain = grads();
+    model.zero_grad();
+    for (double scale : {0.25, 0.5}) {
+      nn::GPTContext ctx;
+      ctx.loss_scale_known_in_forward = scale;
+      model.forward(ids, labels, ctx);
+      model.backward(ctx, scale);
+    }
+    const std::vector<Tensor> fused = grads();
+    const auto params = model.parameters();
+    for (size_t i = 0; i < params.size(); ++i)
+      EXPECT_TRUE(test::close(fused[i], plain[i], 1e-12, params[i]->name));
+
+    nn::GPTContext ctx;
+    ctx.loss_scale_known_in_forward = 0.5;
+    model.forward(ids, labels, ctx);
+    EXPECT_THROW(model.backward(ctx, 1.0), Error);
+    model.backward(ctx, 0.5);
+    EXPECT_THROW(model.backward(ctx, 0.5), Error);
+  }
+}
+
 // An untrained model (std 0.02) predicts nearly uniform tokens: loss ~ log V; with nearly
 // uniform router scores the aux loss is the coefficient per MoE layer.
 TEST(GPTModel, UntrainedLossIsNearLogVocab) {

@@ -46,6 +46,46 @@ TEST(AdamWCuda, MatchesTheCpuReference) {
   }
 }
 
+// The kernel updates 4 elements per thread when every pointer is aligned to its pack and one
+// at a time otherwise; both must give the same bits. rows(1, n) starts one element in, so no
+// pack lines up there.
+TEST(AdamWCuda, WidePacksAndSingleElementsGiveTheSameBits) {
+  MOE_REQUIRE_GPU();
+  for (const DType state : {DType::f32, DType::bf16}) {
+    const uint64_t seed = test::fresh_seed();
+    SCOPED_TRACE(seed);
+    SCOPED_TRACE(dtype_name(state));
+    const int64_t n = 4099;
+    const Tensor p0 = test::random_normal({n + 1}, DType::f32, seed);
+    const Tensor g0 = test::random_normal({n + 1}, DType::f32, seed + 1, Device::cpu(), 0.1);
+    Tensor p_wide = gpu(p0.rows(0, n)), g_wide = gpu(g0.rows(0, n));
+    Tensor p_all = gpu(p0), g_all = gpu(g0);
+    // The unaligned operands: the same values, one element into a larger buffer.
+    p_all.rows(1, n).copy_(p_wide);
+    g_all.rows(1, n).copy_(g_wide);
+    Tensor p_one = p_all.rows(1, n);
+    Tensor m_wide = gpu(Tensor::zeros({n}, state)), v_wide = gpu(Tensor::zeros({n}, state));
+    Tensor m_all = gpu(Tensor::zeros({n + 1}, state)), v_all = gpu(Tensor::zeros({n + 1}, state));
+    Tensor m_one = m_all.rows(1, n), v_one = v_all.rows(1, n);
+    Tensor model_wide = gpu(Tensor::zeros({n}, DType::bf16));
+    Tensor model_all = gpu(Tensor::zeros({n + 1}, DType::bf16));
+    Tensor model_one = model_all.rows(1, n);
+    for (int64_t t = 1; t <= 2; ++t) {
+      ops::AdamWStep s;
+      s.lr = 1e-2;
+      s.weight_decay = 0.1;
+      s.step = t;
+      s.grad_scale = 0.7;
+      ops::adamw_step(p_wide, g_wide, m_wide, v_wide, s, model_wide);
+      ops::adamw_step(p_one, g_all.rows(1, n), m_one, v_one, s, model_one);
+    }
+    EXPECT_TRUE(test::equal(host(p_one), host(p_wide)));
+    EXPECT_TRUE(test::equal(host(m_one), host(m_wide)));
+    EXPECT_TRUE(test::equal(host(v_one), host(v_wide)));
+    EXPECT_TRUE(test::equal(host(model_one), host(model_wide)));
+  }
+}
+
 TEST(SquaredNormCuda, MatchesTheCpuAndIsReproducible) {
   MOE_REQUIRE_GPU();
   for (const DType dtype : {DType::f32, DType::bf16}) {

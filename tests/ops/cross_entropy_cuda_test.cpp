@@ -256,5 +256,63 @@ TEST(LinearCrossEntropyCuda, RejectsF64AndMixedDevices) {
                moe::Error);
 }
 
+
+// The forward and backward at once (token chunks of the whole vocabulary) against the CPU
+// reference pair: one chunk, several chunks with a short last one, one token per chunk, no
+// tokens; mean and sum; with and without a mask; dW accumulates onto what is there.
+TEST(LinearCrossEntropyCuda, ForwardBackwardInOnePassMatchesCpu) {
+  MOE_REQUIRE_GPU();
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  uint64_t s = seed;
+  struct Shape {
+    int64_t tokens, vocab, chunk_elements;
+  };
+  for (DType dt : {DType::f32, DType::bf16}) {
+    for (const Shape& shape : {Shape{257, 5003, int64_t{1} << 30}, Shape{257, 1000, 100 * 1000},
+                               Shape{33, 999, 1}, Shape{0, 100, int64_t{1} << 30}}) {
+      for (CrossEntropyReduction reduction :
+           {CrossEntropyReduction::mean, CrossEntropyReduction::sum}) {
+        const bool with_mask = reduction == CrossEntropyReduction::mean;
+        SCOPED_TRACE(testing::Message() << dtype_name(dt) << " T=" << shape.tokens
+                                        << " V=" << shape.vocab << " chunk elements="
+                                        << shape.chunk_elements << (with_mask ? " mask" : ""));
+        const int64_t H = 131;
+        s += 10;
+        const Tensor h = test::random_normal({shape.tokens, H}, DType::f32, s).to(dt);
+        const Tensor w = test::random_normal({shape.vocab, H}, DType::f32, s + 1, Device::cpu(),
+                                             std::sqrt(2.0 / double(H)))
+                             .to(dt);
+        const Tensor y = labels_tensor(random_labels(shape.tokens, shape.vocab, s + 2, 5),
+                                       with_mask ? DType::i64 : DType::i32);
+        const Tensor mask = with_mask ? random_mask(shape.tokens, s + 3) : Tensor();
+        CrossEntropyOptions options;
+        options.reduction = reduction;
+        options.fused_chunk_elements = shape.chunk_elements;
+        const double grad_loss = 0.7;
+
+        const Tensor h_ref = h.to(DType::f32), w_ref = w.to(DType::f32);
+        const CrossEntropyResult ref = linear_cross_entropy_forward(h_ref, w_ref, y, mask, options);
+        const Tensor dw_start = test::random_normal({shape.vocab, H}, DType::f32, s + 4);
+        Tensor dw_ref = dw_start.clone();
+        const Tensor dh_ref =
+            linear_cross_entropy_backward(grad_loss, h_ref, w_ref, y, mask, ref, dw_ref, options);
+
+        Tensor dw = gpu(dw_start);
+        const CrossEntropyWithGrad got = linear_cross_entropy_forward_backward(
+            grad_loss, gpu(h), gpu(w), gpu(y), gpu(mask), dw, options);
+        EXPECT_TRUE(test::close_as(host(got.result.loss), ref.loss, dt, "loss"));
+        EXPECT_TRUE(test::close_as(host(got.result.logsumexp), ref.logsumexp, dt, "lse"));
+        EXPECT_TRUE(test::close_as(host(got.result.token_losses), ref.token_losses, dt,
+                                   "token losses"));
+        EXPECT_TRUE(test::close_as(host(got.result.weight_sum), ref.weight_sum, DType::f32, "N"));
+        EXPECT_EQ(got.grad_hidden.dtype(), dt);
+        EXPECT_TRUE(test::close_as(host(got.grad_hidden), dh_ref, dt, "dh"));
+        EXPECT_TRUE(test::close_as(host(dw), dw_ref, dt, "dW"));
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe::ops

@@ -81,7 +81,9 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
 
 GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTContext& ctx,
                           const Tensor& loss_mask) {
+  const std::optional<double> loss_scale_known = ctx.loss_scale_known_in_forward;  // an input
   ctx = GPTContext{};
+  ctx.loss_scale_known_in_forward = loss_scale_known;
   check_tokens(input_ids, "input_ids", device_);
   check_tokens(labels, "labels", device_);
   check_shape(labels, input_ids.shape(), kOp, "labels");
@@ -102,8 +104,16 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
     ctx.loss_mask = loss_mask.reshape({T});
   }
   ctx.hidden = trunk(input_ids, ctx);
-  ctx.cross_entropy = ops::linear_cross_entropy_forward(ctx.hidden, output_weight().value,
-                                                        ctx.labels, ctx.loss_mask, cross_entropy);
+  if (ctx.loss_scale_known_in_forward) {
+    ops::CrossEntropyWithGrad fused = ops::linear_cross_entropy_forward_backward(
+        *ctx.loss_scale_known_in_forward, ctx.hidden, output_weight().value, ctx.labels,
+        ctx.loss_mask, output_weight().grad_value(), cross_entropy);
+    ctx.cross_entropy = std::move(fused.result);
+    ctx.output_grad_hidden = std::move(fused.grad_hidden);
+  } else {
+    ctx.cross_entropy = ops::linear_cross_entropy_forward(ctx.hidden, output_weight().value,
+                                                          ctx.labels, ctx.loss_mask, cross_entropy);
+  }
   GPTLoss out;
   out.lm_loss = ctx.cross_entropy.loss;
   out.aux_loss = Tensor::zeros({}, out.lm_loss.dtype(), device_);
@@ -171,12 +181,21 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
             " layers, the model ", layers.size());
   MOE_CHECK(ctx.mtp.size() == mtp_layers.size(), kOp, ": the context holds ", ctx.mtp.size(),
             " MTP depths, the model ", mtp_layers.size());
-  Parameter& weight = output_weight();
-  // The fused cross-entropy accumulates dW (+=): materialise a lazily zeroed gradient first.
-  Tensor& weight_grad = weight.grad_value();
-  Tensor dh = ops::linear_cross_entropy_backward(loss_scale, ctx.hidden, weight.value, ctx.labels,
-                                                 ctx.loss_mask, ctx.cross_entropy, weight_grad,
-                                                 cross_entropy);
+  Tensor dh;
+  if (ctx.loss_scale_known_in_forward) {  // the cross-entropy's backward ran in the forward
+    MOE_CHECK(*ctx.loss_scale_known_in_forward == loss_scale, kOp, ": backward(loss_scale = ",
+              loss_scale, ") after a forward told loss_scale = ", *ctx.loss_scale_known_in_forward);
+    MOE_CHECK(ctx.output_grad_hidden.defined(), kOp, ": backward called twice on one forward");
+    dh = std::move(ctx.output_grad_hidden);
+    ctx.output_grad_hidden = Tensor();
+  } else {
+    Parameter& weight = output_weight();
+    // The fused cross-entropy accumulates dW (+=): materialise a lazily zeroed gradient first.
+    Tensor& weight_grad = weight.grad_value();
+    dh = ops::linear_cross_entropy_backward(loss_scale, ctx.hidden, weight.value, ctx.labels,
+                                            ctx.loss_mask, ctx.cross_entropy, weight_grad,
+                                            cross_entropy);
+  }
   // h_0 also feeds the first MTP layer (hnorm): its gradient adds to the main loss's.
   if (!mtp_layers.empty()) ops::add_(dh, mtp_backward(ctx, loss_scale));
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];

@@ -54,6 +54,7 @@
 
 #include <cstdint>
 #include <string>
+#include <optional>
 #include <vector>
 
 #include "moe/nn/model_config.h"
@@ -92,6 +93,12 @@ struct GPTContext {
   RMSNormContext final_norm;
   Tensor hidden;  // [T, H] the final norm's output: the cross-entropy's input
   ops::CrossEntropyResult cross_entropy;
+  // Set before forward() by a caller that already knows backward()'s loss_scale (the trainer):
+  // the output layer's cross-entropy then runs its backward inside the forward
+  // (ops::linear_cross_entropy_forward_backward: on the GPU one [T, V, H] GEMM fewer), adding
+  // its dW during forward(); backward() must then be called with this same scale.
+  std::optional<double> loss_scale_known_in_forward;
+  Tensor output_grad_hidden;  // [T, H] d loss / d hidden from that fused pass
   std::vector<MtpDepthContext> mtp;  // one per MTP depth
 };
 

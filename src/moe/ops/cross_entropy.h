@@ -75,6 +75,11 @@ struct CrossEntropyOptions {
   // floats (plus as many bf16 values in the backward of bf16 inputs); lower it for very
   // long micro-batches. Ignored by the CPU reference.
   int64_t chunk_size = 8192;
+  // CUDA, linear_cross_entropy_forward_backward: the most logits (tokens x vocabulary) one
+  // token chunk may hold; the buffers take 6 bytes per element for bf16 inputs (fp32 logits +
+  // bf16 dz), 4 for f32. The default (2^30) keeps a whole 8192-token micro-batch of a 32k
+  // vocabulary in one chunk and splits a 152k vocabulary's in two.
+  int64_t fused_chunk_elements = int64_t{1} << 30;
 };
 
 // One vocabulary shard's share of the forward, per token (see the top of this file).
@@ -126,5 +131,24 @@ Tensor linear_cross_entropy_backward(double grad_loss, const Tensor& hidden, con
                                      const CrossEntropyResult& saved, Tensor& grad_weight,
                                      const CrossEntropyOptions& options = {},
                                      int64_t vocab_start = 0);
+
+// The forward and the backward at once, for training, where the loss's upstream gradient
+// grad_loss is known before the forward (the trainer's micro-batch scale): the same results as
+// linear_cross_entropy_forward followed by linear_cross_entropy_backward(grad_loss, ...), dW
+// accumulated (+=) into grad_weight (may be undefined) and dh returned. On CUDA it walks token
+// chunks of the whole vocabulary instead of vocabulary chunks, so each chunk's logits are
+// computed once and give lse and dz from the same buffer: one [T, V, H] GEMM fewer than the
+// forward + backward pair (which recomputes the logits), at the cost of a [T_chunk, V] buffer
+// (options.fused_chunk_elements). On the CPU it is that pair.
+struct CrossEntropyWithGrad {
+  CrossEntropyResult result;
+  Tensor grad_hidden;  // [T, H], hidden's dtype
+};
+CrossEntropyWithGrad linear_cross_entropy_forward_backward(double grad_loss, const Tensor& hidden,
+                                                           const Tensor& weight,
+                                                           const Tensor& labels,
+                                                           const Tensor& loss_mask,
+                                                           Tensor& grad_weight,
+                                                           const CrossEntropyOptions& options = {});
 
 }  // namespace moe::ops

@@ -333,4 +333,46 @@ Tensor linear_cross_entropy_backward(double grad_loss, const Tensor& hidden, con
                       vocab_start);
 }
 
+CrossEntropyWithGrad linear_cross_entropy_forward_backward(double grad_loss, const Tensor& hidden,
+                                                           const Tensor& weight,
+                                                           const Tensor& labels,
+                                                           const Tensor& loss_mask,
+                                                           Tensor& grad_weight,
+                                                           const CrossEntropyOptions& options) {
+  const char* op = "linear_cross_entropy_forward_backward";
+  if (!hidden.is_cuda()) {
+    CrossEntropyWithGrad out;
+    out.result = linear_cross_entropy_forward(hidden, weight, labels, loss_mask, options);
+    out.grad_hidden = linear_cross_entropy_backward(grad_loss, hidden, weight, labels, loss_mask,
+                                                    out.result, grad_weight, options);
+    return out;
+  }
+  check_inputs(hidden, weight, labels, op);
+  check_mask(loss_mask, labels, op);
+  check_options(options, op);
+  MOE_CHECK(options.fused_chunk_elements >= 1, op, ": fused_chunk_elements = ",
+            options.fused_chunk_elements, " must be >= 1");
+  MOE_CHECK(weight.size(0) >= 1, op, ": the vocabulary is empty (weight ",
+            shape_str(weight.shape()), ")");
+  const DType rt = result_dtype(hidden.dtype());
+  if (grad_weight.defined()) {
+    check_shape(grad_weight, weight.shape(), op, "grad_weight");
+    check_dtype(grad_weight, rt, op, "grad_weight");
+    check_same_device(grad_weight, hidden, op);
+  }
+  CrossEntropyWithGrad out;
+  MOE_CUDA_ONLY({
+    const int64_t tokens = labels.numel();
+    const Device device = hidden.device();
+    out.result = CrossEntropyResult{
+        Tensor::empty({}, rt, device), Tensor::empty({tokens}, rt, device),
+        Tensor::empty({tokens}, rt, device), Tensor::empty({}, rt, device)};
+    out.grad_hidden = Tensor::empty(hidden.shape(), hidden.dtype(), device);
+    detail::linear_cross_entropy_forward_backward_cuda(grad_loss, hidden, weight, labels,
+                                                       loss_mask, grad_weight, options,
+                                                       out.result, out.grad_hidden);
+  })
+  return out;
+}
+
 }  // namespace moe::ops

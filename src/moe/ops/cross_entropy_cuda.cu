@@ -209,6 +209,32 @@ __global__ void d_logits_kernel(const float* logits, D* dz, int64_t rows, int64_
   }
 }
 
+// N = sum_t w_t over the labelled, unmasked tokens, summed exactly as finalize_kernel sums it
+// (same loop, same block reduction), so both give the same float. One block.
+template <class L>
+__global__ void weight_sum_kernel(int64_t tokens, const L* __restrict__ labels,
+                                  const float* __restrict__ mask, int64_t ignore_index,
+                                  float* __restrict__ weight_sum) {
+  __shared__ double scratch[64];
+  double unused = 0, weights = 0;
+  for (int64_t t = threadIdx.x; t < tokens; t += blockDim.x) {
+    if (static_cast<int64_t>(labels[t]) != ignore_index) {
+      const float w = mask != nullptr ? mask[t] : 1.0f;
+      if (w != 0.0f) weights += static_cast<double>(w);
+    }
+  }
+  block_sum2(unused, weights, scratch);
+  if (threadIdx.x == 0) *weight_sum = static_cast<float>(weights);
+}
+
+// lse_t = m_t + log s_t for a chunk's rows: finalize_kernel's expression, so the same bits.
+__global__ void row_logsumexp_kernel(int64_t rows, const float* __restrict__ max,
+                                     const float* __restrict__ sum_exp, float* __restrict__ lse) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < rows;
+       t += int64_t(gridDim.x) * blockDim.x)
+    lse[t] = max[t] + logf(sum_exp[t]);
+}
+
 unsigned row_blocks(int64_t rows) {
   return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(rows, 1), 1 << 20));
 }
@@ -221,6 +247,22 @@ void with_label_type(const Tensor& labels, Fn&& fn) {
 // A [rows, cols] view of the front of a flat buffer.
 Tensor front_view(const Tensor& flat, int64_t rows, int64_t cols) {
   return flat.rows(0, rows * cols).reshape({rows, cols});
+}
+
+// dz [rows, cols] (f32: may alias logits; bf16) from the logits of vocabulary columns
+// first_column + j, for the rows whose factors, lse and labels start at the given pointers.
+template <class L>
+void launch_d_logits(const Tensor& logits, Tensor& dz, int64_t rows, int64_t cols,
+                     const float* factor, const float* logsumexp, const L* labels,
+                     int64_t first_column, cudaStream_t stream) {
+  const dim3 grid(
+      static_cast<unsigned>(std::min<int64_t>((cols + kElementThreads - 1) / kElementThreads, 1024)),
+      static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  dispatch<DType::f32, DType::bf16>(dz.dtype(), "cross_entropy (dz)", [&]<class D>() {
+    d_logits_kernel<D, L><<<grid, kElementThreads, 0, stream>>>(
+        logits.data<float>(), dz.data<D>(), rows, cols, factor, logsumexp, labels, first_column);
+    MOE_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace
@@ -315,17 +357,10 @@ void linear_cross_entropy_backward_cuda(double grad_loss, const Tensor& hidden,
     Tensor logits = front_view(logits_buffer, tokens, cols);
     gemm(hidden, false, w_chunk, true, logits);
     Tensor dz = front_view(dz_buffer, tokens, cols);  // aliases logits for f32
-    const dim3 grid(static_cast<unsigned>(
-                        std::min<int64_t>((cols + kElementThreads - 1) / kElementThreads, 1024)),
-                    static_cast<unsigned>(std::min<int64_t>(tokens, 65535)));
     with_label_type(labels, [&]<class L>() {
-      dispatch<DType::f32, DType::bf16>(
-          dz.dtype(), "linear_cross_entropy_backward", [&]<class D>() {
-            d_logits_kernel<D, L><<<grid, kElementThreads, 0, stream>>>(
-                logits.data<float>(), dz.data<D>(), tokens, cols, factor.data<float>(),
-                saved.logsumexp.data<float>(), labels.data<L>(), vocab_start + first);
-            MOE_CUDA_CHECK_LAUNCH();
-          });
+      launch_d_logits<L>(logits, dz, tokens, cols, factor.data<float>(),
+                         saved.logsumexp.data<float>(), labels.data<L>(), vocab_start + first,
+                         stream);
     });
     gemm(dz, false, w_chunk, false, dh_acc, 1.0f, first == 0 ? 0.0f : 1.0f);
     if (grad_weight.defined()) {
@@ -334,6 +369,83 @@ void linear_cross_entropy_backward_cuda(double grad_loss, const Tensor& hidden,
     }
   }
   if (half) grad_hidden.copy_(dh_acc.to(DType::bf16));
+}
+
+// Token chunks of the whole vocabulary (cross_entropy.h): per chunk of rows [t0, t0 + n),
+//   logits [n, V] = h_rows W^T (fp32), the rows' (max, sum) in one pass, lse_rows,
+//   dz = c_t (softmax - onehot) (bf16 buffer, or in place for f32), dh_rows = dz W,
+//   dW += dz^T h_rows;
+// then the loss, per-token losses and lse of all tokens from the partials (finalize_kernel).
+// c_t needs N over all tokens before the first chunk: weight_sum_kernel computes it first.
+void linear_cross_entropy_forward_backward_cuda(double grad_loss, const Tensor& hidden,
+                                                const Tensor& weight, const Tensor& labels,
+                                                const Tensor& loss_mask, Tensor& grad_weight,
+                                                const CrossEntropyOptions& options,
+                                                CrossEntropyResult& result, Tensor& grad_hidden) {
+  const int64_t tokens = hidden.size(0), vocab = weight.size(0);
+  cudaStream_t stream = cuda::stream_of(hidden);
+  const Device device = hidden.device();
+  const bool mean = options.reduction == CrossEntropyReduction::mean;
+  const float* mask = loss_mask.defined() ? loss_mask.data<float>() : nullptr;
+  CrossEntropyPartials partials{Tensor::empty({tokens}, DType::f32, device),
+                                Tensor::empty({tokens}, DType::f32, device),
+                                Tensor::empty({tokens}, DType::f32, device)};
+  if (tokens > 0) {
+    init_partials_kernel<<<cuda::blocks_for(tokens, kElementThreads), kElementThreads, 0,
+                           stream>>>(tokens, partials.max.data<float>(),
+                                     partials.sum_exp.data<float>(),
+                                     partials.label_logit.data<float>());
+    MOE_CUDA_CHECK_LAUNCH();
+  }
+  Tensor factor = Tensor::empty({tokens}, DType::f32, device);
+  with_label_type(labels, [&]<class L>() {
+    weight_sum_kernel<L><<<1, kFinalizeThreads, 0, stream>>>(
+        tokens, labels.data<L>(), mask, options.ignore_index, result.weight_sum.data<float>());
+    MOE_CUDA_CHECK_LAUNCH();
+    if (tokens == 0) return;
+    token_factor_kernel<L>
+        <<<cuda::blocks_for(tokens, kElementThreads), kElementThreads, 0, stream>>>(
+            tokens, labels.data<L>(), mask, result.weight_sum.data<float>(),
+            options.ignore_index, mean, static_cast<float>(grad_loss), factor.data<float>());
+    MOE_CUDA_CHECK_LAUNCH();
+  });
+
+  if (tokens > 0) {
+    // Equal chunks of at most fused_chunk_elements logits each.
+    const int64_t max_rows = std::max<int64_t>(1, options.fused_chunk_elements / vocab);
+    const int64_t chunks = (tokens + max_rows - 1) / max_rows;
+    const int64_t rows_per_chunk = (tokens + chunks - 1) / chunks;
+    const bool half = hidden.dtype() == DType::bf16;
+    const Tensor logits_buffer = Tensor::empty({rows_per_chunk * vocab}, DType::f32, device);
+    const Tensor dz_buffer =
+        half ? Tensor::empty({rows_per_chunk * vocab}, DType::bf16, device) : logits_buffer;
+    for (int64_t t0 = 0; t0 < tokens; t0 += rows_per_chunk) {
+      const int64_t rows = std::min(rows_per_chunk, tokens - t0);
+      const Tensor h_rows = hidden.rows(t0, rows);
+      Tensor logits = front_view(logits_buffer, rows, vocab);
+      gemm(h_rows, false, weight, true, logits);
+      Tensor lse_rows = result.logsumexp.rows(t0, rows);
+      Tensor dz = front_view(dz_buffer, rows, vocab);  // aliases logits for f32
+      with_label_type(labels, [&]<class L>() {
+        const L* labels_rows = labels.data<L>() + t0;
+        chunk_logsumexp_kernel<L><<<row_blocks(rows), kRowThreads, 0, stream>>>(
+            logits.data<float>(), rows, vocab, labels_rows, 0, partials.max.data<float>() + t0,
+            partials.sum_exp.data<float>() + t0, partials.label_logit.data<float>() + t0);
+        MOE_CUDA_CHECK_LAUNCH();
+        row_logsumexp_kernel<<<cuda::blocks_for(rows, kElementThreads), kElementThreads, 0,
+                               stream>>>(rows, partials.max.data<float>() + t0,
+                                         partials.sum_exp.data<float>() + t0,
+                                         lse_rows.data<float>());
+        MOE_CUDA_CHECK_LAUNCH();
+        launch_d_logits<L>(logits, dz, rows, vocab, factor.data<float>() + t0,
+                           lse_rows.data<float>(), labels_rows, 0, stream);
+      });
+      Tensor dh_rows = grad_hidden.rows(t0, rows);
+      gemm(dz, false, weight, false, dh_rows);
+      if (grad_weight.defined()) gemm(dz, true, h_rows, false, grad_weight, 1.0f, 1.0f);
+    }
+  }
+  cross_entropy_finalize_cuda(partials, labels, loss_mask, vocab, options, result);
 }
 
 }  // namespace moe::ops::detail

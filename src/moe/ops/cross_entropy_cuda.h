@@ -34,4 +34,12 @@ void linear_cross_entropy_backward_cuda(double grad_loss, const Tensor& hidden,
                                         Tensor& grad_weight, const CrossEntropyOptions& options,
                                         int64_t vocab_start, Tensor& grad_hidden);
 
+// Forward and backward by token chunks (cross_entropy.h): fills `result` (allocated, f32) and
+// grad_hidden (allocated), adds into grad_weight (f32, may be undefined).
+void linear_cross_entropy_forward_backward_cuda(double grad_loss, const Tensor& hidden,
+                                                const Tensor& weight, const Tensor& labels,
+                                                const Tensor& loss_mask, Tensor& grad_weight,
+                                                const CrossEntropyOptions& options,
+                                                CrossEntropyResult& result, Tensor& grad_hidden);
+
 }  // namespace moe::ops::detail

@@ -10,8 +10,12 @@
 #include <map>
 #include <sstream>
 
+#include "moe/checkpoint/upcycle.h"
 #include "moe/core/error.h"
 #include "moe/data/byte_tokenizer.h"
+#include "moe/data/dataset_split.h"
+#include "moe/data/gpt_dataset_builder.h"
+#include "moe/data/tokenizer.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
 #include "moe/nn/param_count.h"
@@ -72,6 +76,18 @@ bool as_bool(const std::string& flag, const std::string& v) {
   if (t == "true" || t == "yes" || t == "on" || t == "1") return true;
   if (t == "false" || t == "no" || t == "off" || t == "0") return false;
   MOE_FAIL(flag, ": expected true or false, got '", v, "'");
+}
+
+// A list value: "a b c" (the command line's words after the flag) or "[a,b,c]" (YAML).
+std::vector<std::string> split_values(const std::string& v) {
+  std::string text = v;
+  if (text.size() >= 2 && text.front() == '[' && text.back() == ']')
+    text = text.substr(1, text.size() - 2);
+  std::replace(text.begin(), text.end(), ',', ' ');
+  std::istringstream in(text);
+  std::vector<std::string> out;
+  for (std::string word; in >> word;) out.push_back(word);
+  return out;
 }
 
 std::string one_of(const std::string& flag, const std::string& v,
@@ -408,17 +424,50 @@ std::vector<Entry> build_table() {
                      [](S& s, V) { s.run.finetune = true; }));
   t.push_back(toggle("--no-load-optim", "--load without the optimizer state",
                      [](S& s, V) { s.run.no_load_optim = true; }));
+  t.push_back(toggle("--moe-use-upcycling",
+                     "upcycling (arXiv 2410.07524): --load holds a dense checkpoint (training "
+                     "checkpoint or model folder); the MoE model of these flags is made from it "
+                     "(every expert a copy of the dense MLP, the router fresh; non-MLP tensors "
+                     "copied; the shape flags must match the dense model's) and saved to --save "
+                     "as iteration 0, then training starts. A --load that holds an MoE "
+                     "checkpoint resumes it as usual. No shared experts",
+                     [](S& s, V) { s.run.moe_use_upcycling = true; }));
+  t.push_back(value("--moe-upcycling-granularity", "G",
+                    "granular upcycling: the dense FFN split in G pieces (expert e takes piece "
+                    "e mod G, E / G virtual groups share a router row, weights scaled by s^(1/3), "
+                    "s = G, or E G / topk with --moe-router-pre-softmax); needs "
+                    "--moe-ffn-hidden-size = the dense --ffn-hidden-size / G and --num-experts a "
+                    "multiple of G. Default 1: plain copies",
+                    [](S& s, V v) {
+                      s.run.moe_upcycling_granularity = as_count("--moe-upcycling-granularity", v, 1);
+                    }));
 
   // Data.
-  const std::string data_later =
-      "not supported by this build yet: Megatron datasets arrive with the data issue; without "
-      "--data-path the built-in corpus is used";
-  t.push_back(refused("--data-path", "PATH", data_later));
-  t.push_back(refused("--split", "SPLIT", data_later));
-  t.push_back(refused("--tokenizer-type", "TYPE",
-                      "not supported by this build yet: the built-in corpus uses byte tokens"));
-  t.push_back(refused("--tokenizer-model", "PATH",
-                      "not supported by this build yet: the built-in corpus uses byte tokens"));
+  t.push_back(value("--data-path", "[W] PREFIX ...",
+                    "Megatron indexed datasets (PREFIX.bin / PREFIX.idx, e.g. from `moe "
+                    "preprocess`): one prefix, several (blended by size), or weight-prefix pairs "
+                    "(--data-path 0.3 a 0.7 b); a YAML list works too. Without it the built-in "
+                    "corpus is used",
+                    [](S& s, V v) { s.run.data_path = split_values(v); }));
+  t.push_back(value("--split", "SPLIT",
+                    "train / validation / test shares of every --data-path corpus's documents "
+                    "(default \"969, 30, 1\")",
+                    [](S& s, V v) { s.run.split = v; }));
+  t.push_back(value("--data-cache-path", "DIR",
+                    "where the sample / shuffle indices are cached (default: beside the data, "
+                    "<prefix>/cache/GPTDataset_indices)",
+                    [](S& s, V v) { s.run.data_cache_path = v; }));
+  t.push_back(value("--tokenizer-type", "TYPE",
+                    "HuggingFaceTokenizer (with --tokenizer-model) or byte; the tokenizer the "
+                    "--data-path corpus was made with",
+                    [](S& s, V v) {
+                      s.run.tokenizer_type = one_of("--tokenizer-type", v, {"HuggingFaceTokenizer", "byte"});
+                    }));
+  t.push_back(value("--tokenizer-model", "PATH",
+                    "a Hugging Face tokenizer.json (or its folder): sets the default model's "
+                    "vocabulary (padded to a multiple of 128, as Megatron pads it) and decodes "
+                    "the sample",
+                    [](S& s, V v) { s.run.tokenizer_model = v; }));
 
   t.push_back(value("--sample-tokens", "N",
                     "moecore: after training, print N bytes of text sampled from the model (byte "
@@ -530,16 +579,46 @@ void finish(ParseState& s) {
   MOE_CHECK(t.seq_length <= m.max_position_embeddings, "--seq-length ", t.seq_length,
             " exceeds --max-position-embeddings ", m.max_position_embeddings, " of --model ",
             r.model_preset);
-  // The built-in corpus (the only data of this build) needs the byte vocabulary.
-  MOE_CHECK(m.vocab_size >= data::ByteTokenizer::kVocabSize, "--vocab-size ", m.vocab_size,
-            " is too small for the built-in corpus's byte tokens (", data::ByteTokenizer::kVocabSize,
-            " ids: 256 bytes + end of document)");
+  if (r.data_path.empty()) {
+    MOE_CHECK(r.tokenizer_type.empty() && r.tokenizer_model.empty(),
+              "--tokenizer-type / --tokenizer-model describe a --data-path corpus; without "
+              "--data-path the built-in corpus (byte tokens) is used");
+    MOE_CHECK(!given("--split") && !given("--data-cache-path"),
+              given("--split") ? "--split" : "--data-cache-path", " needs --data-path");
+    // The built-in corpus needs the byte vocabulary.
+    MOE_CHECK(m.vocab_size >= data::ByteTokenizer::kVocabSize, "--vocab-size ", m.vocab_size,
+              " is too small for the built-in corpus's byte tokens (",
+              data::ByteTokenizer::kVocabSize, " ids: 256 bytes + end of document)");
+  } else {
+    (void)data::parse_data_path(r.data_path);  // malformed lists fail here, naming the flag
+    (void)data::parse_split(r.split);
+    const std::unique_ptr<data::Tokenizer> tokenizer =
+        data::make_tokenizer(r.tokenizer_type, r.tokenizer_model);
+    const int64_t tokens = tokenizer->vocab_size();
+    // Megatron sizes the embedding from the tokenizer (_vocab_size_with_padding); a zoo model
+    // or --vocab-size keeps its own, which must hold every id.
+    if (r.model_preset == "default" && !given("--vocab-size"))
+      m.vocab_size = (tokens + 127) / 128 * 128;
+    MOE_CHECK(m.vocab_size >= tokens, "--vocab-size ", m.vocab_size, " of --model ",
+              r.model_preset, " is smaller than the tokenizer's ", tokens, " ids (",
+              tokenizer->description(), ")");
+  }
   MOE_CHECK(r.save_interval == 0 || !r.save.empty(), "--save-interval needs --save");
   MOE_CHECK(!r.finetune || !r.load.empty(), "--finetune needs --load");
   MOE_CHECK(!r.no_load_optim || !r.load.empty(), "--no-load-optim needs --load");
 
   m.validate();
   t.validate();
+  if (r.moe_use_upcycling) {
+    MOE_CHECK(!r.load.empty(), "--moe-use-upcycling needs --load: the dense checkpoint to upcycle "
+                               "(a training checkpoint folder or a model folder)");
+    MOE_CHECK(!r.save.empty(), "--moe-use-upcycling needs --save: the upcycled model is saved "
+                               "there as iteration 0 before training");
+    checkpoint::check_upcycling_target(m, r.moe_upcycling_granularity);
+  } else {
+    MOE_CHECK(r.moe_upcycling_granularity == 1, "--moe-upcycling-granularity ",
+              r.moe_upcycling_granularity, " needs --moe-use-upcycling");
+  }
   LrScheduleConfig schedule = t.schedule;  // as the trainer will see it
   if (schedule.decay_iters == 0) schedule.decay_iters = t.train_iters;
   if (schedule.train_iters == 0) schedule.train_iters = t.train_iters;
@@ -697,6 +776,9 @@ TrainRunConfig parse_train_args(const std::vector<std::string>& args) {
     } else if (!e->flag.value_name.empty()) {
       MOE_CHECK(i + 1 < args.size(), name, " needs a value (", e->flag.value_name, ")");
       text = args[++i];
+      // A list flag ("... ..." in its value name) takes every word up to the next flag.
+      if (e->flag.value_name.find("...") != std::string::npos)
+        while (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) text += " " + args[++i];
     }
     cli.emplace_back(name, text);
   }

@@ -22,6 +22,8 @@
 // sizes above 1, --fp16, ...) and an invalid combination all throw moe::Error naming the flag.
 // --save / --load / --save-interval / --finetune / --no-load-optim are parsed here; the run
 // refuses them unless the build wires training checkpoints (train_run.h's TrainHooks).
+// --moe-use-upcycling needs --load and --save; what can be checked without the dense checkpoint
+// (granularity, experts, shared expert) is checked here, the rest when --load is read.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +56,19 @@ struct TrainRunConfig {
   int64_t save_interval = 0;   // --save-interval (0: at the end only)
   bool finetune = false;       // --finetune: load the weights only, counters from 0
   bool no_load_optim = false;  // --no-load-optim
+  // Upcycling (checkpoint/upcycle.h, train_upcycle.h): --load holds a dense checkpoint; the MoE
+  // model of the flags is made from it and saved to --save as iteration 0 before training. A
+  // --load that already holds an MoE checkpoint (the upcycled run, resumed) loads as usual.
+  bool moe_use_upcycling = false;         // --moe-use-upcycling
+  int64_t moe_upcycling_granularity = 1;  // --moe-upcycling-granularity g (1: the default scheme)
+
+  // Data: Megatron's indexed datasets (data/gpt_dataset_builder.h). Empty data_path: the
+  // built-in corpus (byte tokens).
+  std::vector<std::string> data_path;  // --data-path [W1] PREFIX1 [W2] PREFIX2 ...
+  std::string split = "969, 30, 1";    // --split
+  std::string data_cache_path;         // --data-cache-path ("" : <prefix>/cache/...)
+  std::string tokenizer_type;          // --tokenizer-type ("" : from --tokenizer-model)
+  std::string tokenizer_model;         // --tokenizer-model (a tokenizer.json or its folder)
 
   int64_t sample_tokens = 200;  // --sample-tokens (moecore): text sampled after training
 

@@ -120,6 +120,7 @@ std::vector<MoELayerStats> MoELayerStatsCollector::take() {
       for (double n : s.counts) var += (n - mean) * (n - mean);
       var /= static_cast<double>(s.counts.size());
       st.tokens = static_cast<int64_t>(total);
+      for (double n : s.counts) st.expert_tokens.push_back(std::llround(n));
       if (mean > 0.0) {
         st.load_min = lo / mean;
         st.load_max = hi / mean;
@@ -212,10 +213,12 @@ nlohmann::json log_record_json(const LogRecord& r) {
     if (v.is_number_float() && !std::isfinite(v.get<double>())) v = nullptr;
   if (!r.layers.empty()) {
     nlohmann::json layers = nlohmann::json::array();
-    for (const MoELayerStats& s : r.layers)
+    for (const MoELayerStats& s : r.layers) {
       layers.push_back({{"layer", s.layer}, {"aux_loss", s.aux_loss}, {"z_loss", s.z_loss},
                         {"tokens", s.tokens}, {"load_min", s.load_min}, {"load_max", s.load_max},
                         {"load_cv", s.load_cv}, {"dropped", s.dropped}});
+      if (!s.expert_tokens.empty()) layers.back()["expert_tokens"] = s.expert_tokens;
+    }
     j["moe_layers"] = layers;
   }
   return j;

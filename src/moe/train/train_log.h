@@ -68,6 +68,10 @@ struct MoELayerStats {
   double load_max = 0.0;   // max_e n_e / mean_e n_e
   double load_cv = 0.0;    // std_e n_e / mean_e n_e (population std)
   int64_t dropped = 0;     // slots the capacity dropped (expert id -1)
+  // n_e per expert, summed over the interval's micro-batches (the counts the load figures above
+  // come from; JSONL "expert_tokens", for `moe plot`'s load heatmap). Empty when the router
+  // reported no counts.
+  std::vector<int64_t> expert_tokens{};
 };
 
 // Collects the router outputs of each MoE layer from the micro-batches' contexts. Reading them

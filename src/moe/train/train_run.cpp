@@ -3,14 +3,20 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <string>
 
 #include "moe/core/error.h"
 #include <filesystem>
 
 #include "moe/data/builtin_corpus.h"
 #include "moe/data/byte_tokenizer.h"
+#include "moe/data/gpt_dataset_builder.h"
+#include "moe/data/indexed_dataset.h"
+#include "moe/train/gpt_batch_source.h"
 #include "moe/train/generate.h"
 #include "moe/train/train_checkpoint.h"
+#include "moe/train/train_upcycle.h"
 
 namespace moe::train {
 namespace {
@@ -26,6 +32,9 @@ void refuse_unwired(const TrainRunConfig& c, const TrainHooks& hooks) {
 }
 
 void load_checkpoint(TrainSession& s) {
+  // --moe-use-upcycling: a dense --load becomes the run's MoE model (saved as iteration 0);
+  // an MoE --load (the upcycled run, resumed) loads below as usual.
+  if (s.config.moe_use_upcycling && upcycle_dense_checkpoint(s)) return;
   const std::string& dir = s.config.load;
   const bool iteration_folder = std::filesystem::exists(std::filesystem::path(dir) / "manifest.json");
   if (!iteration_folder && !latest_checkpoint_iteration(dir)) {
@@ -67,6 +76,74 @@ void print_sample(TrainSession& s) {
                                " bytes at most, temperature 0.8, top-p 0.95):\n", text));
 }
 
+// The run's sample streams and the line that describes them.
+struct RunData {
+  std::unique_ptr<BatchSource> train, valid;  // valid: null when there is none
+  std::string description;
+};
+
+RunData builtin_data(const TrainConfig& tc) {
+  const data::BuiltinCorpus corpus = data::load_builtin_corpus();
+  // Different streams for the two splits: the order of the validation samples does not depend
+  // on the training seed's permutation.
+  auto train = std::make_unique<TokenArraySource>(corpus.train, tc.seq_length, tc.seed, true);
+  auto valid = std::make_unique<TokenArraySource>(corpus.valid, tc.seq_length, tc.seed + 1, false);
+  MOE_CHECK(train->num_samples() > 0 && valid->num_samples() > 0, "--seq-length ", tc.seq_length,
+            " is longer than the built-in corpus's splits (", corpus.train.size(), " / ",
+            corpus.valid.size(), " tokens)");
+  RunData d;
+  d.description = moe::detail::concat(
+      "data: built-in corpus ", corpus.source, ": ", corpus.files, " files, ",
+      corpus.train_documents, " training documents (", corpus.train.size(), " byte tokens, ",
+      train->num_samples(), " samples), ", corpus.valid_documents, " validation documents (",
+      corpus.valid.size(), " tokens)");
+  d.train = std::move(train);
+  d.valid = std::move(valid);
+  return d;
+}
+
+// --data-path: Megatron's GPT datasets, split and blended as Megatron builds them, with the
+// sample counts of Megatron's schedule (train_iters x global batch, and the evaluations').
+RunData megatron_data(const TrainRunConfig& c) {
+  const TrainConfig& tc = c.train;
+  data::SampleCountArgs counts;
+  counts.train_iters = tc.train_iters;
+  counts.global_batch_size = tc.global_batch_size;
+  counts.eval_interval = tc.eval_interval > 0 ? tc.eval_interval : std::max<int64_t>(tc.train_iters, 1);
+  counts.eval_iters = tc.eval_iters;
+  data::GPTDataConfig config;
+  config.blend = data::parse_data_path(c.data_path);
+  config.split = c.split;
+  config.sequence_length = tc.seq_length;
+  config.seed = static_cast<int64_t>(tc.seed);
+  config.data_cache_path = c.data_cache_path;
+  config.num_samples = data::megatron_sample_counts(counts);
+  const auto splits = data::build_gpt_datasets(config, [](const std::string& prefix) {
+    return std::make_shared<data::IndexedDataset>(prefix);
+  });
+  MOE_CHECK(splits[0] != nullptr, "--split ", c.split,
+            " gives the training split no documents; nothing to train on");
+  std::string corpora;
+  for (size_t i = 0; i < config.blend.prefixes.size(); ++i) {
+    if (i > 0) corpora += ", ";
+    if (config.blend.weights)
+      corpora += moe::detail::concat((*config.blend.weights)[i], " x ");
+    corpora += config.blend.prefixes[i];
+  }
+  RunData d;
+  d.description = moe::detail::concat("data: ", splits[0]->size(), " training samples of ",
+                                      tc.seq_length + 1, " tokens from ", corpora, " (--split ",
+                                      c.split, ")");
+  if (splits[1]) {
+    d.description += moe::detail::concat("; ", splits[1]->size(), " validation samples");
+  } else {
+    d.description += "; no validation split (--split gives it no documents)";
+  }
+  d.train = std::make_unique<GPTBatchSource>(splits[0]);
+  if (splits[1]) d.valid = std::make_unique<GPTBatchSource>(splits[1]);
+  return d;
+}
+
 }  // namespace
 
 TrainHooks standard_train_hooks() {
@@ -88,18 +165,11 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
             "--bf16 trains on a GPU; on the CPU the model trains in f32 (drop --bf16)");
   const DType dtype = config.bf16 ? DType::bf16 : DType::f32;
 
-  const data::BuiltinCorpus corpus = data::load_builtin_corpus();
   const TrainConfig& tc = config.train;
-  // Different streams for the two splits: the order of the validation samples does not depend
-  // on the training seed's permutation.
-  TokenArraySource train_data(corpus.train, tc.seq_length, tc.seed, /*shuffle=*/true);
-  TokenArraySource valid_data(corpus.valid, tc.seq_length, tc.seed + 1, /*shuffle=*/false);
-  MOE_CHECK(train_data.num_samples() > 0 && valid_data.num_samples() > 0,
-            "--seq-length ", tc.seq_length, " is longer than the built-in corpus's splits (",
-            corpus.train.size(), " / ", corpus.valid.size(), " tokens)");
+  const RunData data = config.data_path.empty() ? builtin_data(tc) : megatron_data(config);
 
   nn::GPTModel model(config.model, dtype, device, tc.seed);
-  Trainer trainer(model, tc, train_data, tc.eval_iters > 0 ? &valid_data : nullptr);
+  Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr);
 
   TrainLoggerOptions log_options;
   log_options.train_iters = tc.train_iters;
@@ -113,13 +183,7 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
 
   if (out) {
     std::fprintf(out, "%s", describe(config).c_str());
-    std::fprintf(out,
-                 "data: built-in corpus %s: %lld files, %lld training documents (%zu byte "
-                 "tokens, %lld samples), %lld validation documents (%zu tokens)\n",
-                 corpus.source.c_str(), static_cast<long long>(corpus.files),
-                 static_cast<long long>(corpus.train_documents), corpus.train.size(),
-                 static_cast<long long>(train_data.num_samples()),
-                 static_cast<long long>(corpus.valid_documents), corpus.valid.size());
+    std::fprintf(out, "%s\n", data.description.c_str());
     std::fprintf(out, "device: %s, %s%s%s%s\n", device.str().c_str(), dtype_name(dtype),
                  log_options.metrics_jsonl.empty() ? "" : "; metrics -> ",
                  log_options.metrics_jsonl.c_str(),
@@ -127,7 +191,7 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
     std::fflush(out);
   }
 
-  TrainSession session{config, model, trainer, train_data, valid_data, logger};
+  TrainSession session{config, model, trainer, *data.train, data.valid.get(), logger};
   if (!config.load.empty()) hooks.load(session);
 
   TrainRunResult result;
@@ -137,7 +201,7 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
     logger.on_eval(trainer.iteration(), trainer.consumed_samples(), loss);
     result.valid_losses.emplace_back(trainer.iteration(), loss);
   };
-  const bool can_eval = tc.eval_iters > 0;
+  const bool can_eval = tc.eval_iters > 0 && data.valid != nullptr;
   MoELayerStatsCollector layer_stats;  // --moe-per-layer-logging
   if (config.moe_per_layer_logging)
     trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };

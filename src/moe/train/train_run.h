@@ -1,6 +1,7 @@
 // `moe train`'s run: the resolved TrainRunConfig (train_args.h) -> the model on its device, the
-// built-in corpus as training / validation sources, the Trainer, the logger; then the loop with
-// evaluation every --eval-interval and the final evaluation.
+// training / validation sources (Megatron's GPT datasets over --data-path, built as
+// data/gpt_dataset_builder.h builds them, or else the built-in corpus), the Trainer, the
+// logger; then the loop with evaluation every --eval-interval and the final evaluation.
 //
 // Hook points (TrainHooks), for the pieces written beside this one:
 //   load / save : training checkpoints. standard_train_hooks() sets them to
@@ -9,11 +10,11 @@
 //     anything runs ("not supported by this build yet"), never ignored.
 //   after_training : standard_train_hooks() prints --sample-tokens bytes of text sampled from
 //     the trained model (generate.h's generate_byte_text) when its vocabulary is a byte one.
-// Not wired: --moe-per-layer-logging. The Trainer does not expose its micro-batches' contexts,
-// so the flag is refused until trainer.h gets a per-micro-batch callback; the collector that
-// callback would feed is ready (train_log.h's MoELayerStatsCollector, tested).
-//
+// --moe-per-layer-logging: the trainer's per-micro-batch callback feeds train_log.h's
+// MoELayerStatsCollector.
 // --load as Megatron: a folder without a checkpoint yet (no tracker) starts from scratch.
+// --moe-use-upcycling: the load hook first makes the MoE model from --load's dense checkpoint
+// and saves it to --save as iteration 0 (train_upcycle.h); an MoE --load resumes as usual.
 #pragma once
 
 #include <cstdint>
@@ -34,8 +35,8 @@ struct TrainSession {
   const TrainRunConfig& config;
   nn::GPTModel& model;
   Trainer& trainer;
-  TokenArraySource& train_data;
-  TokenArraySource& valid_data;
+  BatchSource& train_data;
+  BatchSource* valid_data;  // null without validation data
   TrainLogger& logger;
 };
 

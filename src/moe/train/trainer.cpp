@@ -106,6 +106,8 @@ StepMetrics Trainer::train_step() {
   for (int64_t i = 0; i < M; ++i) {
     MicroBatch mb = load(train_, "training");
     nn::GPTContext ctx;
+    // The scale is known now: the output layer's loss backward runs inside the forward.
+    ctx.loss_scale_known_in_forward = scale;
     const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
     if (on_micro_batch) on_micro_batch(ctx);
     model_.backward(ctx, scale);
