@@ -1,11 +1,14 @@
 #include "generate_cmd.h"
 
 #include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <string>
 
 #include "moe/checkpoint/model_io.h"
 #include "moe/core/error.h"
 #include "moe/data/byte_tokenizer.h"
+#include "moe/data/tokenizer.h"
 #include "moe/train/model_folder.h"
 
 namespace moe::app {
@@ -13,14 +16,19 @@ namespace moe::app {
 CLI::App* add_generate_command(CLI::App& app, GenerateCommandOptions& o) {
   CLI::App* cmd = app.add_subcommand(
       "generate",
-      "continue a prompt with a byte-level model: greedy (--temperature 0) or sampled "
-      "(temperature, top-k, top-p); no KV cache yet, each token recomputes the window");
+      "continue a prompt: greedy (--temperature 0) or sampled (temperature, top-k, top-p), "
+      "with the model folder's tokenizer.json, --tokenizer-model, or byte tokens; no KV cache "
+      "yet, each token recomputes the window");
   cmd->add_option("--load", o.load,
                   "model folder (model_config.json or config.json), or a training --save "
                   "folder (its latest_checkpointed_iteration.txt picks iter_NNNNNNN)")
       ->required();
   cmd->add_option("--prompt", o.prompt, "the text to continue (empty: a new document)");
-  cmd->add_option("--max-new-tokens", o.generate.max_new_tokens, "tokens (bytes) to generate")
+  cmd->add_option("--tokenizer-type", o.tokenizer_type, "HuggingFaceTokenizer or byte")
+      ->check(CLI::IsMember({"HuggingFaceTokenizer", "byte"}));
+  cmd->add_option("--tokenizer-model", o.tokenizer_model,
+                  "tokenizer.json (or its folder); default: the model folder's, else byte tokens");
+  cmd->add_option("--max-new-tokens", o.generate.max_new_tokens, "tokens to generate")
       ->capture_default_str();
   cmd->add_option("--temperature", o.generate.sampling.temperature,
                   "softmax temperature; 0 is greedy")
@@ -55,16 +63,25 @@ int run_generate(const GenerateCommandOptions& o, bool force_cpu) {
   const std::string folder = train::resolve_model_folder(o.load);
   const checkpoint::CheckpointFormat format = checkpoint::detect_format(folder);
   const nn::ModelConfig config = checkpoint::read_model_config(folder, format);
-  // Checked before loading the weights: only the byte-level tokenizer exists so far.
-  const auto tokenizer = train::tokenizer_files(folder);
-  MOE_CHECK(tokenizer.empty() && data::ByteTokenizer::fits_model_vocab(config.vocab_size),
-            "moe generate: model ", config.name, " in ", folder, " has a vocabulary of ",
-            config.vocab_size, " ids",
-            tokenizer.empty() ? "" : (" and its own tokenizer (" + tokenizer.front() + ")"),
-            "; moe generate only has the byte-level tokenizer so far (",
-            data::ByteTokenizer::kVocabSize, " ids, padded to at most ",
-            data::ByteTokenizer::kMaxPaddedVocabSize,
-            "): this model needs its tokenizer, which is not supported yet");
+  // The tokenizer, checked before minutes of loading: --tokenizer-*, else the folder's own
+  // tokenizer.json, else byte tokens (the default run's models).
+  std::string tokenizer_model = o.tokenizer_model;
+  if (o.tokenizer_type.empty() && tokenizer_model.empty() &&
+      std::filesystem::is_regular_file(std::filesystem::path(folder) / "tokenizer.json"))
+    tokenizer_model = folder;
+  const std::unique_ptr<data::Tokenizer> tokenizer =
+      data::make_tokenizer(o.tokenizer_type, tokenizer_model);
+  if (tokenizer->description() == "byte") {
+    const auto others = train::tokenizer_files(folder);
+    MOE_CHECK(others.empty() && data::ByteTokenizer::fits_model_vocab(config.vocab_size),
+              "moe generate: model ", config.name, " in ", folder, " has a vocabulary of ",
+              config.vocab_size, " ids",
+              others.empty() ? "" : (" and its own tokenizer files (" + others.front() + ")"),
+              ", not byte tokens: give its tokenizer.json with --tokenizer-model");
+  }
+  MOE_CHECK(config.vocab_size >= tokenizer->vocab_size(), "moe generate: model ", config.name,
+            " has ", config.vocab_size, " vocabulary ids, fewer than the ",
+            tokenizer->vocab_size(), " of ", tokenizer->description());
 
   MOE_CHECK(o.generate.max_sequence_length >= 0 &&
                 o.generate.max_sequence_length <= config.max_position_embeddings,
@@ -75,15 +92,16 @@ int run_generate(const GenerateCommandOptions& o, bool force_cpu) {
   auto model = checkpoint::load_model(folder, dtype, device);
   const train::SamplingOptions& s = o.generate.sampling;
   const bool greedy = s.temperature == 0.0 || s.top_k == 1;
-  std::printf("model %s from %s on %s in %s; byte-level tokenizer; ", config.name.c_str(),
-              folder.c_str(), device.str().c_str(), dtype_name(dtype));
+  std::printf("model %s from %s on %s in %s; tokenizer %s; ", config.name.c_str(),
+              folder.c_str(), device.str().c_str(), dtype_name(dtype),
+              tokenizer->description().c_str());
   if (greedy)
     std::printf("greedy\n");
   else
     std::printf("temperature %g, top-k %lld, top-p %g, seed %llu\n", s.temperature,
                 static_cast<long long>(s.top_k), s.top_p,
                 static_cast<unsigned long long>(o.generate.seed));
-  const std::string text = train::generate_byte_text(*model, o.prompt, o.generate);
+  const std::string text = train::generate_text(*model, *tokenizer, o.prompt, o.generate);
   std::printf("----\n%s%s\n----\n", o.prompt.c_str(), text.c_str());
   return 0;
 }

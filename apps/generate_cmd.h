@@ -14,6 +14,7 @@ struct GenerateCommandOptions {
   std::string load;    // model folder, or a --save folder (latest_checkpointed_iteration.txt)
   std::string prompt;  // empty: start a new document
   std::string dtype;   // empty: f32 on the CPU, bf16 on a GPU
+  std::string tokenizer_type, tokenizer_model;  // empty: the folder's tokenizer.json, else bytes
   train::GenerateOptions generate;
   bool cpu = false;
 };

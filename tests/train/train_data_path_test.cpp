@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -136,7 +137,16 @@ TEST(TrainDataPath, HuggingFaceTokenizerSizesTheDefaultModel) {
                                                   "--eval-iters", "0"});
   const int64_t V = tokenizer->vocab_size();
   EXPECT_EQ(config.model.vocab_size, (V + 127) / 128 * 128);
-  const TrainRunResult r = run_training(config, standard_train_hooks(), nullptr);
+  TrainRunConfig with_sample = config;
+  with_sample.sample_tokens = 12;
+  std::FILE* out = std::tmpfile();
+  const TrainRunResult r = run_training(with_sample, standard_train_hooks(), out);
+  std::rewind(out);
+  std::string text(1 << 16, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), out));
+  std::fclose(out);
+  // The sample is generated and decoded through the corpus's tokenizer.
+  EXPECT_NE(text.find("sample (12 tokens at most"), std::string::npos) << text;
   EXPECT_EQ(r.iterations, 6);
   EXPECT_NEAR(r.losses.front(), std::log(double(config.model.vocab_size)), 0.5);
 

@@ -159,5 +159,30 @@ TEST(TrainRun, ResumingFromTheSaveContinuesTheRun) {
     EXPECT_EQ(resumed.losses[i], reference.losses[10 + i]) << "iteration " << 11 + i;
 }
 
+// With router input jitter, the routers' draw counters travel in the checkpoint: the resumed
+// run draws the jitter the uninterrupted one drew.
+TEST(TrainRun, ResumingWithRouterJitterDrawsTheSameJitter) {
+  const fs::path dir = fresh_dir("resume_jitter");
+  std::vector<std::string> base = small_run_args();
+  base.insert(base.end(), {"--eval-iters", "0", "--sample-tokens", "0", "--lr-decay-iters", "12",
+                           "--lr-warmup-iters", "2", "--moe-input-jitter-eps", "0.3"});
+  std::vector<std::string> whole = base, first = base, second = base;
+  whole.insert(whole.end(), {"--train-iters", "12"});
+  first.insert(first.end(), {"--train-iters", "6", "--save", (dir / "save").string()});
+  second.insert(second.end(), {"--train-iters", "12", "--load", (dir / "save").string()});
+  const TrainRunResult reference = run_training(parse_train_args(whole), standard_train_hooks(), nullptr);
+  run_training(parse_train_args(first), standard_train_hooks(), nullptr);
+  std::FILE* out = std::tmpfile();
+  const TrainRunResult resumed = run_training(parse_train_args(second), standard_train_hooks(), out);
+  std::rewind(out);
+  std::string text(1 << 16, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), out));
+  std::fclose(out);
+  EXPECT_EQ(text.find("draws other jitter"), std::string::npos) << text;  // no warning
+  ASSERT_EQ(resumed.iterations, 6);
+  for (size_t i = 0; i < 6; ++i)
+    EXPECT_EQ(resumed.losses[i], reference.losses[6 + i]) << "iteration " << 7 + i;
+}
+
 }  // namespace
 }  // namespace moe::train

@@ -255,4 +255,26 @@ void GPTModel::discard_step() {
     if (mtp.layer.moe) mtp.layer.moe->discard_step();
 }
 
+std::vector<Router*> GPTModel::routers() {
+  std::vector<Router*> out;
+  for (TransformerLayer& layer : layers)
+    if (layer.moe) out.push_back(&layer.moe->router);
+  for (MtpLayer& mtp : mtp_layers)
+    if (mtp.layer.moe) out.push_back(&mtp.layer.moe->router);
+  return out;
+}
+
+std::vector<uint64_t> GPTModel::router_forward_counts() {
+  std::vector<uint64_t> counts;
+  for (Router* r : routers()) counts.push_back(r->forward_count());
+  return counts;
+}
+
+void GPTModel::set_router_forward_counts(const std::vector<uint64_t>& counts) {
+  const std::vector<Router*> all = routers();
+  MOE_CHECK(counts.size() == all.size(), kOp, ": ", counts.size(),
+            " router forward counts for a model with ", all.size(), " routers");
+  for (size_t i = 0; i < all.size(); ++i) all[i]->set_forward_count(counts[i]);
+}
+
 }  // namespace moe::nn

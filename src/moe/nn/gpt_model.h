@@ -140,6 +140,10 @@ class GPTModel {
   void finish_step();
   // The step's accumulators reset without any expert-bias update (skipped steps, evaluation).
   void discard_step();
+  // Every router's forward count (decoder layers, then MTP layers; Router::forward_count):
+  // the input jitter's draw counters, for checkpoints. set_ takes a list of the same length.
+  std::vector<uint64_t> router_forward_counts();
+  void set_router_forward_counts(const std::vector<uint64_t>& counts);
 
   Parameter& output_weight() {
     return config_.untie_embeddings_and_output_weights ? lm_head : embed_tokens;
@@ -156,6 +160,8 @@ class GPTModel {
   ops::CrossEntropyOptions cross_entropy;  // ignore_index, reduction, CUDA chunk size
 
  private:
+  // The MoE layers' routers, decoder layers first, then MTP layers.
+  std::vector<Router*> routers();
   // Embedding and layers and final norm: the hidden states [T, H] the output layer reads.
   Tensor trunk(const Tensor& input_ids, GPTContext& ctx);
   // The MTP depths' forward after the main loss (fills ctx.mtp); returns lambda / D * sum_k

@@ -60,6 +60,12 @@ class Router {
   // passes that were not training: evaluation).
   void discard_step();
 
+  // Forward passes run so far: the draw counter of --moe-input-jitter-eps (the jitter of a
+  // forward is Philox(seed, count)); checkpointed, so a resumed run draws what the
+  // uninterrupted one would.
+  uint64_t forward_count() const { return forward_count_; }
+  void set_forward_count(uint64_t count) { forward_count_ = count; }
+
   Parameter weight;      // [E, H] router dtype
   Tensor expert_bias;    // [E] f32 buffer (checkpointed), zero-initialised
 

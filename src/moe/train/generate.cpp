@@ -190,4 +190,24 @@ std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
   return ByteTokenizer::decode(generate(model, ids, options));
 }
 
+std::string generate_text(nn::GPTModel& model, const data::Tokenizer& tokenizer,
+                          std::string_view prompt, GenerateOptions options) {
+  const int64_t vocab = tokenizer.vocab_size();
+  MOE_CHECK(model.config().vocab_size >= vocab, "model ", model.config().name, " has ",
+            model.config().vocab_size, " vocabulary ids, fewer than the tokenizer's ", vocab, " (",
+            tokenizer.description(), "): not the tokenizer it was trained with");
+  options.sampled_vocab_size = vocab;
+  if (!options.end_of_document_id) options.end_of_document_id = tokenizer.end_of_document();
+  std::vector<int64_t> ids = tokenizer.encode_document(prompt);
+  if (prompt.empty() && ids.empty() && tokenizer.end_of_document())
+    ids.push_back(*tokenizer.end_of_document());
+  MOE_CHECK(!ids.empty(), "generate: ", tokenizer.description(),
+            " gives no ids for an empty prompt and has no end-of-document id: give a prompt");
+  std::vector<int64_t> generated = generate(model, ids, options);
+  if (!generated.empty() && options.end_of_document_id &&
+      generated.back() == *options.end_of_document_id)
+    generated.pop_back();
+  return tokenizer.decode(generated);
+}
+
 }  // namespace moe::train

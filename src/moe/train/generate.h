@@ -24,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "moe/data/tokenizer.h"
 #include "moe/nn/gpt_model.h"
 
 namespace moe::train {
@@ -79,5 +80,14 @@ std::vector<int64_t> generate(nn::GPTModel& model, const std::vector<int64_t>& p
 // byte vocabulary (ByteTokenizer::fits_model_vocab) is an error saying a tokenizer is needed.
 std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
                                GenerateOptions options);
+
+// generate() through any tokenizer (data/tokenizer.h): the prompt's ids as the tokenizer stores a
+// document (encode_document: Llama-3 puts <|begin_of_text|> first), or, for an empty prompt,
+// the end-of-document id alone (a new document); sampling only the tokenizer's ids (the model's
+// padding ids never), stopping at its end-of-document id. Returns the new text. The model's
+// vocabulary must hold the tokenizer's ids; an empty prompt with a tokenizer that has no
+// end-of-document id and adds nothing is an error asking for a prompt.
+std::string generate_text(nn::GPTModel& model, const data::Tokenizer& tokenizer,
+                          std::string_view prompt, GenerateOptions options);
 
 }  // namespace moe::train

@@ -81,7 +81,8 @@ std::vector<std::string> files_under(const fs::path& folder) {
   return names;
 }
 
-json trainer_state_json(const Trainer& trainer, DType model_dtype, const json& run_config) {
+json trainer_state_json(const Trainer& trainer, nn::GPTModel& model, const json& run_config) {
+  const DType model_dtype = model.dtype();
   const TrainerState s = trainer.state();
   const TrainConfig& c = trainer.config();
   return json{
@@ -93,8 +94,12 @@ json trainer_state_json(const Trainer& trainer, DType model_dtype, const json& r
       {"optimizer_steps", s.optimizer_steps},
       {"train_position", s.train_position},
       {"valid_position", s.valid_position},
-      // The trainer draws nothing; the data order is a function of (seed, position).
-      {"rng", {{"seed", c.seed}, {"generator", "philox4x32-10"}}},
+      // The data order is a function of (seed, position).
+      // The trainer draws nothing; the routers' input jitter draws Philox(seed, forward count).
+      {"rng",
+       {{"seed", c.seed},
+        {"generator", "philox4x32-10"},
+        {"router_forward_counts", model.router_forward_counts()}}},
       {"model_dtype", dtype_name(model_dtype)},
       {"train_config",
        {{"micro_batch_size", c.micro_batch_size},
@@ -244,7 +249,7 @@ void save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model, 
   io::write_safetensors((temp / kOptimizer).string(), optimizer_tensors, {{"format", "pt"}});
 
   io::write_file_atomically((temp / kTrainerState).string(),
-                            trainer_state_json(trainer, model.dtype(), run_config).dump(2) + "\n");
+                            trainer_state_json(trainer, model, run_config).dump(2) + "\n");
 
   // The manifest from the bytes on the disk, so that it vouches for what was written.
   json files = json::object();
@@ -387,11 +392,16 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
   for (const std::string& name : optimizer_file.names())
     if (nn::Parameter* p = master_of(name)) load_into(p->value, optimizer_file, name);
 
-  if (model.config().moe.moe_input_jitter_eps && trainer && !options.finetune)
-    result.warnings.push_back(
-        "--moe-input-jitter-eps: the routers' jitter draws are not in the checkpoint; the "
-        "resumed run draws other jitter than the uninterrupted one would");
   if (!trainer) return result;
+  // The routers' jitter draw counters (absent in checkpoints written before they were saved).
+  const json& rng = field<json>(state, "rng", state_path);
+  if (!options.finetune && rng.contains("router_forward_counts")) {
+    model.set_router_forward_counts(rng["router_forward_counts"].get<std::vector<uint64_t>>());
+  } else if (model.config().moe.moe_input_jitter_eps && !options.finetune) {
+    result.warnings.push_back(
+        "--moe-input-jitter-eps: this checkpoint has no router draw counters; the resumed run "
+        "draws other jitter than the uninterrupted one would");
+  }
 
   // The optimizer: loaded, or fresh (zero moments); masters are the loaded weights either way.
   const io::SafetensorsCollection weights = io::SafetensorsCollection::open(folder.string());

@@ -13,6 +13,7 @@
 #include "moe/data/byte_tokenizer.h"
 #include "moe/data/gpt_dataset_builder.h"
 #include "moe/data/indexed_dataset.h"
+#include "moe/data/tokenizer.h"
 #include "moe/train/gpt_batch_source.h"
 #include "moe/train/generate.h"
 #include "moe/train/train_checkpoint.h"
@@ -60,9 +61,14 @@ void save_checkpoint(TrainSession& s) {
 
 void print_sample(TrainSession& s) {
   if (s.config.sample_tokens <= 0) return;
-  if (!data::ByteTokenizer::fits_model_vocab(s.model.config().vocab_size)) {
-    s.logger.note(moe::detail::concat("no text sample: the vocabulary of ", s.model.config().vocab_size,
-                                 " ids is not a byte-level one"));
+  // The corpus's tokenizer (byte tokens for the built-in corpus and by default).
+  const std::unique_ptr<data::Tokenizer> tokenizer =
+      data::make_tokenizer(s.config.tokenizer_type, s.config.tokenizer_model);
+  if (tokenizer->description() == "byte" &&
+      !data::ByteTokenizer::fits_model_vocab(s.model.config().vocab_size)) {
+    s.logger.note(moe::detail::concat("no text sample: the vocabulary of ",
+                                      s.model.config().vocab_size,
+                                      " ids is not a byte-level one (give --tokenizer-model)"));
     return;
   }
   GenerateOptions options;
@@ -71,9 +77,9 @@ void print_sample(TrainSession& s) {
   options.sampling.top_p = 0.95;
   options.seed = s.config.train.seed;
   options.max_sequence_length = s.config.train.seq_length;
-  const std::string text = generate_byte_text(s.model, "", options);
+  const std::string text = generate_text(s.model, *tokenizer, "", options);
   s.logger.note(moe::detail::concat("sample (", s.config.sample_tokens,
-                               " bytes at most, temperature 0.8, top-p 0.95):\n", text));
+                                    " tokens at most, temperature 0.8, top-p 0.95):\n", text));
 }
 
 // The run's sample streams and the line that describes them.
