@@ -219,6 +219,39 @@ TEST(TrainLog, PerLayerStatsFromTheRouters) {
   EXPECT_NEAR(s.load_cv, std::sqrt(var) / mean, 1e-12);
   EXPECT_EQ(s.dropped, 0);  // dropless
   EXPECT_TRUE(collector.take().empty());  // reset
+
+  // A collector told the model cannot drop gives the same figures without reading the ids.
+  MoELayerStatsCollector dropless(/*capacity_may_drop=*/false);
+  for (int i = 0; i < 2; ++i) {
+    nn::GPTContext ctx;
+    model.forward(ids, labels, ctx);
+    dropless.observe(ctx);
+  }
+  const std::vector<MoELayerStats> again = dropless.take();
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].tokens, s.tokens);
+  EXPECT_EQ(again[0].expert_tokens, s.expert_tokens);
+  EXPECT_EQ(again[0].dropped, 0);
+}
+
+// With a capacity factor some slots are dropped (id -1), and the collector counts them.
+TEST(TrainLog, PerLayerStatsCountDroppedSlots) {
+  nn::ModelConfig c = test::tiny_gpt_config(DType::f32);
+  c.moe.moe_expert_capacity_factor = 0.5;  // half the average load fits: drops for sure
+  nn::GPTModel model(c, DType::f32, Device::cpu(), 5);
+  const Tensor ids = test::random_tokens(6, 3, c.vocab_size, 11);
+  const Tensor labels = test::random_tokens(6, 3, c.vocab_size, 12);
+  MoELayerStatsCollector collector(true);
+  nn::GPTContext ctx;
+  model.forward(ids, labels, ctx);
+  collector.observe(ctx);
+  const std::vector<int32_t> slots =
+      ctx.layers[1].moe.router.expert_ids.to(DType::i32).to_vector<int32_t>();
+  const int64_t expected = std::count_if(slots.begin(), slots.end(), [](int32_t e) { return e < 0; });
+  const std::vector<MoELayerStats> stats = collector.take();
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_GT(expected, 0);
+  EXPECT_EQ(stats[0].dropped, expected);
 }
 
 }  // namespace

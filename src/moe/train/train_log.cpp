@@ -82,7 +82,7 @@ void MoELayerStatsCollector::add(int64_t layer, const nn::RouterContext& router)
     if (s.counts.empty()) s.counts.assign(n.size(), 0.0);
     for (size_t e = 0; e < n.size() && e < s.counts.size(); ++e) s.counts[e] += n[e];
   }
-  if (router.expert_ids.defined() && router.expert_ids.numel() > 0) {
+  if (capacity_may_drop_ && router.expert_ids.defined() && router.expert_ids.numel() > 0) {
     const Tensor ids = router.expert_ids.dtype() == DType::i32 ? router.expert_ids
                                                                 : router.expert_ids.to(DType::i32);
     for (int32_t id : ids.to(Device::cpu()).to_vector<int32_t>()) s.dropped += id < 0 ? 1 : 0;

@@ -78,6 +78,10 @@ struct MoELayerStats {
 // synchronises with the device, so only --moe-per-layer-logging does it.
 class MoELayerStatsCollector {
  public:
+  // capacity_may_drop: whether the model drops tokens (--moe-expert-capacity-factor); without
+  // it no expert id is -1 and the [T, K] ids are not copied to the host to count drops.
+  explicit MoELayerStatsCollector(bool capacity_may_drop = true)
+      : capacity_may_drop_(capacity_may_drop) {}
   void observe(const nn::GPTContext& ctx);
   // The layers' stats since the last take(), then resets. Empty when nothing was observed.
   std::vector<MoELayerStats> take();
@@ -90,6 +94,7 @@ class MoELayerStatsCollector {
     std::vector<double> counts;
   };
   void add(int64_t layer, const nn::RouterContext& router);
+  bool capacity_may_drop_;
   std::vector<Sum> sums_;
 };
 

@@ -208,7 +208,8 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
     result.valid_losses.emplace_back(trainer.iteration(), loss);
   };
   const bool can_eval = tc.eval_iters > 0 && data.valid != nullptr;
-  MoELayerStatsCollector layer_stats;  // --moe-per-layer-logging
+  // --moe-per-layer-logging
+  MoELayerStatsCollector layer_stats(config.model.moe.moe_expert_capacity_factor.has_value());
   if (config.moe_per_layer_logging)
     trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };
   while (trainer.iteration() < tc.train_iters) {
