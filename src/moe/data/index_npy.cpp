@@ -1,7 +1,6 @@
 // Integer .npy files for the dataset index cache (index_npy.h).
 #include "moe/data/index_npy.h"
 
-#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -10,13 +9,11 @@
 #include "moe/core/crc32c.h"
 #include "moe/core/error.h"
 #include "moe/io/atomic_file.h"
+#include "moe/io/npy.h"
 
 namespace moe::data {
 
 namespace {
-
-constexpr char kMagic[] = "\x93NUMPY";
-constexpr size_t kMagicLen = 6;
 
 size_t itemsize(IndexDType dtype) {
   switch (dtype) {
@@ -46,30 +43,6 @@ bool fits(IndexDType dtype, int64_t v) {
   return false;
 }
 
-std::string shape_tuple(const std::vector<int64_t>& shape) {
-  std::string out = "(";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  if (shape.size() == 1) out += ',';
-  return out + ")";
-}
-
-// numpy.lib.format's header: the dict, room for the first axis to grow (21 digits), then spaces
-// and '\n' up to a multiple of 64 bytes including the 10-byte preamble.
-std::string header(IndexDType dtype, const std::vector<int64_t>& shape) {
-  std::string dict = std::string("{'descr': '") + index_dtype_descr(dtype) +
-                     "', 'fortran_order': False, 'shape': " + shape_tuple(shape) + ", }";
-  const size_t digits = std::to_string(shape.at(0)).size();
-  if (digits < 21) dict.append(21 - digits, ' ');
-  dict.append(64 - (10 + dict.size() + 1) % 64, ' ');
-  dict += '\n';
-  std::string out(kMagic, kMagicLen);
-  out += '\x01';
-  out += '\x00';
-  out += static_cast<char>(dict.size() & 0xff);
-  out += static_cast<char>((dict.size() >> 8) & 0xff);
-  return out + dict;
-}
-
 }  // namespace
 
 const char* index_dtype_descr(IndexDType dtype) {
@@ -91,7 +64,7 @@ uint32_t write_index_npy(const std::string& path, IndexDType dtype,
   MOE_CHECK(shape.size() == 1 || shape.size() == 2, path, ": index arrays are 1-D or 2-D");
   int64_t numel = 1;
   for (int64_t d : shape) numel *= d;
-  MOE_CHECK(numel == static_cast<int64_t>(values.size()), path, ": shape ", shape_tuple(shape),
+  MOE_CHECK(numel == static_cast<int64_t>(values.size()), path, ": shape ", shape_str(shape),
             " does not hold ", values.size(), " values");
   const size_t size = itemsize(dtype);
   std::vector<unsigned char> bytes(values.size() * size);
@@ -102,7 +75,7 @@ uint32_t write_index_npy(const std::string& path, IndexDType dtype,
     for (size_t b = 0; b < size; ++b)
       bytes[i * size + b] = static_cast<unsigned char>(v >> (8 * b));
   }
-  const std::string head = header(dtype, shape);
+  const std::string head = io::npy_header(index_dtype_descr(dtype), shape);
   uint32_t crc = crc32c(head.data(), head.size());
   crc = crc32c(bytes.data(), bytes.size(), crc);
   io::AtomicFile file(path);
@@ -117,50 +90,26 @@ IndexArray read_index_npy(const std::string& path, uint32_t* crc) {
   MOE_CHECK(in.good(), "cannot open index file ", path);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (crc) *crc = crc32c(bytes.data(), bytes.size());
-  MOE_CHECK(bytes.size() >= 10 && std::memcmp(bytes.data(), kMagic, kMagicLen) == 0 &&
-                bytes[kMagicLen] == '\x01',
-            path, ": not a version 1.0 .npy file");
-  const size_t header_len = static_cast<unsigned char>(bytes[8]) |
-                            (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
-  MOE_CHECK(bytes.size() >= 10 + header_len, path, ": truncated .npy header");
-  const std::string head = bytes.substr(10, header_len);
-
+  const io::NpyLayout layout = io::parse_npy_layout(bytes, path);
   IndexArray out;
   bool known = false;
   for (IndexDType d : {IndexDType::i16, IndexDType::i32, IndexDType::i64, IndexDType::u32})
-    if (head.find(std::string("'descr': '") + index_dtype_descr(d) + "'") != std::string::npos) {
+    if (layout.descr == index_dtype_descr(d)) {
       out.dtype = d;
       known = true;
     }
-  MOE_CHECK(known, path, ": .npy dtype is not <i2, <i4, <i8 or <u4: ", head);
-  MOE_CHECK(head.find("'fortran_order': False") != std::string::npos, path,
-            ": Fortran-order index arrays are not supported");
-  const size_t open = head.find("'shape': (");
-  const size_t close = open == std::string::npos ? open : head.find(')', open);
-  MOE_CHECK(close != std::string::npos, path, ": .npy header has no shape: ", head);
-  std::string dims = head.substr(open + 10, close - open - 10);
-  size_t pos = 0;
-  while (pos < dims.size()) {
-    size_t end = dims.find(',', pos);
-    if (end == std::string::npos) end = dims.size();
-    const std::string item = dims.substr(pos, end - pos);
-    if (item.find_first_not_of(' ') != std::string::npos) {
-      MOE_CHECK(item.find_first_not_of(" 0123456789") == std::string::npos, path,
-                ": bad .npy shape (", dims, ")");
-      out.shape.push_back(std::stoll(item));
-    }
-    pos = end + 1;
-  }
+  MOE_CHECK(known, path, ": .npy dtype ", layout.descr, " is not <i2, <i4, <i8 or <u4");
+  out.shape = layout.shape;
   MOE_CHECK(out.shape.size() == 1 || out.shape.size() == 2, path,
-            ": index arrays are 1-D or 2-D, shape (", dims, ")");
+            ": index arrays are 1-D or 2-D, shape ", shape_str(out.shape));
   size_t numel = 1;
   for (int64_t d : out.shape) numel *= static_cast<size_t>(d);
   const size_t size = itemsize(out.dtype);
-  MOE_CHECK(bytes.size() - 10 - header_len == numel * size, path, ": .npy data holds ",
-            bytes.size() - 10 - header_len, " bytes, shape (", dims, ") of ",
-            index_dtype_descr(out.dtype), " needs ", numel * size, " (truncated file?)");
+  MOE_CHECK(bytes.size() - layout.data_offset == numel * size, path, ": .npy data holds ",
+            bytes.size() - layout.data_offset, " bytes, shape ", shape_str(out.shape), " of ",
+            layout.descr, " needs ", numel * size, " (truncated file?)");
   out.values.resize(numel);
-  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data() + 10 + header_len);
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data() + layout.data_offset);
   for (size_t i = 0; i < numel; ++i) {
     uint64_t v = 0;
     for (size_t b = 0; b < size; ++b) v |= static_cast<uint64_t>(data[i * size + b]) << (8 * b);

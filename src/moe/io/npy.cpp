@@ -74,26 +74,26 @@ Shape parse_shape(const std::string& text, const std::string& path) {
   return shape;
 }
 
-DType parse_descr(const std::string& text, const std::string& path) {
-  std::string d = text;
-  if (d.size() >= 2 && (d.front() == '\'' || d.front() == '"')) d = d.substr(1, d.size() - 2);
+DType parse_descr(const std::string& d, const std::string& path) {
   if (d == "<f4") return DType::f32;
   if (d == "<f8") return DType::f64;
   if (d == "<i8") return DType::i64;
   if (d == "<i4") return DType::i32;
   if (d == "|u1" || d == "<u1") return DType::u8;
-  MOE_FAIL(path, ": .npy dtype ", text,
+  MOE_FAIL(path, ": .npy dtype ", d,
            " is not supported (little-endian <f4, <f8, <i8, <i4 or |u1 only)");
 }
 
 }  // namespace
 
-std::string npy_header(const Shape& shape) {
+std::string npy_header(const Shape& shape) { return npy_header("<f4", shape); }
+
+std::string npy_header(const std::string& descr, const Shape& shape) {
   // As numpy.lib.format._write_array_header: the dict with sorted keys, spare spaces after it
   // so that the first axis can grow in place (GROWTH_AXIS_MAX_DIGITS = 21), then
   // _wrap_header's padding of 1..64 spaces and '\n' up to a multiple of 64 bytes.
-  std::string dict =
-      "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape_tuple(shape) + ", }";
+  std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " +
+                     shape_tuple(shape) + ", }";
   if (!shape.empty()) {
     const size_t digits = std::to_string(shape[0]).size();
     if (digits < 21) dict.append(21 - digits, ' ');
@@ -123,10 +123,7 @@ void write_npy(const std::string& path, const Tensor& tensor) {
   file.commit();
 }
 
-Tensor read_npy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOE_CHECK(in.good(), "cannot open .npy file ", path);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+NpyLayout parse_npy_layout(std::string_view bytes, const std::string& path) {
   MOE_CHECK(bytes.size() >= kMagicLen + 4 && std::memcmp(bytes.data(), kMagic, kMagicLen) == 0,
             path, ": not a .npy file (no \\x93NUMPY magic)");
   const auto major = static_cast<unsigned char>(bytes[kMagicLen]);
@@ -144,17 +141,29 @@ Tensor read_npy(const std::string& path) {
     MOE_FAIL(path, ": .npy version ", static_cast<int>(major), " is not supported (1, 2 or 3)");
   }
   MOE_CHECK(bytes.size() >= preamble + header_len, path, ": truncated .npy header");
-  const std::string header = bytes.substr(preamble, header_len);
-  const DType dtype = parse_descr(dict_value(header, "descr", path), path);
+  const std::string header(bytes.substr(preamble, header_len));
+  NpyLayout layout;
+  layout.descr = dict_value(header, "descr", path);
+  if (layout.descr.size() >= 2 && (layout.descr.front() == '\'' || layout.descr.front() == '"'))
+    layout.descr = layout.descr.substr(1, layout.descr.size() - 2);
   const std::string fortran = dict_value(header, "fortran_order", path);
   MOE_CHECK(fortran == "False", path, ": Fortran-order .npy arrays are not supported");
-  const Shape shape = parse_shape(dict_value(header, "shape", path), path);
-  Tensor out = Tensor::empty(shape, dtype);
-  const size_t data_begin = preamble + header_len;
-  MOE_CHECK(bytes.size() - data_begin == out.nbytes(), path, ": .npy data holds ",
-            bytes.size() - data_begin, " bytes, but shape ", shape_str(shape), " of ", dtype,
-            " needs ", out.nbytes());
-  if (out.nbytes() > 0) std::memcpy(out.raw(), bytes.data() + data_begin, out.nbytes());
+  layout.shape = parse_shape(dict_value(header, "shape", path), path);
+  layout.data_offset = preamble + header_len;
+  return layout;
+}
+
+Tensor read_npy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK(in.good(), "cannot open .npy file ", path);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const NpyLayout layout = parse_npy_layout(bytes, path);
+  const DType dtype = parse_descr(layout.descr, path);
+  Tensor out = Tensor::empty(layout.shape, dtype);
+  MOE_CHECK(bytes.size() - layout.data_offset == out.nbytes(), path, ": .npy data holds ",
+            bytes.size() - layout.data_offset, " bytes, but shape ", shape_str(layout.shape),
+            " of ", dtype, " needs ", out.nbytes());
+  if (out.nbytes() > 0) std::memcpy(out.raw(), bytes.data() + layout.data_offset, out.nbytes());
   return out;
 }
 

@@ -9,13 +9,26 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 #include "moe/core/tensor.h"
 
 namespace moe::io {
 
-// The 10-byte preamble and padded header text for a '<f4' C-order array of `shape`.
+// The 10-byte preamble and padded header text (numpy.save's, byte for byte) for a C-order array
+// of `descr` ("<f4", "<i2", "<u4", ...) and `shape`; the first overload is '<f4'.
 std::string npy_header(const Shape& shape);
+std::string npy_header(const std::string& descr, const Shape& shape);
+
+// The layout a .npy file's bytes declare (versions 1.0, 2.0, 3.0): the dtype text (unquoted,
+// e.g. "<i8"), the shape and the offset of the data. A missing magic, an unknown version, a
+// truncated or malformed header and Fortran order are errors naming `path`.
+struct NpyLayout {
+  std::string descr;
+  Shape shape;
+  size_t data_offset = 0;
+};
+NpyLayout parse_npy_layout(std::string_view bytes, const std::string& path);
 
 // Writes `tensor` (any floating dtype, any device; converted to f32) as a float32 .npy,
 // atomically (AtomicFile).

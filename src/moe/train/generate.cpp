@@ -182,12 +182,8 @@ std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
             " has a vocabulary of ", vocab, " ids, not a byte-level one (",
             ByteTokenizer::kVocabSize, " ids padded to at most ",
             ByteTokenizer::kMaxPaddedVocabSize,
-            "): generating text from it needs its tokenizer, which moecore does not read yet");
-  options.sampled_vocab_size = ByteTokenizer::kVocabSize;
-  if (!options.end_of_document_id) options.end_of_document_id = ByteTokenizer::kEndOfDocument;
-  std::vector<int64_t> ids = ByteTokenizer::encode(prompt);
-  if (ids.empty()) ids.push_back(ByteTokenizer::kEndOfDocument);
-  return ByteTokenizer::decode(generate(model, ids, options));
+            "): generating text from it needs its tokenizer (generate_text, --tokenizer-model)");
+  return generate_text(model, data::ByteLevelTokenizer(), prompt, options);
 }
 
 std::string generate_text(nn::GPTModel& model, const data::Tokenizer& tokenizer,

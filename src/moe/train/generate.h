@@ -76,7 +76,8 @@ std::vector<int64_t> generate(nn::GPTModel& model, const std::vector<int64_t>& p
 // generate() for a byte-level model (data/byte_tokenizer.h): the prompt text's bytes (an empty
 // prompt starts a new document: the end-of-document id alone), sampling only ids 0..256, and
 // stopping at the end-of-document id unless options.end_of_document_id says otherwise. Returns
-// the new text (the end-of-document id dropped). A model whose vocab_size cannot be a padded
+// the new text (the end-of-document id dropped): generate_text with the byte tokenizer, after
+// checking the vocabulary. A model whose vocab_size cannot be a padded
 // byte vocabulary (ByteTokenizer::fits_model_vocab) is an error saying a tokenizer is needed.
 std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
                                GenerateOptions options);

@@ -9,7 +9,8 @@
 //     --load, --save, --save-interval, --finetune and --no-load-optim are refused before
 //     anything runs ("not supported by this build yet"), never ignored.
 //   after_training : standard_train_hooks() prints --sample-tokens bytes of text sampled from
-//     the trained model (generate.h's generate_byte_text) when its vocabulary is a byte one.
+//     the trained model (generate.h's generate_text) through the run's tokenizer (byte tokens
+//     unless --tokenizer-model is given).
 // --moe-per-layer-logging: the trainer's per-micro-batch callback feeds train_log.h's
 // MoELayerStatsCollector.
 // --load as Megatron: a folder without a checkpoint yet (no tracker) starts from scratch.
