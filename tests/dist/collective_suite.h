@@ -9,6 +9,7 @@
 // ASSERTs), so a failed check never leaves the ranks calling different collectives.
 #pragma once
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -27,5 +28,8 @@ struct SuiteCase {
 
 // Every case, in the order a runner should run them on one group (those that break calls last).
 const std::vector<SuiteCase>& collective_suite();
+
+// GoogleTest prints a parameter by its name.
+inline void PrintTo(const SuiteCase& c, std::ostream* out) { *out << c.name; }
 
 }  // namespace moe::dist::test

@@ -15,6 +15,9 @@ struct Param {
   SuiteCase suite_case;
   int world;
 };
+void PrintTo(const Param& p, std::ostream* out) {
+  *out << p.suite_case.name << " on " << p.world << " ranks";
+}
 
 class CollectiveSuiteLocalCuda : public ::testing::TestWithParam<Param> {};
 
