@@ -2,7 +2,10 @@
 // allocator: freed blocks are kept in per-(device, stream) free lists and reused for later
 // requests of a fitting size, so the MoE hot path (whose shapes change every step) does not
 // call cudaMalloc/cudaFree. A block freed on one stream is only reused on that stream, which
-// keeps reuse ordered without events. Sizes are rounded to 512 B (small) or 2 MiB (large).
+// keeps reuse ordered without events. A block that other streams used too (record_stream, as
+// PyTorch's allocator has: communication on its own stream) is reused only after events recorded
+// on each of those streams at free time have completed. Sizes are rounded to 512 B (small) or
+// 2 MiB (large).
 #pragma once
 
 #include <cstddef>
@@ -22,6 +25,11 @@ struct MemoryStats {
 
 void* allocate(size_t bytes, Device device);
 void deallocate(void* ptr, size_t bytes, Device device);
+
+// Marks the CUDA block holding `ptr` as used by `stream` (besides the stream that allocated it),
+// so that when it is freed it is not reused before the work queued on `stream` up to the free
+// has completed. No effect on CPU memory.
+void record_stream(const void* ptr, Device device, StreamHandle stream);
 
 MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
