@@ -174,19 +174,13 @@ std::string join(const std::vector<std::string>& parts, const std::string& separ
   return out;
 }
 
-// "iter_0000100" -> 100; nullopt for any other name.
-std::optional<int64_t> iteration_of_name(const std::string& name) {
-  if (name.size() != 12 || name.compare(0, 5, "iter_") != 0) return std::nullopt;
-  for (size_t i = 5; i < name.size(); ++i)
-    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return std::nullopt;
-  return std::stoll(name.substr(5));
-}
-
 // Whether `dir` is a training checkpoint's iteration folder (see the header), whatever its
 // state: then it is read only through verify_training_checkpoint.
 bool looks_like_iteration_folder(const fs::path& dir) {
+  // "ckpt/iter_0000010/" is named by its last non-empty component.
+  const fs::path name = dir.filename().empty() ? dir.parent_path().filename() : dir.filename();
   return fs::exists(dir / kManifest) || fs::exists(dir / kTrainerState) ||
-         fs::exists(dir / kOptimizer) || iteration_of_name(dir.filename().string()).has_value();
+         fs::exists(dir / kOptimizer) || checkpoint_folder_iteration(name.string()).has_value();
 }
 
 // MOE_TEST_SAVE_DELAY_MS, read once (train_checkpoint.h).
@@ -225,6 +219,13 @@ std::string checkpoint_folder_name(int64_t iteration) {
   return name;
 }
 
+std::optional<int64_t> checkpoint_folder_iteration(const std::string& name) {
+  if (name.size() != 12 || name.compare(0, 5, "iter_") != 0) return std::nullopt;
+  for (size_t i = 5; i < name.size(); ++i)
+    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return std::nullopt;
+  return std::stoll(name.substr(5));
+}
+
 std::optional<int64_t> latest_checkpoint_iteration(const std::string& save_dir) {
   const fs::path tracker = fs::path(save_dir) / kTrackerFileName;
   if (!fs::exists(tracker)) return std::nullopt;
@@ -244,7 +245,7 @@ std::vector<int64_t> iteration_folders(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return out;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::optional<int64_t> n = iteration_of_name(it->path().filename().string());
+    const std::optional<int64_t> n = checkpoint_folder_iteration(it->path().filename().string());
     if (n && it->is_directory(ec)) out.push_back(*n);
   }
   std::sort(out.begin(), out.end());

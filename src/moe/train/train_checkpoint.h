@@ -60,6 +60,8 @@ inline constexpr const char* kTrackerFileName = "latest_checkpointed_iteration.t
 
 // "iter_0000100" (Megatron's 'iter_{:07d}').
 std::string checkpoint_folder_name(int64_t iteration);
+// The inverse: "iter_0000100" -> 100; nullopt for any other name.
+std::optional<int64_t> checkpoint_folder_iteration(const std::string& name);
 
 // The tracker's iteration, or nullopt when `save_dir` holds no tracker (no checkpoint yet:
 // Megatron then starts from scratch). A tracker that is not a non-negative integer is an error
@@ -108,7 +110,8 @@ SaveResult save_training_checkpoint(const std::string& save_dir, nn::GPTModel& m
                                     Trainer& trainer, const nlohmann::json& run_config);
 
 struct LoadOptions {
-  // --ckpt-step: load this iteration instead of the tracker's.
+  // Load this iteration instead of the tracker's (Megatron's --ckpt-step; not a `moe train`
+  // flag: there, --load the iteration folder itself).
   std::optional<int64_t> iteration;
   // --finetune: weights and buffers only; the trainer starts at iteration 0 with a fresh
   // optimizer (zero moments, step 0, masters from the loaded weights) and data position 0.

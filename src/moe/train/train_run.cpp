@@ -48,10 +48,9 @@ struct CheckpointHookState {
 // The iteration of a training checkpoint's iteration folder: its name, else its manifest's
 // "iteration"; nullopt when neither says (the load will name the problem).
 std::optional<int64_t> iteration_folder_iteration(const fs::path& folder) {
-  const std::string name = folder.filename().string();
-  if (name.size() == 12 && name.rfind("iter_", 0) == 0 &&
-      name.find_first_not_of("0123456789", 5) == std::string::npos)
-    return std::stoll(name.substr(5));
+  const fs::path name =
+      folder.filename().empty() ? folder.parent_path().filename() : folder.filename();
+  if (const auto n = checkpoint_folder_iteration(name.string())) return n;
   try {
     const nlohmann::json manifest =
         read_json_file((folder / "manifest.json").string(), "checkpoint manifest");
