@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "moe/train/interrupt_report.h"
 #include "moe/train/train_args.h"
 #include "moe/train/train_run.h"
 
@@ -27,8 +28,13 @@ int run_train(CLI::App& cmd, bool force_cpu) {
   }
   train::TrainRunConfig config = train::parse_train_args(args);
   if (force_cpu) config.cpu = true;
-  // Checkpoints and the text sample after training (train_run.h's hook points).
-  train::run_training(config, train::standard_train_hooks(), stdout);
+  // SIGINT / SIGTERM: say what was interrupted and what was saved, exit 128 + signo.
+  train::install_interrupt_report();
+  // Checkpoints and the text sample after training (train_run.h's hook points). The default
+  // run (no flags) replaces its own earlier checkpoint; other runs never write over one.
+  train::StandardHookOptions hooks;
+  hooks.replace_earlier_saves = args.empty();
+  train::run_training(config, train::standard_train_hooks(hooks), stdout);
   return 0;
 }
 

@@ -1,5 +1,6 @@
 // `--load` resolution for moe generate: a model folder itself, or a training save folder whose
-// latest_checkpointed_iteration.txt names iter_NNNNNNN; errors name what is wrong.
+// latest_checkpointed_iteration.txt names iter_NNNNNNN, read and verified exactly as
+// `moe train --load` reads them; errors name what is wrong.
 #include "moe/train/model_folder.h"
 
 #include <gtest/gtest.h>
@@ -45,24 +46,45 @@ class ModelFolder : public ::testing::Test {
   fs::path root_;
 };
 
-TEST_F(ModelFolder, SaveFolderResolvesToTheTrackedIteration) {
+TEST_F(ModelFolder, AModelFolderIsItself) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  nn::GPTModel model(nn::model_zoo("mixtral-tiny"), DType::f32, Device::cpu(), seed);
+  const fs::path folder = root_ / "converted";
+  checkpoint::save_model(folder.string(), model);
+  EXPECT_EQ(train::resolve_model_folder(folder.string()), folder.string());
+  auto loaded = checkpoint::load_model(folder.string(), DType::f32, Device::cpu());
+  const Tensor ids = test::random_tokens(4, 1, model.config().vocab_size, seed + 1);
+  EXPECT_TRUE(test::equal(loaded->logits(ids), model.logits(ids)));
+}
+
+// A save folder's iteration folders are training checkpoints: without their manifest (bare
+// model files under iter_NNNNNNN, a save that lost its manifest.json) `moe train --load`
+// refuses them, and so does `moe generate`, with the same message; nothing is read unverified.
+TEST_F(ModelFolder, ACheckpointWithoutItsManifestIsRefusedAsTrainRefusesIt) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   nn::GPTModel model(nn::model_zoo("mixtral-tiny"), DType::f32, Device::cpu(), seed);
   const fs::path save = root_ / "save";
   fs::create_directories(save);
-  checkpoint::save_model((save / "iter_0000003").string(), model);
   checkpoint::save_model((save / "iter_0000005").string(), model);
   write(save / train::kTrackerFileName, "5\n");
-  const std::string folder = train::resolve_model_folder(save.string());
-  EXPECT_EQ(fs::path(folder), save / "iter_0000005");
-  // A model folder is itself.
-  EXPECT_EQ(train::resolve_model_folder((save / "iter_0000003").string()),
-            (save / "iter_0000003").string());
-  // And it loads the same model.
-  auto loaded = checkpoint::load_model(folder, DType::f32, Device::cpu());
-  const Tensor ids = test::random_tokens(4, 1, model.config().vocab_size, seed + 1);
-  EXPECT_TRUE(test::equal(loaded->logits(ids), model.logits(ids)));
+  const std::string generate_error = expect_error(save.string());
+  EXPECT_NE(generate_error.find("iter_0000005 has no manifest.json"), std::string::npos)
+      << generate_error;
+  EXPECT_NE(expect_error((save / "iter_0000005").string()).find("no manifest.json"),
+            std::string::npos);
+  std::string train_error;
+  try {
+    (void)train::load_training_checkpoint(save.string(), model, nullptr);
+  } catch (const Error& e) {
+    train_error = e.what();
+  }
+  EXPECT_EQ(generate_error, train_error);
+  // Iteration folders without the tracker: the same error as `moe train` gives.
+  fs::remove(save / train::kTrackerFileName);
+  EXPECT_NE(expect_error(save.string()).find("holds iteration folders (iter_0000005"),
+            std::string::npos);
 }
 
 // A folder written by save_training_checkpoint is checked against its manifest: a changed
@@ -85,9 +107,17 @@ TEST_F(ModelFolder, TrainingCheckpointsAreVerified) {
   const fs::path folder = save / train::checkpoint_folder_name(0);
   EXPECT_EQ(fs::path(train::resolve_model_folder(save.string())), folder);
   EXPECT_EQ(fs::path(train::resolve_model_folder(folder.string())), folder);
+  // The iteration folder loads as the model it holds.
+  auto loaded = checkpoint::load_model(folder.string(), DType::f32, Device::cpu());
+  const Tensor ids = test::random_tokens(4, 1, model.config().vocab_size, seed + 1);
+  EXPECT_TRUE(test::equal(loaded->logits(ids), model.logits(ids)));
   std::ofstream(folder / "model.safetensors", std::ios::app) << "x";
   EXPECT_NE(expect_error(save.string()).find("model.safetensors"), std::string::npos);
   EXPECT_NE(expect_error(folder.string()).find("model.safetensors"), std::string::npos);
+  // A missing manifest is refused too (it used to load unverified).
+  fs::remove(folder / "manifest.json");
+  EXPECT_NE(expect_error(save.string()).find("no manifest.json"), std::string::npos);
+  EXPECT_NE(expect_error(folder.string()).find("no manifest.json"), std::string::npos);
 }
 
 TEST_F(ModelFolder, BadFoldersAreErrorsNamingTheProblem) {
@@ -96,9 +126,10 @@ TEST_F(ModelFolder, BadFoldersAreErrorsNamingTheProblem) {
   write(root_ / train::kTrackerFileName, "seven");
   EXPECT_NE(expect_error(root_.string()).find("not an iteration number"), std::string::npos);
   write(root_ / train::kTrackerFileName, "7");
-  EXPECT_NE(expect_error(root_.string()).find("iter_0000007 is not a folder"), std::string::npos);
+  EXPECT_NE(expect_error(root_.string()).find("iter_0000007 does not exist"), std::string::npos);
   fs::create_directories(root_ / "iter_0000007");
-  EXPECT_NE(expect_error(root_.string()).find("no model_config.json"), std::string::npos);
+  EXPECT_NE(expect_error(root_.string()).find("iter_0000007 has no manifest.json"),
+            std::string::npos);
 }
 
 TEST_F(ModelFolder, TokenizerFilesAreFound) {

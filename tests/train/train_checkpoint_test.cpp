@@ -3,6 +3,9 @@
 // --no-load-optim, the tracker, and saves that were interrupted.
 #include "moe/train/train_checkpoint.h"
 
+#include <signal.h>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,6 +17,7 @@
 #include "common/check.h"
 #include "io/safetensors_testing.h"
 #include "moe/checkpoint/model_io.h"
+#include "moe/core/error.h"
 #include "moe/core/json_file.h"
 #include "moe/io/safetensors.h"
 #include "moe/train/batch_source.h"
@@ -344,9 +348,16 @@ TEST_F(TrainCheckpoint, ADifferentSeedIsRefusedUnlessNoLoadRng) {
   SCOPED_TRACE(seed);
   saved_run(seed, 2);
   TrainingRun target(seed + 1, seed);
-  EXPECT_TRUE(
-      fails_with([&] { load_training_checkpoint(save_dir(), target.model, &target.trainer); },
-                 {"--seed", std::to_string(seed)}));
+  std::string message;
+  try {
+    load_training_checkpoint(save_dir(), target.model, &target.trainer);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("--seed " + std::to_string(seed)), std::string::npos) << message;
+  // Only flags `moe train` has: --finetune, not Megatron's --no-load-rng (not a flag here).
+  EXPECT_NE(message.find("--finetune"), std::string::npos) << message;
+  EXPECT_EQ(message.find("--no-load-rng"), std::string::npos) << message;
   LoadOptions options;
   options.no_load_rng = true;
   EXPECT_EQ(load_training_checkpoint(save_dir(), target.model, &target.trainer, options).iteration,
@@ -438,6 +449,101 @@ TEST_F(TrainCheckpoint, TheTrackerPointsToTheNewestSaveAndOlderOnesStayLoadable)
     EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
 }
 
+// The resolved flags are stored as given; a path that is not UTF-8 must not make the save
+// throw (nlohmann's strict dump did: "invalid UTF-8 byte").
+TEST_F(TrainCheckpoint, RunConfigWithBytesThatAreNotUtf8IsSaved) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  TrainingRun run(seed, seed);
+  run.steps(1);
+  save_training_checkpoint(save_dir(), run.model, run.trainer,
+                           json{{"flags", {"--data-path /data/caf\xE9/x"}}});
+  EXPECT_EQ(latest_checkpoint_iteration(save_dir()), 1);
+  TrainingRun loaded(seed, seed + 1);
+  const LoadResult r = load_training_checkpoint(save_dir(), loaded.model, &loaded.trainer);
+  EXPECT_EQ(r.run_config["flags"][0], "--data-path /data/caf\xEF\xBF\xBD/x");  // U+FFFD
+}
+
+// Iteration folders without the tracker (deleted, or not copied) are never "no checkpoint
+// yet": the error lists them and says how to resume.
+TEST_F(TrainCheckpoint, IterationFoldersWithoutTheTrackerAreAnErrorListingThem) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  TrainingRun run(seed, seed);
+  run.steps(2);
+  save_training_checkpoint(save_dir(), run.model, run.trainer, json::object());
+  run.steps(2);
+  save_training_checkpoint(save_dir(), run.model, run.trainer, json::object());
+  EXPECT_EQ(classify_load_folder(save_dir()), LoadFolderKind::save_folder);
+  EXPECT_EQ(iteration_folders(save_dir()), (std::vector<int64_t>{2, 4}));
+  fs::remove(fs::path(save_dir()) / kTrackerFileName);
+  const std::string listed = "iter_0000002, iter_0000004";
+  const std::string no_tracker = "no " + std::string(kTrackerFileName);
+  const std::string recreate = "echo 4 > " + (fs::path(save_dir()) / kTrackerFileName).string();
+  const std::string by_folder = "--load " + iter_dir(4).string();
+  EXPECT_TRUE(fails_with([&] { classify_load_folder(save_dir()); },
+                         {listed, no_tracker, recreate, by_folder}));
+  TrainingRun target(seed, seed + 1);
+  EXPECT_TRUE(
+      fails_with([&] { load_training_checkpoint(save_dir(), target.model, &target.trainer); },
+                 {listed, no_tracker, recreate, by_folder}));
+  // The way out the message gives: the iteration folder itself.
+  EXPECT_EQ(classify_load_folder(iter_dir(4).string()), LoadFolderKind::iteration_folder);
+  EXPECT_EQ(load_training_checkpoint(iter_dir(4).string(), target.model, &target.trainer).iteration,
+            4);
+  // Other folders: nothing there yet, or a model folder.
+  EXPECT_EQ(classify_load_folder(path("missing")), LoadFolderKind::none);
+  fs::create_directories(path("empty"));
+  EXPECT_EQ(classify_load_folder(path("empty")), LoadFolderKind::none);
+  checkpoint::save_model(path("model"), run.model);
+  EXPECT_EQ(classify_load_folder(path("model")), LoadFolderKind::model_folder);
+}
+
+// An iteration folder that lost its manifest is a training checkpoint all the same (its name
+// or its optimizer / trainer state say so): refused, never read as a bare model folder.
+TEST_F(TrainCheckpoint, AnIterationFolderWithoutItsManifestIsRefused) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  saved_run(seed, 2);
+  fs::remove(iter_dir(2) / "manifest.json");
+  EXPECT_EQ(classify_load_folder(iter_dir(2).string()), LoadFolderKind::iteration_folder);
+  EXPECT_TRUE(
+      fails_with([&] { training_checkpoint_folder(iter_dir(2).string()); }, {"no manifest.json"}));
+  EXPECT_TRUE(fails_with([&] { training_checkpoint_folder(save_dir()); }, {"no manifest.json"}));
+  fs::rename(iter_dir(2), path("renamed"));  // the name no longer says it; its files do
+  EXPECT_EQ(classify_load_folder(path("renamed")), LoadFolderKind::iteration_folder);
+}
+
+// --load of a model folder (`moe convert` output): the weights, a fresh optimizer whose fp32
+// masters are those weights, iteration 0; a model of other shapes is refused naming the field.
+TEST_F(TrainCheckpoint, AModelFolderLoadsItsWeightsWithAFreshTrainer) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  TrainingRun source(seed, seed);
+  source.steps(2);
+  checkpoint::save_model(path("model"), source.model);
+  TrainingRun target(seed + 1, seed + 1);
+  target.trainer.train_step();  // state that the load must reset
+  EXPECT_TRUE(load_model_folder_weights(path("model"), target.model, &target.trainer).empty());
+  EXPECT_TRUE(same_model(target.model, source.model));
+  EXPECT_EQ(target.trainer.iteration(), 0);
+  EXPECT_EQ(target.trainer.optimizer_steps(), 0);
+  for (const NamedTensor& s : target.trainer.optimizer().state())
+    if (!s.name.ends_with(".master")) {
+      EXPECT_TRUE(all_zero(*s.value)) << s.name;
+    }
+  const StepMetrics first = target.trainer.train_step();
+  EXPECT_EQ(first.iteration, 1);
+  EXPECT_EQ(first.lr, target.trainer.schedule().lr(0));
+
+  nn::ModelConfig other = bias_config();
+  other.moe.num_experts = 8;
+  TrainingRun wrong(other, seed, seed);
+  EXPECT_TRUE(fails_with([&] { load_model_folder_weights(path("model"), wrong.model, nullptr); },
+                         {"other tensor shapes", "moe.num_experts: checkpoint 4, model 8",
+                          "--model " + (fs::path(path("model")) / "model_config.json").string()}));
+}
+
 TEST_F(TrainCheckpoint, AnInterruptedSaveDoesNotBreakLoading) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
@@ -456,8 +562,20 @@ TEST_F(TrainCheckpoint, AnInterruptedSaveDoesNotBreakLoading) {
   TrainingRun resumed(seed, seed + 1);
   EXPECT_EQ(load_training_checkpoint(save_dir(), resumed.model, &resumed.trainer).iteration, 2);
 
-  // The next save goes through, and the tracker moves to it.
-  save_training_checkpoint(save_dir(), run.model, run.trainer, json::object());
+  // The next save goes through, and the tracker moves to it. It removes the leftover (its
+  // process, pid 12345 here, is gone and it predates this process) and nothing else.
+  if (::kill(12345, 0) != 0) {  // (on the rare machine where 12345 is alive it stays)
+    fs::last_write_time(leftover, fs::file_time_type::clock::now() - std::chrono::hours(1));
+  }
+  io::testing::write_bytes(path("ckpt/.iter_0000004.notes"), "mine");
+  const SaveResult saved =
+      save_training_checkpoint(save_dir(), run.model, run.trainer, json::object());
+  EXPECT_EQ(saved.folder, iter_dir(4).string());
+  if (::kill(12345, 0) != 0) {
+    EXPECT_FALSE(fs::exists(leftover));
+    EXPECT_EQ(saved.cleaned, std::vector<std::string>{"removed .iter_0000004.tmp.12345.678"});
+  }
+  EXPECT_TRUE(fs::exists(path("ckpt/.iter_0000004.notes")));
   EXPECT_EQ(latest_checkpoint_iteration(save_dir()), 4);
   TrainingRun latest(seed, seed + 1);
   EXPECT_EQ(load_training_checkpoint(save_dir(), latest.model, &latest.trainer).iteration, 4);

@@ -170,6 +170,38 @@ TEST(TrainLog, LoggerAveragesTheIntervalAndWritesJsonlAndTensorBoard) {
   EXPECT_EQ(read_jsonl(o.metrics_jsonl).size(), 0u);
 }
 
+// The text sample of a byte-level model is arbitrary bytes, often not UTF-8: the note must
+// still be written, as valid JSON (each invalid byte as U+FFFD), and the text log keeps the
+// bytes as they are.
+TEST(TrainLog, NotesWithBytesThatAreNotUtf8StayValidJson) {
+  const fs::path dir = fresh_dir("utf8");
+  TrainLoggerOptions o;
+  o.train_iters = 1;
+  o.global_batch_size = 1;
+  o.seq_length = 8;
+  o.metrics_jsonl = (dir / "metrics.jsonl").string();
+  std::FILE* out = std::tmpfile();
+  const std::string sample = "sample:\n\xD6\x8C&\xFF ok \xE2\x82";  // bad, bad, cut short
+  {
+    TrainLogger logger(test::tiny_gpt_config(DType::f32), o, out);
+    logger.note(sample);
+    logger.note("after");
+  }
+  const std::vector<nlohmann::json> lines = read_jsonl(o.metrics_jsonl);
+  ASSERT_EQ(lines.size(), 2u);
+  const std::string event = lines[0]["event"].get<std::string>();
+  EXPECT_NE(event.find("sample:\n"), std::string::npos) << event;
+  EXPECT_NE(event.find("\xEF\xBF\xBD"), std::string::npos) << event;  // U+FFFD
+  EXPECT_NE(event.find(" ok "), std::string::npos) << event;
+  EXPECT_EQ(lines[1]["event"], "after");
+  EXPECT_EQ(json_line(nlohmann::json{{"x", "\xC3"}}), "{\"x\":\"\xEF\xBF\xBD\"}");
+  std::rewind(out);
+  std::string text(1024, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), out));
+  std::fclose(out);
+  EXPECT_NE(text.find(sample), std::string::npos);
+}
+
 TEST(TrainLog, ModelFlopsKnownAnswer) {
   // Dense-free GQA MoE model, untied: per layer attention H Hq D + 2 H Hkv D + Hq D H, router
   // E H, k experts 3 H Fe; output V H; norms and embedding excluded.

@@ -5,14 +5,19 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint_testing.h"
+#include "moe/checkpoint/model_io.h"
 #include "moe/core/device.h"
 #include "moe/core/error.h"
+#include "moe/train/interrupt_report.h"
 #include "moe/train/train_args.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_run.h"
@@ -35,6 +40,19 @@ std::string error_of(const TrainRunConfig& config, const TrainHooks& hooks = {})
     return e.what();
   }
   return "";
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string output_of(std::FILE* out) {
+  std::rewind(out);
+  std::string text(1 << 16, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), out));
+  std::fclose(out);
+  return text;
 }
 
 // A small and quick run: 1 layer of width 32, 4 experts.
@@ -182,6 +200,175 @@ TEST(TrainRun, ResumingWithRouterJitterDrawsTheSameJitter) {
   ASSERT_EQ(resumed.iterations, 6);
   for (size_t i = 0; i < 6; ++i)
     EXPECT_EQ(resumed.losses[i], reference.losses[6 + i]) << "iteration " << 7 + i;
+}
+
+// The args of a short run saving into `save` every 2 iterations.
+std::vector<std::string> saving_run_args(const fs::path& save, int iterations) {
+  std::vector<std::string> args = small_run_args();
+  args.insert(args.end(), {"--train-iters", std::to_string(iterations), "--eval-iters", "0",
+                           "--sample-tokens", "0", "--lr-decay-iters", "20", "--lr-warmup-iters",
+                           "2", "--save", save.string(), "--save-interval", "2"});
+  return args;
+}
+
+// Each iteration folder's manifest and the metrics file, as bytes: what must stay untouched.
+std::map<std::string, std::string> save_folder_bytes(const fs::path& save) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::directory_iterator(save)) {
+    const fs::path manifest = e.path() / "manifest.json";
+    if (fs::exists(manifest)) out[e.path().filename().string()] = read_text(manifest);
+  }
+  out["metrics.jsonl"] = read_text(save / "metrics.jsonl");
+  return out;
+}
+
+// A save folder whose tracker is gone: `--load` it is an error listing the iteration folders
+// (never "no checkpoint there yet", which trained from scratch and wrote over iter_0000002),
+// and nothing is written, the metrics file included.
+TEST(TrainRun, LoadOfIterationFoldersWithoutTheTrackerIsRefused) {
+  const fs::path dir = fresh_dir("no_tracker");
+  const fs::path save = dir / "save";
+  run_training(parse_train_args(saving_run_args(save, 4)), standard_train_hooks(), nullptr);
+  fs::remove(save / kTrackerFileName);
+  const auto before = save_folder_bytes(save);
+  std::vector<std::string> again = saving_run_args(save, 4);
+  again.insert(again.end(), {"--load", save.string()});
+  const std::string error = error_of(parse_train_args(again), standard_train_hooks());
+  EXPECT_NE(error.find("holds iteration folders (iter_0000002, iter_0000004)"),
+            std::string::npos) << error;
+  EXPECT_NE(error.find("--load " + (save / "iter_0000004").string()), std::string::npos);
+  EXPECT_EQ(save_folder_bytes(save), before);
+  EXPECT_FALSE(fs::exists(save / kTrackerFileName));
+}
+
+// --save into a folder that holds a newer iteration than the run starts from is refused
+// before anything trains or is written (a fresh run, a --finetune); resuming it is fine, and
+// a save of the very iteration loaded, with nothing trained since, is skipped. The default
+// run's option replaces its own earlier save.
+TEST(TrainRun, SaveNeverWritesOverAnotherRunsIterations) {
+  const fs::path dir = fresh_dir("newer");
+  const fs::path save = dir / "save";
+  run_training(parse_train_args(saving_run_args(save, 4)), standard_train_hooks(), nullptr);
+  const auto before = save_folder_bytes(save);
+
+  std::string error = error_of(parse_train_args(saving_run_args(save, 4)), standard_train_hooks());
+  EXPECT_NE(error.find("--save " + save.string() + " already holds iteration 4"),
+            std::string::npos) << error;
+  EXPECT_NE(error.find("where this run starts (from scratch)"), std::string::npos) << error;
+  std::vector<std::string> finetune = saving_run_args(save, 4);
+  finetune.insert(finetune.end(), {"--load", save.string(), "--finetune"});
+  error = error_of(parse_train_args(finetune), standard_train_hooks());
+  EXPECT_NE(error.find("already holds iteration 4"), std::string::npos) << error;
+  EXPECT_EQ(save_folder_bytes(save), before);
+
+  // Resumed at its last iteration with nothing to train: loaded, not saved again.
+  std::vector<std::string> resume = saving_run_args(save, 4);
+  resume.insert(resume.end(), {"--load", save.string()});
+  std::FILE* out = std::tmpfile();
+  EXPECT_EQ(run_training(parse_train_args(resume), standard_train_hooks(), out).iterations, 0);
+  EXPECT_NE(output_of(out).find("is the checkpoint this run loaded"), std::string::npos);
+  auto after = save_folder_bytes(save);
+  after["metrics.jsonl"] = before.at("metrics.jsonl");  // the resumed run appended its notes
+  EXPECT_EQ(after, before);
+
+  // The default run replaces its own earlier checkpoint, and says so.
+  StandardHookOptions replace;
+  replace.replace_earlier_saves = true;
+  out = std::tmpfile();
+  run_training(parse_train_args(saving_run_args(save, 4)), standard_train_hooks(replace), out);
+  const std::string text = output_of(out);
+  EXPECT_NE(text.find("replacing " + (save / "iter_0000002").string()), std::string::npos)
+      << text;
+  EXPECT_EQ(latest_checkpoint_iteration(save.string()), 4);
+}
+
+// --load of a model folder (`moe convert` output, or a Hugging Face folder), with --finetune
+// or without: its weights are the run's starting point (it used to be "no checkpoint there
+// yet; training from scratch"). --finetune with nothing to load is an error.
+TEST(TrainRun, AModelFolderInLoadGivesTheRunItsWeights) {
+  const fs::path dir = fresh_dir("model_folder");
+  fs::create_directories(dir);
+  std::vector<std::string> args = small_run_args();
+  args.insert(args.end(), {"--train-iters", "1", "--eval-iters", "0", "--sample-tokens", "0"});
+  const TrainRunConfig plain = parse_train_args(args);
+  const uint64_t seed = 977;
+  nn::GPTModel source(plain.model, DType::f32, Device::cpu(), seed);
+  checkpoint::save_model((dir / "conv").string(), source);
+  const auto hf_tensors = checkpoint::testing::random_hf_tensors(plain.model, DType::f32, seed);
+  checkpoint::testing::write_hf_folder(dir / "hf", plain.model, hf_tensors, DType::f32);
+
+  for (const bool finetune : {true, false}) {
+    for (const std::string folder : {"conv", "hf"}) {
+      SCOPED_TRACE(folder + (finetune ? " --finetune" : ""));
+      std::vector<std::string> with_load = args;
+      with_load.insert(with_load.end(), {"--load", (dir / folder).string()});
+      if (finetune) with_load.push_back("--finetune");
+      TrainHooks hooks = standard_train_hooks();
+      const auto load = hooks.load;
+      bool checked = false;
+      hooks.load = [&](TrainSession& s) {
+        load(s);
+        EXPECT_EQ(s.trainer.iteration(), 0);
+        const Tensor& embedding = s.model.embed_tokens.value;
+        const Tensor expected = folder == "conv" ? source.embed_tokens.value
+                                                 : hf_tensors.at("model.embed_tokens.weight");
+        EXPECT_TRUE(io::testing::same_bytes(embedding, expected));
+        checked = true;
+      };
+      std::FILE* out = std::tmpfile();
+      EXPECT_EQ(run_training(parse_train_args(with_load), hooks, out).iterations, 1);
+      EXPECT_TRUE(checked);
+      const std::string text = output_of(out);
+      EXPECT_NE(text.find("loaded the weights of the model folder"), std::string::npos) << text;
+      EXPECT_EQ(text.find("from scratch"), std::string::npos) << text;
+    }
+  }
+
+  // Another shape: refused, naming the field.
+  std::vector<std::string> wider = args;
+  wider.insert(wider.end(), {"--load", (dir / "conv").string(), "--finetune",
+                             "--moe-ffn-hidden-size", "64"});
+  const std::string error = error_of(parse_train_args(wider), standard_train_hooks());
+  EXPECT_NE(error.find("other tensor shapes"), std::string::npos) << error;
+  // Nothing to fine-tune from.
+  fs::create_directories(dir / "empty");
+  std::vector<std::string> empty = args;
+  empty.insert(empty.end(), {"--load", (dir / "empty").string(), "--finetune"});
+  EXPECT_NE(error_of(parse_train_args(empty), standard_train_hooks())
+                .find("--finetune: --load " + (dir / "empty").string() + " holds no"),
+            std::string::npos);
+}
+
+// --lr 1e30 in NaN-skip mode: every update after the first broken one is skipped; the run
+// stops at the limit of skips in a row, naming the iteration, and saves nothing more.
+TEST(TrainRun, ARunThatOnlySkipsStopsWithoutSaving) {
+  const fs::path dir = fresh_dir("lr_huge");
+  std::vector<std::string> args = small_run_args();
+  args.insert(args.end(), {"--train-iters", "30", "--eval-iters", "0", "--sample-tokens", "0",
+                           "--lr", "1e30", "--save", (dir / "save").string()});
+  const std::string error = error_of(parse_train_args(args), standard_train_hooks());
+  EXPECT_NE(error.find("updates in a row were skipped"), std::string::npos) << error;
+  EXPECT_EQ(error.rfind("iteration ", 0), 0u) << error;
+  EXPECT_FALSE(latest_checkpoint_iteration((dir / "save").string()).has_value());
+}
+
+// What SIGINT / SIGTERM would print follows the run: the last save, the run's end.
+TEST(TrainRun, TheInterruptReportFollowsTheRun) {
+  const fs::path dir = fresh_dir("interrupt_text");
+  interrupt_report_reset();
+  EXPECT_EQ(interrupt_report_text(SIGINT),
+            "moe train: interrupted by SIGINT setting up; this run saved no checkpoint\n");
+  interrupt_report_iteration(3, 4);
+  EXPECT_NE(interrupt_report_text(SIGTERM).find("SIGTERM during iteration 3 of 4;"),
+            std::string::npos);
+  run_training(parse_train_args(saving_run_args(dir / "save", 4)), standard_train_hooks(),
+               nullptr);
+  const std::string text = interrupt_report_text(SIGTERM);
+  EXPECT_NE(text.find("after training (4 iterations done)"), std::string::npos) << text;
+  EXPECT_NE(text.find("last checkpoint saved: " + (dir / "save" / "iter_0000004").string() +
+                      " (resume with --load " + (dir / "save").string() + ")"),
+            std::string::npos)
+      << text;
 }
 
 }  // namespace

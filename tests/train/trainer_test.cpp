@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -323,6 +324,63 @@ TEST(Trainer, NanStopThrowsNamingTheIterationAndTheValue) {
   expect_unchanged(model, before);
   EXPECT_EQ(trainer.iteration(), 1);
   EXPECT_EQ(trainer.optimizer_steps(), 1);
+}
+
+// The same, poisoning every micro-batch whose call number (from 0) is in `calls`.
+class PoisonedCallsSource : public BatchSource {
+ public:
+  PoisonedCallsSource(BatchSource& inner, std::set<int64_t> calls)
+      : inner_(inner), calls_(std::move(calls)) {}
+  int64_t sample_length() const override { return inner_.sample_length(); }
+  Tensor next(int64_t batch_size) override {
+    Tensor t = inner_.next(batch_size);
+    if (calls_.count(count_++)) t.data<int64_t>()[3] = kPoison;
+    return t;
+  }
+  int64_t position() const override { return inner_.position(); }
+  void set_position(int64_t p) override { inner_.set_position(p); }
+
+ private:
+  BatchSource& inner_;
+  std::set<int64_t> calls_;
+  int64_t count_ = 0;
+};
+
+// --nan-action skip does not skip forever: the limit-th skipped update in a row stops the run,
+// naming the iteration and the value; isolated skips (a good step between) never add up.
+TEST(Trainer, NanSkipStopsAfterTooManySkippedUpdatesInARow) {
+  EXPECT_EQ(TrainConfig{}.max_consecutive_skipped, kMaxConsecutiveSkippedIterations);
+  nn::GPTModel model(tiny_config(/*moe=*/false), DType::f32, Device::cpu(), 21);
+  poison_embedding(model);
+  TokenArraySource inner(random_stream(40 * kSeq + 1, 3), kSeq, 3);
+  // Iterations 2, 4, 6 (isolated), then 8 on: one micro-batch a step.
+  std::set<int64_t> poisoned = {1, 3, 5};
+  for (int64_t c = 7; c < 40; ++c) poisoned.insert(c);
+  PoisonedCallsSource data(inner, poisoned);
+  TrainConfig config = small_train_config(2, 2, 30);
+  config.nan_action = NanAction::skip;
+  config.max_consecutive_skipped = 3;
+  Trainer trainer(model, config, data);
+  for (int i = 1; i <= 9; ++i) {
+    const StepMetrics m = trainer.train_step();
+    EXPECT_EQ(m.skipped, i % 2 == 0 || i >= 8) << "iteration " << i;
+  }
+  EXPECT_EQ(trainer.skipped_iterations(), 5);
+  try {
+    trainer.train_step();  // iteration 10: the third skip in a row
+    ADD_FAILURE() << "no error at the third skipped update in a row";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("iteration 10"), std::string::npos) << what;
+    EXPECT_NE(what.find("the lm loss is "), std::string::npos) << what;
+    EXPECT_NE(what.find("nan"), std::string::npos) << what;
+    EXPECT_NE(what.find("3 updates in a row were skipped"), std::string::npos) << what;
+    EXPECT_NE(what.find("--lr"), std::string::npos) << what;
+  }
+  EXPECT_EQ(trainer.iteration(), 9);  // the failing iteration is not counted
+
+  config.max_consecutive_skipped = 0;
+  EXPECT_THROW(config.validate(), Error);
 }
 
 TEST(Trainer, BadConfigurationsNameTheirFlags) {

@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <regex>
 #include <sstream>
 
 #include "moe/core/error.h"
@@ -38,7 +40,55 @@ std::string sibling_name(const fs::path& target, const char* what) {
   return (target.parent_path() / name.str()).string();
 }
 
+// When this process started (static initialisation), in the file system's clock.
+const fs::file_time_type kProcessStart = fs::file_time_type::clock::now();
+
+// Whether some process on this machine has this pid (EPERM: it exists, owned by another user).
+bool process_alive(long long pid) {
+  if (pid <= 0 || pid > 0x7fffffff) return false;
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH;
+}
+
 }  // namespace
+
+std::vector<std::string> remove_stale_temporaries(const std::string& parent,
+                                                  const std::string& target_regex) {
+  std::vector<std::string> done;
+  std::error_code ec;
+  if (!fs::is_directory(parent, ec)) return done;
+  // sibling_name(): '.' + target + ".tmp|old." + pid + '.' + n, possibly nested.
+  const std::regex whole("^(\\.+)(" + target_regex + ")((\\.(tmp|old)\\.[0-9]+\\.[0-9]+)+)$");
+  const std::regex suffix("\\.(tmp|old)\\.([0-9]+)\\.[0-9]+");
+  std::vector<fs::path> candidates;
+  for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec))
+    candidates.push_back(it->path());
+  for (const fs::path& path : candidates) {
+    const std::string name = path.filename().string();
+    std::smatch m;
+    if (!std::regex_match(name, m, whole)) continue;
+    const std::string target = m[2].str(), suffixes = m[3].str();
+    bool in_use = false;
+    int levels = 0;
+    bool old = false;
+    for (std::sregex_iterator s(suffixes.begin(), suffixes.end(), suffix), e; s != e; ++s) {
+      const long long pid = std::stoll((*s)[2].str().substr(0, 12));
+      in_use = in_use || pid == static_cast<long long>(::getpid()) || process_alive(pid);
+      old = (*s)[1].str() == "old";
+      ++levels;
+    }
+    const fs::file_time_type modified = fs::last_write_time(path, ec);
+    if (in_use || ec || modified >= kProcessStart) continue;
+    const fs::path target_path = fs::path(parent) / target;
+    if (old && levels == 1 && m[1].length() == 1 && !fs::exists(target_path)) {
+      fs::rename(path, target_path, ec);
+      if (!ec) done.push_back("restored " + name + " as " + target);
+      continue;
+    }
+    fs::remove_all(path, ec);
+    if (!ec) done.push_back("removed " + name);
+  }
+  return done;
+}
 
 AtomicFolder::AtomicFolder(std::string target, bool overwrite) {
   fs::path t = fs::absolute(fs::path(target)).lexically_normal();

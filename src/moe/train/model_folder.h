@@ -11,10 +11,12 @@
 
 namespace moe::train {
 
-// The model folder `load` names (see above). Errors name the folder and what is missing: not a
-// folder, neither kind, a tracker that is not a number, an iteration folder that is missing or
-// holds no model_config.json. An iteration folder with a manifest.json is verified against it
-// (sizes and CRC-32C: verify_training_checkpoint) before it is returned.
+// The model folder `load` names (see above), read as `moe train --load` reads it
+// (train_checkpoint.h's classify_load_folder). Errors name the folder and what is missing: not
+// a folder, neither kind, a tracker that is not a number, iteration folders without a tracker.
+// A training checkpoint (the tracker's iteration folder, or an iteration folder itself) is
+// always verified against its manifest (sizes and CRC-32C: verify_training_checkpoint, the
+// check `moe train` makes) before it is returned: one without manifest.json is refused.
 std::string resolve_model_folder(const std::string& load);
 
 // The Hugging Face tokenizer files present in `folder` (tokenizer.json, tokenizer.model,

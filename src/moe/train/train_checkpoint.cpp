@@ -3,11 +3,14 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "moe/checkpoint/atomic_folder.h"
@@ -19,6 +22,7 @@
 #include "moe/io/atomic_file.h"
 #include "moe/io/safetensors.h"
 #include "moe/nn/model_config_json.h"
+#include "moe/train/train_log.h"
 
 namespace moe::train {
 
@@ -170,27 +174,27 @@ std::string join(const std::vector<std::string>& parts, const std::string& separ
   return out;
 }
 
-// The iteration folder to read: load_dir itself when it is one, else the one of the asked
-// iteration or of the tracker.
-fs::path resolve_folder(const std::string& load_dir, const LoadOptions& options) {
-  const fs::path dir(load_dir);
-  MOE_CHECK(fs::is_directory(dir), "--load ", load_dir, ": no such folder");
-  if (!options.iteration && fs::exists(dir / kManifest)) return dir;  // an iteration folder
-  int64_t iteration = 0;
-  if (options.iteration) {
-    MOE_CHECK(*options.iteration >= 0, "--ckpt-step must be >= 0, got ", *options.iteration);
-    iteration = *options.iteration;
-  } else {
-    const std::optional<int64_t> latest = latest_checkpoint_iteration(load_dir);
-    MOE_CHECK(latest.has_value(), "--load ", load_dir, ": no ", kTrackerFileName,
-              " there, so no training checkpoint to resume from");
-    iteration = *latest;
-  }
-  const fs::path folder = dir / checkpoint_folder_name(iteration);
-  MOE_CHECK(fs::is_directory(folder), "training checkpoint ", folder.string(), " does not exist",
-            options.iteration ? std::string(" (--ckpt-step ") + std::to_string(iteration) + ")"
-                              : std::string(" (named by ") + kTrackerFileName + ")");
-  return folder;
+// Whether `dir` is a training checkpoint's iteration folder (see the header), whatever its
+// state: then it is read only through verify_training_checkpoint.
+bool looks_like_iteration_folder(const fs::path& dir) {
+  // "ckpt/iter_0000010/" is named by its last non-empty component.
+  const fs::path name = dir.filename().empty() ? dir.parent_path().filename() : dir.filename();
+  return fs::exists(dir / kManifest) || fs::exists(dir / kTrainerState) ||
+         fs::exists(dir / kOptimizer) || checkpoint_folder_iteration(name.string()).has_value();
+}
+
+// MOE_TEST_SAVE_DELAY_MS, read once (train_checkpoint.h).
+int64_t test_save_delay_ms() {
+  static const int64_t delay = [] {
+    const char* text = std::getenv(kTestSaveDelayVariable);
+    if (text == nullptr || *text == '\0') return int64_t{0};
+    char* end = nullptr;
+    const long long ms = std::strtoll(text, &end, 10);
+    MOE_CHECK(end != text && *end == '\0' && ms >= 0, kTestSaveDelayVariable, "=", text,
+              " is not a number of milliseconds");
+    return static_cast<int64_t>(ms);
+  }();
+  return delay;
 }
 
 void check_shape_of(const io::SafetensorsFile& file, const std::string& name,
@@ -215,6 +219,13 @@ std::string checkpoint_folder_name(int64_t iteration) {
   return name;
 }
 
+std::optional<int64_t> checkpoint_folder_iteration(const std::string& name) {
+  if (name.size() != 12 || name.compare(0, 5, "iter_") != 0) return std::nullopt;
+  for (size_t i = 5; i < name.size(); ++i)
+    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return std::nullopt;
+  return std::stoll(name.substr(5));
+}
+
 std::optional<int64_t> latest_checkpoint_iteration(const std::string& save_dir) {
   const fs::path tracker = fs::path(save_dir) / kTrackerFileName;
   if (!fs::exists(tracker)) return std::nullopt;
@@ -229,14 +240,88 @@ std::optional<int64_t> latest_checkpoint_iteration(const std::string& save_dir) 
   return std::stoll(text);
 }
 
-void save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model, Trainer& trainer,
-                              const nlohmann::json& run_config) {
+std::vector<int64_t> iteration_folders(const std::string& dir) {
+  std::vector<int64_t> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::optional<int64_t> n = checkpoint_folder_iteration(it->path().filename().string());
+    if (n && it->is_directory(ec)) out.push_back(*n);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+LoadFolderKind classify_load_folder(const std::string& load_dir) {
+  const fs::path dir(load_dir);
+  if (!fs::is_directory(dir)) return LoadFolderKind::none;
+  if (fs::exists(dir / kManifest)) return LoadFolderKind::iteration_folder;
+  if (fs::exists(dir / kTrackerFileName)) return LoadFolderKind::save_folder;
+  if (looks_like_iteration_folder(dir)) return LoadFolderKind::iteration_folder;
+  if (fs::is_regular_file(dir / kModelConfig) || fs::is_regular_file(dir / "config.json"))
+    return LoadFolderKind::model_folder;
+  const std::vector<int64_t> iterations = iteration_folders(load_dir);
+  if (!iterations.empty()) {
+    // The tracker is gone (deleted, or not copied with the folders): starting from scratch
+    // here would write new iterations over these. Say what is there and how to resume.
+    std::vector<std::string> names;
+    for (int64_t n : iterations) {
+      const std::string name = checkpoint_folder_name(n);
+      names.push_back(fs::exists(dir / name / kManifest) ? name : name + " (no manifest.json)");
+    }
+    const std::string newest = checkpoint_folder_name(iterations.back());
+    MOE_FAIL("--load ", load_dir, " holds iteration folders (", join(names, ", "), ") but no ",
+             kTrackerFileName, ", which names the one to resume from. Refusing to start from "
+             "scratch over them. To resume from the newest, recreate the tracker (echo ",
+             iterations.back(), " > ", (dir / kTrackerFileName).string(),
+             ") or give that iteration folder itself (--load ", (dir / newest).string(),
+             "); to start a new run, give --load and --save another folder");
+  }
+  return LoadFolderKind::none;
+}
+
+std::string training_checkpoint_folder(const std::string& load_dir,
+                                       std::optional<int64_t> iteration) {
+  const fs::path dir(load_dir);
+  MOE_CHECK(fs::is_directory(dir), "--load ", load_dir, " is not a folder");
+  fs::path folder;
+  if (iteration) {  // asked for: <load_dir>/iter_<iteration>, whatever the tracker says
+    MOE_CHECK(*iteration >= 0, "the checkpoint iteration must be >= 0, got ", *iteration);
+    folder = dir / checkpoint_folder_name(*iteration);
+    MOE_CHECK(fs::is_directory(folder), "training checkpoint ", folder.string(),
+              " does not exist (iteration ", *iteration, " was asked for)");
+  } else {
+    const LoadFolderKind kind = classify_load_folder(load_dir);
+    if (kind == LoadFolderKind::iteration_folder) {
+      folder = dir;
+    } else {
+      MOE_CHECK(kind == LoadFolderKind::save_folder, "--load ", load_dir,
+                kind == LoadFolderKind::model_folder
+                    ? " is a model folder, not a training checkpoint"
+                    : " holds no training checkpoint",
+                " (no ", kTrackerFileName, ", no ", kManifest, ")");
+      const int64_t latest = latest_checkpoint_iteration(load_dir).value();
+      folder = dir / checkpoint_folder_name(latest);
+      MOE_CHECK(fs::is_directory(folder), "training checkpoint ", folder.string(),
+                " does not exist (named by ", (dir / kTrackerFileName).string(), ")");
+    }
+  }
+  verify_training_checkpoint(folder.string());
+  return folder.string();
+}
+
+SaveResult save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model,
+                                    Trainer& trainer, const nlohmann::json& run_config) {
   std::error_code ec;
   fs::create_directories(save_dir, ec);
   MOE_CHECK(!ec && fs::is_directory(save_dir), "--save ", save_dir,
             ": cannot create the folder: ", ec.message());
   const int64_t iteration = trainer.iteration();
   const fs::path target = fs::path(save_dir) / checkpoint_folder_name(iteration);
+  SaveResult result;
+  result.folder = target.string();
+  // Hidden folders of earlier saves that were killed before their commit.
+  result.cleaned = checkpoint::remove_stale_temporaries(save_dir, "iter_[0-9]{7}");
 
   // Everything goes into a hidden sibling folder first; commit() swaps it into place.
   checkpoint::AtomicFolder folder(target.string(), /*overwrite=*/true);
@@ -247,9 +332,12 @@ void save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model, 
   for (const NamedTensor& s : trainer.optimizer().state())
     optimizer_tensors.emplace_back(s.name, *s.value);
   io::write_safetensors((temp / kOptimizer).string(), optimizer_tensors, {{"format", "pt"}});
+  if (const int64_t delay = test_save_delay_ms(); delay > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay));
 
+  // json_line: the flags may hold bytes that are not UTF-8 (paths).
   io::write_file_atomically((temp / kTrainerState).string(),
-                            trainer_state_json(trainer, model, run_config).dump(2) + "\n");
+                            json_line(trainer_state_json(trainer, model, run_config), 2) + "\n");
 
   // The manifest from the bytes on the disk, so that it vouches for what was written.
   json files = json::object();
@@ -262,12 +350,13 @@ void save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model, 
                       {"iteration", iteration},
                       {"checksum", "crc32c"},
                       {"files", files}};
-  io::write_file_atomically((temp / kManifest).string(), manifest.dump(2) + "\n");
+  io::write_file_atomically((temp / kManifest).string(), json_line(manifest, 2) + "\n");
   folder.commit();
 
   // Megatron's tracker: the iteration number alone.
   io::write_file_atomically((fs::path(save_dir) / kTrackerFileName).string(),
                             std::to_string(iteration));
+  return result;
 }
 
 void verify_training_checkpoint(const std::string& folder_name) {
@@ -312,8 +401,7 @@ void verify_training_checkpoint(const std::string& folder_name) {
 
 LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& model,
                                     Trainer* trainer, const LoadOptions& options) {
-  const fs::path folder = resolve_folder(load_dir, options);
-  verify_training_checkpoint(folder.string());
+  const fs::path folder = training_checkpoint_folder(load_dir, options.iteration);
 
   LoadResult result;
   result.folder = folder.string();
@@ -349,11 +437,12 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
              result.config_differences.empty() ? std::string("(no config field differs)")
                                                : join(result.config_differences, "; "));
 
+  // Only flags `moe train` has: --seed, or --finetune (weights only, the data from the start).
   if (trainer && !options.finetune && !options.no_load_rng)
     MOE_CHECK(trainer->config().seed == result.seed, "training checkpoint ", folder.string(),
               " was trained with --seed ", result.seed, ", this run has --seed ",
-              trainer->config().seed, ": the data order would differ (pass --seed ", result.seed,
-              ", or --no-load-rng / --finetune to accept that)");
+              trainer->config().seed, ": the data order would differ. Pass --seed ", result.seed,
+              " to resume the run, or --finetune to start a new one from its weights");
 
   // Every check of optimizer.safetensors before anything is changed: a refused checkpoint
   // leaves the model and the trainer as they were.
@@ -428,6 +517,33 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
     result.loaded_trainer_state = true;
   }
   return result;
+}
+
+std::vector<std::string> load_model_folder_weights(const std::string& folder, nn::GPTModel& model,
+                                                   Trainer* trainer) {
+  const checkpoint::CheckpointFormat format = checkpoint::detect_format(folder);
+  const nn::ModelConfig file_config = checkpoint::read_model_config(folder, format);
+  std::vector<std::string> differences = config_differences(file_config, model.config());
+  if (tensor_layout(file_config) != tensor_layout(model.config())) {
+    const std::string hint =
+        format == checkpoint::CheckpointFormat::moecore
+            ? "--model " + (fs::path(folder) / kModelConfig).string() + " trains its model"
+            : "`moe convert --from hf --to moecore` it, then --model <out>/model_config.json "
+              "trains its model";
+    MOE_FAIL("model folder ", folder, " holds a model of other tensor shapes than this run's (",
+             hint, "): ",
+             differences.empty() ? std::string("(no config field differs)")
+                                 : join(differences, "; "));
+  }
+  checkpoint::load_weights(model, folder, format, file_config);
+  if (trainer) {
+    // A fresh trainer: iteration 0, zero moments; the fp32 masters are the loaded weights.
+    for (const NamedTensor& s : trainer->optimizer().state())
+      if (!ends_with(s.name, kMasterSuffix)) s.value->zero_();
+    trainer->optimizer().reload_masters_from_model();
+    trainer->restore(TrainerState{});
+  }
+  return differences;
 }
 
 }  // namespace moe::train

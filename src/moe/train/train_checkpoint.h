@@ -22,7 +22,19 @@
 // it (every file fsynced), renamed into place in one step (checkpoint::AtomicFolder: an
 // existing folder of the same iteration is swapped out atomically), and only then is the
 // tracker replaced (io::write_file_atomically). A save interrupted at any point leaves the
-// previous checkpoint and the tracker as they were; its hidden temporary folder is ignored.
+// previous checkpoint and the tracker as they were; its hidden temporary folder is ignored by
+// loads and removed by the next save (checkpoint::remove_stale_temporaries: only folders of
+// that naming whose process is gone and that predate this process).
+//
+// What --load names (classify_load_folder; `moe train` and `moe generate` read it alike):
+//   a save folder (the tracker)        its tracker's iteration folder, verified
+//   an iteration folder                itself, verified: one holding manifest.json,
+//                                      trainer_state.json or optimizer.safetensors, or named
+//                                      iter_NNNNNNN (a missing manifest is then an error)
+//   a model folder                     model_config.json or config.json and none of the above
+//                                      (`moe convert` output, a Hugging Face folder)
+//   iter_NNNNNNN folders, no tracker   an error listing them: never "no checkpoint yet"
+//   anything else                      no checkpoint yet
 //
 // Loading verifies every file against the manifest before reading any of it, checks that the
 // checkpoint's model has the model's tensor shapes, and restores weights, buffers, optimizer
@@ -48,21 +60,58 @@ inline constexpr const char* kTrackerFileName = "latest_checkpointed_iteration.t
 
 // "iter_0000100" (Megatron's 'iter_{:07d}').
 std::string checkpoint_folder_name(int64_t iteration);
+// The inverse: "iter_0000100" -> 100; nullopt for any other name.
+std::optional<int64_t> checkpoint_folder_iteration(const std::string& name);
 
 // The tracker's iteration, or nullopt when `save_dir` holds no tracker (no checkpoint yet:
 // Megatron then starts from scratch). A tracker that is not a non-negative integer is an error
 // naming the file.
 std::optional<int64_t> latest_checkpoint_iteration(const std::string& save_dir);
 
+// The iterations of the iter_NNNNNNN folders in `dir`, ascending (none when it is not a
+// folder). Complete or not: the names alone.
+std::vector<int64_t> iteration_folders(const std::string& dir);
+
+enum class LoadFolderKind {
+  none,              // no checkpoint yet (missing, empty, or nothing of the kinds below)
+  save_folder,       // holds the tracker
+  iteration_folder,  // a training checkpoint's iteration folder
+  model_folder,      // a model folder that is not a training checkpoint
+};
+// See "What --load names" above. Throws for a folder holding iter_NNNNNNN folders but no
+// tracker, listing them and saying how to resume (recreate the tracker, or --load the
+// iteration folder itself).
+LoadFolderKind classify_load_folder(const std::string& dir);
+
+// The training checkpoint's iteration folder that `load_dir` (a save folder or an iteration
+// folder) names, `iteration` instead of the tracker's when given, verified against its
+// manifest (verify_training_checkpoint). Errors name what is missing or wrong.
+std::string training_checkpoint_folder(const std::string& load_dir,
+                                       std::optional<int64_t> iteration = std::nullopt);
+
+// Test hook: the environment variable MOE_TEST_SAVE_DELAY_MS (milliseconds, read once per
+// process) makes every save sleep after the model and optimizer files are in the temporary
+// folder and before the trainer state, the manifest and the commit: a window in which tests
+// kill the process mid-save. Unset (always, outside tests): no delay.
+inline constexpr const char* kTestSaveDelayVariable = "MOE_TEST_SAVE_DELAY_MS";
+
+struct SaveResult {
+  std::string folder;  // <save_dir>/iter_NNNNNNN
+  // What the clean-up of earlier interrupted saves did ("removed .iter_0000004.tmp.1.2").
+  std::vector<std::string> cleaned;
+};
+
 // Writes <save_dir>/iter_<trainer.iteration()>/ as described above and points the tracker at
 // it. `save_dir` is created if missing. An existing folder of the same iteration is replaced
-// atomically. `run_config` (the resolved flags) is stored for the record; it is not read back
-// into anything.
-void save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model, Trainer& trainer,
-                              const nlohmann::json& run_config);
+// atomically (whether a run may do that is the run's decision: train_run.h). `run_config`
+// (the resolved flags) is stored for the record; it is not read back into anything. Removes
+// the stale temporary folders of earlier interrupted saves first.
+SaveResult save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model,
+                                    Trainer& trainer, const nlohmann::json& run_config);
 
 struct LoadOptions {
-  // --ckpt-step: load this iteration instead of the tracker's.
+  // Load this iteration instead of the tracker's (Megatron's --ckpt-step; not a `moe train`
+  // flag: there, --load the iteration folder itself).
   std::optional<int64_t> iteration;
   // --finetune: weights and buffers only; the trainer starts at iteration 0 with a fresh
   // optimizer (zero moments, step 0, masters from the loaded weights) and data position 0.
@@ -70,8 +119,8 @@ struct LoadOptions {
   // --no-load-optim: weights, buffers and trainer counters, but a fresh optimizer (zero
   // moments, step count 0, so the lr schedule starts again as in Megatron).
   bool no_load_optim = false;
-  // --no-load-rng: accept a trainer whose --seed differs from the checkpoint's (the data order
-  // then differs from the saved run's).
+  // Accept a trainer whose --seed differs from the checkpoint's (the data order then differs
+  // from the saved run's). No `moe train` flag sets it (--finetune skips the check).
   bool no_load_rng = false;
 };
 
@@ -107,7 +156,16 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
                                     Trainer* trainer, const LoadOptions& options = {});
 
 // The manifest check alone on an iteration folder (what load does first): throws moe::Error
-// naming the first bad file.
+// naming the first bad file. `moe generate` and `moe train` both read checkpoints through it.
 void verify_training_checkpoint(const std::string& folder);
+
+// --load of a model folder (LoadFolderKind::model_folder: `moe convert` output, a Hugging Face
+// folder): its weights and buffers into `model`, whose tensor shapes must be the folder's
+// config's (else an error naming every differing config field, nothing loaded); with
+// `trainer`, the optimizer's fp32 masters are taken from the loaded weights and the trainer
+// starts at iteration 0 with fresh moments. Returns the config fields that differ without
+// changing any tensor shape.
+std::vector<std::string> load_model_folder_weights(const std::string& folder, nn::GPTModel& model,
+                                                   Trainer* trainer);
 
 }  // namespace moe::train

@@ -37,6 +37,14 @@ int64_t non_matmul_attention_params(const nn::ModelConfig& c) {
 
 }  // namespace
 
+std::string json_line(const nlohmann::json& object, int indent) {
+  // Notes carry arbitrary bytes (the byte-level text sample, paths): dump()'s default strict
+  // handler throws on bytes that are not UTF-8. error_handler_t::replace writes each invalid
+  // byte as U+FFFD instead, so the line stays valid JSON (the exact bytes are not kept; the
+  // text log has them).
+  return object.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 ModelFlops model_flops_breakdown(const nn::ModelConfig& c, int64_t seq_length, int64_t tokens) {
   const nn::ModelParamCount count = nn::count_parameters(c);
   const int64_t layers = c.num_layers + c.mtp_num_layers;
@@ -244,7 +252,7 @@ TrainLogger::TrainLogger(const nn::ModelConfig& model, const TrainLoggerOptions&
 
 void TrainLogger::write_json(const nlohmann::json& object) {
   if (!jsonl_) return;
-  *jsonl_ << object.dump() << '\n';
+  *jsonl_ << json_line(object) << '\n';
   jsonl_->flush();
 }
 

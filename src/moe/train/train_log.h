@@ -128,6 +128,10 @@ std::string format_layer_lines(const std::vector<MoELayerStats>& layers);
 // "h:mm:ss".
 std::string format_duration(double seconds);
 nlohmann::json log_record_json(const LogRecord& record);
+// `object` as JSON text that never throws on strings that are not UTF-8 (the byte-level text
+// sample, paths): each invalid byte becomes U+FFFD. Every JSON file `moe train` writes goes
+// through it. indent -1: one line.
+std::string json_line(const nlohmann::json& object, int indent = -1);
 
 struct TrainLoggerOptions {
   int64_t train_iters = 0;

@@ -6,9 +6,12 @@
 #include <memory>
 #include <string>
 
-#include "moe/core/error.h"
 #include <filesystem>
+#include <fstream>
+#include <optional>
 
+#include "moe/core/error.h"
+#include "moe/core/json_file.h"
 #include "moe/data/builtin_corpus.h"
 #include "moe/data/byte_tokenizer.h"
 #include "moe/data/gpt_dataset_builder.h"
@@ -16,6 +19,7 @@
 #include "moe/data/tokenizer.h"
 #include "moe/train/gpt_batch_source.h"
 #include "moe/train/generate.h"
+#include "moe/train/interrupt_report.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_upcycle.h"
 
@@ -32,20 +36,104 @@ void refuse_unwired(const TrainRunConfig& c, const TrainHooks& hooks) {
   MOE_CHECK(!c.no_load_optim || hooks.load, "--no-load-optim", later);
 }
 
-void load_checkpoint(TrainSession& s) {
+namespace fs = std::filesystem;
+
+// What the checkpoint hooks share within one run.
+struct CheckpointHookState {
+  StandardHookOptions options;
+  std::string loaded_folder;  // the training checkpoint the run resumed from ("" : none)
+  int64_t loaded_iteration = -1;
+};
+
+// The iteration of a training checkpoint's iteration folder: its name, else its manifest's
+// "iteration"; nullopt when neither says (the load will name the problem).
+std::optional<int64_t> iteration_folder_iteration(const fs::path& folder) {
+  const fs::path name =
+      folder.filename().empty() ? folder.parent_path().filename() : folder.filename();
+  if (const auto n = checkpoint_folder_iteration(name.string())) return n;
+  try {
+    const nlohmann::json manifest =
+        read_json_file((folder / "manifest.json").string(), "checkpoint manifest");
+    return manifest.at("iteration").get<int64_t>();
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// Before anything is built: --load is something the run can start from, and --save holds no
+// iteration newer than the one the run starts from (train_run.h).
+void prepare_checkpoints(const TrainRunConfig& c, const CheckpointHookState& state) {
+  std::optional<int64_t> start = 0;  // nullopt: unknown until the load
+  std::string from = "from scratch";
+  if (!c.load.empty()) {
+    const LoadFolderKind kind = classify_load_folder(c.load);  // iteration folders, no tracker
+    MOE_CHECK(!c.finetune || kind != LoadFolderKind::none, "--finetune: --load ", c.load,
+              " holds no training checkpoint (", kTrackerFileName,
+              ", or an iteration folder) and no model folder (model_config.json or config.json) "
+              "to fine-tune from");
+    if (c.finetune) {
+      from = "--finetune starts at iteration 0";
+    } else if (kind == LoadFolderKind::save_folder) {
+      start = latest_checkpoint_iteration(c.load);
+      from = "the checkpoint of --load " + c.load;
+    } else if (kind == LoadFolderKind::iteration_folder) {
+      start = iteration_folder_iteration(c.load);
+      from = "the checkpoint of --load " + c.load;
+    } else if (kind == LoadFolderKind::model_folder) {
+      from = "the model folder --load " + c.load + " starts at iteration 0";
+    }
+  }
+  // --moe-use-upcycling: a dense --load starts a new run at iteration 0 and the upcycling step
+  // itself refuses a --save that holds any checkpoint (train_upcycle.h); an MoE --load resumes
+  // and its saves are checked one by one (save_checkpoint).
+  if (c.save.empty() || !start || state.options.replace_earlier_saves || c.moe_use_upcycling)
+    return;
+  const std::vector<int64_t> saved = iteration_folders(c.save);
+  int64_t newest = saved.empty() ? -1 : saved.back();
+  if (const std::optional<int64_t> tracked = latest_checkpoint_iteration(c.save))
+    newest = std::max(newest, *tracked);
+  if (newest <= *start) return;
+  std::string names;
+  for (size_t i = 0; i < saved.size(); ++i)
+    names += (i ? ", " : "") + checkpoint_folder_name(saved[i]);
+  MOE_FAIL("--save ", c.save, " already holds iteration ", newest,
+           names.empty() ? std::string() : " (" + names + ")",
+           ", newer than iteration ", *start, ", where this run starts (", from,
+           "). Saving there would put this run's iterations beside those, move ", kTrackerFileName,
+           " back and, at a common iteration, write over a complete checkpoint (Megatron "
+           "refuses to write into an existing iteration folder). To continue that run, --load ",
+           c.save, "; to keep both runs, --save another folder; or move those folders away");
+}
+
+void load_checkpoint(TrainSession& s, CheckpointHookState& state) {
   // --moe-use-upcycling: a dense --load becomes the run's MoE model (saved as iteration 0);
   // an MoE --load (the upcycled run, resumed) loads below as usual.
   if (s.config.moe_use_upcycling && upcycle_dense_checkpoint(s)) return;
   const std::string& dir = s.config.load;
-  const bool iteration_folder = std::filesystem::exists(std::filesystem::path(dir) / "manifest.json");
-  if (!iteration_folder && !latest_checkpoint_iteration(dir)) {
+  const LoadFolderKind kind = classify_load_folder(dir);
+  if (kind == LoadFolderKind::none) {
+    MOE_CHECK(!s.config.finetune, "--finetune: --load ", dir,
+              " holds no checkpoint and no model folder to fine-tune from");
     s.logger.note("--load " + dir + ": no checkpoint there yet; training from scratch");
+    return;
+  }
+  if (kind == LoadFolderKind::model_folder) {
+    // A model, not a training checkpoint: weights only, whatever --finetune says.
+    const std::vector<std::string> differences =
+        load_model_folder_weights(dir, s.model, &s.trainer);
+    interrupt_report_loaded(dir);
+    s.logger.note("loaded the weights of the model folder " + dir +
+                  " (not a training checkpoint: fresh optimizer, counters from 0)");
+    for (const std::string& d : differences) s.logger.note("  config differs: " + d);
     return;
   }
   LoadOptions options;
   options.finetune = s.config.finetune;
   options.no_load_optim = s.config.no_load_optim;
   const LoadResult r = load_training_checkpoint(dir, s.model, &s.trainer, options);
+  state.loaded_folder = r.folder;
+  state.loaded_iteration = s.trainer.iteration();
+  interrupt_report_loaded(r.folder);
   s.logger.note(moe::detail::concat("loaded checkpoint ", r.folder, " (iteration ", r.iteration, ")",
                                r.loaded_optimizer ? "" : "; optimizer not loaded",
                                r.loaded_trainer_state ? "" : "; counters from 0"));
@@ -53,10 +141,33 @@ void load_checkpoint(TrainSession& s) {
   for (const std::string& w : r.warnings) s.logger.note("  warning: " + w);
 }
 
-void save_checkpoint(TrainSession& s) {
-  save_training_checkpoint(s.config.save, s.model, s.trainer, run_config_json(s.config));
-  s.logger.note(moe::detail::concat("saved checkpoint ", s.config.save, "/",
-                               checkpoint_folder_name(s.trainer.iteration())));
+bool same_folder(const fs::path& a, const fs::path& b) {
+  std::error_code ec;
+  return fs::equivalent(a, b, ec) && !ec;
+}
+
+void save_checkpoint(TrainSession& s, const CheckpointHookState& state) {
+  const int64_t iteration = s.trainer.iteration();
+  const fs::path target = fs::path(s.config.save) / checkpoint_folder_name(iteration);
+  if (fs::exists(target)) {
+    if (iteration == state.loaded_iteration && same_folder(target, state.loaded_folder)) {
+      s.logger.note("not saved: " + target.string() +
+                    " is the checkpoint this run loaded, and nothing was trained since");
+      return;
+    }
+    MOE_CHECK(state.options.replace_earlier_saves, "--save: ", target.string(),
+              " already exists; refusing to write over a complete checkpoint of another run "
+              "(Megatron refuses to write into an existing iteration folder). Give --save "
+              "another folder, or move that one away");
+    s.logger.note("replacing " + target.string() + ", the default run's earlier checkpoint");
+  }
+  interrupt_report_saving(target.string());
+  const SaveResult r =
+      save_training_checkpoint(s.config.save, s.model, s.trainer, run_config_json(s.config));
+  interrupt_report_saved(r.folder, s.config.save);
+  for (const std::string& c : r.cleaned)
+    s.logger.note("--save " + s.config.save + ": " + c + " (left by an interrupted save)");
+  s.logger.note("saved checkpoint " + r.folder);
 }
 
 void print_sample(TrainSession& s) {
@@ -152,10 +263,13 @@ RunData megatron_data(const TrainRunConfig& c) {
 
 }  // namespace
 
-TrainHooks standard_train_hooks() {
+TrainHooks standard_train_hooks(const StandardHookOptions& options) {
+  auto state = std::make_shared<CheckpointHookState>();
+  state->options = options;
   TrainHooks hooks;
-  hooks.load = load_checkpoint;
-  hooks.save = save_checkpoint;
+  hooks.prepare = [state](const TrainRunConfig& c) { prepare_checkpoints(c, *state); };
+  hooks.load = [state](TrainSession& s) { load_checkpoint(s, *state); };
+  hooks.save = [state](TrainSession& s) { save_checkpoint(s, *state); };
   hooks.after_training = print_sample;
   return hooks;
 }
@@ -165,7 +279,9 @@ Device train_device(const TrainRunConfig& c) {
 }
 
 TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hooks, std::FILE* out) {
+  interrupt_report_reset();
   refuse_unwired(config, hooks);
+  if (hooks.prepare) hooks.prepare(config);
   const Device device = train_device(config);
   MOE_CHECK(!config.bf16 || device.is_cuda(),
             "--bf16 trains on a GPU; on the CPU the model trains in f32 (drop --bf16)");
@@ -203,6 +319,7 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
   TrainRunResult result;
   const auto start = std::chrono::steady_clock::now();
   auto evaluate = [&] {
+    interrupt_report_evaluation(trainer.iteration());
     const double loss = trainer.evaluate();
     logger.on_eval(trainer.iteration(), trainer.consumed_samples(), loss);
     result.valid_losses.emplace_back(trainer.iteration(), loss);
@@ -213,6 +330,7 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
   if (config.moe_per_layer_logging)
     trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };
   while (trainer.iteration() < tc.train_iters) {
+    interrupt_report_iteration(trainer.iteration() + 1, tc.train_iters);
     const StepMetrics m = trainer.train_step();
     ++result.iterations;
     result.losses.push_back(m.skipped ? std::numeric_limits<double>::quiet_NaN() : m.loss);
@@ -233,6 +351,8 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
                  format_duration(result.seconds).c_str());
     std::fflush(out);
   }
+  interrupt_report_phase("after training (" + std::to_string(result.iterations) +
+                         " iterations done), while sampling text");
   if (hooks.after_training) hooks.after_training(session);
   return result;
 }

@@ -4,7 +4,7 @@
 // logger; then the loop with evaluation every --eval-interval and the final evaluation.
 //
 // Hook points (TrainHooks), for the pieces written beside this one:
-//   load / save : training checkpoints. standard_train_hooks() sets them to
+//   prepare / load / save : training checkpoints. standard_train_hooks() sets them to
 //     train_checkpoint.h's load_training_checkpoint / save_training_checkpoint. Without them
 //     --load, --save, --save-interval, --finetune and --no-load-optim are refused before
 //     anything runs ("not supported by this build yet"), never ignored.
@@ -13,7 +13,20 @@
 //     unless --tokenizer-model is given).
 // --moe-per-layer-logging: the trainer's per-micro-batch callback feeds train_log.h's
 // MoELayerStatsCollector.
-// --load as Megatron: a folder without a checkpoint yet (no tracker) starts from scratch.
+// --load (standard_train_hooks; the kinds are train_checkpoint.h's classify_load_folder):
+//   a training checkpoint (save folder or iteration folder): resumed (verified first);
+//   a model folder (`moe convert` output, a Hugging Face folder): its weights, the optimizer
+//     fresh, from iteration 0 (as --finetune), its tensor shapes must be the run's;
+//   nothing there yet: from scratch, as Megatron, unless --finetune (then an error: there is
+//     nothing to fine-tune); iteration folders without the tracker: an error listing them.
+// --save never replaces a saved iteration of another run (standard_train_hooks): Megatron
+// refuses to write into an existing iteration folder; moecore applies that rule before
+// anything trains, refusing a --save folder that holds an iteration newer than the one the run
+// starts from (it would get older iterations beside the newer ones, its tracker moved back,
+// and sooner or later an iteration folder written over). A save of the very iteration the run
+// loaded, with nothing trained since, is skipped. The default run (`moe train`, no flags)
+// replaces its own earlier checkpoint in checkpoints/default, and says so.
+// Every phase is reported to interrupt_report.h (what SIGINT / SIGTERM print).
 // --moe-use-upcycling: the load hook first makes the MoE model from --load's dense checkpoint
 // and saves it to --save as iteration 0 (train_upcycle.h); an MoE --load resumes as usual.
 #pragma once
@@ -42,6 +55,9 @@ struct TrainSession {
 };
 
 struct TrainHooks {
+  // Before anything is built or written (the metrics file included): refuses --load / --save
+  // folders the run cannot use.
+  std::function<void(const TrainRunConfig&)> prepare;
   // --load DIR: restore model, optimizer and trainer state (honouring --finetune and
   // --no-load-optim) before the first step.
   std::function<void(TrainSession&)> load;
@@ -58,8 +74,14 @@ struct TrainRunResult {
   double seconds = 0.0;                // wall time of the loop (evaluations included)
 };
 
+struct StandardHookOptions {
+  // Saves may replace saved iterations of earlier runs in --save (the default run's own
+  // checkpoints/default); otherwise such a --save is refused before training (see above).
+  bool replace_earlier_saves = false;
+};
+
 // The hooks of the `moe` program: checkpoints and the text sample (see above).
-TrainHooks standard_train_hooks();
+TrainHooks standard_train_hooks(const StandardHookOptions& options = {});
 
 // The device of a run: the first GPU unless --cpu or there is none.
 Device train_device(const TrainRunConfig& config);

@@ -49,6 +49,9 @@ void TrainConfig::validate() const {
   MOE_CHECK(eval_interval >= 0, "--eval-interval must be >= 0, got ", eval_interval);
   MOE_CHECK(eval_iters >= 0, "--eval-iters must be >= 0, got ", eval_iters);
   MOE_CHECK(log_interval >= 1, "--log-interval must be positive, got ", log_interval);
+  MOE_CHECK(max_consecutive_skipped >= 1,
+            "the limit of skipped iterations in a row must be positive, got ",
+            max_consecutive_skipped);
 }
 
 Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& train,
@@ -154,11 +157,20 @@ StepMetrics Trainer::train_step() {
               "optimizer are unchanged");
     model_.discard_step();
     ++skipped_;
+    ++skipped_in_a_row_;
+    MOE_CHECK(skipped_in_a_row_ < config_.max_consecutive_skipped, "iteration ", m.iteration,
+              ": the ", bad, " is ", bad_value, "; ", skipped_in_a_row_,
+              " updates in a row were skipped (--nan-action skip stops at ",
+              config_.max_consecutive_skipped,
+              "): a skipped update leaves the weights unchanged, so these come from the weights "
+              "or the learning rate (", m.lr, " at this step), not from one batch. Stopping "
+              "without saving; lower --lr, or resume from the last checkpoint with --load");
     m.skipped = true;
     m.message = detail::concat("iteration ", m.iteration, ": the ", bad, " is ", bad_value,
                                "; update skipped (", skipped_, " skipped so far)");
   } else {
     model_.finish_step();
+    skipped_in_a_row_ = 0;
   }
 
   ++iteration_;
@@ -219,6 +231,7 @@ void Trainer::restore(const TrainerState& s) {
   iteration_ = s.iteration;
   consumed_samples_ = s.consumed_samples;
   skipped_ = s.skipped_iterations;
+  skipped_in_a_row_ = 0;
   optimizer_.set_steps_taken(s.optimizer_steps);
   train_.set_position(s.train_position);
   if (valid_) valid_->set_position(s.valid_position);

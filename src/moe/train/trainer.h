@@ -14,7 +14,9 @@
 //          get loss_scale / num_microbatches)
 //   reported lm / aux / mtp loss = (1 / M) sum_m (the micro-batch's value)   (one read-back)
 //   non-finite loss or gradient norm:
-//     skip: no update, no expert-bias update, the schedule's step count stays, skipped += 1
+//     skip: no update, no expert-bias update, the schedule's step count stays, skipped += 1;
+//           the max_consecutive_skipped-th skip in a row throws moe::Error naming the
+//           iteration and the value (the run stops, nothing more is saved)
 //     stop: throw moe::Error naming the iteration and the value (Megatron's
 //           --check-for-nan-in-loss-and-grad); model and optimizer unchanged
 //   else: AdamW step at lr(n), weight_decay(n) with n = optimizer steps taken so far
@@ -39,9 +41,18 @@
 namespace moe::train {
 
 enum class NanAction {
-  skip,  // moecore's --nan-action skip: drop the update and go on
+  skip,  // moecore's --nan-action skip: drop the update and go on (up to a limit, below)
   stop,  // Megatron's --check-for-nan-in-loss-and-grad: raise
 };
+
+// --nan-action skip stops the run at this many skipped updates in a row. A skipped update
+// leaves the weights as they were, so a non-finite value caused by one batch does not come
+// back with the next one; when it does ten times running, the weights or the learning rate
+// cause it and every later step would be skipped too (a run at --lr 1e30 would otherwise
+// "train" to the end and save weights that never changed since they broke). Megatron has no
+// skip mode for bf16/fp32 runs: its --check-for-nan-in-loss-and-grad stops at the first NaN
+// (NanAction::stop); this is the same stop after a tolerance for isolated bad batches.
+inline constexpr int64_t kMaxConsecutiveSkippedIterations = 10;
 
 struct TrainConfig {
   int64_t micro_batch_size = 1;   // --micro-batch-size
@@ -58,6 +69,8 @@ struct TrainConfig {
                                   // --train-iters, as Megatron's --lr-decay-iters does
   OptimizerConfig optimizer;      // --adam-beta1 ... --clip-grad
   NanAction nan_action = NanAction::skip;  // --nan-action skip|stop
+  // NanAction::skip: this many skipped updates in a row stop the run (>= 1; see above).
+  int64_t max_consecutive_skipped = kMaxConsecutiveSkippedIterations;
 
   int64_t num_microbatches() const { return global_batch_size / micro_batch_size; }
   // Checks the batch and interval flags; names the flags of anything inconsistent.
@@ -138,6 +151,7 @@ class Trainer {
   int64_t iteration_ = 0;
   int64_t consumed_samples_ = 0;
   int64_t skipped_ = 0;
+  int64_t skipped_in_a_row_ = 0;  // not saved: a resumed run counts again from 0
 };
 
 }  // namespace moe::train
