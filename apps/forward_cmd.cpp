@@ -1,6 +1,7 @@
 #include "forward_cmd.h"
 
 #include <cstdio>
+#include <filesystem>
 
 #include "moe/checkpoint/forward_eval.h"
 #include "moe/checkpoint/model_io.h"
@@ -27,6 +28,9 @@ CLI::App* add_forward_command(CLI::App& app, ForwardCommandOptions& o) {
 }
 
 int run_forward(const ForwardCommandOptions& o, bool force_cpu) {
+  // Before the model runs, not after: the logits are written last.
+  MOE_CHECK(!std::filesystem::is_directory(o.out), "moe forward: --out ", o.out,
+            " is a folder; give the .npy file to write the logits to");
   const bool gpu = !(o.cpu || force_cpu) && cuda_device_count() > 0;
   const Device device = gpu ? Device::cuda(0) : Device::cpu();
   const std::string dtype_text = o.dtype.empty() ? (gpu ? "bf16" : "f32") : o.dtype;

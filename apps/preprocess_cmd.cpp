@@ -27,8 +27,9 @@ CLI::App* add_preprocess_command(CLI::App& app, PreprocessCommandOptions& o) {
   cmd->add_option("--tokenizer-type", o.tokenizer_type, "byte (default) or HuggingFaceTokenizer");
   cmd->add_option("--tokenizer-model", o.tokenizer_model, "tokenizer.json or its folder");
   cmd->add_flag("--append-eod", p.append_eod, "append the end-of-document id to each document");
-  cmd->add_option("--workers", p.workers, "tokenizing threads (default 1)")
-      ->check(CLI::PositiveNumber);
+  // Checked by data::preprocess ("--workers must be at least 1"), not by a CLI11 range, whose
+  // message prints the bounds as doubles.
+  cmd->add_option("--workers", p.workers, "tokenizing threads (default 1)");
   cmd->add_option("--merge", o.merge,
                   "instead of tokenizing: merge these dataset prefixes, in order, into "
                   "--output-prefix (all of one dtype)");

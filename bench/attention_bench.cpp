@@ -6,6 +6,7 @@
 
 #include "ceilings.h"
 #include "moe/core/allocator.h"
+#include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/core/tensor.h"
 #include "moe/ops/attention.h"
@@ -40,9 +41,24 @@ double tflops(double flops, double ms) {
   return flops / (ms * 1e-3) / 1e12;
 }
 
+// Every --shapes name must be a shape: an unknown one is an error listing them, not a row
+// silently missing from the table.
+void check_shape_names(const std::vector<std::string>& names) {
+  std::string known;
+  for (const AttentionBenchShape& s : all_shapes()) known += (known.empty() ? "" : ", ") + s.name;
+  for (const std::string& name : names) {
+    const auto& shapes = all_shapes();
+    const bool found = std::any_of(shapes.begin(), shapes.end(),
+                                   [&](const AttentionBenchShape& s) { return s.name == name; });
+    MOE_CHECK(found, "bench attention: --shapes '", name,
+              "' is not a shape; the shapes are: ", known);
+  }
+}
+
 }  // namespace
 
 int run_attention_bench(const AttentionBenchOptions& options) {
+  check_shape_names(options.shapes);  // before any measurement
   const bool gpu = !options.cpu && cuda_device_count() > 0;
   const Device device = gpu ? Device::cuda(0) : Device::cpu();
   const DType dtype = gpu ? DType::bf16 : DType::f32;

@@ -180,6 +180,15 @@ int run_model_bench(const ModelBenchOptions& options) {
   if (models.empty())
     models = gpu ? std::vector<std::string>{"mixtral-8x7b:4", "qwen3-30b-a3b:8"}
                  : std::vector<std::string>{"qwen3-moe-tiny:2"};
+  // A misspelt --models entry is an error (naming the zoo), before any measurement; the
+  // table's "failed" rows are for models that exist but cannot run (out of memory, ...).
+  for (const std::string& spec : models) {
+    try {
+      (void)bench_model_config(spec);
+    } catch (const Error& e) {
+      MOE_FAIL("bench model: --models ", spec, ": ", e.what());
+    }
+  }
 
   const Ceilings ceilings = measure_ceilings(device);
   std::printf("device %s; measured ceilings: dense %s GEMM %.4g TFLOP/s, copy %.4g GB/s\n",

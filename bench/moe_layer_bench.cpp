@@ -1,11 +1,13 @@
 #include "moe_layer_bench.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <optional>
 
 #include "ceilings.h"
 #include "moe/core/allocator.h"
+#include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/core/timer.h"
 #include "moe/nn/moe_layer.h"
@@ -68,9 +70,24 @@ void skew_expert_bias(nn::MoELayer& layer, const Shape& s) {
 
 double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
+// Every --shapes name must be a shape: an unknown one is an error listing them, not a row
+// silently missing from the table.
+void check_shape_names(const std::vector<std::string>& names) {
+  std::string known;
+  for (const Shape& s : all_shapes()) known += (known.empty() ? "" : ", ") + s.name;
+  for (const std::string& name : names) {
+    const auto& shapes = all_shapes();
+    const bool found =
+        std::any_of(shapes.begin(), shapes.end(), [&](const Shape& s) { return s.name == name; });
+    MOE_CHECK(found, "bench moe-layer: --shapes '", name,
+              "' is not a shape; the shapes are: ", known);
+  }
+}
+
 }  // namespace
 
 int run_moe_layer_bench(const MoELayerBenchOptions& options) {
+  check_shape_names(options.shapes);  // before any measurement
   const bool gpu = !options.cpu && cuda_device_count() > 0;
   const Device device = gpu ? Device::cuda(0) : Device::cpu();
   const Ceilings ceilings = measure_ceilings(device);

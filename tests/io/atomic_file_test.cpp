@@ -69,6 +69,25 @@ TEST_F(AtomicFileTest, MissingFolderIsAClearError) {
   EXPECT_EQ(listing(), std::set<std::string>{"plain"});
 }
 
+// `moe forward --out DIR`, `moe preprocess --output-prefix` over a folder, ...: the message
+// names the path and says it is a folder (it once said "rename from  failed", with the
+// temporary's name already cleared).
+TEST_F(AtomicFileTest, AFolderAsTheTargetIsAClearError) {
+  fs::create_directories(dir_ / "out");
+  EXPECT_TRUE(
+      fails_with([&] { write_file_atomically(path("out"), "{}"); }, {path("out"), "is a folder"}));
+  // A folder that appears while the file is written: rename(2) fails at commit.
+  EXPECT_TRUE(fails_with(
+      [&] {
+        AtomicFile file(path("late"));
+        file.write("bytes");
+        fs::create_directories(dir_ / "late");
+        file.commit();
+      },
+      {path("late"), "is a folder"}));
+  EXPECT_EQ(listing(), (std::set<std::string>{"late", "out"}));  // no temporary left
+}
+
 TEST_F(AtomicFileTest, ReadOnlyFolderIsAClearError) {
   if (::geteuid() == 0) GTEST_SKIP() << "root writes into read-only folders";
   fs::create_directories(dir_ / "ro");

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "common/check.h"
 #include "moe/core/error.h"
 #include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
@@ -30,8 +31,14 @@ const std::vector<std::string> kTiny{"mixtral-tiny", "qwen2-moe-tiny", "qwen3-mo
                                      "deepseek-v2-tiny", "deepseek-v3-tiny"};
 
 std::filesystem::path configs_dir() {
-  // This file is tests/nn/model_zoo_test.cpp; the configs are in <repo>/configs.
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "configs";
+  // This file is tests/nn/model_zoo_test.cpp; the configs are in <repo>/configs. A compiler
+  // cache (ccache's base_dir) makes __FILE__ relative to the build folder, which ctest does not
+  // run in: then <repo> is found from the fixtures' folder, <repo>/tests/fixtures.
+  const auto from_file =
+      std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "configs";
+  if (std::filesystem::is_directory(from_file)) return from_file;
+  return std::filesystem::path(test::fixture_path("hf")).parent_path().parent_path().parent_path() /
+         "configs";
 }
 
 TEST(ModelZoo, NamesPublishedModelsThenTinyOnes) {

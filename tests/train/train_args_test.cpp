@@ -265,6 +265,86 @@ TEST(TrainArgs, BadValuesAndCombinationsNameTheFlags) {
   EXPECT_ERROR_NAMES(Args({"--moe-router-topk", "9"}), "--moe-router-topk");
 }
 
+// Megatron derives kv_channels = hidden_size // num_attention_heads when --kv-channels is not
+// given, and refuses a hidden size the heads do not divide: so does --hidden-size 65 with the
+// default run's 4 heads (it once trained, keeping the preset's head dim 16).
+TEST(TrainArgs, HeadDimFollowsTheShapeFlagsAsMegatronDerivesIt) {
+  EXPECT_ERROR_NAMES(Args({"--hidden-size", "65"}), "--hidden-size 65", "--num-attention-heads 4",
+                     "--kv-channels");
+  EXPECT_ERROR_NAMES(Args({"--num-attention-heads", "6", "--num-query-groups", "2"}),
+                     "--hidden-size 64", "--num-attention-heads 6", "--kv-channels");
+  // With --kv-channels the head dim is the user's, whatever the division.
+  EXPECT_EQ(parse_train_args({"--hidden-size", "65", "--kv-channels", "16"}).model.head_dim(), 16);
+  // A new hidden size gives a new head dim: 128 / 4 heads.
+  EXPECT_EQ(parse_train_args({"--hidden-size", "128"}).model.head_dim(), 32);
+  EXPECT_EQ(parse_train_args({"--num-layers", "2"}).model.head_dim(), 16);
+  // A preset with a head dim of its own keeps it (Qwen3-30B-A3B: 128 for hidden 2048, 32 heads).
+  const TrainRunConfig qwen =
+      parse_train_args({"--model", "qwen3-30b-a3b", "--num-layers", "1", "--hidden-size", "1024"});
+  EXPECT_EQ(qwen.model.head_dim(), 128);
+}
+
+// Every float flag refuses inf and nan where it is parsed, naming the flag (inf once reached
+// the optimizer: "adamw_step: needs ... lr >= 0 (got -nan)").
+TEST(TrainArgs, FloatFlagsMustBeFinite) {
+  for (const char* flag : {"--lr", "--min-lr", "--adam-eps", "--adam-beta1", "--clip-grad",
+                           "--weight-decay", "--init-method-std", "--moe-aux-loss-coeff",
+                           "--moe-z-loss-coeff", "--rotary-base", "--lr-warmup-fraction"})
+    for (const char* value : {"inf", "-inf", "nan", "1e999"}) {
+      SCOPED_TRACE(std::string(flag) + " " + value);
+      EXPECT_ERROR_NAMES(Args({flag, value}), flag, "finite", value);
+    }
+  // --lr is checked before --min-lr is derived from it: a negative --lr is named itself.
+  const std::string message = error_of({"--lr", "-1"});
+  EXPECT_NE(message.find("--lr must not be negative, got -1"), std::string::npos) << message;
+  EXPECT_EQ(message.find("--min-lr"), std::string::npos) << message;
+}
+
+// The default run's aux-loss coefficient belongs to its aux-loss balancing: switching the
+// balancing to sinkhorn or none drops it (it once advised dropping a --moe-aux-loss-coeff that
+// was never given); a coefficient that is given is still refused, by name.
+TEST(TrainArgs, BalancingWithoutCoefficientDropsThePresetsOne) {
+  for (const char* type : {"sinkhorn", "none"}) {
+    SCOPED_TRACE(type);
+    const TrainRunConfig run = parse_train_args({"--moe-router-load-balancing-type", type});
+    EXPECT_EQ(run.model.moe.moe_router_load_balancing_type, type);
+    EXPECT_EQ(run.model.moe.moe_aux_loss_coeff, 0.0);
+    EXPECT_ERROR_NAMES(
+        Args({"--moe-router-load-balancing-type", type, "--moe-aux-loss-coeff", "0.01"}),
+        "--moe-aux-loss-coeff", "0.01");
+  }
+  // Other balancing types keep the preset's coefficient.
+  EXPECT_EQ(parse_train_args({"--moe-router-load-balancing-type", "seq_aux_loss"})
+                .model.moe.moe_aux_loss_coeff,
+            default_train_model().moe.moe_aux_loss_coeff);
+}
+
+// Sizes too large for any model are refused by name before anything is built from them.
+TEST(TrainArgs, SizeFlagsAreBounded) {
+  EXPECT_ERROR_NAMES(Args({"--num-layers", "1099511627776"}), "--num-layers 1099511627776",
+                     "exceeds 4096");
+  EXPECT_ERROR_NAMES(Args({"--vocab-size", "1099511627776"}), "--vocab-size", "32-bit");
+  EXPECT_ERROR_NAMES(Args({"--num-experts", "100000000"}), "--num-experts 100000000");
+}
+
+// A YAML file is one mapping, each flag once: a repeated key (also spelt once with '_' and once
+// with '-') and a second document were read without a word; a folder gave
+// "basic_filebuf::underflow".
+TEST(TrainArgs, YamlRefusesRepeatedKeysSecondDocumentsAndFolders) {
+  const std::string twice = write_temp("twice.yaml", "lr: 1.0e-3\nseed: 3\nlr: 2.0e-3\n");
+  EXPECT_ERROR_NAMES(Args({"--config", twice}), "twice.yaml", "'lr'", "line 3", "line 1");
+  const std::string spelt = write_temp("spelt.yaml", "num_layers: 2\nnum-layers: 3\n");
+  EXPECT_ERROR_NAMES(Args({"--config", spelt}), "spelt.yaml", "'num-layers'", "'num_layers'",
+                     "line 2", "line 1");
+  const std::string two = write_temp("two.yaml", "lr: 1.0e-3\n---\ntrain_iters: 5\n");
+  EXPECT_ERROR_NAMES(Args({"--config", two}), "two.yaml", "second YAML document", "line 3");
+  // A document marker at the start, or an empty document at the end, is still one mapping.
+  const std::string marked = write_temp("marked.yaml", "---\nlr: 1.0e-3\n---\n");
+  EXPECT_DOUBLE_EQ(parse_train_args({"--config", marked}).train.schedule.lr, 1e-3);
+  const std::string folder = std::filesystem::temp_directory_path().string();
+  EXPECT_ERROR_NAMES(Args({"--config", folder}), folder.c_str(), "is a folder");
+}
+
 TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
   const std::vector<TrainFlag> flags = train_flags();
   const std::string help = train_flags_help();

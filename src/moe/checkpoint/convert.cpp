@@ -48,6 +48,15 @@ Shape fused_scale_shape(const TensorMapping& m, Fp8BlockSize block) {
   return {rows, cols};
 }
 
+// Every model weight (parameter or buffer) is a float; an integer tensor in its place would be
+// cast to float as numbers, silently (an i32 norm weight of 1 is a weight of 1.0, of bits 1 a
+// denormal): refused, naming the tensor, its file and its dtype.
+void check_float(const TensorSource& src, const std::string& name, DType dtype,
+                 const std::string& what) {
+  MOE_CHECK(is_floating(dtype), "tensor ", what, " in ", src.where(name), " is ", dtype,
+            "; model weights must be a float dtype (f64, f32, bf16, f16 or FP8)");
+}
+
 // Names a tensor for messages, with the moecore tensor it belongs to.
 std::string part_of(const std::string& hf_name, const TensorMapping& m) {
   return m.identity() && hf_name == m.name ? hf_name : hf_name + " (part of moecore " + m.name + ")";
@@ -136,6 +145,7 @@ void hf_tensor_to_moecore(const TensorMapping& m, const TensorSource& hf,
       const std::string& name = expert[p];
       MOE_CHECK(hf.contains(name), "missing tensor ", part_of(name, m), " in ", hf.description());
       const SourceTensorInfo info = hf.info(name);
+      check_float(hf, name, info.dtype, part_of(name, m));
       MOE_CHECK(info.shape == m.part_shapes[p], "tensor ", part_of(name, m), " in ",
                 hf.where(name), " has shape ", shape_str(info.shape), ", but the model config ",
                 "needs ", shape_str(m.part_shapes[p]));
@@ -229,6 +239,7 @@ namespace {
 DType check_moecore_tensor(const TensorMapping& m, const TensorSource& src, Fp8BlockSize block) {
   MOE_CHECK(src.contains(m.name), "missing tensor ", m.name, " in ", src.description());
   const SourceTensorInfo info = src.info(m.name);
+  check_float(src, m.name, info.dtype, m.name);
   MOE_CHECK(info.shape == m.shape, "tensor ", m.name, " in ", src.where(m.name), " has shape ",
             shape_str(info.shape), ", but the model config needs ", shape_str(m.shape));
   const std::string scale = scale_name(m.name);

@@ -15,9 +15,10 @@
 // (names, dtypes, shapes, bytes) whenever FP8 is kept.
 //
 // Errors name the tensor and its file: a missing tensor (and the moecore tensor that needs
-// it), a wrong shape (found and expected), parts of different dtypes, an FP8 weight without
-// its scales or scales without an FP8 weight, MTP copies that differ from the originals, and
-// (check_*_names) tensors the model does not have.
+// it), a wrong shape (found and expected), a dtype that is not a float (model weights are
+// f64, f32, bf16, f16 or FP8; an integer tensor is refused, not cast), parts of different dtypes,
+// an FP8 weight without its scales or scales without an FP8 weight, MTP copies that differ from the
+// originals, and (check_*_names) tensors the model does not have.
 #pragma once
 
 #include <functional>

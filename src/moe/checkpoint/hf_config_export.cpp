@@ -6,6 +6,7 @@
 #include <set>
 
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
 #include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
 
@@ -165,8 +166,8 @@ void diff(const json& want, const json& got, const std::string& prefix,
       continue;
     }
     if (*it == other) continue;
-    const std::string line = prefix + it.key() + ": " + it->dump() + " here, " + other.dump() +
-                             " as Hugging Face reads it";
+    const std::string line = prefix + it.key() + ": " + json_for_message(*it) + " here, " +
+                             json_for_message(other) + " as Hugging Face reads it";
     (ignored.count(it.key()) ? training : model).push_back(line);
   }
 }

@@ -34,7 +34,10 @@ std::string model_info(const std::string& model) {
       << (folder ? std::string(format_name(detect_format(model))) + " folder " + model
                  : std::string("the model zoo"))
       << "\n\nconfig:\n"
-      << nn::model_config_to_json(config).dump(2) << "\n\n"
+      // (replace: a name taken from a folder's bytes need not be UTF-8)
+      << nn::model_config_to_json(config).dump(2, ' ', false,
+                                               nlohmann::json::error_handler_t::replace)
+      << "\n\n"
       << nn::describe(count);
   if (count.mtp_checkpoint_copies > 0)
     out << "  (a Hugging Face checkpoint also stores " << nn::format_param_count(count.mtp_checkpoint_copies)

@@ -1,7 +1,7 @@
 // Model folders: format detection, load_model, save_model (model_io.h).
-#include "moe/core/json_file.h"
 #include "moe/checkpoint/model_io.h"
 
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -13,6 +13,7 @@
 #include "moe/checkpoint/shard_writer.h"
 #include "moe/checkpoint/tensor_source.h"
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
 #include "moe/io/atomic_file.h"
 #include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
@@ -23,6 +24,52 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
+
+// The first element of a CPU float tensor that is NaN or +-Inf, by its bits (exponent all
+// ones), in one pass and for every float dtype alike; -1 when every element is finite.
+template <class Bits>
+int64_t first_non_finite_bits(const Tensor& t, Bits exponent_mask) {
+  const auto* data = static_cast<const unsigned char*>(t.raw());
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    Bits bits;
+    std::memcpy(&bits, data + i * static_cast<int64_t>(sizeof(Bits)), sizeof(Bits));
+    if ((bits & exponent_mask) == exponent_mask) return i;
+  }
+  return -1;
+}
+
+int64_t first_non_finite(const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::f64:
+      return first_non_finite_bits<uint64_t>(t, 0x7ff0000000000000ull);
+    case DType::f32:
+      return first_non_finite_bits<uint32_t>(t, 0x7f800000u);
+    case DType::bf16:
+      return first_non_finite_bits<uint16_t>(t, 0x7f80u);
+    case DType::f16:
+      return first_non_finite_bits<uint16_t>(t, 0x7c00u);
+    case DType::fp8_e5m2:
+      return first_non_finite_bits<uint8_t>(t, 0x7cu);
+    case DType::fp8_e4m3:
+      return first_non_finite_bits<uint8_t>(t, 0x7fu);  // NaN only
+    default:
+      return -1;
+  }
+}
+
+// The Hugging Face tensor that holds element `element` of the fused moecore tensor `m`, and the
+// element's index in it (parts concatenated experts-major, parts-minor: hf_names.h).
+std::pair<std::string, int64_t> hf_part_at(const TensorMapping& m, int64_t element) {
+  for (const auto& expert : m.hf_names)
+    for (size_t p = 0; p < expert.size(); ++p) {
+      int64_t n = 1;
+      for (int64_t d : m.part_shapes[p]) n *= d;
+      if (element < n) return {expert[p], element};
+      element -= n;
+    }
+  return {m.name, element};
+}
 
 }  // namespace
 
@@ -83,11 +130,15 @@ void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat 
 
   const CheckpointTensorSource source(dir);
   const std::vector<UnitMapping> units = hf_model_mapping(file_config);
+  std::map<std::string, const TensorMapping*> mappings;
+  for (const UnitMapping& unit : units)
+    for (const TensorMapping& m : unit.tensors) mappings[m.name] = &m;
   if (format == CheckpointFormat::hf)
     check_hf_names(file_config, units, source);
   else
     check_moecore_names(file_config, units, source);
 
+  // `t` is on the host: the checks below read it there, once, before it is uploaded.
   const auto assign = [&](const std::string& name, const Tensor& t) {
     auto it = targets.find(name);
     MOE_CHECK(it != targets.end(), "tensor ", name, " of ", source.description(),
@@ -96,6 +147,20 @@ void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat 
     Tensor& target = *it->second;
     MOE_CHECK(target.shape() == t.shape(), "tensor ", name, " of ", source.description(),
               " has shape ", shape_str(t.shape()), ", the model's is ", shape_str(target.shape()));
+    // Every parameter and buffer is a float: an integer tensor would be cast silently.
+    MOE_CHECK(is_floating(t.dtype()), "tensor ", name, " in ", source.where(name), " is ",
+              t.dtype(), "; model weights must be a float dtype (f64, f32, bf16, f16 or FP8)");
+    // A NaN or Inf weight makes every loss NaN: refused here, naming the first such tensor
+    // (for a tensor fused from Hugging Face parts, the part).
+    if (const int64_t bad = first_non_finite(t); bad >= 0) {
+      std::pair<std::string, int64_t> at{name, bad};
+      const auto m = mappings.find(name);
+      if (format == CheckpointFormat::hf && m != mappings.end() && !m->second->identity())
+        at = hf_part_at(*m->second, bad);
+      MOE_FAIL("tensor ", at.first, at.first == name ? "" : " (fused into moecore " + name + ")",
+               " in ", source.where(at.first), " holds a non-finite value (NaN or Inf) at element ",
+               at.second, "; the checkpoint's weights must be finite");
+    }
     target.copy_(t.dtype() == target.dtype() ? t : t.to(target.dtype()));
     filled.insert(name);
   };

@@ -43,7 +43,9 @@ std::optional<Fp8BlockSize> read_fp8_block_size(const std::string& dir, Checkpoi
 // safetensors): builds the GPTModel (dtype f64/f32 on CPU, f32/bf16 on CUDA) and fills every
 // parameter and buffer. `adjust` (may be empty) edits the config before the model is built.
 // FP8 weights are dequantized (in f32, then cast to the parameter's dtype). Errors name the
-// tensor and the file: missing, unexpected, wrong shape, wrong dtype. MTP layers of the
+// tensor and the file: missing, unexpected, wrong shape, a dtype that is not a float, and
+// NaN or Inf values (every tensor is checked on the host, in one pass, before it is uploaded:
+// a non-finite weight would only show as a NaN loss). MTP layers of the
 // checkpoint beyond the (adjusted) config's mtp_num_layers are skipped (transformers itself
 // does not load DeepSeek-V3's MTP layer).
 std::unique_ptr<nn::GPTModel> load_model(const std::string& dir, DType dtype, Device device,

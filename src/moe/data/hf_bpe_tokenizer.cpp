@@ -12,6 +12,7 @@
 #include <unordered_set>
 
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
 #include "moe/data/bpe_model.h"
 #include "moe/data/byte_unicode.h"
 #include "moe/data/hf_unicode_tables.h"
@@ -29,13 +30,14 @@ struct Reader {
 
   [[noreturn]] void refuse(const std::string& field, const json& value,
                            std::string_view supported) const {
-    MOE_FAIL(source, ": ", field, " = ", value.dump(), " is not supported (supported: ", supported,
-             ")");
+    MOE_FAIL(source, ": ", field, " = ", json_for_message(value),
+             " is not supported (supported: ", supported, ")");
   }
 
   void check_object(const json& obj, const std::string& field,
                     std::initializer_list<std::string_view> keys) const {
-    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ", obj.dump());
+    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ",
+              json_for_message(obj));
     for (const auto& [key, value] : obj.items()) {
       (void)value;
       MOE_CHECK(std::find(keys.begin(), keys.end(), key) != keys.end(), source, ": ", field,
@@ -48,7 +50,7 @@ struct Reader {
   bool flag(const json& obj, const char* key, const std::string& field, bool fallback) const {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     MOE_CHECK(obj[key].is_boolean(), source, ": ", field, ".", key, " must be true or false, got ",
-              obj[key].dump());
+              json_for_message(obj[key]));
     return obj[key].get<bool>();
   }
 
@@ -59,7 +61,8 @@ struct Reader {
   }
 
   std::string type(const json& obj, const std::string& field) const {
-    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ", obj.dump());
+    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ",
+              json_for_message(obj));
     return text(obj, "type", field);
   }
 };
@@ -352,7 +355,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   for (const auto& [token, id] : m["vocab"].items()) {
     MOE_CHECK(
         id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < (int64_t{1} << 31),
-        source_, ": model.vocab['", token, "'] = ", id.dump(), " is not an id");
+        source_, ": model.vocab['", token, "'] = ", json_for_message(id), " is not an id");
     config.vocab.emplace(token, id.get<int32_t>());
   }
   MOE_CHECK(m.contains("merges") && m["merges"].is_array(), source_,
@@ -369,7 +372,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
     } else {
       MOE_CHECK(
           merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string(),
-          source_, ": model.merges[", i, "] = ", merge.dump(), " is not two tokens");
+          source_, ": model.merges[", i, "] = ", json_for_message(merge), " is not two tokens");
       config.merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
     }
   }
@@ -457,15 +460,15 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
       } else if (item.contains("SpecialToken") && item["SpecialToken"].contains("id")) {
         const json& name = item["SpecialToken"]["id"];
         MOE_CHECK(p.contains("special_tokens") && p["special_tokens"].contains(name), source_, ": ",
-                  item_field, " names ", name.dump(), ", which special_tokens lacks");
+                  item_field, " names ", json_for_message(name), ", which special_tokens lacks");
         const json& ids = p["special_tokens"][name.get<std::string>()]["ids"];
-        MOE_CHECK(ids.is_array(), source_, ": ", field, ".special_tokens[", name.dump(),
+        MOE_CHECK(ids.is_array(), source_, ": ", field, ".special_tokens[", json_for_message(name),
                   "].ids must be a list");
         for (const json& id : ids) {
           MOE_CHECK(
               id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < vocab_size_,
-              source_, ": ", field, ".special_tokens[", name.dump(), "] has the id ", id.dump(),
-              " outside the vocabulary");
+              source_, ": ", field, ".special_tokens[", json_for_message(name), "] has the id ",
+              json_for_message(id), " outside the vocabulary");
           (seen_sequence ? template_suffix_ : template_prefix_).push_back(id.get<int64_t>());
         }
       } else {

@@ -177,24 +177,29 @@ class BatchReader {
 // written, which bounds memory whatever the input size.
 class OrderedEncoder {
  public:
-  OrderedEncoder(int workers, Format format, const std::vector<std::string>& json_keys,
-                 const Tokenizer& tokenizer, std::optional<int64_t> eod)
-      : max_in_flight_(static_cast<int64_t>(workers) * 2) {
-    threads_.reserve(static_cast<size_t>(workers));
-    for (int w = 0; w < workers; ++w) {
-      threads_.emplace_back(
-          [this, format, &json_keys, &tokenizer, eod] { work(format, json_keys, tokenizer, eod); });
+  OrderedEncoder(const PreprocessOptions& options, Format format, const Tokenizer& tokenizer,
+                 std::optional<int64_t> eod)
+      : max_in_flight_(static_cast<int64_t>(options.workers) * 2) {
+    const std::vector<std::string>& json_keys = options.json_keys;
+    const auto body = [this, format, &json_keys, &tokenizer, eod] {
+      work(format, json_keys, tokenizer, eod);
+    };
+    threads_.reserve(static_cast<size_t>(options.workers));
+    // A thread that cannot start throws (std::system_error) from inside this constructor, so
+    // the destructor would not run: the started threads are stopped and joined here, or their
+    // std::thread objects would end the program (std::terminate) instead of an error.
+    try {
+      for (int w = 0; w < options.workers; ++w)
+        threads_.push_back(options.start_worker ? options.start_worker(body) : std::thread(body));
+    } catch (const std::exception& e) {
+      const size_t started = threads_.size();
+      stop();
+      MOE_FAIL("preprocess: --workers ", options.workers, ": could not start tokenizing thread ",
+               started + 1, " (", e.what(),
+               "); the system's thread or memory limit was reached: give fewer --workers");
     }
   }
-  ~OrderedEncoder() {
-    {
-      std::lock_guard lock(mutex_);
-      closing_ = true;
-      queue_.clear();  // after an error nobody will collect the rest
-    }
-    work_ready_.notify_all();
-    for (std::thread& t : threads_) t.join();
-  }
+  ~OrderedEncoder() { stop(); }
   OrderedEncoder(const OrderedEncoder&) = delete;
   OrderedEncoder& operator=(const OrderedEncoder&) = delete;
 
@@ -222,6 +227,19 @@ class OrderedEncoder {
   }
 
  private:
+  // Closes the queue and joins every started worker.
+  void stop() noexcept {
+    {
+      std::lock_guard lock(mutex_);
+      closing_ = true;
+      queue_.clear();  // after an error nobody will collect the rest
+    }
+    work_ready_.notify_all();
+    for (std::thread& t : threads_)
+      if (t.joinable()) t.join();
+    threads_.clear();
+  }
+
   void work(Format format, const std::vector<std::string>& json_keys, const Tokenizer& tokenizer,
             std::optional<int64_t> eod) {
     for (;;) {
@@ -309,7 +327,8 @@ PreprocessSummary preprocess(const PreprocessOptions& options, const Tokenizer& 
                              std::FILE* progress_stream) {
   MOE_CHECK(!options.inputs.empty(), "preprocess: no --input files");
   MOE_CHECK(!options.output_prefix.empty(), "preprocess: --output-prefix is required");
-  MOE_CHECK(options.workers >= 1, "preprocess: --workers must be >= 1, got ", options.workers);
+  MOE_CHECK(options.workers >= 1, "preprocess: --workers must be at least 1, got ",
+            options.workers);
   MOE_CHECK(!options.json_keys.empty(), "preprocess: --json-keys is empty");
   const std::set<std::string> distinct(options.json_keys.begin(), options.json_keys.end());
   MOE_CHECK(distinct.size() == options.json_keys.size(),
@@ -365,7 +384,7 @@ PreprocessSummary preprocess(const PreprocessOptions& options, const Tokenizer& 
 
   // Files one after the other, each through its own encoder (the format may differ).
   for (size_t f = 0; f < options.inputs.size(); ++f) {
-    OrderedEncoder encoder(options.workers, formats[f], options.json_keys, tokenizer, eod);
+    OrderedEncoder encoder(options, formats[f], tokenizer, eod);
     BatchReader reader(options.inputs[f], formats[f]);
     Batch batch;
     while (reader.next(batch)) {

@@ -20,12 +20,16 @@
 // preprocess_data.py writes for the same JSONL.
 //
 // `workers` threads tokenize batches of lines in parallel; the writer takes the batches back
-// in input order, so the output does not depend on the number of workers.
+// in input order, so the output does not depend on the number of workers. A worker that cannot
+// start (the system's thread or memory limit) is an error naming --workers, after the threads
+// already started are stopped and joined.
 #pragma once
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "moe/data/indexed_dataset.h"
@@ -40,6 +44,9 @@ struct PreprocessOptions {
   std::string output_prefix;                   // --output-prefix (folders are created)
   bool append_eod = false;                     // --append-eod
   int workers = 1;                             // --workers, >= 1
+  // How a worker thread is started; empty: std::thread(body). Tests give one that fails, as
+  // std::thread's constructor does (std::system_error) under a thread or memory limit.
+  std::function<std::thread(std::function<void()> body)> start_worker;
 };
 
 struct PreprocessSummary {

@@ -54,6 +54,9 @@ void sync_folder(const std::string& folder, const std::string& path) {
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   MOE_CHECK(!path_.empty(), "AtomicFile: empty path");
+  // rename(2) cannot put a file over a folder: say so now, before any byte is written.
+  MOE_CHECK(!std::filesystem::is_directory(path_), path_,
+            " is a folder; give the path of the file to write");
   // O_EXCL: never reuse an existing name. Mode 0666 lets the umask decide the final
   // permissions, as for a file created in place.
   int err = 0;
@@ -121,8 +124,11 @@ void AtomicFile::commit() {
   }
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     const int err = errno;
+    const std::string temp = temp_path_;  // discard() clears it
     discard();
-    MOE_FAIL(path_, ": rename from ", temp_path_, " failed: ", system_error(err));
+    MOE_CHECK(err != EISDIR, path_, " is a folder; nothing was written");
+    MOE_FAIL(path_, ": rename from ", temp, " failed: ", system_error(err),
+             " (nothing was written to ", path_, ")");
   }
   committed_ = true;
   temp_path_.clear();

@@ -17,7 +17,7 @@ namespace moe::io {
 class AtomicFile {
  public:
   // Creates the temporary file next to `path`; throws moe::Error naming `path` and the system
-  // error if the folder is missing or not writable.
+  // error if the folder is missing or not writable, or saying `path` is a folder.
   explicit AtomicFile(std::string path);
   ~AtomicFile();  // removes the temporary unless committed
   AtomicFile(const AtomicFile&) = delete;

@@ -1,7 +1,6 @@
 // Hugging Face config.json -> ModelConfig (hf_config.h has the mapping). Defaults of the
 // behaviour fields are those of transformers' MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig,
 // DeepseekV2Config and DeepseekV3Config; shape fields have no default here.
-#include "moe/core/json_file.h"
 #include "moe/nn/hf_config.h"
 
 #include <algorithm>
@@ -9,6 +8,8 @@
 #include <filesystem>
 
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
+#include "moe/nn/config_limits.h"
 
 namespace moe::nn {
 
@@ -39,25 +40,38 @@ class HfFields {
     const json* v = find(key);
     return v ? as_int(key, *v) : fallback;
   }
+  // A size field (a count, a width, a rank): required, or `fallback` when absent; checked
+  // against `min` and its bound (config_limits.h) as soon as it is read, before anything is
+  // computed from it.
+  int64_t required_size(const char* key, int64_t min, const SizeLimit& limit) const {
+    const int64_t value = required_int(key);
+    check_size(field(key), value, min, limit);
+    return value;
+  }
+  int64_t size_or(const char* key, int64_t fallback, int64_t min, const SizeLimit& limit) const {
+    const int64_t value = int_or(key, fallback);
+    check_size(field(key), value, min, limit);
+    return value;
+  }
   double number_or(const char* key, double fallback) const {
     const json* v = find(key);
     if (!v) return fallback;
     MOE_CHECK(v->is_number(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be a number, got ", v->dump());
+              "\" must be a number, got ", json_for_message(*v));
     return v->get<double>();
   }
   bool bool_or(const char* key, bool fallback) const {
     const json* v = find(key);
     if (!v) return fallback;
     MOE_CHECK(v->is_boolean(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be true or false, got ", v->dump());
+              "\" must be true or false, got ", json_for_message(*v));
     return v->get<bool>();
   }
   std::string string_or(const char* key, const std::string& fallback) const {
     const json* v = find(key);
     if (!v) return fallback;
     MOE_CHECK(v->is_string(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be a string, got ", v->dump());
+              "\" must be a string, got ", json_for_message(*v));
     return v->get<std::string>();
   }
   std::vector<int64_t> int_list_or_empty(const char* key) const {
@@ -65,7 +79,7 @@ class HfFields {
     std::vector<int64_t> out;
     if (!v) return out;
     MOE_CHECK(v->is_array(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be a list of layer indices, got ", v->dump());
+              "\" must be a list of layer indices, got ", json_for_message(*v));
     for (const json& e : *v) out.push_back(as_int(key, e));
     return out;
   }
@@ -76,6 +90,10 @@ class HfFields {
   const std::string& model_type() const { return model_type_; }
 
  private:
+  std::string field(const char* key) const {
+    return "Hugging Face config (model_type " + model_type_ + ") field \"" + key + "\"";
+  }
+
   int64_t as_int(const char* key, const json& v) const {
     // Integral floats ("factor": 40.0) are accepted: JSON writers differ.
     if (v.is_number_float()) {
@@ -83,7 +101,10 @@ class HfFields {
       if (std::abs(d) < 9e15 && d == std::floor(d)) return static_cast<int64_t>(d);
     }
     MOE_CHECK(v.is_number_integer(), "Hugging Face config (model_type ", model_type_, ") field \"",
-              key, "\" must be an integer, got ", v.dump());
+              key, "\" must be an integer, got ", json_for_message(v));
+    MOE_CHECK(!v.is_number_unsigned() || v.get<uint64_t>() <= uint64_t{INT64_MAX},
+              "Hugging Face config (model_type ", model_type_, ") field \"", key, "\" ",
+              json_for_message(v), " does not fit a 64-bit integer");
     return v.get<int64_t>();
   }
 
@@ -95,13 +116,14 @@ class HfFields {
 void read_common(const HfFields& f, ModelConfig& c, double default_rope_theta,
                  double default_norm_eps, int64_t default_max_positions) {
   c.family = f.model_type();
-  c.num_layers = f.required_int("num_hidden_layers");
-  c.hidden_size = f.required_int("hidden_size");
-  c.ffn_hidden_size = f.required_int("intermediate_size");
-  c.num_attention_heads = f.required_int("num_attention_heads");
-  c.num_query_groups = f.int_or("num_key_value_heads", c.num_attention_heads);
-  c.vocab_size = f.required_int("vocab_size");
-  c.max_position_embeddings = f.int_or("max_position_embeddings", default_max_positions);
+  c.num_layers = f.required_size("num_hidden_layers", 1, kLayerLimit);
+  c.hidden_size = f.required_size("hidden_size", 1, kWidthLimit);
+  c.ffn_hidden_size = f.required_size("intermediate_size", 1, kWidthLimit);
+  c.num_attention_heads = f.required_size("num_attention_heads", 1, kCountLimit);
+  c.num_query_groups = f.size_or("num_key_value_heads", c.num_attention_heads, 1, kCountLimit);
+  c.vocab_size = f.required_size("vocab_size", 1, kVocabLimit);
+  c.max_position_embeddings =
+      f.size_or("max_position_embeddings", default_max_positions, 1, kPositionLimit);
   c.norm_epsilon = f.number_or("rms_norm_eps", default_norm_eps);
   c.rotary_base = f.number_or("rope_theta", default_rope_theta);
   c.init_method_std = f.number_or("initializer_range", 0.02);
@@ -122,7 +144,7 @@ void read_rope_scaling(const HfFields& f, ModelConfig& c) {
     if ((scaling->is_number() && scaling->get<double>() == 0) ||
         (scaling->is_boolean() && !scaling->get<bool>()))
       return;
-    f.unsupported("rope_scaling must be an object, got " + scaling->dump());
+    f.unsupported("rope_scaling must be an object, got " + json_for_message(*scaling));
   }
   const HfFields s(*scaling, f.model_type() + ", rope_scaling");
   if (s.has("rope_theta")) c.rotary_base = s.number_or("rope_theta", c.rotary_base);
@@ -136,7 +158,7 @@ void read_rope_scaling(const HfFields& f, ModelConfig& c) {
   MOE_CHECK(y.factor > 0, "Hugging Face config (model_type ", f.model_type(),
             ") rope_scaling yarn lacks the required field \"factor\"");
   y.original_max_position_embeddings =
-      s.int_or("original_max_position_embeddings", c.max_position_embeddings);
+      s.size_or("original_max_position_embeddings", c.max_position_embeddings, 1, kPositionLimit);
   y.beta_fast = s.number_or("beta_fast", 32.0);
   y.beta_slow = s.number_or("beta_slow", 1.0);
   y.mscale = s.number_or("mscale", 1.0);
@@ -164,11 +186,11 @@ ModelConfig mixtral(const HfFields& f) {
   ModelConfig c;
   read_common(f, c, /*rope_theta=*/1e6, /*rms_norm_eps=*/1e-5, /*max_positions=*/4096 * 32);
   read_rope_scaling(f, c);
-  c.kv_channels = f.int_or("head_dim", c.hidden_size / c.num_attention_heads);
+  c.kv_channels = f.size_or("head_dim", c.hidden_size / c.num_attention_heads, 0, kWidthLimit);
   refuse_sliding_window(f, c, true);
   MoEConfig& m = c.moe;
-  m.num_experts = f.required_int("num_local_experts");
-  m.moe_router_topk = f.required_int("num_experts_per_tok");
+  m.num_experts = f.required_size("num_local_experts", 1, kCountLimit);
+  m.moe_router_topk = f.required_size("num_experts_per_tok", 1, kCountLimit);
   m.moe_ffn_hidden_size = c.ffn_hidden_size;  // Mixtral's experts are its MLPs
   set_softmax_topk(m, /*norm_topk_prob=*/true);
   m.moe_router_load_balancing_type = "aux_loss";
@@ -185,24 +207,25 @@ ModelConfig qwen_moe(const HfFields& f, bool qwen3) {
   read_rope_scaling(f, c);
   refuse_sliding_window(f, c, f.bool_or("use_sliding_window", false));
   if (qwen3) {
-    c.kv_channels = f.int_or("head_dim", c.hidden_size / c.num_attention_heads);
+    c.kv_channels = f.size_or("head_dim", c.hidden_size / c.num_attention_heads, 0, kWidthLimit);
     c.qk_layernorm = true;
     if (f.bool_or("attention_bias", false))
       f.unsupported("attention_bias true (biases on q/k/v and o_proj) is not supported");
   } else {
-    c.kv_channels = f.int_or("head_dim", c.hidden_size / c.num_attention_heads);
+    c.kv_channels = f.size_or("head_dim", c.hidden_size / c.num_attention_heads, 0, kWidthLimit);
     c.add_qkv_bias = f.bool_or("qkv_bias", true);  // Qwen2-MoE's q/k/v projections have biases
   }
   MoEConfig& m = c.moe;
   // The published configs say num_experts; transformers 5 writes num_local_experts.
   m.num_experts = f.has("num_experts") || !f.has("num_local_experts")
-                      ? f.required_int("num_experts")
-                      : f.required_int("num_local_experts");
-  m.moe_router_topk = f.required_int("num_experts_per_tok");
-  m.moe_ffn_hidden_size = f.required_int("moe_intermediate_size");
+                      ? f.required_size("num_experts", 0, kCountLimit)
+                      : f.required_size("num_local_experts", 0, kCountLimit);
+  m.moe_router_topk = f.required_size("num_experts_per_tok", 1, kCountLimit);
+  m.moe_ffn_hidden_size = f.required_size("moe_intermediate_size", 1, kWidthLimit);
   if (!qwen3) {
     // Qwen2-MoE: one shared expert, its output scaled by sigmoid(x w_gate), w_gate [1, H].
-    m.moe_shared_expert_intermediate_size = f.required_int("shared_expert_intermediate_size");
+    m.moe_shared_expert_intermediate_size =
+        f.required_size("shared_expert_intermediate_size", 0, kWidthLimit);
     m.moe_shared_expert_gate = m.moe_shared_expert_intermediate_size > 0;
   }
   set_softmax_topk(m, f.bool_or("norm_topk_prob", false));
@@ -211,9 +234,7 @@ ModelConfig qwen_moe(const HfFields& f, bool qwen3) {
 
   // Qwen2MoeDecoderLayer: sparse iff layer_idx not in mlp_only_layers and num_experts > 0 and
   // (layer_idx + 1) % decoder_sparse_step == 0.
-  const int64_t step = f.int_or("decoder_sparse_step", 1);
-  MOE_CHECK(step >= 1, "Hugging Face config (model_type ", f.model_type(),
-            ") decoder_sparse_step must be at least 1, got ", step);
+  const int64_t step = f.size_or("decoder_sparse_step", 1, 1, kLayerLimit);
   const std::vector<int64_t> mlp_only = f.int_list_or_empty("mlp_only_layers");
   for (int64_t layer : mlp_only)
     MOE_CHECK(layer >= 0 && layer < c.num_layers, "Hugging Face config (model_type ",
@@ -235,11 +256,12 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
     f.unsupported("attention_bias true (biases on the MLA projections) is not supported");
 
   c.attention_type = AttentionType::mla;
-  c.mla.q_lora_rank = f.int_or("q_lora_rank", 0);  // null in DeepSeek-V2-Lite: no q compression
-  c.mla.kv_lora_rank = f.required_int("kv_lora_rank");
-  c.mla.qk_head_dim = f.required_int("qk_nope_head_dim");
-  c.mla.qk_pos_emb_head_dim = f.required_int("qk_rope_head_dim");
-  c.mla.v_head_dim = f.required_int("v_head_dim");
+  // q_lora_rank null in DeepSeek-V2-Lite: no q compression.
+  c.mla.q_lora_rank = f.size_or("q_lora_rank", 0, 0, kWidthLimit);
+  c.mla.kv_lora_rank = f.required_size("kv_lora_rank", 1, kWidthLimit);
+  c.mla.qk_head_dim = f.required_size("qk_nope_head_dim", 1, kWidthLimit);
+  c.mla.qk_pos_emb_head_dim = f.required_size("qk_rope_head_dim", 1, kWidthLimit);
+  c.mla.v_head_dim = f.required_size("v_head_dim", 1, kWidthLimit);
   c.qk_layernorm = true;  // q_a_layernorm / kv_a_layernorm
   // DeepSeek rotates (x[2i], x[2i+1]) pairs; transformers' V3 port can be told otherwise
   // (rope_interleave false: rotate_half pairs).
@@ -247,11 +269,13 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
                                                              : RotaryStyle::interleaved;
 
   MoEConfig& m = c.moe;
-  m.num_experts = f.int_or("n_routed_experts", 0);  // null: a dense model
+  m.num_experts = f.size_or("n_routed_experts", 0, 0, kCountLimit);  // null: a dense model
   if (m.num_experts > 0) {
-    m.moe_router_topk = f.required_int("num_experts_per_tok");
-    m.moe_ffn_hidden_size = f.required_int("moe_intermediate_size");
-    m.moe_shared_expert_intermediate_size = f.int_or("n_shared_experts", 0) * m.moe_ffn_hidden_size;
+    m.moe_router_topk = f.required_size("num_experts_per_tok", 1, kCountLimit);
+    m.moe_ffn_hidden_size = f.required_size("moe_intermediate_size", 1, kWidthLimit);
+    // Both factors are bounded, so the product fits; validate() bounds the product itself.
+    m.moe_shared_expert_intermediate_size =
+        f.size_or("n_shared_experts", 0, 0, kCountLimit) * m.moe_ffn_hidden_size;
 
     const std::string scoring = f.string_or("scoring_func", v3 ? "sigmoid" : "softmax");
     const std::string method = f.string_or("topk_method", v3 ? "noaux_tc" : "greedy");
@@ -273,10 +297,10 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
       f.unsupported("topk_method \"" + method +
                     "\" is not one of greedy, group_limited_greedy, noaux_tc");
     if (method != "greedy") {
-      const int64_t groups = f.int_or("n_group", 1);
+      const int64_t groups = f.size_or("n_group", 1, 1, kCountLimit);
       if (groups > 1) {
         m.moe_router_num_groups = groups;
-        m.moe_router_group_topk = f.required_int("topk_group");
+        m.moe_router_group_topk = f.required_size("topk_group", 1, kCountLimit);
         // V2's group_limited_greedy ranks groups by their best score; V3's noaux_tc by the
         // sum of their best two (transformers' DeepseekV2Moe / DeepseekV3TopkRouter).
         m.moe_router_group_score_topk = method == "group_limited_greedy" ? 1 : 2;
@@ -296,14 +320,12 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
 
   // DeepseekV2/V3 decoder layer: MoE iff n_routed_experts and layer_idx >= first_k_dense_replace
   // and layer_idx % moe_layer_freq == 0.
-  const int64_t first_dense = f.int_or("first_k_dense_replace", v3 ? 3 : 0);
-  const int64_t every = f.int_or("moe_layer_freq", 1);
-  MOE_CHECK(every >= 1, "Hugging Face config (model_type ", f.model_type(),
-            ") moe_layer_freq must be at least 1, got ", every);
+  const int64_t first_dense = f.size_or("first_k_dense_replace", v3 ? 3 : 0, 0, kLayerLimit);
+  const int64_t every = f.size_or("moe_layer_freq", 1, 1, kLayerLimit);
   for (int64_t i = 0; i < c.num_layers; ++i)
     c.moe_layer_pattern.push_back(m.num_experts > 0 && i >= first_dense && i % every == 0 ? 1 : 0);
 
-  if (v3) c.mtp_num_layers = f.int_or("num_nextn_predict_layers", 0);
+  if (v3) c.mtp_num_layers = f.size_or("num_nextn_predict_layers", 0, 0, kLayerLimit);
   return c;
 }
 

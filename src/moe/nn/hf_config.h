@@ -38,7 +38,9 @@
 //                 deepseek_v3's num_nextn_predict_layers -> --mtp-num-layers.
 //
 // Missing fields: the shape fields (sizes, counts, ranks) are required and a missing one is an
-// error naming it; behaviour fields missing from the file take transformers' defaults for that
+// error naming it; each is checked against its least value and its bound (config_limits.h) as
+// it is read, before anything is computed from it (hidden / heads, the layer pattern).
+// Behaviour fields missing from the file take transformers' defaults for that
 // configuration class (documented in hf_config.cpp next to each read). Anything moecore cannot
 // express is refused with the reason: other model types, other rope scalings, sliding-window
 // attention, attention / o_proj biases, sigmoid routing without renormalisation.

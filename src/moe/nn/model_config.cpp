@@ -3,9 +3,11 @@
 // before any module is built. The MoE block's own rules live in MoEConfig::validate.
 #include "moe/nn/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "moe/core/error.h"
+#include "moe/nn/config_limits.h"
 
 namespace moe::nn {
 namespace {
@@ -61,16 +63,60 @@ void validate_yarn(const YarnConfig& y) {
             "YaRN --mscale and --mscale-all-dim must not be negative");
 }
 
+// An upper estimate of the parameter count, in double (no overflow whatever the sizes): every
+// term of param_count.h, GQA's and MLA's attention both.
+double estimated_parameters(const ModelConfig& c) {
+  const auto d = [](int64_t v) { return static_cast<double>(v); };
+  const double H = d(c.hidden_size), V = d(c.vocab_size), heads = d(c.num_attention_heads);
+  const double D = d(c.kv_channels > 0 ? c.kv_channels : c.hidden_size / c.num_attention_heads);
+  const double groups = d(c.num_query_groups);
+  const MlaConfig& m = c.mla;
+  const double qk = d(m.qk_head_dim) + d(m.qk_pos_emb_head_dim);
+  const double gqa = 2 * H * heads * D + 2 * H * groups * D + heads * D + 2 * groups * D + 2 * D;
+  const double mla = H * d(m.q_lora_rank) + d(m.q_lora_rank) * (heads * qk + 1) + H * heads * qk +
+                     H * (d(m.kv_lora_rank) + d(m.qk_pos_emb_head_dim)) + d(m.kv_lora_rank) +
+                     d(m.kv_lora_rank) * heads * (d(m.qk_head_dim) + d(m.v_head_dim)) +
+                     heads * d(m.v_head_dim) * H;
+  const MoEConfig& e = c.moe;
+  const double mlp = 3 * H * d(c.ffn_hidden_size) + d(e.num_experts) * H +
+                     3 * H * d(e.moe_ffn_hidden_size) * d(e.num_experts) +
+                     3 * H * d(e.moe_shared_expert_intermediate_size) + H;
+  const double layer = gqa + mla + mlp + 5 * H + 2 * H * H;  // + norms, MTP's eh_proj
+  const double layers = d(c.num_layers) + d(c.mtp_num_layers);
+  return (2 + 2 * d(c.mtp_num_layers)) * V * H + layers * layer + H;
+}
+
 }  // namespace
 
+void ModelConfig::validate_sizes() const {
+  check_size("--num-layers", num_layers, 1, kLayerLimit);
+  check_size("--hidden-size", hidden_size, 1, kWidthLimit);
+  check_size("--ffn-hidden-size", ffn_hidden_size, 0, kWidthLimit);
+  check_size("--num-attention-heads", num_attention_heads, 1, kCountLimit);
+  check_size("--num-query-groups", num_query_groups, 0, kCountLimit);
+  check_size("--kv-channels", kv_channels, 0, kWidthLimit);
+  check_size("--vocab-size", vocab_size, 1, kVocabLimit);
+  check_size("--max-position-embeddings", max_position_embeddings, 1, kPositionLimit);
+  check_size("--q-lora-rank", mla.q_lora_rank, 0, kWidthLimit);
+  check_size("--kv-lora-rank", mla.kv_lora_rank, 0, kWidthLimit);
+  check_size("--qk-head-dim", mla.qk_head_dim, 0, kWidthLimit);
+  check_size("--qk-pos-emb-head-dim", mla.qk_pos_emb_head_dim, 0, kWidthLimit);
+  check_size("--v-head-dim", mla.v_head_dim, 0, kWidthLimit);
+  if (yarn)
+    check_size("YaRN --original-max-position-embeddings", yarn->original_max_position_embeddings, 1,
+               kPositionLimit);
+  check_size("--mtp-num-layers", mtp_num_layers, 0, kLayerLimit);
+  moe.validate_sizes();
+  const double parameters = estimated_parameters(*this);
+  MOE_CHECK(parameters <= kMaxParameters, "the model would have about ", parameters,
+            " parameters, more than 2^53 (", kMaxParameters,
+            "; a sanity bound: 36 PB in fp32); check --num-layers, --hidden-size, "
+            "--ffn-hidden-size, --vocab-size, --num-experts and --moe-ffn-hidden-size");
+}
+
 void ModelConfig::validate() const {
-  MOE_CHECK(num_layers > 0, "--num-layers must be positive, got ", num_layers);
-  MOE_CHECK(hidden_size > 0, "--hidden-size must be positive, got ", hidden_size);
-  MOE_CHECK(num_attention_heads > 0, "--num-attention-heads must be positive, got ",
-            num_attention_heads);
-  MOE_CHECK(vocab_size > 0, "--vocab-size must be positive, got ", vocab_size);
-  MOE_CHECK(max_position_embeddings > 0, "--max-position-embeddings must be positive, got ",
-            max_position_embeddings);
+  // The sizes first, before anything is computed from them.
+  validate_sizes();
   MOE_CHECK(std::isfinite(norm_epsilon) && norm_epsilon > 0,
             "--norm-epsilon must be positive, got ", norm_epsilon);
   MOE_CHECK(std::isfinite(init_method_std) && init_method_std > 0,
@@ -79,7 +125,6 @@ void ModelConfig::validate() const {
             rotary_base);
   MOE_CHECK(rotary_percent > 0 && rotary_percent <= 1, "--rotary-percent must be in (0, 1], got ",
             rotary_percent);
-  MOE_CHECK(ffn_hidden_size >= 0, "--ffn-hidden-size must not be negative, got ", ffn_hidden_size);
 
   if (attention_type == AttentionType::gqa)
     validate_gqa(*this);
@@ -107,7 +152,6 @@ void ModelConfig::validate() const {
     moe.validate();
   }
 
-  MOE_CHECK(mtp_num_layers >= 0, "--mtp-num-layers must not be negative, got ", mtp_num_layers);
   MOE_CHECK(mtp_loss_scaling_factor >= 0, "--mtp-loss-scaling-factor must not be negative, got ",
             mtp_loss_scaling_factor);
 }

@@ -77,14 +77,22 @@ struct ModelConfig {
   int64_t mtp_num_layers = 0;            // --mtp-num-layers
   double mtp_loss_scaling_factor = 0.1;  // --mtp-loss-scaling-factor
 
-  int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
+  // 0 while num_attention_heads is not positive (an unvalidated config).
+  int64_t head_dim() const {
+    if (kv_channels > 0) return kv_channels;
+    return num_attention_heads > 0 ? hidden_size / num_attention_heads : 0;
+  }
   bool is_moe_layer(int64_t layer) const {
     return layer < static_cast<int64_t>(moe_layer_pattern.size()) && moe_layer_pattern[layer] != 0;
   }
   // Throws moe::Error naming the flags involved for any inconsistent shape or option (heads vs
   // query groups, head dim, rotary, MLA ranks, YaRN, layer pattern vs --num-layers, ...), and
-  // applies moe.validate() when any layer is MoE.
+  // applies moe.validate() when any layer is MoE. Starts with validate_sizes().
   void validate() const;
+  // Every size field (this one's and moe's) within its least value and its bound
+  // (config_limits.h), and the whole model within 2^53 parameters: what must hold before
+  // anything is computed from the sizes (head dims, the layer pattern, parameter counts).
+  void validate_sizes() const;
 };
 
 }  // namespace moe::nn

@@ -1,6 +1,5 @@
 // ModelConfig <-> JSON (model_config_json.h): strict reading (unknown keys and wrong types are
 // errors naming the key), complete writing.
-#include "moe/core/json_file.h"
 #include "moe/nn/model_config_json.h"
 
 #include <cctype>
@@ -8,6 +7,8 @@
 #include <sstream>
 
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
+#include "moe/nn/config_limits.h"
 
 namespace moe::nn {
 
@@ -40,7 +41,7 @@ int64_t parse_count(const std::string& s, const std::string& text) {
 }  // namespace
 
 std::vector<int> parse_moe_layer_freq(const std::string& text, int64_t num_layers) {
-  MOE_CHECK(num_layers > 0, "--num-layers must be positive to expand --moe-layer-freq");
+  check_size("--num-layers", num_layers, 1, kLayerLimit);
   std::string s = strip_spaces(text);
   std::vector<int> pattern;
   if (all_digits(s)) {
@@ -76,6 +77,10 @@ std::vector<int> parse_moe_layer_freq(const std::string& text, int64_t num_layer
       repeat = parse_count(s.substr(pos + 1, end - pos - 1), text);
       pos = end;
     }
+    // Checked before expanding: "[1]*999999999" must not allocate a billion entries.
+    MOE_CHECK(static_cast<int64_t>(items.size()) * repeat <=
+                  num_layers - static_cast<int64_t>(pattern.size()),
+              "--moe-layer-freq \"", text, "\" gives more layers than --num-layers ", num_layers);
     for (int64_t r = 0; r < repeat; ++r) pattern.insert(pattern.end(), items.begin(), items.end());
     if (pos < s.size()) {
       MOE_CHECK(s[pos] == '+', "--moe-layer-freq \"", text, "\": unexpected '", s[pos], "'");
@@ -129,44 +134,56 @@ class ObjectReader {
 
   void read(const std::string& key, int64_t& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_number_integer(), where_, key, " must be an integer, got ", v->dump());
+      MOE_CHECK(v->is_number_integer(), where_, key, " must be an integer, got ",
+                json_for_message(*v));
+      MOE_CHECK(!v->is_number_unsigned() || v->get<uint64_t>() <= uint64_t{INT64_MAX}, where_, key,
+                " ", json_for_message(*v), " does not fit a 64-bit integer");
       out = v->get<int64_t>();
     }
+  }
+  // A size field: read, then checked against `min` and its bound (config_limits.h) before
+  // anything is computed from it. Absent: `out` (the default) is left as it is.
+  void read_size(const std::string& key, int64_t& out, int64_t min, const SizeLimit& limit) {
+    if (find(key) == nullptr) return;
+    read(key, out);
+    check_size(where_ + key, out, min, limit);
   }
   void read(const std::string& key, int& out) {
     int64_t wide = out;
     read(key, wide);
+    MOE_CHECK(wide >= INT32_MIN && wide <= INT32_MAX, where_, key, " ", wide,
+              " does not fit a 32-bit integer");
     out = static_cast<int>(wide);
   }
   void read(const std::string& key, uint64_t& out) {
     if (const json* v = find(key)) {
       MOE_CHECK(v->is_number_unsigned(), where_, key, " must be a non-negative integer, got ",
-                v->dump());
+                json_for_message(*v));
       out = v->get<uint64_t>();
     }
   }
   void read(const std::string& key, double& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_number(), where_, key, " must be a number, got ", v->dump());
+      MOE_CHECK(v->is_number(), where_, key, " must be a number, got ", json_for_message(*v));
       out = v->get<double>();
     }
   }
   void read(const std::string& key, std::optional<double>& out) {
     if (const json* v = find(key)) {
       MOE_CHECK(v->is_number() || v->is_null(), where_, key, " must be a number or null, got ",
-                v->dump());
+                json_for_message(*v));
       out = v->is_null() ? std::nullopt : std::optional<double>(v->get<double>());
     }
   }
   void read(const std::string& key, bool& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_boolean(), where_, key, " must be true or false, got ", v->dump());
+      MOE_CHECK(v->is_boolean(), where_, key, " must be true or false, got ", json_for_message(*v));
       out = v->get<bool>();
     }
   }
   void read(const std::string& key, std::string& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_string(), where_, key, " must be a string, got ", v->dump());
+      MOE_CHECK(v->is_string(), where_, key, " must be a string, got ", json_for_message(*v));
       out = v->get<std::string>();
     }
   }
@@ -202,19 +219,20 @@ DType parse_dtype(const std::string& name) {
 void read_moe(const json& object, MoEConfig& m) {
   ObjectReader r(object, "model config: moe.");
   // Mirrors of the top-level fields: read here, checked against them by the caller.
-  r.read("hidden_size", m.hidden_size);
+  r.read_size("hidden_size", m.hidden_size, 0, kWidthLimit);
   r.read("init_method_std", m.init_method_std);
-  r.read("num_experts", m.num_experts);
-  r.read("moe_ffn_hidden_size", m.moe_ffn_hidden_size);
-  r.read("moe_shared_expert_intermediate_size", m.moe_shared_expert_intermediate_size);
+  r.read_size("num_experts", m.num_experts, 0, kCountLimit);
+  r.read_size("moe_ffn_hidden_size", m.moe_ffn_hidden_size, 0, kWidthLimit);
+  r.read_size("moe_shared_expert_intermediate_size", m.moe_shared_expert_intermediate_size, 0,
+              kWidthLimit);
   r.read("moe_shared_expert_gate", m.moe_shared_expert_gate);
-  r.read("moe_router_topk", m.moe_router_topk);
+  r.read_size("moe_router_topk", m.moe_router_topk, 0, kCountLimit);
   r.read("moe_router_load_balancing_type", m.moe_router_load_balancing_type);
   r.read("moe_router_score_function", m.moe_router_score_function);
   r.read("moe_router_pre_softmax", m.moe_router_pre_softmax);
-  r.read("moe_router_num_groups", m.moe_router_num_groups);
-  r.read("moe_router_group_topk", m.moe_router_group_topk);
-  r.read("moe_router_group_score_topk", m.moe_router_group_score_topk);
+  r.read_size("moe_router_num_groups", m.moe_router_num_groups, 0, kCountLimit);
+  r.read_size("moe_router_group_topk", m.moe_router_group_topk, 0, kCountLimit);
+  r.read_size("moe_router_group_score_topk", m.moe_router_group_score_topk, 0, kCountLimit);
   r.read("moe_router_topk_scaling_factor", m.moe_router_topk_scaling_factor);
   r.read("moe_router_enable_expert_bias", m.moe_router_enable_expert_bias);
   r.read("moe_router_bias_update_rate", m.moe_router_bias_update_rate);
@@ -240,11 +258,11 @@ void read_moe(const json& object, MoEConfig& m) {
 
 void read_mla(const json& object, MlaConfig& m) {
   ObjectReader r(object, "model config: mla.");
-  r.read("q_lora_rank", m.q_lora_rank);
-  r.read("kv_lora_rank", m.kv_lora_rank);
-  r.read("qk_head_dim", m.qk_head_dim);
-  r.read("qk_pos_emb_head_dim", m.qk_pos_emb_head_dim);
-  r.read("v_head_dim", m.v_head_dim);
+  r.read_size("q_lora_rank", m.q_lora_rank, 0, kWidthLimit);
+  r.read_size("kv_lora_rank", m.kv_lora_rank, 0, kWidthLimit);
+  r.read_size("qk_head_dim", m.qk_head_dim, 0, kWidthLimit);
+  r.read_size("qk_pos_emb_head_dim", m.qk_pos_emb_head_dim, 0, kWidthLimit);
+  r.read_size("v_head_dim", m.v_head_dim, 0, kWidthLimit);
   r.finish();
 }
 
@@ -252,7 +270,8 @@ YarnConfig read_yarn(const json& object) {
   YarnConfig y;
   ObjectReader r(object, "model config: yarn.");
   r.read("factor", y.factor);
-  r.read("original_max_position_embeddings", y.original_max_position_embeddings);
+  r.read_size("original_max_position_embeddings", y.original_max_position_embeddings, 1,
+              kPositionLimit);
   r.read("beta_fast", y.beta_fast);
   r.read("beta_slow", y.beta_slow);
   r.read("mscale", y.mscale);
@@ -268,12 +287,13 @@ ModelConfig model_config_from_json(const json& object) {
   ObjectReader r(object, "model config: ");
   r.read("name", c.name);
   r.read("family", c.family);
-  r.read("num_layers", c.num_layers);
-  r.read("hidden_size", c.hidden_size);
-  r.read("ffn_hidden_size", c.ffn_hidden_size);
-  r.read("num_attention_heads", c.num_attention_heads);
-  r.read("num_query_groups", c.num_query_groups);
-  r.read("kv_channels", c.kv_channels);
+  // The size fields are checked as they are read (moe_layer_freq below expands num_layers).
+  r.read_size("num_layers", c.num_layers, 1, kLayerLimit);
+  r.read_size("hidden_size", c.hidden_size, 1, kWidthLimit);
+  r.read_size("ffn_hidden_size", c.ffn_hidden_size, 0, kWidthLimit);
+  r.read_size("num_attention_heads", c.num_attention_heads, 1, kCountLimit);
+  r.read_size("num_query_groups", c.num_query_groups, 0, kCountLimit);
+  r.read_size("kv_channels", c.kv_channels, 0, kWidthLimit);
   r.read("qk_layernorm", c.qk_layernorm);
   r.read("add_qkv_bias", c.add_qkv_bias);
   std::string attention = "gqa";
@@ -283,8 +303,8 @@ ModelConfig model_config_from_json(const json& object) {
   c.attention_type = attention == "mla" ? AttentionType::mla : AttentionType::gqa;
   if (const json* v = r.find("mla")) read_mla(*v, c.mla);
   r.read("norm_epsilon", c.norm_epsilon);
-  r.read("vocab_size", c.vocab_size);
-  r.read("max_position_embeddings", c.max_position_embeddings);
+  r.read_size("vocab_size", c.vocab_size, 1, kVocabLimit);
+  r.read_size("max_position_embeddings", c.max_position_embeddings, 1, kPositionLimit);
   r.read("rotary_base", c.rotary_base);
   r.read("rotary_percent", c.rotary_percent);
   std::string style = "half";
@@ -304,11 +324,11 @@ ModelConfig model_config_from_json(const json& object) {
       MOE_CHECK(v->is_array(),
                 "model config: moe_layer_freq must be an integer, a list or a "
                 "string such as \"([0]*3+[1]*58)\", got ",
-                v->dump());
+                json_for_message(*v));
       std::string list = "[";
       for (const json& e : *v) {
         MOE_CHECK(e.is_number_integer(),
-                  "model config: moe_layer_freq entries must be 0 or 1, got ", e.dump());
+                  "model config: moe_layer_freq entries must be 0 or 1, got ", json_for_message(e));
         if (list.size() > 1) list += ',';
         list += std::to_string(e.get<int64_t>());
       }
@@ -326,7 +346,7 @@ ModelConfig model_config_from_json(const json& object) {
     MOE_CHECK(c.moe.init_method_std == c.init_method_std, "model config: moe.init_method_std ",
               c.moe.init_method_std, " differs from init_method_std ", c.init_method_std);
   }
-  r.read("mtp_num_layers", c.mtp_num_layers);
+  r.read_size("mtp_num_layers", c.mtp_num_layers, 0, kLayerLimit);
   r.read("mtp_loss_scaling_factor", c.mtp_loss_scaling_factor);
   r.finish();
   c.validate();

@@ -9,8 +9,9 @@
 // Reading: a missing key keeps ModelConfig's default; an unknown key is an error (a typo must
 // not silently fall back to a default), except keys starting with '_', which are comments.
 // moe.hidden_size and moe.init_method_std mirror the top-level hidden_size / init_method_std:
-// copied from there when absent, and refused when present and different. The result is
-// validate()d.
+// copied from there when absent, and refused when present and different. Size fields are
+// checked against their least value and bound (config_limits.h) as they are read, naming the
+// key. The result is validate()d.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 #include "moe/nn/moe_config.h"
 
 #include "moe/core/error.h"
+#include "moe/nn/config_limits.h"
 
 namespace moe::nn {
 
@@ -43,7 +44,20 @@ ops::TopKConfig MoEConfig::topk_config() const {
   return c;
 }
 
+void MoEConfig::validate_sizes() const {
+  check_size("--hidden-size", hidden_size, 0, kWidthLimit);
+  check_size("--num-experts", num_experts, 0, kCountLimit);
+  check_size("--moe-ffn-hidden-size", moe_ffn_hidden_size, 0, kWidthLimit);
+  check_size("--moe-shared-expert-intermediate-size", moe_shared_expert_intermediate_size, 0,
+             kWidthLimit);
+  check_size("--moe-router-topk", moe_router_topk, 0, kCountLimit);
+  check_size("--moe-router-num-groups", moe_router_num_groups, 0, kCountLimit);
+  check_size("--moe-router-group-topk", moe_router_group_topk, 0, kCountLimit);
+  check_size("--moe-router-group-score-topk", moe_router_group_score_topk, 0, kCountLimit);
+}
+
 void MoEConfig::validate() const {
+  validate_sizes();
   MOE_CHECK(hidden_size > 0, "--hidden-size must be positive, got ", hidden_size);
   MOE_CHECK(num_experts > 0, "--num-experts must be positive, got ", num_experts);
   MOE_CHECK(moe_ffn_hidden_size > 0, "--moe-ffn-hidden-size must be positive, got ",

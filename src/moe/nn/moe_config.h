@@ -63,8 +63,12 @@ struct MoEConfig {
   uint64_t seed = 1234;            // initialisation and jitter
   double init_method_std = 0.02;   // --init-method-std
 
-  // Throws moe::Error naming the offending flags for every invalid combination.
+  // Throws moe::Error naming the offending flags for every invalid combination. Starts with
+  // validate_sizes().
   void validate() const;
+  // The size fields (experts, FFN sizes, top-k, groups) within their least value and their
+  // bound (config_limits.h); an MoE-less config passes with its zeros.
+  void validate_sizes() const;
 
   // Derived views.
   LoadBalancingType load_balancing() const;

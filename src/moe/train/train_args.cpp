@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -34,8 +35,17 @@ struct ParseState {
   std::string exp_avg_dtype, exp_avg_sq_dtype;
   bool nan_check = false;             // --check-for-nan-in-loss-and-grad
   std::string nan_action;             // --nan-action
+  // The preset's head dim is its hidden / heads (kv_channels 0 or equal to it): it follows
+  // --hidden-size / --num-attention-heads as Megatron's derived kv_channels does (finish()).
+  bool preset_head_dim_derived = true;
   std::map<std::string, std::string> values;  // every given flag -> its text
 };
+
+// Megatron's kv_channels: a model whose head dim is hidden / heads has none of its own.
+bool head_dim_is_derived(const nn::ModelConfig& m) {
+  return m.attention_type == nn::AttentionType::gqa &&
+         (m.kv_channels == 0 || m.kv_channels * m.num_attention_heads == m.hidden_size);
+}
 
 using Apply = std::function<void(ParseState&, const std::string& value)>;
 
@@ -61,12 +71,14 @@ int64_t as_count(const std::string& flag, const std::string& v, int64_t min) {
   return x;
 }
 
+// Every float flag goes through here: inf and nan (which strtod reads) are refused at parse
+// time, naming the flag, rather than reaching the optimizer or the schedule.
 double as_double(const std::string& flag, const std::string& v) {
   errno = 0;
   char* end = nullptr;
   const double x = std::strtod(v.c_str(), &end);
-  MOE_CHECK(!v.empty() && end && *end == '\0' && errno == 0, flag, ": expected a number, got '", v,
-            "'");
+  MOE_CHECK(!v.empty() && end && *end == '\0', flag, ": expected a number, got '", v, "'");
+  MOE_CHECK(errno == 0 && std::isfinite(x), flag, ": expected a finite number, got '", v, "'");
   return x;
 }
 
@@ -141,6 +153,7 @@ std::vector<Entry> build_table() {
                     [](S& s, V v) {
                       s.run.model_preset = v;
                       s.run.model = preset_model(v);
+                      s.preset_head_dim_derived = head_dim_is_derived(s.run.model);
                     }));
   t.push_back(value("--num-layers", "N", "model.num_layers (the MoE layer pattern is cut or "
                                          "extended with its last entry)",
@@ -527,6 +540,18 @@ void finish(ParseState& s) {
   nn::ModelConfig& m = r.model;
   auto given = [&](const char* flag) { return s.values.count(flag) > 0; };
 
+  // The sizes before anything is computed from them (the layer pattern below).
+  m.validate_sizes();
+  // Megatron (validate_args): without --kv-channels, kv_channels = hidden_size //
+  // num_attention_heads, and hidden_size must be divisible by num_attention_heads. A preset
+  // whose head dim is its hidden / heads has no head dim of its own, so a new --hidden-size or
+  // --num-attention-heads gives a new one (validate() then requires the division to be exact);
+  // a preset with its own (Qwen3: 128 for hidden 2048 / 32 heads) keeps it, as its recipe
+  // passes --kv-channels.
+  if (s.preset_head_dim_derived && !given("--kv-channels") &&
+      (given("--hidden-size") || given("--num-attention-heads")))
+    m.kv_channels = 0;
+
   if (!s.moe_layer_freq.empty()) {
     m.moe_layer_pattern = nn::parse_moe_layer_freq(s.moe_layer_freq, m.num_layers);
   } else if (static_cast<int64_t>(m.moe_layer_pattern.size()) != m.num_layers) {
@@ -539,10 +564,19 @@ void finish(ParseState& s) {
   m.moe.init_method_std = m.init_method_std;
   if (given("--num-experts") && !given("--moe-router-topk"))
     m.moe.moe_router_topk = std::min(m.moe.moe_router_topk, m.moe.num_experts);
+  // A preset's --moe-aux-loss-coeff belongs to its aux-loss balancing: a balancing type that
+  // takes no coefficient (sinkhorn, none), given without --moe-aux-loss-coeff, drops it
+  // (Megatron's default coefficient is 0), so only a coefficient the user gave is refused.
+  const std::string& balancing = m.moe.moe_router_load_balancing_type;
+  if (given("--moe-router-load-balancing-type") && !given("--moe-aux-loss-coeff") &&
+      (balancing == "sinkhorn" || balancing == "none"))
+    m.moe.moe_aux_loss_coeff = 0.0;
 
   TrainConfig& t = r.train;
   if (given("--micro-batch-size") && !given("--global-batch-size"))
     t.global_batch_size = t.micro_batch_size;  // Megatron: micro x data-parallel size (1)
+  // --lr before what derives from it (--min-lr = --lr / 10), so a bad --lr is named itself.
+  MOE_CHECK(t.schedule.lr >= 0, "--lr must not be negative, got ", t.schedule.lr);
   if (given("--lr") && !given("--min-lr")) t.schedule.min_lr = t.schedule.lr / 10.0;  // as default
   if (s.warmup_fraction >= 0.0) {
     MOE_CHECK(!given("--lr-warmup-iters"),
@@ -725,25 +759,48 @@ TrainRunConfig default_train_run() {
 }
 
 std::vector<std::pair<std::string, std::string>> read_train_yaml(const std::string& path) {
-  YAML::Node root;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  MOE_CHECK(fs::exists(status), "--config: cannot open ", path, ": no such file");
+  MOE_CHECK(!fs::is_directory(status), "--config ", path,
+            " is a folder; give the YAML file of flags");
+  std::vector<YAML::Node> documents;
   try {
-    root = YAML::LoadFile(path);
+    documents = YAML::LoadAllFromFile(path);
   } catch (const YAML::BadFile&) {
-    MOE_FAIL("--config: cannot open ", path);
+    MOE_FAIL("--config: cannot open ", path, " (unreadable)");
   } catch (const YAML::Exception& e) {
     MOE_FAIL("--config ", path, " is not valid YAML: ", e.what());
+  } catch (const std::exception& e) {  // the stream's own errors (e.g. not a regular file)
+    MOE_FAIL("--config: cannot read ", path, ": ", e.what());
   }
+  // One document: a second one ("---") would otherwise be dropped without a word. Empty
+  // documents (a trailing "---") hold nothing to drop.
+  for (size_t i = 1; i < documents.size(); ++i)
+    MOE_CHECK(documents[i].IsNull(), "--config ", path, ": a second YAML document starts at line ",
+              documents[i].Mark().line + 1, "; a config file is one mapping of flag names");
   std::vector<std::pair<std::string, std::string>> out;
-  if (root.IsNull()) return out;  // an empty file
+  if (documents.empty() || documents[0].IsNull()) return out;  // an empty file
+  const YAML::Node& root = documents[0];
   MOE_CHECK(root.IsMap(), "--config ", path, ": expected a mapping of flag names to values");
+  std::map<std::string, std::pair<std::string, int>> seen;  // flag -> (key, line)
   for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string key = it->first.as<std::string>();
+    MOE_CHECK(it->first.IsScalar(), "--config ", path, ": line ", it->first.Mark().line + 1,
+              ": keys are flag names");
+    const std::string key = it->first.Scalar();
+    const int line = it->first.Mark().line + 1;
     std::string flag = "--" + key;
     std::replace(flag.begin(), flag.end(), '_', '-');
     MOE_CHECK(find(flag) != nullptr,
               unknown_flag_message(flag, " (key '" + key + "' in --config " + path + ")"));
     MOE_CHECK(flag != "--config", "--config ", path, ": a config file cannot name another (key '",
               key, "')");
+    // A repeated key (or the same flag spelt with '_' and '-') is a conflict, not an override.
+    const auto [first, inserted] = seen.emplace(flag, std::pair{key, line});
+    MOE_CHECK(inserted, "--config ", path, ": key '", key, "' at line ", line, " repeats ",
+              first->second.first == key ? "it" : "'" + first->second.first + "'", " (", flag,
+              ") from line ", first->second.second, "; give each flag once");
     out.emplace_back(flag, yaml_value_text(it->second, key, path));
   }
   return out;
@@ -785,6 +842,7 @@ TrainRunConfig parse_train_args(const std::vector<std::string>& args) {
 
   ParseState s;
   s.run = default_train_run();
+  s.preset_head_dim_derived = head_dim_is_derived(s.run.model);
   // The YAML file first, the command line over it.
   for (const auto& [name, text] : cli)
     if (name == "--config") s.values["--config"] = text;

@@ -16,7 +16,12 @@
 // Defaults that follow other flags (each said in its help line): --global-batch-size =
 // --micro-batch-size when only that is given (Megatron: micro x data-parallel size),
 // --min-lr = --lr / 10 when only --lr is given, warm-up = --train-iters / 10 unless
-// --lr-warmup-iters or --lr-warmup-fraction is given, --lr-decay-iters = --train-iters.
+// --lr-warmup-iters or --lr-warmup-fraction is given, --lr-decay-iters = --train-iters;
+// the head dim (--kv-channels) = --hidden-size / --num-attention-heads when either is given
+// on a preset whose head dim is its own hidden / heads (Megatron's rule: the division must
+// be exact unless --kv-channels is given); --moe-aux-loss-coeff = 0 when
+// --moe-router-load-balancing-type sinkhorn or none is given without it (the preset's
+// coefficient belongs to its aux-loss balancing). Float values must be finite.
 //
 // Never ignored: an unknown flag or YAML key, a flag this build refuses (--data-path, parallel
 // sizes above 1, --fp16, ...) and an invalid combination all throw moe::Error naming the flag.
@@ -109,7 +114,9 @@ nn::ModelConfig default_train_model();
 TrainRunConfig parse_train_args(const std::vector<std::string>& args);
 
 // YAML file -> (flag name "--x-y", value text) pairs, in file order. Keys may use '_' or '-';
-// lists become "[a,b,c]", booleans "true"/"false". Errors name the file and the key.
+// lists become "[a,b,c]", booleans "true"/"false". Errors name the file and the key. The file
+// is one mapping: a key given twice (also as num_layers and num-layers) and a second YAML
+// document are errors naming their lines; a folder is named as one.
 std::vector<std::pair<std::string, std::string>> read_train_yaml(const std::string& path);
 
 // The resolved run for a checkpoint's record: {"model_preset", "flags" (as given), "model" (the
