@@ -21,8 +21,9 @@ void expect_error(const EnvMap& env, std::initializer_list<const char*> parts) {
     const LaunchEnv e = parse_launch_env(env);
     ADD_FAILURE() << "no error; got " << e.describe();
   } catch (const Error& err) {
-    for (const char* p : parts) EXPECT_NE(std::string(err.what()).find(p), std::string::npos)
-        << "missing '" << p << "' in: " << err.what();
+    for (const char* p : parts)
+      EXPECT_NE(std::string(err.what()).find(p), std::string::npos)
+          << "missing '" << p << "' in: " << err.what();
   }
 }
 
@@ -93,9 +94,9 @@ TEST(LaunchEnv, Slurm) {
 }
 
 TEST(LaunchEnv, SlurmTasksPerNodeAtThisNode) {
-  EnvMap env{{"SLURM_PROCID", "6"},         {"SLURM_NTASKS", "7"},
-             {"SLURM_LOCALID", "0"},        {"SLURM_TASKS_PER_NODE", "2(x3),1"},
-             {"SLURM_NODEID", "3"},         {"SLURM_NODELIST", "n[7-9],n10"},
+  EnvMap env{{"SLURM_PROCID", "6"},        {"SLURM_NTASKS", "7"},
+             {"SLURM_LOCALID", "0"},       {"SLURM_TASKS_PER_NODE", "2(x3),1"},
+             {"SLURM_NODEID", "3"},        {"SLURM_NODELIST", "n[7-9],n10"},
              {"SLURM_JOB_ID", "123456789"}};
   LaunchEnv e = parse_launch_env(env);
   EXPECT_EQ(e.local_world_size, 1);
@@ -164,7 +165,8 @@ TEST(LaunchEnv, ErrorsNameTheVariable) {
                {"LOCAL_WORLD_SIZE=4", "exceeds", "WORLD_SIZE=2"});
   expect_error({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}},
                {"MASTER_PORT=70000", "TCP port"});
-  expect_error({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "http"}}, {"MASTER_PORT='http'"});
+  expect_error({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "http"}},
+               {"MASTER_PORT='http'"});
   expect_error({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", ""}}, {"MASTER_ADDR", "empty"});
   expect_error({{"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "2"}},
                {"OMPI_COMM_WORLD_RANK=2", "OMPI_COMM_WORLD_SIZE=2"});
@@ -173,10 +175,14 @@ TEST(LaunchEnv, ErrorsNameTheVariable) {
                 {"OMPI_COMM_WORLD_SIZE", "2"},
                 {"OMPI_COMM_WORLD_LOCAL_RANK", "x"}},
                {"OMPI_COMM_WORLD_LOCAL_RANK='x'"});
-  expect_error({{"SLURM_PROCID", "8"}, {"SLURM_NTASKS", "8"}}, {"SLURM_PROCID=8", "SLURM_NTASKS=8"});
-  expect_error({{"SLURM_PROCID", "1"}, {"SLURM_NPROCS", "1"}}, {"SLURM_PROCID=1", "SLURM_NPROCS=1"});
+  expect_error({{"SLURM_PROCID", "8"}, {"SLURM_NTASKS", "8"}},
+               {"SLURM_PROCID=8", "SLURM_NTASKS=8"});
+  expect_error({{"SLURM_PROCID", "1"}, {"SLURM_NPROCS", "1"}},
+               {"SLURM_PROCID=1", "SLURM_NPROCS=1"});
   expect_error({{"SLURM_PROCID", "0"}}, {"SLURM_NTASKS"});
-  expect_error({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "4"},
+  expect_error({{"SLURM_PROCID", "0"},
+                {"SLURM_NTASKS", "4"},
+                {"SLURM_LOCALID", "4"},
                 {"SLURM_NTASKS_PER_NODE", "4"}},
                {"SLURM_LOCALID=4", "SLURM_NTASKS_PER_NODE=4"});
   expect_error({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "4"}, {"SLURM_NODELIST", "gpu[1-2"}},

@@ -56,8 +56,8 @@ void check_consistent(const LaunchEnv& e, const Ids& ids) {
             e.world_size, " (ranks are 0 .. size - 1)");
   MOE_CHECK(e.local_world_size <= e.world_size, ids.local_size, "=", e.local_world_size,
             " exceeds ", ids.size, "=", e.world_size);
-  MOE_CHECK(e.local_rank < e.local_world_size, ids.local_rank, "=", e.local_rank,
-            " is not below ", ids.local_size, "=", e.local_world_size);
+  MOE_CHECK(e.local_rank < e.local_world_size, ids.local_rank, "=", e.local_rank, " is not below ",
+            ids.local_size, "=", e.local_world_size);
 }
 
 LaunchEnv parse_torchrun(const EnvMap& env) {
@@ -73,8 +73,8 @@ LaunchEnv parse_torchrun(const EnvMap& env) {
   const std::string* local_rank = lookup(env, "LOCAL_RANK");
   const std::string* local_size = lookup(env, "LOCAL_WORLD_SIZE");
   e.local_rank = local_rank ? parse_at_least("LOCAL_RANK", *local_rank, 0) : e.rank;
-  e.local_world_size = local_size ? parse_at_least("LOCAL_WORLD_SIZE", *local_size, 1)
-                                  : e.world_size;
+  e.local_world_size =
+      local_size ? parse_at_least("LOCAL_WORLD_SIZE", *local_size, 1) : e.world_size;
   if (!local_rank) ids.local_rank = "LOCAL_RANK (unset: RANK)";
   if (!local_size) ids.local_size = "LOCAL_WORLD_SIZE (unset: WORLD_SIZE)";
   check_consistent(e, ids);
@@ -156,7 +156,9 @@ void read_master(const EnvMap& env, LaunchEnv& e) {
   }
 }
 
-bool is_digit(char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; }
+bool is_digit(char c) {
+  return std::isdigit(static_cast<unsigned char>(c)) != 0;
+}
 
 // One item of a bracket: "007" or "001-004" (lo keeps its text for the padding).
 struct HostRange {
@@ -167,7 +169,7 @@ struct HostRange {
 
 // A hostlist entry: literal text and bracket lists, alternating.
 struct HostPattern {
-  std::vector<std::string> literals;            // size = brackets.size() + 1
+  std::vector<std::string> literals;  // size = brackets.size() + 1
   std::vector<std::vector<HostRange>> brackets;
 };
 
@@ -193,8 +195,8 @@ std::vector<HostRange> parse_bracket(const std::string& text, const std::string&
     MOE_CHECK(r.hi >= r.lo, variable, "='", list, "': the range ", item, " runs backwards");
     items.push_back(r);
   }
-  MOE_CHECK(!items.empty() && text.back() != ',', variable, "='", list, "': empty item in [",
-            text, "]");
+  MOE_CHECK(!items.empty() && text.back() != ',', variable, "='", list, "': empty item in [", text,
+            "]");
   return items;
 }
 
@@ -286,10 +288,12 @@ EnvMap current_environment() {
   return env;
 }
 
-LaunchEnv read_launch_env() { return parse_launch_env(current_environment()); }
+LaunchEnv read_launch_env() {
+  return parse_launch_env(current_environment());
+}
 
-std::vector<std::string> expand_slurm_hostlist(const std::string& list,
-                                               const std::string& variable, size_t max_hosts) {
+std::vector<std::string> expand_slurm_hostlist(const std::string& list, const std::string& variable,
+                                               size_t max_hosts) {
   MOE_CHECK(!list.empty(), variable, " is empty");
   std::vector<std::string> hosts;
   for (const std::string& entry : split_entries(list, variable)) {
@@ -323,7 +327,8 @@ std::string slurm_first_host(const std::string& list, const std::string& variabl
   return host;
 }
 
-std::vector<int> expand_slurm_tasks_per_node(const std::string& value, const std::string& variable) {
+std::vector<int> expand_slurm_tasks_per_node(const std::string& value,
+                                             const std::string& variable) {
   std::vector<int> counts;
   std::stringstream in(value);
   for (std::string item; std::getline(in, item, ',');) {
@@ -332,9 +337,9 @@ std::vector<int> expand_slurm_tasks_per_node(const std::string& value, const std
     const std::string n_text = item.substr(0, paren);
     int repeat = 1;
     if (paren != std::string::npos) {
-      MOE_CHECK(item.back() == ')', variable, "='", value, "': '", item,
-                "' is not N or N(xM)");
-      repeat = parse_at_least(variable + " repeat", item.substr(paren + 2, item.size() - paren - 3), 1);
+      MOE_CHECK(item.back() == ')', variable, "='", value, "': '", item, "' is not N or N(xM)");
+      repeat =
+          parse_at_least(variable + " repeat", item.substr(paren + 2, item.size() - paren - 3), 1);
     }
     const int n = parse_at_least(variable, n_text, 0);
     MOE_CHECK(counts.size() + static_cast<size_t>(repeat) <= (1u << 20), variable, "='", value,

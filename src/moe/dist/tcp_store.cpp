@@ -36,7 +36,9 @@ constexpr size_t kMaxKey = 4096;
 constexpr uint64_t kMaxValue = uint64_t{1} << 30;
 constexpr const char* kRendezvous = "\x01rendezvous";  // the join barrier (no user name has \x01)
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 std::string seconds_text(milliseconds ms) {
   std::ostringstream out;
@@ -110,7 +112,9 @@ std::string rank_list(const std::vector<int>& ranks) {
   return out.str();
 }
 
-void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+void set_nonblocking(int fd) {
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
 
 // connect() that gives up at `deadline` (a host that drops packets would otherwise hold it for
 // the kernel's SYN retries, minutes); leaves the socket blocking. 0 or an errno code.
@@ -154,8 +158,8 @@ class TcpStore::Server {
         ::listen(listen_fd_, 1024) != 0) {
       const int err = errno;
       ::close(listen_fd_);
-      MOE_FAIL("rendezvous: rank 0 cannot listen on port ", port, " (MASTER_PORT): ",
-               errno_text(err),
+      MOE_FAIL("rendezvous: rank 0 cannot listen on port ", port,
+               " (MASTER_PORT): ", errno_text(err),
                err == EADDRINUSE ? " (another process on this host uses it: choose another "
                                    "MASTER_PORT)"
                                  : "");
@@ -303,18 +307,22 @@ class TcpStore::Server {
     if (r.op == kHello) {
       const int size = std::atoi(r.value.c_str());
       if (size != world_size_) {
-        reply(fd, kFailed, moe::detail::concat("rank ", r.rank, " was started with world size ",
-                                               r.value, ", rank 0 with ", world_size_));
+        reply(fd, kFailed,
+              moe::detail::concat("rank ", r.rank, " was started with world size ", r.value,
+                                  ", rank 0 with ", world_size_));
         return;
       }
       if (r.rank < 0 || r.rank >= world_size_) {
-        reply(fd, kFailed, moe::detail::concat("rank ", r.rank, " is not below the world size ",
-                                               world_size_));
+        reply(fd, kFailed,
+              moe::detail::concat("rank ", r.rank, " is not below the world size ", world_size_));
         return;
       }
       if (connected_.count(r.rank)) {
-        reply(fd, kFailed, moe::detail::concat("rank ", r.rank, " is already connected: two "
-                                               "processes were given rank ", r.rank));
+        reply(fd, kFailed,
+              moe::detail::concat("rank ", r.rank,
+                                  " is already connected: two "
+                                  "processes were given rank ",
+                                  r.rank));
         return;
       }
       c.rank = r.rank;
@@ -373,8 +381,8 @@ class TcpStore::Server {
     std::vector<int> missing;
     for (int r = 0; r < world_size_; ++r)
       if (!b.arrived.count(r)) missing.push_back(r);
-    return moe::detail::concat(b.arrived.size(), " of ", world_size_, " ranks arrived (missing: ",
-                               rank_list(missing), ")");
+    return moe::detail::concat(b.arrived.size(), " of ", world_size_,
+                               " ranks arrived (missing: ", rank_list(missing), ")");
   }
 
   // Ends barrier `name` for its waiters if a rank that has not reached it has left.
@@ -464,8 +472,8 @@ class TcpStore::Server {
   int port_ = 0;
   int wake_[2] = {-1, -1};
   std::thread thread_;
-  std::map<int, Client> clients_;  // by fd
-  std::vector<int> broken_;        // clients to drop: a reply could not be sent
+  std::map<int, Client> clients_;   // by fd
+  std::vector<int> broken_;         // clients to drop: a reply could not be sent
   std::set<int> connected_, left_;  // ranks
   std::map<std::string, std::string> values_;
   std::map<std::string, std::vector<Waiter>> gets_;
@@ -579,8 +587,9 @@ TcpStore::Reply TcpStore::request(unsigned char op, const std::string& key,
     if (ready <= 0) continue;
     const ssize_t n = ::recv(fd_, buf, std::min(sizeof(buf), need() - in.size()), 0);
     if (n < 0 && errno == EINTR) continue;
-    MOE_CHECK(n > 0, "store at ", address(), ": the connection to rank 0's store closed while rank ",
-              options_.rank, " waited for ", what, n < 0 ? " (" + errno_text(errno) + ")" : "",
+    MOE_CHECK(n > 0, "store at ", address(),
+              ": the connection to rank 0's store closed while rank ", options_.rank,
+              " waited for ", what, n < 0 ? " (" + errno_text(errno) + ")" : "",
               " (rank 0 exited?)");
     in.append(buf, static_cast<size_t>(n));
   }
