@@ -1,7 +1,7 @@
 // `moe launch`: start this node's ranks of a multi-process job, as torchrun does, and run a
 // `moe` subcommand in each:
 //   moe launch --nproc-per-node 8 train --model qwen3-30b-a3b ...
-//   moe launch --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr node-a \
+//   moe launch --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr node-a
 //              --master-port 29500 bench comm
 // Each rank is this executable with torchrun's variables (dist/launcher.h); the ranks read them
 // back (dist/launch_env.h) and meet (dist/init.h). `torchrun --no-python ... moe ...`, `srun moe

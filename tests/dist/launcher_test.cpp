@@ -4,20 +4,30 @@
 // the launcher passed on to the ranks, a program that cannot run, option errors. Each case runs
 // the launcher in a forked copy of this test (it installs signal handlers) and reads its log;
 // afterwards no rank's pid is left.
+//
+// Then `moe launch` end to end, with the `moe` program built beside this test binary and the
+// failure hook of dist/init.h: a rank failing before or after the rendezvous, or never arriving,
+// ends the whole job within seconds (or at the rendezvous timeout), the launcher names the rank,
+// every rank's error carries its "[rank R host]" prefix, and no rank is left. Under mpirun (when
+// it is installed): `moe bench comm` on the MPI backend, and `moe train` refusing a world of
+// two after the start-up lines.
 #include "moe/dist/launcher.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -255,6 +265,196 @@ TEST(LauncherOptions, ErrorsNameTheFlag) {
 TEST(LauncherOptions, SignalNames) {
   EXPECT_EQ(signal_name(SIGKILL), "SIGKILL");
   EXPECT_EQ(signal_name(SIGSEGV), "SIGSEGV");
+}
+
+// ---- `moe launch` and `moe` under mpirun, end to end -----------------------------------------
+
+// The `moe` program of this build: build/<preset>/moe beside build/<preset>/tests/.
+fs::path moe_program() {
+  return fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "moe";
+}
+
+struct Command {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr, the launcher's and every rank's
+  double seconds = 0;
+  std::vector<int> pids;  // the ranks', from `moe launch`'s first line
+};
+
+// Runs `program args...` with `env` added; gives up (and kills it) after `limit`. Returns once
+// the output is closed, which is when every rank (they all hold it) has ended.
+Command run_command(const std::string& program, const std::vector<std::string>& args,
+                    const std::map<std::string, std::string>& env,
+                    std::chrono::seconds limit = 60s) {
+  int pipe_fds[2];
+  EXPECT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  std::vector<std::string> argv_strings{program};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_strings) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const auto start = Clock::now();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+    ::dup2(pipe_fds[1], 1);
+    ::dup2(pipe_fds[1], 2);
+    ::execvp(program.c_str(), argv.data());
+    ::_exit(127);
+  }
+  ::close(pipe_fds[1]);
+  Command c;
+  char buf[4096];
+  while (true) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(start + limit - Clock::now());
+    if (left.count() <= 0) {
+      ADD_FAILURE() << "still running after " << limit.count() << " s; output so far:\n"
+                    << c.output;
+      ::kill(pid, SIGKILL);  // its ranks die with it (PR_SET_PDEATHSIG)
+      break;
+    }
+    pollfd p{pipe_fds[0], POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+    const ssize_t n = ::read(pipe_fds[0], buf, sizeof(buf));
+    if (n <= 0) break;
+    c.output.append(buf, static_cast<size_t>(n));
+  }
+  ::close(pipe_fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  c.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  c.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const size_t at = c.output.find("; pids");
+  if (at != std::string::npos) {
+    std::istringstream in(c.output.substr(at + 6, c.output.find('\n', at) - at - 6));
+    for (int q; in >> q;) c.pids.push_back(q);
+  }
+  return c;
+}
+
+class MoeLaunch : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(fs::exists(moe_program())) << moe_program() << " is missing: build the moe target";
+  }
+  Command launch(const std::vector<std::string>& args,
+                 const std::map<std::string, std::string>& env) {
+    std::vector<std::string> all{"launch", "--nproc-per-node", "3", "--grace-seconds", "2"};
+    all.insert(all.end(), args.begin(), args.end());
+    return run_command(moe_program().string(), all, env);
+  }
+  static void expect_has(const Command& c, const std::string& part) {
+    EXPECT_NE(c.output.find(part), std::string::npos) << "missing '" << part << "' in:\n"
+                                                      << c.output;
+  }
+  static void expect_all_gone(const Command& c) {
+    ASSERT_EQ(c.pids.size(), 3u) << c.output;
+    for (int pid : c.pids) EXPECT_FALSE(alive(pid)) << "rank pid " << pid << " is still running";
+  }
+};
+
+TEST_F(MoeLaunch, RankFailingBeforeTheRendezvousEndsTheJob) {
+  const Command c = launch({"bench", "comm", "--max-size", "4K"}, {{"MOE_TEST_FAIL_RANK", "1"}});
+  EXPECT_NE(c.exit_code, 0) << c.output;
+  expect_has(c, "] moe: error: MOE_TEST_FAIL_RANK=1: rank 1 fails before the rendezvous");
+  expect_has(c, "[rank 1 ");
+  ASSERT_EQ(c.pids.size(), 3u) << c.output;
+  expect_has(c, "moe launch: rank 1 (pid " + std::to_string(c.pids[1]) +
+                    ") exited with status 1; ended the other ranks");
+  EXPECT_LT(c.seconds, 20.0);
+  expect_all_gone(c);
+}
+
+TEST_F(MoeLaunch, RankFailingAfterTheRendezvousEndsTheJob) {
+  const Command c = launch({"bench", "comm", "--max-size", "4K"},
+                           {{"MOE_TEST_FAIL_RANK", "1"}, {"MOE_TEST_FAIL_AT", "after-rendezvous"}});
+  EXPECT_NE(c.exit_code, 0) << c.output;
+  expect_has(c, "MOE_TEST_FAIL_RANK=1: rank 1 fails after the rendezvous");
+  expect_has(c, "moe launch: rank ");
+  EXPECT_LT(c.seconds, 20.0);
+  expect_all_gone(c);
+}
+
+TEST_F(MoeLaunch, RankThatNeverArrivesEndsAtTheTimeout) {
+  // --distributed-timeout-minutes 0.03: 1.8 s.
+  const Command c =
+      launch({"bench", "comm", "--max-size", "4K", "--distributed-timeout-minutes", "0.03"},
+             {{"MOE_TEST_FAIL_RANK", "1"}, {"MOE_TEST_FAIL_AT", "hang"}});
+  EXPECT_NE(c.exit_code, 0) << c.output;
+  expect_has(c, "timed out after 1.8 s: 2 of 3 ranks arrived (missing: rank 1)");
+  expect_has(c, "] moe: error: rendezvous at 127.0.0.1:");
+  expect_has(c, "; ended the other ranks");
+  EXPECT_GE(c.seconds, 1.5);
+  EXPECT_LT(c.seconds, 30.0);
+  expect_all_gone(c);
+}
+
+TEST_F(MoeLaunch, LaunchNeedsASubcommand) {
+  const Command c = run_command(moe_program().string(), {"launch", "--nproc-per-node", "2"}, {});
+  EXPECT_EQ(c.exit_code, 1) << c.output;
+  expect_has(c, "moe launch: give the subcommand the ranks run");
+}
+
+TEST_F(MoeLaunch, BenchCommInOneProcess) {
+  const Command c = run_command(moe_program().string(),
+                                {"--cpu", "bench", "comm", "--max-size", "8K", "--iters", "2",
+                                 "--warmup", "1", "--dtype", "bf16"},
+                                {});
+  EXPECT_EQ(c.exit_code, 0) << c.output;
+  expect_has(c, "distributed: world size 1 = TP 1 x CP 1 x DP 1 x PP 1");
+  expect_has(c, "backend local");
+  for (const char* op :
+       {"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "all_to_all_v"})
+    expect_has(c, op);
+  expect_has(c, "8 KiB");
+  EXPECT_EQ(c.output.find("wrong"), std::string::npos) << c.output;
+}
+
+// mpirun, when it is installed (OpenMPI).
+std::string find_mpirun() {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');)
+    if (!dir.empty() && fs::exists(fs::path(dir) / "mpirun"))
+      return (fs::path(dir) / "mpirun").string();
+  return "";
+}
+
+TEST_F(MoeLaunch, BenchCommUnderMpirun) {
+  const std::string mpirun = find_mpirun();
+  if (mpirun.empty()) GTEST_SKIP() << "mpirun is not installed";
+  const Command c =
+      run_command(mpirun,
+                  {"--allow-run-as-root", "--oversubscribe", "-np", "2", moe_program().string(),
+                   "bench", "comm", "--max-size", "64K", "--iters", "2", "--warmup", "1", "--jsonl",
+                   (fs::temp_directory_path() / "moe_comm_test.jsonl").string()},
+                  {});
+  if (c.output.find("this build has no MPI") != std::string::npos)
+    GTEST_SKIP() << "this build has no MPI";
+  EXPECT_EQ(c.exit_code, 0) << c.output;
+  expect_has(c, "distributed: world size 2");
+  expect_has(c, "backend mpi, launcher openmpi");
+  expect_has(c, "all_to_all_v");
+  expect_has(c, "64 KiB");
+  EXPECT_EQ(c.output.find("wrong"), std::string::npos) << c.output;
+  fs::remove(fs::temp_directory_path() / "moe_comm_test.jsonl");
+}
+
+TEST_F(MoeLaunch, TrainRefusesSeveralRanksAfterTheStartUpLine) {
+  const std::string mpirun = find_mpirun();
+  if (mpirun.empty()) GTEST_SKIP() << "mpirun is not installed";
+  const Command c = run_command(mpirun,
+                                {"--allow-run-as-root", "--oversubscribe", "-np", "2",
+                                 moe_program().string(), "--cpu", "train", "--train-iters", "1"},
+                                {});
+  if (c.output.find("this build has no MPI") != std::string::npos)
+    GTEST_SKIP() << "this build has no MPI";
+  EXPECT_NE(c.exit_code, 0) << c.output;
+  expect_has(c, "distributed: world size 2 = TP 1 x CP 1 x DP 2 x PP 1");
+  expect_has(c, "] moe: error: world size 2: data-parallel training is not in this build yet");
+  EXPECT_LT(c.output.find("distributed: world size 2"), c.output.find("data-parallel training"))
+      << c.output;
 }
 
 }  // namespace

@@ -278,8 +278,15 @@ WorldHold::~WorldHold() {
 
 std::string rank_prefix() {
   const WorldIdentity id = current_world_identity();
-  if (!id.exists || id.size <= 1) return "";
-  return moe::detail::concat("[rank ", id.rank, " ", id.host, "] ");
+  if (id.exists) return id.size > 1 ? moe::detail::concat("[rank ", id.rank, " ", id.host, "] ") : "";
+  // No world yet (an error before or during the rendezvous): the launch says who this is.
+  try {
+    const LaunchEnv env = read_launch_env();
+    if (env.world_size > 1) return moe::detail::concat("[rank ", env.rank, " ", host_name(), "] ");
+  } catch (const Error&) {
+    // The launch's own variables are what is wrong: the error says so, without a prefix.
+  }
+  return "";
 }
 
 std::string describe_world(const World& world, const ParallelConfig& mapping) {

@@ -120,7 +120,8 @@ class WorldHold {
   WorldHold& operator=(const WorldHold&) = delete;
 };
 
-// "[rank 3 gpu001] " for a rank of a world of more than one; "" otherwise.
+// "[rank 3 gpu001] " for a rank of a world of more than one (before init_distributed: as the
+// launch says); "" otherwise.
 std::string rank_prefix();
 
 // The start-up lines (rank 0 prints them): the world size and its mapping, the backend, the

@@ -46,8 +46,13 @@ class SignalForwarding {
     action.sa_flags = SA_RESTART;
     for (size_t i = 0; i < std::size(kForwarded); ++i)
       ::sigaction(kForwarded[i], &action, &previous_[i]);
+    // SIGCHLD only wakes the loop: the first rank to end is seen before the ranks it takes
+    // down with it, so the report names the rank that failed first.
+    action.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    ::sigaction(SIGCHLD, &action, &previous_child_);
   }
   ~SignalForwarding() {
+    ::sigaction(SIGCHLD, &previous_child_, nullptr);
     for (size_t i = 0; i < std::size(kForwarded); ++i)
       ::sigaction(kForwarded[i], &previous_[i], nullptr);
     ::close(g_signal_pipe[0]);
@@ -57,7 +62,8 @@ class SignalForwarding {
   SignalForwarding(const SignalForwarding&) = delete;
   SignalForwarding& operator=(const SignalForwarding&) = delete;
 
-  // The signals received since the last call, waiting at most `timeout_ms` for one.
+  // The signals to pass on received since the last call, waiting at most `timeout_ms` for a
+  // signal (SIGCHLD included, which is not returned).
   std::vector<int> take(int timeout_ms) {
     pollfd p{g_signal_pipe[0], POLLIN, 0};
     ::poll(&p, 1, timeout_ms);
@@ -65,12 +71,14 @@ class SignalForwarding {
     unsigned char buf[64];
     ssize_t n;
     while ((n = ::read(g_signal_pipe[0], buf, sizeof(buf))) > 0)
-      for (ssize_t i = 0; i < n; ++i) signals.push_back(buf[i]);
+      for (ssize_t i = 0; i < n; ++i)
+        if (buf[i] != SIGCHLD) signals.push_back(buf[i]);
     return signals;
   }
 
  private:
   struct sigaction previous_[std::size(kForwarded)];
+  struct sigaction previous_child_;
 };
 
 struct Child {
@@ -125,6 +133,7 @@ pid_t start_child(const std::string& program, std::vector<char*>& argv, std::vec
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != launcher) ::_exit(1);  // the launcher is already gone
     for (int sig : kForwarded) ::signal(sig, SIG_DFL);
+    ::signal(SIGCHLD, SIG_DFL);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::execve(program.c_str(), argv.data(), envp.data());
     const char* what = "moe launch: cannot execute the rank's program: ";
