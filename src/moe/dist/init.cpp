@@ -175,7 +175,7 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
               ": use --distributed-backend nccl (GPUs) or mpi");
     w.world = single_process_group();
     w.places = {RankPlace{0, w.host, w.device.str()}};
-  } else if (by_mpi && mpi_built()) {
+  } else if (mpi_built() && (w.backend == "mpi" ? by_mpi || env.world_size == 1 : by_mpi)) {
     // MPI_Init is the rendezvous. NCCL's id travels on an MPI bootstrap group.
     std::shared_ptr<ProcessGroup> mpi = init_mpi_world();
     MOE_CHECK(mpi->rank() == env.rank && mpi->size() == env.world_size, "MPI says rank ",
@@ -198,6 +198,9 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
       w.world =
           make_nccl_world(got, env.rank, env.world_size, w.device.index, nccl_options(w.timeout));
     }
+  } else if (w.backend == "mpi" && (by_mpi || env.world_size == 1)) {
+    MOE_FAIL("--distributed-backend mpi: this build has no MPI (scripts/setup.sh installs "
+             "libopenmpi-dev; then rebuild)");
   } else {
     // A TCP rendezvous at MASTER_ADDR:MASTER_PORT.
     if (env.world_size > 1) {
