@@ -13,13 +13,14 @@
 //   moe info              a model's config and parameter counts (info_cmd.h)
 //   moe preprocess        text/JSONL -> Megatron .bin/.idx token datasets (preprocess_cmd.h)
 //   moe plot              a run's metrics JSONL as PNG charts: loss, expert load (plot_cmd.h)
-// An error ends the program with status 1 and "moe: error: <what>"; in a rank of a world of
-// several (dist/init.h) the line starts "[rank R host] " and the world is aborted, so that the
-// other ranks do not wait for this one.
+// An error ends the program with status 1 and "moe: error: <what>"; a rank of a launch of
+// several prints "[rank R host] error: <what>" instead (dist/fatal.h) and, once its world exists
+// (dist/init.h), aborts it, so that the other ranks do not wait for this one.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "attention_bench.h"
 #include "comm_bench.h"
@@ -30,6 +31,7 @@
 #include "launch_cmd.h"
 #include "layer_demo.h"
 #include "moe/core/error.h"
+#include "moe/dist/fatal.h"
 #include "moe/dist/init.h"
 #include "moe/ops/attention.h"
 #include "moe/ops/grouped_gemm.h"
@@ -42,12 +44,14 @@
 
 namespace {
 
-// The top-level error report (see above).
-int report_error(const char* what) {
-  const moe::dist::WorldIdentity world = moe::dist::current_world_identity();
-  std::fprintf(stderr, "%smoe: error: %s\n", moe::dist::rank_prefix().c_str(), what);
-  std::fflush(stderr);
-  if (world.exists && world.size > 1 && world.group) world.group->abort(what);
+// The top-level error report (see above): a rank of a world of several reports through
+// dist/fatal.h, which aborts the world; otherwise the line, with the rank's prefix when the
+// launch says it is one of several.
+int report_error(const std::exception& error) {
+  if (moe::dist::report_and_abort(error)) return 1;
+  const std::string prefix = moe::dist::rank_prefix();
+  std::fprintf(stderr, "%s%s: %s\n", prefix.c_str(), prefix.empty() ? "moe: error" : "error",
+               error.what());
   return 1;
 }
 
@@ -152,6 +156,6 @@ int main(int argc, char** argv) {
     if (preprocess->parsed()) return moe::app::run_preprocess(preprocess_options);
     return moe::app::run_layer_demo(force_cpu);
   } catch (const std::exception& e) {
-    return report_error(e.what());
+    return report_error(e);
   }
 }

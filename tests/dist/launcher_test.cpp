@@ -21,8 +21,8 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -357,7 +357,7 @@ class MoeLaunch : public ::testing::Test {
 TEST_F(MoeLaunch, RankFailingBeforeTheRendezvousEndsTheJob) {
   const Command c = launch({"bench", "comm", "--max-size", "4K"}, {{"MOE_TEST_FAIL_RANK", "1"}});
   EXPECT_NE(c.exit_code, 0) << c.output;
-  expect_has(c, "] moe: error: MOE_TEST_FAIL_RANK=1: rank 1 fails before the rendezvous");
+  expect_has(c, "] error: MOE_TEST_FAIL_RANK=1: rank 1 fails before the rendezvous");
   expect_has(c, "[rank 1 ");
   ASSERT_EQ(c.pids.size(), 3u) << c.output;
   expect_has(c, "moe launch: rank 1 (pid " + std::to_string(c.pids[1]) +
@@ -383,7 +383,7 @@ TEST_F(MoeLaunch, RankThatNeverArrivesEndsAtTheTimeout) {
              {{"MOE_TEST_FAIL_RANK", "1"}, {"MOE_TEST_FAIL_AT", "hang"}});
   EXPECT_NE(c.exit_code, 0) << c.output;
   expect_has(c, "timed out after 1.8 s: 2 of 3 ranks arrived (missing: rank 1)");
-  expect_has(c, "] moe: error: rendezvous at 127.0.0.1:");
+  expect_has(c, "] error: rendezvous at 127.0.0.1:");
   expect_has(c, "; ended the other ranks");
   EXPECT_GE(c.seconds, 1.5);
   EXPECT_LT(c.seconds, 30.0);
@@ -452,7 +452,7 @@ TEST_F(MoeLaunch, TrainRefusesSeveralRanksAfterTheStartUpLine) {
     GTEST_SKIP() << "this build has no MPI";
   EXPECT_NE(c.exit_code, 0) << c.output;
   expect_has(c, "distributed: world size 2 = TP 1 x CP 1 x DP 2 x PP 1");
-  expect_has(c, "] moe: error: world size 2: data-parallel training is not in this build yet");
+  expect_has(c, "] error: world size 2: data-parallel training is not in this build yet");
   EXPECT_LT(c.output.find("distributed: world size 2"), c.output.find("data-parallel training"))
       << c.output;
 }

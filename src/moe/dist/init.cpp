@@ -11,6 +11,7 @@
 
 #include "moe/core/error.h"
 #include "moe/core/stream.h"
+#include "moe/dist/fatal.h"
 #include "moe/dist/local_backend.h"
 #include "moe/dist/mpi_backend.h"
 #include "moe/dist/nccl_backend.h"
@@ -34,14 +35,15 @@ void test_fault_point(const LaunchEnv& env, const EnvMap& vars, const std::strin
   if (!rank || *rank != std::to_string(env.rank)) return;
   const std::string* at = lookup(vars, "MOE_TEST_FAIL_AT");
   const std::string where = at ? *at : "before-rendezvous";
-  MOE_CHECK(where == "before-rendezvous" || where == "after-rendezvous" || where == "hang",
-            "MOE_TEST_FAIL_AT='", where, "' is not before-rendezvous, after-rendezvous or hang");
+  if (where != "before-rendezvous" && where != "after-rendezvous" && where != "hang")
+    MOE_FAIL("MOE_TEST_FAIL_AT='", where, "' is not before-rendezvous, after-rendezvous or hang");
   if (where == "hang" && point == "before-rendezvous") {
     while (true) std::this_thread::sleep_for(std::chrono::hours(1));  // until killed
   }
-  MOE_CHECK(where != point, "MOE_TEST_FAIL_RANK=", *rank, ": rank ", env.rank, " fails ",
-            point == "before-rendezvous" ? "before" : "after",
-            " the rendezvous (a test of the failure path)");
+  if (where == point)
+    MOE_FAIL("MOE_TEST_FAIL_RANK=", *rank, ": rank ", env.rank, " fails ",
+             point == "before-rendezvous" ? "before" : "after",
+             " the rendezvous (a test of the failure path)");
 }
 
 // Whether this process was started by an MPI launcher (its library can then initialise).
@@ -54,9 +56,10 @@ bool mpi_launched(const LaunchEnv& env, const EnvMap& vars) {
 Device pick_device(const DistributedOptions& options, const LaunchEnv& env, bool need_gpu) {
   const int count = options.cpu ? 0 : cuda_device_count();
   if (count == 0) {
-    MOE_CHECK(!need_gpu, "--distributed-backend nccl needs a GPU per rank, and rank ", env.rank,
-              options.cpu ? " was asked to run on the CPU" : " sees none",
-              " (on the CPU, use --distributed-backend mpi under mpirun)");
+    if (need_gpu)
+      MOE_FAIL("--distributed-backend nccl needs a GPU per rank, and rank ", env.rank,
+               options.cpu ? " was asked to run on the CPU" : " sees none",
+               " (on the CPU, use --distributed-backend mpi under mpirun)");
     return Device::cpu();
   }
   if (options.share_devices) return Device::cuda(env.local_rank % count);
@@ -157,30 +160,31 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
   w.backend = options.backend.empty() ? default_backend(env, options.cpu) : options.backend;
   bool known = false;
   for (const char* b : kDistributedBackends) known = known || w.backend == b;
-  MOE_CHECK(known, "--distributed-backend '", w.backend, "' is not one of ", backend_list());
+  if (!known) MOE_FAIL("--distributed-backend '", w.backend, "' is not one of ", backend_list());
   w.host = host_name();
   w.device = pick_device(options, env, w.backend == "nccl");
   if (w.device.is_cuda()) (void)current_stream(w.device.index);  // makes it current
   const std::string mine = place_text(w.host, w.device);
   const bool by_mpi = mpi_launched(env, vars);
-  const std::string launched_by = moe::detail::concat(
-      "this process was started by ",
-      env.launcher == Launcher::none ? std::string("no launcher") : launcher_name(env.launcher),
-      env.launcher == Launcher::slurm ? " without PMIx/PMI (srun --mpi=pmix)" : "");
+  const std::string launched_by =
+      env.launcher == Launcher::torchrun ? "this process was started by torchrun or moe launch"
+      : env.launcher == Launcher::slurm  ? "this process was started by srun without PMIx/PMI"
+      : env.launcher == Launcher::none   ? "this process was started without a launcher"
+                                         : "this process was started by mpirun";
 
   test_fault_point(env, vars, "before-rendezvous");
   if (w.backend == "local") {
-    MOE_CHECK(env.world_size == 1, "--distributed-backend local runs one process; ", launched_by,
-              " with world size ", env.world_size,
-              ": use --distributed-backend nccl (GPUs) or mpi");
+    if (env.world_size != 1)
+      MOE_FAIL("--distributed-backend local runs one process; ", launched_by, " with world size ",
+               env.world_size, ": use --distributed-backend nccl (GPUs) or mpi");
     w.world = single_process_group();
     w.places = {RankPlace{0, w.host, w.device.str()}};
-  } else if (mpi_built() && (w.backend == "mpi" ? by_mpi || env.world_size == 1 : by_mpi)) {
+  } else if (have_mpi() && (w.backend == "mpi" ? by_mpi || env.world_size == 1 : by_mpi)) {
     // MPI_Init is the rendezvous. NCCL's id travels on an MPI bootstrap group.
     std::shared_ptr<ProcessGroup> mpi = init_mpi_world();
-    MOE_CHECK(mpi->rank() == env.rank && mpi->size() == env.world_size, "MPI says rank ",
-              mpi->rank(), " of ", mpi->size(), ", the launcher's variables rank ", env.rank,
-              " of ", env.world_size);
+    if (mpi->rank() != env.rank || mpi->size() != env.world_size)
+      MOE_FAIL("MPI says rank ", mpi->rank(), " of ", mpi->size(),
+               ", the launcher's variables rank ", env.rank, " of ", env.world_size);
     test_fault_point(env, vars, "after-rendezvous");
     w.places = gather_places(*mpi, mine);
     if (w.backend == "mpi") {
@@ -199,15 +203,16 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
           make_nccl_world(got, env.rank, env.world_size, w.device.index, nccl_options(w.timeout));
     }
   } else if (w.backend == "mpi" && (by_mpi || env.world_size == 1)) {
-    MOE_FAIL("--distributed-backend mpi: this build has no MPI (scripts/setup.sh installs "
-             "libopenmpi-dev; then rebuild)");
+    MOE_FAIL(
+        "--distributed-backend mpi: this build has no MPI (scripts/setup.sh installs "
+        "libopenmpi-dev; then rebuild)");
   } else {
     // A TCP rendezvous at MASTER_ADDR:MASTER_PORT.
     if (env.world_size > 1) {
-      MOE_CHECK(!env.master_addr.empty() && env.master_port > 0,
-                "the rendezvous needs rank 0's address: set MASTER_ADDR and MASTER_PORT (",
-                launched_by, by_mpi ? ", and this build has no MPI to carry NCCL's id" : "",
-                "; mpirun -x MASTER_ADDR=<host> -x MASTER_PORT=<port> passes them)");
+      if (env.master_addr.empty() || env.master_port <= 0)
+        MOE_FAIL("the rendezvous needs rank 0's address: set MASTER_ADDR and MASTER_PORT (",
+                 launched_by, by_mpi ? ", and this build has no MPI to carry NCCL's id" : "",
+                 "; mpirun -x MASTER_ADDR=<host> -x MASTER_PORT=<port> passes them)");
       TcpStoreOptions so;
       so.host = env.master_addr;
       so.port = env.master_port;
@@ -219,20 +224,14 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
       } catch (const Error& e) {
         if (env.launcher != Launcher::slurm) throw;
         MOE_FAIL(e.what(),
-                 " (under Slurm, start every rank with srun: a batch script's own "
-                 "process also reads as rank 0 of SLURM_NTASKS)");
+                 " (under Slurm, start every rank with srun: a batch script's own process also "
+                 "reads as rank 0 of SLURM_NTASKS)");
       }
     }
     test_fault_point(env, vars, "after-rendezvous");
-    MOE_CHECK(w.backend != "mpi", "--distributed-backend mpi needs an MPI launcher (mpirun, or ",
-              "srun --mpi=pmix); ", launched_by, mpi_built() ? "" : ", and this build has no MPI",
-              ". On GPUs use --distributed-backend nccl");
     if (w.store) {
-      if (env.rank == 0)
-        w.store->set("moe/nccl_unique_id", [] {
-          const NcclUniqueId id = nccl_unique_id();
-          return std::string(id.data(), id.size());
-        }());
+      // Everyone's place, and a wait for all: a rank that failed since the rendezvous ends it
+      // at once ("rank 1 left").
       w.store->set("moe/place/" + std::to_string(env.rank), mine);
       w.store->barrier("moe/started");
       if (env.rank == 0) {
@@ -244,19 +243,27 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
     } else {
       w.places = {RankPlace{env.rank, w.host, w.device.str()}};
     }
+    if (w.backend == "mpi")
+      MOE_FAIL("--distributed-backend mpi needs an MPI launcher (mpirun, or srun --mpi=pmix); ",
+               launched_by, have_mpi() ? "" : ", and this build has no MPI",
+               ". On GPUs use --distributed-backend nccl");
     NcclUniqueId id{};
-    if (w.store) {
-      const std::string bytes = w.store->get("moe/nccl_unique_id");
-      MOE_CHECK(bytes.size() == id.size(), "NCCL's unique id from the store has ", bytes.size(),
-                " bytes, not ", id.size());
-      std::memcpy(id.data(), bytes.data(), id.size());
-    } else {
+    if (!w.store) {
       id = nccl_unique_id();  // a world of one
+    } else if (env.rank == 0) {
+      id = nccl_unique_id();
+      w.store->set("moe/nccl_unique_id", std::string(id.data(), id.size()));
+    } else {
+      const std::string bytes = w.store->get("moe/nccl_unique_id");
+      if (bytes.size() != id.size())
+        MOE_FAIL("NCCL's unique id from the store has ", bytes.size(), " bytes, not ", id.size());
+      std::memcpy(id.data(), bytes.data(), id.size());
     }
     w.world =
         make_nccl_world(id, env.rank, env.world_size, w.device.index, nccl_options(w.timeout));
   }
 
+  register_world(w.world);  // for report_and_abort (fatal.h); init_mpi_world registers its own
   std::lock_guard<std::mutex> lock(g_identity_mutex);
   g_identity =
       WorldIdentity{true, env.rank, env.world_size, w.host, g_holds > 0 ? w.world : nullptr};
@@ -281,7 +288,8 @@ WorldHold::~WorldHold() {
 
 std::string rank_prefix() {
   const WorldIdentity id = current_world_identity();
-  if (id.exists) return id.size > 1 ? moe::detail::concat("[rank ", id.rank, " ", id.host, "] ") : "";
+  if (id.exists)
+    return id.size > 1 ? moe::detail::concat("[rank ", id.rank, " ", id.host, "] ") : "";
   // No world yet (an error before or during the rendezvous): the launch says who this is.
   try {
     const LaunchEnv env = read_launch_env();
@@ -317,10 +325,11 @@ std::string describe_world(const World& world, const ParallelConfig& mapping) {
   for (size_t h = 0; h < hosts.size() && h < kHosts; ++h) {
     std::vector<int> ranks;
     for (const RankPlace* p : by_host[h]) ranks.push_back(p->rank);
-    out << "  " << hosts[h] << ": ranks " << ranges_text(ranks) << " on";
+    out << "  " << hosts[h] << (ranks.size() == 1 ? ", rank " : ", ranks ") << ranges_text(ranks)
+        << ":";
     for (size_t i = 0; i < by_host[h].size() && i < kPerHost; ++i)
-      out << (i ? ", " : " ") << "rank " << by_host[h][i]->rank << " " << by_host[h][i]->device;
-    if (by_host[h].size() > kPerHost) out << ", ... (" << by_host[h].size() - kPerHost << " more)";
+      out << " " << by_host[h][i]->device;
+    if (by_host[h].size() > kPerHost) out << " ... (" << by_host[h].size() - kPerHost << " more)";
     out << "\n";
   }
   if (hosts.size() > kHosts) out << "  ... and " << hosts.size() - kHosts << " more hosts\n";

@@ -21,6 +21,13 @@
 
 #include "moe/core/error.h"
 
+// MOE_CHECK without its "[check failed: ...]" part: the rendezvous's failures are read by
+// people launching jobs, and the message says all there is to say.
+#define FAIL_UNLESS(cond, ...)          \
+  do {                                  \
+    if (!(cond)) MOE_FAIL(__VA_ARGS__); \
+  } while (0)
+
 namespace moe::dist {
 namespace {
 
@@ -543,17 +550,17 @@ void TcpStore::connect_to_server() {
       ::freeaddrinfo(found);
     }
     if (fd_ >= 0) break;
-    MOE_CHECK(Clock::now() + pause < deadline, "rendezvous at ", address(), " timed out after ",
-              seconds_text(options_.timeout), ": rank ", options_.rank,
-              " could not reach rank 0's store (", last_error, ")");
+    FAIL_UNLESS(Clock::now() + pause < deadline, "rendezvous at ", address(), " timed out after ",
+                seconds_text(options_.timeout), ": rank ", options_.rank,
+                " could not reach rank 0's store (", last_error, ")");
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, milliseconds(1000));
   }
   const int one = 1;
   ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   const Reply r = request(kHello, "", std::to_string(options_.world_size), "the hello");
-  MOE_CHECK(r.status == kOk, "rendezvous at ", address(), ": rank 0 refused rank ", options_.rank,
-            ": ", r.payload);
+  FAIL_UNLESS(r.status == kOk, "rendezvous at ", address(), ": rank 0 refused rank ", options_.rank,
+              ": ", r.payload);
 }
 
 TcpStore::Reply TcpStore::request(unsigned char op, const std::string& key,
@@ -580,17 +587,17 @@ TcpStore::Reply TcpStore::request(unsigned char op, const std::string& key,
   char buf[65536];
   while (in.size() < need()) {
     const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-    MOE_CHECK(left > 0, "store at ", address(), ": rank 0's store did not answer ", what,
-              " within ", seconds_text(options_.timeout + grace), " (rank 0 is stuck?)");
+    FAIL_UNLESS(left > 0, "store at ", address(), ": rank 0's store did not answer ", what,
+                " within ", seconds_text(options_.timeout + grace), " (rank 0 is stuck?)");
     pollfd p{fd_, POLLIN, 0};
     const int ready = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
     if (ready <= 0) continue;
     const ssize_t n = ::recv(fd_, buf, std::min(sizeof(buf), need() - in.size()), 0);
     if (n < 0 && errno == EINTR) continue;
-    MOE_CHECK(n > 0, "store at ", address(),
-              ": the connection to rank 0's store closed while rank ", options_.rank,
-              " waited for ", what, n < 0 ? " (" + errno_text(errno) + ")" : "",
-              " (rank 0 exited?)");
+    FAIL_UNLESS(n > 0, "store at ", address(),
+                ": the connection to rank 0's store closed while rank ", options_.rank,
+                " waited for ", what, n < 0 ? " (" + errno_text(errno) + ")" : "",
+                " (rank 0 exited?)");
     in.append(buf, static_cast<size_t>(n));
   }
   return Reply{static_cast<unsigned char>(in[0]), in.substr(9)};
@@ -598,29 +605,30 @@ TcpStore::Reply TcpStore::request(unsigned char op, const std::string& key,
 
 void TcpStore::set(const std::string& key, const std::string& value) {
   const Reply r = request(kSet, key, value, "set('" + key + "')");
-  MOE_CHECK(r.status == kOk, "store at ", address(), ": set('", key, "') failed: ", r.payload);
+  FAIL_UNLESS(r.status == kOk, "store at ", address(), ": set('", key, "') failed: ", r.payload);
 }
 
 std::string TcpStore::get(const std::string& key) {
   Reply r = request(kGet, key, "", "get('" + key + "')");
-  MOE_CHECK(r.status != kTimedOut, "store at ", address(), ": get('", key, "') timed out after ",
-            seconds_text(options_.timeout), ": ", r.payload);
-  MOE_CHECK(r.status == kOk, "store at ", address(), ": get('", key, "') failed: ", r.payload);
+  FAIL_UNLESS(r.status != kTimedOut, "store at ", address(), ": get('", key, "') timed out after ",
+              seconds_text(options_.timeout), ": ", r.payload);
+  FAIL_UNLESS(r.status == kOk, "store at ", address(), ": get('", key, "') failed: ", r.payload);
   return std::move(r.payload);
 }
 
 void TcpStore::barrier(const std::string& name) {
   const Reply r = request(kBarrier, name, "", "barrier '" + name + "'");
-  MOE_CHECK(r.status != kTimedOut, "store at ", address(), ": barrier '", name,
-            "' timed out after ", seconds_text(options_.timeout), ": ", r.payload);
-  MOE_CHECK(r.status == kOk, "store at ", address(), ": barrier '", name, "' failed: ", r.payload);
+  FAIL_UNLESS(r.status != kTimedOut, "store at ", address(), ": barrier '", name,
+              "' timed out after ", seconds_text(options_.timeout), ": ", r.payload);
+  FAIL_UNLESS(r.status == kOk, "store at ", address(), ": barrier '", name,
+              "' failed: ", r.payload);
 }
 
 void TcpStore::wait_for_workers() {
   const Reply r = request(kBarrier, kRendezvous, "", "the other ranks");
-  MOE_CHECK(r.status != kTimedOut, "rendezvous at ", address(), " timed out after ",
-            seconds_text(options_.timeout), ": ", r.payload);
-  MOE_CHECK(r.status == kOk, "rendezvous at ", address(), " failed: ", r.payload);
+  FAIL_UNLESS(r.status != kTimedOut, "rendezvous at ", address(), " timed out after ",
+              seconds_text(options_.timeout), ": ", r.payload);
+  FAIL_UNLESS(r.status == kOk, "rendezvous at ", address(), " failed: ", r.payload);
 }
 
 int find_free_port() {
