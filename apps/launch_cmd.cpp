@@ -29,6 +29,10 @@ CLI::App* add_launch_command(CLI::App& app, LaunchCommandOptions& o) {
       ->check(CLI::NonNegativeNumber);
   // Everything from the subcommand on belongs to the ranks.
   cmd->prefix_command();
+  cmd->footer(
+      "After the flags: the subcommand each rank runs and its arguments (moe launch "
+      "--nproc-per-node 8 bench comm --max-size 64M). Each rank gets RANK, WORLD_SIZE, "
+      "LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; docs/distributed.md.");
   return cmd;
 }
 

@@ -176,7 +176,8 @@ CLI::App* add_comm_bench_command(CLI::App& bench, CommBenchOptions& o) {
   cmd->add_option("--max-size", o.max_size, "largest message (default 1G)");
   cmd->add_option("--step-factor", o.step_factor, "size multiplier between steps (default 2)")
       ->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--dtype", o.dtype, "f32 bf16 f16 f64 i32 i64 (default f32)");
+  cmd->add_option("--dtype", o.dtype, "f32 bf16 f16 f64 i32 i64 (default f32)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16", "f64", "i32", "i64"}));
   cmd->add_option("--iters", o.iters, "timed calls per size (default 20)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o.warmup, "untimed calls first (default 5)")

@@ -15,8 +15,10 @@
 //  - SIGINT / SIGTERM / SIGHUP to the launcher are sent on to every rank; the launcher then
 //    waits for them (SIGKILL after `grace`; a second signal kills at once) and exits with
 //    128 + the signal's number;
-//  - the first rank to exit non-zero or by a signal ends the others: SIGTERM, then SIGKILL
-//    after `grace`. The launcher prints
+//  - the first rank seen to exit non-zero or by a signal ends the others: SIGTERM, then SIGKILL
+//    after `grace` (SIGCHLD wakes the launcher, so it sees ranks end in the order they do;
+//    a rank that fails because another failed, seconds later or microseconds, is the second).
+//    The launcher prints
 //      "moe launch: rank 1 (pid 4242) exited with status 3; ended the other ranks"
 //      "moe launch: rank 1 (pid 4242) was killed by signal SIGSEGV; ended the other ranks"
 //    and returns that status (128 + the signal's number for a signal);
