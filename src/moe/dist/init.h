@@ -27,8 +27,9 @@
 // the store). So an error that every rank hits (no MPI launcher for --distributed-backend mpi,
 // say) is reported after all ranks have met. Under MPI, MPI_Init is the rendezvous.
 //
-// Every blocking step has the timeout (Megatron's --distributed-timeout-minutes, default 10),
-// which also becomes the backend's collective timeout.
+// Every blocking step of the rendezvous has the timeout (Megatron's
+// --distributed-timeout-minutes, default 10), which also becomes NCCL's collective timeout (MPI
+// has none).
 //
 // A test hook, so that CI can exercise the failure paths of a real launch: with
 // MOE_TEST_FAIL_RANK=R, rank R fails at MOE_TEST_FAIL_AT, one of

@@ -177,7 +177,7 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
       std::fprintf(out, "%s", dist::describe_world(world).c_str());
       std::fflush(out);
     }
-    world.world->barrier();  // the start-up lines come before the ranks' errors
+    world.world->barrier();  // on a shared terminal the start-up lines come first
     MOE_FAIL("world size ", world.size(), ": data-parallel training is not in this build yet");
   }
   const Device device = train_device(config);
