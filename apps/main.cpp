@@ -4,6 +4,8 @@
 //   moe bench attention   the attention benchmark, per backend (bench/attention_bench.h)
 //   moe bench model       whole-model forward + backward (bench/model_bench.h)
 //   moe bench tokenizer   single-thread tokenizer encoding speed (bench/tokenizer_bench.h)
+//   moe bench comm        collectives per message size on any backend (bench/comm_bench.h)
+//   moe launch            start a node's ranks and run a subcommand in each (launch_cmd.h)
 //   moe convert           Hugging Face <-> moecore model folders (convert_cmd.h)
 //   moe forward           logits and next-token loss of a model folder on token ids (forward_cmd.h)
 //   moe train             Megatron-style training; no flags: the default run (train_cmd.h)
@@ -11,18 +13,26 @@
 //   moe info              a model's config and parameter counts (info_cmd.h)
 //   moe preprocess        text/JSONL -> Megatron .bin/.idx token datasets (preprocess_cmd.h)
 //   moe plot              a run's metrics JSONL as PNG charts: loss, expert load (plot_cmd.h)
+// An error ends the program with status 1 and "moe: error: <what>"; a rank of a launch of
+// several prints "[rank R host] error: <what>" instead (dist/fatal.h) and, once its world exists
+// (dist/init.h), aborts it, so that the other ranks do not wait for this one.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "attention_bench.h"
+#include "comm_bench.h"
 #include "convert_cmd.h"
 #include "forward_cmd.h"
 #include "generate_cmd.h"
 #include "info_cmd.h"
+#include "launch_cmd.h"
 #include "layer_demo.h"
 #include "moe/core/error.h"
+#include "moe/dist/fatal.h"
+#include "moe/dist/init.h"
 #include "moe/ops/attention.h"
 #include "moe/ops/grouped_gemm.h"
 #include "model_bench.h"
@@ -32,7 +42,24 @@
 #include "tokenizer_bench.h"
 #include "train_cmd.h"
 
+namespace {
+
+// The top-level error report (see above): a rank of a world of several reports through
+// dist/fatal.h, which aborts the world; otherwise the line, with the rank's prefix when the
+// launch says it is one of several.
+int report_error(const std::exception& error) {
+  if (moe::dist::report_and_abort(error)) return 1;
+  const std::string prefix = moe::dist::rank_prefix();
+  std::fprintf(stderr, "%s%s: %s\n", prefix.c_str(), prefix.empty() ? "moe: error" : "error",
+               error.what());
+  return 1;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  // The world of a multi-process run is held until main returns (after the error report).
+  const moe::dist::WorldHold world_hold;
   CLI::App app{"moecore: train Mixture-of-Experts language models"};
   app.require_subcommand(0, 1);
   bool force_cpu = false;
@@ -78,6 +105,8 @@ int main(int argc, char** argv) {
   moe::bench::TokenizerBenchOptions tokenizer_bench_options;
   CLI::App* bench_tokenizer =
       moe::bench::add_tokenizer_bench_command(*bench, tokenizer_bench_options);
+  moe::bench::CommBenchOptions comm_options;
+  CLI::App* bench_comm = moe::bench::add_comm_bench_command(*bench, comm_options);
 
   moe::app::ConvertCommandOptions convert_options;
   CLI::App* convert = moe::app::add_convert_command(app, convert_options);
@@ -93,6 +122,8 @@ int main(int argc, char** argv) {
   CLI::App* plot = moe::app::add_plot_command(app, plot_options);
   moe::app::PreprocessCommandOptions preprocess_options;
   CLI::App* preprocess = moe::app::add_preprocess_command(app, preprocess_options);
+  moe::app::LaunchCommandOptions launch_options;
+  CLI::App* launch = moe::app::add_launch_command(app, launch_options);
 
   try {
     app.parse(argc, argv);
@@ -114,6 +145,8 @@ int main(int argc, char** argv) {
     }
     if (bench_tokenizer->parsed())
       return moe::bench::run_tokenizer_bench(tokenizer_bench_options);
+    if (bench_comm->parsed()) return moe::bench::run_comm_bench(comm_options, force_cpu);
+    if (launch->parsed()) return moe::app::run_launch(*launch, launch_options, argv[0], force_cpu);
     if (convert->parsed()) return moe::app::run_convert(convert_options);
     if (forward->parsed()) return moe::app::run_forward(forward_options, force_cpu);
     if (train->parsed()) return moe::app::run_train(*train, force_cpu);
@@ -123,7 +156,6 @@ int main(int argc, char** argv) {
     if (preprocess->parsed()) return moe::app::run_preprocess(preprocess_options);
     return moe::app::run_layer_demo(force_cpu);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe: error: %s\n", e.what());
-    return 1;
+    return report_error(e);
   }
 }

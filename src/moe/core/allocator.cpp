@@ -1,12 +1,14 @@
 #include "moe/core/allocator.h"
 
 #include <cstdlib>
+#include <list>
 #include <map>
 #include <mutex>
 #include <set>
-#include <unordered_map>
+#include <vector>
 
 #include "moe/core/error.h"
+#include "moe/core/event.h"
 #include "moe/core/stream.h"
 
 #if MOE_WITH_CUDA
@@ -21,20 +23,43 @@ constexpr size_t kSmallRound = 512;
 constexpr size_t kLargeThreshold = 1 << 20;
 constexpr size_t kLargeRound = 2 << 20;
 
-size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+size_t round_up(size_t n, size_t to) {
+  return (n + to - 1) / to * to;
+}
 
+// The caching allocator. A block is in exactly one of three states:
+//   allocated  - held by a tensor;
+//   pending    - freed, but streams other than its own used it (record_stream): it waits for an
+//                event recorded on each of them at free time (`pending_events` counts those
+//                not yet seen complete) and is in no free list;
+//   free       - in the free list of (its device, its stream), or of (device, nullptr) once
+//                its stream is gone, which serves any stream.
+// Pending events are polled (never waited for) at each allocate; they are waited for only when
+// the device is out of memory and by empty_cache, as PyTorch's CUDACachingAllocator does:
+// waiting before every cudaMalloc would stall compute behind communication still in flight.
 struct CachingCudaAllocator {
   struct Block {
-    size_t bytes;
-    int device;
-    StreamHandle stream;
+    size_t bytes = 0;
+    int device = 0;
+    StreamHandle stream = nullptr;  // allocation stream (free: the list it is or will be in)
+    bool allocated = false;
+    std::set<StreamHandle> stream_uses;  // other streams that used it since it was allocated
+    int pending_events = 0;
+  };
+  struct PendingEvent {
+    Event event;
+    void* ptr;
   };
   using FreeList = std::multimap<size_t, void*>;  // by size, for best fit
 
   std::mutex mutex;
   std::map<std::pair<int, StreamHandle>, FreeList> free_lists;
-  std::unordered_map<void*, Block> blocks;  // every block obtained from the driver
+  // Every block obtained from the driver, by base address: ordered, so record_stream finds the
+  // block holding a pointer into it (a view's data).
+  std::map<void*, Block> blocks;
   std::set<std::pair<int, StreamHandle>> live_streams;  // streams that allocated, not released
+  std::list<PendingEvent> pending;                      // in the order they were recorded
+  std::map<int, std::vector<Event>> spare_events;       // per device, for reuse
   std::map<int, MemoryStats> stats;
 
   void* allocate(size_t requested, int device) {
@@ -45,37 +70,41 @@ struct CachingCudaAllocator {
     std::lock_guard lock(mutex);
     live_streams.insert({device, stream});
     MemoryStats& s = stats[device];
-    // Best fit from this stream's blocks, then from blocks of destroyed (synchronised)
-    // streams; never hand a large block to a much smaller request.
-    void* ptr = nullptr;
-    for (StreamHandle key : {stream, static_cast<StreamHandle>(nullptr)}) {
-      FreeList& list = free_lists[{device, key}];
-      auto it = list.lower_bound(bytes);
-      if (it != list.end() && it->first <= 2 * bytes + kLargeRound) {
-        ptr = it->second;
-        list.erase(it);
-        blocks[ptr].stream = stream;
-        break;
-      }
-    }
+    process_events_locked();
+    void* ptr = take_cached_locked(device, stream, bytes);
     if (ptr == nullptr) {
       cudaError_t status = cudaMalloc(&ptr, bytes);
       if (status == cudaErrorMemoryAllocation) {
+        // Out of memory: wait for the blocks other streams still use, take one of those if it
+        // fits, else give every cached block back to the driver and try again.
         (void)cudaGetLastError();
-        release_cached_locked();
-        status = cudaMalloc(&ptr, bytes);
+        synchronize_events_locked();
+        ptr = take_cached_locked(device, stream, bytes);
+        if (ptr == nullptr) {
+          release_cached_locked();
+          status = cudaMalloc(&ptr, bytes);
+        } else {
+          status = cudaSuccess;
+        }
       }
       if (status != cudaSuccess) {
         (void)cudaGetLastError();
-        MOE_FAIL("CUDA out of memory: requested ", requested, " bytes on cuda:", device,
-                 " with ", s.allocated_bytes, " bytes in use and ", s.reserved_bytes,
-                 " reserved (", cudaGetErrorString(status), ")");
+        MOE_FAIL("CUDA out of memory: requested ", requested, " bytes on cuda:", device, " with ",
+                 s.allocated_bytes, " bytes in use and ", s.reserved_bytes, " reserved (",
+                 cudaGetErrorString(status), ")");
       }
-      blocks[ptr] = {bytes, device, stream};
-      s.reserved_bytes += static_cast<int64_t>(bytes);
-      ++s.num_device_mallocs;
+      if (!blocks.contains(ptr)) {
+        Block& block = blocks[ptr];
+        block.bytes = bytes;
+        block.device = device;
+        s.reserved_bytes += static_cast<int64_t>(bytes);
+        ++s.num_device_mallocs;
+      }
     }
-    s.allocated_bytes += static_cast<int64_t>(blocks[ptr].bytes);
+    Block& block = blocks.at(ptr);
+    block.stream = stream;
+    block.allocated = true;
+    s.allocated_bytes += static_cast<int64_t>(block.bytes);
     if (s.allocated_bytes > s.peak_allocated_bytes) s.peak_allocated_bytes = s.allocated_bytes;
     return ptr;
 #else
@@ -85,32 +114,83 @@ struct CachingCudaAllocator {
 #endif
   }
 
+  // Best fit from this stream's blocks, then from blocks of destroyed (synchronised) streams;
+  // never hands a large block to a much smaller request. Null when nothing fits.
+  void* take_cached_locked(int device, StreamHandle stream, size_t bytes) {
+    for (StreamHandle key : {stream, static_cast<StreamHandle>(nullptr)}) {
+      auto list_it = free_lists.find({device, key});
+      if (list_it == free_lists.end()) continue;
+      FreeList& list = list_it->second;
+      auto it = list.lower_bound(bytes);
+      if (it != list.end() && it->first <= 2 * bytes + kLargeRound) {
+        void* ptr = it->second;
+        list.erase(it);
+        return ptr;
+      }
+    }
+    return nullptr;
+  }
+
   void deallocate(void* ptr) {
     std::lock_guard lock(mutex);
     auto it = blocks.find(ptr);
-    MOE_CHECK(it != blocks.end(), "freeing a pointer the CUDA allocator did not hand out");
+    MOE_CHECK(it != blocks.end() && it->second.allocated,
+              "freeing a pointer the CUDA allocator did not hand out (or freed already)");
     Block& block = it->second;
+    block.allocated = false;
     stats[block.device].allocated_bytes -= static_cast<int64_t>(block.bytes);
-    // A block whose stream was destroyed meanwhile (its thread ended) serves any stream.
-    if (!live_streams.contains({block.device, block.stream})) block.stream = nullptr;
-    free_lists[{block.device, block.stream}].emplace(block.bytes, ptr);
+    // Each stream that used the block gets an event after the work queued on it so far; the
+    // block is reusable once all have completed.
+    for (StreamHandle used_by : block.stream_uses) {
+      Event event = spare_event_locked(block.device);
+      if (record_or_wait(event, block.device, used_by)) {
+        pending.push_back({std::move(event), ptr});
+        ++block.pending_events;
+      }
+    }
+    block.stream_uses.clear();
+    if (block.pending_events == 0) free_block_locked(ptr);
+  }
+
+  void record_stream(const void* ptr, int device, StreamHandle stream) {
+    std::lock_guard lock(mutex);
+    auto it = blocks.upper_bound(const_cast<void*>(ptr));
+    const auto* p = static_cast<const char*>(ptr);
+    bool found = it != blocks.begin();
+    if (found) {
+      --it;
+      const auto* base = static_cast<const char*>(it->first);
+      found = it->second.allocated && p < base + it->second.bytes;
+    }
+    MOE_CHECK(found, "record_stream: ", ptr, " on cuda:", device,
+              " is not in a block the CUDA allocator has handed out");
+    Block& block = it->second;
+    MOE_CHECK(block.device == device, "record_stream: ", ptr,
+              " was allocated on cuda:", block.device, ", not on cuda:", device);
+    if (stream != block.stream) block.stream_uses.insert(stream);
   }
 
   void release_stream(int device, StreamHandle stream) {
     std::lock_guard lock(mutex);
     live_streams.erase({device, stream});
+    // The stream was synchronised: nothing it queued still uses any block.
+    for (auto& [ptr, block] : blocks) {
+      if (block.device == device) block.stream_uses.erase(stream);
+    }
     auto it = free_lists.find({device, stream});
     if (it == free_lists.end()) return;
     FreeList& orphans = free_lists[{device, nullptr}];
     for (auto& [bytes, ptr] : it->second) {
       orphans.emplace(bytes, ptr);
-      blocks[ptr].stream = nullptr;
+      blocks.at(ptr).stream = nullptr;
     }
     free_lists.erase(it);
   }
 
+  // Returns cached blocks to the driver, after waiting for the pending ones to become free.
   void release_cached_locked() {
 #if MOE_WITH_CUDA
+    synchronize_events_locked();
     for (auto& [key, list] : free_lists) {
       for (auto& [bytes, ptr] : list) {
         (void)cudaFree(ptr);
@@ -119,7 +199,69 @@ struct CachingCudaAllocator {
       }
       list.clear();
     }
+    spare_events.clear();
 #endif
+  }
+
+ private:
+  // A freed block, no longer used by any stream, goes to its stream's free list, or to the
+  // list serving any stream if its stream was destroyed meanwhile (its thread ended).
+  void free_block_locked(void* ptr) {
+    Block& block = blocks.at(ptr);
+    if (!live_streams.contains({block.device, block.stream})) block.stream = nullptr;
+    free_lists[{block.device, block.stream}].emplace(block.bytes, ptr);
+  }
+
+  // One pending event has been seen complete: the block is free when it was the last one.
+  void event_done_locked(std::list<PendingEvent>::iterator it) {
+    Block& block = blocks.at(it->ptr);
+    void* ptr = it->ptr;
+    spare_events[block.device].push_back(std::move(it->event));
+    pending.erase(it);
+    if (--block.pending_events == 0) free_block_locked(ptr);
+  }
+
+  void process_events_locked() {
+    for (auto it = pending.begin(); it != pending.end();) {
+      auto next = std::next(it);
+      if (it->event.query()) event_done_locked(it);
+      it = next;
+    }
+  }
+
+  void synchronize_events_locked() {
+    while (!pending.empty()) {
+      pending.front().event.synchronize();
+      event_done_locked(pending.begin());
+    }
+  }
+
+  Event spare_event_locked(int device) {
+    std::vector<Event>& spares = spare_events[device];
+    if (spares.empty()) return Event();
+    Event event = std::move(spares.back());
+    spares.pop_back();
+    return event;
+  }
+
+  // Records `event` on `stream`. If that fails (deallocate may run in a destructor, which must
+  // not throw), waits for the whole device instead, so the block is safe to reuse at once, and
+  // returns false.
+  static bool record_or_wait(Event& event, int device, StreamHandle stream) {
+    try {
+      event.record(device, stream);
+      return true;
+    } catch (const Error&) {
+#if MOE_WITH_CUDA
+      (void)cudaGetLastError();
+      int previous = -1;
+      (void)cudaGetDevice(&previous);
+      (void)cudaSetDevice(device);
+      (void)cudaDeviceSynchronize();
+      if (previous >= 0) (void)cudaSetDevice(previous);
+#endif
+      return false;
+    }
   }
 };
 
@@ -155,6 +297,15 @@ void deallocate(void* ptr, size_t bytes, Device device) {
   std::lock_guard lock(cpu_stats_mutex);
   cpu_stats.allocated_bytes -= static_cast<int64_t>(bytes);
   cpu_stats.reserved_bytes = cpu_stats.allocated_bytes;
+}
+
+void record_stream(const void* ptr, Device device, StreamHandle stream) {
+  if (device.is_cpu() || ptr == nullptr) return;
+#if MOE_WITH_CUDA
+  cuda_allocator().record_stream(ptr, device.index, stream);
+#else
+  MOE_FAIL("record_stream on ", device, " memory, but this build has no CUDA");
+#endif
 }
 
 MemoryStats memory_stats(Device device) {

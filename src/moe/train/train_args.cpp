@@ -297,6 +297,21 @@ std::vector<Entry> build_table() {
   t.push_back(single_device("--context-parallel-size"));
   t.push_back(single_device("--expert-model-parallel-size"));
   t.push_back(single_device("--expert-tensor-parallel-size"));
+  t.push_back(value("--distributed-backend", "BACKEND",
+                    "nccl | mpi | local: the backend several ranks meet on (default: local for "
+                    "one process, nccl with GPUs, else mpi; docs/distributed.md)",
+                    [](S& s, V v) {
+                      s.run.distributed.backend =
+                          one_of("--distributed-backend", v, {"nccl", "mpi", "local"});
+                    }));
+  t.push_back(value("--distributed-timeout-minutes", "MIN",
+                    "rendezvous and collective timeout in minutes (default 10; fractions allowed)",
+                    [](S& s, V v) {
+                      const double minutes = as_double("--distributed-timeout-minutes", v);
+                      MOE_CHECK(minutes > 0, "--distributed-timeout-minutes must be positive, got ",
+                                v);
+                      s.run.distributed.timeout_minutes = minutes;
+                    }));
 
   // Batches and length.
   t.push_back(value("--seq-length", "S", "train.seq_length (<= --max-position-embeddings)",

@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/dist/init.h"
 #include "moe/nn/model_config.h"
 #include "moe/train/trainer.h"
 
@@ -48,6 +49,9 @@ struct TrainRunConfig {
 
   bool bf16 = false;  // --bf16: bf16 parameters and activations, fp32 masters (GPU only)
   bool cpu = false;   // --cpu (moecore): the CPU even when a GPU is present
+  // --distributed-backend, --distributed-timeout-minutes: how the ranks of a multi-process
+  // launch meet (dist/init.h).
+  dist::DistributedOptions distributed;
 
   // Logging.
   std::string tensorboard_dir;       // --tensorboard-dir

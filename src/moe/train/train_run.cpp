@@ -17,6 +17,7 @@
 #include "moe/data/gpt_dataset_builder.h"
 #include "moe/data/indexed_dataset.h"
 #include "moe/data/tokenizer.h"
+#include "moe/dist/init.h"
 #include "moe/train/gpt_batch_source.h"
 #include "moe/train/generate.h"
 #include "moe/train/interrupt_report.h"
@@ -281,6 +282,19 @@ Device train_device(const TrainRunConfig& c) {
 TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hooks, std::FILE* out) {
   interrupt_report_reset();
   refuse_unwired(config, hooks);
+  if (dist::read_launch_env().world_size > 1) {
+    // Several ranks (moe launch, torchrun, srun, mpirun): they meet and rank 0 says where each
+    // is, so the launch path is exercised; then every rank refuses, honestly.
+    dist::DistributedOptions options = config.distributed;
+    options.cpu = options.cpu || config.cpu;
+    const dist::World world = dist::init_distributed(options);
+    if (world.rank() == 0 && out) {
+      std::fprintf(out, "%s", dist::describe_world(world).c_str());
+      std::fflush(out);
+    }
+    world.world->barrier();  // on a shared terminal the start-up lines come first
+    MOE_FAIL("world size ", world.size(), ": data-parallel training is not in this build yet");
+  }
   if (hooks.prepare) hooks.prepare(config);
   const Device device = train_device(config);
   MOE_CHECK(!config.bf16 || device.is_cuda(),
