@@ -1,5 +1,5 @@
 // A folder written atomically: everything goes into a hidden temporary folder next to the
-// target, and commit() puts it in place in one step (DESIGN.md principle 6: a reader sees the
+// target, and commit() puts it in place in one step (docs/design.md principle 6: a reader sees the
 // old folder or the complete new one). On Linux the swap with an existing target is
 // renameat2(RENAME_EXCHANGE), atomic; where the file system refuses that, the old folder is
 // renamed aside first (never lost: it is removed only after the new one is in place).

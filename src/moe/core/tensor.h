@@ -1,6 +1,6 @@
 // Tensor: a contiguous row-major array with a shape, a dtype and a device, sharing its
 // storage through a reference count. Views (reshape, rows) share storage; everything else
-// allocates. There is no autograd: modules compute their own backward (DESIGN.md).
+// allocates. There is no autograd: modules compute their own backward (docs/design.md).
 #pragma once
 
 #include <cstdint>

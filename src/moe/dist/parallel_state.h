@@ -1,5 +1,5 @@
 // ParallelState: the rank grid of a parallel mapping and this rank's process groups, with MoE
-// parallel folding (DESIGN.md "Parallel folding"; moe-algorithms.md). Attention layers use
+// parallel folding (docs/design.md "Parallel folding"; docs/algorithms.md). Attention layers use
 // the dense grid TP x CP x DP x PP, MoE layers the expert grid ETP x EP x EDP x PP over the
 // same ranks and the same PP. Ranks follow Megatron-Core's default order "tp-cp-ep-dp-pp"
 // (first axis fastest), so a mapping means the same ranks here as there:

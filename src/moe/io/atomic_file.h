@@ -1,5 +1,5 @@
 // Files written atomically: readers see either the old file or the complete new one, never a
-// partial write (DESIGN.md principle 6: "checkpoints are written atomically").
+// partial write (docs/design.md, principle 6: nothing is lost).
 //
 // AtomicFile writes to a fresh temporary name in the target's own folder (rename(2) is only
 // atomic within one file system), and commit() makes it durable and visible in that order:

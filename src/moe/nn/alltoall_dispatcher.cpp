@@ -1,6 +1,6 @@
 // The alltoall token dispatcher (Megatron's MoEAlltoAllTokenDispatcher), with expert tensor
 // parallelism. Ranks: p = EP rank of P, q = ETP rank of Q; the ETP x EP group orders its
-// ranks g = q + Q * p (ETP fastest, DESIGN.md). After the exchange a rank holds, for each of
+// ranks g = q + Q * p (ETP fastest, docs/design.md). After the exchange a rank holds, for each of
 // its local experts le, rows from every (ETP peer q', EP source r), received as chunks ordered
 // [q'][r][le] and reordered to [le][q'][r] so each expert's rows are contiguous.
 #include "moe/nn/alltoall_dispatcher.h"

@@ -24,7 +24,7 @@ Experts::Experts(const MoEConfig& config, Device device, int ep_rank, int etp_ra
   fc1 = Parameter::make("experts.fc1", {El, 2 * Fl, H}, config_.params_dtype, device);
   fc2 = Parameter::make("experts.fc2", {El, H, Fl}, config_.params_dtype, device);
   // Initialise each shard with the values the full [E, 2F, H] / [E, H, F] tensors would hold,
-  // so any EP x ETP mapping starts from the same model (counter-based RNG, DESIGN.md).
+  // so any EP x ETP mapping starts from the same model (counter-based RNG, docs/design.md).
   const uint64_t seed1 = config_.seed ^ kFc1Salt, seed2 = config_.seed ^ kFc2Salt;
   for (int64_t le = 0; le < El; ++le) {
     Tensor w1 = expert_slice(fc1.value, le);

@@ -1,5 +1,5 @@
 // The process groups an MoE layer talks over, passed in (never read from globals). A null
-// group means "this rank alone" (size 1). With parallel folding (DESIGN.md) the expert groups
+// group means "this rank alone" (size 1). With parallel folding (docs/design.md) the expert groups
 // come from the expert grid ETP x EP x EDP and the token groups from the dense grid.
 #pragma once
 

@@ -1,5 +1,5 @@
 // MoELayer: the mixture-of-experts block of a transformer layer, as explicit stages
-// (DESIGN.md "The MoE layer, as data flows"):
+// (docs/design.md "The MoE layer, as data flows"):
 //
 //   route    Router: logits, top-k, losses, capacity           -> probs [T,K], ids [T,K]
 //   dispatch TokenDispatcher preprocess / communicate / postprocess -> rows by local expert

@@ -1,6 +1,6 @@
 // Router: the gating linear layer z = x W_r^T computed in the router dtype (fp32 or fp64),
 // then top-k routing (or sinkhorn, or forced balancing), the load-balancing losses, the
-// capacity drop, and the aux-loss-free expert bias. Formulas: moe-algorithms.md "Router".
+// capacity drop, and the aux-loss-free expert bias. Formulas: docs/algorithms.md "Router".
 //
 // Gradient rule: backward accumulates into weight.grad and returns dL/dx (written).
 // The losses' gradients enter the logits in backward, scaled by `loss_scale` (the factor the

@@ -12,7 +12,7 @@
 // the FP8 padding); rows past sum(tokens_per_expert) are padding too.
 // Within an expert the kept slots come first (ascending slot index), then its padding rows.
 //
-// Memory-efficient permutation (moe-algorithms.md): probs travel with the rows and are
+// Memory-efficient permutation (docs/algorithms.md): probs travel with the rows and are
 // applied after the activation, so unpermute is a plain sum over a token's slots.
 #pragma once
 
@@ -75,7 +75,7 @@ Tensor unpermute_forward(const Tensor& y_perm, const PermuteMap& map);
 // d_y_perm [R, H]: each kept slot's row gets its token's d_y; padding rows get 0 (written).
 Tensor unpermute_backward(const Tensor& d_y, const PermuteMap& map);
 
-// Capacity (moe-algorithms.md "Capacity and dropping"): capacity = ceil(K * T / E * factor),
+// Capacity (docs/algorithms.md "Capacity and dropping"): capacity = ceil(K * T / E * factor),
 // evaluated in double in that order, as Megatron's get_capacity does.
 int64_t expert_capacity(int64_t num_tokens, int64_t topk, int64_t num_experts, double factor);
 

@@ -1,6 +1,6 @@
 // Router ops: from router logits z [T, E] (fp32 or fp64) to the top-k routing (probs [T, K],
 // expert ids [T, K]) and the load-balancing losses, each with its backward to the logits.
-// Formulas: ../../shared/reference/moe-algorithms.md ("Router"); notation T tokens,
+// Formulas: docs/algorithms.md ("Router"); notation T tokens,
 // E experts, K = topk.
 //
 // Gradient rule: every *_backward here returns or accumulates into d_logits [T, E]
@@ -8,7 +8,7 @@
 // Losses are returned as 0-d tensors on the logits' device, so the hot path never waits
 // for the host.
 //
-// dtypes: logits f32 or f64 on both devices (the router runs in fp32/fp64, DESIGN.md);
+// dtypes: logits f32 or f64 on both devices (the router runs in fp32/fp64, docs/design.md);
 // internally every selection value, score and prob is computed in fp64 and rounded once.
 // Top-k order: higher selection value first, equal values by LOWER expert index, so the
 // selection is unique and the CPU and CUDA pick the same experts (NaN ranks last). Where the
@@ -50,7 +50,7 @@ struct TopKRouting {
   bool used_expert_bias = false;
 };
 
-// Top-k routing (moe-algorithms.md "Top-k with score function", "Group-limited top-k"):
+// Top-k routing (docs/algorithms.md "Top-k with score function", "Group-limited top-k"):
 //   softmax:             (v, I) = topk(z, k);  p = softmax(v)
 //   softmax pre_softmax: s = softmax(z); (p, I) = topk(s, k)
 //   sigmoid:             s = sigmoid(z); I = topk(s + b, k) (b: expert_bias, selection only);

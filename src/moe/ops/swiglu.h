@@ -1,5 +1,5 @@
 // SwiGLU with the routing probabilities applied after the activation (the memory-efficient
-// form, moe-algorithms.md), and the sigmoid output gate of a shared expert.
+// form, docs/algorithms.md), and the sigmoid output gate of a shared expert.
 //
 //   fc1_out [R, 2F] = [gate | up] (gate first, as Megatron's fc1 [gate; up] weight produces)
 //   h [R, F] = silu(gate) * up * p            (p = probs [R]; undefined probs means p = 1)
