@@ -447,7 +447,7 @@ void NcclWorld::watch() {
             << seconds(options.timeout) << " s)";
         what = out.str();
       }
-      break;  // operations of one stream complete in order: only the oldest can be late
+      break;  // the oldest operation still running is the first to be late
     }
     if (!what.empty()) {
       lock.unlock();
@@ -711,14 +711,20 @@ class NcclProcessGroup final : public ProcessGroup {
     std::lock_guard lock(world().nccl_mutex);
     check_usable(name);
     ncclConfig_t config = nonblocking_config();
-    ncclComm_t child = nullptr;
-    call(name, "ncclCommSplit", ncclCommSplit(comm_->comm, color, key, &child, &config));
-    wait_ready(name, comm_->comm);
-    if (child != nullptr) wait_ready(name, child);
+    // A non-blocking split writes the new communicator's handle when it completes, possibly
+    // after this call has given up on it (timeout, abort): the slot outlives that case.
+    auto slot = std::make_unique<ncclComm_t>(nullptr);
+    try {
+      call(name, "ncclCommSplit", ncclCommSplit(comm_->comm, color, key, slot.get(), &config));
+      wait_ready(name, comm_->comm);  // the parent carries the split until it completes
+      if (*slot != nullptr) wait_ready(name, *slot);
+    } catch (...) {
+      (void)slot.release();
+      throw;
+    }
+    const ncclComm_t child = *slot;
     if (color == NCCL_SPLIT_NOCOLOR) {
-      MOE_CHECK(child == nullptr, who(name),
-                ": ncclCommSplit gave a communicator to a rank in "
-                "no group");
+      MOE_CHECK(child == nullptr, who(name), ": a rank in no group got a communicator");
       return nullptr;
     }
     MOE_CHECK(child != nullptr, who(name), ": ncclCommSplit returned no communicator");
