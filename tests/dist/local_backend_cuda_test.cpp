@@ -108,8 +108,7 @@ std::vector<std::vector<Tensor>> run_collectives(DType dtype, uint64_t seed,
       out.push_back(t.to(Device::cpu()));
     }
     {
-      auto half = pg->new_subgroup(r % 2 == 0 ? std::vector<int>{0, 2, 4, 6}
-                                              : std::vector<int>{1, 3, 5, 7});
+      auto half = pg->split({{0, 2, 4, 6}, {1, 3, 5, 7}});
       Tensor t = input({65}, dtype, seed, r, k++, dev);
       half->all_reduce(t);
       out.push_back(t.to(Device::cpu()));

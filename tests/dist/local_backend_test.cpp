@@ -375,7 +375,8 @@ TEST(LocalBackend, Subgroups) {
     // Even and odd ranks: group rank = position in the list.
     const std::vector<int> parity =
         r % 2 == 0 ? std::vector<int>{0, 2, 4, 6} : std::vector<int>{1, 3, 5, 7};
-    auto half = world->new_subgroup(parity);
+    auto half = world->split({{0, 2, 4, 6}, {1, 3, 5, 7}});
+    ASSERT_NE(half, nullptr);
     EXPECT_EQ(half->size(), 4);
     EXPECT_EQ(half->rank(), r / 2);
     EXPECT_EQ(half->world_ranks(), parity);
@@ -386,7 +387,7 @@ TEST(LocalBackend, Subgroups) {
     // Listed in reverse: the group order is the list order, so gathers come back reversed.
     const std::vector<int> reversed =
         r < 4 ? std::vector<int>{3, 2, 1, 0} : std::vector<int>{7, 6, 5, 4};
-    auto quarter = world->new_subgroup(reversed);
+    auto quarter = world->split({{3, 2, 1, 0}, {7, 6, 5, 4}});
     EXPECT_EQ(quarter->rank(), r < 4 ? 3 - r : 7 - r);
     Tensor in = Tensor::full({1}, r, DType::i32);
     Tensor out = Tensor::zeros({4}, DType::i32);
@@ -397,7 +398,7 @@ TEST(LocalBackend, Subgroups) {
     // A subgroup of a subgroup takes ranks of its parent.
     const std::vector<int> pair =
         half->rank() < 2 ? std::vector<int>{0, 1} : std::vector<int>{2, 3};
-    auto sub = half->new_subgroup(pair);
+    auto sub = half->split({{0, 1}, {2, 3}});
     EXPECT_EQ(sub->world_ranks(), (std::vector<int>{parity[static_cast<size_t>(pair[0])],
                                                     parity[static_cast<size_t>(pair[1])]}));
     Tensor s = Tensor::full({1}, r, DType::i64);
@@ -416,8 +417,18 @@ TEST(LocalBackend, Subgroups) {
     EXPECT_EQ(x.to_vector<float>()[0], 8.0f);
     EXPECT_EQ(y.to_vector<float>()[0], 5.0f);
 
+    // Ranks in no list get no group; the listed ones a group of their own.
+    auto some = world->new_subgroup({5, 1});
+    EXPECT_EQ(some == nullptr, r != 1 && r != 5);
+    if (some) {
+      EXPECT_EQ(some->rank(), r == 5 ? 0 : 1);
+      Tensor v = Tensor::full({1}, r, DType::i64);
+      some->all_reduce(v);
+      EXPECT_EQ(v.item(), 6.0);
+    }
+
     // A group of one.
-    auto self = world->new_subgroup({r});
+    auto self = world->split({{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}});
     Tensor alone = Tensor::full({2}, r, DType::f32);
     self->all_reduce(alone, ReduceOp::avg);
     EXPECT_EQ(alone.to_vector<float>()[1], static_cast<float>(r));
@@ -430,7 +441,7 @@ TEST(LocalBackend, DisjointSubgroupsRunConcurrently) {
   run_local(8, [&](std::shared_ptr<ProcessGroup> world) {
     const int r = world->rank();
     const int base = r / 2 * 2;
-    auto pair = world->new_subgroup({base, base + 1});
+    auto pair = world->split({{0, 1}, {2, 3}, {4, 5}, {6, 7}});
     for (int step = 0; step < 100; ++step) {
       Tensor t = Tensor::full({4}, r + step, DType::i64);
       pair->all_reduce(t);
@@ -479,8 +490,7 @@ TEST(LocalBackend, AbortReachesRanksBlockedInSubgroups) {
   std::string rethrown = message_of([&] {
     run_local(8, [&](std::shared_ptr<ProcessGroup> world) {
       const int r = world->rank();
-      auto half =
-          world->new_subgroup(r < 4 ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{4, 5, 6, 7});
+      auto half = world->split({{0, 1, 2, 3}, {4, 5, 6, 7}});
       if (r == 6) {
         std::this_thread::sleep_for(std::chrono::milliseconds(30));
         throw std::logic_error("rank six gives up");
@@ -694,19 +704,86 @@ TEST(LocalBackend, BadArgumentsNameTheCollective) {
   EXPECT_CONTAINS(m, "root 2 is not a rank of a group of 2");
 
   m = first_error(4, [](ProcessGroup& pg) { pg.new_subgroup({0, 1, 2, 3, 4}); });
-  EXPECT_CONTAINS(m, "new_subgroup");
+  EXPECT_CONTAINS(m, "split");
   EXPECT_CONTAINS(m, "rank 4 in [0, 1, 2, 3, 4] is not a rank of a group of 4");
 
-  m = first_error(2, [](ProcessGroup& pg) { pg.new_subgroup({pg.rank(), pg.rank()}); });
-  EXPECT_CONTAINS(m, "appears twice");
+  m = first_error(2, [](ProcessGroup& pg) { pg.split({{0}, {1, 0}}); });
+  EXPECT_CONTAINS(m, "rank 0 appears twice in [[0], [1, 0]]");
 
-  m = first_error(2, [](ProcessGroup& pg) { pg.new_subgroup({1 - pg.rank()}); });
-  EXPECT_CONTAINS(m, "this rank is not in");
+  m = first_error(2, [](ProcessGroup& pg) { pg.split({{0, 1}, {}}); });
+  EXPECT_CONTAINS(m, "list 1 of [[0, 1], []] is empty");
 
   m = first_error(2, [](ProcessGroup& pg) {
     pg.new_subgroup(pg.rank() == 0 ? std::vector<int>{0, 1} : std::vector<int>{1, 0});
   });
-  EXPECT_CONTAINS(m, "same order");
+  EXPECT_CONTAINS(m, "the groups differs across ranks: rank 0 [[0, 1]], rank 1 [[1, 0]]");
+}
+
+// Sends are copied into the receiver's mailbox: a send before the matching receive on both
+// ranks completes (NCCL would need one batch for this), and messages keep their issue order.
+TEST(LocalBackend, SendsAreBufferedAndMatchInIssueOrder) {
+  run_local(2, [](std::shared_ptr<ProcessGroup> pg) {
+    const int r = pg->rank(), peer = 1 - r;
+    for (int k = 0; k < 3; ++k) pg->send(Tensor::full({k + 1}, 10 * r + k, DType::i64), peer);
+    for (int k = 0; k < 3; ++k) {
+      Tensor t = Tensor::zeros({k + 1}, DType::i64);
+      pg->recv(t, peer);
+      EXPECT_EQ(t.to_vector<int64_t>()[static_cast<size_t>(k)], 10 * peer + k) << "rank " << r;
+    }
+  });
+}
+
+TEST(LocalBackend, PointToPointMismatchNamesBothRanksAndShapes) {
+  std::string seen;
+  message_of([&] {
+    run_local(2, [&](std::shared_ptr<ProcessGroup> pg) {
+      if (pg->rank() == 0) {
+        pg->send(Tensor::zeros({2, 3}, DType::f32), 1);
+        return;
+      }
+      Tensor t = Tensor::zeros({3, 3}, DType::f32);
+      seen = message_of([&] { pg->recv(t, 0); });
+    });
+  });
+  EXPECT_CONTAINS(seen, "batch_p2p (rank 1 of 2");
+  EXPECT_CONTAINS(seen, "rank 0 sent f32 [2, 3] but rank 1 receives into f32 [3, 3]");
+}
+
+TEST(LocalBackend, ReceivesThatCanNeverBeMatchedFail) {
+  std::string seen;
+  message_of([&] {
+    run_local(2, [&](std::shared_ptr<ProcessGroup> pg) {
+      if (pg->rank() == 0) return;  // never sends
+      Tensor t = Tensor::zeros({1}, DType::f32);
+      seen = message_of([&] { pg->recv(t, 0); });
+    });
+  });
+  EXPECT_CONTAINS(seen, "receives from rank 0 (world rank 0), whose function returned");
+  const std::string self = message_of([] {
+    run_local(1, [](std::shared_ptr<ProcessGroup> pg) {
+      Tensor t = Tensor::zeros({1}, DType::f32);
+      pg->recv(t, 0);
+    });
+  });
+  EXPECT_CONTAINS(self, "receives from itself, but no send to itself was issued before");
+}
+
+TEST(LocalBackend, AbortReleasesWaitingRanksWithTheReason) {
+  std::vector<std::string> seen(3);
+  message_of([&] {
+    run_local(3, [&](std::shared_ptr<ProcessGroup> pg) {
+      const int r = pg->rank();
+      if (r == 2) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        pg->abort("out of patience");
+        return;
+      }
+      Tensor t = Tensor::zeros({1}, DType::f32);
+      seen[static_cast<size_t>(r)] = message_of([&] { pg->all_reduce(t); });
+    });
+  });
+  for (int r : {0, 1})
+    EXPECT_EQ(seen[static_cast<size_t>(r)], "collective aborted: rank 2 failed: out of patience");
 }
 
 }  // namespace

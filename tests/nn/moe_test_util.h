@@ -40,18 +40,24 @@ inline double moe_objective(nn::MoELayer& layer, const Tensor& x, const Tensor& 
   return loss;
 }
 
-// The groups of rank `rank` in a world of EP x ETP ranks (rank = etp_rank + ETP * ep_rank);
-// every rank holds its own tokens (they are data-parallel in the dense layers).
+// The groups of a world of EP x ETP ranks (rank = etp_rank + ETP * ep_rank); every rank holds
+// its own tokens (they are data-parallel in the dense layers). Collective: every rank calls it.
 inline nn::MoEGroups expert_groups(const std::shared_ptr<dist::ProcessGroup>& world, int ep, int etp) {
-  const int rank = world->rank(), q = rank % etp, p = rank / etp;
-  std::vector<int> ep_ranks, etp_ranks, all;
-  for (int r = 0; r < ep; ++r) ep_ranks.push_back(q + etp * r);
-  for (int r = 0; r < etp; ++r) etp_ranks.push_back(etp * p + r);
-  for (int r = 0; r < ep * etp; ++r) all.push_back(r);
+  std::vector<std::vector<int>> ep_lists(static_cast<size_t>(etp));
+  std::vector<std::vector<int>> etp_lists(static_cast<size_t>(ep));
+  std::vector<int> all;
+  for (int p = 0; p < ep; ++p) {
+    for (int q = 0; q < etp; ++q) {
+      const int rank = q + etp * p;
+      ep_lists[static_cast<size_t>(q)].push_back(rank);
+      etp_lists[static_cast<size_t>(p)].push_back(rank);
+      all.push_back(rank);
+    }
+  }
   nn::MoEGroups g;
-  g.ep = world->new_subgroup(ep_ranks);
-  g.etp = world->new_subgroup(etp_ranks);
-  g.tp_ep = world->new_subgroup(all);
+  g.ep = world->split(ep_lists);
+  g.etp = world->split(etp_lists);
+  g.tp_ep = world->split({all});
   g.tp_dp_cp = g.tp_ep;
   return g;
 }

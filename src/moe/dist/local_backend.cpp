@@ -4,71 +4,36 @@
 //      then reads its peers' inputs into its own output (copy or reduce, in rank order);
 //   3. it waits again, so no member returns, and so reuses or frees its input or its slot,
 //      while a peer may still be reading them.
+// Point-to-point messages are copies queued in per-pair mailboxes of the communicator.
 // All communicators of a world share one lock and condition variable: an abort (or a rank's
 // function returning) wakes every waiter at once.
 #include "moe/dist/local_backend.h"
 
 #include <algorithm>
 #include <condition_variable>
-#include <map>
+#include <deque>
 #include <mutex>
 #include <numeric>
-#include <sstream>
 #include <thread>
 #include <utility>
 
 #include "moe/core/stream.h"
+#include "moe/dist/collective_checks.h"
 #include "moe/dist/local_reduce.h"
 
 namespace moe::dist {
 namespace {
 
-template <class Range>
-std::string list_str(const Range& values) {
-  std::ostringstream out;
-  out << "[";
-  bool first = true;
-  for (const auto& v : values) {
-    out << (first ? "" : ", ") << v;
-    first = false;
-  }
-  out << "]";
-  return out.str();
-}
-
-int64_t sum_of(const std::vector<int64_t>& counts) {
-  return std::accumulate(counts.begin(), counts.end(), int64_t{0});
-}
-
-// Elements per row (along dim 0) of a tensor of this shape.
-int64_t row_elems(const Shape& shape) {
-  int64_t n = 1;
-  for (size_t d = 1; d < shape.size(); ++d) n *= shape[d];
-  return n;
-}
-
-Shape row_shape(const Shape& shape) {
-  return Shape(shape.begin() + 1, shape.end());
-}
-
-Shape with_rows(const Shape& shape, int64_t rows) {
-  Shape out = shape;
-  out[0] = rows;
-  return out;
-}
+using detail::CallRecord;
+using detail::list_str;
+using detail::row_elems;
 
 // What a member publishes for the collective in flight: the call as it made it (so every
 // member can check that all calls agree) and where its input lives (so peers can read it).
 struct Contribution {
-  const char* collective = "";
+  CallRecord call;
   const void* data = nullptr;  // this member's input (all_reduce: a private copy of it)
   Device device;
-  DType dtype = DType::u8;
-  Shape shape;
-  ReduceOp op = ReduceOp::sum;
-  int root = -1;
-  std::vector<int64_t> counts;       // all_gather_v, reduce_scatter_v; all_to_all_v: sends
-  std::vector<int64_t> recv_counts;  // all_to_all_v
 };
 
 class LocalComm;
@@ -76,7 +41,7 @@ class LocalComm;
 // State shared by every rank of one run_local.
 class LocalWorld {
  public:
-  explicit LocalWorld(int size) : finished_(static_cast<size_t>(size), false), calls_(size) {}
+  explicit LocalWorld(int size) : finished_(static_cast<size_t>(size), false) {}
 
   std::mutex mutex;
   std::condition_variable cv;
@@ -113,30 +78,21 @@ class LocalWorld {
   }
   bool finished_locked(int world_rank) const { return finished_[static_cast<size_t>(world_rank)]; }
 
-  // The communicator of the k-th new_subgroup call for this set of members made by
-  // `world_rank`: the first member to arrive creates it, the others join it.
-  std::shared_ptr<LocalComm> join_subgroup(int world_rank, const std::vector<int>& members);
-
  private:
   bool aborted_ = false;
   int abort_rank_ = -1;
   std::string abort_what_;
   std::vector<bool> finished_;
-  // Per world rank: member set (sorted) -> number of new_subgroup calls made for it so far.
-  std::vector<std::map<std::vector<int>, int>> calls_;
-  struct Forming {
-    std::shared_ptr<LocalComm> comm;
-    int joined = 0;
-  };
-  std::map<std::pair<std::vector<int>, int>, Forming> forming_;  // (set, call index)
 };
 
-// One communicator: its members (as world ranks, in group order), their slots and a
-// reusable barrier. Guarded by the world's lock.
+// One communicator: its members (as world ranks, in group order), their slots, a reusable
+// barrier and the point-to-point mailboxes. Guarded by the world's lock.
 class LocalComm {
  public:
   explicit LocalComm(std::vector<int> world_ranks)
-      : world_ranks_(std::move(world_ranks)), slots_(world_ranks_.size()) {}
+      : world_ranks_(std::move(world_ranks)),
+        slots_(world_ranks_.size()),
+        mailboxes_(world_ranks_.size() * world_ranks_.size()) {}
 
   const std::vector<int>& world_ranks() const { return world_ranks_; }
   int size() const { return static_cast<int>(world_ranks_.size()); }
@@ -173,34 +129,67 @@ class LocalComm {
              " returned from its function without joining this collective");
   }
 
+  // The communicator of list `index` of the split in flight (called by its members between
+  // the split's two barriers, with the lists every member agreed on). The first member to ask
+  // builds the communicators of every list; the barrier generation tells one split from the
+  // next.
+  std::shared_ptr<LocalComm> split_member(LocalWorld& world,
+                                          const std::vector<std::vector<int>>& groups,
+                                          size_t index) {
+    std::lock_guard lock(world.mutex);
+    if (split_generation_ != generation_) {
+      split_generation_ = generation_;
+      split_comms_.clear();
+      for (const std::vector<int>& ranks : groups) {
+        std::vector<int> members;
+        for (int r : ranks) members.push_back(world_ranks_[static_cast<size_t>(r)]);
+        split_comms_.push_back(std::make_shared<LocalComm>(std::move(members)));
+      }
+    }
+    return split_comms_[index];
+  }
+
+  // Queues a message from group rank `src` to `dst` (a copy the receiver will read).
+  void post(LocalWorld& world, int src, int dst, Tensor message) {
+    std::lock_guard lock(world.mutex);
+    mailbox(src, dst).push_back(std::move(message));
+    world.cv.notify_all();
+  }
+
+  // The oldest message from `src` to `dst`, waiting for one. Throws when the world aborts or
+  // `src` can never send it (its function returned; or src == dst and nothing was queued).
+  Tensor take(LocalWorld& world, int src, int dst, const std::string& who) {
+    std::unique_lock lock(world.mutex);
+    std::deque<Tensor>& box = mailbox(src, dst);
+    const int src_world = world_ranks_[static_cast<size_t>(src)];
+    MOE_CHECK(!box.empty() || src != dst, who, ": receives from itself, but no send to itself ",
+              "was issued before (a batch publishes its sends before its receives wait)");
+    world.cv.wait(lock, [&] {
+      return !box.empty() || world.aborted_locked() || world.finished_locked(src_world);
+    });
+    if (box.empty()) {
+      if (world.aborted_locked()) world.throw_aborted_locked();
+      MOE_FAIL(who, ": receives from rank ", src, " (world rank ", src_world,
+               "), whose function returned without sending");
+    }
+    Tensor message = std::move(box.front());
+    box.pop_front();
+    return message;
+  }
+
  private:
+  std::deque<Tensor>& mailbox(int src, int dst) {
+    return mailboxes_[static_cast<size_t>(src) * world_ranks_.size() + static_cast<size_t>(dst)];
+  }
+
   std::vector<int> world_ranks_;
   std::vector<Contribution> slots_;
+  std::vector<std::deque<Tensor>> mailboxes_;  // [src * size + dst]
   int arrived_ = 0;
   uint64_t generation_ = 0;
+  uint64_t split_generation_ = ~uint64_t{0};
+  std::vector<std::shared_ptr<LocalComm>> split_comms_;
 };
-
-std::shared_ptr<LocalComm> LocalWorld::join_subgroup(int world_rank,
-                                                     const std::vector<int>& members) {
-  std::vector<int> key = members;
-  std::sort(key.begin(), key.end());
-  std::lock_guard lock(mutex);
-  if (aborted_) throw_aborted_locked();
-  const int call = calls_[static_cast<size_t>(world_rank)][key]++;
-  auto it = forming_.find({key, call});
-  if (it == forming_.end())
-    it = forming_
-             .emplace(std::make_pair(key, call), Forming{std::make_shared<LocalComm>(members), 0})
-             .first;
-  Forming& forming = it->second;
-  MOE_CHECK(forming.comm->world_ranks() == members, "new_subgroup: world rank ", world_rank,
-            " lists the members as world ranks ", list_str(members), " but another member lists ",
-            list_str(forming.comm->world_ranks()),
-            "; every member must pass the same ranks in the same order");
-  std::shared_ptr<LocalComm> comm = forming.comm;
-  if (++forming.joined == comm->size()) forming_.erase(it);
-  return comm;
-}
 
 class LocalProcessGroup final : public ProcessGroup {
  public:
@@ -212,58 +201,38 @@ class LocalProcessGroup final : public ProcessGroup {
   const std::vector<int>& world_ranks() const override { return comm_->world_ranks(); }
   std::string backend() const override { return "local"; }
 
-  void all_reduce(Tensor& t, ReduceOp op) override {
+  std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
     guarded([&] {
-      const char* name = "all_reduce";
-      check_defined(t, name, "t");
-      check_reducible(name, t.dtype());
+      detail::check_all_reduce(*this, t);
       // Peers read this copy while this rank overwrites t with the result.
       const Tensor copy = t.clone();
-      Contribution mine = contribution(name, copy);
-      mine.op = op;
-      exchange(std::move(mine), t.device(), [&](const std::vector<Contribution>& slots) {
-        check_agree(name, "shape", slots, [](const Contribution& c) { return shape_str(c.shape); });
-        check_agree(name, "op", slots,
-                    [](const Contribution& c) { return std::string(reduce_op_name(c.op)); });
-        reduce_into(slots, 0, t, op);
-      });
+      Contribution mine = contribution("all_reduce", copy);
+      mine.call.op = op;
+      exchange(std::move(mine), t.device(),
+               [&](const std::vector<Contribution>& slots) { reduce_into(slots, 0, t, op); });
     });
+    return done();
   }
 
-  void all_gather(const Tensor& in, Tensor& out) override {
+  std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) override {
     guarded([&] {
-      const char* name = "all_gather";
-      check_in_out(name, in, out);
-      const Shape expected = with_rows(in.shape(), size() * in.size(0));
-      MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-                ", expected ", shape_str(expected), " = ", size(), " ranks x in ",
-                shape_str(in.shape()));
-      exchange(contribution(name, in), out.device(), [&](const std::vector<Contribution>& slots) {
-        check_agree(name, "in shape", slots,
-                    [](const Contribution& c) { return shape_str(c.shape); });
-        const int64_t n = in.size(0);
-        for (int q = 0; q < size(); ++q) copy_rows(slots[q], 0, out, q * n, n);
-      });
+      detail::check_all_gather(*this, in, out);
+      exchange(contribution("all_gather", in), out.device(),
+               [&](const std::vector<Contribution>& slots) {
+                 const int64_t n = in.size(0);
+                 for (int q = 0; q < size(); ++q) copy_rows(slots[q], 0, out, q * n, n);
+               });
     });
+    return done();
   }
 
-  void all_gather_v(const Tensor& in, Tensor& out, std::span<const int64_t> counts) override {
+  std::unique_ptr<Work> all_gather_v_async(const Tensor& in, Tensor& out,
+                                           std::span<const int64_t> counts) override {
     guarded([&] {
-      const char* name = "all_gather_v";
-      check_in_out(name, in, out);
-      const std::vector<int64_t> rows = check_counts(name, "counts", counts);
-      MOE_CHECK(in.size(0) == rows[rank_], who(name), ": in has shape ", shape_str(in.shape()),
-                " but counts[", rank_, "] = ", rows[rank_], " rows (counts ", list_str(rows), ")");
-      const Shape expected = with_rows(in.shape(), sum_of(rows));
-      MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-                ", expected ", shape_str(expected), " (sum of counts ", list_str(rows), ")");
-      Contribution mine = contribution(name, in);
-      mine.counts = rows;
+      const std::vector<int64_t> rows = detail::check_all_gather_v(*this, in, out, counts);
+      Contribution mine = contribution("all_gather_v", in);
+      mine.call.counts = rows;
       exchange(std::move(mine), out.device(), [&](const std::vector<Contribution>& slots) {
-        check_agree(name, "counts", slots,
-                    [](const Contribution& c) { return list_str(c.counts); });
-        check_agree(name, "row shape", slots,
-                    [](const Contribution& c) { return shape_str(row_shape(c.shape)); });
         int64_t offset = 0;
         for (int q = 0; q < size(); ++q) {
           copy_rows(slots[q], 0, out, offset, rows[q]);
@@ -271,91 +240,51 @@ class LocalProcessGroup final : public ProcessGroup {
         }
       });
     });
+    return done();
   }
 
-  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override {
+  std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out,
+                                             ReduceOp op) override {
     guarded([&] {
-      const char* name = "reduce_scatter";
-      check_in_out(name, in, out);
-      check_reducible(name, in.dtype());
-      MOE_CHECK(in.size(0) % size() == 0, who(name), ": in has shape ", shape_str(in.shape()),
-                ", whose ", in.size(0), " rows do not split over ", size(), " ranks");
-      const int64_t n = in.size(0) / size();
-      const Shape expected = with_rows(in.shape(), n);
-      MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-                ", expected ", shape_str(expected), " = in ", shape_str(in.shape()), " / ", size(),
-                " ranks");
-      Contribution mine = contribution(name, in);
-      mine.op = op;
+      const int64_t n = detail::check_reduce_scatter(*this, in, out);
+      Contribution mine = contribution("reduce_scatter", in);
+      mine.call.op = op;
       exchange(std::move(mine), out.device(), [&](const std::vector<Contribution>& slots) {
-        check_agree(name, "in shape", slots,
-                    [](const Contribution& c) { return shape_str(c.shape); });
-        check_agree(name, "op", slots,
-                    [](const Contribution& c) { return std::string(reduce_op_name(c.op)); });
-        reduce_into(slots, row_bytes(in) * static_cast<size_t>(rank_ * n), out, op);
+        reduce_into(slots, detail::row_bytes(in) * static_cast<size_t>(rank_ * n), out, op);
       });
     });
+    return done();
   }
 
-  void reduce_scatter_v(const Tensor& in, Tensor& out, std::span<const int64_t> counts,
-                        ReduceOp op) override {
+  std::unique_ptr<Work> reduce_scatter_v_async(const Tensor& in, Tensor& out,
+                                               std::span<const int64_t> counts,
+                                               ReduceOp op) override {
     guarded([&] {
-      const char* name = "reduce_scatter_v";
-      check_in_out(name, in, out);
-      check_reducible(name, in.dtype());
-      const std::vector<int64_t> rows = check_counts(name, "counts", counts);
-      MOE_CHECK(in.size(0) == sum_of(rows), who(name), ": in has shape ", shape_str(in.shape()),
-                " but the counts ", list_str(rows), " sum to ", sum_of(rows), " rows");
-      const Shape expected = with_rows(in.shape(), rows[rank_]);
-      MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-                ", expected ", shape_str(expected), " (counts[", rank_, "] of ", list_str(rows),
-                ")");
-      Contribution mine = contribution(name, in);
-      mine.op = op;
-      mine.counts = rows;
+      const std::vector<int64_t> rows = detail::check_reduce_scatter_v(*this, in, out, counts);
+      Contribution mine = contribution("reduce_scatter_v", in);
+      mine.call.op = op;
+      mine.call.counts = rows;
       exchange(std::move(mine), out.device(), [&](const std::vector<Contribution>& slots) {
-        check_agree(name, "counts", slots,
-                    [](const Contribution& c) { return list_str(c.counts); });
-        check_agree(name, "in shape", slots,
-                    [](const Contribution& c) { return shape_str(c.shape); });
-        check_agree(name, "op", slots,
-                    [](const Contribution& c) { return std::string(reduce_op_name(c.op)); });
         const int64_t offset = std::accumulate(rows.begin(), rows.begin() + rank_, int64_t{0});
-        reduce_into(slots, row_bytes(in) * static_cast<size_t>(offset), out, op);
+        reduce_into(slots, detail::row_bytes(in) * static_cast<size_t>(offset), out, op);
       });
     });
+    return done();
   }
 
-  void all_to_all_v(const Tensor& in, Tensor& out, std::span<const int64_t> send_counts,
-                    std::span<const int64_t> recv_counts) override {
+  std::unique_ptr<Work> all_to_all_v_async(const Tensor& in, Tensor& out,
+                                           std::span<const int64_t> send_counts,
+                                           std::span<const int64_t> recv_counts) override {
     guarded([&] {
-      const char* name = "all_to_all_v";
-      check_in_out(name, in, out);
-      const std::vector<int64_t> sends = check_counts(name, "send_counts", send_counts);
-      const std::vector<int64_t> recvs = check_counts(name, "recv_counts", recv_counts);
-      MOE_CHECK(in.size(0) == sum_of(sends), who(name), ": in has shape ", shape_str(in.shape()),
-                " but send_counts ", list_str(sends), " sum to ", sum_of(sends), " rows");
-      const Shape expected = with_rows(in.shape(), sum_of(recvs));
-      MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-                ", expected ", shape_str(expected), " (recv_counts ", list_str(recvs), ")");
-      Contribution mine = contribution(name, in);
-      mine.counts = sends;
-      mine.recv_counts = recvs;
+      auto [sends, recvs] =
+          detail::check_all_to_all_v(*this, in, out, send_counts, recv_counts);
+      Contribution mine = contribution("all_to_all_v", in);
+      mine.call.counts = sends;
+      mine.call.recv_counts = recvs;
       exchange(std::move(mine), out.device(), [&](const std::vector<Contribution>& slots) {
-        check_agree(name, "row shape", slots,
-                    [](const Contribution& c) { return shape_str(row_shape(c.shape)); });
-        for (int q = 0; q < size(); ++q) {
-          for (int r = 0; r < size(); ++r) {
-            MOE_CHECK(slots[q].counts[r] == slots[r].recv_counts[q], name, " on world ranks ",
-                      list_str(world_ranks()), ": rank ", q, " sends ", slots[q].counts[r],
-                      " rows to rank ", r, ", which expects ", slots[r].recv_counts[q],
-                      " (send_counts of rank ", q, ": ", list_str(slots[q].counts),
-                      "; recv_counts of rank ", r, ": ", list_str(slots[r].recv_counts), ")");
-          }
-        }
         int64_t dst_offset = 0;
         for (int q = 0; q < size(); ++q) {
-          const std::vector<int64_t>& peer_sends = slots[q].counts;
+          const std::vector<int64_t>& peer_sends = slots[q].call.counts;
           const int64_t src_offset =
               std::accumulate(peer_sends.begin(), peer_sends.begin() + rank_, int64_t{0});
           copy_rows(slots[q], src_offset, out, dst_offset, recvs[q]);
@@ -363,68 +292,79 @@ class LocalProcessGroup final : public ProcessGroup {
         }
       });
     });
+    return done();
   }
 
-  void broadcast(Tensor& t, int root) override {
+  std::unique_ptr<Work> broadcast_async(Tensor& t, int root) override {
     guarded([&] {
-      const char* name = "broadcast";
-      check_defined(t, name, "t");
-      MOE_CHECK(root >= 0 && root < size(), who(name), ": root ", root,
-                " is not a rank of a group of ", size());
-      Contribution mine = contribution(name, t);
-      mine.root = root;
+      detail::check_broadcast(*this, t, root);
+      Contribution mine = contribution("broadcast", t);
+      mine.call.root = root;
       exchange(std::move(mine), t.device(), [&](const std::vector<Contribution>& slots) {
-        check_agree(name, "root", slots,
-                    [](const Contribution& c) { return std::to_string(c.root); });
-        check_agree(name, "shape", slots, [](const Contribution& c) { return shape_str(c.shape); });
         if (rank_ != root)
           copy_bytes(t.raw(), t.device(), slots[root].data, slots[root].device, t.nbytes());
       });
     });
+    return done();
+  }
+
+  std::unique_ptr<Work> batch_p2p_async(std::span<const P2POp> ops) override {
+    guarded([&] {
+      detail::check_batch_p2p(*this, ops);
+      // Publish every send first (copies, complete before they are queued), so that the
+      // receives below can never wait on a send of this batch.
+      std::vector<Tensor> messages;
+      for (const P2POp& op : ops)
+        if (op.kind == P2POp::Kind::send) messages.push_back(op.tensor.clone());
+      for (const Tensor& m : messages)
+        if (m.is_cuda()) synchronize(m.device().index);
+      size_t next = 0;
+      for (const P2POp& op : ops)
+        if (op.kind == P2POp::Kind::send) comm_->post(*world_, rank_, op.peer, messages[next++]);
+      const std::string name = detail::who(*this, "batch_p2p");
+      for (const P2POp& op : ops) {
+        if (op.kind != P2POp::Kind::recv) continue;
+        const Tensor message = comm_->take(*world_, op.peer, rank_, name);
+        detail::check_p2p_match(*this, op.peer, message.dtype(), message.shape(), op.tensor);
+        copy_bytes(op.tensor.raw(), op.tensor.device(), message.raw(), message.device(),
+                   message.nbytes());
+        // The message may be freed once this returns: the copy must be done.
+        if (op.tensor.is_cuda()) synchronize(op.tensor.device().index);
+      }
+    });
+    return done();
   }
 
   void barrier() override {
     guarded([&] {
       Contribution mine;
-      mine.collective = "barrier";
+      mine.call.collective = "barrier";
       exchange(std::move(mine), Device::cpu(), [](const std::vector<Contribution>&) {});
     });
   }
 
-  std::shared_ptr<ProcessGroup> new_subgroup(const std::vector<int>& ranks) override {
+  std::shared_ptr<ProcessGroup> split(const std::vector<std::vector<int>>& groups) override {
     std::shared_ptr<ProcessGroup> group;
     guarded([&] {
-      const char* name = "new_subgroup";
-      MOE_CHECK(!ranks.empty(), who(name), ": empty list of ranks");
-      std::vector<int> members;
-      std::vector<bool> seen(static_cast<size_t>(size()), false);
-      int my_index = -1;
-      for (size_t i = 0; i < ranks.size(); ++i) {
-        const int r = ranks[i];
-        MOE_CHECK(r >= 0 && r < size(), who(name), ": rank ", r, " in ", list_str(ranks),
-                  " is not a rank of a group of ", size());
-        MOE_CHECK(!seen[static_cast<size_t>(r)], who(name), ": rank ", r, " appears twice in ",
-                  list_str(ranks));
-        seen[static_cast<size_t>(r)] = true;
-        members.push_back(world_ranks()[static_cast<size_t>(r)]);
-        if (r == rank_) my_index = static_cast<int>(i);
-      }
-      MOE_CHECK(my_index >= 0, who(name), ": this rank is not in ", list_str(ranks),
-                "; only the members call new_subgroup");
-      group = std::make_shared<LocalProcessGroup>(
-          world_, world_->join_subgroup(world_rank(), members), my_index);
+      const auto [index, position] = detail::check_split(*this, groups);
+      Contribution mine;
+      mine.call.collective = "split";
+      mine.call.groups = groups;
+      exchange(std::move(mine), Device::cpu(), [&](const std::vector<Contribution>&) {
+        if (index < 0) return;
+        group = std::make_shared<LocalProcessGroup>(
+            world_, comm_->split_member(*world_, groups, static_cast<size_t>(index)), position);
+      });
     });
     return group;
   }
 
+  void abort(const std::string& reason) override { world_->abort(world_rank(), reason); }
+
  private:
   int world_rank() const { return comm_->world_ranks()[static_cast<size_t>(rank_)]; }
 
-  // "all_gather (rank 1 of 4, world ranks [0, 2, 4, 6])": the start of this rank's messages.
-  std::string who(const char* collective) const {
-    return moe::detail::concat(collective, " (rank ", rank_, " of ", size(), ", world ranks ",
-                               list_str(world_ranks()), ")");
-  }
+  static std::unique_ptr<Work> done() { return std::make_unique<CompletedWork>(); }
 
   // Runs one call; any error in it breaks the communicator (peers may be waiting on this
   // rank), so it aborts the world before propagating.
@@ -439,13 +379,11 @@ class LocalProcessGroup final : public ProcessGroup {
     }
   }
 
-  Contribution contribution(const char* collective, const Tensor& in) const {
+  static Contribution contribution(const char* collective, const Tensor& in) {
     Contribution c;
-    c.collective = collective;
+    c.call = detail::call_record(collective, in);
     c.data = in.raw();
     c.device = in.device();
-    c.dtype = in.dtype();
-    c.shape = in.shape();
     return c;
   }
 
@@ -453,79 +391,26 @@ class LocalProcessGroup final : public ProcessGroup {
   // writes this rank's output on `out_device`), then waits again.
   template <class Move>
   void exchange(Contribution mine, Device out_device, Move&& move) {
-    const char* name = mine.collective;
+    const std::string name = mine.call.collective;
     // The producer: the input must be complete before a peer reads it.
     if (mine.device.is_cuda()) synchronize(mine.device.index);
     std::vector<Contribution>& slots = comm_->slots();
     slots[static_cast<size_t>(rank_)] = std::move(mine);
-    comm_->arrive_and_wait(*world_, name);
-    check_agree("collective mismatch", "call", slots,
-                [](const Contribution& c) { return std::string(c.collective); });
-    if (std::string(name) != "barrier") {
-      check_agree(name, "dtype", slots,
-                  [](const Contribution& c) { return std::string(dtype_name(c.dtype)); });
-      check_agree(name, "device kind", slots, [](const Contribution& c) {
-        return std::string(c.device.is_cuda() ? "cuda" : "cpu");
-      });
-    }
+    comm_->arrive_and_wait(*world_, name.c_str());
+    std::vector<CallRecord> records;
+    for (const Contribution& c : slots) records.push_back(c.call);
+    detail::check_records_agree(records, world_ranks());
     move(slots);
     // The consumer: our reads of the peers' inputs must be done before they may go on.
     if (out_device.is_cuda()) synchronize(out_device.index);
-    comm_->arrive_and_wait(*world_, name);
-  }
-
-  // Throws (on every member alike) unless `key` is the same for all members' calls.
-  template <class Key>
-  void check_agree(const char* collective, const char* what, const std::vector<Contribution>& slots,
-                   Key key) const {
-    const std::string first = key(slots[0]);
-    bool same = true;
-    for (const Contribution& c : slots) same = same && key(c) == first;
-    if (same) return;
-    std::ostringstream all;
-    for (size_t q = 0; q < slots.size(); ++q)
-      all << (q ? ", " : "") << "rank " << q << " " << key(slots[q]);
-    MOE_FAIL(collective, " on world ranks ", list_str(world_ranks()), ": the ", what,
-             " differs across ranks: ", all.str());
-  }
-
-  void check_reducible(const char* collective, DType dtype) const {
-    MOE_CHECK(detail::reducible(dtype), who(collective), ": dtype ", dtype,
-              " cannot be reduced; allowed: f64 f32 bf16 f16 i64 i32");
-  }
-
-  // Both defined, same dtype and device, at least 1-D (split along dim 0), same row shape.
-  void check_in_out(const char* collective, const Tensor& in, const Tensor& out) const {
-    check_defined(in, collective, "in");
-    check_defined(out, collective, "out");
-    MOE_CHECK(in.dtype() == out.dtype(), who(collective), ": in is ", in.dtype(), " but out is ",
-              out.dtype());
-    MOE_CHECK(in.device() == out.device(), who(collective), ": in is on ", in.device(),
-              " but out on ", out.device());
-    MOE_CHECK(
-        in.dim() >= 1 && out.dim() == in.dim() && row_shape(in.shape()) == row_shape(out.shape()),
-        who(collective), ": in ", shape_str(in.shape()), " and out ", shape_str(out.shape()),
-        " must be at least 1-D with the same shape after dim 0");
-  }
-
-  std::vector<int64_t> check_counts(const char* collective, const char* what,
-                                    std::span<const int64_t> counts) const {
-    std::vector<int64_t> rows(counts.begin(), counts.end());
-    MOE_CHECK(static_cast<int>(rows.size()) == size(), who(collective), ": ", what, " ",
-              list_str(rows), " has ", rows.size(), " entries for ", size(), " ranks");
-    for (int64_t n : rows)
-      MOE_CHECK(n >= 0, who(collective), ": negative entry in ", what, " ", list_str(rows));
-    return rows;
-  }
-
-  static size_t row_bytes(const Tensor& t) {
-    return static_cast<size_t>(row_elems(t.shape())) * dtype_size(t.dtype());
+    comm_->arrive_and_wait(*world_, name.c_str());
   }
 
   // out rows [dst_row, dst_row + rows) = the peer's input rows [src_row, src_row + rows).
   static void copy_rows(const Contribution& src, int64_t src_row, Tensor& out, int64_t dst_row,
                         int64_t rows) {
-    const size_t bytes_per_row = static_cast<size_t>(row_elems(src.shape)) * dtype_size(src.dtype);
+    const size_t bytes_per_row =
+        static_cast<size_t>(row_elems(src.call.shape)) * dtype_size(src.call.dtype);
     if (rows == 0 || bytes_per_row == 0) return;
     Tensor dst = out.rows(dst_row, rows);
     copy_bytes(dst.raw(), dst.device(),

@@ -19,9 +19,17 @@
 //    moe::Error("collective aborted: rank R failed: <what>") (R a world rank) instead of
 //    hanging. A rank whose function returns while peers wait for it in a collective aborts
 //    the world too.
-//  - new_subgroup matches the calls of the members by the set of ranks and a per-set call
-//    counter (the k-th call for a set on each member builds the same group); members must
-//    pass the ranks in the same order.
+//  - Every operation completes before it returns (its Work is a CompletedWork).
+//  - batch_p2p: a send copies its tensor into a FIFO mailbox per (sender, receiver) pair of
+//    the group and returns; a receive takes the oldest message of its pair, waiting for it.
+//    So sends and receives match in issue order per pair and a batch (sends and receives to
+//    several peers, in any order) never deadlocks: the sends of a batch are published before
+//    its receives wait. A receive whose tensor's dtype or shape differs from the message's
+//    throws naming both ranks and both shapes.
+//  - split checks every member passed the same lists (a collective over the parent); the k-th
+//    split of a group builds the same groups on every member.
+//  - abort(reason) aborts the shared world: waiting ranks throw
+//    "collective aborted: rank R failed: <reason>".
 #pragma once
 
 #include <functional>

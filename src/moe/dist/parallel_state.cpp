@@ -179,23 +179,20 @@ ParallelState::ParallelState(std::shared_ptr<ProcessGroup> world, const Parallel
   MOE_CHECK(world_ != nullptr, "ParallelState: no world process group");
   sizes_ = resolve_parallel_sizes(world_->size(), config_);
   const int me = world_->rank();
-  // Every member creates its groups in the same kind order, so the k-th new_subgroup call for
-  // a member list is the same group on every member; equal lists share one group.
-  std::map<std::vector<int>, std::shared_ptr<ProcessGroup>> by_members;
+  // One split of the world per kind (a collective: every member splits for every kind, in the
+  // same order). Kinds with the same partition of the world share its groups; partitions into
+  // translates of one list are unique, so equal groups for this rank mean equal partitions.
+  std::map<RankGroups, std::shared_ptr<ProcessGroup>> by_partition;
   for (GroupKind kind : kAllGroupKinds) {
     const GridSpan g = grid_span(sizes_, kind);
-    std::shared_ptr<ProcessGroup> mine;
-    for (const std::vector<int>& members : orthogonal_rank_groups(g.axis_sizes, g.spans)) {
-      if (std::find(members.begin(), members.end(), me) == members.end()) continue;
-      auto it = by_members.find(members);
-      if (it == by_members.end())
-        it = by_members.emplace(members, world_->new_subgroup(members)).first;
-      mine = it->second;
-      break;
-    }
-    MOE_CHECK(mine != nullptr, "ParallelState: rank ", me, " is in no ", group_kind_name(kind),
-              " group");
-    groups_.push_back(std::move(mine));
+    RankGroups partition = orthogonal_rank_groups(g.axis_sizes, g.spans);
+    RankGroups key = partition;
+    std::sort(key.begin(), key.end());
+    auto it = by_partition.find(key);
+    if (it == by_partition.end()) it = by_partition.emplace(key, world_->split(partition)).first;
+    MOE_CHECK(it->second != nullptr, "ParallelState: rank ", me, " is in no ",
+              group_kind_name(kind), " group");
+    groups_.push_back(it->second);
   }
 }
 

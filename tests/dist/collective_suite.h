@@ -1,0 +1,35 @@
+// One suite of collective and point-to-point cases for every ProcessGroup backend: each case is
+// a function of a group and a device that every rank runs, checking its results (GoogleTest
+// EXPECTs, naming the rank) against values computed on the host from every rank's inputs, which
+// every rank can draw. Reductions are expected bitwise: the backends reduce in rank order
+// 0, 1, 2, ... accumulating bf16/f16 in fp32, avg = sum / size (integer division for integers).
+//
+// Runners: Local threads, world sizes 1 to 4 (collective_suite_local_test.cpp); MPI processes
+// under mpirun, host or CUDA tensors (mpi_collectives_main.cpp). A case only uses EXPECTs (never
+// ASSERTs), so a failed check never leaves the ranks calling different collectives.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "moe/dist/process_group.h"
+
+namespace moe::dist::test {
+
+struct SuiteCase {
+  const char* name;
+  void (*run)(ProcessGroup& group, Device device);
+  // The case makes a call disagree across ranks, or fail on one rank, on purpose: it needs a
+  // backend that checks calls across ranks (Local; MPI with call checks). Ends with a group
+  // that may be unusable (Local aborts its world): run it last on a group.
+  bool breaks_calls = false;
+};
+
+// Every case, in the order a runner should run them on one group (those that break calls last).
+const std::vector<SuiteCase>& collective_suite();
+
+// GoogleTest prints a parameter by its name.
+inline void PrintTo(const SuiteCase& c, std::ostream* out) { *out << c.name; }
+
+}  // namespace moe::dist::test
