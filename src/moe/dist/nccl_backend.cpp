@@ -32,12 +32,16 @@
 #include "moe/core/allocator.h"
 #include "moe/core/cuda_utils.h"
 #include "moe/core/stream.h"
+#include "moe/dist/collective_checks.h"
 #endif
 
 namespace moe::dist {
 
 #if MOE_WITH_NCCL
 namespace {
+
+using detail::list_str;
+using detail::row_bytes;
 
 static_assert(sizeof(NcclUniqueId) == sizeof(ncclUniqueId),
               "NcclUniqueId must hold an ncclUniqueId");
@@ -52,19 +56,6 @@ std::string host_name() {
   char name[256] = {};
   if (gethostname(name, sizeof(name) - 1) != 0) return "?";
   return name;
-}
-
-template <class Range>
-std::string list_str(const Range& values) {
-  std::ostringstream out;
-  out << "[";
-  bool first = true;
-  for (const auto& v : values) {
-    out << (first ? "" : ", ") << v;
-    first = false;
-  }
-  out << "]";
-  return out.str();
 }
 
 std::string nccl_error(ncclResult_t status, ncclComm_t comm) {
@@ -90,6 +81,7 @@ class Backoff {
   int polls_ = 0;
 };
 
+// NCCL's own type for a reduction; NCCL also reduces u8, which the other backends do not.
 ncclDataType_t reduction_type(DType dt, const std::string& who) {
   switch (dt) {
     case DType::f64:
@@ -110,8 +102,7 @@ ncclDataType_t reduction_type(DType dt, const std::string& who) {
     case DType::fp8_e5m2:
       break;
   }
-  MOE_FAIL(who, ": cannot reduce ", dt,
-           " tensors (reductions take f64, f32, bf16, f16, i64, i32, u8)");
+  MOE_FAIL(who, ": dtype ", dt, " cannot be reduced; allowed: f64 f32 bf16 f16 i64 i32 u8");
 }
 
 ncclRedOp_t reduction_op(ReduceOp op) {
@@ -126,20 +117,6 @@ ncclRedOp_t reduction_op(ReduceOp op) {
       return ncclMin;
   }
   return ncclSum;
-}
-
-int64_t sum_of(std::span<const int64_t> counts) {
-  return std::accumulate(counts.begin(), counts.end(), int64_t{0});
-}
-
-Shape with_rows(const Shape& shape, int64_t rows) {
-  Shape out = shape;
-  out[0] = rows;
-  return out;
-}
-
-size_t row_bytes(const Tensor& t) {
-  return t.size(0) == 0 ? 0 : t.nbytes() / static_cast<size_t>(t.size(0));
 }
 
 // Row `row` of a contiguous tensor, as a byte address.
@@ -447,7 +424,7 @@ void NcclWorld::watch() {
             << seconds(options.timeout) << " s)";
         what = out.str();
       }
-      break;  // operations of one stream complete in order: only the oldest can be late
+      break;  // the oldest operation still running is the first to be late
     }
     if (!what.empty()) {
       lock.unlock();
@@ -498,7 +475,13 @@ class NcclProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
     const char* name = "all_reduce";
-    check_tensor(name, t, "t");
+    check_defined(t, name, "t");
+    if (t.device().is_cpu()) {
+      Tensor staged = t.to(device());
+      all_reduce_async(staged, op)->wait();
+      return copied_back(staged, t);
+    }
+    check_on_device(name, t, "t");
     const ncclDataType_t type = reduction_type(t.dtype(), who(name));
     return run(name, {t}, [&](ncclComm_t comm, cudaStream_t stream) {
       if (t.numel() == 0) return;
@@ -510,11 +493,13 @@ class NcclProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) override {
     const char* name = "all_gather";
-    check_in_out(name, in, out);
-    const Shape expected = with_rows(in.shape(), size() * in.size(0));
-    MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-              ", expected ", shape_str(expected), " = ", size(), " ranks x in ",
-              shape_str(in.shape()));
+    detail::check_all_gather(*this, in, out);
+    if (in.device().is_cpu()) {
+      Tensor staged = staged_output(out);
+      all_gather_async(in.to(device()), staged)->wait();
+      return copied_back(staged, out);
+    }
+    check_on_device(name, in, "in");
     return run(name, {in, out}, [&](ncclComm_t comm, cudaStream_t stream) {
       if (in.nbytes() == 0) return;
       call(name, "ncclAllGather",
@@ -525,15 +510,13 @@ class NcclProcessGroup final : public ProcessGroup {
   std::unique_ptr<Work> all_gather_v_async(const Tensor& in, Tensor& out,
                                            std::span<const int64_t> counts) override {
     const char* name = "all_gather_v";
-    check_in_out(name, in, out);
-    check_counts(name, "counts", counts);
-    MOE_CHECK(in.size(0) == counts[rank()], who(name), ": in has shape ", shape_str(in.shape()),
-              " but counts[", rank(), "] = ", counts[rank()], " rows (counts ", list_str(counts),
-              ")");
-    const Shape expected = with_rows(in.shape(), sum_of(counts));
-    MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-              ", expected ", shape_str(expected), " (sum of counts ", list_str(counts), ")");
-    const std::vector<int64_t> rows(counts.begin(), counts.end());
+    const std::vector<int64_t> rows = detail::check_all_gather_v(*this, in, out, counts);
+    if (in.device().is_cpu()) {
+      Tensor staged = staged_output(out);
+      all_gather_v_async(in.to(device()), staged, counts)->wait();
+      return copied_back(staged, out);
+    }
+    check_on_device(name, in, "in");
     return run(name, {in, out}, [&](ncclComm_t comm, cudaStream_t stream) {
       NcclGroup group;
       call(name, "ncclGroupStart", group.start_status());
@@ -550,13 +533,20 @@ class NcclProcessGroup final : public ProcessGroup {
     });
   }
 
+  // The shared reduce_scatter checks, with NCCL's reducible dtypes.
   std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override {
     const char* name = "reduce_scatter";
-    check_in_out(name, in, out);
+    detail::check_in_out(*this, name, in, out);
+    if (in.device().is_cpu()) {
+      Tensor staged = staged_output(out);
+      reduce_scatter_async(in.to(device()), staged, op)->wait();
+      return copied_back(staged, out);
+    }
+    check_on_device(name, in, "in");
     const ncclDataType_t type = reduction_type(in.dtype(), who(name));
     MOE_CHECK(in.size(0) % size() == 0, who(name), ": in has shape ", shape_str(in.shape()),
               ", whose ", in.size(0), " rows do not split over ", size(), " ranks");
-    const Shape expected = with_rows(in.shape(), in.size(0) / size());
+    const Shape expected = detail::with_rows(in.shape(), in.size(0) / size());
     MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
               ", expected ", shape_str(expected), " = in ", shape_str(in.shape()), " / ", size(),
               " ranks");
@@ -574,16 +564,22 @@ class NcclProcessGroup final : public ProcessGroup {
                                                std::span<const int64_t> counts,
                                                ReduceOp op) override {
     const char* name = "reduce_scatter_v";
-    check_in_out(name, in, out);
+    detail::check_in_out(*this, name, in, out);
+    if (in.device().is_cpu()) {
+      Tensor staged = staged_output(out);
+      reduce_scatter_v_async(in.to(device()), staged, counts, op)->wait();
+      return copied_back(staged, out);
+    }
+    check_on_device(name, in, "in");
     const ncclDataType_t type = reduction_type(in.dtype(), who(name));
-    check_counts(name, "counts", counts);
-    MOE_CHECK(in.size(0) == sum_of(counts), who(name), ": in has shape ", shape_str(in.shape()),
-              " but the counts ", list_str(counts), " sum to ", sum_of(counts), " rows");
-    const Shape expected = with_rows(in.shape(), counts[rank()]);
+    const std::vector<int64_t> rows = detail::check_counts(*this, name, "counts", counts);
+    MOE_CHECK(in.size(0) == detail::sum_of(rows), who(name), ": in has shape ",
+              shape_str(in.shape()), " but the counts ", list_str(rows), " sum to ",
+              detail::sum_of(rows), " rows");
+    const Shape expected = detail::with_rows(in.shape(), rows[rank()]);
     MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-              ", expected ", shape_str(expected), " (counts[", rank(), "] of ", list_str(counts),
+              ", expected ", shape_str(expected), " (counts[", rank(), "] of ", list_str(rows),
               ")");
-    const std::vector<int64_t> rows(counts.begin(), counts.end());
     return run(name, {in, out}, [&](ncclComm_t comm, cudaStream_t stream) {
       const int64_t row_elems = in.size(0) == 0 ? 0 : in.numel() / in.size(0);
       NcclGroup group;
@@ -608,17 +604,14 @@ class NcclProcessGroup final : public ProcessGroup {
                                            std::span<const int64_t> send_counts,
                                            std::span<const int64_t> recv_counts) override {
     const char* name = "all_to_all_v";
-    check_in_out(name, in, out);
-    check_counts(name, "send_counts", send_counts);
-    check_counts(name, "recv_counts", recv_counts);
-    MOE_CHECK(in.size(0) == sum_of(send_counts), who(name), ": in has shape ",
-              shape_str(in.shape()), " but send_counts ", list_str(send_counts), " sum to ",
-              sum_of(send_counts), " rows");
-    const Shape expected = with_rows(in.shape(), sum_of(recv_counts));
-    MOE_CHECK(out.shape() == expected, who(name), ": out has shape ", shape_str(out.shape()),
-              ", expected ", shape_str(expected), " (recv_counts ", list_str(recv_counts), ")");
-    const std::vector<int64_t> sends(send_counts.begin(), send_counts.end());
-    const std::vector<int64_t> recvs(recv_counts.begin(), recv_counts.end());
+    const auto [sends, recvs] =
+        detail::check_all_to_all_v(*this, in, out, send_counts, recv_counts);
+    if (in.device().is_cpu()) {
+      Tensor staged = staged_output(out);
+      all_to_all_v_async(in.to(device()), staged, send_counts, recv_counts)->wait();
+      return copied_back(staged, out);
+    }
+    check_on_device(name, in, "in");
     return run(name, {in, out}, [&](ncclComm_t comm, cudaStream_t stream) {
       const size_t in_row = row_bytes(in), out_row = row_bytes(out);
       NcclGroup group;
@@ -642,9 +635,13 @@ class NcclProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> broadcast_async(Tensor& t, int root) override {
     const char* name = "broadcast";
-    check_tensor(name, t, "t");
-    MOE_CHECK(root >= 0 && root < size(), who(name), ": root ", root,
-              " is not a rank of a group of ", size());
+    detail::check_broadcast(*this, t, root);
+    if (t.device().is_cpu()) {
+      Tensor staged = t.to(device());
+      broadcast_async(staged, root)->wait();
+      return copied_back(staged, t);
+    }
+    check_on_device(name, t, "t");
     return run(name, {t}, [&](ncclComm_t comm, cudaStream_t stream) {
       if (t.nbytes() == 0) return;
       call(name, "ncclBroadcast",
@@ -654,12 +651,28 @@ class NcclProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> batch_p2p_async(std::span<const P2POp> ops) override {
     const char* name = "batch_p2p";
+    detail::check_batch_p2p(*this, ops);
+    if (std::any_of(ops.begin(), ops.end(),
+                    [](const P2POp& op) { return op.tensor.device().is_cpu(); })) {
+      std::vector<P2POp> staged(ops.begin(), ops.end());
+      for (P2POp& op : staged) {
+        if (!op.tensor.device().is_cpu()) continue;
+        op.tensor =
+            op.kind == P2POp::Kind::send ? op.tensor.to(device()) : staged_output(op.tensor);
+      }
+      batch_p2p_async(staged)->wait();
+      for (size_t i = 0; i < ops.size(); ++i) {
+        if (ops[i].kind == P2POp::Kind::recv && ops[i].tensor.device().is_cpu()) {
+          Tensor host = ops[i].tensor;  // shares the caller's storage
+          host.copy_(staged[i].tensor);
+        }
+      }
+      return std::make_unique<CompletedWork>();
+    }
     std::vector<Tensor> tensors;
     for (size_t i = 0; i < ops.size(); ++i) {
-      const std::string what = "ops[" + std::to_string(i) + "].tensor";
-      check_tensor(name, ops[i].tensor, what.c_str());
-      MOE_CHECK(ops[i].peer >= 0 && ops[i].peer < size(), who(name), ": ops[", i, "] has peer ",
-                ops[i].peer, ", not a rank of a group of ", size());
+      const std::string what = "op " + std::to_string(i) + "'s tensor";
+      check_on_device(name, ops[i].tensor, what.c_str());
       tensors.push_back(ops[i].tensor);
     }
     return run(name, std::move(tensors), [&](ncclComm_t comm, cudaStream_t stream) {
@@ -688,37 +701,28 @@ class NcclProcessGroup final : public ProcessGroup {
 
   std::shared_ptr<ProcessGroup> split(const std::vector<std::vector<int>>& groups) override {
     const char* name = "split";
-    // Each list: ranks of this group, disjoint from the others.
-    std::vector<int> owner(static_cast<size_t>(size()), -1);
-    int color = NCCL_SPLIT_NOCOLOR, key = 0;
-    for (size_t g = 0; g < groups.size(); ++g) {
-      MOE_CHECK(!groups[g].empty(), who(name), ": group ", g, " is empty");
-      for (size_t k = 0; k < groups[g].size(); ++k) {
-        const int r = groups[g][k];
-        MOE_CHECK(r >= 0 && r < size(), who(name), ": group ", g, " lists rank ", r,
-                  ", not a rank of a group of ", size());
-        MOE_CHECK(owner[r] < 0, who(name), ": rank ", r, " is listed in group ", owner[r],
-                  " and in group ", g, "; the groups must be disjoint");
-        owner[r] = static_cast<int>(g);
-        if (r == rank()) {
-          color = static_cast<int>(g);
-          key = static_cast<int>(k);
-        }
-      }
-    }
+    const auto [index, position] = detail::check_split(*this, groups);
+    const int color = index >= 0 ? index : NCCL_SPLIT_NOCOLOR;
+    const int key = index >= 0 ? position : 0;
     check_same_groups(groups);
 
     std::lock_guard lock(world().nccl_mutex);
     check_usable(name);
     ncclConfig_t config = nonblocking_config();
-    ncclComm_t child = nullptr;
-    call(name, "ncclCommSplit", ncclCommSplit(comm_->comm, color, key, &child, &config));
-    wait_ready(name, comm_->comm);
-    if (child != nullptr) wait_ready(name, child);
+    // A non-blocking split writes the new communicator's handle when it completes, possibly
+    // after this call has given up on it (timeout, abort): the slot outlives that case.
+    auto slot = std::make_unique<ncclComm_t>(nullptr);
+    try {
+      call(name, "ncclCommSplit", ncclCommSplit(comm_->comm, color, key, slot.get(), &config));
+      wait_ready(name, comm_->comm);  // the parent carries the split until it completes
+      if (*slot != nullptr) wait_ready(name, *slot);
+    } catch (...) {
+      (void)slot.release();
+      throw;
+    }
+    const ncclComm_t child = *slot;
     if (color == NCCL_SPLIT_NOCOLOR) {
-      MOE_CHECK(child == nullptr, who(name),
-                ": ncclCommSplit gave a communicator to a rank in "
-                "no group");
+      MOE_CHECK(child == nullptr, who(name), ": a rank in no group got a communicator");
       return nullptr;
     }
     MOE_CHECK(child != nullptr, who(name), ": ncclCommSplit returned no communicator");
@@ -742,32 +746,25 @@ class NcclProcessGroup final : public ProcessGroup {
  private:
   NcclWorld& world() const { return *comm_->world; }
 
-  // "NCCL all_gather on rank 1 of world ranks [0, 1, 2, 3]"
-  std::string who(const char* op) const {
-    return "NCCL " + std::string(op) + " on rank " + std::to_string(rank()) + " of world ranks " +
-           list_str(world_ranks());
+  // "all_gather (rank 1 of 4, world ranks [0, 1, 2, 3])", as every backend names a call.
+  std::string who(const char* op) const { return detail::who(*this, op); }
+
+  Device device() const { return Device::cuda(world().device); }
+
+  // Host tensors travel through device copies: the operation runs on those, and the results
+  // are copied back before it returns (a completed Work: host results are complete after
+  // wait()). For the odd small host tensor (a seed, a flag); bulk data belongs on the device.
+  Tensor staged_output(const Tensor& host) const {
+    return Tensor::empty(host.shape(), host.dtype(), device());
+  }
+  static std::unique_ptr<Work> copied_back(const Tensor& staged, Tensor& host) {
+    host.copy_(staged);  // on the current stream, which waited for the operation; synchronised
+    return std::make_unique<CompletedWork>();
   }
 
-  void check_tensor(const char* op, const Tensor& t, const char* what) const {
-    MOE_CHECK(t.defined(), who(op), ": ", what, " is undefined");
+  void check_on_device(const char* op, const Tensor& t, const char* what) const {
     MOE_CHECK(t.device() == Device::cuda(world().device), who(op), ": ", what, " is on ",
-              t.device(), "; this group communicates tensors on cuda:", world().device);
-  }
-
-  void check_in_out(const char* op, const Tensor& in, const Tensor& out) const {
-    check_tensor(op, in, "in");
-    check_tensor(op, out, "out");
-    MOE_CHECK(in.dim() >= 1, who(op), ": in must have at least one dimension, has shape ",
-              shape_str(in.shape()));
-    MOE_CHECK(in.dtype() == out.dtype(), who(op), ": in is ", in.dtype(), " but out is ",
-              out.dtype());
-  }
-
-  void check_counts(const char* op, const char* what, std::span<const int64_t> counts) const {
-    MOE_CHECK(static_cast<int>(counts.size()) == size(), who(op), ": ", what, " has ",
-              counts.size(), " entries for a group of ", size(), " ranks");
-    for (int64_t c : counts)
-      MOE_CHECK(c >= 0, who(op), ": negative row count in ", what, " ", list_str(counts));
+              t.device(), "; this NCCL group communicates tensors on cuda:", world().device);
   }
 
   // The groups of a split, as every member passed them: all must agree, or ncclCommSplit

@@ -13,19 +13,24 @@
 // before the operation has completed even if the caller frees them at once.
 //
 // Beyond the ProcessGroup contract:
-//  - tensors must be CUDA tensors on the group's device. Reductions take f64, f32, bf16, f16,
-//    i64, i32, u8 (NCCL's own reductions: bf16/f16 are not accumulated in fp32 as the Local
-//    backend does, so sums may differ from it in the last bits); avg is ncclAvg (integers:
-//    sum then integer division). Gathers, scatters, broadcast and point-to-point move bytes
+//  - tensors are CUDA tensors on the group's device, or host tensors, which travel through
+//    device copies and are complete when the call returns (a completed Work): for the odd
+//    seed or flag; bulk data belongs on the device. Reductions take f64, f32, bf16, f16, i64,
+//    i32 and (unlike the other backends) u8, with NCCL's own arithmetic: sums of floats follow
+//    NCCL's ring or tree order, not rank order, and bf16/f16 are rounded at each step, so they
+//    may differ from the Local backend's in the last bits beyond two ranks (with two, a + b is
+//    a + b); avg is ncclAvg (floats: each input times 1/size, then the sum; integers: the sum
+//    divided by size, truncated). Gathers, scatters, broadcast and point-to-point move bytes
 //    and take any dtype (fp8 too).
 //  - all_gather_v and all_to_all_v are grouped ncclSend/ncclRecv (one group call; zero-row
 //    messages are skipped). reduce_scatter_v is one ncclReduce per destination rank in one
 //    group call, as PyTorch does for uneven reduce-scatters: NCCL reduces over its own rings
 //    and trees with every ReduceOp and no staging buffer, where sends plus a local reduction
 //    would need size x counts[rank] rows of scratch and a reduction kernel per dtype and op.
-//  - shapes are checked against this rank's own arguments only (peers' calls are not
-//    compared, as in NCCL); split() compares the groups every member passes (one small
-//    all_gather) and names the ranks that disagree.
+//  - a rank's own arguments are checked with the messages of every backend
+//    (collective_checks.h); peers' calls are not compared (NCCL has no such check: a call that
+//    disagrees across ranks hangs until the timeout), except that split() compares the groups
+//    every member passes (one small all_gather) and names the ranks that disagree.
 //  - split() is ncclCommSplit (color = the index of the list holding this rank, key = its
 //    position in it; ranks in no list pass NCCL_SPLIT_NOCOLOR and get nullptr).
 //
