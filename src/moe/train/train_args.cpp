@@ -563,9 +563,14 @@ void finish(ParseState& s) {
   // --num-attention-heads gives a new one (validate() then requires the division to be exact);
   // a preset with its own (Qwen3: 128 for hidden 2048 / 32 heads) keeps it, as its recipe
   // passes --kv-channels.
+  // The derived value is written out (not left 0), so the config says the head dim it has and a
+  // Hugging Face export reads back the same model; an inexact division stays 0 for validate()
+  // to refuse, naming --kv-channels.
   if (s.preset_head_dim_derived && !given("--kv-channels") &&
-      (given("--hidden-size") || given("--num-attention-heads")))
-    m.kv_channels = 0;
+      (given("--hidden-size") || given("--num-attention-heads"))) {
+    const bool exact = m.num_attention_heads > 0 && m.hidden_size % m.num_attention_heads == 0;
+    m.kv_channels = exact ? m.hidden_size / m.num_attention_heads : 0;
+  }
 
   if (!s.moe_layer_freq.empty()) {
     m.moe_layer_pattern = nn::parse_moe_layer_freq(s.moe_layer_freq, m.num_layers);
