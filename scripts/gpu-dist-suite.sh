@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The distributed runtime on a GPU machine, from a build unpacked there (scripts/gpu-pack.sh):
+#   - every gpu-labelled test, among them the runtime's (events, the allocator's record_stream,
+#     the NCCL backend on a world of one, the backend suite on Local threads with CUDA tensors);
+#   - the backend suite on MPI processes sharing GPU 0 (2 and 4 ranks), CUDA tensors staged
+#     through pinned memory;
+#   - with two or more GPUs: the multigpu suite (one NCCL process per GPU);
+#   - `moe bench comm` on NCCL over every GPU (moe launch), and on MPI ranks sharing GPU 0.
+# Logs go to LOGDIR; the exit status is non-zero when any test failed.
+#   scripts/gpu-dist-suite.sh BUILD LOGDIR
+set -uo pipefail
+build=$1 logdir=$2
+mkdir -p "$logdir"
+export LD_LIBRARY_PATH="$build/deps:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on these machines
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+mpirun_flags=(--allow-run-as-root --oversubscribe --mca btl_vader_single_copy_mechanism none)
+gpus=$(nvidia-smi -L | wc -l)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logdir/gpu.txt"
+status=0
+step() {  # step NAME COMMAND...: runs, logs to LOGDIR/NAME.log, prints the outcome
+  local name=$1
+  shift
+  local start=$SECONDS
+  "$@" >"$logdir/$name.log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc ($((SECONDS - start)) s)"
+  [ $rc -eq 0 ] || { status=1; tail -n 30 "$logdir/$name.log"; }
+}
+
+# Every gpu test: the allocator under them all changed with record_stream.
+step gpu_tests timeout 330 "$build/tests/moe_gpu_tests"
+grep -hE "^\[  (FAILED|PASSED|SKIPPED) |tests ran" "$logdir/gpu_tests.log" | head -n 40
+for np in 2 4; do
+  step "mpi_shared_gpu_np$np" mpirun "${mpirun_flags[@]}" -np $np "$build/tests/moe_mpi_tests" --device cuda
+done
+if [ "$gpus" -ge 2 ]; then
+  step multigpu_nccl "$build/tests/moe_nccl_tests" --ranks "$gpus"
+fi
+step bench_comm_nccl "$build/moe" launch --nproc-per-node "$gpus" bench comm --device cuda \
+  --distributed-backend nccl --max-size 1G --jsonl "$logdir/bench_comm_nccl.jsonl"
+step bench_comm_mpi_shared mpirun "${mpirun_flags[@]}" -np 2 "$build/moe" bench comm \
+  --device cuda --distributed-backend mpi --max-size 64M
+grep -h "" "$logdir"/bench_comm_*.log | head -n 80
+exit $status
