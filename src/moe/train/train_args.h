@@ -23,8 +23,8 @@
 // --moe-router-load-balancing-type sinkhorn or none is given without it (the preset's
 // coefficient belongs to its aux-loss balancing). Float values must be finite.
 //
-// Never ignored: an unknown flag or YAML key, a flag this build refuses (--data-path, parallel
-// sizes above 1, --fp16, ...) and an invalid combination all throw moe::Error naming the flag.
+// Never ignored: an unknown flag or YAML key, a flag this build refuses (parallel sizes above
+// 1, --fp16, ...) and an invalid combination all throw moe::Error naming the flag.
 // --save / --load / --save-interval / --finetune / --no-load-optim are parsed here; the run
 // refuses them unless the build wires training checkpoints (train_run.h's TrainHooks).
 // --moe-use-upcycling needs --load and --save; what can be checked without the dense checkpoint

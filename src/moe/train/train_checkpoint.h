@@ -40,9 +40,9 @@
 // checkpoint's model has the model's tensor shapes, and restores weights, buffers, optimizer
 // and trainer state. Exactness: the trainer draws no random numbers and the data sources are
 // functions of (seed, position) (batch_source.h), so with the same seed a resumed CPU run
-// reproduces the uninterrupted run's losses bit for bit. Not yet saved: the routers' jitter
-// draw counters (--moe-input-jitter-eps), which Router keeps private; with jitter on, a
-// resumed run draws different jitter (LoadResult::warnings says so).
+// reproduces the uninterrupted run's losses bit for bit. The routers' jitter draw counters
+// (--moe-input-jitter-eps) are saved too; a checkpoint written before they were resumes with
+// other jitter draws, which LoadResult::warnings says.
 #pragma once
 
 #include <cstdint>

@@ -3,7 +3,7 @@
 // data/gpt_dataset_builder.h builds them, or else the built-in corpus), the Trainer, the
 // logger; then the loop with evaluation every --eval-interval and the final evaluation.
 //
-// Hook points (TrainHooks), for the pieces written beside this one:
+// Hook points (TrainHooks), which `moe train` sets with standard_train_hooks() and tests replace:
 //   prepare / load / save : training checkpoints. standard_train_hooks() sets them to
 //     train_checkpoint.h's load_training_checkpoint / save_training_checkpoint. Without them
 //     --load, --save, --save-interval, --finetune and --no-load-optim are refused before
