@@ -129,8 +129,8 @@ TEST(ConfigLimits, MessagesQuoteValuesThatAreNotUtf8) {
   json model = json::parse(model_zoo_json("mixtral-tiny"));
   model["hidden_size"] = std::string("\xc3");
   EXPECT_SAYS(error_of([&] { model_config_from_json(model); }), "hidden_size must be an integer");
-  EXPECT_EQ(json_for_message(std::string("a\xff")), "\"a\xEF\xBF\xBD\"");  // U+FFFD
-  EXPECT_EQ(json_for_message(std::string(300, 'x')).size(), 203u);         // cut, "..." added
+  EXPECT_EQ(json_excerpt(std::string("a\xff")), "\"a\xEF\xBF\xBD\"");  // U+FFFD
+  EXPECT_EQ(json_excerpt(std::string(300, 'x'), 200).size(), 203u);         // cut, "..." added
 }
 
 TEST(ConfigLimits, ModelConfigJsonSizesAreCheckedAsRead) {

@@ -32,7 +32,7 @@ Tensor parse_token_batch(const json& ids, int64_t vocab_size) {
     for (int64_t s = 0; s < S; ++s) {
       const json& v = row[static_cast<size_t>(s)];
       MOE_CHECK(v.is_number_integer(), "token ids: row ", b, " position ", s,
-                " is not an integer: ", json_for_message(v));
+                " is not an integer: ", json_excerpt(v));
       const int64_t id = v.get<int64_t>();
       MOE_CHECK(id >= 0 && (vocab_size <= 0 || id < vocab_size), "token ids: row ", b,
                 " position ", s, " holds id ", id, ", outside the vocabulary [0, ", vocab_size,

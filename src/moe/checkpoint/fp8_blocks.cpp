@@ -109,19 +109,19 @@ std::pair<Tensor, Tensor> quantize_fp8_blocks(const Tensor& weight, Fp8BlockSize
 
 std::optional<Fp8BlockSize> fp8_block_size_of(const nlohmann::json& q) {
   if (q.is_null()) return std::nullopt;
-  MOE_CHECK(q.is_object(), "quantization_config must be a JSON object, got ", json_for_message(q));
+  MOE_CHECK(q.is_object(), "quantization_config must be a JSON object, got ", json_excerpt(q));
   const auto method = q.find("quant_method");
   MOE_CHECK(method != q.end() && method->is_string() && method->get<std::string>() == "fp8",
-            "quantization_config ", json_for_message(q),
+            "quantization_config ", json_excerpt(q),
             ": only DeepSeek's block-scaled FP8 (quant_method \"fp8\") is supported");
   if (const auto fmt = q.find("fmt"); fmt != q.end() && !fmt->is_null())
     MOE_CHECK(fmt->is_string() && fmt->get<std::string>() == "e4m3", "quantization_config ",
-              json_for_message(q), ": fmt must be \"e4m3\"");
+              json_excerpt(q), ": fmt must be \"e4m3\"");
   const auto size = q.find("weight_block_size");
   MOE_CHECK(size != q.end() && size->is_array() && size->size() == 2 &&
                 (*size)[0].is_number_integer() && (*size)[1].is_number_integer() &&
                 (*size)[0].get<int64_t>() > 0 && (*size)[1].get<int64_t>() > 0,
-            "quantization_config ", json_for_message(q),
+            "quantization_config ", json_excerpt(q),
             ": weight_block_size must be two positive integers such as [128, 128]");
   return Fp8BlockSize{(*size)[0].get<int64_t>(), (*size)[1].get<int64_t>()};
 }

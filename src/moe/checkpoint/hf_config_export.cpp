@@ -166,8 +166,8 @@ void diff(const json& want, const json& got, const std::string& prefix,
       continue;
     }
     if (*it == other) continue;
-    const std::string line = prefix + it.key() + ": " + json_for_message(*it) + " here, " +
-                             json_for_message(other) + " as Hugging Face reads it";
+    const std::string line = prefix + it.key() + ": " + json_excerpt(*it) + " here, " +
+                             json_excerpt(other) + " as Hugging Face reads it";
     (ignored.count(it.key()) ? training : model).push_back(line);
   }
 }

@@ -295,6 +295,26 @@ bool GPTDataset::load_cache(int64_t tokens_per_epoch) {
       bad(names[1]);
   for (int64_t v : arrays[2].values)
     if (v < 0 || v >= total) bad(names[2]);
+  // Every sample must be what read_sample reads: sample_length() tokens, each piece inside its
+  // sequence. (The ranges above alone let a re-signed or hand-made cache point past a
+  // document, which reading would only find later, without naming the cache.)
+  const std::span<const int32_t> lengths = corpus_->sequence_lengths();
+  const std::vector<int64_t>& rows = arrays[1].values;
+  for (int64_t j = 0; j < total; ++j) {
+    const int64_t first = rows[2 * j], first_offset = rows[2 * j + 1];
+    const int64_t last = rows[2 * j + 2], last_offset = rows[2 * j + 3];
+    if (last < first) bad(names[1]);
+    int64_t tokens = 0;
+    for (int64_t p = first; p <= last && tokens <= sample_length(); ++p) {
+      const int64_t length = lengths[static_cast<size_t>(arrays[0].values[static_cast<size_t>(p)])];
+      if (p == last && last_offset >= length) bad(names[1]);  // (so + 1 cannot overflow)
+      const int64_t begin = p == first ? first_offset : 0;
+      const int64_t end = p == last ? last_offset + kExtraToken : length;
+      if (begin > end) bad(names[1]);
+      tokens += end - begin;
+    }
+    if (tokens != sample_length()) bad(names[1]);
+  }
 
   indices_.num_epochs = epochs;
   indices_.document_index.assign(arrays[0].values.begin(), arrays[0].values.end());

@@ -30,14 +30,13 @@ struct Reader {
 
   [[noreturn]] void refuse(const std::string& field, const json& value,
                            std::string_view supported) const {
-    MOE_FAIL(source, ": ", field, " = ", json_for_message(value),
+    MOE_FAIL(source, ": ", field, " = ", json_excerpt(value),
              " is not supported (supported: ", supported, ")");
   }
 
   void check_object(const json& obj, const std::string& field,
                     std::initializer_list<std::string_view> keys) const {
-    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ",
-              json_for_message(obj));
+    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ", json_excerpt(obj));
     for (const auto& [key, value] : obj.items()) {
       (void)value;
       MOE_CHECK(std::find(keys.begin(), keys.end(), key) != keys.end(), source, ": ", field,
@@ -50,7 +49,7 @@ struct Reader {
   bool flag(const json& obj, const char* key, const std::string& field, bool fallback) const {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     MOE_CHECK(obj[key].is_boolean(), source, ": ", field, ".", key, " must be true or false, got ",
-              json_for_message(obj[key]));
+              json_excerpt(obj[key]));
     return obj[key].get<bool>();
   }
 
@@ -61,9 +60,17 @@ struct Reader {
   }
 
   std::string type(const json& obj, const std::string& field) const {
-    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ",
-              json_for_message(obj));
+    MOE_CHECK(obj.is_object(), source, ": ", field, " must be an object, got ", json_excerpt(obj));
     return text(obj, "type", field);
+  }
+
+  // obj[key], or null when obj is not an object or has no such key (nlohmann's const
+  // operator[] on a missing key is undefined behaviour).
+  static const json& member(const json& obj, const std::string& key) {
+    static const json null_value;
+    if (!obj.is_object()) return null_value;
+    const auto it = obj.find(key);
+    return it == obj.end() ? null_value : *it;
   }
 };
 
@@ -123,8 +130,8 @@ std::optional<std::string> read_eos_token(const std::filesystem::path& folder) {
   for (const char* name : {"tokenizer_config.json", "special_tokens_map.json"}) {
     const std::filesystem::path path = folder / name;
     if (!std::filesystem::exists(path)) continue;
-    const json config = json::parse(read_file(path), nullptr, false);
-    MOE_CHECK(!config.is_discarded() && config.is_object(), path.string(), " is not a JSON object");
+    const json config = parse_json_text(read_file(path), "tokenizer config", path.string());
+    MOE_CHECK(config.is_object(), path.string(), " is not a JSON object");
     if (!config.contains("eos_token") || config["eos_token"].is_null()) continue;
     const json& eos = config["eos_token"];
     if (eos.is_string()) return eos.get<std::string>();
@@ -242,8 +249,8 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
       raw_trie_(std::make_unique<AddedTokenTrie>()),
       normalized_trie_(std::make_unique<AddedTokenTrie>()) {
   const Reader r{source_};
-  const json root = json::parse(json_text, nullptr, false);
-  MOE_CHECK(!root.is_discarded() && root.is_object(), source_, " is not a JSON object");
+  const json root = parse_json_text(json_text, "tokenizer", source_);
+  MOE_CHECK(root.is_object(), source_, " is not a JSON object");
   r.check_object(root, "tokenizer.json",
                  {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
                   "model", "post_processor", "decoder"});
@@ -259,7 +266,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
       nfc_ = true;
     } else if (type == "Sequence") {
       r.check_object(normalizer, "normalizer", {"type", "normalizers"});
-      const json& list = normalizer["normalizers"];
+      const json& list = Reader::member(normalizer, "normalizers");
       MOE_CHECK(list.is_array(), source_, ": normalizer.normalizers must be a list");
       for (size_t i = 0; i < list.size(); ++i) {
         const std::string field = "normalizer.normalizers[" + std::to_string(i) + "]";
@@ -307,7 +314,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
     add_byte_level(pre, "pre_tokenizer");
   } else if (pre_type == "Sequence") {
     r.check_object(pre, "pre_tokenizer", {"type", "pretokenizers"});
-    const json& list = pre["pretokenizers"];
+    const json& list = Reader::member(pre, "pretokenizers");
     MOE_CHECK(list.is_array(), source_, ": pre_tokenizer.pretokenizers must be a list");
     for (size_t i = 0; i < list.size(); ++i) {
       const std::string field = "pre_tokenizer.pretokenizers[" + std::to_string(i) + "]";
@@ -355,7 +362,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   for (const auto& [token, id] : m["vocab"].items()) {
     MOE_CHECK(
         id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < (int64_t{1} << 31),
-        source_, ": model.vocab['", token, "'] = ", json_for_message(id), " is not an id");
+        source_, ": model.vocab['", token, "'] = ", json_excerpt(id), " is not an id");
     config.vocab.emplace(token, id.get<int32_t>());
   }
   MOE_CHECK(m.contains("merges") && m["merges"].is_array(), source_,
@@ -372,7 +379,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
     } else {
       MOE_CHECK(
           merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string(),
-          source_, ": model.merges[", i, "] = ", json_for_message(merge), " is not two tokens");
+          source_, ": model.merges[", i, "] = ", json_excerpt(merge), " is not two tokens");
       config.merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
     }
   }
@@ -387,8 +394,10 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
                    {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"});
     HfAddedToken token;
     MOE_CHECK(added[i].contains("id") && added[i]["id"].is_number_integer() &&
-                  added[i]["id"].get<int64_t>() >= 0,
-              source_, ": ", field, ".id must be an id");
+                  added[i]["id"].get<int64_t>() >= 0 &&
+                  added[i]["id"].get<int64_t>() < (int64_t{1} << 31),
+              source_, ": ", field, ".id = ", json_excerpt(Reader::member(added[i], "id")),
+              " is not an id (0 .. 2^31 - 1)");
     token.id = added[i]["id"].get<int64_t>();
     token.content = r.text(added[i], "content", field);
     if (r.flag(added[i], "single_word", field, false))
@@ -410,8 +419,15 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
 
   // ---- ids: vocabulary size, decoding ---------------------------------------------------------
   for (const auto& [token, id] : model_->vocab())
-    vocab_size_ = std::max<int64_t>(vocab_size_, id + 1);
+    vocab_size_ = std::max(vocab_size_, int64_t{id} + 1);  // id is int32: + 1 in 64 bits
   for (const HfAddedToken& t : added_tokens_) vocab_size_ = std::max(vocab_size_, t.id + 1);
+  // The tables below (and a model's embedding) have a row per id up to the largest, so one
+  // stray huge id would allocate gigabytes: ids of a real tokenizer are dense (a few holes).
+  const auto tokens = static_cast<int64_t>(model_->vocab().size() + added_tokens_.size());
+  MOE_CHECK(vocab_size_ <= 2 * tokens + 1024, source_, ": the largest id, ", vocab_size_ - 1,
+            ", is far beyond the ", tokens,
+            " tokens of model.vocab and added_tokens (the ids of a tokenizer are dense; a "
+            "corrupt id?)");
   decoded_bytes_.assign(vocab_size_, {});
   id_kind_.assign(vocab_size_, 0);
   // ByteLevel's decoder: a token's characters back to bytes; a token with a character outside
@@ -454,21 +470,25 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
       const json& item = p["single"][i];
       const std::string item_field = field + ".single[" + std::to_string(i) + "]";
       if (item.contains("Sequence")) {
-        if (item["Sequence"].value("id", "") != "A") r.refuse(item_field, item, "Sequence A");
+        if (Reader::member(item["Sequence"], "id") != "A") r.refuse(item_field, item, "Sequence A");
         MOE_CHECK(!seen_sequence, source_, ": ", item_field, " is a second $A");
         seen_sequence = true;
       } else if (item.contains("SpecialToken") && item["SpecialToken"].contains("id")) {
         const json& name = item["SpecialToken"]["id"];
-        MOE_CHECK(p.contains("special_tokens") && p["special_tokens"].contains(name), source_, ": ",
-                  item_field, " names ", json_for_message(name), ", which special_tokens lacks");
-        const json& ids = p["special_tokens"][name.get<std::string>()]["ids"];
-        MOE_CHECK(ids.is_array(), source_, ": ", field, ".special_tokens[", json_for_message(name),
+        MOE_CHECK(name.is_string(), source_, ": ", item_field,
+                  ".SpecialToken.id must be a string, got ", json_excerpt(name));
+        const std::string& special = name.get_ref<const std::string&>();
+        const json& entry = Reader::member(Reader::member(p, "special_tokens"), special);
+        MOE_CHECK(!entry.is_null(), source_, ": ", item_field, " names ", json_excerpt(name),
+                  ", which special_tokens lacks");
+        const json& ids = Reader::member(entry, "ids");
+        MOE_CHECK(ids.is_array(), source_, ": ", field, ".special_tokens[", json_excerpt(name),
                   "].ids must be a list");
         for (const json& id : ids) {
           MOE_CHECK(
               id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < vocab_size_,
-              source_, ": ", field, ".special_tokens[", json_for_message(name), "] has the id ",
-              json_for_message(id), " outside the vocabulary");
+              source_, ": ", field, ".special_tokens[", json_excerpt(name), "] has the id ",
+              json_excerpt(id), " outside the vocabulary");
           (seen_sequence ? template_suffix_ : template_prefix_).push_back(id.get<int64_t>());
         }
       } else {
@@ -481,11 +501,10 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   if (!post.is_null()) {
     if (r.type(post, "post_processor") == "Sequence") {
       r.check_object(post, "post_processor", {"type", "processors"});
-      MOE_CHECK(post["processors"].is_array(), source_,
-                ": post_processor.processors must be a list");
-      for (size_t i = 0; i < post["processors"].size(); ++i)
-        add_processor(post["processors"][i],
-                      "post_processor.processors[" + std::to_string(i) + "]");
+      const json& processors = Reader::member(post, "processors");
+      MOE_CHECK(processors.is_array(), source_, ": post_processor.processors must be a list");
+      for (size_t i = 0; i < processors.size(); ++i)
+        add_processor(processors[i], "post_processor.processors[" + std::to_string(i) + "]");
     } else {
       add_processor(post, "post_processor");
     }

@@ -102,12 +102,15 @@ IndexArray read_index_npy(const std::string& path, uint32_t* crc) {
   out.shape = layout.shape;
   MOE_CHECK(out.shape.size() == 1 || out.shape.size() == 2, path,
             ": index arrays are 1-D or 2-D, shape ", shape_str(out.shape));
-  size_t numel = 1;
-  for (int64_t d : out.shape) numel *= static_cast<size_t>(d);
+  // parse_npy_layout checked that the product fits int64; the size check comes before the
+  // allocation, since the shape is only the file's claim.
+  const auto numel = static_cast<size_t>(layout.numel);
   const size_t size = itemsize(out.dtype);
-  MOE_CHECK(bytes.size() - layout.data_offset == numel * size, path, ": .npy data holds ",
-            bytes.size() - layout.data_offset, " bytes, shape ", shape_str(out.shape), " of ",
-            layout.descr, " needs ", numel * size, " (truncated file?)");
+  const size_t have = bytes.size() - layout.data_offset;
+  MOE_CHECK(numel <= have / size && have == numel * size, path, ": .npy data holds ", have,
+            " bytes, shape ", shape_str(out.shape), " of ", layout.descr, " needs ", numel, " x ",
+            size, numel <= (size_t{1} << 56) ? " = " + std::to_string(numel * size) : "",
+            " (truncated file?)");
   out.values.resize(numel);
   const auto* data = reinterpret_cast<const unsigned char*>(bytes.data() + layout.data_offset);
   for (size_t i = 0; i < numel; ++i) {

@@ -69,6 +69,10 @@ Shape parse_shape(const std::string& text, const std::string& path) {
     const std::string digits = item.substr(first, item.find_last_not_of(" \tL") - first + 1);
     MOE_CHECK(!digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos, path,
               ": .npy shape entry \"", item, "\" is not a size");
+    // 18 digits always fit int64; longer ones may not (std::stoll would throw out_of_range).
+    MOE_CHECK(digits.find_first_not_of('0') == std::string::npos ||
+                  digits.size() - digits.find_first_not_of('0') <= 18,
+              path, ": .npy shape entry ", digits, " is too large");
     shape.push_back(std::stoll(digits));
   }
   return shape;
@@ -149,6 +153,10 @@ NpyLayout parse_npy_layout(std::string_view bytes, const std::string& path) {
   const std::string fortran = dict_value(header, "fortran_order", path);
   MOE_CHECK(fortran == "False", path, ": Fortran-order .npy arrays are not supported");
   layout.shape = parse_shape(dict_value(header, "shape", path), path);
+  layout.numel = 1;
+  for (const int64_t d : layout.shape)
+    MOE_CHECK(!__builtin_mul_overflow(layout.numel, d, &layout.numel), path, ": .npy shape ",
+              shape_str(layout.shape), " has more elements than 64 bits count");
   layout.data_offset = preamble + header_len;
   return layout;
 }
@@ -159,10 +167,15 @@ Tensor read_npy(const std::string& path) {
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const NpyLayout layout = parse_npy_layout(bytes, path);
   const DType dtype = parse_descr(layout.descr, path);
+  // The size check comes before the allocation: the shape is the file's claim.
+  const uint64_t have = bytes.size() - layout.data_offset;
+  const uint64_t item = dtype_size(dtype);
+  MOE_CHECK(static_cast<uint64_t>(layout.numel) <= have / item &&
+                have == static_cast<uint64_t>(layout.numel) * item,
+            path, ": .npy data holds ", have, " bytes, but shape ", shape_str(layout.shape), " of ",
+            dtype, " needs ", layout.numel, " x ", item,
+            layout.numel <= (int64_t{1} << 56) ? " = " + std::to_string(layout.numel * item) : "");
   Tensor out = Tensor::empty(layout.shape, dtype);
-  MOE_CHECK(bytes.size() - layout.data_offset == out.nbytes(), path, ": .npy data holds ",
-            bytes.size() - layout.data_offset, " bytes, but shape ", shape_str(layout.shape),
-            " of ", dtype, " needs ", out.nbytes());
   if (out.nbytes() > 0) std::memcpy(out.raw(), bytes.data() + layout.data_offset, out.nbytes());
   return out;
 }

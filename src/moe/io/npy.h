@@ -22,10 +22,12 @@ std::string npy_header(const std::string& descr, const Shape& shape);
 
 // The layout a .npy file's bytes declare (versions 1.0, 2.0, 3.0): the dtype text (unquoted,
 // e.g. "<i8"), the shape and the offset of the data. A missing magic, an unknown version, a
-// truncated or malformed header and Fortran order are errors naming `path`.
+// truncated or malformed header, Fortran order and a shape whose element count overflows int64
+// are errors naming `path`. The data's length is the caller's to check (before allocating).
 struct NpyLayout {
   std::string descr;
   Shape shape;
+  int64_t numel = 0;  // the product of the shape (checked to fit int64)
   size_t data_offset = 0;
 };
 NpyLayout parse_npy_layout(std::string_view bytes, const std::string& path);

@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
 
 namespace moe::io {
 
@@ -204,6 +205,10 @@ json parse_header_json(const std::string& path, const char* begin, const char* e
     }
     return true;
   };
+  const size_t depth =
+      json_nesting_depth(std::string_view(begin, static_cast<size_t>(end - begin)));
+  MOE_CHECK(depth <= kMaxJsonDepth, path, ": the header nests arrays and objects ", depth,
+            " levels deep (a safetensors header has 3)");
   json header;
   try {
     header = json::parse(begin, end, on_event);
@@ -246,7 +251,7 @@ SafetensorsTensorInfo parse_entry(const std::string& path, const std::string& na
   uint64_t numel = 1;
   for (const json& d : *shape_it) {
     MOE_CHECK(d.is_number_unsigned() && d.get<uint64_t>() <= INT64_MAX, where,
-              ": shape entries must be non-negative integers, got ", d.dump());
+              ": shape entries must be non-negative integers, got ", json_excerpt(d));
     numel = checked_mul(numel, d.get<uint64_t>(), path, name);
     info.shape.push_back(d.get<int64_t>());
   }
@@ -278,7 +283,7 @@ SafetensorsMetadata parse_metadata(const std::string& path, const json& value) {
   SafetensorsMetadata metadata;
   for (const auto& [key, v] : value.items()) {
     MOE_CHECK(v.is_string(), path, ": \"__metadata__\" value of '", key, "' must be a string, got ",
-              v.dump());
+              json_excerpt(v));
     metadata[key] = v.get<std::string>();
   }
   return metadata;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -10,6 +11,7 @@
 #include <unordered_map>
 
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
 #include "moe/io/safetensors.h"
 
 namespace moe::io {
@@ -51,6 +53,10 @@ std::string resolve_folder(const std::string& folder) {
 json parse_index(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in.good(), path, ": cannot open the index");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t depth = json_nesting_depth(text);
+  MOE_CHECK(depth <= kMaxJsonDepth, path, ": the index nests arrays and objects ", depth,
+            " levels deep (an index has 2)");
   std::string top_key, duplicate;
   std::set<std::string> seen;
   auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
@@ -63,7 +69,7 @@ json parse_index(const std::string& path) {
   };
   json index;
   try {
-    index = json::parse(in, on_event);
+    index = json::parse(text, on_event);
   } catch (const json::exception& e) {
     MOE_FAIL(path, ": the index is not valid JSON: ", e.what());
   }
@@ -74,17 +80,26 @@ json parse_index(const std::string& path) {
             ": the index has no \"weight_map\" object");
   for (const auto& [name, shard] : weight_map->items())
     MOE_CHECK(shard.is_string(), path, ": weight_map entry for '", name,
-              "' must be a shard file name, got ", shard.dump());
+              "' must be a shard file name, got ", json_excerpt(shard));
   return index;
 }
 
-// A shard is a file next to the index: an absolute path or a way out of the folder is refused.
+// A shard name for a message: names past 200 bytes are cut (a corrupt index may hold anything).
+std::string brief(const std::string& name) {
+  return name.size() <= 200 ? name : name.substr(0, 200) + "...";
+}
+
+// A shard is a file next to the index: an absolute path or a way out of the folder is refused,
+// and so is a name no file system holds (a part longer than 255 bytes, a NUL byte).
 void check_shard_name(const std::string& index_path, const std::string& shard) {
   const fs::path p(shard);
   bool escapes = p.is_absolute() || shard.empty();
   for (const auto& part : p) escapes = escapes || part == "..";
-  MOE_CHECK(!escapes, index_path, ": shard name '", shard,
+  MOE_CHECK(!escapes, index_path, ": shard name '", brief(shard),
             "' must be a file name relative to the index's folder");
+  bool possible = shard.find('\0') == std::string::npos;
+  for (const auto& part : p) possible = possible && part.native().size() <= 255;
+  MOE_CHECK(possible, index_path, ": shard name '", brief(shard), "' is not a possible file name");
 }
 
 }  // namespace
@@ -128,9 +143,11 @@ SafetensorsCollection SafetensorsCollection::open(const std::string& path_in) {
     }
     for (auto& [file, slot] : shard_slot) {
       const fs::path shard_path = folder / file;
-      MOE_CHECK(fs::is_regular_file(shard_path), path, ": shard '", file, "' (listed for tensor '",
-                first_tensor_of[file], "' and maybe others) is missing: no file ",
-                shard_path.string());
+      std::error_code error;
+      MOE_CHECK(fs::is_regular_file(shard_path, error), path, ": shard '", file,
+                "' (listed for tensor '", brief(first_tensor_of[file]),
+                "' and maybe others) is missing: no file ", shard_path.string(),
+                error ? " (" + error.message() + ")" : std::string());
       slot = state->files.size();
       state->files.push_back(SafetensorsFile::open(shard_path.string()));
     }

@@ -57,21 +57,21 @@ class HfFields {
     const json* v = find(key);
     if (!v) return fallback;
     MOE_CHECK(v->is_number(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be a number, got ", json_for_message(*v));
+              "\" must be a number, got ", json_excerpt(*v));
     return v->get<double>();
   }
   bool bool_or(const char* key, bool fallback) const {
     const json* v = find(key);
     if (!v) return fallback;
     MOE_CHECK(v->is_boolean(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be true or false, got ", json_for_message(*v));
+              "\" must be true or false, got ", json_excerpt(*v));
     return v->get<bool>();
   }
   std::string string_or(const char* key, const std::string& fallback) const {
     const json* v = find(key);
     if (!v) return fallback;
     MOE_CHECK(v->is_string(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be a string, got ", json_for_message(*v));
+              "\" must be a string, got ", json_excerpt(*v));
     return v->get<std::string>();
   }
   std::vector<int64_t> int_list_or_empty(const char* key) const {
@@ -79,7 +79,7 @@ class HfFields {
     std::vector<int64_t> out;
     if (!v) return out;
     MOE_CHECK(v->is_array(), "Hugging Face config (model_type ", model_type_, ") field \"", key,
-              "\" must be a list of layer indices, got ", json_for_message(*v));
+              "\" must be a list of layer indices, got ", json_excerpt(*v));
     for (const json& e : *v) out.push_back(as_int(key, e));
     return out;
   }
@@ -101,10 +101,10 @@ class HfFields {
       if (std::abs(d) < 9e15 && d == std::floor(d)) return static_cast<int64_t>(d);
     }
     MOE_CHECK(v.is_number_integer(), "Hugging Face config (model_type ", model_type_, ") field \"",
-              key, "\" must be an integer, got ", json_for_message(v));
+              key, "\" must be an integer, got ", json_excerpt(v));
     MOE_CHECK(!v.is_number_unsigned() || v.get<uint64_t>() <= uint64_t{INT64_MAX},
               "Hugging Face config (model_type ", model_type_, ") field \"", key, "\" ",
-              json_for_message(v), " does not fit a 64-bit integer");
+              json_excerpt(v), " does not fit a 64-bit integer");
     return v.get<int64_t>();
   }
 
@@ -144,7 +144,7 @@ void read_rope_scaling(const HfFields& f, ModelConfig& c) {
     if ((scaling->is_number() && scaling->get<double>() == 0) ||
         (scaling->is_boolean() && !scaling->get<bool>()))
       return;
-    f.unsupported("rope_scaling must be an object, got " + json_for_message(*scaling));
+    f.unsupported("rope_scaling must be an object, got " + json_excerpt(*scaling));
   }
   const HfFields s(*scaling, f.model_type() + ", rope_scaling");
   if (s.has("rope_theta")) c.rotary_base = s.number_or("rope_theta", c.rotary_base);

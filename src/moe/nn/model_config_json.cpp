@@ -135,9 +135,9 @@ class ObjectReader {
   void read(const std::string& key, int64_t& out) {
     if (const json* v = find(key)) {
       MOE_CHECK(v->is_number_integer(), where_, key, " must be an integer, got ",
-                json_for_message(*v));
+                json_excerpt(*v));
       MOE_CHECK(!v->is_number_unsigned() || v->get<uint64_t>() <= uint64_t{INT64_MAX}, where_, key,
-                " ", json_for_message(*v), " does not fit a 64-bit integer");
+                " ", json_excerpt(*v), " does not fit a 64-bit integer");
       out = v->get<int64_t>();
     }
   }
@@ -158,32 +158,32 @@ class ObjectReader {
   void read(const std::string& key, uint64_t& out) {
     if (const json* v = find(key)) {
       MOE_CHECK(v->is_number_unsigned(), where_, key, " must be a non-negative integer, got ",
-                json_for_message(*v));
+                json_excerpt(*v));
       out = v->get<uint64_t>();
     }
   }
   void read(const std::string& key, double& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_number(), where_, key, " must be a number, got ", json_for_message(*v));
+      MOE_CHECK(v->is_number(), where_, key, " must be a number, got ", json_excerpt(*v));
       out = v->get<double>();
     }
   }
   void read(const std::string& key, std::optional<double>& out) {
     if (const json* v = find(key)) {
       MOE_CHECK(v->is_number() || v->is_null(), where_, key, " must be a number or null, got ",
-                json_for_message(*v));
+                json_excerpt(*v));
       out = v->is_null() ? std::nullopt : std::optional<double>(v->get<double>());
     }
   }
   void read(const std::string& key, bool& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_boolean(), where_, key, " must be true or false, got ", json_for_message(*v));
+      MOE_CHECK(v->is_boolean(), where_, key, " must be true or false, got ", json_excerpt(*v));
       out = v->get<bool>();
     }
   }
   void read(const std::string& key, std::string& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_string(), where_, key, " must be a string, got ", json_for_message(*v));
+      MOE_CHECK(v->is_string(), where_, key, " must be a string, got ", json_excerpt(*v));
       out = v->get<std::string>();
     }
   }
@@ -324,11 +324,11 @@ ModelConfig model_config_from_json(const json& object) {
       MOE_CHECK(v->is_array(),
                 "model config: moe_layer_freq must be an integer, a list or a "
                 "string such as \"([0]*3+[1]*58)\", got ",
-                json_for_message(*v));
+                json_excerpt(*v));
       std::string list = "[";
       for (const json& e : *v) {
         MOE_CHECK(e.is_number_integer(),
-                  "model config: moe_layer_freq entries must be 0 or 1, got ", json_for_message(e));
+                  "model config: moe_layer_freq entries must be 0 or 1, got ", json_excerpt(e));
         if (list.size() > 1) list += ',';
         list += std::to_string(e.get<int64_t>());
       }

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
 
 namespace moe::plot {
 namespace {
@@ -30,7 +31,7 @@ int64_t integer_field(const json& object, const char* key, const LineContext& at
   const auto it = object.find(key);
   if (it == object.end()) at.fail(std::string("no \"") + key + "\"");
   if (!it->is_number_integer())
-    at.fail(std::string("\"") + key + "\" is not an integer: " + it->dump());
+    at.fail(std::string("\"") + key + "\" is not an integer: " + json_excerpt(*it));
   return it->get<int64_t>();
 }
 
@@ -38,7 +39,8 @@ int64_t integer_field(const json& object, const char* key, const LineContext& at
 double loss_field(const json& object, const char* key, const LineContext& at) {
   const json& v = object.at(key);
   if (v.is_null()) return kNaN;
-  if (!v.is_number()) at.fail(std::string("\"") + key + "\" is not a number or null: " + v.dump());
+  if (!v.is_number())
+    at.fail(std::string("\"") + key + "\" is not a number or null: " + json_excerpt(v));
   return v.get<double>();
 }
 
@@ -61,7 +63,8 @@ void read_moe_layers(const json& layers, int64_t iteration, TrainingMetrics& m,
   if (!layers.is_array()) at.fail("\"moe_layers\" is not an array");
   m.has_moe_layers = true;
   for (const json& entry : layers) {
-    if (!entry.is_object()) at.fail("a \"moe_layers\" entry is not an object: " + entry.dump());
+    if (!entry.is_object())
+      at.fail("a \"moe_layers\" entry is not an object: " + json_excerpt(entry));
     const int64_t layer = integer_field(entry, "layer", at);
     const auto counts = entry.find("expert_tokens");
     if (counts == entry.end()) continue;  // written before per-expert counts existed
@@ -70,7 +73,7 @@ void read_moe_layers(const json& layers, int64_t iteration, TrainingMetrics& m,
     ExpertLoadPoint point{iteration, {}};
     for (const json& n : *counts) {
       if (!n.is_number() || n.get<double>() < 0.0 || !std::isfinite(n.get<double>()))
-        at.fail("layer " + std::to_string(layer) + ": expert token count " + n.dump() +
+        at.fail("layer " + std::to_string(layer) + ": expert token count " + json_excerpt(n) +
                 " is not a non-negative number");
       point.tokens.push_back(n.get<double>());
     }
@@ -127,9 +130,12 @@ TrainingMetrics parse_metrics_jsonl(std::istream& in, const std::string& source)
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
     const LineContext at{source, line};
     json object;
+    if (const size_t depth = json_nesting_depth(text); depth > kMaxJsonDepth)
+      at.fail("nests arrays and objects " + std::to_string(depth) + " levels deep; at most " +
+              std::to_string(kMaxJsonDepth) + " are read");
     try {
       object = json::parse(text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, and out_of_range for 1e999
       at.fail(std::string("not valid JSON (") + e.what() + ")");
     }
     read_line(object, m, at);

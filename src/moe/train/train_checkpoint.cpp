@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -128,9 +129,25 @@ T field(const json& object, const std::string& key, const fs::path& file) {
   try {
     return it->get<T>();
   } catch (const json::exception& e) {
-    MOE_FAIL(file.string(), ": \"", key, "\" is ", it->dump(), ", not of the expected type (",
-             e.what(), ")");
+    MOE_FAIL(file.string(), ": \"", key, "\" is ", json_excerpt(*it),
+             ", not of the expected type (", e.what(), ")");
   }
+}
+
+// The largest counter a checkpoint may hold: far beyond any run, and far enough below 2^63 that
+// the trainer's sums (samples + batch, ...) cannot overflow.
+constexpr int64_t kMaxCounter = int64_t{1} << 62;
+
+// A counter of the trainer state: an integer in [0, kMaxCounter], with an error naming the file
+// and the key (a float or a negative value is a damaged or edited file).
+int64_t counter_field(const json& object, const std::string& key, const fs::path& file) {
+  const auto it = object.find(key);
+  MOE_CHECK(it != object.end(), file.string(), " has no \"", key, "\"");
+  MOE_CHECK(it->is_number_integer() && (it->is_number_unsigned() || it->get<int64_t>() >= 0) &&
+                it->get<uint64_t>() <= static_cast<uint64_t>(kMaxCounter),
+            file.string(), ": \"", key, "\" is ", json_excerpt(*it),
+            ", not an integer in [0, 2^62]");
+  return it->get<int64_t>();
 }
 
 // The model config as "path: value" leaves ("moe.num_experts": 4), for naming differences.
@@ -237,7 +254,10 @@ std::optional<int64_t> latest_checkpoint_iteration(const std::string& save_dir) 
   for (char c : text) digits = digits && std::isdigit(static_cast<unsigned char>(c));
   MOE_CHECK(digits, "the checkpoint tracker ", tracker.string(), " holds \"", text,
             "\", not an iteration number");
-  return std::stoll(text);
+  const int64_t iteration = std::stoll(text);
+  MOE_CHECK(iteration <= 9'999'999, "the checkpoint tracker ", tracker.string(), " holds ",
+            iteration, ", beyond the 7 digits of a checkpoint folder (iter_NNNNNNN)");
+  return iteration;
 }
 
 std::vector<int64_t> iteration_folders(const std::string& dir) {
@@ -369,7 +389,7 @@ void verify_training_checkpoint(const std::string& folder_name) {
   const std::string format = field<std::string>(manifest, "format", manifest_path);
   MOE_CHECK(format == kManifestFormat, manifest_path.string(), ": format \"", format,
             "\" is not \"", kManifestFormat, "\"");
-  const int version = field<int>(manifest, "version", manifest_path);
+  const int64_t version = field<int64_t>(manifest, "version", manifest_path);
   MOE_CHECK(version == kVersion, manifest_path.string(), ": version ", version,
             " is not supported (this build reads version ", kVersion, ")");
   const json files = field<json>(manifest, "files", manifest_path);
@@ -414,19 +434,39 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
   MOE_CHECK(format == kTrainerStateFormat, state_path.string(), ": format \"", format,
             "\" is not \"", kTrainerStateFormat, "\"");
   TrainerState& saved = result.saved;
-  saved.iteration = field<int64_t>(state, "iteration", state_path);
-  saved.consumed_samples = field<int64_t>(state, "consumed_samples", state_path);
-  saved.skipped_iterations = field<int64_t>(state, "skipped_iterations", state_path);
-  saved.optimizer_steps = field<int64_t>(state, "optimizer_steps", state_path);
-  saved.train_position = field<int64_t>(state, "train_position", state_path);
-  saved.valid_position = field<int64_t>(state, "valid_position", state_path);
+  saved.iteration = counter_field(state, "iteration", state_path);
+  saved.consumed_samples = counter_field(state, "consumed_samples", state_path);
+  saved.skipped_iterations = counter_field(state, "skipped_iterations", state_path);
+  saved.optimizer_steps = counter_field(state, "optimizer_steps", state_path);
+  saved.train_position = counter_field(state, "train_position", state_path);
+  saved.valid_position = counter_field(state, "valid_position", state_path);
   result.iteration = saved.iteration;
-  result.seed = field<uint64_t>(field<json>(state, "rng", state_path), "seed", state_path);
+  const json rng = field<json>(state, "rng", state_path);
+  MOE_CHECK(rng.is_object(), state_path.string(), ": \"rng\" is ", json_excerpt(rng),
+            ", not an object");
+  result.seed = field<uint64_t>(rng, "seed", state_path);
   result.run_config = field<json>(state, "run_config", state_path);
   if (folder.filename().string().rfind("iter_", 0) == 0)
-    MOE_CHECK(folder.filename().string() == checkpoint_folder_name(saved.iteration),
+    MOE_CHECK(saved.iteration <= 9'999'999 &&
+                  folder.filename().string() == checkpoint_folder_name(saved.iteration),
               state_path.string(), " says iteration ", saved.iteration, ", but its folder is ",
               folder.filename().string());
+  // The routers' jitter draw counters (absent in checkpoints written before they were saved):
+  // one per router of this model.
+  std::optional<std::vector<uint64_t>> router_counts;
+  if (rng.contains("router_forward_counts")) {
+    const json& counts = rng["router_forward_counts"];
+    const size_t routers = model.router_forward_counts().size();
+    MOE_CHECK(counts.is_array() && counts.size() == routers, state_path.string(),
+              ": rng.router_forward_counts is ", json_excerpt(counts), ", not a list of ", routers,
+              " counts (one per router of the model)");
+    router_counts.emplace();
+    for (const json& c : counts) {
+      MOE_CHECK(c.is_number_unsigned(), state_path.string(), ": rng.router_forward_counts holds ",
+                json_excerpt(c), ", not a count");
+      router_counts->push_back(c.get<uint64_t>());
+    }
+  }
 
   // The model: the checkpoint's tensor layout must be this model's.
   const nn::ModelConfig file_config = nn::load_model_config((folder / kModelConfig).string());
@@ -483,9 +523,8 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
 
   if (!trainer) return result;
   // The routers' jitter draw counters (absent in checkpoints written before they were saved).
-  const json& rng = field<json>(state, "rng", state_path);
-  if (!options.finetune && rng.contains("router_forward_counts")) {
-    model.set_router_forward_counts(rng["router_forward_counts"].get<std::vector<uint64_t>>());
+  if (!options.finetune && router_counts) {
+    model.set_router_forward_counts(*router_counts);
   } else if (model.config().moe.moe_input_jitter_eps && !options.finetune) {
     result.warnings.push_back(
         "--moe-input-jitter-eps: this checkpoint has no router draw counters; the resumed run "
