@@ -4,8 +4,8 @@
 // 2^62, past int64), enumerations, nesting and keys. A config that reads is then counted as
 // `moe info` does (parameters per layer and in total).
 //
-// Cases marked "depends on" exercise known defects of the readers' owners (config validation,
-// train_args YAML); they assert the fixed behaviour.
+// Cases marked "defect" reproduce defects the sweep found in the readers (config validation,
+// YAML); they assert the fixed behaviour.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -210,7 +210,7 @@ TEST(ConfigSweep, TrainYaml) {
     const bool accepted = run({"key '" + key + "' given twice", sweep::join_lines(twice),
                                "YAML duplicate keys refused (train_args owner)"});
     EXPECT_FALSE(accepted) << "run.yaml with '" << key
-                           << "' twice was accepted [depends on: YAML duplicate keys refused "
+                           << "' twice was accepted [defect: YAML duplicate keys refused "
                               "(train_args owner)]";
   }
   // Errors of values that the flags' checks do not name.

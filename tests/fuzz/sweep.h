@@ -924,7 +924,7 @@ class Sweep {
              const std::function<void()>& read) {
     const std::string label = name_ + " / " + m.what;
     std::snprintf(detail::current_case, sizeof detail::current_case, "%s%s%s", label.c_str(),
-                  m.depends_on.empty() ? "" : " [depends on: ",
+                  m.depends_on.empty() ? "" : " [defect: ",
                   m.depends_on.empty() ? "" : (m.depends_on + "]").c_str());
     std::string problem;
     const int64_t start = detail::now_ns();
@@ -955,7 +955,7 @@ class Sweep {
     }
     if (!problem.empty()) {
       failures_.push_back(m.what +
-                          (m.depends_on.empty() ? "" : " [depends on: " + m.depends_on + "]") +
+                          (m.depends_on.empty() ? "" : " [defect: " + m.depends_on + "]") +
                           ": " + problem.substr(0, 600));
     } else if (returned) {
       ++accepted_;

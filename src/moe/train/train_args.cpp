@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "moe/checkpoint/upcycle.h"
@@ -866,9 +867,16 @@ TrainRunConfig parse_train_args(const std::vector<std::string>& args) {
   // The YAML file first, the command line over it.
   for (const auto& [name, text] : cli)
     if (name == "--config") s.values["--config"] = text;
+  std::set<std::string> from_yaml;  // flags whose value is the YAML file's
   if (s.values.count("--config"))
-    for (const auto& [name, text] : read_train_yaml(s.values["--config"])) s.values[name] = text;
-  for (const auto& [name, text] : cli) s.values[name] = text;
+    for (const auto& [name, text] : read_train_yaml(s.values["--config"])) {
+      s.values[name] = text;
+      from_yaml.insert(name);
+    }
+  for (const auto& [name, text] : cli) {
+    s.values[name] = text;
+    from_yaml.erase(name);
+  }
 
   for (const Entry& e : table()) {
     auto it = s.values.find(e.flag.name);
@@ -884,7 +892,18 @@ TrainRunConfig parse_train_args(const std::vector<std::string>& args) {
     } else {
       s.run.given.push_back(e.flag.name + " " + it->second);
     }
-    e.apply(s, it->second);
+    if (!from_yaml.count(e.flag.name)) {
+      e.apply(s, it->second);
+      continue;
+    }
+    // A value from the YAML file: its errors say which file and key (a zoo lookup, say, names
+    // neither on its own).
+    try {
+      e.apply(s, it->second);
+    } catch (const Error& error) {
+      throw Error("--config " + s.values["--config"] + ", key " + e.flag.name.substr(2) + ": " +
+                  error.what());
+    }
   }
   finish(s);
   return s.run;
