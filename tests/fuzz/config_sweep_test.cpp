@@ -71,6 +71,10 @@ const std::vector<std::string>& config_words() {
   return words;
 }
 
+// Visible under UBSan only (signed overflow is undefined behaviour, not an exception).
+constexpr const char* kOverflow =
+    "sizes of 2^62 pass validate() and count_parameters overflows int64 (config owner)";
+
 void count(const ModelConfig& c) {
   const ModelParamCount n = count_parameters(c);
   (void)n.total();
@@ -101,9 +105,11 @@ TEST(ConfigSweep, HuggingFaceConfigJson) {
         copy[key] = value;
         const bool heads = std::string(key) == "num_attention_heads" && value == json(0);
         const bool layers = std::string(key) == "num_hidden_layers" && value != json(0);
+        const bool huge = value == json(int64_t{1} << 62);
         run({std::string(family) + ": " + key + " = " + value.dump(), copy.dump(),
              heads    ? "num_attention_heads 0 divides by zero before validation (config owner)"
              : layers ? "num_hidden_layers sizes the layer pattern before validation (config owner)"
+             : huge   ? kOverflow
                       : ""});
       }
     }
@@ -144,9 +150,12 @@ TEST(ConfigSweep, ModelConfigJson) {
       for (const json& value : {json(0), json(-1), json(int64_t{1} << 62)}) {
         json copy = root;
         copy[key] = value;
-        const bool layers = std::string(key) == "num_layers" && value == json(int64_t{1} << 62);
+        const bool huge = value == json(int64_t{1} << 62);
+        const bool layers = std::string(key) == "num_layers" && huge;
         run({name + ": " + key + " = " + value.dump(), copy.dump(),
-             layers ? "num_layers expands moe_layer_freq before validation (config owner)" : ""});
+             layers ? "num_layers expands moe_layer_freq before validation (config owner)"
+             : huge ? kOverflow
+                    : ""});
       }
     }
     {

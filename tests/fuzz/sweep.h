@@ -15,7 +15,9 @@
 //     beyond what the process had mapped when it began, so a header-claimed size fails the
 //     allocation (std::bad_alloc: a failure) instead of exhausting the machine. Not under
 //     AddressSanitizer, whose shadow memory counts against that limit: run the ASan build with
-//     ASAN_OPTIONS=allocator_may_return_null=1:max_allocation_size_mb=1024 instead.
+//     ASAN_OPTIONS=allocator_may_return_null=1:max_allocation_size_mb=1024 instead (and
+//     UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1, so that undefined behaviour ends in the
+//     SIGABRT handler; docs/bad-input.md).
 //
 // Cases are deterministic: case i of a sweep draws from Rng(case_seed(MOE_SWEEP_SEED, sweep, i)),
 // so a failure names (sweep, i) and MOE_SWEEP_CASE=i reruns that case alone.

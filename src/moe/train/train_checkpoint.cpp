@@ -471,7 +471,17 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
   // The model: the checkpoint's tensor layout must be this model's.
   const nn::ModelConfig file_config = nn::load_model_config((folder / kModelConfig).string());
   result.config_differences = config_differences(file_config, model.config());
-  if (tensor_layout(file_config) != tensor_layout(model.config()))
+  // The layouts are compared name by name, but building the file's alone walks every layer and
+  // every expert it claims (num_experts 2^31 - 1 validates). Other layer counts, or MoE layers
+  // with another expert count, are another layout anyway: refused before it is built.
+  const nn::ModelConfig& ours = model.config();
+  const bool file_has_moe =
+      std::any_of(file_config.moe_layer_pattern.begin(), file_config.moe_layer_pattern.end(),
+                  [](int moe) { return moe != 0; });
+  const bool same_counts = file_config.num_layers == ours.num_layers &&
+                           file_config.mtp_num_layers == ours.mtp_num_layers &&
+                           (!file_has_moe || file_config.moe.num_experts == ours.moe.num_experts);
+  if (!same_counts || tensor_layout(file_config) != tensor_layout(ours))
     MOE_FAIL("training checkpoint ", folder.string(), " holds a model of other tensor shapes ",
              "than this run's: ",
              result.config_differences.empty() ? std::string("(no config field differs)")
