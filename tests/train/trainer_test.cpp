@@ -553,27 +553,5 @@ TEST(Trainer, RestoredStateResumesExactly) {
   }
 }
 
-TEST(Trainer, RunLogsAndEvaluatesAtTheirIntervals) {
-  nn::GPTModel model(tiny_config(/*moe=*/false), DType::f32, Device::cpu(), 4);
-  TokenArraySource data(repetitive_tokens(32 * kSeq + 1), kSeq, 4);
-  TokenArraySource valid(repetitive_tokens(8 * kSeq + 1), kSeq, 5);
-  TrainConfig config = small_train_config(2, 2, 6);
-  config.log_interval = 2;
-  config.eval_interval = 3;
-  config.eval_iters = 1;
-  Trainer trainer(model, config, data, &valid);
-  std::vector<int64_t> logged, evaluated;
-  trainer.run([&](const StepMetrics& m) { logged.push_back(m.iteration); },
-              [&](int64_t iteration, double loss) {
-                EXPECT_TRUE(std::isfinite(loss));
-                evaluated.push_back(iteration);
-              });
-  EXPECT_EQ(logged, (std::vector<int64_t>{2, 4, 6}));
-  EXPECT_EQ(evaluated, (std::vector<int64_t>{3, 6}));
-  EXPECT_EQ(trainer.iteration(), 6);
-  trainer.run();  // already at --train-iters: nothing
-  EXPECT_EQ(trainer.iteration(), 6);
-}
-
 }  // namespace
 }  // namespace moe::train

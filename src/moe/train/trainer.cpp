@@ -200,17 +200,6 @@ double Trainer::evaluate() {
   return sum.to_double_vector()[0] / static_cast<double>(count);
 }
 
-void Trainer::run(const std::function<void(const StepMetrics&)>& on_step,
-                  const std::function<void(int64_t, double)>& on_eval) {
-  while (iteration_ < config_.train_iters) {
-    const StepMetrics m = train_step();
-    if (on_step && (m.skipped || m.iteration % config_.log_interval == 0)) on_step(m);
-    if (on_eval && valid_ && config_.eval_interval > 0 && config_.eval_iters > 0 &&
-        m.iteration % config_.eval_interval == 0)
-      on_eval(m.iteration, evaluate());
-  }
-}
-
 TrainerState Trainer::state() const {
   TrainerState s;
   s.iteration = iteration_;

@@ -59,8 +59,8 @@ struct TrainConfig {
   int64_t global_batch_size = 1;  // --global-batch-size (a multiple of --micro-batch-size on
                                   // one device: num_microbatches = global / micro)
   int64_t seq_length = 128;       // --seq-length
-  int64_t train_iters = 0;        // --train-iters (run(); also the schedules' default length)
-  int64_t eval_interval = 0;      // --eval-interval (0: no evaluation in run())
+  int64_t train_iters = 0;        // --train-iters (the run's length, and the schedules' default)
+  int64_t eval_interval = 0;      // --eval-interval (0: no evaluation; run_training)
   int64_t eval_iters = 0;         // --eval-iters (iterations of global_batch_size samples each)
   int64_t log_interval = 1;       // --log-interval
   uint64_t seed = 1234;           // --seed: the caller builds the model and the data sources
@@ -119,10 +119,6 @@ class Trainer {
   // Mean lm loss over eval_iters x num_microbatches validation micro-batches (forward only;
   // the model's step accumulators, e.g. the expert-bias token counts, are left as they were).
   double evaluate();
-  // Steps until iteration == train_iters; on_step gets every log_interval-th iteration's
-  // metrics (and a skipped one's always), on_eval (iteration, loss) every eval_interval.
-  void run(const std::function<void(const StepMetrics&)>& on_step = {},
-           const std::function<void(int64_t, double)>& on_eval = {});
 
   TrainerState state() const;
   void restore(const TrainerState& state);
