@@ -642,4 +642,15 @@ const std::vector<SuiteCase>& collective_suite() {
   return cases;
 }
 
+std::vector<LocalSuiteParam> local_suite_params() {
+  std::vector<LocalSuiteParam> out;
+  for (const SuiteCase& c : collective_suite())
+    for (int world : {1, 2, 3, 4}) out.push_back({c, world});
+  return out;
+}
+
+std::string local_suite_param_name(const LocalSuiteParam& p) {
+  return std::string(p.suite_case.name) + "_world" + std::to_string(p.world);
+}
+
 }  // namespace moe::dist::test

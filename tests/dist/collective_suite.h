@@ -32,4 +32,16 @@ const std::vector<SuiteCase>& collective_suite();
 // GoogleTest prints a parameter by its name.
 inline void PrintTo(const SuiteCase& c, std::ostream* out) { *out << c.name; }
 
+// A case in a world of its own, for the runners with ranks as threads (Local backend): every
+// case on 1, 2, 3 and 4 ranks, named "<case>_world<N>".
+struct LocalSuiteParam {
+  SuiteCase suite_case;
+  int world;
+};
+inline void PrintTo(const LocalSuiteParam& p, std::ostream* out) {
+  *out << p.suite_case.name << " on " << p.world << " ranks";
+}
+std::vector<LocalSuiteParam> local_suite_params();
+std::string local_suite_param_name(const LocalSuiteParam& p);
+
 }  // namespace moe::dist::test
