@@ -225,7 +225,7 @@ TEST(ConfigSweep, TrainYaml) {
   // Errors of values that the flags' checks do not name.
   run({"model: a name not in the zoo", "model: nonexistent-model\n",
        "the zoo lookup of --model names neither the flag nor the file (train_args owner)"});
-  run({"an explicit key '? a'", "? a\n: 1\nlr: 0.1\n",
+  run({"a mapping as a key ('? a: 1')", "? a: 1\nlr: 0.1\n",
        "a YAML key that is not a string escapes as yaml-cpp's bad conversion (train_args owner)"});
   run({"a sequence as a key", "[lr, 1]: 0.1\n",
        "a YAML key that is not a string escapes as yaml-cpp's bad conversion (train_args owner)"});
