@@ -144,4 +144,13 @@ PairedInput paired_input(const Shape& shape, DType dtype, uint64_t seed, bool mi
   return {v.to(reference_dtype(dtype)), misaligned ? misaligned_gpu(gpu(v)) : gpu(v)};
 }
 
+std::string message_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 }  // namespace moe::test

@@ -88,4 +88,7 @@ PairedInput paired_input(const Shape& shape, DType dtype, uint64_t seed, bool mi
 #define MOE_REQUIRE_GPU() \
   if (!::moe::test::have_gpu()) GTEST_SKIP() << "no CUDA device"
 
+// The message of the std::exception `fn` throws, or "" when it returns: for tests of errors.
+std::string message_of(const std::function<void()>& fn);
+
 }  // namespace moe::test

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <sstream>
@@ -15,6 +16,8 @@
 
 namespace moe::dist::test {
 namespace {
+
+using ::moe::test::message_of;
 
 constexpr DType kReduceDTypes[] = {DType::f64, DType::f32, DType::bf16,
                                    DType::f16, DType::i64, DType::i32};
@@ -159,15 +162,6 @@ std::vector<int64_t> uneven_counts(int size, int64_t scale) {
 
 int64_t sum_before(const std::vector<int64_t>& counts, int end) {
   return std::accumulate(counts.begin(), counts.begin() + end, int64_t{0});
-}
-
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 #define EXPECT_CONTAINS(text, part) \
@@ -651,6 +645,15 @@ std::vector<LocalSuiteParam> local_suite_params() {
 
 std::string local_suite_param_name(const LocalSuiteParam& p) {
   return std::string(p.suite_case.name) + "_world" + std::to_string(p.world);
+}
+
+void RankFailurePrinter::OnTestPartResult(const ::testing::TestPartResult& result) {
+  if (!result.failed()) return;
+  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::fprintf(stderr, "[rank %d] failure in %s.%s at %s:%d\n%s\n", rank_,
+               test ? test->test_suite_name() : "?", test ? test->name() : "?",
+               result.file_name() ? result.file_name() : "?", result.line_number(),
+               result.summary());
 }
 
 }  // namespace moe::dist::test

@@ -9,6 +9,8 @@
 // ASSERTs), so a failed check never leaves the ranks calling different collectives.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <ostream>
 #include <string>
 #include <vector>
@@ -42,6 +44,17 @@ inline void PrintTo(const LocalSuiteParam& p, std::ostream* out) {
   *out << p.suite_case.name << " on " << p.world << " ranks";
 }
 std::vector<LocalSuiteParam> local_suite_params();
+
+// For the runners with ranks as processes: every rank's failures on stderr, prefixed with its
+// rank (only rank 0 keeps GoogleTest's own report).
+class RankFailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& result) override;
+
+ private:
+  int rank_;
+};
 std::string local_suite_param_name(const LocalSuiteParam& p);
 
 }  // namespace moe::dist::test

@@ -23,6 +23,8 @@
 namespace moe::dist {
 namespace {
 
+using ::moe::test::message_of;
+
 constexpr int kWorldSizes[] = {1, 2, 3, 4, 8};
 constexpr DType kReduceDTypes[] = {DType::f64, DType::f32, DType::bf16,
                                    DType::f16, DType::i64, DType::i32};
@@ -67,15 +69,6 @@ double reduce_tags(ReduceOp op, int world, int64_t index, DType dtype) {
     return test::close(actual.to(DType::f64), expected.to(DType::f64),
                        test::tolerance(actual.dtype()));
   return test::equal(actual, expected);
-}
-
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 #define EXPECT_CONTAINS(text, part) \

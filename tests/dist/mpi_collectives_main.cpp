@@ -63,23 +63,6 @@ INSTANTIATE_TEST_SUITE_P(Mpi, MpiSuite, ::testing::ValuesIn(collective_suite()),
                            return std::string(info.param.name);
                          });
 
-// Every rank's failures, prefixed with its rank (only rank 0 keeps GoogleTest's own report).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::fprintf(stderr, "[rank %d] failure in %s.%s at %s:%d\n%s\n", rank_,
-                 test ? test->test_suite_name() : "?", test ? test->name() : "?",
-                 result.file_name() ? result.file_name() : "?", result.line_number(),
-                 result.summary());
-  }
-
- private:
-  int rank_;
-};
-
 int run_fault(const std::string& fault) {
   ProcessGroup& world = *g_world;
   const int last = world.size() - 1;

@@ -21,6 +21,8 @@
 namespace moe::dist {
 namespace {
 
+using ::moe::test::message_of;
+
 constexpr Device kGpu = Device::cuda(0);
 
 #define MOE_REQUIRE_NCCL() \
@@ -49,15 +51,6 @@ Tensor input(const Shape& shape, DType dt, uint64_t seed) {
 // A device tensor of `shape` filled with a value no collective here produces.
 Tensor poisoned(const Shape& shape, DType dt) {
   return Tensor::full(shape, 77, dt, kGpu);
-}
-
-std::string message_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 bool contains(const std::string& text, const std::string& part) {

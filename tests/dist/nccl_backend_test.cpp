@@ -1,5 +1,6 @@
 // The NCCL backend's entry points without a GPU: arguments are checked before anything else
 // (naming the rank), and a build without NCCL says so instead of failing obscurely.
+#include "common/check.h"
 #include "moe/dist/nccl_backend.h"
 
 #include <gtest/gtest.h>
@@ -10,14 +11,7 @@
 namespace moe::dist {
 namespace {
 
-std::string message_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using ::moe::test::message_of;
 
 TEST(NcclBackend, RankOutsideTheWorld) {
   const NcclUniqueId id{};

@@ -168,23 +168,6 @@ TEST(NcclManyRanks, ReductionsAgainstFp64) {
   EXPECT_EQ(wrong, 0u) << "of " << got.size() << " elements, expected " << expected;
 }
 
-// Every rank's failures, prefixed with its rank (only rank 0 keeps GoogleTest's own report).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::fprintf(stderr, "[rank %d] failure in %s.%s at %s:%d\n%s\n", rank_,
-                 test ? test->test_suite_name() : "?", test ? test->name() : "?",
-                 result.file_name() ? result.file_name() : "?", result.line_number(),
-                 result.summary());
-  }
-
- private:
-  int rank_;
-};
-
 std::string to_hex(const NcclUniqueId& id) {
   static const char* digits = "0123456789abcdef";
   std::string out;
