@@ -23,6 +23,10 @@ Experts::Experts(const MoEConfig& config, Device device, int ep_rank, int etp_ra
   const int64_t H = config_.hidden_size, F = config_.moe_ffn_hidden_size;
   fc1 = Parameter::make("experts.fc1", {El, 2 * Fl, H}, config_.params_dtype, device);
   fc2 = Parameter::make("experts.fc2", {El, H, Fl}, config_.params_dtype, device);
+  // Where these shards sit in the global [E, 2F, H] / [E, H, F] tensors (parameter.h).
+  const int64_t E = config_.num_experts, first = ep_rank_ * El, f0 = etp_rank_ * Fl;
+  fc1.layout = {GradGroup::expert, {E, 2 * F, H}, {E, 2, F, H}, {first, 0, f0, 0}, {El, 2, Fl, H}};
+  fc2.layout = {GradGroup::expert, {E, H, F}, {E, H, F}, {first, 0, f0}, {El, H, Fl}};
   // Initialise each shard with the values the full [E, 2F, H] / [E, H, F] tensors would hold,
   // so any EP x ETP mapping starts from the same model (counter-based RNG, docs/design.md).
   const uint64_t seed1 = config_.seed ^ kFc1Salt, seed2 = config_.seed ^ kFc2Salt;

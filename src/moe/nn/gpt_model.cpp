@@ -73,9 +73,14 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
   const int64_t S = input_ids.size(0), B = input_ids.size(1);
   ctx.tokens_shape = input_ids.shape();
   ctx.input_ids = input_ids;
+  if (on_params_needed) on_params_needed({&embed_tokens});
   Tensor x = ops::embedding_forward(input_ids, embed_tokens.value);  // [S, B, H]
   ctx.layers.resize(layers.size());
-  for (size_t l = 0; l < layers.size(); ++l) x = layers[l].forward(x, ctx.layers[l]);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (on_params_needed) on_params_needed(layers[l].parameters());
+    x = layers[l].forward(x, ctx.layers[l]);
+  }
+  if (on_params_needed) on_params_needed(head_parameters());
   return final_norm.forward(x, ctx.final_norm).reshape({S * B, config_.hidden_size});
 }
 
@@ -142,6 +147,7 @@ Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
     if (ctx.loss_mask.defined())
       m.loss_mask = shift_left(ctx.loss_mask.reshape({S, B}), k, 0.0).reshape({T});
     const Tensor embedded = ops::embedding_forward(m.input_ids, embed_tokens.value);
+    if (on_params_needed) on_params_needed(mtp_layers[static_cast<size_t>(d)].parameters());
     prev = mtp_layers[static_cast<size_t>(d)].forward(embedded, prev, m.layer);
     m.hidden = prev.reshape({T, H});
     m.cross_entropy = ops::linear_cross_entropy_forward(m.hidden, output_weight().value, m.labels,
@@ -197,13 +203,28 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
                                             cross_entropy);
   }
   // h_0 also feeds the first MTP layer (hnorm): its gradient adds to the main loss's.
-  if (!mtp_layers.empty()) ops::add_(dh, mtp_backward(ctx, loss_scale));
+  if (!mtp_layers.empty()) {
+    ops::add_(dh, mtp_backward(ctx, loss_scale));
+    if (on_grads_ready)
+      for (MtpLayer& mtp : mtp_layers) on_grads_ready(mtp.parameters());
+  }
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
   Tensor dx = final_norm.backward(dh.reshape({S, B, config_.hidden_size}), ctx.final_norm);
-  for (size_t l = layers.size(); l-- > 0;) dx = layers[l].backward(dx, ctx.layers[l], loss_scale);
+  if (on_grads_ready) on_grads_ready(head_parameters());
+  for (size_t l = layers.size(); l-- > 0;) {
+    dx = layers[l].backward(dx, ctx.layers[l], loss_scale);
+    if (on_grads_ready) on_grads_ready(layers[l].parameters());
+  }
   // With tied weights the embedding gradient already holds the output layer's part: add to it.
   const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
   ops::embedding_backward(dx, ctx.input_ids, embed_tokens.grad, accumulate);
+  if (on_grads_ready) on_grads_ready({&embed_tokens});
+}
+
+std::vector<Parameter*> GPTModel::head_parameters() {
+  std::vector<Parameter*> params{&final_norm.weight};
+  if (config_.untie_embeddings_and_output_weights) params.push_back(&lm_head);
+  return params;
 }
 
 Tensor GPTModel::logits(const Tensor& input_ids) {

@@ -53,6 +53,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <optional>
 #include <vector>
@@ -145,6 +146,16 @@ class GPTModel {
   std::vector<uint64_t> router_forward_counts();
   void set_router_forward_counts(const std::vector<uint64_t>& counts);
 
+  // Optional hooks for the data-parallel wrapper (train/data_parallel.h). on_params_needed is
+  // called in forward() and logits() before a group of parameters is first read (the
+  // embedding, each decoder layer, the final norm with lm_head, each MTP layer): an
+  // overlapped parameter all-gather waits there. on_grads_ready is called in backward() as soon
+  // as a group's gradients for this micro-batch are complete (the MTP layers, the final norm
+  // with lm_head, each decoder layer, last the embedding): an overlapped gradient reduction
+  // starts the buckets they complete. Unset: no cost.
+  std::function<void(const std::vector<Parameter*>&)> on_params_needed;
+  std::function<void(const std::vector<Parameter*>&)> on_grads_ready;
+
   Parameter& output_weight() {
     return config_.untie_embeddings_and_output_weights ? lm_head : embed_tokens;
   }
@@ -160,6 +171,8 @@ class GPTModel {
   ops::CrossEntropyOptions cross_entropy;  // ignore_index, reduction, CUDA chunk size
 
  private:
+  // The final norm's weight and, when untied, lm_head: the parameters after the decoder.
+  std::vector<Parameter*> head_parameters();
   // The MoE layers' routers, decoder layers first, then MTP layers.
   std::vector<Router*> routers();
   // Embedding and layers and final norm: the hidden states [T, H] the output layer reads.

@@ -18,12 +18,13 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-bool AdamW::decays(const nn::Parameter& p) {
+bool Optimizer::decays(const nn::Parameter& p) {
   return p.value.dim() > 1 && !ends_with(p.name, ".bias");
 }
 
-AdamW::AdamW(std::vector<nn::Parameter*> params, const OptimizerConfig& config)
-    : config_(config) {
+AdamW::AdamW(std::vector<nn::Parameter*> params, const OptimizerConfig& config,
+             GradNormGroups norm_groups)
+    : config_(config), norm_groups_(std::move(norm_groups)) {
   MOE_CHECK(config.clip_grad >= 0, "--clip-grad must be >= 0, got ", config.clip_grad);
   for (DType d : {config.exp_avg_dtype, config.exp_avg_sq_dtype})
     MOE_CHECK(d == DType::f32 || d == DType::bf16,
@@ -46,8 +47,37 @@ AdamW::AdamW(std::vector<nn::Parameter*> params, const OptimizerConfig& config)
   }
 }
 
+double global_grad_norm(const Tensor& dense_sq, const Tensor& expert_sq,
+                        const GradNormGroups& groups) {
+  // [dense, expert] in f64 on the host: the parts are single numbers, and f64 keeps the sum
+  // of many ranks' parts from rounding differently with the rank count.
+  auto part = [](const Tensor& sq, const std::vector<std::shared_ptr<dist::ProcessGroup>>& gs) {
+    Tensor t = Tensor::full({1}, sq.defined() ? sq.to(Device::cpu()).to_double_vector()[0] : 0.0,
+                            DType::f64);
+    for (const auto& g : gs)
+      if (g && g->size() > 1) g->all_reduce(t, dist::ReduceOp::sum);
+    return t.to_double_vector()[0];
+  };
+  return std::sqrt(part(dense_sq, groups.dense) + part(expert_sq, groups.expert));
+}
+
 double AdamW::grad_norm() {
-  if (slots_.empty()) return 0.0;
+  if (slots_.empty() && norm_groups_.empty()) return 0.0;
+  if (!norm_groups_.empty()) {
+    // Dense and expert parts separately, each reduced over its groups (GradNormGroups).
+    Tensor dense, expert;
+    for (Slot& s : slots_) {
+      if (s.param->grad_is_zero) continue;
+      Tensor sq = ops::squared_norm(s.param->grad);
+      if (sq.dtype() != DType::f64) sq = sq.to(DType::f32);
+      Tensor& total = s.param->layout.grad_group == nn::GradGroup::expert ? expert : dense;
+      if (!total.defined())
+        total = sq;
+      else
+        ops::add_(total, sq);
+    }
+    return global_grad_norm(dense, expert, norm_groups_);
+  }
   // Per-tensor squared norms, added on the device in parameter order (reproducible).
   Tensor total;
   for (Slot& s : slots_) {
@@ -90,9 +120,10 @@ StepResult AdamW::step(double lr, double weight_decay) {
 std::vector<NamedTensor> AdamW::state() {
   std::vector<NamedTensor> named;
   for (Slot& s : slots_) {
-    named.push_back({s.param->name + ".exp_avg", &s.exp_avg});
-    named.push_back({s.param->name + ".exp_avg_sq", &s.exp_avg_sq});
-    if (s.master.defined()) named.push_back({s.param->name + ".master", &s.master});
+    const int64_t n = s.param->value.numel();
+    named.push_back({s.param->name + ".exp_avg", &s.exp_avg, s.param, 0, n});
+    named.push_back({s.param->name + ".exp_avg_sq", &s.exp_avg_sq, s.param, 0, n});
+    if (s.master.defined()) named.push_back({s.param->name + ".master", &s.master, s.param, 0, n});
   }
   return named;
 }

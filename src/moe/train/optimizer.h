@@ -17,10 +17,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "moe/core/tensor.h"
+#include "moe/dist/process_group.h"
 #include "moe/nn/parameter.h"
 
 namespace moe::train {
@@ -39,27 +41,68 @@ struct StepResult {
   double grad_norm = 0.0;  // before clipping
 };
 
+// One optimizer state tensor: "<param>.exp_avg", "<param>.exp_avg_sq" or "<param>.master".
+// It has the parameter's layout (nn::ParamLayout) and holds the elements [begin, end) of the
+// parameter's local value, flattened: all of them, except under the distributed optimizer,
+// which keeps only this rank's shard (then `value` is 1-D of end - begin elements).
 struct NamedTensor {
   std::string name;
   Tensor* value = nullptr;
+  const nn::Parameter* param = nullptr;
+  int64_t begin = 0, end = 0;
 };
 
-class AdamW {
- public:
-  AdamW(std::vector<nn::Parameter*> params, const OptimizerConfig& config);
+// How this rank's squared gradient norms add up to the global norm (the norm of all gradients
+// of the model, each element counted once). The dense part's sum is all-reduced over each group
+// of `dense` in turn, the expert part's over each group of `expert`, and the two are added.
+// Without data or expert parallelism both lists are empty and the norm is the one-rank sum.
+//   AdamW under DP x EP:          dense {}            (reduced gradients are replicated)
+//                                 expert {ETP x EP}   (each rank holds other experts)
+//   the distributed optimizer:    dense {DP x CP}     (each rank holds a shard)
+//                                 expert {EDP, ETP x EP}
+struct GradNormGroups {
+  std::vector<std::shared_ptr<dist::ProcessGroup>> dense, expert;
+  bool empty() const { return dense.empty() && expert.empty(); }
+};
 
-  // One optimizer step at the given lr and weight decay. One host synchronisation (the norm).
-  StepResult step(double lr, double weight_decay);
-  // The gradient norm alone (also one synchronisation).
-  double grad_norm();
+// What the trainer and the checkpoints see of an optimizer: AdamW (below) or the distributed
+// optimizer (distributed_optimizer.h).
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // One step at the given lr and weight decay over the gradients of one global batch (already
+  // reduced over the data-parallel ranks). One host synchronisation (the norm).
+  virtual StepResult step(double lr, double weight_decay) = 0;
+  // The global gradient norm alone (also one synchronisation).
+  virtual double grad_norm() = 0;
+  // The tensors a checkpoint stores; see NamedTensor.
+  virtual std::vector<NamedTensor> state() = 0;
+  // After loading a model's weights into a 16-bit model: masters = the weights again.
+  virtual void reload_masters_from_model() = 0;
 
   int64_t steps_taken() const { return steps_; }
   void set_steps_taken(int64_t steps) { steps_ = steps; }
-  std::vector<NamedTensor> state();
-  // After loading a model's weights into a 16-bit model: masters = the weights again.
-  void reload_masters_from_model();
   // Whether the parameter gets weight decay (not biases, not 1-D tensors such as norms).
   static bool decays(const nn::Parameter& p);
+
+ protected:
+  int64_t steps_ = 0;
+};
+
+// The global norm from this rank's dense and expert squared sums (GradNormGroups); one
+// synchronisation. Non-finite parts stay non-finite on every rank.
+double global_grad_norm(const Tensor& dense_sq, const Tensor& expert_sq,
+                        const GradNormGroups& groups);
+
+class AdamW : public Optimizer {
+ public:
+  AdamW(std::vector<nn::Parameter*> params, const OptimizerConfig& config,
+        GradNormGroups norm_groups = {});
+
+  StepResult step(double lr, double weight_decay) override;
+  double grad_norm() override;
+  std::vector<NamedTensor> state() override;
+  void reload_masters_from_model() override;
 
  private:
   struct Slot {
@@ -72,7 +115,7 @@ class AdamW {
 
   std::vector<Slot> slots_;
   OptimizerConfig config_;
-  int64_t steps_ = 0;
+  GradNormGroups norm_groups_;
 };
 
 }  // namespace moe::train

@@ -7,6 +7,7 @@
 
 #include "moe/core/error.h"
 #include "moe/ops/elementwise.h"
+#include "moe/train/distributed_optimizer.h"
 
 namespace moe::train {
 namespace {
@@ -19,9 +20,22 @@ LrScheduleConfig schedule_for(const TrainConfig& c) {
   return s;
 }
 
-const TrainConfig& validated(const TrainConfig& c) {
-  c.validate();
+int64_t dp_of(const TrainParallel& p) {
+  return p.state ? p.state->dp_cp_size() : 1;
+}
+
+const TrainConfig& validated(const TrainConfig& c, const TrainParallel& p) {
+  c.validate(dp_of(p));
   return c;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(nn::GPTModel& model, const TrainConfig& c,
+                                          DataParallel* ddp) {
+  if (!ddp) return std::make_unique<AdamW>(model.parameters(), c.optimizer);
+  if (ddp->config().use_distributed_optimizer)
+    return std::make_unique<DistributedOptimizer>(ddp->buffers(), c.optimizer, ddp->norm_groups(),
+                                                  ddp->config().overlap_param_gather);
+  return std::make_unique<AdamW>(model.parameters(), c.optimizer, ddp->norm_groups());
 }
 
 // acc[i] += value (0-d), on the device: the losses are read back once per step.
@@ -37,13 +51,19 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-void TrainConfig::validate() const {
+void TrainConfig::validate(int64_t dp) const {
   MOE_CHECK(micro_batch_size >= 1, "--micro-batch-size must be positive, got ", micro_batch_size);
   MOE_CHECK(global_batch_size >= 1, "--global-batch-size must be positive, got ",
             global_batch_size);
-  MOE_CHECK(global_batch_size % micro_batch_size == 0, "--global-batch-size ", global_batch_size,
-            " is not a multiple of --micro-batch-size ", micro_batch_size,
-            " (on one device the number of micro-batches is global / micro)");
+  if (dp == 1)
+    MOE_CHECK(global_batch_size % micro_batch_size == 0, "--global-batch-size ",
+              global_batch_size, " is not a multiple of --micro-batch-size ", micro_batch_size,
+              " (on one device the number of micro-batches is global / micro)");
+  else
+    MOE_CHECK(global_batch_size % (micro_batch_size * dp) == 0, "--global-batch-size ",
+              global_batch_size, " is not a multiple of --micro-batch-size ", micro_batch_size,
+              " x the data-parallel size ", dp,
+              " (each data-parallel rank runs global / (micro x DP) micro-batches per step)");
   MOE_CHECK(seq_length >= 1, "--seq-length must be positive, got ", seq_length);
   MOE_CHECK(train_iters >= 0, "--train-iters must be >= 0, got ", train_iters);
   MOE_CHECK(eval_interval >= 0, "--eval-interval must be >= 0, got ", eval_interval);
@@ -55,13 +75,20 @@ void TrainConfig::validate() const {
 }
 
 Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& train,
-                 BatchSource* valid)
+                 BatchSource* valid, TrainParallel parallel)
     : model_(model),
-      config_(validated(config)),
+      config_(validated(config, parallel)),
       train_(train),
       valid_(valid),
       schedule_(schedule_for(config)),
-      optimizer_(model.parameters(), config.optimizer) {
+      parallel_(std::move(parallel)) {
+  if (parallel_.state) ddp_ = std::make_unique<DataParallel>(model, *parallel_.state, parallel_.ddp);
+  optimizer_ = make_optimizer(model, config_, ddp_.get());
+  if (auto* dopt = dynamic_cast<DistributedOptimizer*>(optimizer_.get());
+      dopt && parallel_.ddp.overlap_param_gather)
+    model.on_params_needed = [dopt](const std::vector<nn::Parameter*>& params) {
+      dopt->wait_for_params(params);
+    };
   const int64_t S = config_.seq_length;
   MOE_CHECK(S > model.config().mtp_num_layers, "--seq-length ", S,
             " must exceed --mtp-num-layers ", model.config().mtp_num_layers);
@@ -72,10 +99,33 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
               valid->sample_length(), " tokens, but --seq-length ", S, " needs ", S + 1);
 }
 
+Trainer::~Trainer() {
+  model_.on_params_needed = nullptr;  // the hook points at this trainer's optimizer
+}
+
+int64_t Trainer::data_parallel_size() const { return dp_of(parallel_); }
+
+Tensor Trainer::next_samples(BatchSource& source) {
+  const int64_t B = config_.micro_batch_size, dp = data_parallel_size();
+  if (dp == 1) return source.next(B);
+  // Megatron's MegatronPretrainingSampler: DP x B consecutive samples per micro-batch step,
+  // rank r takes [r B, (r + 1) B) of them. position() stays the global count.
+  const int64_t start = source.position(), r = parallel_.state->dp_cp_rank();
+  source.set_position(start + r * B);
+  Tensor mine = source.next(B);
+  source.set_position(start + dp * B);
+  return mine;
+}
+
+void Trainer::reduce_losses(Tensor& sums) {
+  if (!parallel_.state || parallel_.state->dp_cp_size() == 1) return;
+  parallel_.state->dp_cp()->all_reduce(sums, dist::ReduceOp::sum);
+}
+
 Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
   const int64_t B = config_.micro_batch_size, S = config_.seq_length, L = S + 1;
   const int64_t V = model_.config().vocab_size;
-  Tensor sample = source.next(B);
+  Tensor sample = next_samples(source);
   MOE_CHECK(sample.device().is_cpu() && sample.shape() == Shape({B, L}), which,
             " data: a micro-batch must be [", B, ", ", L, "] on the host, got ", sample.str());
   if (sample.dtype() != DType::i64) sample = sample.to(DType::i64);
@@ -99,14 +149,17 @@ Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
 
 StepMetrics Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
-  const int64_t M = config_.num_microbatches();
-  const double scale = 1.0 / static_cast<double>(M);
+  const int64_t M = num_microbatches();
+  // Every micro-batch's loss is scaled by 1 / (all micro-batches of the global batch): the
+  // data-parallel sum of the gradients is then their mean (data_parallel.h).
+  const double scale = 1.0 / static_cast<double>(M * data_parallel_size());
   StepMetrics m;
   m.iteration = iteration_ + 1;
 
   model_.zero_grad();
   Tensor sums;  // [lm, aux, mtp] summed over the micro-batches, on the device
   for (int64_t i = 0; i < M; ++i) {
+    if (ddp_) ddp_->start_micro_batch(i == M - 1);
     MicroBatch mb = load(train_, "training");
     nn::GPTContext ctx;
     // The scale is known now: the output layer's loss backward runs inside the forward.
@@ -119,12 +172,14 @@ StepMetrics Trainer::train_step() {
     accumulate(sums, 1, loss.aux_loss);
     accumulate(sums, 2, loss.mtp_loss);
   }
+  if (ddp_) ddp_->finish_grad_sync();
+  reduce_losses(sums);
   const std::vector<double> host = sums.to_double_vector();  // the step's one loss read-back
   m.loss = host[0] * scale;
   m.aux_loss = host[1] * scale;
   m.mtp_loss = host[2] * scale;
 
-  const int64_t n = optimizer_.steps_taken();
+  const int64_t n = optimizer_->steps_taken();
   m.lr = schedule_.lr(n);
   m.weight_decay = schedule_.weight_decay(n);
 
@@ -140,7 +195,7 @@ StepMetrics Trainer::train_step() {
     }
   }
   if (bad.empty()) {
-    const StepResult r = optimizer_.step(m.lr, m.weight_decay);
+    const StepResult r = optimizer_->step(m.lr, m.weight_decay);
     m.grad_norm = r.grad_norm;
     if (!r.taken) {
       bad = "gradient norm";
@@ -186,7 +241,7 @@ double Trainer::evaluate() {
   MOE_CHECK(config_.eval_iters > 0, "evaluate: --eval-iters must be positive, got ",
             config_.eval_iters);
   // Megatron's evaluate(): eval_iters iterations of a global batch each, forward only.
-  const int64_t count = config_.eval_iters * config_.num_microbatches();
+  const int64_t count = config_.eval_iters * num_microbatches();
   Tensor sum;
   for (int64_t i = 0; i < count; ++i) {
     MicroBatch mb = load(*valid_, "validation");
@@ -197,7 +252,8 @@ double Trainer::evaluate() {
   }
   // The forward passes counted routed tokens for the expert-bias update: not training data.
   model_.discard_step();
-  return sum.to_double_vector()[0] / static_cast<double>(count);
+  reduce_losses(sum);
+  return sum.to_double_vector()[0] / static_cast<double>(count * data_parallel_size());
 }
 
 TrainerState Trainer::state() const {
@@ -205,7 +261,7 @@ TrainerState Trainer::state() const {
   s.iteration = iteration_;
   s.consumed_samples = consumed_samples_;
   s.skipped_iterations = skipped_;
-  s.optimizer_steps = optimizer_.steps_taken();
+  s.optimizer_steps = optimizer_->steps_taken();
   s.train_position = train_.position();
   s.valid_position = valid_ ? valid_->position() : 0;
   return s;
@@ -221,7 +277,7 @@ void Trainer::restore(const TrainerState& s) {
   consumed_samples_ = s.consumed_samples;
   skipped_ = s.skipped_iterations;
   skipped_in_a_row_ = 0;
-  optimizer_.set_steps_taken(s.optimizer_steps);
+  optimizer_->set_steps_taken(s.optimizer_steps);
   train_.set_position(s.train_position);
   if (valid_) valid_->set_position(s.valid_position);
 }

@@ -33,8 +33,10 @@
 #include <memory>
 #include <string>
 
+#include "moe/dist/parallel_state.h"
 #include "moe/nn/gpt_model.h"
 #include "moe/train/batch_source.h"
+#include "moe/train/data_parallel.h"
 #include "moe/train/lr_schedule.h"
 #include "moe/train/optimizer.h"
 
@@ -72,9 +74,18 @@ struct TrainConfig {
   // NanAction::skip: this many skipped updates in a row stop the run (>= 1; see above).
   int64_t max_consecutive_skipped = kMaxConsecutiveSkippedIterations;
 
-  int64_t num_microbatches() const { return global_batch_size / micro_batch_size; }
+  // Micro-batches per rank and step: global / (micro x data-parallel size).
+  int64_t num_microbatches(int64_t data_parallel_size = 1) const {
+    return global_batch_size / (micro_batch_size * data_parallel_size);
+  }
   // Checks the batch and interval flags; names the flags of anything inconsistent.
-  void validate() const;
+  void validate(int64_t data_parallel_size = 1) const;
+};
+
+// The parallel mapping of a run (null state: one rank) and Megatron's DDP options.
+struct TrainParallel {
+  std::shared_ptr<dist::ParallelState> state;
+  DdpConfig ddp;
 };
 
 struct StepMetrics {
@@ -108,8 +119,13 @@ class Trainer {
   // The model, the sources and (through the optimizer) the parameters must outlive the
   // trainer. `valid` may be null (no evaluation). Checks the config and that the sources'
   // samples are seq_length + 1 tokens long.
+  // With a parallel state of data-parallel size DP (x CP), this rank reads its part of each
+  // global batch (Megatron's sampler: of every DP x micro_batch_size consecutive samples, the
+  // dp_rank-th micro-batch), the gradients are reduced as data_parallel.h says, the reported
+  // losses are the means over all ranks, and every rank takes the same decisions (skip, stop).
   Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& train,
-          BatchSource* valid = nullptr);
+          BatchSource* valid = nullptr, TrainParallel parallel = {});
+  ~Trainer();
 
   // Called after each training micro-batch's forward with its context (the routers' counts and
   // losses per layer), before its backward: per-layer MoE logging reads it there.
@@ -126,8 +142,14 @@ class Trainer {
   int64_t iteration() const { return iteration_; }
   int64_t consumed_samples() const { return consumed_samples_; }
   int64_t skipped_iterations() const { return skipped_; }
-  int64_t optimizer_steps() const { return optimizer_.steps_taken(); }
-  AdamW& optimizer() { return optimizer_; }
+  int64_t optimizer_steps() const { return optimizer_->steps_taken(); }
+  Optimizer& optimizer() { return *optimizer_; }
+  // Null on one rank.
+  const dist::ParallelState* parallel_state() const { return parallel_.state.get(); }
+  DataParallel* data_parallel() { return ddp_.get(); }
+  int64_t data_parallel_size() const;
+  // This rank's micro-batches per step.
+  int64_t num_microbatches() const { return config_.num_microbatches(data_parallel_size()); }
   const LrSchedule& schedule() const { return schedule_; }
   const TrainConfig& config() const { return config_; }
 
@@ -142,8 +164,15 @@ class Trainer {
   TrainConfig config_;
   BatchSource& train_;
   BatchSource* valid_;
+  // This rank's next micro-batch of the source: skips the other data-parallel ranks' parts.
+  Tensor next_samples(BatchSource& source);
+  // Sums the [lm, aux, mtp] sums over DP x CP (nothing on one rank).
+  void reduce_losses(Tensor& sums);
+
   LrSchedule schedule_;
-  AdamW optimizer_;
+  TrainParallel parallel_;
+  std::unique_ptr<DataParallel> ddp_;  // null on one rank
+  std::unique_ptr<Optimizer> optimizer_;
   int64_t iteration_ = 0;
   int64_t consumed_samples_ = 0;
   int64_t skipped_ = 0;

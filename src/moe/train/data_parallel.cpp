@@ -1,0 +1,164 @@
+#include "moe/train/data_parallel.h"
+
+#include <algorithm>
+
+#include "moe/core/error.h"
+
+namespace moe::train {
+
+// One buffer and the reduction state of its buckets within a step.
+struct DataParallel::BufferState {
+  std::unique_ptr<ParamAndGradBuffer> buffer;
+  std::vector<bool> ready;            // per entry: its gradient is complete this step
+  std::vector<int> ready_count;       // per bucket
+  std::vector<bool> started;          // per bucket
+  struct InFlight {
+    int bucket = 0;
+    std::unique_ptr<dist::Work> work;
+    Tensor sent;     // what the collective reads (the bucket, or its bf16 copy)
+    Tensor result;   // where the result lands before it is copied back (or undefined)
+  };
+  std::vector<InFlight> in_flight;
+};
+
+namespace {
+
+int64_t default_bucket_size(int dp_cp) {
+  // Megatron-Core: max(40M, 1M x DP) elements, so large data-parallel groups get fewer, larger
+  // collectives.
+  return std::max<int64_t>(40'000'000, int64_t{1'000'000} * dp_cp);
+}
+
+}  // namespace
+
+DataParallel::DataParallel(nn::GPTModel& model, const dist::ParallelState& state,
+                           const DdpConfig& config)
+    : model_(model), state_(state), config_(config) {
+  MOE_CHECK(config.bucket_size >= 0, "--ddp-bucket-size must be >= 0, got ", config.bucket_size);
+  MOE_CHECK(!config.overlap_param_gather || config.use_distributed_optimizer,
+            "--overlap-param-gather needs --use-distributed-optimizer");
+  bucket_size_ = config.bucket_size > 0 ? config.bucket_size : default_bucket_size(state.dp_cp_size());
+
+  // The reverse of the forward order: the backward completes the last layers first.
+  std::vector<nn::Parameter*> params = model.parameters();
+  std::reverse(params.begin(), params.end());
+  std::vector<nn::Parameter*> dense, expert;
+  for (nn::Parameter* p : params)
+    (p->layout.grad_group == nn::GradGroup::expert ? expert : dense).push_back(p);
+
+  auto add = [&](std::vector<nn::Parameter*> group_params,
+                 const std::shared_ptr<dist::ProcessGroup>& group) {
+    if (group_params.empty()) return;
+    const int64_t size = group ? group->size() : 1;
+    // The distributed optimizer's reduce-scatter needs equal chunks; keep them aligned too.
+    const int64_t pad = config_.use_distributed_optimizer ? size * kParamAlignment : 1;
+    auto s = std::make_unique<BufferState>();
+    s->buffer = std::make_unique<ParamAndGradBuffer>(std::move(group_params), group,
+                                                     bucket_size_, pad);
+    s->ready.assign(s->buffer->entries().size(), false);
+    s->ready_count.assign(s->buffer->buckets().size(), 0);
+    s->started.assign(s->buffer->buckets().size(), false);
+    states_.push_back(std::move(s));
+  };
+  add(std::move(dense), state.dp_cp());
+  add(std::move(expert), state.edp());
+  for (size_t k = 0; k < states_.size(); ++k) {
+    const auto& entries = states_[k]->buffer->entries();
+    for (size_t i = 0; i < entries.size(); ++i)
+      where_[entries[i].param] = {static_cast<int>(k), static_cast<int>(i)};
+  }
+
+  if (config_.overlap_grad_reduce)
+    model_.on_grads_ready = [this](const std::vector<nn::Parameter*>& ps) { grads_ready(ps); };
+}
+
+DataParallel::~DataParallel() {
+  if (config_.overlap_grad_reduce) model_.on_grads_ready = nullptr;
+}
+
+std::vector<ParamAndGradBuffer*> DataParallel::buffers() {
+  std::vector<ParamAndGradBuffer*> out;
+  for (auto& s : states_) out.push_back(s->buffer.get());
+  return out;
+}
+
+GradNormGroups DataParallel::norm_groups() const {
+  GradNormGroups g;
+  if (config_.use_distributed_optimizer) {
+    g.dense.push_back(state_.dp_cp());
+    g.expert.push_back(state_.edp());
+  }
+  g.expert.push_back(state_.tp_ep());
+  // Groups of one rank reduce nothing: leave them out so a one-rank mapping keeps the one-rank
+  // arithmetic.
+  auto prune = [](std::vector<std::shared_ptr<dist::ProcessGroup>>& gs) {
+    std::erase_if(gs, [](const auto& p) { return !p || p->size() == 1; });
+  };
+  prune(g.dense);
+  prune(g.expert);
+  return g;
+}
+
+void DataParallel::start_micro_batch(bool last_of_step) { last_micro_batch_ = last_of_step; }
+
+void DataParallel::grads_ready(const std::vector<nn::Parameter*>& params) {
+  if (!last_micro_batch_) return;
+  for (nn::Parameter* p : params) {
+    const auto it = where_.find(p);
+    if (it == where_.end()) continue;
+    BufferState& s = *states_[static_cast<size_t>(it->second.first)];
+    const size_t i = static_cast<size_t>(it->second.second);
+    if (s.ready[i]) continue;
+    s.ready[i] = true;
+    const int b = s.buffer->entries()[i].bucket;
+    if (++s.ready_count[static_cast<size_t>(b)] ==
+        static_cast<int>(s.buffer->buckets()[static_cast<size_t>(b)].entries.size()))
+      start_bucket(s, b);
+  }
+}
+
+void DataParallel::start_bucket(BufferState& s, int b) {
+  if (s.started[static_cast<size_t>(b)]) return;
+  s.started[static_cast<size_t>(b)] = true;
+  ParamAndGradBuffer& buf = *s.buffer;
+  buf.materialise_grads(b);           // the optimizer reads the buffer: no lazy zeros left
+  if (buf.group_size() == 1) return;  // nothing to reduce
+  BufferState::InFlight f;
+  f.bucket = b;
+  Tensor grads = buf.bucket_grads(b);
+  f.sent = config_.grad_reduce_in_bf16 ? grads.to(DType::bf16) : grads;
+  if (config_.use_distributed_optimizer) {
+    const int64_t chunk = grads.numel() / buf.group_size();
+    f.result = Tensor::empty({chunk}, f.sent.dtype(), f.sent.device());
+    f.work = buf.group()->reduce_scatter_async(f.sent, f.result, dist::ReduceOp::sum);
+  } else {
+    f.work = buf.group()->all_reduce_async(f.sent, dist::ReduceOp::sum);
+  }
+  s.in_flight.push_back(std::move(f));
+}
+
+void DataParallel::finish_grad_sync() {
+  // Same order on every rank: the buckets the backward started, then the rest in buffer order.
+  for (auto& s : states_)
+    for (size_t b = 0; b < s->started.size(); ++b) start_bucket(*s, static_cast<int>(b));
+  for (auto& s : states_) {
+    ParamAndGradBuffer& buf = *s->buffer;
+    for (BufferState::InFlight& f : s->in_flight) {
+      f.work->wait();
+      Tensor grads = buf.bucket_grads(f.bucket);
+      if (config_.use_distributed_optimizer) {
+        const auto [lo, hi] = buf.owned_range(f.bucket);
+        Tensor owned = buf.grad_data().rows(lo, hi - lo);
+        owned.copy_(f.result.dtype() == owned.dtype() ? f.result : f.result.to(owned.dtype()));
+      } else if (f.sent.raw() != grads.raw()) {
+        grads.copy_(f.sent.to(grads.dtype()));
+      }
+    }
+    s->in_flight.clear();
+    std::fill(s->ready.begin(), s->ready.end(), false);
+    std::fill(s->ready_count.begin(), s->ready_count.end(), 0);
+    std::fill(s->started.begin(), s->started.end(), false);
+  }
+}
+
+}  // namespace moe::train
