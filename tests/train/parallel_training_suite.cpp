@@ -123,6 +123,7 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.distributed_optimizer) n += "_distopt";
   if (c.overlap) n += "_overlap";
   if (c.grad_reduce_in_bf16) n += "_bf16reduce";
+  if (c.per_token_loss) n += "_pertoken";
   return n;
 }
 
@@ -160,6 +161,15 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
   ParallelTrainingCase bf16 = out.back();
   bf16.grad_reduce_in_bf16 = true;
   out.push_back(bf16);
+  std::vector<ParallelTrainingCase> per_token;
+  for (const ParallelTrainingCase& c : out) {
+    if (c.world == 1 || c.ep != 2 || c.etp != 1 || c.model != "gqa") continue;
+    if (c.overlap != c.distributed_optimizer || c.dispatcher != std::string("alltoall")) continue;
+    ParallelTrainingCase p = c;
+    p.per_token_loss = true;
+    per_token.push_back(p);
+  }
+  out.insert(out.end(), per_token.begin(), per_token.end());
   return out;
 }
 
@@ -171,7 +181,8 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
   // optimizer sums the squared norms in buffer order, dense and expert apart: not bitwise).
   const bool bitwise = c.world == 1 && !c.distributed_optimizer;
   const double tol = bitwise ? 0.0 : c.grad_reduce_in_bf16 ? 1e-2 : tolerance_for(dtype);
-  const TrainConfig tc = case_train_config();
+  TrainConfig tc = case_train_config();
+  tc.calculate_per_token_loss = c.per_token_loss;
 
   // The reference: one rank, no parallel state, the whole model.
   ParallelTrainingCase serial_case = c;

@@ -37,6 +37,7 @@ struct ParallelTrainingCase {
   bool overlap = false;    // --overlap-grad-reduce (and --overlap-param-gather with the
                            // distributed optimizer); small buckets so there are several
   bool grad_reduce_in_bf16 = false;
+  bool per_token_loss = false;  // --calculate-per-token-loss
 };
 std::string case_name(const ParallelTrainingCase& c);
 inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) { *out << case_name(c); }
