@@ -12,9 +12,8 @@
 #include "nn/mla_test_util.h"
 
 namespace moe::train::test {
-namespace {
 
-constexpr int64_t kSeq = 8;
+constexpr int64_t kSeq = kCaseSeqLength;
 constexpr int64_t kGlobalBatch = 4;  // micro-batches of 1: 4 / DP per rank
 
 nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
@@ -66,6 +65,33 @@ std::vector<int32_t> case_tokens(int64_t vocab) {
   return out;
 }
 
+TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
+                            const ParallelTrainingCase& c, nn::MoEGroups& groups) {
+  dist::ParallelConfig pc;
+  pc.expert_model_parallel_size = c.ep;
+  pc.expert_tensor_parallel_size = c.etp;
+  auto state = std::make_shared<dist::ParallelState>(world, pc);
+  groups.ep = state->ep();
+  groups.etp = state->etp();
+  groups.tp_ep = state->tp_ep();
+  groups.tp_cp = state->tp_cp();
+  groups.tp_dp_cp = state->tp_dp_cp();
+  groups.tp_size = state->tp_size();
+  TrainParallel parallel;
+  parallel.state = state;
+  parallel.ddp.use_distributed_optimizer = c.distributed_optimizer;
+  parallel.ddp.overlap_grad_reduce = c.overlap;
+  parallel.ddp.overlap_param_gather = c.overlap && c.distributed_optimizer;
+  parallel.ddp.grad_reduce_in_bf16 = c.grad_reduce_in_bf16;
+  parallel.ddp.bucket_size = c.overlap ? 300 : 0;  // several buckets
+  return parallel;
+}
+
+Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int64_t>& offset,
+                   const Shape& box);
+
+namespace {
+
 // A model trained kParallelSteps steps, with what it reported.
 struct Run {
   Run(nn::GPTModel& model, const TrainConfig& tc, TrainParallel parallel)
@@ -82,6 +108,8 @@ struct Run {
   Trainer trainer;
   std::vector<double> loss, aux, grad_norm;
 };
+
+}  // namespace
 
 // The box of `full` (row-major in view_shape) at offset, of box shape: this rank's piece.
 Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int64_t>& offset,
@@ -102,6 +130,8 @@ Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int6
   }
   return Tensor::from_vector(out, {n}, Device::cpu());
 }
+
+namespace {
 
 double tolerance_for(DType dtype) { return dtype == DType::f64 ? 1e-9 : 3e-2; }
 
@@ -190,25 +220,9 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
   nn::GPTModel reference(case_model(serial_case, dtype), dtype, device, tc.seed);
   const Run expected(reference, tc, {});
 
-  dist::ParallelConfig pc;
-  pc.expert_model_parallel_size = c.ep;
-  pc.expert_tensor_parallel_size = c.etp;
-  auto state = std::make_shared<dist::ParallelState>(world, pc);
   nn::MoEGroups groups;
-  groups.ep = state->ep();
-  groups.etp = state->etp();
-  groups.tp_ep = state->tp_ep();
-  groups.tp_cp = state->tp_cp();
-  groups.tp_dp_cp = state->tp_dp_cp();
-  groups.tp_size = state->tp_size();
+  TrainParallel parallel = case_parallel(world, c, groups);
   nn::GPTModel model(case_model(c, dtype), dtype, device, tc.seed, groups);
-  TrainParallel parallel;
-  parallel.state = state;
-  parallel.ddp.use_distributed_optimizer = c.distributed_optimizer;
-  parallel.ddp.overlap_grad_reduce = c.overlap;
-  parallel.ddp.overlap_param_gather = c.overlap && c.distributed_optimizer;
-  parallel.ddp.grad_reduce_in_bf16 = c.grad_reduce_in_bf16;
-  parallel.ddp.bucket_size = c.overlap ? 300 : 0;  // several buckets
   Run actual(model, tc, parallel);
 
   expect_series(actual.loss, expected.loss, tol, "lm loss", rank);

@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "moe/dist/process_group.h"
+#include "moe/nn/gpt_model.h"
+#include "moe/train/trainer.h"
 
 namespace moe::train::test {
 
@@ -53,5 +55,17 @@ std::vector<ParallelTrainingCase> parallel_training_cases_for_world(int world, b
 // leaves the others waiting in a collective.
 void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world,
                                 const ParallelTrainingCase& c, Device device);
+
+// The pieces of a case, for tests built on the suite (distributed_checkpoint_test.cpp).
+inline constexpr int64_t kCaseSeqLength = 8;
+nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype);
+TrainConfig case_train_config();
+std::vector<int32_t> case_tokens(int64_t vocab);
+// The case's parallel state over `world` and DDP options; fills `groups` for the model.
+TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
+                            const ParallelTrainingCase& c, nn::MoEGroups& groups);
+// The box (offset, box shape) of `full` read row-major in `view`, flattened, as f64 on the host.
+Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int64_t>& offset,
+                   const Shape& box);
 
 }  // namespace moe::train::test

@@ -111,6 +111,10 @@ Trainer::~Trainer() {
 
 int64_t Trainer::data_parallel_size() const { return dp_of(parallel_); }
 
+void Trainer::synchronize_parameters() {
+  if (auto* d = dynamic_cast<DistributedOptimizer*>(optimizer_.get())) d->finish_param_gather();
+}
+
 Tensor Trainer::next_samples(BatchSource& source) {
   const int64_t B = config_.micro_batch_size, dp = data_parallel_size();
   if (dp == 1) return source.next(B);

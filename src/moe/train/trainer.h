@@ -154,6 +154,9 @@ class Trainer {
   const dist::ParallelState* parallel_state() const { return parallel_.state.get(); }
   DataParallel* data_parallel() { return ddp_.get(); }
   int64_t data_parallel_size() const;
+  // Waits for the distributed optimizer's overlapped parameter all-gathers (--overlap-param-
+  // gather), so the model's values are the updated ones (before a checkpoint reads them).
+  void synchronize_parameters();
   // This rank's micro-batches per step.
   int64_t num_microbatches() const { return config_.num_microbatches(data_parallel_size()); }
   const LrSchedule& schedule() const { return schedule_; }
