@@ -82,6 +82,10 @@ class MoELayerStatsCollector {
   // it no expert id is -1 and the [T, K] ids are not copied to the host to count drops.
   explicit MoELayerStatsCollector(bool capacity_may_drop = true)
       : capacity_may_drop_(capacity_may_drop) {}
+  // Under data parallelism: the loads of all ranks (Megatron logs the counts reduced over the
+  // data-parallel group). take() then sums the interval's counts, losses and drops over
+  // `group`, so every rank of it must call take() at the same points.
+  void set_group(std::shared_ptr<dist::ProcessGroup> group) { group_ = std::move(group); }
   void observe(const nn::GPTContext& ctx);
   // The layers' stats since the last take(), then resets. Empty when nothing was observed.
   std::vector<MoELayerStats> take();
@@ -94,8 +98,10 @@ class MoELayerStatsCollector {
     std::vector<double> counts;
   };
   void add(int64_t layer, const nn::RouterContext& router);
+  void reduce_over_group();
   bool capacity_may_drop_;
   std::vector<Sum> sums_;
+  std::shared_ptr<dist::ProcessGroup> group_;
 };
 
 // One log point: what the line and the JSONL object hold.
