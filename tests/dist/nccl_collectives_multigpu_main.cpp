@@ -16,6 +16,8 @@
 //     tolerance (integers exactly), including one large all-reduce (many NCCL channels).
 // The cases that break calls on purpose need cross-rank call checks, which NCCL does not make
 // (a disagreeing call hangs until the timeout): skipped.
+// Then the parallel-equals-serial training suite (train/parallel_training_suite.h) on the world,
+// in bf16, one GPU per rank: the mappings of the world's size (NcclParallelTraining.*).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -34,6 +36,7 @@
 #include "collective_suite.h"
 #include "common/check.h"
 #include "moe/dist/nccl_backend.h"
+#include "train/parallel_training_suite.h"
 
 extern char** environ;
 
@@ -179,6 +182,17 @@ std::string to_hex(const NcclUniqueId& id) {
   return out;
 }
 
+class NcclTraining : public ::testing::Test {
+ public:
+  NcclTraining(train::test::ParallelTrainingCase c, Device device)
+      : case_(std::move(c)), device_(device) {}
+  void TestBody() override { train::test::run_parallel_training_case(g_world, case_, device_); }
+
+ private:
+  train::test::ParallelTrainingCase case_;
+  Device device_;
+};
+
 NcclUniqueId from_hex(const std::string& hex) {
   NcclUniqueId id{};
   if (hex.size() != 2 * id.size()) throw std::invalid_argument("bad " + std::string(kIdEnv));
@@ -197,6 +211,17 @@ int run_rank(int argc, char** argv, int rank, int world_size, const NcclUniqueId
   for (int q = 0; q < world_size; q += 2)
     pairs.push_back(q + 1 < world_size ? std::vector<int>{q, q + 1} : std::vector<int>{q});
   g_pair = g_world->split(pairs);
+
+  // The training cases depend on the world's size: registered now, in the same order on every
+  // rank.
+  for (const train::test::ParallelTrainingCase& c :
+       train::test::parallel_training_cases_for_world(world_size, false)) {
+    const std::string name = train::test::case_name(c);
+    ::testing::RegisterTest("NcclParallelTraining", name.c_str(), nullptr, name.c_str(), __FILE__,
+                            __LINE__, [c, rank]() -> ::testing::Test* {
+                              return new NcclTraining(c, Device::cuda(rank));
+                            });
+  }
 
   // An exception escaping a test must end the rank (the others would wait for it).
   GTEST_FLAG_SET(catch_exceptions, false);
