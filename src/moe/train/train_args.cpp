@@ -127,8 +127,10 @@ void finish(ParseState& s) {
     m.moe.moe_aux_loss_coeff = 0.0;
 
   TrainConfig& t = r.train;
-  if (given("--micro-batch-size") && !given("--global-batch-size"))
-    t.global_batch_size = t.micro_batch_size;  // Megatron: micro x data-parallel size (1)
+  if (given("--micro-batch-size") && !given("--global-batch-size")) {
+    t.global_batch_size = t.micro_batch_size;  // Megatron: micro x data-parallel size (1 here)
+    r.global_batch_follows_data_parallel = true;
+  }
   // --lr before what derives from it (--min-lr = --lr / 10), so a bad --lr is named itself.
   MOE_CHECK(t.schedule.lr >= 0, "--lr must not be negative, got ", t.schedule.lr);
   if (given("--lr") && !given("--min-lr")) t.schedule.min_lr = t.schedule.lr / 10.0;  // as default
@@ -163,6 +165,17 @@ void finish(ParseState& s) {
   } else if (!s.nan_action.empty()) {
     t.nan_action = s.nan_action == "stop" ? NanAction::stop : NanAction::skip;
   }
+
+  // The expert split, as the MoE block reads it (validate() below names --num-experts or
+  // --moe-ffn-hidden-size when a size does not divide them).
+  const dist::ParallelConfig& p = r.parallel;
+  m.moe.expert_model_parallel_size = p.expert_model_parallel_size;
+  m.moe.expert_tensor_parallel_size = p.expert_tensor_parallel_size == 0
+                                          ? p.tensor_model_parallel_size
+                                          : p.expert_tensor_parallel_size;
+  MOE_CHECK(!r.ddp.overlap_param_gather || r.ddp.use_distributed_optimizer,
+            "--overlap-param-gather needs --use-distributed-optimizer (it overlaps the "
+            "all-gather of the distributed optimizer's updated shards with the next forward)");
 
   MOE_CHECK(t.seq_length <= m.max_position_embeddings, "--seq-length ", t.seq_length,
             " exceeds --max-position-embeddings ", m.max_position_embeddings, " of --model ",
@@ -467,7 +480,7 @@ nlohmann::json run_config_json(const TrainRunConfig& r) {
             {"exp_avg_sq_dtype", dtype_name(o.exp_avg_sq_dtype)}}}};
 }
 
-std::string describe(const TrainRunConfig& r) {
+std::string describe(const TrainRunConfig& r, int64_t dp) {
   const nn::ModelConfig& m = r.model;
   const TrainConfig& t = r.train;
   const nn::ModelParamCount count = nn::count_parameters(m);
@@ -479,8 +492,9 @@ std::string describe(const TrainRunConfig& r) {
       << nn::format_param_count(count.total()) << " total, "
       << nn::format_param_count(count.main.active() + count.mtp.active()) << " active\n";
   out << "training: " << t.train_iters << " iterations of " << t.global_batch_size
-      << " samples (" << t.num_microbatches() << " micro-batches of " << t.micro_batch_size
-      << ") x " << t.seq_length << " tokens; lr " << t.schedule.lr << " " << t.schedule.decay_style
+      << " samples (" << t.num_microbatches(dp) << " micro-batches of " << t.micro_batch_size;
+  if (dp > 1) out << " on each of " << dp << " data-parallel ranks";
+  out << ") x " << t.seq_length << " tokens; lr " << t.schedule.lr << " " << t.schedule.decay_style
       << " to " << t.schedule.min_lr << ", warm-up " << t.schedule.warmup_iters << "; weight decay "
       << t.schedule.start_weight_decay << "; clip " << t.optimizer.clip_grad << "; seed " << t.seed
       << "; nan action " << (t.nan_action == NanAction::stop ? "stop" : "skip") << "\n";

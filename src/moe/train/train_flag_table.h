@@ -23,13 +23,13 @@ namespace moe::train::flags {
 // depend on several flags) into the final config.
 struct ParseState {
   TrainRunConfig run;
-  std::string moe_layer_freq;         // --moe-layer-freq, applied once num_layers is final
-  double warmup_fraction = -1.0;      // --lr-warmup-fraction (< 0: not given)
+  std::string moe_layer_freq;     // --moe-layer-freq, applied once num_layers is final
+  double warmup_fraction = -1.0;  // --lr-warmup-fraction (< 0: not given)
   bool start_wd_given = false, end_wd_given = false;
-  bool precision_aware = false;       // --use-precision-aware-optimizer
+  bool precision_aware = false;  // --use-precision-aware-optimizer
   std::string exp_avg_dtype, exp_avg_sq_dtype;
-  bool nan_check = false;             // --check-for-nan-in-loss-and-grad
-  std::string nan_action;             // --nan-action
+  bool nan_check = false;  // --check-for-nan-in-loss-and-grad
+  std::string nan_action;  // --nan-action
   // The preset's head dim is its hidden / heads (kv_channels 0 or equal to it): it follows
   // --hidden-size / --num-attention-heads as Megatron's derived kv_channels does (finish()).
   bool preset_head_dim_derived = true;
@@ -66,15 +66,15 @@ Entry toggle(std::string name, std::string help, Apply apply);
 Entry refused(std::string name, std::string value_name, std::string why);
 
 // ---- the parts of the table, in build_table()'s order ------------------------------------------
-void add_model_flags(std::vector<Entry>& t);      // --model and the model's shape (model)
-void add_moe_flags(std::vector<Entry>& t);        // the MoE block (model.moe)
-void add_parallel_flags(std::vector<Entry>& t);   // parallel sizes, DDP, distributed backend
-void add_batch_flags(std::vector<Entry>& t);      // batches, length, iterations, seed (train)
-void add_schedule_flags(std::vector<Entry>& t);   // lr and weight decay (train.schedule)
-void add_optimizer_flags(std::vector<Entry>& t);  // AdamW (train.optimizer)
-void add_precision_flags(std::vector<Entry>& t);  // precision, device, NaN handling
-void add_logging_flags(std::vector<Entry>& t);    // evaluation and logging
-void add_checkpoint_flags(std::vector<Entry>& t); // --save, --load, upcycling
-void add_data_flags(std::vector<Entry>& t);       // data, tokenizer, the sample, --config
+void add_model_flags(std::vector<Entry>& t);       // --model and the model's shape (model)
+void add_moe_flags(std::vector<Entry>& t);         // the MoE block (model.moe)
+void add_parallel_flags(std::vector<Entry>& t);    // parallel sizes, DDP, distributed backend
+void add_batch_flags(std::vector<Entry>& t);       // batches, length, iterations, seed (train)
+void add_schedule_flags(std::vector<Entry>& t);    // lr and weight decay (train.schedule)
+void add_optimizer_flags(std::vector<Entry>& t);   // AdamW (train.optimizer)
+void add_precision_flags(std::vector<Entry>& t);   // precision, device, NaN handling
+void add_logging_flags(std::vector<Entry>& t);     // evaluation and logging
+void add_checkpoint_flags(std::vector<Entry>& t);  // --save, --load, upcycling
+void add_data_flags(std::vector<Entry>& t);        // data, tokenizer, the sample, --config
 
 }  // namespace moe::train::flags

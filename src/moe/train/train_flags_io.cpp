@@ -9,10 +9,12 @@ namespace moe::train::flags {
 void add_logging_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(value("--log-interval", "N", "train.log_interval: a log line every N iterations",
-                    [](S& s, V v) { s.run.train.log_interval = as_count("--log-interval", v, 1); }));
-  t.push_back(value("--eval-interval", "N", "train.eval_interval (0: no evaluation)",
-                    [](S& s, V v) { s.run.train.eval_interval = as_count("--eval-interval", v, 0); }));
+  t.push_back(
+      value("--log-interval", "N", "train.log_interval: a log line every N iterations",
+            [](S& s, V v) { s.run.train.log_interval = as_count("--log-interval", v, 1); }));
+  t.push_back(
+      value("--eval-interval", "N", "train.eval_interval (0: no evaluation)",
+            [](S& s, V v) { s.run.train.eval_interval = as_count("--eval-interval", v, 0); }));
   t.push_back(value("--eval-iters", "N", "train.eval_iters: global batches per evaluation",
                     [](S& s, V v) { s.run.train.eval_iters = as_count("--eval-iters", v, 0); }));
   t.push_back(value("--tensorboard-dir", "DIR", "TensorBoard event files",
@@ -30,7 +32,8 @@ void add_logging_flags(std::vector<Entry>& t) {
 void add_checkpoint_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(value("--save", "DIR", "checkpoint folder to write", [](S& s, V v) { s.run.save = v; }));
+  t.push_back(
+      value("--save", "DIR", "checkpoint folder to write", [](S& s, V v) { s.run.save = v; }));
   t.push_back(value("--load", "DIR", "checkpoint folder to resume from",
                     [](S& s, V v) { s.run.load = v; }));
   t.push_back(value("--save-interval", "N", "a checkpoint every N iterations (0: at the end)",
@@ -39,6 +42,11 @@ void add_checkpoint_flags(std::vector<Entry>& t) {
                      [](S& s, V) { s.run.finetune = true; }));
   t.push_back(toggle("--no-load-optim", "--load without the optimizer state",
                      [](S& s, V) { s.run.no_load_optim = true; }));
+  t.push_back(toggle("--exit-signal-handler",
+                     "on SIGTERM (a scheduler's pre-emption) or SIGINT, every rank finishes the "
+                     "iteration in progress, --save saves, and the run exits with status 0; "
+                     "without it the signal ends the run at once with a report",
+                     [](S& s, V) { s.run.exit_signal_handler = true; }));
   t.push_back(toggle("--moe-use-upcycling",
                      "upcycling (arXiv 2410.07524): --load holds a dense checkpoint (training "
                      "checkpoint or model folder); the MoE model of these flags is made from it "
@@ -54,7 +62,8 @@ void add_checkpoint_flags(std::vector<Entry>& t) {
                     "--moe-ffn-hidden-size = the dense --ffn-hidden-size / G and --num-experts a "
                     "multiple of G. Default 1: plain copies",
                     [](S& s, V v) {
-                      s.run.moe_upcycling_granularity = as_count("--moe-upcycling-granularity", v, 1);
+                      s.run.moe_upcycling_granularity =
+                          as_count("--moe-upcycling-granularity", v, 1);
                     }));
 }
 
@@ -76,12 +85,13 @@ void add_data_flags(std::vector<Entry>& t) {
                     "where the sample / shuffle indices are cached (default: beside the data, "
                     "<prefix>/cache/GPTDataset_indices)",
                     [](S& s, V v) { s.run.data_cache_path = v; }));
-  t.push_back(value("--tokenizer-type", "TYPE",
-                    "HuggingFaceTokenizer (with --tokenizer-model) or byte; the tokenizer the "
-                    "--data-path corpus was made with",
-                    [](S& s, V v) {
-                      s.run.tokenizer_type = one_of("--tokenizer-type", v, {"HuggingFaceTokenizer", "byte"});
-                    }));
+  t.push_back(value(
+      "--tokenizer-type", "TYPE",
+      "HuggingFaceTokenizer (with --tokenizer-model) or byte; the tokenizer the "
+      "--data-path corpus was made with",
+      [](S& s, V v) {
+        s.run.tokenizer_type = one_of("--tokenizer-type", v, {"HuggingFaceTokenizer", "byte"});
+      }));
   t.push_back(value("--tokenizer-model", "PATH",
                     "a Hugging Face tokenizer.json (or its folder): sets the default model's "
                     "vocabulary (padded to a multiple of 128, as Megatron pads it) and decodes "

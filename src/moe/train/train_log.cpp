@@ -298,7 +298,8 @@ void TrainLogger::on_step(const StepMetrics& m, bool log_now, std::vector<MoELay
   r.nan_iterations = skipped_;
   const double seconds = std::max(seconds_, 1e-12);
   r.tokens_per_second = static_cast<double>(steps_ * m.tokens) / seconds;
-  const double flops_per_second = flops_per_iteration_ * static_cast<double>(steps_) / seconds;
+  const double flops_per_second = flops_per_iteration_ * static_cast<double>(steps_) / seconds /
+                                  static_cast<double>(std::max<int64_t>(options_.world_size, 1));
   r.tflops_per_gpu = flops_per_second / 1e12;
   if (options_.device.is_cuda()) r.mfu = flops_per_second / kPeakBf16FlopsPerGpu;
   r.mem_gib = static_cast<double>(memory_stats(options_.device).peak_allocated_bytes) /

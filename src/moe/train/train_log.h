@@ -138,6 +138,9 @@ struct TrainLoggerOptions {
   int64_t global_batch_size = 0;
   int64_t seq_length = 0;
   Device device = Device::cpu();
+  // The ranks the iterations' work is spread over: TFLOP/s/GPU and MFU are per rank (the
+  // model FLOPs of the global batch / world size).
+  int64_t world_size = 1;
   std::string metrics_jsonl;    // "" for none
   bool append_metrics = false;  // keep the file's lines (a resumed run); else start it afresh
   std::string tensorboard_dir;  // "" for none

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `moe train` on NP ranks under mpirun trains the model one rank trains: runs a short default
+# run (tiny model, built-in corpus, CPU) once on one rank and once under `mpirun -np NP` with the
+# extra flags (a parallel mapping: --expert-model-parallel-size 2, --use-distributed-optimizer,
+# ...), and checks from both metrics.jsonl files that
+#   - every iteration's lm loss and load-balancing loss, and the validation losses, agree within
+#     a relative tolerance of 1e-5 (the ranks sum the same gradients in another order: the runs
+#     differ in the last bits only, ~1e-7 relative after 10 iterations; a wrong data shard, a
+#     gradient scaled by the wrong factor or an expert update lost differs by 1e-3 or more from
+#     the second iteration on),
+#   - the file holds each iteration once (rank 0 alone writes it),
+# and from the output that rank 0 alone printed the log, the memory report of every rank and
+# the text sample (every rank ran the sample's forwards: with EP they are collective).
+#   mpi_train_parity_test.sh MPIEXEC MOE NP [FLAGS...]
+set -u
+if [ $# -lt 3 ]; then
+  echo "usage: $0 MPIEXEC MOE NP [FLAGS...]" >&2
+  exit 2
+fi
+mpiexec=$1 moe=$2 np=$3
+shift 3
+name="np $np $*"
+fail() {
+  echo "mpi_train_parity_test ($name): $*" >&2
+  exit 1
+}
+iterations=10
+tolerance=1e-5
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+common=(train --cpu --seq-length 32 --micro-batch-size 2 --global-batch-size 4
+        --train-iters "$iterations" --log-interval 1 --eval-interval 5 --eval-iters 1
+        --sample-tokens 24)
+
+one=$("$moe" "${common[@]}" --metrics-jsonl "$dir/one.jsonl" 2>&1) ||
+  { echo "$one"; fail "the one-rank run failed"; }
+# The timeout is a backstop: a run that hangs (a rank left out of a collective) fails here.
+many=$(timeout 300 "$mpiexec" --allow-run-as-root --oversubscribe -np "$np" "$moe" "${common[@]}" \
+         "$@" --metrics-jsonl "$dir/many.jsonl" 2>&1)
+status=$?
+echo "$many"
+[ "$status" -ne 124 ] || fail "the $np-rank run was still running after 300 s"
+[ "$status" -eq 0 ] || fail "the $np-rank run exited with status $status"
+
+# "<iteration> <key> <value>" for every record of a metrics file that has `key`.
+values() {
+  local file=$1 key=$2
+  grep -a "\"$key\":" "$file" |
+    sed -E "s/.*\"iteration\":([0-9]+).*/\1/" >"$dir/it"
+  grep -a "\"$key\":" "$file" |
+    sed -E "s/.*\"$key\":([-+0-9.eE]+|null).*/\1/" >"$dir/v"
+  paste -d ' ' "$dir/it" "$dir/v" | sed "s/ / $key /"
+}
+for key in lm_loss load_balancing_loss valid_lm_loss; do
+  values "$dir/one.jsonl" "$key" >"$dir/one.$key"
+  values "$dir/many.jsonl" "$key" >"$dir/many.$key"
+  [ -s "$dir/one.$key" ] || fail "the one-rank metrics hold no $key"
+  if ! cmp -s <(cut -d ' ' -f 1 "$dir/one.$key") <(cut -d ' ' -f 1 "$dir/many.$key"); then
+    fail "$key: the iterations differ (one rank: $(cut -d ' ' -f 1 "$dir/one.$key" | xargs);" \
+         "$np ranks: $(cut -d ' ' -f 1 "$dir/many.$key" | xargs))"
+  fi
+  paste -d ' ' "$dir/one.$key" "$dir/many.$key" |
+    awk -v tol="$tolerance" -v np="$np" '
+      { a = $3; b = $6; d = a - b; if (d < 0) d = -d; m = (a < 0 ? -a : a); if (m < 1) m = 1
+        printf "iteration %s %s: one rank %s, %s ranks %s, relative difference %.3g\n",
+               $1, $2, a, np, b, d / m
+        if (a == "null" || b == "null" || d > tol * m) bad = 1 }
+      END { exit bad }' || fail "$key differs by more than $tolerance (relative)"
+done
+lines=$(grep -c '"lm_loss":' "$dir/many.jsonl")
+[ "$lines" -eq "$iterations" ] ||
+  fail "the $np-rank metrics hold $lines iteration records, expected $iterations" \
+       "(rank 0 alone writes them)"
+
+count() { grep -acF -- "$1" <<<"$many"; }
+[ "$(count "iteration       $iterations/      $iterations |")" -eq 1 ] ||
+  fail "the last log line is not printed once"
+[ "$(count "memory per rank (MiB)")" -eq 1 ] || fail "no memory report (or more than one)"
+for ((r = 0; r < np; ++r)); do
+  [ "$(count "  rank $r: ")" -eq 1 ] || fail "the memory report lacks rank $r"
+done
+[ "$(count "peak memory after iteration 1")" -eq 1 ] || fail "no peak memory line"
+[ "$(count "sample (24 tokens at most")" -eq 1 ] || fail "the sample is not printed once"
+echo "mpi_train_parity_test ($name): ok"
