@@ -23,6 +23,8 @@
 #include "moe/io/atomic_file.h"
 #include "moe/io/safetensors.h"
 #include "moe/nn/model_config_json.h"
+#include "moe/train/checkpoint_slices.h"
+#include "moe/train/distributed_optimizer.h"
 #include "moe/train/train_log.h"
 
 namespace moe::train {
@@ -120,6 +122,17 @@ json trainer_state_json(const Trainer& trainer, nn::GPTModel& model, const json&
       {"run_config", run_config},
   };
 }
+
+// The model config without its parallel mapping: a checkpoint holds global tensors, whatever
+// mapping wrote it.
+nn::ModelConfig without_mapping(nn::ModelConfig c) {
+  c.moe.expert_model_parallel_size = 1;
+  c.moe.expert_tensor_parallel_size = 1;
+  return c;
+}
+
+// Writes the manifest of every file in `temp` (sizes and CRC-32C from the bytes on the disk).
+void write_manifest(const fs::path& temp, int64_t iteration, const char* layout);
 
 // A field of a checkpoint JSON file, with an error naming the file and the key.
 template <class T>
@@ -224,6 +237,175 @@ void check_shape_of(const io::SafetensorsFile& file, const std::string& name,
 // The file's tensor into `target`, cast to its dtype (round to nearest even) on its device.
 void load_into(Tensor& target, const io::SafetensorsFile& file, const std::string& name) {
   target.copy_(file.load(name, target.device(), target.dtype()));
+}
+
+void write_manifest(const fs::path& temp, int64_t iteration, const char* layout) {
+  // The manifest from the bytes on the disk, so that it vouches for what was written.
+  json files = json::object();
+  for (const std::string& name : files_under(temp)) {
+    const FileDigest d = digest_file(temp / name);
+    files[name] = {{"size", d.size}, {"crc32c", crc_hex(d.crc)}};
+  }
+  const json manifest{{"format", kManifestFormat},
+                      {"version", kVersion},
+                      {"iteration", iteration},
+                      {"layout", layout},
+                      {"checksum", "crc32c"},
+                      {"files", files}};
+  io::write_file_atomically((temp / kManifest).string(), json_line(manifest, 2) + "\n");
+}
+
+// A save of a run of several ranks (checkpoint_slices.h): every rank writes its slices into
+// rank 0's temporary folder, rank 0 adds the index, the config, the trainer state and the
+// manifest and commits; the iteration appears complete or not at all.
+SaveResult save_sharded_checkpoint(const std::string& save_dir, nn::GPTModel& model,
+                                   Trainer& trainer, const json& run_config,
+                                   const dist::ParallelState& state) {
+  dist::ProcessGroup& world = *state.world();
+  const bool lead = world.rank() == 0;
+  const int64_t iteration = trainer.iteration();
+  const fs::path target = fs::path(save_dir) / checkpoint_folder_name(iteration);
+  SaveResult result;
+  result.folder = target.string();
+  std::optional<checkpoint::AtomicFolder> folder;
+  std::string temp;
+  if (lead) {
+    std::error_code ec;
+    fs::create_directories(save_dir, ec);
+    MOE_CHECK(!ec && fs::is_directory(save_dir), "--save ", save_dir,
+              ": cannot create the folder: ", ec.message());
+    result.cleaned = checkpoint::remove_stale_temporaries(save_dir, "iter_[0-9]{7}");
+    folder.emplace(target.string(), /*overwrite=*/true);
+    temp = folder->path();
+  }
+  temp = broadcast_string(world, temp, 0);
+  trainer.synchronize_parameters();
+  const bool distributed = dynamic_cast<DistributedOptimizer*>(&trainer.optimizer()) != nullptr;
+  checkpoint::write_shards(temp, world.rank(), world.size(),
+                           owned_checkpoint_pieces(model, trainer.optimizer(), state, distributed));
+  world.barrier();
+  if (lead) {
+    checkpoint::write_index(temp, world.size());
+    io::write_file_atomically((fs::path(temp) / kModelConfig).string(),
+                              nn::model_config_to_json(without_mapping(model.config())).dump(2) +
+                                  "\n");
+    if (const int64_t delay = test_save_delay_ms(); delay > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    io::write_file_atomically((fs::path(temp) / kTrainerState).string(),
+                              json_line(trainer_state_json(trainer, model, run_config), 2) + "\n");
+    write_manifest(temp, iteration, "sharded");
+    folder->commit();
+    io::write_file_atomically((fs::path(save_dir) / kTrackerFileName).string(),
+                              std::to_string(iteration));
+  }
+  world.barrier();  // every rank returns with the checkpoint in place
+  return result;
+}
+
+// Whether loading into this model needs slices: a model or optimizer holding parts of tensors.
+bool needs_slices(nn::GPTModel& model, Trainer* trainer) {
+  if (trainer && trainer->parallel_state() && trainer->parallel_state()->world()->size() > 1)
+    return true;
+  for (nn::Parameter* p : model.parameters())
+    if (p->layout.is_sharded() && nn::box_shape_of(*p) != nn::view_shape_of(*p)) return true;
+  return false;
+}
+
+// The weights, buffers and optimizer state of a checkpoint (sharded, or a one-rank one) read as
+// this rank's slices. Everything is checked before anything is changed.
+void load_slices(const fs::path& folder, nn::GPTModel& model, Trainer* trainer, bool load_optim) {
+  const CheckpointSliceReader reader(folder.string());
+  const auto need = [&](const std::string& name, const char* what) {
+    MOE_CHECK(reader.has(name), "training checkpoint ", folder.string(), " has no ", what, " ",
+              name);
+  };
+  for (nn::Parameter* p : model.parameters()) need(p->name, "tensor");
+  for (const nn::NamedBuffer& b : model.buffers()) need(b.name, "tensor");
+  std::vector<NamedTensor> optimizer_state;
+  if (trainer) {
+    trainer->synchronize_parameters();
+    optimizer_state = trainer->optimizer().state();
+  }
+  if (load_optim)
+    for (const NamedTensor& s : optimizer_state)
+      if (!ends_with(s.name, kMasterSuffix)) need(s.name, "optimizer tensor");
+
+  // Weights: the fp32 master where saved (the 16-bit weights are its rounding).
+  for (nn::Parameter* p : model.parameters()) {
+    const std::string master = p->name + kMasterSuffix;
+    Tensor flat = p->value.reshape({p->value.numel()});
+    reader.read(reader.has(master) ? master : p->name, slice_of(*p), flat);
+  }
+  for (const nn::NamedBuffer& b : model.buffers())
+    reader.read(b.name, checkpoint::TensorSlice{b.value->shape()}, *b.value);
+  for (const NamedTensor& s : optimizer_state) {
+    Tensor flat = s.value->reshape({s.value->numel()});
+    const checkpoint::TensorSlice slice = slice_of(*s.param, s.begin, s.end);
+    if (ends_with(s.name, kMasterSuffix))
+      reader.read(reader.has(s.name) ? s.name : s.param->name, slice, flat);
+    else if (load_optim)
+      reader.read(s.name, slice, flat);
+    else
+      s.value->zero_();
+  }
+}
+
+// The weights, buffers and optimizer state of a one-rank checkpoint into a whole model (every
+// tensor read as it is). Everything is checked before anything is changed.
+void load_whole(const fs::path& folder, nn::GPTModel& model, Trainer* trainer, bool load_optim,
+                const nn::ModelConfig& file_config) {
+  // Every check of optimizer.safetensors before anything is changed: a refused checkpoint
+  // leaves the model and the trainer as they were.
+  const io::SafetensorsFile optimizer_file =
+      io::SafetensorsFile::open((folder / kOptimizer).string());
+  std::map<std::string, nn::Parameter*> params;
+  for (nn::Parameter* p : model.parameters()) params[p->name] = p;
+  const auto master_of = [&](const std::string& name) -> nn::Parameter* {
+    if (!ends_with(name, kMasterSuffix)) return nullptr;
+    const auto it = params.find(name.substr(0, name.size() - std::string(kMasterSuffix).size()));
+    return it == params.end() ? nullptr : it->second;
+  };
+  for (const std::string& name : optimizer_file.names())
+    if (nn::Parameter* p = master_of(name)) check_shape_of(optimizer_file, name, p->value);
+  std::vector<NamedTensor> optimizer_state;
+  if (trainer) optimizer_state = trainer->optimizer().state();
+  if (load_optim) {
+    std::set<std::string> expected;
+    for (const NamedTensor& s : optimizer_state) {
+      expected.insert(s.name);
+      if (master_of(s.name)) continue;  // masters may be absent (an f32 checkpoint)
+      MOE_CHECK(optimizer_file.contains(s.name), "training checkpoint file ", optimizer_file.path(),
+                " has no optimizer tensor ", s.name);
+      check_shape_of(optimizer_file, s.name, *s.value);
+    }
+    for (const std::string& name : optimizer_file.names())
+      MOE_CHECK(expected.count(name) || master_of(name), "training checkpoint file ",
+                optimizer_file.path(), " holds optimizer tensor ", name,
+                ", which this run's optimizer does not have");
+  }
+
+  checkpoint::load_weights(model, folder.string(), checkpoint::CheckpointFormat::moecore,
+                           file_config);
+  // fp32 masters, when saved, are the weights (the 16-bit weights are their rounding).
+  for (const std::string& name : optimizer_file.names())
+    if (nn::Parameter* p = master_of(name)) load_into(p->value, optimizer_file, name);
+
+  if (!trainer) return;
+
+  // The optimizer: loaded, or fresh (zero moments); masters are the loaded weights either way.
+  const io::SafetensorsCollection weights = io::SafetensorsCollection::open(folder.string());
+  for (const NamedTensor& s : optimizer_state) {
+    if (nn::Parameter* p = master_of(s.name)) {
+      if (optimizer_file.contains(s.name))
+        load_into(*s.value, optimizer_file, s.name);
+      else  // a checkpoint without masters (an f32 run): its weights, read again in f32
+        s.value->copy_(weights.load(p->name, s.value->device(), s.value->dtype()));
+    } else if (load_optim) {
+      load_into(*s.value, optimizer_file, s.name);
+    } else {
+      s.value->zero_();
+    }
+  }
 }
 
 }  // namespace
@@ -332,6 +514,9 @@ std::string training_checkpoint_folder(const std::string& load_dir,
 
 SaveResult save_training_checkpoint(const std::string& save_dir, nn::GPTModel& model,
                                     Trainer& trainer, const nlohmann::json& run_config) {
+  if (const dist::ParallelState* state = trainer.parallel_state();
+      state && state->world()->size() > 1)
+    return save_sharded_checkpoint(save_dir, model, trainer, run_config, *state);
   std::error_code ec;
   fs::create_directories(save_dir, ec);
   MOE_CHECK(!ec && fs::is_directory(save_dir), "--save ", save_dir,
@@ -359,18 +544,7 @@ SaveResult save_training_checkpoint(const std::string& save_dir, nn::GPTModel& m
   io::write_file_atomically((temp / kTrainerState).string(),
                             json_line(trainer_state_json(trainer, model, run_config), 2) + "\n");
 
-  // The manifest from the bytes on the disk, so that it vouches for what was written.
-  json files = json::object();
-  for (const std::string& name : files_under(temp)) {
-    const FileDigest d = digest_file(temp / name);
-    files[name] = {{"size", d.size}, {"crc32c", crc_hex(d.crc)}};
-  }
-  const json manifest{{"format", kManifestFormat},
-                      {"version", kVersion},
-                      {"iteration", iteration},
-                      {"checksum", "crc32c"},
-                      {"files", files}};
-  io::write_file_atomically((temp / kManifest).string(), json_line(manifest, 2) + "\n");
+  write_manifest(temp, iteration, "whole");
   folder.commit();
 
   // Megatron's tracker: the iteration number alone.
@@ -395,8 +569,11 @@ void verify_training_checkpoint(const std::string& folder_name) {
   const json files = field<json>(manifest, "files", manifest_path);
   MOE_CHECK(files.is_object(), manifest_path.string(), ": \"files\" is not an object");
 
-  bool has_weights = false;
-  for (const char* required : {kModelConfig, kOptimizer, kTrainerState})
+  // A sharded checkpoint (several ranks wrote it) holds every tensor in its shards.
+  const bool sharded = files.contains(checkpoint::kShardedIndexFile);
+  bool has_weights = sharded;
+  for (const char* required :
+       {kModelConfig, sharded ? checkpoint::kShardedIndexFile : kOptimizer, kTrainerState})
     MOE_CHECK(files.contains(required), manifest_path.string(), " does not list ", required,
               ", which a training checkpoint needs");
   for (const auto& [name, entry] : files.items()) {
@@ -470,7 +647,8 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
 
   // The model: the checkpoint's tensor layout must be this model's.
   const nn::ModelConfig file_config = nn::load_model_config((folder / kModelConfig).string());
-  result.config_differences = config_differences(file_config, model.config());
+  result.config_differences =
+      config_differences(without_mapping(file_config), without_mapping(model.config()));
   // The layouts are compared name by name, but building the file's alone walks every layer and
   // every expert it claims (num_experts 2^31 - 1 validates). Other layer counts, or MoE layers
   // with another expert count, are another layout anyway: refused before it is built.
@@ -481,7 +659,8 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
   const bool same_counts = file_config.num_layers == ours.num_layers &&
                            file_config.mtp_num_layers == ours.mtp_num_layers &&
                            (!file_has_moe || file_config.moe.num_experts == ours.moe.num_experts);
-  if (!same_counts || tensor_layout(file_config) != tensor_layout(ours))
+  if (!same_counts ||
+      tensor_layout(without_mapping(file_config)) != tensor_layout(without_mapping(ours)))
     MOE_FAIL("training checkpoint ", folder.string(), " holds a model of other tensor shapes ",
              "than this run's: ",
              result.config_differences.empty() ? std::string("(no config field differs)")
@@ -494,44 +673,12 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
               trainer->config().seed, ": the data order would differ. Pass --seed ", result.seed,
               " to resume the run, or --finetune to start a new one from its weights");
 
-  // Every check of optimizer.safetensors before anything is changed: a refused checkpoint
-  // leaves the model and the trainer as they were.
-  const io::SafetensorsFile optimizer_file =
-      io::SafetensorsFile::open((folder / kOptimizer).string());
-  std::map<std::string, nn::Parameter*> params;
-  for (nn::Parameter* p : model.parameters()) params[p->name] = p;
-  const auto master_of = [&](const std::string& name) -> nn::Parameter* {
-    if (!ends_with(name, kMasterSuffix)) return nullptr;
-    const auto it = params.find(name.substr(0, name.size() - std::string(kMasterSuffix).size()));
-    return it == params.end() ? nullptr : it->second;
-  };
-  for (const std::string& name : optimizer_file.names())
-    if (nn::Parameter* p = master_of(name)) check_shape_of(optimizer_file, name, p->value);
   const bool load_optim = trainer && !options.finetune && !options.no_load_optim;
-  std::vector<NamedTensor> optimizer_state;
-  if (trainer) optimizer_state = trainer->optimizer().state();
-  if (load_optim) {
-    std::set<std::string> expected;
-    for (const NamedTensor& s : optimizer_state) {
-      expected.insert(s.name);
-      if (master_of(s.name)) continue;  // masters may be absent (an f32 checkpoint)
-      MOE_CHECK(optimizer_file.contains(s.name), "training checkpoint file ", optimizer_file.path(),
-                " has no optimizer tensor ", s.name);
-      check_shape_of(optimizer_file, s.name, *s.value);
-    }
-    for (const std::string& name : optimizer_file.names())
-      MOE_CHECK(expected.count(name) || master_of(name), "training checkpoint file ",
-                optimizer_file.path(), " holds optimizer tensor ", name,
-                ", which this run's optimizer does not have");
-  }
-
-  checkpoint::load_weights(model, folder.string(), checkpoint::CheckpointFormat::moecore,
-                           file_config);
-  // fp32 masters, when saved, are the weights (the 16-bit weights are their rounding).
-  for (const std::string& name : optimizer_file.names())
-    if (nn::Parameter* p = master_of(name)) load_into(p->value, optimizer_file, name);
-
+  const bool slices = is_sharded_checkpoint(folder.string()) || needs_slices(model, trainer);
+  if (slices) load_slices(folder, model, trainer, load_optim);
+  if (!slices) load_whole(folder, model, trainer, load_optim, file_config);
   if (!trainer) return result;
+
   // The routers' jitter draw counters (absent in checkpoints written before they were saved).
   if (!options.finetune && router_counts) {
     model.set_router_forward_counts(*router_counts);
@@ -541,20 +688,6 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
         "draws other jitter than the uninterrupted one would");
   }
 
-  // The optimizer: loaded, or fresh (zero moments); masters are the loaded weights either way.
-  const io::SafetensorsCollection weights = io::SafetensorsCollection::open(folder.string());
-  for (const NamedTensor& s : optimizer_state) {
-    if (nn::Parameter* p = master_of(s.name)) {
-      if (optimizer_file.contains(s.name))
-        load_into(*s.value, optimizer_file, s.name);
-      else  // a checkpoint without masters (an f32 run): its weights, read again in f32
-        s.value->copy_(weights.load(p->name, s.value->device(), s.value->dtype()));
-    } else if (load_optim) {
-      load_into(*s.value, optimizer_file, s.name);
-    } else {
-      s.value->zero_();
-    }
-  }
   result.loaded_optimizer = load_optim;
 
   if (options.finetune) {

@@ -18,6 +18,15 @@
 //     manifest.json                            {"files": {name: {"size", "crc32c"}}} for every
 //                                              other file (CRC-32C, moe::crc32c), written last
 //
+// A run of several ranks writes the sharded layout instead (checkpoint_slices.h,
+// docs/checkpoints.md): model_config.json (without the parallel mapping), trainer_state.json,
+// index.json and shard_<r>_of_<w>.safetensors / shard_<r>.json of every rank, each rank writing
+// only the slices it owns, all into rank 0's temporary folder, which rank 0 commits after a
+// barrier. Any run loads either layout: a whole model reads whole tensors from a one-rank
+// checkpoint as before; any other (a sharded checkpoint, or a model or optimizer holding parts
+// of tensors) reads its own slices, so the mapping may change between save and load (world
+// size, EP, ETP, the distributed optimizer on or off) and the run continues as if it had not.
+//
 // Saving is crash-safe: the iteration folder is filled under a hidden temporary name next to
 // it (every file fsynced), renamed into place in one step (checkpoint::AtomicFolder: an
 // existing folder of the same iteration is swapped out atomically), and only then is the

@@ -89,6 +89,12 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
     model.on_params_needed = [dopt](const std::vector<nn::Parameter*>& params) {
       dopt->wait_for_params(params);
     };
+  if (config_.calculate_per_token_loss) {
+    MOE_CHECK(model.config().mtp_num_layers == 0,
+              "--calculate-per-token-loss with --mtp-num-layers is not supported yet (the MTP "
+              "loss is a mean per depth); drop one of them");
+    model.cross_entropy.reduction = ops::CrossEntropyReduction::sum;
+  }
   const int64_t S = config_.seq_length;
   MOE_CHECK(S > model.config().mtp_num_layers, "--seq-length ", S,
             " must exceed --mtp-num-layers ", model.config().mtp_num_layers);
@@ -105,6 +111,10 @@ Trainer::~Trainer() {
 
 int64_t Trainer::data_parallel_size() const { return dp_of(parallel_); }
 
+void Trainer::synchronize_parameters() {
+  if (auto* d = dynamic_cast<DistributedOptimizer*>(optimizer_.get())) d->finish_param_gather();
+}
+
 Tensor Trainer::next_samples(BatchSource& source) {
   const int64_t B = config_.micro_batch_size, dp = data_parallel_size();
   if (dp == 1) return source.next(B);
@@ -115,6 +125,14 @@ Tensor Trainer::next_samples(BatchSource& source) {
   Tensor mine = source.next(B);
   source.set_position(start + dp * B);
   return mine;
+}
+
+void Trainer::scale_gradients(double factor) {
+  if (ddp_) {
+    for (ParamAndGradBuffer* b : ddp_->buffers()) ops::scale_(b->grad_data(), factor);
+    return;
+  }
+  for (nn::Parameter* p : model_.parameters()) ops::scale_(p->grad_value(), factor);
 }
 
 void Trainer::reduce_losses(Tensor& sums) {
@@ -150,14 +168,17 @@ Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
 StepMetrics Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t M = num_microbatches();
+  const bool per_token = config_.calculate_per_token_loss;
   // Every micro-batch's loss is scaled by 1 / (all micro-batches of the global batch): the
-  // data-parallel sum of the gradients is then their mean (data_parallel.h).
-  const double scale = 1.0 / static_cast<double>(M * data_parallel_size());
+  // data-parallel sum of the gradients is then their mean (data_parallel.h). Per-token loss:
+  // the sums are backpropagated unscaled and divided by the global token count below.
+  const double mean_scale = 1.0 / static_cast<double>(M * data_parallel_size());
+  const double scale = per_token ? 1.0 : mean_scale;
   StepMetrics m;
   m.iteration = iteration_ + 1;
 
   model_.zero_grad();
-  Tensor sums;  // [lm, aux, mtp] summed over the micro-batches, on the device
+  Tensor sums;  // [lm, aux, mtp, labelled tokens] summed over the micro-batches, on the device
   for (int64_t i = 0; i < M; ++i) {
     if (ddp_) ddp_->start_micro_batch(i == M - 1);
     MicroBatch mb = load(train_, "training");
@@ -167,17 +188,25 @@ StepMetrics Trainer::train_step() {
     const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
     if (on_micro_batch) on_micro_batch(ctx);
     model_.backward(ctx, scale);
-    if (!sums.defined()) sums = Tensor::zeros({3}, loss.lm_loss.dtype(), loss.lm_loss.device());
+    if (!sums.defined()) sums = Tensor::zeros({4}, loss.lm_loss.dtype(), loss.lm_loss.device());
     accumulate(sums, 0, loss.lm_loss);
     accumulate(sums, 1, loss.aux_loss);
     accumulate(sums, 2, loss.mtp_loss);
+    if (per_token) accumulate(sums, 3, ctx.cross_entropy.weight_sum.to(sums.dtype()));
   }
   if (ddp_) ddp_->finish_grad_sync();
   reduce_losses(sums);
   const std::vector<double> host = sums.to_double_vector();  // the step's one loss read-back
-  m.loss = host[0] * scale;
-  m.aux_loss = host[1] * scale;
-  m.mtp_loss = host[2] * scale;
+  if (per_token) {
+    // Megatron's finalize_model_grads: every gradient / the global batch's labelled tokens.
+    const double tokens = std::max(host[3], 1.0);
+    scale_gradients(1.0 / tokens);
+    m.loss = host[0] / tokens;
+  } else {
+    m.loss = host[0] * scale;
+  }
+  m.aux_loss = host[1] * mean_scale;
+  m.mtp_loss = host[2] * mean_scale;
 
   const int64_t n = optimizer_->steps_taken();
   m.lr = schedule_.lr(n);
@@ -242,18 +271,22 @@ double Trainer::evaluate() {
             config_.eval_iters);
   // Megatron's evaluate(): eval_iters iterations of a global batch each, forward only.
   const int64_t count = config_.eval_iters * num_microbatches();
-  Tensor sum;
+  Tensor sum;  // [lm loss, labelled tokens]
   for (int64_t i = 0; i < count; ++i) {
     MicroBatch mb = load(*valid_, "validation");
     nn::GPTContext ctx;
     const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
-    if (!sum.defined()) sum = Tensor::zeros({1}, loss.lm_loss.dtype(), loss.lm_loss.device());
+    if (!sum.defined()) sum = Tensor::zeros({2}, loss.lm_loss.dtype(), loss.lm_loss.device());
     accumulate(sum, 0, loss.lm_loss);
+    if (config_.calculate_per_token_loss)
+      accumulate(sum, 1, ctx.cross_entropy.weight_sum.to(sum.dtype()));
   }
   // The forward passes counted routed tokens for the expert-bias update: not training data.
   model_.discard_step();
   reduce_losses(sum);
-  return sum.to_double_vector()[0] / static_cast<double>(count * data_parallel_size());
+  const std::vector<double> host = sum.to_double_vector();
+  if (config_.calculate_per_token_loss) return host[0] / std::max(host[1], 1.0);
+  return host[0] / static_cast<double>(count * data_parallel_size());
 }
 
 TrainerState Trainer::state() const {

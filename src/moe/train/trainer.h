@@ -71,6 +71,12 @@ struct TrainConfig {
                                   // --train-iters, as Megatron's --lr-decay-iters does
   OptimizerConfig optimizer;      // --adam-beta1 ... --clip-grad
   NanAction nan_action = NanAction::skip;  // --nan-action skip|stop
+  // --calculate-per-token-loss (Megatron): the lm loss of a step is the sum over the global
+  // batch's labelled tokens / their count (not the mean of the micro-batch means): every
+  // micro-batch backpropagates its loss sum (aux losses at scale 1, as Megatron's
+  // MoEAuxLossAutoScaler then gets), and after the data-parallel reduction every gradient is
+  // divided by the global token count. Not with MTP.
+  bool calculate_per_token_loss = false;
   // NanAction::skip: this many skipped updates in a row stop the run (>= 1; see above).
   int64_t max_consecutive_skipped = kMaxConsecutiveSkippedIterations;
 
@@ -148,6 +154,9 @@ class Trainer {
   const dist::ParallelState* parallel_state() const { return parallel_.state.get(); }
   DataParallel* data_parallel() { return ddp_.get(); }
   int64_t data_parallel_size() const;
+  // Waits for the distributed optimizer's overlapped parameter all-gathers (--overlap-param-
+  // gather), so the model's values are the updated ones (before a checkpoint reads them).
+  void synchronize_parameters();
   // This rank's micro-batches per step.
   int64_t num_microbatches() const { return config_.num_microbatches(data_parallel_size()); }
   const LrSchedule& schedule() const { return schedule_; }
@@ -166,7 +175,9 @@ class Trainer {
   BatchSource* valid_;
   // This rank's next micro-batch of the source: skips the other data-parallel ranks' parts.
   Tensor next_samples(BatchSource& source);
-  // Sums the [lm, aux, mtp] sums over DP x CP (nothing on one rank).
+  // Multiplies every gradient by `factor` (the buffers under data parallelism).
+  void scale_gradients(double factor);
+  // Sums the step's loss sums over DP x CP (nothing on one rank).
   void reduce_losses(Tensor& sums);
 
   LrSchedule schedule_;

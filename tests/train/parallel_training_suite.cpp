@@ -1,0 +1,271 @@
+#include "train/parallel_training_suite.h"
+
+#include <cmath>
+#include <map>
+#include <memory>
+
+#include "common/check.h"
+#include "moe/dist/parallel_state.h"
+#include "moe/train/batch_source.h"
+#include "moe/train/trainer.h"
+#include "nn/gpt_test_util.h"
+#include "nn/mla_test_util.h"
+
+namespace moe::train::test {
+
+constexpr int64_t kSeq = kCaseSeqLength;
+constexpr int64_t kGlobalBatch = 4;  // micro-batches of 1: 4 / DP per rank
+
+nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
+  nn::ModelConfig m;
+  if (c.model == "mla") {
+    m = moe::test::small_mla_config();
+    const nn::ModelConfig tiny = moe::test::tiny_gpt_config(dtype);
+    m.moe_layer_pattern = {0, 1};
+    m.moe = tiny.moe;
+    m.moe.hidden_size = m.hidden_size;
+    m.moe.moe_router_score_function = "sigmoid";
+    m.moe.moe_router_enable_expert_bias = true;
+    m.moe.moe_router_bias_update_rate = 1e-2;
+    m.moe.moe_router_load_balancing_type = "seq_aux_loss";
+    m.moe.moe_router_topk_scaling_factor = 2.5;
+  } else {
+    m = moe::test::tiny_gpt_config(dtype);
+    m.moe.moe_shared_expert_intermediate_size = 5;
+  }
+  m.moe.moe_router_dtype = dtype == DType::f64 ? "fp64" : "fp32";
+  m.moe.num_experts = 8;  // EP 4: two local experts; ETP 2: FFN 6 -> 3
+  m.moe.moe_ffn_hidden_size = 6;
+  m.moe.moe_token_dispatcher_type = c.dispatcher;
+  m.moe.expert_model_parallel_size = c.ep;
+  m.moe.expert_tensor_parallel_size = c.etp;
+  m.untie_embeddings_and_output_weights = true;
+  return m;
+}
+
+TrainConfig case_train_config() {
+  TrainConfig t;
+  t.micro_batch_size = 1;
+  t.global_batch_size = kGlobalBatch;
+  t.seq_length = kSeq;
+  t.train_iters = kParallelSteps;
+  t.schedule.lr = 1e-2;
+  t.schedule.min_lr = 1e-3;
+  t.schedule.decay_style = "linear";
+  t.schedule.start_weight_decay = t.schedule.end_weight_decay = 0.01;
+  t.optimizer.clip_grad = 0.5;  // some steps clip: the global norm matters
+  t.nan_action = NanAction::stop;
+  return t;
+}
+
+std::vector<int32_t> case_tokens(int64_t vocab) {
+  const Tensor t = moe::test::random_tokens(400, 1, vocab, 20261204);
+  std::vector<int32_t> out;
+  for (int64_t v : t.to_vector<int64_t>()) out.push_back(static_cast<int32_t>(v));
+  return out;
+}
+
+TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
+                            const ParallelTrainingCase& c, nn::MoEGroups& groups) {
+  dist::ParallelConfig pc;
+  pc.expert_model_parallel_size = c.ep;
+  pc.expert_tensor_parallel_size = c.etp;
+  auto state = std::make_shared<dist::ParallelState>(world, pc);
+  groups.ep = state->ep();
+  groups.etp = state->etp();
+  groups.tp_ep = state->tp_ep();
+  groups.tp_cp = state->tp_cp();
+  groups.tp_dp_cp = state->tp_dp_cp();
+  groups.tp_size = state->tp_size();
+  TrainParallel parallel;
+  parallel.state = state;
+  parallel.ddp.use_distributed_optimizer = c.distributed_optimizer;
+  parallel.ddp.overlap_grad_reduce = c.overlap;
+  parallel.ddp.overlap_param_gather = c.overlap && c.distributed_optimizer;
+  parallel.ddp.grad_reduce_in_bf16 = c.grad_reduce_in_bf16;
+  parallel.ddp.bucket_size = c.overlap ? 300 : 0;  // several buckets
+  return parallel;
+}
+
+Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int64_t>& offset,
+                   const Shape& box);
+
+namespace {
+
+// A model trained kParallelSteps steps, with what it reported.
+struct Run {
+  Run(nn::GPTModel& model, const TrainConfig& tc, TrainParallel parallel)
+      : source(case_tokens(model.config().vocab_size), kSeq, 7, true),
+        trainer(model, tc, source, nullptr, std::move(parallel)) {
+    for (int i = 0; i < kParallelSteps; ++i) {
+      const StepMetrics m = trainer.train_step();
+      loss.push_back(m.loss);
+      aux.push_back(m.aux_loss);
+      grad_norm.push_back(m.grad_norm);
+    }
+  }
+  TokenArraySource source;
+  Trainer trainer;
+  std::vector<double> loss, aux, grad_norm;
+};
+
+}  // namespace
+
+// The box of `full` (row-major in view_shape) at offset, of box shape: this rank's piece.
+Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int64_t>& offset,
+                   const Shape& box) {
+  const std::vector<double> src = full.to(Device::cpu()).to_double_vector();
+  int64_t n = 1;
+  for (int64_t s : box) n *= s;
+  std::vector<double> out(static_cast<size_t>(n));
+  std::vector<int64_t> idx(box.size(), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t flat = 0;
+    for (size_t d = 0; d < box.size(); ++d) flat = flat * view[d] + offset[d] + idx[d];
+    out[static_cast<size_t>(i)] = src[static_cast<size_t>(flat)];
+    for (size_t d = box.size(); d-- > 0;) {
+      if (++idx[d] < box[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return Tensor::from_vector(out, {n}, Device::cpu());
+}
+
+namespace {
+
+double tolerance_for(DType dtype) { return dtype == DType::f64 ? 1e-9 : 3e-2; }
+
+void expect_series(const std::vector<double>& actual, const std::vector<double>& expected,
+                   double tol, const std::string& what, int rank) {
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const double scale = std::max(1.0, std::abs(expected[i]));
+    EXPECT_LE(std::abs(actual[i] - expected[i]), tol * scale)
+        << "rank " << rank << ": " << what << " of step " << i + 1 << " is " << actual[i]
+        << ", one rank gives " << expected[i];
+  }
+}
+
+}  // namespace
+
+std::string case_name(const ParallelTrainingCase& c) {
+  std::string n = c.model + "_world" + std::to_string(c.world) + "_ep" + std::to_string(c.ep) +
+                  "_etp" + std::to_string(c.etp) + "_" + c.dispatcher;
+  if (c.distributed_optimizer) n += "_distopt";
+  if (c.overlap) n += "_overlap";
+  if (c.grad_reduce_in_bf16) n += "_bf16reduce";
+  if (c.per_token_loss) n += "_pertoken";
+  return n;
+}
+
+std::vector<ParallelTrainingCase> parallel_training_cases_for_world(int world, bool all) {
+  std::vector<ParallelTrainingCase> out;
+  for (const char* model : {"gqa", "mla"})
+    for (int ep : {1, 2, 4})
+      for (int etp : {1, 2}) {
+        if (world % (ep * etp) != 0) continue;
+        for (const char* dispatcher : {"allgather", "alltoall"})
+          for (bool dist_opt : {false, true})
+            for (bool overlap : {false, true}) {
+              // The process runners take one combination of the options per mapping and
+              // dispatcher, alternating, unless asked for all.
+              if (!all && (dist_opt != overlap || (dist_opt == (ep == etp)))) continue;
+              ParallelTrainingCase c;
+              c.model = model;
+              c.world = world;
+              c.ep = ep;
+              c.etp = etp;
+              c.dispatcher = dispatcher;
+              c.distributed_optimizer = dist_opt;
+              c.overlap = overlap;
+              out.push_back(c);
+            }
+      }
+  return out;
+}
+
+std::vector<ParallelTrainingCase> parallel_training_cases() {
+  std::vector<ParallelTrainingCase> out;
+  for (int world : {1, 2, 4})
+    for (const ParallelTrainingCase& c : parallel_training_cases_for_world(world, true))
+      out.push_back(c);
+  ParallelTrainingCase bf16 = out.back();
+  bf16.grad_reduce_in_bf16 = true;
+  out.push_back(bf16);
+  std::vector<ParallelTrainingCase> per_token;
+  for (const ParallelTrainingCase& c : out) {
+    if (c.world == 1 || c.ep != 2 || c.etp != 1 || c.model != "gqa") continue;
+    if (c.overlap != c.distributed_optimizer || c.dispatcher != std::string("alltoall")) continue;
+    ParallelTrainingCase p = c;
+    p.per_token_loss = true;
+    per_token.push_back(p);
+  }
+  out.insert(out.end(), per_token.begin(), per_token.end());
+  return out;
+}
+
+void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world,
+                                const ParallelTrainingCase& c, Device device) {
+  const int rank = world->rank();
+  const DType dtype = device.is_cuda() ? DType::bf16 : DType::f64;
+  // One rank with a parallel state runs the reference's arithmetic: bitwise (the distributed
+  // optimizer sums the squared norms in buffer order, dense and expert apart: not bitwise).
+  const bool bitwise = c.world == 1 && !c.distributed_optimizer;
+  const double tol = bitwise ? 0.0 : c.grad_reduce_in_bf16 ? 1e-2 : tolerance_for(dtype);
+  TrainConfig tc = case_train_config();
+  tc.calculate_per_token_loss = c.per_token_loss;
+
+  // The reference: one rank, no parallel state, the whole model.
+  ParallelTrainingCase serial_case = c;
+  serial_case.ep = serial_case.etp = 1;
+  nn::GPTModel reference(case_model(serial_case, dtype), dtype, device, tc.seed);
+  const Run expected(reference, tc, {});
+
+  nn::MoEGroups groups;
+  TrainParallel parallel = case_parallel(world, c, groups);
+  nn::GPTModel model(case_model(c, dtype), dtype, device, tc.seed, groups);
+  Run actual(model, tc, parallel);
+
+  expect_series(actual.loss, expected.loss, tol, "lm loss", rank);
+  expect_series(actual.aux, expected.aux, tol, "aux loss", rank);
+  expect_series(actual.grad_norm, expected.grad_norm, tol, "gradient norm", rank);
+
+  std::map<std::string, nn::Parameter*> by_name;
+  for (nn::Parameter* p : reference.parameters()) by_name[p->name] = p;
+  for (nn::Parameter* p : model.parameters()) {
+    const auto it = by_name.find(p->name);
+    if (it == by_name.end()) {
+      ADD_FAILURE() << "rank " << rank << ": " << p->name << " is not a parameter of one rank";
+      continue;
+    }
+    const Tensor want = extract_box(it->second->value, nn::view_shape_of(*p),
+                                    nn::box_offset_of(*p), nn::box_shape_of(*p));
+    const Tensor got = p->value.to(Device::cpu()).to(DType::f64).reshape({p->value.numel()});
+    EXPECT_TRUE(moe::test::close(got, want.to(DType::f64), tol,
+                                 "rank " + std::to_string(rank) + " " + p->name));
+  }
+  // The optimizer state this rank holds: its piece of the reference's (optimizer.h NamedTensor).
+  std::map<std::string, Tensor*> reference_state;
+  for (const NamedTensor& s : const_cast<Run&>(expected).trainer.optimizer().state())
+    reference_state[s.name] = s.value;
+  for (const NamedTensor& s : actual.trainer.optimizer().state()) {
+    const auto it = reference_state.find(s.name);
+    if (it == reference_state.end()) {
+      ADD_FAILURE() << "rank " << rank << ": optimizer state " << s.name << " is not one rank's";
+      continue;
+    }
+    const Tensor box = extract_box(*it->second, nn::view_shape_of(*s.param),
+                                   nn::box_offset_of(*s.param), nn::box_shape_of(*s.param));
+    const Tensor want = box.rows(s.begin, s.end - s.begin);
+    const Tensor got = s.value->to(Device::cpu()).to(DType::f64).reshape({s.end - s.begin});
+    EXPECT_TRUE(moe::test::close(got, want, tol, "rank " + std::to_string(rank) + " " + s.name));
+  }
+  for (nn::NamedBuffer& b : model.buffers()) {
+    for (nn::NamedBuffer& r : reference.buffers()) {
+      if (r.name != b.name) continue;
+      EXPECT_TRUE(moe::test::close(b.value->to(Device::cpu()), r.value->to(Device::cpu()), tol,
+                                   "rank " + std::to_string(rank) + " " + b.name));
+    }
+  }
+}
+
+}  // namespace moe::train::test

@@ -1,0 +1,71 @@
+// Parallel equals serial, for training: one set of cases (a small MoE model, a data / expert
+// parallel mapping, DDP and optimizer options) that every backend runs. A case trains
+// kParallelSteps steps on one rank without any parallel state (the reference) and on every rank
+// of a world with the case's mapping; each rank then checks, naming itself, that
+//   - the reported lm / aux losses and the gradient norm of every step equal the reference's,
+//   - its final parameters equal the reference's: dense ones whole, expert ones as the box of
+//     the reference's tensor its layout names (nn::ParamLayout),
+//   - the optimizer state it holds equals the matching piece of the reference's,
+// within the tolerance of the dtype: f64 on the CPU 1e-9 relative (the order of the sums
+// differs between mappings), 1e-2 with --grad-reduce-in-bf16, bf16 on the GPU 3e-2; bitwise
+// for a world of one rank without the distributed optimizer (the buffers and the parallel state
+// change no arithmetic).
+//
+// Runners: Local threads (parallel_training_local_test.cpp) and MPI processes
+// (parallel_training_mpi_main.cpp).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "moe/dist/process_group.h"
+#include "moe/nn/gpt_model.h"
+#include "moe/train/trainer.h"
+
+namespace moe::train::test {
+
+inline constexpr int kParallelSteps = 5;
+
+struct ParallelTrainingCase {
+  std::string model;       // "gqa": softmax router, aux + z loss, shared expert;
+                           // "mla": MLA attention, sigmoid router with expert bias, seq aux loss
+  int world = 1;
+  int ep = 1, etp = 1;     // DP = EDP x EP x ETP = world (TP = CP = PP = 1)
+  std::string dispatcher;  // "allgather" | "alltoall"
+  bool distributed_optimizer = false;
+  bool overlap = false;    // --overlap-grad-reduce (and --overlap-param-gather with the
+                           // distributed optimizer); small buckets so there are several
+  bool grad_reduce_in_bf16 = false;
+  bool per_token_loss = false;  // --calculate-per-token-loss
+};
+std::string case_name(const ParallelTrainingCase& c);
+inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) { *out << case_name(c); }
+
+// Every mapping of the matrix: worlds 1, 2, 4; EP 1, 2, 4 and ETP 1, 2 where they fit;
+// distributed optimizer and overlap on and off; both dispatchers; both models.
+std::vector<ParallelTrainingCase> parallel_training_cases();
+// A smaller set for process runners (each case starts a world).
+std::vector<ParallelTrainingCase> parallel_training_cases_for_world(int world, bool all);
+
+// Runs the case on this rank of `world` (world->size() == c.world) and checks it against the
+// one-rank reference, which every rank computes itself. Only EXPECTs: a failing rank never
+// leaves the others waiting in a collective.
+void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world,
+                                const ParallelTrainingCase& c, Device device);
+
+// The pieces of a case, for tests built on the suite (distributed_checkpoint_test.cpp).
+inline constexpr int64_t kCaseSeqLength = 8;
+nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype);
+TrainConfig case_train_config();
+std::vector<int32_t> case_tokens(int64_t vocab);
+// The case's parallel state over `world` and DDP options; fills `groups` for the model.
+TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
+                            const ParallelTrainingCase& c, nn::MoEGroups& groups);
+// The box (offset, box shape) of `full` read row-major in `view`, flattened, as f64 on the host.
+Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int64_t>& offset,
+                   const Shape& box);
+
+}  // namespace moe::train::test
