@@ -9,6 +9,7 @@
 #     gradient scaled by the wrong factor or an expert update lost differs by 1e-3 or more from
 #     the second iteration on),
 #   - the file holds each iteration once (rank 0 alone writes it),
+#   - the checkpoint the ranks saved at iteration 5 resumes on one rank and continues their run,
 # and from the output that rank 0 alone printed the log, the memory report of every rank and
 # the text sample (every rank ran the sample's forwards: with EP they are collective).
 #   mpi_train_parity_test.sh MPIEXEC MOE NP [FLAGS...]
@@ -36,36 +37,38 @@ one=$("$moe" "${common[@]}" --metrics-jsonl "$dir/one.jsonl" 2>&1) ||
   { echo "$one"; fail "the one-rank run failed"; }
 # The timeout is a backstop: a run that hangs (a rank left out of a collective) fails here.
 many=$(timeout 300 "$mpiexec" --allow-run-as-root --oversubscribe -np "$np" "$moe" "${common[@]}" \
-         "$@" --metrics-jsonl "$dir/many.jsonl" 2>&1)
+         "$@" --metrics-jsonl "$dir/many.jsonl" --save "$dir/ckpt" --save-interval 5 2>&1)
 status=$?
 echo "$many"
 [ "$status" -ne 124 ] || fail "the $np-rank run was still running after 300 s"
 [ "$status" -eq 0 ] || fail "the $np-rank run exited with status $status"
 
-# "<iteration> <key> <value>" for every record of a metrics file that has `key`.
+# "<iteration> <value>" for every record of a metrics file that has `key`.
 values() {
   local file=$1 key=$2
-  grep -a "\"$key\":" "$file" |
-    sed -E "s/.*\"iteration\":([0-9]+).*/\1/" >"$dir/it"
-  grep -a "\"$key\":" "$file" |
-    sed -E "s/.*\"$key\":([-+0-9.eE]+|null).*/\1/" >"$dir/v"
-  paste -d ' ' "$dir/it" "$dir/v" | sed "s/ / $key /"
+  paste -d ' ' <(grep -a "\"$key\":" "$file" | sed -E 's/.*"iteration":([0-9]+).*/\1/') \
+               <(grep -a "\"$key\":" "$file" | sed -E "s/.*\"$key\":([-+0-9.eE]+|null).*/\\1/")
+}
+# compare KEY A_FILE A_NAME B_FILE B_NAME: B's records of `key` (at least one) at the iterations
+# A has, A holding each of B's iterations, agree within the tolerance.
+compare() {
+  local key=$1 a=$2 a_name=$3 b=$4 b_name=$5
+  values "$a" "$key" >"$dir/a"
+  values "$b" "$key" >"$dir/b"
+  [ -s "$dir/b" ] || fail "$b_name: no $key in its metrics"
+  awk -v tol="$tolerance" -v key="$key" -v an="$a_name" -v bn="$b_name" '
+    NR == FNR { a[$1] = $2; next }
+    { if (!($1 in a)) { printf "iteration %s %s: %s has none\n", $1, key, an; bad = 1; next }
+      x = a[$1]; y = $2; d = x - y; if (d < 0) d = -d; m = (x < 0 ? -x : x); if (m < 1) m = 1
+      printf "iteration %s %s: %s %s, %s %s, relative difference %.3g\n", $1, key, an, x, bn, y,
+             d / m
+      if (x == "null" || y == "null" || d > tol * m) bad = 1 }
+    END { exit bad }' "$dir/a" "$dir/b" || fail "$key: $b_name differs from $a_name by more" \
+                                              "than $tolerance (relative)"
 }
 for key in lm_loss load_balancing_loss valid_lm_loss; do
-  values "$dir/one.jsonl" "$key" >"$dir/one.$key"
-  values "$dir/many.jsonl" "$key" >"$dir/many.$key"
-  [ -s "$dir/one.$key" ] || fail "the one-rank metrics hold no $key"
-  if ! cmp -s <(cut -d ' ' -f 1 "$dir/one.$key") <(cut -d ' ' -f 1 "$dir/many.$key"); then
-    fail "$key: the iterations differ (one rank: $(cut -d ' ' -f 1 "$dir/one.$key" | xargs);" \
-         "$np ranks: $(cut -d ' ' -f 1 "$dir/many.$key" | xargs))"
-  fi
-  paste -d ' ' "$dir/one.$key" "$dir/many.$key" |
-    awk -v tol="$tolerance" -v np="$np" '
-      { a = $3; b = $6; d = a - b; if (d < 0) d = -d; m = (a < 0 ? -a : a); if (m < 1) m = 1
-        printf "iteration %s %s: one rank %s, %s ranks %s, relative difference %.3g\n",
-               $1, $2, a, np, b, d / m
-        if (a == "null" || b == "null" || d > tol * m) bad = 1 }
-      END { exit bad }' || fail "$key differs by more than $tolerance (relative)"
+  compare "$key" "$dir/one.jsonl" "one rank" "$dir/many.jsonl" "$np ranks"
+  compare "$key" "$dir/many.jsonl" "$np ranks" "$dir/one.jsonl" "one rank"  # the same iterations
 done
 lines=$(grep -c '"lm_loss":' "$dir/many.jsonl")
 [ "$lines" -eq "$iterations" ] ||
@@ -81,4 +84,12 @@ for ((r = 0; r < np; ++r)); do
 done
 [ "$(count "peak memory after iteration 1")" -eq 1 ] || fail "no peak memory line"
 [ "$(count "sample (24 tokens at most")" -eq 1 ] || fail "the sample is not printed once"
+# The checkpoint the ranks saved at iteration 5 (each rank its slices) resumes on one rank: the
+# rest of the run is the ranks' (the optimizer state and data position came back whole).
+resumed=$("$moe" "${common[@]}" --load "$dir/ckpt/iter_0000005" \
+            --metrics-jsonl "$dir/resumed.jsonl" 2>&1) ||
+  { echo "$resumed"; fail "one rank could not resume the $np ranks' checkpoint"; }
+grep -aqF "loaded checkpoint $dir/ckpt/iter_0000005 (iteration 5)" <<<"$resumed" ||
+  { echo "$resumed"; fail "the resumed run did not load iteration 5"; }
+compare lm_loss "$dir/many.jsonl" "$np ranks" "$dir/resumed.jsonl" "one rank resumed at 5"
 echo "mpi_train_parity_test ($name): ok"

@@ -288,6 +288,10 @@ TEST(TrainArgs, ParallelAndDataParallelFlags) {
   EXPECT_ERROR_NAMES(Args({"--ddp-bucket-size", "0"}), "--ddp-bucket-size", ">= 1");
   EXPECT_NE(train_flags_help().find("always accumulates"), std::string::npos);
 
+  EXPECT_TRUE(parse_train_args({"--calculate-per-token-loss"}).train.calculate_per_token_loss);
+  EXPECT_ERROR_NAMES(Args({"--calculate-per-token-loss", "--mtp-num-layers", "1"}),
+                     "--calculate-per-token-loss", "--mtp-num-layers");
+
   // Only --micro-batch-size: the global batch follows the data-parallel size (Megatron).
   const TrainRunConfig micro = parse_train_args({"--micro-batch-size", "4"});
   EXPECT_TRUE(micro.global_batch_follows_data_parallel);
@@ -429,7 +433,7 @@ TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
         "--expert-model-parallel-size", "--expert-tensor-parallel-size",
         "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
         "--ddp-bucket-size", "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32",
-        "--exit-signal-handler"})
+        "--exit-signal-handler", "--calculate-per-token-loss"})
     EXPECT_TRUE(names.count(megatron)) << megatron;
 }
 

@@ -1,15 +1,19 @@
 // `moe train`'s run on several ranks (run_training_on), ranks as threads of the Local backend:
 // expert parallelism and data parallelism with the distributed optimizer train the model one rank
 // trains (the same losses within 1e-5 relative: the ranks add the same gradients in another
-// order); rank 0 alone prints; the refusals that need the world size; --exit-signal-handler's
-// stop after an iteration. (The same under mpirun, as processes: mpi_train_parity_test.sh.)
+// order); rank 0 alone prints; checkpoints saved by several ranks resume under another mapping;
+// the refusals that need the world size; --exit-signal-handler's stop after an iteration. (The same under mpirun, as processes: mpi_train_parity_test.sh.)
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -17,6 +21,7 @@
 #include "moe/dist/local_backend.h"
 #include "moe/train/exit_signal.h"
 #include "moe/train/train_args.h"
+#include "moe/train/train_checkpoint.h"
 #include "moe/train/train_run.h"
 
 namespace moe::train {
@@ -117,6 +122,41 @@ TEST(TrainRunParallel, ExpertParallelRanksTrainTheOneRankModel) {
   EXPECT_EQ(one_text.find("memory per rank"), std::string::npos);  // one rank: as before
 }
 
+// --moe-per-layer-logging on several ranks logs the global batch: the experts' token counts of
+// every rank's micro-batches (summed), the losses averaged, as one rank logs them.
+TEST(TrainRunParallel, PerLayerLoggingCountsEveryRanksTokens) {
+  const std::string one_path = ::testing::TempDir() + "moe_layers_one.jsonl";
+  const std::string many_path = ::testing::TempDir() + "moe_layers_many.jsonl";
+  const std::vector<std::string> logging = {"--global-batch-size", "4", "--sample-tokens", "0",
+                                            "--moe-per-layer-logging", "--log-interval", "2"};
+  std::vector<std::string> args = logging;
+  args.insert(args.end(), {"--metrics-jsonl", one_path});
+  run_training_on(parse_train_args(small_run(args)), TrainWorld{nullptr, Device::cpu(), true},
+                  standard_train_hooks(), nullptr);
+  args = logging;
+  args.insert(args.end(), {"--metrics-jsonl", many_path, "--expert-model-parallel-size", "2"});
+  run_on_ranks(parse_train_args(small_run(args)), 2);
+  const auto layers_of = [](const std::string& path) {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (j.contains("moe_layers")) out.push_back(j["moe_layers"][0]);
+    }
+    return out;
+  };
+  const std::vector<nlohmann::json> one = layers_of(one_path), many = layers_of(many_path);
+  ASSERT_EQ(one.size(), 3u);  // iterations 2, 4, 6
+  ASSERT_EQ(many.size(), one.size());
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(many[i]["expert_tokens"], one[i]["expert_tokens"]) << "log point " << i;
+    EXPECT_EQ(many[i]["tokens"], one[i]["tokens"]);
+    EXPECT_EQ(one[i]["tokens"].get<int64_t>(), 2 * 4 * 16 * 2);  // 2 steps x 4 x 16 x top-2
+    const double aux = one[i]["aux_loss"].get<double>();
+    EXPECT_NEAR(many[i]["aux_loss"].get<double>(), aux, 1e-5 * aux);
+  }
+}
+
 // --use-distributed-optimizer over DP 2, and Megatron's global batch default: given only
 // --micro-batch-size, it is micro x DP.
 TEST(TrainRunParallel, DistributedOptimizerRanksTrainTheOneRankModel) {
@@ -157,19 +197,60 @@ TEST(TrainRunParallel, RefusesWhatNeedsTheWorldSize) {
               std::string::npos)
         << error.what();
   }
-  // Distributed checkpoints are not in this build yet: refused before anything is written.
-  const std::string save = ::testing::TempDir() + "moe_parallel_never";
-  e = error_on_ranks(parse_train_args(small_run({"--save", save})), 2);
-  EXPECT_NE(e.find("world size 2: distributed checkpoints are not in this build yet"),
+  // Not on several ranks yet: upcycling (whole dense tensors into one rank's model).
+  e = error_on_ranks(parse_train_args(small_run({"--moe-use-upcycling", "--load", "/nonexistent",
+                                                 "--save", "/nonexistent"})),
+                     2);
+  EXPECT_NE(e.find("world size 2: --moe-use-upcycling is not supported by a run of several ranks"),
             std::string::npos)
       << e;
-  EXPECT_NE(e.find("--save " + save), std::string::npos) << e;
-  e = error_on_ranks(parse_train_args(small_run({"--load", save})), 2);
-  EXPECT_NE(e.find("cannot read --load " + save), std::string::npos) << e;
   // A global batch the ranks cannot split.
   e = error_on_ranks(parse_train_args(small_run({"--global-batch-size", "2"})), 2);
   EXPECT_NE(e.find("--global-batch-size 2"), std::string::npos) << e;
   EXPECT_NE(e.find("data-parallel size 2"), std::string::npos) << e;
+}
+
+// Checkpoints of several ranks: 2 ranks (EP 2) save at iteration 3 and at the end; resumed
+// from iteration 3 on 2 ranks, and on one rank, the run continues as it went on (train_checkpoint.h
+// reads each rank's slices under any mapping).
+TEST(TrainRunParallel, SavesAndResumesUnderAnotherMapping) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) /
+                       ("moe_parallel_save_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const std::vector<std::string> run = {"--global-batch-size", "4", "--sample-tokens", "0",
+                                        "--eval-iters", "0"};
+  std::vector<std::string> args = run;
+  args.insert(args.end(), {"--expert-model-parallel-size", "2", "--save", dir.string(),
+                           "--save-interval", "3"});
+  const RanksRun full = run_on_ranks(parse_train_args(small_run(args)), 2);
+  ASSERT_EQ(full.results[0].losses.size(), 6u);
+  EXPECT_EQ(latest_checkpoint_iteration(dir.string()), 6);
+  EXPECT_NO_THROW(verify_training_checkpoint((dir / "iter_0000003").string()));
+  EXPECT_EQ(occurrences(full.output, "saved checkpoint "), 2u) << full.output;
+
+  const std::string iteration3 = (dir / "iter_0000003").string();
+  const auto expect_continues = [&](const TrainRunResult& resumed, const std::string& how) {
+    ASSERT_EQ(resumed.losses.size(), 3u) << how;
+    for (size_t i = 0; i < 3; ++i)
+      EXPECT_NEAR(resumed.losses[i], full.results[0].losses[i + 3],
+                  1e-5 * full.results[0].losses[i + 3])
+          << how << ", iteration " << i + 4;
+  };
+  args = run;
+  args.insert(args.end(), {"--expert-model-parallel-size", "2", "--load", iteration3});
+  const RanksRun again = run_on_ranks(parse_train_args(small_run(args)), 2);
+  EXPECT_NE(again.output.find("loaded checkpoint " + iteration3 + " (iteration 3)"),
+            std::string::npos)
+      << again.output;
+  for (const TrainRunResult& r : again.results) expect_continues(r, "2 ranks, EP 2");
+  args = run;
+  args.insert(args.end(), {"--load", iteration3});
+  expect_continues(run_training_on(parse_train_args(small_run(args)),
+                                   TrainWorld{nullptr, Device::cpu(), true},
+                                   standard_train_hooks(), nullptr),
+                   "one rank");
+  fs::remove_all(dir);
 }
 
 // --exit-signal-handler: a signal during iteration 3 ends the run after it, with a save (here

@@ -210,6 +210,9 @@ void finish(ParseState& s) {
 
   m.validate();
   t.validate();
+  MOE_CHECK(!t.calculate_per_token_loss || m.mtp_num_layers == 0,
+            "--calculate-per-token-loss with --mtp-num-layers is not supported yet (the MTP loss "
+            "is a mean per depth); drop one of them");
   if (r.moe_use_upcycling) {
     MOE_CHECK(!r.load.empty(), "--moe-use-upcycling needs --load: the dense checkpoint to upcycle "
                                "(a training checkpoint folder or a model folder)");

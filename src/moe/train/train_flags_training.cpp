@@ -114,6 +114,11 @@ void add_batch_flags(std::vector<Entry>& t) {
   t.push_back(
       value("--seed", "SEED", "train.seed: the model's initialisation and the data order",
             [](S& s, V v) { s.run.train.seed = static_cast<uint64_t>(as_count("--seed", v, 0)); }));
+  t.push_back(toggle("--calculate-per-token-loss",
+                     "train.calculate_per_token_loss: the lm loss is the sum over the global "
+                     "batch's tokens / their count (not the mean of the micro-batch means); not "
+                     "with --mtp-num-layers",
+                     [](S& s, V) { s.run.train.calculate_per_token_loss = true; }));
 }
 
 // Learning rate and weight decay (lr_schedule.h).

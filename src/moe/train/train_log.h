@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "moe/core/device.h"
+#include "moe/dist/process_group.h"
 #include "moe/nn/gpt_model.h"
 #include "moe/nn/model_config.h"
 #include "moe/train/tensorboard.h"
@@ -83,6 +84,12 @@ class MoELayerStatsCollector {
   explicit MoELayerStatsCollector(bool capacity_may_drop = true)
       : capacity_may_drop_(capacity_may_drop) {}
   void observe(const nn::GPTContext& ctx);
+  // Several data-parallel ranks: sums what every rank of `group` observed since the last take()
+  // (losses, micro-batch counts, expert token counts, drops; an all-reduce of one f64 tensor on
+  // `device`), so that take() gives the statistics of the global batch (Megatron averages the
+  // per-layer losses over the data-parallel ranks too). Collective: every member calls it at the
+  // same point, having observed the same layers.
+  void reduce(const std::shared_ptr<dist::ProcessGroup>& group, Device device);
   // The layers' stats since the last take(), then resets. Empty when nothing was observed.
   std::vector<MoELayerStats> take();
 

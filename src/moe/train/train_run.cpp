@@ -122,10 +122,14 @@ void load_checkpoint(TrainSession& s, CheckpointHookState& state) {
     return;
   }
   if (kind == LoadFolderKind::model_folder) {
+    // Whole tensors into one rank's model (checkpoint/model_io.h reads no slices).
+    MOE_CHECK(s.world.size() == 1, "world size ", s.world.size(), ": --load ", dir,
+              " is a model folder, which a run of several ranks cannot read yet; start from it "
+              "on one rank, --save a training checkpoint, and --load that on several ranks");
     // A model, not a training checkpoint: weights only, whatever --finetune says.
     const std::vector<std::string> differences =
         load_model_folder_weights(dir, s.model, &s.trainer);
-    interrupt_report_loaded(dir);
+    if (s.world.reports_interrupts) interrupt_report_loaded(dir);
     s.logger.note("loaded the weights of the model folder " + dir +
                   " (not a training checkpoint: fresh optimizer, counters from 0)");
     for (const std::string& d : differences) s.logger.note("  config differs: " + d);
@@ -137,7 +141,7 @@ void load_checkpoint(TrainSession& s, CheckpointHookState& state) {
   const LoadResult r = load_training_checkpoint(dir, s.model, &s.trainer, options);
   state.loaded_folder = r.folder;
   state.loaded_iteration = s.trainer.iteration();
-  interrupt_report_loaded(r.folder);
+  if (s.world.reports_interrupts) interrupt_report_loaded(r.folder);
   s.logger.note(moe::detail::concat("loaded checkpoint ", r.folder, " (iteration ", r.iteration, ")",
                                r.loaded_optimizer ? "" : "; optimizer not loaded",
                                r.loaded_trainer_state ? "" : "; counters from 0"));
@@ -165,10 +169,10 @@ void save_checkpoint(TrainSession& s, const CheckpointHookState& state) {
               "another folder, or move that one away");
     s.logger.note("replacing " + target.string() + ", the default run's earlier checkpoint");
   }
-  interrupt_report_saving(target.string());
+  if (s.world.reports_interrupts) interrupt_report_saving(target.string());
   const SaveResult r =
       save_training_checkpoint(s.config.save, s.model, s.trainer, run_config_json(s.config));
-  interrupt_report_saved(r.folder, s.config.save);
+  if (s.world.reports_interrupts) interrupt_report_saved(r.folder, s.config.save);
   for (const std::string& c : r.cleaned)
     s.logger.note("--save " + s.config.save + ": " + c + " (left by an interrupted save)");
   s.logger.note("saved checkpoint " + r.folder);
@@ -309,21 +313,15 @@ void check_expert_mapping(const TrainRunConfig& c, int world_size) {
                            : " (the ranks of the launch)");
 }
 
-// Distributed checkpoints (each rank's expert shards and distributed-optimizer shards) are not
-// in this build yet: a run of several ranks neither saves nor loads. The one place that refuses
-// them; it goes when they come.
-void refuse_distributed_checkpoints(const TrainRunConfig& c, int world_size) {
+// What a run of several ranks cannot do yet: --moe-use-upcycling (the dense model's whole
+// tensors are read into one rank's model; checkpoint/model_io.h reads no slices). The one place
+// that refuses it before the run; a model folder in --load is refused where it is found
+// (load_checkpoint). Training checkpoints save and load under any mapping (train_checkpoint.h).
+void refuse_on_several_ranks(const TrainRunConfig& c, int world_size) {
   if (world_size <= 1) return;
-  MOE_CHECK(c.load.empty(), "world size ", world_size,
-            ": distributed checkpoints are not in this build yet; a run of several ranks cannot "
-            "read --load ", c.load, " (drop --load, or resume it on one rank)");
-  MOE_CHECK(c.save.empty(), "world size ", world_size,
-            ": distributed checkpoints are not in this build yet; a run of several ranks cannot "
-            "write --save ", c.save,
-            c.save == kDefaultRunSave
-                ? " (the default run saves there: give any flag, e.g. --train-iters 500, to run "
-                  "without saving)"
-                : " (drop --save)");
+  MOE_CHECK(!c.moe_use_upcycling, "world size ", world_size,
+            ": --moe-use-upcycling is not supported by a run of several ranks yet; upcycle on one "
+            "rank (it saves the MoE model to --save as iteration 0), then --load that on several");
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -405,7 +403,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   report([] { interrupt_report_reset(); });
   refuse_unwired(config, hooks);
   check_expert_mapping(config, world.size());
-  refuse_distributed_checkpoints(config, world.size());
+  refuse_on_several_ranks(config, world.size());
   std::FILE* out = world.rank() == 0 ? all_out : nullptr;
   if (hooks.prepare) hooks.prepare(config);
   const Device device = world.device;
@@ -476,10 +474,15 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   };
   const bool can_eval = tc.eval_iters > 0 && data.valid != nullptr;
   int64_t saved_iteration = -1;  // the iteration the last save in the loop wrote
-  // --moe-per-layer-logging (rank 0's micro-batches: only rank 0 logs)
+  // --moe-per-layer-logging: every rank observes its micro-batches; at a log point the ranks
+  // sum what they saw (the global batch's statistics), which rank 0 logs.
   MoELayerStatsCollector layer_stats(config.model.moe.moe_expert_capacity_factor.has_value());
-  if (config.moe_per_layer_logging && world.rank() == 0)
+  if (config.moe_per_layer_logging)
     trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };
+  const auto take_layer_stats = [&] {
+    if (state) layer_stats.reduce(state->dp_cp(), device);
+    return layer_stats.take();
+  };
   while (trainer.iteration() < tc.train_iters) {
     report([&] { interrupt_report_iteration(trainer.iteration() + 1, tc.train_iters); });
     const StepMetrics m = trainer.train_step();
@@ -497,7 +500,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
     const bool last = m.iteration == tc.train_iters;
     const bool log_now = last || m.iteration % tc.log_interval == 0;
     logger.on_step(m, log_now,
-                   log_now && config.moe_per_layer_logging ? layer_stats.take()
+                   log_now && config.moe_per_layer_logging ? take_layer_stats()
                                                            : std::vector<MoELayerStats>{});
     if (can_eval && tc.eval_interval > 0 && m.iteration % tc.eval_interval == 0 && !last) evaluate();
     if (hooks.save && config.save_interval > 0 && m.iteration % config.save_interval == 0 &&

@@ -51,8 +51,10 @@
 //             signal) are every rank's
 //   memory    rank 0 prints every rank's parameter, gradient and optimizer-state bytes at start
 //             and its peak after the first iteration (memory_report.h)
-//   checkpoints  not yet: --save and --load are refused (distributed checkpoints are not in this
-//             build yet)
+//   checkpoints  every rank takes part in each save and load (train_checkpoint.h: each rank
+//             writes the slices it owns; a load reads this rank's slices, so the mapping may
+//             differ from the saved run's); not yet on several ranks: --moe-use-upcycling, and a
+//             model folder in --load
 // With one rank nothing of this runs: the run is the one-device run above.
 // --exit-signal-handler (exit_signal.h): after each iteration the ranks agree whether SIGTERM or
 // SIGINT arrived; if so the run saves (--save), says so and returns (TrainRunResult::exit_signal)
