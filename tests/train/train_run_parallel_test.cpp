@@ -2,7 +2,8 @@
 // expert parallelism and data parallelism with the distributed optimizer train the model one rank
 // trains (the same losses within 1e-5 relative: the ranks add the same gradients in another
 // order); rank 0 alone prints; checkpoints saved by several ranks resume under another mapping;
-// the refusals that need the world size; --exit-signal-handler's stop after an iteration. (The same under mpirun, as processes: mpi_train_parity_test.sh.)
+// the refusals that need the world size; --exit-signal-handler's stop after an iteration. (The same
+// under mpirun, as processes: mpi_train_parity_test.sh.)
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -18,6 +19,8 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/data/preprocess.h"
+#include "moe/data/tokenizer.h"
 #include "moe/dist/local_backend.h"
 #include "moe/train/exit_signal.h"
 #include "moe/train/train_args.h"
@@ -127,8 +130,9 @@ TEST(TrainRunParallel, ExpertParallelRanksTrainTheOneRankModel) {
 TEST(TrainRunParallel, PerLayerLoggingCountsEveryRanksTokens) {
   const std::string one_path = ::testing::TempDir() + "moe_layers_one.jsonl";
   const std::string many_path = ::testing::TempDir() + "moe_layers_many.jsonl";
-  const std::vector<std::string> logging = {"--global-batch-size", "4", "--sample-tokens", "0",
-                                            "--moe-per-layer-logging", "--log-interval", "2"};
+  const std::vector<std::string> logging = {
+      "--global-batch-size", "4", "--sample-tokens", "0", "--moe-per-layer-logging",
+      "--log-interval",      "2"};
   std::vector<std::string> args = logging;
   args.insert(args.end(), {"--metrics-jsonl", one_path});
   run_training_on(parse_train_args(small_run(args)), TrainWorld{nullptr, Device::cpu(), true},
@@ -155,6 +159,42 @@ TEST(TrainRunParallel, PerLayerLoggingCountsEveryRanksTokens) {
     const double aux = one[i]["aux_loss"].get<double>();
     EXPECT_NEAR(many[i]["aux_loss"].get<double>(), aux, 1e-5 * aux);
   }
+}
+
+// --data-path on several ranks: rank 0 builds and caches the indices, then the others read them
+// (no two ranks write the cache at once); the ranks train what one rank trains.
+TEST(TrainRunParallel, DataPathIsIndexedOnceAndTrainedAlike) {
+  namespace fs = std::filesystem;
+  const fs::path dir =
+      fs::path(::testing::TempDir()) / ("moe_parallel_data_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  {
+    std::ofstream out(dir / "corpus.jsonl");
+    for (int d = 0; d < 200; ++d)
+      out << "{\"text\": \"the cat number " << d % 17 << " sits on the mat.\"}\n";
+  }
+  data::PreprocessOptions options;
+  options.inputs = {(dir / "corpus.jsonl").string()};
+  options.output_prefix = (dir / "corpus").string();
+  options.append_eod = true;
+  const std::string prefix =
+      data::preprocess(options, data::ByteLevelTokenizer(), nullptr).output_prefixes.at(0);
+  const std::vector<std::string> data_args = {
+      "--data-path", prefix,   "--global-batch-size", "4", "--sample-tokens", "0",
+      "--split",     "90,10,0"};
+  std::vector<std::string> args = data_args;
+  args.insert(args.end(), {"--data-cache-path", (dir / "one_cache").string()});
+  const TrainRunResult one =
+      run_training_on(parse_train_args(small_run(args)), TrainWorld{nullptr, Device::cpu(), true},
+                      standard_train_hooks(), nullptr);
+  args = data_args;  // a cache of their own, which the ranks build
+  args.insert(args.end(), {"--data-cache-path", (dir / "ranks_cache").string(),
+                           "--expert-model-parallel-size", "2"});
+  const RanksRun many = run_on_ranks(parse_train_args(small_run(args)), 2);
+  for (const TrainRunResult& r : many.results) expect_same_losses(one, r);
+  EXPECT_FALSE(fs::is_empty(dir / "ranks_cache"));
+  fs::remove_all(dir);
 }
 
 // --use-distributed-optimizer over DP 2, and Megatron's global batch default: given only
@@ -215,11 +255,11 @@ TEST(TrainRunParallel, RefusesWhatNeedsTheWorldSize) {
 // reads each rank's slices under any mapping).
 TEST(TrainRunParallel, SavesAndResumesUnderAnotherMapping) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::path(::testing::TempDir()) /
-                       ("moe_parallel_save_" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::path(::testing::TempDir()) / ("moe_parallel_save_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   const std::vector<std::string> run = {"--global-batch-size", "4", "--sample-tokens", "0",
-                                        "--eval-iters", "0"};
+                                        "--eval-iters",        "0"};
   std::vector<std::string> args = run;
   args.insert(args.end(), {"--expert-model-parallel-size", "2", "--save", dir.string(),
                            "--save-interval", "3"});
@@ -246,10 +286,10 @@ TEST(TrainRunParallel, SavesAndResumesUnderAnotherMapping) {
   for (const TrainRunResult& r : again.results) expect_continues(r, "2 ranks, EP 2");
   args = run;
   args.insert(args.end(), {"--load", iteration3});
-  expect_continues(run_training_on(parse_train_args(small_run(args)),
-                                   TrainWorld{nullptr, Device::cpu(), true},
-                                   standard_train_hooks(), nullptr),
-                   "one rank");
+  expect_continues(
+      run_training_on(parse_train_args(small_run(args)), TrainWorld{nullptr, Device::cpu(), true},
+                      standard_train_hooks(), nullptr),
+      "one rank");
   fs::remove_all(dir);
 }
 
