@@ -4,6 +4,8 @@
 #     the NCCL backend on a world of one, the backend suite on Local threads with CUDA tensors);
 #   - the backend suite on MPI processes sharing GPU 0 (2 and 4 ranks), CUDA tensors staged
 #     through pinned memory;
+#   - the parallel-equals-serial training suite on MPI processes sharing GPU 0 (2 and 4 ranks,
+#     bf16), as ctest's gpu;mpi entries mpi_training_cuda_np2 / np4 run it;
 #   - with two or more GPUs: the multigpu suite (one NCCL process per GPU);
 #   - `moe bench comm` on NCCL over every GPU (moe launch), and on MPI ranks sharing GPU 0.
 # Logs go to LOGDIR; the exit status is non-zero when any test failed.
@@ -33,6 +35,10 @@ step gpu_tests timeout 330 "$build/tests/moe_gpu_tests"
 grep -hE "^\[  (FAILED|PASSED|SKIPPED) |tests ran" "$logdir/gpu_tests.log" | head -n 40
 for np in 2 4; do
   step "mpi_shared_gpu_np$np" mpirun "${mpirun_flags[@]}" -np $np "$build/tests/moe_mpi_tests" --device cuda
+done
+for np in 2 4; do
+  step "mpi_training_shared_gpu_np$np" timeout 600 mpirun "${mpirun_flags[@]}" -np $np \
+    "$build/tests/moe_mpi_training_tests" --device cuda
 done
 if [ "$gpus" -ge 2 ]; then
   step multigpu_nccl "$build/tests/moe_nccl_tests" --ranks "$gpus"

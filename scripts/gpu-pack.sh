@@ -10,7 +10,7 @@
 set -euo pipefail
 build=$1 out=$2
 programs=("$build/moe" "$build/tests/moe_gpu_tests" "$build/tests/moe_cpu_tests")
-for extra in moe_mpi_tests moe_nccl_tests; do
+for extra in moe_mpi_tests moe_mpi_training_tests moe_nccl_tests; do
   [ -x "$build/tests/$extra" ] && programs+=("$build/tests/$extra")
 done
 stage=$(mktemp -d)

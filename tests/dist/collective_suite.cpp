@@ -647,11 +647,13 @@ std::string local_suite_param_name(const LocalSuiteParam& p) {
   return std::string(p.suite_case.name) + "_world" + std::to_string(p.world);
 }
 
+void RankFailurePrinter::OnTestStart(const ::testing::TestInfo& test) {
+  test_ = std::string(test.test_suite_name()) + "." + test.name();
+}
+
 void RankFailurePrinter::OnTestPartResult(const ::testing::TestPartResult& result) {
   if (!result.failed()) return;
-  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::fprintf(stderr, "[rank %d] failure in %s.%s at %s:%d\n%s\n", rank_,
-               test ? test->test_suite_name() : "?", test ? test->name() : "?",
+  std::fprintf(stderr, "[rank %d] failure in %s at %s:%d\n%s\n", rank_, test_.c_str(),
                result.file_name() ? result.file_name() : "?", result.line_number(),
                result.summary());
 }

@@ -46,14 +46,18 @@ inline void PrintTo(const LocalSuiteParam& p, std::ostream* out) {
 std::vector<LocalSuiteParam> local_suite_params();
 
 // For the runners with ranks as processes: every rank's failures on stderr, prefixed with its
-// rank (only rank 0 keeps GoogleTest's own report).
+// rank (only rank 0 keeps GoogleTest's own report). The test's name is kept from OnTestStart:
+// GoogleTest holds its own lock while it reports a part result, so asking it for the current
+// test there would deadlock.
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
  public:
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestStart(const ::testing::TestInfo& test) override;
   void OnTestPartResult(const ::testing::TestPartResult& result) override;
 
  private:
   int rank_;
+  std::string test_ = "?";
 };
 std::string local_suite_param_name(const LocalSuiteParam& p);
 

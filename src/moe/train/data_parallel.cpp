@@ -60,8 +60,23 @@ DataParallel::DataParallel(nn::GPTModel& model, const dist::ParallelState& state
     s->started.assign(s->buffer->buckets().size(), false);
     states_.push_back(std::move(s));
   };
-  add(std::move(dense), state.dp_cp());
-  add(std::move(expert), state.edp());
+  // One buffer per value dtype within a gradient group (Megatron-Core: per param / grad dtype
+  // pair): a bf16 model's routers keep fp32 weights.
+  auto add_by_dtype = [&](const std::vector<nn::Parameter*>& group_params,
+                          const std::shared_ptr<dist::ProcessGroup>& group) {
+    std::vector<DType> dtypes;
+    for (nn::Parameter* p : group_params)
+      if (std::find(dtypes.begin(), dtypes.end(), p->value.dtype()) == dtypes.end())
+        dtypes.push_back(p->value.dtype());
+    for (DType d : dtypes) {
+      std::vector<nn::Parameter*> same;
+      for (nn::Parameter* p : group_params)
+        if (p->value.dtype() == d) same.push_back(p);
+      add(std::move(same), group);
+    }
+  };
+  add_by_dtype(dense, state.dp_cp());
+  add_by_dtype(expert, state.edp());
   for (size_t k = 0; k < states_.size(); ++k) {
     const auto& entries = states_[k]->buffer->entries();
     for (size_t i = 0; i < entries.size(); ++i)

@@ -3,8 +3,10 @@
 // gradients of each bucket summed over the group that holds copies of them, optionally while
 // the backward still runs.
 //
-//   dense parameters    buffer over DP x CP    (attention, dense MLPs, norms, router, shared expert)
-//   expert parameters   buffer over EDP        (the routed experts of this EP x ETP rank)
+//   dense parameters    buffers over DP x CP   (attention, dense MLPs, norms, router, shared expert)
+//   expert parameters   buffers over EDP       (the routed experts of this EP x ETP rank)
+// one buffer per value dtype within each (a bf16 model keeps its routers' weights in fp32), as
+// Megatron-Core keeps one buffer per parameter / gradient dtype.
 //
 // Gradient scaling: the trainer scales every micro-batch's loss by 1 / (M x DP x CP) (M: this
 // rank's micro-batches per step), so the sum over the group is the mean over the global batch:
@@ -61,8 +63,8 @@ class DataParallel {
   // After the last backward: starts every bucket not yet started and waits for all of them.
   void finish_grad_sync();
 
-  // The buffers: dense first, then expert (either may be absent when the model has no such
-  // parameters).
+  // The buffers: dense ones first (by value dtype, in order of first appearance), then expert
+  // ones (any may be absent when the model has no such parameters).
   std::vector<ParamAndGradBuffer*> buffers();
   // The norm groups of this mapping for the optimizer (optimizer.h GradNormGroups).
   GradNormGroups norm_groups() const;

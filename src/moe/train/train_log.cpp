@@ -107,30 +107,31 @@ void MoELayerStatsCollector::observe(const nn::GPTContext& ctx) {
       add(first_mtp + static_cast<int64_t>(k), ctx.mtp[k].layer.layer.moe.router);
 }
 
-void MoELayerStatsCollector::reduce(const std::shared_ptr<dist::ProcessGroup>& group,
-                                    Device device) {
-  if (!group || group->size() == 1 || sums_.empty()) return;
-  // Per layer, in observation order (the same on every rank): aux, z, calls, dropped, counts.
+void MoELayerStatsCollector::reduce_over_group() {
+  if (!group_ || group_->size() == 1 || sums_.empty()) return;
+  // Every rank observed the same layers in the same order (one model): one f64 all-reduce of
+  // [aux, z, calls, dropped, counts...] per layer.
   std::vector<double> packed;
   for (const Sum& s : sums_) {
     packed.insert(packed.end(), {s.aux, s.z, static_cast<double>(s.calls),
                                  static_cast<double>(s.dropped)});
     packed.insert(packed.end(), s.counts.begin(), s.counts.end());
   }
-  Tensor t = Tensor::from_vector(packed, {static_cast<int64_t>(packed.size())}, device);
-  group->all_reduce(t, dist::ReduceOp::sum);
-  packed = t.to_double_vector();
+  Tensor t = Tensor::from_vector(packed, {static_cast<int64_t>(packed.size())}, group_device_);
+  group_->all_reduce(t, dist::ReduceOp::sum);
+  const std::vector<double> sum = t.to_double_vector();
   size_t i = 0;
   for (Sum& s : sums_) {
-    s.aux = packed[i++];
-    s.z = packed[i++];
-    s.calls = std::llround(packed[i++]);
-    s.dropped = std::llround(packed[i++]);
-    for (double& n : s.counts) n = packed[i++];
+    s.aux = sum[i++];
+    s.z = sum[i++];
+    s.calls = std::llround(sum[i++]);
+    s.dropped = std::llround(sum[i++]);
+    for (double& n : s.counts) n = sum[i++];
   }
 }
 
 std::vector<MoELayerStats> MoELayerStatsCollector::take() {
+  reduce_over_group();
   std::vector<MoELayerStats> out;
   for (const Sum& s : sums_) {
     MoELayerStats st;

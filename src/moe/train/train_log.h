@@ -83,13 +83,15 @@ class MoELayerStatsCollector {
   // it no expert id is -1 and the [T, K] ids are not copied to the host to count drops.
   explicit MoELayerStatsCollector(bool capacity_may_drop = true)
       : capacity_may_drop_(capacity_may_drop) {}
+  // Under data parallelism: the loads of all ranks (Megatron logs the counts reduced over the
+  // data-parallel group). take() then sums the interval's counts, losses and drops over
+  // `group`, so every rank of it must call take() at the same points. The sums travel in a
+  // tensor on `device` (the rank's GPU under NCCL, which takes no host tensors).
+  void set_group(std::shared_ptr<dist::ProcessGroup> group, Device device = Device::cpu()) {
+    group_ = std::move(group);
+    group_device_ = device;
+  }
   void observe(const nn::GPTContext& ctx);
-  // Several data-parallel ranks: sums what every rank of `group` observed since the last take()
-  // (losses, micro-batch counts, expert token counts, drops; an all-reduce of one f64 tensor on
-  // `device`), so that take() gives the statistics of the global batch (Megatron averages the
-  // per-layer losses over the data-parallel ranks too). Collective: every member calls it at the
-  // same point, having observed the same layers.
-  void reduce(const std::shared_ptr<dist::ProcessGroup>& group, Device device);
   // The layers' stats since the last take(), then resets. Empty when nothing was observed.
   std::vector<MoELayerStats> take();
 
@@ -101,8 +103,11 @@ class MoELayerStatsCollector {
     std::vector<double> counts;
   };
   void add(int64_t layer, const nn::RouterContext& router);
+  void reduce_over_group();
   bool capacity_may_drop_;
   std::vector<Sum> sums_;
+  std::shared_ptr<dist::ProcessGroup> group_;
+  Device group_device_ = Device::cpu();
 };
 
 // One log point: what the line and the JSONL object hold.

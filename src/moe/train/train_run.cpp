@@ -477,12 +477,9 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   // --moe-per-layer-logging: every rank observes its micro-batches; at a log point the ranks
   // sum what they saw (the global batch's statistics), which rank 0 logs.
   MoELayerStatsCollector layer_stats(config.model.moe.moe_expert_capacity_factor.has_value());
+  if (state) layer_stats.set_group(state->dp_cp(), device);
   if (config.moe_per_layer_logging)
     trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };
-  const auto take_layer_stats = [&] {
-    if (state) layer_stats.reduce(state->dp_cp(), device);
-    return layer_stats.take();
-  };
   while (trainer.iteration() < tc.train_iters) {
     report([&] { interrupt_report_iteration(trainer.iteration() + 1, tc.train_iters); });
     const StepMetrics m = trainer.train_step();
@@ -500,7 +497,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
     const bool last = m.iteration == tc.train_iters;
     const bool log_now = last || m.iteration % tc.log_interval == 0;
     logger.on_step(m, log_now,
-                   log_now && config.moe_per_layer_logging ? take_layer_stats()
+                   log_now && config.moe_per_layer_logging ? layer_stats.take()
                                                            : std::vector<MoELayerStats>{});
     if (can_eval && tc.eval_interval > 0 && m.iteration % tc.eval_interval == 0 && !last) evaluate();
     if (hooks.save && config.save_interval > 0 && m.iteration % config.save_interval == 0 &&
