@@ -12,6 +12,8 @@
 #   - the checkpoint the ranks saved at iteration 5 resumes on one rank and continues their run,
 # and from the output that rank 0 alone printed the log, the memory report of every rank and
 # the text sample (every rank ran the sample's forwards: with EP they are collective).
+# Both runs take global batches of 4 samples in micro-batches of 2 (the same micro-batches: the
+# aux loss of a micro-batch is not linear in its tokens), so NP data-parallel ranks must divide 2.
 #   mpi_train_parity_test.sh MPIEXEC MOE NP [FLAGS...]
 set -u
 if [ $# -lt 3 ]; then
