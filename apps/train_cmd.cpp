@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "moe/train/exit_signal.h"
 #include "moe/train/interrupt_report.h"
 #include "moe/train/train_args.h"
 #include "moe/train/train_run.h"
@@ -28,8 +29,11 @@ int run_train(CLI::App& cmd, bool force_cpu) {
   }
   train::TrainRunConfig config = train::parse_train_args(args);
   if (force_cpu) config.cpu = true;
-  // SIGINT / SIGTERM: say what was interrupted and what was saved, exit 128 + signo.
+  // SIGINT / SIGTERM: say what was interrupted and what was saved, exit 128 + signo; with
+  // --exit-signal-handler the first one ends the run after the iteration in progress (with a
+  // save), the report stays for a second one.
   train::install_interrupt_report();
+  if (config.exit_signal_handler) train::install_exit_signal_handler();
   // Checkpoints and the text sample after training (train_run.h's hook points). The default
   // run (no flags) replaces its own earlier checkpoint; other runs never write over one.
   train::StandardHookOptions hooks;

@@ -238,6 +238,66 @@ TEST(TrainArgs, RefusedFlagsSayWhy) {
                      "not supported by this build yet");
   EXPECT_NO_THROW(parse_train_args({"--expert-model-parallel-size", "1"}));
   EXPECT_ERROR_NAMES(Args({"--train-samples", "1000"}), "--train-samples", "--train-iters");
+  // The parallelisms a later change brings: 1 only, saying so.
+  for (const char* flag : {"--tensor-model-parallel-size", "--pipeline-model-parallel-size",
+                           "--context-parallel-size"}) {
+    EXPECT_NO_THROW(parse_train_args({flag, "1"})) << flag;
+    EXPECT_ERROR_NAMES(Args({flag, "2"}), flag, " 2 ", "not built yet");
+  }
+}
+
+// Megatron's expert-parallel and DDP flags onto TrainRunConfig::parallel / ::ddp and the model's
+// MoE block; what can be checked before the world size is known is checked here.
+TEST(TrainArgs, ParallelAndDataParallelFlags) {
+  const TrainRunConfig plain = parse_train_args({"--train-iters", "5"});
+  EXPECT_EQ(plain.parallel.expert_model_parallel_size, 1);
+  EXPECT_EQ(plain.parallel.expert_tensor_parallel_size, 0);  // Megatron's default: TP
+  EXPECT_EQ(plain.model.moe.expert_tensor_parallel_size, 1);
+  EXPECT_FALSE(plain.ddp.use_distributed_optimizer || plain.ddp.overlap_grad_reduce ||
+               plain.ddp.overlap_param_gather || plain.ddp.grad_reduce_in_bf16);
+  EXPECT_EQ(plain.ddp.bucket_size, 0);
+  EXPECT_FALSE(plain.exit_signal_handler);
+  EXPECT_FALSE(plain.global_batch_follows_data_parallel);
+
+  const TrainRunConfig r = parse_train_args(
+      {"--expert-model-parallel-size", "4", "--expert-tensor-parallel-size", "2",
+       "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
+       "--ddp-bucket-size", "1000000", "--grad-reduce-in-bf16",
+       "--accumulate-allreduce-grads-in-fp32", "--exit-signal-handler"});
+  EXPECT_EQ(r.parallel.expert_model_parallel_size, 4);
+  EXPECT_EQ(r.parallel.expert_tensor_parallel_size, 2);
+  EXPECT_EQ(r.parallel.tensor_model_parallel_size, 1);
+  EXPECT_EQ(r.model.moe.expert_model_parallel_size, 4);
+  EXPECT_EQ(r.model.moe.expert_tensor_parallel_size, 2);
+  EXPECT_TRUE(r.ddp.use_distributed_optimizer);
+  EXPECT_TRUE(r.ddp.overlap_grad_reduce);
+  EXPECT_TRUE(r.ddp.overlap_param_gather);
+  EXPECT_TRUE(r.ddp.grad_reduce_in_bf16);
+  EXPECT_EQ(r.ddp.bucket_size, 1000000);
+  EXPECT_TRUE(r.exit_signal_handler);
+
+  // The default model has 8 experts of FFN 64.
+  EXPECT_ERROR_NAMES(Args({"--expert-model-parallel-size", "3"}), "--num-experts 8",
+                     "--expert-model-parallel-size 3");
+  EXPECT_ERROR_NAMES(Args({"--expert-tensor-parallel-size", "3"}), "--moe-ffn-hidden-size 64",
+                     "--expert-tensor-parallel-size 3");
+  EXPECT_ERROR_NAMES(Args({"--expert-model-parallel-size", "0"}), "--expert-model-parallel-size",
+                     ">= 1");
+  EXPECT_ERROR_NAMES(Args({"--overlap-param-gather"}), "--overlap-param-gather",
+                     "--use-distributed-optimizer");
+  EXPECT_ERROR_NAMES(Args({"--ddp-bucket-size", "0"}), "--ddp-bucket-size", ">= 1");
+  EXPECT_NE(train_flags_help().find("always accumulates"), std::string::npos);
+
+  EXPECT_TRUE(parse_train_args({"--calculate-per-token-loss"}).train.calculate_per_token_loss);
+  EXPECT_ERROR_NAMES(Args({"--calculate-per-token-loss", "--mtp-num-layers", "1"}),
+                     "--calculate-per-token-loss", "--mtp-num-layers");
+
+  // Only --micro-batch-size: the global batch follows the data-parallel size (Megatron).
+  const TrainRunConfig micro = parse_train_args({"--micro-batch-size", "4"});
+  EXPECT_TRUE(micro.global_batch_follows_data_parallel);
+  EXPECT_EQ(micro.train.global_batch_size, 4);
+  EXPECT_FALSE(parse_train_args({"--micro-batch-size", "4", "--global-batch-size", "8"})
+                   .global_batch_follows_data_parallel);
 }
 
 TEST(TrainArgs, BadValuesAndCombinationsNameTheFlags) {
@@ -369,7 +429,11 @@ TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
         "--use-precision-aware-optimizer", "--exp-avg-dtype", "--exp-avg-sq-dtype", "--bf16",
         "--seed", "--log-interval", "--eval-interval", "--eval-iters", "--tensorboard-dir",
         "--moe-per-layer-logging", "--check-for-nan-in-loss-and-grad", "--save", "--load",
-        "--save-interval", "--finetune", "--no-load-optim", "--data-path"})
+        "--save-interval", "--finetune", "--no-load-optim", "--data-path",
+        "--expert-model-parallel-size", "--expert-tensor-parallel-size",
+        "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
+        "--ddp-bucket-size", "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32",
+        "--exit-signal-handler", "--calculate-per-token-loss"})
     EXPECT_TRUE(names.count(megatron)) << megatron;
 }
 

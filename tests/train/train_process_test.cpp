@@ -2,7 +2,8 @@
 // with SIGKILL in the middle of a save, the last complete checkpoint is intact and loads, no
 // half-written iteration is visible, and the next run removes the leftover and resumes;
 // SIGTERM / SIGINT end it at once with a report of what was interrupted and what was saved, and
-// the status 128 + signo.
+// the status 128 + signo; with --exit-signal-handler the first signal ends it after the iteration
+// with a save and status 0, and a second one at once, as without the flag.
 //
 // The save is caught in progress through the test hook MOE_TEST_SAVE_DELAY_MS
 // (train_checkpoint.h): each save sleeps after writing the model and optimizer files into its
@@ -19,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -238,6 +240,73 @@ TEST(TrainProcess, SigintDuringTrainingReportsTheIterationAndExits130) {
   EXPECT_NE(err.find("moe train: interrupted by SIGINT during iteration "), std::string::npos)
       << err;
   EXPECT_NE(err.find(" of 100000; this run saved no checkpoint"), std::string::npos) << err;
+  EXPECT_FALSE(latest_checkpoint_iteration(save.string()).has_value());
+  fs::remove_all(dir);
+}
+
+// --exit-signal-handler: SIGTERM (a scheduler's pre-emption) ends the run after the iteration
+// in progress, with a complete save of that iteration, a message and exit status 0.
+TEST(TrainProcess, ExitSignalHandlerSavesAfterTheIterationAndExits0) {
+  const fs::path dir = fresh_dir("exit_signal");
+  const fs::path save = dir / "ckpt";
+  std::vector<std::string> args = tiny_run(save, 100000);
+  args.insert(args.end(), {"--save-interval", "0", "--exit-signal-handler"});
+  const Child child = start_moe_train(args, dir / "run");
+  ASSERT_TRUE(wait_until(child,
+                         [&] {
+                           return read_text(child.out).find("iteration        3/  100000") !=
+                                  std::string::npos;
+                         }))
+      << read_text(child.out) << read_text(child.err);
+  ASSERT_EQ(kill(child.pid, SIGTERM), 0);
+  const int status = wait_status(child);
+  const std::string out = read_text(child.out);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << status << "\n" << out << read_text(child.err);
+  const std::optional<int64_t> saved = latest_checkpoint_iteration(save.string());
+  ASSERT_TRUE(saved.has_value()) << out;
+  EXPECT_GE(*saved, 3);
+  EXPECT_NO_THROW(verify_training_checkpoint((save / checkpoint_folder_name(*saved)).string()));
+  EXPECT_NE(out.find("saved checkpoint " + (save / checkpoint_folder_name(*saved)).string()),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("exiting after iteration " + std::to_string(*saved) +
+                     " of 100000: received SIGTERM (--exit-signal-handler)"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(out.find("sample ("), std::string::npos) << out;  // no sample after a signal
+  EXPECT_NE(read_text(save / "metrics.jsonl").find("received SIGTERM"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// --exit-signal-handler: a second signal does not wait for the save the first one started; it
+// ends the process at once with the report, as without the flag.
+TEST(TrainProcess, ExitSignalHandlerASecondSignalEndsTheRunAtOnce) {
+  const fs::path dir = fresh_dir("exit_signal_twice");
+  const fs::path save = dir / "ckpt";
+  std::vector<std::string> args = tiny_run(save, 100000);
+  args.insert(args.end(), {"--save-interval", "0", "--exit-signal-handler"});
+  const Child child = start_moe_train(args, dir / "run",
+                                      {std::string(kTestSaveDelayVariable) + "=3000"});
+  ASSERT_TRUE(wait_until(child,
+                         [&] {
+                           return read_text(child.out).find("iteration        2/  100000") !=
+                                  std::string::npos;
+                         }))
+      << read_text(child.out) << read_text(child.err);
+  ASSERT_EQ(kill(child.pid, SIGINT), 0);
+  // The first signal's save is in progress (held there by the test hook's delay).
+  ASSERT_TRUE(wait_until(child, [&] {
+    for (int64_t it = 2; it < 100; ++it)
+      if (saving(save, it)) return true;
+    return false;
+  })) << read_text(child.out) << read_text(child.err);
+  ASSERT_EQ(kill(child.pid, SIGINT), 0);
+  const int status = wait_status(child);
+  const std::string err = read_text(child.err);
+  ASSERT_TRUE(WIFEXITED(status)) << status << " " << err;
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGINT) << err;
+  EXPECT_NE(err.find("moe train: interrupted by SIGINT while saving "), std::string::npos) << err;
   EXPECT_FALSE(latest_checkpoint_iteration(save.string()).has_value());
   fs::remove_all(dir);
 }

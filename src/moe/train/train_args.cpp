@@ -3,11 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cmath>
-#include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -19,492 +15,29 @@
 #include "moe/data/gpt_dataset_builder.h"
 #include "moe/data/tokenizer.h"
 #include "moe/nn/model_config_json.h"
-#include "moe/nn/model_zoo.h"
 #include "moe/nn/param_count.h"
+#include "moe/train/train_flag_table.h"
 
 namespace moe::train {
 namespace {
 
-// What the flags write while they are applied; finish() turns the pending parts (those that
-// depend on several flags) into the final config.
-struct ParseState {
-  TrainRunConfig run;
-  std::string moe_layer_freq;         // --moe-layer-freq, applied once num_layers is final
-  double warmup_fraction = -1.0;      // --lr-warmup-fraction (< 0: not given)
-  bool start_wd_given = false, end_wd_given = false;
-  bool precision_aware = false;       // --use-precision-aware-optimizer
-  std::string exp_avg_dtype, exp_avg_sq_dtype;
-  bool nan_check = false;             // --check-for-nan-in-loss-and-grad
-  std::string nan_action;             // --nan-action
-  // The preset's head dim is its hidden / heads (kv_channels 0 or equal to it): it follows
-  // --hidden-size / --num-attention-heads as Megatron's derived kv_channels does (finish()).
-  bool preset_head_dim_derived = true;
-  std::map<std::string, std::string> values;  // every given flag -> its text
-};
-
-// Megatron's kv_channels: a model whose head dim is hidden / heads has none of its own.
-bool head_dim_is_derived(const nn::ModelConfig& m) {
-  return m.attention_type == nn::AttentionType::gqa &&
-         (m.kv_channels == 0 || m.kv_channels * m.num_attention_heads == m.hidden_size);
-}
-
-using Apply = std::function<void(ParseState&, const std::string& value)>;
-
-struct Entry {
-  TrainFlag flag;
-  Apply apply;  // unset when refused
-};
-
-// ---- value parsers: errors name the flag ----------------------------------------------------
-
-int64_t as_int(const std::string& flag, const std::string& v) {
-  errno = 0;
-  char* end = nullptr;
-  const long long x = std::strtoll(v.c_str(), &end, 10);
-  MOE_CHECK(!v.empty() && end && *end == '\0' && errno == 0, flag, ": expected an integer, got '",
-            v, "'");
-  return x;
-}
-
-int64_t as_count(const std::string& flag, const std::string& v, int64_t min) {
-  const int64_t x = as_int(flag, v);
-  MOE_CHECK(x >= min, flag, " must be >= ", min, ", got ", x);
-  return x;
-}
-
-// Every float flag goes through here: inf and nan (which strtod reads) are refused at parse
-// time, naming the flag, rather than reaching the optimizer or the schedule.
-double as_double(const std::string& flag, const std::string& v) {
-  errno = 0;
-  char* end = nullptr;
-  const double x = std::strtod(v.c_str(), &end);
-  MOE_CHECK(!v.empty() && end && *end == '\0', flag, ": expected a number, got '", v, "'");
-  MOE_CHECK(errno == 0 && std::isfinite(x), flag, ": expected a finite number, got '", v, "'");
-  return x;
-}
-
-bool as_bool(const std::string& flag, const std::string& v) {
-  std::string t = v;
-  std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (t == "true" || t == "yes" || t == "on" || t == "1") return true;
-  if (t == "false" || t == "no" || t == "off" || t == "0") return false;
-  MOE_FAIL(flag, ": expected true or false, got '", v, "'");
-}
-
-// A list value: "a b c" (the command line's words after the flag) or "[a,b,c]" (YAML).
-std::vector<std::string> split_values(const std::string& v) {
-  std::string text = v;
-  if (text.size() >= 2 && text.front() == '[' && text.back() == ']')
-    text = text.substr(1, text.size() - 2);
-  std::replace(text.begin(), text.end(), ',', ' ');
-  std::istringstream in(text);
-  std::vector<std::string> out;
-  for (std::string word; in >> word;) out.push_back(word);
-  return out;
-}
-
-std::string one_of(const std::string& flag, const std::string& v,
-                   std::initializer_list<const char*> choices) {
-  std::string list;
-  for (const char* c : choices) {
-    if (v == c) return v;
-    list += (list.empty() ? "" : ", ") + std::string(c);
-  }
-  MOE_FAIL(flag, ": '", v, "' is not one of ", list);
-}
-
-// ---- the table -------------------------------------------------------------------------------
-
-Entry value(std::string name, std::string value_name, std::string help, Apply apply) {
-  return Entry{TrainFlag{std::move(name), std::move(value_name), std::move(help), ""},
-               std::move(apply)};
-}
-Entry toggle(std::string name, std::string help, Apply apply) {
-  return Entry{TrainFlag{std::move(name), "", std::move(help), ""}, std::move(apply)};
-}
-Entry refused(std::string name, std::string value_name, std::string why) {
-  return Entry{TrainFlag{std::move(name), std::move(value_name), "", std::move(why)}, {}};
-}
-// A parallel size: this build trains on one device.
-Entry single_device(std::string name) {
-  const std::string flag = name;
-  return value(std::move(name), "1", "only 1: moe train runs on one device in this build",
-               [flag](ParseState&, const std::string& v) {
-                 MOE_CHECK(as_int(flag, v) == 1, flag, " ", v,
-                           " is not supported by this build yet: moe train runs on one device "
-                           "(1 only)");
-               });
-}
-
-nn::ModelConfig preset_model(const std::string& preset) {
-  if (preset == "default") return default_train_model();
-  const bool is_file = preset.size() > 5 && preset.substr(preset.size() - 5) == ".json";
-  if (is_file) return nn::load_model_config(preset);
-  return nn::model_zoo(preset);  // an unknown name lists the zoo
-}
+using flags::as_bool;
+using flags::Entry;
+using flags::head_dim_is_derived;
+using flags::ParseState;
 
 std::vector<Entry> build_table() {
-  using S = ParseState;
-  using V = const std::string&;
   std::vector<Entry> t;
-  // Model: the preset first, then its overrides.
-  t.push_back(value("--model", "NAME",
-                    "the model: 'default' (the built-in tiny byte-level MoE), a zoo name (moe "
-                    "info lists them) or a model_config.json file; later flags override it",
-                    [](S& s, V v) {
-                      s.run.model_preset = v;
-                      s.run.model = preset_model(v);
-                      s.preset_head_dim_derived = head_dim_is_derived(s.run.model);
-                    }));
-  t.push_back(value("--num-layers", "N", "model.num_layers (the MoE layer pattern is cut or "
-                                         "extended with its last entry)",
-                    [](S& s, V v) { s.run.model.num_layers = as_count("--num-layers", v, 1); }));
-  t.push_back(value("--hidden-size", "H", "model.hidden_size",
-                    [](S& s, V v) { s.run.model.hidden_size = as_count("--hidden-size", v, 1); }));
-  t.push_back(value("--ffn-hidden-size", "F", "model.ffn_hidden_size (dense MLP layers)",
-                    [](S& s, V v) { s.run.model.ffn_hidden_size = as_count("--ffn-hidden-size", v, 1); }));
-  t.push_back(value("--num-attention-heads", "N", "model.num_attention_heads", [](S& s, V v) {
-    s.run.model.num_attention_heads = as_count("--num-attention-heads", v, 1);
-  }));
-  t.push_back(value("--num-query-groups", "N", "model.num_query_groups (kv heads)", [](S& s, V v) {
-    s.run.model.num_query_groups = as_count("--num-query-groups", v, 1);
-  }));
-  t.push_back(toggle("--group-query-attention",
-                     "accepted: grouped-query attention is on whenever --num-query-groups < "
-                     "--num-attention-heads",
-                     [](S&, V) {}));
-  t.push_back(value("--kv-channels", "D", "model.kv_channels (head dim; 0: hidden / heads)",
-                    [](S& s, V v) { s.run.model.kv_channels = as_count("--kv-channels", v, 0); }));
-  t.push_back(value("--max-position-embeddings", "N", "model.max_position_embeddings",
-                    [](S& s, V v) {
-                      s.run.model.max_position_embeddings = as_count("--max-position-embeddings", v, 1);
-                    }));
-  t.push_back(value("--vocab-size", "V",
-                    "model.vocab_size (the built-in corpus needs >= 257: bytes + end of document)",
-                    [](S& s, V v) { s.run.model.vocab_size = as_count("--vocab-size", v, 1); }));
-  t.push_back(value("--norm-epsilon", "EPS", "model.norm_epsilon",
-                    [](S& s, V v) { s.run.model.norm_epsilon = as_double("--norm-epsilon", v); }));
-  t.push_back(value("--rotary-base", "THETA", "model.rotary_base",
-                    [](S& s, V v) { s.run.model.rotary_base = as_double("--rotary-base", v); }));
-  t.push_back(value("--init-method-std", "STD", "model.init_method_std (and the MoE block's)",
-                    [](S& s, V v) { s.run.model.init_method_std = as_double("--init-method-std", v); }));
-  t.push_back(toggle("--qk-layernorm", "model.qk_layernorm = true",
-                     [](S& s, V) { s.run.model.qk_layernorm = true; }));
-  t.push_back(toggle("--add-qkv-bias", "model.add_qkv_bias = true",
-                     [](S& s, V) { s.run.model.add_qkv_bias = true; }));
-  t.push_back(toggle("--deterministic-mode",
-                     "bitwise-reproducible gradients (cuDNN attention's deterministic backward)",
-                     [](S& s, V) { s.run.model.deterministic_mode = true; }));
-  t.push_back(toggle("--untie-embeddings-and-output-weights",
-                     "model.untie_embeddings_and_output_weights = true",
-                     [](S& s, V) { s.run.model.untie_embeddings_and_output_weights = true; }));
-  t.push_back(toggle("--swiglu", "accepted: every MLP and expert is SwiGLU", [](S&, V) {}));
-  t.push_back(toggle("--disable-bias-linear", "accepted: no linear layer has a bias (besides "
-                                              "--add-qkv-bias)",
-                     [](S&, V) {}));
-  t.push_back(value("--normalization", "RMSNorm", "accepted: RMSNorm only", [](S&, V v) {
-    one_of("--normalization", v, {"RMSNorm"});
-  }));
-  t.push_back(value("--position-embedding-type", "rope", "accepted: rope only", [](S&, V v) {
-    one_of("--position-embedding-type", v, {"rope"});
-  }));
-  t.push_back(value("--mtp-num-layers", "D", "model.mtp_num_layers",
-                    [](S& s, V v) { s.run.model.mtp_num_layers = as_count("--mtp-num-layers", v, 0); }));
-  t.push_back(value("--mtp-loss-scaling-factor", "LAMBDA", "model.mtp_loss_scaling_factor",
-                    [](S& s, V v) {
-                      s.run.model.mtp_loss_scaling_factor = as_double("--mtp-loss-scaling-factor", v);
-                    }));
-
-  // MoE block (model.moe).
-  t.push_back(value("--num-experts", "E", "moe.num_experts",
-                    [](S& s, V v) { s.run.model.moe.num_experts = as_count("--num-experts", v, 1); }));
-  t.push_back(value("--moe-ffn-hidden-size", "F", "moe.moe_ffn_hidden_size", [](S& s, V v) {
-    s.run.model.moe.moe_ffn_hidden_size = as_count("--moe-ffn-hidden-size", v, 1);
-  }));
-  t.push_back(value("--moe-shared-expert-intermediate-size", "F",
-                    "moe.moe_shared_expert_intermediate_size (0: none)", [](S& s, V v) {
-                      s.run.model.moe.moe_shared_expert_intermediate_size =
-                          as_count("--moe-shared-expert-intermediate-size", v, 0);
-                    }));
-  t.push_back(value("--moe-layer-freq", "FREQ",
-                    "the MoE layer pattern: N (layers 0, N, 2N, ...), [0,1,1] or ([0]*1+[1]*3)",
-                    [](S& s, V v) { s.moe_layer_freq = v; }));
-  t.push_back(value("--moe-router-topk", "K", "moe.moe_router_topk", [](S& s, V v) {
-    s.run.model.moe.moe_router_topk = as_count("--moe-router-topk", v, 1);
-  }));
-  t.push_back(value("--moe-router-load-balancing-type", "TYPE",
-                    "aux_loss | seq_aux_loss | global_aux_loss | sinkhorn | none", [](S& s, V v) {
-                      s.run.model.moe.moe_router_load_balancing_type =
-                          one_of("--moe-router-load-balancing-type", v,
-                                 {"aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"});
-                    }));
-  t.push_back(value("--moe-router-score-function", "FN", "softmax | sigmoid", [](S& s, V v) {
-    s.run.model.moe.moe_router_score_function =
-        one_of("--moe-router-score-function", v, {"softmax", "sigmoid"});
-  }));
-  t.push_back(toggle("--moe-router-pre-softmax", "moe.moe_router_pre_softmax = true",
-                     [](S& s, V) { s.run.model.moe.moe_router_pre_softmax = true; }));
-  t.push_back(value("--moe-router-num-groups", "G", "moe.moe_router_num_groups", [](S& s, V v) {
-    s.run.model.moe.moe_router_num_groups = as_count("--moe-router-num-groups", v, 0);
-  }));
-  t.push_back(value("--moe-router-group-topk", "G", "moe.moe_router_group_topk", [](S& s, V v) {
-    s.run.model.moe.moe_router_group_topk = as_count("--moe-router-group-topk", v, 0);
-  }));
-  t.push_back(value("--moe-router-topk-scaling-factor", "X", "moe.moe_router_topk_scaling_factor",
-                    [](S& s, V v) {
-                      s.run.model.moe.moe_router_topk_scaling_factor =
-                          as_double("--moe-router-topk-scaling-factor", v);
-                    }));
-  t.push_back(toggle("--moe-router-enable-expert-bias",
-                     "moe.moe_router_enable_expert_bias = true (aux-loss-free balancing)",
-                     [](S& s, V) { s.run.model.moe.moe_router_enable_expert_bias = true; }));
-  t.push_back(value("--moe-router-bias-update-rate", "U", "moe.moe_router_bias_update_rate",
-                    [](S& s, V v) {
-                      s.run.model.moe.moe_router_bias_update_rate =
-                          as_double("--moe-router-bias-update-rate", v);
-                    }));
-  t.push_back(value("--moe-router-dtype", "DTYPE", "fp32 | fp64", [](S& s, V v) {
-    s.run.model.moe.moe_router_dtype = one_of("--moe-router-dtype", v, {"fp32", "fp64"});
-  }));
-  t.push_back(toggle("--moe-router-force-load-balancing", "moe.moe_router_force_load_balancing = true",
-                     [](S& s, V) { s.run.model.moe.moe_router_force_load_balancing = true; }));
-  t.push_back(value("--moe-aux-loss-coeff", "C", "moe.moe_aux_loss_coeff", [](S& s, V v) {
-    s.run.model.moe.moe_aux_loss_coeff = as_double("--moe-aux-loss-coeff", v);
-  }));
-  t.push_back(value("--moe-z-loss-coeff", "C", "moe.moe_z_loss_coeff",
-                    [](S& s, V v) { s.run.model.moe.moe_z_loss_coeff = as_double("--moe-z-loss-coeff", v); }));
-  t.push_back(value("--moe-input-jitter-eps", "EPS", "moe.moe_input_jitter_eps", [](S& s, V v) {
-    s.run.model.moe.moe_input_jitter_eps = as_double("--moe-input-jitter-eps", v);
-  }));
-  t.push_back(value("--moe-token-dispatcher-type", "TYPE", "allgather | alltoall", [](S& s, V v) {
-    s.run.model.moe.moe_token_dispatcher_type =
-        one_of("--moe-token-dispatcher-type", v, {"allgather", "alltoall"});
-  }));
-  t.push_back(value("--moe-expert-capacity-factor", "X", "moe.moe_expert_capacity_factor",
-                    [](S& s, V v) {
-                      s.run.model.moe.moe_expert_capacity_factor =
-                          as_double("--moe-expert-capacity-factor", v);
-                    }));
-  t.push_back(toggle("--moe-pad-expert-input-to-capacity",
-                     "moe.moe_pad_expert_input_to_capacity = true",
-                     [](S& s, V) { s.run.model.moe.moe_pad_expert_input_to_capacity = true; }));
-  t.push_back(value("--moe-token-drop-policy", "POLICY", "probs | position", [](S& s, V v) {
-    s.run.model.moe.moe_token_drop_policy = one_of("--moe-token-drop-policy", v, {"probs", "position"});
-  }));
-  t.push_back(toggle("--moe-grouped-gemm", "moe.moe_grouped_gemm = true (moecore's default)",
-                     [](S& s, V) { s.run.model.moe.moe_grouped_gemm = true; }));
-  t.push_back(single_device("--tensor-model-parallel-size"));
-  t.push_back(single_device("--pipeline-model-parallel-size"));
-  t.push_back(single_device("--context-parallel-size"));
-  t.push_back(single_device("--expert-model-parallel-size"));
-  t.push_back(single_device("--expert-tensor-parallel-size"));
-  t.push_back(value("--distributed-backend", "BACKEND",
-                    "nccl | mpi | local: the backend several ranks meet on (default: local for "
-                    "one process, nccl with GPUs, else mpi; docs/distributed.md)",
-                    [](S& s, V v) {
-                      s.run.distributed.backend =
-                          one_of("--distributed-backend", v, {"nccl", "mpi", "local"});
-                    }));
-  t.push_back(value("--distributed-timeout-minutes", "MIN",
-                    "rendezvous and collective timeout in minutes (default 10; fractions allowed)",
-                    [](S& s, V v) {
-                      const double minutes = as_double("--distributed-timeout-minutes", v);
-                      MOE_CHECK(minutes > 0, "--distributed-timeout-minutes must be positive, got ",
-                                v);
-                      s.run.distributed.timeout_minutes = minutes;
-                    }));
-
-  // Batches and length.
-  t.push_back(value("--seq-length", "S", "train.seq_length (<= --max-position-embeddings)",
-                    [](S& s, V v) { s.run.train.seq_length = as_count("--seq-length", v, 1); }));
-  t.push_back(value("--micro-batch-size", "B", "train.micro_batch_size", [](S& s, V v) {
-    s.run.train.micro_batch_size = as_count("--micro-batch-size", v, 1);
-  }));
-  t.push_back(value("--global-batch-size", "B",
-                    "train.global_batch_size (a multiple of --micro-batch-size; default: "
-                    "--micro-batch-size when that is given)",
-                    [](S& s, V v) {
-                      s.run.train.global_batch_size = as_count("--global-batch-size", v, 1);
-                    }));
-  t.push_back(value("--train-iters", "N", "train.train_iters",
-                    [](S& s, V v) { s.run.train.train_iters = as_count("--train-iters", v, 0); }));
-  t.push_back(refused("--train-samples", "N",
-                      "not supported by this build yet: give --train-iters (iterations of "
-                      "--global-batch-size samples)"));
-  t.push_back(value("--seed", "SEED", "train.seed: the model's initialisation and the data order",
-                    [](S& s, V v) { s.run.train.seed = static_cast<uint64_t>(as_count("--seed", v, 0)); }));
-
-  // Learning rate and weight decay (lr_schedule.h).
-  t.push_back(value("--lr", "LR", "schedule.lr (the peak)",
-                    [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
-  t.push_back(value("--min-lr", "LR", "schedule.min_lr (default: --lr / 10)",
-                    [](S& s, V v) { s.run.train.schedule.min_lr = as_double("--min-lr", v); }));
-  t.push_back(value("--lr-decay-style", "STYLE",
-                    "constant | linear | cosine | inverse-square-root | WSD", [](S& s, V v) {
-                      s.run.train.schedule.decay_style =
-                          one_of("--lr-decay-style", v,
-                                 {"constant", "linear", "cosine", "inverse-square-root", "WSD"});
-                    }));
-  t.push_back(value("--lr-decay-iters", "N", "schedule.decay_iters (default: --train-iters)",
-                    [](S& s, V v) {
-                      s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0);
-                    }));
-  t.push_back(value("--lr-warmup-iters", "N", "schedule.warmup_iters (default: --train-iters / 10)", [](S& s, V v) {
-    s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0);
-  }));
-  t.push_back(value("--lr-warmup-fraction", "X",
-                    "schedule.warmup_iters = X * decay iters (not with --lr-warmup-iters)",
-                    [](S& s, V v) {
-                      s.warmup_fraction = as_double("--lr-warmup-fraction", v);
-                      MOE_CHECK(s.warmup_fraction >= 0.0 && s.warmup_fraction <= 1.0,
-                                "--lr-warmup-fraction must be in [0, 1], got ", v);
-                    }));
-  t.push_back(value("--lr-warmup-init", "LR", "schedule.warmup_init", [](S& s, V v) {
-    s.run.train.schedule.warmup_init = as_double("--lr-warmup-init", v);
-  }));
-  t.push_back(value("--lr-wsd-decay-style", "STYLE", "linear | cosine | exponential | minus_sqrt",
-                    [](S& s, V v) {
-                      s.run.train.schedule.wsd_decay_style =
-                          one_of("--lr-wsd-decay-style", v,
-                                 {"linear", "cosine", "exponential", "minus_sqrt"});
-                    }));
-  t.push_back(value("--lr-wsd-decay-iters", "N", "schedule.wsd_decay_iters", [](S& s, V v) {
-    s.run.train.schedule.wsd_decay_iters = as_count("--lr-wsd-decay-iters", v, 0);
-  }));
-  t.push_back(value("--weight-decay", "WD", "start and end weight decay", [](S& s, V v) {
-    const double wd = as_double("--weight-decay", v);
-    s.run.train.schedule.start_weight_decay = s.run.train.schedule.end_weight_decay = wd;
-  }));
-  t.push_back(value("--start-weight-decay", "WD", "schedule.start_weight_decay", [](S& s, V v) {
-    s.run.train.schedule.start_weight_decay = as_double("--start-weight-decay", v);
-    s.start_wd_given = true;
-  }));
-  t.push_back(value("--end-weight-decay", "WD", "schedule.end_weight_decay", [](S& s, V v) {
-    s.run.train.schedule.end_weight_decay = as_double("--end-weight-decay", v);
-    s.end_wd_given = true;
-  }));
-  t.push_back(value("--weight-decay-incr-style", "STYLE", "constant | linear | cosine",
-                    [](S& s, V v) {
-                      s.run.train.schedule.weight_decay_incr_style =
-                          one_of("--weight-decay-incr-style", v, {"constant", "linear", "cosine"});
-                    }));
-
-  // Optimizer (optimizer.h).
-  t.push_back(value("--optimizer", "adam", "accepted: adam only (AdamW, decoupled weight decay)",
-                    [](S&, V v) { one_of("--optimizer", v, {"adam"}); }));
-  t.push_back(value("--clip-grad", "NORM", "optimizer.clip_grad (0: off)",
-                    [](S& s, V v) { s.run.train.optimizer.clip_grad = as_double("--clip-grad", v); }));
-  t.push_back(value("--adam-beta1", "B1", "optimizer.beta1",
-                    [](S& s, V v) { s.run.train.optimizer.beta1 = as_double("--adam-beta1", v); }));
-  t.push_back(value("--adam-beta2", "B2", "optimizer.beta2",
-                    [](S& s, V v) { s.run.train.optimizer.beta2 = as_double("--adam-beta2", v); }));
-  t.push_back(value("--adam-eps", "EPS", "optimizer.eps",
-                    [](S& s, V v) { s.run.train.optimizer.eps = as_double("--adam-eps", v); }));
-  t.push_back(toggle("--use-precision-aware-optimizer",
-                     "allows --exp-avg-dtype / --exp-avg-sq-dtype bf16",
-                     [](S& s, V) { s.precision_aware = true; }));
-  t.push_back(value("--exp-avg-dtype", "DTYPE", "optimizer.exp_avg_dtype: fp32 | bf16", [](S& s, V v) {
-    s.exp_avg_dtype = one_of("--exp-avg-dtype", v, {"fp32", "bf16"});
-  }));
-  t.push_back(value("--exp-avg-sq-dtype", "DTYPE", "optimizer.exp_avg_sq_dtype: fp32 | bf16",
-                    [](S& s, V v) { s.exp_avg_sq_dtype = one_of("--exp-avg-sq-dtype", v, {"fp32", "bf16"}); }));
-
-  // Precision and device.
-  t.push_back(toggle("--bf16", "bf16 parameters and activations, fp32 master weights and "
-                               "gradients (GPU only); default f32",
-                     [](S& s, V) { s.run.bf16 = true; }));
-  t.push_back(refused("--fp16", "", "not supported by this build: use --bf16"));
-  t.push_back(toggle("--cpu", "moecore: run on the CPU even when a GPU is present",
-                     [](S& s, V) { s.run.cpu = true; }));
-
-  // NaN handling.
-  t.push_back(toggle("--check-for-nan-in-loss-and-grad",
-                     "stop on a NaN/Inf loss or gradient (= --nan-action stop)",
-                     [](S& s, V) { s.nan_check = true; }));
-  t.push_back(value("--nan-action", "ACTION",
-                    "moecore: skip (drop the update, the default) | stop", [](S& s, V v) {
-                      s.nan_action = one_of("--nan-action", v, {"skip", "stop"});
-                    }));
-
-  // Evaluation and logging.
-  t.push_back(value("--log-interval", "N", "train.log_interval: a log line every N iterations",
-                    [](S& s, V v) { s.run.train.log_interval = as_count("--log-interval", v, 1); }));
-  t.push_back(value("--eval-interval", "N", "train.eval_interval (0: no evaluation)",
-                    [](S& s, V v) { s.run.train.eval_interval = as_count("--eval-interval", v, 0); }));
-  t.push_back(value("--eval-iters", "N", "train.eval_iters: global batches per evaluation",
-                    [](S& s, V v) { s.run.train.eval_iters = as_count("--eval-iters", v, 0); }));
-  t.push_back(value("--tensorboard-dir", "DIR", "TensorBoard event files",
-                    [](S& s, V v) { s.run.tensorboard_dir = v; }));
-  t.push_back(value("--log-dir", "DIR", "moecore: metrics.jsonl in DIR",
-                    [](S& s, V v) { s.run.log_dir = v; }));
-  t.push_back(value("--metrics-jsonl", "FILE", "moecore: the JSONL metrics file",
-                    [](S& s, V v) { s.run.metrics_jsonl = v; }));
-  t.push_back(toggle("--moe-per-layer-logging",
-                     "per MoE layer: aux loss, z loss, expert load min/max/cv, dropped tokens",
-                     [](S& s, V) { s.run.moe_per_layer_logging = true; }));
-
-  // Checkpoints (train_run.h refuses them without the build's checkpoint hooks).
-  t.push_back(value("--save", "DIR", "checkpoint folder to write", [](S& s, V v) { s.run.save = v; }));
-  t.push_back(value("--load", "DIR", "checkpoint folder to resume from",
-                    [](S& s, V v) { s.run.load = v; }));
-  t.push_back(value("--save-interval", "N", "a checkpoint every N iterations (0: at the end)",
-                    [](S& s, V v) { s.run.save_interval = as_count("--save-interval", v, 0); }));
-  t.push_back(toggle("--finetune", "--load the weights only; counters from 0",
-                     [](S& s, V) { s.run.finetune = true; }));
-  t.push_back(toggle("--no-load-optim", "--load without the optimizer state",
-                     [](S& s, V) { s.run.no_load_optim = true; }));
-  t.push_back(toggle("--moe-use-upcycling",
-                     "upcycling (arXiv 2410.07524): --load holds a dense checkpoint (training "
-                     "checkpoint or model folder); the MoE model of these flags is made from it "
-                     "(every expert a copy of the dense MLP, the router fresh; non-MLP tensors "
-                     "copied; the shape flags must match the dense model's) and saved to --save "
-                     "as iteration 0, then training starts. A --load that holds an MoE "
-                     "checkpoint resumes it as usual. No shared experts",
-                     [](S& s, V) { s.run.moe_use_upcycling = true; }));
-  t.push_back(value("--moe-upcycling-granularity", "G",
-                    "granular upcycling: the dense FFN split in G pieces (expert e takes piece "
-                    "e mod G, E / G virtual groups share a router row, weights scaled by s^(1/3), "
-                    "s = G, or E G / topk with --moe-router-pre-softmax); needs "
-                    "--moe-ffn-hidden-size = the dense --ffn-hidden-size / G and --num-experts a "
-                    "multiple of G. Default 1: plain copies",
-                    [](S& s, V v) {
-                      s.run.moe_upcycling_granularity = as_count("--moe-upcycling-granularity", v, 1);
-                    }));
-
-  // Data.
-  t.push_back(value("--data-path", "[W] PREFIX ...",
-                    "Megatron indexed datasets (PREFIX.bin / PREFIX.idx, e.g. from `moe "
-                    "preprocess`): one prefix, several (blended by size), or weight-prefix pairs "
-                    "(--data-path 0.3 a 0.7 b); a YAML list works too. Without it the built-in "
-                    "corpus is used",
-                    [](S& s, V v) { s.run.data_path = split_values(v); }));
-  t.push_back(value("--split", "SPLIT",
-                    "train / validation / test shares of every --data-path corpus's documents "
-                    "(default \"969, 30, 1\")",
-                    [](S& s, V v) { s.run.split = v; }));
-  t.push_back(value("--data-cache-path", "DIR",
-                    "where the sample / shuffle indices are cached (default: beside the data, "
-                    "<prefix>/cache/GPTDataset_indices)",
-                    [](S& s, V v) { s.run.data_cache_path = v; }));
-  t.push_back(value("--tokenizer-type", "TYPE",
-                    "HuggingFaceTokenizer (with --tokenizer-model) or byte; the tokenizer the "
-                    "--data-path corpus was made with",
-                    [](S& s, V v) {
-                      s.run.tokenizer_type = one_of("--tokenizer-type", v, {"HuggingFaceTokenizer", "byte"});
-                    }));
-  t.push_back(value("--tokenizer-model", "PATH",
-                    "a Hugging Face tokenizer.json (or its folder): sets the default model's "
-                    "vocabulary (padded to a multiple of 128, as Megatron pads it) and decodes "
-                    "the sample",
-                    [](S& s, V v) { s.run.tokenizer_model = v; }));
-
-  t.push_back(value("--sample-tokens", "N",
-                    "moecore: after training, print N bytes of text sampled from the model (byte "
-                    "vocabularies only; 0: none)",
-                    [](S& s, V v) { s.run.sample_tokens = as_count("--sample-tokens", v, 0); }));
-  t.push_back(value("--config", "FILE.yaml",
-                    "YAML file of flags (keys without dashes); the command line overrides it",
-                    [](S& s, V v) { s.run.config_file = v; }));
+  flags::add_model_flags(t);
+  flags::add_moe_flags(t);
+  flags::add_parallel_flags(t);
+  flags::add_batch_flags(t);
+  flags::add_schedule_flags(t);
+  flags::add_optimizer_flags(t);
+  flags::add_precision_flags(t);
+  flags::add_logging_flags(t);
+  flags::add_checkpoint_flags(t);
+  flags::add_data_flags(t);
   return t;
 }
 
@@ -594,8 +127,10 @@ void finish(ParseState& s) {
     m.moe.moe_aux_loss_coeff = 0.0;
 
   TrainConfig& t = r.train;
-  if (given("--micro-batch-size") && !given("--global-batch-size"))
-    t.global_batch_size = t.micro_batch_size;  // Megatron: micro x data-parallel size (1)
+  if (given("--micro-batch-size") && !given("--global-batch-size")) {
+    t.global_batch_size = t.micro_batch_size;  // Megatron: micro x data-parallel size (1 here)
+    r.global_batch_follows_data_parallel = true;
+  }
   // --lr before what derives from it (--min-lr = --lr / 10), so a bad --lr is named itself.
   MOE_CHECK(t.schedule.lr >= 0, "--lr must not be negative, got ", t.schedule.lr);
   if (given("--lr") && !given("--min-lr")) t.schedule.min_lr = t.schedule.lr / 10.0;  // as default
@@ -631,6 +166,17 @@ void finish(ParseState& s) {
     t.nan_action = s.nan_action == "stop" ? NanAction::stop : NanAction::skip;
   }
 
+  // The expert split, as the MoE block reads it (validate() below names --num-experts or
+  // --moe-ffn-hidden-size when a size does not divide them).
+  const dist::ParallelConfig& p = r.parallel;
+  m.moe.expert_model_parallel_size = p.expert_model_parallel_size;
+  m.moe.expert_tensor_parallel_size = p.expert_tensor_parallel_size == 0
+                                          ? p.tensor_model_parallel_size
+                                          : p.expert_tensor_parallel_size;
+  MOE_CHECK(!r.ddp.overlap_param_gather || r.ddp.use_distributed_optimizer,
+            "--overlap-param-gather needs --use-distributed-optimizer (it overlaps the "
+            "all-gather of the distributed optimizer's updated shards with the next forward)");
+
   MOE_CHECK(t.seq_length <= m.max_position_embeddings, "--seq-length ", t.seq_length,
             " exceeds --max-position-embeddings ", m.max_position_embeddings, " of --model ",
             r.model_preset);
@@ -664,6 +210,9 @@ void finish(ParseState& s) {
 
   m.validate();
   t.validate();
+  MOE_CHECK(!t.calculate_per_token_loss || m.mtp_num_layers == 0,
+            "--calculate-per-token-loss with --mtp-num-layers is not supported yet (the MTP loss "
+            "is a mean per depth); drop one of them");
   if (r.moe_use_upcycling) {
     MOE_CHECK(!r.load.empty(), "--moe-use-upcycling needs --load: the dense checkpoint to upcycle "
                                "(a training checkpoint folder or a model folder)");
@@ -934,7 +483,7 @@ nlohmann::json run_config_json(const TrainRunConfig& r) {
             {"exp_avg_sq_dtype", dtype_name(o.exp_avg_sq_dtype)}}}};
 }
 
-std::string describe(const TrainRunConfig& r) {
+std::string describe(const TrainRunConfig& r, int64_t dp) {
   const nn::ModelConfig& m = r.model;
   const TrainConfig& t = r.train;
   const nn::ModelParamCount count = nn::count_parameters(m);
@@ -946,8 +495,9 @@ std::string describe(const TrainRunConfig& r) {
       << nn::format_param_count(count.total()) << " total, "
       << nn::format_param_count(count.main.active() + count.mtp.active()) << " active\n";
   out << "training: " << t.train_iters << " iterations of " << t.global_batch_size
-      << " samples (" << t.num_microbatches() << " micro-batches of " << t.micro_batch_size
-      << ") x " << t.seq_length << " tokens; lr " << t.schedule.lr << " " << t.schedule.decay_style
+      << " samples (" << t.num_microbatches(dp) << " micro-batches of " << t.micro_batch_size;
+  if (dp > 1) out << " on each of " << dp << " data-parallel ranks";
+  out << ") x " << t.seq_length << " tokens; lr " << t.schedule.lr << " " << t.schedule.decay_style
       << " to " << t.schedule.min_lr << ", warm-up " << t.schedule.warmup_iters << "; weight decay "
       << t.schedule.start_weight_decay << "; clip " << t.optimizer.clip_grad << "; seed " << t.seed
       << "; nan action " << (t.nan_action == NanAction::stop ? "stop" : "skip") << "\n";
@@ -960,3 +510,4 @@ std::string describe(const TrainRunConfig& r) {
 }
 
 }  // namespace moe::train
+

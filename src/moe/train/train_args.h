@@ -14,7 +14,8 @@
 // overrides, then the rest, so `--num-layers 4 --model qwen3-30b-a3b` is the cut Qwen3.
 //
 // Defaults that follow other flags (each said in its help line): --global-batch-size =
-// --micro-batch-size when only that is given (Megatron: micro x data-parallel size),
+// --micro-batch-size x the data-parallel size when only that is given (Megatron's; the run
+// multiplies, knowing the world: global_batch_follows_data_parallel),
 // --min-lr = --lr / 10 when only --lr is given, warm-up = --train-iters / 10 unless
 // --lr-warmup-iters or --lr-warmup-fraction is given, --lr-decay-iters = --train-iters;
 // the head dim (--kv-channels) = --hidden-size / --num-attention-heads when either is given
@@ -23,8 +24,9 @@
 // --moe-router-load-balancing-type sinkhorn or none is given without it (the preset's
 // coefficient belongs to its aux-loss balancing). Float values must be finite.
 //
-// Never ignored: an unknown flag or YAML key, a flag this build refuses (parallel sizes above
-// 1, --fp16, ...) and an invalid combination all throw moe::Error naming the flag.
+// Never ignored: an unknown flag or YAML key, a flag this build refuses (--tensor-model-parallel-
+// size, --pipeline-model-parallel-size and --context-parallel-size above 1, --fp16, ...) and an
+// invalid combination all throw moe::Error naming the flag.
 // --save / --load / --save-interval / --finetune / --no-load-optim are parsed here; the run
 // refuses them unless the build wires training checkpoints (train_run.h's TrainHooks).
 // --moe-use-upcycling needs --load and --save; what can be checked without the dense checkpoint
@@ -52,6 +54,23 @@ struct TrainRunConfig {
   // --distributed-backend, --distributed-timeout-minutes: how the ranks of a multi-process
   // launch meet (dist/init.h).
   dist::DistributedOptions distributed;
+  // The parallel mapping of a multi-process run (dist/parallel_state.h): --expert-model-
+  // parallel-size, --expert-tensor-parallel-size (0: --tensor-model-parallel-size, Megatron's
+  // default); TP, PP and CP are 1 in this build. The model's moe.expert_model_parallel_size /
+  // expert_tensor_parallel_size say the same sizes (resolved). The world size is known at run
+  // time only: train_run.h checks that ETP x EP divides it.
+  dist::ParallelConfig parallel;
+  // Megatron's DDP options (train/data_parallel.h): --use-distributed-optimizer,
+  // --overlap-grad-reduce, --overlap-param-gather, --ddp-bucket-size, --grad-reduce-in-bf16.
+  // One rank has nothing to reduce or shard: they change nothing there.
+  DdpConfig ddp;
+  // --global-batch-size was not given but --micro-batch-size was: the global batch is Megatron's
+  // micro x data-parallel size (train.global_batch_size holds micro x 1 until the run knows
+  // the data-parallel size).
+  bool global_batch_follows_data_parallel = false;
+  // --exit-signal-handler: SIGTERM / SIGINT end the run after the current iteration (every rank
+  // agrees), with a save when --save is given, and exit status 0 (exit_signal.h).
+  bool exit_signal_handler = false;
 
   // Logging.
   std::string tensorboard_dir;       // --tensorboard-dir
@@ -127,7 +146,8 @@ std::vector<std::pair<std::string, std::string>> read_train_yaml(const std::stri
 // model_config_json form), "train" (batches, schedule, optimizer)}.
 nlohmann::json run_config_json(const TrainRunConfig& run);
 
-// A few lines: the model, the device-independent training options, the flags given.
-std::string describe(const TrainRunConfig& run);
+// A few lines: the model, the device-independent training options, the flags given. With
+// data_parallel_size > 1 the micro-batches are said per data-parallel rank.
+std::string describe(const TrainRunConfig& run, int64_t data_parallel_size = 1);
 
 }  // namespace moe::train

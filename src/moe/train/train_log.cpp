@@ -117,9 +117,9 @@ void MoELayerStatsCollector::reduce_over_group() {
                                  static_cast<double>(s.dropped)});
     packed.insert(packed.end(), s.counts.begin(), s.counts.end());
   }
-  Tensor t = Tensor::from_vector(packed, {static_cast<int64_t>(packed.size())}, Device::cpu());
+  Tensor t = Tensor::from_vector(packed, {static_cast<int64_t>(packed.size())}, group_device_);
   group_->all_reduce(t, dist::ReduceOp::sum);
-  const std::vector<double> sum = t.to_vector<double>();
+  const std::vector<double> sum = t.to_double_vector();
   size_t i = 0;
   for (Sum& s : sums_) {
     s.aux = sum[i++];
@@ -322,7 +322,8 @@ void TrainLogger::on_step(const StepMetrics& m, bool log_now, std::vector<MoELay
   r.nan_iterations = skipped_;
   const double seconds = std::max(seconds_, 1e-12);
   r.tokens_per_second = static_cast<double>(steps_ * m.tokens) / seconds;
-  const double flops_per_second = flops_per_iteration_ * static_cast<double>(steps_) / seconds;
+  const double flops_per_second = flops_per_iteration_ * static_cast<double>(steps_) / seconds /
+                                  static_cast<double>(std::max<int64_t>(options_.world_size, 1));
   r.tflops_per_gpu = flops_per_second / 1e12;
   if (options_.device.is_cuda()) r.mfu = flops_per_second / kPeakBf16FlopsPerGpu;
   r.mem_gib = static_cast<double>(memory_stats(options_.device).peak_allocated_bytes) /

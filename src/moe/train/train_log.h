@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "moe/core/device.h"
+#include "moe/dist/process_group.h"
 #include "moe/nn/gpt_model.h"
 #include "moe/nn/model_config.h"
 #include "moe/train/tensorboard.h"
@@ -84,8 +85,12 @@ class MoELayerStatsCollector {
       : capacity_may_drop_(capacity_may_drop) {}
   // Under data parallelism: the loads of all ranks (Megatron logs the counts reduced over the
   // data-parallel group). take() then sums the interval's counts, losses and drops over
-  // `group`, so every rank of it must call take() at the same points.
-  void set_group(std::shared_ptr<dist::ProcessGroup> group) { group_ = std::move(group); }
+  // `group`, so every rank of it must call take() at the same points. The sums travel in a
+  // tensor on `device` (the rank's GPU under NCCL, which takes no host tensors).
+  void set_group(std::shared_ptr<dist::ProcessGroup> group, Device device = Device::cpu()) {
+    group_ = std::move(group);
+    group_device_ = device;
+  }
   void observe(const nn::GPTContext& ctx);
   // The layers' stats since the last take(), then resets. Empty when nothing was observed.
   std::vector<MoELayerStats> take();
@@ -102,6 +107,7 @@ class MoELayerStatsCollector {
   bool capacity_may_drop_;
   std::vector<Sum> sums_;
   std::shared_ptr<dist::ProcessGroup> group_;
+  Device group_device_ = Device::cpu();
 };
 
 // One log point: what the line and the JSONL object hold.
@@ -144,6 +150,9 @@ struct TrainLoggerOptions {
   int64_t global_batch_size = 0;
   int64_t seq_length = 0;
   Device device = Device::cpu();
+  // The ranks the iterations' work is spread over: TFLOP/s/GPU and MFU are per rank (the
+  // model FLOPs of the global batch / world size).
+  int64_t world_size = 1;
   std::string metrics_jsonl;    // "" for none
   bool append_metrics = false;  // keep the file's lines (a resumed run); else start it afresh
   std::string tensorboard_dir;  // "" for none

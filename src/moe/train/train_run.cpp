@@ -1,5 +1,6 @@
 #include "moe/train/train_run.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -20,7 +21,9 @@
 #include "moe/dist/init.h"
 #include "moe/train/gpt_batch_source.h"
 #include "moe/train/generate.h"
+#include "moe/train/exit_signal.h"
 #include "moe/train/interrupt_report.h"
+#include "moe/train/memory_report.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_upcycle.h"
 
@@ -119,10 +122,14 @@ void load_checkpoint(TrainSession& s, CheckpointHookState& state) {
     return;
   }
   if (kind == LoadFolderKind::model_folder) {
+    // Whole tensors into one rank's model (checkpoint/model_io.h reads no slices).
+    MOE_CHECK(s.world.size() == 1, "world size ", s.world.size(), ": --load ", dir,
+              " is a model folder, which a run of several ranks cannot read yet; start from it "
+              "on one rank, --save a training checkpoint, and --load that on several ranks");
     // A model, not a training checkpoint: weights only, whatever --finetune says.
     const std::vector<std::string> differences =
         load_model_folder_weights(dir, s.model, &s.trainer);
-    interrupt_report_loaded(dir);
+    if (s.world.reports_interrupts) interrupt_report_loaded(dir);
     s.logger.note("loaded the weights of the model folder " + dir +
                   " (not a training checkpoint: fresh optimizer, counters from 0)");
     for (const std::string& d : differences) s.logger.note("  config differs: " + d);
@@ -134,7 +141,7 @@ void load_checkpoint(TrainSession& s, CheckpointHookState& state) {
   const LoadResult r = load_training_checkpoint(dir, s.model, &s.trainer, options);
   state.loaded_folder = r.folder;
   state.loaded_iteration = s.trainer.iteration();
-  interrupt_report_loaded(r.folder);
+  if (s.world.reports_interrupts) interrupt_report_loaded(r.folder);
   s.logger.note(moe::detail::concat("loaded checkpoint ", r.folder, " (iteration ", r.iteration, ")",
                                r.loaded_optimizer ? "" : "; optimizer not loaded",
                                r.loaded_trainer_state ? "" : "; counters from 0"));
@@ -162,13 +169,35 @@ void save_checkpoint(TrainSession& s, const CheckpointHookState& state) {
               "another folder, or move that one away");
     s.logger.note("replacing " + target.string() + ", the default run's earlier checkpoint");
   }
-  interrupt_report_saving(target.string());
+  if (s.world.reports_interrupts) interrupt_report_saving(target.string());
   const SaveResult r =
       save_training_checkpoint(s.config.save, s.model, s.trainer, run_config_json(s.config));
-  interrupt_report_saved(r.folder, s.config.save);
+  if (s.world.reports_interrupts) interrupt_report_saved(r.folder, s.config.save);
   for (const std::string& c : r.cleaned)
     s.logger.note("--save " + s.config.save + ": " + c + " (left by an interrupted save)");
   s.logger.note("saved checkpoint " + r.folder);
+}
+
+// generate_text's sample from an empty prompt on a rank of several. The forward of a model
+// with expert parallelism is collective (the token dispatch), so every rank must run as many
+// forwards as the others: generation does not stop at the end-of-document id (a rank's own
+// sample could reach it at another step than rank 0's), and the text is cut there afterwards.
+// The same text as generate_text when the ranks' logits agree.
+std::string sample_on_every_rank(nn::GPTModel& model, const data::Tokenizer& tokenizer,
+                                 GenerateOptions options) {
+  MOE_CHECK(model.config().vocab_size >= tokenizer.vocab_size(), "model ", model.config().name,
+            " has ", model.config().vocab_size, " vocabulary ids, fewer than the tokenizer's ",
+            tokenizer.vocab_size(), " (", tokenizer.description(), ")");
+  options.sampled_vocab_size = tokenizer.vocab_size();
+  const std::optional<int64_t> end = tokenizer.end_of_document();
+  options.end_of_document_id.reset();
+  std::vector<int64_t> prompt = tokenizer.encode_document("");
+  if (prompt.empty() && end) prompt.push_back(*end);
+  MOE_CHECK(!prompt.empty(), "generate: ", tokenizer.description(),
+            " gives no ids for an empty prompt and has no end-of-document id");
+  std::vector<int64_t> generated = generate(model, prompt, options);
+  if (end) generated.erase(std::find(generated.begin(), generated.end(), *end), generated.end());
+  return tokenizer.decode(generated);
 }
 
 void print_sample(TrainSession& s) {
@@ -189,7 +218,8 @@ void print_sample(TrainSession& s) {
   options.sampling.top_p = 0.95;
   options.seed = s.config.train.seed;
   options.max_sequence_length = s.config.train.seq_length;
-  const std::string text = generate_text(s.model, *tokenizer, "", options);
+  const std::string text = s.world.size() > 1 ? sample_on_every_rank(s.model, *tokenizer, options)
+                                              : generate_text(s.model, *tokenizer, "", options);
   s.logger.note(moe::detail::concat("sample (", s.config.sample_tokens,
                                     " tokens at most, temperature 0.8, top-p 0.95):\n", text));
 }
@@ -262,6 +292,55 @@ RunData megatron_data(const TrainRunConfig& c) {
   return d;
 }
 
+// The ranks of one expert group: ETP x EP (ETP 0: TP, Megatron's default).
+int64_t expert_group_size(const dist::ParallelConfig& p) {
+  const int etp = p.expert_tensor_parallel_size == 0 ? p.tensor_model_parallel_size
+                                                     : p.expert_tensor_parallel_size;
+  return int64_t{etp} * p.expert_model_parallel_size;
+}
+
+// ETP x EP must divide the world (the rest of the ranks are expert data-parallel); known only
+// now, so checked here, naming the flags.
+void check_expert_mapping(const TrainRunConfig& c, int world_size) {
+  const dist::ParallelConfig& p = c.parallel;
+  const int64_t n = expert_group_size(p);
+  if (world_size % n == 0) return;
+  MOE_FAIL("--expert-tensor-parallel-size ", n / p.expert_model_parallel_size,
+           " x --expert-model-parallel-size ", p.expert_model_parallel_size, " = ", n,
+           " ranks per expert group does not divide the world size ", world_size,
+           world_size == 1 ? " (one process: start several with moe launch, torchrun, srun or "
+                             "mpirun)"
+                           : " (the ranks of the launch)");
+}
+
+// What a run of several ranks cannot do yet: --moe-use-upcycling (the dense model's whole
+// tensors are read into one rank's model; checkpoint/model_io.h reads no slices). The one place
+// that refuses it before the run; a model folder in --load is refused where it is found
+// (load_checkpoint). Training checkpoints save and load under any mapping (train_checkpoint.h).
+void refuse_on_several_ranks(const TrainRunConfig& c, int world_size) {
+  if (world_size <= 1) return;
+  MOE_CHECK(!c.moe_use_upcycling, "world size ", world_size,
+            ": --moe-use-upcycling is not supported by a run of several ranks yet; upcycle on one "
+            "rank (it saves the MoE model to --save as iteration 0), then --load that on several");
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The run's data on every rank. Several ranks with --data-path: rank 0 builds (and caches) the
+// indices first, then the others read them (Megatron's order), so that they do not all build
+// and write the same cache at once.
+RunData run_data(const TrainRunConfig& c, const TrainWorld& world) {
+  const auto make = [&] { return c.data_path.empty() ? builtin_data(c.train) : megatron_data(c); };
+  if (world.size() == 1 || c.data_path.empty()) return make();
+  RunData data;
+  if (world.rank() == 0) data = make();
+  world.group->barrier();
+  if (world.rank() != 0) data = make();
+  return data;
+}
+
 }  // namespace
 
 TrainHooks standard_train_hooks(const StandardHookOptions& options) {
@@ -279,94 +358,182 @@ Device train_device(const TrainRunConfig& c) {
   return !c.cpu && cuda_device_count() > 0 ? Device::cuda(0) : Device::cpu();
 }
 
+nn::MoEGroups moe_groups_of(const dist::ParallelState& state) {
+  const auto several = [](const std::shared_ptr<dist::ProcessGroup>& g) {
+    return g && g->size() > 1 ? g : nullptr;
+  };
+  nn::MoEGroups groups;
+  groups.ep = several(state.ep());
+  groups.etp = several(state.etp());
+  groups.tp_ep = several(state.tp_ep());
+  groups.tp_cp = several(state.tp_cp());
+  groups.tp_dp_cp = several(state.tp_dp_cp());
+  groups.tp_size = state.tp_size();
+  return groups;
+}
+
 TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hooks, std::FILE* out) {
+  const int launched = dist::read_launch_env().world_size;
+  if (launched <= 1)
+    return run_training_on(config, TrainWorld{nullptr, train_device(config), true}, hooks, out);
+  // Several ranks (moe launch, torchrun, srun, mpirun): they meet and rank 0 says where each
+  // is (with the mapping, when the world divides into it; else the refusal below names it).
   interrupt_report_reset();
   refuse_unwired(config, hooks);
-  if (dist::read_launch_env().world_size > 1) {
-    // Several ranks (moe launch, torchrun, srun, mpirun): they meet and rank 0 says where each
-    // is, so the launch path is exercised; then every rank refuses, honestly.
-    dist::DistributedOptions options = config.distributed;
-    options.cpu = options.cpu || config.cpu;
-    const dist::World world = dist::init_distributed(options);
-    if (world.rank() == 0 && out) {
-      std::fprintf(out, "%s", dist::describe_world(world).c_str());
-      std::fflush(out);
-    }
-    world.world->barrier();  // on a shared terminal the start-up lines come first
-    MOE_FAIL("world size ", world.size(), ": data-parallel training is not in this build yet");
+  dist::DistributedOptions options = config.distributed;
+  options.cpu = options.cpu || config.cpu;
+  const dist::World world = dist::init_distributed(options);
+  if (world.rank() == 0 && out) {
+    const bool fits = world.size() % expert_group_size(config.parallel) == 0;
+    std::fprintf(out, "%s",
+                 dist::describe_world(world, fits ? config.parallel : dist::ParallelConfig{})
+                     .c_str());
+    std::fflush(out);
   }
+  world.world->barrier();  // on a shared terminal the start-up lines come first
+  return run_training_on(config, TrainWorld{world.world, world.device, true}, hooks, out);
+}
+
+TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& world,
+                               const TrainHooks& hooks, std::FILE* all_out) {
+  // Process-wide state (the interrupt report) is one rank's when ranks share the process.
+  const auto report = [&](const auto& update) {
+    if (world.reports_interrupts) update();
+  };
+  report([] { interrupt_report_reset(); });
+  refuse_unwired(config, hooks);
+  check_expert_mapping(config, world.size());
+  refuse_on_several_ranks(config, world.size());
+  std::FILE* out = world.rank() == 0 ? all_out : nullptr;
   if (hooks.prepare) hooks.prepare(config);
-  const Device device = train_device(config);
+  const Device device = world.device;
   MOE_CHECK(!config.bf16 || device.is_cuda(),
             "--bf16 trains on a GPU; on the CPU the model trains in f32 (drop --bf16)");
   const DType dtype = config.bf16 ? DType::bf16 : DType::f32;
 
-  const TrainConfig& tc = config.train;
-  const RunData data = config.data_path.empty() ? builtin_data(tc) : megatron_data(config);
+  // The mapping (null on one rank: nothing of it exists there).
+  std::shared_ptr<dist::ParallelState> state;
+  if (world.size() > 1) state = std::make_shared<dist::ParallelState>(world.group, config.parallel);
+  const int64_t dp = state ? state->dp_cp_size() : 1;
+  TrainRunConfig run = config;  // with what the mapping decides
+  TrainConfig& tc = run.train;
+  if (run.global_batch_follows_data_parallel) tc.global_batch_size = tc.micro_batch_size * dp;
+  if (state) {
+    run.model.moe.expert_model_parallel_size = state->ep_size();
+    run.model.moe.expert_tensor_parallel_size = state->etp_size();
+  }
 
-  nn::GPTModel model(config.model, dtype, device, tc.seed);
-  Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr);
+  const RunData data = run_data(run, world);
+  nn::GPTModel model(run.model, dtype, device, tc.seed,
+                     state ? moe_groups_of(*state) : nn::MoEGroups{});
+  Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr,
+                  state ? TrainParallel{state, run.ddp} : TrainParallel{});
 
   TrainLoggerOptions log_options;
   log_options.train_iters = tc.train_iters;
   log_options.global_batch_size = tc.global_batch_size;
   log_options.seq_length = tc.seq_length;
   log_options.device = device;
-  log_options.metrics_jsonl = config.metrics_path();
-  log_options.append_metrics = !config.load.empty();
-  log_options.tensorboard_dir = config.tensorboard_dir;
-  TrainLogger logger(config.model, log_options, out);
+  log_options.world_size = world.size();
+  if (world.rank() == 0) {
+    log_options.metrics_jsonl = run.metrics_path();
+    log_options.tensorboard_dir = run.tensorboard_dir;
+  }
+  log_options.append_metrics = !run.load.empty();
+  TrainLogger logger(run.model, log_options, out);
 
   if (out) {
-    std::fprintf(out, "%s", describe(config).c_str());
+    std::fprintf(out, "%s", describe(run, dp).c_str());
     std::fprintf(out, "%s\n", data.description.c_str());
     std::fprintf(out, "device: %s, %s%s%s%s\n", device.str().c_str(), dtype_name(dtype),
                  log_options.metrics_jsonl.empty() ? "" : "; metrics -> ",
                  log_options.metrics_jsonl.c_str(),
-                 config.tensorboard_dir.empty() ? "" : ("; tensorboard -> " + config.tensorboard_dir).c_str());
+                 run.tensorboard_dir.empty() ? ""
+                                             : ("; tensorboard -> " + run.tensorboard_dir).c_str());
     std::fflush(out);
   }
+  if (state) {  // every rank's holdings, gathered to rank 0
+    const std::vector<RankMemory> ranks =
+        gather_rank_memory(rank_memory(model, trainer), world.group, device);
+    if (out) {
+      std::fprintf(out, "%s", format_memory_report(ranks).c_str());
+      std::fflush(out);
+    }
+  }
 
-  TrainSession session{config, model, trainer, *data.train, data.valid.get(), logger};
+  TrainSession session{run, model, trainer, *data.train, data.valid.get(), logger, world};
   if (!config.load.empty()) hooks.load(session);
 
   TrainRunResult result;
   const auto start = std::chrono::steady_clock::now();
   auto evaluate = [&] {
-    interrupt_report_evaluation(trainer.iteration());
+    report([&] { interrupt_report_evaluation(trainer.iteration()); });
     const double loss = trainer.evaluate();
     logger.on_eval(trainer.iteration(), trainer.consumed_samples(), loss);
     result.valid_losses.emplace_back(trainer.iteration(), loss);
   };
   const bool can_eval = tc.eval_iters > 0 && data.valid != nullptr;
-  // --moe-per-layer-logging
+  int64_t saved_iteration = -1;  // the iteration the last save in the loop wrote
+  // --moe-per-layer-logging: every rank observes its micro-batches; at a log point the ranks
+  // sum what they saw (the global batch's statistics), which rank 0 logs.
   MoELayerStatsCollector layer_stats(config.model.moe.moe_expert_capacity_factor.has_value());
+  if (state) layer_stats.set_group(state->dp_cp(), device);
   if (config.moe_per_layer_logging)
     trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };
   while (trainer.iteration() < tc.train_iters) {
-    interrupt_report_iteration(trainer.iteration() + 1, tc.train_iters);
+    report([&] { interrupt_report_iteration(trainer.iteration() + 1, tc.train_iters); });
     const StepMetrics m = trainer.train_step();
     ++result.iterations;
     result.losses.push_back(m.skipped ? std::numeric_limits<double>::quiet_NaN() : m.loss);
+    if (state && result.iterations == 1) {  // the peaks after the first iteration
+      RankMemory mine;
+      mine.peak_bytes = measure_peak_memory(device);
+      const std::vector<RankMemory> ranks = gather_rank_memory(mine, world.group, device);
+      if (out) {
+        std::fprintf(out, "%s", format_peak_memory(ranks, m.iteration, device).c_str());
+        std::fflush(out);
+      }
+    }
     const bool last = m.iteration == tc.train_iters;
     const bool log_now = last || m.iteration % tc.log_interval == 0;
     logger.on_step(m, log_now,
                    log_now && config.moe_per_layer_logging ? layer_stats.take()
                                                            : std::vector<MoELayerStats>{});
     if (can_eval && tc.eval_interval > 0 && m.iteration % tc.eval_interval == 0 && !last) evaluate();
-    if (hooks.save && config.save_interval > 0 && m.iteration % config.save_interval == 0 && !last)
+    if (hooks.save && config.save_interval > 0 && m.iteration % config.save_interval == 0 &&
+        !last) {
       hooks.save(session);
+      saved_iteration = m.iteration;
+    }
+    if (config.exit_signal_handler) {
+      result.exit_signal = agreed_exit_signal(exit_signal_received(), world.group, device);
+      if (result.exit_signal != 0) break;
+    }
+  }
+  if (result.exit_signal != 0) {
+    // --exit-signal-handler: save what was trained (unless just saved) and stop; no final
+    // evaluation, no sample (a pre-empted job has seconds left).
+    if (hooks.save && !config.save.empty() && saved_iteration != trainer.iteration())
+      hooks.save(session);
+    result.seconds = seconds_since(start);
+    logger.note(moe::detail::concat(
+        "exiting after iteration ", trainer.iteration(), " of ", tc.train_iters, ": received ",
+        exit_signal_name(result.exit_signal), " (--exit-signal-handler); trained ",
+        result.iterations, " iterations in ", format_duration(result.seconds)));
+    return result;
   }
   if (can_eval && result.iterations > 0) evaluate();  // Megatron evaluates after training too
   if (hooks.save && !config.save.empty()) hooks.save(session);
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = seconds_since(start);
   if (out) {
     std::fprintf(out, "trained %lld iterations in %s\n", static_cast<long long>(result.iterations),
                  format_duration(result.seconds).c_str());
     std::fflush(out);
   }
-  interrupt_report_phase("after training (" + std::to_string(result.iterations) +
-                         " iterations done), while sampling text");
+  report([&] {
+    interrupt_report_phase("after training (" + std::to_string(result.iterations) +
+                           " iterations done), while sampling text");
+  });
   if (hooks.after_training) hooks.after_training(session);
   return result;
 }

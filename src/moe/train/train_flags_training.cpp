@@ -1,0 +1,231 @@
+// `moe train`'s training flags: parallel sizes and data parallelism, batches, the learning-rate
+// and weight-decay schedule, the optimizer, precision and NaN handling (train_flag_table.h).
+#include "moe/core/error.h"
+#include "moe/train/train_flag_table.h"
+
+namespace moe::train::flags {
+namespace {
+
+// A parallel size this build does not have yet: 1 only.
+Entry not_built_yet(std::string name, const char* what) {
+  const std::string flag = name;
+  return value(std::move(name), "1",
+               std::string("only 1: ") + what + " is not built yet (a later change brings it)",
+               [flag, what](ParseState&, const std::string& v) {
+                 MOE_CHECK(as_int(flag, v) == 1, flag, " ", v,
+                           " is not supported by this build yet: ", what,
+                           " is not built yet (a later change brings it); give 1 or leave it out");
+               });
+}
+
+int parallel_size(const std::string& flag, const std::string& v) {
+  const int64_t n = as_count(flag, v, 1);
+  MOE_CHECK(n <= (int64_t{1} << 20), flag, " ", v, " is larger than any world size");
+  return static_cast<int>(n);
+}
+
+}  // namespace
+
+// Parallel sizes and how the ranks meet.
+void add_parallel_flags(std::vector<Entry>& t) {
+  using S = ParseState;
+  using V = const std::string&;
+  t.push_back(not_built_yet("--tensor-model-parallel-size", "tensor parallelism"));
+  t.push_back(not_built_yet("--pipeline-model-parallel-size", "pipeline parallelism"));
+  t.push_back(not_built_yet("--context-parallel-size", "context parallelism"));
+  t.push_back(value("--expert-model-parallel-size", "EP",
+                    "parallel.expert_model_parallel_size: the experts split over EP ranks (a "
+                    "divisor of --num-experts; ETP x EP must divide the world size, the rest is "
+                    "expert data parallelism)",
+                    [](S& s, V v) {
+                      s.run.parallel.expert_model_parallel_size =
+                          parallel_size("--expert-model-parallel-size", v);
+                    }));
+  t.push_back(value("--expert-tensor-parallel-size", "ETP",
+                    "parallel.expert_tensor_parallel_size: each expert's FFN split over ETP ranks "
+                    "(a divisor of --moe-ffn-hidden-size; default: --tensor-model-parallel-size)",
+                    [](S& s, V v) {
+                      s.run.parallel.expert_tensor_parallel_size =
+                          parallel_size("--expert-tensor-parallel-size", v);
+                    }));
+  // Data parallelism (train/data_parallel.h, train/distributed_optimizer.h).
+  t.push_back(toggle("--use-distributed-optimizer",
+                     "ddp.use_distributed_optimizer: the fp32 masters and Adam moments sharded "
+                     "over the data-parallel ranks (ZeRO-1; gradients reduce-scattered, "
+                     "parameters all-gathered); one rank: nothing to shard",
+                     [](S& s, V) { s.run.ddp.use_distributed_optimizer = true; }));
+  t.push_back(toggle("--overlap-grad-reduce",
+                     "ddp.overlap_grad_reduce: each gradient bucket's reduction starts during "
+                     "the last micro-batch's backward",
+                     [](S& s, V) { s.run.ddp.overlap_grad_reduce = true; }));
+  t.push_back(toggle("--overlap-param-gather",
+                     "ddp.overlap_param_gather: the distributed optimizer's parameter "
+                     "all-gathers overlap the next forward (needs --use-distributed-optimizer)",
+                     [](S& s, V) { s.run.ddp.overlap_param_gather = true; }));
+  t.push_back(
+      value("--ddp-bucket-size", "N",
+            "ddp.bucket_size: elements per gradient bucket (default: Megatron's "
+            "max(40M, 1M x data-parallel size))",
+            [](S& s, V v) { s.run.ddp.bucket_size = as_count("--ddp-bucket-size", v, 1); }));
+  t.push_back(toggle("--grad-reduce-in-bf16",
+                     "ddp.grad_reduce_in_bf16: gradients communicated in bf16 (accumulated and "
+                     "applied in fp32)",
+                     [](S& s, V) { s.run.ddp.grad_reduce_in_bf16 = true; }));
+  t.push_back(toggle("--accumulate-allreduce-grads-in-fp32",
+                     "accepted: moecore always accumulates, reduces (unless "
+                     "--grad-reduce-in-bf16) and keeps the main gradients in fp32",
+                     [](S&, V) {}));
+  t.push_back(value(
+      "--distributed-backend", "BACKEND",
+      "nccl | mpi | local: the backend several ranks meet on (default: local for "
+      "one process, nccl with GPUs, else mpi; docs/distributed.md)",
+      [](S& s, V v) {
+        s.run.distributed.backend = one_of("--distributed-backend", v, {"nccl", "mpi", "local"});
+      }));
+  t.push_back(value("--distributed-timeout-minutes", "MIN",
+                    "rendezvous and collective timeout in minutes (default 10; fractions allowed)",
+                    [](S& s, V v) {
+                      const double minutes = as_double("--distributed-timeout-minutes", v);
+                      MOE_CHECK(minutes > 0, "--distributed-timeout-minutes must be positive, got ",
+                                v);
+                      s.run.distributed.timeout_minutes = minutes;
+                    }));
+}
+
+// Batches and length.
+void add_batch_flags(std::vector<Entry>& t) {
+  using S = ParseState;
+  using V = const std::string&;
+  t.push_back(value("--seq-length", "S", "train.seq_length (<= --max-position-embeddings)",
+                    [](S& s, V v) { s.run.train.seq_length = as_count("--seq-length", v, 1); }));
+  t.push_back(value("--micro-batch-size", "B", "train.micro_batch_size", [](S& s, V v) {
+    s.run.train.micro_batch_size = as_count("--micro-batch-size", v, 1);
+  }));
+  t.push_back(value(
+      "--global-batch-size", "B",
+      "train.global_batch_size (a multiple of --micro-batch-size x the data-parallel size; "
+      "default: --micro-batch-size x the data-parallel size when only that is given)",
+      [](S& s, V v) { s.run.train.global_batch_size = as_count("--global-batch-size", v, 1); }));
+  t.push_back(value("--train-iters", "N", "train.train_iters",
+                    [](S& s, V v) { s.run.train.train_iters = as_count("--train-iters", v, 0); }));
+  t.push_back(refused("--train-samples", "N",
+                      "not supported by this build yet: give --train-iters (iterations of "
+                      "--global-batch-size samples)"));
+  t.push_back(
+      value("--seed", "SEED", "train.seed: the model's initialisation and the data order",
+            [](S& s, V v) { s.run.train.seed = static_cast<uint64_t>(as_count("--seed", v, 0)); }));
+  t.push_back(toggle("--calculate-per-token-loss",
+                     "train.calculate_per_token_loss: the lm loss is the sum over the global "
+                     "batch's tokens / their count (not the mean of the micro-batch means); not "
+                     "with --mtp-num-layers",
+                     [](S& s, V) { s.run.train.calculate_per_token_loss = true; }));
+}
+
+// Learning rate and weight decay (lr_schedule.h).
+void add_schedule_flags(std::vector<Entry>& t) {
+  using S = ParseState;
+  using V = const std::string&;
+  t.push_back(value("--lr", "LR", "schedule.lr (the peak)",
+                    [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
+  t.push_back(value("--min-lr", "LR", "schedule.min_lr (default: --lr / 10)",
+                    [](S& s, V v) { s.run.train.schedule.min_lr = as_double("--min-lr", v); }));
+  t.push_back(value("--lr-decay-style", "STYLE",
+                    "constant | linear | cosine | inverse-square-root | WSD", [](S& s, V v) {
+                      s.run.train.schedule.decay_style =
+                          one_of("--lr-decay-style", v,
+                                 {"constant", "linear", "cosine", "inverse-square-root", "WSD"});
+                    }));
+  t.push_back(value(
+      "--lr-decay-iters", "N", "schedule.decay_iters (default: --train-iters)",
+      [](S& s, V v) { s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0); }));
+  t.push_back(value(
+      "--lr-warmup-iters", "N", "schedule.warmup_iters (default: --train-iters / 10)",
+      [](S& s, V v) { s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0); }));
+  t.push_back(value("--lr-warmup-fraction", "X",
+                    "schedule.warmup_iters = X * decay iters (not with --lr-warmup-iters)",
+                    [](S& s, V v) {
+                      s.warmup_fraction = as_double("--lr-warmup-fraction", v);
+                      MOE_CHECK(s.warmup_fraction >= 0.0 && s.warmup_fraction <= 1.0,
+                                "--lr-warmup-fraction must be in [0, 1], got ", v);
+                    }));
+  t.push_back(value("--lr-warmup-init", "LR", "schedule.warmup_init", [](S& s, V v) {
+    s.run.train.schedule.warmup_init = as_double("--lr-warmup-init", v);
+  }));
+  t.push_back(value(
+      "--lr-wsd-decay-style", "STYLE", "linear | cosine | exponential | minus_sqrt", [](S& s, V v) {
+        s.run.train.schedule.wsd_decay_style =
+            one_of("--lr-wsd-decay-style", v, {"linear", "cosine", "exponential", "minus_sqrt"});
+      }));
+  t.push_back(value("--lr-wsd-decay-iters", "N", "schedule.wsd_decay_iters", [](S& s, V v) {
+    s.run.train.schedule.wsd_decay_iters = as_count("--lr-wsd-decay-iters", v, 0);
+  }));
+  t.push_back(value("--weight-decay", "WD", "start and end weight decay", [](S& s, V v) {
+    const double wd = as_double("--weight-decay", v);
+    s.run.train.schedule.start_weight_decay = s.run.train.schedule.end_weight_decay = wd;
+  }));
+  t.push_back(value("--start-weight-decay", "WD", "schedule.start_weight_decay", [](S& s, V v) {
+    s.run.train.schedule.start_weight_decay = as_double("--start-weight-decay", v);
+    s.start_wd_given = true;
+  }));
+  t.push_back(value("--end-weight-decay", "WD", "schedule.end_weight_decay", [](S& s, V v) {
+    s.run.train.schedule.end_weight_decay = as_double("--end-weight-decay", v);
+    s.end_wd_given = true;
+  }));
+  t.push_back(
+      value("--weight-decay-incr-style", "STYLE", "constant | linear | cosine", [](S& s, V v) {
+        s.run.train.schedule.weight_decay_incr_style =
+            one_of("--weight-decay-incr-style", v, {"constant", "linear", "cosine"});
+      }));
+}
+
+// Optimizer (optimizer.h).
+void add_optimizer_flags(std::vector<Entry>& t) {
+  using S = ParseState;
+  using V = const std::string&;
+  t.push_back(value("--optimizer", "adam", "accepted: adam only (AdamW, decoupled weight decay)",
+                    [](S&, V v) { one_of("--optimizer", v, {"adam"}); }));
+  t.push_back(value("--clip-grad", "NORM", "optimizer.clip_grad (0: off)", [](S& s, V v) {
+    s.run.train.optimizer.clip_grad = as_double("--clip-grad", v);
+  }));
+  t.push_back(value("--adam-beta1", "B1", "optimizer.beta1",
+                    [](S& s, V v) { s.run.train.optimizer.beta1 = as_double("--adam-beta1", v); }));
+  t.push_back(value("--adam-beta2", "B2", "optimizer.beta2",
+                    [](S& s, V v) { s.run.train.optimizer.beta2 = as_double("--adam-beta2", v); }));
+  t.push_back(value("--adam-eps", "EPS", "optimizer.eps",
+                    [](S& s, V v) { s.run.train.optimizer.eps = as_double("--adam-eps", v); }));
+  t.push_back(toggle("--use-precision-aware-optimizer",
+                     "allows --exp-avg-dtype / --exp-avg-sq-dtype bf16",
+                     [](S& s, V) { s.precision_aware = true; }));
+  t.push_back(
+      value("--exp-avg-dtype", "DTYPE", "optimizer.exp_avg_dtype: fp32 | bf16", [](S& s, V v) {
+        s.exp_avg_dtype = one_of("--exp-avg-dtype", v, {"fp32", "bf16"});
+      }));
+  t.push_back(value("--exp-avg-sq-dtype", "DTYPE", "optimizer.exp_avg_sq_dtype: fp32 | bf16",
+                    [](S& s, V v) {
+                      s.exp_avg_sq_dtype = one_of("--exp-avg-sq-dtype", v, {"fp32", "bf16"});
+                    }));
+}
+
+// Precision and device.
+void add_precision_flags(std::vector<Entry>& t) {
+  using S = ParseState;
+  using V = const std::string&;
+  t.push_back(toggle("--bf16",
+                     "bf16 parameters and activations, fp32 master weights and "
+                     "gradients (GPU only); default f32",
+                     [](S& s, V) { s.run.bf16 = true; }));
+  t.push_back(refused("--fp16", "", "not supported by this build: use --bf16"));
+  t.push_back(toggle("--cpu", "moecore: run on the CPU even when a GPU is present",
+                     [](S& s, V) { s.run.cpu = true; }));
+
+  // NaN handling.
+  t.push_back(toggle("--check-for-nan-in-loss-and-grad",
+                     "stop on a NaN/Inf loss or gradient (= --nan-action stop)",
+                     [](S& s, V) { s.nan_check = true; }));
+  t.push_back(value("--nan-action", "ACTION", "moecore: skip (drop the update, the default) | stop",
+                    [](S& s, V v) {
+                      s.nan_action = one_of("--nan-action", v, {"skip", "stop"});
+                    }));
+}
+
+}  // namespace moe::train::flags
