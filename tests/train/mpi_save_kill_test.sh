@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# A sharded save killed midway leaves the last complete checkpoint: `moe train` on 2 ranks under
+# mpirun (EP 2, the distributed optimizer) saves every 2 iterations with every save held open
+# for a while (MOE_TEST_SAVE_DELAY_MS: after the ranks' shards and the index are written, before
+# the trainer state, the manifest and the commit); the job is killed (SIGKILL, every process)
+# while iteration 4's save is open. Then:
+#   - the tracker still names iteration 2 and iter_0000004 does not exist (only the hidden
+#     temporary folder of the killed save, which the next save removes);
+#   - one rank resumes iteration 2 from that folder and saves iteration 4 there (the killed
+#     save's temporary folder is removed, and the run says so).
+#   mpi_save_kill_test.sh MPIEXEC MOE
+set -u
+mpiexec=$1 moe=$2
+fail() {
+  echo "mpi_save_kill_test: $*" >&2
+  exit 1
+}
+dir=$(mktemp -d)
+job=
+cleanup() {
+  [ -n "$job" ] && kill -KILL -- "-$job" 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+common=(train --cpu --seq-length 32 --micro-batch-size 2 --global-batch-size 4 --log-interval 1
+        --sample-tokens 0)
+parallel=(--expert-model-parallel-size 2 --use-distributed-optimizer)
+
+# The job in its own process group, so that one kill reaches mpirun and both ranks.
+MOE_TEST_SAVE_DELAY_MS=4000 setsid "$mpiexec" --allow-run-as-root --oversubscribe -np 2 "$moe" \
+  "${common[@]}" "${parallel[@]}" --train-iters 6 --save "$dir/ckpt" --save-interval 2 >"$dir/log" 2>&1 &
+job=$!
+# Wait for iteration 2's commit, then for iteration 4's temporary folder.
+for ((i = 0; i < 600; ++i)); do
+  [ -f "$dir/ckpt/latest_checkpointed_iteration.txt" ] && compgen -G "$dir/ckpt/.iter_0000004.tmp.*" \
+    >/dev/null && break
+  kill -0 "$job" 2>/dev/null || { cat "$dir/log"; fail "the job ended before its second save"; }
+  sleep 0.1
+done
+compgen -G "$dir/ckpt/.iter_0000004.tmp.*" >/dev/null ||
+  { cat "$dir/log"; fail "iteration 4's save never started"; }
+sleep 1  # inside the held-open window: the shards are written, the commit is 3 s away
+# The ranks die (SIGKILL: no handler runs, as when a node fails); mpirun, their parent, reaps
+# them and ends. (Killing mpirun too would leave the ranks to whatever reaps orphans here: a rank
+# not yet reaped still owns its pid, and a temporary folder named after a live pid is kept.)
+pkill -KILL -P "$job"
+timeout 60 tail --pid="$job" -f /dev/null || kill -KILL -- "-$job"
+wait "$job" 2>/dev/null
+job=
+
+[ "$(cat "$dir/ckpt/latest_checkpointed_iteration.txt")" = 2 ] ||
+  fail "the tracker names $(cat "$dir/ckpt/latest_checkpointed_iteration.txt"), not 2"
+[ ! -e "$dir/ckpt/iter_0000004" ] || fail "the killed save's iter_0000004 is visible"
+[ -d "$dir/ckpt/iter_0000002" ] || fail "iter_0000002 is gone"
+
+one=$("$moe" "${common[@]}" --train-iters 4 --load "$dir/ckpt" --save "$dir/ckpt" 2>&1) ||
+  { echo "$one"; fail "one rank could not resume the checkpoint left by the killed save"; }
+grep -aqF "loaded checkpoint $dir/ckpt/iter_0000002 (iteration 2)" <<<"$one" ||
+  { echo "$one"; fail "one rank did not resume iteration 2"; }
+grep -aqF "(left by an interrupted save)" <<<"$one" ||
+  { echo "$one"; fail "the killed save's temporary folder was not cleaned up"; }
+[ "$(cat "$dir/ckpt/latest_checkpointed_iteration.txt")" = 4 ] || fail "one rank did not save 4"
+echo "mpi_save_kill_test: ok"
