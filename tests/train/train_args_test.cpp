@@ -285,6 +285,8 @@ TEST(TrainArgs, ParallelAndDataParallelFlags) {
                      ">= 1");
   EXPECT_ERROR_NAMES(Args({"--overlap-param-gather"}), "--overlap-param-gather",
                      "--use-distributed-optimizer");
+  EXPECT_ERROR_NAMES(Args({"--use-distributed-optimizer", "--overlap-param-gather"}),
+                     "--overlap-grad-reduce");
   EXPECT_ERROR_NAMES(Args({"--ddp-bucket-size", "0"}), "--ddp-bucket-size", ">= 1");
   EXPECT_NE(train_flags_help().find("always accumulates"), std::string::npos);
 

@@ -176,6 +176,8 @@ void finish(ParseState& s) {
   MOE_CHECK(!r.ddp.overlap_param_gather || r.ddp.use_distributed_optimizer,
             "--overlap-param-gather needs --use-distributed-optimizer (it overlaps the "
             "all-gather of the distributed optimizer's updated shards with the next forward)");
+  MOE_CHECK(!r.ddp.overlap_param_gather || r.ddp.overlap_grad_reduce,
+            "--overlap-param-gather needs --overlap-grad-reduce too, as in Megatron-LM");
 
   MOE_CHECK(t.seq_length <= m.max_position_embeddings, "--seq-length ", t.seq_length,
             " exceeds --max-position-embeddings ", m.max_position_embeddings, " of --model ",
