@@ -1,9 +1,9 @@
 // Streamed folder conversion (checkpoint_convert.h).
-#include "moe/core/json_file.h"
 #include "moe/checkpoint/checkpoint_convert.h"
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "moe/checkpoint/atomic_folder.h"
@@ -11,8 +11,10 @@
 #include "moe/checkpoint/hf_config_export.h"
 #include "moe/checkpoint/hf_names.h"
 #include "moe/checkpoint/shard_writer.h"
+#include "moe/checkpoint/sharded_tensor_source.h"
 #include "moe/checkpoint/tensor_source.h"
 #include "moe/core/error.h"
+#include "moe/core/json_file.h"
 #include "moe/io/atomic_file.h"
 #include "moe/nn/model_config_json.h"
 
@@ -73,7 +75,10 @@ ConvertSummary convert_checkpoint(const std::string& src, const std::string& dst
   summary.config = read_model_config(src, options.from);
   const nn::ModelConfig& config = summary.config;
   const std::optional<Fp8BlockSize> block = read_fp8_block_size(src, options.from);
-  const CheckpointTensorSource source(src);
+  // A moecore folder may be a sharded training checkpoint: its tensors are then assembled from
+  // the ranks' slices, one at a time (sharded_tensor_source.h).
+  const std::unique_ptr<TensorSource> opened = open_model_tensors(src, options.from);
+  const TensorSource& source = *opened;
   summary.tensors_read = static_cast<int64_t>(source.names().size());
   const std::vector<UnitMapping> units = hf_model_mapping(config);
 

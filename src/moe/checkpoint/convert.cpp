@@ -34,6 +34,24 @@ Tensor take_bytes(const Tensor& in, size_t& offset, const Shape& shape) {
   return t;
 }
 
+// Experts [first, first + n) of a moecore FP8 tensor (`fused`, its fused per-part scales
+// `scales`; n = fused.size(0) when stacked, else the one "expert") dequantized part by part.
+Tensor dequantize_moecore_rows(const TensorMapping& m, const Tensor& fused, const Tensor& scales,
+                               Fp8BlockSize block, DType dequantized_dtype, int64_t first) {
+  Tensor out = Tensor::empty(fused.shape(), dequantized_dtype);
+  const int64_t experts = m.stacked ? fused.size(0) : 1;
+  size_t offset = 0, scale_offset = 0, out_offset = 0;
+  for (int64_t e = first; e < first + experts; ++e) {
+    const auto& expert = m.hf_names.at(static_cast<size_t>(e));
+    for (size_t p = 0; p < expert.size(); ++p) {
+      const Tensor w = take_bytes(fused, offset, m.part_shapes[p]);
+      const Tensor s = take_bytes(scales, scale_offset, fp8_scale_shape(m.part_shapes[p], block));
+      put_bytes(out, out_offset, dequantize_fp8_blocks(w, s, dequantized_dtype, block, m.name));
+    }
+  }
+  return out;
+}
+
 // The fused scale's shape: the parts' scale rows added up (stacked over experts).
 Shape fused_scale_shape(const TensorMapping& m, Fp8BlockSize block) {
   int64_t rows = 0, cols = -1;
@@ -133,31 +151,36 @@ void check_moecore_names(const nn::ModelConfig& config, const std::vector<UnitMa
 
 // ---- HF -> moecore -------------------------------------------------------------------------
 
+DType check_hf_part(const TensorMapping& m, const TensorSource& hf, int64_t expert, size_t part,
+                    Fp8BlockSize block, FusedDType& fused) {
+  const std::string& name = m.hf_names.at(static_cast<size_t>(expert)).at(part);
+  MOE_CHECK(hf.contains(name), "missing tensor ", part_of(name, m), " in ", hf.description());
+  const SourceTensorInfo info = hf.info(name);
+  check_float(hf, name, info.dtype, part_of(name, m));
+  MOE_CHECK(info.shape == m.part_shapes[part], "tensor ", part_of(name, m), " in ", hf.where(name),
+            " has shape ", shape_str(info.shape), ", but the model config ", "needs ",
+            shape_str(m.part_shapes[part]));
+  if (!fused.dtype) {
+    fused.dtype = info.dtype;
+    fused.first_part = name;
+  }
+  MOE_CHECK(info.dtype == *fused.dtype, "tensors ", fused.first_part, " (", *fused.dtype, ") and ",
+            name, " (", info.dtype, ") in ", hf.description(), " are fused into moecore ", m.name,
+            " and must share a dtype");
+  check_scale(hf, name, info.shape, info.dtype, block, part_of(name, m));
+  return info.dtype;
+}
+
 namespace {
 
 void hf_tensor_to_moecore(const TensorMapping& m, const TensorSource& hf,
                           const ConvertOptions& options, const TensorSink& sink) {
   // Check every part before loading any.
-  std::optional<DType> dtype;
-  std::string first_part;
-  for (const auto& expert : m.hf_names)
-    for (size_t p = 0; p < expert.size(); ++p) {
-      const std::string& name = expert[p];
-      MOE_CHECK(hf.contains(name), "missing tensor ", part_of(name, m), " in ", hf.description());
-      const SourceTensorInfo info = hf.info(name);
-      check_float(hf, name, info.dtype, part_of(name, m));
-      MOE_CHECK(info.shape == m.part_shapes[p], "tensor ", part_of(name, m), " in ",
-                hf.where(name), " has shape ", shape_str(info.shape), ", but the model config ",
-                "needs ", shape_str(m.part_shapes[p]));
-      if (!dtype) {
-        dtype = info.dtype;
-        first_part = name;
-      }
-      MOE_CHECK(info.dtype == *dtype, "tensors ", first_part, " (", *dtype, ") and ", name, " (",
-                info.dtype, ") in ", hf.description(), " are fused into moecore ", m.name,
-                " and must share a dtype");
-      check_scale(hf, name, info.shape, info.dtype, options.block, part_of(name, m));
-    }
+  FusedDType fused;
+  for (size_t e = 0; e < m.hf_names.size(); ++e)
+    for (size_t p = 0; p < m.hf_names[e].size(); ++p)
+      check_hf_part(m, hf, static_cast<int64_t>(e), p, options.block, fused);
+  const std::optional<DType>& dtype = fused.dtype;
   const bool fp8 = is_fp8(*dtype);
   if (fp8 && options.dequantize) {
     Tensor out = Tensor::empty(m.shape, options.dequantized_dtype);
@@ -233,9 +256,6 @@ void unit_hf_to_moecore(const UnitMapping& unit, const TensorSource& hf,
 
 // ---- moecore -> HF -------------------------------------------------------------------------
 
-namespace {
-
-// Checks the moecore tensor (and its scales when FP8) and returns its dtype.
 DType check_moecore_tensor(const TensorMapping& m, const TensorSource& src, Fp8BlockSize block) {
   MOE_CHECK(src.contains(m.name), "missing tensor ", m.name, " in ", src.description());
   const SourceTensorInfo info = src.info(m.name);
@@ -262,8 +282,6 @@ DType check_moecore_tensor(const TensorMapping& m, const TensorSource& src, Fp8B
             src.where(scale), " are ", s.dtype, ", not a float dtype");
   return info.dtype;
 }
-
-}  // namespace
 
 void unit_moecore_to_hf(const UnitMapping& unit, const TensorSource& moecore,
                         const ConvertOptions& options, const TensorSink& sink) {
@@ -293,17 +311,21 @@ Tensor load_moecore_tensor(const TensorMapping& m, const TensorSource& src, Fp8B
                            DType dequantized_dtype) {
   const DType dtype = check_moecore_tensor(m, src, block);
   if (!is_fp8(dtype)) return src.load(m.name);
-  const Tensor fused = src.load(m.name);
-  const Tensor scales = src.load(scale_name(m.name));
-  Tensor out = Tensor::empty(m.shape, dequantized_dtype);
-  size_t offset = 0, scale_offset = 0, out_offset = 0;
-  for (const auto& expert : m.hf_names)
-    for (size_t p = 0; p < expert.size(); ++p) {
-      const Tensor w = take_bytes(fused, offset, m.part_shapes[p]);
-      const Tensor s = take_bytes(scales, scale_offset, fp8_scale_shape(m.part_shapes[p], block));
-      put_bytes(out, out_offset, dequantize_fp8_blocks(w, s, dequantized_dtype, block, m.name));
-    }
-  return out;
+  return dequantize_moecore_rows(m, src.load(m.name), src.load(scale_name(m.name)), block,
+                                 dequantized_dtype, 0);
+}
+
+Tensor load_moecore_rows(const TensorMapping& m, const TensorSource& src, Fp8BlockSize block,
+                         DType dequantized_dtype, int64_t begin, int64_t end) {
+  const DType dtype = check_moecore_tensor(m, src, block);
+  if (!is_fp8(dtype)) return src.load_rows(m.name, begin, end);
+  // The fused scales are [E, rows, cols] for stacked experts: rows of the scales are experts as
+  // for the weight. An unstacked tensor's parts do not split by rows: read whole.
+  MOE_CHECK(m.stacked || (begin == 0 && end == m.shape.at(0)), "internal: rows [", begin, ", ", end,
+            ") of the unstacked FP8 tensor ", m.name);
+  return dequantize_moecore_rows(m, src.load_rows(m.name, begin, end),
+                                 src.load_rows(scale_name(m.name), begin, end), block,
+                                 dequantized_dtype, begin);
 }
 
 // ---- maps ----------------------------------------------------------------------------------

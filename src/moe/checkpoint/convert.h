@@ -23,6 +23,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,26 @@ void unit_moecore_to_hf(const UnitMapping& unit, const TensorSource& moecore,
 // stored.
 Tensor load_moecore_tensor(const TensorMapping& mapping, const TensorSource& moecore,
                            Fp8BlockSize block, DType dequantized_dtype);
+// Rows [begin, end) of dim 0 of the same (for a stacked tensor: experts [begin, end)), with the
+// same checks of the whole tensor's metadata; only those rows (and their scales) are read.
+Tensor load_moecore_rows(const TensorMapping& mapping, const TensorSource& moecore,
+                         Fp8BlockSize block, DType dequantized_dtype, int64_t begin, int64_t end);
+
+// The checks of a moecore tensor before it is read (present, a float dtype, the mapping's
+// shape; block scales of the fused shape for FP8, none otherwise); returns its dtype.
+DType check_moecore_tensor(const TensorMapping& mapping, const TensorSource& moecore,
+                           Fp8BlockSize block);
+
+// The dtype the HF parts of one fused tensor share, and the part that set it (for messages).
+struct FusedDType {
+  std::optional<DType> dtype;
+  std::string first_part;
+};
+// The checks of HF part `part` of expert `expert` of `mapping` before it is read: present, a
+// float dtype, the part's shape, the dtype of the parts checked before (`fused`, updated), and
+// block scales of the block grid for FP8 (none otherwise). Returns its dtype.
+DType check_hf_part(const TensorMapping& mapping, const TensorSource& hf, int64_t expert,
+                    size_t part, Fp8BlockSize block, FusedDType& fused);
 
 // The agreed map API (CPU tensors; whole models in memory, for tests and small models).
 // hf_to_moecore dequantizes FP8 to `dequantized_dtype` when `dequantize`, else keeps it with

@@ -1,17 +1,20 @@
 // Model folders: format detection, load_model, save_model (model_io.h).
 #include "moe/checkpoint/model_io.h"
 
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "moe/checkpoint/atomic_folder.h"
+#include "moe/checkpoint/box_copy.h"
+#include "moe/checkpoint/box_load.h"
 #include "moe/checkpoint/convert.h"
 #include "moe/checkpoint/hf_names.h"
 #include "moe/checkpoint/shard_writer.h"
+#include "moe/checkpoint/sharded_tensor_source.h"
 #include "moe/checkpoint/tensor_source.h"
+#include "moe/checkpoint/weight_checks.h"
 #include "moe/core/error.h"
 #include "moe/core/json_file.h"
 #include "moe/io/atomic_file.h"
@@ -25,39 +28,6 @@ using nlohmann::json;
 
 namespace {
 
-// The first element of a CPU float tensor that is NaN or +-Inf, by its bits (exponent all
-// ones), in one pass and for every float dtype alike; -1 when every element is finite.
-template <class Bits>
-int64_t first_non_finite_bits(const Tensor& t, Bits exponent_mask) {
-  const auto* data = static_cast<const unsigned char*>(t.raw());
-  const int64_t n = t.numel();
-  for (int64_t i = 0; i < n; ++i) {
-    Bits bits;
-    std::memcpy(&bits, data + i * static_cast<int64_t>(sizeof(Bits)), sizeof(Bits));
-    if ((bits & exponent_mask) == exponent_mask) return i;
-  }
-  return -1;
-}
-
-int64_t first_non_finite(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::f64:
-      return first_non_finite_bits<uint64_t>(t, 0x7ff0000000000000ull);
-    case DType::f32:
-      return first_non_finite_bits<uint32_t>(t, 0x7f800000u);
-    case DType::bf16:
-      return first_non_finite_bits<uint16_t>(t, 0x7f80u);
-    case DType::f16:
-      return first_non_finite_bits<uint16_t>(t, 0x7c00u);
-    case DType::fp8_e5m2:
-      return first_non_finite_bits<uint8_t>(t, 0x7cu);
-    case DType::fp8_e4m3:
-      return first_non_finite_bits<uint8_t>(t, 0x7fu);  // NaN only
-    default:
-      return -1;
-  }
-}
-
 // The Hugging Face tensor that holds element `element` of the fused moecore tensor `m`, and the
 // element's index in it (parts concatenated experts-major, parts-minor: hf_names.h).
 std::pair<std::string, int64_t> hf_part_at(const TensorMapping& m, int64_t element) {
@@ -70,6 +40,22 @@ std::pair<std::string, int64_t> hf_part_at(const TensorMapping& m, int64_t eleme
     }
   return {m.name, element};
 }
+
+// Where a model tensor goes: a parameter (which may hold only a box of its tensor) or a buffer.
+struct Target {
+  Tensor* value = nullptr;
+  const nn::Parameter* parameter = nullptr;
+
+  // Whether the model holds only a box of the tensor (expert parallelism): then only the box is
+  // read (box_load.h).
+  bool boxed() const {
+    return parameter && nn::box_shape_of(*parameter) != nn::view_shape_of(*parameter);
+  }
+  TensorBox box() const {
+    return {nn::view_shape_of(*parameter), nn::box_offset_of(*parameter),
+            nn::box_shape_of(*parameter)};
+  }
+};
 
 }  // namespace
 
@@ -122,13 +108,18 @@ std::optional<Fp8BlockSize> read_fp8_block_size(const std::string& dir, Checkpoi
 
 void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat format,
                   const nn::ModelConfig& file_config) {
+  const std::unique_ptr<TensorSource> source = open_model_tensors(dir, format);
+  load_weights(model, *source, format, file_config, read_fp8_block_size(dir, format));
+}
+
+void load_weights(nn::GPTModel& model, const TensorSource& source, CheckpointFormat format,
+                  const nn::ModelConfig& file_config, std::optional<Fp8BlockSize> block) {
   // Where each checkpoint tensor goes.
-  std::map<std::string, Tensor*> targets;
-  for (nn::Parameter* p : model.parameters()) targets[p->name] = &p->value;
-  for (const nn::NamedBuffer& b : model.buffers()) targets[b.name] = b.value;
+  std::map<std::string, Target> targets;
+  for (nn::Parameter* p : model.parameters()) targets[p->name] = {&p->value, p};
+  for (const nn::NamedBuffer& b : model.buffers()) targets[b.name] = {b.value, nullptr};
   std::set<std::string> filled;
 
-  const CheckpointTensorSource source(dir);
   const std::vector<UnitMapping> units = hf_model_mapping(file_config);
   std::map<std::string, const TensorMapping*> mappings;
   for (const UnitMapping& unit : units)
@@ -138,13 +129,17 @@ void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat 
   else
     check_moecore_names(file_config, units, source);
 
-  // `t` is on the host: the checks below read it there, once, before it is uploaded.
-  const auto assign = [&](const std::string& name, const Tensor& t) {
+  const auto target_of = [&](const std::string& name) -> const Target& {
     auto it = targets.find(name);
     MOE_CHECK(it != targets.end(), "tensor ", name, " of ", source.description(),
               " has no place in the model ", model.config().name,
               " (was the config adjusted in a way that changes its tensors?)");
-    Tensor& target = *it->second;
+    return it->second;
+  };
+  // A whole tensor. `t` is on the host: the checks below read it there, once, before it is
+  // uploaded.
+  const auto assign = [&](const std::string& name, const Tensor& t) {
+    Tensor& target = *target_of(name).value;
     MOE_CHECK(target.shape() == t.shape(), "tensor ", name, " of ", source.description(),
               " has shape ", shape_str(t.shape()), ", the model's is ", shape_str(target.shape()));
     // Every parameter and buffer is a float: an integer tensor would be cast silently.
@@ -164,24 +159,52 @@ void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat 
     target.copy_(t.dtype() == target.dtype() ? t : t.to(target.dtype()));
     filled.insert(name);
   };
+  // A box of a tensor: read_*_box has checked what it read (dtype, finite values).
+  const auto assign_box = [&](const TensorMapping& m) {
+    const Target& target = target_of(m.name);
+    const Shape global = nn::global_shape_of(*target.parameter);
+    MOE_CHECK(global == m.shape, "tensor ", m.name, " of ", source.description(), " has shape ",
+              shape_str(m.shape), ", the model's is ", shape_str(global), " (of which it holds ",
+              box_str(Box{target.box().offset, target.box().shape}), " of the view ",
+              shape_str(target.box().view), ")");
+    const Tensor t =
+        format == CheckpointFormat::hf
+            ? read_hf_box(m, source, target.box(), block.value_or(Fp8BlockSize{}), DType::f32)
+            : read_moecore_box(m, source, target.box(), block.value_or(Fp8BlockSize{}), DType::f32);
+    Tensor& value = *target.value;
+    const Tensor shaped = t.reshape(value.shape());
+    value.copy_(shaped.dtype() == value.dtype() ? shaped : shaped.to(value.dtype()));
+    filled.insert(m.name);
+  };
 
-  const std::optional<Fp8BlockSize> block = read_fp8_block_size(dir, format);
   const int64_t kept_layers = file_config.num_layers + model.config().mtp_num_layers;
   for (const UnitMapping& unit : units) {
     if (unit.mtp && unit.layer >= kept_layers) continue;  // MTP layers the model leaves out
+    // The tensors the model holds whole are read whole, as one-rank models read them all.
+    UnitMapping whole = unit;
+    whole.tensors.clear();
+    std::vector<const TensorMapping*> boxed;
+    for (const TensorMapping& m : unit.tensors) {
+      const auto it = targets.find(m.name);
+      if (it != targets.end() && it->second.boxed())
+        boxed.push_back(&m);
+      else
+        whole.tensors.push_back(m);
+    }
     if (format == CheckpointFormat::hf) {
       ConvertOptions options;
       options.dequantize = true;
       options.dequantized_dtype = DType::f32;
       options.block = block.value_or(Fp8BlockSize{});
-      unit_hf_to_moecore(unit, source, options, assign);
+      unit_hf_to_moecore(whole, source, options, assign);
     } else {
-      for (const TensorMapping& m : unit.tensors)
+      for (const TensorMapping& m : whole.tensors)
         assign(m.name, load_moecore_tensor(m, source, block.value_or(Fp8BlockSize{}), DType::f32));
     }
+    for (const TensorMapping* m : boxed) assign_box(*m);
   }
-  for (const auto& [name, tensor] : targets)
-    MOE_CHECK(filled.count(name), "model parameter ", name, " ", shape_str(tensor->shape()),
+  for (const auto& [name, target] : targets)
+    MOE_CHECK(filled.count(name), "model parameter ", name, " ", shape_str(target.value->shape()),
               " was not found in ", source.description());
 }
 

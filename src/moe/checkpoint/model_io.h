@@ -9,6 +9,8 @@
 //                              quantization_config, e.g. {"quant_method": "fp8",
 //                              "weight_block_size": [128, 128], ...}
 //   tokenizer files            copied through by `moe convert`
+// The iteration folder of a sharded training checkpoint (model_config.json, index.json and the
+// ranks' shard files: sharded_tensor_source.h) reads as a moecore folder too.
 #pragma once
 
 #include <functional>
@@ -22,6 +24,8 @@
 #include "moe/nn/model_config.h"
 
 namespace moe::checkpoint {
+
+class TensorSource;  // tensor_source.h
 
 enum class CheckpointFormat { hf, moecore };
 
@@ -52,10 +56,21 @@ std::unique_ptr<nn::GPTModel> load_model(const std::string& dir, DType dtype, De
                                          const std::function<void(nn::ModelConfig&)>& adjust = {});
 
 // Fills an existing model from a folder written for `file_config` (the config in the folder;
-// `model.config()` may differ from it only in what does not change tensor shapes, and in fewer
-// MTP layers).
+// `model.config()` may differ from it only in what does not change tensor shapes, in fewer MTP
+// layers, and in its parallel mapping).
+//
+// A model built for expert parallelism (nn::MoEGroups of EP or ETP size > 1) holds only a box
+// of each stacked expert tensor (nn::ParamLayout): each such parameter is filled with its box
+// alone, reading only the HF tensors of the box's experts, and of them only the rows that hold
+// the ETP slice (a moecore folder: only the box's experts of the mapped stacked tensor);
+// box_load.h. Every check above applies to what is read. A parameter that holds its whole
+// tensor (dense ones; every one of a one-rank model) is read whole.
 void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat format,
                   const nn::ModelConfig& file_config);
+// The same from any tensor source (`dir`'s is a CheckpointTensorSource over its safetensors)
+// with the folder's FP8 block size (read_fp8_block_size).
+void load_weights(nn::GPTModel& model, const TensorSource& source, CheckpointFormat format,
+                  const nn::ModelConfig& file_config, std::optional<Fp8BlockSize> block);
 
 struct SaveOptions {
   uint64_t max_shard_bytes = 5'000'000'000;  // transformers' default "5GB"

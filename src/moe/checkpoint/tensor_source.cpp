@@ -1,9 +1,31 @@
 // Tensor sources for the converters (tensor_source.h).
 #include "moe/checkpoint/tensor_source.h"
 
+#include <cstring>
+
 #include "moe/core/error.h"
 
 namespace moe::checkpoint {
+
+namespace {
+
+// Checks rows [begin, end) of a tensor of `shape` and returns its row shape ([end - begin, ...]).
+Shape rows_shape(const Shape& shape, int64_t begin, int64_t end, const std::string& name,
+                 const std::string& where) {
+  MOE_CHECK(!shape.empty() && 0 <= begin && begin <= end && end <= shape[0], "rows [", begin, ", ",
+            end, ") of tensor ", name, " ", shape_str(shape), " in ", where, " are out of range");
+  Shape out = shape;
+  out[0] = end - begin;
+  return out;
+}
+
+}  // namespace
+
+Tensor TensorSource::load_rows(const std::string& name, int64_t begin, int64_t end) const {
+  const Tensor t = load(name);
+  (void)rows_shape(t.shape(), begin, end, name, where(name));
+  return t.rows(begin, end - begin);
+}
 
 MapTensorSource::MapTensorSource(const std::map<std::string, Tensor>& tensors,
                                  std::string description)
@@ -46,6 +68,20 @@ SourceTensorInfo CheckpointTensorSource::info(const std::string& name) const {
 Tensor CheckpointTensorSource::load(const std::string& name) const {
   (void)info(name);  // the checks above, with their messages
   return collection_.load(name);
+}
+
+Tensor CheckpointTensorSource::load_rows(const std::string& name, int64_t begin,
+                                         int64_t end) const {
+  const SourceTensorInfo i = info(name);  // the checks of info(), with their messages
+  const Shape shape = rows_shape(i.shape, begin, end, name, where(name));
+  Tensor t = Tensor::empty(shape, i.dtype);
+  // Row-major: rows [begin, end) are one run of bytes of the mapped file.
+  const io::SafetensorsView view = collection_.view(name);
+  const size_t row_bytes =
+      i.shape[0] > 0 ? view.bytes().size() / static_cast<size_t>(i.shape[0]) : 0;
+  if (t.nbytes() > 0)
+    std::memcpy(t.raw(), view.bytes().data() + static_cast<size_t>(begin) * row_bytes, t.nbytes());
+  return t;
 }
 
 std::string CheckpointTensorSource::where(const std::string& name) const {

@@ -1,6 +1,7 @@
 // A read-only set of named tensors that the checkpoint converters read one tensor at a time:
 // an in-memory map, or a safetensors checkpoint on disk (a file, a folder or an index; the
-// files stay memory-mapped and only the tensor asked for is copied out).
+// files stay memory-mapped and only the tensor asked for is copied out), or a sharded training
+// checkpoint (sharded_tensor_source.h).
 #pragma once
 
 #include <map>
@@ -26,6 +27,10 @@ class TensorSource {
   // of a dtype moecore cannot hold.
   virtual SourceTensorInfo info(const std::string& name) const = 0;
   virtual Tensor load(const std::string& name) const = 0;  // a CPU copy in the stored dtype
+  // Rows [begin, end) of dim 0 (0 <= begin <= end <= rows; a 0-d tensor has no rows), a CPU
+  // tensor in the stored dtype: what an expert-parallel rank reads of a stacked expert tensor.
+  // The default cuts load(); a checkpoint on disk copies only those rows out of its mapped file.
+  virtual Tensor load_rows(const std::string& name, int64_t begin, int64_t end) const;
   // Where a tensor is, for messages ("file /a/model-00002-of-00003.safetensors").
   virtual std::string where(const std::string& name) const = 0;
   // The whole source, for messages ("checkpoint /a", "the tensor map").
@@ -59,6 +64,7 @@ class CheckpointTensorSource final : public TensorSource {
   bool contains(const std::string& name) const override { return collection_.contains(name); }
   SourceTensorInfo info(const std::string& name) const override;
   Tensor load(const std::string& name) const override;
+  Tensor load_rows(const std::string& name, int64_t begin, int64_t end) const override;
   std::string where(const std::string& name) const override;
   std::string description() const override { return "checkpoint " + path_; }
   const io::SafetensorsCollection& collection() const { return collection_; }

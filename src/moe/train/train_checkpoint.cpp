@@ -705,8 +705,12 @@ std::vector<std::string> load_model_folder_weights(const std::string& folder, nn
                                                    Trainer* trainer) {
   const checkpoint::CheckpointFormat format = checkpoint::detect_format(folder);
   const nn::ModelConfig file_config = checkpoint::read_model_config(folder, format);
-  std::vector<std::string> differences = config_differences(file_config, model.config());
-  if (tensor_layout(file_config) != tensor_layout(model.config())) {
+  // The folder holds global tensors; this run's model may hold boxes of them (its expert
+  // parallel mapping), which load_weights reads alone: compared without the mapping.
+  const nn::ModelConfig file_global = without_mapping(file_config);
+  const nn::ModelConfig model_global = without_mapping(model.config());
+  std::vector<std::string> differences = config_differences(file_global, model_global);
+  if (tensor_layout(file_global) != tensor_layout(model_global)) {
     const std::string hint =
         format == checkpoint::CheckpointFormat::moecore
             ? "--model " + (fs::path(folder) / kModelConfig).string() + " trains its model"
