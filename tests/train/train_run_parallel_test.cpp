@@ -293,6 +293,41 @@ TEST(TrainRunParallel, SavesAndResumesUnderAnotherMapping) {
   fs::remove_all(dir);
 }
 
+// --load of a model folder (`moe convert` output) on several ranks: each rank reads its slices
+// (EP 2: its experts only), and the ranks fine-tune the model one rank fine-tunes.
+TEST(TrainRunParallel, ModelFolderLoadsIntoAnExpertParallelRun) {
+  namespace fs = std::filesystem;
+  const fs::path dir =
+      fs::path(::testing::TempDir()) / ("moe_parallel_model_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const std::vector<std::string> run = {"--global-batch-size", "4", "--sample-tokens", "0",
+                                        "--eval-iters",        "0"};
+  std::vector<std::string> args = run;
+  args.insert(args.end(), {"--train-iters", "3", "--save", (dir / "ckpt").string()});
+  run_training_on(parse_train_args(small_run(args)), TrainWorld{nullptr, Device::cpu(), true},
+                  standard_train_hooks(), nullptr);
+  // The model part of the one-rank checkpoint: a model folder.
+  const fs::path model = dir / "model";
+  fs::create_directories(model);
+  for (const fs::directory_entry& e : fs::directory_iterator(dir / "ckpt" / "iter_0000003")) {
+    const std::string name = e.path().filename().string();
+    if (name == "model_config.json" || name.rfind("model", 0) == 0)
+      fs::copy_file(e.path(), model / name);
+  }
+  args = run;
+  args.insert(args.end(), {"--load", model.string(), "--finetune"});
+  const TrainRunResult one =
+      run_training_on(parse_train_args(small_run(args)), TrainWorld{nullptr, Device::cpu(), true},
+                      standard_train_hooks(), nullptr);
+  args.insert(args.end(), {"--expert-model-parallel-size", "2"});
+  const RanksRun many = run_on_ranks(parse_train_args(small_run(args)), 2);
+  EXPECT_NE(many.output.find("loaded the weights of the model folder " + model.string()),
+            std::string::npos)
+      << many.output;
+  for (const TrainRunResult& r : many.results) expect_same_losses(one, r);
+  fs::remove_all(dir);
+}
+
 // --exit-signal-handler: a signal during iteration 3 ends the run after it, with a save (here
 // the hook's, at iteration 3 already: not repeated), without the final evaluation and sample.
 TEST(TrainRunParallel, ExitSignalEndsTheRunAfterTheIteration) {

@@ -122,11 +122,8 @@ void load_checkpoint(TrainSession& s, CheckpointHookState& state) {
     return;
   }
   if (kind == LoadFolderKind::model_folder) {
-    // Whole tensors into one rank's model (checkpoint/model_io.h reads no slices).
-    MOE_CHECK(s.world.size() == 1, "world size ", s.world.size(), ": --load ", dir,
-              " is a model folder, which a run of several ranks cannot read yet; start from it "
-              "on one rank, --save a training checkpoint, and --load that on several ranks");
-    // A model, not a training checkpoint: weights only, whatever --finetune says.
+    // A model, not a training checkpoint: weights only, whatever --finetune says. Each rank
+    // reads its own slices (an expert-parallel rank only its experts: checkpoint/model_io.h).
     const std::vector<std::string> differences =
         load_model_folder_weights(dir, s.model, &s.trainer);
     if (s.world.reports_interrupts) interrupt_report_loaded(dir);
@@ -313,10 +310,10 @@ void check_expert_mapping(const TrainRunConfig& c, int world_size) {
                            : " (the ranks of the launch)");
 }
 
-// What a run of several ranks cannot do yet: --moe-use-upcycling (the dense model's whole
-// tensors are read into one rank's model; checkpoint/model_io.h reads no slices). The one place
-// that refuses it before the run; a model folder in --load is refused where it is found
-// (load_checkpoint). Training checkpoints save and load under any mapping (train_checkpoint.h).
+// What a run of several ranks cannot do yet: --moe-use-upcycling (the upcycling step builds and
+// saves the MoE model from the dense one on one rank: train_upcycle.h). The one place that
+// refuses it before the run. Training checkpoints save and load under any mapping
+// (train_checkpoint.h), and model folders load into any mapping (each rank its slices).
 void refuse_on_several_ranks(const TrainRunConfig& c, int world_size) {
   if (world_size <= 1) return;
   MOE_CHECK(!c.moe_use_upcycling, "world size ", world_size,
