@@ -244,26 +244,46 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
                                  "rank " + std::to_string(rank) + " " + p->name));
   }
   // The optimizer state this rank holds: its piece of the reference's (optimizer.h NamedTensor).
-  // In bf16 the moments get a looser bound than the weights: under ETP the experts' partial
-  // sums are rounded to bf16 before they are added, so the gradients of a step differ by about
-  // one bf16 rounding, and the moments average five steps of such gradients (small entries
-  // differ relatively most; measured up to 7% on an H200 with ETP 2).
-  const double state_tol = dtype == DType::bf16 && !bitwise ? 0.15 : tol;
+  // In bf16 the states get looser bounds than the weights: under ETP the experts' partial sums
+  // are rounded to bf16 before they are added, so a step's gradients differ by about one bf16
+  // rounding, and the moments accumulate five steps of such gradients. The second moments and
+  // masters are compared relatively (measured up to 5% on an H200). The first moment is a sum
+  // of signed gradients that partly cancel, so relative to itself it differs by up to 23%
+  // (measured); what Adam does with it is m / sqrt(v), so its error is measured against
+  // sqrt(v), the gradients' own scale.
+  const bool loose = dtype == DType::bf16 && !bitwise;
   std::map<std::string, Tensor*> reference_state;
   for (const NamedTensor& s : const_cast<Run&>(expected).trainer.optimizer().state())
     reference_state[s.name] = s.value;
+  const auto reference_piece = [&](const NamedTensor& s, const std::string& name) {
+    const Tensor box = extract_box(*reference_state.at(name), nn::view_shape_of(*s.param),
+                                   nn::box_offset_of(*s.param), nn::box_shape_of(*s.param));
+    return box.rows(s.begin, s.end - s.begin);
+  };
   for (const NamedTensor& s : actual.trainer.optimizer().state()) {
-    const auto it = reference_state.find(s.name);
-    if (it == reference_state.end()) {
-      ADD_FAILURE() << "rank " << rank << ": optimizer state " << s.name << " is not one rank's";
+    const std::string what = "rank " + std::to_string(rank) + " " + s.name;
+    if (!reference_state.count(s.name)) {
+      ADD_FAILURE() << what << " is not an optimizer state of one rank";
       continue;
     }
-    const Tensor box = extract_box(*it->second, nn::view_shape_of(*s.param),
-                                   nn::box_offset_of(*s.param), nn::box_shape_of(*s.param));
-    const Tensor want = box.rows(s.begin, s.end - s.begin);
+    const Tensor want = reference_piece(s, s.name);
     const Tensor got = s.value->to(Device::cpu()).to(DType::f64).reshape({s.end - s.begin});
-    EXPECT_TRUE(
-        moe::test::close(got, want, state_tol, "rank " + std::to_string(rank) + " " + s.name));
+    const bool first_moment = s.name.size() > 8 && s.name.substr(s.name.size() - 8) == ".exp_avg";
+    if (!(loose && first_moment)) {
+      EXPECT_TRUE(moe::test::close(got, want, loose ? 0.1 : tol, what));
+      continue;
+    }
+    const std::string base = s.name.substr(0, s.name.size() - 8);
+    const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
+    const std::vector<double> v = reference_piece(s, base + ".exp_avg_sq").to_double_vector();
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      diff += (g[i] - w[i]) * (g[i] - w[i]);
+      scale += std::abs(v[i]);
+    }
+    EXPECT_LE(std::sqrt(diff), 0.05 * std::sqrt(scale) + 1e-30)
+        << what << ": ||m - m_one_rank|| = " << std::sqrt(diff) << ", ||sqrt(v)|| = "
+        << std::sqrt(scale);
   }
   for (nn::NamedBuffer& b : model.buffers()) {
     for (nn::NamedBuffer& r : reference.buffers()) {

@@ -7,8 +7,8 @@
 //     the reference's tensor its layout names (nn::ParamLayout),
 //   - the optimizer state it holds equals the matching piece of the reference's,
 // within the tolerance of the dtype: f64 on the CPU 1e-9 relative (the order of the sums
-// differs between mappings), 1e-2 with --grad-reduce-in-bf16, bf16 on the GPU 3e-2 (the Adam moments 0.15: see the
-// .cpp); bitwise
+// differs between mappings), 1e-2 with --grad-reduce-in-bf16, bf16 on the GPU 3e-2 (the optimizer states 0.1, the first
+// moment measured against sqrt(v): see the .cpp); bitwise
 // for a world of one rank without the distributed optimizer (the buffers and the parallel state
 // change no arithmetic).
 //
