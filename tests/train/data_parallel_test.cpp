@@ -102,13 +102,7 @@ struct Rank {
     dist::ParallelConfig pc;
     pc.expert_model_parallel_size = ep;
     state = std::make_shared<dist::ParallelState>(recorded, pc);
-    nn::MoEGroups groups;
-    groups.ep = state->ep();
-    groups.etp = state->etp();
-    groups.tp_ep = state->tp_ep();
-    groups.tp_cp = state->tp_cp();
-    groups.tp_dp_cp = state->tp_dp_cp();
-    groups.tp_size = state->tp_size();
+    const nn::MoEGroups groups = nn::moe_groups_of(*state);
     nn::ModelConfig config = moe::test::tiny_gpt_config(dtype);
     config.untie_embeddings_and_output_weights = true;
     config.moe.expert_model_parallel_size = ep;

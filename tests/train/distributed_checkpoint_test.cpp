@@ -21,17 +21,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ParallelTrainingCase mapping(int world, int ep, int etp, bool distributed_optimizer,
-                             bool overlap = false) {
-  ParallelTrainingCase c;
-  c.model = "gqa";
-  c.world = world;
-  c.ep = ep;
-  c.etp = etp;
-  c.dispatcher = "alltoall";
-  c.distributed_optimizer = distributed_optimizer;
-  c.overlap = overlap;
-  return c;
+ParallelTrainingCase mapping(int world, int ep, int etp, bool zero, bool overlap = false) {
+  return gqa_alltoall_case(world, ep, etp, zero, overlap);
 }
 
 // What a rank ends with: losses of the steps it ran, and its parameters (flattened, f64).
@@ -51,8 +42,10 @@ std::vector<RankResult> run(const ParallelTrainingCase& c, int steps, const std:
     ParallelTrainingCase mc = c;
     nn::MoEGroups groups;
     TrainParallel parallel;
-    if (c.world > 0) parallel = case_parallel(group, c, groups);
-    else mc.ep = mc.etp = 1;
+    if (c.world > 0)
+      parallel = case_parallel(group, c, groups);
+    else
+      mc.ep = mc.etp = 1;
     TrainConfig tc = case_train_config();
     tc.train_iters = 6;
     nn::GPTModel model(case_model(mc, DType::f64), DType::f64, Device::cpu(), tc.seed, groups);
@@ -79,9 +72,8 @@ class Resharding
 
 TEST_P(Resharding, ResumesAsIfNothingChanged) {
   const auto [a, b] = GetParam();
-  const fs::path dir = fs::temp_directory_path() /
-                       ("moe_resharding_" + std::to_string(::getpid()) + "_" +
-                        case_name(a) + "_to_" + case_name(b));
+  const fs::path dir = fs::temp_directory_path() / ("moe_resharding_" + std::to_string(::getpid()) +
+                                                    "_" + case_name(a) + "_to_" + case_name(b));
   fs::remove_all(dir);
   run(a, 3, "", dir.string());
   ASSERT_TRUE(fs::exists(dir / "iter_0000003"));
@@ -109,12 +101,12 @@ std::string pair_name(const ParallelTrainingCase& a, const ParallelTrainingCase&
 INSTANTIATE_TEST_SUITE_P(
     Pairs, Resharding,
     ::testing::Values(
-        std::pair{mapping(2, 2, 1, false), mapping(4, 2, 1, true)},   // world 2 -> 4, ZeRO on
+        std::pair{mapping(2, 2, 1, false), mapping(4, 2, 1, true)},        // world 2 -> 4, ZeRO on
         std::pair{mapping(4, 4, 1, true, true), mapping(2, 1, 1, false)},  // EP 4 -> 1, off
-        std::pair{mapping(0, 1, 1, false), mapping(2, 2, 1, true)},   // one rank -> EP 2
-        std::pair{mapping(4, 2, 2, true), mapping(0, 1, 1, false)},   // ETP 2 -> one rank
-        std::pair{mapping(2, 1, 1, true), mapping(4, 1, 2, true)},    // DP 2 -> ETP 2, DP 4
-        std::pair{mapping(4, 2, 1, true), mapping(4, 4, 1, true)}),   // same world, EP 2 -> 4
+        std::pair{mapping(0, 1, 1, false), mapping(2, 2, 1, true)},        // one rank -> EP 2
+        std::pair{mapping(4, 2, 2, true), mapping(0, 1, 1, false)},        // ETP 2 -> one rank
+        std::pair{mapping(2, 1, 1, true), mapping(4, 1, 2, true)},         // DP 2 -> ETP 2, DP 4
+        std::pair{mapping(4, 2, 1, true), mapping(4, 4, 1, true)}),        // same world, EP 2 -> 4
     [](const auto& info) { return pair_name(info.param.first, info.param.second); });
 
 }  // namespace

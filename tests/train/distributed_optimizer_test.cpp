@@ -42,13 +42,7 @@ struct Rank {
     dist::ParallelConfig pc;
     pc.expert_model_parallel_size = ep;
     state = std::make_shared<dist::ParallelState>(std::move(world), pc);
-    nn::MoEGroups groups;
-    groups.ep = state->ep();
-    groups.etp = state->etp();
-    groups.tp_ep = state->tp_ep();
-    groups.tp_cp = state->tp_cp();
-    groups.tp_dp_cp = state->tp_dp_cp();
-    groups.tp_size = state->tp_size();
+    const nn::MoEGroups groups = nn::moe_groups_of(*state);
     model = std::make_unique<nn::GPTModel>(model_config(dtype, ep), dtype, Device::cpu(), kSeed,
                                            groups);
     DdpConfig ddp;

@@ -44,7 +44,7 @@ std::vector<RankMemory> memory_on_ranks(int ranks, int ep, bool distributed_opti
     auto state = std::make_shared<dist::ParallelState>(world, mapping);
     nn::ModelConfig config = default_train_model();
     config.moe.expert_model_parallel_size = ep;
-    nn::GPTModel model(config, DType::f32, Device::cpu(), 1234, moe_groups_of(*state));
+    nn::GPTModel model(config, DType::f32, Device::cpu(), 1234, nn::moe_groups_of(*state));
     TokenArraySource source(tokens(), 8, 1, false);
     DdpConfig ddp;
     ddp.use_distributed_optimizer = distributed_optimizer;

@@ -23,17 +23,6 @@ namespace fs = std::filesystem;
 
 constexpr int kSteps = 2;
 
-ParallelTrainingCase expert_parallel(int world, int ep, int etp, bool distributed_optimizer) {
-  ParallelTrainingCase c;
-  c.model = "gqa";
-  c.world = world;
-  c.ep = ep;
-  c.etp = etp;
-  c.dispatcher = "alltoall";
-  c.distributed_optimizer = distributed_optimizer;
-  return c;
-}
-
 class ModelFolderExpertParallel : public ::testing::TestWithParam<ParallelTrainingCase> {};
 
 TEST_P(ModelFolderExpertParallel, LoadsEachRanksBoxAndTrainsAsOneRank) {
@@ -85,9 +74,9 @@ TEST_P(ModelFolderExpertParallel, LoadsEachRanksBoxAndTrainsAsOneRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Mappings, ModelFolderExpertParallel,
-                         ::testing::Values(expert_parallel(2, 2, 1, false),
-                                           expert_parallel(4, 2, 2, true),
-                                           expert_parallel(4, 4, 1, true)),
+                         ::testing::Values(gqa_alltoall_case(2, 2, 1, false),
+                                           gqa_alltoall_case(4, 2, 2, true),
+                                           gqa_alltoall_case(4, 4, 1, true)),
                          [](const auto& info) { return case_name(info.param); });
 
 }  // namespace

@@ -7,10 +7,9 @@
 //     the reference's tensor its layout names (nn::ParamLayout),
 //   - the optimizer state it holds equals the matching piece of the reference's,
 // within the tolerance of the dtype: f64 on the CPU 1e-9 relative (the order of the sums
-// differs between mappings), 1e-2 with --grad-reduce-in-bf16, bf16 on the GPU 3e-2 (the optimizer states 0.1, the first
-// moment measured against sqrt(v): see the .cpp); bitwise
-// for a world of one rank without the distributed optimizer (the buffers and the parallel state
-// change no arithmetic).
+// differs between mappings), 1e-2 with --grad-reduce-in-bf16, bf16 on the GPU 3e-2 (the optimizer
+// states 0.1, the first moment measured against sqrt(v): see the .cpp); bitwise for a world of one
+// rank without the distributed optimizer (the buffers and the parallel state change no arithmetic).
 //
 // Runners: Local threads (parallel_training_local_test.cpp) and MPI processes
 // (parallel_training_mpi_main.cpp).
@@ -31,19 +30,21 @@ namespace moe::train::test {
 inline constexpr int kParallelSteps = 5;
 
 struct ParallelTrainingCase {
-  std::string model;       // "gqa": softmax router, aux + z loss, shared expert;
-                           // "mla": MLA attention, sigmoid router with expert bias, seq aux loss
+  std::string model;  // "gqa": softmax router, aux + z loss, shared expert;
+                      // "mla": MLA attention, sigmoid router with expert bias, seq aux loss
   int world = 1;
   int ep = 1, etp = 1;     // DP = EDP x EP x ETP = world (TP = CP = PP = 1)
   std::string dispatcher;  // "allgather" | "alltoall"
   bool distributed_optimizer = false;
-  bool overlap = false;    // --overlap-grad-reduce (and --overlap-param-gather with the
-                           // distributed optimizer); small buckets so there are several
+  bool overlap = false;  // --overlap-grad-reduce (and --overlap-param-gather with the
+                         // distributed optimizer); small buckets so there are several
   bool grad_reduce_in_bf16 = false;
   bool per_token_loss = false;  // --calculate-per-token-loss
 };
 std::string case_name(const ParallelTrainingCase& c);
-inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) { *out << case_name(c); }
+inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) {
+  *out << case_name(c);
+}
 
 // Every mapping of the matrix: worlds 1, 2, 4; EP 1, 2, 4 and ETP 1, 2 where they fit;
 // distributed optimizer and overlap on and off; both dispatchers; both models.
@@ -56,6 +57,10 @@ std::vector<ParallelTrainingCase> parallel_training_cases_for_world(int world, b
 // leaves the others waiting in a collective.
 void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world,
                                 const ParallelTrainingCase& c, Device device);
+
+// A GQA case with the alltoall dispatcher (world 0: one rank without any parallel state).
+ParallelTrainingCase gqa_alltoall_case(int world, int ep, int etp, bool distributed_optimizer,
+                                       bool overlap = false);
 
 // The pieces of a case, for tests built on the suite (distributed_checkpoint_test.cpp).
 inline constexpr int64_t kCaseSeqLength = 8;

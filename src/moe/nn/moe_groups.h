@@ -5,17 +5,19 @@
 
 #include <memory>
 
+#include "moe/dist/parallel_state.h"
 #include "moe/dist/process_group.h"
 
 namespace moe::nn {
 
 struct MoEGroups {
-  std::shared_ptr<dist::ProcessGroup> ep;        // expert parallel: ranks holding other experts
-  std::shared_ptr<dist::ProcessGroup> etp;       // expert tensor parallel: shards of one expert
-  std::shared_ptr<dist::ProcessGroup> tp_ep;     // ETP x EP (etp fastest): the allgather group
-  std::shared_ptr<dist::ProcessGroup> tp_cp;     // ranks splitting one sequence: aux-loss counts
-  std::shared_ptr<dist::ProcessGroup> tp_dp_cp;  // one model replica's data: global aux, expert bias
-  int tp_size = 1;                                // attention TP (for the dp x cp factor below)
+  std::shared_ptr<dist::ProcessGroup> ep;     // expert parallel: ranks holding other experts
+  std::shared_ptr<dist::ProcessGroup> etp;    // expert tensor parallel: shards of one expert
+  std::shared_ptr<dist::ProcessGroup> tp_ep;  // ETP x EP (etp fastest): the allgather group
+  std::shared_ptr<dist::ProcessGroup> tp_cp;  // ranks splitting one sequence: aux-loss counts
+  std::shared_ptr<dist::ProcessGroup>
+      tp_dp_cp;     // one model replica's data: global aux, expert bias
+  int tp_size = 1;  // attention TP (for the dp x cp factor below)
 
   static int size_of(const std::shared_ptr<dist::ProcessGroup>& g) { return g ? g->size() : 1; }
   static int rank_of(const std::shared_ptr<dist::ProcessGroup>& g) { return g ? g->rank() : 0; }
@@ -26,5 +28,9 @@ struct MoEGroups {
   // Ranks over which the trainer averages gradients of replicated weights: DP x CP.
   int dp_cp_size() const { return size_of(tp_dp_cp) / tp_size; }
 };
+
+// The groups of a parallel mapping's ParallelState: its ep, etp, tp_ep, tp_cp and tp_dp_cp
+// groups (a group of one rank as null, "this rank alone") and its TP size.
+MoEGroups moe_groups_of(const dist::ParallelState& state);
 
 }  // namespace moe::nn

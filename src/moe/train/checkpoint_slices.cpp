@@ -69,7 +69,9 @@ CheckpointSliceReader::CheckpointSliceReader(const std::string& folder)
 
 CheckpointSliceReader::~CheckpointSliceReader() = default;
 
-bool CheckpointSliceReader::sharded() const { return impl_->sharded != nullptr; }
+bool CheckpointSliceReader::sharded() const {
+  return impl_->sharded != nullptr;
+}
 
 bool CheckpointSliceReader::has(const std::string& name) const {
   if (impl_->sharded) return impl_->sharded->has(name);

@@ -9,14 +9,14 @@ namespace moe::train {
 // One buffer and the reduction state of its buckets within a step.
 struct DataParallel::BufferState {
   std::unique_ptr<ParamAndGradBuffer> buffer;
-  std::vector<bool> ready;            // per entry: its gradient is complete this step
-  std::vector<int> ready_count;       // per bucket
-  std::vector<bool> started;          // per bucket
+  std::vector<bool> ready;       // per entry: its gradient is complete this step
+  std::vector<int> ready_count;  // per bucket
+  std::vector<bool> started;     // per bucket
   struct InFlight {
     int bucket = 0;
     std::unique_ptr<dist::Work> work;
-    Tensor sent;     // what the collective reads (the bucket, or its bf16 copy)
-    Tensor result;   // where the result lands before it is copied back (or undefined)
+    Tensor sent;    // what the collective reads (the bucket, or its bf16 copy)
+    Tensor result;  // where the result lands before it is copied back (or undefined)
   };
   std::vector<InFlight> in_flight;
 };
@@ -37,7 +37,8 @@ DataParallel::DataParallel(nn::GPTModel& model, const dist::ParallelState& state
   MOE_CHECK(config.bucket_size >= 0, "--ddp-bucket-size must be >= 0, got ", config.bucket_size);
   MOE_CHECK(!config.overlap_param_gather || config.use_distributed_optimizer,
             "--overlap-param-gather needs --use-distributed-optimizer");
-  bucket_size_ = config.bucket_size > 0 ? config.bucket_size : default_bucket_size(state.dp_cp_size());
+  bucket_size_ =
+      config.bucket_size > 0 ? config.bucket_size : default_bucket_size(state.dp_cp_size());
 
   // The reverse of the forward order: the backward completes the last layers first.
   std::vector<nn::Parameter*> params = model.parameters();
@@ -53,8 +54,8 @@ DataParallel::DataParallel(nn::GPTModel& model, const dist::ParallelState& state
     // The distributed optimizer's reduce-scatter needs equal chunks; keep them aligned too.
     const int64_t pad = config_.use_distributed_optimizer ? size * kParamAlignment : 1;
     auto s = std::make_unique<BufferState>();
-    s->buffer = std::make_unique<ParamAndGradBuffer>(std::move(group_params), group,
-                                                     bucket_size_, pad);
+    s->buffer =
+        std::make_unique<ParamAndGradBuffer>(std::move(group_params), group, bucket_size_, pad);
     s->ready.assign(s->buffer->entries().size(), false);
     s->ready_count.assign(s->buffer->buckets().size(), 0);
     s->started.assign(s->buffer->buckets().size(), false);
@@ -114,7 +115,9 @@ GradNormGroups DataParallel::norm_groups() const {
   return g;
 }
 
-void DataParallel::start_micro_batch(bool last_of_step) { last_micro_batch_ = last_of_step; }
+void DataParallel::start_micro_batch(bool last_of_step) {
+  last_micro_batch_ = last_of_step;
+}
 
 void DataParallel::grads_ready(const std::vector<nn::Parameter*>& params) {
   if (!last_micro_batch_) return;

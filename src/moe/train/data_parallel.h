@@ -3,8 +3,8 @@
 // gradients of each bucket summed over the group that holds copies of them, optionally while
 // the backward still runs.
 //
-//   dense parameters    buffers over DP x CP   (attention, dense MLPs, norms, router, shared expert)
-//   expert parameters   buffers over EDP       (the routed experts of this EP x ETP rank)
+//   dense parameters    buffers over DP x CP   (attention, dense MLPs, norms, router, shared
+//   expert) expert parameters   buffers over EDP       (the routed experts of this EP x ETP rank)
 // one buffer per value dtype within each (a bf16 model keeps its routers' weights in fp32), as
 // Megatron-Core keeps one buffer per parameter / gradient dtype.
 //

@@ -12,7 +12,9 @@
 namespace moe::train {
 namespace {
 
-bool is_16_bit(DType d) { return d == DType::bf16 || d == DType::f16; }
+bool is_16_bit(DType d) {
+  return d == DType::bf16 || d == DType::f16;
+}
 
 }  // namespace
 
@@ -100,8 +102,10 @@ DistributedOptimizer::DistributedOptimizer(std::vector<ParamAndGradBuffer*> buff
       const DType master = is_16_bit(value) ? DType::f32 : value;
       const DType ma = master == DType::f64 ? DType::f64 : config.exp_avg_dtype;
       const DType va = master == DType::f64 ? DType::f64 : config.exp_avg_sq_dtype;
-      MOE_CHECK(ma == va, "the distributed optimizer: --exp-avg-dtype and --exp-avg-sq-dtype "
-                "must be equal for now (got ", ma, " and ", va, ")");
+      MOE_CHECK(ma == va,
+                "the distributed optimizer: --exp-avg-dtype and --exp-avg-sq-dtype "
+                "must be equal for now (got ",
+                ma, " and ", va, ")");
       p.exp_avg = Tensor::zeros({s.numel()}, ma, device);
       p.exp_avg_sq = Tensor::zeros({s.numel()}, va, device);
       m.pieces.push_back(std::move(p));
@@ -137,9 +141,8 @@ StepResult DistributedOptimizer::step(double lr, double weight_decay) {
   StepResult result;
   result.grad_norm = grad_norm();
   if (!std::isfinite(result.grad_norm)) return result;
-  const double coeff = m.config.clip_grad > 0
-                           ? std::min(1.0, m.config.clip_grad / (result.grad_norm + 1e-6))
-                           : 1.0;
+  const double coeff =
+      m.config.clip_grad > 0 ? std::min(1.0, m.config.clip_grad / (result.grad_norm + 1e-6)) : 1.0;
   ++steps_;
   for (Impl::Piece& p : m.pieces) {
     ops::AdamWStep a;

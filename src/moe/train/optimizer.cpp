@@ -10,10 +10,13 @@
 namespace moe::train {
 namespace {
 
-bool is_16_bit(DType d) { return d == DType::bf16 || d == DType::f16; }
+bool is_16_bit(DType d) {
+  return d == DType::bf16 || d == DType::f16;
+}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -97,9 +100,8 @@ StepResult AdamW::step(double lr, double weight_decay) {
   StepResult result;
   result.grad_norm = grad_norm();
   if (!std::isfinite(result.grad_norm)) return result;
-  const double coeff = config_.clip_grad > 0
-                           ? std::min(1.0, config_.clip_grad / (result.grad_norm + 1e-6))
-                           : 1.0;
+  const double coeff =
+      config_.clip_grad > 0 ? std::min(1.0, config_.clip_grad / (result.grad_norm + 1e-6)) : 1.0;
   ++steps_;
   for (Slot& s : slots_) {
     ops::AdamWStep a;

@@ -28,10 +28,10 @@
 namespace moe::train {
 
 struct OptimizerConfig {
-  double beta1 = 0.9;       // --adam-beta1
-  double beta2 = 0.999;     // --adam-beta2
-  double eps = 1e-8;        // --adam-eps
-  double clip_grad = 1.0;   // --clip-grad (0: off)
+  double beta1 = 0.9;                   // --adam-beta1
+  double beta2 = 0.999;                 // --adam-beta2
+  double eps = 1e-8;                    // --adam-eps
+  double clip_grad = 1.0;               // --clip-grad (0: off)
   DType exp_avg_dtype = DType::f32;     // --exp-avg-dtype fp32|bf16 (precision-aware)
   DType exp_avg_sq_dtype = DType::f32;  // --exp-avg-sq-dtype fp32|bf16
 };

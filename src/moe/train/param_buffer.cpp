@@ -7,7 +7,9 @@
 namespace moe::train {
 namespace {
 
-int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
 
 }  // namespace
 
@@ -35,11 +37,11 @@ ParamAndGradBuffer::ParamAndGradBuffer(std::vector<nn::Parameter*> params,
   for (nn::Parameter* p : params) {
     MOE_CHECK(p && p->value.defined() && p->grad.defined(),
               "ParamAndGradBuffer: an undefined parameter or gradient");
-    MOE_CHECK(p->value.dtype() == dtype && p->grad.dtype() == grad_dtype &&
-                  p->value.device() == device,
-              "ParamAndGradBuffer: ", p->name, " is ", p->value.str(), " with a ",
-              p->grad.dtype(), " gradient; the buffer holds ", dtype, " values with ",
-              grad_dtype, " gradients on ", device.str());
+    MOE_CHECK(
+        p->value.dtype() == dtype && p->grad.dtype() == grad_dtype && p->value.device() == device,
+        "ParamAndGradBuffer: ", p->name, " is ", p->value.str(), " with a ", p->grad.dtype(),
+        " gradient; the buffer holds ", dtype, " values with ", grad_dtype, " gradients on ",
+        device.str());
     offset = round_up(offset, kParamAlignment);
     BufferEntry e;
     e.param = p;
@@ -82,8 +84,8 @@ Tensor ParamAndGradBuffer::bucket_grads(int b) const {
 std::pair<int64_t, int64_t> ParamAndGradBuffer::owned_range(int b) const {
   const BufferBucket& k = buckets_.at(static_cast<size_t>(b));
   const int64_t n = group_size(), chunk = (k.end - k.begin) / n;
-  MOE_CHECK(chunk * n == k.end - k.begin, "ParamAndGradBuffer: bucket ", b, " of ",
-            k.end - k.begin, " elements does not split over ", n,
+  MOE_CHECK(chunk * n == k.end - k.begin, "ParamAndGradBuffer: bucket ", b, " of ", k.end - k.begin,
+            " elements does not split over ", n,
             " ranks (build the buffer with the group size as the pad multiple)");
   const int64_t begin = k.begin + chunk * group_rank();
   return {begin, begin + chunk};

@@ -40,8 +40,8 @@ struct BufferEntry {
 };
 
 struct BufferBucket {
-  int64_t begin = 0, end = 0;   // element range in the buffers (end - begin: padded length)
-  std::vector<int> entries;     // indices into entries(), in buffer order
+  int64_t begin = 0, end = 0;  // element range in the buffers (end - begin: padded length)
+  std::vector<int> entries;    // indices into entries(), in buffer order
 };
 
 // A piece of one parameter inside this rank's owned range of a bucket.

@@ -355,20 +355,6 @@ Device train_device(const TrainRunConfig& c) {
   return !c.cpu && cuda_device_count() > 0 ? Device::cuda(0) : Device::cpu();
 }
 
-nn::MoEGroups moe_groups_of(const dist::ParallelState& state) {
-  const auto several = [](const std::shared_ptr<dist::ProcessGroup>& g) {
-    return g && g->size() > 1 ? g : nullptr;
-  };
-  nn::MoEGroups groups;
-  groups.ep = several(state.ep());
-  groups.etp = several(state.etp());
-  groups.tp_ep = several(state.tp_ep());
-  groups.tp_cp = several(state.tp_cp());
-  groups.tp_dp_cp = several(state.tp_dp_cp());
-  groups.tp_size = state.tp_size();
-  return groups;
-}
-
 TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hooks, std::FILE* out) {
   const int launched = dist::read_launch_env().world_size;
   if (launched <= 1)
@@ -422,7 +408,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
 
   const RunData data = run_data(run, world);
   nn::GPTModel model(run.model, dtype, device, tc.seed,
-                     state ? moe_groups_of(*state) : nn::MoEGroups{});
+                     state ? nn::moe_groups_of(*state) : nn::MoEGroups{});
   Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr,
                   state ? TrainParallel{state, run.ddp} : TrainParallel{});
 

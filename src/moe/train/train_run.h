@@ -38,7 +38,7 @@
 //             1 in this build), so DP = world and EDP = world / (ETP x EP)
 //   model     every rank builds the same global model (initialisation is by global index: a
 //             rank's expert shard equals that part of the one-rank model), its MoE layers on
-//             the ParallelState's groups (moe_groups_of)
+//             the ParallelState's groups (nn::moe_groups_of)
 //   trainer   Trainer with TrainParallel{state, --use-distributed-optimizer, ...}: each rank
 //             reads its part of each global batch (--global-batch-size must be a multiple of
 //             --micro-batch-size x DP; given only --micro-batch-size it is micro x DP, as
@@ -134,10 +134,6 @@ TrainHooks standard_train_hooks(const StandardHookOptions& options = {});
 
 // The device of a one-rank run: the first GPU unless --cpu or there is none.
 Device train_device(const TrainRunConfig& config);
-
-// The process groups the MoE layers of this rank use: the ParallelState's ep, etp, tp_ep, tp_cp
-// and tp_dp_cp groups (a group of one rank as null, "this rank alone") and its TP size.
-nn::MoEGroups moe_groups_of(const dist::ParallelState& state);
 
 // Builds and runs everything; prints the setup and the log lines to `out`. Throws moe::Error
 // for a refused combination (checkpoint flags without hooks, --bf16 on the CPU, ...) before

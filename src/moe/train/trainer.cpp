@@ -56,8 +56,8 @@ void TrainConfig::validate(int64_t dp) const {
   MOE_CHECK(global_batch_size >= 1, "--global-batch-size must be positive, got ",
             global_batch_size);
   if (dp == 1)
-    MOE_CHECK(global_batch_size % micro_batch_size == 0, "--global-batch-size ",
-              global_batch_size, " is not a multiple of --micro-batch-size ", micro_batch_size,
+    MOE_CHECK(global_batch_size % micro_batch_size == 0, "--global-batch-size ", global_batch_size,
+              " is not a multiple of --micro-batch-size ", micro_batch_size,
               " (on one device the number of micro-batches is global / micro)");
   else
     MOE_CHECK(global_batch_size % (micro_batch_size * dp) == 0, "--global-batch-size ",
@@ -82,7 +82,8 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
       valid_(valid),
       schedule_(schedule_for(config)),
       parallel_(std::move(parallel)) {
-  if (parallel_.state) ddp_ = std::make_unique<DataParallel>(model, *parallel_.state, parallel_.ddp);
+  if (parallel_.state)
+    ddp_ = std::make_unique<DataParallel>(model, *parallel_.state, parallel_.ddp);
   optimizer_ = make_optimizer(model, config_, ddp_.get());
   if (auto* dopt = dynamic_cast<DistributedOptimizer*>(optimizer_.get());
       dopt && parallel_.ddp.overlap_param_gather)
@@ -96,8 +97,8 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
     model.cross_entropy.reduction = ops::CrossEntropyReduction::sum;
   }
   const int64_t S = config_.seq_length;
-  MOE_CHECK(S > model.config().mtp_num_layers, "--seq-length ", S,
-            " must exceed --mtp-num-layers ", model.config().mtp_num_layers);
+  MOE_CHECK(S > model.config().mtp_num_layers, "--seq-length ", S, " must exceed --mtp-num-layers ",
+            model.config().mtp_num_layers);
   MOE_CHECK(train.sample_length() == S + 1, "training data: samples of ", train.sample_length(),
             " tokens, but --seq-length ", S, " needs ", S + 1);
   if (valid)
@@ -109,7 +110,9 @@ Trainer::~Trainer() {
   model_.on_params_needed = nullptr;  // the hook points at this trainer's optimizer
 }
 
-int64_t Trainer::data_parallel_size() const { return dp_of(parallel_); }
+int64_t Trainer::data_parallel_size() const {
+  return dp_of(parallel_);
+}
 
 void Trainer::synchronize_parameters() {
   if (auto* d = dynamic_cast<DistributedOptimizer*>(optimizer_.get())) d->finish_param_gather();
@@ -153,8 +156,8 @@ Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < L; ++t) {
       const int64_t id = ids[b * L + t];
-      MOE_CHECK(id >= 0 && id < V, which, " data: token id ", id, " (sample ", b, ", position ",
-                t, ") is outside the vocabulary [0, ", V, ")");
+      MOE_CHECK(id >= 0 && id < V, which, " data: token id ", id, " (sample ", b, ", position ", t,
+                ") is outside the vocabulary [0, ", V, ")");
       if (t < S) inputs[static_cast<size_t>(t * B + b)] = id;
       if (t > 0) labels[static_cast<size_t>((t - 1) * B + b)] = id;
     }
@@ -247,7 +250,9 @@ StepMetrics Trainer::train_step() {
               " updates in a row were skipped (--nan-action skip stops at ",
               config_.max_consecutive_skipped,
               "): a skipped update leaves the weights unchanged, so these come from the weights "
-              "or the learning rate (", m.lr, " at this step), not from one batch. Stopping "
+              "or the learning rate (",
+              m.lr,
+              " at this step), not from one batch. Stopping "
               "without saving; lower --lr, or resume from the last checkpoint with --load");
     m.skipped = true;
     m.message = detail::concat("iteration ", m.iteration, ": the ", bad, " is ", bad_value,

@@ -99,14 +99,14 @@ struct StepMetrics {
   int64_t consumed_samples = 0;  // after this iteration
   double lr = 0.0;               // the rate the step used (or would have used, when skipped)
   double weight_decay = 0.0;
-  double loss = 0.0;             // lm loss: mean over the global batch's micro-batches
-  double aux_loss = 0.0;         // MoE aux + z losses, same mean
-  double mtp_loss = 0.0;         // lambda / D sum_k loss_k, same mean
-  double grad_norm = 0.0;        // before clipping; NaN when the loss was already not finite
+  double loss = 0.0;       // lm loss: mean over the global batch's micro-batches
+  double aux_loss = 0.0;   // MoE aux + z losses, same mean
+  double mtp_loss = 0.0;   // lambda / D sum_k loss_k, same mean
+  double grad_norm = 0.0;  // before clipping; NaN when the loss was already not finite
   bool skipped = false;
-  std::string message;           // why the step was skipped ("" when it was taken)
-  int64_t tokens = 0;            // tokens processed: global_batch_size * seq_length
-  double seconds = 0.0;          // host wall time of train_step (the read-backs synchronise)
+  std::string message;   // why the step was skipped ("" when it was taken)
+  int64_t tokens = 0;    // tokens processed: global_batch_size * seq_length
+  double seconds = 0.0;  // host wall time of train_step (the read-backs synchronise)
 };
 
 // What a checkpoint stores besides the model's tensors and optimizer.state() (the lead writes
