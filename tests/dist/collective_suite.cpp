@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "moe/dist/fatal.h"
 
 namespace moe::dist::test {
 namespace {
@@ -656,6 +657,20 @@ void RankFailurePrinter::OnTestPartResult(const ::testing::TestPartResult& resul
   std::fprintf(stderr, "[rank %d] failure in %s at %s:%d\n%s\n", rank_, test_.c_str(),
                result.file_name() ? result.file_name() : "?", result.line_number(),
                result.summary());
+}
+
+int run_tests_on_ranks(ProcessGroup& world, const std::string& program, Device device) {
+  GTEST_FLAG_SET(catch_exceptions, false);
+  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
+  if (world.rank() != 0) delete listeners.Release(listeners.default_result_printer());
+  listeners.Append(new RankFailurePrinter(world.rank()));
+  const int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  Tensor any = Tensor::full({1}, failed, DType::i32, device);
+  world.all_reduce(any, ReduceOp::max);
+  if (failed)
+    print_rank_line(program + ": FAILED (failures above, prefixed [rank " +
+                    std::to_string(world.rank()) + "])");
+  return any.item() != 0 ? 1 : 0;
 }
 
 }  // namespace moe::dist::test

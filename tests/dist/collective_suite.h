@@ -59,6 +59,14 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   int rank_;
   std::string test_ = "?";
 };
+
+// RUN_ALL_TESTS on every rank of a process runner: an exception escaping a test ends the job
+// (the other ranks would wait for this one), rank 0 alone keeps GoogleTest's report, every
+// rank's failures print prefixed with its rank (RankFailurePrinter), and every rank returns the
+// same status: 1 when any rank failed ("<program>: FAILED ..." on each failing rank). The status
+// is agreed with an all-reduce of a tensor on `device` (NCCL needs a device tensor).
+int run_tests_on_ranks(ProcessGroup& world, const std::string& program,
+                       Device device = Device::cpu());
 std::string local_suite_param_name(const LocalSuiteParam& p);
 
 }  // namespace moe::dist::test

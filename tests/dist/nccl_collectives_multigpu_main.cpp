@@ -223,16 +223,7 @@ int run_rank(int argc, char** argv, int rank, int world_size, const NcclUniqueId
                             });
   }
 
-  // An exception escaping a test must end the rank (the others would wait for it).
-  GTEST_FLAG_SET(catch_exceptions, false);
-  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
-  if (rank != 0) delete listeners.Release(listeners.default_result_printer());
-  listeners.Append(new RankFailurePrinter(rank));
-  const int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-
-  Tensor any = Tensor::full({1}, failed, DType::i32, Device::cuda(rank));
-  g_world->all_reduce(any, ReduceOp::max);
-  const int status = any.item() != 0 ? 1 : 0;
+  const int status = run_tests_on_ranks(*g_world, "moe_nccl_tests", Device::cuda(rank));
   g_pair.reset();
   g_world.reset();
   return status;

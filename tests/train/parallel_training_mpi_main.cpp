@@ -67,22 +67,7 @@ int run(int argc, char** argv) {
   }
   register_cases(g_world->size());
 
-  // An exception escaping a case must end the job (the other ranks would wait for this one).
-  GTEST_FLAG_SET(catch_exceptions, false);
-  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
-  if (g_world->rank() != 0) delete listeners.Release(listeners.default_result_printer());
-  listeners.Append(new dist::test::RankFailurePrinter(g_world->rank()));
-  const int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-
-  // Every rank exits the same way: non-zero if any rank failed.
-  Tensor any = Tensor::full({1}, failed, DType::i32);
-  g_world->all_reduce(any, dist::ReduceOp::max);
-  if (failed)
-    dist::print_rank_line(
-        "moe_mpi_training_tests: FAILED (failures above, prefixed "
-        "[rank " +
-        std::to_string(g_world->rank()) + "])");
-  const int status = any.item() != 0 ? 1 : 0;
+  const int status = dist::test::run_tests_on_ranks(*g_world, "moe_mpi_training_tests");
   g_world.reset();
   return status;
 }
