@@ -6,7 +6,9 @@
 #     through pinned memory;
 #   - the parallel-equals-serial training suite on MPI processes sharing GPU 0 (2 and 4 ranks,
 #     bf16), as ctest's gpu;mpi entries mpi_training_cuda_np2 / np4 run it;
-#   - with two or more GPUs: the multigpu suite (one NCCL process per GPU);
+#   - `moe train` on 2 MPI ranks sharing GPU 0 beside one rank (scripts/gpu-train-ranks.sh);
+#   - with two or more GPUs: the multigpu suite (one NCCL process per GPU: the backend suite and
+#     the training suite) and `moe train` on every GPU over NCCL beside one rank;
 #   - `moe bench comm` on NCCL over every GPU (moe launch), and on MPI ranks sharing GPU 0.
 # Logs go to LOGDIR; the exit status is non-zero when any test failed.
 #   scripts/gpu-dist-suite.sh BUILD LOGDIR
@@ -40,8 +42,11 @@ for np in 2 4; do
   step "mpi_training_shared_gpu_np$np" timeout 600 mpirun "${mpirun_flags[@]}" -np $np \
     "$build/tests/moe_mpi_training_tests" --device cuda
 done
+step train_ranks_shared_gpu bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" "$logdir/train_mpi"
 if [ "$gpus" -ge 2 ]; then
   step multigpu_nccl "$build/tests/moe_nccl_tests" --ranks "$gpus"
+  step train_ranks_nccl bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" "$logdir/train_nccl" \
+    nccl "$gpus"
 fi
 step bench_comm_nccl "$build/moe" launch --nproc-per-node "$gpus" bench comm --device cuda \
   --distributed-backend nccl --max-size 1G --jsonl "$logdir/bench_comm_nccl.jsonl"
