@@ -78,13 +78,13 @@ class BpeModel {
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> bytes_vocab_;
   std::unique_ptr<PairTable> merges_;
   int32_t byte_ids_[256];  // id of each byte's character; -1 if not in the vocabulary
-  bool byte_level_ = true;
   // Without byte_level: single-character tokens, and the "<0xXX>" tokens of byte_fallback.
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> char_vocab_;
   int32_t fallback_ids_[256];  // -1: none (or no byte_fallback)
   int32_t unk_id_ = -1;
   bool fuse_unk_ = false;
   bool ignore_merges_ = false;
+  bool byte_level_ = true;
   std::unique_ptr<Cache> cache_;
 };
 

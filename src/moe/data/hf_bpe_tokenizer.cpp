@@ -296,11 +296,15 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   bool byte_level = false;
   const auto add_byte_level = [&](const json& p, const std::string& field) {
     r.check_object(p, field, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
-    stages.push_back({nullptr, r.flag(p, "add_prefix_space", field, true)});
-    if (r.flag(p, "use_regex", field, true))
-      stages.push_back({std::make_unique<PretokenizerRegex>(kGpt2PretokenizerRegex, false,
-                                                            field + " (GPT-2's regex)"),
-                        false});
+    Pretokenizer::Stage byte_level_stage;
+    byte_level_stage.add_prefix_space = r.flag(p, "add_prefix_space", field, true);
+    stages.push_back(std::move(byte_level_stage));
+    if (r.flag(p, "use_regex", field, true)) {
+      Pretokenizer::Stage regex;
+      regex.split = std::make_unique<PretokenizerRegex>(kGpt2PretokenizerRegex, false,
+                                                        field + " (GPT-2's regex)");
+      stages.push_back(std::move(regex));
+    }
     byte_level = true;
   };
   const auto add_split = [&](const json& p, const std::string& field) {
@@ -317,8 +321,9 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
       r.refuse(field + ".pattern", pattern, "{\"Regex\": ...}, {\"String\": ...}");
     const std::string text =
         is_regex ? pattern["Regex"].get<std::string>() : pattern["String"].get<std::string>();
-    stages.push_back(
-        {std::make_unique<PretokenizerRegex>(text, is_string, source_ + ": " + field), false});
+    Pretokenizer::Stage split;
+    split.split = std::make_unique<PretokenizerRegex>(text, is_string, source_ + ": " + field);
+    stages.push_back(std::move(split));
   };
   const json pre = root.value("pre_tokenizer", json());
   const std::string pre_type = pre.is_null() ? "null" : r.type(pre, "pre_tokenizer");
