@@ -21,53 +21,55 @@ json replace_step(const char* from, const char* to) {
 
 // Llama-2's file, as transformers' LlamaConverter writes it (legacy): "▁" is U+2581.
 json llama2_style() {
-  json vocab = {{"<unk>", 0}, {"<s>", 1},     {"</s>", 2},    {"\u2581", 3},   {"a", 4},
-                {"b", 5},     {"\u2581a", 6}, {"ab", 7},      {"\u2581ab", 8}, {"<0xF0>", 9},
+  json vocab = {{"<unk>", 0},   {"<s>", 1},     {"</s>", 2},    {"\u2581", 3},   {"a", 4},
+                {"b", 5},       {"\u2581a", 6}, {"ab", 7},      {"\u2581ab", 8}, {"<0xF0>", 9},
                 {"<0x9F>", 10}, {"<0x99>", 11}, {"<0x82>", 12}, {"<0x0A>", 13}};
   json added = json::array();
   for (int id = 0; id < 3; ++id)
     added.push_back({{"id", id},
-                     {"content", id == 0 ? "<unk>" : id == 1 ? "<s>" : "</s>"},
+                     {"content", id == 0   ? "<unk>"
+                                 : id == 1 ? "<s>"
+                                           : "</s>"},
                      {"single_word", false},
                      {"lstrip", false},
                      {"rstrip", false},
                      {"normalized", false},
                      {"special", true}});
-  return {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", added},
-      {"normalizer",
-       {{"type", "Sequence"},
-        {"normalizers",
-         {{{"type", "Prepend"}, {"prepend", "\u2581"}}, replace_step(" ", "\u2581")}}}},
-      {"pre_tokenizer", nullptr},
-      {"post_processor",
-       {{"type", "TemplateProcessing"},
-        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                    {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"pair", json::array()},
-        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
-      {"decoder",
-       {{"type", "Sequence"},
-        {"decoders",
-         {replace_step("\u2581", " "),
-          {{"type", "ByteFallback"}},
-          {{"type", "Fuse"}},
-          {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", "<unk>"},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", true},
-        {"byte_fallback", true},
-        {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", json::array({json::array({"\u2581", "a"}), json::array({"a", "b"}),
-                                json::array({"\u2581a", "b"})})}}}};
+  return {{"version", "1.0"},
+          {"truncation", nullptr},
+          {"padding", nullptr},
+          {"added_tokens", added},
+          {"normalizer",
+           {{"type", "Sequence"},
+            {"normalizers",
+             {{{"type", "Prepend"}, {"prepend", "\u2581"}}, replace_step(" ", "\u2581")}}}},
+          {"pre_tokenizer", nullptr},
+          {"post_processor",
+           {{"type", "TemplateProcessing"},
+            {"single",
+             {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+            {"pair", json::array()},
+            {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
+          {"decoder",
+           {{"type", "Sequence"},
+            {"decoders",
+             {replace_step("\u2581", " "),
+              {{"type", "ByteFallback"}},
+              {{"type", "Fuse"}},
+              {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", "<unk>"},
+            {"continuing_subword_prefix", nullptr},
+            {"end_of_word_suffix", nullptr},
+            {"fuse_unk", true},
+            {"byte_fallback", true},
+            {"ignore_merges", false},
+            {"vocab", vocab},
+            {"merges", json::array({json::array({"\u2581", "a"}), json::array({"a", "b"}),
+                                    json::array({"\u2581a", "b"})})}}}};
 }
 
 TEST(HfSentencePieceKind, Llama2StyleIds) {
@@ -89,16 +91,19 @@ TEST(HfSentencePieceKind, Llama2StyleIds) {
   EXPECT_EQ(tok.decode({1, 8, 8}), "<s> ab ab");
   EXPECT_EQ(tok.decode({1, 8, 8}, true), "ab ab");
   EXPECT_EQ(tok.decode({3, 9, 10, 11, 12}), "\xF0\x9F\x99\x82");
-  EXPECT_EQ(tok.decode({9, 10, 4}), "\xEF\xBF\xBD\xEF\xBF\xBD" "a");
+  EXPECT_EQ(tok.decode({9, 10, 4}),
+            "\xEF\xBF\xBD\xEF\xBF\xBD"
+            "a");
   EXPECT_EQ(tok.decode({13, 6}), "\n a");
 }
 
 TEST(HfSentencePieceKind, MetaspaceSplitsBeforeEachReplacement) {
   json c = llama2_style();
   c["normalizer"] = nullptr;
-  c["pre_tokenizer"] = {
-      {"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "always"},
-      {"split", true}};
+  c["pre_tokenizer"] = {{"type", "Metaspace"},
+                        {"replacement", "\u2581"},
+                        {"prepend_scheme", "always"},
+                        {"split", true}};
   const HfBpeTokenizer always(c.dump(), "metaspace.json");
   EXPECT_EQ(always.encode("ab ab"), (std::vector<int64_t>{8, 8}));
   // "a  b" -> "▁a▁▁b" -> "▁a", "▁", "▁b"
@@ -112,7 +117,9 @@ TEST(HfSentencePieceKind, MetaspaceSplitsBeforeEachReplacement) {
   c["pre_tokenizer"]["prepend_scheme"] = "never";
   EXPECT_EQ(HfBpeTokenizer(c.dump(), "metaspace.json").encode("b"), (std::vector<int64_t>{5}));
   // The Metaspace decoder drops the first token's ▁ and turns the others into spaces.
-  c["decoder"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "always"},
+  c["decoder"] = {{"type", "Metaspace"},
+                  {"replacement", "\u2581"},
+                  {"prepend_scheme", "always"},
                   {"split", true}};
   EXPECT_EQ(HfBpeTokenizer(c.dump(), "metaspace.json").decode({8, 8}), "ab ab");
 }

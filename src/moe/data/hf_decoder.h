@@ -20,12 +20,13 @@ namespace moe::data {
 
 struct HfDecoderStep {
   enum class Kind { kReplace, kByteFallback, kFuse, kStrip, kMetaspace } kind;
-  std::string from, to;  // Replace: from -> to; Strip, Metaspace: `from` is the character
+  std::string from, to;        // Replace: from -> to; Strip, Metaspace: `from` is the character
   size_t start = 0, stop = 0;  // Strip
   bool drop_first = false;     // Metaspace: prepend_scheme != never
 };
 
 // The text of `tokens` after the steps.
-std::string run_hf_decoder(const std::vector<HfDecoderStep>& steps, std::vector<std::string> tokens);
+std::string run_hf_decoder(const std::vector<HfDecoderStep>& steps,
+                           std::vector<std::string> tokens);
 
 }  // namespace moe::data

@@ -12,15 +12,17 @@
 namespace moe::data {
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path, Kind kind)
-    : path_(path), kind_(kind), processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+    : path_(path),
+      kind_(kind),
+      processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
   std::filesystem::path file = path;
   if (std::filesystem::is_directory(file)) file /= "tokenizer.model";
   path_ = file.string();
   MOE_CHECK(std::filesystem::is_regular_file(file), "no SentencePiece model (tokenizer.model) at ",
             path);
   const sentencepiece::util::Status status = processor_->Load(path_);
-  MOE_CHECK(status.ok(), path_, " is not a SentencePiece model that this library reads: ",
-            status.ToString());
+  MOE_CHECK(status.ok(), path_,
+            " is not a SentencePiece model that this library reads: ", status.ToString());
   pieces_ = processor_->GetPieceSize();
   vocab_size_ = static_cast<size_t>(pieces_);
   bos_ = processor_->bos_id();
@@ -113,8 +115,8 @@ std::string SentencePieceTokenizer::decode_plain(const std::vector<int64_t>& ids
                                                  size_t end) const {
   std::vector<int> piece_ids;
   for (size_t i = begin; i < end; ++i) {
-    MOE_CHECK(ids[i] >= 0 && ids[i] < pieces_, description(), ": the id ", ids[i],
-              " at position ", i, " is not in the vocabulary (", vocab_size_, " ids)");
+    MOE_CHECK(ids[i] >= 0 && ids[i] < pieces_, description(), ": the id ", ids[i], " at position ",
+              i, " is not in the vocabulary (", vocab_size_, " ids)");
     piece_ids.push_back(static_cast<int>(ids[i]));
   }
   std::string text;
