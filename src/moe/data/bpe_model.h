@@ -47,8 +47,8 @@ class BpeModel {
     std::optional<std::string> unk_token;
     bool fuse_unk = false;
     bool ignore_merges = false;
-    bool byte_level = true;      // false: characters in plain UTF-8 (see above)
-    bool byte_fallback = false;  // only without byte_level
+    bool byte_level = true;       // false: characters in plain UTF-8 (see above)
+    bool byte_fallback = false;   // only without byte_level
     std::string field = "model";  // where the config came from, for messages
   };
   static constexpr size_t kMaxCachedBytes = 256;

@@ -332,9 +332,9 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   } else if (pre_type == "null") {
     byte_level_ = false;  // the SentencePiece kind: each stretch is one BPE word
   } else if (pre_type == "Metaspace") {
-    r.check_object(pre, "pre_tokenizer",
-                   {"type", "replacement", "prepend_scheme", "split", "add_prefix_space",
-                    "str_rep"});
+    r.check_object(
+        pre, "pre_tokenizer",
+        {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
     Pretokenizer::Stage stage;
     stage.metaspace = true;
     stage.replacement = r.text(pre, "replacement", "pre_tokenizer");
@@ -579,8 +579,9 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
         if (!(pattern.is_object() && pattern.size() == 1 && pattern.contains("String") &&
               pattern["String"].is_string() && !pattern["String"].get<std::string>().empty()))
           r.refuse(field + ".pattern", pattern, "{\"String\": a non-empty string}");
-        step = {Kind::kReplace, pattern["String"].get<std::string>(), r.text(d, "content", field),
-                0, 0, false};
+        step = {
+            Kind::kReplace, pattern["String"].get<std::string>(), r.text(d, "content", field), 0, 0,
+            false};
       } else if (type == "ByteFallback") {
         r.check_object(d, field, {"type"});
         step.kind = Kind::kByteFallback;
@@ -597,9 +598,9 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
           (std::string(key) == "start" ? step.start : step.stop) = n.get<size_t>();
         }
       } else if (type == "Metaspace") {
-        r.check_object(d, field,
-                       {"type", "replacement", "prepend_scheme", "split", "add_prefix_space",
-                        "str_rep"});
+        r.check_object(
+            d, field,
+            {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
         step.kind = Kind::kMetaspace;
         step.from = r.text(d, "replacement", field);
         const json& scheme = Reader::member(d, "prepend_scheme");

@@ -129,7 +129,7 @@ class HfBpeTokenizer final : public Tokenizer {
   // id -> the bytes ByteLevel decodes it to; the SentencePiece kind: the token's text
   std::vector<std::string> decoded_bytes_;
   std::vector<HfDecoderStep> decoder_;  // the SentencePiece kind's decoder
-  std::vector<uint8_t> id_kind_;            // id -> 0: none, 1: token, 2: special added token
+  std::vector<uint8_t> id_kind_;        // id -> 0: none, 1: token, 2: special added token
   int64_t vocab_size_ = 0;
   std::optional<int64_t> eos_id_;
 };

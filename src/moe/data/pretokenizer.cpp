@@ -228,13 +228,13 @@ void PretokenizerRegex::split_isolated(std::string_view text,
 }
 
 std::string Pretokenizer::metaspace_text(const Stage& stage, std::string_view text,
-                                        bool at_start) const {
+                                         bool at_start) const {
   std::string out;
   out.reserve(text.size() + 3);
   const bool starts_with = text.substr(0, stage.replacement.size()) == stage.replacement ||
                            (text.front() == ' ' && !stage.replacement.empty());
-  if (!starts_with && (stage.prepend == Prepend::kAlways ||
-                       (stage.prepend == Prepend::kFirst && at_start)))
+  if (!starts_with &&
+      (stage.prepend == Prepend::kAlways || (stage.prepend == Prepend::kFirst && at_start)))
     out += stage.replacement;
   for (const char c : text) {
     if (c == ' ') {

@@ -42,8 +42,8 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& tokenizer_type,
                              ? SentencePieceTokenizer::Kind::kLlama2
                              : SentencePieceTokenizer::Kind::kSentencePiece);
   }
-  MOE_FAIL("--tokenizer-type '", tokenizer_type, "' is not supported by this build (supported: ",
-           kTokenizerTypes, ")");
+  MOE_FAIL("--tokenizer-type '", tokenizer_type,
+           "' is not supported by this build (supported: ", kTokenizerTypes, ")");
 }
 
 }  // namespace moe::data
