@@ -24,8 +24,10 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommandOptions& o) {
                   "folder (its latest_checkpointed_iteration.txt picks iter_NNNNNNN)")
       ->required();
   cmd->add_option("--prompt", o.prompt, "the text to continue (empty: a new document)");
-  cmd->add_option("--tokenizer-type", o.tokenizer_type, "HuggingFaceTokenizer or byte")
-      ->check(CLI::IsMember({"HuggingFaceTokenizer", "byte"}));
+  cmd->add_option("--tokenizer-type", o.tokenizer_type,
+                  "HuggingFaceTokenizer, SentencePieceTokenizer, Llama2Tokenizer or byte")
+      ->check(CLI::IsMember(
+          {"HuggingFaceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer", "byte"}));
   cmd->add_option("--tokenizer-model", o.tokenizer_model,
                   "tokenizer.json (or its folder); default: the model folder's, else byte tokens");
   cmd->add_option("--max-new-tokens", o.generate.max_new_tokens, "tokens to generate")

@@ -24,8 +24,12 @@ CLI::App* add_preprocess_command(CLI::App& app, PreprocessCommandOptions& o) {
                   "JSON keys to tokenize, one dataset each (default text)");
   cmd->add_option("--output-prefix", p.output_prefix, "path of the outputs, without suffix")
       ->required();
-  cmd->add_option("--tokenizer-type", o.tokenizer_type, "byte (default) or HuggingFaceTokenizer");
-  cmd->add_option("--tokenizer-model", o.tokenizer_model, "tokenizer.json or its folder");
+  cmd->add_option("--tokenizer-type", o.tokenizer_type,
+                  "byte (default), HuggingFaceTokenizer, SentencePieceTokenizer or "
+                  "Llama2Tokenizer");
+  cmd->add_option("--tokenizer-model", o.tokenizer_model,
+                  "tokenizer.json or its folder (HuggingFaceTokenizer); tokenizer.model or its "
+                  "folder (SentencePieceTokenizer, Llama2Tokenizer)");
   cmd->add_flag("--append-eod", p.append_eod, "append the end-of-document id to each document");
   // Checked by data::preprocess ("--workers must be at least 1"), not by a CLI11 range, whose
   // message prints the bounds as doubles.

@@ -6,6 +6,7 @@ packages=(cmake ninja-build g++ libopenblas-dev libgtest-dev libgmock-dev libben
           nlohmann-json3-dev libcli11-dev libyaml-cpp-dev pkg-config
           libpng-dev             # `moe plot`'s PNG charts
           libpcre2-dev libutf8proc-dev  # Hugging Face BPE tokenizers: regexes, NFC
+          libsentencepiece-dev  # SentencePiece tokenizer.model files (Llama-2, Mixtral)
           libopenmpi-dev openmpi-bin     # the MPI backend and its multi-process tests (mpirun)
           fortunes)  # fortunes: the text of `moe train`'s default run (data/builtin_corpus.h)
 missing=()

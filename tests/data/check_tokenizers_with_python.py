@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Cross-checks moecore's Hugging Face BPE tokenizer against pip's `tokenizers` on a few MB.
+"""Cross-checks moecore's tokenizers against pip's `tokenizers` and `sentencepiece` on a few MB.
 
 1. Text: every Debian fortune, slices of this repository's sources, the hand-written Unicode lines
    of tests/fixtures/tokenizers/tokenizer_styles.py, their random mixtures, and random code point
    soups (letters of Unicode 15 / 16, combining marks, every kind of whitespace, digits of many
    scripts, contractions with ſ and odd case, special tokens).
-2. Tokenizers: the committed fixtures (GPT-2, Llama-3, Qwen2 styles and the variant), and a
-   Llama-3-style tokenizer with a 32k vocabulary trained here on the same text.
+2. Tokenizers: the committed fixtures (GPT-2, Llama-3, Qwen2 styles and the variant), a
+   Llama-3-style tokenizer with a 32k vocabulary trained here on the same text, and the
+   SentencePiece kind made here (tests/data/sentencepiece_styles.py): two tokenizer.model files
+   (BPE and unigram, byte_fallback) and three tokenizer.json files (Llama-2's legacy and
+   Metaspace conversions of the BPE model, a BPE with byte_fallback and Metaspace).
 3. Python writes texts.json and, per tokenizer, expected.json (encode with and without special
-   tokens, decode of random ids); the C++ test HfBpePython.* must give the same ids and text.
+   tokens, decode of random ids; for tokenizer.model files Megatron's SentencePieceTokenizer and
+   Llama2Tokenizer on `sentencepiece`); the C++ tests HfBpePython.* and SentencePiecePython.*
+   must give the same ids and text.
 4. With --speed: the speed of `tokenizers` on one thread (TOKENIZERS_PARALLELISM=false), warm
    cache, encode() per document and encode_batch() (sequential under that setting); with --moe
    also `moe bench tokenizer` on the same text and tokenizers, for comparison.
 
 Usage: python3 tests/data/check_tokenizers_with_python.py path/to/moe_cpu_tests
-       [--speed [--moe path/to/moe]] [--keep DIR]   (needs pip's tokenizers)
+       [--speed [--moe path/to/moe]] [--keep DIR]   (needs pip's tokenizers and sentencepiece)
 """
 import argparse
 import json
@@ -35,6 +40,9 @@ import tokenizers  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 import tokenizer_styles as styles  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sentencepiece_styles  # noqa: E402
 
 # Code point pools of the random soups: (weight, [ranges]).
 POOLS = [
@@ -57,7 +65,9 @@ POOLS = [
 WORDS = ["'s", "'S", "'ll", "'LL", "'lL", "'ſ", "'re", "'VE", "'m", "'D", "'t", "'", "''",
          "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<mask>", " <mask> ",
          "[R]  ", "Cafe\u0301", "<think>", "<|eot_id|>", "<|reserved_special_token_9|>", "\r\n",
-         "   ", "\n\n", "123456", "e\u0301", "\u212b", "\u1100\u1161\u11a8"]
+         "   ", "\n\n", "123456", "e\u0301", "\u212b", "\u1100\u1161\u11a8",
+         "<s>", "</s>", "<unk>", "<pad>", "<EOD>", "<CLS>", "<MASK>", "<sep>", "<0x41>", "\u2581",
+         " \u2581 ", "\x00", "\x01\x02", "\t\t "]
 
 
 def random_code_point(rng):
@@ -140,6 +150,15 @@ def main():
         config, eos = styles.build("llama3", styles.training_corpus(rng) + texts[:3000], 32000)
         styles.save(config, eos, os.path.join(folder, "llama3_32k"))
         names.append("llama3_32k")
+        spm_models, sp_styles = sentencepiece_styles.build_all(
+            styles.training_corpus(rng) + texts[:3000], folder)
+        names += sp_styles
+        for name in spm_models:
+            sentencepiece_styles.write_spm_expected(
+                os.path.join(folder, name, "tokenizer.model"), texts, rng,
+                os.path.join(folder, name))
+        with open(os.path.join(folder, "sentencepiece.json"), "w") as f:
+            json.dump(spm_models, f)
         with open(os.path.join(folder, "styles.json"), "w") as f:
             json.dump(names, f)
 
@@ -155,12 +174,16 @@ def main():
         print(f"{len(texts)} texts, {megabytes:.2f} MB; tokenizers {tokenizers.__version__}")
 
         env = dict(os.environ, MOE_TOKENIZERS_PY_DIR=folder)
-        run = subprocess.run([args.tests_binary, "--gtest_filter=HfBpePython.*"], env=env,
+        run = subprocess.run([args.tests_binary,
+                              "--gtest_filter=HfBpePython.*:SentencePiecePython.*"], env=env,
                              capture_output=True, text=True, errors="replace")
         print(run.stdout[-6000:], run.stderr[-2000:])
-        if run.returncode != 0 or "[  PASSED  ] 1 test" not in run.stdout:
-            sys.exit("HfBpePython.* failed: moecore's ids differ from tokenizers'")
+        if run.returncode != 0 or "[  PASSED  ] 2 tests" not in run.stdout:
+            sys.exit("HfBpePython.* or SentencePiecePython.* failed: moecore's ids differ from "
+                     "tokenizers' / sentencepiece's")
         print("ids and decoded text identical to tokenizers' for", ", ".join(names))
+        print("ids and decoded text identical to sentencepiece's (Megatron's "
+              "SentencePieceTokenizer, Llama2Tokenizer) for", ", ".join(spm_models))
 
         if not args.speed:
             return

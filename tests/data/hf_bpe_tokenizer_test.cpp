@@ -173,7 +173,7 @@ TEST(HfBpeTokenizer, MakeTokenizerReadsHuggingFaceFolders) {
   EXPECT_THROW(make_tokenizer("HuggingFaceTokenizer", ""), Error);
   EXPECT_THROW(make_tokenizer("HuggingFaceTokenizer", folder + "/missing"), Error);
   try {
-    make_tokenizer("SentencePieceTokenizer", folder);
+    make_tokenizer("BertWordPieceCase", folder);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("HuggingFaceTokenizer"), std::string::npos) << e.what();
@@ -210,7 +210,7 @@ TEST(HfBpeTokenizer, RefusesWhatItDoesNotImplement) {
   expect_refused(c, "model.type = \"WordPiece\"");
   c = fixture_config("qwen2");
   c["normalizer"] = {{"type", "NFKC"}};
-  expect_refused(c, "normalizer = {\"type\":\"NFKC\"}");
+  expect_refused(c, "normalizer.type = \"NFKC\"");
   c = fixture_config("qwen2");
   c["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed";
   expect_refused(c, "pre_tokenizer.pretokenizers[0].behavior = \"Removed\"");
@@ -221,8 +221,8 @@ TEST(HfBpeTokenizer, RefusesWhatItDoesNotImplement) {
   c["pre_tokenizer"]["pretokenizers"][1] = {{"type", "Whitespace"}};
   expect_refused(c, "pre_tokenizer.pretokenizers[1].type = \"Whitespace\"");
   c = fixture_config("qwen2");
-  c["pre_tokenizer"] = {{"type", "Metaspace"}};
-  expect_refused(c, "pre_tokenizer = {\"type\":\"Metaspace\"}");
+  c["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}, {"prepend_scheme", "twice"}};
+  expect_refused(c, "pre_tokenizer.prepend_scheme = \"twice\"");
   c = fixture_config("gpt2");
   c["truncation"] = {{"max_length", 8}};
   expect_refused(c, "truncation");

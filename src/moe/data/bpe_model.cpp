@@ -68,13 +68,29 @@ BpeModel::BpeModel(Config config)
       merges_(std::make_unique<PairTable>(config.merges.size())),
       fuse_unk_(config.fuse_unk),
       ignore_merges_(config.ignore_merges),
+      byte_level_(config.byte_level),
       cache_(std::make_unique<Cache>()) {
   const std::string& field = config.field;
+  MOE_CHECK(!(config.byte_level && config.byte_fallback), field,
+            ".byte_fallback needs a vocabulary in plain UTF-8, not a byte-level one");
   for (int b = 0; b < 256; ++b) {
     std::string character;
     append_utf8(byte_to_unicode(static_cast<uint8_t>(b)), character);
     const auto it = vocab_.find(character);
-    byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    byte_ids_[b] = it == vocab_.end() || !byte_level_ ? -1 : it->second;
+    // tokenizers looks byte b up as format!("<{b:#04X}>"): "<0x0A>".
+    static const char kHex[] = "0123456789ABCDEF";
+    const std::string fallback = std::string("<0x") + kHex[b >> 4] + kHex[b & 15] + ">";
+    const auto f = vocab_.find(fallback);
+    fallback_ids_[b] = f == vocab_.end() || !config.byte_fallback ? -1 : f->second;
+  }
+  if (!byte_level_) {
+    for (const auto& [token, id] : vocab_) {
+      if (token.empty()) continue;
+      const auto lead = static_cast<uint8_t>(token[0]);
+      const size_t length = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+      if (token.size() == length) char_vocab_.emplace(token, id);
+    }
   }
   if (config.unk_token) {
     const auto it = vocab_.find(*config.unk_token);
@@ -97,13 +113,44 @@ BpeModel::BpeModel(Config config)
   }
   if (ignore_merges_) {
     for (const auto& [token, id] : vocab_) {
-      if (std::optional<std::string> bytes = byte_level_bytes(token))
+      if (!byte_level_) {
+        bytes_vocab_.emplace(token, id);
+      } else if (std::optional<std::string> bytes = byte_level_bytes(token)) {
         bytes_vocab_.emplace(*bytes, id);
+      }
     }
   }
 }
 
 BpeModel::~BpeModel() = default;
+
+// tokenizers' BPE::merge_word without byte-level: a symbol per character (valid UTF-8).
+void BpeModel::character_symbols(std::string_view piece, std::vector<int32_t>& out) const {
+  int32_t pending_unk = -1;  // an unk_token not yet added (tokenizers' `unk`)
+  for (size_t i = 0; i < piece.size();) {
+    const auto lead = static_cast<uint8_t>(piece[i]);
+    const size_t length = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+    const std::string_view character = piece.substr(i, length);
+    i += length;
+    if (const auto it = char_vocab_.find(character); it != char_vocab_.end()) {
+      if (pending_unk >= 0) out.push_back(pending_unk);
+      pending_unk = -1;
+      out.push_back(it->second);
+      continue;
+    }
+    const bool all_bytes = std::all_of(character.begin(), character.end(), [&](char b) {
+      return fallback_ids_[static_cast<uint8_t>(b)] >= 0;
+    });
+    if (all_bytes) {
+      for (const char b : character) out.push_back(fallback_ids_[static_cast<uint8_t>(b)]);
+      continue;
+    }
+    if (unk_id_ < 0) continue;
+    if (pending_unk >= 0 && !fuse_unk_) out.push_back(pending_unk);
+    pending_unk = unk_id_;
+  }
+  if (pending_unk >= 0) out.push_back(pending_unk);
+}
 
 void BpeModel::merge_word(std::string_view piece, std::vector<int32_t>& out) const {
   struct Symbol {
@@ -122,10 +169,16 @@ void BpeModel::merge_word(std::string_view piece, std::vector<int32_t>& out) con
   };
   thread_local std::vector<Symbol> symbols;
   thread_local std::vector<Candidate> queue;
+  thread_local std::vector<int32_t> initial;
   symbols.clear();
-  // Initial symbols: one per byte, unknown ones as unk_token (fused) or dropped.
+  if (!byte_level_) {
+    initial.clear();
+    character_symbols(piece, initial);
+    for (const int32_t id : initial) symbols.push_back({id, 0, 0, true});
+  }
+  // Byte-level initial symbols: one per byte, unknown ones as unk_token (fused) or dropped.
   bool previous_unk = false;
-  for (const char ch : piece) {
+  for (const char ch : byte_level_ ? piece : std::string_view()) {
     const int32_t id = byte_ids_[static_cast<uint8_t>(ch)];
     if (id >= 0) {
       symbols.push_back({id, 0, 0, true});

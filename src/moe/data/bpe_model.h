@@ -10,6 +10,12 @@
 // or not. A byte whose character is not in the vocabulary becomes unk_token (consecutive ones
 // fused into one when fuse_unk), or is dropped when there is no unk_token, as in tokenizers.
 //
+// Without byte_level (the SentencePiece kind: Llama-2, Mixtral), the vocabulary is written in
+// plain UTF-8 and the piece starts as one symbol per character: the character's token, else
+// (byte_fallback) one "<0xXX>" token per UTF-8 byte when all of them are in the vocabulary,
+// else unk_token. As in tokenizers' BPE::merge_word, a pending unk is added only when the next
+// in-vocabulary character comes (or at the end), so byte tokens can come before it.
+//
 // Results of pieces shorter than kMaxCachedBytes are cached (piece -> ids) in 64 shards, each
 // behind its own mutex, so encode_piece is const and safe from several threads; a full shard is
 // emptied and refilled.
@@ -41,6 +47,8 @@ class BpeModel {
     std::optional<std::string> unk_token;
     bool fuse_unk = false;
     bool ignore_merges = false;
+    bool byte_level = true;       // false: characters in plain UTF-8 (see above)
+    bool byte_fallback = false;   // only without byte_level
     std::string field = "model";  // where the config came from, for messages
   };
   static constexpr size_t kMaxCachedBytes = 256;
@@ -60,6 +68,8 @@ class BpeModel {
   // ignore_merges' whole-piece lookup, else merge_word; the cache holds what this gives.
   void encode_piece_uncached(std::string_view piece, std::vector<int32_t>& out) const;
   void merge_word(std::string_view piece, std::vector<int32_t>& out) const;
+  // The initial symbols of `piece` without byte_level.
+  void character_symbols(std::string_view piece, std::vector<int32_t>& out) const;
 
   struct PairTable;  // (left id, right id) -> (rank, merged id)
   struct Cache;
@@ -68,9 +78,13 @@ class BpeModel {
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> bytes_vocab_;
   std::unique_ptr<PairTable> merges_;
   int32_t byte_ids_[256];  // id of each byte's character; -1 if not in the vocabulary
+  // Without byte_level: single-character tokens, and the "<0xXX>" tokens of byte_fallback.
+  std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> char_vocab_;
+  int32_t fallback_ids_[256];  // -1: none (or no byte_fallback)
   int32_t unk_id_ = -1;
   bool fuse_unk_ = false;
   bool ignore_merges_ = false;
+  bool byte_level_ = true;
   std::unique_ptr<Cache> cache_;
 };
 

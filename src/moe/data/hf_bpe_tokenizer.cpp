@@ -257,25 +257,37 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   for (const char* key : {"truncation", "padding"})
     if (root.contains(key) && !root[key].is_null()) r.refuse(key, root[key], "null");
 
-  // ---- normalizer: none, NFC, or a Sequence of NFCs --------------------------------------
+  // ---- normalizer: none, or NFC / Prepend / Replace(String), alone or in a Sequence ----------
+  const auto add_normalizer = [&](const json& n, const std::string& field) {
+    const std::string type = r.type(n, field);
+    if (type == "NFC") {
+      r.check_object(n, field, {"type"});
+      normalizer_.push_back({NormalizerStep::Kind::kNfc, {}, {}});
+    } else if (type == "Prepend") {
+      r.check_object(n, field, {"type", "prepend"});
+      normalizer_.push_back({NormalizerStep::Kind::kPrepend, r.text(n, "prepend", field), {}});
+    } else if (type == "Replace") {
+      r.check_object(n, field, {"type", "pattern", "content"});
+      const json& pattern = Reader::member(n, "pattern");
+      if (!(pattern.is_object() && pattern.size() == 1 && pattern.contains("String") &&
+            pattern["String"].is_string() && !pattern["String"].get<std::string>().empty()))
+        r.refuse(field + ".pattern", pattern, "{\"String\": a non-empty string}");
+      normalizer_.push_back({NormalizerStep::Kind::kReplace, pattern["String"].get<std::string>(),
+                             r.text(n, "content", field)});
+    } else {
+      r.refuse(field + ".type", n["type"], "NFC, Prepend, Replace");
+    }
+  };
   const json normalizer = root.value("normalizer", json());
   if (!normalizer.is_null()) {
-    const std::string type = r.type(normalizer, "normalizer");
-    if (type == "NFC") {
-      r.check_object(normalizer, "normalizer", {"type"});
-      nfc_ = true;
-    } else if (type == "Sequence") {
+    if (r.type(normalizer, "normalizer") == "Sequence") {
       r.check_object(normalizer, "normalizer", {"type", "normalizers"});
       const json& list = Reader::member(normalizer, "normalizers");
       MOE_CHECK(list.is_array(), source_, ": normalizer.normalizers must be a list");
-      for (size_t i = 0; i < list.size(); ++i) {
-        const std::string field = "normalizer.normalizers[" + std::to_string(i) + "]";
-        if (r.type(list[i], field) != "NFC") r.refuse(field, list[i], "NFC");
-        r.check_object(list[i], field, {"type"});
-        nfc_ = true;
-      }
+      for (size_t i = 0; i < list.size(); ++i)
+        add_normalizer(list[i], "normalizer.normalizers[" + std::to_string(i) + "]");
     } else {
-      r.refuse("normalizer", normalizer, "null, NFC, Sequence of NFC");
+      add_normalizer(normalizer, "normalizer");
     }
   }
 
@@ -284,11 +296,15 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   bool byte_level = false;
   const auto add_byte_level = [&](const json& p, const std::string& field) {
     r.check_object(p, field, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
-    stages.push_back({nullptr, r.flag(p, "add_prefix_space", field, true)});
-    if (r.flag(p, "use_regex", field, true))
-      stages.push_back({std::make_unique<PretokenizerRegex>(kGpt2PretokenizerRegex, false,
-                                                            field + " (GPT-2's regex)"),
-                        false});
+    Pretokenizer::Stage byte_level_stage;
+    byte_level_stage.add_prefix_space = r.flag(p, "add_prefix_space", field, true);
+    stages.push_back(std::move(byte_level_stage));
+    if (r.flag(p, "use_regex", field, true)) {
+      Pretokenizer::Stage regex;
+      regex.split = std::make_unique<PretokenizerRegex>(kGpt2PretokenizerRegex, false,
+                                                        field + " (GPT-2's regex)");
+      stages.push_back(std::move(regex));
+    }
     byte_level = true;
   };
   const auto add_split = [&](const json& p, const std::string& field) {
@@ -305,13 +321,43 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
       r.refuse(field + ".pattern", pattern, "{\"Regex\": ...}, {\"String\": ...}");
     const std::string text =
         is_regex ? pattern["Regex"].get<std::string>() : pattern["String"].get<std::string>();
-    stages.push_back(
-        {std::make_unique<PretokenizerRegex>(text, is_string, source_ + ": " + field), false});
+    Pretokenizer::Stage split;
+    split.split = std::make_unique<PretokenizerRegex>(text, is_string, source_ + ": " + field);
+    stages.push_back(std::move(split));
   };
   const json pre = root.value("pre_tokenizer", json());
   const std::string pre_type = pre.is_null() ? "null" : r.type(pre, "pre_tokenizer");
   if (pre_type == "ByteLevel") {
     add_byte_level(pre, "pre_tokenizer");
+  } else if (pre_type == "null") {
+    byte_level_ = false;  // the SentencePiece kind: each stretch is one BPE word
+  } else if (pre_type == "Metaspace") {
+    r.check_object(
+        pre, "pre_tokenizer",
+        {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
+    Pretokenizer::Stage stage;
+    stage.metaspace = true;
+    stage.replacement = r.text(pre, "replacement", "pre_tokenizer");
+    MOE_CHECK(!stage.replacement.empty() && stage.replacement.find(' ') == std::string::npos,
+              source_, ": pre_tokenizer.replacement must be a character other than ' '");
+    stage.split_on_replacement = r.flag(pre, "split", "pre_tokenizer", true);
+    // Files before tokenizers 0.19 say add_prefix_space (true: "always") instead.
+    const json& scheme = Reader::member(pre, "prepend_scheme");
+    if (scheme.is_null()) {
+      stage.prepend = r.flag(pre, "add_prefix_space", "pre_tokenizer", true)
+                          ? Pretokenizer::Prepend::kAlways
+                          : Pretokenizer::Prepend::kNever;
+    } else if (scheme == "always") {
+      stage.prepend = Pretokenizer::Prepend::kAlways;
+    } else if (scheme == "first") {
+      stage.prepend = Pretokenizer::Prepend::kFirst;
+    } else if (scheme == "never") {
+      stage.prepend = Pretokenizer::Prepend::kNever;
+    } else {
+      r.refuse("pre_tokenizer.prepend_scheme", scheme, "always, first, never");
+    }
+    stages.push_back(std::move(stage));
+    byte_level_ = false;
   } else if (pre_type == "Sequence") {
     r.check_object(pre, "pre_tokenizer", {"type", "pretokenizers"});
     const json& list = Reader::member(pre, "pretokenizers");
@@ -331,9 +377,10 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
       }
     }
   } else {
-    r.refuse("pre_tokenizer", pre, "ByteLevel, Sequence[Split..., ByteLevel]");
+    r.refuse("pre_tokenizer", pre, "ByteLevel, Sequence[Split..., ByteLevel], Metaspace, null");
   }
-  MOE_CHECK(byte_level, source_, ": pre_tokenizer has no ByteLevel; a byte-level BPE needs one");
+  MOE_CHECK(byte_level || !byte_level_, source_,
+            ": pre_tokenizer has no ByteLevel; a byte-level BPE needs one");
   pretokenizer_ = std::make_unique<Pretokenizer>(std::move(stages));
 
   // ---- model --------------------------------------------------------------------------------
@@ -349,9 +396,13 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (m.contains(key) && !m[key].is_null() && m[key] != "")
       r.refuse(std::string("model.") + key, m[key], "null, \"\"");
-  if (r.flag(m, "byte_fallback", "model", false))
-    r.refuse("model.byte_fallback", m["byte_fallback"], "false");
+  const bool byte_fallback = r.flag(m, "byte_fallback", "model", false);
+  if (byte_fallback && byte_level_)
+    r.refuse("model.byte_fallback", m["byte_fallback"],
+             "false with a ByteLevel pre-tokenizer; true with Metaspace or no pre-tokenizer");
   BpeModel::Config config;
+  config.byte_level = byte_level_;
+  config.byte_fallback = byte_fallback;
   config.field = source_ + ": model";
   config.fuse_unk = r.flag(m, "fuse_unk", "model", false);
   config.ignore_merges = r.flag(m, "ignore_merges", "model", false);
@@ -410,7 +461,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
               ".content is not valid UTF-8");
     const auto index = static_cast<int32_t>(added_tokens_.size());
     if (token.normalized) {
-      normalized_trie_->add(nfc_ ? nfc(token.content) : token.content, index);
+      normalized_trie_->add(normalized(token.content), index);
     } else {
       raw_trie_->add(token.content, index);
     }
@@ -432,7 +483,8 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   id_kind_.assign(vocab_size_, 0);
   // ByteLevel's decoder: a token's characters back to bytes; a token with a character outside
   // the mapping stays its own UTF-8 bytes.
-  const auto decoded = [](const std::string& token) {
+  const auto decoded = [&](const std::string& token) {
+    if (!byte_level_) return token;  // the SentencePiece kind's decoder runs over the tokens
     std::optional<std::string> bytes = byte_level_bytes(token);
     return bytes ? std::move(*bytes) : token;
   };
@@ -448,7 +500,7 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
   // An added token's text wins over the vocabulary's; tokenizers (0.23) decodes a normalized
   // one as its normalized text.
   for (const HfAddedToken& t : added_tokens_)
-    set_token(t.id, t.normalized && nfc_ ? nfc(t.content) : t.content);
+    set_token(t.id, t.normalized ? normalized(t.content) : t.content);
 
   // ---- post-processor: the single-sequence template --------------------------------------------
   bool have_template = false;
@@ -512,9 +564,71 @@ HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, std::string source,
 
   // ---- decoder -------------------------------------------------------------------------------
   const json decoder = root.value("decoder", json());
-  if (decoder.is_null() || r.type(decoder, "decoder") != "ByteLevel")
-    r.refuse("decoder", decoder, "ByteLevel");
-  r.check_object(decoder, "decoder", {"type", "add_prefix_space", "trim_offsets", "use_regex"});
+  if (byte_level_) {
+    if (decoder.is_null() || r.type(decoder, "decoder") != "ByteLevel")
+      r.refuse("decoder", decoder, "ByteLevel, with a ByteLevel pre-tokenizer");
+    r.check_object(decoder, "decoder", {"type", "add_prefix_space", "trim_offsets", "use_regex"});
+  } else {
+    using Kind = HfDecoderStep::Kind;
+    const auto add_decoder = [&](const json& d, const std::string& field) {
+      const std::string type = r.type(d, field);
+      HfDecoderStep step{Kind::kFuse, {}, {}, 0, 0, false};
+      if (type == "Replace") {
+        r.check_object(d, field, {"type", "pattern", "content"});
+        const json& pattern = Reader::member(d, "pattern");
+        if (!(pattern.is_object() && pattern.size() == 1 && pattern.contains("String") &&
+              pattern["String"].is_string() && !pattern["String"].get<std::string>().empty()))
+          r.refuse(field + ".pattern", pattern, "{\"String\": a non-empty string}");
+        step = {
+            Kind::kReplace, pattern["String"].get<std::string>(), r.text(d, "content", field), 0, 0,
+            false};
+      } else if (type == "ByteFallback") {
+        r.check_object(d, field, {"type"});
+        step.kind = Kind::kByteFallback;
+      } else if (type == "Fuse") {
+        r.check_object(d, field, {"type"});
+      } else if (type == "Strip") {
+        r.check_object(d, field, {"type", "content", "start", "stop"});
+        step.kind = Kind::kStrip;
+        step.from = r.text(d, "content", field);
+        for (const char* key : {"start", "stop"}) {
+          const json& n = Reader::member(d, key);
+          MOE_CHECK(n.is_number_unsigned(), source_, ": ", field, ".", key,
+                    " must be a count, got ", json_excerpt(n));
+          (std::string(key) == "start" ? step.start : step.stop) = n.get<size_t>();
+        }
+      } else if (type == "Metaspace") {
+        r.check_object(
+            d, field,
+            {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
+        step.kind = Kind::kMetaspace;
+        step.from = r.text(d, "replacement", field);
+        const json& scheme = Reader::member(d, "prepend_scheme");
+        if (scheme.is_null()) {
+          step.drop_first = r.flag(d, "add_prefix_space", field, true);
+        } else if (scheme == "always" || scheme == "first" || scheme == "never") {
+          step.drop_first = scheme != "never";
+        } else {
+          r.refuse(field + ".prepend_scheme", scheme, "always, first, never");
+        }
+      } else {
+        r.refuse(field + ".type", d["type"], "Replace, ByteFallback, Fuse, Strip, Metaspace");
+      }
+      decoder_.push_back(std::move(step));
+    };
+    if (decoder.is_null()) {
+      r.refuse("decoder", decoder,
+               "Replace, ByteFallback, Fuse, Strip, Metaspace or a Sequence of them");
+    } else if (r.type(decoder, "decoder") == "Sequence") {
+      r.check_object(decoder, "decoder", {"type", "decoders"});
+      const json& list = Reader::member(decoder, "decoders");
+      MOE_CHECK(list.is_array(), source_, ": decoder.decoders must be a list");
+      for (size_t i = 0; i < list.size(); ++i)
+        add_decoder(list[i], "decoder.decoders[" + std::to_string(i) + "]");
+    } else {
+      add_decoder(decoder, "decoder");
+    }
+  }
 
   if (eos_token) {
     eos_id_ = token_to_id(*eos_token);
@@ -564,23 +678,57 @@ void HfBpeTokenizer::split_added(std::string_view text, const AddedTokenTrie& tr
 }
 
 bool HfBpeTokenizer::normalize(std::string_view text, std::string& out) const {
-  if (!nfc_) return false;
-  // Code points below U+0300 (no byte >= 0xCC) are all NFC-stable and compose with nothing.
-  if (std::none_of(text.begin(), text.end(),
+  if (normalizer_.empty()) return false;
+  // The common cases without a copy: NFC alone on text below U+0300 (no byte >= 0xCC), whose
+  // code points are all NFC-stable and compose with nothing.
+  if (normalizer_.size() == 1 && normalizer_[0].kind == NormalizerStep::Kind::kNfc &&
+      std::none_of(text.begin(), text.end(),
                    [](char c) { return static_cast<uint8_t>(c) >= 0xCC; }))
     return false;
-  out = nfc(text);
+  out = normalized(text);
   return true;
 }
 
-void HfBpeTokenizer::encode_normalized(std::string_view text, std::vector<int64_t>& ids) const {
+std::string HfBpeTokenizer::normalized(std::string_view text) const {
+  std::string out(text);
+  for (const NormalizerStep& step : normalizer_) {
+    switch (step.kind) {
+      case NormalizerStep::Kind::kNfc:
+        out = nfc(out);
+        break;
+      case NormalizerStep::Kind::kPrepend:  // tokenizers prepends to non-empty text only
+        if (!out.empty()) out.insert(0, step.text);
+        break;
+      case NormalizerStep::Kind::kReplace: {
+        if (out.find(step.text) == std::string::npos) break;
+        std::string replaced;
+        replaced.reserve(out.size() + out.size() / 4);
+        size_t pos = 0;
+        for (size_t hit; (hit = out.find(step.text, pos)) != std::string::npos;
+             pos = hit + step.text.size()) {
+          replaced.append(out, pos, hit - pos);
+          replaced += step.replacement;
+        }
+        replaced.append(out, pos);
+        out = std::move(replaced);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+void HfBpeTokenizer::encode_normalized(std::string_view text, bool at_start,
+                                       std::vector<int64_t>& ids) const {
   std::string normalized;
   if (normalize(text, normalized)) text = normalized;
-  const auto pieces_to_ids = [&](std::string_view stretch) {
-    pretokenizer_->run(stretch, [&](std::string_view piece) { model_->encode_piece(piece, ids); });
+  const auto pieces_to_ids = [&](std::string_view stretch, bool stretch_at_start) {
+    pretokenizer_->run(
+        stretch, [&](std::string_view piece) { model_->encode_piece(piece, ids); },
+        stretch_at_start);
   };
   if (normalized_trie_->empty()) {
-    pieces_to_ids(text);
+    pieces_to_ids(text, at_start);
     return;
   }
   std::vector<Segment> segments;
@@ -589,7 +737,7 @@ void HfBpeTokenizer::encode_normalized(std::string_view text, std::vector<int64_
     if (s.added >= 0) {
       ids.push_back(added_tokens_[s.added].id);
     } else {
-      pieces_to_ids(s.text);
+      pieces_to_ids(s.text, at_start && s.text.data() == text.data());
     }
   }
 }
@@ -610,7 +758,7 @@ std::vector<int64_t> HfBpeTokenizer::encode(std::string_view text, bool add_spec
     if (s.added >= 0) {
       ids.push_back(added_tokens_[s.added].id);
     } else {
-      encode_normalized(s.text, ids);
+      encode_normalized(s.text, s.text.data() == text.data(), ids);
     }
   }
   if (add_special_tokens) ids.insert(ids.end(), template_suffix_.begin(), template_suffix_.end());
@@ -624,13 +772,19 @@ std::string HfBpeTokenizer::decode(const std::vector<int64_t>& ids) const {
 std::string HfBpeTokenizer::decode(const std::vector<int64_t>& ids,
                                    bool skip_special_tokens) const {
   std::string bytes;
+  std::vector<std::string> tokens;  // the SentencePiece kind's
   for (size_t i = 0; i < ids.size(); ++i) {
     const int64_t id = ids[i];
     MOE_CHECK(id >= 0 && id < vocab_size_ && id_kind_[id] != 0, description(), ": the id ", id,
               " at position ", i, " is not in the vocabulary (", vocab_size_, " ids)");
     if (skip_special_tokens && id_kind_[id] == 2) continue;
-    bytes += decoded_bytes_[id];
+    if (byte_level_) {
+      bytes += decoded_bytes_[id];
+    } else {
+      tokens.push_back(decoded_bytes_[id]);
+    }
   }
+  if (!byte_level_) return run_hf_decoder(decoder_, std::move(tokens));
   return utf8_lossy(bytes);
 }
 

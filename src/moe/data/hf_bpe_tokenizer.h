@@ -1,5 +1,6 @@
-// A Hugging Face byte-level BPE tokenizer read from its `tokenizer.json`, giving the ids of the
-// `tokenizers` library (0.23) for the GPT-2, Llama-3 and Qwen2 / Qwen3 styles of file.
+// A Hugging Face BPE tokenizer read from its `tokenizer.json`, giving the ids of the
+// `tokenizers` library (0.23) for the byte-level styles of file (GPT-2, Llama-3, Qwen2 / Qwen3)
+// and the SentencePiece kind (Llama-2, Mixtral, BPE with byte_fallback and Metaspace; below).
 //
 // encode(text), as tokenizers' Tokenizer.encode(text, add_special_tokens=False):
 //   1. added tokens with normalized=false are found in the raw text: leftmost match first, the
@@ -19,10 +20,22 @@
 // of characters back to bytes (a token with a character outside the mapping gives its own
 // UTF-8 bytes), and invalid UTF-8 replaced by U+FFFD per maximal subpart.
 //
+// The SentencePiece kind: a vocabulary in plain UTF-8 with "▁" for spaces, no ByteLevel.
+//   normalizer     null, or Prepend / Replace(String) / NFC, alone or in a Sequence (Llama-2's
+//                  and Mixtral's Sequence[Prepend("▁"), Replace(" ", "▁")]); Prepend puts its
+//                  text in front of a non-empty stretch (each stretch between added tokens)
+//   pre_tokenizer  null (the whole stretch is one BPE word), or Metaspace (pretokenizer.h)
+//   model          BPE over characters; byte_fallback: "<0xXX>" tokens for a character outside
+//                  the vocabulary (bpe_model.h)
+//   decoder        Replace / ByteFallback / Fuse / Strip / Metaspace, alone or in a Sequence
+//                  (hf_decoder.h; Llama-2's Sequence[Replace("▁", " "), ByteFallback, Fuse,
+//                  Strip(" ", 1, 0)]), run over the tokens of the ids.
+//
 // Anything else in a tokenizer.json — another model type, normalizer, pre-tokenizer,
 // post-processor or decoder, Split behaviours other than Isolated, single_word added tokens,
-// BPE dropout, byte_fallback, subword prefixes / suffixes, truncation or padding — is refused
-// with moe::Error naming the field and its value. Offsets (trim_offsets) do not affect ids.
+// BPE dropout, byte_fallback with a byte-level vocabulary, Replace with a regex, subword
+// prefixes / suffixes, truncation or padding — is refused with moe::Error naming the field and
+// its value. Offsets (trim_offsets) do not affect ids.
 //
 // Text must be valid UTF-8 (a Python str always is); invalid bytes are an error naming their
 // offset. encode and decode are const and thread-safe (bpe_model.h's sharded cache,
@@ -36,6 +49,7 @@
 #include <string_view>
 #include <vector>
 
+#include "moe/data/hf_decoder.h"
 #include "moe/data/tokenizer.h"
 
 namespace moe::data {
@@ -92,20 +106,30 @@ class HfBpeTokenizer final : public Tokenizer {
   };
   void split_added(std::string_view text, const AddedTokenTrie& trie,
                    std::vector<Segment>& out) const;
-  void encode_normalized(std::string_view text, std::vector<int64_t>& ids) const;
+  void encode_normalized(std::string_view text, bool at_start, std::vector<int64_t>& ids) const;
+  // The normalizer's text of `text` in `out`; false (out untouched) when it is `text` itself.
   bool normalize(std::string_view text, std::string& out) const;
+  std::string normalized(std::string_view text) const;
+
+  struct NormalizerStep {
+    enum class Kind { kNfc, kPrepend, kReplace } kind;
+    std::string text, replacement;  // Prepend: text; Replace: text -> replacement
+  };
 
   std::string source_;
   std::vector<HfAddedToken> added_tokens_;
   std::unique_ptr<AddedTokenTrie> raw_trie_;         // added tokens with normalized=false
   std::unique_ptr<AddedTokenTrie> normalized_trie_;  // normalized=true, by normalized text
-  bool nfc_ = false;
+  std::vector<NormalizerStep> normalizer_;
+  bool byte_level_ = true;  // a ByteLevel pre-tokenizer and decoder, else the SentencePiece kind
   std::unique_ptr<Pretokenizer> pretokenizer_;
   std::unique_ptr<BpeModel> model_;
   // The single-sequence template: ids before and after the sequence ($A).
   std::vector<int64_t> template_prefix_, template_suffix_;
-  std::vector<std::string> decoded_bytes_;  // id -> the bytes ByteLevel decodes it to
-  std::vector<uint8_t> id_kind_;            // id -> 0: none, 1: token, 2: special added token
+  // id -> the bytes ByteLevel decodes it to; the SentencePiece kind: the token's text
+  std::vector<std::string> decoded_bytes_;
+  std::vector<HfDecoderStep> decoder_;  // the SentencePiece kind's decoder
+  std::vector<uint8_t> id_kind_;        // id -> 0: none, 1: token, 2: special added token
   int64_t vocab_size_ = 0;
   std::optional<int64_t> eos_id_;
 };

@@ -227,4 +227,23 @@ void PretokenizerRegex::split_isolated(std::string_view text,
   if (previous_end < text.size()) pieces.push_back(text.substr(previous_end));
 }
 
+std::string Pretokenizer::metaspace_text(const Stage& stage, std::string_view text,
+                                         bool at_start) const {
+  std::string out;
+  out.reserve(text.size() + 3);
+  const bool starts_with = text.substr(0, stage.replacement.size()) == stage.replacement ||
+                           (text.front() == ' ' && !stage.replacement.empty());
+  if (!starts_with &&
+      (stage.prepend == Prepend::kAlways || (stage.prepend == Prepend::kFirst && at_start)))
+    out += stage.replacement;
+  for (const char c : text) {
+    if (c == ' ') {
+      out += stage.replacement;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace moe::data

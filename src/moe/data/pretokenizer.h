@@ -56,35 +56,65 @@ class PretokenizerRegex {
 // The pre-tokenizer: Split(regex, Isolated) stages, then ByteLevel (its GPT-2 regex when
 // use_regex, its prefix space when add_prefix_space). The byte-to-unicode mapping of ByteLevel
 // is left to the BPE model, which takes the pieces as raw bytes.
+// Or, for the SentencePiece kind, one Metaspace stage (tokenizers' pre_tokenizers::Metaspace):
+// every ' ' becomes the replacement (U+2581 "▁"); the replacement is put in front when the text
+// does not start with it and prepend_scheme is "always", or "first" and the text starts the
+// whole input (offset 0 of the original text); with split, a new piece starts at each
+// replacement character ("a▁▁b" -> "a", "▁", "▁b").
 class Pretokenizer {
  public:
+  enum class Prepend { kNever, kFirst, kAlways };
   struct Stage {
     std::unique_ptr<PretokenizerRegex> split;  // a Split stage, or null for ByteLevel
     bool add_prefix_space = false;             // ByteLevel only
+    bool metaspace = false;                    // a Metaspace stage (split is null)
+    std::string replacement;                   // Metaspace
+    Prepend prepend = Prepend::kAlways;        // Metaspace
+    bool split_on_replacement = true;          // Metaspace
   };
   explicit Pretokenizer(std::vector<Stage> stages) : stages_(std::move(stages)) {}
 
-  // Calls piece_fn(std::string_view piece) for each piece of `text`, in order.
+  // Calls piece_fn(std::string_view piece) for each piece of `text`, in order. `at_start`:
+  // the text begins at offset 0 of the original input (Metaspace's "first").
   template <class PieceFn>
-  void run(std::string_view text, PieceFn&& piece_fn) const {
-    run_stage(0, text, piece_fn);
+  void run(std::string_view text, PieceFn&& piece_fn, bool at_start = true) const {
+    run_stage(0, text, piece_fn, at_start);
   }
 
  private:
   template <class PieceFn>
-  void run_stage(size_t index, std::string_view text, PieceFn& piece_fn) const;
+  void run_stage(size_t index, std::string_view text, PieceFn& piece_fn, bool at_start) const;
+  // Metaspace's text: spaces replaced, the replacement prepended as the scheme says.
+  std::string metaspace_text(const Stage& stage, std::string_view text, bool at_start) const;
 
   std::vector<Stage> stages_;
 };
 
 template <class PieceFn>
-void Pretokenizer::run_stage(size_t index, std::string_view text, PieceFn& piece_fn) const {
+void Pretokenizer::run_stage(size_t index, std::string_view text, PieceFn& piece_fn,
+                             bool at_start) const {
   if (text.empty()) return;
   if (index == stages_.size()) {
     piece_fn(text);
     return;
   }
   const Stage& stage = stages_[index];
+  if (stage.metaspace) {
+    const std::string replaced = metaspace_text(stage, text, at_start);
+    const std::string_view r = stage.replacement;
+    std::string_view rest = replaced;
+    if (!stage.split_on_replacement || r.empty()) {
+      run_stage(index + 1, rest, piece_fn, at_start);
+      return;
+    }
+    while (!rest.empty()) {
+      size_t next = rest.find(r, rest.compare(0, r.size(), r) == 0 ? r.size() : 0);
+      if (next == std::string_view::npos) next = rest.size();
+      run_stage(index + 1, rest.substr(0, next), piece_fn, at_start);
+      rest.remove_prefix(next);
+    }
+    return;
+  }
   std::string prefixed;  // ByteLevel's add_prefix_space: " " + text unless it starts with ' '
   if (!stage.split && stage.add_prefix_space && text.front() != ' ') {
     prefixed.reserve(text.size() + 1);
@@ -93,12 +123,12 @@ void Pretokenizer::run_stage(size_t index, std::string_view text, PieceFn& piece
     text = prefixed;
   }
   if (!stage.split) {
-    run_stage(index + 1, text, piece_fn);
+    run_stage(index + 1, text, piece_fn, at_start);
     return;
   }
   std::vector<std::string_view> pieces;
   stage.split->split_isolated(text, pieces);
-  for (std::string_view piece : pieces) run_stage(index + 1, piece, piece_fn);
+  for (std::string_view piece : pieces) run_stage(index + 1, piece, piece_fn, at_start);
 }
 
 }  // namespace moe::data

@@ -3,6 +3,7 @@
 #include "moe/core/error.h"
 #include "moe/data/byte_tokenizer.h"
 #include "moe/data/hf_bpe_tokenizer.h"
+#include "moe/data/sentencepiece_tokenizer.h"
 
 namespace moe::data {
 
@@ -33,8 +34,16 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& tokenizer_type,
               "or a folder holding one)");
     return HfBpeTokenizer::from_file(tokenizer_model);
   }
+  if (tokenizer_type == "SentencePieceTokenizer" || tokenizer_type == "Llama2Tokenizer") {
+    MOE_CHECK(!tokenizer_model.empty(), "--tokenizer-type ", tokenizer_type,
+              " needs --tokenizer-model (a tokenizer.model, or a folder holding one)");
+    return std::make_unique<SentencePieceTokenizer>(
+        tokenizer_model, tokenizer_type == "Llama2Tokenizer"
+                             ? SentencePieceTokenizer::Kind::kLlama2
+                             : SentencePieceTokenizer::Kind::kSentencePiece);
+  }
   MOE_FAIL("--tokenizer-type '", tokenizer_type,
-           "' is not supported by this build (supported: byte, HuggingFaceTokenizer)");
+           "' is not supported by this build (supported: ", kTokenizerTypes, ")");
 }
 
 }  // namespace moe::data

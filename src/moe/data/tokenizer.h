@@ -1,9 +1,10 @@
 // The tokenizer interface the data pipeline (`moe preprocess`, `moe train --data-path`,
 // `moe generate`) programs against, and the factory that makes one from Megatron's flags.
 //
-// Implementations: ByteLevelTokenizer below (the default run's byte tokens, byte_tokenizer.h)
-// and the Hugging Face byte-level BPE tokenizer read from a `tokenizer.json`
-// (hf_bpe_tokenizer.h). encode() and decode() are const and safe to call from several
+// Implementations: ByteLevelTokenizer below (the default run's byte tokens, byte_tokenizer.h),
+// the Hugging Face BPE tokenizer read from a `tokenizer.json` (hf_bpe_tokenizer.h: byte-level
+// and SentencePiece-kind files) and Megatron's SentencePiece tokenizers over a `tokenizer.model`
+// (sentencepiece_tokenizer.h). encode() and decode() are const and safe to call from several
 // threads at once (`moe preprocess` encodes with worker threads).
 #pragma once
 
@@ -51,7 +52,11 @@ class ByteLevelTokenizer final : public Tokenizer {
 //   "byte" (or empty type and empty model)            -> ByteLevelTokenizer
 //   "HuggingFaceTokenizer" (or empty type) + a path   -> the tokenizer.json at the path (a file,
 //                                                       or a folder holding tokenizer.json)
+//   "SentencePieceTokenizer", "Llama2Tokenizer"       -> the tokenizer.model at the path (a file
+//                                                       or a folder; sentencepiece_tokenizer.h)
 // Any other type is refused with a message naming it and the types this build has.
+inline constexpr const char* kTokenizerTypes =
+    "byte, HuggingFaceTokenizer, SentencePieceTokenizer, Llama2Tokenizer";
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& tokenizer_type,
                                           const std::string& tokenizer_model);
 

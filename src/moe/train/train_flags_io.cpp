@@ -87,10 +87,12 @@ void add_data_flags(std::vector<Entry>& t) {
                     [](S& s, V v) { s.run.data_cache_path = v; }));
   t.push_back(value(
       "--tokenizer-type", "TYPE",
-      "HuggingFaceTokenizer (with --tokenizer-model) or byte; the tokenizer the "
-      "--data-path corpus was made with",
+      "HuggingFaceTokenizer, SentencePieceTokenizer or Llama2Tokenizer (with "
+      "--tokenizer-model), or byte; the tokenizer the --data-path corpus was made with",
       [](S& s, V v) {
-        s.run.tokenizer_type = one_of("--tokenizer-type", v, {"HuggingFaceTokenizer", "byte"});
+        s.run.tokenizer_type =
+            one_of("--tokenizer-type", v,
+                   {"HuggingFaceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer", "byte"});
       }));
   t.push_back(value("--tokenizer-model", "PATH",
                     "a Hugging Face tokenizer.json (or its folder): sets the default model's "
