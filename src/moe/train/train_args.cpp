@@ -38,6 +38,7 @@ std::vector<Entry> build_table() {
   flags::add_logging_flags(t);
   flags::add_checkpoint_flags(t);
   flags::add_data_flags(t);
+  flags::add_megatron_surface_flags(t);
   return t;
 }
 
