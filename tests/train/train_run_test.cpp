@@ -2,6 +2,8 @@
 // falls, with its JSONL metrics, TensorBoard files, evaluation, checkpoint and text sample; and
 // the refusals that happen before anything trains.
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include <cmath>
@@ -64,7 +66,7 @@ std::vector<std::string> small_run_args() {
           "--eval-iters", "1",
           // The schedule and optimizer these tests were tuned with (the default run's), given
           // explicitly: with flags, absent ones would take Megatron-LM's defaults.
-          "--min-lr", "1e-3", "--lr-warmup-iters", "4", "--lr-decay-style", "cosine",
+          "--min-lr", "1e-3", "--lr-warmup-fraction", "0.1", "--lr-decay-style", "cosine",
           "--weight-decay", "0.1", "--adam-beta2", "0.95", "--nan-action", "skip"};
 }
 
@@ -85,7 +87,7 @@ TEST(TrainRun, RefusesWhatThisBuildDoesNotWireBeforeTraining) {
 TEST(TrainRun, PerLayerMoELogging) {
   const fs::path dir = fresh_dir("per_layer");
   std::vector<std::string> args = small_run_args();
-  args[args.size() - 9] = "10";  // --train-iters 10
+  *(std::find(args.begin(), args.end(), "--train-iters") + 1) = "10";  // --train-iters 10
   for (const std::string& a :
        {std::string("--moe-per-layer-logging"), std::string("--moe-aux-loss-coeff"),
         std::string("1e-2"), std::string("--metrics-jsonl"), (dir / "m.jsonl").string(),
