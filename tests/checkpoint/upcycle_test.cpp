@@ -335,7 +335,7 @@ TEST(Upcycle, FlagsAreCheckedBeforeAnythingRuns) {
                    "--moe-shared-expert-intermediate-size 64");
   const train::TrainRunConfig ok = parse_train_args(
       {"--moe-use-upcycling", "--load", "/tmp/x", "--save", "/tmp/y", "--moe-upcycling-granularity",
-       "2", "--moe-ffn-hidden-size", "64"});
+       "2", "--moe-ffn-hidden-size", "64", "--lr", "1e-3"});
   EXPECT_TRUE(ok.moe_use_upcycling);
   EXPECT_EQ(ok.moe_upcycling_granularity, 2);
   EXPECT_NE(train::train_flags_help().find("--moe-upcycling-granularity G"), std::string::npos);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 #include <fstream>
@@ -20,10 +21,19 @@ namespace {
 
 using Args = std::vector<std::string>;
 
+// parse_train_args with an explicit --lr added when neither the flags nor a --config name one:
+// with any flag given, Megatron-LM (and so moe train) has no default learning rate.
+TrainRunConfig parse(Args args) {
+  const bool names_lr = std::find(args.begin(), args.end(), "--lr") != args.end();
+  const bool has_config = std::find(args.begin(), args.end(), "--config") != args.end();
+  if (!args.empty() && !names_lr && !has_config) args.insert(args.end(), {"--lr", "1e-3"});
+  return parse_train_args(args);
+}
+
 // The message of the moe::Error that parsing `args` throws ("" when it does not throw).
 std::string error_of(const Args& args) {
   try {
-    parse_train_args(args);
+    parse(args);
   } catch (const Error& e) {
     return e.what();
   }
@@ -46,7 +56,7 @@ std::string write_temp(const std::string& name, const std::string& text) {
 }
 
 TEST(TrainArgs, NoArgumentsIsTheDefaultRunWhichSaves) {
-  const TrainRunConfig run = parse_train_args({});
+  const TrainRunConfig run = parse({});
   const TrainRunConfig defaults = default_train_run();
   EXPECT_EQ(run.model_preset, "default");
   EXPECT_EQ(nn::model_config_to_json(run.model), nn::model_config_to_json(default_train_model()));
@@ -55,14 +65,14 @@ TEST(TrainArgs, NoArgumentsIsTheDefaultRunWhichSaves) {
   EXPECT_EQ(run.save, kDefaultRunSave);
   EXPECT_EQ(run.metrics_path(), std::string(kDefaultRunSave) + "/metrics.jsonl");
   // Any flag makes it an ordinary run: no implicit save.
-  EXPECT_EQ(parse_train_args({"--train-iters", "5"}).save, "");
+  EXPECT_EQ(parse({"--train-iters", "5"}).save, "");
 }
 
 TEST(TrainArgs, ZooPresetWithOverridesInAnyOrder) {
   const Args a = {"--model", "qwen3-30b-a3b", "--num-layers", "4", "--seq-length", "256"};
   const Args b = {"--num-layers", "4", "--seq-length", "256", "--model", "qwen3-30b-a3b"};
   for (const Args& args : {a, b}) {
-    const TrainRunConfig run = parse_train_args(args);
+    const TrainRunConfig run = parse(args);
     nn::ModelConfig expected = nn::model_zoo("qwen3-30b-a3b");
     EXPECT_EQ(run.model_preset, "qwen3-30b-a3b");
     EXPECT_EQ(run.model.num_layers, 4);
@@ -78,17 +88,17 @@ TEST(TrainArgs, CuttingAndExtendingTheLayerPattern) {
   // DeepSeek-V3-tiny's leading dense layer stays dense when cut; extending repeats the last.
   const nn::ModelConfig zoo = nn::model_zoo("deepseek-v3-tiny");
   ASSERT_EQ(zoo.moe_layer_pattern.front(), 0);
-  const TrainRunConfig cut = parse_train_args({"--model", "deepseek-v3-tiny", "--num-layers", "2"});
+  const TrainRunConfig cut = parse({"--model", "deepseek-v3-tiny", "--num-layers", "2"});
   EXPECT_EQ(cut.model.moe_layer_pattern,
             std::vector<int>(zoo.moe_layer_pattern.begin(), zoo.moe_layer_pattern.begin() + 2));
-  const TrainRunConfig longer = parse_train_args({"--num-layers", "6"});
+  const TrainRunConfig longer = parse({"--num-layers", "6"});
   EXPECT_EQ(longer.model.moe_layer_pattern, std::vector<int>(6, 1));
-  const TrainRunConfig freq = parse_train_args({"--num-layers", "4", "--moe-layer-freq", "([0]*1+[1]*3)"});
+  const TrainRunConfig freq = parse({"--num-layers", "4", "--moe-layer-freq", "([0]*1+[1]*3)"});
   EXPECT_EQ(freq.model.moe_layer_pattern, (std::vector<int>{0, 1, 1, 1}));
 }
 
 TEST(TrainArgs, ModelAndMoEFlagsMapOntoTheirFields) {
-  const TrainRunConfig run = parse_train_args(
+  const TrainRunConfig run = parse(
       {"--hidden-size", "96", "--ffn-hidden-size", "200", "--num-attention-heads", "6",
        "--num-query-groups", "3", "--kv-channels", "16", "--max-position-embeddings", "1024",
        "--vocab-size", "300", "--num-experts", "6", "--moe-ffn-hidden-size", "40",
@@ -124,7 +134,7 @@ TEST(TrainArgs, ModelAndMoEFlagsMapOntoTheirFields) {
 }
 
 TEST(TrainArgs, TrainingFlagsMapOntoTheTrainerConfig) {
-  const TrainRunConfig run = parse_train_args(
+  const TrainRunConfig run = parse(
       {"--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "500", "--lr",
        "6e-4", "--min-lr", "6e-5", "--lr-decay-style", "cosine", "--lr-decay-iters", "400",
        "--lr-warmup-iters", "20", "--lr-warmup-init", "1e-6", "--weight-decay", "0.05",
@@ -161,19 +171,22 @@ TEST(TrainArgs, TrainingFlagsMapOntoTheTrainerConfig) {
 }
 
 TEST(TrainArgs, DerivedDefaults) {
-  // --global-batch-size defaults to --micro-batch-size (one data-parallel rank), the warm-up
-  // to 10% of --train-iters, or --lr-warmup-fraction of the decay iterations.
-  const TrainRunConfig a = parse_train_args({"--micro-batch-size", "4", "--train-iters", "50"});
+  // --global-batch-size defaults to --micro-batch-size (one data-parallel rank); no warm-up
+  // unless --lr-warmup-iters or --lr-warmup-fraction (of the decay iterations) is given.
+  const TrainRunConfig a = parse({"--micro-batch-size", "4", "--train-iters", "50"});
   EXPECT_EQ(a.train.global_batch_size, 4);
-  EXPECT_EQ(a.train.schedule.warmup_iters, 5);
+  EXPECT_EQ(a.train.schedule.warmup_iters, 0);
   const TrainRunConfig b =
-      parse_train_args({"--train-iters", "100", "--lr-decay-iters", "80", "--lr-warmup-fraction", "0.25"});
+      parse({"--train-iters", "100", "--lr-decay-iters", "80", "--lr-warmup-fraction", "0.25"});
   EXPECT_EQ(b.train.schedule.warmup_iters, 20);
-  // --min-lr follows --lr (a tenth) unless given, so a small --lr alone is valid.
-  EXPECT_DOUBLE_EQ(parse_train_args({"--lr", "1e-5"}).train.schedule.min_lr, 1e-6);
-  EXPECT_EQ(parse_train_args({"--nan-action", "stop"}).train.nan_action, NanAction::stop);
-  EXPECT_EQ(parse_train_args({"--seed", "1"}).train.nan_action, NanAction::skip);
-  EXPECT_EQ(parse_train_args({"--metrics-jsonl", "m.jsonl", "--log-dir", "x"}).metrics_path(), "m.jsonl");
+  // --min-lr is Megatron's 0 unless given, so a small --lr alone is valid.
+  EXPECT_DOUBLE_EQ(parse({"--lr", "1e-5"}).train.schedule.min_lr, 0.0);
+  // Megatron checks for NaN by default: a run with flags stops on one; the default run skips.
+  EXPECT_EQ(parse({"--seed", "1"}).train.nan_action, NanAction::stop);
+  EXPECT_EQ(parse({"--nan-action", "skip"}).train.nan_action, NanAction::skip);
+  EXPECT_EQ(parse({"--no-check-for-nan-in-loss-and-grad"}).train.nan_action, NanAction::skip);
+  EXPECT_EQ(parse({}).train.nan_action, NanAction::skip);
+  EXPECT_EQ(parse({"--metrics-jsonl", "m.jsonl", "--log-dir", "x"}).metrics_path(), "m.jsonl");
 }
 
 TEST(TrainArgs, YamlFileUnderTheCommandLine) {
@@ -188,7 +201,7 @@ TEST(TrainArgs, YamlFileUnderTheCommandLine) {
                                       "moe_layer_freq: [0, 1]\n"
                                       "check_for_nan_in_loss_and_grad: true\n"
                                       "moe_router_enable_expert_bias: false\n");
-  const TrainRunConfig run = parse_train_args({"--config", path, "--lr", "2e-3"});
+  const TrainRunConfig run = parse({"--config", path, "--lr", "2e-3"});
   EXPECT_EQ(run.model_preset, "mixtral-tiny");
   EXPECT_EQ(run.model.num_layers, 2);
   EXPECT_EQ(run.model.moe_layer_pattern, (std::vector<int>{0, 1}));
@@ -213,9 +226,9 @@ TEST(TrainArgs, YamlErrorsNameTheKeyAndTheFile) {
   EXPECT_ERROR_NAMES(Args({"--config", refused}), "--fp16", "--bf16");
   // A list in YAML is a list flag's words, as on the command line.
   const std::string blend = write_temp("blend.yaml", "data_path: [0.3, /data/a, 0.7, /data/b]\n");
-  EXPECT_EQ(parse_train_args({"--config", blend}).data_path,
+  EXPECT_EQ(parse({"--config", blend, "--lr", "1e-3"}).data_path,
             (std::vector<std::string>{"0.3", "/data/a", "0.7", "/data/b"}));
-  EXPECT_EQ(parse_train_args({"--data-path", "0.3", "/data/a", "0.7", "/data/b", "--lr", "0.1"})
+  EXPECT_EQ(parse({"--data-path", "0.3", "/data/a", "0.7", "/data/b", "--lr", "0.1"})
                 .data_path,
             (std::vector<std::string>{"0.3", "/data/a", "0.7", "/data/b"}));
   EXPECT_ERROR_NAMES(Args({"--config", "/nonexistent/run.yaml"}), "cannot open",
@@ -236,12 +249,12 @@ TEST(TrainArgs, RefusedFlagsSayWhy) {
   EXPECT_ERROR_NAMES(Args({"--fp16"}), "--fp16", "--bf16");
   EXPECT_ERROR_NAMES(Args({"--tensor-model-parallel-size", "2"}), "--tensor-model-parallel-size",
                      "not supported by this build yet");
-  EXPECT_NO_THROW(parse_train_args({"--expert-model-parallel-size", "1"}));
+  EXPECT_NO_THROW(parse({"--expert-model-parallel-size", "1"}));
   EXPECT_ERROR_NAMES(Args({"--train-samples", "1000"}), "--train-samples", "--train-iters");
   // The parallelisms a later change brings: 1 only, saying so.
   for (const char* flag : {"--tensor-model-parallel-size", "--pipeline-model-parallel-size",
                            "--context-parallel-size"}) {
-    EXPECT_NO_THROW(parse_train_args({flag, "1"})) << flag;
+    EXPECT_NO_THROW(parse({flag, "1"})) << flag;
     EXPECT_ERROR_NAMES(Args({flag, "2"}), flag, " 2 ", "not built yet");
   }
 }
@@ -249,7 +262,7 @@ TEST(TrainArgs, RefusedFlagsSayWhy) {
 // Megatron's expert-parallel and DDP flags onto TrainRunConfig::parallel / ::ddp and the model's
 // MoE block; what can be checked before the world size is known is checked here.
 TEST(TrainArgs, ParallelAndDataParallelFlags) {
-  const TrainRunConfig plain = parse_train_args({"--train-iters", "5"});
+  const TrainRunConfig plain = parse({"--train-iters", "5"});
   EXPECT_EQ(plain.parallel.expert_model_parallel_size, 1);
   EXPECT_EQ(plain.parallel.expert_tensor_parallel_size, 0);  // Megatron's default: TP
   EXPECT_EQ(plain.model.moe.expert_tensor_parallel_size, 1);
@@ -257,9 +270,11 @@ TEST(TrainArgs, ParallelAndDataParallelFlags) {
                plain.ddp.overlap_param_gather || plain.ddp.grad_reduce_in_bf16);
   EXPECT_EQ(plain.ddp.bucket_size, 0);
   EXPECT_FALSE(plain.exit_signal_handler);
-  EXPECT_FALSE(plain.global_batch_follows_data_parallel);
+  // Megatron's global batch without --global-batch-size: micro-batch x data-parallel size.
+  EXPECT_TRUE(plain.global_batch_follows_data_parallel);
+  EXPECT_FALSE(parse({"--global-batch-size", "16"}).global_batch_follows_data_parallel);
 
-  const TrainRunConfig r = parse_train_args(
+  const TrainRunConfig r = parse(
       {"--expert-model-parallel-size", "4", "--expert-tensor-parallel-size", "2",
        "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
        "--ddp-bucket-size", "1000000", "--grad-reduce-in-bf16",
@@ -290,15 +305,15 @@ TEST(TrainArgs, ParallelAndDataParallelFlags) {
   EXPECT_ERROR_NAMES(Args({"--ddp-bucket-size", "0"}), "--ddp-bucket-size", ">= 1");
   EXPECT_NE(train_flags_help().find("always accumulates"), std::string::npos);
 
-  EXPECT_TRUE(parse_train_args({"--calculate-per-token-loss"}).train.calculate_per_token_loss);
+  EXPECT_TRUE(parse({"--calculate-per-token-loss"}).train.calculate_per_token_loss);
   EXPECT_ERROR_NAMES(Args({"--calculate-per-token-loss", "--mtp-num-layers", "1"}),
                      "--calculate-per-token-loss", "--mtp-num-layers");
 
   // Only --micro-batch-size: the global batch follows the data-parallel size (Megatron).
-  const TrainRunConfig micro = parse_train_args({"--micro-batch-size", "4"});
+  const TrainRunConfig micro = parse({"--micro-batch-size", "4"});
   EXPECT_TRUE(micro.global_batch_follows_data_parallel);
   EXPECT_EQ(micro.train.global_batch_size, 4);
-  EXPECT_FALSE(parse_train_args({"--micro-batch-size", "4", "--global-batch-size", "8"})
+  EXPECT_FALSE(parse({"--micro-batch-size", "4", "--global-batch-size", "8"})
                    .global_batch_follows_data_parallel);
 }
 
@@ -336,13 +351,13 @@ TEST(TrainArgs, HeadDimFollowsTheShapeFlagsAsMegatronDerivesIt) {
   EXPECT_ERROR_NAMES(Args({"--num-attention-heads", "6", "--num-query-groups", "2"}),
                      "--hidden-size 64", "--num-attention-heads 6", "--kv-channels");
   // With --kv-channels the head dim is the user's, whatever the division.
-  EXPECT_EQ(parse_train_args({"--hidden-size", "65", "--kv-channels", "16"}).model.head_dim(), 16);
+  EXPECT_EQ(parse({"--hidden-size", "65", "--kv-channels", "16"}).model.head_dim(), 16);
   // A new hidden size gives a new head dim: 128 / 4 heads.
-  EXPECT_EQ(parse_train_args({"--hidden-size", "128"}).model.head_dim(), 32);
-  EXPECT_EQ(parse_train_args({"--num-layers", "2"}).model.head_dim(), 16);
+  EXPECT_EQ(parse({"--hidden-size", "128"}).model.head_dim(), 32);
+  EXPECT_EQ(parse({"--num-layers", "2"}).model.head_dim(), 16);
   // A preset with a head dim of its own keeps it (Qwen3-30B-A3B: 128 for hidden 2048, 32 heads).
   const TrainRunConfig qwen =
-      parse_train_args({"--model", "qwen3-30b-a3b", "--num-layers", "1", "--hidden-size", "1024"});
+      parse({"--model", "qwen3-30b-a3b", "--num-layers", "1", "--hidden-size", "1024"});
   EXPECT_EQ(qwen.model.head_dim(), 128);
 }
 
@@ -368,7 +383,7 @@ TEST(TrainArgs, FloatFlagsMustBeFinite) {
 TEST(TrainArgs, BalancingWithoutCoefficientDropsThePresetsOne) {
   for (const char* type : {"sinkhorn", "none"}) {
     SCOPED_TRACE(type);
-    const TrainRunConfig run = parse_train_args({"--moe-router-load-balancing-type", type});
+    const TrainRunConfig run = parse({"--moe-router-load-balancing-type", type});
     EXPECT_EQ(run.model.moe.moe_router_load_balancing_type, type);
     EXPECT_EQ(run.model.moe.moe_aux_loss_coeff, 0.0);
     EXPECT_ERROR_NAMES(
@@ -376,7 +391,7 @@ TEST(TrainArgs, BalancingWithoutCoefficientDropsThePresetsOne) {
         "--moe-aux-loss-coeff", "0.01");
   }
   // Other balancing types keep the preset's coefficient.
-  EXPECT_EQ(parse_train_args({"--moe-router-load-balancing-type", "seq_aux_loss"})
+  EXPECT_EQ(parse({"--moe-router-load-balancing-type", "seq_aux_loss"})
                 .model.moe.moe_aux_loss_coeff,
             default_train_model().moe.moe_aux_loss_coeff);
 }
@@ -402,7 +417,7 @@ TEST(TrainArgs, YamlRefusesRepeatedKeysSecondDocumentsAndFolders) {
   EXPECT_ERROR_NAMES(Args({"--config", two}), "two.yaml", "second YAML document", "line 3");
   // A document marker at the start, or an empty document at the end, is still one mapping.
   const std::string marked = write_temp("marked.yaml", "---\nlr: 1.0e-3\n---\n");
-  EXPECT_DOUBLE_EQ(parse_train_args({"--config", marked}).train.schedule.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(parse({"--config", marked}).train.schedule.lr, 1e-3);
   const std::string folder = std::filesystem::temp_directory_path().string();
   EXPECT_ERROR_NAMES(Args({"--config", folder}), folder.c_str(), "is a folder");
 }
@@ -415,7 +430,10 @@ TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
     EXPECT_TRUE(names.insert(f.name).second) << "twice: " << f.name;
     EXPECT_EQ(f.name.rfind("--", 0), 0u) << f.name;
     EXPECT_FALSE(f.help.empty() && f.refused.empty()) << f.name << " has no help";
-    EXPECT_NE(help.find("  " + f.name + " "), std::string::npos) << f.name;
+    // A long name stands on its own line, its help on the next.
+    EXPECT_TRUE(help.find("  " + f.name + " ") != std::string::npos ||
+                help.find("  " + f.name + "\n") != std::string::npos)
+        << f.name;
   }
   for (const char* megatron :
        {"--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
@@ -440,7 +458,7 @@ TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
 }
 
 TEST(TrainArgs, RunConfigJsonRecordsTheFlags) {
-  const TrainRunConfig run = parse_train_args({"--model", "mixtral-tiny", "--lr", "0.01"});
+  const TrainRunConfig run = parse({"--model", "mixtral-tiny", "--lr", "0.01"});
   const nlohmann::json j = run_config_json(run);
   EXPECT_EQ(j["model_preset"], "mixtral-tiny");
   EXPECT_EQ(j["flags"], nlohmann::json::array({"--model mixtral-tiny", "--lr 0.01"}));

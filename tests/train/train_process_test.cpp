@@ -144,7 +144,7 @@ bool has_hidden_entries(const fs::path& save) {
 // The default model, tiny batches: a few iterations take seconds on a CPU.
 std::vector<std::string> tiny_run(const fs::path& save, int iterations) {
   std::vector<std::string> args = {"--train-iters", std::to_string(iterations), "--save",
-                                   save.string()};
+                                   save.string(), "--lr", "3e-3"};
   for (const char* a : {"--cpu", "--save-interval", "2", "--seq-length", "32", "--micro-batch-size",
                         "2", "--global-batch-size", "2", "--eval-iters", "0", "--sample-tokens",
                         "0", "--log-interval", "1"})

@@ -24,11 +24,14 @@ LrSchedule::LrSchedule(const LrScheduleConfig& c) : config_(c) {
             "--lr-decay-style ", c.decay_style,
             " is not one of constant, linear, cosine, inverse-square-root, WSD");
   MOE_CHECK(c.warmup_iters >= 0, "--lr-warmup-iters must be >= 0, got ", c.warmup_iters);
-  if (c.decay_style != "constant" && c.decay_style != "inverse-square-root")
+  // decay_iters = warmup_iters = 0 is the schedule of a run of no steps (--train-iters 0: the
+  // initial model saved, as an initialisation is exported); lr() is then the peak.
+  const bool no_steps = c.decay_iters == 0 && c.warmup_iters == 0;
+  if (c.decay_style != "constant" && c.decay_style != "inverse-square-root" && !no_steps)
     MOE_CHECK(c.decay_iters > c.warmup_iters, "--lr-decay-iters ", c.decay_iters,
               " must exceed --lr-warmup-iters ", c.warmup_iters, " for --lr-decay-style ",
               c.decay_style);
-  if (c.decay_style == "WSD") {
+  if (c.decay_style == "WSD" && !no_steps) {
     MOE_CHECK(one_of(c.wsd_decay_style, {"linear", "cosine", "exponential", "minus_sqrt"}),
               "--lr-wsd-decay-style ", c.wsd_decay_style,
               " is not one of linear, cosine, exponential, minus_sqrt");
@@ -56,6 +59,7 @@ double LrSchedule::lr(int64_t n) const {
     const double warmup = std::max(W, 1.0), s = std::max(step, 1.0);
     return std::max(c.min_lr, c.lr * std::sqrt(warmup) / std::sqrt(s));
   }
+  if (c.decay_iters == 0 && c.warmup_iters == 0) return c.lr;  // no steps: nothing decays
   if (n > c.decay_iters) return c.min_lr;
   const double ratio = (step - W) / (D - W);
   double coeff = 1.0;

@@ -17,6 +17,10 @@
 //     WSD      c = 1 until n > D - Dw (Dw = --lr-wsd-decay-iters), then with s = (n - D + Dw)/Dw
 //              linear 1 - s | cosine (cos(pi s) + 1) / 2 | exponential 2 (0.5^s) - 1 |
 //              minus_sqrt 1 - sqrt(s)
+// A schedule of no steps (decay and warm-up iters both 0, as --train-iters 0 resolves) is
+// accepted and stays at max.
+// The logged rate (Megatron's training_log): the scheduler steps after each taken update, so
+// iteration k's log line shows lr(updates taken after k), the rate of the next update.
 // Weight decay over n in [0, N] (N = --train-iters): constant = end; linear / cosine go from
 // start to end like the lr's linear / cosine decay.
 #pragma once

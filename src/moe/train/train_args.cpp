@@ -38,6 +38,7 @@ std::vector<Entry> build_table() {
   flags::add_logging_flags(t);
   flags::add_checkpoint_flags(t);
   flags::add_data_flags(t);
+  flags::add_megatron_surface_flags(t);
   return t;
 }
 
@@ -127,20 +128,18 @@ void finish(ParseState& s) {
     m.moe.moe_aux_loss_coeff = 0.0;
 
   TrainConfig& t = r.train;
+  if (given("--global-batch-size")) r.global_batch_follows_data_parallel = false;
   if (given("--micro-batch-size") && !given("--global-batch-size")) {
     t.global_batch_size = t.micro_batch_size;  // Megatron: micro x data-parallel size (1 here)
     r.global_batch_follows_data_parallel = true;
   }
   // --lr before what derives from it (--min-lr = --lr / 10), so a bad --lr is named itself.
   MOE_CHECK(t.schedule.lr >= 0, "--lr must not be negative, got ", t.schedule.lr);
-  if (given("--lr") && !given("--min-lr")) t.schedule.min_lr = t.schedule.lr / 10.0;  // as default
   if (s.warmup_fraction >= 0.0) {
     MOE_CHECK(!given("--lr-warmup-iters"),
               "--lr-warmup-fraction and --lr-warmup-iters are both given: use one");
     const int64_t decay = t.schedule.decay_iters > 0 ? t.schedule.decay_iters : t.train_iters;
     t.schedule.warmup_iters = static_cast<int64_t>(s.warmup_fraction * static_cast<double>(decay));
-  } else if (!given("--lr-warmup-iters")) {
-    t.schedule.warmup_iters = t.train_iters / 10;  // moecore's default warm-up: 10%
   }
   MOE_CHECK(s.start_wd_given == s.end_wd_given,
             "--start-weight-decay and --end-weight-decay go together (Megatron's rule)");
@@ -225,6 +224,12 @@ void finish(ParseState& s) {
     MOE_CHECK(r.moe_upcycling_granularity == 1, "--moe-upcycling-granularity ",
               r.moe_upcycling_granularity, " needs --moe-use-upcycling");
   }
+  // Megatron-LM has no default learning rate (--lr None: its scheduler stops on it). `moe train`
+  // with no flags at all is the default run; with flags, --lr is needed unless no iteration runs.
+  MOE_CHECK(given("--lr") || t.train_iters == 0,
+            "moe train: --lr is required when flags are given and --train-iters > 0 (Megatron-LM "
+            "has no default learning rate); `moe train` with no flags is the default run: ",
+            default_run_flags_text());
   LrScheduleConfig schedule = t.schedule;  // as the trainer will see it
   if (schedule.decay_iters == 0) schedule.decay_iters = t.train_iters;
   if (schedule.train_iters == 0) schedule.train_iters = t.train_iters;
@@ -330,6 +335,61 @@ TrainRunConfig default_train_run() {
   return r;
 }
 
+std::vector<std::string> default_run_flags() {
+  // default_train_run() as flags: parse_train_args(default_run_flags()) gives the same training
+  // settings (a test holds the two together).
+  return {"--micro-batch-size", "8", "--global-batch-size", "16", "--seq-length", "128",
+          "--train-iters", "500", "--lr", "3e-3", "--min-lr", "3e-4", "--lr-decay-style",
+          "cosine", "--lr-warmup-iters", "50", "--weight-decay", "0.1", "--adam-beta2", "0.95",
+          "--log-interval", "10", "--eval-interval", "100", "--eval-iters", "2", "--nan-action",
+          "skip"};
+}
+
+std::string default_run_flags_text() {
+  std::string text;
+  for (const std::string& f : default_run_flags()) text += (text.empty() ? "" : " ") + f;
+  return text;
+}
+
+TrainRunConfig megatron_default_run() {
+  TrainRunConfig r;
+  r.model_preset = "default";
+  r.model = default_train_model();
+  TrainConfig& t = r.train;
+  // Megatron-LM's defaults (megatron/training/arguments.py and its config dataclasses).
+  // --micro-batch-size, --seq-length and --train-iters have none in Megatron (it stops without
+  // them): moecore takes the default run's (8, 128, 500), with Megatron's global batch of
+  // micro-batch x data-parallel size.
+  t.micro_batch_size = 8;
+  t.global_batch_size = 8;
+  r.global_batch_follows_data_parallel = true;
+  t.seq_length = 128;
+  t.train_iters = 500;
+  t.log_interval = 100;   // LoggerConfig.log_interval
+  t.eval_interval = 0;    // ValidationConfig.eval_interval None: no evaluation during training
+  t.eval_iters = 100;     // ValidationConfig.eval_iters
+  t.seed = 1234;          // RNGConfig.seed
+  LrScheduleConfig& l = t.schedule;
+  l.lr = 0.0;             // --lr None: required when iterations are run
+  l.min_lr = 0.0;
+  l.warmup_init = 0.0;
+  l.warmup_iters = 0;
+  l.decay_style = "linear";
+  l.decay_iters = 0;      // None: --train-iters
+  l.wsd_decay_style = "exponential";
+  l.wsd_decay_iters = 0;
+  l.start_weight_decay = l.end_weight_decay = 0.01;  // --weight-decay
+  l.weight_decay_incr_style = "constant";
+  t.optimizer.beta1 = 0.9;
+  t.optimizer.beta2 = 0.999;
+  t.optimizer.eps = 1e-8;
+  t.optimizer.clip_grad = 1.0;
+  // --check-for-nan-in-loss-and-grad is on by default (--no-check-for-nan-in-loss-and-grad
+  // turns it off): a NaN stops the run.
+  t.nan_action = NanAction::stop;
+  return r;
+}
+
 std::vector<std::pair<std::string, std::string>> read_train_yaml(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -382,6 +442,7 @@ TrainRunConfig parse_train_args(const std::vector<std::string>& args) {
   if (args.empty()) {
     // The default run (the README's main command) keeps its checkpoint.
     TrainRunConfig run = default_train_run();
+    run.default_run = true;
     run.save = kDefaultRunSave;
     run.given.push_back(std::string("--save ") + kDefaultRunSave + " (the default run's)");
     return run;
@@ -413,7 +474,7 @@ TrainRunConfig parse_train_args(const std::vector<std::string>& args) {
   }
 
   ParseState s;
-  s.run = default_train_run();
+  s.run = megatron_default_run();
   s.preset_head_dim_derived = head_dim_is_derived(s.run.model);
   // The YAML file first, the command line over it.
   for (const auto& [name, text] : cli)
@@ -503,7 +564,10 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
       << " to " << t.schedule.min_lr << ", warm-up " << t.schedule.warmup_iters << "; weight decay "
       << t.schedule.start_weight_decay << "; clip " << t.optimizer.clip_grad << "; seed " << t.seed
       << "; nan action " << (t.nan_action == NanAction::stop ? "stop" : "skip") << "\n";
-  if (!r.given.empty()) {
+  if (r.default_run) {
+    out << "default run (moe train without flags): " << default_run_flags_text() << " --save "
+        << kDefaultRunSave << "\n";
+  } else if (!r.given.empty()) {
     out << "flags:";
     for (const std::string& g : r.given) out << " " << g;
     out << "\n";

@@ -13,11 +13,18 @@
 // Flags are applied in the table's order, not the command line's: --model first, then the model
 // overrides, then the rest, so `--num-layers 4 --model qwen3-30b-a3b` is the cut Qwen3.
 //
+// Defaults. `moe train` with no flags at all is the default run (default_train_run(), printed
+// as "default run: ..."). With any flag given, an absent flag takes Megatron-LM's default
+// (megatron_default_run(); tests/train/train_args_megatron_defaults_test.cpp holds them against
+// Megatron's arguments.py): the model's own values come from --model (default: the built-in
+// tiny MoE), as a Megatron recipe passes its model's flags; --lr, which Megatron has no
+// default for, is required when --train-iters > 0 (as Megatron stops without it);
+// --micro-batch-size, --seq-length and --train-iters, which Megatron requires too, take the
+// default run's 8, 128 and 500 (the global batch: micro-batch x data-parallel size).
 // Defaults that follow other flags (each said in its help line): --global-batch-size =
 // --micro-batch-size x the data-parallel size when only that is given (Megatron's; the run
 // multiplies, knowing the world: global_batch_follows_data_parallel),
-// --min-lr = --lr / 10 when only --lr is given, warm-up = --train-iters / 10 unless
-// --lr-warmup-iters or --lr-warmup-fraction is given, --lr-decay-iters = --train-iters;
+// --lr-decay-iters = --train-iters;
 // the head dim (--kv-channels) = --hidden-size / --num-attention-heads when either is given
 // on a preset whose head dim is its own hidden / heads (Megatron's rule: the division must
 // be exact unless --kv-channels is given); --moe-aux-loss-coeff = 0 when
@@ -101,6 +108,7 @@ struct TrainRunConfig {
   int64_t sample_tokens = 200;  // --sample-tokens (moecore): text sampled after training
 
   std::string config_file;  // --config
+  bool default_run = false;  // `moe train` without flags: default_train_run()
   // The flags that were given ("--name value"), in table order, for the run's log.
   std::vector<std::string> given;
 
@@ -125,9 +133,17 @@ std::string train_flags_help();
 // directory), so that `moe generate --load checkpoints/default` can read it.
 inline constexpr const char* kDefaultRunSave = "checkpoints/default";
 
-// The default run: the built-in tiny byte-level MoE and the training values `moe train` uses
-// when no flag says otherwise.
+// The default run: the built-in tiny byte-level MoE and the training values of `moe train`
+// with no flags at all (describe() prints them as "default run: ...").
 TrainRunConfig default_train_run();
+// The default run's training values as flags (parse_train_args of them trains as it does).
+std::vector<std::string> default_run_flags();
+std::string default_run_flags_text();
+// What any flag given starts from: the default model (--model default) and Megatron-LM's
+// defaults for every training flag (min-lr 0, no warm-up, linear decay, weight decay 0.01,
+// Adam betas 0.9 / 0.999, log interval 100, no evaluation during training, eval-iters 100, NaN
+// checks on). Megatron has no default --lr: parse_train_args requires it when --train-iters > 0.
+TrainRunConfig megatron_default_run();
 // The default run's model ("--model default"): 4 layers, hidden 64, 8 experts top-2, the byte
 // vocabulary (257 ids) padded to 384 as Megatron pads it (data/byte_tokenizer.h).
 nn::ModelConfig default_train_model();

@@ -76,5 +76,7 @@ void add_precision_flags(std::vector<Entry>& t);   // precision, device, NaN han
 void add_logging_flags(std::vector<Entry>& t);     // evaluation and logging
 void add_checkpoint_flags(std::vector<Entry>& t);  // --save, --load, upcycling
 void add_data_flags(std::vector<Entry>& t);        // data, tokenizer, the sample, --config
+// Megatron flags accepted because moecore always does it, checkpoint formats, refused --moe-*.
+void add_megatron_surface_flags(std::vector<Entry>& t);
 
 }  // namespace moe::train::flags

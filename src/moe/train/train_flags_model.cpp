@@ -107,6 +107,14 @@ void add_moe_flags(std::vector<Entry>& t) {
                       s.run.model.moe.moe_shared_expert_intermediate_size =
                           as_count("--moe-shared-expert-intermediate-size", v, 0);
                     }));
+  t.push_back(toggle("--moe-shared-expert-gate",
+                     "moe.moe_shared_expert_gate = true: a sigmoid gate on the shared expert's "
+                     "output (Qwen2-MoE)",
+                     [](S& s, V) { s.run.model.moe.moe_shared_expert_gate = true; }));
+  t.push_back(toggle("--moe-router-padding-for-fp8",
+                     "moe.moe_router_padding_for_fp8 = true: each expert's tokens padded to a "
+                     "multiple of 16 (the layout fp8 GEMMs need)",
+                     [](S& s, V) { s.run.model.moe.moe_router_padding_for_fp8 = true; }));
   t.push_back(value("--moe-layer-freq", "FREQ",
                     "the MoE layer pattern: N (layers 0, N, 2N, ...), [0,1,1] or ([0]*1+[1]*3)",
                     [](S& s, V v) { s.moe_layer_freq = v; }));

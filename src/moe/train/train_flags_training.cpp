@@ -96,9 +96,9 @@ void add_parallel_flags(std::vector<Entry>& t) {
 void add_batch_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(value("--seq-length", "S", "train.seq_length (<= --max-position-embeddings)",
+  t.push_back(value("--seq-length", "S", "train.seq_length (<= --max-position-embeddings; default 128, the default run's: Megatron has none)",
                     [](S& s, V v) { s.run.train.seq_length = as_count("--seq-length", v, 1); }));
-  t.push_back(value("--micro-batch-size", "B", "train.micro_batch_size", [](S& s, V v) {
+  t.push_back(value("--micro-batch-size", "B", "train.micro_batch_size (default 8, the default run's: Megatron has none)", [](S& s, V v) {
     s.run.train.micro_batch_size = as_count("--micro-batch-size", v, 1);
   }));
   t.push_back(value(
@@ -106,7 +106,7 @@ void add_batch_flags(std::vector<Entry>& t) {
       "train.global_batch_size (a multiple of --micro-batch-size x the data-parallel size; "
       "default: --micro-batch-size x the data-parallel size when only that is given)",
       [](S& s, V v) { s.run.train.global_batch_size = as_count("--global-batch-size", v, 1); }));
-  t.push_back(value("--train-iters", "N", "train.train_iters",
+  t.push_back(value("--train-iters", "N", "train.train_iters (default 500, the default run's: Megatron has none; 0: no training, --save saves the initial model)",
                     [](S& s, V v) { s.run.train.train_iters = as_count("--train-iters", v, 0); }));
   t.push_back(refused("--train-samples", "N",
                       "not supported by this build yet: give --train-iters (iterations of "
@@ -125,9 +125,9 @@ void add_batch_flags(std::vector<Entry>& t) {
 void add_schedule_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(value("--lr", "LR", "schedule.lr (the peak)",
+  t.push_back(value("--lr", "LR", "schedule.lr (the peak; required when --train-iters > 0: Megatron has no default)",
                     [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
-  t.push_back(value("--min-lr", "LR", "schedule.min_lr (default: --lr / 10)",
+  t.push_back(value("--min-lr", "LR", "schedule.min_lr (default 0)",
                     [](S& s, V v) { s.run.train.schedule.min_lr = as_double("--min-lr", v); }));
   t.push_back(value("--lr-decay-style", "STYLE",
                     "constant | linear | cosine | inverse-square-root | WSD", [](S& s, V v) {
@@ -139,7 +139,7 @@ void add_schedule_flags(std::vector<Entry>& t) {
       "--lr-decay-iters", "N", "schedule.decay_iters (default: --train-iters)",
       [](S& s, V v) { s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0); }));
   t.push_back(value(
-      "--lr-warmup-iters", "N", "schedule.warmup_iters (default: --train-iters / 10)",
+      "--lr-warmup-iters", "N", "schedule.warmup_iters (default 0)",
       [](S& s, V v) { s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0); }));
   t.push_back(value("--lr-warmup-fraction", "X",
                     "schedule.warmup_iters = X * decay iters (not with --lr-warmup-iters)",
@@ -220,9 +220,13 @@ void add_precision_flags(std::vector<Entry>& t) {
 
   // NaN handling.
   t.push_back(toggle("--check-for-nan-in-loss-and-grad",
-                     "stop on a NaN/Inf loss or gradient (= --nan-action stop)",
+                     "stop on a NaN/Inf loss or gradient (= --nan-action stop; Megatron's default)",
                      [](S& s, V) { s.nan_check = true; }));
-  t.push_back(value("--nan-action", "ACTION", "moecore: skip (drop the update, the default) | stop",
+  t.push_back(toggle("--no-check-for-nan-in-loss-and-grad",
+                     "no stop on a NaN/Inf loss or gradient: moecore then drops that update "
+                     "(= --nan-action skip) rather than applying it",
+                     [](S& s, V) { s.nan_action = "skip"; }));
+  t.push_back(value("--nan-action", "ACTION", "moecore: stop (the default, as Megatron checks for NaN) | skip (drop the update; the default run's)",
                     [](S& s, V v) {
                       s.nan_action = one_of("--nan-action", v, {"skip", "stop"});
                     }));

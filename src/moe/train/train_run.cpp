@@ -424,6 +424,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   }
   log_options.append_metrics = !run.load.empty();
   TrainLogger logger(run.model, log_options, out);
+  logger.follow(trainer);
 
   if (out) {
     std::fprintf(out, "%s", describe(run, dp).c_str());
