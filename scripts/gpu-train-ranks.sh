@@ -14,7 +14,7 @@ mkdir -p "$logdir"
 export LD_LIBRARY_PATH="$build/deps:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun_flags=(--allow-run-as-root --oversubscribe --mca btl_vader_single_copy_mechanism none)
-common=(train --bf16 --train-iters 20 --log-interval 1 --sample-tokens 0 --seq-length 256
+common=(train --bf16 --lr 3e-3 --train-iters 20 --log-interval 1 --sample-tokens 0 --seq-length 256
         --micro-batch-size 2 --global-batch-size 16)
 status=0
 "$build/moe" "${common[@]}" --metrics-jsonl "$logdir/one.jsonl" >"$logdir/one.log" 2>&1 || status=1

@@ -26,7 +26,7 @@ for spec in "${models[@]}"; do
       [ "$moments" = bf16 ] && extra=(--use-precision-aware-optimizer --exp-avg-dtype bf16 --exp-avg-sq-dtype bf16)
       log="$logdir/train_${model}_${layers}_gbs${gbs}_${moments}.log"
       "$moe" train --model "$model" --num-layers "$layers" --bf16 --seq-length 4096 \
-        --micro-batch-size 2 --global-batch-size "$gbs" --train-iters "$iters" --lr-warmup-iters 1 \
+        --micro-batch-size 2 --global-batch-size "$gbs" --train-iters "$iters" --lr 3e-4 --lr-warmup-iters 1 \
         --log-interval 1 --eval-iters 0 --sample-tokens 0 --moe-router-force-load-balancing \
         "${extra[@]}" >"$log" 2>&1 || { status=1; echo "| $spec | $gbs | $moments | failed: see $log |"; continue; }
       lines=$(grep " iteration " "$log" | tail -n +3)

@@ -22,7 +22,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-common=(train --cpu --seq-length 32 --micro-batch-size 2 --global-batch-size 4 --log-interval 1
+common=(train --cpu --lr 3e-3 --seq-length 32 --micro-batch-size 2 --global-batch-size 4 --log-interval 1
         --sample-tokens 0)
 parallel=(--expert-model-parallel-size 2 --use-distributed-optimizer)
 

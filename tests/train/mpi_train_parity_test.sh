@@ -31,7 +31,7 @@ iterations=10
 tolerance=1e-5
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-common=(train --cpu --seq-length 32 --micro-batch-size 2 --global-batch-size 4
+common=(train --cpu --lr 3e-3 --seq-length 32 --micro-batch-size 2 --global-batch-size 4
         --train-iters "$iterations" --log-interval 1 --eval-interval 5 --eval-iters 1
         --sample-tokens 24)
 

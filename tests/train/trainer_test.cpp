@@ -409,9 +409,11 @@ TEST(Trainer, BadConfigurationsNameTheirFlags) {
   c.seq_length = kSeq + 1;  // the source cuts samples of kSeq + 1 tokens
   m = message_of(c, data);
   EXPECT_NE(m.find("--seq-length 9"), std::string::npos) << m;
-  c = small_train_config(2, 4, 0);  // linear decay over 0 iterations
+  c = small_train_config(2, 4, 10);  // linear decay that ends before the warm-up does
+  c.schedule.decay_iters = 3;
+  c.schedule.warmup_iters = 5;
   m = message_of(c, data);
-  EXPECT_NE(m.find("--lr-decay-iters"), std::string::npos) << m;
+  EXPECT_NE(m.find("--lr-decay-iters 3"), std::string::npos) << m;
 
   // A token outside the vocabulary, and evaluation without validation data.
   std::vector<int32_t> tokens = repetitive_tokens(16 * kSeq + 1);
