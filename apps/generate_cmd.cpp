@@ -98,8 +98,9 @@ CLI::App* add_generate_command(CLI::App& app, GenerateCommandOptions& o) {
   cmd->add_option("--temperature", o.temperature,
                   "softmax temperature; 0 is greedy (default: generation_config.json's, "
                   "greedy there unless do_sample; else 1)");
-  cmd->add_option("--top-k", o.top_k,
-                  "sample among the k likeliest; 0: all (default: generation_config.json's, else 0)");
+  cmd->add_option(
+      "--top-k", o.top_k,
+      "sample among the k likeliest; 0: all (default: generation_config.json's, else 0)");
   cmd->add_option("--top-p", o.top_p,
                   "nucleus: the likeliest ids up to this total probability; 1: all (default: "
                   "generation_config.json's, else 1)");
@@ -150,8 +151,8 @@ int run_generate(const GenerateCommandOptions& o, bool force_cpu) {
               ", not byte tokens: give its tokenizer.json with --tokenizer-model");
   }
   MOE_CHECK(config.vocab_size >= tokenizer->vocab_size(), "moe generate: model ", config.name,
-            " has ", config.vocab_size, " vocabulary ids, fewer than the ",
-            tokenizer->vocab_size(), " of ", tokenizer->description());
+            " has ", config.vocab_size, " vocabulary ids, fewer than the ", tokenizer->vocab_size(),
+            " of ", tokenizer->description());
 
   MOE_CHECK(options.max_sequence_length >= 0 &&
                 options.max_sequence_length <= config.max_position_embeddings,
@@ -180,11 +181,12 @@ int run_generate(const GenerateCommandOptions& o, bool force_cpu) {
       train::generate_texts(*model, *tokenizer, prompts, options, &stats);
   for (size_t i = 0; i < texts.size(); ++i)
     std::printf("---- %zu\n%s%s\n", i, prompts[i].c_str(), texts[i].c_str());
-  std::printf("----\nprefill: %lld prompt tokens in %.3f s; decode: %lld tokens in %.3f s, "
-              "%.1f tokens/s\n",
-              static_cast<long long>(stats.prompt_tokens), stats.prefill_seconds,
-              static_cast<long long>(stats.decode_tokens), stats.decode_seconds,
-              stats.decode_tokens_per_second());
+  std::printf(
+      "----\nprefill: %lld prompt tokens in %.3f s; decode: %lld tokens in %.3f s, "
+      "%.1f tokens/s\n",
+      static_cast<long long>(stats.prompt_tokens), stats.prefill_seconds,
+      static_cast<long long>(stats.decode_tokens), stats.decode_seconds,
+      stats.decode_tokens_per_second());
   return 0;
 }
 

@@ -487,7 +487,7 @@ TEST_P(KvCache, BatchEqualsPromptsOneByOne) {
                                         at == free_run[b].end() ? at : at + 1);
     EXPECT_EQ(stopped[b], expected) << b;
   }
-  EXPECT_EQ(stopped[1].size(), 3u);
+  EXPECT_LE(stopped[1].size(), 3u);  // at step 2, or earlier where the id came before
 }
 
 INSTANTIATE_TEST_SUITE_P(Attention, KvCache, ::testing::Values(false, true),

@@ -16,8 +16,8 @@ constexpr const char* kOp = "KV cache";
 
 // Room for `needed` rows in a cache tensor [capacity, 1, heads, D] (doubling, at least 16),
 // keeping its first `kept` rows.
-void reserve_rows(Tensor& t, int64_t needed, int64_t kept, int64_t heads, int64_t dim,
-                  DType dtype, Device device) {
+void reserve_rows(Tensor& t, int64_t needed, int64_t kept, int64_t heads, int64_t dim, DType dtype,
+                  Device device) {
   if (t.defined() && t.size(0) >= needed) return;
   const int64_t capacity = std::max<int64_t>({needed, 16, t.defined() ? 2 * t.size(0) : 0});
   Tensor grown = Tensor::empty({capacity, 1, heads, dim}, dtype, device);
@@ -98,8 +98,8 @@ Tensor decode_step(GPTModel& model, const Tensor& input_ids,
             " but the model is on ", model.device());
   const int64_t S = input_ids.size(0), B = input_ids.size(1);
   MOE_CHECK(S >= 1 && B >= 1 && (S == 1 || B == 1), kOp,
-            ": a step is one token of each sequence or one sequence's tokens, got input_ids [",
-            S, ", ", B, "]");
+            ": a step is one token of each sequence or one sequence's tokens, got input_ids [", S,
+            ", ", B, "]");
   MOE_CHECK(static_cast<int64_t>(caches.size()) == B, kOp, ": ", caches.size(), " caches for ", B,
             " sequences");
   const ModelConfig& config = model.config();
