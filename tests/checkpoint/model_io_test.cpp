@@ -122,6 +122,57 @@ TEST_F(CheckpointModelIo, DeepSeekV3WithFp8AndMtp) {
   EXPECT_TRUE(io::testing::same_bytes(no_mtp->logits(ids), expected));
 }
 
+// A DeepSeek-V3 folder as transformers saves it: config.json keeps num_nextn_predict_layers but
+// no MTP tensor is written. It loads as the model without MTP (the main model's logits); a
+// model asked for MTP layers (moe train --mtp-num-layers) gets them fresh, as a new model's; a
+// folder holding only part of the MTP tensors is an error naming what is missing.
+TEST_F(CheckpointModelIo, HfFolderWithoutMtpTensorsLoadsWithoutMtp) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  const nn::ModelConfig config = nn::model_zoo("deepseek-v3-tiny");
+  ASSERT_GT(config.mtp_num_layers, 0);
+  const TensorMap hf = random_hf_tensors(config, DType::f32, seed);
+  write_hf_folder(dir_ / "full", config, hf, DType::f32);
+  auto full = load_model(path("full"), DType::f32, Device::cpu());
+  const Tensor ids = tokens(config, seed);
+  const Tensor expected = full->logits(ids);
+
+  const std::string mtp_prefix = "model.layers." + std::to_string(config.num_layers) + ".";
+  TensorMap without_mtp;
+  for (const auto& [name, t] : hf)
+    if (name.rfind(mtp_prefix, 0) != 0) without_mtp[name] = t;
+  ASSERT_LT(without_mtp.size(), hf.size());
+  write_hf_folder(dir_ / "no-mtp", config, without_mtp, DType::f32);
+  EXPECT_EQ(read_model_config(path("no-mtp"), CheckpointFormat::hf).mtp_num_layers, 0);
+  auto loaded = load_model(path("no-mtp"), DType::f32, Device::cpu());
+  EXPECT_EQ(loaded->config().mtp_num_layers, 0);
+  EXPECT_TRUE(io::testing::same_bytes(loaded->logits(ids), expected));
+
+  // Asked for the MTP layer: it starts as a new model's (seed 1234, load_model's), the rest is
+  // the folder's.
+  auto with_mtp = load_model(path("no-mtp"), DType::f32, Device::cpu(), [&](nn::ModelConfig& c) {
+    c.mtp_num_layers = config.mtp_num_layers;
+  });
+  EXPECT_EQ(with_mtp->config().mtp_num_layers, config.mtp_num_layers);
+  EXPECT_TRUE(io::testing::same_bytes(with_mtp->logits(ids), expected));
+  nn::GPTModel fresh(config, DType::f32, Device::cpu(), 1234);
+  const TensorMap fresh_tensors = model_tensors(fresh), loaded_tensors = model_tensors(*with_mtp);
+  size_t mtp_tensors = 0;
+  for (const auto& [name, t] : loaded_tensors) {
+    if (name.rfind(mtp_prefix, 0) != 0) continue;
+    ++mtp_tensors;
+    EXPECT_TRUE(io::testing::same_bytes(t, fresh_tensors.at(name))) << name;
+  }
+  EXPECT_GT(mtp_tensors, 0u);
+
+  // Some MTP tensors but not all: an error naming a missing one.
+  TensorMap partial = without_mtp;
+  partial[mtp_prefix + "enorm.weight"] = hf.at(mtp_prefix + "enorm.weight");
+  write_hf_folder(dir_ / "partial", config, partial, DType::f32);
+  EXPECT_TRUE(fails_with([&] { (void)load_model(path("partial"), DType::f32, Device::cpu()); },
+                         {mtp_prefix + "hnorm.weight", "missing"}));
+}
+
 // The expert bias is a buffer: saved and loaded with the parameters.
 TEST_F(CheckpointModelIo, ExpertBiasBufferRoundTrips) {
   const uint64_t seed = test::fresh_seed();

@@ -12,6 +12,9 @@
 // logits to move far outside the parity tolerance: the fixtures can tell those apart.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -97,6 +100,27 @@ TEST_P(HfParity, FixtureIsWhatTheGeneratorPromises) {
   }
   EXPECT_EQ(fx.meta.at("batch").get<int64_t>(), fx.batch);
   EXPECT_EQ(fx.meta.at("seq").get<int64_t>(), fx.seq);
+}
+
+// transformers writes no MTP weights for DeepSeek-V3 but keeps num_nextn_predict_layers in
+// config.json (as the published checkpoints have it, 1): the fixture's folder with that field
+// set loads without MTP and still gives transformers' logits.
+TEST(HfParityNoMtp, DeepSeekV3ConfigAnnouncingMtpLoadsWithoutIt) {
+  const HfFixture fx = load_hf_fixture("deepseek_v3");
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() /
+                       ("moe_hf_no_mtp_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+                        "_" + std::to_string(reinterpret_cast<uintptr_t>(&fx)));
+  fs::create_directories(dir);
+  fs::copy_file(fs::path(fx.dir) / "model.safetensors", dir / "model.safetensors");
+  nlohmann::json config = read_json_file(fx.dir + "/config.json");
+  config["num_nextn_predict_layers"] = 1;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  auto model = checkpoint::load_model(dir.string(), DType::f32, Device::cpu());
+  EXPECT_EQ(model->config().mtp_num_layers, 0);
+  const Tensor logits = host(model->logits(fx.input_ids)).to(DType::f32);
+  EXPECT_LE(relative_error(logits, fx.logits), kLogitsTol);
+  fs::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, HfParity, ::testing::ValuesIn(hf_fixture_families()),

@@ -14,6 +14,7 @@
 
 #include "moe/core/error.h"
 #include "moe/data/byte_tokenizer.h"
+#include "moe/nn/kv_cache.h"
 #include "nn/gpt_test_util.h"
 
 namespace moe {
@@ -366,5 +367,136 @@ TEST(Generate, BadOptionsAreErrors) {
   EXPECT_THROW((void)train::sample_token({0.0, 1.0}, {}, 1, 0, 3), Error);
 }
 
+// ---- the KV cache, batches, several end ids ------------------------------------------------
+
+namespace kv {
+
+// A GQA model (qk-norm, q/k/v biases, a MoE layer) and an MLA model (DeepSeek-style: latent
+// norms, interleaved rotary, YaRN, a MoE layer), vocabulary 23, 40 positions.
+nn::ModelConfig cache_config(bool mla) {
+  nn::ModelConfig c = mla ? nn::ModelConfig{} : test::tiny_gpt_config();
+  if (mla) {
+    c = test::tiny_gpt_config();
+    c.name = "mla-cache-test";
+    c.hidden_size = 11;
+    c.num_attention_heads = 3;
+    c.num_query_groups = 3;
+    c.attention_type = nn::AttentionType::mla;
+    c.mla = nn::MlaConfig{.q_lora_rank = 7,
+                          .kv_lora_rank = 5,
+                          .qk_head_dim = 3,
+                          .qk_pos_emb_head_dim = 4,
+                          .v_head_dim = 5};
+    c.rotary_style = nn::RotaryStyle::interleaved;
+    c.yarn = nn::YarnConfig{.factor = 4.0,
+                            .original_max_position_embeddings = 16,
+                            .beta_fast = 32.0,
+                            .beta_slow = 1.0,
+                            .mscale = 0.9,
+                            .mscale_all_dim = 0.6};
+    c.moe.hidden_size = c.hidden_size;
+  } else {
+    c.add_qkv_bias = true;
+  }
+  c.qk_layernorm = true;
+  c.vocab_size = 23;
+  c.max_position_embeddings = 40;
+  c.validate();
+  return c;
+}
+
+class KvCache : public ::testing::TestWithParam<bool> {};
+
+// Each cached step's logits are the full forward's last row (f64), for a prompt prefilled at
+// once and then one token at a time.
+TEST_P(KvCache, DecodeStepLogitsAreTheFullForwardsLastRow) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  nn::GPTModel model(cache_config(GetParam()), DType::f64, Device::cpu(), seed);
+  const std::vector<int64_t> ids = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3};
+  nn::SequenceKvCache cache;
+  const size_t prompt = 5;
+  std::vector<double> cached = nn::decode_step(model, Tensor::from_vector(
+      std::vector<int64_t>(ids.begin(), ids.begin() + prompt), {5, 1}), {&cache})
+                                   .to_double_vector();
+  for (size_t n = prompt;; ++n) {
+    const std::vector<double> full =
+        last_logits(model, std::vector<int64_t>(ids.begin(), ids.begin() + static_cast<long>(n)));
+    ASSERT_EQ(cached.size(), full.size());
+    for (size_t v = 0; v < full.size(); ++v) EXPECT_NEAR(cached[v], full[v], 1e-10) << n;
+    EXPECT_EQ(cache.length, static_cast<int64_t>(n));
+    if (n == ids.size()) break;
+    cached = nn::decode_step(model, Tensor::from_vector(std::vector<int64_t>{ids[n]}, {1, 1}),
+                             {&cache})
+                 .to_double_vector();
+  }
+}
+
+// Greedy generation gives the same ids with and without the cache, past the window as well.
+TEST_P(KvCache, GreedyIsTheSameWithAndWithoutTheCache) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  nn::GPTModel model(cache_config(GetParam()), DType::f64, Device::cpu(), seed);
+  for (const int64_t window : {0, 9}) {
+    GenerateOptions o = greedy_options(30);
+    o.max_sequence_length = window;
+    const std::vector<int64_t> prompt = {7, 2, 19, 4};
+    o.kv_cache = false;
+    const std::vector<int64_t> uncached = train::generate(model, prompt, o);
+    o.kv_cache = true;
+    train::GenerateStats stats;
+    const std::vector<int64_t> cached = train::generate_batch(model, {prompt}, o, &stats)[0];
+    EXPECT_EQ(cached, uncached) << "window " << window;
+    EXPECT_EQ(cached, reference_greedy(model, prompt, 30, window == 0 ? 40 : 9));
+    EXPECT_EQ(stats.prompt_tokens, 4);
+    EXPECT_EQ(stats.decode_tokens, 29);
+  }
+}
+
+// A batch of prompts of different lengths gives what each prompt gives alone (greedy and
+// sampled), and each sequence stops at its own end id.
+TEST_P(KvCache, BatchEqualsPromptsOneByOne) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  nn::GPTModel model(cache_config(GetParam()), DType::f64, Device::cpu(), seed);
+  const std::vector<std::vector<int64_t>> prompts = {{1}, {5, 6, 7, 8, 9, 10}, {22, 0, 3}};
+  GenerateOptions sampled;
+  sampled.max_new_tokens = 20;
+  sampled.sampling.temperature = 0.9;
+  sampled.seed = seed;
+  for (const GenerateOptions& o : {greedy_options(20), sampled}) {
+    const auto batch = train::generate_batch(model, prompts, o);
+    ASSERT_EQ(batch.size(), prompts.size());
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      EXPECT_EQ(batch[b], train::generate(model, prompts[b], o)) << b;
+      GenerateOptions uncached = o;
+      uncached.kv_cache = false;
+      EXPECT_EQ(batch[b], train::generate(model, prompts[b], uncached)) << b;
+    }
+  }
+  // End ids: the id the second sequence makes at step 2 ends it there; the others go on
+  // unless they make it too.
+  const auto free_run = train::generate_batch(model, prompts, greedy_options(20));
+  GenerateOptions o = greedy_options(20);
+  const int64_t end = free_run[1][2];
+  o.stop_ids = {end};
+  const auto stopped = train::generate_batch(model, prompts, o);
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    const auto at = std::find(free_run[b].begin(), free_run[b].end(), end);
+    const std::vector<int64_t> expected(free_run[b].begin(),
+                                        at == free_run[b].end() ? at : at + 1);
+    EXPECT_EQ(stopped[b], expected) << b;
+  }
+  EXPECT_LE(stopped[1].size(), 3u);  // at step 2, or earlier where the id came before
+}
+
+INSTANTIATE_TEST_SUITE_P(Attention, KvCache, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return std::string(info.param ? "mla" : "gqa");
+                         });
+
+}  // namespace kv
+
 }  // namespace
 }  // namespace moe
+

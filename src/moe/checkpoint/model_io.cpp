@@ -1,6 +1,7 @@
 // Model folders: format detection, load_model, save_model (model_io.h).
 #include "moe/checkpoint/model_io.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -80,9 +81,53 @@ CheckpointFormat detect_format(const std::string& dir) {
   return moecore ? CheckpointFormat::moecore : CheckpointFormat::hf;
 }
 
+std::vector<std::string> missing_mtp_tensors(const nn::ModelConfig& config,
+                                             const TensorSource& source, bool* none_present) {
+  std::vector<std::string> missing;
+  bool any = false;
+  for (const UnitMapping& unit : hf_model_mapping(config)) {
+    if (!unit.mtp) continue;
+    std::vector<std::string> names;
+    for (const TensorMapping& m : unit.tensors)
+      for (const auto& expert : m.hf_names) names.insert(names.end(), expert.begin(), expert.end());
+    for (const HfCopy& c : unit.copies)
+      if (!c.optional) names.push_back(c.hf_name);
+    for (const std::string& name : names) {
+      if (source.contains(name))
+        any = true;
+      else
+        missing.push_back(name);
+    }
+  }
+  if (none_present) *none_present = !any;
+  return missing;
+}
+
 nn::ModelConfig read_model_config(const std::string& dir, CheckpointFormat format) {
-  if (format == CheckpointFormat::hf) return nn::from_hf_config_file(dir);
-  return nn::load_model_config((fs::path(dir) / "model_config.json").string());
+  if (format == CheckpointFormat::moecore)
+    return nn::load_model_config((fs::path(dir) / "model_config.json").string());
+  nn::ModelConfig config = nn::from_hf_config_file(dir);
+  if (config.mtp_num_layers == 0) return config;
+  // transformers has no MTP module: a DeepSeek-V3 model it saved keeps
+  // num_nextn_predict_layers in config.json but writes none of the MTP weights. Such a folder
+  // is the model without MTP; a folder with only some of them is damaged.
+  const std::unique_ptr<TensorSource> source = open_model_tensors(dir, format);
+  bool none_present = false;
+  const std::vector<std::string> missing = missing_mtp_tensors(config, *source, &none_present);
+  if (missing.empty()) return config;
+  std::string list;
+  for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + missing[i];
+  if (missing.size() > 5) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+  MOE_CHECK(none_present, source->description(), " holds some of the ", config.mtp_num_layers,
+            " MTP layers' tensors that config.json's num_nextn_predict_layers announces, but ",
+            missing.size(), " are missing: ", list);
+  std::fprintf(stderr,
+               "warning: %s: config.json says num_nextn_predict_layers %lld, but the folder "
+               "holds none of the MTP tensors (%s); loading the model without MTP "
+               "(mtp_num_layers 0)\n",
+               dir.c_str(), static_cast<long long>(config.mtp_num_layers), list.c_str());
+  config.mtp_num_layers = 0;
+  return config;
 }
 
 std::optional<Fp8BlockSize> read_fp8_block_size(const std::string& dir, CheckpointFormat format) {
@@ -203,9 +248,25 @@ void load_weights(nn::GPTModel& model, const TensorSource& source, CheckpointFor
     }
     for (const TensorMapping* m : boxed) assign_box(*m);
   }
-  for (const auto& [name, target] : targets)
-    MOE_CHECK(filled.count(name), "model parameter ", name, " ", shape_str(target.value->shape()),
+  // MTP layers that the model has and the file lacks (a Hugging Face folder saved without its
+  // MTP weights, trained with --mtp-num-layers) keep their initialisation, as a new model's.
+  std::set<std::string> fresh;
+  for (int64_t l = file_config.num_layers + file_config.mtp_num_layers;
+       l < model.config().num_layers + model.config().mtp_num_layers; ++l)
+    for (const TensorMapping& m : hf_layer_mapping(model.config(), l).tensors) fresh.insert(m.name);
+  size_t fresh_count = 0;
+  for (const auto& [name, target] : targets) {
+    if (filled.count(name)) continue;
+    MOE_CHECK(fresh.count(name), "model parameter ", name, " ", shape_str(target.value->shape()),
               " was not found in ", source.description());
+    ++fresh_count;
+  }
+  if (fresh_count > 0)
+    std::fprintf(stderr,
+                 "note: %s holds %lld MTP layer(s), the model %lld: the other MTP layers (%zu "
+                 "tensors) start from a new model's initialisation\n",
+                 source.description().c_str(), static_cast<long long>(file_config.mtp_num_layers),
+                 static_cast<long long>(model.config().mtp_num_layers), fresh_count);
 }
 
 std::unique_ptr<nn::GPTModel> load_model(const std::string& dir, DType dtype, Device device,

@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "moe/checkpoint/fp8_blocks.h"
 #include "moe/core/tensor.h"
@@ -37,8 +38,16 @@ CheckpointFormat parse_format(const std::string& name);  // "hf" | "moecore", el
 CheckpointFormat detect_format(const std::string& dir);
 
 // The folder's model config (HF: nn::from_hf_config_file, named after the folder; moecore:
-// nn::load_model_config).
+// nn::load_model_config). A Hugging Face folder whose config announces MTP layers
+// (num_nextn_predict_layers) but holds none of their tensors (what transformers' save_pretrained
+// writes for DeepSeek-V3) reads as the model without MTP (mtp_num_layers 0), with a warning on
+// stderr naming the missing tensors; a folder holding only some of them is an error naming the
+// missing ones.
 nn::ModelConfig read_model_config(const std::string& dir, CheckpointFormat format);
+// The HF names of `config`'s MTP layers (non-optional copies included) that `source` lacks;
+// *none_present (if given) says whether it holds none of them.
+std::vector<std::string> missing_mtp_tensors(const nn::ModelConfig& config,
+                                             const TensorSource& source, bool* none_present);
 // The FP8 block size of the folder's weights, or nullopt when they are not block-scaled FP8
 // (HF: config.json's quantization_config; moecore: quantization_config.json).
 std::optional<Fp8BlockSize> read_fp8_block_size(const std::string& dir, CheckpointFormat format);
@@ -51,13 +60,15 @@ std::optional<Fp8BlockSize> read_fp8_block_size(const std::string& dir, Checkpoi
 // NaN or Inf values (every tensor is checked on the host, in one pass, before it is uploaded:
 // a non-finite weight would only show as a NaN loss). MTP layers of the
 // checkpoint beyond the (adjusted) config's mtp_num_layers are skipped (transformers itself
-// does not load DeepSeek-V3's MTP layer).
+// does not load DeepSeek-V3's MTP layer); MTP layers the adjusted config adds beyond the
+// folder's keep their initialisation (a note on stderr says so).
 std::unique_ptr<nn::GPTModel> load_model(const std::string& dir, DType dtype, Device device,
                                          const std::function<void(nn::ModelConfig&)>& adjust = {});
 
 // Fills an existing model from a folder written for `file_config` (the config in the folder;
-// `model.config()` may differ from it only in what does not change tensor shapes, in fewer MTP
-// layers, and in its parallel mapping).
+// `model.config()` may differ from it only in what does not change tensor shapes, in the number
+// of MTP layers, and in its parallel mapping). MTP layers beyond the file's keep the model's
+// initialisation (a note on stderr).
 //
 // A model built for expert parallelism (nn::MoEGroups of EP or ETP size > 1) holds only a box
 // of each stacked expert tensor (nn::ParamLayout): each such parameter is filled with its box

@@ -116,6 +116,27 @@ Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx) const {
       .reshape({S, B, hidden_});
 }
 
+Tensor GqaAttention::forward_cached(const Tensor& x, KvStep& step) const {
+  check_dim(x, 3, kOp, "x");
+  MOE_CHECK(x.size(2) == hidden_ && x.dtype() == dtype_, kOp, ": x ", shape_str(x.shape()), " ",
+            x.dtype(), " does not fit hidden size ", hidden_, " in ", dtype_);
+  const int64_t S = x.size(0), B = x.size(1), T = S * B, D = head_dim_;
+  const Tensor x2 = x.reshape({T, hidden_});
+  Tensor q = project(x2, q_proj, bias_ ? &q_bias : nullptr).reshape({S, B, heads_, D});
+  Tensor k = project(x2, k_proj, bias_ ? &k_bias : nullptr).reshape({S, B, groups_, D});
+  const Tensor v = project(x2, v_proj, bias_ ? &v_bias : nullptr).reshape({S, B, groups_, D});
+  if (q_norm) {
+    RMSNormContext q_ctx, k_ctx;
+    q = q_norm->forward(q, q_ctx);
+    k = k_norm->forward(k, k_ctx);
+  }
+  q = ops::rotary_forward(q, inv_freq_, step.positions, rotary_);
+  k = ops::rotary_forward(k, inv_freq_, step.positions, rotary_);
+  const Tensor out = cached_attention(q, k, v, step, attention_);
+  return ops::matmul(out.reshape({T, heads_ * D}), o_proj.value, false, true)
+      .reshape({S, B, hidden_});
+}
+
 Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   MOE_CHECK(ctx.x.defined(), kOp, ": backward without a forward");
   check_shape(dy, ctx.input_shape, "GqaAttention::backward", "dy");

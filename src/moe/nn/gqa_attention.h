@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/nn/kv_cache.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/parameter.h"
 #include "moe/nn/rmsnorm_module.h"
@@ -58,6 +59,9 @@ class GqaAttention {
   Tensor forward(const Tensor& x, AttentionContext& ctx) const;
   // dy [S, B, H] -> dx [S, B, H]; accumulates the parameter gradients.
   Tensor backward(const Tensor& dy, AttentionContext& ctx);
+  // Generation with a KV cache (kv_cache.h): x [S, B, H] holds only the new tokens, rotated at
+  // step.positions; their k, v join the caches and they attend over all cached keys.
+  Tensor forward_cached(const Tensor& x, KvStep& step) const;
 
   std::vector<Parameter*> parameters();
   void zero_grad();

@@ -147,6 +147,41 @@ Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx) const {
       .reshape({S, B, hidden_});
 }
 
+Tensor MlaAttention::forward_cached(const Tensor& x, KvStep& step) const {
+  check_dim(x, 3, kOp, "x");
+  MOE_CHECK(x.size(2) == hidden_ && x.dtype() == dtype_, kOp, ": x ", shape_str(x.shape()), " ",
+            x.dtype(), " does not fit hidden size ", hidden_, " in ", dtype_);
+  const int64_t S = x.size(0), B = x.size(1), T = S * B, qk = nope_dim_ + rope_dim_;
+  const Tensor x2 = x.reshape({T, hidden_});
+  // As forward(), with the rotary positions of the step.
+  Tensor q;
+  if (q_lora_rank_ > 0) {
+    RMSNormContext norm;
+    const Tensor c_q = ops::matmul(x2, q_a_proj.value, false, true);
+    q = ops::matmul(q_a_layernorm ? q_a_layernorm->forward(c_q, norm) : c_q, q_b_proj.value,
+                    false, true);
+  } else {
+    q = ops::matmul(x2, q_proj.value, false, true);
+  }
+  ops::RotaryArgs q_rotary = rotary_;
+  q_rotary.feature_offset = nope_dim_;
+  q = ops::rotary_forward(q.reshape({S, B, heads_, qk}), inv_freq_, step.positions, q_rotary);
+  const Tensor c_kv = ops::matmul(x2, kv_a_proj_with_mqa.value.rows(0, kv_lora_rank_), false, true);
+  const Tensor k_pe =
+      ops::matmul(x2, kv_a_proj_with_mqa.value.rows(kv_lora_rank_, rope_dim_), false, true);
+  RMSNormContext kv_norm;
+  const Tensor latent = kv_a_layernorm ? kv_a_layernorm->forward(c_kv, kv_norm) : c_kv;
+  const Tensor kv = ops::matmul(latent, kv_b_proj.value, false, true);
+  const Tensor k_pe_rotated = ops::rotary_forward(k_pe.reshape({S, B, 1, rope_dim_}), inv_freq_,
+                                                  step.positions, rotary_);
+  const ops::MlaKeyValue keys =
+      ops::mla_expand_kv_forward(kv.reshape({S, B, heads_, nope_dim_ + v_dim_}),
+                                 k_pe_rotated.reshape({S, B, rope_dim_}), nope_dim_);
+  const Tensor out = cached_attention(q, keys.k, keys.v, step, attention_);
+  return ops::matmul(out.reshape({T, heads_ * v_dim_}), o_proj.value, false, true)
+      .reshape({S, B, hidden_});
+}
+
 Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   MOE_CHECK(ctx.x.defined(), kOp, ": backward without a forward");
   check_shape(dy, ctx.input_shape, "MlaAttention::backward", "dy");

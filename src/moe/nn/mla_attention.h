@@ -55,6 +55,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/nn/kv_cache.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/parameter.h"
 #include "moe/nn/rmsnorm_module.h"
@@ -88,6 +89,9 @@ class MlaAttention {
   Tensor forward(const Tensor& x, MlaAttentionContext& ctx) const;
   // dy [S, B, H] -> dx [S, B, H]; accumulates the parameter gradients.
   Tensor backward(const Tensor& dy, MlaAttentionContext& ctx);
+  // Generation with a KV cache (kv_cache.h): x [S, B, H] holds only the new tokens, rotated at
+  // step.positions; their per-head keys and values join the caches.
+  Tensor forward_cached(const Tensor& x, KvStep& step) const;
 
   // q_a_proj, q_a_layernorm, q_b_proj (or q_proj), kv_a_proj_with_mqa, kv_a_layernorm,
   // kv_b_proj, o_proj (the norms only with --qk-layernorm).

@@ -1,12 +1,14 @@
 #include "moe/train/generate.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/data/byte_tokenizer.h"
+#include "moe/nn/kv_cache.h"
 
 namespace moe::train {
 namespace {
@@ -126,8 +128,15 @@ int64_t sample_token(const std::vector<double>& logits, const SamplingOptions& o
   return c.ids.back();  // u above a cumulative sum rounded just below 1
 }
 
-std::vector<int64_t> generate(nn::GPTModel& model, const std::vector<int64_t>& prompt,
-                              const GenerateOptions& options) {
+namespace {
+
+// The checked window and sampled vocabulary of `options` for `model`.
+struct Limits {
+  int64_t window = 0, sampled_vocab = 0;
+};
+
+Limits check_generation(const nn::GPTModel& model, const std::vector<int64_t>& prompt,
+                        const GenerateOptions& options) {
   const nn::ModelConfig& config = model.config();
   const int64_t vocab = config.vocab_size;
   check_sampling_options(options.sampling);
@@ -136,42 +145,152 @@ std::vector<int64_t> generate(nn::GPTModel& model, const std::vector<int64_t>& p
   MOE_CHECK(options.sampled_vocab_size >= 0 && options.sampled_vocab_size <= vocab,
             "generate: the sampled vocabulary (", options.sampled_vocab_size, ") must be in 1..",
             vocab, " (the model's vocab_size), or 0 for all of it");
-  const int64_t sampled_vocab =
-      options.sampled_vocab_size == 0 ? vocab : options.sampled_vocab_size;
+  Limits limits;
+  limits.sampled_vocab = options.sampled_vocab_size == 0 ? vocab : options.sampled_vocab_size;
   const int64_t max_positions = config.max_position_embeddings;
   MOE_CHECK(options.max_sequence_length >= 0 && options.max_sequence_length <= max_positions,
             "generate: --seq-length ", options.max_sequence_length, " must be in 1..",
             max_positions, " (the model's max_position_embeddings), or 0 for that");
-  const int64_t window =
-      options.max_sequence_length == 0 ? max_positions : options.max_sequence_length;
-  if (options.end_of_document_id)
-    MOE_CHECK(*options.end_of_document_id >= 0 && *options.end_of_document_id < vocab,
-              "generate: the end-of-document id ", *options.end_of_document_id,
+  limits.window = options.max_sequence_length == 0 ? max_positions : options.max_sequence_length;
+  std::vector<int64_t> ends = options.stop_ids;
+  if (options.end_of_document_id) ends.push_back(*options.end_of_document_id);
+  for (const int64_t id : ends)
+    MOE_CHECK(id >= 0 && id < vocab, "generate: the end-of-document id ", id,
               " is outside the model's vocabulary 0..", vocab - 1);
   MOE_CHECK(!prompt.empty(), "generate: the prompt holds no tokens (give at least one id)");
   for (size_t i = 0; i < prompt.size(); ++i)
-    MOE_CHECK(prompt[i] >= 0 && prompt[i] < sampled_vocab, "generate: prompt id ", prompt[i],
-              " at position ", i, " is outside the vocabulary 0..", sampled_vocab - 1);
+    MOE_CHECK(prompt[i] >= 0 && prompt[i] < limits.sampled_vocab, "generate: prompt id ",
+              prompt[i], " at position ", i, " is outside the vocabulary 0..",
+              limits.sampled_vocab - 1);
+  return limits;
+}
 
+bool is_end(const GenerateOptions& options, int64_t id) {
+  if (options.end_of_document_id && id == *options.end_of_document_id) return true;
+  return std::find(options.stop_ids.begin(), options.stop_ids.end(), id) != options.stop_ids.end();
+}
+
+// The last `window` ids of `sequence`.
+std::vector<int64_t> window_of(const std::vector<int64_t>& sequence, int64_t window) {
+  const size_t start = sequence.size() > static_cast<size_t>(window)
+                           ? sequence.size() - static_cast<size_t>(window)
+                           : 0;
+  return {sequence.begin() + static_cast<std::ptrdiff_t>(start), sequence.end()};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// One sequence without the cache: each step a full forward of the window.
+std::vector<int64_t> generate_uncached(nn::GPTModel& model, const std::vector<int64_t>& prompt,
+                                       const GenerateOptions& options, const Limits& limits,
+                                       GenerateStats& stats) {
   std::vector<int64_t> sequence = prompt;
   std::vector<int64_t> generated;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    const size_t start = sequence.size() > static_cast<size_t>(window)
-                             ? sequence.size() - static_cast<size_t>(window)
-                             : 0;
-    const std::vector<int64_t> ids(sequence.begin() + static_cast<std::ptrdiff_t>(start),
-                                   sequence.end());
+    const auto start = std::chrono::steady_clock::now();
+    const std::vector<int64_t> ids = window_of(sequence, limits.window);
     const int64_t S = static_cast<int64_t>(ids.size());
     const Tensor input = Tensor::from_vector(ids, {S, 1}, model.device());
     // [S, 1, V] -> the last position's row, on the host in double.
     const std::vector<double> last = model.logits(input).rows(S - 1, 1).to_double_vector();
     const int64_t next = sample_token(last, options.sampling, options.seed,
-                                      static_cast<uint64_t>(step), sampled_vocab);
+                                      static_cast<uint64_t>(step), limits.sampled_vocab);
+    (step == 0 ? stats.prefill_seconds : stats.decode_seconds) += seconds_since(start);
+    if (step > 0) ++stats.decode_tokens;
     generated.push_back(next);
     sequence.push_back(next);
-    if (options.end_of_document_id && next == *options.end_of_document_id) break;
+    if (is_end(options, next)) break;
   }
   return generated;
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> generate_batch(nn::GPTModel& model,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GenerateOptions& options,
+                                                 GenerateStats* stats_out) {
+  Limits limits;
+  for (const std::vector<int64_t>& prompt : prompts)
+    limits = check_generation(model, prompt, options);
+  GenerateStats stats;
+  const size_t n = prompts.size();
+  std::vector<std::vector<int64_t>> generated(n);
+  for (const auto& prompt : prompts)
+    stats.prompt_tokens += static_cast<int64_t>(std::min<size_t>(prompt.size(),
+                                                                 static_cast<size_t>(limits.window)));
+  if (!options.kv_cache) {
+    for (size_t b = 0; b < n; ++b)
+      generated[b] = generate_uncached(model, prompts[b], options, limits, stats);
+    if (stats_out) *stats_out = stats;
+    return generated;
+  }
+  if (options.max_new_tokens == 0) {
+    if (stats_out) *stats_out = stats;
+    return generated;
+  }
+  std::vector<nn::SequenceKvCache> caches(n);
+  std::vector<std::vector<int64_t>> sequences = prompts;
+  std::vector<bool> done(n, false);
+  const auto take = [&](size_t b, const std::vector<double>& logits, int64_t step) {
+    const int64_t next = sample_token(logits, options.sampling, options.seed,
+                                      static_cast<uint64_t>(step), limits.sampled_vocab);
+    generated[b].push_back(next);
+    sequences[b].push_back(next);
+    if (is_end(options, next) || step + 1 >= options.max_new_tokens) done[b] = true;
+  };
+  // A sequence's window run from an empty cache (the prompt; or, past the window, every step:
+  // positions restart at 0 in each window, so nothing cached can be reused).
+  const auto prefill = [&](size_t b) {
+    caches[b] = nn::SequenceKvCache{};
+    const std::vector<int64_t> ids = window_of(sequences[b], limits.window);
+    const Tensor input =
+        Tensor::from_vector(ids, {static_cast<int64_t>(ids.size()), 1}, model.device());
+    return nn::decode_step(model, input, {&caches[b]}).to_double_vector();
+  };
+
+  auto start = std::chrono::steady_clock::now();
+  for (size_t b = 0; b < n; ++b) take(b, prefill(b), 0);
+  stats.prefill_seconds = seconds_since(start);
+  start = std::chrono::steady_clock::now();
+  const int64_t V = model.config().vocab_size;
+  for (int64_t step = 1; step < options.max_new_tokens; ++step) {
+    std::vector<size_t> batch;
+    std::vector<int64_t> ids;
+    for (size_t b = 0; b < n; ++b) {
+      if (done[b]) continue;
+      ++stats.decode_tokens;
+      if (caches[b].length + 1 > limits.window) {
+        take(b, prefill(b), step);
+        continue;
+      }
+      batch.push_back(b);
+      ids.push_back(sequences[b].back());
+    }
+    if (batch.empty()) {
+      if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+      continue;
+    }
+    const int64_t B = static_cast<int64_t>(batch.size());
+    std::vector<nn::SequenceKvCache*> step_caches;
+    for (const size_t b : batch) step_caches.push_back(&caches[b]);
+    const std::vector<double> logits =
+        nn::decode_step(model, Tensor::from_vector(ids, {1, B}, model.device()), step_caches)
+            .to_double_vector();
+    for (int64_t i = 0; i < B; ++i)
+      take(batch[static_cast<size_t>(i)],
+           std::vector<double>(logits.begin() + i * V, logits.begin() + (i + 1) * V), step);
+  }
+  stats.decode_seconds = seconds_since(start);
+  if (stats_out) *stats_out = stats;
+  return generated;
+}
+
+std::vector<int64_t> generate(nn::GPTModel& model, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options) {
+  return generate_batch(model, {prompt}, options).front();
 }
 
 std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
@@ -188,22 +307,32 @@ std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
 
 std::string generate_text(nn::GPTModel& model, const data::Tokenizer& tokenizer,
                           std::string_view prompt, GenerateOptions options) {
+  return generate_texts(model, tokenizer, {std::string(prompt)}, std::move(options)).front();
+}
+
+std::vector<std::string> generate_texts(nn::GPTModel& model, const data::Tokenizer& tokenizer,
+                                        const std::vector<std::string>& prompts,
+                                        GenerateOptions options, GenerateStats* stats) {
   const int64_t vocab = tokenizer.vocab_size();
   MOE_CHECK(model.config().vocab_size >= vocab, "model ", model.config().name, " has ",
             model.config().vocab_size, " vocabulary ids, fewer than the tokenizer's ", vocab, " (",
             tokenizer.description(), "): not the tokenizer it was trained with");
   options.sampled_vocab_size = vocab;
   if (!options.end_of_document_id) options.end_of_document_id = tokenizer.end_of_document();
-  std::vector<int64_t> ids = tokenizer.encode_document(prompt);
-  if (prompt.empty() && ids.empty() && tokenizer.end_of_document())
-    ids.push_back(*tokenizer.end_of_document());
-  MOE_CHECK(!ids.empty(), "generate: ", tokenizer.description(),
-            " gives no ids for an empty prompt and has no end-of-document id: give a prompt");
-  std::vector<int64_t> generated = generate(model, ids, options);
-  if (!generated.empty() && options.end_of_document_id &&
-      generated.back() == *options.end_of_document_id)
-    generated.pop_back();
-  return tokenizer.decode(generated);
+  std::vector<std::vector<int64_t>> ids;
+  for (const std::string& prompt : prompts) {
+    ids.push_back(tokenizer.encode_document(prompt));
+    if (prompt.empty() && ids.back().empty() && tokenizer.end_of_document())
+      ids.back().push_back(*tokenizer.end_of_document());
+    MOE_CHECK(!ids.back().empty(), "generate: ", tokenizer.description(),
+              " gives no ids for an empty prompt and has no end-of-document id: give a prompt");
+  }
+  std::vector<std::string> texts;
+  for (std::vector<int64_t>& generated : generate_batch(model, ids, options, stats)) {
+    if (!generated.empty() && is_end(options, generated.back())) generated.pop_back();
+    texts.push_back(tokenizer.decode(generated));
+  }
+  return texts;
 }
 
 }  // namespace moe::train

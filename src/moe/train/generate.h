@@ -12,10 +12,15 @@
 // device (up to the logits' own rounding).
 // Ids at or above sampled_vocab_size (the vocabulary padding) are never chosen.
 //
-// No KV cache yet: every step recomputes the whole window with GPTModel::logits, so a step
-// costs a full forward of the window (fine for samples of a few hundred tokens from small
-// models). The window is the last `max_sequence_length` ids (default: the model's
-// max_position_embeddings): rotary positions restart at 0 in each window.
+// With the KV cache (GenerateOptions::kv_cache, the default; nn/kv_cache.h) the prompt runs
+// once and each step runs the model on one new token per sequence, the sequences of a batch
+// together. Without it every step recomputes the whole window with GPTModel::logits (the
+// reference the cache is tested against). The window is the last `max_sequence_length` ids
+// (default: the model's max_position_embeddings): rotary positions restart at 0 in each window,
+// so once a sequence is longer than the window each of its steps recomputes the window (with or
+// without the cache, the same computation).
+// Several prompts: each sequence samples as it would alone (draw t of the seed at its step t)
+// and stops at its own end id; ids are never padded.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +49,10 @@ struct GenerateOptions {
   int64_t max_sequence_length = 0;
   // Generation stops after this id is produced (it is the last id returned); nullopt: never.
   std::optional<int64_t> end_of_document_id;
+  // More ids that end a sequence the same way (generation_config.json's eos_token_id list).
+  std::vector<int64_t> stop_ids = {};
+  // Decode with a KV cache (see above); false recomputes the window at every step.
+  bool kv_cache = true;
   // Ids >= this are never sampled: the tokenizer's vocabulary inside the model's padded one.
   // 0 is the model's vocab_size; else 1..vocab_size.
   int64_t sampled_vocab_size = 0;
@@ -66,6 +75,26 @@ int64_t sample_token(const std::vector<double>& logits, const SamplingOptions& o
 
 // The uniform in (0, 1) used for draw `draw` of `seed`: 53 random bits from one Philox block.
 double sampling_uniform(uint64_t seed, uint64_t draw);
+
+// What a generation took: the prompts' tokens and their forward (the first new token of each
+// sequence), and the later tokens and their steps. Seconds on the host clock, device work
+// included (every step reads its logits back).
+struct GenerateStats {
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0;
+  int64_t decode_tokens = 0;  // new tokens after each sequence's first
+  double decode_seconds = 0;
+  double decode_tokens_per_second() const {
+    return decode_seconds > 0 ? static_cast<double>(decode_tokens) / decode_seconds : 0.0;
+  }
+};
+
+// generate() for several prompts at once: result b continues prompts[b]. Equal to calling
+// generate() on each prompt alone (up to the rounding of batched GEMMs). `stats` may be null.
+std::vector<std::vector<int64_t>> generate_batch(nn::GPTModel& model,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GenerateOptions& options,
+                                                 GenerateStats* stats = nullptr);
 
 // Continues `prompt` (ids in 0..sampled vocabulary - 1, at least one) by up to
 // options.max_new_tokens ids and returns only the new ids (the end-of-document id included
@@ -90,5 +119,9 @@ std::string generate_byte_text(nn::GPTModel& model, std::string_view prompt,
 // end-of-document id and adds nothing is an error asking for a prompt.
 std::string generate_text(nn::GPTModel& model, const data::Tokenizer& tokenizer,
                           std::string_view prompt, GenerateOptions options);
+// generate_text for several prompts at once (generate_batch): the new text of each.
+std::vector<std::string> generate_texts(nn::GPTModel& model, const data::Tokenizer& tokenizer,
+                                        const std::vector<std::string>& prompts,
+                                        GenerateOptions options, GenerateStats* stats = nullptr);
 
 }  // namespace moe::train

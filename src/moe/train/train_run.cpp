@@ -199,9 +199,15 @@ std::string sample_on_every_rank(nn::GPTModel& model, const data::Tokenizer& tok
 
 void print_sample(TrainSession& s) {
   if (s.config.sample_tokens <= 0) return;
-  // The corpus's tokenizer (byte tokens for the built-in corpus and by default).
+  // The corpus's tokenizer: --tokenizer-*, else the tokenizer.json of a --load model folder (a
+  // Hugging Face folder fine-tuned as it is: the sample is text in its vocabulary), else byte
+  // tokens (the built-in corpus).
+  std::string tokenizer_model = s.config.tokenizer_model;
+  if (s.config.tokenizer_type.empty() && tokenizer_model.empty() && !s.config.load.empty() &&
+      std::filesystem::is_regular_file(std::filesystem::path(s.config.load) / "tokenizer.json"))
+    tokenizer_model = s.config.load;
   const std::unique_ptr<data::Tokenizer> tokenizer =
-      data::make_tokenizer(s.config.tokenizer_type, s.config.tokenizer_model);
+      data::make_tokenizer(s.config.tokenizer_type, tokenizer_model);
   if (tokenizer->description() == "byte" &&
       !data::ByteTokenizer::fits_model_vocab(s.model.config().vocab_size)) {
     s.logger.note(moe::detail::concat("no text sample: the vocabulary of ",
