@@ -707,8 +707,19 @@ std::vector<std::string> load_model_folder_weights(const std::string& folder, nn
   const nn::ModelConfig file_config = checkpoint::read_model_config(folder, format);
   // The folder holds global tensors; this run's model may hold boxes of them (its expert
   // parallel mapping), which load_weights reads alone: compared without the mapping.
-  const nn::ModelConfig file_global = without_mapping(file_config);
+  nn::ModelConfig file_global = without_mapping(file_config);
   const nn::ModelConfig model_global = without_mapping(model.config());
+  // MTP layers the folder does not have (a Hugging Face DeepSeek-V3 saved without them, or a
+  // run asking for --mtp-num-layers) start as a new model's: load_weights keeps them.
+  std::string fresh_mtp;
+  if (model_global.mtp_num_layers > file_global.mtp_num_layers) {
+    fresh_mtp = moe::detail::concat(
+        "MTP layers ", model_global.num_layers + file_global.mtp_num_layers, "..",
+        model_global.num_layers + model_global.mtp_num_layers - 1, " (--mtp-num-layers ",
+        model_global.mtp_num_layers, ") are not in the folder, which has ",
+        file_global.mtp_num_layers, ": they start as a new model's");
+    file_global.mtp_num_layers = model_global.mtp_num_layers;
+  }
   std::vector<std::string> differences = config_differences(file_global, model_global);
   if (tensor_layout(file_global) != tensor_layout(model_global)) {
     const std::string hint =
@@ -722,6 +733,7 @@ std::vector<std::string> load_model_folder_weights(const std::string& folder, nn
                                  : join(differences, "; "));
   }
   checkpoint::load_weights(model, folder, format, file_config);
+  if (!fresh_mtp.empty()) differences.push_back(fresh_mtp);
   if (trainer) {
     // A fresh trainer: iteration 0, zero moments; the fp32 masters are the loaded weights.
     for (const NamedTensor& s : trainer->optimizer().state())

@@ -173,7 +173,9 @@ void verify_training_checkpoint(const std::string& folder);
 // config's (else an error naming every differing config field, nothing loaded); with
 // `trainer`, the optimizer's fp32 masters are taken from the loaded weights and the trainer
 // starts at iteration 0 with fresh moments. Returns the config fields that differ without
-// changing any tensor shape.
+// changing any tensor shape, and a line naming the MTP layers the model has beyond the
+// folder's (they keep the model's initialisation: a Hugging Face DeepSeek-V3 saved without its
+// MTP weights, fine-tuned with --mtp-num-layers).
 std::vector<std::string> load_model_folder_weights(const std::string& folder, nn::GPTModel& model,
                                                    Trainer* trainer);
 
