@@ -90,7 +90,7 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::
 }
 
 Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx,
-                          const ops::DropoutArgs& dropout) const {
+                             const ops::DropoutArgs& dropout) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_, kOp, ": x ", shape_str(x.shape()), " has hidden size ", x.size(2),
             ", expected --hidden-size ", hidden_);
@@ -131,9 +131,8 @@ Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   ops::gemm(dy2, true, out2, false, o_proj.grad, 1.0f, o_proj.take_grad_beta());
   const Tensor d_out = ops::matmul(dy2, o_proj.value).reshape({S, B, heads_, D});
 
-  ops::AttentionGrads g =
-      ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
-                              options_with(ctx.dropout));
+  ops::AttentionGrads g = ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
+                                                  options_with(ctx.dropout));
   Tensor dq = ops::rotary_backward(g.q, inv_freq_, Tensor(), rotary_);
   Tensor dk = ops::rotary_backward(g.k, inv_freq_, Tensor(), rotary_);
   if (q_norm) {

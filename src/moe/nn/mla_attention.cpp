@@ -102,7 +102,7 @@ MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::
 }
 
 Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx,
-                          const ops::DropoutArgs& dropout) const {
+                             const ops::DropoutArgs& dropout) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_, kOp, ": x ", shape_str(x.shape()), " has hidden size ", x.size(2),
             ", expected --hidden-size ", hidden_);
@@ -163,9 +163,8 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   ops::gemm(dy2, true, out2, false, o_proj.grad, 1.0f, o_proj.take_grad_beta());
   const Tensor d_out = ops::matmul(dy2, o_proj.value).reshape({S, B, heads_, v_dim_});
 
-  ops::AttentionGrads g =
-      ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
-                              options_with(ctx.dropout));
+  ops::AttentionGrads g = ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
+                                                  options_with(ctx.dropout));
 
   // Keys and values back to kv_b_proj's output and the shared k_pe (summed over the heads).
   ops::MlaKeyValueGrads dkv = ops::mla_expand_kv_backward(g.k, g.v, nope_dim_);
