@@ -2,6 +2,7 @@
 
 #include "moe/core/rng.h"
 #include "moe/nn/param_init.h"
+#include "moe/ops/dropout.h"
 #include "moe/ops/elementwise.h"
 #include "moe/ops/embedding.h"
 #include "moe/ops/gemm.h"
@@ -48,7 +49,7 @@ void add_router_losses(const TransformerLayer& layer, const TransformerLayerCont
 
 GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64_t seed,
                    const MoEGroups& groups)
-    : config_(config), dtype_(dtype), device_(device) {
+    : config_(config), dtype_(dtype), device_(device), seed_(seed) {
   check_model_config(config_, dtype);
   const int64_t V = config_.vocab_size, H = config_.hidden_size;
   embed_tokens = Parameter::make("model.embed_tokens.weight", {V, H}, dtype, device);
@@ -68,6 +69,18 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
   }
 }
 
+LayerDropout GPTModel::dropout_for(const GPTContext& ctx) const {
+  LayerDropout d;
+  if (!ctx.dropout_first_sample) return d;
+  MOE_CHECK(*ctx.dropout_first_sample >= 0, kOp, ": dropout_first_sample must be >= 0, got ",
+            *ctx.dropout_first_sample);
+  d.hidden = config_.hidden_dropout;
+  d.attention = config_.attention_dropout;
+  d.seed = seed_;
+  d.first_sample = *ctx.dropout_first_sample;
+  return d;
+}
+
 Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
   check_tokens(input_ids, "input_ids", device_);
   const int64_t S = input_ids.size(0), B = input_ids.size(1);
@@ -75,10 +88,11 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
   ctx.input_ids = input_ids;
   if (on_params_needed) on_params_needed({&embed_tokens});
   Tensor x = ops::embedding_forward(input_ids, embed_tokens.value);  // [S, B, H]
+  ops::dropout_(x, ctx.dropout.args(-1, ops::DropoutSite::embedding));
   ctx.layers.resize(layers.size());
   for (size_t l = 0; l < layers.size(); ++l) {
     if (on_params_needed) on_params_needed(layers[l].parameters());
-    x = layers[l].forward(x, ctx.layers[l]);
+    x = layers[l].forward(x, ctx.layers[l], ctx.dropout);
   }
   if (on_params_needed) on_params_needed(head_parameters());
   return final_norm.forward(x, ctx.final_norm).reshape({S * B, config_.hidden_size});
@@ -86,9 +100,12 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
 
 GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTContext& ctx,
                           const Tensor& loss_mask) {
-  const std::optional<double> loss_scale_known = ctx.loss_scale_known_in_forward;  // an input
+  const std::optional<double> loss_scale_known = ctx.loss_scale_known_in_forward;  // inputs
+  const std::optional<int64_t> dropout_first_sample = ctx.dropout_first_sample;
   ctx = GPTContext{};
   ctx.loss_scale_known_in_forward = loss_scale_known;
+  ctx.dropout_first_sample = dropout_first_sample;
+  ctx.dropout = dropout_for(ctx);
   check_tokens(input_ids, "input_ids", device_);
   check_tokens(labels, "labels", device_);
   check_shape(labels, input_ids.shape(), kOp, "labels");
@@ -146,9 +163,11 @@ Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
     m.labels = shift_left(labels, k, static_cast<double>(cross_entropy.ignore_index)).reshape({T});
     if (ctx.loss_mask.defined())
       m.loss_mask = shift_left(ctx.loss_mask.reshape({S, B}), k, 0.0).reshape({T});
-    const Tensor embedded = ops::embedding_forward(m.input_ids, embed_tokens.value);
+    Tensor embedded = ops::embedding_forward(m.input_ids, embed_tokens.value);
+    const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
+    ops::dropout_(embedded, ctx.dropout.args(layer, ops::DropoutSite::embedding));
     if (on_params_needed) on_params_needed(mtp_layers[static_cast<size_t>(d)].parameters());
-    prev = mtp_layers[static_cast<size_t>(d)].forward(embedded, prev, m.layer);
+    prev = mtp_layers[static_cast<size_t>(d)].forward(embedded, prev, m.layer, ctx.dropout);
     m.hidden = prev.reshape({T, H});
     m.cross_entropy = ops::linear_cross_entropy_forward(m.hidden, output_weight().value, m.labels,
                                                         m.loss_mask, cross_entropy);
@@ -175,7 +194,10 @@ Tensor GPTModel::mtp_backward(GPTContext& ctx, double loss_scale) {
     MtpLayerGrads grads =
         mtp_layers[static_cast<size_t>(d)].backward(dh.reshape({S, B, H}), m.layer, loss_scale);
     const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
-    ops::embedding_backward(grads.embedding, m.input_ids, embed_tokens.grad, accumulate);
+    const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
+    const Tensor d_embedding = ops::dropout_backward(
+        grads.embedding, ctx.dropout.args(layer, ops::DropoutSite::embedding));
+    ops::embedding_backward(d_embedding, m.input_ids, embed_tokens.grad, accumulate);
     d_next = std::move(grads.prev_hidden);
   }
   return d_next.reshape({T, H});
@@ -217,6 +239,7 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
   }
   // With tied weights the embedding gradient already holds the output layer's part: add to it.
   const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
+  dx = ops::dropout_backward(dx, ctx.dropout.args(-1, ops::DropoutSite::embedding));
   ops::embedding_backward(dx, ctx.input_ids, embed_tokens.grad, accumulate);
   if (on_grads_ready) on_grads_ready({&embed_tokens});
 }

@@ -49,6 +49,10 @@
 // Initialisation: param_init.h (Megatron: normal(0, init_method_std), residual-writing layers
 // scaled by 1 / sqrt(2 L), norms one, biases zero), seeded per tensor from `seed`.
 //
+// Dropout (training forwards only, GPTContext::dropout_first_sample): hidden dropout on the
+// embedding output (the decoder's and each MTP depth's: Megatron's embedding_dropout) and in
+// every layer (transformer_layer.h), attention dropout on the softmax output.
+//
 // Not yet: tensor / pipeline / context parallelism of the dense part.
 #pragma once
 
@@ -100,6 +104,12 @@ struct GPTContext {
   // its dW during forward(); backward() must then be called with this same scale.
   std::optional<double> loss_scale_known_in_forward;
   Tensor output_grad_hidden;  // [T, H] d loss / d hidden from that fused pass
+  // Set before forward() by a training forward (the trainer): turns on the config's dropout
+  // (--hidden-dropout, --attention-dropout) with this micro-batch's first sample index in the
+  // training stream (ops/dropout.h: the masks depend on it, not on the parallel mapping).
+  // Unset (evaluation, logits, generation): no dropout.
+  std::optional<int64_t> dropout_first_sample;
+  LayerDropout dropout;  // the dropout of this forward (filled by forward())
   std::vector<MtpDepthContext> mtp;  // one per MTP depth
 };
 
@@ -183,9 +193,13 @@ class GPTModel {
   // d h_0 of the MTP depths (written), accumulating their parameter gradients.
   Tensor mtp_backward(GPTContext& ctx, double loss_scale);
 
+  // The dropout a forward with `ctx` uses (none unless ctx.dropout_first_sample is set).
+  LayerDropout dropout_for(const GPTContext& ctx) const;
+
   ModelConfig config_;
   DType dtype_;
   Device device_;
+  uint64_t seed_ = 0;  // the dropout masks' seed (ops/dropout.h)
 };
 
 }  // namespace moe::nn

@@ -89,7 +89,8 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::
   attention_.deterministic = config.deterministic_mode;
 }
 
-Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx) const {
+Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx,
+                             const ops::DropoutArgs& dropout) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_, kOp, ": x ", shape_str(x.shape()), " has hidden size ", x.size(2),
             ", expected --hidden-size ", hidden_);
@@ -97,6 +98,7 @@ Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx) const {
   check_same_device(x, q_proj.value, kOp);
   const int64_t S = x.size(0), B = x.size(1), T = S * B, D = head_dim_;
   ctx = AttentionContext{};
+  ctx.dropout = dropout;
   ctx.input_shape = x.shape();
   ctx.x = x.reshape({T, hidden_});
 
@@ -109,7 +111,8 @@ Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx) const {
   }
   ctx.q = ops::rotary_forward(q, inv_freq_, Tensor(), rotary_);
   ctx.k = ops::rotary_forward(k, inv_freq_, Tensor(), rotary_);
-  ops::AttentionOutput attn = ops::attention_forward(ctx.q, ctx.k, ctx.v, attention_);
+  ops::AttentionOutput attn =
+      ops::attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout));
   ctx.out = std::move(attn.out);
   ctx.lse = std::move(attn.lse);
   return ops::matmul(ctx.out.reshape({T, heads_ * D}), o_proj.value, false, true)
@@ -149,8 +152,8 @@ Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   ops::gemm(dy2, true, out2, false, o_proj.grad, 1.0f, o_proj.take_grad_beta());
   const Tensor d_out = ops::matmul(dy2, o_proj.value).reshape({S, B, heads_, D});
 
-  ops::AttentionGrads g =
-      ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse, attention_);
+  ops::AttentionGrads g = ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
+                                                  options_with(ctx.dropout));
   Tensor dq = ops::rotary_backward(g.q, inv_freq_, Tensor(), rotary_);
   Tensor dk = ops::rotary_backward(g.k, inv_freq_, Tensor(), rotary_);
   if (q_norm) {

@@ -44,6 +44,7 @@ struct AttentionContext {
   RMSNormContext q_norm, k_norm;
   Tensor q, k, v;   // [S, B, heads, D] as the attention op read them (normed, rotated)
   Tensor out, lse;  // the attention op's results: out [S, B, Hq, D], lse [B, Hq, S]
+  ops::DropoutArgs dropout;  // the attention probabilities' dropout of this call (p = 0: none)
 };
 
 class GqaAttention {
@@ -56,7 +57,10 @@ class GqaAttention {
                Device device, uint64_t seed);
 
   // x [S, B, H] -> y [S, B, H].
-  Tensor forward(const Tensor& x, AttentionContext& ctx) const;
+  // `dropout`: attention dropout on the softmax output (training; ops/attention.h), kept in
+  // ctx for the backward.
+  Tensor forward(const Tensor& x, AttentionContext& ctx,
+                 const ops::DropoutArgs& dropout = {}) const;
   // dy [S, B, H] -> dx [S, B, H]; accumulates the parameter gradients.
   Tensor backward(const Tensor& dy, AttentionContext& ctx);
   // Generation with a KV cache (kv_cache.h): x [S, B, H] holds only the new tokens, rotated at
@@ -82,6 +86,12 @@ class GqaAttention {
   Tensor inv_freq_;  // [Dr / 2] f32 (f64 for f64 models) on the parameters' device
   ops::RotaryArgs rotary_;
   ops::AttentionOptions attention_;
+  // attention_ with this call's dropout.
+  ops::AttentionOptions options_with(const ops::DropoutArgs& dropout) const {
+    ops::AttentionOptions options = attention_;
+    options.dropout = dropout;
+    return options;
+  }
 };
 
 }  // namespace moe::nn

@@ -101,7 +101,8 @@ MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::
   attention_.softmax_scale = mla_softmax_scale(config);
 }
 
-Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx) const {
+Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx,
+                             const ops::DropoutArgs& dropout) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_, kOp, ": x ", shape_str(x.shape()), " has hidden size ", x.size(2),
             ", expected --hidden-size ", hidden_);
@@ -109,6 +110,7 @@ Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx) const {
   check_same_device(x, kv_b_proj.value, kOp);
   const int64_t S = x.size(0), B = x.size(1), T = S * B, qk = nope_dim_ + rope_dim_;
   ctx = MlaAttentionContext{};
+  ctx.dropout = dropout;
   ctx.input_shape = x.shape();
   ctx.x = x.reshape({T, hidden_});
 
@@ -140,7 +142,8 @@ Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx) const {
   ctx.k = std::move(keys.k);
   ctx.v = std::move(keys.v);
 
-  ops::AttentionOutput attn = ops::attention_forward(ctx.q, ctx.k, ctx.v, attention_);
+  ops::AttentionOutput attn =
+      ops::attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout));
   ctx.out = std::move(attn.out);
   ctx.lse = std::move(attn.lse);
   return ops::matmul(ctx.out.reshape({T, heads_ * v_dim_}), o_proj.value, false, true)
@@ -195,8 +198,8 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   ops::gemm(dy2, true, out2, false, o_proj.grad, 1.0f, o_proj.take_grad_beta());
   const Tensor d_out = ops::matmul(dy2, o_proj.value).reshape({S, B, heads_, v_dim_});
 
-  ops::AttentionGrads g =
-      ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse, attention_);
+  ops::AttentionGrads g = ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
+                                                  options_with(ctx.dropout));
 
   // Keys and values back to kv_b_proj's output and the shared k_pe (summed over the heads).
   ops::MlaKeyValueGrads dkv = ops::mla_expand_kv_backward(g.k, g.v, nope_dim_);

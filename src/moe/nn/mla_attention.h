@@ -75,6 +75,7 @@ struct MlaAttentionContext {
   Tensor kv_latent;  // [T, kvl] kv_b_proj's input (after kv_a_layernorm)
   Tensor q, k, v;    // the attention op's inputs [S, B, Hq, dn + dr], [.., dn + dr], [.., dv]
   Tensor out, lse;   // its results: out [S, B, Hq, dv], lse [B, Hq, S]
+  ops::DropoutArgs dropout;  // the attention probabilities' dropout of this call (p = 0: none)
 };
 
 class MlaAttention {
@@ -86,7 +87,10 @@ class MlaAttention {
                Device device, uint64_t seed);
 
   // x [S, B, H] -> y [S, B, H].
-  Tensor forward(const Tensor& x, MlaAttentionContext& ctx) const;
+  // `dropout`: attention dropout on the softmax output (training; ops/attention.h), kept in
+  // ctx for the backward.
+  Tensor forward(const Tensor& x, MlaAttentionContext& ctx,
+                 const ops::DropoutArgs& dropout = {}) const;
   // dy [S, B, H] -> dx [S, B, H]; accumulates the parameter gradients.
   Tensor backward(const Tensor& dy, MlaAttentionContext& ctx);
   // Generation with a KV cache (kv_cache.h): x [S, B, H] holds only the new tokens, rotated at
@@ -122,6 +126,12 @@ class MlaAttention {
   Tensor inv_freq_;  // [dr / 2] f32 (f64 for f64 models) on the parameters' device
   ops::RotaryArgs rotary_;
   ops::AttentionOptions attention_;
+  // attention_ with this call's dropout.
+  ops::AttentionOptions options_with(const ops::DropoutArgs& dropout) const {
+    ops::AttentionOptions options = attention_;
+    options.dropout = dropout;
+    return options;
+  }
 };
 
 }  // namespace moe::nn

@@ -121,6 +121,10 @@ void ModelConfig::validate() const {
             "--norm-epsilon must be positive, got ", norm_epsilon);
   MOE_CHECK(std::isfinite(init_method_std) && init_method_std > 0,
             "--init-method-std must be positive, got ", init_method_std);
+  MOE_CHECK(std::isfinite(attention_dropout) && attention_dropout >= 0 && attention_dropout <= 1,
+            "--attention-dropout must be in [0, 1], got ", attention_dropout);
+  MOE_CHECK(std::isfinite(hidden_dropout) && hidden_dropout >= 0 && hidden_dropout <= 1,
+            "--hidden-dropout must be in [0, 1], got ", hidden_dropout);
   MOE_CHECK(std::isfinite(rotary_base) && rotary_base > 0, "--rotary-base must be positive, got ",
             rotary_base);
   MOE_CHECK(rotary_percent > 0 && rotary_percent <= 1, "--rotary-percent must be in (0, 1], got ",

@@ -61,6 +61,12 @@ struct ModelConfig {
   std::optional<YarnConfig> yarn;
   bool untie_embeddings_and_output_weights = true;  // --untie-embeddings-and-output-weights
   double init_method_std = 0.02;
+  // Dropout in training (Megatron's places: ops/dropout.h, transformer_layer.h). Megatron's
+  // defaults are 0.1; moecore's presets and model files default to 0 (no dropout) unless
+  // given. --attention-dropout: on the attention probabilities; --hidden-dropout: the
+  // embedding output and the attention / MLP outputs before each residual add.
+  double attention_dropout = 0.0;
+  double hidden_dropout = 0.0;
   // --deterministic-mode: bitwise-reproducible gradients where a kernel offers the choice
   // (cuDNN attention's backward; the other kernels always are). A run option, not part of the
   // model's shape: model_config.json does not store it.

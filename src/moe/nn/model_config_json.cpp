@@ -315,6 +315,8 @@ ModelConfig model_config_from_json(const json& object) {
   if (const json* v = r.find("yarn"); v && !v->is_null()) c.yarn = read_yarn(*v);
   r.read("untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights);
   r.read("init_method_std", c.init_method_std);
+  r.read("attention_dropout", c.attention_dropout);
+  r.read("hidden_dropout", c.hidden_dropout);
   if (const json* v = r.find("moe_layer_freq")) {
     if (v->is_number_integer()) {
       c.moe_layer_pattern = parse_moe_layer_freq(std::to_string(v->get<int64_t>()), c.num_layers);
@@ -457,6 +459,8 @@ json model_config_to_json(const ModelConfig& c) {
       {"yarn", yarn},
       {"untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights},
       {"init_method_std", c.init_method_std},
+      {"attention_dropout", c.attention_dropout},
+      {"hidden_dropout", c.hidden_dropout},
       {"moe_layer_freq", format_moe_layer_freq(c.moe_layer_pattern)},
       {"moe", moe_to_json(mirrored_moe(c))},
       {"mtp_num_layers", c.mtp_num_layers},

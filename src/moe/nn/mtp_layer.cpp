@@ -90,7 +90,8 @@ const ops::PermuteMap& MtpLayer::interleave_map(int64_t tokens, Device device) {
   return interleave_;
 }
 
-Tensor MtpLayer::forward(const Tensor& embedding, const Tensor& prev_hidden, MtpLayerContext& ctx) {
+Tensor MtpLayer::forward(const Tensor& embedding, const Tensor& prev_hidden, MtpLayerContext& ctx,
+                         const LayerDropout& dropout) {
   check_defined(embedding, kOp, "embedding");
   check_dim(embedding, 3, kOp, "embedding");
   MOE_CHECK(embedding.size(2) == hidden_, kOp, ": embedding ", shape_str(embedding.shape()),
@@ -107,7 +108,7 @@ Tensor MtpLayer::forward(const Tensor& embedding, const Tensor& prev_hidden, Mtp
   ctx.concat = ops::permute_forward(stacked, Tensor(), interleave_map(T, embedding.device()))
                    .x.reshape({T, 2 * H});
   const Tensor u = ops::matmul(ctx.concat, eh_proj.value, false, true).reshape(ctx.shape);
-  const Tensor v = layer.forward(u, ctx.layer);
+  const Tensor v = layer.forward(u, ctx.layer, dropout);
   return final_norm.forward(v, ctx.final_norm);
 }
 

@@ -72,7 +72,9 @@ class MtpLayer {
            const MoEGroups& groups = {});
 
   // embedding, prev_hidden [S, B, H] -> h [S, B, H].
-  Tensor forward(const Tensor& embedding, const Tensor& prev_hidden, MtpLayerContext& ctx);
+  // `dropout` (training forwards) goes to the inner transformer layer.
+  Tensor forward(const Tensor& embedding, const Tensor& prev_hidden, MtpLayerContext& ctx,
+                 const LayerDropout& dropout = {});
   // dh [S, B, H] -> the gradients of both inputs.
   MtpLayerGrads backward(const Tensor& dh, MtpLayerContext& ctx, double loss_scale = 1.0);
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "moe/nn/param_init.h"
+#include "moe/ops/dropout.h"
 #include "moe/ops/elementwise.h"
 
 namespace moe::nn {
@@ -56,27 +57,38 @@ TransformerLayer::TransformerLayer(const ModelConfig& config, int64_t layer, DTy
   }
 }
 
-Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx) {
+Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
+                                 const LayerDropout& dropout) {
   check_dim(x, 3, "TransformerLayer::forward", "x");
-  // h = x + attention(norm1(x))
+  ctx.dropout = dropout;
+  const ops::DropoutArgs probs = dropout.args(layer_, ops::DropoutSite::attention_probs);
+  // h = x + drop(attention(norm1(x)))
   const Tensor normed_x = input_layernorm.forward(x, ctx.input_norm);
-  Tensor h = mla_attention ? mla_attention->forward(normed_x, ctx.mla_attention)
-                           : self_attention.forward(normed_x, ctx.attention);
+  Tensor h = mla_attention ? mla_attention->forward(normed_x, ctx.mla_attention, probs)
+                           : self_attention.forward(normed_x, ctx.attention, probs);
+  ops::dropout_(h, dropout.args(layer_, ops::DropoutSite::attention_output));
   ops::add_(h, x);
-  // out = h + mlp(norm2(h))
+  // out = h + drop(mlp(norm2(h)))
   const Tensor normed = post_attention_layernorm.forward(h, ctx.post_attention_norm);
   Tensor out = moe ? moe->forward(normed, ctx.moe) : mlp->forward(normed, ctx.mlp);
+  ops::dropout_(out, dropout.args(layer_, ops::DropoutSite::mlp_output));
   ops::add_(out, h);
   return out;
 }
 
 Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx,
                                   double loss_scale) {
-  const Tensor d_normed = moe ? moe->backward(dy, ctx.moe, loss_scale) : mlp->backward(dy, ctx.mlp);
+  // p = 0: dropout_backward returns its input (no copy, nothing runs).
+  const Tensor d_mlp =
+      ops::dropout_backward(dy, ctx.dropout.args(layer_, ops::DropoutSite::mlp_output));
+  const Tensor d_normed =
+      moe ? moe->backward(d_mlp, ctx.moe, loss_scale) : mlp->backward(d_mlp, ctx.mlp);
   Tensor dh = post_attention_layernorm.backward(d_normed, ctx.post_attention_norm);
   ops::add_(dh, dy);
-  const Tensor d_normed_x = mla_attention ? mla_attention->backward(dh, ctx.mla_attention)
-                                          : self_attention.backward(dh, ctx.attention);
+  const Tensor d_attention =
+      ops::dropout_backward(dh, ctx.dropout.args(layer_, ops::DropoutSite::attention_output));
+  const Tensor d_normed_x = mla_attention ? mla_attention->backward(d_attention, ctx.mla_attention)
+                                          : self_attention.backward(d_attention, ctx.attention);
   Tensor dx = input_layernorm.backward(d_normed_x, ctx.input_norm);
   ops::add_(dx, dh);
   return dx;

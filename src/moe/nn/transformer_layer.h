@@ -1,11 +1,15 @@
 // One pre-norm decoder layer (Llama / Mixtral / Qwen / DeepSeek, Megatron's TransformerLayer):
-//   h   = x + attention(input_layernorm(x))         attention = GqaAttention, or MlaAttention
+//   h   = x + drop(attention(input_layernorm(x)))   attention = GqaAttention, or MlaAttention
 //                                                   when config.attention_type == mla
-//   out = h + mlp(post_attention_layernorm(h))      mlp = DenseMLP, or MoELayer when
+//   out = h + drop(mlp(post_attention_layernorm(h)))  mlp = DenseMLP, or MoELayer when
 //                                                   ModelConfig::is_moe_layer(layer)
+// drop = hidden dropout in training (Megatron's bias-dropout-add; ops/dropout.h, sites
+// attention_output and mlp_output of this layer), the identity otherwise; attention dropout
+// acts on the softmax output inside the attention op.
 // Tokens are [S, B, H] throughout (Megatron's order: the MoE router's per-sequence counts use B).
 // Backward, from d_out:
-//   dh = d_out + norm2^T(mlp^T(d_out)),   dx = dh + norm1^T(attention^T(dh))
+//   dh = d_out + norm2^T(mlp^T(drop(d_out))),   dx = dh + norm1^T(attention^T(drop(dh)))
+// (the backward of drop is drop itself: the same regenerated mask and scale).
 // Gradient rule: parameter gradients accumulate (lazily written after zero_grad), dL/dx is
 // written. The MoE layer's aux / z-loss gradients are added in its backward, scaled by
 // `loss_scale` (the factor the main loss gradient carries).
@@ -19,6 +23,7 @@
 
 #include "moe/nn/dense_mlp.h"
 #include "moe/nn/gqa_attention.h"
+#include "moe/nn/layer_dropout.h"
 #include "moe/nn/mla_attention.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/moe_groups.h"
@@ -34,6 +39,7 @@ struct TransformerLayerContext {
   RMSNormContext post_attention_norm;
   DenseMLPContext mlp;  // dense layers
   MoEContext moe;       // MoE layers: also holds this call's router aux_loss / z_loss
+  LayerDropout dropout;  // this call's dropout (default: none)
 };
 
 class TransformerLayer {
@@ -48,8 +54,8 @@ class TransformerLayer {
   TransformerLayer(const ModelConfig& config, int64_t layer, DType dtype, Device device,
                    uint64_t seed, const MoEGroups& groups = {});
 
-  // x [S, B, H] -> [S, B, H].
-  Tensor forward(const Tensor& x, TransformerLayerContext& ctx);
+  // x [S, B, H] -> [S, B, H]. `dropout` (training forwards) is kept in ctx for the backward.
+  Tensor forward(const Tensor& x, TransformerLayerContext& ctx, const LayerDropout& dropout = {});
   Tensor backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale = 1.0);
 
   std::vector<Parameter*> parameters();

@@ -22,6 +22,12 @@
 //   Delta_i = <dout_i, out_i>,  dP_ij = <dout_i, v_j>,  dS_ij = P_ij (dP_ij - Delta_i)
 //   dq_i = scale sum_j dS_ij k_j,  dk_j = scale sum_i dS_ij q_i,  dv_j = sum_i P_ij dout_i
 // and with GQA the dk, dv of a kv head sum over the Hq / Hkv query heads that read it.
+// Attention dropout (Megatron's --attention-dropout, AttentionOptions::dropout with p > 0; the
+// mask M_ij of ops/dropout.h at n = (((first_sample + b) Hq + h) S + i) S + j, c = 1 / (1 - p)):
+//   out_i = sum_j P_ij M_ij c v_j       (lse is still the undropped softmax's)
+//   dv_j = sum_i P_ij M_ij c dout_i,  dS_ij = P_ij (M_ij c dP_ij - Delta_i)
+// with Delta_i = <dout_i, out_i> = sum_j P_ij M_ij c dP_ij as before (FlashAttention's dropout).
+// p = 0 runs exactly the code without dropout (bitwise).
 // Gradient rule: activation gradients are written (dq, dk, dv are new tensors); there are no
 // parameters.
 //
@@ -43,12 +49,16 @@
 //  - automatic (the default): cudnn where it can run the problem (built in, bf16, the dims and
 //    `deterministic` supported), native otherwise; a problem cuDNN rejects after passing those
 //    checks is logged once (stderr) with cuDNN's reason.
+// Dropout: the cuDNN graphs here are built without dropout (cuDNN's own Philox masks could not
+// match the CPU's bit for bit), so a call with dropout p > 0 runs the native kernels whatever
+// the backend asked for (cudnn included); p = 0 takes the backend as above.
 #pragma once
 
 #include <optional>
 #include <string>
 
 #include "moe/core/tensor.h"
+#include "moe/ops/dropout.h"
 
 namespace moe::ops {
 
@@ -71,6 +81,9 @@ struct AttentionOptions {
   // Asks the cudnn backward for bitwise-reproducible gradients (its slower deterministic
   // algorithm, with an O(B Hq S^2) workspace on Hopper). The native kernels always are.
   bool deterministic = false;
+  // Dropout on the attention probabilities (see above); p = 0: none. The backward must get the
+  // forward's args.
+  DropoutArgs dropout;
 };
 
 struct AttentionOutput {

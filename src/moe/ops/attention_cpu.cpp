@@ -51,6 +51,10 @@ AttentionShape check_qkv(const Tensor& q, const Tensor& k, const Tensor& v,
 
   AttentionShape shape;
   shape.layout = options.layout;
+  check_dropout_probability(options.dropout.p, op);
+  MOE_CHECK(options.dropout.first_sample >= 0, op, ": dropout first_sample must be >= 0, got ",
+            options.dropout.first_sample);
+  shape.dropout = options.dropout;
   shape.causal = options.causal;
   const bool bshd = options.layout == AttentionLayout::bshd;
   shape.batch = q.size(bshd ? 0 : 1);
@@ -101,6 +105,28 @@ int64_t visible_keys(const AttentionShape& s, int64_t i) {
   return s.causal ? i + 1 : s.seq;
 }
 
+// c M_ij of attention dropout (attention.h) for query row i of (b, h) and key j: 0 or 1 / (1 - p).
+template <class A>
+struct DropoutRow {
+  const AttentionShape& s;
+  float p;
+  A scale;
+  uint64_t base;  // the global index of (b, h, i, 0)
+  DropoutRow(const AttentionShape& shape, int64_t b, int64_t h, int64_t i)
+      : s(shape),
+        p(static_cast<float>(shape.dropout.p)),
+        scale(shape.dropout.p >= 1.0 ? A(0) : static_cast<A>(1.0 / (1.0 - shape.dropout.p))),
+        base(((static_cast<uint64_t>(shape.dropout.first_sample + b) *
+                   static_cast<uint64_t>(shape.q_heads) +
+               static_cast<uint64_t>(h)) *
+                  static_cast<uint64_t>(shape.seq) +
+              static_cast<uint64_t>(i)) *
+             static_cast<uint64_t>(shape.seq)) {}
+  A operator()(int64_t j) const {
+    return dropout_keep(s.dropout.key, base + static_cast<uint64_t>(j), p) ? scale : A(0);
+  }
+};
+
 void forward_cpu(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                  Tensor& out, Tensor& lse) {
   const AttentionStrides qs = s.strides(s.q_heads, s.head_dim);
@@ -131,11 +157,14 @@ void forward_cpu(const AttentionShape& s, const Tensor& q, const Tensor& k, cons
               }
               A l = 0;
               std::fill(row.begin(), row.end(), A(0));
+              const bool drop = s.dropout.active();
+              const DropoutRow<A> mask(s, b, h, i);
               for (int64_t j = 0; j < n; ++j) {
                 const A p = std::exp(scores[j] - m);
                 l += p;
+                const A pv = drop ? p * mask(j) : p;  // the dropped probability multiplies v
                 const T* vj = vp + at(vs, b, j, g);
-                for (int64_t d = 0; d < s.v_head_dim; ++d) row[d] += p * static_cast<A>(vj[d]);
+                for (int64_t d = 0; d < s.v_head_dim; ++d) row[d] += pv * static_cast<A>(vj[d]);
               }
               T* oi = op + at(os, b, i, h);
               for (int64_t d = 0; d < s.v_head_dim; ++d) oi[d] = T(row[d] / l);
@@ -177,12 +206,20 @@ void backward_cpu(const AttentionShape& s, const Tensor& grad_out, const Tensor&
               const A delta = dot<T, A>(doi, op + at(os, b, i, h), s.v_head_dim);
               const A lse_i = lp[(b * s.q_heads + h) * s.seq + i];
               std::fill(dq_row.begin(), dq_row.end(), A(0));
+              const bool drop = s.dropout.active();
+              const DropoutRow<A> mask(s, b, h, i);
               for (int64_t j = 0; j < visible_keys(s, i); ++j) {
                 const T* kj = kp + at(ks, b, j, g);
                 const T* vj = vp + at(vs, b, j, g);
-                const A p = std::exp(scale * dot<T, A>(qi, kj, s.head_dim) - lse_i);
-                const A dp = dot<T, A>(doi, vj, s.v_head_dim);
-                const A ds = p * (dp - delta);
+                const A p_soft = std::exp(scale * dot<T, A>(qi, kj, s.head_dim) - lse_i);
+                A dp = dot<T, A>(doi, vj, s.v_head_dim);
+                A p = p_soft;  // what multiplied v in the forward
+                if (drop) {
+                  const A c = mask(j);
+                  dp *= c;
+                  p *= c;
+                }
+                const A ds = p_soft * (dp - delta);
                 A* dkj = dk_acc.data() + at(ks, b, j, g);
                 A* dvj = dv_acc.data() + at(vs, b, j, g);
                 for (int64_t d = 0; d < s.head_dim; ++d) {
@@ -226,6 +263,10 @@ AttentionBackend attention_backend_for(const Tensor& q, const Tensor& k, const T
   const AttentionShape shape = check_qkv(q, k, v, options, "attention_backend_for");
   if (reason) reason->clear();
   if (!q.is_cuda() || options.backend == AttentionBackend::native) return AttentionBackend::native;
+  if (options.dropout.active()) {
+    if (reason) *reason = "attention dropout: the cuDNN graphs are built without dropout";
+    return AttentionBackend::native;
+  }
   if (shape.batch == 0 || shape.seq == 0) {
     if (reason) *reason = "empty inputs: no kernel runs";
     return AttentionBackend::native;
@@ -257,7 +298,8 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
       Tensor::empty({shape.batch, shape.q_heads, shape.seq}, lse_dtype_for(q.dtype()), q.device());
   if (q.is_cuda()) {
     MOE_CUDA_ONLY(
-        if (detail::use_cudnn_attention(detail::CudnnPass::forward, shape, options,
+        if (!options.dropout.active() &&
+            detail::use_cudnn_attention(detail::CudnnPass::forward, shape, options,
                                         {&q, &k, &v, &result.out, &result.lse})) {
           detail::attention_forward_cudnn(shape, q, k, v, result.out, result.lse);
         } else {
@@ -292,7 +334,8 @@ AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q, const
   grads.v = Tensor::empty(v.shape(), v.dtype(), v.device());
   if (q.is_cuda()) {
     MOE_CUDA_ONLY(
-        if (detail::use_cudnn_attention(
+        if (!options.dropout.active() &&
+            detail::use_cudnn_attention(
                 detail::CudnnPass::backward, shape, options,
                 {&q, &k, &v, &out, &grad_out, &lse, &grads.q, &grads.k, &grads.v})) {
           detail::attention_backward_cudnn(shape, options.deterministic, grad_out, q, k, v, out,

@@ -23,6 +23,11 @@
 //          forward, recomputing P and dS again.
 // Everything is computed in fp32 from the stored values (bf16 inputs are widened on load).
 //
+// Attention dropout (attention.h): the forward multiplies the probabilities that go to P V by
+// c M_ij (the row sum l stays undropped); the backward's recomputation gives dv the dropped P
+// and dS = P (c M_ij dP - Delta). M_ij is dropout.h's mask of the pair's global index, the
+// same bits as the CPU reference. Without dropout none of this code runs (a uniform branch).
+//
 // Speed to expect: this is CUDA-core FMA code whose inner loops issue about one shared-memory
 // load per FMA, so it is bounded by shared-memory bandwidth at roughly 5-10 TFLOP/s on an H200:
 // some 50x below cuDNN / FlashAttention-3 (tensor cores, wgmma). Shared memory per block is
@@ -57,6 +62,12 @@ struct Args {
   int v_head_dim;
   float scale;
   bool causal;
+  // Dropout of the probabilities (drop false: none).
+  bool drop;
+  float drop_p;
+  float drop_scale;  // 1 / (1 - p), 0 for p = 1
+  uint64_t drop_key;
+  int64_t drop_first_sample;
 };
 
 __host__ __device__ constexpr int odd_stride(int n) {
@@ -121,6 +132,19 @@ __device__ __forceinline__ bool visible(int i, int j, int seq, bool causal) {
   return i < seq && j < seq && (!causal || j <= i);
 }
 
+// c M_ij for query row i, key j of (b, h): 1 / (1 - p) when kept, 0 when dropped (dropout.h).
+template <class T>
+__device__ __forceinline__ float drop_factor(const Args<T>& a, int64_t b, int h, int i, int j) {
+  const uint64_t n =
+      ((static_cast<uint64_t>(a.drop_first_sample + b) * static_cast<uint64_t>(a.q_heads) +
+        static_cast<uint64_t>(h)) *
+           static_cast<uint64_t>(a.seq) +
+       static_cast<uint64_t>(i)) *
+          static_cast<uint64_t>(a.seq) +
+      static_cast<uint64_t>(j);
+  return dropout_keep(a.drop_key, n, a.drop_p) ? a.drop_scale : 0.0f;
+}
+
 // ---- forward --------------------------------------------------------------------------------
 
 template <class T, int kCols>  // kCols: output columns per lane, ceil(Dv / 32)
@@ -174,7 +198,7 @@ __global__ void __launch_bounds__(kThreads)
       m[r] = m_new;
 #pragma unroll
       for (int c = 0; c < kCols; ++c) acc[r][c] *= correction;
-      p_tile[row * kTile + lane] = p;
+      p_tile[row * kTile + lane] = a.drop ? p * drop_factor(a, b, h, i0 + row, j0 + lane) : p;
     }
     __syncwarp();  // this warp's p rows are written; only this warp reads them
 
@@ -261,9 +285,10 @@ struct BackwardTiles {
 
 // P_ij = exp(scale s_ij - lse_i) and dS_ij = P_ij (dP_ij - Delta_i) for the warp's rows and
 // this lane's key, written to the p and ds tiles (zeros for pairs that are masked or past S).
+// With dropout the p tile holds the dropped P (dv's factor) and dS uses the dropped dP.
 template <class T>
-__device__ __forceinline__ void recompute_p_ds(const Args<T>& a, const BackwardTiles& t, int i0,
-                                               int j0, int warp, int lane) {
+__device__ __forceinline__ void recompute_p_ds(const Args<T>& a, const BackwardTiles& t, int64_t b,
+                                               int h, int i0, int j0, int warp, int lane) {
   float s[kRowsPerWarp], dp[kRowsPerWarp];
   tile_dots(s, t.q, a.head_dim, t.k, odd_stride(a.head_dim), a.head_dim, warp, lane);
   tile_dots(dp, t.dout, a.v_head_dim, t.v, odd_stride(a.v_head_dim), a.v_head_dim, warp, lane);
@@ -272,8 +297,14 @@ __device__ __forceinline__ void recompute_p_ds(const Args<T>& a, const BackwardT
     const int row = warp + kWarps * r;
     const bool on = visible(i0 + row, j0 + lane, a.seq, a.causal);
     const float p = on ? expf(s[r] * a.scale - t.lse[row]) : 0.0f;
-    t.p[row * kTile + lane] = p;
-    t.ds[row * kTile + lane] = p * (dp[r] - t.delta[row]);
+    if (a.drop) {
+      const float c = drop_factor(a, b, h, i0 + row, j0 + lane);
+      t.p[row * kTile + lane] = p * c;
+      t.ds[row * kTile + lane] = p * (dp[r] * c - t.delta[row]);
+    } else {
+      t.p[row * kTile + lane] = p;
+      t.ds[row * kTile + lane] = p * (dp[r] - t.delta[row]);
+    }
   }
 }
 
@@ -312,7 +343,7 @@ __global__ void __launch_bounds__(kThreads)
       load_row_stats(t.lse, lse, b, h, a.q_heads, i0, a.seq);
       load_row_stats(t.delta, delta, b, h, a.q_heads, i0, a.seq);
       __syncthreads();
-      recompute_p_ds(a, t, i0, j0, warp, lane);
+      recompute_p_ds(a, t, b, h, i0, j0, warp, lane);
       __syncthreads();  // p, ds columns of every key are complete
 
       // Warp w owns keys kk = w * 4 + c; lanes own columns lane + 32 x.
@@ -392,7 +423,7 @@ __global__ void __launch_bounds__(kThreads)
     load_tile(t.k, odd_stride(D), a.k, a.ks, b, j0, g, a.seq, D);
     load_tile(t.v, odd_stride(Dv), a.v, a.vs, b, j0, g, a.seq, Dv);
     __syncthreads();
-    recompute_p_ds(a, t, i0, j0, warp, lane);
+    recompute_p_ds(a, t, b, h, i0, j0, warp, lane);
     __syncwarp();  // this warp's ds rows are written; only this warp reads them
 
     for (int jj = 0; jj < kTile; ++jj) {
@@ -457,6 +488,11 @@ Args<T> make_args(const AttentionShape& s, const Tensor& q, const Tensor& k, con
   a.v_head_dim = static_cast<int>(s.v_head_dim);
   a.scale = static_cast<float>(s.scale);
   a.causal = s.causal;
+  a.drop = s.dropout.active();
+  a.drop_p = static_cast<float>(s.dropout.p);
+  a.drop_scale = s.dropout.p >= 1.0 ? 0.0f : static_cast<float>(1.0 / (1.0 - s.dropout.p));
+  a.drop_key = s.dropout.key;
+  a.drop_first_sample = s.dropout.first_sample;
   return a;
 }
 

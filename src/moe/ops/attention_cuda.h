@@ -28,6 +28,7 @@ struct AttentionShape {
   double scale = 1.0;
   bool causal = true;
   AttentionLayout layout = AttentionLayout::bshd;
+  DropoutArgs dropout;  // p = 0: none (attention.h)
 
   // Strides of a tensor with `heads` heads of `dim` elements in this layout.
   AttentionStrides strides(int64_t heads, int64_t dim) const {

@@ -64,6 +64,17 @@ void add_model_flags(std::vector<Entry>& t) {
   t.push_back(
       value("--init-method-std", "STD", "model.init_method_std (and the MoE block's)",
             [](S& s, V v) { s.run.model.init_method_std = as_double("--init-method-std", v); }));
+  t.push_back(value(
+      "--attention-dropout", "P",
+      "model.attention_dropout: dropout on the attention probabilities in training "
+      "(Megatron's default 0.1; moecore's presets 0)",
+      [](S& s, V v) { s.run.model.attention_dropout = as_double("--attention-dropout", v); }));
+  t.push_back(
+      value("--hidden-dropout", "P",
+            "model.hidden_dropout: dropout on the embedding and on the attention / MLP "
+            "outputs before each residual add, in training (Megatron's default 0.1; "
+            "moecore's presets 0)",
+            [](S& s, V v) { s.run.model.hidden_dropout = as_double("--hidden-dropout", v); }));
   t.push_back(toggle("--qk-layernorm", "model.qk_layernorm = true",
                      [](S& s, V) { s.run.model.qk_layernorm = true; }));
   t.push_back(toggle("--add-qkv-bias", "model.add_qkv_bias = true",

@@ -184,8 +184,14 @@ StepMetrics Trainer::train_step() {
   Tensor sums;  // [lm, aux, mtp, labelled tokens] summed over the micro-batches, on the device
   for (int64_t i = 0; i < M; ++i) {
     if (ddp_) ddp_->start_micro_batch(i == M - 1);
+    // This rank's first sample in the training stream (next_samples' order): the dropout
+    // masks' counter, the same under any data-parallel mapping and restored with the data.
+    const int64_t rank_offset =
+        data_parallel_size() > 1 ? parallel_.state->dp_cp_rank() * config_.micro_batch_size : 0;
+    const int64_t first_sample = train_.position() + rank_offset;
     MicroBatch mb = load(train_, "training");
     nn::GPTContext ctx;
+    ctx.dropout_first_sample = first_sample;
     // The scale is known now: the output layer's loss backward runs inside the forward.
     ctx.loss_scale_known_in_forward = scale;
     const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);

@@ -1,0 +1,80 @@
+// Dropout with counter-based masks (Megatron's --hidden-dropout and --attention-dropout): the
+// mask of an element is a pure function of (seed, layer, site, the element's GLOBAL index), so
+// it does not depend on the device, the kernel's thread layout or the parallel mapping (how the
+// global batch is split over data-parallel ranks and micro-batches), and the backward
+// regenerates it instead of storing it.
+//
+// Formula. key = philox4x32_10(seed, layer * 2^8 + site) words 0, 1 (a 64-bit Philox key per
+// (seed, layer, site)); for global element index n:
+//   bits = philox4x32_10(key, n >> 2).v[n & 3],   u = ((bits >> 8) + 0.5) 2^-24 in (0, 1)
+//   keep = u >= p (p rounded to f32),   y = keep ? x * 1 / (1 - p) : 0
+// computed in the compute type (f32 for bf16/f16/f32, f64 for f64), 1 / (1 - p) rounded to that
+// type on the host. p = 1 drops everything (y = 0, as torch's dropout); p = 0 is the identity
+// and launches nothing. The backward is the same map applied to dy (dL/dx = keep / (1 - p) dy).
+//
+// Global indices. A token tensor x [S, B, F] (Megatron's [sequence, batch, feature] order) of a
+// micro-batch whose sample b is sample `first_sample + b` of the training stream (the data
+// position Megatron's sampler assigns: the same whichever rank / micro-batch holds it):
+//   n = ((first_sample + b) * S + s) * F + f
+// Attention probabilities P [B, Hq, S, S] (query i, key j; ops/attention.h):
+//   n = (((first_sample + b) * Hq + h) * S + i) * S + j
+// Under tensor / context parallelism h, s, i, j and f are the global head, position and feature
+// indices. The training stream's sample index makes the "per-call counter": it differs for every
+// micro-batch of a run and is restored with the data position by a checkpoint, so nothing else
+// needs saving. Indices are 64-bit: (samples * Hq * S^2) stays below 2^64 for ~10^9 samples of
+// S = 4096 with 64 heads.
+#pragma once
+
+#include <cstdint>
+
+#include "moe/core/host_device.h"
+#include "moe/core/rng.h"
+#include "moe/core/tensor.h"
+
+namespace moe::ops {
+
+// Where a dropout sits in a layer (part of the key, so two sites never share masks).
+enum class DropoutSite : uint32_t {
+  embedding = 0,         // the embedding output (Megatron's embedding_dropout: hidden_dropout)
+  attention_probs = 1,   // the softmax output inside core attention (attention_dropout)
+  attention_output = 2,  // after the attention output projection, before the residual add
+  mlp_output = 3,        // after the MLP / MoE block, before the residual add
+};
+
+// One dropout call: the drop probability, the key and the micro-batch's first global sample.
+struct DropoutArgs {
+  double p = 0.0;            // in [0, 1]; 0: the identity
+  uint64_t key = 0;          // dropout_key(seed, layer, site)
+  int64_t first_sample = 0;  // the global index of sample b = 0 (>= 0)
+  bool active() const { return p > 0.0; }
+};
+
+// The Philox key of (seed, layer, site); layer may be -1 (the embedding of the decoder).
+inline uint64_t dropout_key(uint64_t seed, int64_t layer, DropoutSite site) {
+  const uint64_t counter = (static_cast<uint64_t>(layer + 1) << 8) | static_cast<uint64_t>(site);
+  const Philox4 r = philox4x32_10(seed, counter);
+  return (static_cast<uint64_t>(r.v[1]) << 32) | r.v[0];
+}
+
+// Whether element n of the draw `key` survives a drop probability p (p as f32).
+MOE_HD bool dropout_keep(uint64_t key, uint64_t n, float p) {
+  const Philox4 r = philox4x32_10(key, n >> 2);
+  return bits_to_unit_float(r.v[n & 3]) >= p;
+}
+
+// Checks p in [0, 1] (finite); `what` names the flag or field in the message.
+void check_dropout_probability(double p, const char* what);
+
+// y = dropout(x) for x [S, B, F] (f64, f32, bf16, f16; contiguous). p = 0 returns x itself
+// (shared storage, nothing runs); otherwise a new tensor.
+Tensor dropout(const Tensor& x, const DropoutArgs& args);
+// In place: x = dropout(x). p = 0 does nothing.
+void dropout_(Tensor& x, const DropoutArgs& args);
+// The backward: dL/dx = dropout(dy) with the forward's args (the same mask and scale).
+inline Tensor dropout_backward(const Tensor& dy, const DropoutArgs& args) {
+  return dropout(dy, args);
+}
+// The keep mask of an [S, B, F] tensor as u8 (1 = kept) on `device`: for tests and checks.
+Tensor dropout_mask(const Shape& shape, const DropoutArgs& args, Device device);
+
+}  // namespace moe::ops
