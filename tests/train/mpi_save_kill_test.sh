@@ -13,6 +13,8 @@ set -u
 mpiexec=$1 moe=$2
 fail() {
   echo "mpi_save_kill_test: $*" >&2
+  [ -f "$dir/log" ] && { echo "-- the 2-rank job's output:" >&2; tail -n 30 "$dir/log" >&2; }
+  ls -la "$dir/ckpt" >&2 2>/dev/null
   exit 1
 }
 dir=$(mktemp -d)
@@ -27,19 +29,21 @@ common=(train --cpu --lr 3e-3 --seq-length 32 --micro-batch-size 2 --global-batc
 parallel=(--expert-model-parallel-size 2 --use-distributed-optimizer)
 
 # The job in its own process group, so that one kill reaches mpirun and both ranks.
-MOE_TEST_SAVE_DELAY_MS=4000 setsid "$mpiexec" --allow-run-as-root --oversubscribe -np 2 "$moe" \
+MOE_TEST_SAVE_DELAY_MS=6000 setsid "$mpiexec" --allow-run-as-root --oversubscribe -np 2 "$moe" \
   "${common[@]}" "${parallel[@]}" --train-iters 6 --save "$dir/ckpt" --save-interval 2 >"$dir/log" 2>&1 &
 job=$!
-# Wait for iteration 2's commit, then for iteration 4's temporary folder.
-for ((i = 0; i < 600; ++i)); do
-  [ -f "$dir/ckpt/latest_checkpointed_iteration.txt" ] && compgen -G "$dir/ckpt/.iter_0000004.tmp.*" \
-    >/dev/null && break
+# Wait for iteration 2's commit, then for iteration 4's temporary folder to hold every rank's
+# shards and the index (the save is midway: the trainer state, the manifest and the commit come
+# after the held-open window).
+for ((i = 0; i < 1200; ++i)); do
+  [ -f "$dir/ckpt/latest_checkpointed_iteration.txt" ] &&
+    compgen -G "$dir/ckpt/.iter_0000004.tmp.*/index.json" >/dev/null && break
   kill -0 "$job" 2>/dev/null || { cat "$dir/log"; fail "the job ended before its second save"; }
-  sleep 0.1
+  sleep 0.05
 done
-compgen -G "$dir/ckpt/.iter_0000004.tmp.*" >/dev/null ||
-  { cat "$dir/log"; fail "iteration 4's save never started"; }
-sleep 1  # inside the held-open window: the shards are written, the commit is 3 s away
+compgen -G "$dir/ckpt/.iter_0000004.tmp.*/index.json" >/dev/null ||
+  { cat "$dir/log"; fail "iteration 4's save never wrote its index"; }
+[ ! -e "$dir/ckpt/iter_0000004" ] || fail "iteration 4 was committed before the kill"
 # The ranks die (SIGKILL: no handler runs, as when a node fails); mpirun, their parent, reaps
 # them and ends. (Killing mpirun too would leave the ranks to whatever reaps orphans here: a rank
 # not yet reaped still owns its pid, and a temporary folder named after a live pid is kept.)
