@@ -29,6 +29,7 @@ using flags::ParseState;
 std::vector<Entry> build_table() {
   std::vector<Entry> t;
   flags::add_model_flags(t);
+  flags::add_mla_flags(t);
   flags::add_moe_flags(t);
   flags::add_parallel_flags(t);
   flags::add_batch_flags(t);
@@ -106,6 +107,7 @@ void finish(ParseState& s) {
     const bool exact = m.num_attention_heads > 0 && m.hidden_size % m.num_attention_heads == 0;
     m.kv_channels = exact ? m.hidden_size / m.num_attention_heads : 0;
   }
+  flags::finish_mla_flags(s);
 
   if (!s.moe_layer_freq.empty()) {
     m.moe_layer_pattern = nn::parse_moe_layer_freq(s.moe_layer_freq, m.num_layers);
