@@ -3,8 +3,9 @@
 // (their errors name the flag), and one function per part of the run config the flags fill.
 // build_table() (train_args.cpp) concatenates the parts in a fixed order, which is the order
 // the flags are applied in and `moe train --help` lists them:
-//   model (train_flags_model.cpp), MLA (train_flags_mla.cpp), MoE (train_flags_model.cpp); parallel, batches, schedule, optimizer, precision
-//   (train_flags_training.cpp); logging, checkpoints, data (train_flags_io.cpp).
+//   model (train_flags_model.cpp), MLA (train_flags_mla.cpp), MoE (train_flags_model.cpp);
+//   parallel, batches, schedule, optimizer, precision (train_flags_training.cpp); logging,
+//   checkpoints, data (train_flags_io.cpp).
 // Internal to train_args: nothing else includes it.
 #pragma once
 

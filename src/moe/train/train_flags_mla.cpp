@@ -45,23 +45,28 @@ void add_mla_flags(std::vector<Entry>& t) {
                        m.rotary_style = nn::RotaryStyle::interleaved;
                        m.kv_channels = 0;
                      }));
-  t.push_back(value("--q-lora-rank", "R", "model.mla.q_lora_rank (0: no q compression)",
-                    [](S& s, V v) { s.run.model.mla.q_lora_rank = as_count("--q-lora-rank", v, 0); }));
+  t.push_back(
+      value("--q-lora-rank", "R", "model.mla.q_lora_rank (0: no q compression)",
+            [](S& s, V v) { s.run.model.mla.q_lora_rank = as_count("--q-lora-rank", v, 0); }));
   t.push_back(value("--kv-lora-rank", "R", "model.mla.kv_lora_rank", [](S& s, V v) {
     s.run.model.mla.kv_lora_rank = as_count("--kv-lora-rank", v, 1);
   }));
-  t.push_back(value("--qk-head-dim", "D", "model.mla.qk_head_dim (the part of q / k without rotary)",
-                    [](S& s, V v) { s.run.model.mla.qk_head_dim = as_count("--qk-head-dim", v, 1); }));
+  t.push_back(
+      value("--qk-head-dim", "D", "model.mla.qk_head_dim (the part of q / k without rotary)",
+            [](S& s, V v) { s.run.model.mla.qk_head_dim = as_count("--qk-head-dim", v, 1); }));
   t.push_back(value("--qk-pos-emb-head-dim", "D",
                     "model.mla.qk_pos_emb_head_dim (the decoupled rotary part)", [](S& s, V v) {
                       s.run.model.mla.qk_pos_emb_head_dim = as_count("--qk-pos-emb-head-dim", v, 1);
                     }));
-  t.push_back(value("--v-head-dim", "D", "model.mla.v_head_dim",
-                    [](S& s, V v) { s.run.model.mla.v_head_dim = as_count("--v-head-dim", v, 1); }));
+  t.push_back(value("--v-head-dim", "D", "model.mla.v_head_dim", [](S& s, V v) {
+    s.run.model.mla.v_head_dim = as_count("--v-head-dim", v, 1);
+  }));
   t.push_back(value("--rope-type", "TYPE",
                     "rope | yarn (default: yarn with --multi-latent-attention, else rope); rope "
                     "drops the --model's YaRN block",
-                    [](S& s, V v) { s.rope_type = one_of("--rope-type", v, {"rope", "yarn"}); }));
+                    [](S& s, V v) {
+                      s.rope_type = one_of("--rope-type", v, {"rope", "yarn"});
+                    }));
   t.push_back(value("--rotary-scaling-factor", "X", "model.yarn.factor (YaRN's context extension)",
                     [](S& s, V v) { yarn(s).factor = as_double("--rotary-scaling-factor", v); }));
   t.push_back(value("--mscale", "X", "model.yarn.mscale",
@@ -83,33 +88,39 @@ void finish_mla_flags(ParseState& s) {
   nn::ModelConfig& m = s.run.model;
   auto given = [&](const char* flag) { return s.values.count(flag) > 0; };
   const bool mla = m.attention_type == nn::AttentionType::mla;
-  for (const char* flag :
-       {"--q-lora-rank", "--kv-lora-rank", "--qk-head-dim", "--qk-pos-emb-head-dim", "--v-head-dim"})
-    MOE_CHECK(mla || !given(flag), flag, " is a multi-latent attention shape: give "
+  for (const char* flag : {"--q-lora-rank", "--kv-lora-rank", "--qk-head-dim",
+                           "--qk-pos-emb-head-dim", "--v-head-dim"})
+    MOE_CHECK(mla || !given(flag), flag,
+              " is a multi-latent attention shape: give "
               "--multi-latent-attention (or an MLA --model)");
   MOE_CHECK(!(given("--multi-latent-attention") && given("--group-query-attention")),
             "--group-query-attention and --multi-latent-attention exclude each other (Megatron's "
             "rule)");
   if (mla) {
-    MOE_CHECK(!given("--kv-channels"), "--kv-channels is grouped-query attention's head dim; "
+    MOE_CHECK(!given("--kv-channels"),
+              "--kv-channels is grouped-query attention's head dim; "
               "--multi-latent-attention has --qk-head-dim, --qk-pos-emb-head-dim, --v-head-dim");
     MOE_CHECK(!given("--num-query-groups") || m.num_query_groups == m.num_attention_heads,
-              "--num-query-groups ", m.num_query_groups, " with --multi-latent-attention: MLA has "
-              "one kv head per head (--num-attention-heads ", m.num_attention_heads, ")");
+              "--num-query-groups ", m.num_query_groups,
+              " with --multi-latent-attention: MLA has "
+              "one kv head per head (--num-attention-heads ",
+              m.num_attention_heads, ")");
     m.num_query_groups = m.num_attention_heads;
     m.kv_channels = 0;
   }
-  const bool yarn_given =
-      given("--rotary-scaling-factor") || given("--mscale") || given("--mscale-all-dim") ||
-      given("--yarn-original-max-position-embeddings") || given("--yarn-beta-fast") ||
-      given("--yarn-beta-slow");
-  const std::string position = given("--position-embedding-type")
-                                   ? s.values.at("--position-embedding-type") : "";
+  const bool yarn_given = given("--rotary-scaling-factor") || given("--mscale") ||
+                          given("--mscale-all-dim") ||
+                          given("--yarn-original-max-position-embeddings") ||
+                          given("--yarn-beta-fast") || given("--yarn-beta-slow");
+  const std::string position =
+      given("--position-embedding-type") ? s.values.at("--position-embedding-type") : "";
   std::string rope = s.rope_type;
   if (rope.empty()) rope = mla || position == "yarn" ? "yarn" : "rope";
   if (rope == "rope") {
-    MOE_CHECK(!yarn_given, "YaRN's flags (--rotary-scaling-factor, --mscale, --mscale-all-dim, "
-              "--yarn-*) need --rope-type yarn", mla ? "" : " or --position-embedding-type yarn");
+    MOE_CHECK(!yarn_given,
+              "YaRN's flags (--rotary-scaling-factor, --mscale, --mscale-all-dim, "
+              "--yarn-*) need --rope-type yarn",
+              mla ? "" : " or --position-embedding-type yarn");
     MOE_CHECK(!given("--rope-type") || position != "yarn",
               "--rope-type rope contradicts --position-embedding-type yarn");
     // An absent --rope-type keeps a grouped-query --model's YaRN (its own rotary).
