@@ -119,6 +119,10 @@ void finish(ParseState& s) {
   }
   m.moe.hidden_size = m.hidden_size;
   m.moe.init_method_std = m.init_method_std;
+  // Megatron (validate_args): --moe-ffn-hidden-size None takes --ffn-hidden-size, as the guide's
+  // Mixtral command sizes its experts.
+  if (given("--ffn-hidden-size") && !given("--moe-ffn-hidden-size"))
+    m.moe.moe_ffn_hidden_size = m.ffn_hidden_size;
   if (given("--num-experts") && !given("--moe-router-topk"))
     m.moe.moe_router_topk = std::min(m.moe.moe_router_topk, m.moe.num_experts);
   // A preset's --moe-aux-loss-coeff belongs to its aux-loss balancing: a balancing type that
