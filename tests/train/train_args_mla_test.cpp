@@ -33,24 +33,69 @@ std::string error_of(const std::vector<std::string>& args) {
 
 TEST(TrainArgsMla, FlagsGiveDeepSeekV3sMlaFields) {
   // Megatron's DeepSeek-V3 recipe's attention flags, on the default model.
-  const TrainRunConfig r = parse_train_args(
-      {"--multi-latent-attention", "--q-lora-rank", "1536", "--kv-lora-rank", "512",
-       "--qk-head-dim", "128", "--qk-pos-emb-head-dim", "64", "--v-head-dim", "128",
-       "--rotary-scaling-factor", "40", "--mscale", "1.0", "--mscale-all-dim", "1.0",
-       "--rotary-base", "10000", "--qk-layernorm", "--num-attention-heads", "128",
-       "--hidden-size", "7168", "--num-layers", "1", "--lr", "1e-4", "--train-iters", "0"});
+  const TrainRunConfig r = parse_train_args({"--multi-latent-attention",
+                                             "--q-lora-rank",
+                                             "1536",
+                                             "--kv-lora-rank",
+                                             "512",
+                                             "--qk-head-dim",
+                                             "128",
+                                             "--qk-pos-emb-head-dim",
+                                             "64",
+                                             "--v-head-dim",
+                                             "128",
+                                             "--rotary-scaling-factor",
+                                             "40",
+                                             "--mscale",
+                                             "1.0",
+                                             "--mscale-all-dim",
+                                             "1.0",
+                                             "--rotary-base",
+                                             "10000",
+                                             "--qk-layernorm",
+                                             "--num-attention-heads",
+                                             "128",
+                                             "--hidden-size",
+                                             "7168",
+                                             "--num-layers",
+                                             "1",
+                                             "--lr",
+                                             "1e-4",
+                                             "--train-iters",
+                                             "0"});
   nn::ModelConfig preset = nn::model_zoo("deepseek-v3");
   EXPECT_EQ(mla_fields(r.model).dump(), mla_fields(preset).dump());
 }
 
 TEST(TrainArgsMla, FlagsGiveTheTinyDeepSeekV2) {
   const nn::ModelConfig preset = nn::model_zoo("deepseek-v2-tiny");
-  const TrainRunConfig r = parse_train_args(
-      {"--multi-latent-attention", "--q-lora-rank", "24", "--kv-lora-rank", "16", "--qk-head-dim",
-       "8", "--qk-pos-emb-head-dim", "4", "--v-head-dim", "6", "--rotary-scaling-factor", "4",
-       "--mscale", "0.707", "--mscale-all-dim", "0.707",
-       "--yarn-original-max-position-embeddings", "128", "--hidden-size", "66",
-       "--num-attention-heads", "4", "--lr", "1e-4", "--train-iters", "0"});
+  const TrainRunConfig r = parse_train_args({"--multi-latent-attention",
+                                             "--q-lora-rank",
+                                             "24",
+                                             "--kv-lora-rank",
+                                             "16",
+                                             "--qk-head-dim",
+                                             "8",
+                                             "--qk-pos-emb-head-dim",
+                                             "4",
+                                             "--v-head-dim",
+                                             "6",
+                                             "--rotary-scaling-factor",
+                                             "4",
+                                             "--mscale",
+                                             "0.707",
+                                             "--mscale-all-dim",
+                                             "0.707",
+                                             "--yarn-original-max-position-embeddings",
+                                             "128",
+                                             "--hidden-size",
+                                             "66",
+                                             "--num-attention-heads",
+                                             "4",
+                                             "--lr",
+                                             "1e-4",
+                                             "--train-iters",
+                                             "0"});
   EXPECT_EQ(mla_fields(r.model).dump(), mla_fields(preset).dump());
   // And flags on the preset override its fields.
   const TrainRunConfig o = parse_train_args({"--model", "deepseek-v2-tiny", "--kv-lora-rank", "8",
