@@ -4,10 +4,17 @@
 // Mixtral 8x7B command line through the parser.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "moe/train/train_args.h"
+#include "moe/train/train_run.h"
 
 namespace moe::train {
 namespace {
@@ -128,6 +135,7 @@ TEST(TrainArgsMegatron, TheGuidesMixtralCommandParses) {
   EXPECT_EQ(r.model.hidden_size, 4096);
   EXPECT_EQ(r.model.num_query_groups, 8);
   EXPECT_EQ(r.model.moe.num_experts, 8);
+  EXPECT_EQ(r.model.moe.moe_ffn_hidden_size, 14336);  // Megatron: --ffn-hidden-size's
   EXPECT_DOUBLE_EQ(r.model.init_method_std, 0.01);
   EXPECT_EQ(r.train.global_batch_size, 128);
   EXPECT_EQ(r.train.schedule.decay_iters, 320000);
@@ -143,6 +151,43 @@ TEST(TrainArgsMegatron, TheGuidesMixtralCommandParses) {
     }
   }
   EXPECT_ANY_THROW(parse_train_args({"--ckpt-format", "torch", "--lr", "1e-4"}));
+}
+
+// The guide's Mixtral command trains: a few iterations of it, cut to a tiny size, on the CPU.
+TEST(TrainArgsMegatron, TheGuidesMixtralCommandTrainsCutToATinySize) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("moe_mixtral_run_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::vector<std::string> a = mixtral_args(dir.string());
+  auto set = [&](const std::string& flag, const std::string& value) {
+    const auto it = std::find(a.begin(), a.end(), flag);
+    ASSERT_NE(it, a.end()) << flag;
+    *(it + 1) = value;
+  };
+  // Edits of the guide's command, besides mixtral_args' (parallel sizes 1, the built-in corpus):
+  set("--num-layers", "2");            // 32 layers -> 2
+  set("--hidden-size", "64");          // 4096 -> 64
+  set("--ffn-hidden-size", "96");      // 14336 -> 96 (the experts' size too, as in Megatron)
+  set("--num-attention-heads", "4");   // 32 -> 4 (head dim 16)
+  set("--num-query-groups", "2");      // 8 -> 2
+  set("--num-experts", "4");           // 8 -> 4
+  set("--seq-length", "32");           // 4096 -> 32
+  set("--global-batch-size", "2");     // 128 -> 2 (two micro-batches of 1)
+  set("--train-iters", "3");           // 500000 -> 3
+  set("--lr-decay-iters", "3");        // 320000 -> 3
+  set("--lr-warmup-iters", "1");       // 500 -> 1
+  set("--eval-interval", "2");         // 1000 -> 2
+  set("--eval-iters", "1");            // 10 -> 1
+  a.erase(std::find(a.begin(), a.end(), "--bf16"));  // --bf16 trains on a GPU; this test: CPU
+  const TrainRunConfig config = parse_train_args(a);
+  std::FILE* out = std::tmpfile();
+  const TrainRunResult r = run_training(config, standard_train_hooks(), out);
+  std::fclose(out);
+  ASSERT_EQ(r.iterations, 3);
+  for (double loss : r.losses) EXPECT_TRUE(std::isfinite(loss)) << loss;
+  ASSERT_FALSE(r.valid_losses.empty());
+  EXPECT_EQ(r.valid_losses.front().first, 2);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

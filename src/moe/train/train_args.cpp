@@ -29,6 +29,7 @@ using flags::ParseState;
 std::vector<Entry> build_table() {
   std::vector<Entry> t;
   flags::add_model_flags(t);
+  flags::add_mla_flags(t);
   flags::add_moe_flags(t);
   flags::add_parallel_flags(t);
   flags::add_batch_flags(t);
@@ -106,6 +107,7 @@ void finish(ParseState& s) {
     const bool exact = m.num_attention_heads > 0 && m.hidden_size % m.num_attention_heads == 0;
     m.kv_channels = exact ? m.hidden_size / m.num_attention_heads : 0;
   }
+  flags::finish_mla_flags(s);
 
   if (!s.moe_layer_freq.empty()) {
     m.moe_layer_pattern = nn::parse_moe_layer_freq(s.moe_layer_freq, m.num_layers);
@@ -117,6 +119,10 @@ void finish(ParseState& s) {
   }
   m.moe.hidden_size = m.hidden_size;
   m.moe.init_method_std = m.init_method_std;
+  // Megatron (validate_args): --moe-ffn-hidden-size None takes --ffn-hidden-size, as the guide's
+  // Mixtral command sizes its experts.
+  if (given("--ffn-hidden-size") && !given("--moe-ffn-hidden-size"))
+    m.moe.moe_ffn_hidden_size = m.ffn_hidden_size;
   if (given("--num-experts") && !given("--moe-router-topk"))
     m.moe.moe_router_topk = std::min(m.moe.moe_router_topk, m.moe.num_experts);
   // A preset's --moe-aux-loss-coeff belongs to its aux-loss balancing: a balancing type that
@@ -181,7 +187,25 @@ void finish(ParseState& s) {
   MOE_CHECK(t.seq_length <= m.max_position_embeddings, "--seq-length ", t.seq_length,
             " exceeds --max-position-embeddings ", m.max_position_embeddings, " of --model ",
             r.model_preset);
-  if (r.data_path.empty()) {
+  const bool null_tokenizer = r.tokenizer_type == "NullTokenizer";
+  MOE_CHECK(!null_tokenizer || r.mock_data,
+            "--tokenizer-type NullTokenizer has ids but no text: it goes with --mock-data");
+  if (r.mock_data) {
+    // Megatron: --mock-data with --tokenizer-type NullTokenizer --vocab-size N; the tokens are
+    // drawn from the model's vocabulary, so there is no text to sample.
+    MOE_CHECK(r.data_path.empty(), "--mock-data and --data-path exclude each other");
+    MOE_CHECK(r.tokenizer_type.empty() || null_tokenizer,
+              "--mock-data draws token ids without a tokenizer: give --tokenizer-type "
+              "NullTokenizer or none, not ", r.tokenizer_type);
+    MOE_CHECK(r.tokenizer_model.empty(), "--mock-data takes no --tokenizer-model");
+    MOE_CHECK(!null_tokenizer || given("--vocab-size"),
+              "--tokenizer-type NullTokenizer needs --vocab-size (its ids)");
+    MOE_CHECK(!given("--split") && !given("--data-cache-path"),
+              given("--split") ? "--split" : "--data-cache-path", " needs --data-path");
+    MOE_CHECK(!given("--sample-tokens") || r.sample_tokens == 0,
+              "--sample-tokens: --mock-data has no tokenizer to print text with");
+    r.sample_tokens = 0;
+  } else if (r.data_path.empty()) {
     MOE_CHECK(r.tokenizer_type.empty() && r.tokenizer_model.empty(),
               "--tokenizer-type / --tokenizer-model describe a --data-path corpus; without "
               "--data-path the built-in corpus (byte tokens) is used");

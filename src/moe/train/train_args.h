@@ -104,6 +104,9 @@ struct TrainRunConfig {
   std::string data_cache_path;         // --data-cache-path ("" : <prefix>/cache/...)
   std::string tokenizer_type;          // --tokenizer-type ("" : from --tokenizer-model)
   std::string tokenizer_model;         // --tokenizer-model (a tokenizer.json or its folder)
+  // --mock-data: synthetic random tokens of the model's vocabulary (mock_batch_source.h) instead
+  // of a corpus, as Megatron's (with --tokenizer-type NullTokenizer --vocab-size N); no sample.
+  bool mock_data = false;
 
   int64_t sample_tokens = 200;  // --sample-tokens (moecore): text sampled after training
 

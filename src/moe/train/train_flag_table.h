@@ -3,8 +3,9 @@
 // (their errors name the flag), and one function per part of the run config the flags fill.
 // build_table() (train_args.cpp) concatenates the parts in a fixed order, which is the order
 // the flags are applied in and `moe train --help` lists them:
-//   model, MoE (train_flags_model.cpp); parallel, batches, schedule, optimizer, precision
-//   (train_flags_training.cpp); logging, checkpoints, data (train_flags_io.cpp).
+//   model (train_flags_model.cpp), MLA (train_flags_mla.cpp), MoE (train_flags_model.cpp);
+//   parallel, batches, schedule, optimizer, precision (train_flags_training.cpp); logging,
+//   checkpoints, data (train_flags_io.cpp).
 // Internal to train_args: nothing else includes it.
 #pragma once
 
@@ -33,6 +34,7 @@ struct ParseState {
   // The preset's head dim is its hidden / heads (kv_channels 0 or equal to it): it follows
   // --hidden-size / --num-attention-heads as Megatron's derived kv_channels does (finish()).
   bool preset_head_dim_derived = true;
+  std::string rope_type;  // --rope-type ("": MLA's yarn, else rope)
   std::map<std::string, std::string> values;  // every given flag -> its text
 };
 
@@ -67,6 +69,10 @@ Entry refused(std::string name, std::string value_name, std::string why);
 
 // ---- the parts of the table, in build_table()'s order ------------------------------------------
 void add_model_flags(std::vector<Entry>& t);       // --model and the model's shape (model)
+// --multi-latent-attention, its shape and YaRN (train_flags_mla.cpp); finish_mla_flags checks
+// and completes them once every flag is applied.
+void add_mla_flags(std::vector<Entry>& t);
+void finish_mla_flags(ParseState& s);
 void add_moe_flags(std::vector<Entry>& t);         // the MoE block (model.moe)
 void add_parallel_flags(std::vector<Entry>& t);    // parallel sizes, DDP, distributed backend
 void add_batch_flags(std::vector<Entry>& t);       // batches, length, iterations, seed (train)

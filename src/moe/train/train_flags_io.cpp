@@ -77,6 +77,11 @@ void add_data_flags(std::vector<Entry>& t) {
                     "(--data-path 0.3 a 0.7 b); a YAML list works too. Without it the built-in "
                     "corpus is used",
                     [](S& s, V v) { s.run.data_path = split_values(v); }));
+  t.push_back(toggle("--mock-data",
+                     "synthetic data: random tokens of the model's vocabulary, the same for a seed "
+                     "on every machine (Megatron's, with --tokenizer-type NullTokenizer "
+                     "--vocab-size N); no corpus, no text sample",
+                     [](S& s, V) { s.run.mock_data = true; }));
   t.push_back(value("--split", "SPLIT",
                     "train / validation / test shares of every --data-path corpus's documents "
                     "(default \"969, 30, 1\")",
@@ -88,11 +93,13 @@ void add_data_flags(std::vector<Entry>& t) {
   t.push_back(value(
       "--tokenizer-type", "TYPE",
       "HuggingFaceTokenizer, SentencePieceTokenizer or Llama2Tokenizer (with "
-      "--tokenizer-model), or byte; the tokenizer the --data-path corpus was made with",
+      "--tokenizer-model), or byte; the tokenizer the --data-path corpus was made with; "
+      "NullTokenizer (ids without text) with --mock-data and --vocab-size",
       [](S& s, V v) {
         s.run.tokenizer_type =
             one_of("--tokenizer-type", v,
-                   {"HuggingFaceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer", "byte"});
+                   {"HuggingFaceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer", "byte",
+                    "NullTokenizer"});
       }));
   t.push_back(value("--tokenizer-model", "PATH",
                     "a Hugging Face tokenizer.json (or its folder): sets the default model's "

@@ -92,8 +92,9 @@ void add_model_flags(std::vector<Entry>& t) {
                      [](S&, V) {}));
   t.push_back(value("--normalization", "RMSNorm", "accepted: RMSNorm only",
                     [](S&, V v) { one_of("--normalization", v, {"RMSNorm"}); }));
-  t.push_back(value("--position-embedding-type", "rope", "accepted: rope only",
-                    [](S&, V v) { one_of("--position-embedding-type", v, {"rope"}); }));
+  t.push_back(value("--position-embedding-type", "rope|yarn",
+                    "rope, or yarn (YaRN-scaled rope: --rotary-scaling-factor, ...)",
+                    [](S&, V v) { one_of("--position-embedding-type", v, {"rope", "yarn"}); }));
   t.push_back(value("--mtp-num-layers", "D", "model.mtp_num_layers", [](S& s, V v) {
     s.run.model.mtp_num_layers = as_count("--mtp-num-layers", v, 0);
   }));

@@ -24,6 +24,7 @@
 #include "moe/train/exit_signal.h"
 #include "moe/train/interrupt_report.h"
 #include "moe/train/memory_report.h"
+#include "moe/train/mock_batch_source.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_upcycle.h"
 
@@ -253,6 +254,19 @@ RunData builtin_data(const TrainConfig& tc) {
   return d;
 }
 
+// --mock-data: random tokens of the model's vocabulary (mock_batch_source.h), the validation
+// stream drawn with the next seed.
+RunData mock_data(const TrainRunConfig& c) {
+  const TrainConfig& tc = c.train;
+  const int64_t vocab = c.model.vocab_size;
+  RunData d;
+  d.train = std::make_unique<MockTokenSource>(vocab, tc.seq_length, tc.seed);
+  d.valid = std::make_unique<MockTokenSource>(vocab, tc.seq_length, tc.seed + 1);
+  d.description = moe::detail::concat("data: --mock-data, random tokens of the ", vocab,
+                                      "-id vocabulary (seed ", tc.seed, ")");
+  return d;
+}
+
 // --data-path: Megatron's GPT datasets, split and blended as Megatron builds them, with the
 // sample counts of Megatron's schedule (train_iters x global batch, and the evaluations').
 RunData megatron_data(const TrainRunConfig& c) {
@@ -335,6 +349,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // indices first, then the others read them (Megatron's order), so that they do not all build
 // and write the same cache at once.
 RunData run_data(const TrainRunConfig& c, const TrainWorld& world) {
+  if (c.mock_data) return mock_data(c);
   const auto make = [&] { return c.data_path.empty() ? builtin_data(c.train) : megatron_data(c); };
   if (world.size() == 1 || c.data_path.empty()) return make();
   RunData data;
