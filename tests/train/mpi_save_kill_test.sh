@@ -6,8 +6,7 @@
 # while iteration 4's save is open. Then:
 #   - the tracker still names iteration 2 and iter_0000004 does not exist (only the hidden
 #     temporary folder of the killed save, which the next save removes);
-#   - one rank resumes iteration 2 from that folder and saves iteration 4 there (the killed
-#     save's temporary folder is removed, and the run says so).
+#   - one rank resumes iteration 2 from that folder and saves iteration 4 there.
 #   mpi_save_kill_test.sh MPIEXEC MOE
 set -u
 mpiexec=$1 moe=$2
@@ -61,7 +60,8 @@ one=$("$moe" "${common[@]}" --train-iters 4 --load "$dir/ckpt" --save "$dir/ckpt
   { echo "$one"; fail "one rank could not resume the checkpoint left by the killed save"; }
 grep -aqF "loaded checkpoint $dir/ckpt/iter_0000002 (iteration 2)" <<<"$one" ||
   { echo "$one"; fail "one rank did not resume iteration 2"; }
-grep -aqF "(left by an interrupted save)" <<<"$one" ||
-  { echo "$one"; fail "the killed save's temporary folder was not cleaned up"; }
+# (Whether that run removed the killed save's temporary folder is not checked here: it keeps a
+# folder whose pid is alive, and under a busy test run the rank's pid may already be another
+# process's; checkpoint/atomic_folder's tests cover the removal.)
 [ "$(cat "$dir/ckpt/latest_checkpointed_iteration.txt")" = 4 ] || fail "one rank did not save 4"
 echo "mpi_save_kill_test: ok"
