@@ -16,10 +16,21 @@
 #include "moe/data/tokenizer.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/param_count.h"
+#include "moe/train/train_checkpoint.h"
 #include "moe/train/train_flag_table.h"
 
 namespace moe::train {
 namespace {
+
+// Whether --load names a model folder (not a training checkpoint). A folder --load cannot use
+// is not one here: the run's load says what is wrong with it.
+bool is_model_folder(const std::string& dir) {
+  try {
+    return classify_load_folder(dir) == LoadFolderKind::model_folder;
+  } catch (const Error&) {
+    return false;
+  }
+}
 
 using flags::as_bool;
 using flags::Entry;
@@ -218,6 +229,11 @@ void finish(ParseState& s) {
   } else {
     (void)data::parse_data_path(r.data_path);  // malformed lists fail here, naming the flag
     (void)data::parse_split(r.split);
+    // No tokenizer named: a --load model folder's tokenizer.json (the data was made with it).
+    if (r.tokenizer_type.empty() && r.tokenizer_model.empty() && !r.load.empty() &&
+        std::filesystem::is_regular_file(std::filesystem::path(r.load) / "tokenizer.json") &&
+        is_model_folder(r.load))
+      r.tokenizer_model = (std::filesystem::path(r.load) / "tokenizer.json").string();
     const std::unique_ptr<data::Tokenizer> tokenizer =
         data::make_tokenizer(r.tokenizer_type, r.tokenizer_model);
     const int64_t tokens = tokenizer->vocab_size();
@@ -514,6 +530,17 @@ TrainRunConfig parse_train_args(const std::vector<std::string>& args) {
     from_yaml.erase(name);
   }
 
+  // No --model and --load of a model folder (a Hugging Face folder, `moe convert` output): the
+  // run's model is that folder's, as `moe train --load HF_DIR --finetune` expects. Later model
+  // flags override it, as they override --model.
+  if (!s.values.count("--model") && s.values.count("--load") &&
+      is_model_folder(s.values["--load"])) {
+    s.run.model_preset = s.values["--load"];
+    s.run.model = flags::preset_model(s.run.model_preset);
+    s.run.model_from_load = true;
+    s.preset_head_dim_derived = head_dim_is_derived(s.run.model);
+  }
+
   for (const Entry& e : table()) {
     auto it = s.values.find(e.flag.name);
     if (it == s.values.end()) continue;
@@ -575,7 +602,9 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
   const TrainConfig& t = r.train;
   const nn::ModelParamCount count = nn::count_parameters(m);
   std::ostringstream out;
-  out << "model " << m.name << " (--model " << r.model_preset << "): " << m.num_layers
+  out << "model " << m.name << " ("
+      << (r.model_from_load ? "the --load model folder " : "--model ") << r.model_preset
+      << "): " << m.num_layers
       << " layers, hidden " << m.hidden_size << ", " << m.num_attention_heads << " heads / "
       << m.num_query_groups << " query groups, " << m.moe.num_experts << " experts top-"
       << m.moe.moe_router_topk << ", vocab " << m.vocab_size << "; parameters "

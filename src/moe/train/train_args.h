@@ -52,7 +52,9 @@
 namespace moe::train {
 
 struct TrainRunConfig {
-  std::string model_preset = "default";  // --model: "default", a zoo name or a .json file
+  std::string model_preset = "default";  // --model: "default", a zoo name, a .json file or a
+                                         // model folder
+  bool model_from_load = false;  // no --model: the model of the --load model folder
   nn::ModelConfig model;                 // after the overrides; validate()d
   TrainConfig train;                     // after the overrides; validate()d
 

@@ -40,6 +40,9 @@ struct ParseState {
 
 // Megatron's kv_channels: a model whose head dim is hidden / heads has none of its own.
 bool head_dim_is_derived(const nn::ModelConfig& m);
+// --model's value: "default", a model folder (HF or moecore), an HF config.json, a
+// model_config.json file, or a zoo name.
+nn::ModelConfig preset_model(const std::string& preset);
 
 using Apply = std::function<void(ParseState&, const std::string& value)>;
 

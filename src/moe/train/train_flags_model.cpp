@@ -1,21 +1,31 @@
 // `moe train`'s model flags: --model (the preset) and its overrides, and the MoE block
 // (train_flag_table.h).
+#include <filesystem>
+
+#include "moe/checkpoint/model_io.h"
 #include "moe/core/error.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
 #include "moe/train/train_flag_table.h"
 
 namespace moe::train::flags {
-namespace {
 
 nn::ModelConfig preset_model(const std::string& preset) {
+  namespace fs = std::filesystem;
   if (preset == "default") return default_train_model();
+  // A model folder (Hugging Face config.json, or moecore's model_config.json), or a Hugging Face
+  // config.json file: the folder's model (checkpoint/model_io.h).
+  if (fs::is_directory(preset))
+    return checkpoint::read_model_config(preset, checkpoint::detect_format(preset));
+  if (fs::path(preset).filename() == "config.json") {
+    const std::string folder = fs::path(preset).parent_path().string();
+    return checkpoint::read_model_config(folder.empty() ? "." : folder,
+                                         checkpoint::CheckpointFormat::hf);
+  }
   const bool is_file = preset.size() > 5 && preset.substr(preset.size() - 5) == ".json";
   if (is_file) return nn::load_model_config(preset);
   return nn::model_zoo(preset);  // an unknown name lists the zoo
 }
-
-}  // namespace
 
 // Model: the preset first, then its overrides.
 void add_model_flags(std::vector<Entry>& t) {
@@ -23,7 +33,9 @@ void add_model_flags(std::vector<Entry>& t) {
   using V = const std::string&;
   t.push_back(value("--model", "NAME",
                     "the model: 'default' (the built-in tiny byte-level MoE), a zoo name (moe "
-                    "info lists them) or a model_config.json file; later flags override it",
+                    "info lists them), a model_config.json file, or a model folder (Hugging Face "
+                    "config.json, or moecore's); later flags override it. Absent with --load of a "
+                    "model folder: that folder's model",
                     [](S& s, V v) {
                       s.run.model_preset = v;
                       s.run.model = preset_model(v);
