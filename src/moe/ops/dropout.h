@@ -4,8 +4,8 @@
 // global batch is split over data-parallel ranks and micro-batches), and the backward
 // regenerates it instead of storing it.
 //
-// Formula. key = philox4x32_10(seed, layer * 2^8 + site) words 0, 1 (a 64-bit Philox key per
-// (seed, layer, site)); for global element index n:
+// Formula. key = philox4x32_10(seed, (layer + 1) * 2^8 + site) words 0, 1 (a 64-bit Philox key
+// per (seed, layer, site); layer -1 is the decoder's embedding); for global element index n:
 //   bits = philox4x32_10(key, n >> 2).v[n & 3],   u = ((bits >> 8) + 0.5) 2^-24 in (0, 1)
 //   keep = u >= p (p rounded to f32),   y = keep ? x * 1 / (1 - p) : 0
 // computed in the compute type (f32 for bf16/f16/f32, f64 for f64), 1 / (1 - p) rounded to that
