@@ -8,6 +8,7 @@
 #include "moe/nn/mla_attention.h"
 #include "moe/nn/model_config.h"
 #include "moe/ops/elementwise.h"
+#include "nn/gpt_test_util.h"
 
 namespace moe::test {
 
@@ -40,6 +41,16 @@ inline nn::ModelConfig small_mla_config() {
                           .mscale = 0.9,
                           .mscale_all_dim = 0.6};
   c.moe_layer_pattern = {0, 0};
+  return c;
+}
+
+// small_mla_config with tiny_gpt_config's MoE block as its second layer (4 experts top-2, aux
+// and z losses; router in fp64 for f64 models).
+inline nn::ModelConfig small_mla_moe_config(DType dtype = DType::f64) {
+  nn::ModelConfig c = small_mla_config();
+  c.moe_layer_pattern = {0, 1};
+  c.moe = tiny_gpt_config(dtype).moe;
+  c.moe.hidden_size = c.hidden_size;
   return c;
 }
 

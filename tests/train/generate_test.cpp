@@ -16,6 +16,7 @@
 #include "moe/data/byte_tokenizer.h"
 #include "moe/nn/kv_cache.h"
 #include "nn/gpt_test_util.h"
+#include "nn/mla_test_util.h"
 
 namespace moe {
 namespace {
@@ -374,30 +375,8 @@ namespace kv {
 // A GQA model (qk-norm, q/k/v biases, a MoE layer) and an MLA model (DeepSeek-style: latent
 // norms, interleaved rotary, YaRN, a MoE layer), vocabulary 23, 40 positions.
 nn::ModelConfig cache_config(bool mla) {
-  nn::ModelConfig c = mla ? nn::ModelConfig{} : test::tiny_gpt_config();
-  if (mla) {
-    c = test::tiny_gpt_config();
-    c.name = "mla-cache-test";
-    c.hidden_size = 11;
-    c.num_attention_heads = 3;
-    c.num_query_groups = 3;
-    c.attention_type = nn::AttentionType::mla;
-    c.mla = nn::MlaConfig{.q_lora_rank = 7,
-                          .kv_lora_rank = 5,
-                          .qk_head_dim = 3,
-                          .qk_pos_emb_head_dim = 4,
-                          .v_head_dim = 5};
-    c.rotary_style = nn::RotaryStyle::interleaved;
-    c.yarn = nn::YarnConfig{.factor = 4.0,
-                            .original_max_position_embeddings = 16,
-                            .beta_fast = 32.0,
-                            .beta_slow = 1.0,
-                            .mscale = 0.9,
-                            .mscale_all_dim = 0.6};
-    c.moe.hidden_size = c.hidden_size;
-  } else {
-    c.add_qkv_bias = true;
-  }
+  nn::ModelConfig c = mla ? test::small_mla_moe_config() : test::tiny_gpt_config();
+  if (!mla) c.add_qkv_bias = true;
   c.qk_layernorm = true;
   c.vocab_size = 23;
   c.max_position_embeddings = 40;

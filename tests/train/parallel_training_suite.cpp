@@ -19,11 +19,7 @@ constexpr int64_t kGlobalBatch = 4;  // micro-batches of 1: 4 / DP per rank
 nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
   nn::ModelConfig m;
   if (c.model == "mla") {
-    m = moe::test::small_mla_config();
-    const nn::ModelConfig tiny = moe::test::tiny_gpt_config(dtype);
-    m.moe_layer_pattern = {0, 1};
-    m.moe = tiny.moe;
-    m.moe.hidden_size = m.hidden_size;
+    m = moe::test::small_mla_moe_config(dtype);
     m.moe.moe_router_score_function = "sigmoid";
     m.moe.moe_router_enable_expert_bias = true;
     m.moe.moe_router_bias_update_rate = 1e-2;

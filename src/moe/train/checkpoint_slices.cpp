@@ -99,15 +99,16 @@ void CheckpointSliceReader::read(const std::string& name, const checkpoint::Tens
   out.copy_(cut.rows(s.begin, s.end - s.begin).reshape(out.shape()));
 }
 
-std::string broadcast_string(dist::ProcessGroup& group, const std::string& text, int root) {
-  Tensor length = Tensor::full({1}, static_cast<double>(text.size()), DType::i64);
+std::string broadcast_string(dist::ProcessGroup& group, const std::string& text, int root,
+                             Device device) {
+  Tensor length = Tensor::full({1}, static_cast<double>(text.size()), DType::i64, device);
   group.broadcast(length, root);
-  const int64_t n = length.to_vector<int64_t>()[0];
+  const int64_t n = length.to(Device::cpu()).to_vector<int64_t>()[0];
   std::vector<int64_t> codes(text.begin(), text.end());
   codes.resize(static_cast<size_t>(n));
-  Tensor bytes = Tensor::from_vector(codes, {n}, Device::cpu());
+  Tensor bytes = Tensor::from_vector(codes, {n}, device);
   if (n > 0) group.broadcast(bytes, root);
-  const std::vector<int64_t> got = bytes.to_vector<int64_t>();
+  const std::vector<int64_t> got = bytes.to(Device::cpu()).to_vector<int64_t>();
   return std::string(got.begin(), got.end());
 }
 

@@ -53,7 +53,9 @@ class CheckpointSliceReader {
 // Whether an iteration folder holds a sharded checkpoint (index.json).
 bool is_sharded_checkpoint(const std::string& folder);
 
-// `text` of rank `root` on every rank of `group` (the temporary folder of a save).
-std::string broadcast_string(dist::ProcessGroup& group, const std::string& text, int root);
+// `text` of rank `root` on every rank of `group` (the temporary folder of a save), sent as
+// tensors on `device` (the ranks' device: NCCL takes GPU memory only).
+std::string broadcast_string(dist::ProcessGroup& group, const std::string& text, int root,
+                             Device device);
 
 }  // namespace moe::train

@@ -132,7 +132,9 @@ double DistributedOptimizer::grad_norm() {
     else
       ops::add_(total, sq);
   }
-  return global_grad_norm(dense, expert, impl_->norm_groups);
+  const Device device = impl_->buffers.empty() ? Device::cpu()
+                                               : impl_->buffers[0]->grad_data().device();
+  return global_grad_norm(dense, expert, impl_->norm_groups, device);
 }
 
 StepResult DistributedOptimizer::step(double lr, double weight_decay) {

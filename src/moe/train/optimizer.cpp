@@ -51,15 +51,16 @@ AdamW::AdamW(std::vector<nn::Parameter*> params, const OptimizerConfig& config,
 }
 
 double global_grad_norm(const Tensor& dense_sq, const Tensor& expert_sq,
-                        const GradNormGroups& groups) {
-  // [dense, expert] in f64 on the host: the parts are single numbers, and f64 keeps the sum
-  // of many ranks' parts from rounding differently with the rank count.
-  auto part = [](const Tensor& sq, const std::vector<std::shared_ptr<dist::ProcessGroup>>& gs) {
-    Tensor t = Tensor::full({1}, sq.defined() ? sq.to(Device::cpu()).to_double_vector()[0] : 0.0,
-                            DType::f64);
+                        const GradNormGroups& groups, Device device) {
+  // Each part in f64 (many ranks' parts add without rounding differently with the rank count),
+  // reduced as a tensor on the ranks' device: NCCL takes GPU memory only, and every rank must
+  // pass the same kind of tensor even when it holds no piece of one part.
+  auto part = [&](const Tensor& sq, const std::vector<std::shared_ptr<dist::ProcessGroup>>& gs) {
+    const double local = sq.defined() ? sq.to(Device::cpu()).to_double_vector()[0] : 0.0;
+    Tensor t = Tensor::full({1}, local, DType::f64, device);
     for (const auto& g : gs)
       if (g && g->size() > 1) g->all_reduce(t, dist::ReduceOp::sum);
-    return t.to_double_vector()[0];
+    return t.to(Device::cpu()).to_double_vector()[0];
   };
   return std::sqrt(part(dense_sq, groups.dense) + part(expert_sq, groups.expert));
 }
@@ -79,7 +80,8 @@ double AdamW::grad_norm() {
       else
         ops::add_(total, sq);
     }
-    return global_grad_norm(dense, expert, norm_groups_);
+    return global_grad_norm(dense, expert, norm_groups_,
+                            slots_.empty() ? Device::cpu() : slots_[0].param->value.device());
   }
   // Per-tensor squared norms, added on the device in parameter order (reproducible).
   Tensor total;

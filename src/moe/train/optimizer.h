@@ -89,10 +89,11 @@ class Optimizer {
   int64_t steps_ = 0;
 };
 
-// The global norm from this rank's dense and expert squared sums (GradNormGroups); one
-// synchronisation. Non-finite parts stay non-finite on every rank.
+// The global norm from this rank's dense and expert squared sums (GradNormGroups), reduced as
+// f64 tensors on `device` (the model's: NCCL takes GPU memory only); one synchronisation per
+// part. Non-finite parts stay non-finite on every rank.
 double global_grad_norm(const Tensor& dense_sq, const Tensor& expert_sq,
-                        const GradNormGroups& groups);
+                        const GradNormGroups& groups, Device device);
 
 class AdamW : public Optimizer {
  public:

@@ -278,7 +278,7 @@ SaveResult save_sharded_checkpoint(const std::string& save_dir, nn::GPTModel& mo
     folder.emplace(target.string(), /*overwrite=*/true);
     temp = folder->path();
   }
-  temp = broadcast_string(world, temp, 0);
+  temp = broadcast_string(world, temp, 0, model.device());
   trainer.synchronize_parameters();
   const bool distributed = dynamic_cast<DistributedOptimizer*>(&trainer.optimizer()) != nullptr;
   checkpoint::write_shards(temp, world.rank(), world.size(),
