@@ -25,8 +25,7 @@ checkpoint::TensorSlice slice_of(const nn::Parameter& p, int64_t begin, int64_t 
 
 std::vector<checkpoint::ShardPiece> owned_checkpoint_pieces(nn::GPTModel& model,
                                                             Optimizer& optimizer,
-                                                            const dist::ParallelState& state,
-                                                            bool distributed_optimizer) {
+                                                            const dist::ParallelState& state) {
   // One replica of each replicated tensor writes it.
   const auto writes = [&](const nn::Parameter& p) {
     return p.layout.grad_group == nn::GradGroup::expert ? state.edp_rank() == 0
@@ -39,7 +38,7 @@ std::vector<checkpoint::ShardPiece> owned_checkpoint_pieces(nn::GPTModel& model,
     for (const nn::NamedBuffer& b : model.buffers())
       pieces.push_back({b.name, checkpoint::TensorSlice{b.value->shape()}, *b.value});
   for (const NamedTensor& s : optimizer.state()) {
-    if (!distributed_optimizer && !writes(*s.param)) continue;
+    if (!optimizer.shards_state() && !writes(*s.param)) continue;
     pieces.push_back({s.name, slice_of(*s.param, s.begin, s.end), *s.value});
   }
   return pieces;

@@ -31,8 +31,7 @@ checkpoint::TensorSlice slice_of(const nn::Parameter& p, int64_t begin = 0, int6
 // This rank's pieces of the model's parameters, buffers and the optimizer's state (see above).
 std::vector<checkpoint::ShardPiece> owned_checkpoint_pieces(nn::GPTModel& model,
                                                             Optimizer& optimizer,
-                                                            const dist::ParallelState& state,
-                                                            bool distributed_optimizer);
+                                                            const dist::ParallelState& state);
 
 // Reads slices of a checkpoint's tensors by name, from a sharded checkpoint (index.json) or from
 // a one-rank checkpoint's safetensors files (a whole tensor is read once and cut).

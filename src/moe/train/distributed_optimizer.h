@@ -42,6 +42,8 @@ class DistributedOptimizer : public Optimizer {
   double grad_norm() override;
   std::vector<NamedTensor> state() override;
   void reload_masters_from_model() override;
+  bool shards_state() const override { return true; }
+  void wait_for_parameters() override { finish_param_gather(); }
 
   // --overlap-param-gather: waits for the all-gathers of the buckets that hold these
   // parameters (no-op when they are complete or nothing is in flight).

@@ -79,6 +79,12 @@ class Optimizer {
   virtual std::vector<NamedTensor> state() = 0;
   // After loading a model's weights into a 16-bit model: masters = the weights again.
   virtual void reload_masters_from_model() = 0;
+  // Whether state() holds only this rank's shard of each tensor (the distributed optimizer), so
+  // that every rank writes its own pieces into a checkpoint.
+  virtual bool shards_state() const { return false; }
+  // Waits until every parameter holds its updated value (the distributed optimizer's overlapped
+  // all-gathers); nothing to wait for otherwise.
+  virtual void wait_for_parameters() {}
 
   int64_t steps_taken() const { return steps_; }
   void set_steps_taken(int64_t steps) { steps_ = steps; }

@@ -24,7 +24,6 @@
 #include "moe/io/safetensors.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/train/checkpoint_slices.h"
-#include "moe/train/distributed_optimizer.h"
 #include "moe/train/train_log.h"
 
 namespace moe::train {
@@ -280,9 +279,8 @@ SaveResult save_sharded_checkpoint(const std::string& save_dir, nn::GPTModel& mo
   }
   temp = broadcast_string(world, temp, 0, model.device());
   trainer.synchronize_parameters();
-  const bool distributed = dynamic_cast<DistributedOptimizer*>(&trainer.optimizer()) != nullptr;
   checkpoint::write_shards(temp, world.rank(), world.size(),
-                           owned_checkpoint_pieces(model, trainer.optimizer(), state, distributed));
+                           owned_checkpoint_pieces(model, trainer.optimizer(), state));
   world.barrier();
   if (lead) {
     checkpoint::write_index(temp, world.size());

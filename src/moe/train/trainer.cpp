@@ -55,15 +55,12 @@ void TrainConfig::validate(int64_t dp) const {
   MOE_CHECK(micro_batch_size >= 1, "--micro-batch-size must be positive, got ", micro_batch_size);
   MOE_CHECK(global_batch_size >= 1, "--global-batch-size must be positive, got ",
             global_batch_size);
-  if (dp == 1)
-    MOE_CHECK(global_batch_size % micro_batch_size == 0, "--global-batch-size ", global_batch_size,
-              " is not a multiple of --micro-batch-size ", micro_batch_size,
-              " (on one device the number of micro-batches is global / micro)");
-  else
-    MOE_CHECK(global_batch_size % (micro_batch_size * dp) == 0, "--global-batch-size ",
-              global_batch_size, " is not a multiple of --micro-batch-size ", micro_batch_size,
-              " x the data-parallel size ", dp,
-              " (each data-parallel rank runs global / (micro x DP) micro-batches per step)");
+  MOE_CHECK(global_batch_size % (micro_batch_size * dp) == 0, "--global-batch-size ",
+            global_batch_size, " is not a multiple of --micro-batch-size ", micro_batch_size,
+            dp == 1 ? std::string(" (on one device the number of micro-batches is global / micro)")
+                    : detail::concat(" x the data-parallel size ", dp,
+                                     " (each data-parallel rank runs global / (micro x DP) "
+                                     "micro-batches per step)"));
   MOE_CHECK(seq_length >= 1, "--seq-length must be positive, got ", seq_length);
   MOE_CHECK(train_iters >= 0, "--train-iters must be >= 0, got ", train_iters);
   MOE_CHECK(eval_interval >= 0, "--eval-interval must be >= 0, got ", eval_interval);
@@ -114,9 +111,7 @@ int64_t Trainer::data_parallel_size() const {
   return dp_of(parallel_);
 }
 
-void Trainer::synchronize_parameters() {
-  if (auto* d = dynamic_cast<DistributedOptimizer*>(optimizer_.get())) d->finish_param_gather();
-}
+void Trainer::synchronize_parameters() { optimizer_->wait_for_parameters(); }
 
 Tensor Trainer::next_samples(BatchSource& source) {
   const int64_t B = config_.micro_batch_size, dp = data_parallel_size();
