@@ -111,7 +111,9 @@ int64_t Trainer::data_parallel_size() const {
   return dp_of(parallel_);
 }
 
-void Trainer::synchronize_parameters() { optimizer_->wait_for_parameters(); }
+void Trainer::synchronize_parameters() {
+  optimizer_->wait_for_parameters();
+}
 
 Tensor Trainer::next_samples(BatchSource& source) {
   const int64_t B = config_.micro_batch_size, dp = data_parallel_size();
