@@ -1,14 +1,17 @@
 // Dropout (ops/dropout.h) on the CPU: the documented mask formula, p = 0 as the identity, p = 1
-// as zeros, the keep rate, the scale, the backward as the Jacobian transpose, and masks that do
-// not depend on how a batch is split into micro-batches or ranks.
+// as zeros, the keep rate, the scale, the backward as the Jacobian transpose, masks that do not
+// depend on how a batch is split into micro-batches or ranks, and blocks of a sequence (sequence
+// parallelism) that draw the whole sequence's masks.
 #include "moe/ops/dropout.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "common/check.h"
+#include "ops/dropout_testing.h"
 
 namespace moe::ops {
 namespace {
@@ -144,6 +147,117 @@ TEST(Dropout, MaskDoesNotDependOnTheBatchSplit) {
       dropout_mask(shape, args_of(0.4, seed, 20, 0, DropoutSite::attention_output), Device::cpu()),
       m));
   EXPECT_FALSE(test::equal(dropout_mask(shape, args_of(0.4, seed, 20, 1), Device::cpu()), m));
+}
+
+// A block of positions [seq_offset, seq_offset + S) of a sequence of seq_total: n = ((first_sample
+// + b) S_total + seq_offset + s) F + f, written out again.
+TEST(Dropout, MaskOfASequenceBlockFollowsTheDocumentedFormula) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  const int64_t S = 4, B = 3, F = 9, first = 5, offset = 6, total = 11;
+  DropoutArgs a = args_of(0.45, seed, first);
+  a.seq_offset = offset;
+  a.seq_total = total;
+  const std::vector<uint8_t> mask = dropout_mask({S, B, F}, a, Device::cpu()).to_vector<uint8_t>();
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t f = 0; f < F; ++f) {
+        const uint64_t n = uint64_t(((first + b) * total + offset + s) * F + f);
+        EXPECT_EQ(mask[size_t((s * B + b) * F + f)], dropout_keep(a.key, n, 0.45f) ? 1 : 0)
+            << s << " " << b << " " << f;
+      }
+}
+
+// Sequence parallelism: a rank holds positions [offset, offset + S_r) of every sample; the
+// dropouts of the blocks, given seq_offset / seq_total, concatenated along S are the dropout of
+// the whole [S, B, F] tensor bit for bit. A block drawn at another offset (or as a whole
+// sequence of its own) gets another mask.
+TEST(Dropout, SequenceBlocksConcatenateToTheWholeSequence) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  const int64_t S = 7, B = 3, F = 13;
+  const Tensor x = test::random_normal({S, B, F}, DType::f32, seed);
+  const DropoutArgs whole_args = args_of(0.4, seed + 1, 17);
+  const Tensor whole = dropout(x, whole_args);
+  const Tensor whole_mask = dropout_mask(x.shape(), whole_args, Device::cpu());
+  for (const std::vector<int64_t>& sizes :
+       {std::vector<int64_t>{3, 4}, std::vector<int64_t>{1, 5, 1}, std::vector<int64_t>{7}}) {
+    SCOPED_TRACE(testing::Message() << sizes.size() << " blocks");
+    std::vector<Tensor> outs, in_place, masks, grads;
+    int64_t offset = 0;
+    for (int64_t size : sizes) {
+      DropoutArgs a = whole_args;
+      a.seq_offset = offset;
+      a.seq_total = S;
+      const Tensor block = x.rows(offset, size).clone();
+      outs.push_back(dropout(block, a));
+      Tensor y = block.clone();
+      dropout_(y, a);
+      in_place.push_back(y);
+      masks.push_back(dropout_mask(block.shape(), a, Device::cpu()));
+      grads.push_back(dropout_backward(block, a));
+      offset += size;
+    }
+    EXPECT_TRUE(test::equal(test::concat_dim(outs, 0), whole, "dropout"));
+    EXPECT_TRUE(test::equal(test::concat_dim(in_place, 0), whole, "dropout_"));
+    EXPECT_TRUE(test::equal(test::concat_dim(masks, 0), whole_mask, "mask"));
+    EXPECT_TRUE(test::equal(test::concat_dim(grads, 0), whole, "backward"));
+  }
+  // The second block of 3 + 4 at the wrong offset, or as a sequence of its own: other masks.
+  const Tensor second = x.rows(3, 4).clone();
+  const Tensor expected = whole.rows(3, 4).clone();
+  DropoutArgs shifted = whole_args;
+  shifted.seq_offset = 2;
+  shifted.seq_total = S;
+  EXPECT_FALSE(test::equal(dropout(second, shifted), expected));
+  DropoutArgs alone = whole_args;
+  EXPECT_FALSE(test::equal(dropout(second, alone), expected));
+  DropoutArgs longer = whole_args;  // the right offset in a longer sequence
+  longer.seq_offset = 3;
+  longer.seq_total = S + 1;
+  EXPECT_FALSE(test::equal(dropout(second, longer), expected));
+}
+
+TEST(Dropout, BadSequenceBlocksAreRefusedNamingTheField) {
+  const Tensor x = test::random_normal({4, 2, 5}, DType::f32, 4);
+  // dropout, dropout_ and dropout_mask all refuse `a`, naming each of `fields`.
+  auto expect_refused = [&](const DropoutArgs& a, const std::vector<std::string>& fields) {
+    Tensor y = x.clone();
+    for (const std::string& m :
+         {test::message_of([&] { (void)dropout(x, a); }), test::message_of([&] { dropout_(y, a); }),
+          test::message_of([&] { (void)dropout_mask(x.shape(), a, Device::cpu()); })}) {
+      EXPECT_NE(m, "");
+      for (const std::string& f : fields) EXPECT_NE(m.find(f), std::string::npos) << m;
+    }
+  };
+  DropoutArgs a = args_of(0.5, 9);
+  a.seq_offset = -1;
+  expect_refused(a, {"seq_offset"});
+  a = args_of(0.5, 9);
+  a.seq_total = -3;
+  expect_refused(a, {"seq_total"});
+  a.seq_offset = 3;  // 3 + 4 > 6
+  a.seq_total = 6;
+  expect_refused(a, {"seq_offset 3", "seq_total 6"});
+  a.seq_total = 0;  // an offset without a total: the tensor is the whole sequence
+  a.seq_offset = 1;
+  expect_refused(a, {"seq_offset 1", "seq_total 4"});
+  // The attention fields have no meaning for a token tensor.
+  a = args_of(0.5, 9);
+  a.head_offset = 1;
+  expect_refused(a, {"head_offset"});
+  a = args_of(0.5, 9);
+  a.key_offset = 2;
+  expect_refused(a, {"key_offset"});
+  // The last block exactly fits; p = 0 looks at nothing.
+  DropoutArgs fits = args_of(0.5, 9);
+  fits.seq_offset = 2;
+  fits.seq_total = 6;
+  EXPECT_NO_THROW(dropout(x, fits));
+  DropoutArgs off = fits;
+  off.p = 0.0;
+  off.seq_offset = 100;
+  EXPECT_NO_THROW(dropout(x, off));
 }
 
 // The backward (the same map on dy) is the transpose of the forward's Jacobian: finite

@@ -23,7 +23,15 @@
 //   dq_i = scale sum_j dS_ij k_j,  dk_j = scale sum_i dS_ij q_i,  dv_j = sum_i P_ij dout_i
 // and with GQA the dk, dv of a kv head sum over the Hq / Hkv query heads that read it.
 // Attention dropout (Megatron's --attention-dropout, AttentionOptions::dropout with p > 0; the
-// mask M_ij of ops/dropout.h at n = (((first_sample + b) Hq + h) S + i) S + j, c = 1 / (1 - p)):
+// mask M_ij of ops/dropout.h at the global index
+//   n = (((first_sample + b) Hq_total + head_offset + h) S_total + query_offset + i) S_total
+//       + key_offset + j,
+// c = 1 / (1 - p)): sample, head, query and key are global, so a call on a block of heads
+// (tensor parallelism: heads [head_offset, head_offset + Hq) of heads_total) or on query / key
+// chunks (context parallelism: positions [query_offset, query_offset + S) and [key_offset,
+// key_offset + S) of seq_total) draws the one-rank model's masks. Defaults (0) make the call the
+// whole thing. The offsets move the dropout index only: the causal mask stays j <= i in local
+// indices.
 //   out_i = sum_j P_ij M_ij c v_j       (lse is still the undropped softmax's)
 //   dv_j = sum_i P_ij M_ij c dout_i,  dS_ij = P_ij (M_ij c dP_ij - Delta_i)
 // with Delta_i = <dout_i, out_i> = sum_j P_ij M_ij c dP_ij as before (FlashAttention's dropout).

@@ -51,9 +51,6 @@ AttentionShape check_qkv(const Tensor& q, const Tensor& k, const Tensor& v,
 
   AttentionShape shape;
   shape.layout = options.layout;
-  check_dropout_probability(options.dropout.p, op);
-  MOE_CHECK(options.dropout.first_sample >= 0, op, ": dropout first_sample must be >= 0, got ",
-            options.dropout.first_sample);
   shape.dropout = options.dropout;
   shape.causal = options.causal;
   const bool bshd = options.layout == AttentionLayout::bshd;
@@ -68,6 +65,7 @@ AttentionShape check_qkv(const Tensor& q, const Tensor& k, const Tensor& v,
             shape.kv_heads, "); q ", shape_str(q.shape()), ", k ", shape_str(k.shape()));
   MOE_CHECK(shape.head_dim >= 1 && shape.v_head_dim >= 1, op, ": head dims must be positive; q ",
             shape_str(q.shape()), ", v ", shape_str(v.shape()));
+  check_probs_dropout(options.dropout, shape.q_heads, shape.seq, op);
   check_shape(k, layout_shape(shape.layout, shape.batch, shape.seq, shape.kv_heads, shape.head_dim),
               op, "k");
   check_shape(v,
@@ -116,12 +114,11 @@ struct DropoutRow {
       : s(shape),
         p(static_cast<float>(shape.dropout.p)),
         scale(shape.dropout.p >= 1.0 ? A(0) : static_cast<A>(1.0 / (1.0 - shape.dropout.p))),
-        base(((static_cast<uint64_t>(shape.dropout.first_sample + b) *
-                   static_cast<uint64_t>(shape.q_heads) +
-               static_cast<uint64_t>(h)) *
-                  static_cast<uint64_t>(shape.seq) +
-              static_cast<uint64_t>(i)) *
-             static_cast<uint64_t>(shape.seq)) {}
+        base(dropout_probs_index(shape.dropout.first_sample, shape.dropout.head_offset,
+                                 static_cast<uint64_t>(shape.dropout.global_heads(shape.q_heads)),
+                                 shape.dropout.query_offset, shape.dropout.key_offset,
+                                 static_cast<uint64_t>(shape.dropout.global_seq(shape.seq)), b, h,
+                                 i, 0)) {}
   A operator()(int64_t j) const {
     return dropout_keep(s.dropout.key, base + static_cast<uint64_t>(j), p) ? scale : A(0);
   }

@@ -25,8 +25,9 @@
 //
 // Attention dropout (attention.h): the forward multiplies the probabilities that go to P V by
 // c M_ij (the row sum l stays undropped); the backward's recomputation gives dv the dropped P
-// and dS = P (c M_ij dP - Delta). M_ij is dropout.h's mask of the pair's global index, the
-// same bits as the CPU reference. Without dropout none of this code runs (a uniform branch).
+// and dS = P (c M_ij dP - Delta). M_ij is dropout.h's mask of the pair's global index (global
+// head, query and key under tensor / context parallelism), the same bits as the CPU reference.
+// Without dropout none of this code runs (a uniform branch).
 //
 // Speed to expect: this is CUDA-core FMA code whose inner loops issue about one shared-memory
 // load per FMA, so it is bounded by shared-memory bandwidth at roughly 5-10 TFLOP/s on an H200:
@@ -68,6 +69,12 @@ struct Args {
   float drop_scale;  // 1 / (1 - p), 0 for p = 1
   uint64_t drop_key;
   int64_t drop_first_sample;
+  // The global geometry of the mask index (dropout.h): heads_total and seq_total resolved.
+  int64_t drop_head_offset;
+  uint64_t drop_heads_total;
+  int64_t drop_query_offset;
+  int64_t drop_key_offset;
+  uint64_t drop_seq_total;
 };
 
 __host__ __device__ constexpr int odd_stride(int n) {
@@ -132,16 +139,13 @@ __device__ __forceinline__ bool visible(int i, int j, int seq, bool causal) {
   return i < seq && j < seq && (!causal || j <= i);
 }
 
-// c M_ij for query row i, key j of (b, h): 1 / (1 - p) when kept, 0 when dropped (dropout.h).
+// c M_ij for query row i, key j of (b, h): 1 / (1 - p) when kept, 0 when dropped (dropout.h),
+// drawn at the global index of the pair (the head, query and key offsets added).
 template <class T>
 __device__ __forceinline__ float drop_factor(const Args<T>& a, int64_t b, int h, int i, int j) {
   const uint64_t n =
-      ((static_cast<uint64_t>(a.drop_first_sample + b) * static_cast<uint64_t>(a.q_heads) +
-        static_cast<uint64_t>(h)) *
-           static_cast<uint64_t>(a.seq) +
-       static_cast<uint64_t>(i)) *
-          static_cast<uint64_t>(a.seq) +
-      static_cast<uint64_t>(j);
+      dropout_probs_index(a.drop_first_sample, a.drop_head_offset, a.drop_heads_total,
+                          a.drop_query_offset, a.drop_key_offset, a.drop_seq_total, b, h, i, j);
   return dropout_keep(a.drop_key, n, a.drop_p) ? a.drop_scale : 0.0f;
 }
 
@@ -493,6 +497,11 @@ Args<T> make_args(const AttentionShape& s, const Tensor& q, const Tensor& k, con
   a.drop_scale = s.dropout.p >= 1.0 ? 0.0f : static_cast<float>(1.0 / (1.0 - s.dropout.p));
   a.drop_key = s.dropout.key;
   a.drop_first_sample = s.dropout.first_sample;
+  a.drop_head_offset = s.dropout.head_offset;
+  a.drop_heads_total = static_cast<uint64_t>(s.dropout.global_heads(s.q_heads));
+  a.drop_query_offset = s.dropout.query_offset;
+  a.drop_key_offset = s.dropout.key_offset;
+  a.drop_seq_total = static_cast<uint64_t>(s.dropout.global_seq(s.seq));
   return a;
 }
 

@@ -15,7 +15,8 @@ struct Layout {
   int64_t n;  // S * B * F
   int64_t batch;
   int64_t features;
-  uint64_t seq;
+  uint64_t seq_total;  // the global S (dropout.h)
+  int64_t seq_offset;
   uint64_t key;
   int64_t first_sample;
   float p;
@@ -27,9 +28,8 @@ __device__ __forceinline__ uint64_t global_index(const Layout& l, int64_t e) {
   const int64_t sb = e / l.features;
   const int64_t b = sb % l.batch;
   const int64_t s = sb / l.batch;
-  return (static_cast<uint64_t>(l.first_sample + b) * l.seq + static_cast<uint64_t>(s)) *
-             static_cast<uint64_t>(l.features) +
-         static_cast<uint64_t>(f);
+  return dropout_token_index(l.first_sample, l.seq_offset, l.seq_total,
+                             static_cast<uint64_t>(l.features), b, s, f);
 }
 
 template <class T>
@@ -49,7 +49,8 @@ __global__ void dropout_mask_kernel(uint8_t* mask, Layout l) {
 
 Layout layout_of(const Shape& shape, const DropoutArgs& args) {
   Layout l{};
-  l.seq = static_cast<uint64_t>(shape[0]);
+  l.seq_total = static_cast<uint64_t>(args.global_seq(shape[0]));
+  l.seq_offset = args.seq_offset;
   l.batch = shape[1];
   l.features = shape[2];
   l.n = shape[0] * shape[1] * shape[2];
