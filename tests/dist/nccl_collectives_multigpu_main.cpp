@@ -214,13 +214,11 @@ int run_rank(int argc, char** argv, int rank, int world_size, const NcclUniqueId
 
   // The training cases depend on the world's size: registered now, in the same order on every
   // rank.
-  for (const train::test::ParallelTrainingCase& c :
-       train::test::parallel_training_cases_for_world(world_size, false)) {
+  for (const train::test::ParallelTrainingCase& c : train::test::process_runner_cases(world_size)) {
     const std::string name = train::test::case_name(c);
-    ::testing::RegisterTest("NcclParallelTraining", name.c_str(), nullptr, name.c_str(), __FILE__,
-                            __LINE__, [c, rank]() -> ::testing::Test* {
-                              return new NcclTraining(c, Device::cuda(rank));
-                            });
+    ::testing::RegisterTest(
+        "NcclParallelTraining", name.c_str(), nullptr, name.c_str(), __FILE__, __LINE__,
+        [c, rank]() -> ::testing::Test* { return new NcclTraining(c, Device::cuda(rank)); });
   }
 
   const int status = run_tests_on_ranks(*g_world, "moe_nccl_tests", Device::cuda(rank));

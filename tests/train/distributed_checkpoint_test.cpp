@@ -2,8 +2,9 @@
 // Local threads in f64: a run under mapping A saves at step 3; a run under mapping B loads it
 // and trains 3 more steps; its losses of steps 4-6 and its final parameters must equal those of
 // 6 steps under B from the start (1e-9 relative: the mappings sum in other orders). Pairs
-// change the world size, EP, ETP, the distributed optimizer, and go from and to one rank
-// without any parallel state (the one-rank checkpoint layout).
+// change the world size, TP (with and without sequence parallelism), EP, ETP, the distributed
+// optimizer, and go from and to one rank without any parallel state (the one-rank checkpoint
+// layout).
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -25,6 +26,12 @@ ParallelTrainingCase mapping(int world, int ep, int etp, bool zero, bool overlap
   return gqa_alltoall_case(world, ep, etp, zero, overlap);
 }
 
+ParallelTrainingCase with_tp(ParallelTrainingCase c, int tp, bool sequence_parallel) {
+  c.tp = tp;
+  c.sequence_parallel = sequence_parallel;
+  return c;
+}
+
 // What a rank ends with: losses of the steps it ran, and its parameters (flattened, f64).
 struct RankResult {
   std::vector<double> losses;
@@ -40,12 +47,12 @@ std::vector<RankResult> run(const ParallelTrainingCase& c, int steps, const std:
   std::mutex mutex;
   auto body = [&](const std::shared_ptr<dist::ProcessGroup>& group) {
     ParallelTrainingCase mc = c;
-    nn::MoEGroups groups;
+    nn::ModelGroups groups;
     TrainParallel parallel;
     if (c.world > 0)
       parallel = case_parallel(group, c, groups);
     else
-      mc.ep = mc.etp = 1;
+      mc.ep = mc.etp = mc.tp = 1;
     TrainConfig tc = case_train_config();
     tc.train_iters = 6;
     nn::GPTModel model(case_model(mc, DType::f64), DType::f64, Device::cpu(), tc.seed, groups);
@@ -106,7 +113,14 @@ INSTANTIATE_TEST_SUITE_P(
         std::pair{mapping(0, 1, 1, false), mapping(2, 2, 1, true)},        // one rank -> EP 2
         std::pair{mapping(4, 2, 2, true), mapping(0, 1, 1, false)},        // ETP 2 -> one rank
         std::pair{mapping(2, 1, 1, true), mapping(4, 1, 2, true)},         // DP 2 -> ETP 2, DP 4
-        std::pair{mapping(4, 2, 1, true), mapping(4, 4, 1, true)}),        // same world, EP 2 -> 4
+        std::pair{mapping(4, 2, 1, true), mapping(4, 4, 1, true)},         // same world, EP 2 -> 4
+        // TP 2 (sequence parallel) -> one rank; one rank -> TP 2 x EP 2 with ZeRO; TP 4 -> TP 2
+        // with DP 2 and ZeRO; TP 2 -> EP 2 (no TP).
+        std::pair{with_tp(mapping(2, 1, 1, false), 2, true), mapping(0, 1, 1, false)},
+        std::pair{mapping(0, 1, 1, false), with_tp(mapping(4, 2, 1, true), 2, true)},
+        std::pair{with_tp(mapping(4, 1, 1, false), 4, false),
+                  with_tp(mapping(4, 1, 1, true), 2, true)},
+        std::pair{with_tp(mapping(4, 2, 1, true, true), 2, true), mapping(2, 2, 1, false)}),
     [](const auto& info) { return pair_name(info.param.first, info.param.second); });
 
 }  // namespace

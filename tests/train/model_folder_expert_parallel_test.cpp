@@ -50,7 +50,7 @@ TEST_P(ModelFolderExpertParallel, LoadsEachRanksBoxAndTrainsAsOneRank) {
   std::mutex mutex;
   std::vector<std::string> failures;
   dist::run_local(c.world, [&](std::shared_ptr<dist::ProcessGroup> world) {
-    nn::MoEGroups groups;
+    nn::ModelGroups groups;
     const TrainParallel parallel = case_parallel(world, c, groups);
     nn::GPTModel model(case_model(c, DType::f64), DType::f64, Device::cpu(), tc.seed, groups);
     TokenArraySource data(case_tokens(model.config().vocab_size), kCaseSeqLength, 7, true);

@@ -2,8 +2,8 @@
 // (parallel_training_suite.h) on the MPI backend, one rank per process:
 //   mpirun --allow-run-as-root --oversubscribe -np 4 moe_mpi_training_tests [--device cuda]
 //          [gtest flags]
-// The cases are those of the world's size (parallel_training_cases_for_world(size, all =
-// false): one combination of the DDP options per mapping and dispatcher); every rank runs every
+// The cases are those of the world's size (process_runner_cases: one combination of the DDP
+// options per mapping and dispatcher, and the tensor-parallel mappings); every rank runs every
 // case on the world group, on the CPU in f64, or with --device cuda on GPU 0, which the ranks
 // share, in bf16. Rank 0 prints GoogleTest's report; every rank prints its failures prefixed
 // "[rank R]". The job exits non-zero when any rank failed. An exception that escapes a case ends
@@ -38,7 +38,7 @@ class MpiParallelTraining : public ::testing::Test {
 // The cases depend on the world's size, known once MPI is up: registered then, in the same
 // order on every rank (a filter must be the same on every rank too: every rank runs each case).
 void register_cases(int world) {
-  for (const ParallelTrainingCase& c : parallel_training_cases_for_world(world, false))
+  for (const ParallelTrainingCase& c : process_runner_cases(world))
     ::testing::RegisterTest("MpiParallelTraining", case_name(c).c_str(), nullptr,
                             case_name(c).c_str(), __FILE__, __LINE__,
                             [c]() -> ::testing::Test* { return new MpiParallelTraining(c); });

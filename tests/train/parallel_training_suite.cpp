@@ -20,6 +20,10 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
   nn::ModelConfig m;
   if (c.model == "mla") {
     m = moe::test::small_mla_moe_config(dtype);
+    m.num_attention_heads = m.num_query_groups = 4;  // TP 1, 2, 4
+    m.ffn_hidden_size = 8;
+    m.mtp_num_layers = 1;
+    m.moe.moe_shared_expert_intermediate_size = 4;
     m.moe.moe_router_score_function = "sigmoid";
     m.moe.moe_router_enable_expert_bias = true;
     m.moe.moe_router_bias_update_rate = 1e-2;
@@ -27,8 +31,13 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
     m.moe.moe_router_topk_scaling_factor = 2.5;
   } else {
     m = moe::test::tiny_gpt_config(dtype);
-    m.moe.moe_shared_expert_intermediate_size = 5;
+    m.num_attention_heads = 8;  // in 4 groups of 2: TP 1, 2, 4
+    m.num_query_groups = 4;
+    m.kv_channels = 4;
+    m.qk_layernorm = true;
+    m.moe.moe_shared_expert_intermediate_size = 4;
   }
+  m.vocab_size = 12;  // TP 1, 2, 4
   m.moe.moe_router_dtype = dtype == DType::f64 ? "fp64" : "fp32";
   m.moe.num_experts = 8;  // EP 4: two local experts; ETP 2: FFN 6 -> 3
   m.moe.moe_ffn_hidden_size = 6;
@@ -62,12 +71,13 @@ std::vector<int32_t> case_tokens(int64_t vocab) {
 }
 
 TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
-                            const ParallelTrainingCase& c, nn::MoEGroups& groups) {
+                            const ParallelTrainingCase& c, nn::ModelGroups& groups) {
   dist::ParallelConfig pc;
+  pc.tensor_model_parallel_size = c.tp;
   pc.expert_model_parallel_size = c.ep;
   pc.expert_tensor_parallel_size = c.etp;
   auto state = std::make_shared<dist::ParallelState>(world, pc);
-  groups = nn::moe_groups_of(*state);
+  groups = nn::model_groups_of(*state, c.sequence_parallel);
   TrainParallel parallel;
   parallel.state = state;
   parallel.ddp.use_distributed_optimizer = c.distributed_optimizer;
@@ -141,8 +151,9 @@ void expect_series(const std::vector<double>& actual, const std::vector<double>&
 }  // namespace
 
 std::string case_name(const ParallelTrainingCase& c) {
-  std::string n = c.model + "_world" + std::to_string(c.world) + "_ep" + std::to_string(c.ep) +
-                  "_etp" + std::to_string(c.etp) + "_" + c.dispatcher;
+  std::string n = c.model + "_world" + std::to_string(c.world);
+  if (c.tp > 1) n += "_tp" + std::to_string(c.tp) + (c.sequence_parallel ? "_sp" : "");
+  n += "_ep" + std::to_string(c.ep) + "_etp" + std::to_string(c.etp) + "_" + c.dispatcher;
   if (c.distributed_optimizer) n += "_distopt";
   if (c.overlap) n += "_overlap";
   if (c.grad_reduce_in_bf16) n += "_bf16reduce";
@@ -189,11 +200,48 @@ std::vector<ParallelTrainingCase> parallel_training_cases_for_world(int world, b
   return out;
 }
 
+std::vector<ParallelTrainingCase> tensor_parallel_cases_for_world(int world, bool all) {
+  std::vector<ParallelTrainingCase> out;
+  for (const char* model : {"gqa", "mla"})
+    for (int tp : {2, 4})
+      for (int ep : {1, 2}) {
+        if (world % tp != 0 || world % ep != 0) continue;  // DP = world / TP, EDP = world / EP
+        for (bool sp : {false, true}) {
+          // Megatron-LM: tensor and expert parallelism together need sequence parallelism.
+          if (ep > 1 && !sp) continue;
+          const int variants = all ? 2 : 1;
+          for (int v = 0; v < variants; ++v) {
+            ParallelTrainingCase c;
+            c.model = model;
+            c.world = world;
+            c.tp = tp;
+            c.sequence_parallel = sp;
+            c.ep = ep;
+            c.dispatcher = v == 0 ? "alltoall" : "allgather";
+            // With data parallelism left over, the distributed optimizer and overlap too.
+            c.distributed_optimizer = c.overlap = world / tp > 1 && (v == 1 || !all);
+            out.push_back(c);
+          }
+        }
+      }
+  return out;
+}
+
+std::vector<ParallelTrainingCase> process_runner_cases(int world) {
+  std::vector<ParallelTrainingCase> out = parallel_training_cases_for_world(world, false);
+  for (const ParallelTrainingCase& c : tensor_parallel_cases_for_world(world, false))
+    out.push_back(c);
+  return out;
+}
+
 std::vector<ParallelTrainingCase> parallel_training_cases() {
   std::vector<ParallelTrainingCase> out;
-  for (int world : {1, 2, 4})
+  for (int world : {1, 2, 4}) {
     for (const ParallelTrainingCase& c : parallel_training_cases_for_world(world, true))
       out.push_back(c);
+    for (const ParallelTrainingCase& c : tensor_parallel_cases_for_world(world, true))
+      out.push_back(c);
+  }
   ParallelTrainingCase bf16 = out.back();
   bf16.grad_reduce_in_bf16 = true;
   out.push_back(bf16);
@@ -215,18 +263,19 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
   const DType dtype = device.is_cuda() ? DType::bf16 : DType::f64;
   // One rank with a parallel state runs the reference's arithmetic: bitwise (the distributed
   // optimizer sums the squared norms in buffer order, dense and expert apart: not bitwise).
-  const bool bitwise = c.world == 1 && !c.distributed_optimizer;
+  const bool bitwise = c.world == 1 && !c.distributed_optimizer && c.tp == 1;
   const double tol = bitwise ? 0.0 : c.grad_reduce_in_bf16 ? 1e-2 : tolerance_for(dtype);
   TrainConfig tc = case_train_config();
   tc.calculate_per_token_loss = c.per_token_loss;
 
   // The reference: one rank, no parallel state, the whole model.
   ParallelTrainingCase serial_case = c;
-  serial_case.ep = serial_case.etp = 1;
+  serial_case.ep = serial_case.etp = serial_case.tp = 1;
+  serial_case.sequence_parallel = false;
   nn::GPTModel reference(case_model(serial_case, dtype), dtype, device, tc.seed);
   const Run expected(reference, tc, {});
 
-  nn::MoEGroups groups;
+  nn::ModelGroups groups;
   TrainParallel parallel = case_parallel(world, c, groups);
   nn::GPTModel model(case_model(c, dtype), dtype, device, tc.seed, groups);
   Run actual(model, tc, parallel);

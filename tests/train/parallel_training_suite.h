@@ -30,11 +30,15 @@ namespace moe::train::test {
 inline constexpr int kParallelSteps = 5;
 
 struct ParallelTrainingCase {
-  std::string model;  // "gqa": softmax router, aux + z loss, shared expert;
-                      // "mla": MLA attention, sigmoid router with expert bias, seq aux loss
+  std::string model;  // "gqa": 8 heads in 4 groups, QK-norm, softmax router, aux + z loss,
+                      //        shared expert;
+                      // "mla": MLA attention, sigmoid router with expert bias, seq aux loss,
+                      //        shared expert, one MTP layer
   int world = 1;
-  int ep = 1, etp = 1;     // DP = EDP x EP x ETP = world (TP = CP = PP = 1)
-  std::string dispatcher;  // "allgather" | "alltoall"
+  int tp = 1;                      // --tensor-model-parallel-size (DP = world / TP)
+  bool sequence_parallel = false;  // --sequence-parallel
+  int ep = 1, etp = 1;             // EDP = world / (EP x ETP) (CP = PP = 1)
+  std::string dispatcher;          // "allgather" | "alltoall"
   bool distributed_optimizer = false;
   bool overlap = false;  // --overlap-grad-reduce (and --overlap-param-gather with the
                          // distributed optimizer); small buckets so there are several
@@ -46,11 +50,16 @@ inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) {
   *out << case_name(c);
 }
 
-// Every mapping of the matrix: worlds 1, 2, 4; EP 1, 2, 4 and ETP 1, 2 where they fit;
-// distributed optimizer and overlap on and off; both dispatchers; both models.
+// Every mapping of the matrix: worlds 1, 2, 4; EP 1, 2, 4 and ETP 1, 2 where they fit;
+// distributed optimizer and overlap on and off; both dispatchers; both models; and TP 2, 4 with
+// and without sequence parallelism, alone and with EP 2 and DP 2.
 std::vector<ParallelTrainingCase> parallel_training_cases();
 // A smaller set for process runners (each case starts a world).
 std::vector<ParallelTrainingCase> parallel_training_cases_for_world(int world, bool all);
+// The tensor-parallel cases of a world (all: every option; else one per mapping and model).
+std::vector<ParallelTrainingCase> tensor_parallel_cases_for_world(int world, bool all);
+// What a process runner of `world` ranks runs: both of the above with all = false.
+std::vector<ParallelTrainingCase> process_runner_cases(int world);
 
 // Runs the case on this rank of `world` (world->size() == c.world) and checks it against the
 // one-rank reference, which every rank computes itself. Only EXPECTs: a failing rank never
@@ -69,7 +78,7 @@ TrainConfig case_train_config();
 std::vector<int32_t> case_tokens(int64_t vocab);
 // The case's parallel state over `world` and DDP options; fills `groups` for the model.
 TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
-                            const ParallelTrainingCase& c, nn::MoEGroups& groups);
+                            const ParallelTrainingCase& c, nn::ModelGroups& groups);
 // The box (offset, box shape) of `full` read row-major in `view`, flattened, as f64 on the host.
 Tensor extract_box(const Tensor& full, const Shape& view, const std::vector<int64_t>& offset,
                    const Shape& box);

@@ -1,20 +1,21 @@
 // `moe train`'s flags: Megatron's names onto the model and trainer configs, zoo presets with
 // overrides, YAML files under the command line, and the errors that name the flag (unknown
 // flags and keys, refused flags, bad values, invalid combinations).
+#include "moe/train/train_args.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
-#include <set>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "moe/core/error.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
-#include "moe/train/train_args.h"
 
 namespace moe::train {
 namespace {
@@ -40,12 +41,12 @@ std::string error_of(const Args& args) {
   return "";
 }
 
-#define EXPECT_ERROR_NAMES(args, ...)                                   \
-  do {                                                                  \
-    const std::string message = error_of(args);                         \
-    ASSERT_FALSE(message.empty()) << "no error";                        \
-    for (const char* part : {__VA_ARGS__})                              \
-      EXPECT_NE(message.find(part), std::string::npos) << message;      \
+#define EXPECT_ERROR_NAMES(args, ...)                              \
+  do {                                                             \
+    const std::string message = error_of(args);                    \
+    ASSERT_FALSE(message.empty()) << "no error";                   \
+    for (const char* part : {__VA_ARGS__})                         \
+      EXPECT_NE(message.find(part), std::string::npos) << message; \
   } while (0)
 
 std::string write_temp(const std::string& name, const std::string& text) {
@@ -98,16 +99,45 @@ TEST(TrainArgs, CuttingAndExtendingTheLayerPattern) {
 }
 
 TEST(TrainArgs, ModelAndMoEFlagsMapOntoTheirFields) {
-  const TrainRunConfig run = parse(
-      {"--hidden-size", "96", "--ffn-hidden-size", "200", "--num-attention-heads", "6",
-       "--num-query-groups", "3", "--kv-channels", "16", "--max-position-embeddings", "1024",
-       "--vocab-size", "300", "--num-experts", "6", "--moe-ffn-hidden-size", "40",
-       "--moe-router-topk", "3", "--moe-aux-loss-coeff", "0.05", "--moe-z-loss-coeff", "0.002",
-       "--moe-router-load-balancing-type", "seq_aux_loss", "--moe-router-score-function",
-       "sigmoid", "--moe-router-enable-expert-bias", "--moe-router-bias-update-rate", "0.01",
-       "--moe-token-dispatcher-type", "alltoall", "--moe-grouped-gemm",
-       "--moe-shared-expert-intermediate-size", "32", "--init-method-std", "0.01",
-       "--moe-router-dtype=fp64"});
+  const TrainRunConfig run = parse({"--hidden-size",
+                                    "96",
+                                    "--ffn-hidden-size",
+                                    "200",
+                                    "--num-attention-heads",
+                                    "6",
+                                    "--num-query-groups",
+                                    "3",
+                                    "--kv-channels",
+                                    "16",
+                                    "--max-position-embeddings",
+                                    "1024",
+                                    "--vocab-size",
+                                    "300",
+                                    "--num-experts",
+                                    "6",
+                                    "--moe-ffn-hidden-size",
+                                    "40",
+                                    "--moe-router-topk",
+                                    "3",
+                                    "--moe-aux-loss-coeff",
+                                    "0.05",
+                                    "--moe-z-loss-coeff",
+                                    "0.002",
+                                    "--moe-router-load-balancing-type",
+                                    "seq_aux_loss",
+                                    "--moe-router-score-function",
+                                    "sigmoid",
+                                    "--moe-router-enable-expert-bias",
+                                    "--moe-router-bias-update-rate",
+                                    "0.01",
+                                    "--moe-token-dispatcher-type",
+                                    "alltoall",
+                                    "--moe-grouped-gemm",
+                                    "--moe-shared-expert-intermediate-size",
+                                    "32",
+                                    "--init-method-std",
+                                    "0.01",
+                                    "--moe-router-dtype=fp64"});
   const nn::ModelConfig& m = run.model;
   EXPECT_EQ(m.hidden_size, 96);
   EXPECT_EQ(m.moe.hidden_size, 96);  // mirrored
@@ -134,14 +164,52 @@ TEST(TrainArgs, ModelAndMoEFlagsMapOntoTheirFields) {
 }
 
 TEST(TrainArgs, TrainingFlagsMapOntoTheTrainerConfig) {
-  const TrainRunConfig run = parse(
-      {"--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "500", "--lr",
-       "6e-4", "--min-lr", "6e-5", "--lr-decay-style", "cosine", "--lr-decay-iters", "400",
-       "--lr-warmup-iters", "20", "--lr-warmup-init", "1e-6", "--weight-decay", "0.05",
-       "--clip-grad", "0.5", "--adam-beta1", "0.8", "--adam-beta2", "0.9", "--adam-eps", "1e-6",
-       "--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16",
-       "--seed", "7", "--log-interval", "5", "--eval-interval", "50", "--eval-iters", "3",
-       "--check-for-nan-in-loss-and-grad", "--tensorboard-dir", "tb", "--log-dir", "logs"});
+  const TrainRunConfig run = parse({"--micro-batch-size",
+                                    "2",
+                                    "--global-batch-size",
+                                    "8",
+                                    "--train-iters",
+                                    "500",
+                                    "--lr",
+                                    "6e-4",
+                                    "--min-lr",
+                                    "6e-5",
+                                    "--lr-decay-style",
+                                    "cosine",
+                                    "--lr-decay-iters",
+                                    "400",
+                                    "--lr-warmup-iters",
+                                    "20",
+                                    "--lr-warmup-init",
+                                    "1e-6",
+                                    "--weight-decay",
+                                    "0.05",
+                                    "--clip-grad",
+                                    "0.5",
+                                    "--adam-beta1",
+                                    "0.8",
+                                    "--adam-beta2",
+                                    "0.9",
+                                    "--adam-eps",
+                                    "1e-6",
+                                    "--use-precision-aware-optimizer",
+                                    "--exp-avg-dtype",
+                                    "bf16",
+                                    "--exp-avg-sq-dtype",
+                                    "bf16",
+                                    "--seed",
+                                    "7",
+                                    "--log-interval",
+                                    "5",
+                                    "--eval-interval",
+                                    "50",
+                                    "--eval-iters",
+                                    "3",
+                                    "--check-for-nan-in-loss-and-grad",
+                                    "--tensorboard-dir",
+                                    "tb",
+                                    "--log-dir",
+                                    "logs"});
   const TrainConfig& t = run.train;
   EXPECT_EQ(t.micro_batch_size, 2);
   EXPECT_EQ(t.global_batch_size, 8);
@@ -228,8 +296,7 @@ TEST(TrainArgs, YamlErrorsNameTheKeyAndTheFile) {
   const std::string blend = write_temp("blend.yaml", "data_path: [0.3, /data/a, 0.7, /data/b]\n");
   EXPECT_EQ(parse({"--config", blend, "--lr", "1e-3"}).data_path,
             (std::vector<std::string>{"0.3", "/data/a", "0.7", "/data/b"}));
-  EXPECT_EQ(parse({"--data-path", "0.3", "/data/a", "0.7", "/data/b", "--lr", "0.1"})
-                .data_path,
+  EXPECT_EQ(parse({"--data-path", "0.3", "/data/a", "0.7", "/data/b", "--lr", "0.1"}).data_path,
             (std::vector<std::string>{"0.3", "/data/a", "0.7", "/data/b"}));
   EXPECT_ERROR_NAMES(Args({"--config", "/nonexistent/run.yaml"}), "cannot open",
                      "/nonexistent/run.yaml");
@@ -247,16 +314,27 @@ TEST(TrainArgs, UnknownFlagsAreNamed) {
 
 TEST(TrainArgs, RefusedFlagsSayWhy) {
   EXPECT_ERROR_NAMES(Args({"--fp16"}), "--fp16", "--bf16");
-  EXPECT_ERROR_NAMES(Args({"--tensor-model-parallel-size", "2"}), "--tensor-model-parallel-size",
-                     "not supported by this build yet");
+  EXPECT_ERROR_NAMES(Args({"--pipeline-model-parallel-size", "2"}),
+                     "--pipeline-model-parallel-size", "not supported by this build yet");
   EXPECT_NO_THROW(parse({"--expert-model-parallel-size", "1"}));
   EXPECT_ERROR_NAMES(Args({"--train-samples", "1000"}), "--train-samples", "--train-iters");
   // The parallelisms a later change brings: 1 only, saying so.
-  for (const char* flag : {"--tensor-model-parallel-size", "--pipeline-model-parallel-size",
-                           "--context-parallel-size"}) {
+  for (const char* flag : {"--pipeline-model-parallel-size", "--context-parallel-size"}) {
     EXPECT_NO_THROW(parse({flag, "1"})) << flag;
     EXPECT_ERROR_NAMES(Args({flag, "2"}), flag, " 2 ", "not built yet");
   }
+}
+
+TEST(TrainArgs, TensorParallelFlags) {
+  const TrainRunConfig plain = parse({});
+  EXPECT_EQ(plain.parallel.tensor_model_parallel_size, 1);
+  EXPECT_FALSE(plain.sequence_parallel);
+  const TrainRunConfig tp = parse({"--tensor-model-parallel-size", "4", "--sequence-parallel"});
+  EXPECT_EQ(tp.parallel.tensor_model_parallel_size, 4);
+  EXPECT_TRUE(tp.sequence_parallel);
+  // Megatron's default expert tensor parallelism is TP.
+  EXPECT_EQ(tp.model.moe.expert_tensor_parallel_size, 4);
+  EXPECT_ERROR_NAMES(Args({"--tensor-model-parallel-size", "0"}), "--tensor-model-parallel-size");
 }
 
 // Megatron's expert-parallel and DDP flags onto TrainRunConfig::parallel / ::ddp and the model's
@@ -274,11 +352,11 @@ TEST(TrainArgs, ParallelAndDataParallelFlags) {
   EXPECT_TRUE(plain.global_batch_follows_data_parallel);
   EXPECT_FALSE(parse({"--global-batch-size", "16"}).global_batch_follows_data_parallel);
 
-  const TrainRunConfig r = parse(
-      {"--expert-model-parallel-size", "4", "--expert-tensor-parallel-size", "2",
-       "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
-       "--ddp-bucket-size", "1000000", "--grad-reduce-in-bf16",
-       "--accumulate-allreduce-grads-in-fp32", "--exit-signal-handler"});
+  const TrainRunConfig r =
+      parse({"--expert-model-parallel-size", "4", "--expert-tensor-parallel-size", "2",
+             "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
+             "--ddp-bucket-size", "1000000", "--grad-reduce-in-bf16",
+             "--accumulate-allreduce-grads-in-fp32", "--exit-signal-handler"});
   EXPECT_EQ(r.parallel.expert_model_parallel_size, 4);
   EXPECT_EQ(r.parallel.expert_tensor_parallel_size, 2);
   EXPECT_EQ(r.parallel.tensor_model_parallel_size, 1);
@@ -391,9 +469,9 @@ TEST(TrainArgs, BalancingWithoutCoefficientDropsThePresetsOne) {
         "--moe-aux-loss-coeff", "0.01");
   }
   // Other balancing types keep the preset's coefficient.
-  EXPECT_EQ(parse({"--moe-router-load-balancing-type", "seq_aux_loss"})
-                .model.moe.moe_aux_loss_coeff,
-            default_train_model().moe.moe_aux_loss_coeff);
+  EXPECT_EQ(
+      parse({"--moe-router-load-balancing-type", "seq_aux_loss"}).model.moe.moe_aux_loss_coeff,
+      default_train_model().moe.moe_aux_loss_coeff);
 }
 
 // Sizes too large for any model are refused by name before anything is built from them.
@@ -435,25 +513,72 @@ TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
                 help.find("  " + f.name + "\n") != std::string::npos)
         << f.name;
   }
-  for (const char* megatron :
-       {"--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
-        "--num-query-groups", "--kv-channels", "--seq-length", "--max-position-embeddings",
-        "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size", "--moe-aux-loss-coeff",
-        "--moe-z-loss-coeff", "--moe-router-load-balancing-type", "--moe-router-score-function",
-        "--moe-router-enable-expert-bias", "--moe-token-dispatcher-type", "--moe-grouped-gemm",
-        "--moe-layer-freq", "--micro-batch-size", "--global-batch-size", "--train-iters", "--lr",
-        "--min-lr", "--lr-decay-style", "--lr-decay-iters", "--lr-warmup-iters",
-        "--lr-warmup-fraction", "--lr-warmup-init", "--lr-wsd-decay-style",
-        "--lr-wsd-decay-iters", "--weight-decay", "--start-weight-decay", "--end-weight-decay",
-        "--weight-decay-incr-style", "--clip-grad", "--adam-beta1", "--adam-beta2", "--adam-eps",
-        "--use-precision-aware-optimizer", "--exp-avg-dtype", "--exp-avg-sq-dtype", "--bf16",
-        "--seed", "--log-interval", "--eval-interval", "--eval-iters", "--tensorboard-dir",
-        "--moe-per-layer-logging", "--check-for-nan-in-loss-and-grad", "--save", "--load",
-        "--save-interval", "--finetune", "--no-load-optim", "--data-path",
-        "--expert-model-parallel-size", "--expert-tensor-parallel-size",
-        "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
-        "--ddp-bucket-size", "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32",
-        "--exit-signal-handler", "--calculate-per-token-loss"})
+  for (const char* megatron : {"--num-layers",
+                               "--hidden-size",
+                               "--ffn-hidden-size",
+                               "--num-attention-heads",
+                               "--num-query-groups",
+                               "--kv-channels",
+                               "--seq-length",
+                               "--max-position-embeddings",
+                               "--num-experts",
+                               "--moe-router-topk",
+                               "--moe-ffn-hidden-size",
+                               "--moe-aux-loss-coeff",
+                               "--moe-z-loss-coeff",
+                               "--moe-router-load-balancing-type",
+                               "--moe-router-score-function",
+                               "--moe-router-enable-expert-bias",
+                               "--moe-token-dispatcher-type",
+                               "--moe-grouped-gemm",
+                               "--moe-layer-freq",
+                               "--micro-batch-size",
+                               "--global-batch-size",
+                               "--train-iters",
+                               "--lr",
+                               "--min-lr",
+                               "--lr-decay-style",
+                               "--lr-decay-iters",
+                               "--lr-warmup-iters",
+                               "--lr-warmup-fraction",
+                               "--lr-warmup-init",
+                               "--lr-wsd-decay-style",
+                               "--lr-wsd-decay-iters",
+                               "--weight-decay",
+                               "--start-weight-decay",
+                               "--end-weight-decay",
+                               "--weight-decay-incr-style",
+                               "--clip-grad",
+                               "--adam-beta1",
+                               "--adam-beta2",
+                               "--adam-eps",
+                               "--use-precision-aware-optimizer",
+                               "--exp-avg-dtype",
+                               "--exp-avg-sq-dtype",
+                               "--bf16",
+                               "--seed",
+                               "--log-interval",
+                               "--eval-interval",
+                               "--eval-iters",
+                               "--tensorboard-dir",
+                               "--moe-per-layer-logging",
+                               "--check-for-nan-in-loss-and-grad",
+                               "--save",
+                               "--load",
+                               "--save-interval",
+                               "--finetune",
+                               "--no-load-optim",
+                               "--data-path",
+                               "--expert-model-parallel-size",
+                               "--expert-tensor-parallel-size",
+                               "--use-distributed-optimizer",
+                               "--overlap-grad-reduce",
+                               "--overlap-param-gather",
+                               "--ddp-bucket-size",
+                               "--grad-reduce-in-bf16",
+                               "--accumulate-allreduce-grads-in-fp32",
+                               "--exit-signal-handler",
+                               "--calculate-per-token-loss"})
     EXPECT_TRUE(names.count(megatron)) << megatron;
 }
 

@@ -6,6 +6,9 @@
 //   a  = silu(gate) * up [T, F]                        (ops::swiglu_forward, no probs)
 //   y  = a fc2^T [T, H],   fc2 [H, F]                  (HF down_proj, Megatron linear_fc2)
 // Initialisation (param_init.h): fc1 ~ normal(0, std), fc2 ~ normal(0, std / sqrt(2 L)).
+// Tensor parallelism (tensor_parallel.h): rank r holds F/P of the width, [r F/P, (r + 1) F/P):
+// fc1's gate and up rows of it (fc1 viewed as [2, F, H]) and fc2's columns; the input enters the
+// TP region before fc1, the output leaves it after fc2.
 // Gradient rule: backward accumulates fc1.grad / fc2.grad and writes dL/dx.
 #pragma once
 
@@ -14,12 +17,13 @@
 
 #include "moe/nn/model_config.h"
 #include "moe/nn/parameter.h"
+#include "moe/nn/tensor_parallel.h"
 
 namespace moe::nn {
 
 struct DenseMLPContext {
   Shape input_shape;
-  Tensor x;           // [T, H]
+  Tensor x;           // [T, H] (every row of the sequence under sequence parallelism)
   Tensor fc1_out;     // [T, 2F]
   Tensor activation;  // [T, F]
 };
@@ -30,7 +34,7 @@ class DenseMLP {
   // Width --ffn-hidden-size; parameters named prefix + "gate_up_proj.weight" and
   // prefix + "down_proj.weight".
   DenseMLP(const ModelConfig& config, int64_t layer, const std::string& prefix, DType dtype,
-           Device device, uint64_t seed);
+           Device device, uint64_t seed, const TensorParallel& tp = {});
 
   // x [..., H] -> y like x.
   Tensor forward(const Tensor& x, DenseMLPContext& ctx) const;
@@ -42,11 +46,12 @@ class DenseMLP {
     fc2.zero_grad();
   }
 
-  Parameter fc1;  // [2F, H]
-  Parameter fc2;  // [H, F]
+  Parameter fc1;  // [2F, H] ([2 F/P, H] under TP)
+  Parameter fc2;  // [H, F] ([H, F/P])
 
  private:
   int64_t hidden_ = 0;
+  TensorParallel tp_;
   DType dtype_ = DType::f32;
 };
 

@@ -48,13 +48,20 @@ void add_router_losses(const TransformerLayer& layer, const TransformerLayerCont
 }  // namespace
 
 GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64_t seed,
-                   const MoEGroups& groups)
-    : config_(config), dtype_(dtype), device_(device), seed_(seed) {
+                   const ModelGroups& groups)
+    : config_(config), groups_(groups), dtype_(dtype), device_(device), seed_(seed) {
   check_model_config(config_, dtype);
+  const TensorParallel& tp = groups_.tp;
   const int64_t V = config_.vocab_size, H = config_.hidden_size;
-  embed_tokens = Parameter::make("model.embed_tokens.weight", {V, H}, dtype, device);
-  fill_normal(embed_tokens.value, parameter_seed(seed, -1, "embed_tokens"), 0.0,
-              config_.init_method_std);
+  const int64_t Vl = tp.local(V, "--vocab-size (the padded vocabulary)");
+  // The vocabulary rows [r V/P, (r + 1) V/P) of the embedding (and of lm_head).
+  auto vocab_rows = [&](const char* name, const char* salt) {
+    Parameter p = Parameter::make(name, {Vl, H}, dtype, device);
+    set_tp_split(p, {V, H}, {V, H}, 0, tp);
+    fill_normal_box(p, parameter_seed(seed, -1, salt), 0.0, config_.init_method_std);
+    return p;
+  };
+  embed_tokens = vocab_rows("model.embed_tokens.weight", "embed_tokens");
   layers.reserve(static_cast<size_t>(config_.num_layers));
   for (int64_t l = 0; l < config_.num_layers; ++l)
     layers.emplace_back(config_, l, dtype, device, seed, groups);
@@ -62,14 +69,78 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
   for (int64_t k = 0; k < config_.mtp_num_layers; ++k)
     mtp_layers.emplace_back(config_, k, dtype, device, seed, groups);
   final_norm = RMSNorm("model.norm.weight", H, config_.norm_epsilon, dtype, device);
-  if (config_.untie_embeddings_and_output_weights) {
-    // Megatron initialises the output layer with init_method (not the scaled output-layer one).
-    lm_head = Parameter::make("lm_head.weight", {V, H}, dtype, device);
-    fill_normal(lm_head.value, parameter_seed(seed, -1, "lm_head"), 0.0, config_.init_method_std);
-  }
+  set_tp_replicated(final_norm.weight, tp, tp.sequence_parallel);
+  // Megatron initialises the output layer with init_method (not the scaled output-layer one).
+  if (config_.untie_embeddings_and_output_weights)
+    lm_head = vocab_rows("lm_head.weight", "lm_head");
 }
 
-LayerDropout GPTModel::dropout_for(const GPTContext& ctx) const {
+int64_t GPTModel::local_seq_length(int64_t seq_length) const {
+  return groups_.tp.sequence_parallel ? seq_length / groups_.tp.size() : seq_length;
+}
+
+Tensor GPTModel::embed(const Tensor& ids) {
+  const TensorParallel& tp = groups_.tp;
+  if (!tp.active()) return ops::embedding_forward(ids, embed_tokens.value);
+  ops::EmbeddingArgs args;
+  args.vocab_start = tp.rank() * embed_tokens.value.size(0);
+  args.vocab_size = config_.vocab_size;
+  // Each rank looks up its vocabulary rows (zeros elsewhere); the exit sums them.
+  return tp_exit_forward(ops::embedding_forward(ids, embed_tokens.value, args), tp);
+}
+
+void GPTModel::embed_backward(const Tensor& dy, const Tensor& ids) {
+  const TensorParallel& tp = groups_.tp;
+  const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
+  ops::EmbeddingArgs args;
+  if (tp.active()) {
+    args.vocab_start = tp.rank() * embed_tokens.value.size(0);
+    args.vocab_size = config_.vocab_size;
+  }
+  ops::embedding_backward(tp_exit_backward(dy, tp), ids, embed_tokens.grad, accumulate, args);
+}
+
+ops::CrossEntropyResult GPTModel::output_loss(const Tensor& hidden, const Tensor& labels,
+                                              const Tensor& loss_mask, Tensor& hidden_all) {
+  const TensorParallel& tp = groups_.tp;
+  const Tensor& weight = output_weight().value;
+  hidden_all = tp_enter_forward(hidden, tp);
+  if (!tp.active())
+    return ops::linear_cross_entropy_forward(hidden_all, weight, labels, loss_mask, cross_entropy);
+  // Vocab-parallel: this rank's (max, sum-exp, label logit) per token, every rank's gathered
+  // ([P, 3, T], a few numbers per token) and combined in rank order on every rank.
+  const int64_t T = labels.numel(), P = tp.size();
+  const ops::CrossEntropyPartials mine = ops::linear_cross_entropy_partials(
+      hidden_all, weight, labels, tp.rank() * weight.size(0), cross_entropy);
+  Tensor packed = Tensor::empty({3, T}, mine.max.dtype(), mine.max.device());
+  packed.rows(0, 1).copy_(mine.max.reshape({1, T}));
+  packed.rows(1, 1).copy_(mine.sum_exp.reshape({1, T}));
+  packed.rows(2, 1).copy_(mine.label_logit.reshape({1, T}));
+  Tensor all = Tensor::empty({P * 3, T}, packed.dtype(), packed.device());
+  tp.group->all_gather(packed, all);
+  std::vector<ops::CrossEntropyPartials> shards(static_cast<size_t>(P));
+  for (int64_t r = 0; r < P; ++r) {
+    shards[static_cast<size_t>(r)].max = all.rows(3 * r, 1).reshape({T});
+    shards[static_cast<size_t>(r)].sum_exp = all.rows(3 * r + 1, 1).reshape({T});
+    shards[static_cast<size_t>(r)].label_logit = all.rows(3 * r + 2, 1).reshape({T});
+  }
+  return ops::cross_entropy_combine(shards, labels, loss_mask, config_.vocab_size, cross_entropy);
+}
+
+Tensor GPTModel::output_loss_backward(double grad_loss, const Tensor& hidden_all,
+                                      const Tensor& labels, const Tensor& loss_mask,
+                                      const ops::CrossEntropyResult& saved) {
+  const TensorParallel& tp = groups_.tp;
+  Parameter& weight = output_weight();
+  // The fused cross-entropy accumulates dW (+=): materialise a lazily zeroed gradient first.
+  Tensor& weight_grad = weight.grad_value();
+  const Tensor dh = ops::linear_cross_entropy_backward(grad_loss, hidden_all, weight.value, labels,
+                                                       loss_mask, saved, weight_grad, cross_entropy,
+                                                       tp.rank() * weight.value.size(0));
+  return tp_enter_backward(dh, tp);  // this rank's vocabulary's share, summed
+}
+
+LayerDropout GPTModel::dropout_for(const GPTContext& ctx, int64_t seq_length) const {
   LayerDropout d;
   if (!ctx.dropout_first_sample) return d;
   MOE_CHECK(*ctx.dropout_first_sample >= 0, kOp, ": dropout_first_sample must be >= 0, got ",
@@ -78,16 +149,27 @@ LayerDropout GPTModel::dropout_for(const GPTContext& ctx) const {
   d.attention = config_.attention_dropout;
   d.seed = seed_;
   d.first_sample = *ctx.dropout_first_sample;
+  if (groups_.tp.sequence_parallel) {  // the token tensors hold this rank's positions
+    const int64_t local = local_seq_length(seq_length);
+    d.seq_offset = groups_.tp.rank() * local;
+    d.seq_total = seq_length;
+  }
   return d;
 }
 
 Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
   check_tokens(input_ids, "input_ids", device_);
   const int64_t S = input_ids.size(0), B = input_ids.size(1);
+  const TensorParallel& tp = groups_.tp;
+  if (tp.active() && (tp.sequence_parallel || config_.moe.num_experts > 0))
+    MOE_CHECK(S % tp.size() == 0, kOp, ": the sequence length ", S,
+              " is not divisible by --tensor-model-parallel-size ", tp.size(),
+              tp.sequence_parallel ? " (--sequence-parallel splits it)"
+                                   : " (the MoE layers route a sequence shard per rank)");
   ctx.tokens_shape = input_ids.shape();
   ctx.input_ids = input_ids;
   if (on_params_needed) on_params_needed({&embed_tokens});
-  Tensor x = ops::embedding_forward(input_ids, embed_tokens.value);  // [S, B, H]
+  Tensor x = embed(input_ids);  // [S_local, B, H]
   ops::dropout_(x, ctx.dropout.args(-1, ops::DropoutSite::embedding));
   ctx.layers.resize(layers.size());
   for (size_t l = 0; l < layers.size(); ++l) {
@@ -95,7 +177,8 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
     x = layers[l].forward(x, ctx.layers[l], ctx.dropout);
   }
   if (on_params_needed) on_params_needed(head_parameters());
-  return final_norm.forward(x, ctx.final_norm).reshape({S * B, config_.hidden_size});
+  return final_norm.forward(x, ctx.final_norm)
+      .reshape({local_seq_length(S) * B, config_.hidden_size});
 }
 
 GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTContext& ctx,
@@ -105,7 +188,7 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
   ctx = GPTContext{};
   ctx.loss_scale_known_in_forward = loss_scale_known;
   ctx.dropout_first_sample = dropout_first_sample;
-  ctx.dropout = dropout_for(ctx);
+  ctx.dropout = dropout_for(ctx, input_ids.dim() == 2 ? input_ids.size(0) : 0);
   check_tokens(input_ids, "input_ids", device_);
   check_tokens(labels, "labels", device_);
   check_shape(labels, input_ids.shape(), kOp, "labels");
@@ -126,15 +209,15 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
     ctx.loss_mask = loss_mask.reshape({T});
   }
   ctx.hidden = trunk(input_ids, ctx);
-  if (ctx.loss_scale_known_in_forward) {
+  if (ctx.loss_scale_known_in_forward && !groups_.tp.active()) {
     ops::CrossEntropyWithGrad fused = ops::linear_cross_entropy_forward_backward(
         *ctx.loss_scale_known_in_forward, ctx.hidden, output_weight().value, ctx.labels,
         ctx.loss_mask, output_weight().grad_value(), cross_entropy);
     ctx.cross_entropy = std::move(fused.result);
     ctx.output_grad_hidden = std::move(fused.grad_hidden);
+    ctx.hidden_all = ctx.hidden;
   } else {
-    ctx.cross_entropy = ops::linear_cross_entropy_forward(ctx.hidden, output_weight().value,
-                                                          ctx.labels, ctx.loss_mask, cross_entropy);
+    ctx.cross_entropy = output_loss(ctx.hidden, ctx.labels, ctx.loss_mask, ctx.hidden_all);
   }
   GPTLoss out;
   out.lm_loss = ctx.cross_entropy.loss;
@@ -151,10 +234,10 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
 
 Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1], T = S * B;
-  const int64_t H = config_.hidden_size, D = config_.mtp_num_layers;
+  const int64_t Sl = local_seq_length(S), H = config_.hidden_size, D = config_.mtp_num_layers;
   const Tensor labels = ctx.labels.reshape({S, B});
   Tensor mtp_loss = Tensor::zeros({}, ctx.cross_entropy.loss.dtype(), device_);
-  Tensor prev = ctx.hidden.reshape({S, B, H});  // h_0: after the final norm
+  Tensor prev = ctx.hidden.reshape({Sl, B, H});  // h_0: after the final norm
   ctx.mtp.resize(static_cast<size_t>(D));
   for (int64_t d = 0; d < D; ++d) {
     const int64_t k = d + 1;
@@ -163,14 +246,13 @@ Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
     m.labels = shift_left(labels, k, static_cast<double>(cross_entropy.ignore_index)).reshape({T});
     if (ctx.loss_mask.defined())
       m.loss_mask = shift_left(ctx.loss_mask.reshape({S, B}), k, 0.0).reshape({T});
-    Tensor embedded = ops::embedding_forward(m.input_ids, embed_tokens.value);
+    Tensor embedded = embed(m.input_ids);
     const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
     ops::dropout_(embedded, ctx.dropout.args(layer, ops::DropoutSite::embedding));
     if (on_params_needed) on_params_needed(mtp_layers[static_cast<size_t>(d)].parameters());
     prev = mtp_layers[static_cast<size_t>(d)].forward(embedded, prev, m.layer, ctx.dropout);
-    m.hidden = prev.reshape({T, H});
-    m.cross_entropy = ops::linear_cross_entropy_forward(m.hidden, output_weight().value, m.labels,
-                                                        m.loss_mask, cross_entropy);
+    m.hidden = prev.reshape({Sl * B, H});
+    m.cross_entropy = output_loss(m.hidden, m.labels, m.loss_mask, m.hidden_all);
     ops::add_(mtp_loss, m.cross_entropy.loss);
     add_router_losses(mtp_layers[static_cast<size_t>(d)].layer, m.layer.layer, aux_loss);
   }
@@ -179,28 +261,24 @@ Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
 }
 
 Tensor GPTModel::mtp_backward(GPTContext& ctx, double loss_scale) {
-  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1], T = S * B;
-  const int64_t H = config_.hidden_size, D = config_.mtp_num_layers;
-  Parameter& weight = output_weight();
-  Tensor& weight_grad = weight.grad_value();
+  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
+  const int64_t Sl = local_seq_length(S), H = config_.hidden_size, D = config_.mtp_num_layers;
   const double depth_scale = loss_scale * config_.mtp_loss_scaling_factor / static_cast<double>(D);
   Tensor d_next;  // d h_k from depth k + 1's layer
   for (int64_t d = D; d-- > 0;) {
     MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
-    Tensor dh = ops::linear_cross_entropy_backward(depth_scale, m.hidden, weight.value, m.labels,
-                                                   m.loss_mask, m.cross_entropy, weight_grad,
-                                                   cross_entropy);
-    if (d_next.defined()) ops::add_(dh, d_next.reshape({T, H}));
+    Tensor dh =
+        output_loss_backward(depth_scale, m.hidden_all, m.labels, m.loss_mask, m.cross_entropy);
+    if (d_next.defined()) ops::add_(dh, d_next.reshape({Sl * B, H}));
     MtpLayerGrads grads =
-        mtp_layers[static_cast<size_t>(d)].backward(dh.reshape({S, B, H}), m.layer, loss_scale);
-    const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
+        mtp_layers[static_cast<size_t>(d)].backward(dh.reshape({Sl, B, H}), m.layer, loss_scale);
     const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
     const Tensor d_embedding = ops::dropout_backward(
         grads.embedding, ctx.dropout.args(layer, ops::DropoutSite::embedding));
-    ops::embedding_backward(d_embedding, m.input_ids, embed_tokens.grad, accumulate);
+    embed_backward(d_embedding, m.input_ids);
     d_next = std::move(grads.prev_hidden);
   }
-  return d_next.reshape({T, H});
+  return d_next.reshape({Sl * B, H});
 }
 
 void GPTModel::backward(GPTContext& ctx, double loss_scale) {
@@ -210,19 +288,17 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
   MOE_CHECK(ctx.mtp.size() == mtp_layers.size(), kOp, ": the context holds ", ctx.mtp.size(),
             " MTP depths, the model ", mtp_layers.size());
   Tensor dh;
-  if (ctx.loss_scale_known_in_forward) {  // the cross-entropy's backward ran in the forward
-    MOE_CHECK(*ctx.loss_scale_known_in_forward == loss_scale, kOp, ": backward(loss_scale = ",
-              loss_scale, ") after a forward told loss_scale = ", *ctx.loss_scale_known_in_forward);
+  if (ctx.loss_scale_known_in_forward && !groups_.tp.active()) {
+    // The cross-entropy's backward ran in the forward (not under TP: output_loss).
+    MOE_CHECK(*ctx.loss_scale_known_in_forward == loss_scale, kOp,
+              ": backward(loss_scale = ", loss_scale,
+              ") after a forward told loss_scale = ", *ctx.loss_scale_known_in_forward);
     MOE_CHECK(ctx.output_grad_hidden.defined(), kOp, ": backward called twice on one forward");
     dh = std::move(ctx.output_grad_hidden);
     ctx.output_grad_hidden = Tensor();
   } else {
-    Parameter& weight = output_weight();
-    // The fused cross-entropy accumulates dW (+=): materialise a lazily zeroed gradient first.
-    Tensor& weight_grad = weight.grad_value();
-    dh = ops::linear_cross_entropy_backward(loss_scale, ctx.hidden, weight.value, ctx.labels,
-                                            ctx.loss_mask, ctx.cross_entropy, weight_grad,
-                                            cross_entropy);
+    dh = output_loss_backward(loss_scale, ctx.hidden_all, ctx.labels, ctx.loss_mask,
+                              ctx.cross_entropy);
   }
   // h_0 also feeds the first MTP layer (hnorm): its gradient adds to the main loss's.
   if (!mtp_layers.empty()) {
@@ -230,17 +306,16 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
     if (on_grads_ready)
       for (MtpLayer& mtp : mtp_layers) on_grads_ready(mtp.parameters());
   }
-  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
-  Tensor dx = final_norm.backward(dh.reshape({S, B, config_.hidden_size}), ctx.final_norm);
+  const int64_t Sl = local_seq_length(ctx.tokens_shape[0]), B = ctx.tokens_shape[1];
+  Tensor dx = final_norm.backward(dh.reshape({Sl, B, config_.hidden_size}), ctx.final_norm);
   if (on_grads_ready) on_grads_ready(head_parameters());
   for (size_t l = layers.size(); l-- > 0;) {
     dx = layers[l].backward(dx, ctx.layers[l], loss_scale);
     if (on_grads_ready) on_grads_ready(layers[l].parameters());
   }
   // With tied weights the embedding gradient already holds the output layer's part: add to it.
-  const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
   dx = ops::dropout_backward(dx, ctx.dropout.args(-1, ops::DropoutSite::embedding));
-  ops::embedding_backward(dx, ctx.input_ids, embed_tokens.grad, accumulate);
+  embed_backward(dx, ctx.input_ids);
   if (on_grads_ready) on_grads_ready({&embed_tokens});
 }
 
@@ -251,10 +326,23 @@ std::vector<Parameter*> GPTModel::head_parameters() {
 }
 
 Tensor GPTModel::logits(const Tensor& input_ids) {
+  check_tokens(input_ids, "input_ids", device_);
+  const int64_t S = input_ids.size(0), B = input_ids.size(1), P = groups_.tp.size();
+  // Under TP a sequence that does not split into P shards is padded at its end (repeating its
+  // last token): causal attention keeps the padding out of the real positions' logits.
+  Tensor ids = input_ids;
+  if (P > 1 && S % P != 0) {
+    const int64_t padded = (S + P - 1) / P * P;
+    ids = Tensor::empty({padded, B}, input_ids.dtype(), device_);
+    ids.rows(0, S).copy_(input_ids);
+    for (int64_t s = S; s < padded; ++s) ids.rows(s, 1).copy_(input_ids.rows(S - 1, 1));
+  }
   GPTContext ctx;
-  const Tensor hidden = trunk(input_ids, ctx);
-  return ops::matmul(hidden, output_weight().value, false, true)
-      .reshape({input_ids.size(0), input_ids.size(1), config_.vocab_size});
+  const Tensor hidden = tp_enter_forward(trunk(ids, ctx), groups_.tp);
+  // Under TP the vocabulary rows of the output weight are gathered: every rank gets all logits.
+  const Tensor weight = sequence_gather(output_weight().value, groups_.tp);
+  const Tensor logits = ops::matmul(hidden.rows(0, S * B), weight, false, true);
+  return logits.reshape({S, B, config_.vocab_size});
 }
 
 std::vector<Parameter*> GPTModel::parameters() {

@@ -53,17 +53,28 @@
 // embedding output (the decoder's and each MTP depth's: Megatron's embedding_dropout) and in
 // every layer (transformer_layer.h), attention dropout on the softmax output.
 //
-// Not yet: tensor / pipeline / context parallelism of the dense part.
+// Tensor parallelism (ModelGroups::tp; tensor_parallel.h): the embedding and the output layer
+// are split by vocabulary rows (Megatron's VocabParallelEmbedding and vocab-parallel
+// cross-entropy: rank r holds [r V/P, (r + 1) V/P); the [T, V] logits are never gathered: each
+// rank's (max, sum-exp, label logit) per token are all-gathered and combined,
+// ops/cross_entropy.h), the layers split themselves, and with sequence parallelism the
+// activations between them are sequence shards: the embedding output is reduce-scattered, the
+// final norm's output gathered before the output layer. Every TP rank holds the whole
+// input_ids and labels and computes the same lm and MTP losses; each reports its own tokens'
+// share of the aux loss (the trainer sums it over TP). V and, with sequence parallelism or MoE
+// layers, S must divide by P.
+//
+// Not yet: pipeline and context parallelism.
 #pragma once
 
 #include <cstdint>
 #include <functional>
-#include <string>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "moe/nn/model_config.h"
-#include "moe/nn/moe_groups.h"
+#include "moe/nn/model_groups.h"
 #include "moe/nn/mtp_layer.h"
 #include "moe/nn/parameter.h"
 #include "moe/nn/rmsnorm_module.h"
@@ -85,7 +96,8 @@ struct MtpDepthContext {
   Tensor labels;     // [T] labels shifted left by k, ignore_index past the end
   Tensor loss_mask;  // [T] f32 shifted (0 past the end), or undefined
   MtpLayerContext layer;
-  Tensor hidden;  // [T, H] h_k
+  Tensor hidden;      // [T, H] h_k (this rank's rows under sequence parallelism)
+  Tensor hidden_all;  // h_k of every row, as the output layer read it
   ops::CrossEntropyResult cross_entropy;
 };
 
@@ -96,7 +108,9 @@ struct GPTContext {
   Tensor loss_mask;    // [T] f32, or undefined
   std::vector<TransformerLayerContext> layers;
   RMSNormContext final_norm;
-  Tensor hidden;  // [T, H] the final norm's output: the cross-entropy's input
+  Tensor hidden;      // [T, H] the final norm's output (this rank's rows under sequence
+                      // parallelism)
+  Tensor hidden_all;  // [T, H] every row of it: the cross-entropy's input
   ops::CrossEntropyResult cross_entropy;
   // Set before forward() by a caller that already knows backward()'s loss_scale (the trainer):
   // the output layer's cross-entropy then runs its backward inside the forward
@@ -109,7 +123,7 @@ struct GPTContext {
   // training stream (ops/dropout.h: the masks depend on it, not on the parallel mapping).
   // Unset (evaluation, logits, generation): no dropout.
   std::optional<int64_t> dropout_first_sample;
-  LayerDropout dropout;  // the dropout of this forward (filled by forward())
+  LayerDropout dropout;              // the dropout of this forward (filled by forward())
   std::vector<MtpDepthContext> mtp;  // one per MTP depth
 };
 
@@ -125,9 +139,10 @@ struct GPTLoss {
 class GPTModel {
  public:
   // Parameters in `dtype` (f64/f32 on the CPU, f32/bf16 on CUDA) on `device`. `groups` are the
-  // expert-parallel groups every MoE layer uses (default: this rank alone).
+  // tensor-parallel group of the dense parts and the expert grid's groups of the MoE layers
+  // (default: this rank alone).
   GPTModel(const ModelConfig& config, DType dtype, Device device, uint64_t seed = 1234,
-           const MoEGroups& groups = {});
+           const ModelGroups& groups = {});
 
   // input_ids, labels [S, B] (i32 or i64; labels may hold ignore_index), loss_mask undefined or
   // f32 [S, B]; S > mtp_num_layers. Saves in ctx what backward needs.
@@ -136,7 +151,8 @@ class GPTModel {
   // Accumulates loss_scale * d(loss)/d(parameter) into every parameter's gradient.
   void backward(GPTContext& ctx, double loss_scale = 1.0);
 
-  // Logits [S, B, V] for input_ids [S, B] (inference and parity checks: holds the full logits).
+  // Logits [S, B, V] for input_ids [S, B] (inference and parity checks: holds the full logits;
+  // under TP every rank gets all of them).
   Tensor logits(const Tensor& input_ids);
 
   // Each tensor once (a tied output weight is the embedding): the embedding, the decoder
@@ -170,6 +186,7 @@ class GPTModel {
     return config_.untie_embeddings_and_output_weights ? lm_head : embed_tokens;
   }
   const ModelConfig& config() const { return config_; }
+  const ModelGroups& groups() const { return groups_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
 
@@ -193,10 +210,25 @@ class GPTModel {
   // d h_0 of the MTP depths (written), accumulating their parameter gradients.
   Tensor mtp_backward(GPTContext& ctx, double loss_scale);
 
-  // The dropout a forward with `ctx` uses (none unless ctx.dropout_first_sample is set).
-  LayerDropout dropout_for(const GPTContext& ctx) const;
+  // The dropout a forward with `ctx` uses (none unless ctx.dropout_first_sample is set), for
+  // sequences of `seq_length`.
+  LayerDropout dropout_for(const GPTContext& ctx, int64_t seq_length) const;
+  // The sequence rows this rank holds between the layers (S / P under sequence parallelism).
+  int64_t local_seq_length(int64_t seq_length) const;
+  // The embedding of ids [S, B] (vocab-parallel under TP): this rank's rows [S_local, B, H].
+  Tensor embed(const Tensor& ids);
+  // Its backward from dy [S_local, B, H]: accumulates (or writes) embed_tokens.grad.
+  void embed_backward(const Tensor& dy, const Tensor& ids);
+  // The output layer's cross-entropy on this rank's rows hidden [T_local, H] against the whole
+  // labels [T]; hidden_all receives every row (the backward's input).
+  ops::CrossEntropyResult output_loss(const Tensor& hidden, const Tensor& labels,
+                                      const Tensor& loss_mask, Tensor& hidden_all);
+  // Its backward: accumulates the output weight's gradient, returns d hidden [T_local, H].
+  Tensor output_loss_backward(double grad_loss, const Tensor& hidden_all, const Tensor& labels,
+                              const Tensor& loss_mask, const ops::CrossEntropyResult& saved);
 
   ModelConfig config_;
+  ModelGroups groups_;
   DType dtype_;
   Device device_;
   uint64_t seed_ = 0;  // the dropout masks' seed (ops/dropout.h)

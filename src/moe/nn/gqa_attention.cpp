@@ -35,11 +35,12 @@ Tensor project(const Tensor& x, const Parameter& weight, const Parameter* bias) 
 }  // namespace
 
 GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix,
-                           DType dtype, Device device, uint64_t seed)
+                           DType dtype, Device device, uint64_t seed, const TensorParallel& tp)
     : hidden_(config.hidden_size),
       heads_(config.num_attention_heads),
       groups_(config.num_query_groups > 0 ? config.num_query_groups : config.num_attention_heads),
       bias_(config.add_qkv_bias),
+      tp_(tp),
       dtype_(dtype) {
   MOE_CHECK(config.attention_type == AttentionType::gqa, kOp,
             ": an MLA config (--multi-latent-attention) belongs to MlaAttention");
@@ -58,25 +59,34 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::
             " * --rotary-percent ", config.rotary_percent, ") = ", rotary_dim_,
             " must be even and at least 2");
 
-  const int64_t H = hidden_, D = head_dim_, Nq = heads_ * D, Nkv = groups_ * D;
+  heads_total_ = heads_;
+  heads_ = tp.local(heads_, "--num-attention-heads");
+  groups_ = tp.local(groups_, "--num-query-groups");
+  const int64_t H = hidden_, D = head_dim_, Nq = heads_total_ * D, Nkv = groups_ * tp.size() * D;
   const double std = config.init_method_std;
-  auto make = [&](const char* name, const Shape& shape, double stddev) {
-    Parameter p = Parameter::make(prefix + name, shape, dtype, device);
-    if (stddev > 0) fill_normal(p.value, parameter_seed(seed, layer, name), 0.0, stddev);
+  // A TP block of the global `shape` along `split_dim`, drawn where the whole tensor would be.
+  auto make = [&](const char* name, const Shape& shape, int split_dim, double stddev) {
+    Shape local = shape;
+    local[static_cast<size_t>(split_dim)] = tp.local(shape[static_cast<size_t>(split_dim)], name);
+    Parameter p = Parameter::make(prefix + name, local, dtype, device);
+    set_tp_split(p, shape, shape, split_dim, tp);
+    if (stddev > 0) fill_normal_box(p, parameter_seed(seed, layer, name), 0.0, stddev);
     return p;
   };
-  q_proj = make("q_proj.weight", {Nq, H}, std);
-  k_proj = make("k_proj.weight", {Nkv, H}, std);
-  v_proj = make("v_proj.weight", {Nkv, H}, std);
-  o_proj = make("o_proj.weight", {H, Nq}, output_layer_std(std, config.num_layers));
+  q_proj = make("q_proj.weight", {Nq, H}, 0, std);
+  k_proj = make("k_proj.weight", {Nkv, H}, 0, std);
+  v_proj = make("v_proj.weight", {Nkv, H}, 0, std);
+  o_proj = make("o_proj.weight", {H, Nq}, 1, output_layer_std(std, config.num_layers));
   if (bias_) {  // zeros, as Megatron initialises biases
-    q_bias = make("q_proj.bias", {Nq}, 0.0);
-    k_bias = make("k_proj.bias", {Nkv}, 0.0);
-    v_bias = make("v_proj.bias", {Nkv}, 0.0);
+    q_bias = make("q_proj.bias", {Nq}, 0, 0.0);
+    k_bias = make("k_proj.bias", {Nkv}, 0, 0.0);
+    v_bias = make("v_proj.bias", {Nkv}, 0, 0.0);
   }
   if (config.qk_layernorm) {
     q_norm.emplace(prefix + "q_norm.weight", D, config.norm_epsilon, dtype, device);
     k_norm.emplace(prefix + "k_norm.weight", D, config.norm_epsilon, dtype, device);
+    set_tp_replicated(q_norm->weight, tp, /*partial_grad=*/true);
+    set_tp_replicated(k_norm->weight, tp, /*partial_grad=*/true);
   }
 
   const ops::RotaryFrequencies freqs = rotary_frequencies(config, rotary_dim_);
@@ -96,11 +106,16 @@ Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx,
             ", expected --hidden-size ", hidden_);
   MOE_CHECK(x.dtype() == dtype_, kOp, ": x is ", x.dtype(), " but the parameters are ", dtype_);
   check_same_device(x, q_proj.value, kOp);
-  const int64_t S = x.size(0), B = x.size(1), T = S * B, D = head_dim_;
   ctx = AttentionContext{};
-  ctx.dropout = dropout;
   ctx.input_shape = x.shape();
-  ctx.x = x.reshape({T, hidden_});
+  const Tensor x_all = tp_enter_forward(x, tp_);  // the whole sequence
+  const int64_t S = x_all.size(0), B = x_all.size(1), T = S * B, D = head_dim_;
+  ctx.dropout = dropout;
+  if (ctx.dropout.active() && tp_.active()) {  // the masks of the model's heads
+    ctx.dropout.head_offset = tp_.rank() * heads_;
+    ctx.dropout.heads_total = heads_total_;
+  }
+  ctx.x = x_all.reshape({T, hidden_});
 
   Tensor q = project(ctx.x, q_proj, bias_ ? &q_bias : nullptr).reshape({S, B, heads_, D});
   Tensor k = project(ctx.x, k_proj, bias_ ? &k_bias : nullptr).reshape({S, B, groups_, D});
@@ -115,14 +130,16 @@ Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx,
       ops::attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout));
   ctx.out = std::move(attn.out);
   ctx.lse = std::move(attn.lse);
-  return ops::matmul(ctx.out.reshape({T, heads_ * D}), o_proj.value, false, true)
-      .reshape({S, B, hidden_});
+  const Tensor y = ops::matmul(ctx.out.reshape({T, heads_ * D}), o_proj.value, false, true);
+  return tp_exit_forward(y.reshape({S, B, hidden_}), tp_);
 }
 
 Tensor GqaAttention::forward_cached(const Tensor& x, KvStep& step) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_ && x.dtype() == dtype_, kOp, ": x ", shape_str(x.shape()), " ",
             x.dtype(), " does not fit hidden size ", hidden_, " in ", dtype_);
+  MOE_CHECK(!tp_.active(), kOp, ": generation with a KV cache runs on one rank, not under ",
+            "--tensor-model-parallel-size ", tp_.size());
   const int64_t S = x.size(0), B = x.size(1), T = S * B, D = head_dim_;
   const Tensor x2 = x.reshape({T, hidden_});
   Tensor q = project(x2, q_proj, bias_ ? &q_bias : nullptr).reshape({S, B, heads_, D});
@@ -143,9 +160,10 @@ Tensor GqaAttention::forward_cached(const Tensor& x, KvStep& step) const {
 Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   MOE_CHECK(ctx.x.defined(), kOp, ": backward without a forward");
   check_shape(dy, ctx.input_shape, "GqaAttention::backward", "dy");
-  const int64_t S = ctx.input_shape[0], B = ctx.input_shape[1], T = S * B, D = head_dim_;
-  const Tensor dy2 =
-      dy.dtype() == dtype_ ? dy.reshape({T, hidden_}) : dy.reshape({T, hidden_}).to(dtype_);
+  const Tensor dy_all = tp_exit_backward(dy, tp_);
+  const int64_t S = dy_all.size(0), B = dy_all.size(1), T = S * B, D = head_dim_;
+  const Tensor dy2 = dy_all.dtype() == dtype_ ? dy_all.reshape({T, hidden_})
+                                              : dy_all.reshape({T, hidden_}).to(dtype_);
 
   // y = o Wo^T: dWo += dy^T o, do = dy Wo.
   const Tensor out2 = ctx.out.reshape({T, heads_ * D});
@@ -179,7 +197,7 @@ Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
     accumulate_bias_grad(dk2, k_bias);
     accumulate_bias_grad(dv2, v_bias);
   }
-  return dx.reshape(ctx.input_shape);
+  return tp_enter_backward(dx.reshape({S, B, hidden_}), tp_);
 }
 
 std::vector<Parameter*> GqaAttention::parameters() {

@@ -20,6 +20,13 @@
 // rows [group: its q heads, k, v]); the checkpoint converter maps either layout onto these.
 // Biases (--add-qkv-bias, Qwen2) are added with a K = 1 GEMM (ones [T, 1] x bias [1, N]).
 //
+// Tensor parallelism (tensor_parallel.h): each TP rank holds the heads [r Hq/P, (r + 1) Hq/P)
+// and their key/value groups [r Hkv/P, (r + 1) Hkv/P) (Megatron splits by query groups, so P
+// must divide both): q/k/v_proj are column-parallel (their rows), o_proj row-parallel (its
+// columns); the input is entered into the TP region before the projections and the output
+// leaves it after o_proj (all-reduce, or reduce-scatter with sequence parallelism). QK-norm
+// weights are replicated with partial gradients (each rank normalises its own heads).
+//
 // Gradient rule: backward accumulates every parameter gradient (lazily written after
 // zero_grad, parameter.h) and writes dL/dx. MLA (AttentionType::mla) is a separate module
 // (mla_attention.h): constructing this one for an MLA config throws.
@@ -33,17 +40,18 @@
 #include "moe/nn/model_config.h"
 #include "moe/nn/parameter.h"
 #include "moe/nn/rmsnorm_module.h"
+#include "moe/nn/tensor_parallel.h"
 #include "moe/ops/attention.h"
 #include "moe/ops/rope.h"
 
 namespace moe::nn {
 
 struct AttentionContext {
-  Shape input_shape;  // [S, B, H]
-  Tensor x;           // [T, H] the block's input rows
+  Shape input_shape;  // [S, B, H] (S: this rank's rows under sequence parallelism)
+  Tensor x;           // [T, H] the block's input rows (all of the sequence's)
   RMSNormContext q_norm, k_norm;
-  Tensor q, k, v;   // [S, B, heads, D] as the attention op read them (normed, rotated)
-  Tensor out, lse;  // the attention op's results: out [S, B, Hq, D], lse [B, Hq, S]
+  Tensor q, k, v;            // [S, B, heads, D] as the attention op read them (normed, rotated)
+  Tensor out, lse;           // the attention op's results: out [S, B, Hq, D], lse [B, Hq, S]
   ops::DropoutArgs dropout;  // the attention probabilities' dropout of this call (p = 0: none)
 };
 
@@ -52,9 +60,10 @@ class GqaAttention {
   GqaAttention() = default;
   // Parameters are named prefix + "q_proj.weight", ... (prefix e.g. "model.layers.3.self_attn.")
   // and initialised per param_init.h from (seed, layer). Throws for MLA configs and for shapes
-  // that do not fit (heads not a multiple of query groups, odd or empty rotary dim).
+  // that do not fit (heads not a multiple of query groups, odd or empty rotary dim, query
+  // groups not divisible by the TP size).
   GqaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix, DType dtype,
-               Device device, uint64_t seed);
+               Device device, uint64_t seed, const TensorParallel& tp = {});
 
   // x [S, B, H] -> y [S, B, H].
   // `dropout`: attention dropout on the softmax output (training; ops/attention.h), kept in
@@ -64,14 +73,15 @@ class GqaAttention {
   // dy [S, B, H] -> dx [S, B, H]; accumulates the parameter gradients.
   Tensor backward(const Tensor& dy, AttentionContext& ctx);
   // Generation with a KV cache (kv_cache.h): x [S, B, H] holds only the new tokens, rotated at
-  // step.positions; their k, v join the caches and they attend over all cached keys.
+  // step.positions; their k, v join the caches and they attend over all cached keys. One rank
+  // only (no tensor parallelism).
   Tensor forward_cached(const Tensor& x, KvStep& step) const;
 
   std::vector<Parameter*> parameters();
   void zero_grad();
 
-  int64_t num_heads() const { return heads_; }
-  int64_t num_query_groups() const { return groups_; }
+  int64_t num_heads() const { return heads_; }          // this rank's
+  int64_t num_query_groups() const { return groups_; }  // this rank's
   int64_t head_dim() const { return head_dim_; }
   int64_t rotary_dim() const { return rotary_dim_; }
 
@@ -81,7 +91,9 @@ class GqaAttention {
 
  private:
   int64_t hidden_ = 0, heads_ = 0, groups_ = 0, head_dim_ = 0, rotary_dim_ = 0;
+  int64_t heads_total_ = 0;  // the model's query heads (heads_ of them are this rank's)
   bool bias_ = false;
+  TensorParallel tp_;
   DType dtype_ = DType::f32;
   Tensor inv_freq_;  // [Dr / 2] f32 (f64 for f64 models) on the parameters' device
   ops::RotaryArgs rotary_;

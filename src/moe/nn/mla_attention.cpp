@@ -35,7 +35,7 @@ void projection_backward(const Tensor& dp, const Tensor& x, Parameter& weight, T
 }  // namespace
 
 MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix,
-                           DType dtype, Device device, uint64_t seed)
+                           DType dtype, Device device, uint64_t seed, const TensorParallel& tp)
     : hidden_(config.hidden_size),
       heads_(config.num_attention_heads),
       q_lora_rank_(config.mla.q_lora_rank),
@@ -43,6 +43,7 @@ MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::
       nope_dim_(config.mla.qk_head_dim),
       rope_dim_(config.mla.qk_pos_emb_head_dim),
       v_dim_(config.mla.v_head_dim),
+      tp_(tp),
       dtype_(dtype) {
   MOE_CHECK(config.attention_type == AttentionType::mla, kOp,
             ": the config asks for grouped-query attention (use GqaAttention), not "
@@ -66,28 +67,38 @@ MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::
   MOE_CHECK(!config.add_qkv_bias, kOp,
             ": --add-qkv-bias applies to grouped-query attention, not to --multi-latent-attention");
 
-  const int64_t H = hidden_, qk = nope_dim_ + rope_dim_;
+  heads_total_ = heads_;
+  heads_ = tp.local(heads_, "--num-attention-heads");
+  const int64_t H = hidden_, qk = nope_dim_ + rope_dim_, Hq = heads_total_;
   const double std = config.init_method_std;
-  auto make = [&](const char* name, const Shape& shape, double stddev) {
-    Parameter p = Parameter::make(prefix + name, shape, dtype, device);
-    if (stddev > 0) fill_normal(p.value, parameter_seed(seed, layer, name), 0.0, stddev);
+  // split_dim < 0: replicated over TP (partial gradients); else a TP block along it.
+  auto make = [&](const char* name, const Shape& shape, int split_dim, double stddev) {
+    Shape local = shape;
+    if (split_dim >= 0)
+      local[static_cast<size_t>(split_dim)] = tp.local(shape[static_cast<size_t>(split_dim)], name);
+    Parameter p = Parameter::make(prefix + name, local, dtype, device);
+    if (split_dim >= 0)
+      set_tp_split(p, shape, shape, split_dim, tp);
+    else
+      set_tp_replicated(p, tp, /*partial_grad=*/true);
+    if (stddev > 0) fill_normal_box(p, parameter_seed(seed, layer, name), 0.0, stddev);
     return p;
   };
+  auto latent_norm = [&](std::optional<RMSNorm>& norm, const char* name, int64_t size) {
+    norm.emplace(prefix + name, size, kMlaLatentNormEps, dtype, device);
+    set_tp_replicated(norm->weight, tp, /*partial_grad=*/true);
+  };
   if (q_lora_rank_ > 0) {
-    q_a_proj = make("q_a_proj.weight", {q_lora_rank_, H}, std);
-    q_b_proj = make("q_b_proj.weight", {heads_ * qk, q_lora_rank_}, std);
-    if (config.qk_layernorm)
-      q_a_layernorm.emplace(prefix + "q_a_layernorm.weight", q_lora_rank_, kMlaLatentNormEps, dtype,
-                            device);
+    q_a_proj = make("q_a_proj.weight", {q_lora_rank_, H}, -1, std);
+    q_b_proj = make("q_b_proj.weight", {Hq * qk, q_lora_rank_}, 0, std);
+    if (config.qk_layernorm) latent_norm(q_a_layernorm, "q_a_layernorm.weight", q_lora_rank_);
   } else {
-    q_proj = make("q_proj.weight", {heads_ * qk, H}, std);
+    q_proj = make("q_proj.weight", {Hq * qk, H}, 0, std);
   }
-  kv_a_proj_with_mqa = make("kv_a_proj_with_mqa.weight", {kv_lora_rank_ + rope_dim_, H}, std);
-  if (config.qk_layernorm)
-    kv_a_layernorm.emplace(prefix + "kv_a_layernorm.weight", kv_lora_rank_, kMlaLatentNormEps,
-                           dtype, device);
-  kv_b_proj = make("kv_b_proj.weight", {heads_ * (nope_dim_ + v_dim_), kv_lora_rank_}, std);
-  o_proj = make("o_proj.weight", {H, heads_ * v_dim_}, output_layer_std(std, config.num_layers));
+  kv_a_proj_with_mqa = make("kv_a_proj_with_mqa.weight", {kv_lora_rank_ + rope_dim_, H}, -1, std);
+  if (config.qk_layernorm) latent_norm(kv_a_layernorm, "kv_a_layernorm.weight", kv_lora_rank_);
+  kv_b_proj = make("kv_b_proj.weight", {Hq * (nope_dim_ + v_dim_), kv_lora_rank_}, 0, std);
+  o_proj = make("o_proj.weight", {H, Hq * v_dim_}, 1, output_layer_std(std, config.num_layers));
 
   const ops::RotaryFrequencies freqs = rotary_frequencies(config, rope_dim_);
   inv_freq_ = ops::inv_freq_tensor(freqs, dtype == DType::f64 ? DType::f64 : DType::f32, device);
@@ -108,11 +119,16 @@ Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx,
             ", expected --hidden-size ", hidden_);
   MOE_CHECK(x.dtype() == dtype_, kOp, ": x is ", x.dtype(), " but the parameters are ", dtype_);
   check_same_device(x, kv_b_proj.value, kOp);
-  const int64_t S = x.size(0), B = x.size(1), T = S * B, qk = nope_dim_ + rope_dim_;
   ctx = MlaAttentionContext{};
-  ctx.dropout = dropout;
   ctx.input_shape = x.shape();
-  ctx.x = x.reshape({T, hidden_});
+  const Tensor x_all = tp_enter_forward(x, tp_);  // the whole sequence
+  const int64_t S = x_all.size(0), B = x_all.size(1), T = S * B, qk = nope_dim_ + rope_dim_;
+  ctx.dropout = dropout;
+  if (ctx.dropout.active() && tp_.active()) {  // the masks of the model's heads
+    ctx.dropout.head_offset = tp_.rank() * heads_;
+    ctx.dropout.heads_total = heads_total_;
+  }
+  ctx.x = x_all.reshape({T, hidden_});
 
   // Queries [S, B, Hq, dn + dr], the rope part (features [dn, dn + dr) of each head) rotated.
   Tensor q;
@@ -146,14 +162,16 @@ Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx,
       ops::attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout));
   ctx.out = std::move(attn.out);
   ctx.lse = std::move(attn.lse);
-  return ops::matmul(ctx.out.reshape({T, heads_ * v_dim_}), o_proj.value, false, true)
-      .reshape({S, B, hidden_});
+  const Tensor y = ops::matmul(ctx.out.reshape({T, heads_ * v_dim_}), o_proj.value, false, true);
+  return tp_exit_forward(y.reshape({S, B, hidden_}), tp_);
 }
 
 Tensor MlaAttention::forward_cached(const Tensor& x, KvStep& step) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_ && x.dtype() == dtype_, kOp, ": x ", shape_str(x.shape()), " ",
             x.dtype(), " does not fit hidden size ", hidden_, " in ", dtype_);
+  MOE_CHECK(!tp_.active(), kOp, ": generation with a KV cache runs on one rank, not under ",
+            "--tensor-model-parallel-size ", tp_.size());
   const int64_t S = x.size(0), B = x.size(1), T = S * B, qk = nope_dim_ + rope_dim_;
   const Tensor x2 = x.reshape({T, hidden_});
   // As forward(), with the rotary positions of the step.
@@ -161,8 +179,8 @@ Tensor MlaAttention::forward_cached(const Tensor& x, KvStep& step) const {
   if (q_lora_rank_ > 0) {
     RMSNormContext norm;
     const Tensor c_q = ops::matmul(x2, q_a_proj.value, false, true);
-    q = ops::matmul(q_a_layernorm ? q_a_layernorm->forward(c_q, norm) : c_q, q_b_proj.value,
-                    false, true);
+    q = ops::matmul(q_a_layernorm ? q_a_layernorm->forward(c_q, norm) : c_q, q_b_proj.value, false,
+                    true);
   } else {
     q = ops::matmul(x2, q_proj.value, false, true);
   }
@@ -175,8 +193,8 @@ Tensor MlaAttention::forward_cached(const Tensor& x, KvStep& step) const {
   RMSNormContext kv_norm;
   const Tensor latent = kv_a_layernorm ? kv_a_layernorm->forward(c_kv, kv_norm) : c_kv;
   const Tensor kv = ops::matmul(latent, kv_b_proj.value, false, true);
-  const Tensor k_pe_rotated = ops::rotary_forward(k_pe.reshape({S, B, 1, rope_dim_}), inv_freq_,
-                                                  step.positions, rotary_);
+  const Tensor k_pe_rotated =
+      ops::rotary_forward(k_pe.reshape({S, B, 1, rope_dim_}), inv_freq_, step.positions, rotary_);
   const ops::MlaKeyValue keys =
       ops::mla_expand_kv_forward(kv.reshape({S, B, heads_, nope_dim_ + v_dim_}),
                                  k_pe_rotated.reshape({S, B, rope_dim_}), nope_dim_);
@@ -188,10 +206,11 @@ Tensor MlaAttention::forward_cached(const Tensor& x, KvStep& step) const {
 Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   MOE_CHECK(ctx.x.defined(), kOp, ": backward without a forward");
   check_shape(dy, ctx.input_shape, "MlaAttention::backward", "dy");
-  const int64_t S = ctx.input_shape[0], B = ctx.input_shape[1], T = S * B;
+  const Tensor dy_all = tp_exit_backward(dy, tp_);
+  const int64_t S = dy_all.size(0), B = dy_all.size(1), T = S * B;
   const int64_t qk = nope_dim_ + rope_dim_;
-  const Tensor dy2 =
-      dy.dtype() == dtype_ ? dy.reshape({T, hidden_}) : dy.reshape({T, hidden_}).to(dtype_);
+  const Tensor dy2 = dy_all.dtype() == dtype_ ? dy_all.reshape({T, hidden_})
+                                              : dy_all.reshape({T, hidden_}).to(dtype_);
 
   // y = o Wo^T: dWo += dy^T o, do = dy Wo.
   const Tensor out2 = ctx.out.reshape({T, heads_ * v_dim_});
@@ -235,7 +254,7 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   } else {
     projection_backward(d_q, ctx.x, q_proj, dx, 1.0f);
   }
-  return dx.reshape(ctx.input_shape);
+  return tp_enter_backward(dx.reshape({S, B, hidden_}), tp_);
 }
 
 std::vector<Parameter*> MlaAttention::parameters() {

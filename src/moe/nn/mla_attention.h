@@ -47,6 +47,12 @@
 // ops::mla_expand_kv_forward splits kv_b_proj's output into k_nope / v and appends the rotated
 // shared k_pe to every head.
 //
+// Tensor parallelism (tensor_parallel.h): rank r holds the heads [r Hq/P, (r + 1) Hq/P): q_b_proj
+// (or q_proj) and kv_b_proj are column-parallel (their rows), o_proj row-parallel (its columns).
+// The down projections q_a_proj and kv_a_proj_with_mqa and the latent norms are replicated, as
+// in Megatron, and run on the whole sequence after the input enters the TP region; their
+// gradients are partial sums (each rank backpropagates its own heads' part of the latents).
+//
 // Gradient rule: backward accumulates every parameter gradient (lazily written after
 // zero_grad, parameter.h) and writes dL/dx.
 #pragma once
@@ -59,6 +65,7 @@
 #include "moe/nn/model_config.h"
 #include "moe/nn/parameter.h"
 #include "moe/nn/rmsnorm_module.h"
+#include "moe/nn/tensor_parallel.h"
 #include "moe/ops/attention.h"
 #include "moe/ops/rope.h"
 
@@ -68,8 +75,8 @@ namespace moe::nn {
 inline constexpr double kMlaLatentNormEps = 1e-6;
 
 struct MlaAttentionContext {
-  Shape input_shape;  // [S, B, H]
-  Tensor x;           // [T, H] the block's input rows
+  Shape input_shape;  // [S, B, H] (S: this rank's rows under sequence parallelism)
+  Tensor x;           // [T, H] the block's input rows (all of the sequence's)
   RMSNormContext q_a_norm, kv_a_norm;
   Tensor q_latent;   // [T, ql] q_b_proj's input (after q_a_layernorm); undefined when ql = 0
   Tensor kv_latent;  // [T, kvl] kv_b_proj's input (after kv_a_layernorm)
@@ -84,7 +91,7 @@ class MlaAttention {
   // Parameters named prefix + "q_a_proj.weight", ... and initialised per param_init.h from
   // (seed, layer). Throws for GQA configs and for shapes that do not fit.
   MlaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix, DType dtype,
-               Device device, uint64_t seed);
+               Device device, uint64_t seed, const TensorParallel& tp = {});
 
   // x [S, B, H] -> y [S, B, H].
   // `dropout`: attention dropout on the softmax output (training; ops/attention.h), kept in
@@ -94,7 +101,7 @@ class MlaAttention {
   // dy [S, B, H] -> dx [S, B, H]; accumulates the parameter gradients.
   Tensor backward(const Tensor& dy, MlaAttentionContext& ctx);
   // Generation with a KV cache (kv_cache.h): x [S, B, H] holds only the new tokens, rotated at
-  // step.positions; their per-head keys and values join the caches.
+  // step.positions; their per-head keys and values join the caches. One rank only.
   Tensor forward_cached(const Tensor& x, KvStep& step) const;
 
   // q_a_proj, q_a_layernorm, q_b_proj (or q_proj), kv_a_proj_with_mqa, kv_a_layernorm,
@@ -102,7 +109,7 @@ class MlaAttention {
   std::vector<Parameter*> parameters();
   void zero_grad();
 
-  int64_t num_heads() const { return heads_; }
+  int64_t num_heads() const { return heads_; }  // this rank's
   int64_t q_lora_rank() const { return q_lora_rank_; }
   int64_t kv_lora_rank() const { return kv_lora_rank_; }
   int64_t nope_dim() const { return nope_dim_; }
@@ -122,6 +129,8 @@ class MlaAttention {
  private:
   int64_t hidden_ = 0, heads_ = 0, q_lora_rank_ = 0, kv_lora_rank_ = 0;
   int64_t nope_dim_ = 0, rope_dim_ = 0, v_dim_ = 0;
+  int64_t heads_total_ = 0;  // the model's heads (heads_ of them are this rank's)
+  TensorParallel tp_;
   DType dtype_ = DType::f32;
   Tensor inv_freq_;  // [dr / 2] f32 (f64 for f64 models) on the parameters' device
   ops::RotaryArgs rotary_;

@@ -7,13 +7,17 @@ namespace moe::nn {
 #define MOE_STAGE_DONE(name) \
   if (stage_hook) stage_hook(name)
 
-MoELayer::MoELayer(const MoEConfig& config, Device device, MoEGroups groups)
+MoELayer::MoELayer(const MoEConfig& config, Device device, MoEGroups groups,
+                   const TensorParallel& tp)
     : router(config, device, groups),
       experts(config, device, groups.ep_rank(), groups.etp_rank()),
       config_(config),
       groups_(std::move(groups)),
+      tp_(tp),
       dispatcher_(make_token_dispatcher(config, groups_)) {
-  if (config.moe_shared_expert_intermediate_size > 0) shared_expert.emplace(config, device);
+  set_tp_replicated(router.weight, tp, /*partial_grad=*/true);
+  if (config.moe_shared_expert_intermediate_size > 0)
+    shared_expert.emplace(config, device, TensorParallel{tp.group, /*sequence_parallel=*/true});
 }
 
 Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
@@ -25,7 +29,10 @@ Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
             " != parameter dtype ", config_.params_dtype);
   ctx.input_shape = x.shape();
   const int64_t num_sequences = x.dim() == 3 ? x.size(1) : 1;
-  const Tensor tokens = x.flatten_rows();
+  // This rank's sequence shard (the input is one already under sequence parallelism).
+  const bool shard = tp_.active() && !tp_.sequence_parallel;
+  const Tensor mine = shard ? sequence_shard(x, tp_) : x;
+  const Tensor tokens = mine.flatten_rows();
 
   router.forward(tokens, num_sequences, ctx.router);
   MOE_STAGE_DONE("route");
@@ -41,12 +48,14 @@ Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
     ops::add_(y, shared_expert->forward(tokens, ctx.shared));
     MOE_STAGE_DONE("shared");
   }
-  return y.reshape(ctx.input_shape);
+  return shard ? sequence_gather(y.reshape(mine.shape()), tp_) : y.reshape(ctx.input_shape);
 }
 
 Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) {
   check_shape(dy, ctx.input_shape, "MoELayer::backward", "dy");
-  const Tensor d_tokens = dy.flatten_rows().to(config_.params_dtype);
+  const bool shard = tp_.active() && !tp_.sequence_parallel;
+  const Tensor d_mine = shard ? sequence_shard(dy, tp_) : dy;
+  const Tensor d_tokens = d_mine.flatten_rows().to(config_.params_dtype);
   const Tensor d_expert_out = dispatcher_->combine_backward(d_tokens, ctx.dispatch);
   MOE_STAGE_DONE("combine.bwd");
   const Experts::Grads d_experts = experts.backward(d_expert_out, ctx.experts);
@@ -61,7 +70,7 @@ Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) 
     ops::add_(dx, shared_expert->backward(d_tokens, ctx.shared));
     MOE_STAGE_DONE("shared.bwd");
   }
-  return dx.reshape(ctx.input_shape);
+  return shard ? sequence_gather(dx.reshape(d_mine.shape()), tp_) : dx.reshape(ctx.input_shape);
 }
 
 std::vector<Parameter*> MoELayer::parameters() {

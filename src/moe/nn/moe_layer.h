@@ -7,6 +7,12 @@
 //   combine  TokenDispatcher preprocess / communicate / postprocess -> y [T,H]
 //   (+ the shared expert on every token, added to y)
 //
+// Tensor parallelism (tensor_parallel.h): the layer always works on a sequence shard, as
+// Megatron's MoE layer does under sequence parallelism: its input is one already, or, without
+// --sequence-parallel, each TP rank takes its block of the (replicated) sequence and the output
+// is gathered again. The router (replicated, partial gradients) sees the full hidden state of
+// this rank's tokens; the dispatcher moves them over the expert grid; the shared expert is
+// split over TP like a dense MLP.
 // Backward walks the stages in reverse with the same groups. Gradient rule: parameter
 // gradients accumulate (micro-batches add up), dL/dx is written. Per-call state lives in an
 // MoEContext the caller owns, so several micro-batches can be in flight (pipelining) and a
@@ -23,6 +29,7 @@
 #include "moe/nn/moe_groups.h"
 #include "moe/nn/router.h"
 #include "moe/nn/shared_expert.h"
+#include "moe/nn/tensor_parallel.h"
 #include "moe/nn/token_dispatcher.h"
 
 namespace moe::nn {
@@ -37,7 +44,8 @@ struct MoEContext {
 
 class MoELayer {
  public:
-  MoELayer(const MoEConfig& config, Device device, MoEGroups groups = {});
+  MoELayer(const MoEConfig& config, Device device, MoEGroups groups = {},
+           const TensorParallel& tp = {});
 
   // x [S, B, H] (Megatron's layout; B sequences, used by seq_aux_loss) or [T, H] (one sequence).
   Tensor forward(const Tensor& x, MoEContext& ctx);
@@ -64,6 +72,7 @@ class MoELayer {
  private:
   MoEConfig config_;
   MoEGroups groups_;
+  TensorParallel tp_;  // the model's (sequence_parallel: whether the input is a shard already)
   std::unique_ptr<TokenDispatcher> dispatcher_;
 };
 

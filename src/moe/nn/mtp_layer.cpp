@@ -27,7 +27,7 @@ bool writes_residual(const std::string& name) {
 }
 
 TransformerLayer make_layer(const ModelConfig& config, int64_t depth, DType dtype, Device device,
-                            uint64_t seed, const MoEGroups& groups) {
+                            uint64_t seed, const ModelGroups& groups) {
   MOE_CHECK(depth >= 0 && depth < config.mtp_num_layers, kOp, ": depth ", depth,
             " is outside [0, --mtp-num-layers ", config.mtp_num_layers, ")");
   MOE_CHECK(config.num_layers > 0, kOp, ": multi-token prediction needs --num-layers > 0");
@@ -54,7 +54,7 @@ ModelConfig mtp_layer_config(const ModelConfig& config, int64_t depth) {
 }
 
 MtpLayer::MtpLayer(const ModelConfig& config, int64_t depth, DType dtype, Device device,
-                   uint64_t seed, const MoEGroups& groups)
+                   uint64_t seed, const ModelGroups& groups)
     : layer(make_layer(config, depth, dtype, device, seed, groups)), hidden_(config.hidden_size) {
   const int64_t H = config.hidden_size, j = config.num_layers + depth;
   const std::string prefix = "model.layers." + std::to_string(j) + ".";
@@ -63,6 +63,10 @@ MtpLayer::MtpLayer(const ModelConfig& config, int64_t depth, DType dtype, Device
   eh_proj = Parameter::make(prefix + "eh_proj.weight", {H, 2 * H}, dtype, device);
   fill_normal(eh_proj.value, parameter_seed(seed, j, "eh_proj"), 0.0, config.init_method_std);
   final_norm = RMSNorm(prefix + "shared_head.norm.weight", H, config.norm_epsilon, dtype, device);
+  // Replicated over TP; on sequence shards under sequence parallelism (partial gradients).
+  const bool partial = groups.tp.sequence_parallel;
+  for (Parameter* p : {&enorm.weight, &hnorm.weight, &eh_proj, &final_norm.weight})
+    set_tp_replicated(*p, groups.tp, partial);
 }
 
 const ops::PermuteMap& MtpLayer::interleave_map(int64_t tokens, Device device) {

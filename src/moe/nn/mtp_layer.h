@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "moe/nn/model_config.h"
-#include "moe/nn/moe_groups.h"
+#include "moe/nn/model_groups.h"
 #include "moe/nn/parameter.h"
 #include "moe/nn/rmsnorm_module.h"
 #include "moe/nn/transformer_layer.h"
@@ -69,7 +69,7 @@ class MtpLayer {
   // MTP module `depth` (0-based, < config.mtp_num_layers) of a model with `config`; parameters
   // in `dtype` on `device`, seeded from (seed, num_layers + depth).
   MtpLayer(const ModelConfig& config, int64_t depth, DType dtype, Device device, uint64_t seed,
-           const MoEGroups& groups = {});
+           const ModelGroups& groups = {});
 
   // embedding, prev_hidden [S, B, H] -> h [S, B, H].
   // `dropout` (training forwards) goes to the inner transformer layer.

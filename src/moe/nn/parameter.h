@@ -37,6 +37,13 @@ struct ParamLayout {
   Shape view_shape;                 // the global tensor's slicing shape; empty: global_shape
   std::vector<int64_t> box_offset;  // this rank's block in view_shape; empty: all zeros
   Shape box_shape;                  // its shape (numel = the value's); empty: view_shape
+  // Tensor parallelism (tensor_parallel.h): a copy on every rank of the TP group (norms, the
+  // router, ...) rather than a TP block; counted once in the gradient norm and written once
+  // in a checkpoint.
+  bool tp_replicated = false;
+  // Each TP rank's gradient of this replicated parameter is a partial sum (its own sequence
+  // rows or heads): the data-parallel wrapper sums it over TP before anything else reads it.
+  bool tp_partial_grad = false;
 
   bool is_sharded() const { return !global_shape.empty(); }
 };
@@ -44,7 +51,7 @@ struct ParamLayout {
 struct Parameter {
   std::string name;
   Tensor value;
-  Tensor grad;              // meaningful only when !grad_is_zero; see grad_value()
+  Tensor grad;               // meaningful only when !grad_is_zero; see grad_value()
   bool grad_is_zero = true;  // grad is zero but not yet written
   ParamLayout layout;        // dense and whole unless the module that owns it says otherwise
 

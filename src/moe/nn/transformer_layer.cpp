@@ -19,25 +19,28 @@ MoEConfig moe_config_for_layer(const ModelConfig& config, int64_t layer, DType d
 }
 
 TransformerLayer::TransformerLayer(const ModelConfig& config, int64_t layer, DType dtype,
-                                   Device device, uint64_t seed, const MoEGroups& groups)
+                                   Device device, uint64_t seed, const ModelGroups& groups)
     : layer_(layer) {
+  const TensorParallel& tp = groups.tp;
   MOE_CHECK(layer >= 0 && layer < config.num_layers, "TransformerLayer: layer ", layer,
             " is outside [0, --num-layers ", config.num_layers, ")");
   const std::string prefix = "model.layers." + std::to_string(layer) + ".";
   input_layernorm = RMSNorm(prefix + "input_layernorm.weight", config.hidden_size,
                             config.norm_epsilon, dtype, device);
   if (config.attention_type == AttentionType::mla)
-    mla_attention.emplace(config, layer, prefix + "self_attn.", dtype, device, seed);
+    mla_attention.emplace(config, layer, prefix + "self_attn.", dtype, device, seed, tp);
   else
-    self_attention = GqaAttention(config, layer, prefix + "self_attn.", dtype, device, seed);
+    self_attention = GqaAttention(config, layer, prefix + "self_attn.", dtype, device, seed, tp);
   post_attention_layernorm = RMSNorm(prefix + "post_attention_layernorm.weight", config.hidden_size,
                                      config.norm_epsilon, dtype, device);
+  set_tp_replicated(input_layernorm.weight, tp, tp.sequence_parallel);
+  set_tp_replicated(post_attention_layernorm.weight, tp, tp.sequence_parallel);
   if (!config.is_moe_layer(layer)) {
-    mlp.emplace(config, layer, prefix + "mlp.", dtype, device, seed);
+    mlp.emplace(config, layer, prefix + "mlp.", dtype, device, seed, tp);
     return;
   }
-  moe =
-      std::make_unique<MoELayer>(moe_config_for_layer(config, layer, dtype, seed), device, groups);
+  moe = std::make_unique<MoELayer>(moe_config_for_layer(config, layer, dtype, seed), device,
+                                   groups.moe, tp);
   moe->router.weight.name = prefix + "mlp.gate.weight";
   moe->experts.fc1.name = prefix + "mlp.experts.gate_up_proj";
   moe->experts.fc2.name = prefix + "mlp.experts.down_proj";

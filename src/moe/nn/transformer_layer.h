@@ -13,6 +13,9 @@
 // Gradient rule: parameter gradients accumulate (lazily written after zero_grad), dL/dx is
 // written. The MoE layer's aux / z-loss gradients are added in its backward, scaled by
 // `loss_scale` (the factor the main loss gradient carries).
+// Tensor parallelism (tensor_parallel.h): attention and the MLP split themselves over TP; the
+// norms, residual adds and dropouts between them act on whole sequences, or on this rank's
+// sequence shard under sequence parallelism (then the norm weights' gradients are partial).
 // Per-call state lives in a TransformerLayerContext the caller owns (micro-batches in flight,
 // recomputation), as for MoELayer.
 #pragma once
@@ -26,7 +29,7 @@
 #include "moe/nn/layer_dropout.h"
 #include "moe/nn/mla_attention.h"
 #include "moe/nn/model_config.h"
-#include "moe/nn/moe_groups.h"
+#include "moe/nn/model_groups.h"
 #include "moe/nn/moe_layer.h"
 #include "moe/nn/rmsnorm_module.h"
 
@@ -37,8 +40,8 @@ struct TransformerLayerContext {
   AttentionContext attention;         // GQA layers
   MlaAttentionContext mla_attention;  // MLA layers
   RMSNormContext post_attention_norm;
-  DenseMLPContext mlp;  // dense layers
-  MoEContext moe;       // MoE layers: also holds this call's router aux_loss / z_loss
+  DenseMLPContext mlp;   // dense layers
+  MoEContext moe;        // MoE layers: also holds this call's router aux_loss / z_loss
   LayerDropout dropout;  // this call's dropout (default: none)
 };
 
@@ -52,9 +55,10 @@ class TransformerLayer {
   // mlp.shared_expert.{gate_up_proj,down_proj}.weight, mlp.shared_expert_gate.weight) and its
   // fc2 weights scaled to Megatron's output-layer std.
   TransformerLayer(const ModelConfig& config, int64_t layer, DType dtype, Device device,
-                   uint64_t seed, const MoEGroups& groups = {});
+                   uint64_t seed, const ModelGroups& groups = {});
 
-  // x [S, B, H] -> [S, B, H]. `dropout` (training forwards) is kept in ctx for the backward.
+  // x [S, B, H] -> [S, B, H] (S: this rank's shard under sequence parallelism). `dropout` (training
+  // forwards) is kept in ctx for the backward.
   Tensor forward(const Tensor& x, TransformerLayerContext& ctx, const LayerDropout& dropout = {});
   Tensor backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale = 1.0);
 

@@ -26,10 +26,13 @@ checkpoint::TensorSlice slice_of(const nn::Parameter& p, int64_t begin, int64_t 
 std::vector<checkpoint::ShardPiece> owned_checkpoint_pieces(nn::GPTModel& model,
                                                             Optimizer& optimizer,
                                                             const dist::ParallelState& state) {
-  // One replica of each replicated tensor writes it.
+  // One replica of each replicated tensor writes it; of a tensor replicated over TP, TP rank 0.
+  const auto tp_writes = [&](const nn::Parameter& p) {
+    return !p.layout.tp_replicated || state.tp_rank() == 0;
+  };
   const auto writes = [&](const nn::Parameter& p) {
     return p.layout.grad_group == nn::GradGroup::expert ? state.edp_rank() == 0
-                                                        : state.dp_cp_rank() == 0;
+                                                        : state.dp_cp_rank() == 0 && tp_writes(p);
   };
   std::vector<checkpoint::ShardPiece> pieces;
   for (nn::Parameter* p : model.parameters())
@@ -38,7 +41,7 @@ std::vector<checkpoint::ShardPiece> owned_checkpoint_pieces(nn::GPTModel& model,
     for (const nn::NamedBuffer& b : model.buffers())
       pieces.push_back({b.name, checkpoint::TensorSlice{b.value->shape()}, *b.value});
   for (const NamedTensor& s : optimizer.state()) {
-    if (!optimizer.shards_state() && !writes(*s.param)) continue;
+    if (optimizer.shards_state() ? !tp_writes(*s.param) : !writes(*s.param)) continue;
     pieces.push_back({s.name, slice_of(*s.param, s.begin, s.end), *s.value});
   }
   return pieces;

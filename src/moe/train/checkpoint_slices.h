@@ -4,10 +4,12 @@
 // one (whole tensors in model*.safetensors and optimizer.safetensors).
 //
 // Who writes what (each element exactly once, as checkpoint::write_index requires):
-//   dense parameters and their AdamW state      the rank with DP x CP rank 0
+//   dense parameters and their AdamW state      the ranks with DP x CP rank 0 (one per TP block;
+//                                               TP rank 0 for a tensor replicated over TP)
 //   expert parameters and their AdamW state     the ranks with EDP rank 0 (one per EP x ETP box)
 //   distributed optimizer state                 every rank, its own pieces (a flat range of the
-//                                               parameter's box: NamedTensor::begin / end)
+//                                               parameter's box: NamedTensor::begin / end); of a
+//                                               tensor replicated over TP, the TP rank 0 ones
 //   buffers (expert biases, the same everywhere) world rank 0
 // A tensor is named as in a one-rank checkpoint: the parameter's name, "<param>.exp_avg",
 // "<param>.exp_avg_sq", "<param>.master".

@@ -84,8 +84,50 @@ DataParallel::DataParallel(nn::GPTModel& model, const dist::ParallelState& state
       where_[entries[i].param] = {static_cast<int>(k), static_cast<int>(i)};
   }
 
+  if (state.tp_size() > 1)
+    for (nn::Parameter* p : params)
+      if (p->layout.tp_partial_grad) tp_summed_[p] = false;
+
   if (config_.overlap_grad_reduce)
     model_.on_grads_ready = [this](const std::vector<nn::Parameter*>& ps) { grads_ready(ps); };
+}
+
+void DataParallel::sum_partial_grads_over_tp(const std::vector<nn::Parameter*>& params) {
+  if (tp_summed_.empty()) return;
+  std::vector<nn::Parameter*> todo;
+  for (nn::Parameter* p : params) {
+    const auto it = tp_summed_.find(p);
+    if (it == tp_summed_.end() || it->second) continue;
+    it->second = true;
+    todo.push_back(p);
+  }
+  // One all-reduce per gradient dtype, over the gradients packed back to back.
+  while (!todo.empty()) {
+    const DType dtype = todo.front()->grad.dtype();
+    std::vector<nn::Parameter*> same;
+    int64_t total = 0;
+    for (nn::Parameter* p : todo)
+      if (p->grad.dtype() == dtype) {
+        same.push_back(p);
+        total += p->grad.numel();
+      }
+    std::erase_if(todo, [&](nn::Parameter* p) { return p->grad.dtype() == dtype; });
+    Tensor packed = Tensor::empty({total}, dtype, same.front()->grad.device());
+    int64_t at = 0;
+    for (nn::Parameter* p : same) {
+      const int64_t n = p->grad.numel();
+      packed.rows(at, n).copy_(p->grad_value().reshape({n}));
+      at += n;
+    }
+    state_.tp()->all_reduce(packed, dist::ReduceOp::sum);
+    at = 0;
+    for (nn::Parameter* p : same) {
+      const int64_t n = p->grad.numel();
+      Tensor g = p->grad.reshape({n});
+      g.copy_(packed.rows(at, n));
+      at += n;
+    }
+  }
 }
 
 DataParallel::~DataParallel() {
@@ -104,6 +146,8 @@ GradNormGroups DataParallel::norm_groups() const {
     g.dense.push_back(state_.dp_cp());
     g.expert.push_back(state_.edp());
   }
+  g.dense.push_back(state_.tp());
+  g.count_tp_replicated = state_.tp_rank() == 0;
   g.expert.push_back(state_.tp_ep());
   // Groups of one rank reduce nothing: leave them out so a one-rank mapping keeps the one-rank
   // arithmetic.
@@ -121,6 +165,7 @@ void DataParallel::start_micro_batch(bool last_of_step) {
 
 void DataParallel::grads_ready(const std::vector<nn::Parameter*>& params) {
   if (!last_micro_batch_) return;
+  sum_partial_grads_over_tp(params);
   for (nn::Parameter* p : params) {
     const auto it = where_.find(p);
     if (it == where_.end()) continue;
@@ -156,7 +201,16 @@ void DataParallel::start_bucket(BufferState& s, int b) {
 }
 
 void DataParallel::finish_grad_sync() {
-  // Same order on every rank: the buckets the backward started, then the rest in buffer order.
+  // Same order on every rank: the partial TP gradients not summed during the backward, the
+  // buckets the backward started, then the rest in buffer order.
+  std::vector<nn::Parameter*> partial;
+  for (const auto& [p, summed] : tp_summed_)
+    if (!summed) partial.push_back(const_cast<nn::Parameter*>(p));
+  std::sort(partial.begin(), partial.end(), [&](const nn::Parameter* a, const nn::Parameter* b) {
+    return where_.at(a) < where_.at(b);
+  });
+  sum_partial_grads_over_tp(partial);
+  for (auto& [p, summed] : tp_summed_) summed = false;  // the next step sums again
   for (auto& s : states_)
     for (size_t b = 0; b < s->started.size(); ++b) start_bucket(*s, static_cast<int>(b));
   for (auto& s : states_) {

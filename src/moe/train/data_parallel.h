@@ -20,6 +20,11 @@
 // --grad-reduce-in-bf16 communicates a bf16 copy of each bucket (the sum is rounded to bf16
 // once; the local accumulation stays fp32, --accumulate-allreduce-grads-in-fp32).
 //
+// Tensor parallelism: a parameter replicated over TP whose gradient is a partial sum on each TP
+// rank (ParamLayout::tp_partial_grad: norms under sequence parallelism, routers, QK-norm) is
+// summed over TP first, in one all-reduce per call (Megatron's _allreduce_layernorm_grads), then
+// reduced over DP x CP like the others; TP blocks need nothing more.
+//
 // --overlap-grad-reduce: GPTModel::on_grads_ready reports each group of parameters whose
 // gradients are complete; in the last micro-batch of a step a bucket whose parameters are all
 // complete starts its collective at once (asynchronously; on the GPU on the backend's
@@ -76,6 +81,9 @@ class DataParallel {
   struct BufferState;
   void grads_ready(const std::vector<nn::Parameter*>& params);
   void start_bucket(BufferState& b, int bucket);
+  // Sums over TP the gradients of those of `params` with partial TP gradients that this step has
+  // not summed yet.
+  void sum_partial_grads_over_tp(const std::vector<nn::Parameter*>& params);
 
   nn::GPTModel& model_;
   const dist::ParallelState& state_;
@@ -84,6 +92,7 @@ class DataParallel {
   bool last_micro_batch_ = true;
   std::vector<std::unique_ptr<BufferState>> states_;
   std::unordered_map<const nn::Parameter*, std::pair<int, int>> where_;  // buffer, entry
+  std::unordered_map<const nn::Parameter*, bool> tp_summed_;  // partial TP grads: summed yet
 };
 
 }  // namespace moe::train

@@ -124,6 +124,7 @@ DistributedOptimizer::~DistributedOptimizer() {
 double DistributedOptimizer::grad_norm() {
   Tensor dense, expert;
   for (const Impl::Piece& p : impl_->pieces) {
+    if (!impl_->norm_groups.counts(*p.param)) continue;
     Tensor sq = ops::squared_norm(p.grad());
     if (sq.dtype() != DType::f64) sq = sq.to(DType::f32);
     Tensor& total = p.expert ? expert : dense;
@@ -132,8 +133,8 @@ double DistributedOptimizer::grad_norm() {
     else
       ops::add_(total, sq);
   }
-  const Device device = impl_->buffers.empty() ? Device::cpu()
-                                               : impl_->buffers[0]->grad_data().device();
+  const Device device =
+      impl_->buffers.empty() ? Device::cpu() : impl_->buffers[0]->grad_data().device();
   return global_grad_norm(dense, expert, impl_->norm_groups, device);
 }
 

@@ -71,7 +71,7 @@ double AdamW::grad_norm() {
     // Dense and expert parts separately, each reduced over its groups (GradNormGroups).
     Tensor dense, expert;
     for (Slot& s : slots_) {
-      if (s.param->grad_is_zero) continue;
+      if (s.param->grad_is_zero || !norm_groups_.counts(*s.param)) continue;
       Tensor sq = ops::squared_norm(s.param->grad);
       if (sq.dtype() != DType::f64) sq = sq.to(DType::f32);
       Tensor& total = s.param->layout.grad_group == nn::GradGroup::expert ? expert : dense;

@@ -60,9 +60,17 @@ struct NamedTensor {
 //                                 expert {ETP x EP}   (each rank holds other experts)
 //   the distributed optimizer:    dense {DP x CP}     (each rank holds a shard)
 //                                 expert {EDP, ETP x EP}
+// Tensor parallelism adds TP to the dense groups (each rank holds other blocks), and a
+// parameter replicated over TP (ParamLayout::tp_replicated) is counted by TP rank 0 only
+// (count_tp_replicated false elsewhere), as Megatron's param_is_not_tensor_parallel_duplicate.
 struct GradNormGroups {
   std::vector<std::shared_ptr<dist::ProcessGroup>> dense, expert;
+  bool count_tp_replicated = true;
   bool empty() const { return dense.empty() && expert.empty(); }
+  // Whether this rank adds p's squares to its part of the norm.
+  bool counts(const nn::Parameter& p) const {
+    return count_tp_replicated || !p.layout.tp_replicated;
+  }
 };
 
 // What the trainer and the checkpoints see of an optimizer: AdamW (below) or the distributed

@@ -54,7 +54,7 @@ namespace moe::train {
 struct TrainRunConfig {
   std::string model_preset = "default";  // --model: "default", a zoo name, a .json file or a
                                          // model folder
-  bool model_from_load = false;  // no --model: the model of the --load model folder
+  bool model_from_load = false;          // no --model: the model of the --load model folder
   nn::ModelConfig model;                 // after the overrides; validate()d
   TrainConfig train;                     // after the overrides; validate()d
 
@@ -65,10 +65,11 @@ struct TrainRunConfig {
   dist::DistributedOptions distributed;
   // The parallel mapping of a multi-process run (dist/parallel_state.h): --expert-model-
   // parallel-size, --expert-tensor-parallel-size (0: --tensor-model-parallel-size, Megatron's
-  // default); TP, PP and CP are 1 in this build. The model's moe.expert_model_parallel_size /
-  // expert_tensor_parallel_size say the same sizes (resolved). The world size is known at run
-  // time only: train_run.h checks that ETP x EP divides it.
+  // default), --tensor-model-parallel-size; PP and CP are 1 in this build. The model's
+  // moe.expert_model_parallel_size / expert_tensor_parallel_size say the same sizes (resolved). The
+  // world size is known at run time only: train_run.h checks that ETP x EP divides it.
   dist::ParallelConfig parallel;
+  bool sequence_parallel = false;  // --sequence-parallel (with TP > 1)
   // Megatron's DDP options (train/data_parallel.h): --use-distributed-optimizer,
   // --overlap-grad-reduce, --overlap-param-gather, --ddp-bucket-size, --grad-reduce-in-bf16.
   // One rank has nothing to reduce or shard: they change nothing there.
@@ -82,9 +83,9 @@ struct TrainRunConfig {
   bool exit_signal_handler = false;
 
   // Logging.
-  std::string tensorboard_dir;       // --tensorboard-dir
-  std::string log_dir;               // --log-dir (moecore): metrics.jsonl goes there
-  std::string metrics_jsonl;         // --metrics-jsonl (moecore): the JSONL file itself
+  std::string tensorboard_dir;         // --tensorboard-dir
+  std::string log_dir;                 // --log-dir (moecore): metrics.jsonl goes there
+  std::string metrics_jsonl;           // --metrics-jsonl (moecore): the JSONL file itself
   bool moe_per_layer_logging = false;  // --moe-per-layer-logging
 
   // Checkpoints (train_run.h refuses them when the build has no checkpoint hooks).
@@ -112,7 +113,7 @@ struct TrainRunConfig {
 
   int64_t sample_tokens = 200;  // --sample-tokens (moecore): text sampled after training
 
-  std::string config_file;  // --config
+  std::string config_file;   // --config
   bool default_run = false;  // `moe train` without flags: default_train_run()
   // The flags that were given ("--name value"), in table order, for the run's log.
   std::vector<std::string> given;

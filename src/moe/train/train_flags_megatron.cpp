@@ -16,8 +16,7 @@ Entry always(std::string name, std::string what) {
 Entry at_default(std::string name, std::string value_name, std::string default_text,
                  std::string why) {
   const std::string flag = name;
-  return value(std::move(name), value_name,
-               "accepted at " + default_text + " only: " + why,
+  return value(std::move(name), value_name, "accepted at " + default_text + " only: " + why,
                [flag, default_text, why](ParseState&, const std::string& v) {
                  MOE_CHECK(v == default_text, flag, " ", v, ": only ", default_text,
                            " is supported (", why, ")");
@@ -34,8 +33,8 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
   // Fusions and kernels moecore always uses.
-  t.push_back(always("--moe-permute-fusion",
-                     "moecore's token permutation is always one fused kernel"));
+  t.push_back(
+      always("--moe-permute-fusion", "moecore's token permutation is always one fused kernel"));
   t.push_back(always("--moe-router-fusion",
                      "moecore's router (scores, top-k, aux-loss statistics) is always fused"));
   t.push_back(always("--use-flash-attn", "attention is always a fused (flash) kernel"));
@@ -48,9 +47,11 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
                      "gradients accumulate into fp32 main grads by moecore's own kernels"));
   t.push_back(always("--attention-softmax-in-fp32", "the attention softmax is always fp32"));
   t.push_back(toggle("--sequence-parallel",
-                     "accepted: sequence parallelism splits activations over tensor-parallel "
-                     "ranks; with --tensor-model-parallel-size 1 (this build's) it changes nothing",
-                     [](S&, V) {}));
+                     "sequence_parallel: the norms, residuals and dropouts between the "
+                     "tensor-parallel blocks act on 1/TP of the sequence (all-gather before, "
+                     "reduce-scatter after each block); --seq-length must divide by TP; with "
+                     "--tensor-model-parallel-size 1 it changes nothing (Megatron turns it off)",
+                     [](S& s, V) { s.run.sequence_parallel = true; }));
   t.push_back(value("--attention-backend", "BACKEND",
                     "accepted: flash | fused | auto (moecore picks its fused kernel: cuDNN when "
                     "built, else its own); unfused and local are refused",
@@ -81,19 +82,20 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
   t.push_back(not_built("--moe-apply-probs-on-input", "",
                         "the routing probabilities scale each expert's output (Megatron's "
                         "default); leave it out"));
-  t.push_back(at_default("--moe-dispatch-fwd-dtype", "DTYPE", "bf16",
-                         "mxfp8 dispatch is not built yet"));
-  t.push_back(at_default("--moe-combine-bwd-dtype", "DTYPE", "bf16",
-                         "mxfp8 combine is not built yet"));
-  for (const char* flag : {"--moe-enable-deepep", "--moe-ncclep-zero-copy",
-                           "--moe-permute-fusion-into-hybridep",
-                           "--moe-hybridep-pad-uneven-dispatch-inputs"})
+  t.push_back(
+      at_default("--moe-dispatch-fwd-dtype", "DTYPE", "bf16", "mxfp8 dispatch is not built yet"));
+  t.push_back(
+      at_default("--moe-combine-bwd-dtype", "DTYPE", "bf16", "mxfp8 combine is not built yet"));
+  for (const char* flag :
+       {"--moe-enable-deepep", "--moe-ncclep-zero-copy", "--moe-permute-fusion-into-hybridep",
+        "--moe-hybridep-pad-uneven-dispatch-inputs"})
     t.push_back(not_built(flag, "",
                           "DeepEP / HybridEP / NCCL-EP (the flex dispatcher) are not built yet; "
                           "use --moe-token-dispatcher-type alltoall"));
-  for (const char* flag : {"--moe-deepep-num-sms", "--moe-flex-dispatcher-num-sms",
-                           "--moe-hybridep-num-blocks-permute", "--moe-hybridep-num-blocks-unpermute",
-                           "--moe-hybridep-num-sms", "--moe-hybridep-num-sms-preprocessing"})
+  for (const char* flag :
+       {"--moe-deepep-num-sms", "--moe-flex-dispatcher-num-sms",
+        "--moe-hybridep-num-blocks-permute", "--moe-hybridep-num-blocks-unpermute",
+        "--moe-hybridep-num-sms", "--moe-hybridep-num-sms-preprocessing"})
     t.push_back(not_built(flag, "N",
                           "the flex dispatcher (DeepEP / HybridEP) is not built yet; use "
                           "--moe-token-dispatcher-type alltoall"));
@@ -119,9 +121,9 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
                         "CUDA graphs are not built yet (an inference option)"));
   for (const char* flag : {"--moe-paged-stash"})
     t.push_back(not_built(flag, "", "the paged activation stash is not built yet"));
-  for (const char* flag : {"--moe-paged-stash-buffer-size-factor-cpu",
-                           "--moe-paged-stash-buffer-size-factor-cuda",
-                           "--moe-paged-stash-page-size"})
+  for (const char* flag :
+       {"--moe-paged-stash-buffer-size-factor-cpu", "--moe-paged-stash-buffer-size-factor-cuda",
+        "--moe-paged-stash-page-size"})
     t.push_back(not_built(flag, "X", "the paged activation stash is not built yet"));
   t.push_back(not_built("--moe-router-force-biased", "X",
                         "forced router biases are not built yet; --moe-router-enable-expert-bias "
@@ -143,10 +145,12 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
   t.push_back(not_built("--moe-use-grouped-tensor", "",
                         "Transformer Engine's grouped tensors are not used: moecore's grouped "
                         "GEMM is its own"));
-  for (const char* flag : {"--moe-routing-trace-capture-hidden-states",
-                           "--moe-routing-trace-capture-logits", "--moe-routing-trace-dump-weights"})
-    t.push_back(not_built(flag, "", "routing traces are not built yet; --moe-per-layer-logging "
-                                    "logs each layer's expert loads"));
+  for (const char* flag :
+       {"--moe-routing-trace-capture-hidden-states", "--moe-routing-trace-capture-logits",
+        "--moe-routing-trace-dump-weights"})
+    t.push_back(not_built(flag, "",
+                          "routing traces are not built yet; --moe-per-layer-logging "
+                          "logs each layer's expert loads"));
   t.push_back(not_built("--moe-routing-trace-max-training-iters", "N",
                         "routing traces are not built yet; --moe-per-layer-logging logs each "
                         "layer's expert loads"));

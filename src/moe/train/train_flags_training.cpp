@@ -30,7 +30,15 @@ int parallel_size(const std::string& flag, const std::string& v) {
 void add_parallel_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(not_built_yet("--tensor-model-parallel-size", "tensor parallelism"));
+  t.push_back(value("--tensor-model-parallel-size", "TP",
+                    "parallel.tensor_model_parallel_size: attention heads, dense MLP and shared "
+                    "expert widths and the vocabulary split over TP ranks (a divisor of the heads, "
+                    "the query groups, the FFN widths and the padded vocabulary); with MoE layers "
+                    "and EP > 1 it needs --sequence-parallel, as in Megatron-LM",
+                    [](S& s, V v) {
+                      s.run.parallel.tensor_model_parallel_size =
+                          parallel_size("--tensor-model-parallel-size", v);
+                    }));
   t.push_back(not_built_yet("--pipeline-model-parallel-size", "pipeline parallelism"));
   t.push_back(not_built_yet("--context-parallel-size", "context parallelism"));
   t.push_back(value("--expert-model-parallel-size", "EP",
@@ -96,17 +104,22 @@ void add_parallel_flags(std::vector<Entry>& t) {
 void add_batch_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(value("--seq-length", "S", "train.seq_length (<= --max-position-embeddings; default 128, the default run's: Megatron has none)",
+  t.push_back(value("--seq-length", "S",
+                    "train.seq_length (<= --max-position-embeddings; default 128, the default "
+                    "run's: Megatron has none)",
                     [](S& s, V v) { s.run.train.seq_length = as_count("--seq-length", v, 1); }));
-  t.push_back(value("--micro-batch-size", "B", "train.micro_batch_size (default 8, the default run's: Megatron has none)", [](S& s, V v) {
-    s.run.train.micro_batch_size = as_count("--micro-batch-size", v, 1);
-  }));
+  t.push_back(value(
+      "--micro-batch-size", "B",
+      "train.micro_batch_size (default 8, the default run's: Megatron has none)",
+      [](S& s, V v) { s.run.train.micro_batch_size = as_count("--micro-batch-size", v, 1); }));
   t.push_back(value(
       "--global-batch-size", "B",
       "train.global_batch_size (a multiple of --micro-batch-size x the data-parallel size; "
       "default: --micro-batch-size x the data-parallel size when only that is given)",
       [](S& s, V v) { s.run.train.global_batch_size = as_count("--global-batch-size", v, 1); }));
-  t.push_back(value("--train-iters", "N", "train.train_iters (default 500, the default run's: Megatron has none; 0: no training, --save saves the initial model)",
+  t.push_back(value("--train-iters", "N",
+                    "train.train_iters (default 500, the default run's: Megatron has none; 0: no "
+                    "training, --save saves the initial model)",
                     [](S& s, V v) { s.run.train.train_iters = as_count("--train-iters", v, 0); }));
   t.push_back(refused("--train-samples", "N",
                       "not supported by this build yet: give --train-iters (iterations of "
@@ -125,8 +138,10 @@ void add_batch_flags(std::vector<Entry>& t) {
 void add_schedule_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(value("--lr", "LR", "schedule.lr (the peak; required when --train-iters > 0: Megatron has no default)",
-                    [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
+  t.push_back(
+      value("--lr", "LR",
+            "schedule.lr (the peak; required when --train-iters > 0: Megatron has no default)",
+            [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
   t.push_back(value("--min-lr", "LR", "schedule.min_lr (default 0)",
                     [](S& s, V v) { s.run.train.schedule.min_lr = as_double("--min-lr", v); }));
   t.push_back(value("--lr-decay-style", "STYLE",
@@ -138,9 +153,9 @@ void add_schedule_flags(std::vector<Entry>& t) {
   t.push_back(value(
       "--lr-decay-iters", "N", "schedule.decay_iters (default: --train-iters)",
       [](S& s, V v) { s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0); }));
-  t.push_back(value(
-      "--lr-warmup-iters", "N", "schedule.warmup_iters (default 0)",
-      [](S& s, V v) { s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0); }));
+  t.push_back(value("--lr-warmup-iters", "N", "schedule.warmup_iters (default 0)", [](S& s, V v) {
+    s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0);
+  }));
   t.push_back(value("--lr-warmup-fraction", "X",
                     "schedule.warmup_iters = X * decay iters (not with --lr-warmup-iters)",
                     [](S& s, V v) {
@@ -226,7 +241,9 @@ void add_precision_flags(std::vector<Entry>& t) {
                      "no stop on a NaN/Inf loss or gradient: moecore then drops that update "
                      "(= --nan-action skip) rather than applying it",
                      [](S& s, V) { s.nan_action = "skip"; }));
-  t.push_back(value("--nan-action", "ACTION", "moecore: stop (the default, as Megatron checks for NaN) | skip (drop the update; the default run's)",
+  t.push_back(value("--nan-action", "ACTION",
+                    "moecore: stop (the default, as Megatron checks for NaN) | skip (drop the "
+                    "update; the default run's)",
                     [](S& s, V v) {
                       s.nan_action = one_of("--nan-action", v, {"skip", "stop"});
                     }));

@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <limits>
-#include <memory>
-#include <string>
-
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <memory>
 #include <optional>
+#include <string>
 
 #include "moe/core/error.h"
 #include "moe/core/json_file.h"
@@ -19,9 +18,9 @@
 #include "moe/data/indexed_dataset.h"
 #include "moe/data/tokenizer.h"
 #include "moe/dist/init.h"
-#include "moe/train/gpt_batch_source.h"
-#include "moe/train/generate.h"
 #include "moe/train/exit_signal.h"
+#include "moe/train/generate.h"
+#include "moe/train/gpt_batch_source.h"
 #include "moe/train/interrupt_report.h"
 #include "moe/train/memory_report.h"
 #include "moe/train/mock_batch_source.h"
@@ -32,8 +31,9 @@ namespace moe::train {
 namespace {
 
 void refuse_unwired(const TrainRunConfig& c, const TrainHooks& hooks) {
-  const char* later = " is not supported by this build yet (training checkpoints are not wired "
-                      "into `moe train`); remove it";
+  const char* later =
+      " is not supported by this build yet (training checkpoints are not wired "
+      "into `moe train`); remove it";
   MOE_CHECK(c.load.empty() || hooks.load, "--load", later);
   MOE_CHECK(c.save.empty() || hooks.save, "--save", later);
   MOE_CHECK(c.save_interval == 0 || hooks.save, "--save-interval", later);
@@ -102,8 +102,8 @@ void prepare_checkpoints(const TrainRunConfig& c, const CheckpointHookState& sta
   for (size_t i = 0; i < saved.size(); ++i)
     names += (i ? ", " : "") + checkpoint_folder_name(saved[i]);
   MOE_FAIL("--save ", c.save, " already holds iteration ", newest,
-           names.empty() ? std::string() : " (" + names + ")",
-           ", newer than iteration ", *start, ", where this run starts (", from,
+           names.empty() ? std::string() : " (" + names + ")", ", newer than iteration ", *start,
+           ", where this run starts (", from,
            "). Saving there would put this run's iterations beside those, move ", kTrackerFileName,
            " back and, at a common iteration, write over a complete checkpoint (Megatron "
            "refuses to write into an existing iteration folder). To continue that run, --load ",
@@ -140,9 +140,9 @@ void load_checkpoint(TrainSession& s, CheckpointHookState& state) {
   state.loaded_folder = r.folder;
   state.loaded_iteration = s.trainer.iteration();
   if (s.world.reports_interrupts) interrupt_report_loaded(r.folder);
-  s.logger.note(moe::detail::concat("loaded checkpoint ", r.folder, " (iteration ", r.iteration, ")",
-                               r.loaded_optimizer ? "" : "; optimizer not loaded",
-                               r.loaded_trainer_state ? "" : "; counters from 0"));
+  s.logger.note(moe::detail::concat("loaded checkpoint ", r.folder, " (iteration ", r.iteration,
+                                    ")", r.loaded_optimizer ? "" : "; optimizer not loaded",
+                                    r.loaded_trainer_state ? "" : "; counters from 0"));
   for (const std::string& d : r.config_differences) s.logger.note("  config differs: " + d);
   for (const std::string& w : r.warnings) s.logger.note("  warning: " + w);
 }
@@ -187,6 +187,8 @@ std::string sample_on_every_rank(nn::GPTModel& model, const data::Tokenizer& tok
             " has ", model.config().vocab_size, " vocabulary ids, fewer than the tokenizer's ",
             tokenizer.vocab_size(), " (", tokenizer.description(), ")");
   options.sampled_vocab_size = tokenizer.vocab_size();
+  // The KV cache runs on one rank's whole model: under TP every step recomputes the window.
+  if (model.groups().tp.active()) options.kv_cache = false;
   const std::optional<int64_t> end = tokenizer.end_of_document();
   options.end_of_document_id.reset();
   std::vector<int64_t> prompt = tokenizer.encode_document("");
@@ -244,11 +246,11 @@ RunData builtin_data(const TrainConfig& tc) {
             " is longer than the built-in corpus's splits (", corpus.train.size(), " / ",
             corpus.valid.size(), " tokens)");
   RunData d;
-  d.description = moe::detail::concat(
-      "data: built-in corpus ", corpus.source, ": ", corpus.files, " files, ",
-      corpus.train_documents, " training documents (", corpus.train.size(), " byte tokens, ",
-      train->num_samples(), " samples), ", corpus.valid_documents, " validation documents (",
-      corpus.valid.size(), " tokens)");
+  d.description = moe::detail::concat("data: built-in corpus ", corpus.source, ": ", corpus.files,
+                                      " files, ", corpus.train_documents, " training documents (",
+                                      corpus.train.size(), " byte tokens, ", train->num_samples(),
+                                      " samples), ", corpus.valid_documents,
+                                      " validation documents (", corpus.valid.size(), " tokens)");
   d.train = std::move(train);
   d.valid = std::move(valid);
   return d;
@@ -274,7 +276,8 @@ RunData megatron_data(const TrainRunConfig& c) {
   data::SampleCountArgs counts;
   counts.train_iters = tc.train_iters;
   counts.global_batch_size = tc.global_batch_size;
-  counts.eval_interval = tc.eval_interval > 0 ? tc.eval_interval : std::max<int64_t>(tc.train_iters, 1);
+  counts.eval_interval =
+      tc.eval_interval > 0 ? tc.eval_interval : std::max<int64_t>(tc.train_iters, 1);
   counts.eval_iters = tc.eval_iters;
   data::GPTDataConfig config;
   config.blend = data::parse_data_path(c.data_path);
@@ -291,14 +294,13 @@ RunData megatron_data(const TrainRunConfig& c) {
   std::string corpora;
   for (size_t i = 0; i < config.blend.prefixes.size(); ++i) {
     if (i > 0) corpora += ", ";
-    if (config.blend.weights)
-      corpora += moe::detail::concat((*config.blend.weights)[i], " x ");
+    if (config.blend.weights) corpora += moe::detail::concat((*config.blend.weights)[i], " x ");
     corpora += config.blend.prefixes[i];
   }
   RunData d;
-  d.description = moe::detail::concat("data: ", splits[0]->size(), " training samples of ",
-                                      tc.seq_length + 1, " tokens from ", corpora, " (--split ",
-                                      c.split, ")");
+  d.description =
+      moe::detail::concat("data: ", splits[0]->size(), " training samples of ", tc.seq_length + 1,
+                          " tokens from ", corpora, " (--split ", c.split, ")");
   if (splits[1]) {
     d.description += moe::detail::concat("; ", splits[1]->size(), " validation samples");
   } else {
@@ -330,11 +332,25 @@ void check_expert_mapping(const TrainRunConfig& c, int world_size) {
                            : " (the ranks of the launch)");
 }
 
-// What a run of several ranks cannot do yet: --moe-use-upcycling (the upcycling step builds and
-// saves the MoE model from the dense one on one rank: train_upcycle.h). The one place that
-// refuses it before the run. Training checkpoints save and load under any mapping
+// The parallel flags' rules that need the model and the world: tensor parallelism's (Megatron-LM's
+// arguments.py, and the sequence split), and what a run of several ranks cannot do yet:
+// --moe-use-upcycling (the upcycling step builds and saves the MoE model from the dense one on
+// one rank: train_upcycle.h). Training checkpoints save and load under any mapping
 // (train_checkpoint.h), and model folders load into any mapping (each rank its slices).
-void refuse_on_several_ranks(const TrainRunConfig& c, int world_size) {
+void check_parallel_flags(const TrainRunConfig& c, int world_size) {
+  const int tp = c.parallel.tensor_model_parallel_size;
+  // Megatron-LM's rules for tensor parallelism (arguments.py), and what splitting needs.
+  MOE_CHECK(!(tp > 1 && c.parallel.expert_model_parallel_size > 1 && c.model.moe.num_experts > 0) ||
+                c.sequence_parallel,
+            "--tensor-model-parallel-size ", tp, " with --expert-model-parallel-size ",
+            c.parallel.expert_model_parallel_size,
+            " needs --sequence-parallel (Megatron-LM: \"When using expert parallelism and tensor "
+            "parallelism, sequence parallelism must be used\")");
+  if (tp > 1 && (c.sequence_parallel || c.model.moe.num_experts > 0))
+    MOE_CHECK(c.train.seq_length % tp == 0, "--seq-length ", c.train.seq_length,
+              " is not divisible by --tensor-model-parallel-size ", tp,
+              c.sequence_parallel ? " (--sequence-parallel splits the sequence)"
+                                  : " (the MoE layers route 1/TP of the sequence on each rank)");
   if (world_size <= 1) return;
   MOE_CHECK(!c.moe_use_upcycling, "world size ", world_size,
             ": --moe-use-upcycling is not supported by a run of several ranks yet; upcycle on one "
@@ -389,9 +405,9 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
   const dist::World world = dist::init_distributed(options);
   if (world.rank() == 0 && out) {
     const bool fits = world.size() % expert_group_size(config.parallel) == 0;
-    std::fprintf(out, "%s",
-                 dist::describe_world(world, fits ? config.parallel : dist::ParallelConfig{})
-                     .c_str());
+    std::fprintf(
+        out, "%s",
+        dist::describe_world(world, fits ? config.parallel : dist::ParallelConfig{}).c_str());
     std::fflush(out);
   }
   world.world->barrier();  // on a shared terminal the start-up lines come first
@@ -407,7 +423,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   report([] { interrupt_report_reset(); });
   refuse_unwired(config, hooks);
   check_expert_mapping(config, world.size());
-  refuse_on_several_ranks(config, world.size());
+  check_parallel_flags(config, world.size());
   std::FILE* out = world.rank() == 0 ? all_out : nullptr;
   if (hooks.prepare) hooks.prepare(config);
   const Device device = world.device;
@@ -428,8 +444,9 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   }
 
   const RunData data = run_data(run, world);
-  nn::GPTModel model(run.model, dtype, device, tc.seed,
-                     state ? nn::moe_groups_of(*state) : nn::MoEGroups{});
+  nn::GPTModel model(
+      run.model, dtype, device, tc.seed,
+      state ? nn::model_groups_of(*state, run.sequence_parallel) : nn::ModelGroups{});
   Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr,
                   state ? TrainParallel{state, run.ddp} : TrainParallel{});
 
@@ -450,11 +467,10 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   if (out) {
     std::fprintf(out, "%s", describe(run, dp).c_str());
     std::fprintf(out, "%s\n", data.description.c_str());
-    std::fprintf(out, "device: %s, %s%s%s%s\n", device.str().c_str(), dtype_name(dtype),
-                 log_options.metrics_jsonl.empty() ? "" : "; metrics -> ",
-                 log_options.metrics_jsonl.c_str(),
-                 run.tensorboard_dir.empty() ? ""
-                                             : ("; tensorboard -> " + run.tensorboard_dir).c_str());
+    std::fprintf(
+        out, "device: %s, %s%s%s%s\n", device.str().c_str(), dtype_name(dtype),
+        log_options.metrics_jsonl.empty() ? "" : "; metrics -> ", log_options.metrics_jsonl.c_str(),
+        run.tensorboard_dir.empty() ? "" : ("; tensorboard -> " + run.tensorboard_dir).c_str());
     std::fflush(out);
   }
   if (state) {  // every rank's holdings, gathered to rank 0
@@ -504,7 +520,8 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
     logger.on_step(m, log_now,
                    log_now && config.moe_per_layer_logging ? layer_stats.take()
                                                            : std::vector<MoELayerStats>{});
-    if (can_eval && tc.eval_interval > 0 && m.iteration % tc.eval_interval == 0 && !last) evaluate();
+    if (can_eval && tc.eval_interval > 0 && m.iteration % tc.eval_interval == 0 && !last)
+      evaluate();
     if (hooks.save && config.save_interval > 0 && m.iteration % config.save_interval == 0 &&
         !last) {
       hooks.save(session);

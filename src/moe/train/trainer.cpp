@@ -201,6 +201,14 @@ StepMetrics Trainer::train_step() {
     if (per_token) accumulate(sums, 3, ctx.cross_entropy.weight_sum.to(sums.dtype()));
   }
   if (ddp_) ddp_->finish_grad_sync();
+  // Each TP rank's aux loss covers its own tokens (the lm and MTP losses are whole on every
+  // rank): their sum is the replica's.
+  if (parallel_.state && parallel_.state->tp_size() > 1) {
+    Tensor aux = sums.rows(1, 1).clone();
+    parallel_.state->tp()->all_reduce(aux, dist::ReduceOp::sum);
+    Tensor slot = sums.rows(1, 1);
+    slot.copy_(aux);
+  }
   reduce_losses(sums);
   const std::vector<double> host = sums.to_double_vector();  // the step's one loss read-back
   if (per_token) {

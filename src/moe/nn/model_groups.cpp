@@ -1,0 +1,13 @@
+#include "moe/nn/model_groups.h"
+
+namespace moe::nn {
+
+ModelGroups model_groups_of(const dist::ParallelState& state, bool sequence_parallel) {
+  ModelGroups groups;
+  if (state.tp_size() > 1) groups.tp.group = state.tp();
+  groups.tp.sequence_parallel = sequence_parallel && state.tp_size() > 1;
+  groups.moe = moe_groups_of(state);
+  return groups;
+}
+
+}  // namespace moe::nn
