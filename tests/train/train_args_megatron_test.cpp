@@ -49,6 +49,10 @@ TEST(TrainArgsMegatron, AbsentFlagsTakeMegatronsDefaults) {
                r.ddp.overlap_param_gather);
   EXPECT_FALSE(r.exit_signal_handler);
   EXPECT_EQ(r.save_interval, 0);
+  EXPECT_EQ(t.train_samples, 0);                             // --train-samples None
+  EXPECT_EQ(t.schedule.warmup_samples, 0);                   // --lr-warmup-samples 0
+  EXPECT_EQ(t.schedule.decay_samples, 0);                    // --lr-decay-samples None
+  EXPECT_LT(t.schedule.warmup_fraction, 0.0);                // --lr-warmup-fraction None
   // The model's own values come from --model; the struct defaults (what a model_config.json
   // without the key gets) are Megatron's.
   const nn::ModelConfig m;

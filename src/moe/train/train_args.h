@@ -15,16 +15,18 @@
 //
 // Defaults. `moe train` with no flags at all is the default run (default_train_run(), printed
 // as "default run: ..."). With any flag given, an absent flag takes Megatron-LM's default
-// (megatron_default_run(); tests/train/train_args_megatron_defaults_test.cpp holds them against
+// (megatron_default_run(); tests/train/train_args_megatron_test.cpp holds them against
 // Megatron's arguments.py): the model's own values come from --model (default: the built-in
 // tiny MoE), as a Megatron recipe passes its model's flags; --lr, which Megatron has no
-// default for, is required when --train-iters > 0 (as Megatron stops without it);
-// --micro-batch-size, --seq-length and --train-iters, which Megatron requires too, take the
-// default run's 8, 128 and 500 (the global batch: micro-batch x data-parallel size).
+// default for, is required when iterations run (as Megatron stops without it); --micro-batch-size, --seq-length and --train-iters, which
+// Megatron requires too (or --train-samples), take the default run's 8, 128 and 500 (the
+// global batch: micro-batch x data-parallel size).
 // Defaults that follow other flags (each said in its help line): --global-batch-size =
 // --micro-batch-size x the data-parallel size when only that is given (Megatron's; the run
 // multiplies, knowing the world: global_batch_follows_data_parallel),
-// --lr-decay-iters = --train-iters;
+// --lr-decay-iters = --train-iters, --lr-decay-samples = --train-samples (Megatron's
+// sample-based training: --train-samples N runs N / global batch iterations, its schedule
+// counted in samples; iteration- and sample-based flags exclude each other, as Megatron asserts);
 // the head dim (--kv-channels) = --hidden-size / --num-attention-heads when either is given
 // on a preset whose head dim is its own hidden / heads (Megatron's rule: the division must
 // be exact unless --kv-channels is given); --moe-aux-loss-coeff = 0 when
