@@ -75,8 +75,8 @@ TEST(HfConfigExport, TrainingOptionsAreNotesAndArchitectureChangesAreErrors) {
 class HfConfigDropout : public io::testing::ScratchFolder {};
 
 TEST_F(HfConfigDropout, AttentionDropoutRoundTripsAndHiddenDropoutIsANote) {
-  for (const char* name :
-       {"mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deepseek-v2-tiny", "deepseek-v3-tiny"}) {
+  for (const char* name : {"mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deepseek-v2-tiny",
+                           "deepseek-v3-tiny"}) {
     SCOPED_TRACE(name);
     nn::ModelConfig c = nn::model_zoo(name);
     c.attention_dropout = 0.15;

@@ -38,11 +38,11 @@ class MegatronScheduler {
       const int64_t decay_iters = a.lr_decay_iters.value_or(*a.train_iters);
       lr_decay_steps_ = double(decay_iters * a.global_batch_size);
       wd_incr_steps_ = double(*a.train_iters * a.global_batch_size);
-      if (a.lr_wsd_decay_iters) wsd_decay_steps_ = double(*a.lr_wsd_decay_iters * a.global_batch_size);
-      lr_warmup_steps_ = a.lr_warmup_fraction
-                             ? *a.lr_warmup_fraction * lr_decay_steps_
-                             : double(a.lr_warmup_iters * a.global_batch_size);
-    } else if (a.train_samples) {  // sample-based
+      if (a.lr_wsd_decay_iters)
+        wsd_decay_steps_ = double(*a.lr_wsd_decay_iters * a.global_batch_size);
+      lr_warmup_steps_ = a.lr_warmup_fraction ? *a.lr_warmup_fraction * lr_decay_steps_
+                                              : double(a.lr_warmup_iters * a.global_batch_size);
+    } else if (a.train_samples) {                             // sample-based
       train_iters_ = *a.train_samples / a.global_batch_size;  // update_train_iters
       lr_decay_steps_ = double(a.lr_decay_samples.value_or(*a.train_samples));
       wd_incr_steps_ = double(*a.train_samples);

@@ -119,6 +119,12 @@ void finish(ParseState& s) {
     m.kv_channels = exact ? m.hidden_size / m.num_attention_heads : 0;
   }
   flags::finish_mla_flags(s);
+  // Megatron-LM's --attention-dropout and --hidden-dropout default to 0.1: with flags given, an
+  // absent one is Megatron's, whatever the --model preset or the --load model folder holds (as
+  // a Megatron recipe that wants none passes 0). The default run (no flags) and model folders
+  // read for inference keep their own values.
+  if (!given("--attention-dropout")) m.attention_dropout = kMegatronDropout;
+  if (!given("--hidden-dropout")) m.hidden_dropout = kMegatronDropout;
 
   if (!s.moe_layer_freq.empty()) {
     m.moe_layer_pattern = nn::parse_moe_layer_freq(s.moe_layer_freq, m.num_layers);
@@ -290,6 +296,15 @@ void finish(ParseState& s) {
             "flags is the default run: ",
             default_run_flags_text());
   (void)LrSchedule(resolved_schedule(t));  // names the flags of an inconsistent schedule
+}
+
+// A dropout probability for the run's description; Megatron's default said as such.
+std::string dropout_text(const TrainRunConfig& r, const std::string& flag, double p) {
+  const bool given = std::any_of(r.given.begin(), r.given.end(), [&](const std::string& g) {
+    return g.rfind(flag + " ", 0) == 0;
+  });
+  const bool megatron_default = !r.default_run && !given && p == kMegatronDropout;
+  return moe::detail::concat(p, megatron_default ? " (Megatron's default)" : "");
 }
 
 // The warm-up as the flags give it.
@@ -649,6 +664,8 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
                                       " samples are not trained")
                 : std::string())
         << "; the schedules count samples)";
+  out << "; dropout " << dropout_text(r, "--attention-dropout", m.attention_dropout)
+      << " attention, " << dropout_text(r, "--hidden-dropout", m.hidden_dropout) << " hidden";
   out << "; lr " << t.schedule.lr << " " << t.schedule.decay_style << " to " << t.schedule.min_lr
       << ", warm-up " << warmup_text(t.schedule) << "; weight decay "
       << t.schedule.start_weight_decay << "; clip " << t.optimizer.clip_grad << "; seed " << t.seed

@@ -132,7 +132,8 @@ void add_batch_flags(std::vector<Entry>& t) {
 void add_schedule_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(value("--lr", "LR", "schedule.lr (the peak; required when --train-iters > 0: Megatron has no default)",
+  t.push_back(value("--lr", "LR",
+                    "schedule.lr (the peak; required when iterations run: Megatron has no default)",
                     [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
   t.push_back(value("--min-lr", "LR", "schedule.min_lr (default 0)",
                     [](S& s, V v) { s.run.train.schedule.min_lr = as_double("--min-lr", v); }));
@@ -167,8 +168,8 @@ void add_schedule_flags(std::vector<Entry>& t) {
                     "--lr-warmup-samples)",
                     [](S& s, V v) {
                       const double x = as_double("--lr-warmup-fraction", v);
-                      MOE_CHECK(x >= 0.0 && x <= 1.0, "--lr-warmup-fraction must be in [0, 1], got ",
-                                v);
+                      MOE_CHECK(x >= 0.0 && x <= 1.0,
+                                "--lr-warmup-fraction must be in [0, 1], got ", v);
                       s.run.train.schedule.warmup_fraction = x;
                     }));
   t.push_back(value("--lr-warmup-init", "LR", "schedule.warmup_init", [](S& s, V v) {
