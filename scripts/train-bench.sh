@@ -5,6 +5,8 @@
 # micro-batch (global batch 2) and per 8 accumulated micro-batches (global batch 16), with fp32
 # and bf16 (--use-precision-aware-optimizer) moments. Prints one table row per run: medians of
 # the log lines after the first two iterations (which include cuBLASLt / cuDNN plan building).
+# No dropout (--attention-dropout 0 --hidden-dropout 0, as these models' Megatron recipes pass;
+# with flags the default would be Megatron's 0.1).
 #   scripts/train-bench.sh MOE_BINARY LOGDIR [model:layers ...]
 set -uo pipefail
 moe=$1 logdir=$2
@@ -28,6 +30,7 @@ for spec in "${models[@]}"; do
       "$moe" train --model "$model" --num-layers "$layers" --bf16 --seq-length 4096 \
         --micro-batch-size 2 --global-batch-size "$gbs" --train-iters "$iters" --lr 3e-4 --lr-warmup-iters 1 \
         --log-interval 1 --eval-iters 0 --sample-tokens 0 --moe-router-force-load-balancing \
+        --attention-dropout 0 --hidden-dropout 0 \
         "${extra[@]}" >"$log" 2>&1 || { status=1; echo "| $spec | $gbs | $moments | failed: see $log |"; continue; }
       lines=$(grep " iteration " "$log" | tail -n +3)
       printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$spec" "$gbs" "$moments" \

@@ -2,6 +2,9 @@
 // clear errors for models HF cannot express.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "io/safetensors_testing.h"
 #include "moe/checkpoint/hf_config_export.h"
 #include "moe/nn/hf_config.h"
@@ -64,6 +67,46 @@ TEST(HfConfigExport, TrainingOptionsAreNotesAndArchitectureChangesAreErrors) {
   c = nn::model_zoo("mixtral-tiny");
   c.family = "llama";
   EXPECT_TRUE(fails_with([&] { to_hf_config(c); }, {"llama", "no Hugging Face config"}));
+}
+
+// attention_dropout is a field of every one of these HF configuration classes: the model's
+// attention dropout is written there and read back (as a config.json file too); the hidden
+// dropout, which HF has no field for, is a note.
+class HfConfigDropout : public io::testing::ScratchFolder {};
+
+TEST_F(HfConfigDropout, AttentionDropoutRoundTripsAndHiddenDropoutIsANote) {
+  for (const char* name : {"mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deepseek-v2-tiny",
+                           "deepseek-v3-tiny"}) {
+    SCOPED_TRACE(name);
+    nn::ModelConfig c = nn::model_zoo(name);
+    c.attention_dropout = 0.15;
+    c.hidden_dropout = 0.2;
+    std::vector<std::string> notes;
+    const nlohmann::json hf = to_hf_config(c, DType::bf16, &notes);
+    EXPECT_EQ(hf.at("attention_dropout"), 0.15);
+    EXPECT_FALSE(hf.contains("hidden_dropout"));
+    ASSERT_EQ(notes.size(), 1u);
+    EXPECT_NE(notes[0].find("hidden_dropout"), std::string::npos) << notes[0];
+    EXPECT_EQ(nn::from_hf_config(hf, name).attention_dropout, 0.15);
+
+    const std::filesystem::path folder = path(name);
+    std::filesystem::create_directories(folder);
+    std::ofstream(folder / "config.json") << hf.dump(2);
+    const nn::ModelConfig back = nn::from_hf_config_file(folder.string());
+    EXPECT_EQ(back.attention_dropout, 0.15);
+    EXPECT_EQ(back.hidden_dropout, 0.0);  // HF has none: no dropout there
+    c.hidden_dropout = 0.0;
+    c.name = back.name;
+    EXPECT_EQ(nn::model_config_to_json(back).dump(2), nn::model_config_to_json(c).dump(2));
+  }
+  // Absent (or null): transformers' default 0.0; out of [0, 1] or not a number: an error.
+  nlohmann::json hf = to_hf_config(nn::model_zoo("mixtral-tiny"));
+  hf.erase("attention_dropout");
+  EXPECT_EQ(nn::from_hf_config(hf).attention_dropout, 0.0);
+  hf["attention_dropout"] = 1.5;
+  EXPECT_TRUE(fails_with([&] { nn::from_hf_config(hf); }, {"attention-dropout"}));
+  hf["attention_dropout"] = "0.1";
+  EXPECT_TRUE(fails_with([&] { nn::from_hf_config(hf); }, {"attention_dropout", "number"}));
 }
 
 }  // namespace

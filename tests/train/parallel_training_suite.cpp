@@ -45,6 +45,7 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
   m.moe.expert_model_parallel_size = c.ep;
   m.moe.expert_tensor_parallel_size = c.etp;
   m.untie_embeddings_and_output_weights = true;
+  m.hidden_dropout = m.attention_dropout = c.dropout;
   return m;
 }
 
@@ -158,6 +159,7 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.overlap) n += "_overlap";
   if (c.grad_reduce_in_bf16) n += "_bf16reduce";
   if (c.per_token_loss) n += "_pertoken";
+  if (c.dropout > 0) n += "_dropout";
   return n;
 }
 
@@ -254,6 +256,13 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
     per_token.push_back(p);
   }
   out.insert(out.end(), per_token.begin(), per_token.end());
+  // Dropout 0.1 under data parallelism (DP 2) and expert parallelism (EP 2, DP 2 of the dense
+  // part): each rank's micro-batches draw the masks of their global samples.
+  for (int ep : {1, 2}) {
+    ParallelTrainingCase d = gqa_alltoall_case(2, ep, 1, /*distributed_optimizer=*/false);
+    d.dropout = 0.1;
+    out.push_back(d);
+  }
   return out;
 }
 

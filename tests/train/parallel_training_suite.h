@@ -44,6 +44,9 @@ struct ParallelTrainingCase {
                          // distributed optimizer); small buckets so there are several
   bool grad_reduce_in_bf16 = false;
   bool per_token_loss = false;  // --calculate-per-token-loss
+  // --hidden-dropout = --attention-dropout (0: none). The masks are counter-based on the global
+  // sample index (ops/dropout.h), so any mapping draws the one-rank run's masks.
+  double dropout = 0.0;
 };
 std::string case_name(const ParallelTrainingCase& c);
 inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) {

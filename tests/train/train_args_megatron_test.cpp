@@ -49,6 +49,20 @@ TEST(TrainArgsMegatron, AbsentFlagsTakeMegatronsDefaults) {
                r.ddp.overlap_param_gather);
   EXPECT_FALSE(r.exit_signal_handler);
   EXPECT_EQ(r.save_interval, 0);
+  EXPECT_DOUBLE_EQ(r.model.attention_dropout, 0.1);           // --attention-dropout 0.1
+  EXPECT_DOUBLE_EQ(r.model.hidden_dropout, 0.1);              // --hidden-dropout 0.1
+  // Over a --model preset's own (0 for moecore's presets), as every absent flag is Megatron's.
+  const TrainRunConfig preset = parse_train_args({"--model", "mixtral-tiny", "--lr", "1e-4"});
+  EXPECT_DOUBLE_EQ(preset.model.attention_dropout, 0.1);
+  EXPECT_DOUBLE_EQ(preset.model.hidden_dropout, 0.1);
+  EXPECT_EQ(t.train_samples, 0);                             // --train-samples None
+  EXPECT_EQ(t.schedule.warmup_samples, 0);                   // --lr-warmup-samples 0
+  EXPECT_EQ(t.schedule.decay_samples, 0);                    // --lr-decay-samples None
+  EXPECT_LT(t.schedule.warmup_fraction, 0.0);                // --lr-warmup-fraction None
+  // The default run (no flags at all) keeps its model's: no dropout.
+  const TrainRunConfig none = parse_train_args({});
+  EXPECT_EQ(none.model.attention_dropout, 0.0);
+  EXPECT_EQ(none.model.hidden_dropout, 0.0);
   // The model's own values come from --model; the struct defaults (what a model_config.json
   // without the key gets) are Megatron's.
   const nn::ModelConfig m;

@@ -21,8 +21,13 @@ std::string folder() { return test::fixture_path("hf/mixtral"); }
 nlohmann::json config_of(const nn::ModelConfig& c) { return nn::model_config_to_json(c); }
 
 TEST(TrainArgsModelFolder, ModelComesFromTheFolder) {
-  const nn::ModelConfig expected =
+  nn::ModelConfig expected =
       checkpoint::read_model_config(folder(), checkpoint::CheckpointFormat::hf);
+  // Read for inference, the folder keeps its own dropout (its config.json's attention_dropout
+  // 0.0); a run with flags takes Megatron's 0.1 unless they are given.
+  EXPECT_EQ(expected.attention_dropout, 0.0);
+  EXPECT_EQ(expected.hidden_dropout, 0.0);
+  expected.attention_dropout = expected.hidden_dropout = 0.1;
   const TrainRunConfig by_folder = parse_train_args({"--model", folder(), "--lr", "1e-4"});
   EXPECT_EQ(config_of(by_folder.model), config_of(expected));
   EXPECT_FALSE(by_folder.model_from_load);
@@ -39,6 +44,20 @@ TEST(TrainArgsModelFolder, ModelComesFromTheFolder) {
   EXPECT_EQ(loaded.model.num_layers, 1);
   EXPECT_NE(describe(loaded).find("the --load model folder " + folder()), std::string::npos)
       << describe(loaded);
+  // `--load HF_DIR --finetune`: Megatron's dropout, said in the start-up description.
+  EXPECT_EQ(loaded.model.attention_dropout, 0.1);
+  EXPECT_EQ(loaded.model.hidden_dropout, 0.1);
+  EXPECT_NE(describe(loaded).find("dropout 0.1 (Megatron's default) attention, 0.1 (Megatron's "
+                                  "default) hidden"),
+            std::string::npos)
+      << describe(loaded);
+  const TrainRunConfig without = parse_train_args(
+      {"--load", folder(), "--finetune", "--lr", "1e-4", "--attention-dropout", "0",
+       "--hidden-dropout", "0.05"});
+  EXPECT_EQ(without.model.attention_dropout, 0.0);
+  EXPECT_EQ(without.model.hidden_dropout, 0.05);
+  EXPECT_NE(describe(without).find("dropout 0 attention, 0.05 hidden"), std::string::npos)
+      << describe(without);
 
   // A given --model wins over the folder.
   const TrainRunConfig named =

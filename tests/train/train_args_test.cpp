@@ -16,6 +16,8 @@
 #include "moe/core/error.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
+#include "moe/train/lr_schedule.h"
+#include "moe/train/trainer.h"
 
 namespace moe::train {
 namespace {
@@ -41,12 +43,22 @@ std::string error_of(const Args& args) {
   return "";
 }
 
-#define EXPECT_ERROR_NAMES(args, ...)                              \
-  do {                                                             \
-    const std::string message = error_of(args);                    \
-    ASSERT_FALSE(message.empty()) << "no error";                   \
-    for (const char* part : {__VA_ARGS__})                         \
-      EXPECT_NE(message.find(part), std::string::npos) << message; \
+// The same without the --lr that parse() adds.
+std::string error_of_without_lr(const Args& args) {
+  try {
+    parse_train_args(args);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+#define EXPECT_ERROR_NAMES(args, ...)                                   \
+  do {                                                                  \
+    const std::string message = error_of(args);                         \
+    ASSERT_FALSE(message.empty()) << "no error";                        \
+    for (const char* part : {__VA_ARGS__})                              \
+      EXPECT_NE(message.find(part), std::string::npos) << message;      \
   } while (0)
 
 std::string write_temp(const std::string& name, const std::string& text) {
@@ -246,7 +258,11 @@ TEST(TrainArgs, DerivedDefaults) {
   EXPECT_EQ(a.train.schedule.warmup_iters, 0);
   const TrainRunConfig b =
       parse({"--train-iters", "100", "--lr-decay-iters", "80", "--lr-warmup-fraction", "0.25"});
-  EXPECT_EQ(b.train.schedule.warmup_iters, 20);
+  EXPECT_EQ(b.train.schedule.warmup_iters, 0);
+  EXPECT_DOUBLE_EQ(b.train.schedule.warmup_fraction, 0.25);
+  // Megatron's warm-up: 0.25 x the 80 decay iterations' samples (not rounded to iterations).
+  EXPECT_DOUBLE_EQ(LrSchedule(resolved_schedule(b.train)).warmup_steps(),
+                   20.0 * static_cast<double>(b.train.global_batch_size));
   // --min-lr is Megatron's 0 unless given, so a small --lr alone is valid.
   EXPECT_DOUBLE_EQ(parse({"--lr", "1e-5"}).train.schedule.min_lr, 0.0);
   // Megatron checks for NaN by default: a run with flags stops on one; the default run skips.
@@ -255,6 +271,60 @@ TEST(TrainArgs, DerivedDefaults) {
   EXPECT_EQ(parse({"--no-check-for-nan-in-loss-and-grad"}).train.nan_action, NanAction::skip);
   EXPECT_EQ(parse({}).train.nan_action, NanAction::skip);
   EXPECT_EQ(parse({"--metrics-jsonl", "m.jsonl", "--log-dir", "x"}).metrics_path(), "m.jsonl");
+}
+
+// Megatron's sample-based training: --train-samples N is N / global batch iterations (the
+// remainder untrained), its schedule in samples; the iteration- and sample-based flags exclude
+// each other as Megatron's validate_args asserts.
+TEST(TrainArgs, TrainSamplesIsMegatronsSampleBasedTraining) {
+  const TrainRunConfig a =
+      parse({"--train-samples", "1003", "--micro-batch-size", "2", "--global-batch-size", "8",
+             "--lr-warmup-samples", "100", "--lr-decay-samples", "900", "--lr-decay-style", "WSD",
+             "--lr-wsd-decay-samples", "300"});
+  const TrainConfig& t = a.train;
+  EXPECT_EQ(t.train_samples, 1003);
+  EXPECT_EQ(t.train_iters, 125);  // 1003 // 8
+  EXPECT_EQ(t.schedule.warmup_samples, 100);
+  EXPECT_EQ(t.schedule.decay_samples, 900);
+  EXPECT_EQ(t.schedule.wsd_decay_samples, 300);
+  EXPECT_EQ(t.schedule.decay_iters, 0);
+  EXPECT_NE(describe(a).find("125 iterations of 8 samples"), std::string::npos) << describe(a);
+  EXPECT_NE(describe(a).find("--train-samples 1003"), std::string::npos) << describe(a);
+  EXPECT_NE(describe(a).find("warm-up 100 samples"), std::string::npos) << describe(a);
+  const nlohmann::json j = run_config_json(a)["train"];
+  EXPECT_EQ(j["train_samples"], 1003);
+  EXPECT_EQ(j["lr_decay_samples"], 900);
+  // The decay defaults to --train-samples; --lr-warmup-fraction is a fraction of that.
+  const TrainRunConfig b = parse({"--train-samples", "640", "--lr-warmup-fraction", "0.1"});
+  EXPECT_EQ(b.train.train_iters, 80);  // --global-batch-size: --micro-batch-size 8
+  const LrSchedule schedule(resolved_schedule(b.train));
+  EXPECT_EQ(schedule.decay_steps(), 640);
+  EXPECT_DOUBLE_EQ(schedule.warmup_steps(), 64.0);
+  // From a YAML file too.
+  EXPECT_EQ(parse({"--config", write_temp("samples.yaml", "train_samples: 96\nlr: 1e-3\n")})
+                .train.train_iters,
+            12);
+
+  EXPECT_ERROR_NAMES(Args({"--train-samples", "1000", "--train-iters", "10"}), "--train-iters",
+                     "--train-samples", "use one");
+  for (auto [iters, samples] : {std::pair{"--lr-decay-iters", "--lr-decay-samples"},
+                                std::pair{"--lr-warmup-iters", "--lr-warmup-samples"},
+                                std::pair{"--lr-wsd-decay-iters", "--lr-wsd-decay-samples"}}) {
+    EXPECT_ERROR_NAMES(Args({"--train-samples", "1000", iters, "10"}), iters, samples);
+    EXPECT_ERROR_NAMES(Args({"--train-iters", "100", samples, "10"}), samples, "--train-samples");
+    EXPECT_ERROR_NAMES(Args({samples, "10"}), samples, "--train-samples");  // iterations: 500
+  }
+  EXPECT_ERROR_NAMES(Args({"--train-samples", "1000", "--lr-warmup-samples", "10",
+                           "--lr-warmup-fraction", "0.1"}),
+                     "--lr-warmup-fraction", "--lr-warmup-samples");
+  EXPECT_ERROR_NAMES(Args({"--train-samples", "0"}), "--train-samples");
+  EXPECT_ERROR_NAMES(Args({"--train-samples", "100", "--lr-decay-samples", "100",
+                           "--lr-warmup-samples", "100"}),
+                     "--lr-decay-samples 100", "--lr-warmup-samples");
+  // Megatron has no default --lr: required when the samples make iterations.
+  EXPECT_NE(error_of_without_lr({"--train-samples", "64"}).find("--lr is required"),
+            std::string::npos);
+  EXPECT_NO_THROW(parse_train_args({"--train-samples", "7", "--micro-batch-size", "8"}));
 }
 
 TEST(TrainArgs, YamlFileUnderTheCommandLine) {
@@ -317,7 +387,6 @@ TEST(TrainArgs, RefusedFlagsSayWhy) {
   EXPECT_ERROR_NAMES(Args({"--pipeline-model-parallel-size", "2"}),
                      "--pipeline-model-parallel-size", "not supported by this build yet");
   EXPECT_NO_THROW(parse({"--expert-model-parallel-size", "1"}));
-  EXPECT_ERROR_NAMES(Args({"--train-samples", "1000"}), "--train-samples", "--train-iters");
   // The parallelisms a later change brings: 1 only, saying so.
   for (const char* flag : {"--pipeline-model-parallel-size", "--context-parallel-size"}) {
     EXPECT_NO_THROW(parse({flag, "1"})) << flag;
@@ -513,72 +582,26 @@ TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
                 help.find("  " + f.name + "\n") != std::string::npos)
         << f.name;
   }
-  for (const char* megatron : {"--num-layers",
-                               "--hidden-size",
-                               "--ffn-hidden-size",
-                               "--num-attention-heads",
-                               "--num-query-groups",
-                               "--kv-channels",
-                               "--seq-length",
-                               "--max-position-embeddings",
-                               "--num-experts",
-                               "--moe-router-topk",
-                               "--moe-ffn-hidden-size",
-                               "--moe-aux-loss-coeff",
-                               "--moe-z-loss-coeff",
-                               "--moe-router-load-balancing-type",
-                               "--moe-router-score-function",
-                               "--moe-router-enable-expert-bias",
-                               "--moe-token-dispatcher-type",
-                               "--moe-grouped-gemm",
-                               "--moe-layer-freq",
-                               "--micro-batch-size",
-                               "--global-batch-size",
-                               "--train-iters",
-                               "--lr",
-                               "--min-lr",
-                               "--lr-decay-style",
-                               "--lr-decay-iters",
-                               "--lr-warmup-iters",
-                               "--lr-warmup-fraction",
-                               "--lr-warmup-init",
-                               "--lr-wsd-decay-style",
-                               "--lr-wsd-decay-iters",
-                               "--weight-decay",
-                               "--start-weight-decay",
-                               "--end-weight-decay",
-                               "--weight-decay-incr-style",
-                               "--clip-grad",
-                               "--adam-beta1",
-                               "--adam-beta2",
-                               "--adam-eps",
-                               "--use-precision-aware-optimizer",
-                               "--exp-avg-dtype",
-                               "--exp-avg-sq-dtype",
-                               "--bf16",
-                               "--seed",
-                               "--log-interval",
-                               "--eval-interval",
-                               "--eval-iters",
-                               "--tensorboard-dir",
-                               "--moe-per-layer-logging",
-                               "--check-for-nan-in-loss-and-grad",
-                               "--save",
-                               "--load",
-                               "--save-interval",
-                               "--finetune",
-                               "--no-load-optim",
-                               "--data-path",
-                               "--expert-model-parallel-size",
-                               "--expert-tensor-parallel-size",
-                               "--use-distributed-optimizer",
-                               "--overlap-grad-reduce",
-                               "--overlap-param-gather",
-                               "--ddp-bucket-size",
-                               "--grad-reduce-in-bf16",
-                               "--accumulate-allreduce-grads-in-fp32",
-                               "--exit-signal-handler",
-                               "--calculate-per-token-loss"})
+  for (const char* megatron :
+       {"--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
+        "--num-query-groups", "--kv-channels", "--seq-length", "--max-position-embeddings",
+        "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size", "--moe-aux-loss-coeff",
+        "--moe-z-loss-coeff", "--moe-router-load-balancing-type", "--moe-router-score-function",
+        "--moe-router-enable-expert-bias", "--moe-token-dispatcher-type", "--moe-grouped-gemm",
+        "--moe-layer-freq", "--micro-batch-size", "--global-batch-size", "--train-iters", "--lr",
+        "--min-lr", "--lr-decay-style", "--lr-decay-iters", "--lr-warmup-iters",
+        "--lr-warmup-fraction", "--lr-warmup-init", "--lr-wsd-decay-style",
+        "--lr-wsd-decay-iters", "--train-samples", "--lr-decay-samples", "--lr-warmup-samples",
+        "--lr-wsd-decay-samples", "--weight-decay", "--start-weight-decay", "--end-weight-decay",
+        "--weight-decay-incr-style", "--clip-grad", "--adam-beta1", "--adam-beta2", "--adam-eps",
+        "--use-precision-aware-optimizer", "--exp-avg-dtype", "--exp-avg-sq-dtype", "--bf16",
+        "--seed", "--log-interval", "--eval-interval", "--eval-iters", "--tensorboard-dir",
+        "--moe-per-layer-logging", "--check-for-nan-in-loss-and-grad", "--save", "--load",
+        "--save-interval", "--finetune", "--no-load-optim", "--data-path",
+        "--expert-model-parallel-size", "--expert-tensor-parallel-size",
+        "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
+        "--ddp-bucket-size", "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32",
+        "--exit-signal-handler", "--calculate-per-token-loss"})
     EXPECT_TRUE(names.count(megatron)) << megatron;
 }
 

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -17,12 +18,14 @@
 #include "common/check.h"
 #include "io/safetensors_testing.h"
 #include "moe/checkpoint/model_io.h"
+#include "moe/core/crc32c.h"
 #include "moe/core/error.h"
 #include "moe/core/json_file.h"
 #include "moe/io/safetensors.h"
 #include "moe/train/batch_source.h"
 #include "moe/train/trainer.h"
 #include "nn/gpt_test_util.h"
+#include "train/megatron_scheduler_reference.h"
 
 namespace moe::train {
 namespace {
@@ -161,6 +164,7 @@ TEST_F(TrainCheckpoint, WritesTheModelFolderOptimizerStateAndAManifest) {
   EXPECT_EQ(state["iteration"], 3);
   EXPECT_EQ(state["consumed_samples"], 12);
   EXPECT_EQ(state["optimizer_steps"], 3);
+  EXPECT_EQ(state["schedule_samples"], 12);  // 3 updates of 4 samples
   EXPECT_EQ(state["train_position"], 12);
   EXPECT_EQ(state["rng"]["seed"], seed);
   EXPECT_EQ(state["run_config"], json({{"lr", 0.01}}));
@@ -410,6 +414,90 @@ TEST_F(TrainCheckpoint, NoLoadOptimKeepsWeightsAndCountersWithAFreshOptimizer) {
   for (const NamedTensor& s : target.trainer.optimizer().state())
     EXPECT_TRUE(all_zero(*s.value)) << s.name;
   EXPECT_EQ(target.trainer.train_step().iteration, 4);
+}
+
+// ---- the schedule's position -------------------------------------------------------------------
+
+// A sample-based run (--train-samples): 60 samples, warm-up 6 samples, cosine decay over 50.
+TrainConfig sample_based_config(uint64_t seed, int64_t global_batch) {
+  TrainConfig c = train_config(seed);
+  c.global_batch_size = global_batch;
+  c.train_samples = 60;
+  c.train_iters = c.iterations_of_samples();
+  c.schedule.warmup_iters = 0;
+  c.schedule.warmup_samples = 6;
+  c.schedule.decay_samples = 50;
+  return c;
+}
+
+// The checkpoint holds the schedule's position in samples (Megatron's scheduler num_steps): a
+// sample-based run resumes there, also with another global batch, where the updates taken x
+// the new batch would be another position (Megatron's too: its scheduler state is in samples).
+TEST_F(TrainCheckpoint, ASampleBasedScheduleResumesAtItsSamples) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  nn::GPTModel model(bias_config(), DType::f32, Device::cpu(), seed);
+  TokenArraySource data(random_stream(12 * kSeq + 1, seed), kSeq, seed, /*shuffle=*/true);
+  Trainer trainer(model, sample_based_config(seed, 4), data);
+  test::MegatronSchedulerArgs args;
+  args.train_samples = 60;
+  args.global_batch_size = 4;
+  args.lr = 1e-2;
+  args.min_lr = 1e-3;
+  args.lr_warmup_samples = 6;
+  args.lr_decay_samples = 50;
+  args.lr_decay_style = "cosine";
+  test::MegatronScheduler megatron(args);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_DOUBLE_EQ(trainer.train_step().lr, megatron.lr());
+    megatron.step(4);
+  }
+  EXPECT_EQ(trainer.schedule_samples(), 12);
+  save_training_checkpoint(save_dir(), model, trainer, json{{"lr", 0.01}});
+  const json state = read_json_file((iter_dir(3) / "trainer_state.json").string(), "state");
+  EXPECT_EQ(state["schedule_samples"], 12);
+  EXPECT_EQ(state["train_config"]["train_samples"], 60);
+
+  // Resumed with global batches of 2 (one micro-batch).
+  nn::GPTModel resumed_model(bias_config(), DType::f32, Device::cpu(), seed + 1);
+  TokenArraySource resumed_data(random_stream(12 * kSeq + 1, seed), kSeq, seed, true);
+  Trainer resumed(resumed_model, sample_based_config(seed, 2), resumed_data);
+  load_training_checkpoint(save_dir(), resumed_model, &resumed);
+  EXPECT_EQ(resumed.schedule_samples(), 12);
+  EXPECT_EQ(resumed.optimizer_steps(), 3);
+  EXPECT_NE(resumed.schedule().lr(12), resumed.schedule().lr(3 * 2));  // the check can fail
+  for (int i = 0; i < 3; ++i) {
+    const StepMetrics m = resumed.train_step();
+    EXPECT_DOUBLE_EQ(m.lr, megatron.lr()) << "iteration " << m.iteration;
+    megatron.step(2);
+  }
+  EXPECT_EQ(resumed.schedule_samples(), 18);
+}
+
+// A checkpoint written before the schedule's position was saved resumes at the updates taken x
+// its global batch (its schedule counted updates of that batch).
+TEST_F(TrainCheckpoint, ACheckpointWithoutTheScheduleSamplesResumesAtItsUpdates) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  auto saved = saved_run(seed, 3);
+  const fs::path state_path = iter_dir(3) / "trainer_state.json";
+  json state = read_json_file(state_path.string(), "state");
+  ASSERT_TRUE(state.contains("schedule_samples"));
+  state.erase("schedule_samples");
+  const std::string text = state.dump(2);
+  io::testing::write_bytes(state_path.string(), text);
+  // The manifest's size and CRC-32C of the edited file, as an older build wrote them.
+  json manifest = read_json_file((iter_dir(3) / "manifest.json").string(), "manifest");
+  char crc[9];
+  std::snprintf(crc, sizeof crc, "%08x", crc32c(text.data(), text.size()));
+  manifest["files"]["trainer_state.json"] = {{"size", text.size()}, {"crc32c", crc}};
+  io::testing::write_bytes((iter_dir(3) / "manifest.json").string(), manifest.dump(2));
+
+  TrainingRun target(seed, seed + 1);
+  load_training_checkpoint(save_dir(), target.model, &target.trainer);
+  EXPECT_EQ(target.trainer.schedule_samples(), 3 * 4);
+  const StepMetrics m = target.trainer.train_step();
+  EXPECT_EQ(m.lr, saved->trainer.train_step().lr);
 }
 
 // ---- the tracker and interrupted saves -------------------------------------------------------

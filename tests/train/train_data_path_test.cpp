@@ -123,6 +123,28 @@ TEST(TrainDataPath, WeightedBlendOfTwoCorpora) {
   for (const double loss : r.losses) EXPECT_TRUE(std::isfinite(loss));
 }
 
+// --train-samples sizes the training split as Megatron's get_train_valid_test_num_samples does
+// (train_samples itself, not iterations x global batch): a 0.3 / 0.7 blend of 15 samples takes
+// ceil(4.5) + ceil(10.5) = 16, where the run's 1 iteration of 8 would take 3 + 6 = 9.
+TEST(TrainDataPath, TrainSamplesSizesTheTrainingSplit) {
+  const fs::path dir = fresh_dir("samples");
+  const data::ByteLevelTokenizer bytes;
+  const std::string cats = preprocess_corpus(write_corpus(dir, "cats", "cat"), dir / "cats", bytes);
+  const std::string dogs = preprocess_corpus(write_corpus(dir, "dogs", "dog"), dir / "dogs", bytes);
+  const TrainRunConfig config = parse_train_args(
+      small_run_args() + std::vector<std::string>{"--data-path", "0.3", cats, "0.7", dogs,
+                                                  "--split", "90,10,0", "--train-samples", "15",
+                                                  "--eval-iters", "1"});
+  std::FILE* out = std::tmpfile();
+  const TrainRunResult r = run_training(config, standard_train_hooks(), out);
+  std::rewind(out);
+  std::string text(1 << 16, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), out));
+  std::fclose(out);
+  EXPECT_EQ(r.iterations, 1);  // 15 // 8
+  EXPECT_NE(text.find("data: 16 training samples"), std::string::npos) << text;
+}
+
 TEST(TrainDataPath, HuggingFaceTokenizerSizesTheDefaultModel) {
   const fs::path dir = fresh_dir("hf");
   const std::string tokenizer_path = test::fixture_path("tokenizers/llama3");

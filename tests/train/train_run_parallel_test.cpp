@@ -125,6 +125,27 @@ TEST(TrainRunParallel, ExpertParallelRanksTrainTheOneRankModel) {
   EXPECT_EQ(one_text.find("memory per rank"), std::string::npos);  // one rank: as before
 }
 
+// --train-samples without --global-batch-size on 2 data-parallel ranks: the global batch is
+// micro-batch x 2 = 4, known once the ranks meet, and the run is 22 // 4 = 5 iterations (the
+// parse's one-rank estimate was 22 // 2), its linear decay over the 22 samples.
+TEST(TrainRunParallel, TrainSamplesCountTheDataParallelGlobalBatch) {
+  std::vector<std::string> args = small_run({"--train-samples", "22", "--sample-tokens", "0",
+                                             "--eval-iters", "0", "--lr-decay-style", "linear"});
+  const auto iters = std::find(args.begin(), args.end(), "--train-iters");
+  ASSERT_NE(iters, args.end());
+  args.erase(iters, iters + 2);
+  const TrainRunConfig config = parse_train_args(args);
+  EXPECT_EQ(config.train.train_iters, 11);  // one rank's global batch of 2
+  const RanksRun many = run_on_ranks(config, 2);
+  for (const TrainRunResult& r : many.results) EXPECT_EQ(r.iterations, 5);
+  const std::string& text = many.output;
+  EXPECT_NE(text.find("5 iterations of 4 samples"), std::string::npos) << text;
+  EXPECT_NE(text.find("the last 2 samples are not trained"), std::string::npos) << text;
+  // After iteration 5 the scheduler stands at 20 of the 22 samples: 1e-2 x 2 / 22.
+  EXPECT_NE(text.find("iteration        5/       5 |"), std::string::npos) << text;
+  EXPECT_NE(text.find("learning rate: 9.090909E-04"), std::string::npos) << text;
+}
+
 // --moe-per-layer-logging on several ranks logs the global batch: the experts' token counts of
 // every rank's micro-batches (summed), the losses averaged, as one rank logs them.
 TEST(TrainRunParallel, PerLayerLoggingCountsEveryRanksTokens) {

@@ -23,6 +23,7 @@
 #include "moe/train/train_args.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_run.h"
+#include "train/megatron_scheduler_reference.h"
 
 namespace moe::train {
 namespace {
@@ -183,6 +184,85 @@ TEST(TrainRun, ResumingFromTheSaveContinuesTheRun) {
   ASSERT_EQ(resumed.iterations, 10);
   for (size_t i = 0; i < 10; ++i)
     EXPECT_EQ(resumed.losses[i], reference.losses[10 + i]) << "iteration " << 11 + i;
+}
+
+// The iteration and learning rate of every line of a metrics JSONL file.
+std::vector<std::pair<int64_t, double>> logged_rates(const fs::path& jsonl) {
+  std::vector<std::pair<int64_t, double>> out;
+  std::ifstream in(jsonl);
+  std::string line;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("learning_rate"))
+      out.emplace_back(j["iteration"].get<int64_t>(), j["learning_rate"].get<double>());
+  }
+  return out;
+}
+
+// --train-samples, Megatron's sample-based training: 164 samples of global batches of 8 are 20
+// iterations (the last 4 samples untrained), the schedule counted in samples. Every
+// iteration's logged learning rate is Megatron's (its scheduler stepped by the global batch
+// after each update), and a run saved after 80 samples and resumed reproduces the
+// uninterrupted one's losses and rates.
+TEST(TrainRun, TrainSamplesLogsMegatronsRatesAndResumes) {
+  const fs::path dir = fresh_dir("samples");
+  std::vector<std::string> base = small_run_args();
+  const auto iters = std::find(base.begin(), base.end(), "--train-iters");
+  ASSERT_NE(iters, base.end());
+  base.erase(iters, iters + 2);  // one of --train-iters and --train-samples
+  base.insert(base.end(), {"--eval-iters", "0", "--sample-tokens", "0", "--log-interval", "1",
+                           "--lr-warmup-samples", "20", "--lr-decay-samples", "150",
+                           "--lr-decay-style", "WSD", "--lr-wsd-decay-samples", "60",
+                           "--lr-wsd-decay-style", "linear"});
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return parse_train_args(a);
+  };
+  const TrainRunResult whole = run_training(
+      with({"--train-samples", "164", "--metrics-jsonl", (dir / "whole.jsonl").string()}),
+      standard_train_hooks(), nullptr);
+  ASSERT_EQ(whole.iterations, 20);
+
+  test::MegatronSchedulerArgs args;
+  args.train_samples = 164;
+  args.global_batch_size = 8;
+  args.lr = 1e-2;
+  args.min_lr = 1e-3;
+  args.lr_warmup_samples = 20;
+  args.lr_decay_samples = 150;
+  args.lr_decay_style = "WSD";
+  args.lr_wsd_decay_samples = 60;
+  args.lr_wsd_decay_style = "linear";
+  args.start_weight_decay = args.end_weight_decay = 0.1;
+  test::MegatronScheduler megatron(args);
+  EXPECT_EQ(megatron.train_iters(), 20);
+  const std::vector<std::pair<int64_t, double>> rates = logged_rates(dir / "whole.jsonl");
+  ASSERT_EQ(rates.size(), 20u);
+  for (const auto& [iteration, rate] : rates) {
+    megatron.step(8);  // Megatron logs the rate after the iteration's scheduler step
+    EXPECT_DOUBLE_EQ(rate, megatron.lr()) << "iteration " << iteration;
+  }
+  // The schedule did decay: past 150 samples it is --min-lr.
+  EXPECT_DOUBLE_EQ(rates.back().second, 1e-3);
+
+  run_training(with({"--train-samples", "80", "--save", (dir / "save").string()}),
+               standard_train_hooks(), nullptr);
+  const TrainRunResult resumed = run_training(
+      with({"--train-samples", "164", "--load", (dir / "save").string(), "--metrics-jsonl",
+            (dir / "resumed.jsonl").string()}),
+      standard_train_hooks(), nullptr);
+  ASSERT_EQ(resumed.iterations, 10);
+  for (size_t i = 0; i < 10; ++i)
+    EXPECT_EQ(resumed.losses[i], whole.losses[10 + i]) << "iteration " << 11 + i;
+  const std::vector<std::pair<int64_t, double>> resumed_rates =
+      logged_rates(dir / "resumed.jsonl");
+  ASSERT_EQ(resumed_rates.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) {
+    EXPECT_EQ(resumed_rates[i].first, rates[10 + i].first);
+    EXPECT_EQ(resumed_rates[i].second, rates[10 + i].second) << "iteration " << 11 + i;
+  }
+  fs::remove_all(dir);
 }
 
 // With router input jitter, the routers' draw counters travel in the checkpoint: the resumed

@@ -137,7 +137,7 @@ TEST(Trainer, LossFallsOnARepetitiveStream) {
     EXPECT_GT(m.aux_loss, 0.0);  // aux + z losses of the MoE layer
     EXPECT_EQ(m.mtp_loss, 0.0);
     EXPECT_TRUE(std::isfinite(m.grad_norm));
-    EXPECT_DOUBLE_EQ(m.lr, trainer.schedule().lr(i));
+    EXPECT_DOUBLE_EQ(m.lr, trainer.schedule().lr(4 * i));  // samples of the updates taken
     losses.push_back(m.loss);
   }
   SCOPED_TRACE(::testing::PrintToString(losses));
@@ -145,6 +145,7 @@ TEST(Trainer, LossFallsOnARepetitiveStream) {
   const double last = (losses[27] + losses[28] + losses[29]) / 3;
   EXPECT_LT(last, 0.4 * losses[0]);
   EXPECT_EQ(trainer.optimizer_steps(), 30);
+  EXPECT_EQ(trainer.schedule_samples(), 30 * 4);
   EXPECT_EQ(trainer.skipped_iterations(), 0);
 }
 
@@ -280,7 +281,7 @@ TEST(Trainer, NanSkipDropsTheUpdateAndKeepsTheSchedule) {
   EXPECT_NE(bad.message.find("iteration 3"), std::string::npos) << bad.message;
   EXPECT_NE(bad.message.find("lm loss"), std::string::npos) << bad.message;
   EXPECT_EQ(bad.consumed_samples, 6);
-  EXPECT_DOUBLE_EQ(bad.lr, trainer.schedule().lr(2));
+  EXPECT_DOUBLE_EQ(bad.lr, trainer.schedule().lr(2 * 2));  // 2 updates of 2 samples
   expect_unchanged(model, before);
   EXPECT_EQ(trainer.skipped_iterations(), 1);
   EXPECT_EQ(trainer.optimizer_steps(), 2);
@@ -292,11 +293,12 @@ TEST(Trainer, NanSkipDropsTheUpdateAndKeepsTheSchedule) {
   EXPECT_TRUE(next.message.empty());
   EXPECT_TRUE(std::isfinite(next.loss));
   EXPECT_TRUE(std::isfinite(next.grad_norm));
-  EXPECT_DOUBLE_EQ(next.lr, trainer.schedule().lr(2));
-  EXPECT_NE(trainer.schedule().lr(2), trainer.schedule().lr(3));  // the check above can fail
+  EXPECT_DOUBLE_EQ(next.lr, trainer.schedule().lr(2 * 2));
+  EXPECT_NE(trainer.schedule().lr(2 * 2), trainer.schedule().lr(3 * 2));  // it can fail
   const TrainerState s = trainer.state();
   EXPECT_EQ(s.iteration, 4);
   EXPECT_EQ(s.optimizer_steps, 3);
+  EXPECT_EQ(s.schedule_samples, 3 * 2);  // the skipped update's samples do not count
   EXPECT_EQ(s.skipped_iterations, 1);
   EXPECT_EQ(s.consumed_samples, 8);
   EXPECT_EQ(s.train_position, 8);

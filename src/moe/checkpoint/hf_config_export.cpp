@@ -18,7 +18,7 @@ namespace {
 
 // Training options HF's config.json does not hold (see the header).
 const std::set<std::string>& training_only_keys() {
-  static const std::set<std::string> keys{"name", "mtp_loss_scaling_factor"};
+  static const std::set<std::string> keys{"name", "mtp_loss_scaling_factor", "hidden_dropout"};
   return keys;
 }
 const std::set<std::string>& training_only_moe_keys() {
@@ -47,7 +47,9 @@ void write_common(const nn::ModelConfig& c, const char* architecture, DType dtyp
   j["initializer_range"] = c.init_method_std;
   j["tie_word_embeddings"] = !c.untie_embeddings_and_output_weights;
   j["hidden_act"] = "silu";
-  j["attention_dropout"] = 0.0;
+  // Every one of these configuration classes has attention_dropout (on the attention
+  // probabilities in training, as --attention-dropout); none has a hidden dropout.
+  j["attention_dropout"] = c.attention_dropout;
   j["use_cache"] = true;
   j["torch_dtype"] = torch_dtype_name(dtype);
   if (c.yarn) {

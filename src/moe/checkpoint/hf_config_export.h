@@ -6,7 +6,8 @@
 // with from_hf_config and compared with `config` on every field except the training options
 // HF cannot hold (load-balancing type, aux / z-loss coefficients, jitter, dispatcher, capacity,
 // grouped GEMM, parallel sizes, params dtype, seed, bias update rate, router dtype, MTP loss
-// factor), which are listed in `notes` when they differ from what HF implies. A model that HF
+// factor, hidden dropout), which are listed in `notes` when they differ from what HF implies.
+// The attention dropout is HF's attention_dropout. A model that HF
 // cannot express (a dense layer in Mixtral, partial rotary, a shared expert without Qwen2's
 // gate, an MoE placement HF cannot write, ...) is an error naming the fields that differ.
 #pragma once

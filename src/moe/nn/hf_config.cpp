@@ -127,6 +127,9 @@ void read_common(const HfFields& f, ModelConfig& c, double default_rope_theta,
   c.norm_epsilon = f.number_or("rms_norm_eps", default_norm_eps);
   c.rotary_base = f.number_or("rope_theta", default_rope_theta);
   c.init_method_std = f.number_or("initializer_range", 0.02);
+  // On the attention probabilities in training (--attention-dropout); 0.0 by default in every one
+  // of these configuration classes.
+  c.attention_dropout = f.number_or("attention_dropout", 0.0);
   // Every one of these configuration classes defaults tie_word_embeddings to False.
   c.untie_embeddings_and_output_weights = !f.bool_or("tie_word_embeddings", false);
   const std::string act = f.string_or("hidden_act", "silu");

@@ -5,7 +5,8 @@
 //                 ffn_hidden_size (dense MLPs), num_attention_heads, num_key_value_heads ->
 //                 num_query_groups (absent: = heads), vocab_size, max_position_embeddings,
 //                 rms_norm_eps -> norm_epsilon, rope_theta -> rotary_base, initializer_range ->
-//                 init_method_std, tie_word_embeddings -> !untie_embeddings_and_output_weights,
+//                 init_method_std, attention_dropout (absent: 0.0), tie_word_embeddings ->
+//                 !untie_embeddings_and_output_weights,
 //                 rope_scaling {"type"/"rope_type": "yarn", ...} -> yarn; hidden_act must be silu
 //                 (SwiGLU experts and MLPs).
 //   mixtral       GQA, head_dim (absent: hidden / heads) -> kv_channels; every layer MoE;

@@ -119,6 +119,12 @@ void finish(ParseState& s) {
     m.kv_channels = exact ? m.hidden_size / m.num_attention_heads : 0;
   }
   flags::finish_mla_flags(s);
+  // Megatron-LM's --attention-dropout and --hidden-dropout default to 0.1: with flags given, an
+  // absent one is Megatron's, whatever the --model preset or the --load model folder holds (as
+  // a Megatron recipe that wants none passes 0). The default run (no flags) and model folders
+  // read for inference keep their own values.
+  if (!given("--attention-dropout")) m.attention_dropout = kMegatronDropout;
+  if (!given("--hidden-dropout")) m.hidden_dropout = kMegatronDropout;
 
   if (!s.moe_layer_freq.empty()) {
     m.moe_layer_pattern = nn::parse_moe_layer_freq(s.moe_layer_freq, m.num_layers);
@@ -152,12 +158,30 @@ void finish(ParseState& s) {
   }
   // --lr before what derives from it (--min-lr = --lr / 10), so a bad --lr is named itself.
   MOE_CHECK(t.schedule.lr >= 0, "--lr must not be negative, got ", t.schedule.lr);
-  if (s.warmup_fraction >= 0.0) {
-    MOE_CHECK(!given("--lr-warmup-iters"),
-              "--lr-warmup-fraction and --lr-warmup-iters are both given: use one");
-    const int64_t decay = t.schedule.decay_iters > 0 ? t.schedule.decay_iters : t.train_iters;
-    t.schedule.warmup_iters = static_cast<int64_t>(s.warmup_fraction * static_cast<double>(decay));
+  // Iteration- or sample-based training (Megatron's validate_args): one of --train-iters and
+  // --train-samples, and the schedule's flags of the same kind.
+  if (given("--train-samples")) {
+    MOE_CHECK(!given("--train-iters"),
+              "--train-iters and --train-samples are both given: use one (iteration- or "
+              "sample-based training, as Megatron-LM asserts)");
+    for (auto [iters, samples] : {std::pair{"--lr-decay-iters", "--lr-decay-samples"},
+                                  std::pair{"--lr-warmup-iters", "--lr-warmup-samples"},
+                                  std::pair{"--lr-wsd-decay-iters", "--lr-wsd-decay-samples"}})
+      MOE_CHECK(!given(iters), iters, " is iteration-based, but --train-samples makes the run "
+                "sample-based (Megatron-LM asserts so): give ", samples);
+    // Megatron's update_train_iters (no batch-size ramp-up): the run knows the global batch
+    // only with the data-parallel size, and sets it again then (train_run.cpp).
+    t.train_iters = t.iterations_of_samples();
+  } else {
+    for (auto [samples, iters] : {std::pair{"--lr-decay-samples", "--lr-decay-iters"},
+                                  std::pair{"--lr-warmup-samples", "--lr-warmup-iters"},
+                                  std::pair{"--lr-wsd-decay-samples", "--lr-wsd-decay-iters"}})
+      MOE_CHECK(!given(samples), samples, " is sample-based: it needs --train-samples (with "
+                "--train-iters, Megatron-LM asserts; give ", iters, ")");
   }
+  for (const char* warmup : {"--lr-warmup-iters", "--lr-warmup-samples"})
+    MOE_CHECK(!given("--lr-warmup-fraction") || !given(warmup), "--lr-warmup-fraction and ",
+              warmup, " are both given: use one");
   MOE_CHECK(s.start_wd_given == s.end_wd_given,
             "--start-weight-decay and --end-weight-decay go together (Megatron's rule)");
   if (s.start_wd_given)
@@ -267,13 +291,27 @@ void finish(ParseState& s) {
   // Megatron-LM has no default learning rate (--lr None: its scheduler stops on it). `moe train`
   // with no flags at all is the default run; with flags, --lr is needed unless no iteration runs.
   MOE_CHECK(given("--lr") || t.train_iters == 0,
-            "moe train: --lr is required when flags are given and --train-iters > 0 (Megatron-LM "
-            "has no default learning rate); `moe train` with no flags is the default run: ",
+            "moe train: --lr is required when flags are given and iterations run (--train-iters "
+            "or --train-samples; Megatron-LM has no default learning rate); `moe train` with no "
+            "flags is the default run: ",
             default_run_flags_text());
-  LrScheduleConfig schedule = t.schedule;  // as the trainer will see it
-  if (schedule.decay_iters == 0) schedule.decay_iters = t.train_iters;
-  if (schedule.train_iters == 0) schedule.train_iters = t.train_iters;
-  (void)LrSchedule(schedule);  // names the flags of an inconsistent schedule
+  (void)LrSchedule(resolved_schedule(t));  // names the flags of an inconsistent schedule
+}
+
+// A dropout probability for the run's description; Megatron's default said as such.
+std::string dropout_text(const TrainRunConfig& r, const std::string& flag, double p) {
+  const bool given = std::any_of(r.given.begin(), r.given.end(), [&](const std::string& g) {
+    return g.rfind(flag + " ", 0) == 0;
+  });
+  const bool megatron_default = !r.default_run && !given && p == kMegatronDropout;
+  return moe::detail::concat(p, megatron_default ? " (Megatron's default)" : "");
+}
+
+// The warm-up as the flags give it.
+std::string warmup_text(const LrScheduleConfig& l) {
+  if (l.warmup_fraction >= 0) return moe::detail::concat(l.warmup_fraction, " of the decay");
+  if (l.warmup_samples > 0) return moe::detail::concat(l.warmup_samples, " samples");
+  return std::to_string(l.warmup_iters);
 }
 
 std::string yaml_value_text(const YAML::Node& node, const std::string& key, const std::string& path) {
@@ -586,10 +624,15 @@ nlohmann::json run_config_json(const TrainRunConfig& r) {
             {"eval_interval", t.eval_interval}, {"eval_iters", t.eval_iters},
             {"log_interval", t.log_interval},
             {"nan_action", t.nan_action == NanAction::stop ? "stop" : "skip"},
+            {"train_samples", t.train_samples},
             {"lr", l.lr}, {"min_lr", l.min_lr}, {"lr_warmup_init", l.warmup_init},
-            {"lr_warmup_iters", l.warmup_iters}, {"lr_decay_style", l.decay_style},
-            {"lr_decay_iters", l.decay_iters}, {"lr_wsd_decay_style", l.wsd_decay_style},
+            {"lr_warmup_iters", l.warmup_iters}, {"lr_warmup_samples", l.warmup_samples},
+            {"lr_warmup_fraction",
+             l.warmup_fraction >= 0 ? nlohmann::json(l.warmup_fraction) : nlohmann::json()},
+            {"lr_decay_style", l.decay_style}, {"lr_decay_iters", l.decay_iters},
+            {"lr_decay_samples", l.decay_samples}, {"lr_wsd_decay_style", l.wsd_decay_style},
             {"lr_wsd_decay_iters", l.wsd_decay_iters},
+            {"lr_wsd_decay_samples", l.wsd_decay_samples},
             {"start_weight_decay", l.start_weight_decay}, {"end_weight_decay", l.end_weight_decay},
             {"weight_decay_incr_style", l.weight_decay_incr_style},
             {"adam_beta1", o.beta1}, {"adam_beta2", o.beta2}, {"adam_eps", o.eps},
@@ -613,8 +656,18 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
   out << "training: " << t.train_iters << " iterations of " << t.global_batch_size
       << " samples (" << t.num_microbatches(dp) << " micro-batches of " << t.micro_batch_size;
   if (dp > 1) out << " on each of " << dp << " data-parallel ranks";
-  out << ") x " << t.seq_length << " tokens; lr " << t.schedule.lr << " " << t.schedule.decay_style
-      << " to " << t.schedule.min_lr << ", warm-up " << t.schedule.warmup_iters << "; weight decay "
+  out << ") x " << t.seq_length << " tokens";
+  if (t.train_samples > 0)
+    out << " (--train-samples " << t.train_samples << " / the global batch"
+        << (t.train_samples % t.global_batch_size
+                ? moe::detail::concat(": the last ", t.train_samples % t.global_batch_size,
+                                      " samples are not trained")
+                : std::string())
+        << "; the schedules count samples)";
+  out << "; dropout " << dropout_text(r, "--attention-dropout", m.attention_dropout)
+      << " attention, " << dropout_text(r, "--hidden-dropout", m.hidden_dropout) << " hidden";
+  out << "; lr " << t.schedule.lr << " " << t.schedule.decay_style << " to " << t.schedule.min_lr
+      << ", warm-up " << warmup_text(t.schedule) << "; weight decay "
       << t.schedule.start_weight_decay << "; clip " << t.optimizer.clip_grad << "; seed " << t.seed
       << "; nan action " << (t.nan_action == NanAction::stop ? "stop" : "skip") << "\n";
   if (r.default_run) {

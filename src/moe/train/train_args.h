@@ -15,16 +15,20 @@
 //
 // Defaults. `moe train` with no flags at all is the default run (default_train_run(), printed
 // as "default run: ..."). With any flag given, an absent flag takes Megatron-LM's default
-// (megatron_default_run(); tests/train/train_args_megatron_defaults_test.cpp holds them against
+// (megatron_default_run(); tests/train/train_args_megatron_test.cpp holds them against
 // Megatron's arguments.py): the model's own values come from --model (default: the built-in
-// tiny MoE), as a Megatron recipe passes its model's flags; --lr, which Megatron has no
-// default for, is required when --train-iters > 0 (as Megatron stops without it);
-// --micro-batch-size, --seq-length and --train-iters, which Megatron requires too, take the
-// default run's 8, 128 and 500 (the global batch: micro-batch x data-parallel size).
+// tiny MoE), as a Megatron recipe passes its model's flags, except --attention-dropout and
+// --hidden-dropout, which are Megatron's 0.1 unless given (also over a --load model folder's
+// own: kMegatronDropout); --lr, which Megatron has no default for, is required when iterations
+// run (as Megatron stops without it); --micro-batch-size, --seq-length and --train-iters, which
+// Megatron requires too (or --train-samples), take the default run's 8, 128 and 500 (the
+// global batch: micro-batch x data-parallel size).
 // Defaults that follow other flags (each said in its help line): --global-batch-size =
 // --micro-batch-size x the data-parallel size when only that is given (Megatron's; the run
 // multiplies, knowing the world: global_batch_follows_data_parallel),
-// --lr-decay-iters = --train-iters;
+// --lr-decay-iters = --train-iters, --lr-decay-samples = --train-samples (Megatron's
+// sample-based training: --train-samples N runs N / global batch iterations, its schedule
+// counted in samples; iteration- and sample-based flags exclude each other, as Megatron asserts);
 // the head dim (--kv-channels) = --hidden-size / --num-attention-heads when either is given
 // on a preset whose head dim is its own hidden / heads (Megatron's rule: the division must
 // be exact unless --kv-channels is given); --moe-aux-loss-coeff = 0 when
@@ -138,6 +142,10 @@ std::string train_flags_help();
 // `moe train` with no arguments at all also saves its checkpoint here (relative to the working
 // directory), so that `moe generate --load checkpoints/default` can read it.
 inline constexpr const char* kDefaultRunSave = "checkpoints/default";
+
+// Megatron-LM's --attention-dropout and --hidden-dropout: what a run with flags takes unless
+// they are given.
+inline constexpr double kMegatronDropout = 0.1;
 
 // The default run: the built-in tiny byte-level MoE and the training values of `moe train`
 // with no flags at all (describe() prints them as "default run: ...").

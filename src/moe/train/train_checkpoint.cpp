@@ -98,6 +98,8 @@ json trainer_state_json(const Trainer& trainer, nn::GPTModel& model, const json&
       {"consumed_samples", s.consumed_samples},
       {"skipped_iterations", s.skipped_iterations},
       {"optimizer_steps", s.optimizer_steps},
+      // Megatron's opt_param_scheduler num_steps: the samples of the updates taken.
+      {"schedule_samples", s.schedule_samples},
       {"train_position", s.train_position},
       {"valid_position", s.valid_position},
       // The data order is a function of (seed, position).
@@ -112,6 +114,7 @@ json trainer_state_json(const Trainer& trainer, nn::GPTModel& model, const json&
         {"global_batch_size", c.global_batch_size},
         {"seq_length", c.seq_length},
         {"train_iters", c.train_iters},
+        {"train_samples", c.train_samples},
         {"lr", c.schedule.lr},
         {"min_lr", c.schedule.min_lr},
         {"lr_decay_style", c.schedule.decay_style},
@@ -613,6 +616,18 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
   saved.consumed_samples = counter_field(state, "consumed_samples", state_path);
   saved.skipped_iterations = counter_field(state, "skipped_iterations", state_path);
   saved.optimizer_steps = counter_field(state, "optimizer_steps", state_path);
+  // The schedules' position in samples. Checkpoints written before it was saved: the updates
+  // taken x their global batch (their schedules counted updates of one global batch).
+  if (state.contains("schedule_samples")) {
+    saved.schedule_samples = counter_field(state, "schedule_samples", state_path);
+  } else {
+    const json train_config = field<json>(state, "train_config", state_path);
+    const int64_t batch = counter_field(train_config, "global_batch_size", state_path);
+    MOE_CHECK(batch == 0 || saved.optimizer_steps <= kMaxCounter / batch, state_path.string(),
+              ": optimizer_steps ", saved.optimizer_steps, " x global_batch_size ", batch,
+              " overflows");
+    saved.schedule_samples = saved.optimizer_steps * batch;
+  }
   saved.train_position = counter_field(state, "train_position", state_path);
   saved.valid_position = counter_field(state, "valid_position", state_path);
   result.iteration = saved.iteration;
@@ -692,7 +707,7 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
     trainer->restore(TrainerState{});  // iteration 0, data from the start, optimizer step 0
   } else {
     TrainerState s = saved;
-    if (!load_optim) s.optimizer_steps = 0;
+    if (!load_optim) s.optimizer_steps = s.schedule_samples = 0;  // Megatron: no scheduler
     trainer->restore(s);
     result.loaded_trainer_state = true;
   }

@@ -12,9 +12,11 @@
 //                                              "<param>.exp_avg_sq", "<param>.master" (the fp32
 //                                              masters of a 16-bit model)
 //     trainer_state.json                       TrainerState (iteration, consumed samples,
-//                                              skipped iterations, optimizer steps, data
-//                                              positions), the seed, the train config and the
-//                                              run's resolved flags (run_config)
+//                                              skipped iterations, optimizer steps, the
+//                                              schedules' position in samples as Megatron's
+//                                              scheduler num_steps, data positions), the seed,
+//                                              the train config and the run's resolved flags
+//                                              (run_config)
 //     manifest.json                            {"files": {name: {"size", "crc32c"}}} for every
 //                                              other file (CRC-32C, moe::crc32c), written last
 //

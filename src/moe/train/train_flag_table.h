@@ -25,7 +25,6 @@ namespace moe::train::flags {
 struct ParseState {
   TrainRunConfig run;
   std::string moe_layer_freq;     // --moe-layer-freq, applied once num_layers is final
-  double warmup_fraction = -1.0;  // --lr-warmup-fraction (< 0: not given)
   bool start_wd_given = false, end_wd_given = false;
   bool precision_aware = false;  // --use-precision-aware-optimizer
   std::string exp_avg_dtype, exp_avg_sq_dtype;

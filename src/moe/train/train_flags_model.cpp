@@ -79,13 +79,14 @@ void add_model_flags(std::vector<Entry>& t) {
   t.push_back(value(
       "--attention-dropout", "P",
       "model.attention_dropout: dropout on the attention probabilities in training "
-      "(Megatron's default 0.1; moecore's presets 0)",
+      "(default: Megatron's 0.1, over the --model preset's or --load folder's own; the "
+      "default run without flags: 0)",
       [](S& s, V v) { s.run.model.attention_dropout = as_double("--attention-dropout", v); }));
   t.push_back(
       value("--hidden-dropout", "P",
             "model.hidden_dropout: dropout on the embedding and on the attention / MLP "
-            "outputs before each residual add, in training (Megatron's default 0.1; "
-            "moecore's presets 0)",
+            "outputs before each residual add, in training (default: Megatron's 0.1, over "
+            "the --model preset's or --load folder's own; the default run without flags: 0)",
             [](S& s, V v) { s.run.model.hidden_dropout = as_double("--hidden-dropout", v); }));
   t.push_back(toggle("--qk-layernorm", "model.qk_layernorm = true",
                      [](S& s, V) { s.run.model.qk_layernorm = true; }));

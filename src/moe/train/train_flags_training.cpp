@@ -119,11 +119,16 @@ void add_batch_flags(std::vector<Entry>& t) {
       [](S& s, V v) { s.run.train.global_batch_size = as_count("--global-batch-size", v, 1); }));
   t.push_back(value("--train-iters", "N",
                     "train.train_iters (default 500, the default run's: Megatron has none; 0: no "
-                    "training, --save saves the initial model)",
+                    "training, --save saves the initial model; not with --train-samples)",
                     [](S& s, V v) { s.run.train.train_iters = as_count("--train-iters", v, 0); }));
-  t.push_back(refused("--train-samples", "N",
-                      "not supported by this build yet: give --train-iters (iterations of "
-                      "--global-batch-size samples)"));
+  t.push_back(value("--train-samples", "N",
+                    "train.train_samples: sample-based training (Megatron's; not with "
+                    "--train-iters): N / --global-batch-size iterations (the remainder is not "
+                    "trained), the lr and weight-decay schedules counted in samples "
+                    "(--lr-decay-samples, --lr-warmup-samples, --lr-wsd-decay-samples)",
+                    [](S& s, V v) {
+                      s.run.train.train_samples = as_count("--train-samples", v, 1);
+                    }));
   t.push_back(
       value("--seed", "SEED", "train.seed: the model's initialisation and the data order",
             [](S& s, V v) { s.run.train.seed = static_cast<uint64_t>(as_count("--seed", v, 0)); }));
@@ -138,10 +143,9 @@ void add_batch_flags(std::vector<Entry>& t) {
 void add_schedule_flags(std::vector<Entry>& t) {
   using S = ParseState;
   using V = const std::string&;
-  t.push_back(
-      value("--lr", "LR",
-            "schedule.lr (the peak; required when --train-iters > 0: Megatron has no default)",
-            [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
+  t.push_back(value("--lr", "LR",
+                    "schedule.lr (the peak; required when iterations run: Megatron has no default)",
+                    [](S& s, V v) { s.run.train.schedule.lr = as_double("--lr", v); }));
   t.push_back(value("--min-lr", "LR", "schedule.min_lr (default 0)",
                     [](S& s, V v) { s.run.train.schedule.min_lr = as_double("--min-lr", v); }));
   t.push_back(value("--lr-decay-style", "STYLE",
@@ -150,18 +154,34 @@ void add_schedule_flags(std::vector<Entry>& t) {
                           one_of("--lr-decay-style", v,
                                  {"constant", "linear", "cosine", "inverse-square-root", "WSD"});
                     }));
-  t.push_back(value(
-      "--lr-decay-iters", "N", "schedule.decay_iters (default: --train-iters)",
-      [](S& s, V v) { s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0); }));
-  t.push_back(value("--lr-warmup-iters", "N", "schedule.warmup_iters (default 0)", [](S& s, V v) {
-    s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0);
-  }));
-  t.push_back(value("--lr-warmup-fraction", "X",
-                    "schedule.warmup_iters = X * decay iters (not with --lr-warmup-iters)",
+  t.push_back(value("--lr-decay-iters", "N",
+                    "schedule.decay_iters (default: --train-iters; with --train-iters only)",
                     [](S& s, V v) {
-                      s.warmup_fraction = as_double("--lr-warmup-fraction", v);
-                      MOE_CHECK(s.warmup_fraction >= 0.0 && s.warmup_fraction <= 1.0,
+                      s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0);
+                    }));
+  t.push_back(value("--lr-decay-samples", "N",
+                    "schedule.decay_samples (default: --train-samples; with --train-samples only)",
+                    [](S& s, V v) {
+                      s.run.train.schedule.decay_samples = as_count("--lr-decay-samples", v, 1);
+                    }));
+  t.push_back(value("--lr-warmup-iters", "N",
+                    "schedule.warmup_iters (default 0; with --train-iters only)", [](S& s, V v) {
+                      s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0);
+                    }));
+  t.push_back(value("--lr-warmup-samples", "N",
+                    "schedule.warmup_samples (default 0; with --train-samples only)",
+                    [](S& s, V v) {
+                      s.run.train.schedule.warmup_samples = as_count("--lr-warmup-samples", v, 0);
+                    }));
+  t.push_back(value("--lr-warmup-fraction", "X",
+                    "schedule.warmup_fraction: the warm-up is X x the decay iterations or samples "
+                    "(not rounded, as Megatron's; not with --lr-warmup-iters / "
+                    "--lr-warmup-samples)",
+                    [](S& s, V v) {
+                      const double x = as_double("--lr-warmup-fraction", v);
+                      MOE_CHECK(x >= 0.0 && x <= 1.0,
                                 "--lr-warmup-fraction must be in [0, 1], got ", v);
+                      s.run.train.schedule.warmup_fraction = x;
                     }));
   t.push_back(value("--lr-warmup-init", "LR", "schedule.warmup_init", [](S& s, V v) {
     s.run.train.schedule.warmup_init = as_double("--lr-warmup-init", v);
@@ -171,9 +191,18 @@ void add_schedule_flags(std::vector<Entry>& t) {
         s.run.train.schedule.wsd_decay_style =
             one_of("--lr-wsd-decay-style", v, {"linear", "cosine", "exponential", "minus_sqrt"});
       }));
-  t.push_back(value("--lr-wsd-decay-iters", "N", "schedule.wsd_decay_iters", [](S& s, V v) {
-    s.run.train.schedule.wsd_decay_iters = as_count("--lr-wsd-decay-iters", v, 0);
-  }));
+  t.push_back(value("--lr-wsd-decay-iters", "N",
+                    "schedule.wsd_decay_iters: WSD's annealing (with --train-iters only)",
+                    [](S& s, V v) {
+                      s.run.train.schedule.wsd_decay_iters =
+                          as_count("--lr-wsd-decay-iters", v, 0);
+                    }));
+  t.push_back(value("--lr-wsd-decay-samples", "N",
+                    "schedule.wsd_decay_samples: WSD's annealing (with --train-samples only)",
+                    [](S& s, V v) {
+                      s.run.train.schedule.wsd_decay_samples =
+                          as_count("--lr-wsd-decay-samples", v, 0);
+                    }));
   t.push_back(value("--weight-decay", "WD", "start and end weight decay", [](S& s, V v) {
     const double wd = as_double("--weight-decay", v);
     s.run.train.schedule.start_weight_decay = s.run.train.schedule.end_weight_decay = wd;

@@ -310,7 +310,7 @@ void TrainLogger::on_step(const StepMetrics& m, bool log_now, std::vector<MoELay
   r.train_iters = options_.train_iters;
   r.consumed_samples = m.consumed_samples;
   r.ms_per_iteration = 1000.0 * seconds_ / static_cast<double>(steps_);
-  r.learning_rate = trainer_ ? trainer_->schedule().lr(trainer_->optimizer_steps()) : m.lr;
+  r.learning_rate = trainer_ ? trainer_->schedule().lr(trainer_->schedule_samples()) : m.lr;
   r.global_batch_size = options_.global_batch_size;
   const double taken = static_cast<double>(taken_);
   const double nan = std::numeric_limits<double>::quiet_NaN();

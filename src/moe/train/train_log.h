@@ -169,9 +169,9 @@ class TrainLogger {
   // A line to the output and, as {"event": ...}, to the JSONL file.
   void note(const std::string& text);
   // The learning rate the log shows is Megatron's: the optimizer's rate after the scheduler has
-  // stepped for this iteration's update (lr(updates taken)), i.e. the next update's rate; a
-  // skipped update leaves it at the rate that update would have used. Without a trainer to
-  // follow, the step's own rate (StepMetrics::lr) is shown.
+  // stepped for this iteration's update (lr(samples of the updates taken)), i.e. the next
+  // update's rate; a skipped update leaves it at the rate that update would have used. Without
+  // a trainer to follow, the step's own rate (StepMetrics::lr) is shown.
   void follow(const Trainer& trainer) { trainer_ = &trainer; }
   const std::string& metrics_path() const { return options_.metrics_jsonl; }
 

@@ -270,11 +270,13 @@ RunData mock_data(const TrainRunConfig& c) {
 }
 
 // --data-path: Megatron's GPT datasets, split and blended as Megatron builds them, with the
-// sample counts of Megatron's schedule (train_iters x global batch, and the evaluations').
+// sample counts of Megatron's schedule (--train-samples, or train_iters x global batch, and the
+// evaluations').
 RunData megatron_data(const TrainRunConfig& c) {
   const TrainConfig& tc = c.train;
   data::SampleCountArgs counts;
   counts.train_iters = tc.train_iters;
+  if (tc.train_samples > 0) counts.train_samples = tc.train_samples;  // Megatron's, as given
   counts.global_batch_size = tc.global_batch_size;
   counts.eval_interval =
       tc.eval_interval > 0 ? tc.eval_interval : std::max<int64_t>(tc.train_iters, 1);
@@ -438,6 +440,8 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   TrainRunConfig run = config;  // with what the mapping decides
   TrainConfig& tc = run.train;
   if (run.global_batch_follows_data_parallel) tc.global_batch_size = tc.micro_batch_size * dp;
+  // --train-samples: Megatron's update_train_iters, for the global batch the mapping gives.
+  if (tc.train_samples > 0) tc.train_iters = tc.iterations_of_samples();
   if (state) {
     run.model.moe.expert_model_parallel_size = state->ep_size();
     run.model.moe.expert_tensor_parallel_size = state->etp_size();

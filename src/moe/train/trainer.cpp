@@ -10,15 +10,23 @@
 #include "moe/train/distributed_optimizer.h"
 
 namespace moe::train {
-namespace {
 
-// Megatron's defaults: --lr-decay-iters and the weight-decay schedule run over --train-iters.
-LrScheduleConfig schedule_for(const TrainConfig& c) {
+LrScheduleConfig resolved_schedule(const TrainConfig& c) {
   LrScheduleConfig s = c.schedule;
+  s.global_batch_size = c.global_batch_size;
+  if (c.train_samples > 0) {
+    // Sample-based: --lr-decay-samples and the weight-decay increment run over --train-samples.
+    s.train_samples = c.train_samples;
+    if (s.decay_samples == 0) s.decay_samples = c.train_samples;
+    return s;
+  }
+  // Megatron's defaults: --lr-decay-iters and the weight-decay schedule run over --train-iters.
   if (s.decay_iters == 0) s.decay_iters = c.train_iters;
   if (s.train_iters == 0) s.train_iters = c.train_iters;
   return s;
 }
+
+namespace {
 
 int64_t dp_of(const TrainParallel& p) {
   return p.state ? p.state->dp_cp_size() : 1;
@@ -63,6 +71,11 @@ void TrainConfig::validate(int64_t dp) const {
                                      "micro-batches per step)"));
   MOE_CHECK(seq_length >= 1, "--seq-length must be positive, got ", seq_length);
   MOE_CHECK(train_iters >= 0, "--train-iters must be >= 0, got ", train_iters);
+  MOE_CHECK(train_samples >= 0, "--train-samples must be >= 0, got ", train_samples);
+  MOE_CHECK(train_samples == 0 || train_iters == iterations_of_samples(), "--train-samples ",
+            train_samples, " is ", iterations_of_samples(), " iterations of --global-batch-size ",
+            global_batch_size, ", but the run says ", train_iters,
+            " (train_iters must be train_samples / global_batch_size)");
   MOE_CHECK(eval_interval >= 0, "--eval-interval must be >= 0, got ", eval_interval);
   MOE_CHECK(eval_iters >= 0, "--eval-iters must be >= 0, got ", eval_iters);
   MOE_CHECK(log_interval >= 1, "--log-interval must be positive, got ", log_interval);
@@ -77,7 +90,7 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
       config_(validated(config, parallel)),
       train_(train),
       valid_(valid),
-      schedule_(schedule_for(config)),
+      schedule_(resolved_schedule(config)),
       parallel_(std::move(parallel)) {
   if (parallel_.state)
     ddp_ = std::make_unique<DataParallel>(model, *parallel_.state, parallel_.ddp);
@@ -222,9 +235,9 @@ StepMetrics Trainer::train_step() {
   m.aux_loss = host[1] * mean_scale;
   m.mtp_loss = host[2] * mean_scale;
 
-  const int64_t n = optimizer_->steps_taken();
-  m.lr = schedule_.lr(n);
-  m.weight_decay = schedule_.weight_decay(n);
+  // Megatron's scheduler position: the samples of the updates taken so far.
+  m.lr = schedule_.lr(schedule_samples_);
+  m.weight_decay = schedule_.weight_decay(schedule_samples_);
 
   // The first value that is not finite, if any: the losses, then the gradient norm (which the
   // optimizer computes and refuses on).
@@ -271,6 +284,8 @@ StepMetrics Trainer::train_step() {
   } else {
     model_.finish_step();
     skipped_in_a_row_ = 0;
+    // Megatron: opt_param_scheduler.step(increment=global_batch_size) after a taken update.
+    schedule_samples_ += config_.global_batch_size;
   }
 
   ++iteration_;
@@ -311,6 +326,7 @@ TrainerState Trainer::state() const {
   s.consumed_samples = consumed_samples_;
   s.skipped_iterations = skipped_;
   s.optimizer_steps = optimizer_->steps_taken();
+  s.schedule_samples = schedule_samples_;
   s.train_position = train_.position();
   s.valid_position = valid_ ? valid_->position() : 0;
   return s;
@@ -318,15 +334,16 @@ TrainerState Trainer::state() const {
 
 void Trainer::restore(const TrainerState& s) {
   MOE_CHECK(s.iteration >= 0 && s.consumed_samples >= 0 && s.skipped_iterations >= 0 &&
-                s.optimizer_steps >= 0,
+                s.optimizer_steps >= 0 && s.schedule_samples >= 0,
             "Trainer::restore: negative counters (iteration ", s.iteration, ", consumed samples ",
             s.consumed_samples, ", skipped ", s.skipped_iterations, ", optimizer steps ",
-            s.optimizer_steps, ")");
+            s.optimizer_steps, ", schedule samples ", s.schedule_samples, ")");
   iteration_ = s.iteration;
   consumed_samples_ = s.consumed_samples;
   skipped_ = s.skipped_iterations;
   skipped_in_a_row_ = 0;
   optimizer_->set_steps_taken(s.optimizer_steps);
+  schedule_samples_ = s.schedule_samples;
   train_.set_position(s.train_position);
   if (valid_) valid_->set_position(s.valid_position);
 }

@@ -19,8 +19,9 @@
 //           iteration and the value (the run stops, nothing more is saved)
 //     stop: throw moe::Error naming the iteration and the value (Megatron's
 //           --check-for-nan-in-loss-and-grad); model and optimizer unchanged
-//   else: AdamW step at lr(n), weight_decay(n) with n = optimizer steps taken so far
-//         (LrSchedule: the first step uses lr(0)), then model.finish_step() (expert bias)
+//   else: AdamW step at lr(n), weight_decay(n) with n = the samples of the updates taken so far
+//         (Megatron's scheduler position: each taken update adds the global batch; LrSchedule:
+//         the first step uses lr(0)), then model.finish_step() (expert bias)
 //   iteration += 1, consumed_samples += global_batch_size (skipped iterations count: the data
 //   was consumed, as Megatron counts them).
 //
@@ -62,13 +63,20 @@ struct TrainConfig {
                                   // one device: num_microbatches = global / micro)
   int64_t seq_length = 128;       // --seq-length
   int64_t train_iters = 0;        // --train-iters (the run's length, and the schedules' default)
+  // --train-samples (0: iteration-based). The run is then train_samples / global_batch_size
+  // iterations (Megatron's update_train_iters: the remainder is not trained), which train_iters
+  // must hold (the run sets it once the global batch is known: iterations_of_samples()), and
+  // the schedules count samples (--lr-decay-samples, ...: lr_schedule.h).
+  int64_t train_samples = 0;
   int64_t eval_interval = 0;      // --eval-interval (0: no evaluation; run_training)
   int64_t eval_iters = 0;         // --eval-iters (iterations of global_batch_size samples each)
   int64_t log_interval = 1;       // --log-interval
   uint64_t seed = 1234;           // --seed: the caller builds the model and the data sources
                                   // from it; the trainer itself draws nothing
-  LrScheduleConfig schedule;      // --lr ... ; decay_iters = 0 and train_iters = 0 default to
-                                  // --train-iters, as Megatron's --lr-decay-iters does
+  LrScheduleConfig schedule;      // --lr ... ; decay_iters / decay_samples = 0 and
+                                  // train_iters / train_samples = 0 default to the run's
+                                  // length, as Megatron's --lr-decay-iters / -samples do
+                                  // (resolved_schedule())
   OptimizerConfig optimizer;      // --adam-beta1 ... --clip-grad
   NanAction nan_action = NanAction::skip;  // --nan-action skip|stop
   // --calculate-per-token-loss (Megatron): the lm loss of a step is the sum over the global
@@ -86,7 +94,15 @@ struct TrainConfig {
   }
   // Checks the batch and interval flags; names the flags of anything inconsistent.
   void validate(int64_t data_parallel_size = 1) const;
+  // --train-samples' iterations for this global batch: train_samples / global_batch_size.
+  int64_t iterations_of_samples() const { return train_samples / global_batch_size; }
 };
+
+// The schedule the trainer runs for `config` (Megatron's get_optimizer_param_scheduler): the
+// decay and the weight-decay increment over the run's length (--train-iters, or --train-samples
+// for a sample-based run) unless given, and the global batch an iteration-based schedule's
+// lengths are multiplied by.
+LrScheduleConfig resolved_schedule(const TrainConfig& config);
 
 // The parallel mapping of a run (null state: one rank) and Megatron's DDP options.
 struct TrainParallel {
@@ -115,7 +131,10 @@ struct TrainerState {
   int64_t iteration = 0;           // iterations run, skipped ones included
   int64_t consumed_samples = 0;    // training samples consumed
   int64_t skipped_iterations = 0;  // iterations whose update was dropped (NaN/Inf)
-  int64_t optimizer_steps = 0;     // updates taken: the schedules' step count
+  int64_t optimizer_steps = 0;     // updates taken (AdamW's step count)
+  // The samples of the updates taken (each adds its global batch): the schedules' position,
+  // Megatron's OptimizerParamScheduler num_steps.
+  int64_t schedule_samples = 0;
   int64_t train_position = 0;      // train BatchSource::position()
   int64_t valid_position = 0;      // validation BatchSource::position() (0 without one)
 };
@@ -149,6 +168,8 @@ class Trainer {
   int64_t consumed_samples() const { return consumed_samples_; }
   int64_t skipped_iterations() const { return skipped_; }
   int64_t optimizer_steps() const { return optimizer_->steps_taken(); }
+  // The schedules' position: the samples of the updates taken (TrainerState::schedule_samples).
+  int64_t schedule_samples() const { return schedule_samples_; }
   Optimizer& optimizer() { return *optimizer_; }
   // Null on one rank.
   const dist::ParallelState* parallel_state() const { return parallel_.state.get(); }
@@ -188,6 +209,7 @@ class Trainer {
   int64_t consumed_samples_ = 0;
   int64_t skipped_ = 0;
   int64_t skipped_in_a_row_ = 0;  // not saved: a resumed run counts again from 0
+  int64_t schedule_samples_ = 0;
 };
 
 }  // namespace moe::train
