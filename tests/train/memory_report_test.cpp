@@ -110,26 +110,31 @@ TEST(MemoryReport, GathersInRankOrderAndFormatsEveryRank) {
   std::vector<RankMemory> gathered;
   dist::run_local(3, [&](std::shared_ptr<dist::ProcessGroup> world) {
     const int64_t r = world->rank();
-    const RankMemory mine{(r + 1) << 20, (r + 2) << 20, (r + 3) << 20, (r + 4) << 20};
+    const RankMemory mine{(r + 1) << 20, (r + 2) << 20, (r + 3) << 20, (r + 4) << 20,
+                          (r + 5) << 20};
     const std::vector<RankMemory> all = gather_rank_memory(mine, world, Device::cpu());
     if (r == 0) gathered = all;
   });
   ASSERT_EQ(gathered.size(), 3u);
   for (int64_t r = 0; r < 3; ++r) {
     EXPECT_EQ(gathered[static_cast<size_t>(r)].parameter_bytes, (r + 1) << 20);
-    EXPECT_EQ(gathered[static_cast<size_t>(r)].peak_bytes, (r + 4) << 20);
+    EXPECT_EQ(gathered[static_cast<size_t>(r)].activation_bytes, (r + 4) << 20);
+    EXPECT_EQ(gathered[static_cast<size_t>(r)].peak_bytes, (r + 5) << 20);
   }
   const std::string report = format_memory_report(gathered);
   EXPECT_NE(report.find("memory per rank (MiB): parameters | gradients"), std::string::npos);
-  EXPECT_NE(report.find("  rank 2:       3.00 |       4.00 |       5.00\n"), std::string::npos)
+  EXPECT_NE(report.find("| activations of one micro-batch (estimate)\n"), std::string::npos)
+      << report;
+  EXPECT_NE(report.find("  rank 2:       3.00 |       4.00 |       5.00 |       6.00\n"),
+            std::string::npos)
       << report;
   const std::string peaks = format_peak_memory(gathered, 1, Device::cpu());
   EXPECT_EQ(peaks,
-            "peak memory after iteration 1 (MiB, process peak RSS): rank 0 4.0, rank 1 5.0, "
-            "rank 2 6.0\n");
+            "peak memory after iteration 1 (MiB, process peak RSS): rank 0 5.0, rank 1 6.0, "
+            "rank 2 7.0\n");
   // One rank: no communication at all.
-  EXPECT_EQ(gather_rank_memory(RankMemory{1, 2, 3, 4}, nullptr, Device::cpu())[0].optimizer_bytes,
-            3);
+  EXPECT_EQ(
+      gather_rank_memory(RankMemory{1, 2, 3, 4, 5}, nullptr, Device::cpu())[0].optimizer_bytes, 3);
   EXPECT_GT(measure_peak_memory(Device::cpu()), 0);
 }
 

@@ -3,6 +3,9 @@
 // tensor, and under expert tensor parallelism the slice [etp F/ETP, +F/ETP) of each expert's
 // FFN dim (nn::ParamLayout, nn/parameter.h: fc1 [E, 2F, H] viewed as [E, 2, F, H], fc2
 // [E, H, F]). DeepSeek-V3 has 256 experts in each of 58 layers: a rank of EP 8 reads 1/8 of them.
+// Under tensor parallelism the dense tensors a rank splits are boxes of the same kind (a dense
+// MLP's fc1 [2F, H] viewed as [2, F, H], q_proj [Hq D, H] split by rows, o_proj [H, Hq D] by
+// columns, embed_tokens / lm_head [V, H] by rows: nn/tensor_parallel.h).
 //
 // The moecore tensor's global shape G (hf_names.h) holds its HF parts as boxes: part p of
 // expert e is the box (e, r_p, 0) of shape (1, R_p, C) of a stacked [E, R, C] tensor (r_p the

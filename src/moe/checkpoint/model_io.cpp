@@ -47,8 +47,8 @@ struct Target {
   Tensor* value = nullptr;
   const nn::Parameter* parameter = nullptr;
 
-  // Whether the model holds only a box of the tensor (expert parallelism): then only the box is
-  // read (box_load.h).
+  // Whether the model holds only a box of the tensor (expert or tensor parallelism): then only
+  // the box is read (box_load.h).
   bool boxed() const {
     return parameter && nn::box_shape_of(*parameter) != nn::view_shape_of(*parameter);
   }

@@ -74,8 +74,12 @@ std::unique_ptr<nn::GPTModel> load_model(const std::string& dir, DType dtype, De
 // of each stacked expert tensor (nn::ParamLayout): each such parameter is filled with its box
 // alone, reading only the HF tensors of the box's experts, and of them only the rows that hold
 // the ETP slice (a moecore folder: only the box's experts of the mapped stacked tensor);
-// box_load.h. Every check above applies to what is read. A parameter that holds its whole
-// tensor (dense ones; every one of a one-rank model) is read whole.
+// box_load.h. A model built for tensor parallelism (nn::ModelGroups::tp) holds boxes of the
+// dense tensors it splits, read the same way: of a column-parallel one (q/k/v_proj, MLA's
+// q_b_proj / kv_b_proj, gate/up_proj of dense MLPs and shared experts, embed_tokens, lm_head)
+// only its rows, of a row-parallel one (o_proj, down_proj) every row, cut to its columns.
+// Every check above applies to what is read. A parameter that holds its whole tensor
+// (replicated ones; every one of a one-rank model) is read whole.
 void load_weights(nn::GPTModel& model, const std::string& dir, CheckpointFormat format,
                   const nn::ModelConfig& file_config);
 // The same from any tensor source (`dir`'s is a CheckpointTensorSource over its safetensors)

@@ -3,6 +3,8 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -15,7 +17,7 @@
 namespace moe::train {
 namespace {
 
-constexpr int kFields = 4;  // parameters, gradients, optimizer, peak
+constexpr int kFields = 5;  // parameters, gradients, optimizer, activations, peak
 
 double mib(int64_t bytes) {
   return static_cast<double>(bytes) / (1024.0 * 1024.0);
@@ -35,8 +37,75 @@ int64_t proc_peak_rss() {
 
 }  // namespace
 
+LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
+  const double h = static_cast<double>(c.hidden_size);
+  LayerActivations a;
+  const bool mtp = layer >= c.num_layers;
+  if (mtp) {
+    a.between += 5 * h;  // enorm's and hnorm's inputs, eh_proj's input [T, 2H], the final norm's
+    a.gathered += h;     // the output layer's input
+  }
+  a.between += 2 * h;  // input_layernorm's and post_attention_layernorm's inputs
+  a.gathered += h;     // attention's input, gathered over the sequence
+  const double qk_norm = c.qk_layernorm ? 1.0 : 0.0;
+  if (c.attention_type == nn::AttentionType::mla) {
+    const nn::MlaConfig& m = c.mla;
+    const double heads = static_cast<double>(c.num_attention_heads);
+    const double qk = static_cast<double>(m.qk_head_dim + m.qk_pos_emb_head_dim);
+    const double v = static_cast<double>(m.v_head_dim);
+    // The replicated latents (and the latent norms' inputs) on every token of the sequence.
+    a.gathered += (1 + qk_norm) * static_cast<double>(m.q_lora_rank + m.kv_lora_rank);
+    a.split += heads * (2 * qk + 2 * v);  // q, k, v, the attention output
+  } else {
+    const int64_t groups = c.num_query_groups > 0 ? c.num_query_groups : c.num_attention_heads;
+    const double q = static_cast<double>(c.num_attention_heads * c.head_dim());
+    const double kv = static_cast<double>(groups * c.head_dim());
+    a.split += (2 + qk_norm) * (q + kv);  // q, k, v, the output (+ the QK-norms' inputs)
+  }
+  const bool moe = c.is_moe_layer(mtp ? c.num_layers - 1 : layer);
+  if (!moe) {
+    a.gathered += h;  // the dense MLP's input
+    a.split += 3 * static_cast<double>(c.ffn_hidden_size);
+    return a;
+  }
+  const nn::MoEConfig& e = c.moe;
+  const double k = static_cast<double>(e.moe_router_topk);
+  const double etp = static_cast<double>(std::max(e.expert_tensor_parallel_size, 1));
+  // On the sequence shard: the router's input, the rows the experts receive (top-k copies of
+  // each token, gathered over ETP) and their fc1 output and activation at width F / ETP.
+  a.split += h + k * etp * h + 3 * k * static_cast<double>(e.moe_ffn_hidden_size);
+  if (e.moe_shared_expert_intermediate_size > 0) {
+    a.gathered += h;  // the shared expert's input, every token of the TP group
+    a.split += 3 * static_cast<double>(e.moe_shared_expert_intermediate_size);
+  }
+  return a;
+}
+
+int64_t activation_bytes_estimate(const nn::ModelConfig& c, const ActivationShape& shape) {
+  MOE_CHECK(shape.tensor_parallel >= 1, "activation estimate: TP size ", shape.tensor_parallel,
+            " must be at least 1");
+  const double t = shape.tensor_parallel;
+  const double t_sp = shape.sequence_parallel ? t : 1.0;
+  const double h = static_cast<double>(c.hidden_size);
+  double per_token = h / t_sp + h;  // the final norm's input, the output layer's input
+  for (int64_t l = 0; l < c.num_layers + c.mtp_num_layers; ++l) {
+    const LayerActivations a = layer_activations(c, l);
+    per_token += a.between / t_sp + a.gathered + a.split / t;
+  }
+  const double tokens = static_cast<double>(shape.micro_batch_size * shape.seq_length);
+  return static_cast<int64_t>(
+      std::llround(tokens * per_token * static_cast<double>(dtype_size(shape.dtype))));
+}
+
 RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
   RankMemory m;
+  ActivationShape shape;
+  shape.micro_batch_size = trainer.config().micro_batch_size;
+  shape.seq_length = trainer.config().seq_length;
+  shape.dtype = model.dtype();
+  shape.tensor_parallel = model.groups().tp.size();
+  shape.sequence_parallel = model.groups().tp.sequence_parallel;
+  m.activation_bytes = activation_bytes_estimate(model.config(), shape);
   if (DataParallel* ddp = trainer.data_parallel()) {
     for (ParamAndGradBuffer* b : ddp->buffers()) {
       m.parameter_bytes += static_cast<int64_t>(b->param_data().nbytes());
@@ -72,7 +141,7 @@ std::vector<RankMemory> gather_rank_memory(const RankMemory& mine,
                                            Device device) {
   if (!world || world->size() == 1) return {mine};
   const std::vector<int64_t> local = {mine.parameter_bytes, mine.gradient_bytes,
-                                      mine.optimizer_bytes, mine.peak_bytes};
+                                      mine.optimizer_bytes, mine.activation_bytes, mine.peak_bytes};
   const Tensor in = Tensor::from_vector(local, {kFields}, device);
   Tensor out = Tensor::zeros({static_cast<int64_t>(world->size()) * kFields}, DType::i64, device);
   world->all_gather(in, out);
@@ -80,7 +149,7 @@ std::vector<RankMemory> gather_rank_memory(const RankMemory& mine,
   std::vector<RankMemory> ranks(static_cast<size_t>(world->size()));
   for (size_t r = 0; r < ranks.size(); ++r) {
     const int64_t* f = all.data() + r * kFields;
-    ranks[r] = RankMemory{f[0], f[1], f[2], f[3]};
+    ranks[r] = RankMemory{f[0], f[1], f[2], f[3], f[4]};
   }
   return ranks;
 }
@@ -88,12 +157,12 @@ std::vector<RankMemory> gather_rank_memory(const RankMemory& mine,
 std::string format_memory_report(const std::vector<RankMemory>& ranks) {
   std::string text =
       "memory per rank (MiB): parameters | gradients (fp32 main) | optimizer state (masters + "
-      "moments)\n";
+      "moments) | activations of one micro-batch (estimate)\n";
   char line[160];
   for (size_t r = 0; r < ranks.size(); ++r) {
-    std::snprintf(line, sizeof line, "  rank %zu: %10.2f | %10.2f | %10.2f\n", r,
+    std::snprintf(line, sizeof line, "  rank %zu: %10.2f | %10.2f | %10.2f | %10.2f\n", r,
                   mib(ranks[r].parameter_bytes), mib(ranks[r].gradient_bytes),
-                  mib(ranks[r].optimizer_bytes));
+                  mib(ranks[r].optimizer_bytes), mib(ranks[r].activation_bytes));
     text += line;
   }
   return text;
