@@ -335,7 +335,7 @@ TEST(Attention, RejectsBadInput) {
   EXPECT_NO_THROW(attention_forward(q, k, v));
   EXPECT_THROW(attention_forward(q, t({2, 5, 3, 8}), t({2, 5, 3, 3})), moe::Error);  // 4 % 3
   EXPECT_THROW(attention_forward(q, t({2, 5, 2, 7}), v), moe::Error);                // D of k
-  EXPECT_THROW(attention_forward(q, t({2, 6, 2, 8}), v), moe::Error);                // S of k
+  EXPECT_THROW(attention_forward(q, t({2, 6, 2, 8}), v), moe::Error);                // Sk: k 6, v 5
   EXPECT_THROW(attention_forward(q, k, t({2, 5, 1, 3})), moe::Error);                // Hkv of v
   EXPECT_THROW(attention_forward(q, k, t({1, 5, 2, 3})), moe::Error);                // B of v
   EXPECT_THROW(attention_forward(t({2, 5, 32}), k, v), moe::Error);                  // rank

@@ -1,6 +1,7 @@
 // Attention: public entry points (argument checks, device dispatch) and the CPU reference, a
 // direct transcription of the formulas in attention.h, one query row at a time, computed in f64
-// for f64 inputs and in f32 otherwise. It materialises one row of scores at a time, never S x S.
+// for f64 inputs and in f32 otherwise. It materialises one row of scores at a time, never
+// Sq x Sk.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -55,7 +56,8 @@ AttentionShape check_qkv(const Tensor& q, const Tensor& k, const Tensor& v,
   shape.causal = options.causal;
   const bool bshd = options.layout == AttentionLayout::bshd;
   shape.batch = q.size(bshd ? 0 : 1);
-  shape.seq = q.size(bshd ? 1 : 0);
+  shape.q_seq = q.size(bshd ? 1 : 0);
+  shape.kv_seq = k.size(bshd ? 1 : 0);
   shape.q_heads = q.size(2);
   shape.head_dim = q.size(3);
   shape.kv_heads = k.size(2);
@@ -65,12 +67,21 @@ AttentionShape check_qkv(const Tensor& q, const Tensor& k, const Tensor& v,
             shape.kv_heads, "); q ", shape_str(q.shape()), ", k ", shape_str(k.shape()));
   MOE_CHECK(shape.head_dim >= 1 && shape.v_head_dim >= 1, op, ": head dims must be positive; q ",
             shape_str(q.shape()), ", v ", shape_str(v.shape()));
-  check_probs_dropout(options.dropout, shape.q_heads, shape.seq, op);
-  check_shape(k, layout_shape(shape.layout, shape.batch, shape.seq, shape.kv_heads, shape.head_dim),
+  check_shape(k,
+              layout_shape(shape.layout, shape.batch, shape.kv_seq, shape.kv_heads, shape.head_dim),
               op, "k");
-  check_shape(v,
-              layout_shape(shape.layout, shape.batch, shape.seq, shape.kv_heads, shape.v_head_dim),
-              op, "v");
+  check_shape(
+      v, layout_shape(shape.layout, shape.batch, shape.kv_seq, shape.kv_heads, shape.v_head_dim),
+      op, "v");
+  MOE_CHECK(shape.kv_seq >= 1 || shape.q_seq == 0, op, ": ", shape.q_seq,
+            " query rows need at least one key, got an empty key sequence; q ",
+            shape_str(q.shape()), ", k ", shape_str(k.shape()));
+  MOE_CHECK(options.causal_offset >= 0, op, ": causal_offset must be >= 0 (query row i sees keys ",
+            "j <= i + causal_offset), got ", options.causal_offset);
+  // Not causal: no offset (so equal problems share one cuDNN graph). Clamped to Sk: beyond
+  // Sk - 1 every row sees all keys anyway (attention_cuda.h).
+  shape.causal_offset = shape.causal ? std::min(options.causal_offset, shape.kv_seq) : 0;
+  check_probs_dropout(options.dropout, shape.q_heads, shape.q_seq, shape.kv_seq, op);
   shape.scale = attention_scale(options, shape.head_dim);
   MOE_CHECK(std::isfinite(shape.scale), op, ": softmax_scale must be finite, got ", shape.scale);
   if (q.is_cuda()) {
@@ -83,7 +94,7 @@ AttentionShape check_qkv(const Tensor& q, const Tensor& k, const Tensor& v,
 }
 
 Shape out_shape(const AttentionShape& s) {
-  return layout_shape(s.layout, s.batch, s.seq, s.q_heads, s.v_head_dim);
+  return layout_shape(s.layout, s.batch, s.q_seq, s.q_heads, s.v_head_dim);
 }
 
 // Offset of element (b, t, h, 0).
@@ -96,11 +107,6 @@ A dot(const T* x, const T* y, int64_t n) {
   A sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += static_cast<A>(x[i]) * static_cast<A>(y[i]);
   return sum;
-}
-
-// Keys visible from query row i: [0, i] when causal, all S otherwise.
-int64_t visible_keys(const AttentionShape& s, int64_t i) {
-  return s.causal ? i + 1 : s.seq;
 }
 
 // c M_ij of attention dropout (attention.h) for query row i of (b, h) and key j: 0 or 1 / (1 - p).
@@ -117,8 +123,7 @@ struct DropoutRow {
         base(dropout_probs_index(shape.dropout.first_sample, shape.dropout.head_offset,
                                  static_cast<uint64_t>(shape.dropout.global_heads(shape.q_heads)),
                                  shape.dropout.query_offset, shape.dropout.key_offset,
-                                 static_cast<uint64_t>(shape.dropout.global_seq(shape.seq)), b, h,
-                                 i, 0)) {}
+                                 static_cast<uint64_t>(shape.dropout_seq_total()), b, h, i, 0)) {}
   A operator()(int64_t j) const {
     return dropout_keep(s.dropout.key, base + static_cast<uint64_t>(j), p) ? scale : A(0);
   }
@@ -126,10 +131,10 @@ struct DropoutRow {
 
 void forward_cpu(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                  Tensor& out, Tensor& lse) {
-  const AttentionStrides qs = s.strides(s.q_heads, s.head_dim);
-  const AttentionStrides ks = s.strides(s.kv_heads, s.head_dim);
-  const AttentionStrides vs = s.strides(s.kv_heads, s.v_head_dim);
-  const AttentionStrides os = s.strides(s.q_heads, s.v_head_dim);
+  const AttentionStrides qs = s.q_strides();
+  const AttentionStrides ks = s.k_strides();
+  const AttentionStrides vs = s.v_strides();
+  const AttentionStrides os = s.out_strides();
   dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
       q.dtype(), "attention_forward", [&]<class T>() {
         using A = Acc<T>;
@@ -139,14 +144,14 @@ void forward_cpu(const AttentionShape& s, const Tensor& q, const Tensor& k, cons
         T* op = out.data<T>();
         A* lp = lse.data<A>();
         const A scale = static_cast<A>(s.scale);
-        std::vector<A> scores(static_cast<size_t>(s.seq));
+        std::vector<A> scores(static_cast<size_t>(s.kv_seq));
         std::vector<A> row(static_cast<size_t>(s.v_head_dim));
         for (int64_t b = 0; b < s.batch; ++b) {
           for (int64_t h = 0; h < s.q_heads; ++h) {
             const int64_t g = h / s.group();
-            for (int64_t i = 0; i < s.seq; ++i) {
+            for (int64_t i = 0; i < s.q_seq; ++i) {
               const T* qi = qp + at(qs, b, i, h);
-              const int64_t n = visible_keys(s, i);
+              const int64_t n = s.visible_keys(i);
               A m = -std::numeric_limits<A>::infinity();
               for (int64_t j = 0; j < n; ++j) {
                 scores[j] = scale * dot<T, A>(qi, kp + at(ks, b, j, g), s.head_dim);
@@ -165,7 +170,7 @@ void forward_cpu(const AttentionShape& s, const Tensor& q, const Tensor& k, cons
               }
               T* oi = op + at(os, b, i, h);
               for (int64_t d = 0; d < s.v_head_dim; ++d) oi[d] = T(row[d] / l);
-              lp[(b * s.q_heads + h) * s.seq + i] = m + std::log(l);
+              lp[(b * s.q_heads + h) * s.q_seq + i] = m + std::log(l);
             }
           }
         }
@@ -175,10 +180,10 @@ void forward_cpu(const AttentionShape& s, const Tensor& q, const Tensor& k, cons
 void backward_cpu(const AttentionShape& s, const Tensor& grad_out, const Tensor& q, const Tensor& k,
                   const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk,
                   Tensor& dv) {
-  const AttentionStrides qs = s.strides(s.q_heads, s.head_dim);
-  const AttentionStrides ks = s.strides(s.kv_heads, s.head_dim);
-  const AttentionStrides vs = s.strides(s.kv_heads, s.v_head_dim);
-  const AttentionStrides os = s.strides(s.q_heads, s.v_head_dim);
+  const AttentionStrides qs = s.q_strides();
+  const AttentionStrides ks = s.k_strides();
+  const AttentionStrides vs = s.v_strides();
+  const AttentionStrides os = s.out_strides();
   dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
       q.dtype(), "attention_backward", [&]<class T>() {
         using A = Acc<T>;
@@ -197,15 +202,16 @@ void backward_cpu(const AttentionShape& s, const Tensor& grad_out, const Tensor&
         for (int64_t b = 0; b < s.batch; ++b) {
           for (int64_t h = 0; h < s.q_heads; ++h) {
             const int64_t g = h / s.group();
-            for (int64_t i = 0; i < s.seq; ++i) {
+            for (int64_t i = 0; i < s.q_seq; ++i) {
               const T* qi = qp + at(qs, b, i, h);
               const T* doi = gp + at(os, b, i, h);
               const A delta = dot<T, A>(doi, op + at(os, b, i, h), s.v_head_dim);
-              const A lse_i = lp[(b * s.q_heads + h) * s.seq + i];
+              const A lse_i = lp[(b * s.q_heads + h) * s.q_seq + i];
               std::fill(dq_row.begin(), dq_row.end(), A(0));
               const bool drop = s.dropout.active();
               const DropoutRow<A> mask(s, b, h, i);
-              for (int64_t j = 0; j < visible_keys(s, i); ++j) {
+              const int64_t n = s.visible_keys(i);
+              for (int64_t j = 0; j < n; ++j) {
                 const T* kj = kp + at(ks, b, j, g);
                 const T* vj = vp + at(vs, b, j, g);
                 const A p_soft = std::exp(scale * dot<T, A>(qi, kj, s.head_dim) - lse_i);
@@ -264,7 +270,7 @@ AttentionBackend attention_backend_for(const Tensor& q, const Tensor& k, const T
     if (reason) *reason = "attention dropout: the cuDNN graphs are built without dropout";
     return AttentionBackend::native;
   }
-  if (shape.batch == 0 || shape.seq == 0) {
+  if (shape.batch == 0 || shape.q_seq == 0) {
     if (reason) *reason = "empty inputs: no kernel runs";
     return AttentionBackend::native;
   }
@@ -291,8 +297,8 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
   const AttentionShape shape = check_qkv(q, k, v, options, op);
   AttentionOutput result;
   result.out = Tensor::empty(out_shape(shape), q.dtype(), q.device());
-  result.lse =
-      Tensor::empty({shape.batch, shape.q_heads, shape.seq}, lse_dtype_for(q.dtype()), q.device());
+  result.lse = Tensor::empty({shape.batch, shape.q_heads, shape.q_seq}, lse_dtype_for(q.dtype()),
+                             q.device());
   if (q.is_cuda()) {
     MOE_CUDA_ONLY(
         if (!options.dropout.active() &&
@@ -318,7 +324,7 @@ AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q, const
   check_defined(lse, op, "lse");
   check_shape(out, out_shape(shape), op, "out");
   check_shape(grad_out, out_shape(shape), op, "grad_out");
-  check_shape(lse, {shape.batch, shape.q_heads, shape.seq}, op, "lse");
+  check_shape(lse, {shape.batch, shape.q_heads, shape.q_seq}, op, "lse");
   check_dtype(out, q.dtype(), op, "out");
   check_dtype(grad_out, q.dtype(), op, "grad_out");
   check_dtype(lse, lse_dtype_for(q.dtype()), op, "lse");
@@ -327,6 +333,11 @@ AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q, const
   check_same_device(q, lse, op);
   AttentionGrads grads;
   grads.q = Tensor::empty(q.shape(), q.dtype(), q.device());
+  if (shape.batch == 0 || shape.q_seq == 0) {  // no query row: the keys get no gradient
+    grads.k = Tensor::zeros(k.shape(), k.dtype(), k.device());
+    grads.v = Tensor::zeros(v.shape(), v.dtype(), v.device());
+    return grads;
+  }
   grads.k = Tensor::empty(k.shape(), k.dtype(), k.device());
   grads.v = Tensor::empty(v.shape(), v.dtype(), v.device());
   if (q.is_cuda()) {

@@ -3,9 +3,16 @@
 //
 // Tiles. A tile is 32 query rows or 32 keys (one key per lane). A block has 8 warps; warp w owns
 // the tile rows w, w + 8, w + 16, w + 24 (kRowsPerWarp = 4). Tiles of Q, K, V, dO are copied to
-// shared memory as fp32 (rows past S become zeros, so the last partial tile needs no special
-// path); K and V rows use an odd stride so that "lane j reads row j at column d" hits 32
+// shared memory as fp32 (rows past Sq or Sk become zeros, so the last partial tile needs no
+// special path); K and V rows use an odd stride so that "lane j reads row j at column d" hits 32
 // different banks.
+//
+// Causal mask with an offset (attention.h): query row i sees keys j <= i + o (o = causal_offset,
+// clamped to Sk, so i + o stays an int). Query tiles start at multiples of 32 of the query
+// sequence and key tiles at multiples of 32 of the key sequence; the block-skipping bounds come
+// from the offset: the rows i0..i0+31 see keys below i0 + 32 + o (the forward's and dq's last key
+// tile), and key j0 is seen by rows i >= j0 - o (the dk/dv pass's first query row, not
+// necessarily a tile multiple). With Sq = Sk and o = 0 these are the plain causal bounds.
 //
 // Forward (one block per (query tile, query head, batch)): for each key tile up to the causal
 // limit, lane j computes the scores of key j against the warp's 4 rows, a warp reduction gives
@@ -14,11 +21,12 @@
 // c, c + 32, ... Output = acc / l; lse = m + log l.
 //
 // Backward, atomics-free and deterministic, in three kernels:
-//   delta: Delta_i = <dout_i, out_i>, one warp per row (fp32 workspace [B, Hq, S]);
+//   delta: Delta_i = <dout_i, out_i>, one warp per row (fp32 workspace [B, Hq, Sq]);
 //   dk/dv: one block per (key tile, kv head, batch); it loops over the kv head's query heads and
-//          the query tiles at or after the key tile (causal), recomputes P and dS for the 32 x 32
-//          pairs, and accumulates dk, dv in registers (warp w owns keys 4w..4w+3, lanes own
-//          columns), so the GQA sum over query heads needs no atomics;
+//          the query rows that can see the key tile (causal: from j0 - o on, 32 at a time),
+//          recomputes P and dS for the 32 x 32 pairs, and accumulates dk, dv in registers
+//          (warp w owns keys 4w..4w+3, lanes own columns), so the GQA sum over query heads
+//          needs no atomics; keys that no row sees get dk = dv = 0;
 //   dq:    one block per (query tile, query head, batch), looping over key tiles like the
 //          forward, recomputing P and dS again.
 // Everything is computed in fp32 from the stored values (bf16 inputs are widened on load).
@@ -56,13 +64,15 @@ struct Args {
   const T* out;
   const T* dout;
   AttentionStrides qs, ks, vs, os;  // os: out and dout
-  int seq;
+  int q_seq;                        // Sq
+  int kv_seq;                       // Sk
   int q_heads;
   int group;  // query heads per kv head
   int head_dim;
   int v_head_dim;
   float scale;
   bool causal;
+  int causal_offset;  // o: row i sees keys j <= i + o (0 <= o <= Sk; 0 when not causal)
   // Dropout of the probabilities (drop false: none).
   bool drop;
   float drop_p;
@@ -98,7 +108,7 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 // dst[r * dst_stride + d] = src(b, t0 + r, h, d) as float for r < kTile, d < dim; zeros for
-// rows t0 + r >= seq. All threads of the block take part.
+// rows t0 + r >= seq (the tensor's own sequence length). All threads of the block take part.
 template <class T>
 __device__ void load_tile(float* dst, int dst_stride, const T* src, const AttentionStrides& st,
                           int64_t b, int t0, int h, int seq, int dim) {
@@ -110,7 +120,7 @@ __device__ void load_tile(float* dst, int dst_stride, const T* src, const Attent
   }
 }
 
-// Fills rows[r] = src[b, h, i0 + r] for r < kTile (zeros past seq): lse or Delta of a tile.
+// Fills rows[r] = src[b, h, i0 + r] for r < kTile (zeros past seq = Sq): lse or Delta of a tile.
 __device__ void load_row_stats(float* rows, const float* src, int64_t b, int h, int q_heads, int i0,
                                int seq) {
   if (threadIdx.x < kTile) {
@@ -135,8 +145,18 @@ __device__ __forceinline__ void tile_dots(float (&s)[kRowsPerWarp], const float*
   }
 }
 
-__device__ __forceinline__ bool visible(int i, int j, int seq, bool causal) {
-  return i < seq && j < seq && (!causal || j <= i);
+// Whether query row i sees key j (both local indices; false past Sq or Sk).
+template <class T>
+__device__ __forceinline__ bool visible(const Args<T>& a, int i, int j) {
+  return i < a.q_seq && j < a.kv_seq && (!a.causal || j <= i + a.causal_offset);
+}
+
+// The end (exclusive) of the keys that query rows [i0, i0 + kTile) see: the key-tile loop bound
+// of the forward and the dq pass.
+template <class T>
+__device__ __forceinline__ int key_end_for(const Args<T>& a, int i0) {
+  if (!a.causal) return a.kv_seq;
+  return static_cast<int>(min(int64_t(a.kv_seq), int64_t(i0) + kTile + a.causal_offset));
 }
 
 // c M_ij for query row i, key j of (b, h): 1 / (1 - p) when kept, 0 when dropped (dropout.h),
@@ -168,7 +188,7 @@ __global__ void __launch_bounds__(kThreads)
   const int g = h / a.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  load_tile(q_tile, D, a.q, a.qs, b, i0, h, a.seq, D);
+  load_tile(q_tile, D, a.q, a.qs, b, i0, h, a.q_seq, D);
 
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kCols];
 #pragma unroll
@@ -179,11 +199,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < kCols; ++c) acc[r][c] = 0.0f;
   }
 
-  const int key_end = a.causal ? min(a.seq, i0 + kTile) : a.seq;
+  const int key_end = key_end_for(a, i0);
   for (int j0 = 0; j0 < key_end; j0 += kTile) {
     __syncthreads();  // the previous tile's K, V reads are done (and q_tile is written)
-    load_tile(k_tile, odd_stride(D), a.k, a.ks, b, j0, g, a.seq, D);
-    load_tile(v_tile, Dv, a.v, a.vs, b, j0, g, a.seq, Dv);
+    load_tile(k_tile, odd_stride(D), a.k, a.ks, b, j0, g, a.kv_seq, D);
+    load_tile(v_tile, Dv, a.v, a.vs, b, j0, g, a.kv_seq, Dv);
     __syncthreads();
 
     float s[kRowsPerWarp];
@@ -191,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int row = warp + kWarps * r;
-      const float x = visible(i0 + row, j0 + lane, a.seq, a.causal) ? s[r] * a.scale : -INFINITY;
+      const float x = visible(a, i0 + row, j0 + lane) ? s[r] * a.scale : -INFINITY;
       const float m_new = fmaxf(m[r], warp_max(x));
       // A row that has seen no visible key yet keeps m = -inf; measuring from 0 then gives
       // p = 0 and correction 0 instead of exp(-inf + inf) = NaN.
@@ -226,7 +246,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int i = i0 + warp + kWarps * r;
-    if (i >= a.seq) continue;
+    if (i >= a.q_seq) continue;
     const float inv = 1.0f / l[r];
     T* o = out + offset_of(a.os, b, i, h);
 #pragma unroll
@@ -234,21 +254,21 @@ __global__ void __launch_bounds__(kThreads)
       const int d = lane + 32 * c;
       if (d < Dv) cuda::store_float(o + d, acc[r][c] * inv);
     }
-    if (lane == 0) lse[(b * a.q_heads + h) * int64_t(a.seq) + i] = m[r] + logf(l[r]);
+    if (lane == 0) lse[(b * a.q_heads + h) * int64_t(a.q_seq) + i] = m[r] + logf(l[r]);
   }
 }
 
 // ---- backward -------------------------------------------------------------------------------
 
-// Delta_i = <dout_i, out_i>, one warp per row; rows in lse order [B, Hq, S].
+// Delta_i = <dout_i, out_i>, one warp per row; rows in lse order [B, Hq, Sq].
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     attention_delta_kernel(Args<T> a, int64_t rows, float* __restrict__ delta) {
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // uniform across the warp
-  const int i = static_cast<int>(row % a.seq);
-  const int64_t bh = row / a.seq;
+  const int i = static_cast<int>(row % a.q_seq);
+  const int64_t bh = row / a.q_seq;
   const int h = static_cast<int>(bh % a.q_heads);
   const int64_t b = bh / a.q_heads;
   const T* o = a.out + offset_of(a.os, b, i, h);
@@ -288,8 +308,8 @@ struct BackwardTiles {
 };
 
 // P_ij = exp(scale s_ij - lse_i) and dS_ij = P_ij (dP_ij - Delta_i) for the warp's rows and
-// this lane's key, written to the p and ds tiles (zeros for pairs that are masked or past S).
-// With dropout the p tile holds the dropped P (dv's factor) and dS uses the dropped dP.
+// this lane's key, written to the p and ds tiles (zeros for pairs that are masked or out of
+// range). With dropout the p tile holds the dropped P (dv's factor) and dS uses the dropped dP.
 template <class T>
 __device__ __forceinline__ void recompute_p_ds(const Args<T>& a, const BackwardTiles& t, int64_t b,
                                                int h, int i0, int j0, int warp, int lane) {
@@ -299,7 +319,7 @@ __device__ __forceinline__ void recompute_p_ds(const Args<T>& a, const BackwardT
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int row = warp + kWarps * r;
-    const bool on = visible(i0 + row, j0 + lane, a.seq, a.causal);
+    const bool on = visible(a, i0 + row, j0 + lane);
     const float p = on ? expf(s[r] * a.scale - t.lse[row]) : 0.0f;
     if (a.drop) {
       const float c = drop_factor(a, b, h, i0 + row, j0 + lane);
@@ -325,8 +345,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  load_tile(t.k, odd_stride(D), a.k, a.ks, b, j0, g, a.seq, D);
-  load_tile(t.v, odd_stride(Dv), a.v, a.vs, b, j0, g, a.seq, Dv);
+  load_tile(t.k, odd_stride(D), a.k, a.ks, b, j0, g, a.kv_seq, D);
+  load_tile(t.v, odd_stride(Dv), a.v, a.vs, b, j0, g, a.kv_seq, Dv);
 
   float dk_acc[kRowsPerWarp][kDCols], dv_acc[kRowsPerWarp][kDvCols];
 #pragma unroll
@@ -337,15 +357,16 @@ __global__ void __launch_bounds__(kThreads)
     for (int x = 0; x < kDvCols; ++x) dv_acc[c][x] = 0.0f;
   }
 
-  // Rows before j0 see none of this tile's keys when causal (tiles are aligned: both 32).
-  const int first_row = a.causal ? j0 : 0;
+  // Rows before j0 - o see none of this tile's keys when causal (with o = 0 the row tiles start
+  // at j0, aligned as before). Keys no row sees (j0 - o >= Sq) skip the loop: dk = dv = 0.
+  const int first_row = a.causal ? max(0, j0 - a.causal_offset) : 0;
   for (int h = g * a.group; h < (g + 1) * a.group; ++h) {
-    for (int i0 = first_row; i0 < a.seq; i0 += kTile) {
+    for (int i0 = first_row; i0 < a.q_seq; i0 += kTile) {
       __syncthreads();  // the previous pair's tiles are no longer read
-      load_tile(t.q, D, a.q, a.qs, b, i0, h, a.seq, D);
-      load_tile(t.dout, Dv, a.dout, a.os, b, i0, h, a.seq, Dv);
-      load_row_stats(t.lse, lse, b, h, a.q_heads, i0, a.seq);
-      load_row_stats(t.delta, delta, b, h, a.q_heads, i0, a.seq);
+      load_tile(t.q, D, a.q, a.qs, b, i0, h, a.q_seq, D);
+      load_tile(t.dout, Dv, a.dout, a.os, b, i0, h, a.q_seq, Dv);
+      load_row_stats(t.lse, lse, b, h, a.q_heads, i0, a.q_seq);
+      load_row_stats(t.delta, delta, b, h, a.q_heads, i0, a.q_seq);
       __syncthreads();
       recompute_p_ds(a, t, b, h, i0, j0, warp, lane);
       __syncthreads();  // p, ds columns of every key are complete
@@ -380,7 +401,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int c = 0; c < kRowsPerWarp; ++c) {
     const int j = j0 + warp * kRowsPerWarp + c;
-    if (j >= a.seq) continue;
+    if (j >= a.kv_seq) continue;
     T* dk_row = dk + offset_of(a.ks, b, j, g);
     T* dv_row = dv + offset_of(a.vs, b, j, g);
 #pragma unroll
@@ -410,10 +431,10 @@ __global__ void __launch_bounds__(kThreads)
   const int g = h / a.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  load_tile(t.q, D, a.q, a.qs, b, i0, h, a.seq, D);
-  load_tile(t.dout, Dv, a.dout, a.os, b, i0, h, a.seq, Dv);
-  load_row_stats(t.lse, lse, b, h, a.q_heads, i0, a.seq);
-  load_row_stats(t.delta, delta, b, h, a.q_heads, i0, a.seq);
+  load_tile(t.q, D, a.q, a.qs, b, i0, h, a.q_seq, D);
+  load_tile(t.dout, Dv, a.dout, a.os, b, i0, h, a.q_seq, Dv);
+  load_row_stats(t.lse, lse, b, h, a.q_heads, i0, a.q_seq);
+  load_row_stats(t.delta, delta, b, h, a.q_heads, i0, a.q_seq);
 
   float acc[kRowsPerWarp][kDCols];
 #pragma unroll
@@ -421,11 +442,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int x = 0; x < kDCols; ++x) acc[r][x] = 0.0f;
 
-  const int key_end = a.causal ? min(a.seq, i0 + kTile) : a.seq;
+  const int key_end = key_end_for(a, i0);
   for (int j0 = 0; j0 < key_end; j0 += kTile) {
     __syncthreads();  // previous K, V tiles are no longer read (and q, dout, stats are written)
-    load_tile(t.k, odd_stride(D), a.k, a.ks, b, j0, g, a.seq, D);
-    load_tile(t.v, odd_stride(Dv), a.v, a.vs, b, j0, g, a.seq, Dv);
+    load_tile(t.k, odd_stride(D), a.k, a.ks, b, j0, g, a.kv_seq, D);
+    load_tile(t.v, odd_stride(Dv), a.v, a.vs, b, j0, g, a.kv_seq, Dv);
     __syncthreads();
     recompute_p_ds(a, t, b, h, i0, j0, warp, lane);
     __syncwarp();  // this warp's ds rows are written; only this warp reads them
@@ -449,7 +470,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int i = i0 + warp + kWarps * r;
-    if (i >= a.seq) continue;
+    if (i >= a.q_seq) continue;
     T* dq_row = dq + offset_of(a.qs, b, i, h);
 #pragma unroll
     for (int x = 0; x < kDCols; ++x) {
@@ -481,17 +502,19 @@ Args<T> make_args(const AttentionShape& s, const Tensor& q, const Tensor& k, con
   a.v = v.data<T>();
   a.out = out != nullptr ? out->data<T>() : nullptr;
   a.dout = dout != nullptr ? dout->data<T>() : nullptr;
-  a.qs = s.strides(s.q_heads, s.head_dim);
-  a.ks = s.strides(s.kv_heads, s.head_dim);
-  a.vs = s.strides(s.kv_heads, s.v_head_dim);
-  a.os = s.strides(s.q_heads, s.v_head_dim);
-  a.seq = static_cast<int>(s.seq);
+  a.qs = s.q_strides();
+  a.ks = s.k_strides();
+  a.vs = s.v_strides();
+  a.os = s.out_strides();
+  a.q_seq = static_cast<int>(s.q_seq);
+  a.kv_seq = static_cast<int>(s.kv_seq);
   a.q_heads = static_cast<int>(s.q_heads);
   a.group = static_cast<int>(s.group());
   a.head_dim = static_cast<int>(s.head_dim);
   a.v_head_dim = static_cast<int>(s.v_head_dim);
   a.scale = static_cast<float>(s.scale);
   a.causal = s.causal;
+  a.causal_offset = static_cast<int>(s.causal_offset);  // <= Sk (attention_cuda.h)
   a.drop = s.dropout.active();
   a.drop_p = static_cast<float>(s.dropout.p);
   a.drop_scale = s.dropout.p >= 1.0 ? 0.0f : static_cast<float>(1.0 / (1.0 - s.dropout.p));
@@ -501,13 +524,15 @@ Args<T> make_args(const AttentionShape& s, const Tensor& q, const Tensor& k, con
   a.drop_heads_total = static_cast<uint64_t>(s.dropout.global_heads(s.q_heads));
   a.drop_query_offset = s.dropout.query_offset;
   a.drop_key_offset = s.dropout.key_offset;
-  a.drop_seq_total = static_cast<uint64_t>(s.dropout.global_seq(s.seq));
+  a.drop_seq_total = static_cast<uint64_t>(s.dropout_seq_total());
   return a;
 }
 
 void check_grid(const AttentionShape& s) {
-  MOE_CHECK(s.seq <= (int64_t(1) << 30), "attention (CUDA): sequence length ", s.seq,
-            " is too long for the int tile indices");
+  // i + causal_offset < Sq + Sk <= 2^31 stays an int.
+  MOE_CHECK(s.q_seq <= (int64_t(1) << 30) && s.kv_seq <= (int64_t(1) << 30),
+            "attention (CUDA): sequence lengths Sq = ", s.q_seq, ", Sk = ", s.kv_seq,
+            " are too long for the int tile indices");
   MOE_CHECK(s.q_heads <= 65535 && s.batch <= 65535, "attention (CUDA): at most 65535 heads and ",
             "65535 sequences per call, got Hq = ", s.q_heads, ", B = ", s.batch);
 }
@@ -529,13 +554,13 @@ unsigned tiles(int64_t seq) {
 
 void attention_forward_cuda(const AttentionShape& shape, const Tensor& q, const Tensor& k,
                             const Tensor& v, Tensor& out, Tensor& lse) {
-  if (shape.batch == 0 || shape.seq == 0) return;
+  if (shape.batch == 0 || shape.q_seq == 0) return;
   check_grid(shape);
   cudaStream_t stream = cuda::stream_of(q);
   const int D = static_cast<int>(shape.head_dim), Dv = static_cast<int>(shape.v_head_dim);
   const size_t smem =
       sizeof(float) * size_t(kTile * D + kTile * odd_stride(D) + kTile * Dv + kTile * kTile);
-  const dim3 grid(tiles(shape.seq), static_cast<unsigned>(shape.q_heads),
+  const dim3 grid(tiles(shape.q_seq), static_cast<unsigned>(shape.q_heads),
                   static_cast<unsigned>(shape.batch));
   dispatch<DType::f32, DType::bf16>(q.dtype(), "attention_forward (CUDA)", [&]<class T>() {
     const Args<T> args = make_args<T>(shape, q, k, v, nullptr, nullptr);
@@ -549,12 +574,13 @@ void attention_forward_cuda(const AttentionShape& shape, const Tensor& q, const 
 void attention_backward_cuda(const AttentionShape& shape, const Tensor& grad_out, const Tensor& q,
                              const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                              Tensor& dq, Tensor& dk, Tensor& dv) {
-  if (shape.batch == 0 || shape.seq == 0) return;
+  // No query row: the caller hands back zero dk, dv (attention_cpu.cpp).
+  if (shape.batch == 0 || shape.q_seq == 0) return;
   check_grid(shape);
   cudaStream_t stream = cuda::stream_of(q);
   const int D = static_cast<int>(shape.head_dim), Dv = static_cast<int>(shape.v_head_dim);
-  const int64_t rows = shape.batch * shape.q_heads * shape.seq;
-  Tensor delta = Tensor::empty({shape.batch, shape.q_heads, shape.seq}, DType::f32, q.device());
+  const int64_t rows = shape.batch * shape.q_heads * shape.q_seq;
+  Tensor delta = Tensor::empty({shape.batch, shape.q_heads, shape.q_seq}, DType::f32, q.device());
   const size_t smem = BackwardTiles::bytes(D, Dv);
   dispatch<DType::f32, DType::bf16>(q.dtype(), "attention_backward (CUDA)", [&]<class T>() {
     const Args<T> args = make_args<T>(shape, q, k, v, &out, &grad_out);
@@ -564,13 +590,13 @@ void attention_backward_cuda(const AttentionShape& shape, const Tensor& grad_out
     MOE_CUDA_CHECK_LAUNCH();
     with_cols(D, [&]<int kDCols>() {
       with_cols(Dv, [&]<int kDvCols>() {
-        const dim3 grid(tiles(shape.seq), static_cast<unsigned>(shape.kv_heads),
+        const dim3 grid(tiles(shape.kv_seq), static_cast<unsigned>(shape.kv_heads),
                         static_cast<unsigned>(shape.batch));
         launch(attention_dkdv_kernel<T, kDCols, kDvCols>, grid, smem, stream, args,
                lse.data<float>(), static_cast<const float*>(delta.data<float>()), dk.data<T>(),
                dv.data<T>());
       });
-      const dim3 grid(tiles(shape.seq), static_cast<unsigned>(shape.q_heads),
+      const dim3 grid(tiles(shape.q_seq), static_cast<unsigned>(shape.q_heads),
                       static_cast<unsigned>(shape.batch));
       launch(attention_dq_kernel<T, kDCols>, grid, smem, stream, args, lse.data<float>(),
              static_cast<const float*>(delta.data<float>()), dq.data<T>());

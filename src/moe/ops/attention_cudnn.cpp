@@ -4,14 +4,18 @@
 //
 // Layouts. cuDNN describes q, k, v, o as logical [B, H, S, D] tensors with arbitrary strides, so
 // bshd and sbhd are the same graph with other strides (AttentionShape::strides), and no copy.
-// The forward's "Stats" output is [B, Hq, S, 1] f32 and, per the frontend's documentation
+// The forward's "Stats" output is [B, Hq, Sq, 1] f32 and, per the frontend's documentation
 // (SDPA_attributes::set_stats_use_log2), is in natural-log units: max_j s_ij + ln sum_j
 // exp(s_ij - max) with s_ij = attn_scale * <q_i, k_j> -- exactly the op's lse, in the op's
-// [B, Hq, S] f32 layout. So lse is passed through as it is, and a native forward can feed a cuDNN
+// [B, Hq, Sq] f32 layout. So lse is passed through as it is, and a native forward can feed a cuDNN
 // backward and the reverse (the tests mix them). GQA: k, v (and dk, dv) have Hkv heads; cuDNN
 // maps query head h to kv head h / (Hq / Hkv), as the op does, and sums dk, dv over the group.
-// Causal: the top-left-aligned diagonal band with right bound 0 (j <= i), the op's mask for
-// S_q = S_kv.
+// Causal: the top-left-aligned diagonal band with right bound causal_offset, i.e. key j is kept
+// for query row i when j - i <= right bound: the op's mask j <= i + causal_offset, for any Sq and
+// Sk (the frontend's diagonal_band_mask, row = the Sq index, column = the Sk index); offset 0 is
+// the plain decoder mask (right bound 0). The graph and its cache key carry Sq, Sk and the
+// offset; a cuDNN without a kernel for the band (or for Sq != Sk) rejects the graph, and
+// use_cudnn_attention applies the backend rule.
 #if MOE_WITH_CUDA
 
 #include "moe/ops/attention_cudnn.h"
@@ -88,10 +92,14 @@ namespace fe = cudnn_frontend;
 namespace {
 
 std::string describe(const AttentionShape& s, DType dtype) {
-  return "B=" + std::to_string(s.batch) + " S=" + std::to_string(s.seq) +
-         " Hq=" + std::to_string(s.q_heads) + " Hkv=" + std::to_string(s.kv_heads) +
-         " D=" + std::to_string(s.head_dim) + " Dv=" + std::to_string(s.v_head_dim) +
-         (s.causal ? " causal " : " full ") + dtype_name(dtype);
+  const std::string seq =
+      s.q_seq == s.kv_seq ? " S=" + std::to_string(s.q_seq)
+                          : " Sq=" + std::to_string(s.q_seq) + " Sk=" + std::to_string(s.kv_seq);
+  std::string mask = s.causal ? " causal " : " full ";
+  if (s.causal_offset != 0) mask = " causal offset " + std::to_string(s.causal_offset) + " ";
+  return "B=" + std::to_string(s.batch) + seq + " Hq=" + std::to_string(s.q_heads) +
+         " Hkv=" + std::to_string(s.kv_heads) + " D=" + std::to_string(s.head_dim) +
+         " Dv=" + std::to_string(s.v_head_dim) + mask + dtype_name(dtype);
 }
 
 // Tensor ids in the graphs' variant packs.
@@ -99,7 +107,7 @@ enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kGradO, kGradQ, kGradK, kGradV 
 
 // Everything a graph depends on. The scale is baked into the graph (a pass-by-value scalar), so
 // its float bits are part of the key.
-using GraphKey = std::array<int64_t, 13>;
+using GraphKey = std::array<int64_t, 15>;
 
 GraphKey key_of(CudnnPass pass, const AttentionShape& s, DType dtype, int device,
                 bool deterministic) {
@@ -111,13 +119,15 @@ GraphKey key_of(CudnnPass pass, const AttentionShape& s, DType dtype, int device
           backward ? 1 : 0,
           static_cast<int64_t>(dtype),
           s.batch,
-          s.seq,
+          s.q_seq,
+          s.kv_seq,
           s.q_heads,
           s.kv_heads,
           s.head_dim,
           s.v_head_dim,
           scale_bits,
           s.causal ? 1 : 0,
+          s.causal_offset,
           static_cast<int64_t>(s.layout),
           backward && deterministic ? 1 : 0};
 }
@@ -162,33 +172,43 @@ fe::DataType_t fe_dtype(DType dtype) {
   }
 }
 
-// [B, H, S, dim] logical dims with the layout's strides (attention_cuda.h).
+// [B, H, seq, dim] logical dims with the layout's strides (attention_cuda.h); seq is Sq for q,
+// o and their gradients, Sk for k, v and theirs.
 fe::graph::Tensor_attributes& describe_bhsd(fe::graph::Tensor_attributes& t, const char* name,
-                                            Uid uid, const AttentionShape& s, int64_t heads,
-                                            int64_t dim) {
-  const AttentionStrides st = s.strides(heads, dim);
+                                            Uid uid, const AttentionShape& s, int64_t seq,
+                                            int64_t heads, int64_t dim) {
+  const AttentionStrides st = s.strides(seq, heads, dim);
   return t.set_name(name)
       .set_uid(uid)
-      .set_dim({s.batch, heads, s.seq, dim})
+      .set_dim({s.batch, heads, seq, dim})
       .set_stride({st.batch, st.head, st.token, 1});
 }
 
 std::shared_ptr<fe::graph::Tensor_attributes> input_bhsd(fe::graph::Graph& graph, const char* name,
                                                          Uid uid, const AttentionShape& s,
-                                                         int64_t heads, int64_t dim) {
+                                                         int64_t seq, int64_t heads, int64_t dim) {
   fe::graph::Tensor_attributes t;
-  describe_bhsd(t, name, uid, s, heads, dim);
+  describe_bhsd(t, name, uid, s, seq, heads, dim);
   return graph.tensor(t);
 }
 
-// lse / Stats: [B, Hq, S, 1] f32, contiguous: the op's [B, Hq, S].
+// lse / Stats: [B, Hq, Sq, 1] f32, contiguous: the op's [B, Hq, Sq].
 fe::graph::Tensor_attributes& describe_stats(fe::graph::Tensor_attributes& t,
                                              const AttentionShape& s) {
   return t.set_name("stats")
       .set_uid(kStats)
-      .set_dim({s.batch, s.q_heads, s.seq, 1})
-      .set_stride({s.q_heads * s.seq, s.seq, 1, 1})
+      .set_dim({s.batch, s.q_heads, s.q_seq, 1})
+      .set_stride({s.q_heads * s.q_seq, s.q_seq, 1, 1})
       .set_data_type(fe::DataType_t::FLOAT);
+}
+
+// The causal mask j <= i + causal_offset as a top-left-aligned band (see the file comment);
+// nothing for full attention. Attributes: SDPA_attributes or SDPA_backward_attributes.
+template <class Attributes>
+void set_causal_band(Attributes& attributes, const AttentionShape& s) {
+  if (!s.causal) return;
+  attributes.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
+      .set_diagonal_band_right_bound(static_cast<int>(s.causal_offset));
 }
 
 std::shared_ptr<fe::graph::Graph> new_graph(DType dtype) {
@@ -201,19 +221,16 @@ std::shared_ptr<fe::graph::Graph> new_graph(DType dtype) {
 
 std::shared_ptr<fe::graph::Graph> forward_graph(const AttentionShape& s, DType dtype) {
   auto graph = new_graph(dtype);
-  auto q = input_bhsd(*graph, "q", kQ, s, s.q_heads, s.head_dim);
-  auto k = input_bhsd(*graph, "k", kK, s, s.kv_heads, s.head_dim);
-  auto v = input_bhsd(*graph, "v", kV, s, s.kv_heads, s.v_head_dim);
+  auto q = input_bhsd(*graph, "q", kQ, s, s.q_seq, s.q_heads, s.head_dim);
+  auto k = input_bhsd(*graph, "k", kK, s, s.kv_seq, s.kv_heads, s.head_dim);
+  auto v = input_bhsd(*graph, "v", kV, s, s.kv_seq, s.kv_heads, s.v_head_dim);
   auto attributes = fe::graph::SDPA_attributes()
                         .set_name("sdpa_forward")
                         .set_generate_stats(true)
                         .set_attn_scale(static_cast<float>(s.scale));
-  if (s.causal) {
-    attributes.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
-        .set_diagonal_band_right_bound(0);
-  }
+  set_causal_band(attributes, s);
   auto [o, stats] = graph->sdpa(q, k, v, attributes);
-  describe_bhsd(*o, "o", kO, s, s.q_heads, s.v_head_dim).set_output(true);
+  describe_bhsd(*o, "o", kO, s, s.q_seq, s.q_heads, s.v_head_dim).set_output(true);
   describe_stats(*stats, s).set_output(true);
   return graph;
 }
@@ -221,25 +238,22 @@ std::shared_ptr<fe::graph::Graph> forward_graph(const AttentionShape& s, DType d
 std::shared_ptr<fe::graph::Graph> backward_graph(const AttentionShape& s, DType dtype,
                                                  bool deterministic) {
   auto graph = new_graph(dtype);
-  auto q = input_bhsd(*graph, "q", kQ, s, s.q_heads, s.head_dim);
-  auto k = input_bhsd(*graph, "k", kK, s, s.kv_heads, s.head_dim);
-  auto v = input_bhsd(*graph, "v", kV, s, s.kv_heads, s.v_head_dim);
-  auto o = input_bhsd(*graph, "o", kO, s, s.q_heads, s.v_head_dim);
-  auto grad_o = input_bhsd(*graph, "grad_o", kGradO, s, s.q_heads, s.v_head_dim);
+  auto q = input_bhsd(*graph, "q", kQ, s, s.q_seq, s.q_heads, s.head_dim);
+  auto k = input_bhsd(*graph, "k", kK, s, s.kv_seq, s.kv_heads, s.head_dim);
+  auto v = input_bhsd(*graph, "v", kV, s, s.kv_seq, s.kv_heads, s.v_head_dim);
+  auto o = input_bhsd(*graph, "o", kO, s, s.q_seq, s.q_heads, s.v_head_dim);
+  auto grad_o = input_bhsd(*graph, "grad_o", kGradO, s, s.q_seq, s.q_heads, s.v_head_dim);
   fe::graph::Tensor_attributes stats_attributes;
   auto stats = graph->tensor(describe_stats(stats_attributes, s));
   auto attributes = fe::graph::SDPA_backward_attributes()
                         .set_name("sdpa_backward")
                         .set_attn_scale(static_cast<float>(s.scale))
                         .set_deterministic_algorithm(deterministic);
-  if (s.causal) {
-    attributes.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
-        .set_diagonal_band_right_bound(0);
-  }
+  set_causal_band(attributes, s);
   auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, grad_o, stats, attributes);
-  describe_bhsd(*dq, "grad_q", kGradQ, s, s.q_heads, s.head_dim).set_output(true);
-  describe_bhsd(*dk, "grad_k", kGradK, s, s.kv_heads, s.head_dim).set_output(true);
-  describe_bhsd(*dv, "grad_v", kGradV, s, s.kv_heads, s.v_head_dim).set_output(true);
+  describe_bhsd(*dq, "grad_q", kGradQ, s, s.q_seq, s.q_heads, s.head_dim).set_output(true);
+  describe_bhsd(*dk, "grad_k", kGradK, s, s.kv_seq, s.kv_heads, s.head_dim).set_output(true);
+  describe_bhsd(*dv, "grad_v", kGradV, s, s.kv_seq, s.kv_heads, s.v_head_dim).set_output(true);
   return graph;
 }
 
@@ -384,7 +398,7 @@ bool use_cudnn_attention(CudnnPass pass, const AttentionShape& shape,
                          const AttentionOptions& options,
                          std::initializer_list<const Tensor*> tensors) {
   if (options.backend == AttentionBackend::native) return false;
-  if (shape.batch == 0 || shape.seq == 0) return false;  // nothing to compute: either backend
+  if (shape.batch == 0 || shape.q_seq == 0) return false;  // nothing to compute: either backend
   const char* op = pass == CudnnPass::forward ? "attention_forward" : "attention_backward";
   if (options.backend == AttentionBackend::cudnn) {
     std::string reason;

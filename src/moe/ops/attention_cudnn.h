@@ -3,10 +3,10 @@
 // attention_cpu.cpp and the tests can call it. Present in every CUDA build; without the
 // frontend headers (MOE_WITH_CUDNN = 0) it reports itself unavailable and the native kernels run.
 //
-// Graphs are built once per problem (shape, dtype, scale, mask, layout, pass, device) and cached
-// per host thread, as are the cuDNN handles: a handle is not safe to share between threads, and
-// the ranks of the Local process-group backend are threads. Workspaces come from the caching
-// allocator (Tensor::empty) on the current stream.
+// Graphs are built once per problem (shape with Sq and Sk, dtype, scale, mask and its offset,
+// layout, pass, device) and cached per host thread, as are the cuDNN handles: a handle is not
+// safe to share between threads, and the ranks of the Local process-group backend are threads.
+// Workspaces come from the caching allocator (Tensor::empty) on the current stream.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +39,7 @@ bool use_cudnn_attention(CudnnPass pass, const AttentionShape& shape,
                          std::initializer_list<const Tensor*> tensors);
 
 // The passes, after use_cudnn_attention said yes: outputs allocated by the caller, lse
-// [B, Hq, S] f32 (written by the forward, read by the backward); dq, dk, dv written.
+// [B, Hq, Sq] f32 (written by the forward, read by the backward); dq, dk, dv written.
 void attention_forward_cudnn(const AttentionShape& shape, const Tensor& q, const Tensor& k,
                              const Tensor& v, Tensor& out, Tensor& lse);
 void attention_backward_cudnn(const AttentionShape& shape, bool deterministic,

@@ -19,9 +19,10 @@
 // where the tensor holds positions [seq_offset, seq_offset + S) of a sequence of S_total
 // (seq_total; 0 means S_total = S, seq_offset = 0: the tensor is the whole sequence, as on one
 // rank; under sequence parallelism a rank holds such a block). Attention probabilities
-// P [B, Hq, S, S] (query i, key j; ops/attention.h) of heads [head_offset, head_offset + Hq) of
-// Hq_total (heads_total; 0 means Hq), queries at positions [query_offset, query_offset + S) and
-// keys at [key_offset, key_offset + S) of a sequence of S_total (seq_total; 0 means S):
+// P [B, Hq, Sq, Sk] (query i, key j; ops/attention.h) of heads [head_offset, head_offset + Hq) of
+// Hq_total (heads_total; 0 means Hq), queries at positions [query_offset, query_offset + Sq) and
+// keys at [key_offset, key_offset + Sk) of a sequence of S_total (seq_total; 0 means
+// max(Sq, Sk)):
 //   n = (((first_sample + b) * Hq_total + head_offset + h) * S_total + query_offset + i)
 //         * S_total + key_offset + j
 // So sample, head, position and feature are global indices: tensor parallelism (a block of
@@ -59,7 +60,7 @@ struct DropoutArgs {
   // length (0: the tensor's S) and, for token tensors, the global position of s = 0.
   int64_t seq_offset = 0;
   int64_t seq_total = 0;
-  // Attention probabilities [B, Hq, S, S]: the global index of local head 0 and the global
+  // Attention probabilities [B, Hq, Sq, Sk]: the global index of local head 0 and the global
   // number of query heads (0: the tensor's Hq); the global positions of query i = 0 and key
   // j = 0 (context parallelism's chunks).
   int64_t head_offset = 0;
@@ -111,10 +112,18 @@ void check_dropout_probability(double p, const char* what);
 // 0 <= seq_offset, seq_offset + seq <= S_total, and the attention-only fields unset. `op`
 // names the call in the message.
 void check_token_dropout(const DropoutArgs& args, int64_t seq, const char* op);
-// Checks the args of attention probabilities with `heads` local query heads and `seq` local
-// query (and key) positions: p, first_sample >= 0, 0 <= head_offset, head_offset + heads <=
-// Hq_total, 0 <= query_offset, key_offset with offset + seq <= S_total, seq_offset unset.
-void check_probs_dropout(const DropoutArgs& args, int64_t heads, int64_t seq, const char* op);
+// Checks the args of attention probabilities with `heads` local query heads, `query_seq` local
+// query and `key_seq` local key positions: p, first_sample >= 0, 0 <= head_offset,
+// head_offset + heads <= Hq_total, 0 <= query_offset, query_offset + query_seq <= S_total,
+// 0 <= key_offset, key_offset + key_seq <= S_total (S_total: seq_total, or 0 for
+// max(query_seq, key_seq)), seq_offset unset.
+void check_probs_dropout(const DropoutArgs& args, int64_t heads, int64_t query_seq, int64_t key_seq,
+                         const char* op);
+// The same with as many queries as keys (self-attention of `seq` positions).
+inline void check_probs_dropout(const DropoutArgs& args, int64_t heads, int64_t seq,
+                                const char* op) {
+  check_probs_dropout(args, heads, seq, seq, op);
+}
 
 // y = dropout(x) for x [S, B, F] (f64, f32, bf16, f16; contiguous). p = 0 returns x itself
 // (shared storage, nothing runs); otherwise a new tensor.

@@ -1,5 +1,6 @@
 // Dropout: public entry points (checks, device dispatch) and the CPU reference, the formula of
 // dropout.h element by element (the CUDA kernels compute the same bits: dropout_cuda.cu).
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -87,14 +88,15 @@ void check_token_dropout(const DropoutArgs& args, int64_t seq, const char* op) {
             args.heads_total, ", ", args.query_offset, ", ", args.key_offset);
 }
 
-void check_probs_dropout(const DropoutArgs& args, int64_t heads, int64_t seq, const char* op) {
+void check_probs_dropout(const DropoutArgs& args, int64_t heads, int64_t query_seq, int64_t key_seq,
+                         const char* op) {
   check_args(args, op);
   check_block(args.head_offset, heads, args.global_heads(heads), args.heads_total, "head_offset",
               "heads_total", op);
-  check_block(args.query_offset, seq, args.global_seq(seq), args.seq_total, "query_offset",
-              "seq_total", op);
-  check_block(args.key_offset, seq, args.global_seq(seq), args.seq_total, "key_offset", "seq_total",
+  const int64_t seq_total = args.global_seq(std::max(query_seq, key_seq));
+  check_block(args.query_offset, query_seq, seq_total, args.seq_total, "query_offset", "seq_total",
               op);
+  check_block(args.key_offset, key_seq, seq_total, args.seq_total, "key_offset", "seq_total", op);
   MOE_CHECK(args.seq_offset == 0, op,
             ": seq_offset is for token tensors; attention probabilities take query_offset and ",
             "key_offset, got seq_offset ", args.seq_offset);
