@@ -6,7 +6,8 @@
 #     through pinned memory;
 #   - the parallel-equals-serial training suite on MPI processes sharing GPU 0 (2 and 4 ranks,
 #     bf16), as ctest's gpu;mpi entries mpi_training_cuda_np2 / np4 run it;
-#   - `moe train` on 2 MPI ranks sharing GPU 0 beside one rank (scripts/gpu-train-ranks.sh);
+#   - `moe train` on 2 MPI ranks sharing GPU 0 beside one rank (scripts/gpu-train-ranks.sh): EP 2,
+#     TP 2 with sequence parallelism, CP 2;
 #   - with two or more GPUs: the multigpu suite (one NCCL process per GPU: the backend suite and
 #     the training suite) and `moe train` on every GPU over NCCL beside one rank;
 #   - `moe bench comm` on NCCL over every GPU (moe launch), and on MPI ranks sharing GPU 0.
@@ -43,6 +44,10 @@ for np in 2 4; do
     "$build/tests/moe_mpi_training_tests" --device cuda
 done
 step train_ranks_shared_gpu bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" "$logdir/train_mpi"
+step train_ranks_shared_gpu_tp2_sp bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" \
+  "$logdir/train_mpi_tp" mpi 2 --tensor-model-parallel-size 2 --sequence-parallel
+step train_ranks_shared_gpu_cp2 bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" \
+  "$logdir/train_mpi_cp" mpi 2 --context-parallel-size 2
 if [ "$gpus" -ge 2 ]; then
   step multigpu_nccl "$build/tests/moe_nccl_tests" --ranks "$gpus"
   step train_ranks_nccl bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" "$logdir/train_nccl" \

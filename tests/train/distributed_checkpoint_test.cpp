@@ -26,9 +26,10 @@ ParallelTrainingCase mapping(int world, int ep, int etp, bool zero, bool overlap
   return gqa_alltoall_case(world, ep, etp, zero, overlap);
 }
 
-ParallelTrainingCase with_tp(ParallelTrainingCase c, int tp, bool sequence_parallel) {
+ParallelTrainingCase with_tp(ParallelTrainingCase c, int tp, bool sequence_parallel, int cp = 1) {
   c.tp = tp;
   c.sequence_parallel = sequence_parallel;
+  c.cp = cp;
   return c;
 }
 
@@ -52,7 +53,7 @@ std::vector<RankResult> run(const ParallelTrainingCase& c, int steps, const std:
     if (c.world > 0)
       parallel = case_parallel(group, c, groups);
     else
-      mc.ep = mc.etp = mc.tp = 1;
+      mc.ep = mc.etp = mc.tp = mc.cp = 1;
     TrainConfig tc = case_train_config();
     tc.train_iters = 6;
     nn::GPTModel model(case_model(mc, DType::f64), DType::f64, Device::cpu(), tc.seed, groups);
@@ -120,7 +121,11 @@ INSTANTIATE_TEST_SUITE_P(
         std::pair{mapping(0, 1, 1, false), with_tp(mapping(4, 2, 1, true), 2, true)},
         std::pair{with_tp(mapping(4, 1, 1, false), 4, false),
                   with_tp(mapping(4, 1, 1, true), 2, true)},
-        std::pair{with_tp(mapping(4, 2, 1, true, true), 2, true), mapping(2, 2, 1, false)}),
+        std::pair{with_tp(mapping(4, 2, 1, true, true), 2, true), mapping(2, 2, 1, false)},
+        // CP 2 -> one rank; TP 2 (SP) x CP 2 -> CP 2 x DP 2 with ZeRO.
+        std::pair{with_tp(mapping(2, 1, 1, false), 1, false, 2), mapping(0, 1, 1, false)},
+        std::pair{with_tp(mapping(4, 1, 1, false), 2, true, 2),
+                  with_tp(mapping(4, 1, 1, true), 1, false, 2)}),
     [](const auto& info) { return pair_name(info.param.first, info.param.second); });
 
 }  // namespace

@@ -55,11 +55,11 @@ TEST(MemoryReportTensorParallel, ActivationEstimateOfThePapersLayer) {
     for (const bool sp : {false, true}) {
       SCOPED_TRACE("t " + std::to_string(t) + (sp ? " with" : " without") + " SP");
       const double t_sp = sp ? t : 1.0;
-      // In 16-bit: s b h (4 / t_sp + 4 + 24 / t) per layer (the paper's 24 / t inside attention
-      // and the MLP; of its 10 between them the norms' 4 under sequence parallelism, the 4 of
-      // the gathered inputs whole, no masks), and the final norm's and output layer's inputs.
-      const double per_layer = 4 / t_sp + 4 + 24.0 / t;
-      const double expected = sbh * (L * per_layer + 2 / t_sp + 2);
+      // In 16-bit: s b h (8 / t_sp + 24 / t) per layer (the paper's 24 / t inside attention
+      // and the MLP; its 10 between them less the 2 of masks, all sequence shards under
+      // sequence parallelism), and the final norm's and output layer's inputs.
+      const double per_layer = 8 / t_sp + 24.0 / t;
+      const double expected = sbh * (L * per_layer + 4 / t_sp);
       EXPECT_EQ(estimate(c, b, s, DType::bf16, t, sp), static_cast<int64_t>(expected));
       // The element size scales it: f32 twice, f64 four times.
       EXPECT_EQ(estimate(c, b, s, DType::f32, t, sp), static_cast<int64_t>(2 * expected));
@@ -69,7 +69,7 @@ TEST(MemoryReportTensorParallel, ActivationEstimateOfThePapersLayer) {
     // TP saves: (1 - 1 / t) of the 24 s b h inside attention and the MLP.
     const int64_t without = estimate(c, b, s, DType::bf16, t, false);
     const int64_t with = estimate(c, b, s, DType::bf16, t, true);
-    EXPECT_EQ(without - with, static_cast<int64_t>(sbh * (4 * L + 2) * (1 - 1.0 / t)));
+    EXPECT_EQ(without - with, static_cast<int64_t>(sbh * (8 * L + 4) * (1 - 1.0 / t)));
     EXPECT_EQ(estimate(c, b, s, DType::bf16, 1, false) - without,
               static_cast<int64_t>(sbh * 24 * L * (1 - 1.0 / t)));
   }
@@ -85,8 +85,8 @@ TEST(MemoryReportTensorParallel, ActivationElementsOfGqaMlaAndMoELayers) {
   // (top-2 of experts of width 64), no shared expert.
   nn::ModelConfig c = default_train_model();
   LayerActivations a = layer_activations(c, 0);
-  EXPECT_EQ(a.between, 2 * 64);  // the two norms' inputs
-  EXPECT_EQ(a.gathered, 64);     // attention's input (the MoE layer has no shared expert)
+  EXPECT_EQ(a.between, 3 * 64);  // the two norms' and attention's inputs (no shared expert)
+  EXPECT_EQ(a.gathered, 0);
   // q 64, k 32, v 32, output 64, the QK-norms' inputs 64 + 32; the router's input 64, top-2
   // rows 2 x 64, fc1's output and the activation 2 x 3 x 64.
   EXPECT_EQ(a.split, (64 + 32 + 32 + 64 + 96) + 64 + 2 * 64 + 2 * 3 * 64);
@@ -94,21 +94,21 @@ TEST(MemoryReportTensorParallel, ActivationElementsOfGqaMlaAndMoELayers) {
   c.moe.expert_tensor_parallel_size = 2;
   EXPECT_EQ(layer_activations(c, 0).split, (64 + 32 + 32 + 64 + 96) + 64 + 2 * 2 * 64 + 6 * 64);
   c.moe.expert_tensor_parallel_size = 1;
-  // A shared expert of width 32: its gathered input and 3 x 32 of its width.
+  // A shared expert of width 32: its input and 3 x 32 of its width.
   c.moe.moe_shared_expert_intermediate_size = 32;
   a = layer_activations(c, 0);
-  EXPECT_EQ(a.gathered, 2 * 64);
+  EXPECT_EQ(a.between, 4 * 64);
   EXPECT_EQ(a.split, (64 + 32 + 32 + 64 + 96) + 64 + 2 * 64 + 6 * 64 + 3 * 32);
-  // A dense layer: its MLP's gathered input and 3 F = 3 x 128.
+  // A dense layer: its MLP's input and 3 F = 3 x 128.
   c.moe_layer_pattern = {0, 1, 1, 1};
   a = layer_activations(c, 0);
-  EXPECT_EQ(a.gathered, 2 * 64);
+  EXPECT_EQ(a.between, 4 * 64);
   EXPECT_EQ(a.split, (64 + 32 + 32 + 64 + 96) + 3 * 128);
   // An MTP depth: a layer of the last layer's kind (MoE) and the MTP module's own tensors.
   c.mtp_num_layers = 1;
   const LayerActivations last = layer_activations(c, 3), mtp = layer_activations(c, 4);
-  EXPECT_EQ(mtp.between, last.between + 5 * 64);
-  EXPECT_EQ(mtp.gathered, last.gathered + 64);
+  EXPECT_EQ(mtp.between, last.between + 6 * 64);
+  EXPECT_EQ(mtp.gathered, last.gathered);
   EXPECT_EQ(mtp.split, last.split);
 
   // MLA (DeepSeek-V3's shape, smaller): 6 heads, dn 10, dr 6, dv 10, ranks 28 / 20, latent
@@ -122,7 +122,8 @@ TEST(MemoryReportTensorParallel, ActivationElementsOfGqaMlaAndMoELayers) {
   m.ffn_hidden_size = 46;
   m.moe_layer_pattern = {0, 1, 1, 1};
   a = layer_activations(m, 0);
-  EXPECT_EQ(a.gathered, 64 + 2 * (28 + 20) + 64);  // input, latents and their norms' inputs, MLP
+  EXPECT_EQ(a.gathered, 2 * (28 + 20));  // the latents and their norms' inputs
+  EXPECT_EQ(a.between, 4 * 64);          // the norms', attention's and the MLP's inputs
   EXPECT_EQ(a.split, 6 * (2 * 16 + 2 * 10) + 3 * 46);
 }
 
@@ -224,12 +225,13 @@ TEST(MemoryReportTensorParallel, TensorParallelRanksHoldTheirBlocksAndFewerActiv
     }
   }
   // The estimate a TP 2 rank reports falls under sequence parallelism by half of the parts
-  // between the blocks: the norms' inputs of 4 layers and the final norm's, s b h (2 L + 1)
-  // elements of 4 bytes; and either is below the one-rank estimate.
+  // between the blocks: the norms' and attention's inputs of 4 MoE layers without a shared
+  // expert (3 h each) and the final norm's and output layer's inputs, s b h (3 L + 2) elements
+  // of 4 bytes; and either is below the one-rank estimate.
   const TpRun without = memory_under_tp(2, false), with = memory_under_tp(2, true);
   const int64_t sbh = 8 * 2 * 64;
   EXPECT_EQ(without.ranks[0].activation_bytes - with.ranks[0].activation_bytes,
-            sbh * (2 * 4 + 1) * 4 / 2);
+            sbh * (3 * 4 + 2) * 4 / 2);
   EXPECT_LT(without.ranks[0].activation_bytes, one.ranks[0].activation_bytes);
 }
 

@@ -53,12 +53,12 @@ std::string error_of_without_lr(const Args& args) {
   return "";
 }
 
-#define EXPECT_ERROR_NAMES(args, ...)                                   \
-  do {                                                                  \
-    const std::string message = error_of(args);                         \
-    ASSERT_FALSE(message.empty()) << "no error";                        \
-    for (const char* part : {__VA_ARGS__})                              \
-      EXPECT_NE(message.find(part), std::string::npos) << message;      \
+#define EXPECT_ERROR_NAMES(args, ...)                              \
+  do {                                                             \
+    const std::string message = error_of(args);                    \
+    ASSERT_FALSE(message.empty()) << "no error";                   \
+    for (const char* part : {__VA_ARGS__})                         \
+      EXPECT_NE(message.find(part), std::string::npos) << message; \
   } while (0)
 
 std::string write_temp(const std::string& name, const std::string& text) {
@@ -314,13 +314,13 @@ TEST(TrainArgs, TrainSamplesIsMegatronsSampleBasedTraining) {
     EXPECT_ERROR_NAMES(Args({"--train-iters", "100", samples, "10"}), samples, "--train-samples");
     EXPECT_ERROR_NAMES(Args({samples, "10"}), samples, "--train-samples");  // iterations: 500
   }
-  EXPECT_ERROR_NAMES(Args({"--train-samples", "1000", "--lr-warmup-samples", "10",
-                           "--lr-warmup-fraction", "0.1"}),
-                     "--lr-warmup-fraction", "--lr-warmup-samples");
+  EXPECT_ERROR_NAMES(
+      Args({"--train-samples", "1000", "--lr-warmup-samples", "10", "--lr-warmup-fraction", "0.1"}),
+      "--lr-warmup-fraction", "--lr-warmup-samples");
   EXPECT_ERROR_NAMES(Args({"--train-samples", "0"}), "--train-samples");
-  EXPECT_ERROR_NAMES(Args({"--train-samples", "100", "--lr-decay-samples", "100",
-                           "--lr-warmup-samples", "100"}),
-                     "--lr-decay-samples 100", "--lr-warmup-samples");
+  EXPECT_ERROR_NAMES(
+      Args({"--train-samples", "100", "--lr-decay-samples", "100", "--lr-warmup-samples", "100"}),
+      "--lr-decay-samples 100", "--lr-warmup-samples");
   // Megatron has no default --lr: required when the samples make iterations.
   EXPECT_NE(error_of_without_lr({"--train-samples", "64"}).find("--lr is required"),
             std::string::npos);
@@ -388,7 +388,7 @@ TEST(TrainArgs, RefusedFlagsSayWhy) {
                      "--pipeline-model-parallel-size", "not supported by this build yet");
   EXPECT_NO_THROW(parse({"--expert-model-parallel-size", "1"}));
   // The parallelisms a later change brings: 1 only, saying so.
-  for (const char* flag : {"--pipeline-model-parallel-size", "--context-parallel-size"}) {
+  for (const char* flag : {"--pipeline-model-parallel-size"}) {
     EXPECT_NO_THROW(parse({flag, "1"})) << flag;
     EXPECT_ERROR_NAMES(Args({flag, "2"}), flag, " 2 ", "not built yet");
   }
@@ -404,6 +404,12 @@ TEST(TrainArgs, TensorParallelFlags) {
   // Megatron's default expert tensor parallelism is TP.
   EXPECT_EQ(tp.model.moe.expert_tensor_parallel_size, 4);
   EXPECT_ERROR_NAMES(Args({"--tensor-model-parallel-size", "0"}), "--tensor-model-parallel-size");
+  const TrainRunConfig cp = parse({"--context-parallel-size", "2", "--cp-comm-type", "all_gather"});
+  EXPECT_EQ(cp.parallel.context_parallel_size, 2);
+  EXPECT_EQ(cp.cp_comm_type, "all_gather");
+  EXPECT_EQ(plain.cp_comm_type, "p2p");  // Megatron-LM's default
+  EXPECT_ERROR_NAMES(Args({"--cp-comm-type", "a2a"}), "--cp-comm-type", "not built yet");
+  EXPECT_ERROR_NAMES(Args({"--cp-comm-type", "ring"}), "--cp-comm-type");
 }
 
 // Megatron's expert-parallel and DDP flags onto TrainRunConfig::parallel / ::ddp and the model's
@@ -582,26 +588,76 @@ TEST(TrainArgs, EveryFlagIsDocumentedOnce) {
                 help.find("  " + f.name + "\n") != std::string::npos)
         << f.name;
   }
-  for (const char* megatron :
-       {"--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
-        "--num-query-groups", "--kv-channels", "--seq-length", "--max-position-embeddings",
-        "--num-experts", "--moe-router-topk", "--moe-ffn-hidden-size", "--moe-aux-loss-coeff",
-        "--moe-z-loss-coeff", "--moe-router-load-balancing-type", "--moe-router-score-function",
-        "--moe-router-enable-expert-bias", "--moe-token-dispatcher-type", "--moe-grouped-gemm",
-        "--moe-layer-freq", "--micro-batch-size", "--global-batch-size", "--train-iters", "--lr",
-        "--min-lr", "--lr-decay-style", "--lr-decay-iters", "--lr-warmup-iters",
-        "--lr-warmup-fraction", "--lr-warmup-init", "--lr-wsd-decay-style",
-        "--lr-wsd-decay-iters", "--train-samples", "--lr-decay-samples", "--lr-warmup-samples",
-        "--lr-wsd-decay-samples", "--weight-decay", "--start-weight-decay", "--end-weight-decay",
-        "--weight-decay-incr-style", "--clip-grad", "--adam-beta1", "--adam-beta2", "--adam-eps",
-        "--use-precision-aware-optimizer", "--exp-avg-dtype", "--exp-avg-sq-dtype", "--bf16",
-        "--seed", "--log-interval", "--eval-interval", "--eval-iters", "--tensorboard-dir",
-        "--moe-per-layer-logging", "--check-for-nan-in-loss-and-grad", "--save", "--load",
-        "--save-interval", "--finetune", "--no-load-optim", "--data-path",
-        "--expert-model-parallel-size", "--expert-tensor-parallel-size",
-        "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
-        "--ddp-bucket-size", "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32",
-        "--exit-signal-handler", "--calculate-per-token-loss"})
+  for (const char* megatron : {"--num-layers",
+                               "--hidden-size",
+                               "--ffn-hidden-size",
+                               "--num-attention-heads",
+                               "--num-query-groups",
+                               "--kv-channels",
+                               "--seq-length",
+                               "--max-position-embeddings",
+                               "--num-experts",
+                               "--moe-router-topk",
+                               "--moe-ffn-hidden-size",
+                               "--moe-aux-loss-coeff",
+                               "--moe-z-loss-coeff",
+                               "--moe-router-load-balancing-type",
+                               "--moe-router-score-function",
+                               "--moe-router-enable-expert-bias",
+                               "--moe-token-dispatcher-type",
+                               "--moe-grouped-gemm",
+                               "--moe-layer-freq",
+                               "--micro-batch-size",
+                               "--global-batch-size",
+                               "--train-iters",
+                               "--lr",
+                               "--min-lr",
+                               "--lr-decay-style",
+                               "--lr-decay-iters",
+                               "--lr-warmup-iters",
+                               "--lr-warmup-fraction",
+                               "--lr-warmup-init",
+                               "--lr-wsd-decay-style",
+                               "--lr-wsd-decay-iters",
+                               "--train-samples",
+                               "--lr-decay-samples",
+                               "--lr-warmup-samples",
+                               "--lr-wsd-decay-samples",
+                               "--weight-decay",
+                               "--start-weight-decay",
+                               "--end-weight-decay",
+                               "--weight-decay-incr-style",
+                               "--clip-grad",
+                               "--adam-beta1",
+                               "--adam-beta2",
+                               "--adam-eps",
+                               "--use-precision-aware-optimizer",
+                               "--exp-avg-dtype",
+                               "--exp-avg-sq-dtype",
+                               "--bf16",
+                               "--seed",
+                               "--log-interval",
+                               "--eval-interval",
+                               "--eval-iters",
+                               "--tensorboard-dir",
+                               "--moe-per-layer-logging",
+                               "--check-for-nan-in-loss-and-grad",
+                               "--save",
+                               "--load",
+                               "--save-interval",
+                               "--finetune",
+                               "--no-load-optim",
+                               "--data-path",
+                               "--expert-model-parallel-size",
+                               "--expert-tensor-parallel-size",
+                               "--use-distributed-optimizer",
+                               "--overlap-grad-reduce",
+                               "--overlap-param-gather",
+                               "--ddp-bucket-size",
+                               "--grad-reduce-in-bf16",
+                               "--accumulate-allreduce-grads-in-fp32",
+                               "--exit-signal-handler",
+                               "--calculate-per-token-loss"})
     EXPECT_TRUE(names.count(megatron)) << megatron;
 }
 

@@ -33,8 +33,8 @@ Tensor DenseMLP::forward(const Tensor& x, DenseMLPContext& ctx) const {
   ctx = DenseMLPContext{};
   ctx.input_shape = x.shape();
   const Tensor x_all = tp_enter_forward(x, tp_);
-  ctx.x = x_all.flatten_rows();
-  ctx.fc1_out = ops::matmul(ctx.x, fc1.value, false, true);
+  ctx.x = tp_input_to_save(x.flatten_rows(), x_all.flatten_rows(), tp_);
+  ctx.fc1_out = ops::matmul(x_all.flatten_rows(), fc1.value, false, true);
   ctx.activation = ops::swiglu_forward(ctx.fc1_out, Tensor());
   return tp_exit_forward(ops::matmul(ctx.activation, fc2.value, false, true).reshape(x_all.shape()),
                          tp_);
@@ -49,7 +49,8 @@ Tensor DenseMLP::backward(const Tensor& dy, DenseMLPContext& ctx) {
   ops::gemm(dy2, true, ctx.activation, false, fc2.grad, 1.0f, fc2.take_grad_beta());
   const Tensor d_activation = ops::matmul(dy2, fc2.value);
   const ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, Tensor());
-  ops::gemm(act.fc1_out, true, ctx.x, false, fc1.grad, 1.0f, fc1.take_grad_beta());
+  ops::gemm(act.fc1_out, true, tp_saved_input(ctx.x, tp_), false, fc1.grad, 1.0f,
+            fc1.take_grad_beta());
   return tp_enter_backward(ops::matmul(act.fc1_out, fc1.value).reshape(dy_all.shape()), tp_);
 }
 

@@ -23,7 +23,8 @@ namespace moe::nn {
 
 struct DenseMLPContext {
   Shape input_shape;
-  Tensor x;           // [T, H] (every row of the sequence under sequence parallelism)
+  Tensor x;           // [T, H] (this rank's rows under sequence parallelism: the backward
+                      // gathers them again)
   Tensor fc1_out;     // [T, 2F]
   Tensor activation;  // [T, F]
 };

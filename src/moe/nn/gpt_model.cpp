@@ -1,5 +1,8 @@
 #include "moe/nn/gpt_model.h"
 
+#include <algorithm>
+#include <array>
+
 #include "moe/core/rng.h"
 #include "moe/nn/param_init.h"
 #include "moe/ops/dropout.h"
@@ -75,8 +78,13 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
     lm_head = vocab_rows("lm_head.weight", "lm_head");
 }
 
+bool GPTModel::fuses_output_backward(const GPTContext& ctx) const {
+  return ctx.loss_scale_known_in_forward && !groups_.tp.active() && !groups_.cp.active();
+}
+
 int64_t GPTModel::local_seq_length(int64_t seq_length) const {
-  return groups_.tp.sequence_parallel ? seq_length / groups_.tp.size() : seq_length;
+  const int64_t cp_rows = seq_length / groups_.cp.size();
+  return groups_.tp.sequence_parallel ? cp_rows / groups_.tp.size() : cp_rows;
 }
 
 Tensor GPTModel::embed(const Tensor& ids) {
@@ -101,42 +109,64 @@ void GPTModel::embed_backward(const Tensor& dy, const Tensor& ids) {
 }
 
 ops::CrossEntropyResult GPTModel::output_loss(const Tensor& hidden, const Tensor& labels,
-                                              const Tensor& loss_mask, Tensor& hidden_all) {
+                                              const Tensor& loss_mask, Tensor& saved_input) {
   const TensorParallel& tp = groups_.tp;
   const Tensor& weight = output_weight().value;
-  hidden_all = tp_enter_forward(hidden, tp);
+  const Tensor all = tp_enter_forward(hidden, tp);
+  saved_input = tp_input_to_save(hidden, all, tp);
   if (!tp.active())
-    return ops::linear_cross_entropy_forward(hidden_all, weight, labels, loss_mask, cross_entropy);
+    return over_sequence(
+        ops::linear_cross_entropy_forward(all, weight, labels, loss_mask, cross_entropy));
   // Vocab-parallel: this rank's (max, sum-exp, label logit) per token, every rank's gathered
   // ([P, 3, T], a few numbers per token) and combined in rank order on every rank.
   const int64_t T = labels.numel(), P = tp.size();
   const ops::CrossEntropyPartials mine = ops::linear_cross_entropy_partials(
-      hidden_all, weight, labels, tp.rank() * weight.size(0), cross_entropy);
+      all, weight, labels, tp.rank() * weight.size(0), cross_entropy);
   Tensor packed = Tensor::empty({3, T}, mine.max.dtype(), mine.max.device());
   packed.rows(0, 1).copy_(mine.max.reshape({1, T}));
   packed.rows(1, 1).copy_(mine.sum_exp.reshape({1, T}));
   packed.rows(2, 1).copy_(mine.label_logit.reshape({1, T}));
-  Tensor all = Tensor::empty({P * 3, T}, packed.dtype(), packed.device());
-  tp.group->all_gather(packed, all);
+  Tensor gathered = Tensor::empty({P * 3, T}, packed.dtype(), packed.device());
+  tp.group->all_gather(packed, gathered);
   std::vector<ops::CrossEntropyPartials> shards(static_cast<size_t>(P));
   for (int64_t r = 0; r < P; ++r) {
-    shards[static_cast<size_t>(r)].max = all.rows(3 * r, 1).reshape({T});
-    shards[static_cast<size_t>(r)].sum_exp = all.rows(3 * r + 1, 1).reshape({T});
-    shards[static_cast<size_t>(r)].label_logit = all.rows(3 * r + 2, 1).reshape({T});
+    shards[static_cast<size_t>(r)].max = gathered.rows(3 * r, 1).reshape({T});
+    shards[static_cast<size_t>(r)].sum_exp = gathered.rows(3 * r + 1, 1).reshape({T});
+    shards[static_cast<size_t>(r)].label_logit = gathered.rows(3 * r + 2, 1).reshape({T});
   }
-  return ops::cross_entropy_combine(shards, labels, loss_mask, config_.vocab_size, cross_entropy);
+  return over_sequence(
+      ops::cross_entropy_combine(shards, labels, loss_mask, config_.vocab_size, cross_entropy));
 }
 
-Tensor GPTModel::output_loss_backward(double grad_loss, const Tensor& hidden_all,
+ops::CrossEntropyResult GPTModel::over_sequence(ops::CrossEntropyResult local) const {
+  const ContextParallel& cp = groups_.cp;
+  if (!cp.active()) return local;
+  // [sum_t w_t l_t, N] of this rank's tokens, summed over CP: the micro-batch's.
+  const bool mean = cross_entropy.reduction == ops::CrossEntropyReduction::mean;
+  const double n = local.weight_sum.item();
+  const double sum = mean ? local.loss.item() * n : local.loss.item();
+  Tensor packed = Tensor::from_vector(std::vector<double>{sum, n}, {2}, Device::cpu())
+                      .to(local.loss.dtype())
+                      .to(local.loss.device());
+  cp.group->all_reduce(packed, dist::ReduceOp::sum);
+  const std::vector<double> total = packed.to_double_vector();
+  const double loss = mean ? (total[1] > 0 ? total[0] / total[1] : 0.0) : total[0];
+  local.loss = Tensor::full({}, loss, local.loss.dtype(), local.loss.device());
+  local.weight_sum =
+      Tensor::full({}, total[1], local.weight_sum.dtype(), local.weight_sum.device());
+  return local;
+}
+
+Tensor GPTModel::output_loss_backward(double grad_loss, const Tensor& saved_input,
                                       const Tensor& labels, const Tensor& loss_mask,
                                       const ops::CrossEntropyResult& saved) {
   const TensorParallel& tp = groups_.tp;
   Parameter& weight = output_weight();
   // The fused cross-entropy accumulates dW (+=): materialise a lazily zeroed gradient first.
   Tensor& weight_grad = weight.grad_value();
-  const Tensor dh = ops::linear_cross_entropy_backward(grad_loss, hidden_all, weight.value, labels,
-                                                       loss_mask, saved, weight_grad, cross_entropy,
-                                                       tp.rank() * weight.value.size(0));
+  const Tensor dh = ops::linear_cross_entropy_backward(
+      grad_loss, tp_saved_input(saved_input, tp), weight.value, labels, loss_mask, saved,
+      weight_grad, cross_entropy, tp.rank() * weight.value.size(0));
   return tp_enter_backward(dh, tp);  // this rank's vocabulary's share, summed
 }
 
@@ -149,9 +179,20 @@ LayerDropout GPTModel::dropout_for(const GPTContext& ctx, int64_t seq_length) co
   d.attention = config_.attention_dropout;
   d.seed = seed_;
   d.first_sample = *ctx.dropout_first_sample;
-  if (groups_.tp.sequence_parallel) {  // the token tensors hold this rank's positions
-    const int64_t local = local_seq_length(seq_length);
-    d.seq_offset = groups_.tp.rank() * local;
+  if (groups_.tp.sequence_parallel || groups_.cp.active()) {
+    // The token tensors hold this rank's positions: its CP chunks (or the whole sequence), of
+    // which its TP shard under sequence parallelism.
+    const ContextParallel& cp = groups_.cp;
+    const int64_t cp_rows = seq_length / cp.size(), rows = local_seq_length(seq_length);
+    const int64_t first = groups_.tp.sequence_parallel ? groups_.tp.rank() * rows : 0;
+    const int64_t chunk = cp.active() ? cp.chunk(seq_length) : cp_rows;
+    const std::array<int64_t, 2> starts =
+        cp.active() ? cp.chunk_starts(seq_length) : std::array<int64_t, 2>{0, cp_rows};
+    for (int64_t i = first; i < first + rows;) {  // split where the chunks meet
+      const int64_t c = i / chunk, end = std::min(first + rows, (c + 1) * chunk);
+      d.segments.push_back({i - first, end - i, starts[static_cast<size_t>(c)] + i - c * chunk});
+      i = end;
+    }
     d.seq_total = seq_length;
   }
   return d;
@@ -161,16 +202,22 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
   check_tokens(input_ids, "input_ids", device_);
   const int64_t S = input_ids.size(0), B = input_ids.size(1);
   const TensorParallel& tp = groups_.tp;
+  const ContextParallel& cp = groups_.cp;
+  if (cp.active()) cp.chunk(S);  // checks that 2 CP divides S
+  const int64_t cp_rows = S / cp.size();
   if (tp.active() && (tp.sequence_parallel || config_.moe.num_experts > 0))
-    MOE_CHECK(S % tp.size() == 0, kOp, ": the sequence length ", S,
+    MOE_CHECK(cp_rows % tp.size() == 0, kOp, ": the sequence length ", S,
+              cp.active() ? detail::concat(" / --context-parallel-size ", cp.size(), " = ", cp_rows)
+                          : std::string(),
               " is not divisible by --tensor-model-parallel-size ", tp.size(),
               tp.sequence_parallel ? " (--sequence-parallel splits it)"
                                    : " (the MoE layers route a sequence shard per rank)");
   ctx.tokens_shape = input_ids.shape();
   ctx.input_ids = input_ids;
+  ctx.local_ids = context_parallel_rows(input_ids, cp);
   if (on_params_needed) on_params_needed({&embed_tokens});
-  Tensor x = embed(input_ids);  // [S_local, B, H]
-  ops::dropout_(x, ctx.dropout.args(-1, ops::DropoutSite::embedding));
+  Tensor x = embed(ctx.local_ids);  // [S_local, B, H]
+  ctx.dropout.apply_(x, -1, ops::DropoutSite::embedding);
   ctx.layers.resize(layers.size());
   for (size_t l = 0; l < layers.size(); ++l) {
     if (on_params_needed) on_params_needed(layers[l].parameters());
@@ -202,14 +249,17 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
               ": multi-token prediction (--mtp-num-layers ", D,
               ") needs the mean cross-entropy reduction");
   }
-  const int64_t T = input_ids.numel();
-  ctx.labels = labels.reshape({T});
+  ctx.sequence_labels = labels;
+  const Tensor my_labels = context_parallel_rows(labels, groups_.cp);
+  ctx.labels = my_labels.reshape({my_labels.numel()});
   if (loss_mask.defined()) {
     check_shape(loss_mask, input_ids.shape(), kOp, "loss_mask");
-    ctx.loss_mask = loss_mask.reshape({T});
+    ctx.sequence_mask = loss_mask;
+    const Tensor my_mask = context_parallel_rows(loss_mask, groups_.cp);
+    ctx.loss_mask = my_mask.reshape({my_mask.numel()});
   }
   ctx.hidden = trunk(input_ids, ctx);
-  if (ctx.loss_scale_known_in_forward && !groups_.tp.active()) {
+  if (fuses_output_backward(ctx)) {
     ops::CrossEntropyWithGrad fused = ops::linear_cross_entropy_forward_backward(
         *ctx.loss_scale_known_in_forward, ctx.hidden, output_weight().value, ctx.labels,
         ctx.loss_mask, output_weight().grad_value(), cross_entropy);
@@ -233,22 +283,28 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
 }
 
 Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
-  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1], T = S * B;
+  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
   const int64_t Sl = local_seq_length(S), H = config_.hidden_size, D = config_.mtp_num_layers;
-  const Tensor labels = ctx.labels.reshape({S, B});
+  const ContextParallel& cp = groups_.cp;
+  const Tensor& labels = ctx.sequence_labels;
   Tensor mtp_loss = Tensor::zeros({}, ctx.cross_entropy.loss.dtype(), device_);
   Tensor prev = ctx.hidden.reshape({Sl, B, H});  // h_0: after the final norm
   ctx.mtp.resize(static_cast<size_t>(D));
   for (int64_t d = 0; d < D; ++d) {
     const int64_t k = d + 1;
     MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
-    m.input_ids = shift_left(ctx.input_ids, k, 0.0);
-    m.labels = shift_left(labels, k, static_cast<double>(cross_entropy.ignore_index)).reshape({T});
-    if (ctx.loss_mask.defined())
-      m.loss_mask = shift_left(ctx.loss_mask.reshape({S, B}), k, 0.0).reshape({T});
+    // Shifted over the whole sequence, then this rank's rows.
+    m.input_ids = context_parallel_rows(shift_left(ctx.input_ids, k, 0.0), cp);
+    const Tensor shifted = context_parallel_rows(
+        shift_left(labels, k, static_cast<double>(cross_entropy.ignore_index)), cp);
+    m.labels = shifted.reshape({shifted.numel()});
+    if (ctx.sequence_mask.defined()) {
+      const Tensor mask = context_parallel_rows(shift_left(ctx.sequence_mask, k, 0.0), cp);
+      m.loss_mask = mask.reshape({mask.numel()});
+    }
     Tensor embedded = embed(m.input_ids);
     const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
-    ops::dropout_(embedded, ctx.dropout.args(layer, ops::DropoutSite::embedding));
+    ctx.dropout.apply_(embedded, layer, ops::DropoutSite::embedding);
     if (on_params_needed) on_params_needed(mtp_layers[static_cast<size_t>(d)].parameters());
     prev = mtp_layers[static_cast<size_t>(d)].forward(embedded, prev, m.layer, ctx.dropout);
     m.hidden = prev.reshape({Sl * B, H});
@@ -273,8 +329,8 @@ Tensor GPTModel::mtp_backward(GPTContext& ctx, double loss_scale) {
     MtpLayerGrads grads =
         mtp_layers[static_cast<size_t>(d)].backward(dh.reshape({Sl, B, H}), m.layer, loss_scale);
     const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
-    const Tensor d_embedding = ops::dropout_backward(
-        grads.embedding, ctx.dropout.args(layer, ops::DropoutSite::embedding));
+    const Tensor d_embedding =
+        ctx.dropout.backward(grads.embedding, layer, ops::DropoutSite::embedding);
     embed_backward(d_embedding, m.input_ids);
     d_next = std::move(grads.prev_hidden);
   }
@@ -288,8 +344,7 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
   MOE_CHECK(ctx.mtp.size() == mtp_layers.size(), kOp, ": the context holds ", ctx.mtp.size(),
             " MTP depths, the model ", mtp_layers.size());
   Tensor dh;
-  if (ctx.loss_scale_known_in_forward && !groups_.tp.active()) {
-    // The cross-entropy's backward ran in the forward (not under TP: output_loss).
+  if (fuses_output_backward(ctx)) {  // the cross-entropy's backward ran in the forward
     MOE_CHECK(*ctx.loss_scale_known_in_forward == loss_scale, kOp,
               ": backward(loss_scale = ", loss_scale,
               ") after a forward told loss_scale = ", *ctx.loss_scale_known_in_forward);
@@ -314,8 +369,8 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
     if (on_grads_ready) on_grads_ready(layers[l].parameters());
   }
   // With tied weights the embedding gradient already holds the output layer's part: add to it.
-  dx = ops::dropout_backward(dx, ctx.dropout.args(-1, ops::DropoutSite::embedding));
-  embed_backward(dx, ctx.input_ids);
+  dx = ctx.dropout.backward(dx, -1, ops::DropoutSite::embedding);
+  embed_backward(dx, ctx.local_ids);
   if (on_grads_ready) on_grads_ready({&embed_tokens});
 }
 
@@ -327,12 +382,15 @@ std::vector<Parameter*> GPTModel::head_parameters() {
 
 Tensor GPTModel::logits(const Tensor& input_ids) {
   check_tokens(input_ids, "input_ids", device_);
-  const int64_t S = input_ids.size(0), B = input_ids.size(1), P = groups_.tp.size();
-  // Under TP a sequence that does not split into P shards is padded at its end (repeating its
-  // last token): causal attention keeps the padding out of the real positions' logits.
+  const int64_t S = input_ids.size(0), B = input_ids.size(1);
+  // Under TP and CP a sequence that does not split into the ranks' shards is padded at its end
+  // (repeating its last token): causal attention keeps the padding out of the real positions'
+  // logits.
+  const int64_t unit =
+      int64_t{groups_.tp.size()} * (groups_.cp.active() ? 2 * groups_.cp.size() : 1);
   Tensor ids = input_ids;
-  if (P > 1 && S % P != 0) {
-    const int64_t padded = (S + P - 1) / P * P;
+  if (S % unit != 0) {
+    const int64_t padded = (S + unit - 1) / unit * unit;
     ids = Tensor::empty({padded, B}, input_ids.dtype(), device_);
     ids.rows(0, S).copy_(input_ids);
     for (int64_t s = S; s < padded; ++s) ids.rows(s, 1).copy_(input_ids.rows(S - 1, 1));
@@ -341,8 +399,10 @@ Tensor GPTModel::logits(const Tensor& input_ids) {
   const Tensor hidden = tp_enter_forward(trunk(ids, ctx), groups_.tp);
   // Under TP the vocabulary rows of the output weight are gathered: every rank gets all logits.
   const Tensor weight = sequence_gather(output_weight().value, groups_.tp);
-  const Tensor logits = ops::matmul(hidden.rows(0, S * B), weight, false, true);
-  return logits.reshape({S, B, config_.vocab_size});
+  const Tensor mine = ops::matmul(hidden, weight, false, true);  // this rank's rows [S_cp B, V]
+  const Tensor all =
+      context_parallel_gather(mine.reshape({mine.size(0) / B, B, config_.vocab_size}), groups_.cp);
+  return all.rows(0, S);
 }
 
 std::vector<Parameter*> GPTModel::parameters() {

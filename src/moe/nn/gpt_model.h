@@ -64,7 +64,14 @@
 // share of the aux loss (the trainer sums it over TP). V and, with sequence parallelism or MoE
 // layers, S must divide by P.
 //
-// Not yet: pipeline and context parallelism.
+// Context parallelism (ModelGroups::cp; context_parallel.h): every CP rank gets the whole
+// input_ids and labels and keeps its two chunks of the sequence (MTP shifts the whole ids and
+// labels first, then keeps its chunks); the loss is the micro-batch's, its sum and token count
+// all-reduced over CP (a host read of the two numbers per micro-batch), so each rank's gradients
+// are its tokens' share and their sum over CP is the micro-batch's. S must divide by 2 CP (and
+// S / CP by TP under sequence parallelism or MoE layers).
+//
+// Not yet: pipeline parallelism.
 #pragma once
 
 #include <cstdint>
@@ -92,25 +99,29 @@ struct NamedBuffer {
 // One MTP depth's state (k = depth + 1): its shifted tokens, labels and mask, the layer's
 // context, its output h_k and its cross-entropy.
 struct MtpDepthContext {
-  Tensor input_ids;  // [S, B] ids shifted left by k
-  Tensor labels;     // [T] labels shifted left by k, ignore_index past the end
-  Tensor loss_mask;  // [T] f32 shifted (0 past the end), or undefined
+  Tensor input_ids;  // [S_cp, B] this rank's rows of the ids shifted left by k
+  Tensor labels;     // [T] its rows of the labels shifted left by k, ignore_index past the end
+  Tensor loss_mask;  // [T] f32 its rows of the shifted mask (0 past the end), or undefined
   MtpLayerContext layer;
   Tensor hidden;      // [T, H] h_k (this rank's rows under sequence parallelism)
-  Tensor hidden_all;  // h_k of every row, as the output layer read it
+  Tensor hidden_all;  // what the output layer's backward reads (GPTModel::output_loss)
   ops::CrossEntropyResult cross_entropy;
 };
 
 struct GPTContext {
-  Shape tokens_shape;  // [S, B]
-  Tensor input_ids;    // [S, B]
-  Tensor labels;       // [T]
-  Tensor loss_mask;    // [T] f32, or undefined
+  Shape tokens_shape;      // [S, B]
+  Tensor input_ids;        // [S, B]
+  Tensor sequence_labels;  // [S, B] the micro-batch's labels (MTP shifts them)
+  Tensor sequence_mask;    // [S, B] f32 its loss mask, or undefined
+  Tensor local_ids;        // [S_cp, B] this rank's rows of input_ids (context parallelism: its
+                           // two chunks; else input_ids): what the embedding read
+  Tensor labels;           // [T] this rank's rows' labels (T = S_cp * B)
+  Tensor loss_mask;        // [T] f32, or undefined
   std::vector<TransformerLayerContext> layers;
   RMSNormContext final_norm;
   Tensor hidden;      // [T, H] the final norm's output (this rank's rows under sequence
                       // parallelism)
-  Tensor hidden_all;  // [T, H] every row of it: the cross-entropy's input
+  Tensor hidden_all;  // what the output layer's backward reads (GPTModel::output_loss)
   ops::CrossEntropyResult cross_entropy;
   // Set before forward() by a caller that already knows backward()'s loss_scale (the trainer):
   // the output layer's cross-entropy then runs its backward inside the forward
@@ -213,6 +224,9 @@ class GPTModel {
   // The dropout a forward with `ctx` uses (none unless ctx.dropout_first_sample is set), for
   // sequences of `seq_length`.
   LayerDropout dropout_for(const GPTContext& ctx, int64_t seq_length) const;
+  // Whether the output layer's backward runs inside the forward (the loss scale is known and
+  // the whole vocabulary and sequence are this rank's: no TP, no CP).
+  bool fuses_output_backward(const GPTContext& ctx) const;
   // The sequence rows this rank holds between the layers (S / P under sequence parallelism).
   int64_t local_seq_length(int64_t seq_length) const;
   // The embedding of ids [S, B] (vocab-parallel under TP): this rank's rows [S_local, B, H].
@@ -220,11 +234,15 @@ class GPTModel {
   // Its backward from dy [S_local, B, H]: accumulates (or writes) embed_tokens.grad.
   void embed_backward(const Tensor& dy, const Tensor& ids);
   // The output layer's cross-entropy on this rank's rows hidden [T_local, H] against the whole
-  // labels [T]; hidden_all receives every row (the backward's input).
+  // labels [T]; saved_input receives what the backward reads (every row, or under sequence
+  // parallelism this rank's: tp_input_to_save).
   ops::CrossEntropyResult output_loss(const Tensor& hidden, const Tensor& labels,
-                                      const Tensor& loss_mask, Tensor& hidden_all);
+                                      const Tensor& loss_mask, Tensor& saved_input);
+  // Under context parallelism, the loss of the micro-batch from this rank's tokens' result:
+  // their weighted sum and count all-reduced over CP (mean: sum / count); `local` otherwise.
+  ops::CrossEntropyResult over_sequence(ops::CrossEntropyResult local) const;
   // Its backward: accumulates the output weight's gradient, returns d hidden [T_local, H].
-  Tensor output_loss_backward(double grad_loss, const Tensor& hidden_all, const Tensor& labels,
+  Tensor output_loss_backward(double grad_loss, const Tensor& saved_input, const Tensor& labels,
                               const Tensor& loss_mask, const ops::CrossEntropyResult& saved);
 
   ModelConfig config_;

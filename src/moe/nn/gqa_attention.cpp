@@ -35,12 +35,14 @@ Tensor project(const Tensor& x, const Parameter& weight, const Parameter* bias) 
 }  // namespace
 
 GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix,
-                           DType dtype, Device device, uint64_t seed, const TensorParallel& tp)
+                           DType dtype, Device device, uint64_t seed, const TensorParallel& tp,
+                           const ContextParallel& cp)
     : hidden_(config.hidden_size),
       heads_(config.num_attention_heads),
       groups_(config.num_query_groups > 0 ? config.num_query_groups : config.num_attention_heads),
       bias_(config.add_qkv_bias),
       tp_(tp),
+      cp_(cp),
       dtype_(dtype) {
   MOE_CHECK(config.attention_type == AttentionType::gqa, kOp,
             ": an MLA config (--multi-latent-attention) belongs to MlaAttention");
@@ -115,19 +117,21 @@ Tensor GqaAttention::forward(const Tensor& x, AttentionContext& ctx,
     ctx.dropout.head_offset = tp_.rank() * heads_;
     ctx.dropout.heads_total = heads_total_;
   }
-  ctx.x = x_all.reshape({T, hidden_});
+  const Tensor x2 = x_all.reshape({T, hidden_});
+  ctx.x = tp_input_to_save(x.reshape({x.numel() / hidden_, hidden_}), x2, tp_);
+  ctx.positions = positions_.get(S, B, cp_, x.device());
 
-  Tensor q = project(ctx.x, q_proj, bias_ ? &q_bias : nullptr).reshape({S, B, heads_, D});
-  Tensor k = project(ctx.x, k_proj, bias_ ? &k_bias : nullptr).reshape({S, B, groups_, D});
-  ctx.v = project(ctx.x, v_proj, bias_ ? &v_bias : nullptr).reshape({S, B, groups_, D});
+  Tensor q = project(x2, q_proj, bias_ ? &q_bias : nullptr).reshape({S, B, heads_, D});
+  Tensor k = project(x2, k_proj, bias_ ? &k_bias : nullptr).reshape({S, B, groups_, D});
+  ctx.v = project(x2, v_proj, bias_ ? &v_bias : nullptr).reshape({S, B, groups_, D});
   if (q_norm) {
     q = q_norm->forward(q, ctx.q_norm);
     k = k_norm->forward(k, ctx.k_norm);
   }
-  ctx.q = ops::rotary_forward(q, inv_freq_, Tensor(), rotary_);
-  ctx.k = ops::rotary_forward(k, inv_freq_, Tensor(), rotary_);
+  ctx.q = ops::rotary_forward(q, inv_freq_, ctx.positions, rotary_);
+  ctx.k = ops::rotary_forward(k, inv_freq_, ctx.positions, rotary_);
   ops::AttentionOutput attn =
-      ops::attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout));
+      sequence_attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout), cp_, ctx.cp);
   ctx.out = std::move(attn.out);
   ctx.lse = std::move(attn.lse);
   const Tensor y = ops::matmul(ctx.out.reshape({T, heads_ * D}), o_proj.value, false, true);
@@ -138,8 +142,9 @@ Tensor GqaAttention::forward_cached(const Tensor& x, KvStep& step) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_ && x.dtype() == dtype_, kOp, ": x ", shape_str(x.shape()), " ",
             x.dtype(), " does not fit hidden size ", hidden_, " in ", dtype_);
-  MOE_CHECK(!tp_.active(), kOp, ": generation with a KV cache runs on one rank, not under ",
-            "--tensor-model-parallel-size ", tp_.size());
+  MOE_CHECK(!tp_.active() && !cp_.active(), kOp,
+            ": generation with a KV cache runs on one rank, not under tensor or context "
+            "parallelism");
   const int64_t S = x.size(0), B = x.size(1), T = S * B, D = head_dim_;
   const Tensor x2 = x.reshape({T, hidden_});
   Tensor q = project(x2, q_proj, bias_ ? &q_bias : nullptr).reshape({S, B, heads_, D});
@@ -170,10 +175,10 @@ Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   ops::gemm(dy2, true, out2, false, o_proj.grad, 1.0f, o_proj.take_grad_beta());
   const Tensor d_out = ops::matmul(dy2, o_proj.value).reshape({S, B, heads_, D});
 
-  ops::AttentionGrads g = ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
-                                                  options_with(ctx.dropout));
-  Tensor dq = ops::rotary_backward(g.q, inv_freq_, Tensor(), rotary_);
-  Tensor dk = ops::rotary_backward(g.k, inv_freq_, Tensor(), rotary_);
+  ops::AttentionGrads g = sequence_attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
+                                                      ctx.cp, options_with(ctx.dropout), cp_);
+  Tensor dq = ops::rotary_backward(g.q, inv_freq_, ctx.positions, rotary_);
+  Tensor dk = ops::rotary_backward(g.k, inv_freq_, ctx.positions, rotary_);
   if (q_norm) {
     dq = q_norm->backward(dq, ctx.q_norm);
     dk = k_norm->backward(dk, ctx.k_norm);
@@ -183,12 +188,13 @@ Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   const Tensor dv2 = g.v.reshape({T, groups_ * D});
 
   // Each projection p = x W^T + b: dW += dp^T x, db += sum_t dp, dx += dp W.
+  const Tensor x_all = tp_saved_input(ctx.x, tp_);
   Tensor dx = Tensor::empty({T, hidden_}, dtype_, dy.device());
   const std::pair<const Tensor*, Parameter*> projections[] = {
       {&dq2, &q_proj}, {&dk2, &k_proj}, {&dv2, &v_proj}};
   float dx_beta = 0.0f;
   for (const auto& [dp, weight] : projections) {
-    ops::gemm(*dp, true, ctx.x, false, weight->grad, 1.0f, weight->take_grad_beta());
+    ops::gemm(*dp, true, x_all, false, weight->grad, 1.0f, weight->take_grad_beta());
     ops::gemm(*dp, false, weight->value, false, dx, 1.0f, dx_beta);
     dx_beta = 1.0f;
   }

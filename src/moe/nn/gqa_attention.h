@@ -26,6 +26,9 @@
 // columns); the input is entered into the TP region before the projections and the output
 // leaves it after o_proj (all-reduce, or reduce-scatter with sequence parallelism). QK-norm
 // weights are replicated with partial gradients (each rank normalises its own heads).
+// Context parallelism (context_parallel.h): the rows are this rank's two chunks of the sequence,
+// rotated at their global positions; the keys and values of the whole sequence are gathered for
+// the attention and their gradients reduce-scattered back.
 //
 // Gradient rule: backward accumulates every parameter gradient (lazily written after
 // zero_grad, parameter.h) and writes dL/dx. MLA (AttentionType::mla) is a separate module
@@ -36,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/nn/context_parallel.h"
 #include "moe/nn/kv_cache.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/parameter.h"
@@ -48,11 +52,14 @@ namespace moe::nn {
 
 struct AttentionContext {
   Shape input_shape;  // [S, B, H] (S: this rank's rows under sequence parallelism)
-  Tensor x;           // [T, H] the block's input rows (all of the sequence's)
+  Tensor x;           // [T, H] the block's input rows (under sequence parallelism this rank's: the
+                      // backward gathers them again)
   RMSNormContext q_norm, k_norm;
-  Tensor q, k, v;            // [S, B, heads, D] as the attention op read them (normed, rotated)
-  Tensor out, lse;           // the attention op's results: out [S, B, Hq, D], lse [B, Hq, S]
-  ops::DropoutArgs dropout;  // the attention probabilities' dropout of this call (p = 0: none)
+  Tensor q, k, v;    // [S, B, heads, D] as the attention op read them (normed, rotated)
+  Tensor out, lse;   // the attention op's results: out [S, B, Hq, D], lse [B, Hq, S]
+  Tensor positions;  // [S, B] the rows' global positions under CP (undefined: the row index)
+  ContextParallelAttention cp;  // under CP: the gathered keys and values, per-chunk lse
+  ops::DropoutArgs dropout;     // the attention probabilities' dropout of this call (p = 0: none)
 };
 
 class GqaAttention {
@@ -63,7 +70,8 @@ class GqaAttention {
   // that do not fit (heads not a multiple of query groups, odd or empty rotary dim, query
   // groups not divisible by the TP size).
   GqaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix, DType dtype,
-               Device device, uint64_t seed, const TensorParallel& tp = {});
+               Device device, uint64_t seed, const TensorParallel& tp = {},
+               const ContextParallel& cp = {});
 
   // x [S, B, H] -> y [S, B, H].
   // `dropout`: attention dropout on the softmax output (training; ops/attention.h), kept in
@@ -94,6 +102,8 @@ class GqaAttention {
   int64_t heads_total_ = 0;  // the model's query heads (heads_ of them are this rank's)
   bool bias_ = false;
   TensorParallel tp_;
+  ContextParallel cp_;
+  mutable ContextParallelPositions positions_;  // the rows' global positions under CP
   DType dtype_ = DType::f32;
   Tensor inv_freq_;  // [Dr / 2] f32 (f64 for f64 models) on the parameters' device
   ops::RotaryArgs rotary_;

@@ -35,7 +35,8 @@ void projection_backward(const Tensor& dp, const Tensor& x, Parameter& weight, T
 }  // namespace
 
 MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix,
-                           DType dtype, Device device, uint64_t seed, const TensorParallel& tp)
+                           DType dtype, Device device, uint64_t seed, const TensorParallel& tp,
+                           const ContextParallel& cp)
     : hidden_(config.hidden_size),
       heads_(config.num_attention_heads),
       q_lora_rank_(config.mla.q_lora_rank),
@@ -44,6 +45,7 @@ MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::
       rope_dim_(config.mla.qk_pos_emb_head_dim),
       v_dim_(config.mla.v_head_dim),
       tp_(tp),
+      cp_(cp),
       dtype_(dtype) {
   MOE_CHECK(config.attention_type == AttentionType::mla, kOp,
             ": the config asks for grouped-query attention (use GqaAttention), not "
@@ -128,30 +130,31 @@ Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx,
     ctx.dropout.head_offset = tp_.rank() * heads_;
     ctx.dropout.heads_total = heads_total_;
   }
-  ctx.x = x_all.reshape({T, hidden_});
+  const Tensor x2 = x_all.reshape({T, hidden_});
+  ctx.x = tp_input_to_save(x.reshape({x.numel() / hidden_, hidden_}), x2, tp_);
+  ctx.positions = positions_.get(S, B, cp_, x.device());
 
   // Queries [S, B, Hq, dn + dr], the rope part (features [dn, dn + dr) of each head) rotated.
   Tensor q;
   if (q_lora_rank_ > 0) {
-    const Tensor c_q = ops::matmul(ctx.x, q_a_proj.value, false, true);
+    const Tensor c_q = ops::matmul(x2, q_a_proj.value, false, true);
     ctx.q_latent = q_a_layernorm ? q_a_layernorm->forward(c_q, ctx.q_a_norm) : c_q;
     q = ops::matmul(ctx.q_latent, q_b_proj.value, false, true);
   } else {
-    q = ops::matmul(ctx.x, q_proj.value, false, true);
+    q = ops::matmul(x2, q_proj.value, false, true);
   }
   ops::RotaryArgs q_rotary = rotary_;
   q_rotary.feature_offset = nope_dim_;
-  ctx.q = ops::rotary_forward(q.reshape({S, B, heads_, qk}), inv_freq_, Tensor(), q_rotary);
+  ctx.q = ops::rotary_forward(q.reshape({S, B, heads_, qk}), inv_freq_, ctx.positions, q_rotary);
 
   // kv_a_proj_with_mqa's two row blocks: the latent c_kv [T, kvl] and the shared k_pe [T, dr].
-  const Tensor c_kv =
-      ops::matmul(ctx.x, kv_a_proj_with_mqa.value.rows(0, kv_lora_rank_), false, true);
+  const Tensor c_kv = ops::matmul(x2, kv_a_proj_with_mqa.value.rows(0, kv_lora_rank_), false, true);
   const Tensor k_pe =
-      ops::matmul(ctx.x, kv_a_proj_with_mqa.value.rows(kv_lora_rank_, rope_dim_), false, true);
+      ops::matmul(x2, kv_a_proj_with_mqa.value.rows(kv_lora_rank_, rope_dim_), false, true);
   ctx.kv_latent = kv_a_layernorm ? kv_a_layernorm->forward(c_kv, ctx.kv_a_norm) : c_kv;
   const Tensor kv = ops::matmul(ctx.kv_latent, kv_b_proj.value, false, true);
   const Tensor k_pe_rotated =
-      ops::rotary_forward(k_pe.reshape({S, B, 1, rope_dim_}), inv_freq_, Tensor(), rotary_);
+      ops::rotary_forward(k_pe.reshape({S, B, 1, rope_dim_}), inv_freq_, ctx.positions, rotary_);
   ops::MlaKeyValue keys =
       ops::mla_expand_kv_forward(kv.reshape({S, B, heads_, nope_dim_ + v_dim_}),
                                  k_pe_rotated.reshape({S, B, rope_dim_}), nope_dim_);
@@ -159,7 +162,7 @@ Tensor MlaAttention::forward(const Tensor& x, MlaAttentionContext& ctx,
   ctx.v = std::move(keys.v);
 
   ops::AttentionOutput attn =
-      ops::attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout));
+      sequence_attention_forward(ctx.q, ctx.k, ctx.v, options_with(ctx.dropout), cp_, ctx.cp);
   ctx.out = std::move(attn.out);
   ctx.lse = std::move(attn.lse);
   const Tensor y = ops::matmul(ctx.out.reshape({T, heads_ * v_dim_}), o_proj.value, false, true);
@@ -170,8 +173,9 @@ Tensor MlaAttention::forward_cached(const Tensor& x, KvStep& step) const {
   check_dim(x, 3, kOp, "x");
   MOE_CHECK(x.size(2) == hidden_ && x.dtype() == dtype_, kOp, ": x ", shape_str(x.shape()), " ",
             x.dtype(), " does not fit hidden size ", hidden_, " in ", dtype_);
-  MOE_CHECK(!tp_.active(), kOp, ": generation with a KV cache runs on one rank, not under ",
-            "--tensor-model-parallel-size ", tp_.size());
+  MOE_CHECK(!tp_.active() && !cp_.active(), kOp,
+            ": generation with a KV cache runs on one rank, not under tensor or context "
+            "parallelism");
   const int64_t S = x.size(0), B = x.size(1), T = S * B, qk = nope_dim_ + rope_dim_;
   const Tensor x2 = x.reshape({T, hidden_});
   // As forward(), with the rotary positions of the step.
@@ -217,14 +221,14 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   ops::gemm(dy2, true, out2, false, o_proj.grad, 1.0f, o_proj.take_grad_beta());
   const Tensor d_out = ops::matmul(dy2, o_proj.value).reshape({S, B, heads_, v_dim_});
 
-  ops::AttentionGrads g = ops::attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
-                                                  options_with(ctx.dropout));
+  ops::AttentionGrads g = sequence_attention_backward(d_out, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
+                                                      ctx.cp, options_with(ctx.dropout), cp_);
 
   // Keys and values back to kv_b_proj's output and the shared k_pe (summed over the heads).
   ops::MlaKeyValueGrads dkv = ops::mla_expand_kv_backward(g.k, g.v, nope_dim_);
-  const Tensor d_k_pe =
-      ops::rotary_backward(dkv.k_pe.reshape({S, B, 1, rope_dim_}), inv_freq_, Tensor(), rotary_)
-          .reshape({T, rope_dim_});
+  const Tensor d_k_pe = ops::rotary_backward(dkv.k_pe.reshape({S, B, 1, rope_dim_}), inv_freq_,
+                                             ctx.positions, rotary_)
+                            .reshape({T, rope_dim_});
   const Tensor d_kv = dkv.kv.reshape({T, heads_ * (nope_dim_ + v_dim_)});
   // kv = c_kv' Wkvb^T: dWkvb += dkv^T c_kv', d c_kv' = dkv Wkvb; then through kv_a_layernorm.
   ops::gemm(d_kv, true, ctx.kv_latent, false, kv_b_proj.grad, 1.0f, kv_b_proj.take_grad_beta());
@@ -235,8 +239,9 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   const float kva_beta = kv_a_proj_with_mqa.take_grad_beta();
   Tensor kva_grad_latent = kv_a_proj_with_mqa.grad.rows(0, kv_lora_rank_);
   Tensor kva_grad_rope = kv_a_proj_with_mqa.grad.rows(kv_lora_rank_, rope_dim_);
-  ops::gemm(d_c_kv, true, ctx.x, false, kva_grad_latent, 1.0f, kva_beta);
-  ops::gemm(d_k_pe, true, ctx.x, false, kva_grad_rope, 1.0f, kva_beta);
+  const Tensor x_all = tp_saved_input(ctx.x, tp_);
+  ops::gemm(d_c_kv, true, x_all, false, kva_grad_latent, 1.0f, kva_beta);
+  ops::gemm(d_k_pe, true, x_all, false, kva_grad_rope, 1.0f, kva_beta);
   Tensor dx = ops::matmul(d_c_kv, kv_a_proj_with_mqa.value.rows(0, kv_lora_rank_));
   ops::gemm(d_k_pe, false, kv_a_proj_with_mqa.value.rows(kv_lora_rank_, rope_dim_), false, dx, 1.0f,
             1.0f);
@@ -245,14 +250,14 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   ops::RotaryArgs q_rotary = rotary_;
   q_rotary.feature_offset = nope_dim_;
   const Tensor d_q =
-      ops::rotary_backward(g.q, inv_freq_, Tensor(), q_rotary).reshape({T, heads_ * qk});
+      ops::rotary_backward(g.q, inv_freq_, ctx.positions, q_rotary).reshape({T, heads_ * qk});
   if (q_lora_rank_ > 0) {
     ops::gemm(d_q, true, ctx.q_latent, false, q_b_proj.grad, 1.0f, q_b_proj.take_grad_beta());
     Tensor d_c_q = ops::matmul(d_q, q_b_proj.value);
     if (q_a_layernorm) d_c_q = q_a_layernorm->backward(d_c_q, ctx.q_a_norm);
-    projection_backward(d_c_q, ctx.x, q_a_proj, dx, 1.0f);
+    projection_backward(d_c_q, x_all, q_a_proj, dx, 1.0f);
   } else {
-    projection_backward(d_q, ctx.x, q_proj, dx, 1.0f);
+    projection_backward(d_q, x_all, q_proj, dx, 1.0f);
   }
   return tp_enter_backward(dx.reshape({S, B, hidden_}), tp_);
 }

@@ -52,6 +52,9 @@
 // The down projections q_a_proj and kv_a_proj_with_mqa and the latent norms are replicated, as
 // in Megatron, and run on the whole sequence after the input enters the TP region; their
 // gradients are partial sums (each rank backpropagates its own heads' part of the latents).
+// Context parallelism (context_parallel.h): the rows are this rank's two chunks of the sequence,
+// q_pe and k_pe rotated at their global positions; the per-head keys and values of the whole
+// sequence are gathered for the attention and their gradients reduce-scattered back.
 //
 // Gradient rule: backward accumulates every parameter gradient (lazily written after
 // zero_grad, parameter.h) and writes dL/dx.
@@ -61,6 +64,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/nn/context_parallel.h"
 #include "moe/nn/kv_cache.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/parameter.h"
@@ -76,13 +80,16 @@ inline constexpr double kMlaLatentNormEps = 1e-6;
 
 struct MlaAttentionContext {
   Shape input_shape;  // [S, B, H] (S: this rank's rows under sequence parallelism)
-  Tensor x;           // [T, H] the block's input rows (all of the sequence's)
+  Tensor x;           // [T, H] the block's input rows (under sequence parallelism this rank's: the
+                      // backward gathers them again)
   RMSNormContext q_a_norm, kv_a_norm;
   Tensor q_latent;   // [T, ql] q_b_proj's input (after q_a_layernorm); undefined when ql = 0
   Tensor kv_latent;  // [T, kvl] kv_b_proj's input (after kv_a_layernorm)
   Tensor q, k, v;    // the attention op's inputs [S, B, Hq, dn + dr], [.., dn + dr], [.., dv]
   Tensor out, lse;   // its results: out [S, B, Hq, dv], lse [B, Hq, S]
-  ops::DropoutArgs dropout;  // the attention probabilities' dropout of this call (p = 0: none)
+  Tensor positions;  // [S, B] the rows' global positions under CP (undefined: the row index)
+  ContextParallelAttention cp;  // under CP: the gathered keys and values, per-chunk lse
+  ops::DropoutArgs dropout;     // the attention probabilities' dropout of this call (p = 0: none)
 };
 
 class MlaAttention {
@@ -91,7 +98,8 @@ class MlaAttention {
   // Parameters named prefix + "q_a_proj.weight", ... and initialised per param_init.h from
   // (seed, layer). Throws for GQA configs and for shapes that do not fit.
   MlaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix, DType dtype,
-               Device device, uint64_t seed, const TensorParallel& tp = {});
+               Device device, uint64_t seed, const TensorParallel& tp = {},
+               const ContextParallel& cp = {});
 
   // x [S, B, H] -> y [S, B, H].
   // `dropout`: attention dropout on the softmax output (training; ops/attention.h), kept in
@@ -131,6 +139,8 @@ class MlaAttention {
   int64_t nope_dim_ = 0, rope_dim_ = 0, v_dim_ = 0;
   int64_t heads_total_ = 0;  // the model's heads (heads_ of them are this rank's)
   TensorParallel tp_;
+  ContextParallel cp_;
+  mutable ContextParallelPositions positions_;  // the rows' global positions under CP
   DType dtype_ = DType::f32;
   Tensor inv_freq_;  // [dr / 2] f32 (f64 for f64 models) on the parameters' device
   ops::RotaryArgs rotary_;

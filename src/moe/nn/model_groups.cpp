@@ -6,6 +6,7 @@ ModelGroups model_groups_of(const dist::ParallelState& state, bool sequence_para
   ModelGroups groups;
   if (state.tp_size() > 1) groups.tp.group = state.tp();
   groups.tp.sequence_parallel = sequence_parallel && state.tp_size() > 1;
+  if (state.cp_size() > 1) groups.cp.group = state.cp();
   groups.moe = moe_groups_of(state);
   return groups;
 }

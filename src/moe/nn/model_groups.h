@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "moe/dist/parallel_state.h"
+#include "moe/nn/context_parallel.h"
 #include "moe/nn/moe_groups.h"
 #include "moe/nn/tensor_parallel.h"
 
@@ -16,12 +17,13 @@ struct ModelGroups {
   // Expert parallelism alone (no tensor parallelism).
   ModelGroups(MoEGroups moe_groups) : moe(std::move(moe_groups)) {}  // NOLINT: implicit
 
-  TensorParallel tp;  // attention, dense MLPs, shared experts, embedding, output layer
-  MoEGroups moe;      // routers, dispatchers, routed experts
+  TensorParallel tp;   // attention, dense MLPs, shared experts, embedding, output layer
+  ContextParallel cp;  // the sequence split: attention's key/value exchange, the loss
+  MoEGroups moe;       // routers, dispatchers, routed experts
 };
 
 // The groups of a parallel mapping: its TP group (null when TP is 1) with --sequence-parallel,
-// and moe_groups_of(state).
+// its CP group (null when CP is 1) and moe_groups_of(state).
 ModelGroups model_groups_of(const dist::ParallelState& state, bool sequence_parallel);
 
 }  // namespace moe::nn

@@ -28,8 +28,8 @@ SharedExpert::SharedExpert(const MoEConfig& config, Device device, const TensorP
 Tensor SharedExpert::forward(const Tensor& x, SharedExpertContext& ctx) {
   ctx = SharedExpertContext{};
   ctx.x = x;
-  ctx.x_all = tp_enter_forward(x, tp_);
-  ctx.fc1_out = ops::matmul(ctx.x_all, fc1.value, false, true);
+  const Tensor x_all = tp_enter_forward(x, tp_);
+  ctx.fc1_out = ops::matmul(x_all, fc1.value, false, true);
   ctx.activation = ops::swiglu_forward(ctx.fc1_out, Tensor());
   ctx.output = tp_exit_forward(ops::matmul(ctx.activation, fc2.value, false, true), tp_);
   if (!gated_) return ctx.output;
@@ -51,7 +51,8 @@ Tensor SharedExpert::backward(const Tensor& grad_y, SharedExpertContext& ctx) {
   ops::gemm(d_output_all, true, ctx.activation, false, fc2.grad, 1.0f, fc2.take_grad_beta());
   const Tensor d_activation = ops::matmul(d_output_all, fc2.value);
   const ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, Tensor());
-  ops::gemm(act.fc1_out, true, ctx.x_all, false, fc1.grad, 1.0f, fc1.take_grad_beta());
+  ops::gemm(act.fc1_out, true, tp_saved_input(ctx.x, tp_), false, fc1.grad, 1.0f,
+            fc1.take_grad_beta());
   Tensor dx = tp_enter_backward(ops::matmul(act.fc1_out, fc1.value), tp_);
   if (d_gate_x.defined()) ops::add_(dx, d_gate_x);
   return dx;

@@ -16,8 +16,7 @@
 namespace moe::nn {
 
 struct SharedExpertContext {
-  Tensor x;      // this rank's tokens [T, H]
-  Tensor x_all;  // every token of the TP group (x without TP)
+  Tensor x;  // this rank's tokens [T, H] (the backward gathers the TP group's again)
   Tensor fc1_out, activation, output, gate_logits;
 };
 

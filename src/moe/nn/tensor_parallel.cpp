@@ -73,6 +73,10 @@ Tensor tp_exit_backward(const Tensor& dy, const TensorParallel& tp) {
   return tp.sequence_parallel ? sequence_gather(dy, tp) : dy;
 }
 
+Tensor tp_saved_input(const Tensor& saved, const TensorParallel& tp) {
+  return tp.sequence_parallel ? sequence_gather(saved, tp) : saved;
+}
+
 void set_tp_split(Parameter& p, const Shape& global, const Shape& view, int split_dim,
                   const TensorParallel& tp) {
   if (!tp.active()) return;

@@ -62,6 +62,15 @@ Tensor sequence_gather(const Tensor& x, const TensorParallel& tp);
 Tensor sequence_reduce_scatter(const Tensor& x, const TensorParallel& tp);
 Tensor sum_over_tp(const Tensor& x, const TensorParallel& tp);  // all-reduce of a copy
 
+// What a column-parallel block keeps of its input for the backward's weight gradients: under
+// sequence parallelism this rank's shard `x` (the backward gathers it again, as Megatron does, so
+// the block's saved input falls by P), else the entered input `x_all` itself.
+inline Tensor tp_input_to_save(const Tensor& x, const Tensor& x_all, const TensorParallel& tp) {
+  return tp.sequence_parallel && tp.active() ? x : x_all;
+}
+// The entered input again from what tp_input_to_save kept.
+Tensor tp_saved_input(const Tensor& saved, const TensorParallel& tp);
+
 // Marks p as this rank's block of a TP split: the global tensor `global` is viewed as `view`
 // (same numel) and split evenly along `split_dim` of the view; p.value is reshaped to keep its
 // own shape. Nothing happens when TP is 1 (the value is the whole tensor).

@@ -28,9 +28,10 @@ TransformerLayer::TransformerLayer(const ModelConfig& config, int64_t layer, DTy
   input_layernorm = RMSNorm(prefix + "input_layernorm.weight", config.hidden_size,
                             config.norm_epsilon, dtype, device);
   if (config.attention_type == AttentionType::mla)
-    mla_attention.emplace(config, layer, prefix + "self_attn.", dtype, device, seed, tp);
+    mla_attention.emplace(config, layer, prefix + "self_attn.", dtype, device, seed, tp, groups.cp);
   else
-    self_attention = GqaAttention(config, layer, prefix + "self_attn.", dtype, device, seed, tp);
+    self_attention =
+        GqaAttention(config, layer, prefix + "self_attn.", dtype, device, seed, tp, groups.cp);
   post_attention_layernorm = RMSNorm(prefix + "post_attention_layernorm.weight", config.hidden_size,
                                      config.norm_epsilon, dtype, device);
   set_tp_replicated(input_layernorm.weight, tp, tp.sequence_parallel);
@@ -69,12 +70,12 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
   const Tensor normed_x = input_layernorm.forward(x, ctx.input_norm);
   Tensor h = mla_attention ? mla_attention->forward(normed_x, ctx.mla_attention, probs)
                            : self_attention.forward(normed_x, ctx.attention, probs);
-  ops::dropout_(h, dropout.args(layer_, ops::DropoutSite::attention_output));
+  dropout.apply_(h, layer_, ops::DropoutSite::attention_output);
   ops::add_(h, x);
   // out = h + drop(mlp(norm2(h)))
   const Tensor normed = post_attention_layernorm.forward(h, ctx.post_attention_norm);
   Tensor out = moe ? moe->forward(normed, ctx.moe) : mlp->forward(normed, ctx.mlp);
-  ops::dropout_(out, dropout.args(layer_, ops::DropoutSite::mlp_output));
+  dropout.apply_(out, layer_, ops::DropoutSite::mlp_output);
   ops::add_(out, h);
   return out;
 }
@@ -82,14 +83,12 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
 Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx,
                                   double loss_scale) {
   // p = 0: dropout_backward returns its input (no copy, nothing runs).
-  const Tensor d_mlp =
-      ops::dropout_backward(dy, ctx.dropout.args(layer_, ops::DropoutSite::mlp_output));
+  const Tensor d_mlp = ctx.dropout.backward(dy, layer_, ops::DropoutSite::mlp_output);
   const Tensor d_normed =
       moe ? moe->backward(d_mlp, ctx.moe, loss_scale) : mlp->backward(d_mlp, ctx.mlp);
   Tensor dh = post_attention_layernorm.backward(d_normed, ctx.post_attention_norm);
   ops::add_(dh, dy);
-  const Tensor d_attention =
-      ops::dropout_backward(dh, ctx.dropout.args(layer_, ops::DropoutSite::attention_output));
+  const Tensor d_attention = ctx.dropout.backward(dh, layer_, ops::DropoutSite::attention_output);
   const Tensor d_normed_x = mla_attention ? mla_attention->backward(d_attention, ctx.mla_attention)
                                           : self_attention.backward(d_attention, ctx.attention);
   Tensor dx = input_layernorm.backward(d_normed_x, ctx.input_norm);

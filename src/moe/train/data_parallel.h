@@ -8,11 +8,13 @@
 // one buffer per value dtype within each (a bf16 model keeps its routers' weights in fp32), as
 // Megatron-Core keeps one buffer per parameter / gradient dtype.
 //
-// Gradient scaling: the trainer scales every micro-batch's loss by 1 / (M x DP x CP) (M: this
-// rank's micro-batches per step), so the sum over the group is the mean over the global batch:
-// the gradient one rank computes on all M x DP x CP micro-batches. An expert's gradient sums the
-// tokens that every rank of its EP group sent it, so its sum over EDP covers all DP x CP
-// micro-batches as well (Megatron's expert_gradient_scaling_factor gives the same 1 / (DP x CP)).
+// Gradient scaling: the trainer scales every micro-batch's loss by 1 / (M x DP) (M: this rank's
+// micro-batches per step); under context parallelism each CP rank's gradient is its tokens'
+// share of its micro-batch's (the model's loss is the whole micro-batch's), so the sum over the
+// DP x CP group is the mean over the global batch: the gradient one rank computes on all M x DP
+// micro-batches (Megatron scales by 1 / (DP x CP) and multiplies the loss by CP: the same). An
+// expert's gradient sums the tokens that every rank of its EP group sent it, so its sum over EDP
+// covers all of them as well.
 //
 // Reduction (--use-distributed-optimizer off): all-reduce of each bucket; on: reduce-scatter,
 // so rank r of the group ends with the summed gradients of its owned chunk only

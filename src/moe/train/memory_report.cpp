@@ -42,11 +42,11 @@ LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
   LayerActivations a;
   const bool mtp = layer >= c.num_layers;
   if (mtp) {
-    a.between += 5 * h;  // enorm's and hnorm's inputs, eh_proj's input [T, 2H], the final norm's
-    a.gathered += h;     // the output layer's input
+    // enorm's and hnorm's inputs, eh_proj's input [T, 2H], the final norm's, the output layer's
+    a.between += 6 * h;
   }
   a.between += 2 * h;  // input_layernorm's and post_attention_layernorm's inputs
-  a.gathered += h;     // attention's input, gathered over the sequence
+  a.between += h;      // attention's input
   const double qk_norm = c.qk_layernorm ? 1.0 : 0.0;
   if (c.attention_type == nn::AttentionType::mla) {
     const nn::MlaConfig& m = c.mla;
@@ -64,7 +64,7 @@ LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
   }
   const bool moe = c.is_moe_layer(mtp ? c.num_layers - 1 : layer);
   if (!moe) {
-    a.gathered += h;  // the dense MLP's input
+    a.between += h;  // the dense MLP's input
     a.split += 3 * static_cast<double>(c.ffn_hidden_size);
     return a;
   }
@@ -75,7 +75,7 @@ LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
   // each token, gathered over ETP) and their fc1 output and activation at width F / ETP.
   a.split += h + k * etp * h + 3 * k * static_cast<double>(e.moe_ffn_hidden_size);
   if (e.moe_shared_expert_intermediate_size > 0) {
-    a.gathered += h;  // the shared expert's input, every token of the TP group
+    a.between += h;  // the shared expert's input
     a.split += 3 * static_cast<double>(e.moe_shared_expert_intermediate_size);
   }
   return a;
@@ -87,7 +87,7 @@ int64_t activation_bytes_estimate(const nn::ModelConfig& c, const ActivationShap
   const double t = shape.tensor_parallel;
   const double t_sp = shape.sequence_parallel ? t : 1.0;
   const double h = static_cast<double>(c.hidden_size);
-  double per_token = h / t_sp + h;  // the final norm's input, the output layer's input
+  double per_token = 2 * h / t_sp;  // the final norm's input, the output layer's input
   for (int64_t l = 0; l < c.num_layers + c.mtp_num_layers; ++l) {
     const LayerActivations a = layer_activations(c, l);
     per_token += a.between / t_sp + a.gathered + a.split / t;

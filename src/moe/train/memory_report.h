@@ -37,31 +37,29 @@
 // parallelism), and 5 a s^2 b the attention scores. This codebase keeps less and other things:
 //   - no attention scores (ops/attention.h keeps the log-sum-exp only, as FlashAttention),
 //   - no dropout masks (ops/dropout.h regenerates them in the backward),
-//   - the inputs of attention and of the dense MLP / shared expert gathered over the sequence
-//     (AttentionContext::x, DenseMLPContext::x, SharedExpertContext::x_all): whole on every TP
-//     rank even with sequence parallelism (Megatron keeps the shard and gathers it again),
 //   - SwiGLU MLPs of width F (fc1's output 2F and the activation F), grouped-query heads, MLA's
 //     latents, and MoE layers on this rank's sequence shard (tensor_parallel.h).
 // So, in elements per token of the sequence (E bytes each: the model's dtype), per layer
-//   between   2 h                     the norms' inputs: / t under sequence parallelism
-//   gathered  h + h                   attention's input, the dense MLP's or shared expert's
-//                                     input (none for an MoE layer without one); MLA: + its
-//                                     replicated latents q_lora_rank + kv_lora_rank (twice with
-//                                     --qk-layernorm: the latent norms' inputs)
+//   between   2 h + h + h             the norms' inputs, the inputs of attention and of the dense
+//                                     MLP or shared expert (none for an MoE layer without one):
+//                                     / t under sequence parallelism, as Megatron keeps them
+//                                     (the backward gathers them again: tensor_parallel.h)
+//   gathered  MLA's replicated latents q_lora_rank + kv_lora_rank (twice with --qk-layernorm:
+//             the latent norms' inputs), on every token of the sequence on every TP rank
 //   split     attention: GQA 2 (Hq + Hkv) D (q, k, v, output; + (Hq + Hkv) D with QK-norm: the
 //                        norms' inputs), MLA Hq (2 (dn + dr) + 2 dv);
 //             dense MLP: 3 F;  MoE layer: h (the router's input) + k ETP h (the rows the
 //             experts receive: top-k copies, gathered over ETP) + 3 k F_expert + 3 F_shared
 //             (all / t: heads and widths split over TP, the MoE layer on the sequence shard)
-//   bytes = s b E (sum over layers of (between / t_sp + gathered + split / t) + h / t_sp + h)
-// with t_sp = t under sequence parallelism, else 1; the last two terms are the final norm's
-// input and the output layer's (gathered) input. An MTP depth is a layer of the last layer's
-// kind with 5 h more between (enorm's and hnorm's inputs, eh_proj's input 2 h, its final norm's
-// input) and h more gathered (the output layer's input). Left out: the attention's log-sum-exp, the
-// router's logits and the dispatchers' buffers, and the transient buffers of a backward. For the
-// paper's layer (Hkv = Hq, Hq D = h, 3 F = 8 h, E = 2) this gives s b h (4 / t_sp + 4 + 24 / t)
-// bytes: the paper's 24 / t, and its 10 less the masks, of which only the norms' 4 fall under
-// sequence parallelism.
+//   bytes = s b E (sum over layers of (between / t_sp + gathered + split / t) + 2 h / t_sp)
+// with t_sp = t under sequence parallelism, else 1; the last term is the final norm's input and
+// the output layer's input. An MTP depth is a layer of the last layer's kind with 6 h more
+// between (enorm's and hnorm's inputs, eh_proj's input 2 h, its final norm's input, the output
+// layer's input). Left out: the attention's log-sum-exp, the router's logits and the
+// dispatchers' buffers, and the transient buffers of a backward. For the paper's layer
+// (Hkv = Hq, Hq D = h, 3 F = 8 h, E = 2) this gives s b h (8 / t_sp + 24 / t) bytes: the
+// paper's 24 / t, and its 10 less the 2 of dropout masks, all / t under sequence parallelism
+// (the paper's 34 / t less the masks).
 #pragma once
 
 #include <cstdint>

@@ -69,11 +69,13 @@ struct TrainRunConfig {
   dist::DistributedOptions distributed;
   // The parallel mapping of a multi-process run (dist/parallel_state.h): --expert-model-
   // parallel-size, --expert-tensor-parallel-size (0: --tensor-model-parallel-size, Megatron's
-  // default), --tensor-model-parallel-size; PP and CP are 1 in this build. The model's
-  // moe.expert_model_parallel_size / expert_tensor_parallel_size say the same sizes (resolved). The
-  // world size is known at run time only: train_run.h checks that ETP x EP divides it.
+  // default), --tensor-model-parallel-size, --context-parallel-size; PP is 1 in this build. The
+  // model's moe.expert_model_parallel_size / expert_tensor_parallel_size say the same sizes
+  // (resolved). The world size is known at run time only: train_run.h checks that ETP x EP divides
+  // it.
   dist::ParallelConfig parallel;
-  bool sequence_parallel = false;  // --sequence-parallel (with TP > 1)
+  bool sequence_parallel = false;    // --sequence-parallel (with TP > 1)
+  std::string cp_comm_type = "p2p";  // --cp-comm-type (p2p runs as all_gather: the flag's help)
   // Megatron's DDP options (train/data_parallel.h): --use-distributed-optimizer,
   // --overlap-grad-reduce, --overlap-param-gather, --ddp-bucket-size, --grad-reduce-in-bf16.
   // One rank has nothing to reduce or shard: they change nothing there.

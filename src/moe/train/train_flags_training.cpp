@@ -40,7 +40,26 @@ void add_parallel_flags(std::vector<Entry>& t) {
                           parallel_size("--tensor-model-parallel-size", v);
                     }));
   t.push_back(not_built_yet("--pipeline-model-parallel-size", "pipeline parallelism"));
-  t.push_back(not_built_yet("--context-parallel-size", "context parallelism"));
+  t.push_back(value("--context-parallel-size", "CP",
+                    "parallel.context_parallel_size: each sequence split over CP ranks in 2 CP "
+                    "load-balanced chunks (2 CP must divide --seq-length); attention gathers the "
+                    "keys and values of the whole sequence",
+                    [](S& s, V v) {
+                      s.run.parallel.context_parallel_size =
+                          parallel_size("--context-parallel-size", v);
+                    }));
+  t.push_back(value(
+      "--cp-comm-type", "TYPE",
+      "how context-parallel attention exchanges keys and values: all_gather; p2p "
+      "(Megatron-LM's default) runs the all-gather exchange in this build (the same "
+      "attention, without the ring's overlap); a2a and a2a+p2p are not built yet",
+      [](S& s, V v) {
+        s.run.cp_comm_type = one_of("--cp-comm-type", v, {"p2p", "all_gather", "a2a", "a2a+p2p"});
+        MOE_CHECK(s.run.cp_comm_type == "p2p" || s.run.cp_comm_type == "all_gather",
+                  "--cp-comm-type ", v,
+                  " is not built yet (a later change brings it): use all_gather or "
+                  "p2p");
+      }));
   t.push_back(value("--expert-model-parallel-size", "EP",
                     "parallel.expert_model_parallel_size: the experts split over EP ranks (a "
                     "divisor of --num-experts; ETP x EP must divide the world size, the rest is "
@@ -121,14 +140,13 @@ void add_batch_flags(std::vector<Entry>& t) {
                     "train.train_iters (default 500, the default run's: Megatron has none; 0: no "
                     "training, --save saves the initial model; not with --train-samples)",
                     [](S& s, V v) { s.run.train.train_iters = as_count("--train-iters", v, 0); }));
-  t.push_back(value("--train-samples", "N",
-                    "train.train_samples: sample-based training (Megatron's; not with "
-                    "--train-iters): N / --global-batch-size iterations (the remainder is not "
-                    "trained), the lr and weight-decay schedules counted in samples "
-                    "(--lr-decay-samples, --lr-warmup-samples, --lr-wsd-decay-samples)",
-                    [](S& s, V v) {
-                      s.run.train.train_samples = as_count("--train-samples", v, 1);
-                    }));
+  t.push_back(
+      value("--train-samples", "N",
+            "train.train_samples: sample-based training (Megatron's; not with "
+            "--train-iters): N / --global-batch-size iterations (the remainder is not "
+            "trained), the lr and weight-decay schedules counted in samples "
+            "(--lr-decay-samples, --lr-warmup-samples, --lr-wsd-decay-samples)",
+            [](S& s, V v) { s.run.train.train_samples = as_count("--train-samples", v, 1); }));
   t.push_back(
       value("--seed", "SEED", "train.seed: the model's initialisation and the data order",
             [](S& s, V v) { s.run.train.seed = static_cast<uint64_t>(as_count("--seed", v, 0)); }));
@@ -154,20 +172,18 @@ void add_schedule_flags(std::vector<Entry>& t) {
                           one_of("--lr-decay-style", v,
                                  {"constant", "linear", "cosine", "inverse-square-root", "WSD"});
                     }));
-  t.push_back(value("--lr-decay-iters", "N",
-                    "schedule.decay_iters (default: --train-iters; with --train-iters only)",
-                    [](S& s, V v) {
-                      s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0);
-                    }));
+  t.push_back(value(
+      "--lr-decay-iters", "N",
+      "schedule.decay_iters (default: --train-iters; with --train-iters only)",
+      [](S& s, V v) { s.run.train.schedule.decay_iters = as_count("--lr-decay-iters", v, 0); }));
   t.push_back(value("--lr-decay-samples", "N",
                     "schedule.decay_samples (default: --train-samples; with --train-samples only)",
                     [](S& s, V v) {
                       s.run.train.schedule.decay_samples = as_count("--lr-decay-samples", v, 1);
                     }));
-  t.push_back(value("--lr-warmup-iters", "N",
-                    "schedule.warmup_iters (default 0; with --train-iters only)", [](S& s, V v) {
-                      s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0);
-                    }));
+  t.push_back(value(
+      "--lr-warmup-iters", "N", "schedule.warmup_iters (default 0; with --train-iters only)",
+      [](S& s, V v) { s.run.train.schedule.warmup_iters = as_count("--lr-warmup-iters", v, 0); }));
   t.push_back(value("--lr-warmup-samples", "N",
                     "schedule.warmup_samples (default 0; with --train-samples only)",
                     [](S& s, V v) {
@@ -194,15 +210,13 @@ void add_schedule_flags(std::vector<Entry>& t) {
   t.push_back(value("--lr-wsd-decay-iters", "N",
                     "schedule.wsd_decay_iters: WSD's annealing (with --train-iters only)",
                     [](S& s, V v) {
-                      s.run.train.schedule.wsd_decay_iters =
-                          as_count("--lr-wsd-decay-iters", v, 0);
+                      s.run.train.schedule.wsd_decay_iters = as_count("--lr-wsd-decay-iters", v, 0);
                     }));
-  t.push_back(value("--lr-wsd-decay-samples", "N",
-                    "schedule.wsd_decay_samples: WSD's annealing (with --train-samples only)",
-                    [](S& s, V v) {
-                      s.run.train.schedule.wsd_decay_samples =
-                          as_count("--lr-wsd-decay-samples", v, 0);
-                    }));
+  t.push_back(value(
+      "--lr-wsd-decay-samples", "N",
+      "schedule.wsd_decay_samples: WSD's annealing (with --train-samples only)", [](S& s, V v) {
+        s.run.train.schedule.wsd_decay_samples = as_count("--lr-wsd-decay-samples", v, 0);
+      }));
   t.push_back(value("--weight-decay", "WD", "start and end weight decay", [](S& s, V v) {
     const double wd = as_double("--weight-decay", v);
     s.run.train.schedule.start_weight_decay = s.run.train.schedule.end_weight_decay = wd;

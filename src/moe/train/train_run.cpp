@@ -187,8 +187,8 @@ std::string sample_on_every_rank(nn::GPTModel& model, const data::Tokenizer& tok
             " has ", model.config().vocab_size, " vocabulary ids, fewer than the tokenizer's ",
             tokenizer.vocab_size(), " (", tokenizer.description(), ")");
   options.sampled_vocab_size = tokenizer.vocab_size();
-  // The KV cache runs on one rank's whole model: under TP every step recomputes the window.
-  if (model.groups().tp.active()) options.kv_cache = false;
+  // The KV cache runs on one rank's whole model: under TP or CP every step recomputes the window.
+  if (model.groups().tp.active() || model.groups().cp.active()) options.kv_cache = false;
   const std::optional<int64_t> end = tokenizer.end_of_document();
   options.end_of_document_id.reset();
   std::vector<int64_t> prompt = tokenizer.encode_document("");
@@ -348,8 +348,13 @@ void check_parallel_flags(const TrainRunConfig& c, int world_size) {
             c.parallel.expert_model_parallel_size,
             " needs --sequence-parallel (Megatron-LM: \"When using expert parallelism and tensor "
             "parallelism, sequence parallelism must be used\")");
+  const int cp = c.parallel.context_parallel_size;
+  MOE_CHECK(c.train.seq_length % (2 * cp) == 0 || cp == 1, "--seq-length ", c.train.seq_length,
+            " is not divisible by 2 x --context-parallel-size ", cp,
+            " (each CP rank holds two load-balanced chunks of every sequence)");
   if (tp > 1 && (c.sequence_parallel || c.model.moe.num_experts > 0))
-    MOE_CHECK(c.train.seq_length % tp == 0, "--seq-length ", c.train.seq_length,
+    MOE_CHECK(c.train.seq_length / cp % tp == 0, "--seq-length ", c.train.seq_length,
+              cp > 1 ? moe::detail::concat(" / --context-parallel-size ", cp) : std::string(),
               " is not divisible by --tensor-model-parallel-size ", tp,
               c.sequence_parallel ? " (--sequence-parallel splits the sequence)"
                                   : " (the MoE layers route 1/TP of the sequence on each rank)");
@@ -436,8 +441,8 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   // The mapping (null on one rank: nothing of it exists there).
   std::shared_ptr<dist::ParallelState> state;
   if (world.size() > 1) state = std::make_shared<dist::ParallelState>(world.group, config.parallel);
-  const int64_t dp = state ? state->dp_cp_size() : 1;
-  TrainRunConfig run = config;  // with what the mapping decides
+  const int64_t dp = state ? state->dp_size() : 1;  // CP ranks share their samples
+  TrainRunConfig run = config;                      // with what the mapping decides
   TrainConfig& tc = run.train;
   if (run.global_batch_follows_data_parallel) tc.global_batch_size = tc.micro_batch_size * dp;
   // --train-samples: Megatron's update_train_iters, for the global batch the mapping gives.

@@ -28,8 +28,10 @@ LrScheduleConfig resolved_schedule(const TrainConfig& c) {
 
 namespace {
 
+// The data-parallel size: the ranks that read different samples (the CP ranks of a replica read
+// the same samples and split their sequences).
 int64_t dp_of(const TrainParallel& p) {
-  return p.state ? p.state->dp_cp_size() : 1;
+  return p.state ? p.state->dp_size() : 1;
 }
 
 const TrainConfig& validated(const TrainConfig& c, const TrainParallel& p) {
@@ -133,7 +135,7 @@ Tensor Trainer::next_samples(BatchSource& source) {
   if (dp == 1) return source.next(B);
   // Megatron's MegatronPretrainingSampler: DP x B consecutive samples per micro-batch step,
   // rank r takes [r B, (r + 1) B) of them. position() stays the global count.
-  const int64_t start = source.position(), r = parallel_.state->dp_cp_rank();
+  const int64_t start = source.position(), r = parallel_.state->dp_rank();
   source.set_position(start + r * B);
   Tensor mine = source.next(B);
   source.set_position(start + dp * B);
@@ -149,8 +151,10 @@ void Trainer::scale_gradients(double factor) {
 }
 
 void Trainer::reduce_losses(Tensor& sums) {
-  if (!parallel_.state || parallel_.state->dp_cp_size() == 1) return;
-  parallel_.state->dp_cp()->all_reduce(sums, dist::ReduceOp::sum);
+  // The TP and CP ranks of a replica hold the same losses (the model reduces them): one replica
+  // each.
+  if (!parallel_.state || parallel_.state->dp_size() == 1) return;
+  parallel_.state->dp()->all_reduce(sums, dist::ReduceOp::sum);
 }
 
 Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
@@ -197,7 +201,7 @@ StepMetrics Trainer::train_step() {
     // This rank's first sample in the training stream (next_samples' order): the dropout
     // masks' counter, the same under any data-parallel mapping and restored with the data.
     const int64_t rank_offset =
-        data_parallel_size() > 1 ? parallel_.state->dp_cp_rank() * config_.micro_batch_size : 0;
+        data_parallel_size() > 1 ? parallel_.state->dp_rank() * config_.micro_batch_size : 0;
     const int64_t first_sample = train_.position() + rank_offset;
     MicroBatch mb = load(train_, "training");
     nn::GPTContext ctx;
@@ -214,11 +218,11 @@ StepMetrics Trainer::train_step() {
     if (per_token) accumulate(sums, 3, ctx.cross_entropy.weight_sum.to(sums.dtype()));
   }
   if (ddp_) ddp_->finish_grad_sync();
-  // Each TP rank's aux loss covers its own tokens (the lm and MTP losses are whole on every
-  // rank): their sum is the replica's.
-  if (parallel_.state && parallel_.state->tp_size() > 1) {
+  // Each TP and CP rank's aux loss covers its own tokens (the lm and MTP losses are whole on
+  // every rank): their sum is the replica's.
+  if (parallel_.state && parallel_.state->tp_cp_size() > 1) {
     Tensor aux = sums.rows(1, 1).clone();
-    parallel_.state->tp()->all_reduce(aux, dist::ReduceOp::sum);
+    parallel_.state->tp_cp()->all_reduce(aux, dist::ReduceOp::sum);
     Tensor slot = sums.rows(1, 1);
     slot.copy_(aux);
   }
