@@ -37,14 +37,33 @@ nn::ModelConfig papers_model(int64_t layers) {
   return c;
 }
 
-int64_t estimate(const nn::ModelConfig& c, int64_t b, int64_t s, DType dtype, int t, bool sp) {
+int64_t estimate(const nn::ModelConfig& c, int64_t b, int64_t s, DType dtype, int t, bool sp,
+                 int cp = 1) {
   ActivationShape shape;
   shape.micro_batch_size = b;
   shape.seq_length = s;
   shape.dtype = dtype;
   shape.tensor_parallel = t;
   shape.sequence_parallel = sp;
+  shape.context_parallel = cp;
   return activation_bytes_estimate(c, shape);
+}
+
+TEST(MemoryReportTensorParallel, ContextParallelHoldsItsChunksAndTheGatheredKeysAndValues) {
+  const int64_t L = 3, b = 2, s = 64;
+  const nn::ModelConfig c = papers_model(L);
+  const double sbh = static_cast<double>(s * b * c.hidden_size);
+  for (const int t : {1, 2})
+    for (const int cp : {2, 4}) {
+      SCOPED_TRACE("t " + std::to_string(t) + " cp " + std::to_string(cp));
+      // Everything per token falls by CP; the keys and values of the whole sequence (2 h per
+      // token of multi-head attention, / t) are kept once per layer, in 16-bit.
+      const double expected =
+          static_cast<double>(estimate(c, b, s, DType::bf16, t, true)) / cp + sbh * L * 2 * 2.0 / t;
+      EXPECT_NEAR(static_cast<double>(estimate(c, b, s, DType::bf16, t, true, cp)), expected, 1.0);
+      EXPECT_LT(estimate(c, b, s, DType::bf16, t, true, cp),
+                estimate(c, b, s, DType::bf16, t, true));
+    }
 }
 
 TEST(MemoryReportTensorParallel, ActivationEstimateOfThePapersLayer) {

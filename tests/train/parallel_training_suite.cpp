@@ -36,6 +36,7 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
     m.num_query_groups = 4;
     m.kv_channels = 4;
     m.qk_layernorm = true;
+    m.mtp_num_layers = c.per_token_loss ? 0 : 1;  // MTP needs the mean loss
     m.moe.moe_shared_expert_intermediate_size = 4;
   }
   m.vocab_size = 12;  // TP 1, 2, 4

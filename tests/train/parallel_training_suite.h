@@ -32,7 +32,7 @@ inline constexpr int kParallelSteps = 5;
 
 struct ParallelTrainingCase {
   std::string model;  // "gqa": 8 heads in 4 groups, QK-norm, softmax router, aux + z loss,
-                      //        shared expert;
+                      //        shared expert, one MTP layer (none with per-token loss);
                       // "mla": MLA attention, sigmoid router with expert bias, seq aux loss,
                       //        shared expert, one MTP layer
   int world = 1;

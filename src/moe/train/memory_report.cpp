@@ -56,11 +56,13 @@ LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
     // The replicated latents (and the latent norms' inputs) on every token of the sequence.
     a.gathered += (1 + qk_norm) * static_cast<double>(m.q_lora_rank + m.kv_lora_rank);
     a.split += heads * (2 * qk + 2 * v);  // q, k, v, the attention output
+    a.keys_values = heads * (qk + v);
   } else {
     const int64_t groups = c.num_query_groups > 0 ? c.num_query_groups : c.num_attention_heads;
     const double q = static_cast<double>(c.num_attention_heads * c.head_dim());
     const double kv = static_cast<double>(groups * c.head_dim());
     a.split += (2 + qk_norm) * (q + kv);  // q, k, v, the output (+ the QK-norms' inputs)
+    a.keys_values = 2 * kv;
   }
   const bool moe = c.is_moe_layer(mtp ? c.num_layers - 1 : layer);
   if (!moe) {
@@ -87,14 +89,19 @@ int64_t activation_bytes_estimate(const nn::ModelConfig& c, const ActivationShap
   const double t = shape.tensor_parallel;
   const double t_sp = shape.sequence_parallel ? t : 1.0;
   const double h = static_cast<double>(c.hidden_size);
+  MOE_CHECK(shape.context_parallel >= 1, "activation estimate: CP size ", shape.context_parallel,
+            " must be at least 1");
+  const double cp = shape.context_parallel;
   double per_token = 2 * h / t_sp;  // the final norm's input, the output layer's input
+  double gathered_keys_values = 0;  // per token of the whole sequence, under CP
   for (int64_t l = 0; l < c.num_layers + c.mtp_num_layers; ++l) {
     const LayerActivations a = layer_activations(c, l);
     per_token += a.between / t_sp + a.gathered + a.split / t;
+    if (cp > 1) gathered_keys_values += a.keys_values / t;
   }
   const double tokens = static_cast<double>(shape.micro_batch_size * shape.seq_length);
-  return static_cast<int64_t>(
-      std::llround(tokens * per_token * static_cast<double>(dtype_size(shape.dtype))));
+  return static_cast<int64_t>(std::llround(tokens * (per_token / cp + gathered_keys_values) *
+                                           static_cast<double>(dtype_size(shape.dtype))));
 }
 
 RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
@@ -105,6 +112,7 @@ RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
   shape.dtype = model.dtype();
   shape.tensor_parallel = model.groups().tp.size();
   shape.sequence_parallel = model.groups().tp.sequence_parallel;
+  shape.context_parallel = model.groups().cp.size();
   m.activation_bytes = activation_bytes_estimate(model.config(), shape);
   if (DataParallel* ddp = trainer.data_parallel()) {
     for (ParamAndGradBuffer* b : ddp->buffers()) {

@@ -59,7 +59,9 @@
 // dispatchers' buffers, and the transient buffers of a backward. For the paper's layer
 // (Hkv = Hq, Hq D = h, 3 F = 8 h, E = 2) this gives s b h (8 / t_sp + 24 / t) bytes: the
 // paper's 24 / t, and its 10 less the 2 of dropout masks, all / t under sequence parallelism
-// (the paper's 34 / t less the masks).
+// (the paper's 34 / t less the masks). Under context parallelism c a rank holds s / c tokens
+// of every sequence, and its attention keeps the gathered keys and values of the whole sequence
+// too (context_parallel.h): s b E (per-token sum / c + sum over layers of keys_values / t).
 #pragma once
 
 #include <cstdint>
@@ -89,6 +91,7 @@ struct ActivationShape {
   DType dtype = DType::bf16;  // the activations' (the model's) dtype
   int tensor_parallel = 1;    // t
   bool sequence_parallel = false;
+  int context_parallel = 1;  // c: each rank holds s / c of every sequence
 };
 
 // One layer's activations per token of the sequence, in elements (see above).
@@ -96,6 +99,9 @@ struct LayerActivations {
   double between = 0;   // / t under sequence parallelism
   double gathered = 0;  // whole on every TP rank
   double split = 0;     // / t
+  // Of split: the attention's keys and values (GQA 2 Hkv D, MLA Hq (dn + dr + dv)), which
+  // context parallelism also keeps for the whole sequence (gathered from the CP group).
+  double keys_values = 0;
 };
 // Layer `layer` of `config` (config.moe's expert_tensor_parallel_size included); layers past
 // num_layers are MTP depths (the last layer's kind, with the MTP module's own norms).
