@@ -81,7 +81,9 @@ TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
   pc.expert_model_parallel_size = c.ep;
   pc.expert_tensor_parallel_size = c.etp;
   auto state = std::make_shared<dist::ParallelState>(world, pc);
-  groups = nn::model_groups_of(*state, c.sequence_parallel);
+  groups = nn::model_groups_of(*state, c.sequence_parallel,
+                               c.cp_all_gather ? nn::ContextParallel::Exchange::all_gather
+                                               : nn::ContextParallel::Exchange::p2p);
   TrainParallel parallel;
   parallel.state = state;
   parallel.ddp.use_distributed_optimizer = c.distributed_optimizer;
@@ -157,7 +159,7 @@ void expect_series(const std::vector<double>& actual, const std::vector<double>&
 std::string case_name(const ParallelTrainingCase& c) {
   std::string n = c.model + "_world" + std::to_string(c.world);
   if (c.tp > 1) n += "_tp" + std::to_string(c.tp) + (c.sequence_parallel ? "_sp" : "");
-  if (c.cp > 1) n += "_cp" + std::to_string(c.cp);
+  if (c.cp > 1) n += "_cp" + std::to_string(c.cp) + (c.cp_all_gather ? "_allgatherkv" : "_ring");
   n += "_ep" + std::to_string(c.ep) + "_etp" + std::to_string(c.etp) + "_" + c.dispatcher;
   if (c.distributed_optimizer) n += "_distopt";
   if (c.overlap) n += "_overlap";
@@ -239,20 +241,22 @@ std::vector<ParallelTrainingCase> context_parallel_cases_for_world(int world) {
                              {4, 1, 1, 0}, {2, 2, 2, 0}, {4, 1, 2, 1}};
   std::vector<ParallelTrainingCase> out;
   for (const char* model : {"gqa", "mla"})
-    for (const auto& m : mappings) {
-      if (m[0] * m[1] > world || world % (m[0] * m[1]) != 0 || world % m[2] != 0) continue;
-      if (m[3] && world == m[0] * m[1]) continue;  // nothing left to shard the optimizer over
-      ParallelTrainingCase c;
-      c.model = model;
-      c.world = world;
-      c.cp = m[0];
-      c.tp = m[1];
-      c.sequence_parallel = m[1] > 1;
-      c.ep = m[2];
-      c.dispatcher = "alltoall";
-      c.distributed_optimizer = c.overlap = m[3] != 0;
-      out.push_back(c);
-    }
+    for (const auto& m : mappings)
+      for (bool all_gather : {false, true}) {
+        if (m[0] * m[1] > world || world % (m[0] * m[1]) != 0 || world % m[2] != 0) continue;
+        if (m[3] && world == m[0] * m[1]) continue;  // nothing left to shard the optimizer over
+        ParallelTrainingCase c;
+        c.cp_all_gather = all_gather;
+        c.model = model;
+        c.world = world;
+        c.cp = m[0];
+        c.tp = m[1];
+        c.sequence_parallel = m[1] > 1;
+        c.ep = m[2];
+        c.dispatcher = "alltoall";
+        c.distributed_optimizer = c.overlap = m[3] != 0;
+        out.push_back(c);
+      }
   return out;
 }
 

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/nn/context_parallel_ring.h"
 #include "moe/ops/elementwise.h"
 
 namespace moe::nn {
@@ -117,10 +118,13 @@ Tensor ContextParallelPositions::get(int64_t local_rows, int64_t batch, const Co
   return positions_;
 }
 
-ContextParallelAttention context_parallel_attention_forward(const Tensor& q, const Tensor& k,
-                                                            const Tensor& v,
-                                                            const ops::AttentionOptions& options,
-                                                            const ContextParallel& cp) {
+namespace {
+
+// Exchange::all_gather (context_parallel.h).
+ContextParallelAttention gathered_attention_forward(const Tensor& q, const Tensor& k,
+                                                    const Tensor& v,
+                                                    const ops::AttentionOptions& options,
+                                                    const ContextParallel& cp) {
   MOE_CHECK(options.layout == ops::AttentionLayout::sbhd && options.causal, kOp,
             ": attention must be causal and in the sbhd layout");
   MOE_CHECK(q.size(0) % 2 == 0 && k.size(0) == q.size(0) && v.size(0) == q.size(0), kOp,
@@ -147,10 +151,10 @@ ContextParallelAttention context_parallel_attention_forward(const Tensor& q, con
   return saved;
 }
 
-ops::AttentionGrads context_parallel_attention_backward(const Tensor& d_out, const Tensor& q,
-                                                        const ContextParallelAttention& saved,
-                                                        const ops::AttentionOptions& options,
-                                                        const ContextParallel& cp) {
+ops::AttentionGrads gathered_attention_backward(const Tensor& d_out, const Tensor& q,
+                                                const ContextParallelAttention& saved,
+                                                const ops::AttentionOptions& options,
+                                                const ContextParallel& cp) {
   const int64_t c = q.size(0) / 2, S = 2 * c * cp.size();
   const std::array<int64_t, 2> starts = cp.chunk_starts(S);
   // The keys' and values' gradients of the whole sequence, summed in f32 (f64 for f64) over the
@@ -178,6 +182,26 @@ ops::AttentionGrads context_parallel_attention_backward(const Tensor& d_out, con
   if (grads.k.dtype() != q.dtype()) grads.k = grads.k.to(q.dtype());
   if (grads.v.dtype() != q.dtype()) grads.v = grads.v.to(q.dtype());
   return grads;
+}
+
+}  // namespace
+
+ContextParallelAttention context_parallel_attention_forward(const Tensor& q, const Tensor& k,
+                                                            const Tensor& v,
+                                                            const ops::AttentionOptions& options,
+                                                            const ContextParallel& cp) {
+  return cp.exchange == ContextParallel::Exchange::p2p
+             ? ring_attention_forward(q, k, v, options, cp)
+             : gathered_attention_forward(q, k, v, options, cp);
+}
+
+ops::AttentionGrads context_parallel_attention_backward(const Tensor& d_out, const Tensor& q,
+                                                        const ContextParallelAttention& saved,
+                                                        const ops::AttentionOptions& options,
+                                                        const ContextParallel& cp) {
+  return cp.exchange == ContextParallel::Exchange::p2p
+             ? ring_attention_backward(d_out, q, saved, options, cp)
+             : gathered_attention_backward(d_out, q, saved, options, cp);
 }
 
 ops::AttentionOutput sequence_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -8,11 +8,20 @@
 // much, so every rank does the same work.
 //
 // Everything but attention is per token: embeddings, norms, MLPs, MoE layers and the loss run
-// on the rank's rows (rotary embeddings at the rows' global positions). Attention gathers the
-// keys and values of the whole sequence from the CP group (an all-gather, Megatron's
-// --cp-comm-type all_gather) and runs each local query chunk against the keys up to its end
-// with the causal mask offset to its global position; the backward reduce-scatters the keys'
-// and values' gradients back to their ranks.
+// on the rank's rows (rotary embeddings at the rows' global positions). Attention exchanges keys
+// and values in one of two ways (Megatron's --cp-comm-type):
+//   all_gather  the keys and values of the whole sequence are gathered from the CP group; each
+//               local query chunk runs against the keys up to its end with the causal mask offset
+//               to its global position; the backward reduce-scatters the keys' and values'
+//               gradients back to their ranks. Keeps the whole sequence's keys and values.
+//   p2p         a ring (ring attention; Megatron / Transformer Engine's default): in step i a rank
+//               holds the keys and values of rank r - i, sends them on to rank r + 1 while it
+//               computes with them, and merges each (query chunk, key chunk) block's partial
+//               result by its log-sum-exp (ops/attention_merge.h); a query chunk sees a key
+//               chunk wholly when the key chunk comes earlier, causally when it is its own, not
+//               at all when later. The backward runs the ring again, the keys' and values'
+//               gradients travelling with them and returning to their rank at the end. Keeps
+//               this rank's keys and values only.
 #pragma once
 
 #include <array>
@@ -25,7 +34,9 @@
 namespace moe::nn {
 
 struct ContextParallel {
+  enum class Exchange { all_gather, p2p };
   std::shared_ptr<dist::ProcessGroup> group;  // the CP group; null: this rank alone
+  Exchange exchange = Exchange::p2p;          // --cp-comm-type
 
   int size() const { return group ? group->size() : 1; }
   int rank() const { return group ? group->rank() : 0; }
@@ -60,7 +71,8 @@ class ContextParallelPositions {
 // options: causal sbhd attention (its dropout's offsets are set here per chunk).
 struct ContextParallelAttention {
   Tensor out;                 // [2c, B, Hq, Dv]
-  Tensor k_all, v_all;        // [S, B, Hkv, .] in global order, for the backward
+  Tensor k_all, v_all;        // all_gather: [S, B, Hkv, .] in global order, for the backward
+  Tensor k, v;                // p2p: this rank's [2c, B, Hkv, .], for the backward
   std::array<Tensor, 2> lse;  // per query chunk [B, Hq, c]
 };
 ContextParallelAttention context_parallel_attention_forward(const Tensor& q, const Tensor& k,

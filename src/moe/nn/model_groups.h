@@ -23,7 +23,8 @@ struct ModelGroups {
 };
 
 // The groups of a parallel mapping: its TP group (null when TP is 1) with --sequence-parallel,
-// its CP group (null when CP is 1) and moe_groups_of(state).
-ModelGroups model_groups_of(const dist::ParallelState& state, bool sequence_parallel);
+// its CP group (null when CP is 1) with --cp-comm-type, and moe_groups_of(state).
+ModelGroups model_groups_of(const dist::ParallelState& state, bool sequence_parallel,
+                            ContextParallel::Exchange cp_exchange = ContextParallel::Exchange::p2p);
 
 }  // namespace moe::nn

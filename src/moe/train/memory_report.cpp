@@ -97,7 +97,7 @@ int64_t activation_bytes_estimate(const nn::ModelConfig& c, const ActivationShap
   for (int64_t l = 0; l < c.num_layers + c.mtp_num_layers; ++l) {
     const LayerActivations a = layer_activations(c, l);
     per_token += a.between / t_sp + a.gathered + a.split / t;
-    if (cp > 1) gathered_keys_values += a.keys_values / t;
+    if (cp > 1 && shape.gathers_keys_values) gathered_keys_values += a.keys_values / t;
   }
   const double tokens = static_cast<double>(shape.micro_batch_size * shape.seq_length);
   return static_cast<int64_t>(std::llround(tokens * (per_token / cp + gathered_keys_values) *
@@ -113,6 +113,8 @@ RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
   shape.tensor_parallel = model.groups().tp.size();
   shape.sequence_parallel = model.groups().tp.sequence_parallel;
   shape.context_parallel = model.groups().cp.size();
+  shape.gathers_keys_values =
+      model.groups().cp.exchange == nn::ContextParallel::Exchange::all_gather;
   m.activation_bytes = activation_bytes_estimate(model.config(), shape);
   if (DataParallel* ddp = trainer.data_parallel()) {
     for (ParamAndGradBuffer* b : ddp->buffers()) {

@@ -60,8 +60,9 @@
 // (Hkv = Hq, Hq D = h, 3 F = 8 h, E = 2) this gives s b h (8 / t_sp + 24 / t) bytes: the
 // paper's 24 / t, and its 10 less the 2 of dropout masks, all / t under sequence parallelism
 // (the paper's 34 / t less the masks). Under context parallelism c a rank holds s / c tokens
-// of every sequence, and its attention keeps the gathered keys and values of the whole sequence
-// too (context_parallel.h): s b E (per-token sum / c + sum over layers of keys_values / t).
+// of every sequence: s b E (per-token sum) / c; with --cp-comm-type all_gather its attention
+// keeps the gathered keys and values of the whole sequence too (context_parallel.h), s b E (sum
+// over layers of keys_values / t) more (the ring keeps only its own).
 #pragma once
 
 #include <cstdint>
@@ -91,7 +92,8 @@ struct ActivationShape {
   DType dtype = DType::bf16;  // the activations' (the model's) dtype
   int tensor_parallel = 1;    // t
   bool sequence_parallel = false;
-  int context_parallel = 1;  // c: each rank holds s / c of every sequence
+  int context_parallel = 1;          // c: each rank holds s / c of every sequence
+  bool gathers_keys_values = false;  // --cp-comm-type all_gather: the whole sequence's kept
 };
 
 // One layer's activations per token of the sequence, in elements (see above).

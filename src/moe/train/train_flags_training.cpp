@@ -50,9 +50,10 @@ void add_parallel_flags(std::vector<Entry>& t) {
                     }));
   t.push_back(value(
       "--cp-comm-type", "TYPE",
-      "how context-parallel attention exchanges keys and values: all_gather; p2p "
-      "(Megatron-LM's default) runs the all-gather exchange in this build (the same "
-      "attention, without the ring's overlap); a2a and a2a+p2p are not built yet",
+      "how context-parallel attention exchanges keys and values: p2p (Megatron-LM's default: "
+      "a ring, each step's exchange overlapped with its attention; keeps this rank's keys and "
+      "values) or all_gather (the whole sequence's keys and values gathered); a2a and a2a+p2p "
+      "are not built yet",
       [](S& s, V v) {
         s.run.cp_comm_type = one_of("--cp-comm-type", v, {"p2p", "all_gather", "a2a", "a2a+p2p"});
         MOE_CHECK(s.run.cp_comm_type == "p2p" || s.run.cp_comm_type == "all_gather",

@@ -453,9 +453,12 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   }
 
   const RunData data = run_data(run, world);
-  nn::GPTModel model(
-      run.model, dtype, device, tc.seed,
-      state ? nn::model_groups_of(*state, run.sequence_parallel) : nn::ModelGroups{});
+  nn::GPTModel model(run.model, dtype, device, tc.seed,
+                     state ? nn::model_groups_of(*state, run.sequence_parallel,
+                                                 run.cp_comm_type == "all_gather"
+                                                     ? nn::ContextParallel::Exchange::all_gather
+                                                     : nn::ContextParallel::Exchange::p2p)
+                           : nn::ModelGroups{});
   Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr,
                   state ? TrainParallel{state, run.ddp} : TrainParallel{});
 
