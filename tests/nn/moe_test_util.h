@@ -42,7 +42,8 @@ inline double moe_objective(nn::MoELayer& layer, const Tensor& x, const Tensor& 
 
 // The groups of a world of EP x ETP ranks (rank = etp_rank + ETP * ep_rank); every rank holds
 // its own tokens (they are data-parallel in the dense layers). Collective: every rank calls it.
-inline nn::MoEGroups expert_groups(const std::shared_ptr<dist::ProcessGroup>& world, int ep, int etp) {
+inline nn::MoEGroups expert_groups(const std::shared_ptr<dist::ProcessGroup>& world, int ep,
+                                   int etp) {
   std::vector<std::vector<int>> ep_lists(static_cast<size_t>(etp));
   std::vector<std::vector<int>> etp_lists(static_cast<size_t>(ep));
   std::vector<int> all;
@@ -59,6 +60,7 @@ inline nn::MoEGroups expert_groups(const std::shared_ptr<dist::ProcessGroup>& wo
   g.etp = world->split(etp_lists);
   g.tp_ep = world->split({all});
   g.tp_dp_cp = g.tp_ep;
+  g.dp_size = ep * etp;  // every rank a data-parallel replica of the dense layers
   return g;
 }
 

@@ -40,6 +40,7 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
     m.moe.moe_shared_expert_intermediate_size = 4;
   }
   m.vocab_size = 12;  // TP 1, 2, 4
+  if (c.global_aux_loss) m.moe.moe_router_load_balancing_type = "global_aux_loss";
   m.moe.moe_router_dtype = dtype == DType::f64 ? "fp64" : "fp32";
   m.moe.num_experts = 8;  // EP 4: two local experts; ETP 2: FFN 6 -> 3
   m.moe.moe_ffn_hidden_size = 6;
@@ -165,6 +166,7 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.overlap) n += "_overlap";
   if (c.grad_reduce_in_bf16) n += "_bf16reduce";
   if (c.per_token_loss) n += "_pertoken";
+  if (c.global_aux_loss) n += "_globalaux";
   if (c.dropout > 0) n += "_dropout";
   return n;
 }
@@ -298,6 +300,19 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
     ParallelTrainingCase d = gqa_alltoall_case(2, ep, 1, /*distributed_optimizer=*/false);
     d.dropout = 0.1;
     out.push_back(d);
+  }
+  // The global aux loss under TP and CP. Its statistics are the running average over the step's
+  // micro-batches so far, each all-reduced over the data-parallel ranks (Megatron's), so they
+  // depend on how many samples a micro-batch step spans: DP changes them, and only mappings of
+  // DP 1 can equal the one-rank run.
+  for (const auto& [world, tp, cp, ep] : {std::tuple{2, 2, 1, 1}, std::tuple{2, 1, 2, 1},
+                                          std::tuple{4, 2, 2, 1}, std::tuple{4, 1, 4, 2}}) {
+    ParallelTrainingCase g = gqa_alltoall_case(world, ep, 1, /*distributed_optimizer=*/false);
+    g.tp = tp;
+    g.sequence_parallel = tp > 1;
+    g.cp = cp;
+    g.global_aux_loss = true;
+    out.push_back(g);
   }
   for (const char* model : {"gqa", "mla"})
     for (const auto& [tp, sp, cp] :

@@ -46,7 +46,8 @@ struct ParallelTrainingCase {
   bool overlap = false;  // --overlap-grad-reduce (and --overlap-param-gather with the
                          // distributed optimizer); small buckets so there are several
   bool grad_reduce_in_bf16 = false;
-  bool per_token_loss = false;  // --calculate-per-token-loss
+  bool per_token_loss = false;   // --calculate-per-token-loss
+  bool global_aux_loss = false;  // --moe-router-load-balancing-type global_aux_loss (GQA)
   // --hidden-dropout = --attention-dropout (0: none). The masks are counter-based on the global
   // sample index (ops/dropout.h), so any mapping draws the one-rank run's masks.
   double dropout = 0.0;

@@ -12,7 +12,7 @@ MoEGroups moe_groups_of(const dist::ParallelState& state) {
   groups.tp_ep = several(state.tp_ep());
   groups.tp_cp = several(state.tp_cp());
   groups.tp_dp_cp = several(state.tp_dp_cp());
-  groups.tp_size = state.tp_size();
+  groups.dp_size = state.dp_size();
   return groups;
 }
 

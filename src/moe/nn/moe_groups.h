@@ -16,8 +16,11 @@ struct MoEGroups {
   std::shared_ptr<dist::ProcessGroup> tp_ep;  // ETP x EP (etp fastest): the allgather group
   std::shared_ptr<dist::ProcessGroup> tp_cp;  // ranks splitting one sequence: aux-loss counts
   std::shared_ptr<dist::ProcessGroup>
-      tp_dp_cp;     // one model replica's data: global aux, expert bias
-  int tp_size = 1;  // attention TP (for the dp x cp factor below)
+      tp_dp_cp;  // one model replica's data: global aux, expert bias
+  // The data-parallel size (the model replicas: DP, without TP and CP), by which the trainer
+  // divides each micro-batch's loss; the global aux loss, whose every rank's share is of the
+  // whole batch's statistics, scales its gradient back by it.
+  int dp_size = 1;
 
   static int size_of(const std::shared_ptr<dist::ProcessGroup>& g) { return g ? g->size() : 1; }
   static int rank_of(const std::shared_ptr<dist::ProcessGroup>& g) { return g ? g->rank() : 0; }
@@ -25,12 +28,10 @@ struct MoEGroups {
   int ep_rank() const { return rank_of(ep); }
   int etp_size() const { return size_of(etp); }
   int etp_rank() const { return rank_of(etp); }
-  // Ranks over which the trainer averages gradients of replicated weights: DP x CP.
-  int dp_cp_size() const { return size_of(tp_dp_cp) / tp_size; }
 };
 
 // The groups of a parallel mapping's ParallelState: its ep, etp, tp_ep, tp_cp and tp_dp_cp
-// groups (a group of one rank as null, "this rank alone") and its TP size.
+// groups (a group of one rank as null, "this rank alone") and its DP size.
 MoEGroups moe_groups_of(const dist::ParallelState& state);
 
 }  // namespace moe::nn

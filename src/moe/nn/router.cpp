@@ -30,7 +30,8 @@ Router::Router(const MoEConfig& config, Device device, MoEGroups groups)
   config_.validate();
   const DType rd = config_.router_dtype();
   weight = Parameter::make("router.weight", {config_.num_experts, config_.hidden_size}, rd, device);
-  fill_normal(weight.value, mix_seed(config_.seed, kRouterWeightSalt), 0.0, config_.init_method_std);
+  fill_normal(weight.value, mix_seed(config_.seed, kRouterWeightSalt), 0.0,
+              config_.init_method_std);
   expert_bias = Tensor::zeros({config_.num_experts}, DType::f32, device);
   step_tokens_per_expert_ = Tensor::zeros({config_.num_experts}, DType::f32, device);
   global_tokens_per_expert_ = Tensor::zeros({config_.num_experts}, rd, device);
@@ -61,8 +62,8 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
 
   if (config_.moe_z_loss_coeff && *config_.moe_z_loss_coeff > 0) {
     // Megatron divides the coefficient by |TP x CP|: the ranks of one sequence each add theirs.
-    ctx.z_loss = ops::z_loss_forward(ctx.logits, *config_.moe_z_loss_coeff /
-                                                     MoEGroups::size_of(groups_.tp_cp));
+    ctx.z_loss = ops::z_loss_forward(ctx.logits,
+                                     *config_.moe_z_loss_coeff / MoEGroups::size_of(groups_.tp_cp));
   }
 
   const ops::TopKConfig topk = config_.topk_config();
@@ -88,13 +89,12 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
         ctx.aux_counts = ctx.tokens_per_expert.to(rd);
         all_reduce_if(groups_.tp_cp, ctx.aux_counts);
         ctx.aux_total_tokens = T * MoEGroups::size_of(groups_.tp_cp);
-        ctx.aux_loss = ops::aux_loss_forward(ctx.aux_scores, ctx.aux_counts, ctx.aux_total_tokens,
-                                             K, coeff);
+        ctx.aux_loss =
+            ops::aux_loss_forward(ctx.aux_scores, ctx.aux_counts, ctx.aux_total_tokens, K, coeff);
         break;
       case LoadBalancingType::seq_aux_loss:
-        ctx.aux_counts = ops::tokens_per_expert_per_sequence(ctx.routing.expert_ids, E,
-                                                             num_sequences)
-                             .to(rd);
+        ctx.aux_counts =
+            ops::tokens_per_expert_per_sequence(ctx.routing.expert_ids, E, num_sequences).to(rd);
         all_reduce_if(groups_.tp_cp, ctx.aux_counts);
         ctx.aux_total_tokens = (T / num_sequences) * MoEGroups::size_of(groups_.tp_cp);
         ctx.aux_loss = ops::seq_aux_loss_forward(ctx.aux_scores, ctx.aux_counts, num_sequences,
@@ -109,12 +109,13 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
         ctx.aux_counts = global_tokens_per_expert_.clone();
         ops::scale_(ctx.aux_counts, 1.0 / static_cast<double>(global_micro_batches_));
         ctx.aux_total_tokens = T * MoEGroups::size_of(groups_.tp_dp_cp);
-        ctx.aux_loss = ops::aux_loss_forward(ctx.aux_scores, ctx.aux_counts, ctx.aux_total_tokens,
-                                             K, coeff);
+        ctx.aux_loss =
+            ops::aux_loss_forward(ctx.aux_scores, ctx.aux_counts, ctx.aux_total_tokens, K, coeff);
         break;
       }
       case LoadBalancingType::sinkhorn:
-      case LoadBalancingType::none: break;
+      case LoadBalancingType::none:
+        break;
     }
   }
 
@@ -122,8 +123,8 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
   ctx.expert_ids = ctx.routing.expert_ids;
   if (config_.moe_expert_capacity_factor) {
     const int64_t capacity = ops::expert_capacity(T, K, E, *config_.moe_expert_capacity_factor);
-    ctx.expert_ids = ops::drop_over_capacity(ctx.expert_ids, ctx.probs, E, capacity,
-                                             config_.drop_policy());
+    ctx.expert_ids =
+        ops::drop_over_capacity(ctx.expert_ids, ctx.probs, E, capacity, config_.drop_policy());
   }
 }
 
@@ -138,7 +139,8 @@ Tensor Router::backward(const Tensor& d_probs, RouterContext& ctx, double loss_s
   if (balancing == LoadBalancingType::sinkhorn && !config_.moe_router_force_load_balancing) {
     d_logits = ops::sinkhorn_routing_backward(grad_probs, ctx.routing, ctx.logits, K);
   } else {
-    d_logits = ops::topk_routing_backward(grad_probs, ctx.routing, ctx.logits, config_.topk_config());
+    d_logits =
+        ops::topk_routing_backward(grad_probs, ctx.routing, ctx.logits, config_.topk_config());
   }
 
   if (ctx.aux_loss.defined()) {
@@ -154,10 +156,11 @@ Tensor Router::backward(const Tensor& d_probs, RouterContext& ctx, double loss_s
                                    ctx.aux_total_tokens, K, coeff, ctx.logits, sf, d_logits);
         break;
       case LoadBalancingType::global_aux_loss:
-        ops::aux_loss_backward(loss_scale * groups_.dp_cp_size(), ctx.aux_scores, ctx.aux_counts,
+        ops::aux_loss_backward(loss_scale * groups_.dp_size, ctx.aux_scores, ctx.aux_counts,
                                ctx.aux_total_tokens, K, coeff, ctx.logits, sf, d_logits);
         break;
-      default: break;
+      default:
+        break;
     }
   }
   if (ctx.z_loss.defined()) {
