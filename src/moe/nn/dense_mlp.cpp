@@ -46,12 +46,15 @@ Tensor DenseMLP::backward(const Tensor& dy, DenseMLPContext& ctx) {
   const Tensor dy_all = tp_exit_backward(dy, tp_);
   const Tensor dy2 =
       dy_all.dtype() == dtype_ ? dy_all.flatten_rows() : dy_all.flatten_rows().to(dtype_);
+  PendingTensor x_all = tp_saved_input_start(ctx.x, tp_);  // gathered while fc2's backward runs
   ops::gemm(dy2, true, ctx.activation, false, fc2.grad, 1.0f, fc2.take_grad_beta());
   const Tensor d_activation = ops::matmul(dy2, fc2.value);
   const ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, Tensor());
-  ops::gemm(act.fc1_out, true, tp_saved_input(ctx.x, tp_), false, fc1.grad, 1.0f,
-            fc1.take_grad_beta());
-  return tp_enter_backward(ops::matmul(act.fc1_out, fc1.value).reshape(dy_all.shape()), tp_);
+  // dx first: its TP reduction runs while fc1's weight gradient is computed.
+  PendingTensor dx =
+      tp_enter_backward_start(ops::matmul(act.fc1_out, fc1.value).reshape(dy_all.shape()), tp_);
+  ops::gemm(act.fc1_out, true, x_all.get(), false, fc1.grad, 1.0f, fc1.take_grad_beta());
+  return dx.get();
 }
 
 }  // namespace moe::nn

@@ -169,6 +169,8 @@ Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   const int64_t S = dy_all.size(0), B = dy_all.size(1), T = S * B, D = head_dim_;
   const Tensor dy2 = dy_all.dtype() == dtype_ ? dy_all.reshape({T, hidden_})
                                               : dy_all.reshape({T, hidden_}).to(dtype_);
+  // The projections' input, gathered again under SP while the attention's backward runs.
+  PendingTensor x_all = tp_saved_input_start(ctx.x, tp_);
 
   // y = o Wo^T: dWo += dy^T o, do = dy Wo.
   const Tensor out2 = ctx.out.reshape({T, heads_ * D});
@@ -187,23 +189,26 @@ Tensor GqaAttention::backward(const Tensor& dy, AttentionContext& ctx) {
   const Tensor dk2 = dk.reshape({T, groups_ * D});
   const Tensor dv2 = g.v.reshape({T, groups_ * D});
 
-  // Each projection p = x W^T + b: dW += dp^T x, db += sum_t dp, dx += dp W.
-  const Tensor x_all = tp_saved_input(ctx.x, tp_);
+  // Each projection p = x W^T + b: dx += dp W first, whose TP reduction then runs while
+  // dW += dp^T x and db += sum_t dp are computed.
   Tensor dx = Tensor::empty({T, hidden_}, dtype_, dy.device());
   const std::pair<const Tensor*, Parameter*> projections[] = {
       {&dq2, &q_proj}, {&dk2, &k_proj}, {&dv2, &v_proj}};
   float dx_beta = 0.0f;
   for (const auto& [dp, weight] : projections) {
-    ops::gemm(*dp, true, x_all, false, weight->grad, 1.0f, weight->take_grad_beta());
     ops::gemm(*dp, false, weight->value, false, dx, 1.0f, dx_beta);
     dx_beta = 1.0f;
   }
+  PendingTensor dx_reduced = tp_enter_backward_start(dx.reshape({S, B, hidden_}), tp_);
+  const Tensor x_rows = x_all.get();
+  for (const auto& [dp, weight] : projections)
+    ops::gemm(*dp, true, x_rows, false, weight->grad, 1.0f, weight->take_grad_beta());
   if (bias_) {
     accumulate_bias_grad(dq2, q_bias);
     accumulate_bias_grad(dk2, k_bias);
     accumulate_bias_grad(dv2, v_bias);
   }
-  return tp_enter_backward(dx.reshape({S, B, hidden_}), tp_);
+  return dx_reduced.get();
 }
 
 std::vector<Parameter*> GqaAttention::parameters() {

@@ -25,13 +25,6 @@ double mla_softmax_scale(const ModelConfig& config) {
   return scale;
 }
 
-// dW (+)= dp^T x and dx (+)= dp W for a projection p = x W^T (no bias).
-void projection_backward(const Tensor& dp, const Tensor& x, Parameter& weight, Tensor& dx,
-                         float dx_beta) {
-  ops::gemm(dp, true, x, false, weight.grad, 1.0f, weight.take_grad_beta());
-  ops::gemm(dp, false, weight.value, false, dx, 1.0f, dx_beta);
-}
-
 }  // namespace
 
 MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::string& prefix,
@@ -215,6 +208,8 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   const int64_t qk = nope_dim_ + rope_dim_;
   const Tensor dy2 = dy_all.dtype() == dtype_ ? dy_all.reshape({T, hidden_})
                                               : dy_all.reshape({T, hidden_}).to(dtype_);
+  // The down projections' input, gathered again under SP while the attention's backward runs.
+  PendingTensor x_all = tp_saved_input_start(ctx.x, tp_);
 
   // y = o Wo^T: dWo += dy^T o, do = dy Wo.
   const Tensor out2 = ctx.out.reshape({T, heads_ * v_dim_});
@@ -235,31 +230,35 @@ Tensor MlaAttention::backward(const Tensor& dy, MlaAttentionContext& ctx) {
   Tensor d_c_kv = ops::matmul(d_kv, kv_b_proj.value);
   if (kv_a_layernorm) d_c_kv = kv_a_layernorm->backward(d_c_kv, ctx.kv_a_norm);
 
-  // kv_a_proj_with_mqa's row blocks share one gradient tensor and one beta.
-  const float kva_beta = kv_a_proj_with_mqa.take_grad_beta();
-  Tensor kva_grad_latent = kv_a_proj_with_mqa.grad.rows(0, kv_lora_rank_);
-  Tensor kva_grad_rope = kv_a_proj_with_mqa.grad.rows(kv_lora_rank_, rope_dim_);
-  const Tensor x_all = tp_saved_input(ctx.x, tp_);
-  ops::gemm(d_c_kv, true, x_all, false, kva_grad_latent, 1.0f, kva_beta);
-  ops::gemm(d_k_pe, true, x_all, false, kva_grad_rope, 1.0f, kva_beta);
-  Tensor dx = ops::matmul(d_c_kv, kv_a_proj_with_mqa.value.rows(0, kv_lora_rank_));
-  ops::gemm(d_k_pe, false, kv_a_proj_with_mqa.value.rows(kv_lora_rank_, rope_dim_), false, dx, 1.0f,
-            1.0f);
-
-  // Queries: undo the rotation of the rope part, then the projections.
+  // Queries: undo the rotation of the rope part, then q_b_proj.
   ops::RotaryArgs q_rotary = rotary_;
   q_rotary.feature_offset = nope_dim_;
   const Tensor d_q =
       ops::rotary_backward(g.q, inv_freq_, ctx.positions, q_rotary).reshape({T, heads_ * qk});
+  Tensor d_c_q = d_q;  // the gradient of the projection that reads x: q_a_proj, or q_proj
   if (q_lora_rank_ > 0) {
     ops::gemm(d_q, true, ctx.q_latent, false, q_b_proj.grad, 1.0f, q_b_proj.take_grad_beta());
-    Tensor d_c_q = ops::matmul(d_q, q_b_proj.value);
+    d_c_q = ops::matmul(d_q, q_b_proj.value);
     if (q_a_layernorm) d_c_q = q_a_layernorm->backward(d_c_q, ctx.q_a_norm);
-    projection_backward(d_c_q, x_all, q_a_proj, dx, 1.0f);
-  } else {
-    projection_backward(d_q, x_all, q_proj, dx, 1.0f);
   }
-  return tp_enter_backward(dx.reshape({S, B, hidden_}), tp_);
+  Parameter& q_down = q_lora_rank_ > 0 ? q_a_proj : q_proj;
+
+  // The input gradient of the projections that read x (kv_a_proj_with_mqa's two row blocks,
+  // q_a_proj or q_proj) first: its TP reduction runs while their weight gradients are computed.
+  Tensor dx = ops::matmul(d_c_kv, kv_a_proj_with_mqa.value.rows(0, kv_lora_rank_));
+  ops::gemm(d_k_pe, false, kv_a_proj_with_mqa.value.rows(kv_lora_rank_, rope_dim_), false, dx, 1.0f,
+            1.0f);
+  ops::gemm(d_c_q, false, q_down.value, false, dx, 1.0f, 1.0f);
+  PendingTensor dx_reduced = tp_enter_backward_start(dx.reshape({S, B, hidden_}), tp_);
+  const Tensor x_rows = x_all.get();
+  // kv_a_proj_with_mqa's row blocks share one gradient tensor and one beta.
+  const float kva_beta = kv_a_proj_with_mqa.take_grad_beta();
+  Tensor kva_grad_latent = kv_a_proj_with_mqa.grad.rows(0, kv_lora_rank_);
+  Tensor kva_grad_rope = kv_a_proj_with_mqa.grad.rows(kv_lora_rank_, rope_dim_);
+  ops::gemm(d_c_kv, true, x_rows, false, kva_grad_latent, 1.0f, kva_beta);
+  ops::gemm(d_k_pe, true, x_rows, false, kva_grad_rope, 1.0f, kva_beta);
+  ops::gemm(d_c_q, true, x_rows, false, q_down.grad, 1.0f, q_down.take_grad_beta());
+  return dx_reduced.get();
 }
 
 std::vector<Parameter*> MlaAttention::parameters() {

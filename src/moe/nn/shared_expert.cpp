@@ -48,12 +48,14 @@ Tensor SharedExpert::backward(const Tensor& grad_y, SharedExpertContext& ctx) {
     d_gate_x = ops::matmul(d_gate, gate.value);
   }
   const Tensor d_output_all = tp_exit_backward(d_output, tp_);
+  PendingTensor x_all = tp_saved_input_start(ctx.x, tp_);  // gathered while fc2's backward runs
   ops::gemm(d_output_all, true, ctx.activation, false, fc2.grad, 1.0f, fc2.take_grad_beta());
   const Tensor d_activation = ops::matmul(d_output_all, fc2.value);
   const ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, Tensor());
-  ops::gemm(act.fc1_out, true, tp_saved_input(ctx.x, tp_), false, fc1.grad, 1.0f,
-            fc1.take_grad_beta());
-  Tensor dx = tp_enter_backward(ops::matmul(act.fc1_out, fc1.value), tp_);
+  // dx first: its TP reduction runs while fc1's weight gradient is computed.
+  PendingTensor dx_reduced = tp_enter_backward_start(ops::matmul(act.fc1_out, fc1.value), tp_);
+  ops::gemm(act.fc1_out, true, x_all.get(), false, fc1.grad, 1.0f, fc1.take_grad_beta());
+  Tensor dx = dx_reduced.get();
   if (d_gate_x.defined()) ops::add_(dx, d_gate_x);
   return dx;
 }

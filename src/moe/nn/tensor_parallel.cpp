@@ -62,7 +62,7 @@ Tensor tp_enter_forward(const Tensor& x, const TensorParallel& tp) {
 }
 
 Tensor tp_enter_backward(const Tensor& dx, const TensorParallel& tp) {
-  return tp.sequence_parallel ? sequence_reduce_scatter(dx, tp) : sum_over_tp(dx, tp);
+  return tp_enter_backward_start(dx, tp).get();
 }
 
 Tensor tp_exit_forward(const Tensor& y, const TensorParallel& tp) {
@@ -74,7 +74,38 @@ Tensor tp_exit_backward(const Tensor& dy, const TensorParallel& tp) {
 }
 
 Tensor tp_saved_input(const Tensor& saved, const TensorParallel& tp) {
-  return tp.sequence_parallel ? sequence_gather(saved, tp) : saved;
+  return tp_saved_input_start(saved, tp).get();
+}
+
+Tensor PendingTensor::get() {
+  if (work_) {
+    work_->wait();
+    work_.reset();
+  }
+  return value_;
+}
+
+PendingTensor tp_saved_input_start(const Tensor& saved, const TensorParallel& tp) {
+  if (!tp.sequence_parallel || !tp.active()) return {saved, nullptr};
+  check_rows(saved, "a sequence gather");
+  Tensor out = Tensor::empty(with_dim0(saved.shape(), saved.size(0) * tp.size()), saved.dtype(),
+                             saved.device());
+  std::unique_ptr<dist::Work> work = tp.group->all_gather_async(saved, out);
+  return {std::move(out), std::move(work)};
+}
+
+PendingTensor tp_enter_backward_start(const Tensor& dx, const TensorParallel& tp) {
+  if (!tp.active()) return {dx, nullptr};
+  if (tp.sequence_parallel) {
+    check_rows(dx, "a sequence reduce-scatter");
+    const int64_t n = tp.local(dx.size(0), "the sequence length");
+    Tensor out = Tensor::empty(with_dim0(dx.shape(), n), dx.dtype(), dx.device());
+    std::unique_ptr<dist::Work> work = tp.group->reduce_scatter_async(dx, out, dist::ReduceOp::sum);
+    return {std::move(out), std::move(work)};
+  }
+  Tensor sum = dx.clone();
+  std::unique_ptr<dist::Work> work = tp.group->all_reduce_async(sum, dist::ReduceOp::sum);
+  return {std::move(sum), std::move(work)};
 }
 
 void set_tp_split(Parameter& p, const Shape& global, const Shape& view, int split_dim,

@@ -71,6 +71,25 @@ inline Tensor tp_input_to_save(const Tensor& x, const Tensor& x_all, const Tenso
 // The entered input again from what tp_input_to_save kept.
 Tensor tp_saved_input(const Tensor& saved, const TensorParallel& tp);
 
+// A collective's result in flight: get() waits for it (the first time) and returns it.
+class PendingTensor {
+ public:
+  PendingTensor() = default;
+  PendingTensor(Tensor value, std::unique_ptr<dist::Work> work)
+      : value_(std::move(value)), work_(std::move(work)) {}
+  Tensor get();
+
+ private:
+  Tensor value_;
+  std::unique_ptr<dist::Work> work_;
+};
+// The backward's overlap (Megatron's): a block starts gathering its saved input shard
+// (tp_saved_input) before its input-gradient GEMMs, and starts reducing the input gradient
+// (tp_enter_backward) before its weight-gradient GEMMs, which need the gathered input but not
+// the reduction; each waits only where its result is read.
+PendingTensor tp_saved_input_start(const Tensor& saved, const TensorParallel& tp);
+PendingTensor tp_enter_backward_start(const Tensor& dx, const TensorParallel& tp);
+
 // Marks p as this rank's block of a TP split: the global tensor `global` is viewed as `view`
 // (same numel) and split evenly along `split_dim` of the view; p.value is reshaped to keep its
 // own shape. Nothing happens when TP is 1 (the value is the whole tensor).
