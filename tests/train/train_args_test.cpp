@@ -407,6 +407,11 @@ TEST(TrainArgs, TensorParallelFlags) {
   const TrainRunConfig cp = parse({"--context-parallel-size", "2", "--cp-comm-type", "all_gather"});
   EXPECT_EQ(cp.parallel.context_parallel_size, 2);
   EXPECT_EQ(cp.cp_comm_type, "all_gather");
+  EXPECT_NE(describe(tp).find("; TP 4 with sequence parallelism"), std::string::npos)
+      << describe(tp);
+  EXPECT_NE(describe(cp).find("; CP 2 (keys and values all-gathered)"), std::string::npos)
+      << describe(cp);
+  EXPECT_EQ(describe(plain).find("; TP "), std::string::npos) << describe(plain);
   EXPECT_EQ(plain.cp_comm_type, "p2p");  // Megatron-LM's default
   EXPECT_ERROR_NAMES(Args({"--cp-comm-type", "a2a"}), "--cp-comm-type", "not built yet");
   EXPECT_ERROR_NAMES(Args({"--cp-comm-type", "ring"}), "--cp-comm-type");

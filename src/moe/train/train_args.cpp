@@ -92,8 +92,8 @@ std::string unknown_flag_message(const std::string& name, const std::string& whe
     }
   }
   return moe::detail::concat("moe train: unknown flag ", name, where,
-                        best.empty() ? std::string() : " (did you mean " + best + "?)",
-                        "; `moe train --help` lists the flags");
+                             best.empty() ? std::string() : " (did you mean " + best + "?)",
+                             "; `moe train --help` lists the flags");
 }
 
 // Megatron's --moe-layer-freq / --num-layers interplay, and the other derived values.
@@ -167,8 +167,10 @@ void finish(ParseState& s) {
     for (auto [iters, samples] : {std::pair{"--lr-decay-iters", "--lr-decay-samples"},
                                   std::pair{"--lr-warmup-iters", "--lr-warmup-samples"},
                                   std::pair{"--lr-wsd-decay-iters", "--lr-wsd-decay-samples"}})
-      MOE_CHECK(!given(iters), iters, " is iteration-based, but --train-samples makes the run "
-                "sample-based (Megatron-LM asserts so): give ", samples);
+      MOE_CHECK(!given(iters), iters,
+                " is iteration-based, but --train-samples makes the run "
+                "sample-based (Megatron-LM asserts so): give ",
+                samples);
     // Megatron's update_train_iters (no batch-size ramp-up): the run knows the global batch
     // only with the data-parallel size, and sets it again then (train_run.cpp).
     t.train_iters = t.iterations_of_samples();
@@ -176,18 +178,21 @@ void finish(ParseState& s) {
     for (auto [samples, iters] : {std::pair{"--lr-decay-samples", "--lr-decay-iters"},
                                   std::pair{"--lr-warmup-samples", "--lr-warmup-iters"},
                                   std::pair{"--lr-wsd-decay-samples", "--lr-wsd-decay-iters"}})
-      MOE_CHECK(!given(samples), samples, " is sample-based: it needs --train-samples (with "
-                "--train-iters, Megatron-LM asserts; give ", iters, ")");
+      MOE_CHECK(!given(samples), samples,
+                " is sample-based: it needs --train-samples (with "
+                "--train-iters, Megatron-LM asserts; give ",
+                iters, ")");
   }
   for (const char* warmup : {"--lr-warmup-iters", "--lr-warmup-samples"})
-    MOE_CHECK(!given("--lr-warmup-fraction") || !given(warmup), "--lr-warmup-fraction and ",
-              warmup, " are both given: use one");
+    MOE_CHECK(!given("--lr-warmup-fraction") || !given(warmup), "--lr-warmup-fraction and ", warmup,
+              " are both given: use one");
   MOE_CHECK(s.start_wd_given == s.end_wd_given,
             "--start-weight-decay and --end-weight-decay go together (Megatron's rule)");
   if (s.start_wd_given)
-    MOE_CHECK(given("--weight-decay-incr-style") && t.schedule.weight_decay_incr_style != "constant",
-              "--start-weight-decay / --end-weight-decay need --weight-decay-incr-style linear or "
-              "cosine");
+    MOE_CHECK(
+        given("--weight-decay-incr-style") && t.schedule.weight_decay_incr_style != "constant",
+        "--start-weight-decay / --end-weight-decay need --weight-decay-incr-style linear or "
+        "cosine");
 
   for (auto [flag, text, dtype] :
        {std::tuple{"--exp-avg-dtype", s.exp_avg_dtype, &t.optimizer.exp_avg_dtype},
@@ -231,7 +236,8 @@ void finish(ParseState& s) {
     MOE_CHECK(r.data_path.empty(), "--mock-data and --data-path exclude each other");
     MOE_CHECK(r.tokenizer_type.empty() || null_tokenizer,
               "--mock-data draws token ids without a tokenizer: give --tokenizer-type "
-              "NullTokenizer or none, not ", r.tokenizer_type);
+              "NullTokenizer or none, not ",
+              r.tokenizer_type);
     MOE_CHECK(r.tokenizer_model.empty(), "--mock-data takes no --tokenizer-model");
     MOE_CHECK(!null_tokenizer || given("--vocab-size"),
               "--tokenizer-type NullTokenizer needs --vocab-size (its ids)");
@@ -265,9 +271,8 @@ void finish(ParseState& s) {
     // or --vocab-size keeps its own, which must hold every id.
     if (r.model_preset == "default" && !given("--vocab-size"))
       m.vocab_size = (tokens + 127) / 128 * 128;
-    MOE_CHECK(m.vocab_size >= tokens, "--vocab-size ", m.vocab_size, " of --model ",
-              r.model_preset, " is smaller than the tokenizer's ", tokens, " ids (",
-              tokenizer->description(), ")");
+    MOE_CHECK(m.vocab_size >= tokens, "--vocab-size ", m.vocab_size, " of --model ", r.model_preset,
+              " is smaller than the tokenizer's ", tokens, " ids (", tokenizer->description(), ")");
   }
   MOE_CHECK(r.save_interval == 0 || !r.save.empty(), "--save-interval needs --save");
   MOE_CHECK(!r.finetune || !r.load.empty(), "--finetune needs --load");
@@ -279,10 +284,12 @@ void finish(ParseState& s) {
             "--calculate-per-token-loss with --mtp-num-layers is not supported yet (the MTP loss "
             "is a mean per depth); drop one of them");
   if (r.moe_use_upcycling) {
-    MOE_CHECK(!r.load.empty(), "--moe-use-upcycling needs --load: the dense checkpoint to upcycle "
-                               "(a training checkpoint folder or a model folder)");
-    MOE_CHECK(!r.save.empty(), "--moe-use-upcycling needs --save: the upcycled model is saved "
-                               "there as iteration 0 before training");
+    MOE_CHECK(!r.load.empty(),
+              "--moe-use-upcycling needs --load: the dense checkpoint to upcycle "
+              "(a training checkpoint folder or a model folder)");
+    MOE_CHECK(!r.save.empty(),
+              "--moe-use-upcycling needs --save: the upcycled model is saved "
+              "there as iteration 0 before training");
     checkpoint::check_upcycling_target(m, r.moe_upcycling_granularity);
   } else {
     MOE_CHECK(r.moe_upcycling_granularity == 1, "--moe-upcycling-granularity ",
@@ -300,9 +307,8 @@ void finish(ParseState& s) {
 
 // A dropout probability for the run's description; Megatron's default said as such.
 std::string dropout_text(const TrainRunConfig& r, const std::string& flag, double p) {
-  const bool given = std::any_of(r.given.begin(), r.given.end(), [&](const std::string& g) {
-    return g.rfind(flag + " ", 0) == 0;
-  });
+  const bool given = std::any_of(r.given.begin(), r.given.end(),
+                                 [&](const std::string& g) { return g.rfind(flag + " ", 0) == 0; });
   const bool megatron_default = !r.default_run && !given && p == kMegatronDropout;
   return moe::detail::concat(p, megatron_default ? " (Megatron's default)" : "");
 }
@@ -314,7 +320,8 @@ std::string warmup_text(const LrScheduleConfig& l) {
   return std::to_string(l.warmup_iters);
 }
 
-std::string yaml_value_text(const YAML::Node& node, const std::string& key, const std::string& path) {
+std::string yaml_value_text(const YAML::Node& node, const std::string& key,
+                            const std::string& path) {
   if (node.IsScalar()) return node.Scalar();
   if (node.IsSequence()) {
     std::string text = "[";
@@ -349,10 +356,13 @@ std::string train_flags_help() {
   out << "moe train [--config FILE.yaml] [flags]: Megatron-LM's flag names. With no flags: the "
          "default run\n(the built-in tiny byte-level MoE on Debian's fortunes text).\n\n";
   for (const Entry& e : table()) {
-    std::string head = "  " + e.flag.name + (e.flag.value_name.empty() ? "" : " " + e.flag.value_name);
+    std::string head =
+        "  " + e.flag.name + (e.flag.value_name.empty() ? "" : " " + e.flag.value_name);
     out << head;
-    if (head.size() < 44) out << std::string(44 - head.size(), ' ');
-    else out << "\n" << std::string(44, ' ');
+    if (head.size() < 44)
+      out << std::string(44 - head.size(), ' ');
+    else
+      out << "\n" << std::string(44, ' ');
     out << (e.flag.refused.empty() ? e.flag.help : "refused: " + e.flag.refused) << "\n";
   }
   return out.str();
@@ -416,10 +426,33 @@ TrainRunConfig default_train_run() {
 std::vector<std::string> default_run_flags() {
   // default_train_run() as flags: parse_train_args(default_run_flags()) gives the same training
   // settings (a test holds the two together).
-  return {"--micro-batch-size", "8", "--global-batch-size", "16", "--seq-length", "128",
-          "--train-iters", "500", "--lr", "3e-3", "--min-lr", "3e-4", "--lr-decay-style",
-          "cosine", "--lr-warmup-iters", "50", "--weight-decay", "0.1", "--adam-beta2", "0.95",
-          "--log-interval", "10", "--eval-interval", "100", "--eval-iters", "2", "--nan-action",
+  return {"--micro-batch-size",
+          "8",
+          "--global-batch-size",
+          "16",
+          "--seq-length",
+          "128",
+          "--train-iters",
+          "500",
+          "--lr",
+          "3e-3",
+          "--min-lr",
+          "3e-4",
+          "--lr-decay-style",
+          "cosine",
+          "--lr-warmup-iters",
+          "50",
+          "--weight-decay",
+          "0.1",
+          "--adam-beta2",
+          "0.95",
+          "--log-interval",
+          "10",
+          "--eval-interval",
+          "100",
+          "--eval-iters",
+          "2",
+          "--nan-action",
           "skip"};
 }
 
@@ -443,17 +476,17 @@ TrainRunConfig megatron_default_run() {
   r.global_batch_follows_data_parallel = true;
   t.seq_length = 128;
   t.train_iters = 500;
-  t.log_interval = 100;   // LoggerConfig.log_interval
-  t.eval_interval = 0;    // ValidationConfig.eval_interval None: no evaluation during training
-  t.eval_iters = 100;     // ValidationConfig.eval_iters
-  t.seed = 1234;          // RNGConfig.seed
+  t.log_interval = 100;  // LoggerConfig.log_interval
+  t.eval_interval = 0;   // ValidationConfig.eval_interval None: no evaluation during training
+  t.eval_iters = 100;    // ValidationConfig.eval_iters
+  t.seed = 1234;         // RNGConfig.seed
   LrScheduleConfig& l = t.schedule;
-  l.lr = 0.0;             // --lr None: required when iterations are run
+  l.lr = 0.0;  // --lr None: required when iterations are run
   l.min_lr = 0.0;
   l.warmup_init = 0.0;
   l.warmup_iters = 0;
   l.decay_style = "linear";
-  l.decay_iters = 0;      // None: --train-iters
+  l.decay_iters = 0;  // None: --train-iters
   l.wsd_decay_style = "exponential";
   l.wsd_decay_iters = 0;
   l.start_weight_decay = l.end_weight_decay = 0.01;  // --weight-decay
@@ -619,24 +652,37 @@ nlohmann::json run_config_json(const TrainRunConfig& r) {
           {"model", nn::model_config_to_json(r.model)},
           {"bf16", r.bf16},
           {"train",
-           {{"micro_batch_size", t.micro_batch_size}, {"global_batch_size", t.global_batch_size},
-            {"seq_length", t.seq_length}, {"train_iters", t.train_iters}, {"seed", t.seed},
-            {"eval_interval", t.eval_interval}, {"eval_iters", t.eval_iters},
+           {{"micro_batch_size", t.micro_batch_size},
+            {"global_batch_size", t.global_batch_size},
+            {"seq_length", t.seq_length},
+            {"train_iters", t.train_iters},
+            {"seed", t.seed},
+            {"eval_interval", t.eval_interval},
+            {"eval_iters", t.eval_iters},
             {"log_interval", t.log_interval},
             {"nan_action", t.nan_action == NanAction::stop ? "stop" : "skip"},
             {"train_samples", t.train_samples},
-            {"lr", l.lr}, {"min_lr", l.min_lr}, {"lr_warmup_init", l.warmup_init},
-            {"lr_warmup_iters", l.warmup_iters}, {"lr_warmup_samples", l.warmup_samples},
+            {"lr", l.lr},
+            {"min_lr", l.min_lr},
+            {"lr_warmup_init", l.warmup_init},
+            {"lr_warmup_iters", l.warmup_iters},
+            {"lr_warmup_samples", l.warmup_samples},
             {"lr_warmup_fraction",
              l.warmup_fraction >= 0 ? nlohmann::json(l.warmup_fraction) : nlohmann::json()},
-            {"lr_decay_style", l.decay_style}, {"lr_decay_iters", l.decay_iters},
-            {"lr_decay_samples", l.decay_samples}, {"lr_wsd_decay_style", l.wsd_decay_style},
+            {"lr_decay_style", l.decay_style},
+            {"lr_decay_iters", l.decay_iters},
+            {"lr_decay_samples", l.decay_samples},
+            {"lr_wsd_decay_style", l.wsd_decay_style},
             {"lr_wsd_decay_iters", l.wsd_decay_iters},
             {"lr_wsd_decay_samples", l.wsd_decay_samples},
-            {"start_weight_decay", l.start_weight_decay}, {"end_weight_decay", l.end_weight_decay},
+            {"start_weight_decay", l.start_weight_decay},
+            {"end_weight_decay", l.end_weight_decay},
             {"weight_decay_incr_style", l.weight_decay_incr_style},
-            {"adam_beta1", o.beta1}, {"adam_beta2", o.beta2}, {"adam_eps", o.eps},
-            {"clip_grad", o.clip_grad}, {"exp_avg_dtype", dtype_name(o.exp_avg_dtype)},
+            {"adam_beta1", o.beta1},
+            {"adam_beta2", o.beta2},
+            {"adam_eps", o.eps},
+            {"clip_grad", o.clip_grad},
+            {"exp_avg_dtype", dtype_name(o.exp_avg_dtype)},
             {"exp_avg_sq_dtype", dtype_name(o.exp_avg_sq_dtype)}}}};
 }
 
@@ -645,16 +691,14 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
   const TrainConfig& t = r.train;
   const nn::ModelParamCount count = nn::count_parameters(m);
   std::ostringstream out;
-  out << "model " << m.name << " ("
-      << (r.model_from_load ? "the --load model folder " : "--model ") << r.model_preset
-      << "): " << m.num_layers
-      << " layers, hidden " << m.hidden_size << ", " << m.num_attention_heads << " heads / "
-      << m.num_query_groups << " query groups, " << m.moe.num_experts << " experts top-"
-      << m.moe.moe_router_topk << ", vocab " << m.vocab_size << "; parameters "
-      << nn::format_param_count(count.total()) << " total, "
+  out << "model " << m.name << " (" << (r.model_from_load ? "the --load model folder " : "--model ")
+      << r.model_preset << "): " << m.num_layers << " layers, hidden " << m.hidden_size << ", "
+      << m.num_attention_heads << " heads / " << m.num_query_groups << " query groups, "
+      << m.moe.num_experts << " experts top-" << m.moe.moe_router_topk << ", vocab " << m.vocab_size
+      << "; parameters " << nn::format_param_count(count.total()) << " total, "
       << nn::format_param_count(count.main.active() + count.mtp.active()) << " active\n";
-  out << "training: " << t.train_iters << " iterations of " << t.global_batch_size
-      << " samples (" << t.num_microbatches(dp) << " micro-batches of " << t.micro_batch_size;
+  out << "training: " << t.train_iters << " iterations of " << t.global_batch_size << " samples ("
+      << t.num_microbatches(dp) << " micro-batches of " << t.micro_batch_size;
   if (dp > 1) out << " on each of " << dp << " data-parallel ranks";
   out << ") x " << t.seq_length << " tokens";
   if (t.train_samples > 0)
@@ -664,6 +708,15 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
                                       " samples are not trained")
                 : std::string())
         << "; the schedules count samples)";
+  const dist::ParallelConfig& p = r.parallel;
+  if (p.tensor_model_parallel_size > 1)
+    out << "; TP " << p.tensor_model_parallel_size
+        << (r.sequence_parallel ? " with sequence parallelism" : " without sequence parallelism");
+  if (p.context_parallel_size > 1)
+    out << "; CP " << p.context_parallel_size << " ("
+        << (r.cp_comm_type == "all_gather" ? "keys and values all-gathered"
+                                           : "p2p: a ring of key/value exchanges")
+        << ")";
   out << "; dropout " << dropout_text(r, "--attention-dropout", m.attention_dropout)
       << " attention, " << dropout_text(r, "--hidden-dropout", m.hidden_dropout) << " hidden";
   out << "; lr " << t.schedule.lr << " " << t.schedule.decay_style << " to " << t.schedule.min_lr
@@ -682,4 +735,3 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
 }
 
 }  // namespace moe::train
-
