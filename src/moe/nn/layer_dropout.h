@@ -55,7 +55,9 @@ struct LayerDropout {
   }
   // Its backward: the same masks applied to dy (dy itself when off).
   Tensor backward(const Tensor& dy, int64_t layer, ops::DropoutSite site) const {
-    if (!args(layer, site).active()) return dy;
+    const ops::DropoutArgs a = args(layer, site);
+    if (!a.active()) return dy;
+    if (segments.empty()) return ops::dropout_backward(dy, a);  // one pass, no copy first
     Tensor dx = dy.clone();
     apply_(dx, layer, site);
     return dx;

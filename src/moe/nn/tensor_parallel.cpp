@@ -33,28 +33,45 @@ Tensor sequence_shard(const Tensor& x, const TensorParallel& tp) {
   return x.rows(tp.rank() * n, n);
 }
 
-Tensor sequence_gather(const Tensor& x, const TensorParallel& tp) {
-  if (!tp.active()) return x;
+Tensor PendingTensor::get() {
+  if (work_) {
+    work_->wait();
+    work_.reset();
+  }
+  return value_;
+}
+
+namespace {
+
+// Every rank's rows concatenated (all-gather), started.
+PendingTensor gather_start(const Tensor& x, const TensorParallel& tp) {
+  if (!tp.active()) return {x, nullptr};
   check_rows(x, "a sequence gather");
   Tensor out = Tensor::empty(with_dim0(x.shape(), x.size(0) * tp.size()), x.dtype(), x.device());
-  tp.group->all_gather(x, out);
-  return out;
+  std::unique_ptr<dist::Work> work = tp.group->all_gather_async(x, out);
+  return {std::move(out), std::move(work)};
 }
 
-Tensor sequence_reduce_scatter(const Tensor& x, const TensorParallel& tp) {
-  if (!tp.active()) return x;
-  check_rows(x, "a sequence reduce-scatter");
-  const int64_t n = tp.local(x.size(0), "the sequence length");
-  Tensor out = Tensor::empty(with_dim0(x.shape(), n), x.dtype(), x.device());
-  tp.group->reduce_scatter(x, out, dist::ReduceOp::sum);
-  return out;
+// The sum over TP of partial results, started: this rank's rows of it under sequence
+// parallelism (reduce-scatter), else all of it (all-reduce of a copy).
+PendingTensor sum_start(const Tensor& x, const TensorParallel& tp) {
+  if (!tp.active()) return {x, nullptr};
+  if (tp.sequence_parallel) {
+    check_rows(x, "a sequence reduce-scatter");
+    const int64_t n = tp.local(x.size(0), "the sequence length");
+    Tensor out = Tensor::empty(with_dim0(x.shape(), n), x.dtype(), x.device());
+    std::unique_ptr<dist::Work> work = tp.group->reduce_scatter_async(x, out, dist::ReduceOp::sum);
+    return {std::move(out), std::move(work)};
+  }
+  Tensor sum = x.clone();
+  std::unique_ptr<dist::Work> work = tp.group->all_reduce_async(sum, dist::ReduceOp::sum);
+  return {std::move(sum), std::move(work)};
 }
 
-Tensor sum_over_tp(const Tensor& x, const TensorParallel& tp) {
-  if (!tp.active()) return x;
-  Tensor out = x.clone();
-  tp.group->all_reduce(out, dist::ReduceOp::sum);
-  return out;
+}  // namespace
+
+Tensor sequence_gather(const Tensor& x, const TensorParallel& tp) {
+  return gather_start(x, tp).get();
 }
 
 Tensor tp_enter_forward(const Tensor& x, const TensorParallel& tp) {
@@ -62,11 +79,11 @@ Tensor tp_enter_forward(const Tensor& x, const TensorParallel& tp) {
 }
 
 Tensor tp_enter_backward(const Tensor& dx, const TensorParallel& tp) {
-  return tp_enter_backward_start(dx, tp).get();
+  return sum_start(dx, tp).get();
 }
 
 Tensor tp_exit_forward(const Tensor& y, const TensorParallel& tp) {
-  return tp.sequence_parallel ? sequence_reduce_scatter(y, tp) : sum_over_tp(y, tp);
+  return sum_start(y, tp).get();
 }
 
 Tensor tp_exit_backward(const Tensor& dy, const TensorParallel& tp) {
@@ -77,35 +94,12 @@ Tensor tp_saved_input(const Tensor& saved, const TensorParallel& tp) {
   return tp_saved_input_start(saved, tp).get();
 }
 
-Tensor PendingTensor::get() {
-  if (work_) {
-    work_->wait();
-    work_.reset();
-  }
-  return value_;
-}
-
 PendingTensor tp_saved_input_start(const Tensor& saved, const TensorParallel& tp) {
-  if (!tp.sequence_parallel || !tp.active()) return {saved, nullptr};
-  check_rows(saved, "a sequence gather");
-  Tensor out = Tensor::empty(with_dim0(saved.shape(), saved.size(0) * tp.size()), saved.dtype(),
-                             saved.device());
-  std::unique_ptr<dist::Work> work = tp.group->all_gather_async(saved, out);
-  return {std::move(out), std::move(work)};
+  return tp.sequence_parallel ? gather_start(saved, tp) : PendingTensor{saved, nullptr};
 }
 
 PendingTensor tp_enter_backward_start(const Tensor& dx, const TensorParallel& tp) {
-  if (!tp.active()) return {dx, nullptr};
-  if (tp.sequence_parallel) {
-    check_rows(dx, "a sequence reduce-scatter");
-    const int64_t n = tp.local(dx.size(0), "the sequence length");
-    Tensor out = Tensor::empty(with_dim0(dx.shape(), n), dx.dtype(), dx.device());
-    std::unique_ptr<dist::Work> work = tp.group->reduce_scatter_async(dx, out, dist::ReduceOp::sum);
-    return {std::move(out), std::move(work)};
-  }
-  Tensor sum = dx.clone();
-  std::unique_ptr<dist::Work> work = tp.group->all_reduce_async(sum, dist::ReduceOp::sum);
-  return {std::move(sum), std::move(work)};
+  return sum_start(dx, tp);
 }
 
 void set_tp_split(Parameter& p, const Shape& global, const Shape& view, int split_dim,

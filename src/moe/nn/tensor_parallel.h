@@ -55,12 +55,10 @@ Tensor tp_exit_forward(const Tensor& y, const TensorParallel& tp);
 Tensor tp_exit_backward(const Tensor& dy, const TensorParallel& tp);
 
 // The sequence maps themselves (whatever tp.sequence_parallel says): this rank's block of rows
-// (no communication), every rank's blocks concatenated (all-gather), and the sum over ranks of
-// this rank's block (reduce-scatter). dim 0 must divide by the group's size where it splits.
+// (no communication) and every rank's blocks concatenated (all-gather). dim 0 must divide by the
+// group's size where it splits.
 Tensor sequence_shard(const Tensor& x, const TensorParallel& tp);
 Tensor sequence_gather(const Tensor& x, const TensorParallel& tp);
-Tensor sequence_reduce_scatter(const Tensor& x, const TensorParallel& tp);
-Tensor sum_over_tp(const Tensor& x, const TensorParallel& tp);  // all-reduce of a copy
 
 // What a column-parallel block keeps of its input for the backward's weight gradients: under
 // sequence parallelism this rank's shard `x` (the backward gathers it again, as Megatron does, so
