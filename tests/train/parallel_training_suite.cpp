@@ -82,9 +82,11 @@ TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
   pc.expert_model_parallel_size = c.ep;
   pc.expert_tensor_parallel_size = c.etp;
   auto state = std::make_shared<dist::ParallelState>(world, pc);
-  groups = nn::model_groups_of(*state, c.sequence_parallel,
-                               c.cp_all_gather ? nn::ContextParallel::Exchange::all_gather
-                                               : nn::ContextParallel::Exchange::p2p);
+  groups =
+      nn::model_groups_of(*state, c.sequence_parallel,
+                          c.cp_comm_type == "all_gather" ? nn::ContextParallel::Exchange::all_gather
+                          : c.cp_comm_type == "a2a"      ? nn::ContextParallel::Exchange::a2a
+                                                         : nn::ContextParallel::Exchange::p2p);
   TrainParallel parallel;
   parallel.state = state;
   parallel.ddp.use_distributed_optimizer = c.distributed_optimizer;
@@ -160,7 +162,11 @@ void expect_series(const std::vector<double>& actual, const std::vector<double>&
 std::string case_name(const ParallelTrainingCase& c) {
   std::string n = c.model + "_world" + std::to_string(c.world);
   if (c.tp > 1) n += "_tp" + std::to_string(c.tp) + (c.sequence_parallel ? "_sp" : "");
-  if (c.cp > 1) n += "_cp" + std::to_string(c.cp) + (c.cp_all_gather ? "_allgatherkv" : "_ring");
+  if (c.cp > 1)
+    n += "_cp" + std::to_string(c.cp) +
+         (c.cp_comm_type == "all_gather" ? "_allgatherkv"
+          : c.cp_comm_type == "a2a"      ? "_a2a"
+                                         : "_ring");
   n += "_ep" + std::to_string(c.ep) + "_etp" + std::to_string(c.etp) + "_" + c.dispatcher;
   if (c.distributed_optimizer) n += "_distopt";
   if (c.overlap) n += "_overlap";
@@ -244,11 +250,11 @@ std::vector<ParallelTrainingCase> context_parallel_cases_for_world(int world) {
   std::vector<ParallelTrainingCase> out;
   for (const char* model : {"gqa", "mla"})
     for (const auto& m : mappings)
-      for (bool all_gather : {false, true}) {
+      for (const char* exchange : {"p2p", "all_gather", "a2a"}) {
         if (m[0] * m[1] > world || world % (m[0] * m[1]) != 0 || world % m[2] != 0) continue;
         if (m[3] && world == m[0] * m[1]) continue;  // nothing left to shard the optimizer over
         ParallelTrainingCase c;
-        c.cp_all_gather = all_gather;
+        c.cp_comm_type = exchange;
         c.model = model;
         c.world = world;
         c.cp = m[0];
@@ -325,6 +331,12 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
       d.cp = cp;
       d.dropout = 0.1;
       out.push_back(d);
+      // Under a2a a rank's attention probabilities are its block of heads over the whole
+      // sequence: the masks' global head indices move with the block.
+      if (cp > 1) {
+        d.cp_comm_type = "a2a";
+        out.push_back(d);
+      }
     }
   return out;
 }

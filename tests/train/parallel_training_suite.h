@@ -39,7 +39,7 @@ struct ParallelTrainingCase {
   int tp = 1;                      // --tensor-model-parallel-size
   bool sequence_parallel = false;  // --sequence-parallel
   int cp = 1;                      // --context-parallel-size (DP = world / (TP x CP))
-  bool cp_all_gather = false;      // --cp-comm-type all_gather (else p2p, the ring)
+  std::string cp_comm_type = "p2p";  // --cp-comm-type: p2p (the ring), all_gather or a2a
   int ep = 1, etp = 1;             // EDP = world / (EP x ETP) (PP = 1)
   std::string dispatcher;          // "allgather" | "alltoall"
   bool distributed_optimizer = false;

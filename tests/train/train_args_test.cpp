@@ -413,7 +413,8 @@ TEST(TrainArgs, TensorParallelFlags) {
       << describe(cp);
   EXPECT_EQ(describe(plain).find("; TP "), std::string::npos) << describe(plain);
   EXPECT_EQ(plain.cp_comm_type, "p2p");  // Megatron-LM's default
-  EXPECT_ERROR_NAMES(Args({"--cp-comm-type", "a2a"}), "--cp-comm-type", "not built yet");
+  EXPECT_EQ(parse({"--context-parallel-size", "2", "--cp-comm-type", "a2a"}).cp_comm_type, "a2a");
+  EXPECT_ERROR_NAMES(Args({"--cp-comm-type", "a2a+p2p"}), "--cp-comm-type", "not built yet");
   EXPECT_ERROR_NAMES(Args({"--cp-comm-type", "ring"}), "--cp-comm-type");
 }
 

@@ -34,7 +34,9 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   data_ = allocate(bytes, device);
 }
 
-Storage::~Storage() { deallocate(data_, bytes_, device_); }
+Storage::~Storage() {
+  deallocate(data_, bytes_, device_);
+}
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (bytes == 0) return;
@@ -47,7 +49,8 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
   auto stream = reinterpret_cast<cudaStream_t>(current_stream(device));
   if (dst_device.is_cuda() && src_device.is_cuda() && dst_device.index != src_device.index) {
-    MOE_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device.index, src, src_device.index, bytes, stream));
+    MOE_CUDA_CHECK(
+        cudaMemcpyPeerAsync(dst, dst_device.index, src, src_device.index, bytes, stream));
   } else {
     MOE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
   }
@@ -57,13 +60,33 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 #endif
 }
 
+void copy_bytes_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                   size_t height, Device device) {
+  if (width == 0 || height == 0) return;
+  MOE_CHECK(width <= dst_pitch && width <= src_pitch, "copy_bytes_2d: rows of ", width,
+            " bytes with pitches ", dst_pitch, " and ", src_pitch);
+  if (device.is_cpu()) {
+    for (size_t i = 0; i < height; ++i)
+      std::memcpy(static_cast<char*>(dst) + i * dst_pitch,
+                  static_cast<const char*>(src) + i * src_pitch, width);
+    return;
+  }
+#if MOE_WITH_CUDA
+  auto stream = reinterpret_cast<cudaStream_t>(current_stream(device.index));
+  MOE_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, height,
+                                   cudaMemcpyDeviceToDevice, stream));
+#else
+  MOE_FAIL("copy of CUDA memory, but this build has no CUDA");
+#endif
+}
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   Tensor t;
   t.shape_ = shape;
   t.dtype_ = dtype;
   t.device_ = device;
-  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype),
-                                         device);
+  t.storage_ = std::make_shared<Storage>(
+      static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
   return t;
 }
 
@@ -87,7 +110,9 @@ int64_t Tensor::size(int64_t d) const {
   return shape_[static_cast<size_t>(d)];
 }
 
-int64_t Tensor::numel() const { return shape_numel(shape_); }
+int64_t Tensor::numel() const {
+  return shape_numel(shape_);
+}
 
 Tensor Tensor::reshape(const Shape& shape) const {
   Shape resolved = shape;
@@ -187,8 +212,10 @@ Tensor& Tensor::fill_(double value) {
   dispatch<DType::f64, DType::f32, DType::bf16, DType::f16, DType::fp8_e4m3, DType::fp8_e5m2,
            DType::i64, DType::i32, DType::u8>(dtype_, "fill_", [&]<class T>() {
     T v;
-    if constexpr (std::is_integral_v<T> || std::is_same_v<T, double>) v = static_cast<T>(value);
-    else v = T(static_cast<float>(value));
+    if constexpr (std::is_integral_v<T> || std::is_same_v<T, double>)
+      v = static_cast<T>(value);
+    else
+      v = T(static_cast<float>(value));
     T* p = data<T>();
     for (int64_t i = 0, n = numel(); i < n; ++i) p[i] = v;
   });
@@ -209,7 +236,9 @@ std::string Tensor::str() const {
   return "Tensor" + shape_str(shape_) + " " + dtype_name(dtype_) + " " + device_.str();
 }
 
-std::ostream& operator<<(std::ostream& out, const Tensor& t) { return out << t.str(); }
+std::ostream& operator<<(std::ostream& out, const Tensor& t) {
+  return out << t.str();
+}
 
 void check_defined(const Tensor& t, const char* op, const char* name) {
   MOE_CHECK(t.defined(), op, ": ", name, " is undefined");

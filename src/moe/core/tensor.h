@@ -72,18 +72,18 @@ class Tensor {
   }
 
   // Views sharing storage.
-  Tensor reshape(const Shape& shape) const;  // one dim may be -1
+  Tensor reshape(const Shape& shape) const;         // one dim may be -1
   Tensor rows(int64_t start, int64_t count) const;  // [start, start+count) along dim 0
-  Tensor flatten_rows() const;  // [..., N] -> [prod(...), N]
+  Tensor flatten_rows() const;                      // [..., N] -> [prod(...), N]
 
   // Copies.
   Tensor to(Device device) const;
   Tensor to(DType dtype) const;  // cast (round to nearest even)
   Tensor clone() const { return to(device_); }
   template <class T>
-  std::vector<T> to_vector() const;  // copies to host; T must match dtype
+  std::vector<T> to_vector() const;              // copies to host; T must match dtype
   std::vector<double> to_double_vector() const;  // any dtype, converted
-  double item() const;  // single element, converted to double
+  double item() const;                           // single element, converted to double
 
   // In place.
   Tensor& copy_(const Tensor& src);  // same shape and dtype; any devices
@@ -113,6 +113,11 @@ void check_shape(const Tensor& t, const Shape& shape, const char* op, const char
 // ---- template definitions ---------------------------------------------------------------
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// `height` rows of `width` bytes from src (rows `src_pitch` bytes apart) to dst (rows
+// `dst_pitch` apart), both on `device` (cudaMemcpy2DAsync on its current stream): a strided copy,
+// as when blocks of a row-major tensor's last dims change places.
+void copy_bytes_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                   size_t height, Device device);
 
 template <class T>
 Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Device device) {

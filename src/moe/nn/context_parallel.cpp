@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/nn/context_parallel_a2a.h"
 #include "moe/nn/context_parallel_ring.h"
 #include "moe/ops/elementwise.h"
 
@@ -17,22 +18,23 @@ Shape with_dim0(const Shape& s, int64_t n) {
   return out;
 }
 
-// Rank r's rows [2c, ...] of every rank (gathered rank after rank) <-> the whole sequence [S, ...]
-// in position order: rank r's first c rows are chunk r, its last c rows chunk 2 CP - 1 - r.
-void ranks_to_positions(const Tensor& by_rank, Tensor& by_position, int cp_size, int64_t c) {
+}  // namespace
+
+void ranks_to_positions(const Tensor& by_rank, Tensor& by_position, int cp_size) {
+  const int64_t c = by_rank.size(0) / (2 * cp_size);
   for (int r = 0; r < cp_size; ++r) {
     by_position.rows(r * c, c).copy_(by_rank.rows(2 * r * c, c));
     by_position.rows((2 * cp_size - 1 - r) * c, c).copy_(by_rank.rows(2 * r * c + c, c));
   }
 }
-void positions_to_ranks(const Tensor& by_position, Tensor& by_rank, int cp_size, int64_t c) {
+
+void positions_to_ranks(const Tensor& by_position, Tensor& by_rank, int cp_size) {
+  const int64_t c = by_position.size(0) / (2 * cp_size);
   for (int r = 0; r < cp_size; ++r) {
     by_rank.rows(2 * r * c, c).copy_(by_position.rows(r * c, c));
     by_rank.rows(2 * r * c + c, c).copy_(by_position.rows((2 * cp_size - 1 - r) * c, c));
   }
 }
-
-}  // namespace
 
 Tensor context_parallel_gather(const Tensor& local, const ContextParallel& cp) {
   if (!cp.active()) return local;
@@ -41,7 +43,7 @@ Tensor context_parallel_gather(const Tensor& local, const ContextParallel& cp) {
                                  local.device());
   cp.group->all_gather(local, by_rank);
   Tensor whole = Tensor::empty(by_rank.shape(), local.dtype(), local.device());
-  ranks_to_positions(by_rank, whole, cp.size(), c);
+  ranks_to_positions(by_rank, whole, cp.size());
   return whole;
 }
 
@@ -51,7 +53,7 @@ namespace {
 Tensor reduce_scatter_sequence(const Tensor& whole, const ContextParallel& cp) {
   const int64_t c = whole.size(0) / (2 * cp.size());
   Tensor by_rank = Tensor::empty(whole.shape(), whole.dtype(), whole.device());
-  positions_to_ranks(whole, by_rank, cp.size(), c);
+  positions_to_ranks(whole, by_rank, cp.size());
   Tensor mine = Tensor::empty(with_dim0(whole.shape(), 2 * c), whole.dtype(), whole.device());
   cp.group->reduce_scatter(by_rank, mine, dist::ReduceOp::sum);
   return mine;
@@ -125,11 +127,6 @@ ContextParallelAttention gathered_attention_forward(const Tensor& q, const Tenso
                                                     const Tensor& v,
                                                     const ops::AttentionOptions& options,
                                                     const ContextParallel& cp) {
-  MOE_CHECK(options.layout == ops::AttentionLayout::sbhd && options.causal, kOp,
-            ": attention must be causal and in the sbhd layout");
-  MOE_CHECK(q.size(0) % 2 == 0 && k.size(0) == q.size(0) && v.size(0) == q.size(0), kOp,
-            ": q, k, v must hold this rank's two chunks (", q.size(0), ", ", k.size(0), ", ",
-            v.size(0), " rows)");
   const int64_t c = q.size(0) / 2, S = 2 * c * cp.size();
   const std::array<int64_t, 2> starts = cp.chunk_starts(S);
   ContextParallelAttention saved;
@@ -190,18 +187,35 @@ ContextParallelAttention context_parallel_attention_forward(const Tensor& q, con
                                                             const Tensor& v,
                                                             const ops::AttentionOptions& options,
                                                             const ContextParallel& cp) {
-  return cp.exchange == ContextParallel::Exchange::p2p
-             ? ring_attention_forward(q, k, v, options, cp)
-             : gathered_attention_forward(q, k, v, options, cp);
+  MOE_CHECK(options.layout == ops::AttentionLayout::sbhd && options.causal, kOp,
+            ": attention must be causal and in the sbhd layout");
+  MOE_CHECK(q.size(0) % 2 == 0 && k.size(0) == q.size(0) && v.size(0) == q.size(0), kOp,
+            ": q, k, v must hold this rank's two chunks (", q.size(0), ", ", k.size(0), ", ",
+            v.size(0), " rows)");
+  switch (cp.exchange) {
+    case ContextParallel::Exchange::p2p:
+      return ring_attention_forward(q, k, v, options, cp);
+    case ContextParallel::Exchange::a2a:
+      return a2a_attention_forward(q, k, v, options, cp);
+    case ContextParallel::Exchange::all_gather:
+      break;
+  }
+  return gathered_attention_forward(q, k, v, options, cp);
 }
 
 ops::AttentionGrads context_parallel_attention_backward(const Tensor& d_out, const Tensor& q,
                                                         const ContextParallelAttention& saved,
                                                         const ops::AttentionOptions& options,
                                                         const ContextParallel& cp) {
-  return cp.exchange == ContextParallel::Exchange::p2p
-             ? ring_attention_backward(d_out, q, saved, options, cp)
-             : gathered_attention_backward(d_out, q, saved, options, cp);
+  switch (cp.exchange) {
+    case ContextParallel::Exchange::p2p:
+      return ring_attention_backward(d_out, q, saved, options, cp);
+    case ContextParallel::Exchange::a2a:
+      return a2a_attention_backward(d_out, q, saved, options, cp);
+    case ContextParallel::Exchange::all_gather:
+      break;
+  }
+  return gathered_attention_backward(d_out, q, saved, options, cp);
 }
 
 ops::AttentionOutput sequence_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -9,7 +9,7 @@
 //
 // Everything but attention is per token: embeddings, norms, MLPs, MoE layers and the loss run
 // on the rank's rows (rotary embeddings at the rows' global positions). Attention exchanges keys
-// and values in one of two ways (Megatron's --cp-comm-type):
+// and values in one of three ways (Megatron's --cp-comm-type):
 //   all_gather  the keys and values of the whole sequence are gathered from the CP group; each
 //               local query chunk runs against the keys up to its end with the causal mask offset
 //               to its global position; the backward reduce-scatters the keys' and values'
@@ -19,9 +19,13 @@
 //               computes with them, and merges each (query chunk, key chunk) block's partial
 //               result by its log-sum-exp (ops/attention_merge.h); a query chunk sees a key
 //               chunk wholly when the key chunk comes earlier, causally when it is its own, not
-//               at all when later. The backward runs the ring again, the keys' and values'
-//               gradients travelling with them and returning to their rank at the end. Keeps
-//               this rank's keys and values only.
+//               at all when later. The backward runs the ring again, the keys and values
+//               travelling ahead and the sums of their gradients one step behind them, both
+//               while the step's blocks compute; the sums end on their rank. Keeps this rank's
+//               keys and values only.
+//   a2a         all-to-alls trade the sequence split for a head split (DeepSpeed-Ulysses;
+//               context_parallel_a2a.h): each rank attends over the whole sequence with H / CP
+//               of the heads. Needs the query and key/value head counts to divide by CP.
 #pragma once
 
 #include <array>
@@ -34,7 +38,7 @@
 namespace moe::nn {
 
 struct ContextParallel {
-  enum class Exchange { all_gather, p2p };
+  enum class Exchange { all_gather, p2p, a2a };
   std::shared_ptr<dist::ProcessGroup> group;  // the CP group; null: this rank alone
   Exchange exchange = Exchange::p2p;          // --cp-comm-type
 
@@ -47,6 +51,11 @@ struct ContextParallel {
   std::array<int64_t, 2> chunk_starts(int64_t seq_length) const;
 };
 
+// Every rank's rows concatenated rank after rank [S, ...] (as an all-gather leaves them: rank
+// r's first c rows are chunk r, its last c rows chunk 2 CP - 1 - r) -> the whole sequence in
+// position order [S, ...], and back.
+void ranks_to_positions(const Tensor& by_rank, Tensor& by_position, int cp_size);
+void positions_to_ranks(const Tensor& by_position, Tensor& by_rank, int cp_size);
 // This rank's rows of a tensor whose dim 0 is the whole sequence [S, ...]: its two chunks,
 // concatenated [2c, ...]. The tensor itself without CP.
 Tensor context_parallel_rows(const Tensor& whole, const ContextParallel& cp);
@@ -71,7 +80,10 @@ class ContextParallelPositions {
 // options: causal sbhd attention (its dropout's offsets are set here per chunk).
 struct ContextParallelAttention {
   Tensor out;                 // [2c, B, Hq, Dv]
-  Tensor k_all, v_all;        // all_gather: [S, B, Hkv, .] in global order, for the backward
+  Tensor k_all, v_all;        // all_gather: [S, B, Hkv, .] in global order, for the backward;
+                              // a2a: [S, B, Hkv / CP, .], this rank's heads
+  Tensor q_all, out_all;      // a2a: [S, B, Hq / CP, .] the whole sequence's q and out
+  Tensor lse_all;             // a2a: [B, Hq / CP, S]
   Tensor k, v;                // p2p: this rank's [2c, B, Hkv, .], for the backward
   std::array<Tensor, 2> lse;  // per query chunk [B, Hq, c]
 };

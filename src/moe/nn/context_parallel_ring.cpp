@@ -115,43 +115,68 @@ ops::AttentionGrads ring_attention_backward(const Tensor& d_out, const Tensor& q
   const std::array<int64_t, 2> mine = chunks_of(r, P);
   const DType acc = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor dq = Tensor::zeros(q.shape(), acc, q.device());
-  // Travelling with the keys and values of rank r - i: their gradients so far (in acc).
-  std::vector<Tensor> held{saved.k, saved.v, Tensor::zeros(saved.k.shape(), acc, q.device()),
-                           Tensor::zeros(saved.v.shape(), acc, q.device())};
   const auto add = [&](Tensor& into, const Tensor& g) {
     ops::add_(into, g.dtype() == acc ? g : g.to(acc));
   };
+  // Two exchanges overlap each step's block gradients: the keys and values of the next step
+  // travel ahead (as in the forward), and the gradients accumulated so far for the keys and
+  // values held now arrive from the previous rank, one step behind them (the previous rank sent
+  // them at the end of its step i - 1). The blocks are computed first and added to the arriving
+  // sums in the order of the unoverlapped ring, so the sums do not depend on the overlap.
+  std::vector<Tensor> held{saved.k, saved.v};  // the keys and values of rank r - i in step i
+  std::vector<Tensor> sums{Tensor::zeros(saved.k.shape(), acc, q.device()),
+                           Tensor::zeros(saved.v.shape(), acc, q.device())};
+  std::vector<Tensor> sent;  // kept alive until the exchange sending them completes
+  std::unique_ptr<dist::Work> sums_arriving;
   for (int i = 0; i < P; ++i) {
+    std::vector<Tensor> next;
+    std::unique_ptr<dist::Work> exchange;
+    if (i + 1 < P) {
+      next = like(held);
+      exchange = pass_on(held, next, cp);
+    }
     const std::array<int64_t, 2> theirs = chunks_of((r - i + P) % P, P);
+    struct BlockGrads {
+      int j;
+      ops::AttentionGrads g;
+    };
+    std::vector<BlockGrads> blocks;
     for (int h = 0; h < 2; ++h)
       for (int j = 0; j < 2; ++j) {
         const int64_t a = mine[static_cast<size_t>(h)], b = theirs[static_cast<size_t>(j)];
         if (visibility(a, b) == Visibility::none) continue;
         // Each block's gradients from the merged result (FlashAttention's backward needs only
         // the final out and log-sum-exp of its rows).
-        const ops::AttentionGrads g = ops::attention_backward(
+        ops::AttentionGrads g = ops::attention_backward(
             d_out.rows(h * c, c), q.rows(h * c, c), held[0].rows(j * c, c), held[1].rows(j * c, c),
             saved.out.rows(h * c, c), saved.lse[static_cast<size_t>(h)],
             block_options(options, a, b, c, S));
-        Tensor dq_rows = dq.rows(h * c, c), dk_rows = held[2].rows(j * c, c),
-               dv_rows = held[3].rows(j * c, c);
+        Tensor dq_rows = dq.rows(h * c, c);
         add(dq_rows, g.q);
-        add(dk_rows, g.k);
-        add(dv_rows, g.v);
+        blocks.push_back({j, std::move(g)});
       }
-    // On to the next rank; after the last step the gradients go once more, home to their rank
-    // (the block held in step P - 1 is rank r + 1's).
-    std::vector<Tensor> send = i + 1 < P ? held : std::vector<Tensor>{held[2], held[3]};
-    std::vector<Tensor> next = like(send);
-    pass_on(send, next, cp)->wait();
-    held = std::move(next);
+    if (sums_arriving) sums_arriving->wait();
+    for (const BlockGrads& block : blocks) {
+      Tensor dk_rows = sums[0].rows(block.j * c, c), dv_rows = sums[1].rows(block.j * c, c);
+      add(dk_rows, block.g.k);
+      add(dv_rows, block.g.v);
+    }
+    // On to the next rank, which holds these keys and values in step i + 1; after the last
+    // step the sums go once more, home to their rank (the block held in step P - 1 is rank
+    // r + 1's), and this rank's own arrive.
+    sent = std::move(sums);
+    sums = like(sent);
+    sums_arriving = pass_on(sent, sums, cp);
+    if (exchange) {
+      exchange->wait();
+      held = std::move(next);
+    }
   }
+  sums_arriving->wait();
   ops::AttentionGrads grads;
   grads.q = dq.dtype() == q.dtype() ? dq : dq.to(q.dtype());
-  const Tensor& dk = held[0];
-  const Tensor& dv = held[1];
-  grads.k = dk.dtype() == q.dtype() ? dk : dk.to(q.dtype());
-  grads.v = dv.dtype() == q.dtype() ? dv : dv.to(q.dtype());
+  grads.k = sums[0].dtype() == q.dtype() ? sums[0] : sums[0].to(q.dtype());
+  grads.v = sums[1].dtype() == q.dtype() ? sums[1] : sums[1].to(q.dtype());
   return grads;
 }
 

@@ -715,6 +715,7 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
   if (p.context_parallel_size > 1)
     out << "; CP " << p.context_parallel_size << " ("
         << (r.cp_comm_type == "all_gather" ? "keys and values all-gathered"
+            : r.cp_comm_type == "a2a"      ? "a2a: heads traded for the sequence"
                                            : "p2p: a ring of key/value exchanges")
         << ")";
   out << "; dropout " << dropout_text(r, "--attention-dropout", m.attention_dropout)

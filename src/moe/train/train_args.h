@@ -75,7 +75,7 @@ struct TrainRunConfig {
   // it.
   dist::ParallelConfig parallel;
   bool sequence_parallel = false;    // --sequence-parallel (with TP > 1)
-  std::string cp_comm_type = "p2p";  // --cp-comm-type: p2p (a ring) or all_gather
+  std::string cp_comm_type = "p2p";  // --cp-comm-type: p2p (a ring), all_gather or a2a
   // Megatron's DDP options (train/data_parallel.h): --use-distributed-optimizer,
   // --overlap-grad-reduce, --overlap-param-gather, --ddp-bucket-size, --grad-reduce-in-bf16.
   // One rank has nothing to reduce or shard: they change nothing there.

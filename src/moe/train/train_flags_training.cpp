@@ -42,8 +42,8 @@ void add_parallel_flags(std::vector<Entry>& t) {
   t.push_back(not_built_yet("--pipeline-model-parallel-size", "pipeline parallelism"));
   t.push_back(value("--context-parallel-size", "CP",
                     "parallel.context_parallel_size: each sequence split over CP ranks in 2 CP "
-                    "load-balanced chunks (2 CP must divide --seq-length); attention gathers the "
-                    "keys and values of the whole sequence",
+                    "load-balanced chunks (2 CP must divide --seq-length); attention exchanges "
+                    "keys and values as --cp-comm-type says",
                     [](S& s, V v) {
                       s.run.parallel.context_parallel_size =
                           parallel_size("--context-parallel-size", v);
@@ -52,14 +52,14 @@ void add_parallel_flags(std::vector<Entry>& t) {
       "--cp-comm-type", "TYPE",
       "how context-parallel attention exchanges keys and values: p2p (Megatron-LM's default: "
       "a ring, each step's exchange overlapped with its attention; keeps this rank's keys and "
-      "values) or all_gather (the whole sequence's keys and values gathered); a2a and a2a+p2p "
-      "are not built yet",
+      "values), all_gather (the whole sequence's keys and values gathered) or a2a (Ulysses: "
+      "all-to-alls trade the sequence split for a head split; the heads of a TP rank must divide "
+      "by CP); a2a+p2p (hierarchical) is not built yet",
       [](S& s, V v) {
         s.run.cp_comm_type = one_of("--cp-comm-type", v, {"p2p", "all_gather", "a2a", "a2a+p2p"});
-        MOE_CHECK(s.run.cp_comm_type == "p2p" || s.run.cp_comm_type == "all_gather",
-                  "--cp-comm-type ", v,
-                  " is not built yet (a later change brings it): use all_gather or "
-                  "p2p");
+        MOE_CHECK(s.run.cp_comm_type != "a2a+p2p", "--cp-comm-type ", v,
+                  " (hierarchical context parallelism) is not built yet: use p2p, all_gather or "
+                  "a2a");
       }));
   t.push_back(value("--expert-model-parallel-size", "EP",
                     "parallel.expert_model_parallel_size: the experts split over EP ranks (a "

@@ -352,6 +352,21 @@ void check_parallel_flags(const TrainRunConfig& c, int world_size) {
   MOE_CHECK(c.train.seq_length % (2 * cp) == 0 || cp == 1, "--seq-length ", c.train.seq_length,
             " is not divisible by 2 x --context-parallel-size ", cp,
             " (each CP rank holds two load-balanced chunks of every sequence)");
+  if (cp > 1 && c.cp_comm_type == "a2a") {
+    // Ulysses splits each TP rank's heads over CP (MLA: as many key/value heads as queries).
+    const int64_t heads = c.model.num_attention_heads;
+    const int64_t kv_heads =
+        c.model.attention_type == nn::AttentionType::mla ? heads : c.model.num_query_groups;
+    MOE_CHECK(heads % tp == 0 && kv_heads % tp == 0 && heads / tp % cp == 0 &&
+                  kv_heads / tp % cp == 0,
+              "--cp-comm-type a2a splits each tensor-parallel rank's attention heads over the "
+              "--context-parallel-size ",
+              cp, " ranks, but --num-attention-heads ", heads, " and ",
+              c.model.attention_type == nn::AttentionType::mla ? "its key/value heads "
+                                                               : "--num-query-groups ",
+              kv_heads, " over --tensor-model-parallel-size ", tp,
+              " do not divide by it; use --cp-comm-type p2p or all_gather");
+  }
   if (tp > 1 && (c.sequence_parallel || c.model.moe.num_experts > 0))
     MOE_CHECK(c.train.seq_length / cp % tp == 0, "--seq-length ", c.train.seq_length,
               cp > 1 ? moe::detail::concat(" / --context-parallel-size ", cp) : std::string(),
@@ -362,6 +377,12 @@ void check_parallel_flags(const TrainRunConfig& c, int world_size) {
   MOE_CHECK(!c.moe_use_upcycling, "world size ", world_size,
             ": --moe-use-upcycling is not supported by a run of several ranks yet; upcycle on one "
             "rank (it saves the MoE model to --save as iteration 0), then --load that on several");
+}
+
+nn::ContextParallel::Exchange cp_exchange(const std::string& cp_comm_type) {
+  if (cp_comm_type == "all_gather") return nn::ContextParallel::Exchange::all_gather;
+  if (cp_comm_type == "a2a") return nn::ContextParallel::Exchange::a2a;
+  return nn::ContextParallel::Exchange::p2p;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -455,9 +476,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   const RunData data = run_data(run, world);
   nn::GPTModel model(run.model, dtype, device, tc.seed,
                      state ? nn::model_groups_of(*state, run.sequence_parallel,
-                                                 run.cp_comm_type == "all_gather"
-                                                     ? nn::ContextParallel::Exchange::all_gather
-                                                     : nn::ContextParallel::Exchange::p2p)
+                                                 cp_exchange(run.cp_comm_type))
                            : nn::ModelGroups{});
   Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr,
                   state ? TrainParallel{state, run.ddp} : TrainParallel{});
