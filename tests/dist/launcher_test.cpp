@@ -482,5 +482,43 @@ TEST_F(MoeLaunch, TrainRefusesAMappingTheWorldCannotHoldAfterTheStartUpLine) {
   // (Which comes first in the output is mpirun's business: it forwards stdout and stderr apart.)
 }
 
+// Processes whose command line holds `marker` (ranks left running).
+int processes_holding(const std::string& marker) {
+  int count = 0;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::ifstream in(e.path() / "cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    count += cmdline.find(marker) != std::string::npos ? 1 : 0;
+  }
+  return count;
+}
+
+// MPI has no timeout: a rank that never calls MPI_Init hung the others in it for good. They now
+// end at --distributed-timeout-minutes, and mpirun ends the job, the hanging rank included.
+TEST_F(MoeLaunch, RankThatNeverArrivesUnderMpirunEndsAtTheTimeout) {
+  const std::string mpirun = find_mpirun();
+  if (mpirun.empty()) GTEST_SKIP() << "mpirun is not installed";
+  const std::string marker = "moe_mpi_hang_" + std::to_string(::getpid()) + ".jsonl";
+  const Command c = run_command(
+      mpirun,
+      {"--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "MOE_TEST_FAIL_RANK=1", "-x",
+       "MOE_TEST_FAIL_AT=hang", moe_program().string(), "bench", "comm", "--device", "cpu",
+       "--max-size", "4K", "--distributed-timeout-minutes", "0.03", "--jsonl",
+       (fs::temp_directory_path() / marker).string()},
+      kMpiEnv, 40s);
+  if (c.output.find("this build has no MPI") != std::string::npos)
+    GTEST_SKIP() << "this build has no MPI";
+  EXPECT_NE(c.exit_code, 0) << c.output;
+  expect_has(c, "[rank 0 ");
+  expect_has(c, "] error: the MPI rendezvous (MPI_Init) timed out after 1.8 s: not all 2 ranks");
+  EXPECT_LT(c.seconds, 30.0);
+  int left = processes_holding(marker);
+  for (int i = 0; i < 20 && left > 0; ++i) {
+    std::this_thread::sleep_for(100ms);
+    left = processes_holding(marker);
+  }
+  EXPECT_EQ(left, 0) << "a rank of the job is still running";
+}
+
 }  // namespace
 }  // namespace moe::dist

@@ -3,9 +3,12 @@
 #include <unistd.h>
 
 #include <climits>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -96,6 +99,35 @@ std::vector<RankPlace> gather_places(ProcessGroup& group, const std::string& min
   return places;
 }
 
+// MPI has no timeout of its own, and MPI_Init waits for every rank of the job: a rank that never
+// starts it would hang the others. This watchdog ends this rank, and through mpirun the job,
+// when the MPI rendezvous (MPI_Init and the exchange of places) outlasts the timeout.
+class MpiRendezvousWatchdog {
+ public:
+  MpiRendezvousWatchdog(std::chrono::milliseconds timeout, std::string message)
+      : thread_([this, timeout, message = std::move(message)] {
+          std::unique_lock<std::mutex> lock(mutex_);
+          if (done_changed_.wait_for(lock, timeout, [this] { return done_; })) return;
+          std::fprintf(stderr, "%s\n", message.c_str());
+          std::fflush(stderr);
+          std::_Exit(1);  // MPI_Abort needs MPI_Init done; mpirun ends the job on this exit
+        }) {}
+  ~MpiRendezvousWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    done_changed_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_changed_;
+  bool done_ = false;
+  std::thread thread_;  // last: it starts once the members above exist
+};
+
 std::string backend_list() {
   std::string list;
   for (const char* b : kDistributedBackends) list += (list.empty() ? "" : ", ") + std::string(b);
@@ -181,12 +213,19 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
     w.places = {RankPlace{0, w.host, w.device.str()}};
   } else if (have_mpi() && (w.backend == "mpi" ? by_mpi || env.world_size == 1 : by_mpi)) {
     // MPI_Init is the rendezvous. NCCL's id travels on an MPI bootstrap group.
+    std::ostringstream late;
+    late << "[rank " << env.rank << " " << w.host << "] error: the MPI rendezvous (MPI_Init) "
+         << "timed out after " << static_cast<double>(w.timeout.count()) / 1000.0 << " s: not all "
+         << env.world_size << " ranks of the job arrived "
+         << "(--distributed-timeout-minutes " << options.timeout_minutes << ")";
+    std::optional<MpiRendezvousWatchdog> watchdog(std::in_place, w.timeout, late.str());
     std::shared_ptr<ProcessGroup> mpi = init_mpi_world();
     if (mpi->rank() != env.rank || mpi->size() != env.world_size)
       MOE_FAIL("MPI says rank ", mpi->rank(), " of ", mpi->size(),
                ", the launcher's variables rank ", env.rank, " of ", env.world_size);
     test_fault_point(env, vars, "after-rendezvous");
     w.places = gather_places(*mpi, mine);
+    watchdog.reset();
     if (w.backend == "mpi") {
       w.world = mpi;
     } else {

@@ -29,7 +29,7 @@
 //
 // Every blocking step of the rendezvous has the timeout (Megatron's
 // --distributed-timeout-minutes, default 10), which also becomes NCCL's collective timeout (MPI
-// has none).
+// has none; a watchdog ends a rank whose MPI_Init outlasts it).
 //
 // A test hook, so that CI can exercise the failure paths of a real launch: with
 // MOE_TEST_FAIL_RANK=R, rank R fails at MOE_TEST_FAIL_AT, one of
