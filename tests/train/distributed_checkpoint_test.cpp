@@ -2,9 +2,9 @@
 // Local threads in f64: a run under mapping A saves at step 3; a run under mapping B loads it
 // and trains 3 more steps; its losses of steps 4-6 and its final parameters must equal those of
 // 6 steps under B from the start (1e-9 relative: the mappings sum in other orders). Pairs
-// change the world size, TP (with and without sequence parallelism), EP, ETP, the distributed
-// optimizer, and go from and to one rank without any parallel state (the one-rank checkpoint
-// layout).
+// change the world size, TP (with and without sequence parallelism), CP, PP (stage count,
+// virtual stages), EP, ETP, the distributed optimizer, and go from and to one rank without any
+// parallel state (the one-rank checkpoint layout).
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -24,6 +24,14 @@ namespace fs = std::filesystem;
 
 ParallelTrainingCase mapping(int world, int ep, int etp, bool zero, bool overlap = false) {
   return gqa_alltoall_case(world, ep, etp, zero, overlap);
+}
+
+// Pipeline parallelism on the case's 8-layer model (every pair of these below has 8 layers).
+ParallelTrainingCase with_pp(ParallelTrainingCase c, int pp, int vpp = 1) {
+  c.pp = pp;
+  c.vpp = vpp;
+  c.layers = 8;
+  return c;
 }
 
 ParallelTrainingCase with_tp(ParallelTrainingCase c, int tp, bool sequence_parallel, int cp = 1) {
@@ -56,7 +64,9 @@ std::vector<RankResult> run(const ParallelTrainingCase& c, int steps, const std:
       mc.ep = mc.etp = mc.tp = mc.cp = 1;
     TrainConfig tc = case_train_config();
     tc.train_iters = 6;
-    nn::GPTModel model(case_model(mc, DType::f64), DType::f64, Device::cpu(), tc.seed, groups);
+    const nn::ModelConfig config = case_model(mc, DType::f64);
+    nn::GPTModel model(config, DType::f64, Device::cpu(), tc.seed, groups,
+                       case_chunks(mc, config, parallel));
     TokenArraySource source(case_tokens(model.config().vocab_size), kCaseSeqLength, 7, true);
     Trainer trainer(model, tc, source, nullptr, parallel);
     if (!load.empty()) load_training_checkpoint(load, model, &trainer);
@@ -125,7 +135,11 @@ INSTANTIATE_TEST_SUITE_P(
         // CP 2 -> one rank; TP 2 (SP) x CP 2 -> CP 2 x DP 2 with ZeRO.
         std::pair{with_tp(mapping(2, 1, 1, false), 1, false, 2), mapping(0, 1, 1, false)},
         std::pair{with_tp(mapping(4, 1, 1, false), 2, true, 2),
-                  with_tp(mapping(4, 1, 1, true), 1, false, 2)}),
+                  with_tp(mapping(4, 1, 1, true), 1, false, 2)},
+        // PP 2 -> PP 4; PP 4 with VPP 2 -> one rank; one rank -> PP 2 x EP 2 with ZeRO.
+        std::pair{with_pp(mapping(2, 1, 1, false), 2), with_pp(mapping(4, 1, 1, false), 4)},
+        std::pair{with_pp(mapping(4, 1, 1, false), 4, 2), with_pp(mapping(0, 1, 1, false), 1)},
+        std::pair{with_pp(mapping(0, 1, 1, false), 1), with_pp(mapping(4, 2, 1, true), 2)}),
     [](const auto& info) { return pair_name(info.param.first, info.param.second); });
 
 }  // namespace

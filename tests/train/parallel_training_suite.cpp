@@ -47,8 +47,13 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
   m.moe.moe_token_dispatcher_type = c.dispatcher;
   m.moe.expert_model_parallel_size = c.ep;
   m.moe.expert_tensor_parallel_size = c.etp;
-  m.untie_embeddings_and_output_weights = true;
+  m.untie_embeddings_and_output_weights = !c.tied;
   m.hidden_dropout = m.attention_dropout = c.dropout;
+  if (c.pp > 1 || c.layers > 0) {  // DeepSeek-V3-like: a dense first layer, then MoE layers
+    m.num_layers = c.layers > 0 ? c.layers : 4;
+    m.moe_layer_pattern.assign(static_cast<size_t>(m.num_layers), 1);
+    m.moe_layer_pattern[0] = 0;
+  }
   return m;
 }
 
@@ -81,6 +86,7 @@ TrainParallel case_parallel(const std::shared_ptr<dist::ProcessGroup>& world,
   pc.context_parallel_size = c.cp;
   pc.expert_model_parallel_size = c.ep;
   pc.expert_tensor_parallel_size = c.etp;
+  pc.pipeline_model_parallel_size = c.pp;
   auto state = std::make_shared<dist::ParallelState>(world, pc);
   groups =
       nn::model_groups_of(*state, c.sequence_parallel,
@@ -174,6 +180,10 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.per_token_loss) n += "_pertoken";
   if (c.global_aux_loss) n += "_globalaux";
   if (c.dropout > 0) n += "_dropout";
+  if (c.pp > 1) n += "_pp" + std::to_string(c.pp);
+  if (c.vpp > 1) n += "_vpp" + std::to_string(c.vpp);
+  if (!c.pp_layout.empty()) n += "_layout";
+  if (c.tied) n += "_tied";
   return n;
 }
 
@@ -268,11 +278,72 @@ std::vector<ParallelTrainingCase> context_parallel_cases_for_world(int world) {
   return out;
 }
 
+std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world) {
+  struct Mapping {
+    int pp, vpp, tp, cp, ep;
+    bool distributed_optimizer;
+    const char* layout;
+    bool tied, per_token;
+  };
+  const Mapping mappings[] = {
+      {2, 1, 1, 1, 1, false, "", false, false},
+      {2, 2, 1, 1, 1, false, "", false, false},
+      {2, 1, 1, 1, 1, false, "Et|tttmL", false, false},  // uneven, MTP beside the loss
+      {2, 1, 1, 1, 1, false, "", true, false},           // tied: the embedding on both ends
+      {2, 1, 1, 1, 1, false, "", false, true},           // no MTP: nothing shared
+      {4, 1, 1, 1, 1, false, "", false, false},
+      {4, 1, 1, 1, 1, false, "E|tt|t|tmL", true, false},  // an empty first stage's layers
+      {2, 1, 1, 1, 2, true, "", false, false},            // EP 2 over the DP 2 ranks
+      {2, 2, 1, 1, 1, true, "", true, false},             // DP 2, distributed optimizer
+      {2, 1, 2, 1, 1, false, "", false, false},           // TP 2 with SP
+      {2, 1, 1, 2, 1, false, "", false, false},           // CP 2
+  };
+  std::vector<ParallelTrainingCase> out;
+  for (const char* model : {"gqa", "mla"})
+    for (const Mapping& m : mappings) {
+      if (m.pp * m.tp * m.cp > world || world % (m.pp * m.tp * m.cp) != 0) continue;
+      if (world / (m.pp * m.tp * m.cp) % m.ep != 0) continue;
+      if (m.distributed_optimizer && world == m.pp * m.tp * m.cp) continue;
+      if (m.per_token && std::string(model) == "mla") continue;  // MLA cases carry MTP
+      ParallelTrainingCase c =
+          gqa_alltoall_case(world, m.ep, 1, m.distributed_optimizer, m.distributed_optimizer);
+      c.model = model;
+      c.pp = m.pp;
+      c.vpp = m.vpp;
+      c.pp_layout = m.layout;
+      c.tp = m.tp;
+      c.sequence_parallel = m.tp > 1;
+      c.cp = m.cp;
+      c.tied = m.tied;
+      c.per_token_loss = m.per_token;
+      out.push_back(c);
+    }
+  return out;
+}
+
+std::vector<nn::PipelineStage> case_chunks(const ParallelTrainingCase& c,
+                                           const nn::ModelConfig& config,
+                                           const TrainParallel& parallel) {
+  if (c.pp == 1) return {};
+  nn::PipelineLayoutOptions o;
+  o.num_layers = config.num_layers;
+  o.mtp_num_layers = config.mtp_num_layers;
+  o.pipeline_size = c.pp;
+  o.virtual_stages = c.vpp;
+  o.layout = c.pp_layout;
+  const nn::PipelineLayout layout(o);
+  std::vector<nn::PipelineStage> chunks;
+  for (int v = 0; v < layout.virtual_stages(); ++v)
+    chunks.push_back(layout.stage_of(parallel.state->pp_rank(), v));
+  return chunks;
+}
+
 std::vector<ParallelTrainingCase> process_runner_cases(int world) {
   std::vector<ParallelTrainingCase> out = parallel_training_cases_for_world(world, false);
   for (const ParallelTrainingCase& c : tensor_parallel_cases_for_world(world, false))
     out.push_back(c);
   for (const ParallelTrainingCase& c : context_parallel_cases_for_world(world)) out.push_back(c);
+  for (const ParallelTrainingCase& c : pipeline_parallel_cases_for_world(world)) out.push_back(c);
   return out;
 }
 
@@ -284,6 +355,7 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
     for (const ParallelTrainingCase& c : tensor_parallel_cases_for_world(world, true))
       out.push_back(c);
     for (const ParallelTrainingCase& c : context_parallel_cases_for_world(world)) out.push_back(c);
+    for (const ParallelTrainingCase& c : pipeline_parallel_cases_for_world(world)) out.push_back(c);
   }
   // --grad-reduce-in-bf16 under EP 4 with the distributed optimizer and overlap.
   ParallelTrainingCase bf16 = gqa_alltoall_case(4, 4, 1, true, true);
@@ -361,7 +433,8 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
 
   nn::ModelGroups groups;
   TrainParallel parallel = case_parallel(world, c, groups);
-  nn::GPTModel model(case_model(c, dtype), dtype, device, tc.seed, groups);
+  const nn::ModelConfig config = case_model(c, dtype);
+  nn::GPTModel model(config, dtype, device, tc.seed, groups, case_chunks(c, config, parallel));
   Run actual(model, tc, parallel);
 
   expect_series(actual.loss, expected.loss, tol, "lm loss", rank);

@@ -36,12 +36,19 @@ struct ParallelTrainingCase {
                       // "mla": MLA attention, sigmoid router with expert bias, seq aux loss,
                       //        shared expert, one MTP layer
   int world = 1;
-  int tp = 1;                      // --tensor-model-parallel-size
-  bool sequence_parallel = false;  // --sequence-parallel
-  int cp = 1;                      // --context-parallel-size (DP = world / (TP x CP))
+  int tp = 1;                        // --tensor-model-parallel-size
+  bool sequence_parallel = false;    // --sequence-parallel
+  int cp = 1;                        // --context-parallel-size (DP = world / (TP x CP))
   std::string cp_comm_type = "p2p";  // --cp-comm-type: p2p (the ring), all_gather or a2a
-  int ep = 1, etp = 1;             // EDP = world / (EP x ETP) (PP = 1)
-  std::string dispatcher;          // "allgather" | "alltoall"
+  int ep = 1, etp = 1;               // EDP = world / (EP x ETP x PP)
+  // --pipeline-model-parallel-size, virtual stages per rank, --pipeline-model-parallel-layout
+  // (empty: the even split). With PP > 1 the models have 4 decoder layers (the first dense)
+  // so that PP 4 and PP 2 x VPP 2 have a layer per stage.
+  int pp = 1, vpp = 1;
+  std::string pp_layout;
+  int layers = 0;          // decoder layers when not 0 (the first dense, the rest MoE), any PP
+  bool tied = false;       // the output layer tied to the embedding (else untied)
+  std::string dispatcher;  // "allgather" | "alltoall"
   bool distributed_optimizer = false;
   bool overlap = false;  // --overlap-grad-reduce (and --overlap-param-gather with the
                          // distributed optimizer); small buckets so there are several
@@ -67,6 +74,13 @@ std::vector<ParallelTrainingCase> parallel_training_cases_for_world(int world, b
 std::vector<ParallelTrainingCase> tensor_parallel_cases_for_world(int world, bool all);
 // The context-parallel cases of a world (with TP, EP, DP and the distributed optimizer).
 std::vector<ParallelTrainingCase> context_parallel_cases_for_world(int world);
+// Pipeline parallelism: PP 2 and 4, VPP 2, layouts with the MTP layer in the loss's stage,
+// combined with DP (distributed optimizer, overlap), EP, TP + SP and CP; tied and untied.
+std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world);
+// This rank's pipeline chunks for the case's model (empty without PP).
+std::vector<nn::PipelineStage> case_chunks(const ParallelTrainingCase& c,
+                                           const nn::ModelConfig& config,
+                                           const TrainParallel& parallel);
 // What a process runner of `world` ranks runs: the above with all = false.
 std::vector<ParallelTrainingCase> process_runner_cases(int world);
 

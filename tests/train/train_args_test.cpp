@@ -384,14 +384,28 @@ TEST(TrainArgs, UnknownFlagsAreNamed) {
 
 TEST(TrainArgs, RefusedFlagsSayWhy) {
   EXPECT_ERROR_NAMES(Args({"--fp16"}), "--fp16", "--bf16");
-  EXPECT_ERROR_NAMES(Args({"--pipeline-model-parallel-size", "2"}),
-                     "--pipeline-model-parallel-size", "not supported by this build yet");
   EXPECT_NO_THROW(parse({"--expert-model-parallel-size", "1"}));
-  // The parallelisms a later change brings: 1 only, saying so.
-  for (const char* flag : {"--pipeline-model-parallel-size"}) {
-    EXPECT_NO_THROW(parse({flag, "1"})) << flag;
-    EXPECT_ERROR_NAMES(Args({flag, "2"}), flag, " 2 ", "not built yet");
-  }
+}
+
+TEST(TrainArgs, PipelineFlags) {
+  const TrainRunConfig pp =
+      parse({"--pipeline-model-parallel-size", "4", "--num-layers-per-virtual-pipeline-stage", "2",
+             "--account-for-loss-in-pipeline-split"});
+  EXPECT_EQ(pp.parallel.pipeline_model_parallel_size, 4);
+  EXPECT_EQ(pp.num_layers_per_virtual_pipeline_stage, 2);
+  EXPECT_TRUE(pp.pipeline.account_for_loss_in_pipeline_split);
+  EXPECT_NE(describe(pp).find("; PP 4 interleaved"), std::string::npos) << describe(pp);
+  const TrainRunConfig layout = parse(
+      {"--pipeline-model-parallel-size", "2", "--pipeline-model-parallel-layout", "Et|tL",
+       "--decoder-first-pipeline-num-layers", "1", "--num-virtual-stages-per-pipeline-rank", "1"});
+  EXPECT_EQ(layout.pipeline.layout, "Et|tL");
+  EXPECT_EQ(layout.pipeline.decoder_first_pipeline_num_layers, 1);
+  EXPECT_EQ(layout.pipeline.virtual_stages, 1);
+  EXPECT_NE(describe(layout).find("; PP 2 (layout Et|tL)"), std::string::npos) << describe(layout);
+  EXPECT_ERROR_NAMES(Args({"--pipeline-model-parallel-size", "0"}),
+                     "--pipeline-model-parallel-size");
+  EXPECT_ERROR_NAMES(Args({"--num-virtual-stages-per-pipeline-rank", "0"}),
+                     "--num-virtual-stages-per-pipeline-rank");
 }
 
 TEST(TrainArgs, TensorParallelFlags) {

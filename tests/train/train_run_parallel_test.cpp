@@ -23,6 +23,7 @@
 #include "moe/data/tokenizer.h"
 #include "moe/dist/local_backend.h"
 #include "moe/train/exit_signal.h"
+#include "moe/train/pipeline_timeline_report.h"
 #include "moe/train/train_args.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_run.h"
@@ -269,6 +270,42 @@ TEST(TrainRunParallel, RefusesWhatNeedsTheWorldSize) {
   e = error_on_ranks(parse_train_args(small_run({"--global-batch-size", "2"})), 2);
   EXPECT_NE(e.find("--global-batch-size 2"), std::string::npos) << e;
   EXPECT_NE(e.find("data-parallel size 2"), std::string::npos) << e;
+}
+
+// Pipeline parallelism: 2 stages with 2 virtual stages each (4 layers, one per chunk) train
+// the one-rank model; --pipeline-timeline prints the schedule the ranks recorded as they ran
+// it, which is Megatron's interleaved 1F1B for 2 ranks, 2 chunks and 4 micro-batches; no rank
+// prints a text sample.
+TEST(TrainRunParallel, PipelineStagesTrainTheOneRankModelAndDrawTheirSchedule) {
+  const std::vector<std::string> model = {"--num-layers", "4", "--global-batch-size", "8"};
+  const TrainRunResult one =
+      run_training_on(parse_train_args(small_run(model)), TrainWorld{nullptr, Device::cpu(), true},
+                      standard_train_hooks(), nullptr);
+  std::vector<std::string> args = model;
+  args.insert(args.end(), {"--pipeline-model-parallel-size", "2",
+                           "--num-virtual-stages-per-pipeline-rank", "2", "--pipeline-timeline"});
+  const RanksRun many = run_on_ranks(parse_train_args(small_run(args)), 2);
+  for (const TrainRunResult& r : many.results) expect_same_losses(one, r);
+  const std::string expected =
+      format_pipeline_timeline(pipeline_schedules(2, /*num_microbatches=*/4, /*vpp_size=*/2), 1);
+  EXPECT_EQ(occurrences(many.output, expected), 1u) << many.output << "\nexpected:\n" << expected;
+  EXPECT_NE(expected.find("idle / busy = 12.5%"), std::string::npos) << expected;  // 1 / (2 x 4)
+  EXPECT_EQ(occurrences(many.output, "no text sample: generation runs on a rank that holds"), 1u)
+      << many.output;
+  // Refusals: a malformed layout names its position; standalone MTP; the timeline without PP.
+  std::string e = error_on_ranks(
+      parse_train_args(small_run({"--num-layers", "4", "--pipeline-model-parallel-size", "2",
+                                  "--pipeline-model-parallel-layout", "Et|t*3)L"})),
+      2);
+  EXPECT_NE(e.find("--pipeline-model-parallel-layout"), std::string::npos) << e;
+  e = error_on_ranks(
+      parse_train_args(
+          small_run({"--num-layers", "4", "--mtp-num-layers", "1", "--pipeline-model-parallel-size",
+                     "2", "--pipeline-model-parallel-layout", "Et*2|t*2|m|L"})),
+      2);
+  EXPECT_NE(e.find("standalone MTP"), std::string::npos) << e;
+  e = error_on_ranks(parse_train_args(small_run({"--pipeline-timeline"})), 2);
+  EXPECT_NE(e.find("--pipeline-timeline"), std::string::npos) << e;
 }
 
 // Checkpoints of several ranks: 2 ranks (EP 2) save at iteration 3 and at the end; resumed

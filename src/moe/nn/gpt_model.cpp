@@ -48,12 +48,36 @@ void add_router_losses(const TransformerLayer& layer, const TransformerLayerCont
   if (router.z_loss.defined()) ops::add_(aux_loss, router.z_loss);
 }
 
+// The stages a pipeline rank was given must be parts of this model, the MTP layers in the
+// loss's stage.
+void check_chunks(const std::vector<PipelineStage>& chunks, const ModelConfig& c) {
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const PipelineStage& st = chunks[i];
+    MOE_CHECK(
+        st.first_layer >= 0 && st.num_layers >= 0 && st.first_layer + st.num_layers <= c.num_layers,
+        kOp, ": pipeline chunk ", i, " holds decoder layers [", st.first_layer, ", ",
+        st.first_layer + st.num_layers, ") of a model of ", c.num_layers);
+    MOE_CHECK(st.num_mtp_layers == (st.loss ? c.mtp_num_layers : 0), kOp, ": pipeline chunk ", i,
+              " holds ", st.num_mtp_layers, " of the ", c.mtp_num_layers,
+              " MTP layers; MTP layers in a stage without the loss (standalone MTP) are not built "
+              "yet: put every 'm' in the stage of 'L' in --pipeline-model-parallel-layout");
+  }
+}
+
 }  // namespace
 
 GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64_t seed,
-                   const ModelGroups& groups)
-    : config_(config), groups_(groups), dtype_(dtype), device_(device), seed_(seed) {
+                   const ModelGroups& groups, std::vector<PipelineStage> chunks)
+    : config_(config),
+      groups_(groups),
+      chunks_(std::move(chunks)),
+      dtype_(dtype),
+      device_(device),
+      seed_(seed) {
   check_model_config(config_, dtype);
+  if (chunks_.empty())
+    chunks_.push_back({true, 0, config_.num_layers, 0, config_.mtp_num_layers, true});
+  check_chunks(chunks_, config_);
   const TensorParallel& tp = groups_.tp;
   const int64_t V = config_.vocab_size, H = config_.hidden_size;
   const int64_t Vl = tp.local(V, "--vocab-size (the padded vocabulary)");
@@ -64,10 +88,23 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
     fill_normal_box(p, parameter_seed(seed, -1, salt), 0.0, config_.init_method_std);
     return p;
   };
-  embed_tokens = vocab_rows("model.embed_tokens.weight", "embed_tokens");
-  layers.reserve(static_cast<size_t>(config_.num_layers));
-  for (int64_t l = 0; l < config_.num_layers; ++l)
-    layers.emplace_back(config_, l, dtype, device, seed, groups);
+  if (builds_embedding()) {
+    embed_tokens = vocab_rows("model.embed_tokens.weight", "embed_tokens");
+    // Held by the first stage and, for the tied output layer or MTP's embedding, by the last:
+    // the copies' gradients are summed (train/data_parallel.h), the last stage's counted and
+    // written by the first.
+    const bool first = std::any_of(chunks_.begin(), chunks_.end(),
+                                   [](const PipelineStage& st) { return st.embedding; });
+    embed_tokens.layout.pp_shared =
+        !is_whole() && (!config_.untie_embeddings_and_output_weights || config_.mtp_num_layers > 0);
+    embed_tokens.layout.pp_copy = embed_tokens.layout.pp_shared && !first;
+  }
+  for (const PipelineStage& st : chunks_) {
+    chunk_begin_.push_back(layers.size());
+    for (int64_t l = st.first_layer; l < st.first_layer + st.num_layers; ++l)
+      layers.emplace_back(config_, l, dtype, device, seed, groups);
+  }
+  if (!builds_loss()) return;
   mtp_layers.reserve(static_cast<size_t>(config_.mtp_num_layers));
   for (int64_t k = 0; k < config_.mtp_num_layers; ++k)
     mtp_layers.emplace_back(config_, k, dtype, device, seed, groups);
@@ -76,6 +113,28 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
   // Megatron initialises the output layer with init_method (not the scaled output-layer one).
   if (config_.untie_embeddings_and_output_weights)
     lm_head = vocab_rows("lm_head.weight", "lm_head");
+}
+
+const PipelineStage& GPTModel::chunk(int c) const {
+  MOE_CHECK(c >= 0 && c < num_chunks(), kOp, ": chunk ", c, " of a rank with ", num_chunks());
+  return chunks_[static_cast<size_t>(c)];
+}
+
+bool GPTModel::is_whole() const {
+  const PipelineStage& st = chunks_.front();
+  return chunks_.size() == 1 && st.embedding && st.loss && st.num_layers == config_.num_layers;
+}
+
+bool GPTModel::builds_loss() const {
+  return std::any_of(chunks_.begin(), chunks_.end(),
+                     [](const PipelineStage& st) { return st.loss; });
+}
+
+bool GPTModel::builds_embedding() const {
+  const bool embeds = std::any_of(chunks_.begin(), chunks_.end(),
+                                  [](const PipelineStage& st) { return st.embedding; });
+  return embeds || (builds_loss() &&
+                    (!config_.untie_embeddings_and_output_weights || config_.mtp_num_layers > 0));
 }
 
 bool GPTModel::fuses_output_backward(const GPTContext& ctx) const {
@@ -215,26 +274,48 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
   ctx.tokens_shape = input_ids.shape();
   ctx.input_ids = input_ids;
   ctx.local_ids = context_parallel_rows(input_ids, cp);
-  if (on_params_needed) on_params_needed({&embed_tokens});
-  Tensor x = embed(ctx.local_ids);  // [S_local, B, H]
-  ctx.dropout.apply_(x, -1, ops::DropoutSite::embedding);
-  ctx.layers.resize(layers.size());
-  for (size_t l = 0; l < layers.size(); ++l) {
-    if (on_params_needed) on_params_needed(layers[l].parameters());
-    x = layers[l].forward(x, ctx.layers[l], ctx.dropout);
+  const PipelineStage& st = chunk(ctx.chunk);
+  const Shape local_shape{local_seq_length(S), B, config_.hidden_size};
+  Tensor x;
+  if (st.embedding) {
+    if (on_params_needed) on_params_needed({&embed_tokens});
+    x = embed(ctx.local_ids);  // [S_local, B, H]
+    ctx.dropout.apply_(x, -1, ops::DropoutSite::embedding);
+  } else {
+    MOE_CHECK(ctx.stage_input.defined(), kOp, ": pipeline chunk ", ctx.chunk,
+              " starts from the previous stage's output, but stage_input is not set");
+    check_shape(ctx.stage_input, local_shape, kOp, "stage_input");
+    x = ctx.stage_input;
   }
-  if (on_params_needed) on_params_needed(head_parameters());
-  return final_norm.forward(x, ctx.final_norm)
-      .reshape({local_seq_length(S) * B, config_.hidden_size});
+  const size_t begin = chunk_begin(ctx.chunk);
+  ctx.layers.resize(static_cast<size_t>(st.num_layers));
+  for (size_t i = 0; i < ctx.layers.size(); ++i) {
+    TransformerLayer& layer = layers[begin + i];
+    if (on_params_needed) on_params_needed(layer.parameters());
+    x = layer.forward(x, ctx.layers[i], ctx.dropout);
+  }
+  if (!st.loss) {
+    ctx.stage_output = x;
+    return Tensor();
+  }
+  if (on_params_needed) {
+    if (!st.embedding && embed_tokens.value.defined()) on_params_needed({&embed_tokens});
+    on_params_needed(head_parameters());
+  }
+  return final_norm.forward(x, ctx.final_norm).reshape({local_shape[0] * B, local_shape[2]});
 }
 
 GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTContext& ctx,
                           const Tensor& loss_mask) {
   const std::optional<double> loss_scale_known = ctx.loss_scale_known_in_forward;  // inputs
   const std::optional<int64_t> dropout_first_sample = ctx.dropout_first_sample;
+  const int chunk_index = ctx.chunk;
+  const Tensor stage_input = ctx.stage_input;
   ctx = GPTContext{};
   ctx.loss_scale_known_in_forward = loss_scale_known;
   ctx.dropout_first_sample = dropout_first_sample;
+  ctx.chunk = chunk_index;
+  ctx.stage_input = stage_input;
   ctx.dropout = dropout_for(ctx, input_ids.dim() == 2 ? input_ids.size(0) : 0);
   check_tokens(input_ids, "input_ids", device_);
   check_tokens(labels, "labels", device_);
@@ -259,6 +340,18 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
     ctx.loss_mask = my_mask.reshape({my_mask.numel()});
   }
   ctx.hidden = trunk(input_ids, ctx);
+  const size_t begin = chunk_begin(ctx.chunk);
+  if (!chunk(ctx.chunk).loss) {  // a pipeline stage before the loss's: its layers' aux loss
+    GPTLoss out;
+    // The losses' dtype: f64 for f64 models, else f32 (ops/cross_entropy.h).
+    out.aux_loss = Tensor::zeros({}, dtype_ == DType::f64 ? DType::f64 : DType::f32, device_);
+    for (size_t i = 0; i < ctx.layers.size(); ++i)
+      add_router_losses(layers[begin + i], ctx.layers[i], out.aux_loss);
+    out.lm_loss = Tensor::zeros({}, out.aux_loss.dtype(), device_);
+    out.mtp_loss = Tensor::zeros({}, out.aux_loss.dtype(), device_);
+    out.loss = out.aux_loss.clone();
+    return out;
+  }
   if (fuses_output_backward(ctx)) {
     ops::CrossEntropyWithGrad fused = ops::linear_cross_entropy_forward_backward(
         *ctx.loss_scale_known_in_forward, ctx.hidden, output_weight().value, ctx.labels,
@@ -272,8 +365,8 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
   GPTLoss out;
   out.lm_loss = ctx.cross_entropy.loss;
   out.aux_loss = Tensor::zeros({}, out.lm_loss.dtype(), device_);
-  for (size_t l = 0; l < layers.size(); ++l)
-    add_router_losses(layers[l], ctx.layers[l], out.aux_loss);
+  for (size_t i = 0; i < ctx.layers.size(); ++i)
+    add_router_losses(layers[begin + i], ctx.layers[i], out.aux_loss);
   out.mtp_loss =
       D > 0 ? mtp_forward(ctx, out.aux_loss) : Tensor::zeros({}, out.lm_loss.dtype(), device_);
   out.loss = out.lm_loss.clone();
@@ -338,9 +431,38 @@ Tensor GPTModel::mtp_backward(GPTContext& ctx, double loss_scale) {
 }
 
 void GPTModel::backward(GPTContext& ctx, double loss_scale) {
-  MOE_CHECK(ctx.hidden.defined(), kOp, ": backward without a forward");
-  MOE_CHECK(ctx.layers.size() == layers.size(), kOp, ": the context holds ", ctx.layers.size(),
-            " layers, the model ", layers.size());
+  MOE_CHECK(!ctx.tokens_shape.empty(), kOp, ": backward without a forward");
+  const PipelineStage& st = chunk(ctx.chunk);
+  MOE_CHECK(static_cast<int64_t>(ctx.layers.size()) == st.num_layers, kOp, ": the context holds ",
+            ctx.layers.size(), " layers, the model's chunk ", ctx.chunk, " ", st.num_layers);
+  const int64_t Sl = local_seq_length(ctx.tokens_shape[0]), B = ctx.tokens_shape[1];
+  Tensor dx;
+  if (st.loss) {
+    dx = loss_backward(ctx, loss_scale).reshape({Sl, B, config_.hidden_size});
+  } else {
+    MOE_CHECK(ctx.stage_output_grad.defined(), kOp, ": pipeline chunk ", ctx.chunk,
+              " ends before the loss: its backward needs stage_output_grad");
+    check_shape(ctx.stage_output_grad, {Sl, B, config_.hidden_size}, kOp, "stage_output_grad");
+    dx = ctx.stage_output_grad;
+  }
+  const size_t begin = chunk_begin(ctx.chunk);
+  for (size_t i = ctx.layers.size(); i-- > 0;) {
+    dx = layers[begin + i].backward(dx, ctx.layers[i], loss_scale);
+    if (on_grads_ready) on_grads_ready(layers[begin + i].parameters());
+  }
+  if (!st.embedding) {
+    ctx.stage_input_grad = std::move(dx);
+    // The loss stage's copy of the embedding (tied output layer, MTP) is complete.
+    if (st.loss && embed_tokens.value.defined() && on_grads_ready) on_grads_ready({&embed_tokens});
+    return;
+  }
+  // With tied weights the embedding gradient already holds the output layer's part: add to it.
+  dx = ctx.dropout.backward(dx, -1, ops::DropoutSite::embedding);
+  embed_backward(dx, ctx.local_ids);
+  if (on_grads_ready) on_grads_ready({&embed_tokens});
+}
+
+Tensor GPTModel::loss_backward(GPTContext& ctx, double loss_scale) {
   MOE_CHECK(ctx.mtp.size() == mtp_layers.size(), kOp, ": the context holds ", ctx.mtp.size(),
             " MTP depths, the model ", mtp_layers.size());
   Tensor dh;
@@ -364,14 +486,7 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
   const int64_t Sl = local_seq_length(ctx.tokens_shape[0]), B = ctx.tokens_shape[1];
   Tensor dx = final_norm.backward(dh.reshape({Sl, B, config_.hidden_size}), ctx.final_norm);
   if (on_grads_ready) on_grads_ready(head_parameters());
-  for (size_t l = layers.size(); l-- > 0;) {
-    dx = layers[l].backward(dx, ctx.layers[l], loss_scale);
-    if (on_grads_ready) on_grads_ready(layers[l].parameters());
-  }
-  // With tied weights the embedding gradient already holds the output layer's part: add to it.
-  dx = ctx.dropout.backward(dx, -1, ops::DropoutSite::embedding);
-  embed_backward(dx, ctx.local_ids);
-  if (on_grads_ready) on_grads_ready({&embed_tokens});
+  return dx;
 }
 
 std::vector<Parameter*> GPTModel::head_parameters() {
@@ -382,6 +497,8 @@ std::vector<Parameter*> GPTModel::head_parameters() {
 
 Tensor GPTModel::logits(const Tensor& input_ids) {
   check_tokens(input_ids, "input_ids", device_);
+  MOE_CHECK(is_whole(), kOp, ": logits() needs the whole model; this pipeline rank holds ",
+            num_chunks(), " chunk(s) of it");
   const int64_t S = input_ids.size(0), B = input_ids.size(1);
   // Under TP and CP a sequence that does not split into the ranks' shards is padded at its end
   // (repeating its last token): causal attention keeps the padding out of the real positions'
@@ -406,13 +523,16 @@ Tensor GPTModel::logits(const Tensor& input_ids) {
 }
 
 std::vector<Parameter*> GPTModel::parameters() {
-  std::vector<Parameter*> params{&embed_tokens};
+  std::vector<Parameter*> params;
+  if (embed_tokens.value.defined()) params.push_back(&embed_tokens);
   for (TransformerLayer& layer : layers)
     for (Parameter* p : layer.parameters()) params.push_back(p);
   for (MtpLayer& mtp : mtp_layers)
     for (Parameter* p : mtp.parameters()) params.push_back(p);
-  params.push_back(&final_norm.weight);
-  if (config_.untie_embeddings_and_output_weights) params.push_back(&lm_head);
+  if (builds_loss()) {
+    params.push_back(&final_norm.weight);
+    if (config_.untie_embeddings_and_output_weights) params.push_back(&lm_head);
+  }
   return params;
 }
 

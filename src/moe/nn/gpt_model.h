@@ -71,7 +71,18 @@
 // are its tokens' share and their sum over CP is the micro-batch's. S must divide by 2 CP (and
 // S / CP by TP under sequence parallelism or MoE layers).
 //
-// Not yet: pipeline parallelism.
+// Pipeline parallelism (pipeline_layout.h): a model built with `chunks` (the stages of this
+// pipeline rank, one per virtual stage, in chunk order) holds only their parts: the decoder
+// layers of its chunks (global indices, so names and initial values are the one-rank model's),
+// the embedding when a chunk holds it, the final norm, output layer, loss and MTP layers when a
+// chunk holds the loss, and the embedding again there when the output layer is tied to it or
+// MTP embeds (the two copies' gradients are summed by the trainer's data-parallel wrapper, as
+// Megatron's embedding group does). forward() and backward() run one chunk (GPTContext::chunk):
+// a chunk without the embedding starts from GPTContext::stage_input (the previous stage's
+// output, [S_local, B, H]); one without the loss leaves GPTContext::stage_output, returns only
+// its layers' aux loss (lm and MTP losses 0), and its backward starts from
+// GPTContext::stage_output_grad; a chunk without the embedding leaves stage_input_grad. The MTP
+// layers must sit in the loss's stage.
 #pragma once
 
 #include <cstdint>
@@ -84,6 +95,7 @@
 #include "moe/nn/model_groups.h"
 #include "moe/nn/mtp_layer.h"
 #include "moe/nn/parameter.h"
+#include "moe/nn/pipeline_layout.h"
 #include "moe/nn/rmsnorm_module.h"
 #include "moe/nn/transformer_layer.h"
 #include "moe/ops/cross_entropy.h"
@@ -136,6 +148,13 @@ struct GPTContext {
   std::optional<int64_t> dropout_first_sample;
   LayerDropout dropout;              // the dropout of this forward (filled by forward())
   std::vector<MtpDepthContext> mtp;  // one per MTP depth
+  // Pipeline parallelism (see GPTModel): the chunk this forward runs (set before forward()),
+  // and the activations that cross stages, [S_local, B, H] in the model's dtype.
+  int chunk = 0;
+  Tensor stage_input;        // set before forward() for a chunk without the embedding
+  Tensor stage_output;       // after forward() of a chunk without the loss
+  Tensor stage_output_grad;  // set before backward() of a chunk without the loss
+  Tensor stage_input_grad;   // after backward() of a chunk without the embedding
 };
 
 // 0-d tensors on the model's device (f64 for f64 models, else f32); nothing is synchronised.
@@ -152,8 +171,9 @@ class GPTModel {
   // Parameters in `dtype` (f64/f32 on the CPU, f32/bf16 on CUDA) on `device`. `groups` are the
   // tensor-parallel group of the dense parts and the expert grid's groups of the MoE layers
   // (default: this rank alone).
+  // `chunks`: this pipeline rank's stages (empty: the whole model, one chunk).
   GPTModel(const ModelConfig& config, DType dtype, Device device, uint64_t seed = 1234,
-           const ModelGroups& groups = {});
+           const ModelGroups& groups = {}, std::vector<PipelineStage> chunks = {});
 
   // input_ids, labels [S, B] (i32 or i64; labels may hold ignore_index), loss_mask undefined or
   // f32 [S, B]; S > mtp_num_layers. Saves in ctx what backward needs.
@@ -198,11 +218,22 @@ class GPTModel {
   }
   const ModelConfig& config() const { return config_; }
   const ModelGroups& groups() const { return groups_; }
+  // The activations between pipeline stages for micro-batches [S, B]: [S_local, B, H] (S / CP
+  // rows, of which 1 / TP under sequence parallelism).
+  Shape stage_activation_shape(int64_t seq_length, int64_t batch) const {
+    return {local_seq_length(seq_length), batch, config_.hidden_size};
+  }
+  // Pipeline parallelism: this rank's chunks (one for the whole model without it).
+  int num_chunks() const { return static_cast<int>(chunks_.size()); }
+  const PipelineStage& chunk(int c) const;
+  // Whether this rank holds the whole model (one chunk with the embedding and the loss).
+  bool is_whole() const;
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
 
-  Parameter embed_tokens;  // [V, H] model.embed_tokens.weight
-  std::vector<TransformerLayer> layers;
+  Parameter embed_tokens;  // [V, H] model.embed_tokens.weight (undefined on a pipeline rank
+                           // that needs none)
+  std::vector<TransformerLayer> layers;    // this rank's decoder layers, chunk after chunk
   std::vector<MtpLayer> mtp_layers;        // config.mtp_num_layers MTP modules
   RMSNorm final_norm;                      // model.norm.weight
   Parameter lm_head;                       // [V, H] lm_head.weight, only when untied
@@ -220,6 +251,9 @@ class GPTModel {
   Tensor mtp_forward(GPTContext& ctx, Tensor& aux_loss);
   // d h_0 of the MTP depths (written), accumulating their parameter gradients.
   Tensor mtp_backward(GPTContext& ctx, double loss_scale);
+  // The loss stage's backward down to the final norm's input: d x [T_local, H] (output layer,
+  // MTP depths, final norm).
+  Tensor loss_backward(GPTContext& ctx, double loss_scale);
 
   // The dropout a forward with `ctx` uses (none unless ctx.dropout_first_sample is set), for
   // sequences of `seq_length`.
@@ -245,8 +279,15 @@ class GPTModel {
   Tensor output_loss_backward(double grad_loss, const Tensor& saved_input, const Tensor& labels,
                               const Tensor& loss_mask, const ops::CrossEntropyResult& saved);
 
+  // The chunk's decoder layers: layers[chunk_begin_[c], chunk_begin_[c] + chunk(c).num_layers).
+  size_t chunk_begin(int c) const { return chunk_begin_[static_cast<size_t>(c)]; }
+  bool builds_embedding() const;
+  bool builds_loss() const;
+
   ModelConfig config_;
   ModelGroups groups_;
+  std::vector<PipelineStage> chunks_;
+  std::vector<size_t> chunk_begin_;
   DType dtype_;
   Device device_;
   uint64_t seed_ = 0;  // the dropout masks' seed (ops/dropout.h)

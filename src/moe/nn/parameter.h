@@ -44,6 +44,12 @@ struct ParamLayout {
   // Each TP rank's gradient of this replicated parameter is a partial sum (its own sequence
   // rows or heads): the data-parallel wrapper sums it over TP before anything else reads it.
   bool tp_partial_grad = false;
+  // Pipeline parallelism: held by the first and the last stage (the embedding, for a tied
+  // output layer or MTP); the copies' gradients are summed over the two before anything else
+  // reads them. pp_copy: this rank's is the last stage's copy, which the gradient norm leaves
+  // out and checkpoints do not write (the first stage's counts and is written).
+  bool pp_shared = false;
+  bool pp_copy = false;
 
   bool is_sharded() const { return !global_shape.empty(); }
 };

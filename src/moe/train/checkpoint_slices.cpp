@@ -27,8 +27,9 @@ std::vector<checkpoint::ShardPiece> owned_checkpoint_pieces(nn::GPTModel& model,
                                                             Optimizer& optimizer,
                                                             const dist::ParallelState& state) {
   // One replica of each replicated tensor writes it; of a tensor replicated over TP, TP rank 0.
+  // Of the embedding both the first and the last pipeline stage hold, the first's.
   const auto tp_writes = [&](const nn::Parameter& p) {
-    return !p.layout.tp_replicated || state.tp_rank() == 0;
+    return (!p.layout.tp_replicated || state.tp_rank() == 0) && !p.layout.pp_copy;
   };
   const auto writes = [&](const nn::Parameter& p) {
     return p.layout.grad_group == nn::GradGroup::expert ? state.edp_rank() == 0
@@ -37,7 +38,8 @@ std::vector<checkpoint::ShardPiece> owned_checkpoint_pieces(nn::GPTModel& model,
   std::vector<checkpoint::ShardPiece> pieces;
   for (nn::Parameter* p : model.parameters())
     if (writes(*p)) pieces.push_back({p->name, slice_of(*p), p->value});
-  if (state.world()->rank() == 0)
+  // Buffers (the expert bias) are the same on every rank of a stage: one rank of each writes.
+  if (state.tp_rank() == 0 && state.dp_cp_rank() == 0)
     for (const nn::NamedBuffer& b : model.buffers())
       pieces.push_back({b.name, checkpoint::TensorSlice{b.value->shape()}, *b.value});
   for (const NamedTensor& s : optimizer.state()) {

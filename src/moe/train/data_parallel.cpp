@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "moe/core/error.h"
+#include "moe/ops/elementwise.h"
 
 namespace moe::train {
 
@@ -130,6 +131,22 @@ void DataParallel::sum_partial_grads_over_tp(const std::vector<nn::Parameter*>& 
   }
 }
 
+void DataParallel::sum_pipeline_shared_grads() {
+  if (state_.pp_size() == 1) return;
+  // The first and the last stage exchange their copies' gradients and each adds the other's
+  // (a + b = b + a: the same bits on both). Middle stages hold none.
+  const int peer = state_.pp_rank() == 0 ? state_.pp_size() - 1 : 0;
+  for (nn::Parameter* p : model_.parameters()) {
+    if (!p->layout.pp_shared) continue;
+    Tensor& mine = p->grad_value();
+    Tensor theirs = Tensor::empty(mine.shape(), mine.dtype(), mine.device());
+    const dist::P2POp ops[] = {{dist::P2POp::Kind::send, mine, peer},
+                               {dist::P2POp::Kind::recv, theirs, peer}};
+    state_.pp()->batch_p2p(ops);
+    ops::add_(mine, theirs);
+  }
+}
+
 DataParallel::~DataParallel() {
   if (config_.overlap_grad_reduce) model_.on_grads_ready = nullptr;
 }
@@ -149,6 +166,9 @@ GradNormGroups DataParallel::norm_groups() const {
   g.dense.push_back(state_.tp());
   g.count_tp_replicated = state_.tp_rank() == 0;
   g.expert.push_back(state_.tp_ep());
+  // Pipeline stages hold different parameters: their parts add up over PP.
+  g.dense.push_back(state_.pp());
+  g.expert.push_back(state_.pp());
   // Groups of one rank reduce nothing: leave them out so a one-rank mapping keeps the one-rank
   // arithmetic.
   auto prune = [](std::vector<std::shared_ptr<dist::ProcessGroup>>& gs) {
@@ -168,7 +188,9 @@ void DataParallel::grads_ready(const std::vector<nn::Parameter*>& params) {
   sum_partial_grads_over_tp(params);
   for (nn::Parameter* p : params) {
     const auto it = where_.find(p);
-    if (it == where_.end()) continue;
+    // The copies of a pipeline-shared parameter are summed in finish_grad_sync (the other
+    // stage completes its copy at another time): its bucket starts there.
+    if (it == where_.end() || p->layout.pp_shared) continue;
     BufferState& s = *states_[static_cast<size_t>(it->second.first)];
     const size_t i = static_cast<size_t>(it->second.second);
     if (s.ready[i]) continue;
@@ -211,6 +233,7 @@ void DataParallel::finish_grad_sync() {
   });
   sum_partial_grads_over_tp(partial);
   for (auto& [p, summed] : tp_summed_) summed = false;  // the next step sums again
+  sum_pipeline_shared_grads();
   for (auto& s : states_)
     for (size_t b = 0; b < s->started.size(); ++b) start_bucket(*s, static_cast<int>(b));
   for (auto& s : states_) {

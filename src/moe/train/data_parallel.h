@@ -27,6 +27,12 @@
 // summed over TP first, in one all-reduce per call (Megatron's _allreduce_layernorm_grads), then
 // reduced over DP x CP like the others; TP blocks need nothing more.
 //
+// Pipeline parallelism: the embedding held by the first and the last stage (ParamLayout::
+// pp_shared: a tied output layer, MTP) has its two copies' gradients summed by an exchange
+// between the two stages in finish_grad_sync, before its bucket's reduction (Megatron's
+// embedding-group all-reduce), so both copies take the same update. The gradient norm adds the
+// stages' parts over PP.
+//
 // --overlap-grad-reduce: GPTModel::on_grads_ready reports each group of parameters whose
 // gradients are complete; in the last micro-batch of a step a bucket whose parameters are all
 // complete starts its collective at once (asynchronously; on the GPU on the backend's
@@ -86,6 +92,9 @@ class DataParallel {
   // Sums over TP the gradients of those of `params` with partial TP gradients that this step has
   // not summed yet.
   void sum_partial_grads_over_tp(const std::vector<nn::Parameter*>& params);
+  // Sums the gradients of the parameters the first and last pipeline stages both hold
+  // (ParamLayout::pp_shared) over the two.
+  void sum_pipeline_shared_grads();
 
   nn::GPTModel& model_;
   const dist::ParallelState& state_;

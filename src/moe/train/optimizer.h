@@ -67,9 +67,10 @@ struct GradNormGroups {
   std::vector<std::shared_ptr<dist::ProcessGroup>> dense, expert;
   bool count_tp_replicated = true;
   bool empty() const { return dense.empty() && expert.empty(); }
-  // Whether this rank adds p's squares to its part of the norm.
+  // Whether this rank adds p's squares to its part of the norm (the last pipeline stage's copy
+  // of the embedding never: the first stage's counts).
   bool counts(const nn::Parameter& p) const {
-    return count_tp_replicated || !p.layout.tp_replicated;
+    return (count_tp_replicated || !p.layout.tp_replicated) && !p.layout.pp_copy;
   }
 };
 

@@ -712,6 +712,12 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
   if (p.tensor_model_parallel_size > 1)
     out << "; TP " << p.tensor_model_parallel_size
         << (r.sequence_parallel ? " with sequence parallelism" : " without sequence parallelism");
+  if (p.pipeline_model_parallel_size > 1) {
+    out << "; PP " << p.pipeline_model_parallel_size;
+    if (r.pipeline.virtual_stages.value_or(1) > 1 || r.num_layers_per_virtual_pipeline_stage > 0)
+      out << " interleaved";
+    if (!r.pipeline.layout.empty()) out << " (layout " << r.pipeline.layout << ")";
+  }
   if (p.context_parallel_size > 1)
     out << "; CP " << p.context_parallel_size << " ("
         << (r.cp_comm_type == "all_gather" ? "keys and values all-gathered"

@@ -51,6 +51,7 @@
 
 #include "moe/dist/init.h"
 #include "moe/nn/model_config.h"
+#include "moe/nn/pipeline_layout.h"
 #include "moe/train/trainer.h"
 
 namespace moe::train {
@@ -74,7 +75,13 @@ struct TrainRunConfig {
   // (resolved). The world size is known at run time only: train_run.h checks that ETP x EP divides
   // it.
   dist::ParallelConfig parallel;
-  bool sequence_parallel = false;    // --sequence-parallel (with TP > 1)
+  bool sequence_parallel = false;  // --sequence-parallel (with TP > 1)
+  // Pipeline parallelism's layout flags (nn/pipeline_layout.h): --num-virtual-stages-per-
+  // pipeline-rank, --decoder-first/last-pipeline-num-layers, --account-for-embedding/loss-in-
+  // pipeline-split, --pipeline-model-parallel-layout; the sizes of the model and
+  // --pipeline-model-parallel-size are filled in by the run.
+  nn::PipelineLayoutOptions pipeline;
+  int64_t num_layers_per_virtual_pipeline_stage = 0;  // Megatron's flag (0: not given)
   std::string cp_comm_type = "p2p";  // --cp-comm-type: p2p (a ring), all_gather or a2a
   // Megatron's DDP options (train/data_parallel.h): --use-distributed-optimizer,
   // --overlap-grad-reduce, --overlap-param-gather, --ddp-bucket-size, --grad-reduce-in-bf16.
@@ -93,6 +100,9 @@ struct TrainRunConfig {
   std::string log_dir;                 // --log-dir (moecore): metrics.jsonl goes there
   std::string metrics_jsonl;           // --metrics-jsonl (moecore): the JSONL file itself
   bool moe_per_layer_logging = false;  // --moe-per-layer-logging
+  // --pipeline-timeline (moecore): after the first iteration, the schedule every pipeline rank
+  // executed, drawn (train/pipeline_timeline_report.h).
+  bool pipeline_timeline = false;
 
   // Checkpoints (train_run.h refuses them when the build has no checkpoint hooks).
   std::string save;            // --save DIR

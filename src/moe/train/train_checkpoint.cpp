@@ -248,12 +248,8 @@ void write_manifest(const fs::path& temp, int64_t iteration, const char* layout)
     const FileDigest d = digest_file(temp / name);
     files[name] = {{"size", d.size}, {"crc32c", crc_hex(d.crc)}};
   }
-  const json manifest{{"format", kManifestFormat},
-                      {"version", kVersion},
-                      {"iteration", iteration},
-                      {"layout", layout},
-                      {"checksum", "crc32c"},
-                      {"files", files}};
+  const json manifest{{"format", kManifestFormat}, {"version", kVersion},  {"iteration", iteration},
+                      {"layout", layout},          {"checksum", "crc32c"}, {"files", files}};
   io::write_file_atomically((temp / kManifest).string(), json_line(manifest, 2) + "\n");
 }
 
@@ -287,9 +283,9 @@ SaveResult save_sharded_checkpoint(const std::string& save_dir, nn::GPTModel& mo
   world.barrier();
   if (lead) {
     checkpoint::write_index(temp, world.size());
-    io::write_file_atomically((fs::path(temp) / kModelConfig).string(),
-                              nn::model_config_to_json(without_mapping(model.config())).dump(2) +
-                                  "\n");
+    io::write_file_atomically(
+        (fs::path(temp) / kModelConfig).string(),
+        nn::model_config_to_json(without_mapping(model.config())).dump(2) + "\n");
     if (const int64_t delay = test_save_delay_ms(); delay > 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(delay));
     io::write_file_atomically((fs::path(temp) / kTrainerState).string(),
@@ -474,7 +470,8 @@ LoadFolderKind classify_load_folder(const std::string& load_dir) {
     }
     const std::string newest = checkpoint_folder_name(iterations.back());
     MOE_FAIL("--load ", load_dir, " holds iteration folders (", join(names, ", "), ") but no ",
-             kTrackerFileName, ", which names the one to resume from. Refusing to start from "
+             kTrackerFileName,
+             ", which names the one to resume from. Refusing to start from "
              "scratch over them. To resume from the newest, recreate the tracker (echo ",
              iterations.back(), " > ", (dir / kTrackerFileName).string(),
              ") or give that iteration folder itself (--load ", (dir / newest).string(),
@@ -642,19 +639,29 @@ LoadResult load_training_checkpoint(const std::string& load_dir, nn::GPTModel& m
               state_path.string(), " says iteration ", saved.iteration, ", but its folder is ",
               folder.filename().string());
   // The routers' jitter draw counters (absent in checkpoints written before they were saved):
-  // one per router of this model.
+  // one per router of the model that wrote it (rank 0's routers under pipeline parallelism).
+  // Every forward passes every router once, so the counts are one value; a list of another
+  // length (another pipeline stage's routers) fits when it holds one value.
   std::optional<std::vector<uint64_t>> router_counts;
   if (rng.contains("router_forward_counts")) {
     const json& counts = rng["router_forward_counts"];
     const size_t routers = model.router_forward_counts().size();
-    MOE_CHECK(counts.is_array() && counts.size() == routers, state_path.string(),
-              ": rng.router_forward_counts is ", json_excerpt(counts), ", not a list of ", routers,
-              " counts (one per router of the model)");
+    MOE_CHECK(counts.is_array(), state_path.string(), ": rng.router_forward_counts is ",
+              json_excerpt(counts), ", not a list of counts");
     router_counts.emplace();
     for (const json& c : counts) {
       MOE_CHECK(c.is_number_unsigned(), state_path.string(), ": rng.router_forward_counts holds ",
                 json_excerpt(c), ", not a count");
       router_counts->push_back(c.get<uint64_t>());
+    }
+    if (router_counts->size() != routers) {
+      const bool one_value = !router_counts->empty() &&
+                             std::all_of(router_counts->begin(), router_counts->end(),
+                                         [&](uint64_t c) { return c == router_counts->front(); });
+      MOE_CHECK(one_value || routers == 0, state_path.string(), ": rng.router_forward_counts is ",
+                json_excerpt(counts), ", not a list of ", routers,
+                " counts (one per router of the model) nor one count for every router");
+      router_counts->assign(routers, one_value ? router_counts->front() : 0);
     }
   }
 
@@ -740,10 +747,10 @@ std::vector<std::string> load_model_folder_weights(const std::string& folder, nn
             ? "--model " + (fs::path(folder) / kModelConfig).string() + " trains its model"
             : "`moe convert --from hf --to moecore` it, then --model <out>/model_config.json "
               "trains its model";
-    MOE_FAIL("model folder ", folder, " holds a model of other tensor shapes than this run's (",
-             hint, "): ",
-             differences.empty() ? std::string("(no config field differs)")
-                                 : join(differences, "; "));
+    MOE_FAIL(
+        "model folder ", folder, " holds a model of other tensor shapes than this run's (", hint,
+        "): ",
+        differences.empty() ? std::string("(no config field differs)") : join(differences, "; "));
   }
   checkpoint::load_weights(model, folder, format, file_config);
   if (!fresh_mtp.empty()) differences.push_back(fresh_mtp);

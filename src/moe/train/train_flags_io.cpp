@@ -26,6 +26,11 @@ void add_logging_flags(std::vector<Entry>& t) {
   t.push_back(toggle("--moe-per-layer-logging",
                      "per MoE layer: aux loss, z loss, expert load min/max/cv, dropped tokens",
                      [](S& s, V) { s.run.moe_per_layer_logging = true; }));
+  t.push_back(toggle("--pipeline-timeline",
+                     "moecore: after the first iteration, print the pipeline schedule every "
+                     "stage executed as a timeline (micro-batch and chunk per time unit) with "
+                     "its bubble",
+                     [](S& s, V) { s.run.pipeline_timeline = true; }));
 }
 
 // Checkpoints (train_run.h refuses them without the build's checkpoint hooks).
@@ -90,17 +95,16 @@ void add_data_flags(std::vector<Entry>& t) {
                     "where the sample / shuffle indices are cached (default: beside the data, "
                     "<prefix>/cache/GPTDataset_indices)",
                     [](S& s, V v) { s.run.data_cache_path = v; }));
-  t.push_back(value(
-      "--tokenizer-type", "TYPE",
-      "HuggingFaceTokenizer, SentencePieceTokenizer or Llama2Tokenizer (with "
-      "--tokenizer-model), or byte; the tokenizer the --data-path corpus was made with; "
-      "NullTokenizer (ids without text) with --mock-data and --vocab-size",
-      [](S& s, V v) {
-        s.run.tokenizer_type =
-            one_of("--tokenizer-type", v,
-                   {"HuggingFaceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer", "byte",
-                    "NullTokenizer"});
-      }));
+  t.push_back(
+      value("--tokenizer-type", "TYPE",
+            "HuggingFaceTokenizer, SentencePieceTokenizer or Llama2Tokenizer (with "
+            "--tokenizer-model), or byte; the tokenizer the --data-path corpus was made with; "
+            "NullTokenizer (ids without text) with --mock-data and --vocab-size",
+            [](S& s, V v) {
+              s.run.tokenizer_type = one_of("--tokenizer-type", v,
+                                            {"HuggingFaceTokenizer", "SentencePieceTokenizer",
+                                             "Llama2Tokenizer", "byte", "NullTokenizer"});
+            }));
   t.push_back(value("--tokenizer-model", "PATH",
                     "a Hugging Face tokenizer.json (or its folder): sets the default model's "
                     "vocabulary (padded to a multiple of 128, as Megatron pads it) and decodes "

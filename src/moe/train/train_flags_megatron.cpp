@@ -157,8 +157,6 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
   t.push_back(not_built("--moe-routing-trace-path", "PATH",
                         "routing traces are not built yet; --moe-per-layer-logging logs each "
                         "layer's expert loads"));
-  t.push_back(not_built("--num-layers-per-virtual-pipeline-stage", "N",
-                        "pipeline parallelism is not built yet; leave it out"));
 }
 
 }  // namespace moe::train::flags

@@ -6,18 +6,6 @@
 namespace moe::train::flags {
 namespace {
 
-// A parallel size this build does not have yet: 1 only.
-Entry not_built_yet(std::string name, const char* what) {
-  const std::string flag = name;
-  return value(std::move(name), "1",
-               std::string("only 1: ") + what + " is not built yet (a later change brings it)",
-               [flag, what](ParseState&, const std::string& v) {
-                 MOE_CHECK(as_int(flag, v) == 1, flag, " ", v,
-                           " is not supported by this build yet: ", what,
-                           " is not built yet (a later change brings it); give 1 or leave it out");
-               });
-}
-
 int parallel_size(const std::string& flag, const std::string& v) {
   const int64_t n = as_count(flag, v, 1);
   MOE_CHECK(n <= (int64_t{1} << 20), flag, " ", v, " is larger than any world size");
@@ -39,7 +27,52 @@ void add_parallel_flags(std::vector<Entry>& t) {
                       s.run.parallel.tensor_model_parallel_size =
                           parallel_size("--tensor-model-parallel-size", v);
                     }));
-  t.push_back(not_built_yet("--pipeline-model-parallel-size", "pipeline parallelism"));
+  t.push_back(value("--pipeline-model-parallel-size", "PP",
+                    "parallel.pipeline_model_parallel_size: the decoder split into PP stages "
+                    "(1F1B schedule; the layers as --pipeline-model-parallel-layout or the "
+                    "first/last-stage flags say, else evenly)",
+                    [](S& s, V v) {
+                      s.run.parallel.pipeline_model_parallel_size =
+                          parallel_size("--pipeline-model-parallel-size", v);
+                    }));
+  t.push_back(value("--num-virtual-stages-per-pipeline-rank", "V",
+                    "virtual pipeline stages (model chunks) per pipeline rank: the interleaved "
+                    "1F1B schedule",
+                    [](S& s, V v) {
+                      s.run.pipeline.virtual_stages = static_cast<int>(
+                          as_count("--num-virtual-stages-per-pipeline-rank", v, 1));
+                    }));
+  t.push_back(value("--num-layers-per-virtual-pipeline-stage", "N",
+                    "decoder layers per virtual pipeline stage: V = layers / (PP x N), the "
+                    "interleaved 1F1B schedule",
+                    [](S& s, V v) {
+                      s.run.num_layers_per_virtual_pipeline_stage =
+                          as_count("--num-layers-per-virtual-pipeline-stage", v, 1);
+                    }));
+  t.push_back(value("--decoder-first-pipeline-num-layers", "N",
+                    "decoder layers of the first pipeline stage (the rest split evenly)",
+                    [](S& s, V v) {
+                      s.run.pipeline.decoder_first_pipeline_num_layers =
+                          as_count("--decoder-first-pipeline-num-layers", v, 1);
+                    }));
+  t.push_back(value("--decoder-last-pipeline-num-layers", "N",
+                    "decoder layers of the last pipeline stage (the rest split evenly)",
+                    [](S& s, V v) {
+                      s.run.pipeline.decoder_last_pipeline_num_layers =
+                          as_count("--decoder-last-pipeline-num-layers", v, 1);
+                    }));
+  t.push_back(
+      toggle("--account-for-embedding-in-pipeline-split",
+             "the embedding counts as a layer of the first stage in the even split",
+             [](S& s, V) { s.run.pipeline.account_for_embedding_in_pipeline_split = true; }));
+  t.push_back(toggle("--account-for-loss-in-pipeline-split",
+                     "the loss counts as a layer of the last stage in the even split",
+                     [](S& s, V) { s.run.pipeline.account_for_loss_in_pipeline_split = true; }));
+  t.push_back(value("--pipeline-model-parallel-layout", "LAYOUT",
+                    "every pipeline stage's parts in Megatron's grammar, stages split by '|': E "
+                    "embedding, t decoder layer, m MTP layer, L loss, x*N repeats (e.g. "
+                    "\"Et*3|(tt|)*29,m|L\"); virtual stages follow from the stage count",
+                    [](S& s, V v) { s.run.pipeline.layout = v; }));
   t.push_back(value("--context-parallel-size", "CP",
                     "parallel.context_parallel_size: each sequence split over CP ranks in 2 CP "
                     "load-balanced chunks (2 CP must divide --seq-length); attention exchanges "

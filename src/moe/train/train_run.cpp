@@ -24,6 +24,7 @@
 #include "moe/train/interrupt_report.h"
 #include "moe/train/memory_report.h"
 #include "moe/train/mock_batch_source.h"
+#include "moe/train/pipeline_timeline_report.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_upcycle.h"
 
@@ -202,6 +203,12 @@ std::string sample_on_every_rank(nn::GPTModel& model, const data::Tokenizer& tok
 
 void print_sample(TrainSession& s) {
   if (s.config.sample_tokens <= 0) return;
+  if (!s.model.is_whole()) {
+    s.logger.note(
+        "no text sample: generation runs on a rank that holds the whole model, and each "
+        "pipeline rank holds its stages (moe generate --load the checkpoint)");
+    return;
+  }
   // The corpus's tokenizer: --tokenizer-*, else the tokenizer.json of a --load model folder (a
   // Hugging Face folder fine-tuned as it is: the sample is text in its vocabulary), else byte
   // tokens (the built-in corpus).
@@ -339,8 +346,44 @@ void check_expert_mapping(const TrainRunConfig& c, int world_size) {
 // --moe-use-upcycling (the upcycling step builds and saves the MoE model from the dense one on
 // one rank: train_upcycle.h). Training checkpoints save and load under any mapping
 // (train_checkpoint.h), and model folders load into any mapping (each rank its slices).
+// The pipeline layout of the flags (nn/pipeline_layout.h), validated as Megatron does.
+nn::PipelineLayout pipeline_layout(const TrainRunConfig& c) {
+  nn::PipelineLayoutOptions o = c.pipeline;
+  o.num_layers = c.model.num_layers;
+  o.mtp_num_layers = c.model.mtp_num_layers;
+  o.pipeline_size = c.parallel.pipeline_model_parallel_size;
+  if (c.num_layers_per_virtual_pipeline_stage > 0)
+    o.virtual_stages = nn::virtual_stages_from_layers_per_virtual_stage(
+        o, c.num_layers_per_virtual_pipeline_stage);
+  return nn::PipelineLayout(o);
+}
+
+// This pipeline rank's chunks (empty: the whole model).
+std::vector<nn::PipelineStage> pipeline_chunks(const TrainRunConfig& c,
+                                               const dist::ParallelState* state) {
+  if (!state || state->pp_size() == 1) return {};
+  const nn::PipelineLayout layout = pipeline_layout(c);
+  std::vector<nn::PipelineStage> chunks;
+  for (int v = 0; v < layout.virtual_stages(); ++v)
+    chunks.push_back(layout.stage_of(state->pp_rank(), v));
+  return chunks;
+}
+
 void check_parallel_flags(const TrainRunConfig& c, int world_size) {
   const int tp = c.parallel.tensor_model_parallel_size;
+  const nn::PipelineLayout layout = pipeline_layout(c);  // throws naming a bad layout flag
+  MOE_CHECK(!c.pipeline_timeline || layout.pipeline_size() > 1,
+            "--pipeline-timeline draws the schedule of pipeline stages: it needs "
+            "--pipeline-model-parallel-size above 1");
+  if (layout.pipeline_size() > 1) {
+    MOE_CHECK(!layout.mtp_standalone(),
+              "--pipeline-model-parallel-layout puts the MTP layers on another pipeline rank "
+              "than the loss (standalone MTP), which is not built yet: put every 'm' in the "
+              "stage of 'L'");
+    MOE_CHECK(!c.moe_per_layer_logging,
+              "--moe-per-layer-logging under --pipeline-model-parallel-size ",
+              layout.pipeline_size(), " is not built yet; leave it out");
+  }
   // Megatron-LM's rules for tensor parallelism (arguments.py), and what splitting needs.
   MOE_CHECK(!(tp > 1 && c.parallel.expert_model_parallel_size > 1 && c.model.moe.num_experts > 0) ||
                 c.sequence_parallel,
@@ -357,15 +400,15 @@ void check_parallel_flags(const TrainRunConfig& c, int world_size) {
     const int64_t heads = c.model.num_attention_heads;
     const int64_t kv_heads =
         c.model.attention_type == nn::AttentionType::mla ? heads : c.model.num_query_groups;
-    MOE_CHECK(heads % tp == 0 && kv_heads % tp == 0 && heads / tp % cp == 0 &&
-                  kv_heads / tp % cp == 0,
-              "--cp-comm-type a2a splits each tensor-parallel rank's attention heads over the "
-              "--context-parallel-size ",
-              cp, " ranks, but --num-attention-heads ", heads, " and ",
-              c.model.attention_type == nn::AttentionType::mla ? "its key/value heads "
-                                                               : "--num-query-groups ",
-              kv_heads, " over --tensor-model-parallel-size ", tp,
-              " do not divide by it; use --cp-comm-type p2p or all_gather");
+    MOE_CHECK(
+        heads % tp == 0 && kv_heads % tp == 0 && heads / tp % cp == 0 && kv_heads / tp % cp == 0,
+        "--cp-comm-type a2a splits each tensor-parallel rank's attention heads over the "
+        "--context-parallel-size ",
+        cp, " ranks, but --num-attention-heads ", heads, " and ",
+        c.model.attention_type == nn::AttentionType::mla ? "its key/value heads "
+                                                         : "--num-query-groups ",
+        kv_heads, " over --tensor-model-parallel-size ", tp,
+        " do not divide by it; use --cp-comm-type p2p or all_gather");
   }
   if (tp > 1 && (c.sequence_parallel || c.model.moe.num_experts > 0))
     MOE_CHECK(c.train.seq_length / cp % tp == 0, "--seq-length ", c.train.seq_length,
@@ -474,10 +517,11 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   }
 
   const RunData data = run_data(run, world);
-  nn::GPTModel model(run.model, dtype, device, tc.seed,
-                     state ? nn::model_groups_of(*state, run.sequence_parallel,
-                                                 cp_exchange(run.cp_comm_type))
-                           : nn::ModelGroups{});
+  nn::GPTModel model(
+      run.model, dtype, device, tc.seed,
+      state ? nn::model_groups_of(*state, run.sequence_parallel, cp_exchange(run.cp_comm_type))
+            : nn::ModelGroups{},
+      pipeline_chunks(run, state.get()));
   Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr,
                   state ? TrainParallel{state, run.ddp} : TrainParallel{});
 
@@ -537,6 +581,14 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
     const StepMetrics m = trainer.train_step();
     ++result.iterations;
     result.losses.push_back(m.skipped ? std::numeric_limits<double>::quiet_NaN() : m.loss);
+    if (config.pipeline_timeline && state && result.iterations == 1) {
+      const std::vector<std::vector<PipelineAction>> ranks =
+          gather_pipeline_actions(trainer.executed_pipeline_actions(), state->pp(), device);
+      if (out) {
+        std::fprintf(out, "%s", format_pipeline_timeline(ranks, m.iteration).c_str());
+        std::fflush(out);
+      }
+    }
     if (state && result.iterations == 1) {  // the peaks after the first iteration
       RankMemory mine;
       mine.peak_bytes = measure_peak_memory(device);

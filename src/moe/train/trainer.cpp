@@ -52,7 +52,8 @@ std::unique_ptr<Optimizer> make_optimizer(nn::GPTModel& model, const TrainConfig
 void accumulate(Tensor& acc, int64_t i, const Tensor& value) {
   if (!value.defined()) return;
   Tensor slot = acc.rows(i, 1);
-  ops::add_(slot, value.reshape({1}));
+  const Tensor v = value.reshape({1});
+  ops::add_(slot, v.dtype() == acc.dtype() ? v : v.to(acc.dtype()));
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -60,6 +61,15 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 
 }  // namespace
+
+void Trainer::StepSums::add(const nn::GPTLoss& loss, const nn::GPTContext& ctx) {
+  if (!sums.defined()) sums = Tensor::zeros({4}, loss.lm_loss.dtype(), loss.lm_loss.device());
+  accumulate(sums, 0, loss.lm_loss);
+  accumulate(sums, 1, loss.aux_loss);
+  accumulate(sums, 2, loss.mtp_loss);
+  if (per_token && ctx.cross_entropy.weight_sum.defined())
+    accumulate(sums, 3, ctx.cross_entropy.weight_sum);
+}
 
 void TrainConfig::validate(int64_t dp) const {
   MOE_CHECK(micro_batch_size >= 1, "--micro-batch-size must be positive, got ", micro_batch_size);
@@ -195,13 +205,26 @@ StepMetrics Trainer::train_step() {
   m.iteration = iteration_ + 1;
 
   model_.zero_grad();
-  Tensor sums;  // [lm, aux, mtp, labelled tokens] summed over the micro-batches, on the device
-  for (int64_t i = 0; i < M; ++i) {
+  // [lm, aux, mtp, labelled tokens] summed over the micro-batches, on the device.
+  StepSums step;
+  step.per_token = per_token;
+  // This rank's first sample in the training stream (next_samples' order): the dropout masks'
+  // counter, the same under any data-parallel mapping and restored with the data.
+  const int64_t rank_offset =
+      data_parallel_size() > 1 ? parallel_.state->dp_rank() * config_.micro_batch_size : 0;
+  if (pipelined()) {
+    // Every stage reads the step's micro-batches (the first embeds the ids, the last scores
+    // the labels), then runs its schedule.
+    std::vector<MicroBatch> micro_batches;
+    std::vector<int64_t> first_samples;
+    for (int64_t i = 0; i < M; ++i) {
+      first_samples.push_back(train_.position() + rank_offset);
+      micro_batches.push_back(load(train_, "training"));
+    }
+    run_pipeline(micro_batches, first_samples, scale, /*forward_only=*/false, step);
+  }
+  for (int64_t i = 0; i < M && !pipelined(); ++i) {
     if (ddp_) ddp_->start_micro_batch(i == M - 1);
-    // This rank's first sample in the training stream (next_samples' order): the dropout
-    // masks' counter, the same under any data-parallel mapping and restored with the data.
-    const int64_t rank_offset =
-        data_parallel_size() > 1 ? parallel_.state->dp_rank() * config_.micro_batch_size : 0;
     const int64_t first_sample = train_.position() + rank_offset;
     MicroBatch mb = load(train_, "training");
     nn::GPTContext ctx;
@@ -211,12 +234,9 @@ StepMetrics Trainer::train_step() {
     const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
     if (on_micro_batch) on_micro_batch(ctx);
     model_.backward(ctx, scale);
-    if (!sums.defined()) sums = Tensor::zeros({4}, loss.lm_loss.dtype(), loss.lm_loss.device());
-    accumulate(sums, 0, loss.lm_loss);
-    accumulate(sums, 1, loss.aux_loss);
-    accumulate(sums, 2, loss.mtp_loss);
-    if (per_token) accumulate(sums, 3, ctx.cross_entropy.weight_sum.to(sums.dtype()));
+    step.add(loss, ctx);
   }
+  Tensor& sums = step.sums;
   if (ddp_) ddp_->finish_grad_sync();
   // Each TP and CP rank's aux loss covers its own tokens (the lm and MTP losses are whole on
   // every rank): their sum is the replica's.
@@ -226,6 +246,7 @@ StepMetrics Trainer::train_step() {
     Tensor slot = sums.rows(1, 1);
     slot.copy_(aux);
   }
+  reduce_losses_over_stages(sums);
   reduce_losses(sums);
   const std::vector<double> host = sums.to_double_vector();  // the step's one loss read-back
   if (per_token) {
@@ -306,21 +327,26 @@ double Trainer::evaluate() {
             config_.eval_iters);
   // Megatron's evaluate(): eval_iters iterations of a global batch each, forward only.
   const int64_t count = config_.eval_iters * num_microbatches();
-  Tensor sum;  // [lm loss, labelled tokens]
-  for (int64_t i = 0; i < count; ++i) {
+  StepSums step;  // [lm loss, aux, mtp, labelled tokens]
+  step.per_token = config_.calculate_per_token_loss;
+  for (int64_t it = 0; it < config_.eval_iters && pipelined(); ++it) {
+    std::vector<MicroBatch> micro_batches;
+    for (int64_t i = 0; i < num_microbatches(); ++i)
+      micro_batches.push_back(load(*valid_, "validation"));
+    run_pipeline(micro_batches, {}, 1.0, /*forward_only=*/true, step);
+  }
+  for (int64_t i = 0; i < count && !pipelined(); ++i) {
     MicroBatch mb = load(*valid_, "validation");
     nn::GPTContext ctx;
-    const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
-    if (!sum.defined()) sum = Tensor::zeros({2}, loss.lm_loss.dtype(), loss.lm_loss.device());
-    accumulate(sum, 0, loss.lm_loss);
-    if (config_.calculate_per_token_loss)
-      accumulate(sum, 1, ctx.cross_entropy.weight_sum.to(sum.dtype()));
+    step.add(model_.forward(mb.input_ids, mb.labels, ctx), ctx);
   }
   // The forward passes counted routed tokens for the expert-bias update: not training data.
   model_.discard_step();
+  Tensor& sum = step.sums;
+  reduce_losses_over_stages(sum);
   reduce_losses(sum);
   const std::vector<double> host = sum.to_double_vector();
-  if (config_.calculate_per_token_loss) return host[0] / std::max(host[1], 1.0);
+  if (config_.calculate_per_token_loss) return host[0] / std::max(host[3], 1.0);
   return host[0] / static_cast<double>(count * data_parallel_size());
 }
 

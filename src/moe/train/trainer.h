@@ -40,6 +40,7 @@
 #include "moe/train/data_parallel.h"
 #include "moe/train/lr_schedule.h"
 #include "moe/train/optimizer.h"
+#include "moe/train/pipeline_schedule.h"
 
 namespace moe::train {
 
@@ -68,16 +69,16 @@ struct TrainConfig {
   // must hold (the run sets it once the global batch is known: iterations_of_samples()), and
   // the schedules count samples (--lr-decay-samples, ...: lr_schedule.h).
   int64_t train_samples = 0;
-  int64_t eval_interval = 0;      // --eval-interval (0: no evaluation; run_training)
-  int64_t eval_iters = 0;         // --eval-iters (iterations of global_batch_size samples each)
-  int64_t log_interval = 1;       // --log-interval
-  uint64_t seed = 1234;           // --seed: the caller builds the model and the data sources
-                                  // from it; the trainer itself draws nothing
-  LrScheduleConfig schedule;      // --lr ... ; decay_iters / decay_samples = 0 and
-                                  // train_iters / train_samples = 0 default to the run's
-                                  // length, as Megatron's --lr-decay-iters / -samples do
-                                  // (resolved_schedule())
-  OptimizerConfig optimizer;      // --adam-beta1 ... --clip-grad
+  int64_t eval_interval = 0;  // --eval-interval (0: no evaluation; run_training)
+  int64_t eval_iters = 0;     // --eval-iters (iterations of global_batch_size samples each)
+  int64_t log_interval = 1;   // --log-interval
+  uint64_t seed = 1234;       // --seed: the caller builds the model and the data sources
+                              // from it; the trainer itself draws nothing
+  LrScheduleConfig schedule;  // --lr ... ; decay_iters / decay_samples = 0 and
+                              // train_iters / train_samples = 0 default to the run's
+                              // length, as Megatron's --lr-decay-iters / -samples do
+                              // (resolved_schedule())
+  OptimizerConfig optimizer;  // --adam-beta1 ... --clip-grad
   NanAction nan_action = NanAction::skip;  // --nan-action skip|stop
   // --calculate-per-token-loss (Megatron): the lm loss of a step is the sum over the global
   // batch's labelled tokens / their count (not the mean of the micro-batch means): every
@@ -135,8 +136,8 @@ struct TrainerState {
   // The samples of the updates taken (each adds its global batch): the schedules' position,
   // Megatron's OptimizerParamScheduler num_steps.
   int64_t schedule_samples = 0;
-  int64_t train_position = 0;      // train BatchSource::position()
-  int64_t valid_position = 0;      // validation BatchSource::position() (0 without one)
+  int64_t train_position = 0;  // train BatchSource::position()
+  int64_t valid_position = 0;  // validation BatchSource::position() (0 without one)
 };
 
 class Trainer {
@@ -182,6 +183,9 @@ class Trainer {
   int64_t num_microbatches() const { return config_.num_microbatches(data_parallel_size()); }
   const LrSchedule& schedule() const { return schedule_; }
   const TrainConfig& config() const { return config_; }
+  // Pipeline parallelism: the actions this rank ran in its last training step, in order (empty
+  // without pipeline parallelism).
+  const std::vector<PipelineAction>& executed_pipeline_actions() const { return executed_; }
 
  private:
   struct MicroBatch {
@@ -201,6 +205,24 @@ class Trainer {
   // Sums the step's loss sums over DP x CP (nothing on one rank).
   void reduce_losses(Tensor& sums);
 
+  // Pipeline parallelism (trainer_pipeline.cpp). What one micro-batch's forward of one chunk
+  // adds to the step: its losses into `sums` [lm, aux, mtp, labelled tokens].
+  struct StepSums {
+    Tensor sums;
+    bool per_token = false;
+    void add(const nn::GPTLoss& loss, const nn::GPTContext& ctx);
+  };
+  bool pipelined() const { return parallel_.state && parallel_.state->pp_size() > 1; }
+  // Runs this pipeline rank's schedule (pipeline_schedule.h) over the step's micro-batches:
+  // forwards (and, unless forward_only, backwards scaled by `scale`) of its chunks, the
+  // activations and their gradients sent between the stages. first_samples[m]: micro-batch m's
+  // first training sample (the dropout masks'; empty: no dropout, evaluation).
+  void run_pipeline(const std::vector<MicroBatch>& micro_batches,
+                    const std::vector<int64_t>& first_samples, double scale, bool forward_only,
+                    StepSums& sums);
+  // Sums the step's loss sums over the pipeline stages (each holds its layers' parts).
+  void reduce_losses_over_stages(Tensor& sums);
+
   LrSchedule schedule_;
   TrainParallel parallel_;
   std::unique_ptr<DataParallel> ddp_;  // null on one rank
@@ -210,6 +232,7 @@ class Trainer {
   int64_t skipped_ = 0;
   int64_t skipped_in_a_row_ = 0;  // not saved: a resumed run counts again from 0
   int64_t schedule_samples_ = 0;
+  std::vector<PipelineAction> executed_;  // run_pipeline's record of the last training step
 };
 
 }  // namespace moe::train
