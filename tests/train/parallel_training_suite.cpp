@@ -183,6 +183,9 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.pp > 1) n += "_pp" + std::to_string(c.pp);
   if (c.vpp > 1) n += "_vpp" + std::to_string(c.vpp);
   if (!c.pp_layout.empty()) n += "_layout";
+  if (c.layers > 0) n += "_layers" + std::to_string(c.layers);
+  if (c.pp_first_layers > 0 || c.pp_last_layers > 0)
+    n += "_first" + std::to_string(c.pp_first_layers) + "_last" + std::to_string(c.pp_last_layers);
   if (c.tied) n += "_tied";
   return n;
 }
@@ -284,6 +287,7 @@ std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world) {
     bool distributed_optimizer;
     const char* layout;
     bool tied, per_token;
+    int layers = 0, first = 0, last = 0;  // 8-layer models; uneven first / last stages
   };
   const Mapping mappings[] = {
       {2, 1, 1, 1, 1, false, "", false, false},
@@ -293,6 +297,8 @@ std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world) {
       {2, 1, 1, 1, 1, false, "", false, true},           // no MTP: nothing shared
       {4, 1, 1, 1, 1, false, "", false, false},
       {4, 1, 1, 1, 1, false, "E|tt|t|tmL", true, false},  // an empty first stage's layers
+      {4, 2, 1, 1, 1, false, "", false, false, 8},        // 8 chunks of a layer
+      {4, 1, 1, 1, 1, false, "", false, false, 8, 1, 3},  // first 1, last 3, middle 2 each
       {2, 1, 1, 1, 2, true, "", false, false},            // EP 2 over the DP 2 ranks
       {2, 2, 1, 1, 1, true, "", true, false},             // DP 2, distributed optimizer
       {2, 1, 2, 1, 1, false, "", false, false},           // TP 2 with SP
@@ -316,6 +322,9 @@ std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world) {
       c.cp = m.cp;
       c.tied = m.tied;
       c.per_token_loss = m.per_token;
+      c.layers = m.layers;
+      c.pp_first_layers = m.first;
+      c.pp_last_layers = m.last;
       out.push_back(c);
     }
   return out;
@@ -331,6 +340,8 @@ std::vector<nn::PipelineStage> case_chunks(const ParallelTrainingCase& c,
   o.pipeline_size = c.pp;
   o.virtual_stages = c.vpp;
   o.layout = c.pp_layout;
+  if (c.pp_first_layers > 0) o.decoder_first_pipeline_num_layers = c.pp_first_layers;
+  if (c.pp_last_layers > 0) o.decoder_last_pipeline_num_layers = c.pp_last_layers;
   const nn::PipelineLayout layout(o);
   std::vector<nn::PipelineStage> chunks;
   for (int v = 0; v < layout.virtual_stages(); ++v)

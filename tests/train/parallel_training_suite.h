@@ -46,7 +46,9 @@ struct ParallelTrainingCase {
   // so that PP 4 and PP 2 x VPP 2 have a layer per stage.
   int pp = 1, vpp = 1;
   std::string pp_layout;
-  int layers = 0;          // decoder layers when not 0 (the first dense, the rest MoE), any PP
+  int layers = 0;  // decoder layers when not 0 (the first dense, the rest MoE), any PP
+  // --decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers (0: not given).
+  int pp_first_layers = 0, pp_last_layers = 0;
   bool tied = false;       // the output layer tied to the embedding (else untied)
   std::string dispatcher;  // "allgather" | "alltoall"
   bool distributed_optimizer = false;

@@ -70,10 +70,10 @@ struct TrainRunConfig {
   dist::DistributedOptions distributed;
   // The parallel mapping of a multi-process run (dist/parallel_state.h): --expert-model-
   // parallel-size, --expert-tensor-parallel-size (0: --tensor-model-parallel-size, Megatron's
-  // default), --tensor-model-parallel-size, --context-parallel-size; PP is 1 in this build. The
-  // model's moe.expert_model_parallel_size / expert_tensor_parallel_size say the same sizes
-  // (resolved). The world size is known at run time only: train_run.h checks that ETP x EP divides
-  // it.
+  // default), --tensor-model-parallel-size, --context-parallel-size,
+  // --pipeline-model-parallel-size (its layout below). The model's
+  // moe.expert_model_parallel_size / expert_tensor_parallel_size say the same sizes (resolved).
+  // The world size is known at run time only: train_run.h checks that ETP x EP divides it.
   dist::ParallelConfig parallel;
   bool sequence_parallel = false;  // --sequence-parallel (with TP > 1)
   // Pipeline parallelism's layout flags (nn/pipeline_layout.h): --num-virtual-stages-per-
