@@ -7,17 +7,21 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <utility>
 
 #include "moe/core/allocator.h"
 #include "moe/core/error.h"
+#include "moe/dist/parallel_state.h"
 #include "moe/train/data_parallel.h"
 #include "moe/train/distributed_optimizer.h"
 
 namespace moe::train {
 namespace {
 
-constexpr int kFields = 5;  // parameters, gradients, optimizer, activations, peak
+// parameters, gradients, optimizer, activations, peak, pipeline size, in flight
+constexpr int kFields = 7;
 
 double mib(int64_t bytes) {
   return static_cast<double>(bytes) / (1024.0 * 1024.0);
@@ -84,6 +88,12 @@ LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
 }
 
 int64_t activation_bytes_estimate(const nn::ModelConfig& c, const ActivationShape& shape) {
+  return stage_activation_bytes(
+      c, nn::PipelineStage{true, 0, c.num_layers, 0, c.mtp_num_layers, true}, shape);
+}
+
+int64_t stage_activation_bytes(const nn::ModelConfig& c, const nn::PipelineStage& stage,
+                               const ActivationShape& shape) {
   MOE_CHECK(shape.tensor_parallel >= 1, "activation estimate: TP size ", shape.tensor_parallel,
             " must be at least 1");
   const double t = shape.tensor_parallel;
@@ -91,17 +101,66 @@ int64_t activation_bytes_estimate(const nn::ModelConfig& c, const ActivationShap
   const double h = static_cast<double>(c.hidden_size);
   MOE_CHECK(shape.context_parallel >= 1, "activation estimate: CP size ", shape.context_parallel,
             " must be at least 1");
+  MOE_CHECK(stage.first_layer >= 0 && stage.num_layers >= 0 &&
+                stage.first_layer + stage.num_layers <= c.num_layers,
+            "activation estimate: the stage's decoder layers [", stage.first_layer, ", ",
+            stage.first_layer + stage.num_layers, ") are not within the model's ", c.num_layers);
+  MOE_CHECK(stage.first_mtp_layer >= 0 && stage.num_mtp_layers >= 0 &&
+                stage.first_mtp_layer + stage.num_mtp_layers <= c.mtp_num_layers,
+            "activation estimate: the stage's MTP layers [", stage.first_mtp_layer, ", ",
+            stage.first_mtp_layer + stage.num_mtp_layers, ") are not within the model's ",
+            c.mtp_num_layers);
   const double cp = shape.context_parallel;
-  double per_token = 2 * h / t_sp;  // the final norm's input, the output layer's input
+  // The final norm's input and the output layer's input, on the stage of the loss.
+  double per_token = stage.loss ? 2 * h / t_sp : 0.0;
   double gathered_keys_values = 0;  // per token of the whole sequence, under CP
-  for (int64_t l = 0; l < c.num_layers + c.mtp_num_layers; ++l) {
+  const auto add = [&](int64_t l) {
     const LayerActivations a = layer_activations(c, l);
     per_token += a.between / t_sp + a.gathered + a.split / t;
     if (cp > 1 && shape.gathers_keys_values) gathered_keys_values += a.keys_values / t;
-  }
+  };
+  for (int64_t l = stage.first_layer; l < stage.first_layer + stage.num_layers; ++l) add(l);
+  for (int64_t d = stage.first_mtp_layer; d < stage.first_mtp_layer + stage.num_mtp_layers; ++d)
+    add(c.num_layers + d);  // layers past num_layers are MTP depths (layer_activations)
   const double tokens = static_cast<double>(shape.micro_batch_size * shape.seq_length);
   return static_cast<int64_t>(std::llround(tokens * (per_token / cp + gathered_keys_values) *
                                            static_cast<double>(dtype_size(shape.dtype))));
+}
+
+InFlightActivations in_flight_activations(const std::vector<PipelineAction>& actions,
+                                          const std::vector<int64_t>& chunk_bytes) {
+  const size_t chunks = chunk_bytes.size();
+  std::vector<int64_t> held(chunks, 0);
+  // The pairs in flight, to refuse a backward of one that is not.
+  std::set<std::pair<int, int>> in_flight;
+  InFlightActivations peak;
+  peak.per_chunk.assign(chunks, 0);
+  int64_t bytes = 0;
+  for (const PipelineAction& a : actions) {
+    if (a.kind != PipelineActionKind::forward && a.kind != PipelineActionKind::backward) continue;
+    MOE_CHECK(a.chunk >= 0 && static_cast<size_t>(a.chunk) < chunks,
+              "activation estimate: ", describe(a), " names a chunk past this rank's ", chunks);
+    const size_t c = static_cast<size_t>(a.chunk);
+    if (a.kind == PipelineActionKind::backward) {
+      MOE_CHECK(in_flight.erase({a.microbatch, a.chunk}) == 1, "activation estimate: ", describe(a),
+                " backwards a micro-batch that is not in flight");
+      --held[c];
+      bytes -= chunk_bytes[c];
+      continue;
+    }
+    in_flight.insert({a.microbatch, a.chunk});
+    ++held[c];
+    bytes += chunk_bytes[c];
+    // Only a forward adds, so the moments after forwards hold every maximum; of equal bytes
+    // (chunks of none) the moment of the most pairs.
+    const int64_t pairs = static_cast<int64_t>(in_flight.size());
+    if (bytes > peak.bytes || (bytes == peak.bytes && pairs > peak.pairs)) {
+      peak.bytes = bytes;
+      peak.pairs = pairs;
+      peak.per_chunk = held;
+    }
+  }
+  return peak;
 }
 
 RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
@@ -115,7 +174,21 @@ RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
   shape.context_parallel = model.groups().cp.size();
   shape.gathers_keys_values =
       model.groups().cp.exchange == nn::ContextParallel::Exchange::all_gather;
-  m.activation_bytes = activation_bytes_estimate(model.config(), shape);
+  // Each chunk's micro-batch, over the schedule the trainer runs (trainer_pipeline.cpp's call;
+  // without pipeline parallelism the list alternates forward and backward: one micro-batch).
+  std::vector<int64_t> chunk_bytes;
+  for (int c = 0; c < model.num_chunks(); ++c)
+    chunk_bytes.push_back(stage_activation_bytes(model.config(), model.chunk(c), shape));
+  const dist::ParallelState* state = trainer.parallel_state();
+  const int pp_size = state ? state->pp_size() : 1;
+  const int pp_rank = state ? state->pp_rank() : 0;
+  const InFlightActivations in_flight = in_flight_activations(
+      pipeline_schedule(pp_size, pp_rank, static_cast<int>(trainer.num_microbatches()),
+                        model.num_chunks(), /*microbatch_group_size=*/0),
+      chunk_bytes);
+  m.activation_bytes = in_flight.bytes;
+  m.pipeline_size = pp_size;
+  m.in_flight = in_flight.pairs;
   if (DataParallel* ddp = trainer.data_parallel()) {
     for (ParamAndGradBuffer* b : ddp->buffers()) {
       m.parameter_bytes += static_cast<int64_t>(b->param_data().nbytes());
@@ -150,8 +223,9 @@ std::vector<RankMemory> gather_rank_memory(const RankMemory& mine,
                                            const std::shared_ptr<dist::ProcessGroup>& world,
                                            Device device) {
   if (!world || world->size() == 1) return {mine};
-  const std::vector<int64_t> local = {mine.parameter_bytes, mine.gradient_bytes,
-                                      mine.optimizer_bytes, mine.activation_bytes, mine.peak_bytes};
+  const std::vector<int64_t> local = {
+      mine.parameter_bytes, mine.gradient_bytes, mine.optimizer_bytes, mine.activation_bytes,
+      mine.peak_bytes,      mine.pipeline_size,  mine.in_flight};
   const Tensor in = Tensor::from_vector(local, {kFields}, device);
   Tensor out = Tensor::zeros({static_cast<int64_t>(world->size()) * kFields}, DType::i64, device);
   world->all_gather(in, out);
@@ -159,21 +233,28 @@ std::vector<RankMemory> gather_rank_memory(const RankMemory& mine,
   std::vector<RankMemory> ranks(static_cast<size_t>(world->size()));
   for (size_t r = 0; r < ranks.size(); ++r) {
     const int64_t* f = all.data() + r * kFields;
-    ranks[r] = RankMemory{f[0], f[1], f[2], f[3], f[4]};
+    ranks[r] = RankMemory{f[0], f[1], f[2], f[3], f[4], f[5], f[6]};
   }
   return ranks;
 }
 
 std::string format_memory_report(const std::vector<RankMemory>& ranks) {
+  const bool pipelined = std::any_of(ranks.begin(), ranks.end(),
+                                     [](const RankMemory& r) { return r.pipeline_size > 1; });
   std::string text =
       "memory per rank (MiB): parameters | gradients (fp32 main) | optimizer state (masters + "
-      "moments) | activations of one micro-batch (estimate)\n";
+      "moments) | ";
+  text += pipelined ? "activations in flight (estimate: peak of the pipeline schedule, "
+                      "(micro-batch, chunk) pairs held)\n"
+                    : "activations of one micro-batch (estimate)\n";
   char line[160];
   for (size_t r = 0; r < ranks.size(); ++r) {
-    std::snprintf(line, sizeof line, "  rank %zu: %10.2f | %10.2f | %10.2f | %10.2f\n", r,
+    std::snprintf(line, sizeof line, "  rank %zu: %10.2f | %10.2f | %10.2f | %10.2f", r,
                   mib(ranks[r].parameter_bytes), mib(ranks[r].gradient_bytes),
                   mib(ranks[r].optimizer_bytes), mib(ranks[r].activation_bytes));
     text += line;
+    if (pipelined) text += detail::concat(" (", ranks[r].in_flight, " in flight)");
+    text += "\n";
   }
   return text;
 }

@@ -1,6 +1,7 @@
 // The start-up memory report of a run on several ranks: what each rank holds for the model's
 // parameters, their gradients and the optimizer's state, an estimate of one micro-batch's
-// activations, and, after the first iteration, the measured peak, gathered to rank 0, which
+// activations (under pipeline parallelism: of the micro-batches in flight at the peak of its
+// schedule), and, after the first iteration, the measured peak, gathered to rank 0, which
 // prints one line per rank:
 //
 //   memory per rank (MiB): parameters | gradients (fp32 main) | optimizer state (masters +
@@ -8,6 +9,14 @@
 //     rank 0:       1.92 |       1.92 |       1.92 |       0.63
 //     rank 1:       1.92 |       1.92 |       1.92 |       0.63
 //   peak memory after iteration 1 (MiB, process peak RSS): rank 0 412.3, rank 1 410.8
+//
+// and under pipeline parallelism (here PP 2, 1F1B, 4 micro-batches)
+//
+//   memory per rank (MiB): parameters | gradients (fp32 main) | optimizer state (masters +
+//   moments) | activations in flight (estimate: peak of the pipeline schedule, (micro-batch,
+//   chunk) pairs held)
+//     rank 0:       1.10 |       1.10 |       1.10 |       0.58 (2 in flight)
+//     rank 1:       1.02 |       1.02 |       1.02 |       0.36 (1 in flight)
 //
 // What each figure counts, for this rank:
 //   parameters  the bytes of the parameter values it holds: the data-parallel buffers
@@ -19,7 +28,9 @@
 //               16-bit models) of the parameters it holds; the distributed optimizer:
 //               state_bytes(), its shard of them, which falls as 1 / (data-parallel group size)
 //   activations activation_bytes_estimate (below): what the forward of one micro-batch keeps
-//               for its backward on this rank (no recomputation), from the shapes alone
+//               for its backward on this rank (no recomputation), from the shapes alone; under
+//               pipeline parallelism the peak over this rank's schedule of what its micro-batches
+//               in flight keep (below)
 //   peak        on a GPU the caching allocator's peak of memory held by tensors
 //               (core/allocator.h memory_stats); on the CPU the process's peak resident set
 //               (VmHWM of /proc/self/status; getrusage's ru_maxrss where that is missing), which
@@ -63,6 +74,26 @@
 // of every sequence: s b E (per-token sum) / c; with --cp-comm-type all_gather its attention
 // keeps the gathered keys and values of the whole sequence too (context_parallel.h), s b E (sum
 // over layers of keys_values / t) more (the ring keeps only its own).
+//
+// Pipeline parallelism (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training
+// on GPU Clusters"; Korthikanti et al. 2022, section 4.2.3). A pipeline rank holds only its
+// chunks (nn::PipelineStage), so one micro-batch's forward of chunk c keeps the sum above over
+// that chunk's decoder layers and MTP layers only, and the 2 h / t_sp of the final norm's and
+// the output layer's inputs only when the chunk holds the loss (stage_activation_bytes; the
+// embedding keeps nothing counted: its output is the first layer's input, counted there; a
+// chunk's output is freed once sent: trainer_pipeline.cpp). The schedule then keeps several
+// micro-batches of each chunk at once: a (micro-batch, chunk) pair is in flight from the end of
+// its forward to its backward. The estimate walks this rank's action list, the one the trainer
+// runs (pipeline_schedule(PP, rank, M, chunks)), and takes the MAXIMUM OVER MOMENTS (after each
+// forward: only forwards add) OF THE SUM over chunks of (pairs of that chunk held) x (that
+// chunk's bytes of one micro-batch) (in_flight_activations): not the sum of each chunk's own
+// maximum, which can come at different moments. For Megatron's 1F1B, stage p of PP holds
+// min(PP - p, M) micro-batches at its peak (the first stage PP, the last 1); the interleaved
+// schedule's rank r holds min(M v, 2 (PP - r - 1) + (v - 1) G + 1) pairs of its v chunks
+// (pipeline_schedule.h's warm-up, plus the steady state's forward): on the first stage
+// PP v + PP - 1 (G = PP), Megatron's PP micro-batches times its interleaving penalty
+// 1 + (PP - 1) / (PP v). Without pipeline parallelism the list alternates forward and backward:
+// one micro-batch, the figure above unchanged.
 #pragma once
 
 #include <cstdint>
@@ -73,6 +104,8 @@
 #include "moe/core/device.h"
 #include "moe/dist/process_group.h"
 #include "moe/nn/gpt_model.h"
+#include "moe/nn/pipeline_layout.h"
+#include "moe/train/pipeline_schedule.h"
 #include "moe/train/trainer.h"
 
 namespace moe::train {
@@ -81,8 +114,13 @@ struct RankMemory {
   int64_t parameter_bytes = 0;
   int64_t gradient_bytes = 0;
   int64_t optimizer_bytes = 0;
-  int64_t activation_bytes = 0;  // one micro-batch's, estimated (activation_bytes_estimate)
-  int64_t peak_bytes = 0;        // 0 until measured (measure_peak_memory)
+  // Estimated: one micro-batch's (activation_bytes_estimate); under pipeline parallelism the
+  // peak of this rank's micro-batches in flight (in_flight_activations).
+  int64_t activation_bytes = 0;
+  int64_t peak_bytes = 0;     // 0 until measured (measure_peak_memory)
+  int64_t pipeline_size = 1;  // PP: the report says "in flight" when > 1
+  // The (micro-batch, chunk) pairs whose activations activation_bytes counts (1 without PP).
+  int64_t in_flight = 1;
 };
 
 // What the activation estimate needs besides the model's config.
@@ -112,8 +150,30 @@ LayerActivations layer_activations(const nn::ModelConfig& config, int64_t layer)
 // The bytes one micro-batch's forward keeps on one rank for its backward (see above).
 int64_t activation_bytes_estimate(const nn::ModelConfig& config, const ActivationShape& shape);
 
+// The same for one pipeline stage (a chunk): its decoder and MTP layers, and the final norm's
+// and output layer's inputs when it holds the loss. The whole model's stage gives
+// activation_bytes_estimate.
+int64_t stage_activation_bytes(const nn::ModelConfig& config, const nn::PipelineStage& stage,
+                               const ActivationShape& shape);
+
+// The peak over a rank's action list of the activations its (micro-batch, chunk) pairs in flight
+// keep (forwarded, not yet backwarded): the maximum over moments of sum over chunks c of
+// held(c) x chunk_bytes[c] (see above), at the first moment it is reached (of equal bytes, the
+// moment of the most pairs).
+struct InFlightActivations {
+  int64_t bytes = 0;               // the peak
+  int64_t pairs = 0;               // the pairs held then
+  std::vector<int64_t> per_chunk;  // of them, those of each chunk
+};
+// chunk_bytes: one micro-batch's bytes of each chunk (index = chunk); all 1 gives the peak
+// count of pairs. Throws moe::Error on an action naming a chunk past chunk_bytes, or a backward
+// of a pair not in flight.
+InFlightActivations in_flight_activations(const std::vector<PipelineAction>& actions,
+                                          const std::vector<int64_t>& chunk_bytes);
+
 // This rank's holdings (peak_bytes left 0); the activation estimate for the trainer's
-// micro-batch size and sequence length and the model's TP group.
+// micro-batch size and sequence length and the model's TP group, of the model's chunks over the
+// schedule the trainer runs (its micro-batches per step, its parallel state's PP size and rank).
 RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer);
 
 // The measured peak of this rank on `device` (see above).
