@@ -1,5 +1,6 @@
 #include "train/parallel_training_suite.h"
 
+#include <cctype>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -182,7 +183,16 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.dropout > 0) n += "_dropout";
   if (c.pp > 1) n += "_pp" + std::to_string(c.pp);
   if (c.vpp > 1) n += "_vpp" + std::to_string(c.vpp);
-  if (!c.pp_layout.empty()) n += "_layout";
+  if (!c.pp_layout.empty()) {  // the layout's letters and counts, '|' as 'I', '*' as 'x'
+    n += "_layout_";
+    for (char ch : c.pp_layout)
+      if (std::isalnum(static_cast<unsigned char>(ch)))
+        n += ch;
+      else if (ch == '|')
+        n += 'I';
+      else if (ch == '*')
+        n += 'x';
+  }
   if (c.layers > 0) n += "_layers" + std::to_string(c.layers);
   if (c.pp_first_layers > 0 || c.pp_last_layers > 0)
     n += "_first" + std::to_string(c.pp_first_layers) + "_last" + std::to_string(c.pp_last_layers);
@@ -297,6 +307,9 @@ std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world) {
       {2, 1, 1, 1, 1, false, "", false, true},           // no MTP: nothing shared
       {4, 1, 1, 1, 1, false, "", false, false},
       {4, 1, 1, 1, 1, false, "E|tt|t|tmL", true, false},  // an empty first stage's layers
+      // Standalone MTP (DeepSeek-V3's "...,m|L"): the MTP layer's stage before the loss's.
+      {2, 2, 1, 1, 1, false, "Et*2|t*2|m|L", false, false},
+      {4, 1, 1, 1, 1, false, "Et|tt|t,m|L", true, false},
       {4, 2, 1, 1, 1, false, "", false, false, 8},        // 8 chunks of a layer
       {4, 1, 1, 1, 1, false, "", false, false, 8, 1, 3},  // first 1, last 3, middle 2 each
       {2, 1, 1, 1, 2, true, "", false, false},            // EP 2 over the DP 2 ranks

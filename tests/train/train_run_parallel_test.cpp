@@ -298,14 +298,30 @@ TEST(TrainRunParallel, PipelineStagesTrainTheOneRankModelAndDrawTheirSchedule) {
                                   "--pipeline-model-parallel-layout", "Et|t*3)L"})),
       2);
   EXPECT_NE(e.find("--pipeline-model-parallel-layout"), std::string::npos) << e;
-  e = error_on_ranks(
-      parse_train_args(
-          small_run({"--num-layers", "4", "--mtp-num-layers", "1", "--pipeline-model-parallel-size",
-                     "2", "--pipeline-model-parallel-layout", "Et*2|t*2|m|L"})),
-      2);
-  EXPECT_NE(e.find("standalone MTP"), std::string::npos) << e;
+  // Interleaving needs as many micro-batches as stages: refused before training.
+  e = error_on_ranks(parse_train_args(small_run({"--num-layers", "4", "--global-batch-size", "2",
+                                                 "--pipeline-model-parallel-size", "2",
+                                                 "--num-virtual-stages-per-pipeline-rank", "2"})),
+                     2);
+  EXPECT_NE(e.find("--microbatch-group-size-per-virtual-pipeline-stage"), std::string::npos) << e;
   e = error_on_ranks(parse_train_args(small_run({"--pipeline-timeline"})), 2);
   EXPECT_NE(e.find("--pipeline-timeline"), std::string::npos) << e;
+}
+
+// DeepSeek-V3's layout shape: the MTP layer in a stage of its own before the loss's (standalone
+// MTP, "...|m|L"), on 2 ranks of 2 virtual stages each, trains the one-rank model.
+TEST(TrainRunParallel, StandaloneMtpStageTrainsTheOneRankModel) {
+  const std::vector<std::string> model = {"--num-layers",        "4", "--mtp-num-layers", "1",
+                                          "--global-batch-size", "8"};
+  const TrainRunResult one =
+      run_training_on(parse_train_args(small_run(model)), TrainWorld{nullptr, Device::cpu(), true},
+                      standard_train_hooks(), nullptr);
+  std::vector<std::string> args = model;
+  args.insert(args.end(), {"--pipeline-model-parallel-size", "2",
+                           "--pipeline-model-parallel-layout", "Et*2|t*2|m|L"});
+  const RanksRun many = run_on_ranks(parse_train_args(small_run(args)), 2);
+  for (const TrainRunResult& r : many.results) expect_same_losses(one, r);
+  EXPECT_NE(many.output.find("PP 2 (layout Et*2|t*2|m|L)"), std::string::npos) << many.output;
 }
 
 // Checkpoints of several ranks: 2 ranks (EP 2) save at iteration 3 and at the end; resumed

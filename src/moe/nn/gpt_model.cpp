@@ -57,10 +57,11 @@ void check_chunks(const std::vector<PipelineStage>& chunks, const ModelConfig& c
         st.first_layer >= 0 && st.num_layers >= 0 && st.first_layer + st.num_layers <= c.num_layers,
         kOp, ": pipeline chunk ", i, " holds decoder layers [", st.first_layer, ", ",
         st.first_layer + st.num_layers, ") of a model of ", c.num_layers);
-    MOE_CHECK(st.num_mtp_layers == (st.loss ? c.mtp_num_layers : 0), kOp, ": pipeline chunk ", i,
-              " holds ", st.num_mtp_layers, " of the ", c.mtp_num_layers,
-              " MTP layers; MTP layers in a stage without the loss (standalone MTP) are not built "
-              "yet: put every 'm' in the stage of 'L' in --pipeline-model-parallel-layout");
+    MOE_CHECK(st.num_mtp_layers == 0 || st.num_mtp_layers == c.mtp_num_layers, kOp,
+              ": pipeline chunk ", i, " holds ", st.num_mtp_layers, " of the ", c.mtp_num_layers,
+              " MTP layers (they must be in one stage)");
+    MOE_CHECK(st.num_mtp_layers == 0 || st.first_layer + st.num_layers == c.num_layers, kOp,
+              ": pipeline chunk ", i, " holds the MTP layers but not the last decoder layer");
   }
 }
 
@@ -90,9 +91,9 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
   };
   if (builds_embedding()) {
     embed_tokens = vocab_rows("model.embed_tokens.weight", "embed_tokens");
-    // Held by the first stage and, for the tied output layer or MTP's embedding, by the last:
-    // the copies' gradients are summed (train/data_parallel.h), the last stage's counted and
-    // written by the first.
+    // Held by the first stage and, for the tied output layer or MTP's embedding, by the loss's
+    // and MTP's stages: the copies' gradients are summed (train/data_parallel.h), the copies
+    // after the first stage's counted and written by the first.
     const bool first = std::any_of(chunks_.begin(), chunks_.end(),
                                    [](const PipelineStage& st) { return st.embedding; });
     embed_tokens.layout.pp_shared =
@@ -104,15 +105,45 @@ GPTModel::GPTModel(const ModelConfig& config, DType dtype, Device device, uint64
     for (int64_t l = st.first_layer; l < st.first_layer + st.num_layers; ++l)
       layers.emplace_back(config_, l, dtype, device, seed, groups);
   }
-  if (!builds_loss()) return;
-  mtp_layers.reserve(static_cast<size_t>(config_.mtp_num_layers));
-  for (int64_t k = 0; k < config_.mtp_num_layers; ++k)
-    mtp_layers.emplace_back(config_, k, dtype, device, seed, groups);
-  final_norm = RMSNorm("model.norm.weight", H, config_.norm_epsilon, dtype, device);
-  set_tp_replicated(final_norm.weight, tp, tp.sequence_parallel);
+  const bool mtp_here = std::any_of(chunks_.begin(), chunks_.end(),
+                                    [](const PipelineStage& st) { return st.num_mtp_layers > 0; });
+  if (mtp_here) {
+    mtp_layers.reserve(static_cast<size_t>(config_.mtp_num_layers));
+    for (int64_t k = 0; k < config_.mtp_num_layers; ++k)
+      mtp_layers.emplace_back(config_, k, dtype, device, seed, groups);
+  }
+  if (std::any_of(chunks_.begin(), chunks_.end(),
+                  [&](const PipelineStage& st) { return ends_decoder(st); })) {
+    final_norm = RMSNorm("model.norm.weight", H, config_.norm_epsilon, dtype, device);
+    set_tp_replicated(final_norm.weight, tp, tp.sequence_parallel);
+  }
   // Megatron initialises the output layer with init_method (not the scaled output-layer one).
-  if (config_.untie_embeddings_and_output_weights)
+  if (builds_loss() && config_.untie_embeddings_and_output_weights)
     lm_head = vocab_rows("lm_head.weight", "lm_head");
+}
+
+bool GPTModel::ends_decoder(const PipelineStage& st) const {
+  return config_.mtp_num_layers > 0 ? st.num_mtp_layers > 0 : st.loss;
+}
+
+bool GPTModel::sends_mtp_hidden(const PipelineStage& st) const {
+  return st.num_mtp_layers > 0 && !st.loss;
+}
+
+bool GPTModel::receives_mtp_hidden(const PipelineStage& st) const {
+  return st.loss && config_.mtp_num_layers > 0 && st.num_mtp_layers == 0;
+}
+
+Shape GPTModel::stage_input_shape(int c, int64_t seq_length, int64_t batch) const {
+  const int64_t rows = local_seq_length(seq_length);
+  const int64_t depths = receives_mtp_hidden(chunk(c)) ? 1 + config_.mtp_num_layers : 1;
+  return {depths * rows, batch, config_.hidden_size};
+}
+
+Shape GPTModel::stage_output_shape(int c, int64_t seq_length, int64_t batch) const {
+  const int64_t rows = local_seq_length(seq_length);
+  const int64_t depths = sends_mtp_hidden(chunk(c)) ? 1 + config_.mtp_num_layers : 1;
+  return {depths * rows, batch, config_.hidden_size};
 }
 
 const PipelineStage& GPTModel::chunk(int c) const {
@@ -131,14 +162,16 @@ bool GPTModel::builds_loss() const {
 }
 
 bool GPTModel::builds_embedding() const {
-  const bool embeds = std::any_of(chunks_.begin(), chunks_.end(),
-                                  [](const PipelineStage& st) { return st.embedding; });
-  return embeds || (builds_loss() &&
-                    (!config_.untie_embeddings_and_output_weights || config_.mtp_num_layers > 0));
+  // The first stage's lookup, MTP's lookups of the shifted tokens, the tied output layer.
+  return std::any_of(chunks_.begin(), chunks_.end(), [&](const PipelineStage& st) {
+    return st.embedding || st.num_mtp_layers > 0 ||
+           (st.loss && !config_.untie_embeddings_and_output_weights);
+  });
 }
 
 bool GPTModel::fuses_output_backward(const GPTContext& ctx) const {
-  return ctx.loss_scale_known_in_forward && !groups_.tp.active() && !groups_.cp.active();
+  return ctx.loss_scale_known_in_forward && !groups_.tp.active() && !groups_.cp.active() &&
+         !receives_mtp_hidden(chunk(ctx.chunk));
 }
 
 int64_t GPTModel::local_seq_length(int64_t seq_length) const {
@@ -276,6 +309,17 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
   ctx.local_ids = context_parallel_rows(input_ids, cp);
   const PipelineStage& st = chunk(ctx.chunk);
   const Shape local_shape{local_seq_length(S), B, config_.hidden_size};
+  if (receives_mtp_hidden(st)) {  // the loss after a standalone MTP stage: h_0 of its depths
+    MOE_CHECK(ctx.stage_input.defined(), kOp, ": pipeline chunk ", ctx.chunk,
+              " starts from the MTP stage's output, but stage_input is not set");
+    check_shape(ctx.stage_input, stage_input_shape(ctx.chunk, S, B), kOp, "stage_input");
+    if (on_params_needed) {
+      if (embed_tokens.value.defined()) on_params_needed({&embed_tokens});
+      on_params_needed(head_parameters());
+    }
+    ctx.layers.clear();
+    return ctx.stage_input.rows(0, local_shape[0]).reshape({local_shape[0] * B, local_shape[2]});
+  }
   Tensor x;
   if (st.embedding) {
     if (on_params_needed) on_params_needed({&embed_tokens});
@@ -294,7 +338,7 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
     if (on_params_needed) on_params_needed(layer.parameters());
     x = layer.forward(x, ctx.layers[i], ctx.dropout);
   }
-  if (!st.loss) {
+  if (!ends_decoder(st)) {
     ctx.stage_output = x;
     return Tensor();
   }
@@ -340,15 +384,31 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
     ctx.loss_mask = my_mask.reshape({my_mask.numel()});
   }
   ctx.hidden = trunk(input_ids, ctx);
+  const PipelineStage& st = chunk(ctx.chunk);
   const size_t begin = chunk_begin(ctx.chunk);
-  if (!chunk(ctx.chunk).loss) {  // a pipeline stage before the loss's: its layers' aux loss
-    GPTLoss out;
-    // The losses' dtype: f64 for f64 models, else f32 (ops/cross_entropy.h).
-    out.aux_loss = Tensor::zeros({}, dtype_ == DType::f64 ? DType::f64 : DType::f32, device_);
-    for (size_t i = 0; i < ctx.layers.size(); ++i)
-      add_router_losses(layers[begin + i], ctx.layers[i], out.aux_loss);
-    out.lm_loss = Tensor::zeros({}, out.aux_loss.dtype(), device_);
-    out.mtp_loss = Tensor::zeros({}, out.aux_loss.dtype(), device_);
+  // The losses' dtype: f64 for f64 models, else f32 (ops/cross_entropy.h).
+  const DType loss_dtype = dtype_ == DType::f64 ? DType::f64 : DType::f32;
+  GPTLoss out;
+  out.aux_loss = Tensor::zeros({}, loss_dtype, device_);
+  for (size_t i = 0; i < ctx.layers.size(); ++i)
+    add_router_losses(layers[begin + i], ctx.layers[i], out.aux_loss);
+  if (!st.loss) {  // a pipeline stage before the loss's: its layers' aux loss
+    if (sends_mtp_hidden(st)) {
+      // Standalone MTP: the depths' hidden states go on to the loss stage, [h_0; ...; h_D].
+      mtp_layers_forward(ctx, out.aux_loss);
+      const int64_t rows = ctx.hidden.size(0), S_local = local_seq_length(input_ids.size(0));
+      ctx.stage_output =
+          Tensor::empty(stage_output_shape(ctx.chunk, input_ids.size(0), input_ids.size(1)),
+                        ctx.hidden.dtype(), device_);
+      ctx.stage_output.rows(0, S_local)
+          .copy_(ctx.hidden.reshape({S_local, rows / S_local, config_.hidden_size}));
+      for (int64_t d = 0; d < D; ++d)
+        ctx.stage_output.rows((d + 1) * S_local, S_local)
+            .copy_(ctx.mtp[static_cast<size_t>(d)].hidden.reshape(
+                {S_local, rows / S_local, config_.hidden_size}));
+    }
+    out.lm_loss = Tensor::zeros({}, loss_dtype, device_);
+    out.mtp_loss = Tensor::zeros({}, loss_dtype, device_);
     out.loss = out.aux_loss.clone();
     return out;
   }
@@ -362,25 +422,31 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
   } else {
     ctx.cross_entropy = output_loss(ctx.hidden, ctx.labels, ctx.loss_mask, ctx.hidden_all);
   }
-  GPTLoss out;
   out.lm_loss = ctx.cross_entropy.loss;
-  out.aux_loss = Tensor::zeros({}, out.lm_loss.dtype(), device_);
-  for (size_t i = 0; i < ctx.layers.size(); ++i)
-    add_router_losses(layers[begin + i], ctx.layers[i], out.aux_loss);
-  out.mtp_loss =
-      D > 0 ? mtp_forward(ctx, out.aux_loss) : Tensor::zeros({}, out.lm_loss.dtype(), device_);
+  if (D > 0) {
+    if (receives_mtp_hidden(st)) {  // h_1 .. h_D from the MTP stage
+      const int64_t S_local = local_seq_length(input_ids.size(0));
+      ctx.mtp.resize(static_cast<size_t>(D));
+      for (int64_t d = 0; d < D; ++d)
+        ctx.mtp[static_cast<size_t>(d)].hidden =
+            ctx.stage_input.rows((d + 1) * S_local, S_local).reshape(ctx.hidden.shape());
+    } else {
+      mtp_layers_forward(ctx, out.aux_loss);
+    }
+    out.mtp_loss = mtp_losses(ctx);
+  } else {
+    out.mtp_loss = Tensor::zeros({}, out.lm_loss.dtype(), device_);
+  }
   out.loss = out.lm_loss.clone();
   ops::add_(out.loss, out.aux_loss);
   ops::add_(out.loss, out.mtp_loss);
   return out;
 }
 
-Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
+void GPTModel::mtp_layers_forward(GPTContext& ctx, Tensor& aux_loss) {
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
   const int64_t Sl = local_seq_length(S), H = config_.hidden_size, D = config_.mtp_num_layers;
   const ContextParallel& cp = groups_.cp;
-  const Tensor& labels = ctx.sequence_labels;
-  Tensor mtp_loss = Tensor::zeros({}, ctx.cross_entropy.loss.dtype(), device_);
   Tensor prev = ctx.hidden.reshape({Sl, B, H});  // h_0: after the final norm
   ctx.mtp.resize(static_cast<size_t>(D));
   for (int64_t d = 0; d < D; ++d) {
@@ -388,45 +454,66 @@ Tensor GPTModel::mtp_forward(GPTContext& ctx, Tensor& aux_loss) {
     MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
     // Shifted over the whole sequence, then this rank's rows.
     m.input_ids = context_parallel_rows(shift_left(ctx.input_ids, k, 0.0), cp);
+    Tensor embedded = embed(m.input_ids);
+    MtpLayer& mtp = mtp_layers[static_cast<size_t>(d)];
+    ctx.dropout.apply_(embedded, mtp.index(), ops::DropoutSite::embedding);
+    if (on_params_needed) on_params_needed(mtp.parameters());
+    prev = mtp.forward(embedded, prev, m.layer, ctx.dropout);
+    m.hidden = prev.reshape({Sl * B, H});
+    add_router_losses(mtp.layer, m.layer.layer, aux_loss);
+  }
+}
+
+Tensor GPTModel::mtp_losses(GPTContext& ctx) {
+  const int64_t D = config_.mtp_num_layers;
+  const ContextParallel& cp = groups_.cp;
+  Tensor mtp_loss = Tensor::zeros({}, ctx.cross_entropy.loss.dtype(), device_);
+  for (int64_t d = 0; d < D; ++d) {
+    const int64_t k = d + 1;
+    MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
     const Tensor shifted = context_parallel_rows(
-        shift_left(labels, k, static_cast<double>(cross_entropy.ignore_index)), cp);
+        shift_left(ctx.sequence_labels, k, static_cast<double>(cross_entropy.ignore_index)), cp);
     m.labels = shifted.reshape({shifted.numel()});
     if (ctx.sequence_mask.defined()) {
       const Tensor mask = context_parallel_rows(shift_left(ctx.sequence_mask, k, 0.0), cp);
       m.loss_mask = mask.reshape({mask.numel()});
     }
-    Tensor embedded = embed(m.input_ids);
-    const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
-    ctx.dropout.apply_(embedded, layer, ops::DropoutSite::embedding);
-    if (on_params_needed) on_params_needed(mtp_layers[static_cast<size_t>(d)].parameters());
-    prev = mtp_layers[static_cast<size_t>(d)].forward(embedded, prev, m.layer, ctx.dropout);
-    m.hidden = prev.reshape({Sl * B, H});
     m.cross_entropy = output_loss(m.hidden, m.labels, m.loss_mask, m.hidden_all);
     ops::add_(mtp_loss, m.cross_entropy.loss);
-    add_router_losses(mtp_layers[static_cast<size_t>(d)].layer, m.layer.layer, aux_loss);
   }
   ops::scale_(mtp_loss, config_.mtp_loss_scaling_factor / static_cast<double>(D));
   return mtp_loss;
 }
 
-Tensor GPTModel::mtp_backward(GPTContext& ctx, double loss_scale) {
+std::vector<Tensor> GPTModel::mtp_losses_backward(GPTContext& ctx, double loss_scale) {
+  const int64_t D = config_.mtp_num_layers;
+  const double depth_scale = loss_scale * config_.mtp_loss_scaling_factor / static_cast<double>(D);
+  std::vector<Tensor> dh(static_cast<size_t>(D));
+  for (int64_t d = D; d-- > 0;) {
+    MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
+    dh[static_cast<size_t>(d)] =
+        output_loss_backward(depth_scale, m.hidden_all, m.labels, m.loss_mask, m.cross_entropy);
+  }
+  return dh;
+}
+
+Tensor GPTModel::mtp_layers_backward(GPTContext& ctx, std::vector<Tensor> dh, double loss_scale) {
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
   const int64_t Sl = local_seq_length(S), H = config_.hidden_size, D = config_.mtp_num_layers;
-  const double depth_scale = loss_scale * config_.mtp_loss_scaling_factor / static_cast<double>(D);
   Tensor d_next;  // d h_k from depth k + 1's layer
   for (int64_t d = D; d-- > 0;) {
     MtpDepthContext& m = ctx.mtp[static_cast<size_t>(d)];
-    Tensor dh =
-        output_loss_backward(depth_scale, m.hidden_all, m.labels, m.loss_mask, m.cross_entropy);
-    if (d_next.defined()) ops::add_(dh, d_next.reshape({Sl * B, H}));
-    MtpLayerGrads grads =
-        mtp_layers[static_cast<size_t>(d)].backward(dh.reshape({Sl, B, H}), m.layer, loss_scale);
-    const int64_t layer = mtp_layers[static_cast<size_t>(d)].index();
+    Tensor& dh_d = dh[static_cast<size_t>(d)];
+    if (d_next.defined()) ops::add_(dh_d, d_next.reshape({Sl * B, H}));
+    MtpLayer& mtp = mtp_layers[static_cast<size_t>(d)];
+    MtpLayerGrads grads = mtp.backward(dh_d.reshape({Sl, B, H}), m.layer, loss_scale);
     const Tensor d_embedding =
-        ctx.dropout.backward(grads.embedding, layer, ops::DropoutSite::embedding);
+        ctx.dropout.backward(grads.embedding, mtp.index(), ops::DropoutSite::embedding);
     embed_backward(d_embedding, m.input_ids);
     d_next = std::move(grads.prev_hidden);
   }
+  if (on_grads_ready)
+    for (MtpLayer& mtp : mtp_layers) on_grads_ready(mtp.parameters());
   return d_next.reshape({Sl * B, H});
 }
 
@@ -435,15 +522,33 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
   const PipelineStage& st = chunk(ctx.chunk);
   MOE_CHECK(static_cast<int64_t>(ctx.layers.size()) == st.num_layers, kOp, ": the context holds ",
             ctx.layers.size(), " layers, the model's chunk ", ctx.chunk, " ", st.num_layers);
-  const int64_t Sl = local_seq_length(ctx.tokens_shape[0]), B = ctx.tokens_shape[1];
+  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
+  const int64_t Sl = local_seq_length(S), H = config_.hidden_size;
+  if (receives_mtp_hidden(st)) {  // the loss after a standalone MTP stage: no layers
+    ctx.stage_input_grad = loss_backward(ctx, loss_scale);
+    if (embed_tokens.value.defined() && on_grads_ready) on_grads_ready({&embed_tokens});
+    return;
+  }
   Tensor dx;
   if (st.loss) {
-    dx = loss_backward(ctx, loss_scale).reshape({Sl, B, config_.hidden_size});
+    dx = loss_backward(ctx, loss_scale).reshape({Sl, B, H});
   } else {
     MOE_CHECK(ctx.stage_output_grad.defined(), kOp, ": pipeline chunk ", ctx.chunk,
               " ends before the loss: its backward needs stage_output_grad");
-    check_shape(ctx.stage_output_grad, {Sl, B, config_.hidden_size}, kOp, "stage_output_grad");
+    check_shape(ctx.stage_output_grad, stage_output_shape(ctx.chunk, S, B), kOp,
+                "stage_output_grad");
     dx = ctx.stage_output_grad;
+    if (sends_mtp_hidden(st)) {
+      // Standalone MTP: d [h_0; ...; h_D] from the loss stage, through the MTP layers (their
+      // d h_0 adds to the main loss's), then the final norm.
+      std::vector<Tensor> dh(static_cast<size_t>(config_.mtp_num_layers));
+      for (size_t d = 0; d < dh.size(); ++d)
+        dh[d] = dx.rows(static_cast<int64_t>(d + 1) * Sl, Sl).reshape({Sl * B, H});
+      Tensor dh0 = dx.rows(0, Sl).reshape({Sl * B, H});
+      ops::add_(dh0, mtp_layers_backward(ctx, std::move(dh), loss_scale));
+      dx = final_norm.backward(dh0.reshape({Sl, B, H}), ctx.final_norm);
+      if (on_grads_ready) on_grads_ready(head_parameters());
+    }
   }
   const size_t begin = chunk_begin(ctx.chunk);
   for (size_t i = ctx.layers.size(); i-- > 0;) {
@@ -452,8 +557,8 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
   }
   if (!st.embedding) {
     ctx.stage_input_grad = std::move(dx);
-    // The loss stage's copy of the embedding (tied output layer, MTP) is complete.
-    if (st.loss && embed_tokens.value.defined() && on_grads_ready) on_grads_ready({&embed_tokens});
+    // This stage's copy of the embedding (tied output layer, MTP) is complete.
+    if (embed_tokens.value.defined() && on_grads_ready) on_grads_ready({&embed_tokens});
     return;
   }
   // With tied weights the embedding gradient already holds the output layer's part: add to it.
@@ -463,8 +568,10 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
 }
 
 Tensor GPTModel::loss_backward(GPTContext& ctx, double loss_scale) {
-  MOE_CHECK(ctx.mtp.size() == mtp_layers.size(), kOp, ": the context holds ", ctx.mtp.size(),
-            " MTP depths, the model ", mtp_layers.size());
+  const PipelineStage& st = chunk(ctx.chunk);
+  const int64_t D = config_.mtp_num_layers;
+  MOE_CHECK(static_cast<int64_t>(ctx.mtp.size()) == D, kOp, ": the context holds ", ctx.mtp.size(),
+            " MTP depths, the model ", D);
   Tensor dh;
   if (fuses_output_backward(ctx)) {  // the cross-entropy's backward ran in the forward
     MOE_CHECK(*ctx.loss_scale_known_in_forward == loss_scale, kOp,
@@ -477,21 +584,30 @@ Tensor GPTModel::loss_backward(GPTContext& ctx, double loss_scale) {
     dh = output_loss_backward(loss_scale, ctx.hidden_all, ctx.labels, ctx.loss_mask,
                               ctx.cross_entropy);
   }
-  // h_0 also feeds the first MTP layer (hnorm): its gradient adds to the main loss's.
-  if (!mtp_layers.empty()) {
-    ops::add_(dh, mtp_backward(ctx, loss_scale));
-    if (on_grads_ready)
-      for (MtpLayer& mtp : mtp_layers) on_grads_ready(mtp.parameters());
+  const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
+  const int64_t Sl = local_seq_length(S), H = config_.hidden_size;
+  if (receives_mtp_hidden(st)) {
+    // d [h_0; h_1; ...; h_D] back to the MTP stage.
+    std::vector<Tensor> dh_mtp = mtp_losses_backward(ctx, loss_scale);
+    Tensor packed = Tensor::empty(stage_input_shape(ctx.chunk, S, B), dh.dtype(), device_);
+    packed.rows(0, Sl).copy_(dh.reshape({Sl, B, H}));
+    for (int64_t d = 0; d < D; ++d)
+      packed.rows((d + 1) * Sl, Sl).copy_(dh_mtp[static_cast<size_t>(d)].reshape({Sl, B, H}));
+    if (on_grads_ready) on_grads_ready(head_parameters());
+    return packed;
   }
-  const int64_t Sl = local_seq_length(ctx.tokens_shape[0]), B = ctx.tokens_shape[1];
-  Tensor dx = final_norm.backward(dh.reshape({Sl, B, config_.hidden_size}), ctx.final_norm);
+  // h_0 also feeds the first MTP layer (hnorm): its gradient adds to the main loss's.
+  if (D > 0)
+    ops::add_(dh, mtp_layers_backward(ctx, mtp_losses_backward(ctx, loss_scale), loss_scale));
+  Tensor dx = final_norm.backward(dh.reshape({Sl, B, H}), ctx.final_norm);
   if (on_grads_ready) on_grads_ready(head_parameters());
   return dx;
 }
 
 std::vector<Parameter*> GPTModel::head_parameters() {
-  std::vector<Parameter*> params{&final_norm.weight};
-  if (config_.untie_embeddings_and_output_weights) params.push_back(&lm_head);
+  std::vector<Parameter*> params;
+  if (final_norm.weight.value.defined()) params.push_back(&final_norm.weight);
+  if (lm_head.value.defined()) params.push_back(&lm_head);
   return params;
 }
 
@@ -529,10 +645,7 @@ std::vector<Parameter*> GPTModel::parameters() {
     for (Parameter* p : layer.parameters()) params.push_back(p);
   for (MtpLayer& mtp : mtp_layers)
     for (Parameter* p : mtp.parameters()) params.push_back(p);
-  if (builds_loss()) {
-    params.push_back(&final_norm.weight);
-    if (config_.untie_embeddings_and_output_weights) params.push_back(&lm_head);
-  }
+  for (Parameter* p : head_parameters()) params.push_back(p);
   return params;
 }
 

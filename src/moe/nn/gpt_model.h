@@ -81,8 +81,11 @@
 // a chunk without the embedding starts from GPTContext::stage_input (the previous stage's
 // output, [S_local, B, H]); one without the loss leaves GPTContext::stage_output, returns only
 // its layers' aux loss (lm and MTP losses 0), and its backward starts from
-// GPTContext::stage_output_grad; a chunk without the embedding leaves stage_input_grad. The MTP
-// layers must sit in the loss's stage.
+// GPTContext::stage_output_grad; a chunk without the embedding leaves stage_input_grad. The
+// final norm sits where the decoder ends: in the MTP layers' stage when there are MTP layers.
+// Standalone MTP (Megatron's layout "...,m|L": the MTP layers in a stage before the loss's):
+// the MTP stage sends [h_0; h_1; ...; h_D] ((1 + D) S_local rows) and the loss stage, holding
+// the output layer and the loss only, scores every depth and sends their gradients back.
 #pragma once
 
 #include <cstdint>
@@ -219,10 +222,11 @@ class GPTModel {
   const ModelConfig& config() const { return config_; }
   const ModelGroups& groups() const { return groups_; }
   // The activations between pipeline stages for micro-batches [S, B]: [S_local, B, H] (S / CP
-  // rows, of which 1 / TP under sequence parallelism).
-  Shape stage_activation_shape(int64_t seq_length, int64_t batch) const {
-    return {local_seq_length(seq_length), batch, config_.hidden_size};
-  }
+  // rows, of which 1 / TP under sequence parallelism); between a standalone MTP stage and the
+  // loss's (1 + D) S_local rows, the hidden states of every depth. What chunk c receives
+  // (GPTContext::stage_input) and sends (stage_output).
+  Shape stage_input_shape(int c, int64_t seq_length, int64_t batch) const;
+  Shape stage_output_shape(int c, int64_t seq_length, int64_t batch) const;
   // Pipeline parallelism: this rank's chunks (one for the whole model without it).
   int num_chunks() const { return static_cast<int>(chunks_.size()); }
   const PipelineStage& chunk(int c) const;
@@ -246,13 +250,19 @@ class GPTModel {
   std::vector<Router*> routers();
   // Embedding and layers and final norm: the hidden states [T, H] the output layer reads.
   Tensor trunk(const Tensor& input_ids, GPTContext& ctx);
-  // The MTP depths' forward after the main loss (fills ctx.mtp); returns lambda / D * sum_k
-  // loss_k and adds the MTP layers' aux losses to aux_loss.
-  Tensor mtp_forward(GPTContext& ctx, Tensor& aux_loss);
-  // d h_0 of the MTP depths (written), accumulating their parameter gradients.
-  Tensor mtp_backward(GPTContext& ctx, double loss_scale);
+  // The MTP depths' layers from h_0 = ctx.hidden (fills ctx.mtp's ids, layer contexts and
+  // hidden h_k), adding their aux losses to aux_loss.
+  void mtp_layers_forward(GPTContext& ctx, Tensor& aux_loss);
+  // The depths' cross-entropies on ctx.mtp's hidden states (their labels and masks filled
+  // here): lambda / D * sum_k loss_k.
+  Tensor mtp_losses(GPTContext& ctx);
+  // d h_k of each depth's cross-entropy (accumulating the output weight's gradient).
+  std::vector<Tensor> mtp_losses_backward(GPTContext& ctx, double loss_scale);
+  // From those, through the MTP layers (accumulating their and the embedding's gradients):
+  // the MTP layers' part of d h_0.
+  Tensor mtp_layers_backward(GPTContext& ctx, std::vector<Tensor> dh, double loss_scale);
   // The loss stage's backward down to the final norm's input: d x [T_local, H] (output layer,
-  // MTP depths, final norm).
+  // MTP depths, final norm); after a standalone MTP stage, d [h_0; ...; h_D] for it.
   Tensor loss_backward(GPTContext& ctx, double loss_scale);
 
   // The dropout a forward with `ctx` uses (none unless ctx.dropout_first_sample is set), for
@@ -283,6 +293,12 @@ class GPTModel {
   size_t chunk_begin(int c) const { return chunk_begin_[static_cast<size_t>(c)]; }
   bool builds_embedding() const;
   bool builds_loss() const;
+  // Where the decoder ends (the final norm): the MTP layers' stage, else the loss's.
+  bool ends_decoder(const PipelineStage& st) const;
+  // Standalone MTP (the MTP layers' stage before the loss's): the MTP stage sends, and the loss
+  // stage receives, [h_0; h_1; ...; h_D] ((1 + D) S_local rows) instead of one activation.
+  bool sends_mtp_hidden(const PipelineStage& st) const;
+  bool receives_mtp_hidden(const PipelineStage& st) const;
 
   ModelConfig config_;
   ModelGroups groups_;

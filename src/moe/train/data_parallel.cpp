@@ -89,6 +89,19 @@ DataParallel::DataParallel(nn::GPTModel& model, const dist::ParallelState& state
     for (nn::Parameter* p : params)
       if (p->layout.tp_partial_grad) tp_summed_[p] = false;
 
+  // The pipeline ranks that hold a copy of the shared embedding (the first stage, and the loss's
+  // and MTP's stages when they need it): every pipeline rank learns them.
+  if (state.pp_size() > 1) {
+    const bool holds = std::any_of(params.begin(), params.end(),
+                                   [](const nn::Parameter* p) { return p->layout.pp_shared; });
+    Tensor mine = Tensor::full({1}, holds ? 1.0 : 0.0, DType::i64, model.device());
+    Tensor all = Tensor::empty({state.pp_size()}, DType::i64, model.device());
+    state.pp()->all_gather(mine, all);
+    const std::vector<int64_t> flags = all.to_vector<int64_t>();
+    for (int r = 0; r < state.pp_size(); ++r)
+      if (flags[static_cast<size_t>(r)] != 0) pp_shared_holders_.push_back(r);
+  }
+
   if (config_.overlap_grad_reduce)
     model_.on_grads_ready = [this](const std::vector<nn::Parameter*>& ps) { grads_ready(ps); };
 }
@@ -132,18 +145,26 @@ void DataParallel::sum_partial_grads_over_tp(const std::vector<nn::Parameter*>& 
 }
 
 void DataParallel::sum_pipeline_shared_grads() {
-  if (state_.pp_size() == 1) return;
-  // The first and the last stage exchange their copies' gradients and each adds the other's
-  // (a + b = b + a: the same bits on both). Middle stages hold none.
-  const int peer = state_.pp_rank() == 0 ? state_.pp_size() - 1 : 0;
+  const std::vector<int>& holders = pp_shared_holders_;
+  const int me = state_.pp_rank();
+  if (holders.size() < 2 || std::find(holders.begin(), holders.end(), me) == holders.end()) return;
+  // Every holder sends its copy's gradient to the others and adds them all up in pipeline-rank
+  // order: the same sum, bit for bit, on every holder.
   for (nn::Parameter* p : model_.parameters()) {
     if (!p->layout.pp_shared) continue;
     Tensor& mine = p->grad_value();
-    Tensor theirs = Tensor::empty(mine.shape(), mine.dtype(), mine.device());
-    const dist::P2POp ops[] = {{dist::P2POp::Kind::send, mine, peer},
-                               {dist::P2POp::Kind::recv, theirs, peer}};
+    std::vector<Tensor> copies;
+    std::vector<dist::P2POp> ops;
+    for (int h : holders) {
+      copies.push_back(h == me ? mine : Tensor::empty(mine.shape(), mine.dtype(), mine.device()));
+      if (h == me) continue;
+      ops.push_back({dist::P2POp::Kind::send, mine, h});
+      ops.push_back({dist::P2POp::Kind::recv, copies.back(), h});
+    }
     state_.pp()->batch_p2p(ops);
-    ops::add_(mine, theirs);
+    Tensor sum = copies.front().clone();
+    for (size_t i = 1; i < copies.size(); ++i) ops::add_(sum, copies[i]);
+    mine.copy_(sum);
   }
 }
 

@@ -27,10 +27,10 @@
 // summed over TP first, in one all-reduce per call (Megatron's _allreduce_layernorm_grads), then
 // reduced over DP x CP like the others; TP blocks need nothing more.
 //
-// Pipeline parallelism: the embedding held by the first and the last stage (ParamLayout::
-// pp_shared: a tied output layer, MTP) has its two copies' gradients summed by an exchange
-// between the two stages in finish_grad_sync, before its bucket's reduction (Megatron's
-// embedding-group all-reduce), so both copies take the same update. The gradient norm adds the
+// Pipeline parallelism: the embedding held by the first stage and by the loss's or MTP's stage
+// (ParamLayout::pp_shared: a tied output layer, MTP) has its copies' gradients summed by an
+// exchange between those stages in finish_grad_sync, before its bucket's reduction (Megatron's
+// embedding group), so every copy takes the same update. The gradient norm adds the
 // stages' parts over PP.
 //
 // --overlap-grad-reduce: GPTModel::on_grads_ready reports each group of parameters whose
@@ -104,6 +104,7 @@ class DataParallel {
   std::vector<std::unique_ptr<BufferState>> states_;
   std::unordered_map<const nn::Parameter*, std::pair<int, int>> where_;  // buffer, entry
   std::unordered_map<const nn::Parameter*, bool> tp_summed_;  // partial TP grads: summed yet
+  std::vector<int> pp_shared_holders_;  // pipeline ranks holding a pp_shared copy, in order
 };
 
 }  // namespace moe::train

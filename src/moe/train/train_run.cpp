@@ -376,10 +376,6 @@ void check_parallel_flags(const TrainRunConfig& c, int world_size) {
             "--pipeline-timeline draws the schedule of pipeline stages: it needs "
             "--pipeline-model-parallel-size above 1");
   if (layout.pipeline_size() > 1) {
-    MOE_CHECK(!layout.mtp_standalone(),
-              "--pipeline-model-parallel-layout puts the MTP layers on another pipeline rank "
-              "than the loss (standalone MTP), which is not built yet: put every 'm' in the "
-              "stage of 'L'");
     MOE_CHECK(!c.moe_per_layer_logging,
               "--moe-per-layer-logging under --pipeline-model-parallel-size ",
               layout.pipeline_size(), " is not built yet; leave it out");

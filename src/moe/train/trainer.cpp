@@ -106,6 +106,9 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
       parallel_(std::move(parallel)) {
   if (parallel_.state)
     ddp_ = std::make_unique<DataParallel>(model, *parallel_.state, parallel_.ddp);
+  if (pipelined())  // Megatron's rules for the schedule (micro-batches vs stages), checked now
+    pipeline_schedule(parallel_.state->pp_size(), parallel_.state->pp_rank(), num_microbatches(),
+                      model.num_chunks());
   optimizer_ = make_optimizer(model, config_, ddp_.get());
   if (auto* dopt = dynamic_cast<DistributedOptimizer*>(optimizer_.get());
       dopt && parallel_.ddp.overlap_param_gather)

@@ -36,8 +36,6 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
   const std::vector<PipelineAction> actions =
       pipeline_schedule(state.pp_size(), state.pp_rank(), M, model_.num_chunks(),
                         /*microbatch_group_size=*/0, forward_only);
-  const Shape activation =
-      model_.stage_activation_shape(config_.seq_length, config_.micro_batch_size);
   // Each (micro-batch, chunk)'s context lives from its forward to its backward.
   std::map<std::pair<int, int>, nn::GPTContext> contexts;
   if (!forward_only) executed_.clear();
@@ -77,7 +75,9 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
         const std::pair<int, int> key{p.microbatch, p.chunk};
         switch (p.kind) {
           case PipelineActionKind::recv_forward:
-            ctx.stage_input = Tensor::empty(activation, model_.dtype(), model_.device());
+            ctx.stage_input = Tensor::empty(
+                model_.stage_input_shape(p.chunk, config_.seq_length, config_.micro_batch_size),
+                model_.dtype(), model_.device());
             ops.push_back({dist::P2POp::Kind::recv, ctx.stage_input, p.peer_rank});
             batch.inputs.push_back(key);
             break;
@@ -85,7 +85,9 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
             ops.push_back({dist::P2POp::Kind::send, ctx.stage_output, p.peer_rank});
             break;
           case PipelineActionKind::recv_backward:
-            ctx.stage_output_grad = Tensor::empty(activation, model_.dtype(), model_.device());
+            ctx.stage_output_grad = Tensor::empty(
+                model_.stage_output_shape(p.chunk, config_.seq_length, config_.micro_batch_size),
+                model_.dtype(), model_.device());
             ops.push_back({dist::P2POp::Kind::recv, ctx.stage_output_grad, p.peer_rank});
             batch.output_grads.push_back(key);
             break;
