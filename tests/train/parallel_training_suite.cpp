@@ -340,6 +340,13 @@ std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world) {
       c.pp_last_layers = m.last;
       out.push_back(c);
     }
+  if (world == 4)  // the experts' FFN split over ETP 2 within each of PP 2 stages
+    for (const char* model : {"gqa", "mla"}) {
+      ParallelTrainingCase c = gqa_alltoall_case(4, 1, 2, /*distributed_optimizer=*/false);
+      c.model = model;
+      c.pp = 2;
+      out.push_back(c);
+    }
   return out;
 }
 

@@ -390,8 +390,10 @@ TEST(TrainArgs, RefusedFlagsSayWhy) {
 TEST(TrainArgs, PipelineFlags) {
   const TrainRunConfig pp =
       parse({"--pipeline-model-parallel-size", "4", "--num-layers-per-virtual-pipeline-stage", "2",
-             "--account-for-loss-in-pipeline-split"});
+             "--account-for-loss-in-pipeline-split",
+             "--microbatch-group-size-per-virtual-pipeline-stage", "6"});
   EXPECT_EQ(pp.parallel.pipeline_model_parallel_size, 4);
+  EXPECT_EQ(pp.train.microbatch_group_size_per_vp_stage, 6);
   EXPECT_EQ(pp.num_layers_per_virtual_pipeline_stage, 2);
   EXPECT_TRUE(pp.pipeline.account_for_loss_in_pipeline_split);
   EXPECT_NE(describe(pp).find("; PP 4 interleaved"), std::string::npos) << describe(pp);

@@ -1,6 +1,7 @@
 // Model folders: format detection, load_model, save_model (model_io.h).
 #include "moe/checkpoint/model_io.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -225,6 +226,11 @@ void load_weights(nn::GPTModel& model, const TensorSource& source, CheckpointFor
   const int64_t kept_layers = file_config.num_layers + model.config().mtp_num_layers;
   for (const UnitMapping& unit : units) {
     if (unit.mtp && unit.layer >= kept_layers) continue;  // MTP layers the model leaves out
+    // A pipeline rank's model holds its stages' tensors: the units of other stages are not read.
+    if (!model.is_whole() &&
+        std::none_of(unit.tensors.begin(), unit.tensors.end(),
+                     [&](const TensorMapping& m) { return targets.count(m.name) > 0; }))
+      continue;
     // The tensors the model holds whole are read whole, as one-rank models read them all.
     UnitMapping whole = unit;
     whole.tensors.clear();

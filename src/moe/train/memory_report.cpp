@@ -181,11 +181,8 @@ RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
     chunk_bytes.push_back(stage_activation_bytes(model.config(), model.chunk(c), shape));
   const dist::ParallelState* state = trainer.parallel_state();
   const int pp_size = state ? state->pp_size() : 1;
-  const int pp_rank = state ? state->pp_rank() : 0;
   const InFlightActivations in_flight = in_flight_activations(
-      pipeline_schedule(pp_size, pp_rank, static_cast<int>(trainer.num_microbatches()),
-                        model.num_chunks(), /*microbatch_group_size=*/0),
-      chunk_bytes);
+      trainer.pipeline_actions(trainer.num_microbatches(), /*forward_only=*/false), chunk_bytes);
   m.activation_bytes = in_flight.bytes;
   m.pipeline_size = pp_size;
   m.in_flight = in_flight.pairs;

@@ -49,6 +49,13 @@ void add_parallel_flags(std::vector<Entry>& t) {
                       s.run.num_layers_per_virtual_pipeline_stage =
                           as_count("--num-layers-per-virtual-pipeline-stage", v, 1);
                     }));
+  t.push_back(value("--microbatch-group-size-per-virtual-pipeline-stage", "N",
+                    "interleaved 1F1B: micro-batches each virtual stage runs before the next "
+                    "(Megatron's default: --pipeline-model-parallel-size)",
+                    [](S& s, V v) {
+                      s.run.train.microbatch_group_size_per_vp_stage =
+                          as_count("--microbatch-group-size-per-virtual-pipeline-stage", v, 1);
+                    }));
   t.push_back(value("--decoder-first-pipeline-num-layers", "N",
                     "decoder layers of the first pipeline stage (the rest split evenly)",
                     [](S& s, V v) {

@@ -107,8 +107,7 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
   if (parallel_.state)
     ddp_ = std::make_unique<DataParallel>(model, *parallel_.state, parallel_.ddp);
   if (pipelined())  // Megatron's rules for the schedule (micro-batches vs stages), checked now
-    pipeline_schedule(parallel_.state->pp_size(), parallel_.state->pp_rank(), num_microbatches(),
-                      model.num_chunks());
+    pipeline_actions(num_microbatches(), /*forward_only=*/false);
   optimizer_ = make_optimizer(model, config_, ddp_.get());
   if (auto* dopt = dynamic_cast<DistributedOptimizer*>(optimizer_.get());
       dopt && parallel_.ddp.overlap_param_gather)
@@ -133,6 +132,15 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
 
 Trainer::~Trainer() {
   model_.on_params_needed = nullptr;  // the hook points at this trainer's optimizer
+}
+
+std::vector<PipelineAction> Trainer::pipeline_actions(int64_t num_microbatches,
+                                                      bool forward_only) const {
+  const dist::ParallelState* s = parallel_.state.get();
+  return pipeline_schedule(s ? s->pp_size() : 1, s ? s->pp_rank() : 0,
+                           static_cast<int>(num_microbatches), model_.num_chunks(),
+                           static_cast<int>(config_.microbatch_group_size_per_vp_stage),
+                           forward_only);
 }
 
 int64_t Trainer::data_parallel_size() const {

@@ -93,6 +93,9 @@ struct TrainConfig {
   int64_t num_microbatches(int64_t data_parallel_size = 1) const {
     return global_batch_size / (micro_batch_size * data_parallel_size);
   }
+  // --microbatch-group-size-per-virtual-pipeline-stage (0: the pipeline size, Megatron's
+  // default): micro-batches run per virtual stage before the next (interleaved 1F1B).
+  int64_t microbatch_group_size_per_vp_stage = 0;
   // Checks the batch and interval flags; names the flags of anything inconsistent.
   void validate(int64_t data_parallel_size = 1) const;
   // --train-samples' iterations for this global batch: train_samples / global_batch_size.
@@ -183,6 +186,10 @@ class Trainer {
   int64_t num_microbatches() const { return config_.num_microbatches(data_parallel_size()); }
   const LrSchedule& schedule() const { return schedule_; }
   const TrainConfig& config() const { return config_; }
+  // This rank's schedule for a step of `num_microbatches` (pipeline_schedule.h; without
+  // pipeline parallelism a forward and a backward per micro-batch), with the run's
+  // micro-batch group size per virtual stage.
+  std::vector<PipelineAction> pipeline_actions(int64_t num_microbatches, bool forward_only) const;
   // Pipeline parallelism: the actions this rank ran in its last training step, in order (empty
   // without pipeline parallelism).
   const std::vector<PipelineAction>& executed_pipeline_actions() const { return executed_; }

@@ -33,9 +33,7 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
   const dist::ParallelState& state = *parallel_.state;
   const std::shared_ptr<dist::ProcessGroup>& pp = state.pp();
   const int M = static_cast<int>(micro_batches.size());
-  const std::vector<PipelineAction> actions =
-      pipeline_schedule(state.pp_size(), state.pp_rank(), M, model_.num_chunks(),
-                        /*microbatch_group_size=*/0, forward_only);
+  const std::vector<PipelineAction> actions = pipeline_actions(M, forward_only);
   // Each (micro-batch, chunk)'s context lives from its forward to its backward.
   std::map<std::pair<int, int>, nn::GPTContext> contexts;
   if (!forward_only) executed_.clear();
