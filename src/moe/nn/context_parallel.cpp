@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/core/trace_range.h"
 #include "moe/nn/context_parallel_a2a.h"
 #include "moe/nn/context_parallel_ring.h"
 #include "moe/ops/elementwise.h"
@@ -38,7 +39,6 @@ void positions_to_ranks(const Tensor& by_position, Tensor& by_rank, int cp_size)
 
 Tensor context_parallel_gather(const Tensor& local, const ContextParallel& cp) {
   if (!cp.active()) return local;
-  const int64_t c = local.size(0) / 2;
   Tensor by_rank = Tensor::empty(with_dim0(local.shape(), local.size(0) * cp.size()), local.dtype(),
                                  local.device());
   cp.group->all_gather(local, by_rank);
@@ -222,6 +222,7 @@ ops::AttentionOutput sequence_attention_forward(const Tensor& q, const Tensor& k
                                                 const ops::AttentionOptions& options,
                                                 const ContextParallel& cp,
                                                 ContextParallelAttention& saved) {
+  const TraceRange range("attention");
   if (!cp.active()) return ops::attention_forward(q, k, v, options);
   saved = context_parallel_attention_forward(q, k, v, options, cp);
   ops::AttentionOutput result;
@@ -235,6 +236,7 @@ ops::AttentionGrads sequence_attention_backward(const Tensor& d_out, const Tenso
                                                 const ContextParallelAttention& saved,
                                                 const ops::AttentionOptions& options,
                                                 const ContextParallel& cp) {
+  const TraceRange range("attention.bwd");
   if (!cp.active()) return ops::attention_backward(d_out, q, k, v, out, lse, options);
   return context_parallel_attention_backward(d_out, q, saved, options, cp);
 }

@@ -1,5 +1,6 @@
 #include "moe/nn/moe_layer.h"
 
+#include "moe/core/trace_range.h"
 #include "moe/ops/elementwise.h"
 
 namespace moe::nn {
@@ -34,18 +35,21 @@ Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
   const Tensor mine = shard ? sequence_shard(x, tp_) : x;
   const Tensor tokens = mine.flatten_rows();
 
-  router.forward(tokens, num_sequences, ctx.router);
+  traced("moe.route", [&] { router.forward(tokens, num_sequences, ctx.router); });
   MOE_STAGE_DONE("route");
-  const DispatchedTokens routed =
-      dispatcher_->dispatch(tokens, ctx.router.probs, ctx.router.expert_ids, ctx.dispatch);
+  const DispatchedTokens routed = traced("moe.dispatch", [&] {
+    return dispatcher_->dispatch(tokens, ctx.router.probs, ctx.router.expert_ids, ctx.dispatch);
+  });
   MOE_STAGE_DONE("dispatch");
-  const Tensor expert_out = experts.forward(routed.x, routed.probs, routed.tokens_per_expert,
-                                            routed.host_tokens_per_expert, ctx.experts);
+  const Tensor expert_out = traced("moe.experts", [&] {
+    return experts.forward(routed.x, routed.probs, routed.tokens_per_expert,
+                           routed.host_tokens_per_expert, ctx.experts);
+  });
   MOE_STAGE_DONE("experts");
-  Tensor y = dispatcher_->combine(expert_out, ctx.dispatch);
+  Tensor y = traced("moe.combine", [&] { return dispatcher_->combine(expert_out, ctx.dispatch); });
   MOE_STAGE_DONE("combine");
   if (shared_expert) {
-    ops::add_(y, shared_expert->forward(tokens, ctx.shared));
+    traced("moe.shared_expert", [&] { ops::add_(y, shared_expert->forward(tokens, ctx.shared)); });
     MOE_STAGE_DONE("shared");
   }
   return shard ? sequence_gather(y.reshape(mine.shape()), tp_) : y.reshape(ctx.input_shape);
@@ -56,18 +60,23 @@ Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) 
   const bool shard = tp_.active() && !tp_.sequence_parallel;
   const Tensor d_mine = shard ? sequence_shard(dy, tp_) : dy;
   const Tensor d_tokens = d_mine.flatten_rows().to(config_.params_dtype);
-  const Tensor d_expert_out = dispatcher_->combine_backward(d_tokens, ctx.dispatch);
+  const Tensor d_expert_out = traced(
+      "moe.combine.bwd", [&] { return dispatcher_->combine_backward(d_tokens, ctx.dispatch); });
   MOE_STAGE_DONE("combine.bwd");
-  const Experts::Grads d_experts = experts.backward(d_expert_out, ctx.experts);
+  const Experts::Grads d_experts =
+      traced("moe.experts.bwd", [&] { return experts.backward(d_expert_out, ctx.experts); });
   MOE_STAGE_DONE("experts.bwd");
-  const TokenDispatcher::Grads d_routed =
-      dispatcher_->dispatch_backward(d_experts.x, d_experts.probs, ctx.dispatch);
+  const TokenDispatcher::Grads d_routed = traced("moe.dispatch.bwd", [&] {
+    return dispatcher_->dispatch_backward(d_experts.x, d_experts.probs, ctx.dispatch);
+  });
   MOE_STAGE_DONE("dispatch.bwd");
-  Tensor dx = router.backward(d_routed.probs, ctx.router, loss_scale);
+  Tensor dx = traced("moe.route.bwd",
+                     [&] { return router.backward(d_routed.probs, ctx.router, loss_scale); });
   ops::add_(dx, d_routed.x);
   MOE_STAGE_DONE("route.bwd");
   if (shared_expert) {
-    ops::add_(dx, shared_expert->backward(d_tokens, ctx.shared));
+    traced("moe.shared_expert.bwd",
+           [&] { ops::add_(dx, shared_expert->backward(d_tokens, ctx.shared)); });
     MOE_STAGE_DONE("shared.bwd");
   }
   return shard ? sequence_gather(dx.reshape(d_mine.shape()), tp_) : dx.reshape(ctx.input_shape);

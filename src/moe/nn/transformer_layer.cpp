@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "moe/core/trace_range.h"
 #include "moe/nn/param_init.h"
 #include "moe/ops/dropout.h"
 #include "moe/ops/elementwise.h"
@@ -63,6 +64,7 @@ TransformerLayer::TransformerLayer(const ModelConfig& config, int64_t layer, DTy
 
 Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
                                  const LayerDropout& dropout) {
+  const TraceRange range("layer");
   check_dim(x, 3, "TransformerLayer::forward", "x");
   ctx.dropout = dropout;
   const ops::DropoutArgs probs = dropout.args(layer_, ops::DropoutSite::attention_probs);
@@ -82,6 +84,7 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
 
 Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx,
                                   double loss_scale) {
+  const TraceRange range("layer.bwd");
   // p = 0: dropout_backward returns its input (no copy, nothing runs).
   const Tensor d_mlp = ctx.dropout.backward(dy, layer_, ops::DropoutSite::mlp_output);
   const Tensor d_normed =

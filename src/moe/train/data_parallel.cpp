@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "moe/core/error.h"
+#include "moe/core/trace_range.h"
 #include "moe/ops/elementwise.h"
 
 namespace moe::train {
@@ -244,6 +245,7 @@ void DataParallel::start_bucket(BufferState& s, int b) {
 }
 
 void DataParallel::finish_grad_sync() {
+  const TraceRange range("grad_sync");
   // Same order on every rank: the partial TP gradients not summed during the backward, the
   // buckets the backward started, then the rest in buffer order.
   std::vector<nn::Parameter*> partial;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/core/trace_range.h"
 #include "moe/ops/elementwise.h"
 #include "moe/train/distributed_optimizer.h"
 
@@ -204,6 +205,7 @@ Trainer::MicroBatch Trainer::load(BatchSource& source, const char* which) {
 }
 
 StepMetrics Trainer::train_step() {
+  const TraceRange range("train_step");
   const auto start = std::chrono::steady_clock::now();
   const int64_t M = num_microbatches();
   const bool per_token = config_.calculate_per_token_loss;
@@ -287,7 +289,8 @@ StepMetrics Trainer::train_step() {
     }
   }
   if (bad.empty()) {
-    const StepResult r = optimizer_->step(m.lr, m.weight_decay);
+    const StepResult r =
+        traced("optimizer", [&] { return optimizer_->step(m.lr, m.weight_decay); });
     m.grad_norm = r.grad_norm;
     if (!r.taken) {
       bad = "gradient norm";

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "moe/core/error.h"
+#include "moe/core/trace_range.h"
 #include "moe/ops/elementwise.h"
 #include "moe/train/pipeline_schedule.h"
 #include "moe/train/trainer.h"
@@ -54,6 +55,7 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
     };
     if (std::none_of(posted.begin(), posted.end(), delivers)) return;
     bool found = false;
+    const TraceRange range("pipeline.wait");
     while (!found) {  // the earlier batches first: they were posted first
       found = delivers(posted.front());
       posted.front().work->wait();
@@ -97,7 +99,7 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
         }
         batch.tensors.push_back(ops.back().tensor);
       }
-      batch.work = pp->batch_p2p_async(ops);
+      batch.work = traced("pipeline.p2p", [&] { return pp->batch_p2p_async(ops); });
       posted.push_back(std::move(batch));
       // What was sent is no longer the context's; a sent input gradient (or, forward only, a
       // sent output) ends the (micro-batch, chunk)'s context.
