@@ -34,6 +34,11 @@ ParallelTrainingCase with_pp(ParallelTrainingCase c, int pp, int vpp = 1) {
   return c;
 }
 
+ParallelTrainingCase with_layers(ParallelTrainingCase c, int layers) {
+  c.layers = layers;
+  return c;
+}
+
 ParallelTrainingCase with_tp(ParallelTrainingCase c, int tp, bool sequence_parallel, int cp = 1) {
   c.tp = tp;
   c.sequence_parallel = sequence_parallel;
@@ -139,7 +144,10 @@ INSTANTIATE_TEST_SUITE_P(
         // PP 2 -> PP 4; PP 4 with VPP 2 -> one rank; one rank -> PP 2 x EP 2 with ZeRO.
         std::pair{with_pp(mapping(2, 1, 1, false), 2), with_pp(mapping(4, 1, 1, false), 4)},
         std::pair{with_pp(mapping(4, 1, 1, false), 4, 2), with_pp(mapping(0, 1, 1, false), 1)},
-        std::pair{with_pp(mapping(0, 1, 1, false), 1), with_pp(mapping(4, 2, 1, true), 2)}),
+        std::pair{with_pp(mapping(0, 1, 1, false), 1), with_pp(mapping(4, 2, 1, true), 2)},
+        // PP 4 of 4 layers: rank 0 holds the dense first layer, no router -> one rank.
+        std::pair{with_layers(with_pp(mapping(4, 1, 1, false), 4), 4),
+                  with_layers(with_pp(mapping(0, 1, 1, false), 1), 4)}),
     [](const auto& info) { return pair_name(info.param.first, info.param.second); });
 
 }  // namespace

@@ -87,7 +87,21 @@ std::vector<std::string> files_under(const fs::path& folder) {
   return names;
 }
 
-json trainer_state_json(const Trainer& trainer, nn::GPTModel& model, const json& run_config) {
+// The routers' forward counts the trainer state records: this model's, one per router. Every
+// forward passes every router once, so the counts are one value; under pipeline parallelism
+// rank 0 may hold no router (a dense first stage), and the stages agree on that value first
+// (a collective of the pipeline group), which is written as a list of one.
+std::vector<uint64_t> router_counts_to_save(nn::GPTModel& model, const dist::ParallelState* state) {
+  std::vector<uint64_t> counts = model.router_forward_counts();
+  if (!state || state->pp_size() == 1) return counts;
+  const double mine = counts.empty() ? 0.0 : static_cast<double>(counts.front());
+  Tensor value = Tensor::full({1}, mine, DType::f64, model.device());
+  state->pp()->all_reduce(value, dist::ReduceOp::max);
+  return {static_cast<uint64_t>(value.item())};
+}
+
+json trainer_state_json(const Trainer& trainer, nn::GPTModel& model, const json& run_config,
+                        const std::vector<uint64_t>& router_counts) {
   const DType model_dtype = model.dtype();
   const TrainerState s = trainer.state();
   const TrainConfig& c = trainer.config();
@@ -107,7 +121,7 @@ json trainer_state_json(const Trainer& trainer, nn::GPTModel& model, const json&
       {"rng",
        {{"seed", c.seed},
         {"generator", "philox4x32-10"},
-        {"router_forward_counts", model.router_forward_counts()}}},
+        {"router_forward_counts", router_counts}}},
       {"model_dtype", dtype_name(model_dtype)},
       {"train_config",
        {{"micro_batch_size", c.micro_batch_size},
@@ -277,6 +291,7 @@ SaveResult save_sharded_checkpoint(const std::string& save_dir, nn::GPTModel& mo
     temp = folder->path();
   }
   temp = broadcast_string(world, temp, 0, model.device());
+  const std::vector<uint64_t> router_counts = router_counts_to_save(model, &state);
   trainer.synchronize_parameters();
   checkpoint::write_shards(temp, world.rank(), world.size(),
                            owned_checkpoint_pieces(model, trainer.optimizer(), state));
@@ -288,8 +303,9 @@ SaveResult save_sharded_checkpoint(const std::string& save_dir, nn::GPTModel& mo
         nn::model_config_to_json(without_mapping(model.config())).dump(2) + "\n");
     if (const int64_t delay = test_save_delay_ms(); delay > 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(delay));
-    io::write_file_atomically((fs::path(temp) / kTrainerState).string(),
-                              json_line(trainer_state_json(trainer, model, run_config), 2) + "\n");
+    io::write_file_atomically(
+        (fs::path(temp) / kTrainerState).string(),
+        json_line(trainer_state_json(trainer, model, run_config, router_counts), 2) + "\n");
     write_manifest(temp, iteration, "sharded");
     folder->commit();
     io::write_file_atomically((fs::path(save_dir) / kTrackerFileName).string(),
@@ -539,8 +555,10 @@ SaveResult save_training_checkpoint(const std::string& save_dir, nn::GPTModel& m
     std::this_thread::sleep_for(std::chrono::milliseconds(delay));
 
   // json_line: the flags may hold bytes that are not UTF-8 (paths).
-  io::write_file_atomically((temp / kTrainerState).string(),
-                            json_line(trainer_state_json(trainer, model, run_config), 2) + "\n");
+  io::write_file_atomically(
+      (temp / kTrainerState).string(),
+      json_line(trainer_state_json(trainer, model, run_config, model.router_forward_counts()), 2) +
+          "\n");
 
   write_manifest(temp, iteration, "whole");
   folder.commit();
