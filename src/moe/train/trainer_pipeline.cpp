@@ -44,6 +44,10 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
   const auto context = [&](const PipelineAction& a) -> nn::GPTContext& {
     return contexts[{a.microbatch, a.chunk}];
   };
+  // What crosses stages is in the model's dtype, as the receiver allocates it.
+  const auto in_model_dtype = [&](const Tensor& t) {
+    return t.dtype() == model_.dtype() ? t : t.to(model_.dtype());
+  };
   // Batches are posted asynchronously, in the list's order (so the ranks' transfers meet in
   // order), and waited for only when a compute action needs what one receives, or at the end:
   // on NCCL the transfers run on the communication stream beside the compute in between.
@@ -82,7 +86,7 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
             batch.inputs.push_back(key);
             break;
           case PipelineActionKind::send_forward:
-            ops.push_back({dist::P2POp::Kind::send, ctx.stage_output, p.peer_rank});
+            ops.push_back({dist::P2POp::Kind::send, in_model_dtype(ctx.stage_output), p.peer_rank});
             break;
           case PipelineActionKind::recv_backward:
             ctx.stage_output_grad = Tensor::empty(
@@ -92,7 +96,8 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
             batch.output_grads.push_back(key);
             break;
           case PipelineActionKind::send_backward:
-            ops.push_back({dist::P2POp::Kind::send, ctx.stage_input_grad, p.peer_rank});
+            ops.push_back(
+                {dist::P2POp::Kind::send, in_model_dtype(ctx.stage_input_grad), p.peer_rank});
             break;
           default:
             MOE_FAIL("pipeline: ", describe(p), " is not a point-to-point action");
