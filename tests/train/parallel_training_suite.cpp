@@ -197,6 +197,7 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.pp_first_layers > 0 || c.pp_last_layers > 0)
     n += "_first" + std::to_string(c.pp_first_layers) + "_last" + std::to_string(c.pp_last_layers);
   if (c.tied) n += "_tied";
+  if (c.pp_account_for_ends) n += "_accountends";
   return n;
 }
 
@@ -340,6 +341,16 @@ std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world) {
       c.pp_last_layers = m.last;
       out.push_back(c);
     }
+  // 6 layers with the embedding and the loss counted as layers: 1 + 3 | 3 + 1.
+  if (world >= 2)
+    for (const char* model : {"gqa", "mla"}) {
+      ParallelTrainingCase c = gqa_alltoall_case(world, 1, 1, /*distributed_optimizer=*/false);
+      c.model = model;
+      c.pp = 2;
+      c.layers = 6;
+      c.pp_account_for_ends = true;
+      out.push_back(c);
+    }
   if (world == 4)  // the experts' FFN split over ETP 2 within each of PP 2 stages
     for (const char* model : {"gqa", "mla"}) {
       ParallelTrainingCase c = gqa_alltoall_case(4, 1, 2, /*distributed_optimizer=*/false);
@@ -362,6 +373,8 @@ std::vector<nn::PipelineStage> case_chunks(const ParallelTrainingCase& c,
   o.layout = c.pp_layout;
   if (c.pp_first_layers > 0) o.decoder_first_pipeline_num_layers = c.pp_first_layers;
   if (c.pp_last_layers > 0) o.decoder_last_pipeline_num_layers = c.pp_last_layers;
+  o.account_for_embedding_in_pipeline_split = o.account_for_loss_in_pipeline_split =
+      c.pp_account_for_ends;
   const nn::PipelineLayout layout(o);
   std::vector<nn::PipelineStage> chunks;
   for (int v = 0; v < layout.virtual_stages(); ++v)

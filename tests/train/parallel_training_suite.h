@@ -49,6 +49,8 @@ struct ParallelTrainingCase {
   int layers = 0;  // decoder layers when not 0 (the first dense, the rest MoE), any PP
   // --decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers (0: not given).
   int pp_first_layers = 0, pp_last_layers = 0;
+  // --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split.
+  bool pp_account_for_ends = false;
   bool tied = false;       // the output layer tied to the embedding (else untied)
   std::string dispatcher;  // "allgather" | "alltoall"
   bool distributed_optimizer = false;
