@@ -6,6 +6,7 @@
 
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "nn/moe_test_util.h"
 
@@ -15,11 +16,12 @@ namespace {
 using nn::MoEConfig;
 using nn::MoELayer;
 
-
 class ExpertParallel : public ::testing::TestWithParam<std::tuple<int, int, const char*>> {};
 
-void check_invariance(int ep, int etp, const std::string& dispatcher, DType dtype) {
+void check_invariance(int ep, int etp, const std::string& dispatcher, DType dtype,
+                      bool shared_expert_overlap = false) {
   MoEConfig base = test::small_moe_config(dtype);
+  base.moe_shared_expert_overlap = shared_expert_overlap;
   base.num_experts = 8;
   base.moe_ffn_hidden_size = 6;
   base.moe_token_dispatcher_type = dispatcher;
@@ -35,16 +37,43 @@ TEST_P(ExpertParallel, MatchesOneRank) {
   check_invariance(ep, etp, dispatcher, DType::f64);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Mappings, ExpertParallel,
-    ::testing::Combine(::testing::Values(1, 2, 4, 8), ::testing::Values(1, 2),
-                       ::testing::Values("allgather", "alltoall")),
-    [](const auto& info) {
-      return "ep" + std::to_string(std::get<0>(info.param)) + "_etp" +
-             std::to_string(std::get<1>(info.param)) + "_" + std::get<2>(info.param);
-    });
+INSTANTIATE_TEST_SUITE_P(Mappings, ExpertParallel,
+                         ::testing::Combine(::testing::Values(1, 2, 4, 8), ::testing::Values(1, 2),
+                                            ::testing::Values("allgather", "alltoall")),
+                         [](const auto& info) {
+                           return "ep" + std::to_string(std::get<0>(info.param)) + "_etp" +
+                                  std::to_string(std::get<1>(info.param)) + "_" +
+                                  std::get<2>(info.param);
+                         });
 
-TEST(ExpertParallel, F32WithinTolerance) { check_invariance(4, 2, "alltoall", DType::f32); }
+TEST(ExpertParallel, F32WithinTolerance) {
+  check_invariance(4, 2, "alltoall", DType::f32);
+}
+
+// --moe-shared-expert-overlap: the shared expert computes while the alltoall dispatcher's
+// exchanges (forward dispatch, backward combine) are in flight; the results do not change.
+TEST(ExpertParallel, SharedExpertOverlapMatchesOneRank) {
+  for (const auto& [ep, etp] : {std::pair{2, 1}, std::pair{4, 1}, std::pair{2, 2}}) {
+    SCOPED_TRACE("EP " + std::to_string(ep) + " ETP " + std::to_string(etp));
+    check_invariance(ep, etp, "alltoall", DType::f64, /*shared_expert_overlap=*/true);
+  }
+}
+
+TEST(ExpertParallel, SharedExpertOverlapNeedsTheAlltoallDispatcher) {
+  MoEConfig c = test::small_moe_config(DType::f64);
+  c.moe_shared_expert_intermediate_size = 3;
+  c.moe_shared_expert_overlap = true;
+  c.moe_token_dispatcher_type = "allgather";
+  try {
+    c.validate();
+    ADD_FAILURE() << "the allgather dispatcher with --moe-shared-expert-overlap was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--moe-shared-expert-overlap"), std::string::npos)
+        << e.what();
+  }
+  c.moe_token_dispatcher_type = "alltoall";
+  EXPECT_NO_THROW(c.validate());
+}
 
 }  // namespace
 }  // namespace moe

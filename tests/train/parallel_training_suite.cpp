@@ -50,6 +50,7 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
   m.moe.expert_tensor_parallel_size = c.etp;
   m.untie_embeddings_and_output_weights = !c.tied;
   m.hidden_dropout = m.attention_dropout = c.dropout;
+  m.moe.moe_shared_expert_overlap = c.shared_expert_overlap;
   if (c.pp > 1 || c.layers > 0) {  // DeepSeek-V3-like: a dense first layer, then MoE layers
     m.num_layers = c.layers > 0 ? c.layers : 4;
     m.moe_layer_pattern.assign(static_cast<size_t>(m.num_layers), 1);
@@ -198,6 +199,7 @@ std::string case_name(const ParallelTrainingCase& c) {
     n += "_first" + std::to_string(c.pp_first_layers) + "_last" + std::to_string(c.pp_last_layers);
   if (c.tied) n += "_tied";
   if (c.pp_account_for_ends) n += "_accountends";
+  if (c.shared_expert_overlap) n += "_sharedoverlap";
   return n;
 }
 
@@ -387,7 +389,10 @@ std::vector<ParallelTrainingCase> process_runner_cases(int world) {
   for (const ParallelTrainingCase& c : tensor_parallel_cases_for_world(world, false))
     out.push_back(c);
   for (const ParallelTrainingCase& c : context_parallel_cases_for_world(world)) out.push_back(c);
-  for (const ParallelTrainingCase& c : pipeline_parallel_cases_for_world(world)) out.push_back(c);
+  // The pipeline's cases of the GQA model (the MLA ones differ in the layers, not in how the
+  // stages talk): every schedule, layout and combination, at the cost of one model.
+  for (const ParallelTrainingCase& c : pipeline_parallel_cases_for_world(world))
+    if (c.model == "gqa") out.push_back(c);
   return out;
 }
 
@@ -400,6 +405,13 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
       out.push_back(c);
     for (const ParallelTrainingCase& c : context_parallel_cases_for_world(world)) out.push_back(c);
     for (const ParallelTrainingCase& c : pipeline_parallel_cases_for_world(world)) out.push_back(c);
+  }
+  // --moe-shared-expert-overlap under EP 2 and EP 4 (the shared expert computing while the
+  // alltoall dispatcher's exchanges are in flight).
+  for (const auto& [world, ep] : {std::pair{2, 2}, std::pair{4, 4}}) {
+    ParallelTrainingCase c = gqa_alltoall_case(world, ep, 1, /*distributed_optimizer=*/false);
+    c.shared_expert_overlap = true;
+    out.push_back(c);
   }
   // --grad-reduce-in-bf16 under EP 4 with the distributed optimizer and overlap.
   ParallelTrainingCase bf16 = gqa_alltoall_case(4, 4, 1, true, true);

@@ -51,7 +51,8 @@ struct ParallelTrainingCase {
   int pp_first_layers = 0, pp_last_layers = 0;
   // --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split.
   bool pp_account_for_ends = false;
-  bool tied = false;       // the output layer tied to the embedding (else untied)
+  bool tied = false;
+  bool shared_expert_overlap = false;  // --moe-shared-expert-overlap (alltoall dispatcher)       // the output layer tied to the embedding (else untied)
   std::string dispatcher;  // "allgather" | "alltoall"
   bool distributed_optimizer = false;
   bool overlap = false;  // --overlap-grad-reduce (and --overlap-param-gather with the
@@ -85,7 +86,8 @@ std::vector<ParallelTrainingCase> pipeline_parallel_cases_for_world(int world);
 std::vector<nn::PipelineStage> case_chunks(const ParallelTrainingCase& c,
                                            const nn::ModelConfig& config,
                                            const TrainParallel& parallel);
-// What a process runner of `world` ranks runs: the above with all = false.
+// What a process runner of `world` ranks runs: the above with all = false (of the pipeline
+// cases, the GQA model's).
 std::vector<ParallelTrainingCase> process_runner_cases(int world);
 
 // Runs the case on this rank of `world` (world->size() == c.world) and checks it against the

@@ -13,7 +13,9 @@
 namespace moe::nn {
 namespace {
 
-Tensor as_rows(const Tensor& probs) { return probs.reshape({probs.size(0), 1}); }
+Tensor as_rows(const Tensor& probs) {
+  return probs.reshape({probs.size(0), 1});
+}
 
 }  // namespace
 
@@ -36,7 +38,8 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
   // whole chunks; across ranks that padding would be paid once per source rank, so not there.
   pc.pad_multiple = config_.moe_router_padding_for_fp8 ? 16 : 1;
   if (single_rank())
-    pc.pad_multiple = std::max(pc.pad_multiple, ops::grouped_gemm_row_multiple(x.device(), x.dtype(), E));
+    pc.pad_multiple =
+        std::max(pc.pad_multiple, ops::grouped_gemm_row_multiple(x.device(), x.dtype(), E));
   if (config_.moe_pad_expert_input_to_capacity) {
     pc.pad_to_capacity = true;
     pc.capacity = ops::expert_capacity(T, K, E, *config_.moe_expert_capacity_factor);
@@ -92,22 +95,36 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
   ctx.out.host_tokens_per_expert = per_expert;
 }
 
-Tensor AllToAllDispatcher::exchange_forward(const Tensor& rows, const DispatchContext& ctx) const {
+Tensor AllToAllDispatcher::exchange_forward(const Tensor& rows, DispatchContext& ctx) const {
+  const Tensor received = exchange_forward_start(rows, ctx);
+  for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
+  ctx.in_flight.clear();
+  return exchange_forward_finish(received, ctx);
+}
+
+Tensor AllToAllDispatcher::exchange_forward_start(const Tensor& rows, DispatchContext& ctx) const {
   const int64_t received =
       std::accumulate(ctx.output_splits.begin(), ctx.output_splits.end(), int64_t{0});
   Shape shape = rows.shape();
   shape[0] = received;
   Tensor out = Tensor::empty(shape, rows.dtype(), rows.device());
   if (groups_.ep_size() > 1) {
-    groups_.ep->all_to_all_v(rows.rows(0, sent_rows(ctx)), out, ctx.input_splits,
-                             ctx.output_splits);
+    ctx.in_flight.push_back(groups_.ep->all_to_all_v_async(rows.rows(0, sent_rows(ctx)), out,
+                                                           ctx.input_splits, ctx.output_splits));
   } else {
     out.copy_(rows.rows(0, received));
   }
-  if (groups_.etp_size() == 1) return out;
-  shape[0] = std::accumulate(ctx.etp_gather_counts.begin(), ctx.etp_gather_counts.end(), int64_t{0});
-  Tensor gathered = Tensor::empty(shape, rows.dtype(), rows.device());
-  groups_.etp->all_gather_v(out, gathered, ctx.etp_gather_counts);
+  return out;
+}
+
+Tensor AllToAllDispatcher::exchange_forward_finish(const Tensor& received,
+                                                   const DispatchContext& ctx) const {
+  if (groups_.etp_size() == 1) return received;
+  Shape shape = received.shape();
+  shape[0] =
+      std::accumulate(ctx.etp_gather_counts.begin(), ctx.etp_gather_counts.end(), int64_t{0});
+  Tensor gathered = Tensor::empty(shape, received.dtype(), received.device());
+  groups_.etp->all_gather_v(received, gathered, ctx.etp_gather_counts);
   return gathered;
 }
 
@@ -137,6 +154,21 @@ void AllToAllDispatcher::dispatch_communicate(DispatchContext& ctx) {
   ctx.comm_probs = exchange_forward(as_rows(ctx.permuted.probs), ctx);
 }
 
+void AllToAllDispatcher::dispatch_communicate_start(DispatchContext& ctx) {
+  if (single_rank()) return;
+  // Both rows' all-to-alls posted; the sent buffers stay alive in ctx.permuted.
+  ctx.comm_x = exchange_forward_start(ctx.permuted.x, ctx);
+  ctx.comm_probs = exchange_forward_start(as_rows(ctx.permuted.probs), ctx);
+}
+
+void AllToAllDispatcher::dispatch_communicate_finish(DispatchContext& ctx) {
+  if (single_rank()) return;
+  for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
+  ctx.in_flight.clear();
+  ctx.comm_x = exchange_forward_finish(ctx.comm_x, ctx);
+  ctx.comm_probs = exchange_forward_finish(ctx.comm_probs, ctx);
+}
+
 DispatchedTokens AllToAllDispatcher::dispatch_postprocess(DispatchContext& ctx) {
   if (single_rank()) {
     ctx.out = {ctx.permuted.x, ctx.permuted.probs, ctx.map.tokens_per_expert, {}};
@@ -146,8 +178,8 @@ DispatchedTokens AllToAllDispatcher::dispatch_postprocess(DispatchContext& ctx) 
   Tensor probs = ops::sort_chunks(ctx.comm_probs, ctx.chunk_sizes, ctx.chunk_order);
   ctx.out.probs = probs.reshape({probs.size(0)});
   const auto& host = ctx.out.host_tokens_per_expert;
-  ctx.out.tokens_per_expert = Tensor::from_vector<int64_t>(host, {static_cast<int64_t>(host.size())},
-                                                          ctx.x.device());
+  ctx.out.tokens_per_expert =
+      Tensor::from_vector<int64_t>(host, {static_cast<int64_t>(host.size())}, ctx.x.device());
   ctx.comm_x = Tensor();
   ctx.comm_probs = Tensor();
   return ctx.out;
@@ -173,10 +205,23 @@ Tensor AllToAllDispatcher::combine_postprocess(DispatchContext& ctx) {
 }
 
 Tensor AllToAllDispatcher::combine_backward(const Tensor& dy, DispatchContext& ctx) {
-  Tensor d_rows = ops::unpermute_backward(dy, ctx.map);
-  if (single_rank()) return d_rows;
-  Tensor received = exchange_forward(d_rows, ctx);
-  return ops::sort_chunks(received, ctx.chunk_sizes, ctx.chunk_order);
+  combine_backward_start(dy, ctx);
+  return combine_backward_finish(ctx);
+}
+
+void AllToAllDispatcher::combine_backward_start(const Tensor& dy, DispatchContext& ctx) {
+  ctx.combine_buffer = ops::unpermute_backward(dy, ctx.map);  // sent: kept until finish
+  ctx.pending_grad =
+      single_rank() ? ctx.combine_buffer : exchange_forward_start(ctx.combine_buffer, ctx);
+}
+
+Tensor AllToAllDispatcher::combine_backward_finish(DispatchContext& ctx) {
+  for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
+  ctx.in_flight.clear();
+  Tensor d = std::move(ctx.pending_grad);
+  ctx.pending_grad = ctx.combine_buffer = Tensor();
+  if (single_rank()) return d;
+  return ops::sort_chunks(exchange_forward_finish(d, ctx), ctx.chunk_sizes, ctx.chunk_order);
 }
 
 TokenDispatcher::Grads AllToAllDispatcher::dispatch_backward(const Tensor& dx_expert,
@@ -184,8 +229,9 @@ TokenDispatcher::Grads AllToAllDispatcher::dispatch_backward(const Tensor& dx_ex
                                                              DispatchContext& ctx) {
   Tensor dx_rows = dx_expert, dprobs_rows = dprobs_expert;
   if (!single_rank()) {
-    dx_rows = exchange_backward(ops::sort_chunks(dx_expert, ctx.sorted_chunk_sizes, ctx.inverse_order),
-                                ctx, ctx.map.num_rows);
+    dx_rows =
+        exchange_backward(ops::sort_chunks(dx_expert, ctx.sorted_chunk_sizes, ctx.inverse_order),
+                          ctx, ctx.map.num_rows);
     Tensor p = exchange_backward(
         ops::sort_chunks(as_rows(dprobs_expert), ctx.sorted_chunk_sizes, ctx.inverse_order), ctx,
         ctx.map.num_rows);

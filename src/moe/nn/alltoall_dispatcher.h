@@ -20,16 +20,26 @@ class AllToAllDispatcher final : public TokenDispatcher {
   Tensor combine_backward(const Tensor& dy, DispatchContext& ctx) override;
   Grads dispatch_backward(const Tensor& dx_expert, const Tensor& dprobs_expert,
                           DispatchContext& ctx) override;
+  // The EP all-to-alls posted in start(), waited for (then the ETP gather) in finish().
+  void dispatch_communicate_start(DispatchContext& ctx) override;
+  void dispatch_communicate_finish(DispatchContext& ctx) override;
+  void combine_backward_start(const Tensor& dy, DispatchContext& ctx) override;
+  Tensor combine_backward_finish(DispatchContext& ctx) override;
 
  private:
   bool single_rank() const { return groups_.ep_size() * groups_.etp_size() == 1; }
   // Rows of a permute-1 buffer actually exchanged (the rest is allocation slack).
   int64_t sent_rows(const DispatchContext& ctx) const;
   // EP all-to-all then ETP all-gather-v, of rows laid out like permute 1's output.
-  Tensor exchange_forward(const Tensor& rows, const DispatchContext& ctx) const;
+  Tensor exchange_forward(const Tensor& rows, DispatchContext& ctx) const;
+  // Its halves: the EP all-to-all posted (its receive buffer returned, the handle added to
+  // ctx.in_flight), and the ETP all-gather-v of what it received once it has completed.
+  Tensor exchange_forward_start(const Tensor& rows, DispatchContext& ctx) const;
+  Tensor exchange_forward_finish(const Tensor& received, const DispatchContext& ctx) const;
   // ETP reduce-scatter-v then EP all-to-all back, returning a permute-1-shaped buffer of
   // `total_rows` rows (zero past the exchanged ones).
-  Tensor exchange_backward(const Tensor& rows, const DispatchContext& ctx, int64_t total_rows) const;
+  Tensor exchange_backward(const Tensor& rows, const DispatchContext& ctx,
+                           int64_t total_rows) const;
 
   MoEConfig config_;
   MoEGroups groups_;

@@ -34,8 +34,8 @@ ops::DropPolicy MoEConfig::drop_policy() const {
 ops::TopKConfig MoEConfig::topk_config() const {
   ops::TopKConfig c;
   c.topk = moe_router_topk;
-  c.score_function =
-      moe_router_score_function == "sigmoid" ? ops::ScoreFunction::sigmoid : ops::ScoreFunction::softmax;
+  c.score_function = moe_router_score_function == "sigmoid" ? ops::ScoreFunction::sigmoid
+                                                            : ops::ScoreFunction::softmax;
   c.pre_softmax = moe_router_pre_softmax;
   c.num_groups = moe_router_num_groups;
   c.group_topk = moe_router_group_topk;
@@ -66,6 +66,11 @@ void MoEConfig::validate() const {
             "--moe-shared-expert-intermediate-size must not be negative");
   MOE_CHECK(!moe_shared_expert_gate || moe_shared_expert_intermediate_size > 0,
             "the shared-expert gate needs --moe-shared-expert-intermediate-size");
+  // Megatron-LM's rule (the allgather dispatcher's exchange is not split to overlap).
+  MOE_CHECK(!moe_shared_expert_overlap || moe_shared_expert_intermediate_size == 0 ||
+                moe_token_dispatcher_type == "alltoall",
+            "--moe-shared-expert-overlap works with --moe-token-dispatcher-type alltoall, not ",
+            moe_token_dispatcher_type);
   MOE_CHECK(moe_router_topk >= 1 && moe_router_topk <= num_experts, "--moe-router-topk ",
             moe_router_topk, " must be between 1 and --num-experts ", num_experts);
 
@@ -133,8 +138,10 @@ void MoEConfig::validate() const {
     MOE_CHECK(moe_aux_loss_coeff == 0, "--moe-aux-loss-coeff ", moe_aux_loss_coeff,
               " is given but --moe-router-load-balancing-type is none");
   if (moe_router_enable_expert_bias)
-    MOE_CHECK(moe_router_bias_update_rate >= 0, "--moe-router-bias-update-rate must not be negative");
-  if (moe_z_loss_coeff) MOE_CHECK(*moe_z_loss_coeff >= 0, "--moe-z-loss-coeff must not be negative");
+    MOE_CHECK(moe_router_bias_update_rate >= 0,
+              "--moe-router-bias-update-rate must not be negative");
+  if (moe_z_loss_coeff)
+    MOE_CHECK(*moe_z_loss_coeff >= 0, "--moe-z-loss-coeff must not be negative");
   if (moe_input_jitter_eps)
     MOE_CHECK(*moe_input_jitter_eps > 0 && *moe_input_jitter_eps < 1,
               "--moe-input-jitter-eps must be in (0, 1), got ", *moe_input_jitter_eps);

@@ -18,38 +18,44 @@ enum class DispatcherType { allgather, alltoall };
 
 struct MoEConfig {
   // Shape.
-  int64_t hidden_size = 0;                  // --hidden-size
-  int64_t num_experts = 0;                  // --num-experts
-  int64_t moe_ffn_hidden_size = 0;          // --moe-ffn-hidden-size
-  int64_t moe_shared_expert_intermediate_size = 0;  // --moe-shared-expert-intermediate-size (0: none)
-  bool moe_shared_expert_gate = false;      // sigmoid gate on the shared expert (Qwen2-MoE)
+  int64_t hidden_size = 0;          // --hidden-size
+  int64_t num_experts = 0;          // --num-experts
+  int64_t moe_ffn_hidden_size = 0;  // --moe-ffn-hidden-size
+  int64_t moe_shared_expert_intermediate_size =
+      0;                                // --moe-shared-expert-intermediate-size (0: none)
+  bool moe_shared_expert_gate = false;  // sigmoid gate on the shared expert (Qwen2-MoE)
+  // --moe-shared-expert-overlap: the shared expert computes while the alltoall dispatcher's
+  // exchanges are in flight (its forward during the dispatch, its backward during the combine's
+  // backward); the same result. Not a property of the model: not saved with it.
+  bool moe_shared_expert_overlap = false;
 
   // Router.
-  int64_t moe_router_topk = 2;                               // --moe-router-topk
-  std::string moe_router_load_balancing_type = "aux_loss";   // aux_loss|seq_aux_loss|global_aux_loss|sinkhorn|none
-  std::string moe_router_score_function = "softmax";         // softmax|sigmoid
-  bool moe_router_pre_softmax = false;                       // --moe-router-pre-softmax
-  int64_t moe_router_num_groups = 0;                         // --moe-router-num-groups
-  int64_t moe_router_group_topk = 0;                         // --moe-router-group-topk
+  int64_t moe_router_topk = 2;  // --moe-router-topk
+  std::string moe_router_load_balancing_type =
+      "aux_loss";  // aux_loss|seq_aux_loss|global_aux_loss|sinkhorn|none
+  std::string moe_router_score_function = "softmax";  // softmax|sigmoid
+  bool moe_router_pre_softmax = false;                // --moe-router-pre-softmax
+  int64_t moe_router_num_groups = 0;                  // --moe-router-num-groups
+  int64_t moe_router_group_topk = 0;                  // --moe-router-group-topk
   // --moe-router-group-score-topk (moecore): a group's score is the sum of its best this-many
   // scores; 0 = topk / group_topk (Megatron). 1 = DeepSeek-V2's group_limited_greedy (the
   // group's best expert); DeepSeek-V3's noaux_tc always sums 2.
   int64_t moe_router_group_score_topk = 0;
-  std::optional<double> moe_router_topk_scaling_factor;      // --moe-router-topk-scaling-factor
-  bool moe_router_enable_expert_bias = false;                // --moe-router-enable-expert-bias
-  double moe_router_bias_update_rate = 1e-3;                 // --moe-router-bias-update-rate
-  std::string moe_router_dtype = "fp32";                     // --moe-router-dtype fp32|fp64
-  bool moe_router_force_load_balancing = false;              // --moe-router-force-load-balancing
-  double moe_aux_loss_coeff = 0.0;                           // --moe-aux-loss-coeff
-  std::optional<double> moe_z_loss_coeff;                    // --moe-z-loss-coeff
-  std::optional<double> moe_input_jitter_eps;                // --moe-input-jitter-eps
+  std::optional<double> moe_router_topk_scaling_factor;  // --moe-router-topk-scaling-factor
+  bool moe_router_enable_expert_bias = false;            // --moe-router-enable-expert-bias
+  double moe_router_bias_update_rate = 1e-3;             // --moe-router-bias-update-rate
+  std::string moe_router_dtype = "fp32";                 // --moe-router-dtype fp32|fp64
+  bool moe_router_force_load_balancing = false;          // --moe-router-force-load-balancing
+  double moe_aux_loss_coeff = 0.0;                       // --moe-aux-loss-coeff
+  std::optional<double> moe_z_loss_coeff;                // --moe-z-loss-coeff
+  std::optional<double> moe_input_jitter_eps;            // --moe-input-jitter-eps
 
   // Dispatch.
-  std::string moe_token_dispatcher_type = "allgather";       // --moe-token-dispatcher-type
-  std::optional<double> moe_expert_capacity_factor;          // --moe-expert-capacity-factor
-  bool moe_pad_expert_input_to_capacity = false;             // --moe-pad-expert-input-to-capacity
-  std::string moe_token_drop_policy = "probs";               // --moe-token-drop-policy probs|position
-  bool moe_router_padding_for_fp8 = false;                   // --moe-router-padding-for-fp8
+  std::string moe_token_dispatcher_type = "allgather";  // --moe-token-dispatcher-type
+  std::optional<double> moe_expert_capacity_factor;     // --moe-expert-capacity-factor
+  bool moe_pad_expert_input_to_capacity = false;        // --moe-pad-expert-input-to-capacity
+  std::string moe_token_drop_policy = "probs";          // --moe-token-drop-policy probs|position
+  bool moe_router_padding_for_fp8 = false;              // --moe-router-padding-for-fp8
 
   // Experts.
   bool moe_grouped_gemm = true;  // --moe-grouped-gemm (Megatron's default is off; ours is on)
@@ -60,8 +66,8 @@ struct MoEConfig {
 
   // Numerics: parameter / activation dtype (bf16 on GPU; f32 or f64 on CPU).
   DType params_dtype = DType::f32;
-  uint64_t seed = 1234;            // initialisation and jitter
-  double init_method_std = 0.02;   // --init-method-std
+  uint64_t seed = 1234;           // initialisation and jitter
+  double init_method_std = 0.02;  // --init-method-std
 
   // Throws moe::Error naming the offending flags for every invalid combination. Starts with
   // validate_sizes().

@@ -37,8 +37,19 @@ Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
 
   traced("moe.route", [&] { router.forward(tokens, num_sequences, ctx.router); });
   MOE_STAGE_DONE("route");
+  // --moe-shared-expert-overlap: the shared expert computes while the dispatch's exchange is in
+  // flight; its output is added where it would be otherwise (the same sums).
+  const bool overlap = shared_expert && config_.moe_shared_expert_overlap;
+  const auto shared_forward = [&] {
+    return traced("moe.shared_expert", [&] { return shared_expert->forward(tokens, ctx.shared); });
+  };
+  Tensor shared_out;
   const DispatchedTokens routed = traced("moe.dispatch", [&] {
-    return dispatcher_->dispatch(tokens, ctx.router.probs, ctx.router.expert_ids, ctx.dispatch);
+    dispatcher_->dispatch_preprocess(tokens, ctx.router.probs, ctx.router.expert_ids, ctx.dispatch);
+    dispatcher_->dispatch_communicate_start(ctx.dispatch);
+    if (overlap) shared_out = shared_forward();
+    dispatcher_->dispatch_communicate_finish(ctx.dispatch);
+    return dispatcher_->dispatch_postprocess(ctx.dispatch);
   });
   MOE_STAGE_DONE("dispatch");
   const Tensor expert_out = traced("moe.experts", [&] {
@@ -49,7 +60,8 @@ Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
   Tensor y = traced("moe.combine", [&] { return dispatcher_->combine(expert_out, ctx.dispatch); });
   MOE_STAGE_DONE("combine");
   if (shared_expert) {
-    traced("moe.shared_expert", [&] { ops::add_(y, shared_expert->forward(tokens, ctx.shared)); });
+    if (!overlap) shared_out = shared_forward();
+    ops::add_(y, shared_out);
     MOE_STAGE_DONE("shared");
   }
   return shard ? sequence_gather(y.reshape(mine.shape()), tp_) : y.reshape(ctx.input_shape);
@@ -60,8 +72,19 @@ Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) 
   const bool shard = tp_.active() && !tp_.sequence_parallel;
   const Tensor d_mine = shard ? sequence_shard(dy, tp_) : dy;
   const Tensor d_tokens = d_mine.flatten_rows().to(config_.params_dtype);
-  const Tensor d_expert_out = traced(
-      "moe.combine.bwd", [&] { return dispatcher_->combine_backward(d_tokens, ctx.dispatch); });
+  // --moe-shared-expert-overlap: the shared expert's backward runs while the combine's backward
+  // exchange is in flight; its input gradient is added where it would be otherwise.
+  const bool overlap = shared_expert && config_.moe_shared_expert_overlap;
+  const auto shared_backward = [&] {
+    return traced("moe.shared_expert.bwd",
+                  [&] { return shared_expert->backward(d_tokens, ctx.shared); });
+  };
+  Tensor d_shared;
+  const Tensor d_expert_out = traced("moe.combine.bwd", [&] {
+    dispatcher_->combine_backward_start(d_tokens, ctx.dispatch);
+    if (overlap) d_shared = shared_backward();
+    return dispatcher_->combine_backward_finish(ctx.dispatch);
+  });
   MOE_STAGE_DONE("combine.bwd");
   const Experts::Grads d_experts =
       traced("moe.experts.bwd", [&] { return experts.backward(d_expert_out, ctx.experts); });
@@ -75,8 +98,8 @@ Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) 
   ops::add_(dx, d_routed.x);
   MOE_STAGE_DONE("route.bwd");
   if (shared_expert) {
-    traced("moe.shared_expert.bwd",
-           [&] { ops::add_(dx, shared_expert->backward(d_tokens, ctx.shared)); });
+    if (!overlap) d_shared = shared_backward();
+    ops::add_(dx, d_shared);
     MOE_STAGE_DONE("shared.bwd");
   }
   return shard ? sequence_gather(dx.reshape(d_mine.shape()), tp_) : dx.reshape(ctx.input_shape);

@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "moe/dist/process_group.h"
 #include "moe/nn/moe_config.h"
 #include "moe/nn/moe_groups.h"
 #include "moe/ops/permute.h"
@@ -39,15 +40,19 @@ struct DispatchContext {
   ops::PermuteMap map;
   ops::Permuted permuted;
   // alltoall bookkeeping (rows per rank / chunk, on the host)
-  std::vector<int64_t> input_splits, output_splits;   // EP all-to-all, per EP rank
-  std::vector<int64_t> etp_gather_counts;             // ETP all-gather-v, per ETP rank
-  std::vector<int64_t> chunk_sizes;                   // received chunks, [etp][ep][local expert]
-  std::vector<int64_t> chunk_order, inverse_order;    // to [local expert][etp][ep] and back
+  std::vector<int64_t> input_splits, output_splits;  // EP all-to-all, per EP rank
+  std::vector<int64_t> etp_gather_counts;            // ETP all-gather-v, per ETP rank
+  std::vector<int64_t> chunk_sizes;                  // received chunks, [etp][ep][local expert]
+  std::vector<int64_t> chunk_order, inverse_order;   // to [local expert][etp][ep] and back
   std::vector<int64_t> sorted_chunk_sizes;
   // stage buffers
   Tensor comm_x, comm_probs;
   DispatchedTokens out;
   Tensor combine_buffer;
+  // Exchanges started and not yet waited for (the *_start / *_finish halves below), and the
+  // rows a started backward exchange receives.
+  std::vector<std::shared_ptr<dist::Work>> in_flight;
+  Tensor pending_grad;
 };
 
 class TokenDispatcher {
@@ -73,6 +78,20 @@ class TokenDispatcher {
   };
   virtual Grads dispatch_backward(const Tensor& dx_expert, const Tensor& dprobs_expert,
                                   DispatchContext& ctx) = 0;
+
+  // The communication stages in two halves, so that other work (the shared expert) runs while
+  // an exchange is in flight: start() posts it, finish() waits for it (and runs what depends on
+  // it). A dispatcher that cannot split them does everything in start().
+  virtual void dispatch_communicate_start(DispatchContext& ctx) { dispatch_communicate(ctx); }
+  virtual void dispatch_communicate_finish(DispatchContext&) {}
+  virtual void combine_backward_start(const Tensor& dy, DispatchContext& ctx) {
+    ctx.pending_grad = combine_backward(dy, ctx);
+  }
+  virtual Tensor combine_backward_finish(DispatchContext& ctx) {
+    Tensor d = std::move(ctx.pending_grad);
+    ctx.pending_grad = Tensor();
+    return d;
+  }
 
   // All stages of one direction, in order.
   DispatchedTokens dispatch(const Tensor& x, const Tensor& probs, const Tensor& expert_ids,

@@ -134,9 +134,6 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
   t.push_back(not_built("--moe-router-quantile-balancing-ema", "X",
                         "quantile balancing is not built yet; use --moe-router-load-balancing-type "
                         "aux_loss, seq_aux_loss or global_aux_loss, or the expert bias"));
-  t.push_back(not_built("--moe-shared-expert-overlap", "",
-                        "overlapping the shared expert with dispatch is not built yet; the "
-                        "shared expert runs after the routed ones, same result"));
   t.push_back(not_built("--moe-single-grouped-weight", "",
                         "moecore stores each expert's weights apart (its grouped GEMM reads them "
                         "so); leave it out"));

@@ -132,6 +132,10 @@ void add_moe_flags(std::vector<Entry>& t) {
                       s.run.model.moe.moe_shared_expert_intermediate_size =
                           as_count("--moe-shared-expert-intermediate-size", v, 0);
                     }));
+  t.push_back(toggle("--moe-shared-expert-overlap",
+                     "moe.moe_shared_expert_overlap = true: the shared expert computes while the "
+                     "alltoall dispatcher's exchanges are in flight (same result)",
+                     [](S& s, V) { s.run.model.moe.moe_shared_expert_overlap = true; }));
   t.push_back(toggle("--moe-shared-expert-gate",
                      "moe.moe_shared_expert_gate = true: a sigmoid gate on the shared expert's "
                      "output (Qwen2-MoE)",
