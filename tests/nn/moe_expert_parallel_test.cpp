@@ -59,6 +59,49 @@ TEST(ExpertParallel, SharedExpertOverlapMatchesOneRank) {
   }
 }
 
+// Drop-and-pad (--moe-expert-capacity-factor with --moe-pad-expert-input-to-capacity): every
+// rank pads each expert to the capacity of its own tokens, so the alltoall dispatcher knows
+// every count without exchanging them; the results are still those of one rank.
+TEST(ExpertParallel, DropAndPadMatchesOneRank) {
+  for (const auto& [ep, etp] : {std::pair{2, 1}, std::pair{4, 1}, std::pair{2, 2}})
+    for (const char* dispatcher : {"alltoall", "allgather"}) {
+      SCOPED_TRACE("EP " + std::to_string(ep) + " ETP " + std::to_string(etp) + " " + dispatcher);
+      MoEConfig base = test::small_moe_config(DType::f64);
+      base.num_experts = 8;
+      base.moe_ffn_hidden_size = 6;
+      base.moe_token_dispatcher_type = dispatcher;
+      base.moe_expert_capacity_factor = 0.8;  // some tokens are dropped
+      base.moe_pad_expert_input_to_capacity = true;
+      test::check_expert_parallel_invariance(base, ep, etp, 19, Device::cpu(),
+                                             test::tolerance(DType::f64) * 10);
+    }
+}
+
+// The ranks of an expert group pad to the capacity of their own token counts: counts that
+// differ are refused at the first dispatch, on every rank, naming them.
+TEST(ExpertParallel, DropAndPadRefusesRanksOfOtherTokenCounts) {
+  MoEConfig c = test::small_moe_config(DType::f64);
+  c.num_experts = 8;
+  c.moe_token_dispatcher_type = "alltoall";
+  c.moe_expert_capacity_factor = 1.0;
+  c.moe_pad_expert_input_to_capacity = true;
+  c.expert_model_parallel_size = 2;
+  std::vector<std::string> errors(2);
+  dist::run_local(2, [&](std::shared_ptr<dist::ProcessGroup> group) {
+    const nn::MoEGroups groups = test::expert_groups(group, 2, 1);
+    MoELayer layer(c, Device::cpu(), groups);
+    nn::MoEContext ctx;
+    const int64_t tokens = group->rank() == 0 ? 19 : 17;
+    try {
+      layer.forward(test::random_normal({tokens, c.hidden_size}, DType::f64, 3), ctx);
+    } catch (const Error& e) {
+      errors[static_cast<size_t>(group->rank())] = e.what();
+    }
+  });
+  for (const std::string& e : errors)
+    EXPECT_NE(e.find("must route the same number of tokens"), std::string::npos) << e;
+}
+
 TEST(ExpertParallel, SharedExpertOverlapNeedsTheAlltoallDispatcher) {
   MoEConfig c = test::small_moe_config(DType::f64);
   c.moe_shared_expert_intermediate_size = 3;

@@ -22,6 +22,26 @@ Tensor as_rows(const Tensor& probs) {
 AllToAllDispatcher::AllToAllDispatcher(const MoEConfig& config, const MoEGroups& groups)
     : config_(config), groups_(groups) {}
 
+void AllToAllDispatcher::check_equal_token_counts(int64_t num_tokens, Device device) {
+  if (verified_tokens_ >= 0) return;
+  // Each rank's capacity follows from its own token count: they must agree (every micro-batch
+  // of a run has the same shape on every rank). Checked at the first dispatch, which every rank
+  // of the group reaches together (a later check could be reached by some ranks only).
+  const int n = groups_.tp_ep->size();
+  Tensor mine = Tensor::full({1}, static_cast<double>(num_tokens), DType::i64, device);
+  Tensor all = Tensor::empty({n}, DType::i64, device);
+  groups_.tp_ep->all_gather(mine, all);
+  const std::vector<int64_t> counts = all.to_vector<int64_t>();
+  for (int r = 0; r < n; ++r)
+    MOE_CHECK(
+        counts[static_cast<size_t>(r)] == num_tokens,
+        "--moe-pad-expert-input-to-capacity: the ranks of an expert group must route the same "
+        "number of tokens (each pads every expert to the capacity of its own count), but "
+        "this rank routes ",
+        num_tokens, " and rank ", r, " of the group ", counts[static_cast<size_t>(r)]);
+  verified_tokens_ = num_tokens;  // checked once
+}
+
 int64_t AllToAllDispatcher::sent_rows(const DispatchContext& ctx) const {
   return std::accumulate(ctx.input_splits.begin(), ctx.input_splits.end(), int64_t{0});
 }
@@ -48,13 +68,22 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
   ctx.permuted = ops::permute_forward(x, ctx.probs, ctx.map);
   if (single_rank()) return;
 
-  // Counts of every rank of the ETP x EP group, on the host: the one sync of this dispatcher.
   const int P = groups_.ep_size(), Q = groups_.etp_size(), p = groups_.ep_rank(),
             q = groups_.etp_rank();
   const int64_t El = config_.num_local_experts();
-  Tensor all_counts = Tensor::empty({static_cast<int64_t>(P) * Q, E}, DType::i64, x.device());
-  groups_.tp_ep->all_gather(ctx.map.tokens_per_expert.reshape({1, E}), all_counts);
-  const std::vector<int64_t> counts = all_counts.to_vector<int64_t>();
+  // Rows of every rank of the ETP x EP group per expert. Drop-and-pad
+  // (--moe-pad-expert-input-to-capacity) gives every expert of every rank the same padded
+  // capacity, known here: no exchange, no host sync (Megatron's drop-and-pad path). Otherwise
+  // the counts are all-gathered and read on the host: the one sync of this dispatcher.
+  std::vector<int64_t> counts;
+  if (config_.moe_pad_expert_input_to_capacity) {
+    check_equal_token_counts(T, x.device());
+    counts.assign(static_cast<size_t>(P) * Q * E, ctx.map.num_rows / E);
+  } else {
+    Tensor all_counts = Tensor::empty({static_cast<int64_t>(P) * Q, E}, DType::i64, x.device());
+    groups_.tp_ep->all_gather(ctx.map.tokens_per_expert.reshape({1, E}), all_counts);
+    counts = all_counts.to_vector<int64_t>();
+  }
   auto count = [&](int g, int64_t expert) { return counts[static_cast<size_t>(g * E + expert)]; };
 
   const int me = q + Q * p;
@@ -178,8 +207,16 @@ DispatchedTokens AllToAllDispatcher::dispatch_postprocess(DispatchContext& ctx) 
   Tensor probs = ops::sort_chunks(ctx.comm_probs, ctx.chunk_sizes, ctx.chunk_order);
   ctx.out.probs = probs.reshape({probs.size(0)});
   const auto& host = ctx.out.host_tokens_per_expert;
-  ctx.out.tokens_per_expert =
-      Tensor::from_vector<int64_t>(host, {static_cast<int64_t>(host.size())}, ctx.x.device());
+  // Drop-and-pad's counts are the same every time: uploaded once (an upload waits for the
+  // stream), not per micro-batch.
+  if (!config_.moe_pad_expert_input_to_capacity || host != uploaded_counts_ ||
+      !uploaded_tokens_per_expert_.defined() ||
+      uploaded_tokens_per_expert_.device() != ctx.x.device()) {
+    uploaded_tokens_per_expert_ =
+        Tensor::from_vector<int64_t>(host, {static_cast<int64_t>(host.size())}, ctx.x.device());
+    uploaded_counts_ = host;
+  }
+  ctx.out.tokens_per_expert = uploaded_tokens_per_expert_;
   ctx.comm_x = Tensor();
   ctx.comm_probs = Tensor();
   return ctx.out;

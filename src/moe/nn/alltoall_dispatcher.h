@@ -1,7 +1,12 @@
 // The alltoall dispatcher: see token_dispatcher.h. One host synchronisation per forward (the
 // per-expert counts, to size the all-to-all), as in Megatron; the host counts are then handed
-// to the grouped GEMMs, which need no further sync.
+// to the grouped GEMMs, which need no further sync. With drop-and-pad
+// (--moe-pad-expert-input-to-capacity) every count is the padded capacity, known on every
+// rank: no exchange of counts and no sync (checked once, at the first dispatch, that the
+// ranks route as many tokens).
 #pragma once
+
+#include <vector>
 
 #include "moe/nn/token_dispatcher.h"
 
@@ -28,6 +33,10 @@ class AllToAllDispatcher final : public TokenDispatcher {
 
  private:
   bool single_rank() const { return groups_.ep_size() * groups_.etp_size() == 1; }
+  // Drop-and-pad: that every rank of the ETP x EP group routes `num_tokens` tokens (so pads to
+  // the same capacity), checked at the first dispatch only (a collective there). Throws naming
+  // the ranks' counts.
+  void check_equal_token_counts(int64_t num_tokens, Device device);
   // Rows of a permute-1 buffer actually exchanged (the rest is allocation slack).
   int64_t sent_rows(const DispatchContext& ctx) const;
   // EP all-to-all then ETP all-gather-v, of rows laid out like permute 1's output.
@@ -43,6 +52,10 @@ class AllToAllDispatcher final : public TokenDispatcher {
 
   MoEConfig config_;
   MoEGroups groups_;
+  int64_t verified_tokens_ = -1;  // the first dispatch's token count, once checked
+  // The last tokens_per_expert uploaded, and its host values (reused under drop-and-pad).
+  Tensor uploaded_tokens_per_expert_;
+  std::vector<int64_t> uploaded_counts_;
 };
 
 }  // namespace moe::nn
