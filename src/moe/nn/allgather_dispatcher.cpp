@@ -58,6 +58,10 @@ DispatchedTokens AllGatherDispatcher::dispatch_postprocess(DispatchContext& ctx)
   ctx.permuted = ops::permute_forward(ctx.comm_x, ctx.comm_probs, ctx.map);
   ctx.combine_buffer = Tensor();
   ctx.out = {ctx.permuted.x, ctx.permuted.probs, ctx.map.tokens_per_expert, {}};
+  // Drop-and-pad: every local expert holds the padded capacity, known here, so the experts'
+  // grouped GEMMs need not read the counts back.
+  if (config_.moe_pad_expert_input_to_capacity)
+    ctx.out.host_tokens_per_expert.assign(static_cast<size_t>(El), ctx.map.num_rows / El);
   return ctx.out;
 }
 

@@ -201,6 +201,11 @@ void AllToAllDispatcher::dispatch_communicate_finish(DispatchContext& ctx) {
 DispatchedTokens AllToAllDispatcher::dispatch_postprocess(DispatchContext& ctx) {
   if (single_rank()) {
     ctx.out = {ctx.permuted.x, ctx.permuted.probs, ctx.map.tokens_per_expert, {}};
+    // Drop-and-pad: every expert holds the padded capacity, known here, so the experts' grouped
+    // GEMMs need not read the counts back.
+    if (config_.moe_pad_expert_input_to_capacity)
+      ctx.out.host_tokens_per_expert.assign(static_cast<size_t>(config_.num_experts),
+                                            ctx.map.num_rows / config_.num_experts);
     return ctx.out;
   }
   ctx.out.x = ops::sort_chunks(ctx.comm_x, ctx.chunk_sizes, ctx.chunk_order);
