@@ -10,7 +10,6 @@
 
 #include "moe/core/error.h"
 #include "moe/core/trace_range.h"
-#include "moe/ops/elementwise.h"
 #include "moe/train/pipeline_schedule.h"
 #include "moe/train/trainer.h"
 
