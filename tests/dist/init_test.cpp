@@ -122,7 +122,8 @@ TEST(InitDistributed, ErrorsBeforeAnyRendezvous) {
                     init_distributed(cpu_options(""), LaunchEnv{},
                                      {{"MOE_TEST_FAIL_RANK", "0"}, {"MOE_TEST_FAIL_AT", "later"}});
                   }),
-                  "MOE_TEST_FAIL_AT='later' is not before-rendezvous, after-rendezvous or hang");
+                  "MOE_TEST_FAIL_AT='later' is not before-rendezvous, after-rendezvous, hang or "
+                  "hang-after-rendezvous");
   expect_contains(error_of([&] {
                     init_distributed(cpu_options(""), LaunchEnv{}, {{"MOE_TEST_FAIL_RANK", "0"}});
                   }),

@@ -28,6 +28,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -493,31 +494,60 @@ int processes_holding(const std::string& marker) {
   return count;
 }
 
-// MPI has no timeout: a rank that never calls MPI_Init hung the others in it for good. They now
-// end at --distributed-timeout-minutes, and mpirun ends the job, the hanging rank included.
-TEST_F(MoeLaunch, RankThatNeverArrivesUnderMpirunEndsAtTheTimeout) {
+// `moe bench comm` under mpirun on `ranks` ranks, rank 1 stopping at `fail_at` (init.h), with a
+// timeout of 0.03 min (1.8 s); empty when mpirun or MPI is missing. The ranks write a file named
+// `marker`, by which the test finds any still running.
+std::optional<Command> mpi_job_with_a_hanging_rank(int ranks, const char* fail_at,
+                                                   const std::string& marker) {
   const std::string mpirun = find_mpirun();
-  if (mpirun.empty()) GTEST_SKIP() << "mpirun is not installed";
-  const std::string marker = "moe_mpi_hang_" + std::to_string(::getpid()) + ".jsonl";
-  const Command c = run_command(
-      mpirun,
-      {"--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "MOE_TEST_FAIL_RANK=1", "-x",
-       "MOE_TEST_FAIL_AT=hang", moe_program().string(), "bench", "comm", "--device", "cpu",
-       "--max-size", "4K", "--distributed-timeout-minutes", "0.03", "--jsonl",
-       (fs::temp_directory_path() / marker).string()},
-      kMpiEnv, 40s);
-  if (c.output.find("this build has no MPI") != std::string::npos)
-    GTEST_SKIP() << "this build has no MPI";
-  EXPECT_NE(c.exit_code, 0) << c.output;
-  expect_has(c, "[rank 0 ");
-  expect_has(c, "] error: the MPI rendezvous (MPI_Init) timed out after 1.8 s: not all 2 ranks");
-  EXPECT_LT(c.seconds, 30.0);
+  if (mpirun.empty()) return std::nullopt;
+  Command c =
+      run_command(mpirun,
+                  {"--allow-run-as-root", "--oversubscribe", "-np", std::to_string(ranks), "-x",
+                   "MOE_TEST_FAIL_RANK=1", "-x", std::string("MOE_TEST_FAIL_AT=") + fail_at,
+                   moe_program().string(), "bench", "comm", "--device", "cpu", "--max-size", "4K",
+                   "--distributed-timeout-minutes", "0.03", "--jsonl",
+                   (fs::temp_directory_path() / marker).string()},
+                  kMpiEnv, 40s);
+  if (c.output.find("this build has no MPI") != std::string::npos) return std::nullopt;
+  return c;
+}
+
+// That no process of the job named by `marker` is left (mpirun ended the hanging rank too).
+void expect_no_rank_left(const std::string& marker) {
   int left = processes_holding(marker);
   for (int i = 0; i < 20 && left > 0; ++i) {
     std::this_thread::sleep_for(100ms);
     left = processes_holding(marker);
   }
   EXPECT_EQ(left, 0) << "a rank of the job is still running";
+}
+
+// MPI has no timeout: a rank that never calls MPI_Init hung the others in it for good. They now
+// end at --distributed-timeout-minutes, and mpirun ends the job, the hanging rank included.
+TEST_F(MoeLaunch, RankThatNeverArrivesUnderMpirunEndsAtTheTimeout) {
+  const std::string marker = "moe_mpi_hang_" + std::to_string(::getpid()) + ".jsonl";
+  const std::optional<Command> c = mpi_job_with_a_hanging_rank(2, "hang", marker);
+  if (!c) GTEST_SKIP() << "no mpirun or no MPI in this build";
+  EXPECT_NE(c->exit_code, 0) << c->output;
+  expect_has(*c, "[rank 0 ");
+  expect_has(*c, "] error: the MPI rendezvous (MPI_Init) timed out after 1.8 s: not all 2 ranks");
+  EXPECT_LT(c->seconds, 30.0);
+  expect_no_rank_left(marker);
+}
+
+// A rank that stops after the rendezvous leaves the others waiting in their first collective:
+// MPI has no timeout, so the backend's watchdog (call_watchdog.h) ends them at
+// --distributed-timeout-minutes, naming the call, and mpirun ends the job.
+TEST_F(MoeLaunch, CollectiveThatARankNeverJoinsUnderMpirunEndsAtTheTimeout) {
+  const std::string marker = "moe_mpi_collective_hang_" + std::to_string(::getpid()) + ".jsonl";
+  const std::optional<Command> c = mpi_job_with_a_hanging_rank(3, "hang-after-rendezvous", marker);
+  if (!c) GTEST_SKIP() << "no mpirun or no MPI in this build";
+  EXPECT_NE(c->exit_code, 0) << c->output;
+  expect_has(*c, "did not complete in 1.8 s (--distributed-timeout-minutes)");
+  expect_has(*c, "on the group of world ranks 0-2");
+  EXPECT_LT(c->seconds, 30.0);
+  expect_no_rank_left(marker);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "moe/core/error.h"
 #include "moe/core/stream.h"
+#include "moe/dist/call_watchdog.h"
 #include "moe/dist/fatal.h"
 #include "moe/dist/local_backend.h"
 #include "moe/dist/mpi_backend.h"
@@ -38,9 +39,12 @@ void test_fault_point(const LaunchEnv& env, const EnvMap& vars, const std::strin
   if (!rank || *rank != std::to_string(env.rank)) return;
   const std::string* at = lookup(vars, "MOE_TEST_FAIL_AT");
   const std::string where = at ? *at : "before-rendezvous";
-  if (where != "before-rendezvous" && where != "after-rendezvous" && where != "hang")
-    MOE_FAIL("MOE_TEST_FAIL_AT='", where, "' is not before-rendezvous, after-rendezvous or hang");
-  if (where == "hang" && point == "before-rendezvous") {
+  if (where != "before-rendezvous" && where != "after-rendezvous" && where != "hang" &&
+      where != "hang-after-rendezvous")
+    MOE_FAIL("MOE_TEST_FAIL_AT='", where,
+             "' is not before-rendezvous, after-rendezvous, hang or hang-after-rendezvous");
+  if ((where == "hang" && point == "before-rendezvous") ||
+      (where == "hang-after-rendezvous" && point == where)) {
     while (true) std::this_thread::sleep_for(std::chrono::hours(1));  // until killed
   }
   if (where == point)
@@ -228,6 +232,16 @@ World init_distributed(const DistributedOptions& options, const LaunchEnv& env,
     watchdog.reset();
     if (w.backend == "mpi") {
       w.world = mpi;
+      // Every MPI call from now on ends this rank (and mpirun the job) when it outlasts the
+      // timeout: MPI has no timeout of its own (call_watchdog.h).
+      std::ostringstream who;
+      who << "[rank " << env.rank << " " << w.host << "]";
+      set_call_timeout(w.timeout, who.str(), [](const std::string& message) {
+        std::fprintf(stderr, "%s\n", message.c_str());
+        std::fflush(stderr);
+        std::_Exit(1);
+      });
+      test_fault_point(env, vars, "hang-after-rendezvous");
     } else {
       Tensor id = Tensor::zeros({static_cast<int64_t>(sizeof(NcclUniqueId))}, DType::u8);
       if (env.rank == 0) {

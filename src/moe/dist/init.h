@@ -28,14 +28,17 @@
 // say) is reported after all ranks have met. Under MPI, MPI_Init is the rendezvous.
 //
 // Every blocking step of the rendezvous has the timeout (Megatron's
-// --distributed-timeout-minutes, default 10), which also becomes NCCL's collective timeout (MPI
-// has none; a watchdog ends a rank whose MPI_Init outlasts it).
+// --distributed-timeout-minutes, default 10), which also becomes NCCL's collective timeout and,
+// for the MPI backend (which has none), the limit of a watchdog over MPI_Init and then every MPI
+// call (call_watchdog.h).
 //
 // A test hook, so that CI can exercise the failure paths of a real launch: with
 // MOE_TEST_FAIL_RANK=R, rank R fails at MOE_TEST_FAIL_AT, one of
 //   before-rendezvous (the default)  throws moe::Error before meeting the others
 //   after-rendezvous                 throws after the rendezvous, before the backend
 //   hang                             never arrives at the rendezvous (sleeps until killed)
+//   hang-after-rendezvous            (MPI backend) sleeps until killed after the rendezvous, so
+//                                    the others wait for it in their first collective
 #pragma once
 
 #include <chrono>

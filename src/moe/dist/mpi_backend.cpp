@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "moe/core/stream.h"
+#include "moe/dist/call_watchdog.h"
 #include "moe/dist/collective_checks.h"
 #include "moe/dist/fatal.h"
 #include "moe/dist/local_reduce.h"
@@ -181,6 +182,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
     const char* name = "all_reduce";
+    const WatchedCall watch(name, world_ranks_);
     begin(name, [&] {
       detail::check_all_reduce(*this, t);
       CallRecord r = detail::call_record(name, t);
@@ -205,6 +207,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) override {
     const char* name = "all_gather";
+    const WatchedCall watch(name, world_ranks_);
     begin(name, [&] {
       detail::check_all_gather(*this, in, out);
       return detail::call_record(name, in);
@@ -220,6 +223,7 @@ class MpiProcessGroup final : public ProcessGroup {
   std::unique_ptr<Work> all_gather_v_async(const Tensor& in, Tensor& out,
                                            std::span<const int64_t> counts) override {
     const char* name = "all_gather_v";
+    const WatchedCall watch(name, world_ranks_);
     std::vector<int64_t> rows;
     begin(name, [&] {
       rows = detail::check_all_gather_v(*this, in, out, counts);
@@ -237,6 +241,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override {
     const char* name = "reduce_scatter";
+    const WatchedCall watch(name, world_ranks_);
     int64_t n = 0;
     begin(name, [&] {
       n = detail::check_reduce_scatter(*this, in, out);
@@ -253,6 +258,7 @@ class MpiProcessGroup final : public ProcessGroup {
                                                std::span<const int64_t> counts,
                                                ReduceOp op) override {
     const char* name = "reduce_scatter_v";
+    const WatchedCall watch(name, world_ranks_);
     std::vector<int64_t> rows;
     begin(name, [&] {
       rows = detail::check_reduce_scatter_v(*this, in, out, counts);
@@ -269,6 +275,7 @@ class MpiProcessGroup final : public ProcessGroup {
                                            std::span<const int64_t> send_counts,
                                            std::span<const int64_t> recv_counts) override {
     const char* name = "all_to_all_v";
+    const WatchedCall watch(name, world_ranks_);
     std::vector<int64_t> sends, recvs;
     const std::vector<CallRecord> records = begin(name, [&] {
       std::tie(sends, recvs) = detail::check_all_to_all_v(*this, in, out, send_counts, recv_counts);
@@ -302,6 +309,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> broadcast_async(Tensor& t, int root) override {
     const char* name = "broadcast";
+    const WatchedCall watch(name, world_ranks_);
     begin(name, [&] {
       detail::check_broadcast(*this, t, root);
       CallRecord r = detail::call_record(name, t);
@@ -323,6 +331,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   std::unique_ptr<Work> batch_p2p_async(std::span<const P2POp> ops) override {
     const char* name = "batch_p2p";
+    const WatchedCall watch(name, world_ranks_);
     check_thread(name);
     detail::check_batch_p2p(*this, ops);
     for (const P2POp& op : ops) {
@@ -405,6 +414,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   void barrier() override {
     const char* name = "barrier";
+    const WatchedCall watch(name, world_ranks_);
     begin(name, [&] {
       CallRecord r;
       r.collective = name;
@@ -417,6 +427,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   std::shared_ptr<ProcessGroup> split(const std::vector<std::vector<int> >& groups) override {
     const char* name = "split";
+    const WatchedCall watch(name, world_ranks_);
     std::pair<int, int> mine{-1, -1};
     begin(name, [&] {
       mine = detail::check_split(*this, groups);

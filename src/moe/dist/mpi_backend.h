@@ -30,8 +30,10 @@
 //  - abort(reason) prints "[rank R host] reason" to stderr and calls MPI_Abort on
 //    MPI_COMM_WORLD: mpirun ends every rank of the job. An exception that escapes a rank's main
 //    should go through dist::report_and_abort (fatal.h), which does that for the world.
-//  - No timeouts: MPI has none. A rank that dies makes mpirun (or `moe launch`) end the job;
-//    a rank that hangs hangs the job (--distributed-timeout-minutes applies to NCCL).
+//  - Timeouts: MPI has none of its own. Every operation is a WatchedCall (call_watchdog.h): once
+//    the rendezvous has set the timeout (--distributed-timeout-minutes, dist/init.h), a call
+//    that outlasts it ends its rank with a message naming the call and the group, and mpirun
+//    ends the job. A rank that dies makes mpirun (or `moe launch`) end the job.
 //  - Threads: MPI is initialised with MPI_THREAD_MULTIPLE when the library provides it; then
 //    different threads may use different groups (one group is used by one thread at a time,
 //    as a NCCL communicator). If the library provides only MPI_THREAD_FUNNELED (or SERIALIZED),
