@@ -7,7 +7,7 @@
 #   - the parallel-equals-serial training suite on MPI processes sharing GPU 0 (2 and 4 ranks,
 #     bf16), as ctest's gpu;mpi entries mpi_training_cuda_np2 / np4 run it;
 #   - `moe train` on 2 MPI ranks sharing GPU 0 beside one rank (scripts/gpu-train-ranks.sh): EP 2,
-#     TP 2 with sequence parallelism, CP 2, PP 2 with 2 virtual stages;
+#     TP 2 with sequence parallelism, CP 2 (ring and a2a), PP 2 with 2 virtual stages;
 #   - with two or more GPUs: the multigpu suite (one NCCL process per GPU: the backend suite and
 #     the training suite) and `moe train` on every GPU over NCCL beside one rank;
 #   - `moe bench comm` on NCCL over every GPU (moe launch), and on MPI ranks sharing GPU 0.
@@ -48,6 +48,8 @@ step train_ranks_shared_gpu_tp2_sp bash "$(dirname "$0")/gpu-train-ranks.sh" "$b
   "$logdir/train_mpi_tp" mpi 2 --tensor-model-parallel-size 2 --sequence-parallel
 step train_ranks_shared_gpu_cp2 bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" \
   "$logdir/train_mpi_cp" mpi 2 --context-parallel-size 2
+step train_ranks_shared_gpu_cp2_a2a bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" \
+  "$logdir/train_mpi_cp_a2a" mpi 2 --context-parallel-size 2 --cp-comm-type a2a
 step train_ranks_shared_gpu_pp2 bash "$(dirname "$0")/gpu-train-ranks.sh" "$build" \
   "$logdir/train_mpi_pp" mpi 2 --pipeline-model-parallel-size 2 \
   --num-virtual-stages-per-pipeline-rank 2 --pipeline-timeline
