@@ -5,6 +5,7 @@
 //   moe bench model       whole-model forward + backward (bench/model_bench.h)
 //   moe bench tokenizer   single-thread tokenizer encoding speed (bench/tokenizer_bench.h)
 //   moe bench comm        collectives per message size on any backend (bench/comm_bench.h)
+//   moe bench pipeline    the pipeline schedule of Megatron's flags, drawn with its bubble
 //   moe launch            start a node's ranks and run a subcommand in each (launch_cmd.h)
 //   moe convert           Hugging Face <-> moecore model folders (convert_cmd.h)
 //   moe forward           logits and next-token loss of a model folder on token ids (forward_cmd.h)
@@ -17,7 +18,6 @@
 // several prints "[rank R host] error: <what>" instead (dist/fatal.h) and, once its world exists
 // (dist/init.h), aborts it, so that the other ranks do not wait for this one.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -30,13 +30,14 @@
 #include "info_cmd.h"
 #include "launch_cmd.h"
 #include "layer_demo.h"
+#include "model_bench.h"
 #include "moe/core/error.h"
 #include "moe/dist/fatal.h"
 #include "moe/dist/init.h"
 #include "moe/ops/attention.h"
 #include "moe/ops/grouped_gemm.h"
-#include "model_bench.h"
 #include "moe_layer_bench.h"
+#include "pipeline_bench.h"
 #include "plot_cmd.h"
 #include "preprocess_cmd.h"
 #include "tokenizer_bench.h"
@@ -76,8 +77,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"balanced", "skewed"}));
   bench_layer->add_option("--moe-token-dispatcher-type", layer_options.dispatcher)
       ->check(CLI::IsMember({"allgather", "alltoall"}));
-  bench_layer->add_option("--grouped-gemm-backends", layer_options.gemm_backends,
-                          "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched grouped_batched")
+  bench_layer
+      ->add_option("--grouped-gemm-backends", layer_options.gemm_backends,
+                   "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched "
+                   "grouped_batched")
       ->check([](const std::string& name) {
         (void)moe::ops::parse_grouped_gemm_backend(name);  // throws, naming the choices
         return std::string();
@@ -91,8 +94,9 @@ int main(int argc, char** argv) {
       bench->add_subcommand("attention", "causal attention forward/backward per backend");
   bench_attention->add_option("--shapes", attention_options.shapes,
                               "gqa-s4096 mha-s8192 mla-s4096 tiny");
-  bench_attention->add_option("--backends", attention_options.backends,
-                              "cudnn native automatic (default: cudnn native)")
+  bench_attention
+      ->add_option("--backends", attention_options.backends,
+                   "cudnn native automatic (default: cudnn native)")
       ->check([](const std::string& name) {
         (void)moe::ops::parse_attention_backend(name);  // throws, naming the choices
         return std::string();
@@ -107,6 +111,8 @@ int main(int argc, char** argv) {
       moe::bench::add_tokenizer_bench_command(*bench, tokenizer_bench_options);
   moe::bench::CommBenchOptions comm_options;
   CLI::App* bench_comm = moe::bench::add_comm_bench_command(*bench, comm_options);
+  moe::bench::PipelineBenchOptions pipeline_options;
+  CLI::App* bench_pipeline = moe::bench::add_pipeline_bench_command(*bench, pipeline_options);
 
   moe::app::ConvertCommandOptions convert_options;
   CLI::App* convert = moe::app::add_convert_command(app, convert_options);
@@ -143,9 +149,9 @@ int main(int argc, char** argv) {
       model_options.cpu = force_cpu;
       return moe::bench::run_model_bench(model_options);
     }
-    if (bench_tokenizer->parsed())
-      return moe::bench::run_tokenizer_bench(tokenizer_bench_options);
+    if (bench_tokenizer->parsed()) return moe::bench::run_tokenizer_bench(tokenizer_bench_options);
     if (bench_comm->parsed()) return moe::bench::run_comm_bench(comm_options, force_cpu);
+    if (bench_pipeline->parsed()) return moe::bench::run_pipeline_bench(pipeline_options);
     if (launch->parsed()) return moe::app::run_launch(*launch, launch_options, argv[0], force_cpu);
     if (convert->parsed()) return moe::app::run_convert(convert_options);
     if (forward->parsed()) return moe::app::run_forward(forward_options, force_cpu);

@@ -84,6 +84,22 @@ TEST_F(MoeProgram, BenchShapesMustBeKnown) {
                       "qwen3-moe-tiny");
 }
 
+// `moe bench pipeline` draws the schedule of the flags: the interleaved one of PP 2, V 2 and 4
+// micro-batches has the bubble of Megatron's formula, 1 / (2 x 4); what Megatron refuses
+// (fewer micro-batches than stages, interleaved) is refused naming the flag.
+TEST_F(MoeProgram, BenchPipelineDrawsTheScheduleAndItsBubble) {
+  const Outcome o = run_moe(
+      "bench pipeline --pipeline-model-parallel-size 2 --num-virtual-stages-per-pipeline-rank 2 "
+      "--num-microbatches 4");
+  EXPECT_EQ(o.status, 0) << o.output;
+  for (const char* part :
+       {"rank 0 |abab", "rank 1 |.aba", "idle / busy = 12.5%", "(PP - 1) / (V M) = 12.5%"})
+    EXPECT_NE(o.output.find(part), std::string::npos) << part << "\n" << o.output;
+  EXPECT_FAILS_NAMING(run_moe("bench pipeline --pipeline-model-parallel-size 4 "
+                              "--num-virtual-stages-per-pipeline-rank 2 --num-microbatches 2"),
+                      "--microbatch-group-size-per-virtual-pipeline-stage");
+}
+
 TEST_F(MoeProgram, PreprocessWorkersMustBeAtLeastOne) {
   const fs::path input = dir_ / "in.txt";
   FILE* f = std::fopen(input.c_str(), "w");
