@@ -21,21 +21,21 @@ int run_layer_demo(bool force_cpu) {
   config.moe_aux_loss_coeff = 1e-2;
   config.moe_z_loss_coeff = 1e-3;
   config.moe_shared_expert_intermediate_size = 256;
-  config.moe_token_dispatcher_type = "alltoall";
+  config.moe_token_dispatcher_type = moe::nn::DispatcherType::alltoall;
   config.params_dtype = gpu ? DType::bf16 : DType::f32;
   config.validate();
   const int64_t seq = 512, batch = 4;
 
   std::printf("moecore: one MoE layer on %s (%s)\n", device.str().c_str(),
               dtype_name(config.params_dtype));
-  std::printf("  hidden %lld, %lld experts of FFN %lld, top-%lld softmax routing, shared expert "
-              "%lld, aux-loss %.0e, z-loss %.0e, %s dispatcher\n",
-              static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_experts),
-              static_cast<long long>(config.moe_ffn_hidden_size),
-              static_cast<long long>(config.moe_router_topk),
-              static_cast<long long>(config.moe_shared_expert_intermediate_size),
-              config.moe_aux_loss_coeff, *config.moe_z_loss_coeff,
-              config.moe_token_dispatcher_type.c_str());
+  std::printf(
+      "  hidden %lld, %lld experts of FFN %lld, top-%lld softmax routing, shared expert "
+      "%lld, aux-loss %.0e, z-loss %.0e, %s dispatcher\n",
+      static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_experts),
+      static_cast<long long>(config.moe_ffn_hidden_size),
+      static_cast<long long>(config.moe_router_topk),
+      static_cast<long long>(config.moe_shared_expert_intermediate_size), config.moe_aux_loss_coeff,
+      *config.moe_z_loss_coeff, moe::nn::name(config.moe_token_dispatcher_type));
   nn::MoELayer layer(config, device);
   Tensor x = Tensor::empty({seq, batch, config.hidden_size}, config.params_dtype, device);
   fill_normal(x, 1, 0.0, 1.0);

@@ -45,15 +45,17 @@ nn::MoEConfig config_for(const Shape& s, Device device, const std::string& routi
   c.num_experts = s.experts;
   c.moe_router_topk = s.topk;
   c.moe_shared_expert_intermediate_size = s.shared;
-  c.moe_router_score_function = s.score_function;
+  c.moe_router_score_function = nn::parse_score_function(s.score_function);
   c.moe_router_num_groups = s.groups;
   c.moe_router_group_topk = s.group_topk;
   if (s.scaling != 1.0) c.moe_router_topk_scaling_factor = s.scaling;
   c.moe_router_enable_expert_bias = s.score_function == "sigmoid" || routing == "skewed";
-  c.moe_router_load_balancing_type = s.score_function == "sigmoid" ? "seq_aux_loss" : "aux_loss";
+  c.moe_router_load_balancing_type = s.score_function == "sigmoid"
+                                         ? nn::LoadBalancingType::seq_aux_loss
+                                         : nn::LoadBalancingType::aux_loss;
   c.moe_aux_loss_coeff = s.score_function == "sigmoid" ? 1e-4 : 1e-2;
   c.moe_router_force_load_balancing = routing == "balanced";
-  c.moe_token_dispatcher_type = dispatcher;
+  c.moe_token_dispatcher_type = nn::parse_dispatcher_type(dispatcher);
   c.params_dtype = device.is_cuda() ? DType::bf16 : DType::f32;
   return c;
 }

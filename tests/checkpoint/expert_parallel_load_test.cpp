@@ -81,7 +81,7 @@ nn::ModelConfig sized(const std::string& name, int64_t experts, int64_t ffn) {
 nn::ModelConfig mapped(nn::ModelConfig c, Mapping m) {
   c.moe.expert_model_parallel_size = m.ep;
   c.moe.expert_tensor_parallel_size = m.etp;
-  c.moe.moe_token_dispatcher_type = "alltoall";
+  c.moe.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
   c.validate();
   return c;
 }

@@ -48,7 +48,7 @@ TEST(HfConfigExport, PublishedFields) {
 TEST(HfConfigExport, TrainingOptionsAreNotesAndArchitectureChangesAreErrors) {
   nn::ModelConfig c = nn::model_zoo("qwen3-moe-tiny");
   c.moe.moe_z_loss_coeff = 1e-3;
-  c.moe.moe_token_dispatcher_type = "alltoall";
+  c.moe.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
   std::vector<std::string> notes;
   (void)to_hf_config(c, DType::bf16, &notes);
   ASSERT_EQ(notes.size(), 2u);

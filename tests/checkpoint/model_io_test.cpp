@@ -69,9 +69,9 @@ TEST_F(CheckpointModelIo, MoecoreAndHfFoldersGiveTheSourceLogits) {
 
     // `adjust` edits the config before the model is built (here: the dispatcher).
     auto adjusted = load_model(hf_dir.string(), DType::f32, Device::cpu(), [](nn::ModelConfig& c) {
-      c.moe.moe_token_dispatcher_type = "alltoall";
+      c.moe.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
     });
-    EXPECT_EQ(adjusted->config().moe.moe_token_dispatcher_type, "alltoall");
+    EXPECT_EQ(adjusted->config().moe.moe_token_dispatcher_type, nn::DispatcherType::alltoall);
     EXPECT_TRUE(test::close(adjusted->logits(ids), expected, test::tolerance(DType::f32)));
   }
 }
@@ -178,7 +178,7 @@ TEST_F(CheckpointModelIo, ExpertBiasBufferRoundTrips) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   nn::ModelConfig config = nn::model_zoo("qwen3-moe-tiny");
-  config.moe.moe_router_score_function = "sigmoid";
+  config.moe.moe_router_score_function = ops::ScoreFunction::sigmoid;
   config.moe.moe_router_enable_expert_bias = true;
   config.validate();
   nn::GPTModel source(config, DType::f32, Device::cpu(), seed);

@@ -69,7 +69,7 @@ nn::ModelConfig moe_config(int64_t experts, int64_t topk, int64_t granularity) {
   c.moe.num_experts = experts;
   c.moe.moe_router_topk = topk;
   c.moe.moe_ffn_hidden_size = c.ffn_hidden_size / granularity;
-  c.moe.moe_router_dtype = "fp64";
+  c.moe.moe_router_dtype = nn::RouterDType::fp64;
   return c;
 }
 
@@ -184,7 +184,7 @@ TEST(Upcycle, DefaultSchemeKeepsTheDenseLogits) {
     SCOPED_TRACE(routing.name);
     nn::GPTModel dense(dense_config(), DType::f64, Device::cpu(), kDenseSeed);
     nn::ModelConfig mc = moe_config(routing.experts, routing.topk, 1);
-    mc.moe.moe_router_score_function = routing.score;
+    mc.moe.moe_router_score_function = nn::parse_score_function(routing.score);
     mc.moe.moe_router_enable_expert_bias = routing.expert_bias;
     mc.moe.moe_router_num_groups = routing.groups;
     mc.moe.moe_router_group_topk = routing.group_topk;

@@ -47,7 +47,7 @@ const std::vector<Variant>& variants() {
          c.moe_layer_pattern = {1, 0};
          c.moe.moe_shared_expert_intermediate_size = 5;
          c.moe.moe_shared_expert_gate = true;
-         c.moe.moe_router_load_balancing_type = "seq_aux_loss";
+         c.moe.moe_router_load_balancing_type = nn::LoadBalancingType::seq_aux_loss;
        }},
   };
   return v;

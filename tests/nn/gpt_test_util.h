@@ -33,7 +33,7 @@ inline nn::ModelConfig tiny_gpt_config(DType dtype = DType::f64) {
   c.moe.moe_router_topk = 2;
   c.moe.moe_aux_loss_coeff = 1e-2;
   c.moe.moe_z_loss_coeff = 1e-3;
-  c.moe.moe_router_dtype = dtype == DType::f64 ? "fp64" : "fp32";
+  c.moe.moe_router_dtype = dtype == DType::f64 ? nn::RouterDType::fp64 : nn::RouterDType::fp32;
   return c;
 }
 

@@ -46,7 +46,7 @@ TEST(HfConfig, MixtralRoutingIsRenormalisedSoftmaxTopK) {
   const ModelConfig c = from_hf_config(hf("mixtral-8x7b"), "m");
   EXPECT_EQ(c.name, "m");
   EXPECT_EQ(c.family, "mixtral");
-  EXPECT_EQ(c.moe.moe_router_score_function, "softmax");
+  EXPECT_EQ(c.moe.moe_router_score_function, ops::ScoreFunction::softmax);
   EXPECT_FALSE(c.moe.moe_router_pre_softmax);  // renormalised == softmax over the k logits
   EXPECT_EQ(c.moe.moe_router_topk, 2);
   EXPECT_EQ(c.moe.moe_ffn_hidden_size, 14336);
@@ -110,14 +110,14 @@ TEST(HfConfig, DeepSeekV2Routing) {
   EXPECT_EQ(c.attention_type, nn::AttentionType::mla);
   EXPECT_EQ(c.rotary_style, nn::RotaryStyle::interleaved);
   EXPECT_TRUE(c.qk_layernorm);
-  EXPECT_EQ(c.moe.moe_router_score_function, "softmax");
+  EXPECT_EQ(c.moe.moe_router_score_function, ops::ScoreFunction::softmax);
   EXPECT_TRUE(c.moe.moe_router_pre_softmax);
   EXPECT_EQ(c.moe.moe_router_num_groups, 8);
   EXPECT_EQ(c.moe.moe_router_group_topk, 3);
   EXPECT_EQ(c.moe.moe_router_topk_scaling_factor, 16.0);
   EXPECT_FALSE(c.moe.moe_router_enable_expert_bias);
   EXPECT_EQ(c.moe.moe_shared_expert_intermediate_size, 2 * 1536);
-  EXPECT_EQ(c.moe.moe_router_load_balancing_type, "seq_aux_loss");
+  EXPECT_EQ(c.moe.moe_router_load_balancing_type, nn::LoadBalancingType::seq_aux_loss);
   EXPECT_EQ(c.moe_layer_pattern[0], 0);
   EXPECT_EQ(c.moe_layer_pattern[1], 1);
   EXPECT_EQ(c.mtp_num_layers, 0);
@@ -138,7 +138,7 @@ TEST(HfConfig, DeepSeekV2Routing) {
   EXPECT_EQ(lite.moe.moe_router_num_groups, 0);
   EXPECT_EQ(lite.mla.q_lora_rank, 0);
   j["seq_aux"] = false;
-  EXPECT_EQ(from_hf_config(j).moe.moe_router_load_balancing_type, "aux_loss");
+  EXPECT_EQ(from_hf_config(j).moe.moe_router_load_balancing_type, nn::LoadBalancingType::aux_loss);
   j["moe_layer_freq"] = 2;  // MoE iff i >= 1 and i % 2 == 0
   const ModelConfig every_other = from_hf_config(j);
   EXPECT_EQ(every_other.moe_layer_pattern[1], 0);
@@ -148,7 +148,7 @@ TEST(HfConfig, DeepSeekV2Routing) {
 
 TEST(HfConfig, DeepSeekV3SigmoidGroupsBiasMtp) {
   const ModelConfig c = from_hf_config(hf("deepseek-v3"));
-  EXPECT_EQ(c.moe.moe_router_score_function, "sigmoid");
+  EXPECT_EQ(c.moe.moe_router_score_function, ops::ScoreFunction::sigmoid);
   EXPECT_FALSE(c.moe.moe_router_pre_softmax);
   EXPECT_TRUE(c.moe.moe_router_enable_expert_bias);
   EXPECT_EQ(c.moe.moe_router_num_groups, 8);

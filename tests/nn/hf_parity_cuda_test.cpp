@@ -45,7 +45,7 @@ TEST_P(HfParityCuda, Bf16MatchesTransformersWithinBf16Rounding) {
   MOE_REQUIRE_GPU();
   const HfFixture fx = load_hf_fixture(GetParam());
   auto model = checkpoint::load_model(fx.dir, DType::bf16, Device::cuda(), [](nn::ModelConfig& c) {
-    c.moe.moe_router_dtype = "fp32";
+    c.moe.moe_router_dtype = nn::RouterDType::fp32;
   });
   ASSERT_EQ(model->dtype(), DType::bf16);
   const HfParityResult r = run_hf_parity(*model, fx);

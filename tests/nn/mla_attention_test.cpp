@@ -470,14 +470,14 @@ ModelConfig deepseek_style_layer_config() {
   c.moe.moe_ffn_hidden_size = 3;
   c.moe.moe_shared_expert_intermediate_size = 5;
   c.moe.moe_router_topk = 2;
-  c.moe.moe_router_score_function = "sigmoid";
+  c.moe.moe_router_score_function = ops::ScoreFunction::sigmoid;
   c.moe.moe_router_num_groups = 4;
   c.moe.moe_router_group_topk = 2;
   c.moe.moe_router_topk_scaling_factor = 2.5;
   c.moe.moe_router_enable_expert_bias = true;
-  c.moe.moe_router_load_balancing_type = "seq_aux_loss";
+  c.moe.moe_router_load_balancing_type = nn::LoadBalancingType::seq_aux_loss;
   c.moe.moe_aux_loss_coeff = 1e-2;
-  c.moe.moe_router_dtype = "fp64";
+  c.moe.moe_router_dtype = nn::RouterDType::fp64;
   return c;
 }
 

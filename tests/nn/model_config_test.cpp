@@ -182,7 +182,7 @@ TEST(ModelConfigJson, RoundTripKeepsEveryField) {
   ModelConfig c = nn::model_zoo("deepseek-v3-tiny");
   c.moe.moe_z_loss_coeff = 1e-3;
   c.moe.moe_expert_capacity_factor = 1.25;
-  c.moe.moe_token_dispatcher_type = "alltoall";
+  c.moe.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
   c.moe.params_dtype = DType::bf16;
   c.moe.seed = 77;
   c.mtp_loss_scaling_factor = 0.3;
@@ -190,7 +190,7 @@ TEST(ModelConfigJson, RoundTripKeepsEveryField) {
   const ModelConfig back = nn::model_config_from_json(nn::model_config_to_json(c));
   EXPECT_EQ(back.moe.moe_z_loss_coeff, 1e-3);
   EXPECT_EQ(back.moe.moe_expert_capacity_factor, 1.25);
-  EXPECT_EQ(back.moe.moe_token_dispatcher_type, "alltoall");
+  EXPECT_EQ(back.moe.moe_token_dispatcher_type, nn::DispatcherType::alltoall);
   EXPECT_EQ(back.moe.params_dtype, DType::bf16);
   EXPECT_EQ(back.moe.seed, 77u);
   EXPECT_EQ(back.mtp_loss_scaling_factor, 0.3);

@@ -125,7 +125,7 @@ TEST(ModelZoo, PublishedHyperparameters) {
   }
   // DeepSeek-V3's router: sigmoid, expert bias, 8 groups / top-4 groups, scaling 2.5; YaRN 40.
   const ModelConfig v3 = nn::model_zoo("deepseek-v3");
-  EXPECT_EQ(v3.moe.moe_router_score_function, "sigmoid");
+  EXPECT_EQ(v3.moe.moe_router_score_function, ops::ScoreFunction::sigmoid);
   EXPECT_TRUE(v3.moe.moe_router_enable_expert_bias);
   EXPECT_EQ(v3.moe.moe_router_num_groups, 8);
   EXPECT_EQ(v3.moe.moe_router_group_topk, 4);

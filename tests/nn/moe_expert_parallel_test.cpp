@@ -24,7 +24,7 @@ void check_invariance(int ep, int etp, const std::string& dispatcher, DType dtyp
   base.moe_shared_expert_overlap = shared_expert_overlap;
   base.num_experts = 8;
   base.moe_ffn_hidden_size = 6;
-  base.moe_token_dispatcher_type = dispatcher;
+  base.moe_token_dispatcher_type = nn::parse_dispatcher_type(dispatcher);
   base.moe_z_loss_coeff = 1e-3;
   base.moe_shared_expert_intermediate_size = 3;
   // 19 tokens per rank: odd, and some experts get no tokens from some ranks.
@@ -69,7 +69,7 @@ TEST(ExpertParallel, DropAndPadMatchesOneRank) {
       MoEConfig base = test::small_moe_config(DType::f64);
       base.num_experts = 8;
       base.moe_ffn_hidden_size = 6;
-      base.moe_token_dispatcher_type = dispatcher;
+      base.moe_token_dispatcher_type = nn::parse_dispatcher_type(dispatcher);
       base.moe_expert_capacity_factor = 0.8;  // some tokens are dropped
       base.moe_pad_expert_input_to_capacity = true;
       test::check_expert_parallel_invariance(base, ep, etp, 19, Device::cpu(),
@@ -82,7 +82,7 @@ TEST(ExpertParallel, DropAndPadMatchesOneRank) {
 TEST(ExpertParallel, DropAndPadRefusesRanksOfOtherTokenCounts) {
   MoEConfig c = test::small_moe_config(DType::f64);
   c.num_experts = 8;
-  c.moe_token_dispatcher_type = "alltoall";
+  c.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
   c.moe_expert_capacity_factor = 1.0;
   c.moe_pad_expert_input_to_capacity = true;
   c.expert_model_parallel_size = 2;
@@ -106,7 +106,7 @@ TEST(ExpertParallel, SharedExpertOverlapNeedsTheAlltoallDispatcher) {
   MoEConfig c = test::small_moe_config(DType::f64);
   c.moe_shared_expert_intermediate_size = 3;
   c.moe_shared_expert_overlap = true;
-  c.moe_token_dispatcher_type = "allgather";
+  c.moe_token_dispatcher_type = nn::DispatcherType::allgather;
   try {
     c.validate();
     ADD_FAILURE() << "the allgather dispatcher with --moe-shared-expert-overlap was accepted";
@@ -114,7 +114,7 @@ TEST(ExpertParallel, SharedExpertOverlapNeedsTheAlltoallDispatcher) {
     EXPECT_NE(std::string(e.what()).find("--moe-shared-expert-overlap"), std::string::npos)
         << e.what();
   }
-  c.moe_token_dispatcher_type = "alltoall";
+  c.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
   EXPECT_NO_THROW(c.validate());
 }
 

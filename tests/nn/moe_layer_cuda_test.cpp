@@ -29,19 +29,20 @@ struct GpuVariant {
 
 const std::vector<GpuVariant>& gpu_variants() {
   static const std::vector<GpuVariant> v = {
-      {"softmax_aux_alltoall", [](MoEConfig& c) { c.moe_token_dispatcher_type = "alltoall"; }},
+      {"softmax_aux_alltoall",
+       [](MoEConfig& c) { c.moe_token_dispatcher_type = nn::DispatcherType::alltoall; }},
       {"softmax_aux_allgather", [](MoEConfig&) {}},
       {"sequential", [](MoEConfig& c) { c.moe_grouped_gemm = false; }},
       {"sigmoid_groups_bias_seq_aux_shared_gate",
        [](MoEConfig& c) {
          c.num_experts = 16;
-         c.moe_router_score_function = "sigmoid";
+         c.moe_router_score_function = ops::ScoreFunction::sigmoid;
          c.moe_router_num_groups = 4;
          c.moe_router_group_topk = 2;
          c.moe_router_topk = 4;
          c.moe_router_enable_expert_bias = true;
          c.moe_router_topk_scaling_factor = 2.5;
-         c.moe_router_load_balancing_type = "seq_aux_loss";
+         c.moe_router_load_balancing_type = nn::LoadBalancingType::seq_aux_loss;
          c.moe_shared_expert_intermediate_size = 40;
          c.moe_shared_expert_gate = true;
        }},
@@ -56,11 +57,11 @@ const std::vector<GpuVariant>& gpu_variants() {
        [](MoEConfig& c) {
          c.moe_expert_capacity_factor = 0.9;
          c.moe_pad_expert_input_to_capacity = true;
-         c.moe_token_dispatcher_type = "alltoall";
+         c.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
        }},
       {"sinkhorn_fp8_padding",
        [](MoEConfig& c) {
-         c.moe_router_load_balancing_type = "sinkhorn";
+         c.moe_router_load_balancing_type = nn::LoadBalancingType::sinkhorn;
          c.moe_aux_loss_coeff = 0;
          c.moe_router_padding_for_fp8 = true;
        }},
@@ -68,7 +69,7 @@ const std::vector<GpuVariant>& gpu_variants() {
        [](MoEConfig& c) {
          c.num_experts = 64;  // several experts get no tokens
          c.moe_router_topk = 6;
-         c.moe_router_load_balancing_type = "global_aux_loss";
+         c.moe_router_load_balancing_type = nn::LoadBalancingType::global_aux_loss;
        }},
   };
   return v;
@@ -137,7 +138,7 @@ TEST(MoELayerCudaExpertParallel, MatchesOneRank) {
     base.moe_ffn_hidden_size = 48;
     base.moe_router_topk = 4;
     base.init_method_std = 0.1;
-    base.moe_token_dispatcher_type = dispatcher;
+    base.moe_token_dispatcher_type = nn::parse_dispatcher_type(dispatcher);
     test::check_expert_parallel_invariance(base, 4, 2, 33, Device::cuda(), 1e-5);
   }
 }

@@ -23,7 +23,8 @@ struct Variant {
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = {
       {"softmax_aux", [](MoEConfig&) {}},
-      {"softmax_aux_alltoall", [](MoEConfig& c) { c.moe_token_dispatcher_type = "alltoall"; }},
+      {"softmax_aux_alltoall",
+       [](MoEConfig& c) { c.moe_token_dispatcher_type = nn::DispatcherType::alltoall; }},
       {"sequential_experts", [](MoEConfig& c) { c.moe_grouped_gemm = false; }},
       {"pre_softmax_top1_zloss",
        [](MoEConfig& c) {
@@ -34,29 +35,30 @@ const std::vector<Variant>& variants() {
       {"sigmoid_groups_bias_scaling_seq_aux",
        [](MoEConfig& c) {
          c.num_experts = 8;
-         c.moe_router_score_function = "sigmoid";
+         c.moe_router_score_function = ops::ScoreFunction::sigmoid;
          c.moe_router_num_groups = 4;
          c.moe_router_group_topk = 2;
          c.moe_router_enable_expert_bias = true;
          c.moe_router_topk_scaling_factor = 2.5;
-         c.moe_router_load_balancing_type = "seq_aux_loss";
+         c.moe_router_load_balancing_type = nn::LoadBalancingType::seq_aux_loss;
        }},
-      {"softmax_expert_bias",
-       [](MoEConfig& c) { c.moe_router_enable_expert_bias = true; }},
-      {"global_aux", [](MoEConfig& c) { c.moe_router_load_balancing_type = "global_aux_loss"; }},
+      {"softmax_expert_bias", [](MoEConfig& c) { c.moe_router_enable_expert_bias = true; }},
+      {"global_aux",
+       [](MoEConfig& c) {
+         c.moe_router_load_balancing_type = nn::LoadBalancingType::global_aux_loss;
+       }},
       {"sinkhorn",
        [](MoEConfig& c) {
-         c.moe_router_load_balancing_type = "sinkhorn";
+         c.moe_router_load_balancing_type = nn::LoadBalancingType::sinkhorn;
          c.moe_aux_loss_coeff = 0;
        }},
-      {"capacity_drop_probs",
-       [](MoEConfig& c) { c.moe_expert_capacity_factor = 0.75; }},
+      {"capacity_drop_probs", [](MoEConfig& c) { c.moe_expert_capacity_factor = 0.75; }},
       {"capacity_drop_pad_position_alltoall",
        [](MoEConfig& c) {
          c.moe_expert_capacity_factor = 0.75;
          c.moe_token_drop_policy = "position";
          c.moe_pad_expert_input_to_capacity = true;
-         c.moe_token_dispatcher_type = "alltoall";
+         c.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
        }},
       {"shared_expert_gated_fp8_padding",
        [](MoEConfig& c) {
@@ -85,7 +87,8 @@ TEST_P(MoELayerGradient, MatchesFiniteDifferences) {
   SCOPED_TRACE(seed);
   Tensor x = test::random_normal({3, 2, config.hidden_size}, DType::f64, seed);  // [S, B, H]
   const Tensor weights = test::random_normal(x.shape(), DType::f64, seed + 1);
-  const bool stateful = config.moe_router_load_balancing_type == "global_aux_loss";
+  const bool stateful =
+      config.moe_router_load_balancing_type == nn::LoadBalancingType::global_aux_loss;
   auto objective = [&] {
     if (stateful) layer.finish_step();  // global aux counts restart for each evaluation
     return test::moe_objective(layer, x, weights);
@@ -129,15 +132,15 @@ TEST(MoELayer, PaddingLeavesOutputsUnchanged) {
   SCOPED_TRACE(seed);
   for (const char* dispatcher : {"allgather", "alltoall"}) {
     MoEConfig drop = test::small_moe_config(DType::f64);
-    drop.moe_token_dispatcher_type = dispatcher;
+    drop.moe_token_dispatcher_type = nn::parse_dispatcher_type(dispatcher);
     drop.moe_expert_capacity_factor = 0.8;
     MoEConfig pad = drop;
     pad.moe_pad_expert_input_to_capacity = true;
     MoEConfig fp8 = test::small_moe_config(DType::f64);
-    fp8.moe_token_dispatcher_type = dispatcher;
+    fp8.moe_token_dispatcher_type = nn::parse_dispatcher_type(dispatcher);
     fp8.moe_router_padding_for_fp8 = true;
     MoEConfig plain = test::small_moe_config(DType::f64);
-    plain.moe_token_dispatcher_type = dispatcher;
+    plain.moe_token_dispatcher_type = nn::parse_dispatcher_type(dispatcher);
     const Tensor x = test::random_normal({29, drop.hidden_size}, DType::f64, seed);
     const Tensor dy = test::random_normal(x.shape(), DType::f64, seed + 1);
     auto run = [&](const MoEConfig& c) {
@@ -164,11 +167,11 @@ TEST(MoELayer, PaddingLeavesOutputsUnchanged) {
 // The expert bias moves towards balance: under-loaded experts gain, over-loaded lose.
 TEST(MoELayer, ExpertBiasUpdateFollowsLoad) {
   MoEConfig c = test::small_moe_config(DType::f32);
-  c.moe_router_score_function = "sigmoid";
+  c.moe_router_score_function = ops::ScoreFunction::sigmoid;
   c.moe_router_enable_expert_bias = true;
   c.moe_router_bias_update_rate = 0.25;
   c.moe_aux_loss_coeff = 0;
-  c.moe_router_load_balancing_type = "none";
+  c.moe_router_load_balancing_type = nn::LoadBalancingType::none;
   MoELayer layer(c, Device::cpu());
   const Tensor x = test::random_normal({64, c.hidden_size}, DType::f32, test::fresh_seed());
   nn::MoEContext ctx;

@@ -24,7 +24,7 @@ inline nn::MoEConfig small_moe_config(DType dtype = DType::f64) {
   c.moe_router_topk = 2;
   c.moe_aux_loss_coeff = 1e-2;
   c.params_dtype = dtype;
-  c.moe_router_dtype = dtype == DType::f64 ? "fp64" : "fp32";
+  c.moe_router_dtype = dtype == DType::f64 ? nn::RouterDType::fp64 : nn::RouterDType::fp32;
   c.init_method_std = 0.5;  // large enough that routing is far from ties
   c.seed = 7;
   return c;

@@ -67,7 +67,7 @@ const std::vector<MtpVariant>& mtp_variants() {
          c.qk_layernorm = true;
          c.rotary_style = nn::RotaryStyle::interleaved;
          c.untie_embeddings_and_output_weights = false;
-         c.moe.moe_router_score_function = "sigmoid";
+         c.moe.moe_router_score_function = ops::ScoreFunction::sigmoid;
          c.moe.moe_router_enable_expert_bias = true;
          // The q path of a tiny MLA layer has small gradients (nearly uniform attention):
          // a larger MTP weight keeps the MTP layers' ones well above the finite differences'
@@ -434,7 +434,7 @@ TEST(Mtp, LowerPrecisionCpuModels) {
   ModelConfig config = test::small_gpt_config();
   config.mtp_num_layers = 2;
   config.moe.moe_router_force_load_balancing = true;
-  config.moe.moe_router_dtype = "fp32";
+  config.moe.moe_router_dtype = nn::RouterDType::fp32;
   GPTModel reference(config, DType::f64, Device::cpu(), seed);
   test::randomize_norms_and_biases(reference, seed + 100);
   const Tensor ids = test::random_tokens(9, 2, config.vocab_size, seed + 1);

@@ -197,7 +197,10 @@ struct Mapping {
 std::string mapping_name(const Mapping& m) {
   std::string name;
   const auto axis = [&](const char* what, int n) {
-    if (n > 1) name += (name.empty() ? "" : "_") + std::string(what) + std::to_string(n);
+    if (n <= 1) return;
+    if (!name.empty()) name += '_';
+    name += what;
+    name += std::to_string(n);
   };
   axis("tp", m.tp);
   axis("cp", m.cp);
@@ -249,7 +252,7 @@ Results run(nn::GPTModel& model, const Inputs& in) {
 // of 4 and of 12 are 1e-8 to 1e-7 apart (Qwen3-MoE, DeepSeek-V2/V3), and so are the mappings,
 // whose ranks route other numbers of tokens.
 void f64_router(nn::ModelConfig& config) {
-  config.moe.moe_router_dtype = "fp64";
+  config.moe.moe_router_dtype = nn::RouterDType::fp64;
 }
 // What load_model_folder_weights then reports of a Hugging Face folder (whose config has no
 // router dtype: Megatron's default).

@@ -26,10 +26,10 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
     m.ffn_hidden_size = 8;
     m.mtp_num_layers = 1;
     m.moe.moe_shared_expert_intermediate_size = 4;
-    m.moe.moe_router_score_function = "sigmoid";
+    m.moe.moe_router_score_function = ops::ScoreFunction::sigmoid;
     m.moe.moe_router_enable_expert_bias = true;
     m.moe.moe_router_bias_update_rate = 1e-2;
-    m.moe.moe_router_load_balancing_type = "seq_aux_loss";
+    m.moe.moe_router_load_balancing_type = nn::LoadBalancingType::seq_aux_loss;
     m.moe.moe_router_topk_scaling_factor = 2.5;
   } else {
     m = moe::test::tiny_gpt_config(dtype);
@@ -41,11 +41,12 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
     m.moe.moe_shared_expert_intermediate_size = 4;
   }
   m.vocab_size = 12;  // TP 1, 2, 4
-  if (c.global_aux_loss) m.moe.moe_router_load_balancing_type = "global_aux_loss";
-  m.moe.moe_router_dtype = dtype == DType::f64 ? "fp64" : "fp32";
+  if (c.global_aux_loss)
+    m.moe.moe_router_load_balancing_type = nn::LoadBalancingType::global_aux_loss;
+  m.moe.moe_router_dtype = dtype == DType::f64 ? nn::RouterDType::fp64 : nn::RouterDType::fp32;
   m.moe.num_experts = 8;  // EP 4: two local experts; ETP 2: FFN 6 -> 3
   m.moe.moe_ffn_hidden_size = 6;
-  m.moe.moe_token_dispatcher_type = c.dispatcher;
+  m.moe.moe_token_dispatcher_type = nn::parse_dispatcher_type(c.dispatcher);
   m.moe.expert_model_parallel_size = c.ep;
   m.moe.expert_tensor_parallel_size = c.etp;
   m.untie_embeddings_and_output_weights = !c.tied;

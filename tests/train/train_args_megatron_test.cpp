@@ -78,14 +78,14 @@ TEST(TrainArgsMegatron, AbsentFlagsTakeMegatronsDefaults) {
   EXPECT_EQ(m.mla.v_head_dim, 128);              // --v-head-dim 128
   const nn::MoEConfig& e = m.moe;
   EXPECT_EQ(e.moe_router_topk, 2);                            // --moe-router-topk 2
-  EXPECT_EQ(e.moe_router_load_balancing_type, "aux_loss");    // aux_loss
-  EXPECT_EQ(e.moe_router_score_function, "softmax");          // softmax
+  EXPECT_EQ(e.moe_router_load_balancing_type, nn::LoadBalancingType::aux_loss);  // aux_loss
+  EXPECT_EQ(e.moe_router_score_function, ops::ScoreFunction::softmax);           // softmax
   EXPECT_DOUBLE_EQ(e.moe_aux_loss_coeff, 0.0);                // 0.0
   EXPECT_FALSE(e.moe_z_loss_coeff.has_value());               // None
   EXPECT_FALSE(e.moe_input_jitter_eps.has_value());           // None
   EXPECT_FALSE(e.moe_expert_capacity_factor.has_value());     // None
   EXPECT_DOUBLE_EQ(e.moe_router_bias_update_rate, 1e-3);      // 0.001
-  EXPECT_EQ(e.moe_token_dispatcher_type, "allgather");        // allgather
+  EXPECT_EQ(e.moe_token_dispatcher_type, nn::DispatcherType::allgather);  // allgather
   EXPECT_EQ(e.moe_token_drop_policy, "probs");                // probs
   EXPECT_FALSE(e.moe_router_pre_softmax || e.moe_router_enable_expert_bias ||
                e.moe_pad_expert_input_to_capacity || e.moe_shared_expert_gate ||

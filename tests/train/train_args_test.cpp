@@ -164,15 +164,15 @@ TEST(TrainArgs, ModelAndMoEFlagsMapOntoTheirFields) {
   EXPECT_EQ(m.moe.moe_router_topk, 3);
   EXPECT_DOUBLE_EQ(m.moe.moe_aux_loss_coeff, 0.05);
   EXPECT_DOUBLE_EQ(m.moe.moe_z_loss_coeff.value(), 0.002);
-  EXPECT_EQ(m.moe.moe_router_load_balancing_type, "seq_aux_loss");
-  EXPECT_EQ(m.moe.moe_router_score_function, "sigmoid");
+  EXPECT_EQ(m.moe.moe_router_load_balancing_type, nn::LoadBalancingType::seq_aux_loss);
+  EXPECT_EQ(m.moe.moe_router_score_function, ops::ScoreFunction::sigmoid);
   EXPECT_TRUE(m.moe.moe_router_enable_expert_bias);
   EXPECT_DOUBLE_EQ(m.moe.moe_router_bias_update_rate, 0.01);
-  EXPECT_EQ(m.moe.moe_token_dispatcher_type, "alltoall");
+  EXPECT_EQ(m.moe.moe_token_dispatcher_type, nn::DispatcherType::alltoall);
   EXPECT_EQ(m.moe.moe_shared_expert_intermediate_size, 32);
   EXPECT_DOUBLE_EQ(m.init_method_std, 0.01);
   EXPECT_DOUBLE_EQ(m.moe.init_method_std, 0.01);
-  EXPECT_EQ(m.moe.moe_router_dtype, "fp64");
+  EXPECT_EQ(m.moe.moe_router_dtype, nn::RouterDType::fp64);
 }
 
 TEST(TrainArgs, TrainingFlagsMapOntoTheTrainerConfig) {
@@ -559,7 +559,7 @@ TEST(TrainArgs, BalancingWithoutCoefficientDropsThePresetsOne) {
   for (const char* type : {"sinkhorn", "none"}) {
     SCOPED_TRACE(type);
     const TrainRunConfig run = parse({"--moe-router-load-balancing-type", type});
-    EXPECT_EQ(run.model.moe.moe_router_load_balancing_type, type);
+    EXPECT_STREQ(nn::name(run.model.moe.moe_router_load_balancing_type), type);
     EXPECT_EQ(run.model.moe.moe_aux_loss_coeff, 0.0);
     EXPECT_ERROR_NAMES(
         Args({"--moe-router-load-balancing-type", type, "--moe-aux-loss-coeff", "0.01"}),

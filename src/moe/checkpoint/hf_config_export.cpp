@@ -138,8 +138,8 @@ void write_deepseek(const nn::ModelConfig& c, bool v3, json& j) {
     j["moe_intermediate_size"] = m.moe_ffn_hidden_size;
     const int64_t Fs = m.moe_shared_expert_intermediate_size, F = m.moe_ffn_hidden_size;
     j["n_shared_experts"] = F > 0 && Fs % F == 0 ? Fs / F : Fs;  // a non-multiple fails the check
-    j["scoring_func"] = m.moe_router_score_function;
-    const bool sigmoid = m.moe_router_score_function == "sigmoid";
+    j["scoring_func"] = nn::name(m.moe_router_score_function);
+    const bool sigmoid = m.moe_router_score_function == ops::ScoreFunction::sigmoid;
     j["norm_topk_prob"] = sigmoid ? true : !m.moe_router_pre_softmax;
     const bool groups = m.moe_router_num_groups > 1;
     j["topk_method"] = m.moe_router_enable_expert_bias ? "noaux_tc"
@@ -148,7 +148,7 @@ void write_deepseek(const nn::ModelConfig& c, bool v3, json& j) {
     j["n_group"] = groups ? m.moe_router_num_groups : 1;
     j["topk_group"] = groups ? m.moe_router_group_topk : 1;
     j["routed_scaling_factor"] = m.moe_router_topk_scaling_factor.value_or(1.0);
-    j["seq_aux"] = m.moe_router_load_balancing_type == "seq_aux_loss";
+    j["seq_aux"] = m.moe_router_load_balancing_type == nn::LoadBalancingType::seq_aux_loss;
     j["aux_loss_alpha"] = m.moe_aux_loss_coeff;
   }
   j["first_k_dense_replace"] = first;

@@ -202,7 +202,7 @@ UpcyclingReport upcycle_model(nn::GPTModel& dense, nn::GPTModel& moe, int64_t gr
         "--moe-router-topk ", m.moe_router_topk, " is not a multiple of --moe-upcycling-granularity ",
         granularity, ": the top-k splits virtual groups, so the MoE model does not start from the "
         "dense model's function"));
-  if (m.moe_router_score_function == "sigmoid" && m.moe_router_topk == 1)
+  if (m.moe_router_score_function == ops::ScoreFunction::sigmoid && m.moe_router_topk == 1)
     report.notes.push_back("sigmoid top-1 routing weights are not normalised: the MoE layer "
                            "starts as sigmoid(z) times the dense MLP");
   if (m.moe_router_topk_scaling_factor && *m.moe_router_topk_scaling_factor != 1.0)

@@ -181,7 +181,7 @@ void refuse_sliding_window(const HfFields& f, const ModelConfig& c, bool enabled
 // softmax equals the softmax over the k chosen logits (Megatron's default); without
 // renormalisation it is --moe-router-pre-softmax.
 void set_softmax_topk(MoEConfig& m, bool norm_topk_prob) {
-  m.moe_router_score_function = "softmax";
+  m.moe_router_score_function = ops::ScoreFunction::softmax;
   m.moe_router_pre_softmax = !norm_topk_prob;
 }
 
@@ -196,7 +196,7 @@ ModelConfig mixtral(const HfFields& f) {
   m.moe_router_topk = f.required_size("num_experts_per_tok", 1, kCountLimit);
   m.moe_ffn_hidden_size = c.ffn_hidden_size;  // Mixtral's experts are its MLPs
   set_softmax_topk(m, /*norm_topk_prob=*/true);
-  m.moe_router_load_balancing_type = "aux_loss";
+  m.moe_router_load_balancing_type = LoadBalancingType::aux_loss;
   m.moe_aux_loss_coeff = f.number_or("router_aux_loss_coef", 0.001);
   const double jitter = f.number_or("router_jitter_noise", 0.0);
   if (jitter > 0) m.moe_input_jitter_eps = jitter;
@@ -232,7 +232,7 @@ ModelConfig qwen_moe(const HfFields& f, bool qwen3) {
     m.moe_shared_expert_gate = m.moe_shared_expert_intermediate_size > 0;
   }
   set_softmax_topk(m, f.bool_or("norm_topk_prob", false));
-  m.moe_router_load_balancing_type = "aux_loss";
+  m.moe_router_load_balancing_type = LoadBalancingType::aux_loss;
   m.moe_aux_loss_coeff = f.number_or("router_aux_loss_coef", 0.001);
 
   // Qwen2MoeDecoderLayer: sparse iff layer_idx not in mlp_only_layers and num_experts > 0 and
@@ -291,7 +291,7 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
         f.unsupported(
             "scoring_func sigmoid with norm_topk_prob false is not supported (sigmoid "
             "top-k probabilities are always renormalised)");
-      m.moe_router_score_function = "sigmoid";
+      m.moe_router_score_function = ops::ScoreFunction::sigmoid;
     } else {
       f.unsupported("scoring_func \"" + scoring + "\" is not one of softmax, sigmoid");
     }
@@ -317,7 +317,8 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
     const bool scaled = v3 || !(m.moe_router_topk > 1 && norm);
     if (scaled && scaling != 1.0) m.moe_router_topk_scaling_factor = scaling;
 
-    m.moe_router_load_balancing_type = f.bool_or("seq_aux", true) ? "seq_aux_loss" : "aux_loss";
+    m.moe_router_load_balancing_type =
+        f.bool_or("seq_aux", true) ? LoadBalancingType::seq_aux_loss : LoadBalancingType::aux_loss;
     m.moe_aux_loss_coeff = f.number_or("aux_loss_alpha", 0.001);
   }
 

@@ -187,6 +187,13 @@ class ObjectReader {
       out = v->get<std::string>();
     }
   }
+  // A named option (moe_config.h's enums): parsed here, once, by its parse_* function.
+  template <typename Enum>
+  void read(const std::string& key, Enum& out, Enum (*parse)(const std::string&)) {
+    std::string text = name(out);
+    read(key, text);
+    out = parse(text);
+  }
 
   // Unknown keys are errors (a misspelt key would otherwise fall back to a default silently);
   // keys starting with '_' are comments.
@@ -227,8 +234,9 @@ void read_moe(const json& object, MoEConfig& m) {
               kWidthLimit);
   r.read("moe_shared_expert_gate", m.moe_shared_expert_gate);
   r.read_size("moe_router_topk", m.moe_router_topk, 0, kCountLimit);
-  r.read("moe_router_load_balancing_type", m.moe_router_load_balancing_type);
-  r.read("moe_router_score_function", m.moe_router_score_function);
+  r.read("moe_router_load_balancing_type", m.moe_router_load_balancing_type,
+         parse_load_balancing_type);
+  r.read("moe_router_score_function", m.moe_router_score_function, parse_score_function);
   r.read("moe_router_pre_softmax", m.moe_router_pre_softmax);
   r.read_size("moe_router_num_groups", m.moe_router_num_groups, 0, kCountLimit);
   r.read_size("moe_router_group_topk", m.moe_router_group_topk, 0, kCountLimit);
@@ -236,12 +244,12 @@ void read_moe(const json& object, MoEConfig& m) {
   r.read("moe_router_topk_scaling_factor", m.moe_router_topk_scaling_factor);
   r.read("moe_router_enable_expert_bias", m.moe_router_enable_expert_bias);
   r.read("moe_router_bias_update_rate", m.moe_router_bias_update_rate);
-  r.read("moe_router_dtype", m.moe_router_dtype);
+  r.read("moe_router_dtype", m.moe_router_dtype, parse_router_dtype);
   r.read("moe_router_force_load_balancing", m.moe_router_force_load_balancing);
   r.read("moe_aux_loss_coeff", m.moe_aux_loss_coeff);
   r.read("moe_z_loss_coeff", m.moe_z_loss_coeff);
   r.read("moe_input_jitter_eps", m.moe_input_jitter_eps);
-  r.read("moe_token_dispatcher_type", m.moe_token_dispatcher_type);
+  r.read("moe_token_dispatcher_type", m.moe_token_dispatcher_type, parse_dispatcher_type);
   r.read("moe_expert_capacity_factor", m.moe_expert_capacity_factor);
   r.read("moe_pad_expert_input_to_capacity", m.moe_pad_expert_input_to_capacity);
   r.read("moe_token_drop_policy", m.moe_token_drop_policy);
@@ -381,8 +389,8 @@ json moe_to_json(const MoEConfig& m) {
       {"moe_shared_expert_intermediate_size", m.moe_shared_expert_intermediate_size},
       {"moe_shared_expert_gate", m.moe_shared_expert_gate},
       {"moe_router_topk", m.moe_router_topk},
-      {"moe_router_load_balancing_type", m.moe_router_load_balancing_type},
-      {"moe_router_score_function", m.moe_router_score_function},
+      {"moe_router_load_balancing_type", name(m.moe_router_load_balancing_type)},
+      {"moe_router_score_function", name(m.moe_router_score_function)},
       {"moe_router_pre_softmax", m.moe_router_pre_softmax},
       {"moe_router_num_groups", m.moe_router_num_groups},
       {"moe_router_group_topk", m.moe_router_group_topk},
@@ -390,12 +398,12 @@ json moe_to_json(const MoEConfig& m) {
       {"moe_router_topk_scaling_factor", optional_json(m.moe_router_topk_scaling_factor)},
       {"moe_router_enable_expert_bias", m.moe_router_enable_expert_bias},
       {"moe_router_bias_update_rate", m.moe_router_bias_update_rate},
-      {"moe_router_dtype", m.moe_router_dtype},
+      {"moe_router_dtype", name(m.moe_router_dtype)},
       {"moe_router_force_load_balancing", m.moe_router_force_load_balancing},
       {"moe_aux_loss_coeff", m.moe_aux_loss_coeff},
       {"moe_z_loss_coeff", optional_json(m.moe_z_loss_coeff)},
       {"moe_input_jitter_eps", optional_json(m.moe_input_jitter_eps)},
-      {"moe_token_dispatcher_type", m.moe_token_dispatcher_type},
+      {"moe_token_dispatcher_type", name(m.moe_token_dispatcher_type)},
       {"moe_expert_capacity_factor", optional_json(m.moe_expert_capacity_factor)},
       {"moe_pad_expert_input_to_capacity", m.moe_pad_expert_input_to_capacity},
       {"moe_token_drop_policy", m.moe_token_drop_policy},

@@ -5,24 +5,79 @@
 
 namespace moe::nn {
 
-LoadBalancingType MoEConfig::load_balancing() const {
-  const std::string& t = moe_router_load_balancing_type;
-  if (t == "aux_loss") return LoadBalancingType::aux_loss;
-  if (t == "seq_aux_loss") return LoadBalancingType::seq_aux_loss;
-  if (t == "global_aux_loss") return LoadBalancingType::global_aux_loss;
-  if (t == "sinkhorn") return LoadBalancingType::sinkhorn;
-  if (t == "none") return LoadBalancingType::none;
+LoadBalancingType parse_load_balancing_type(const std::string& t) {
+  for (LoadBalancingType type :
+       {LoadBalancingType::aux_loss, LoadBalancingType::seq_aux_loss,
+        LoadBalancingType::global_aux_loss, LoadBalancingType::sinkhorn, LoadBalancingType::none})
+    if (t == name(type)) return type;
   MOE_FAIL("--moe-router-load-balancing-type ", t,
            " is not one of aux_loss, seq_aux_loss, global_aux_loss, sinkhorn, none");
 }
 
-DispatcherType MoEConfig::dispatcher() const {
-  if (moe_token_dispatcher_type == "allgather") return DispatcherType::allgather;
-  if (moe_token_dispatcher_type == "alltoall") return DispatcherType::alltoall;
-  if (moe_token_dispatcher_type == "flex")
+ops::ScoreFunction parse_score_function(const std::string& f) {
+  if (f == "softmax") return ops::ScoreFunction::softmax;
+  if (f == "sigmoid") return ops::ScoreFunction::sigmoid;
+  MOE_FAIL("--moe-router-score-function ", f, " is not one of softmax, sigmoid");
+}
+
+DispatcherType parse_dispatcher_type(const std::string& t) {
+  if (t == "allgather") return DispatcherType::allgather;
+  if (t == "alltoall") return DispatcherType::alltoall;
+  if (t == "flex")
     MOE_FAIL("--moe-token-dispatcher-type flex is not supported by this build; use alltoall");
-  MOE_FAIL("--moe-token-dispatcher-type ", moe_token_dispatcher_type,
-           " is not one of allgather, alltoall");
+  MOE_FAIL("--moe-token-dispatcher-type ", t, " is not one of allgather, alltoall");
+}
+
+RouterDType parse_router_dtype(const std::string& d) {
+  if (d == "fp32") return RouterDType::fp32;
+  if (d == "fp64") return RouterDType::fp64;
+  MOE_FAIL("--moe-router-dtype ", d, " is not one of fp32, fp64");
+}
+
+const char* name(LoadBalancingType type) {
+  switch (type) {
+    case LoadBalancingType::aux_loss:
+      return "aux_loss";
+    case LoadBalancingType::seq_aux_loss:
+      return "seq_aux_loss";
+    case LoadBalancingType::global_aux_loss:
+      return "global_aux_loss";
+    case LoadBalancingType::sinkhorn:
+      return "sinkhorn";
+    case LoadBalancingType::none:
+      return "none";
+  }
+  MOE_FAIL("unknown LoadBalancingType ", static_cast<int>(type));
+}
+
+const char* name(ops::ScoreFunction function) {
+  switch (function) {
+    case ops::ScoreFunction::softmax:
+      return "softmax";
+    case ops::ScoreFunction::sigmoid:
+      return "sigmoid";
+  }
+  MOE_FAIL("unknown ScoreFunction ", static_cast<int>(function));
+}
+
+const char* name(DispatcherType type) {
+  switch (type) {
+    case DispatcherType::allgather:
+      return "allgather";
+    case DispatcherType::alltoall:
+      return "alltoall";
+  }
+  MOE_FAIL("unknown DispatcherType ", static_cast<int>(type));
+}
+
+const char* name(RouterDType dtype) {
+  switch (dtype) {
+    case RouterDType::fp32:
+      return "fp32";
+    case RouterDType::fp64:
+      return "fp64";
+  }
+  MOE_FAIL("unknown RouterDType ", static_cast<int>(dtype));
 }
 
 ops::DropPolicy MoEConfig::drop_policy() const {
@@ -34,8 +89,7 @@ ops::DropPolicy MoEConfig::drop_policy() const {
 ops::TopKConfig MoEConfig::topk_config() const {
   ops::TopKConfig c;
   c.topk = moe_router_topk;
-  c.score_function = moe_router_score_function == "sigmoid" ? ops::ScoreFunction::sigmoid
-                                                            : ops::ScoreFunction::softmax;
+  c.score_function = moe_router_score_function;
   c.pre_softmax = moe_router_pre_softmax;
   c.num_groups = moe_router_num_groups;
   c.group_topk = moe_router_group_topk;
@@ -68,21 +122,15 @@ void MoEConfig::validate() const {
             "the shared-expert gate needs --moe-shared-expert-intermediate-size");
   // Megatron-LM's rule (the allgather dispatcher's exchange is not split to overlap).
   MOE_CHECK(!moe_shared_expert_overlap || moe_shared_expert_intermediate_size == 0 ||
-                moe_token_dispatcher_type == "alltoall",
+                moe_token_dispatcher_type == DispatcherType::alltoall,
             "--moe-shared-expert-overlap works with --moe-token-dispatcher-type alltoall, not ",
-            moe_token_dispatcher_type);
+            name(moe_token_dispatcher_type));
   MOE_CHECK(moe_router_topk >= 1 && moe_router_topk <= num_experts, "--moe-router-topk ",
             moe_router_topk, " must be between 1 and --num-experts ", num_experts);
 
-  const LoadBalancingType balancing = load_balancing();  // validates the name
-  (void)dispatcher();
+  const LoadBalancingType balancing = load_balancing();
   (void)drop_policy();
-  MOE_CHECK(moe_router_score_function == "softmax" || moe_router_score_function == "sigmoid",
-            "--moe-router-score-function ", moe_router_score_function,
-            " is not one of softmax, sigmoid");
-  MOE_CHECK(moe_router_dtype == "fp32" || moe_router_dtype == "fp64", "--moe-router-dtype ",
-            moe_router_dtype, " is not one of fp32, fp64");
-  const bool softmax = moe_router_score_function == "softmax";
+  const bool softmax = moe_router_score_function == ops::ScoreFunction::softmax;
 
   MOE_CHECK(!moe_router_pre_softmax || softmax,
             "--moe-router-pre-softmax applies to --moe-router-score-function softmax only");

@@ -13,8 +13,22 @@
 
 namespace moe::nn {
 
+// The options that take one of a few names are enums, parsed once where a name enters (flags,
+// model_config.json, config.json, the zoo) and named again where one leaves (files, logs). The
+// parse_* functions throw moe::Error naming the flag and the accepted names; name() gives the
+// flag's spelling back. The score function is ops::ScoreFunction (ops/router.h).
 enum class LoadBalancingType { aux_loss, seq_aux_loss, global_aux_loss, sinkhorn, none };
 enum class DispatcherType { allgather, alltoall };
+enum class RouterDType { fp32, fp64 };
+
+LoadBalancingType parse_load_balancing_type(const std::string& name);
+ops::ScoreFunction parse_score_function(const std::string& name);
+DispatcherType parse_dispatcher_type(const std::string& name);
+RouterDType parse_router_dtype(const std::string& name);
+const char* name(LoadBalancingType type);
+const char* name(ops::ScoreFunction function);
+const char* name(DispatcherType type);
+const char* name(RouterDType dtype);
 
 struct MoEConfig {
   // Shape.
@@ -31,12 +45,13 @@ struct MoEConfig {
 
   // Router.
   int64_t moe_router_topk = 2;  // --moe-router-topk
-  std::string moe_router_load_balancing_type =
-      "aux_loss";  // aux_loss|seq_aux_loss|global_aux_loss|sinkhorn|none
-  std::string moe_router_score_function = "softmax";  // softmax|sigmoid
-  bool moe_router_pre_softmax = false;                // --moe-router-pre-softmax
-  int64_t moe_router_num_groups = 0;                  // --moe-router-num-groups
-  int64_t moe_router_group_topk = 0;                  // --moe-router-group-topk
+  // --moe-router-load-balancing-type aux_loss|seq_aux_loss|global_aux_loss|sinkhorn|none
+  LoadBalancingType moe_router_load_balancing_type = LoadBalancingType::aux_loss;
+  // --moe-router-score-function softmax|sigmoid
+  ops::ScoreFunction moe_router_score_function = ops::ScoreFunction::softmax;
+  bool moe_router_pre_softmax = false;  // --moe-router-pre-softmax
+  int64_t moe_router_num_groups = 0;    // --moe-router-num-groups
+  int64_t moe_router_group_topk = 0;    // --moe-router-group-topk
   // --moe-router-group-score-topk (moecore): a group's score is the sum of its best this-many
   // scores; 0 = topk / group_topk (Megatron). 1 = DeepSeek-V2's group_limited_greedy (the
   // group's best expert); DeepSeek-V3's noaux_tc always sums 2.
@@ -44,14 +59,14 @@ struct MoEConfig {
   std::optional<double> moe_router_topk_scaling_factor;  // --moe-router-topk-scaling-factor
   bool moe_router_enable_expert_bias = false;            // --moe-router-enable-expert-bias
   double moe_router_bias_update_rate = 1e-3;             // --moe-router-bias-update-rate
-  std::string moe_router_dtype = "fp32";                 // --moe-router-dtype fp32|fp64
+  RouterDType moe_router_dtype = RouterDType::fp32;      // --moe-router-dtype fp32|fp64
   bool moe_router_force_load_balancing = false;          // --moe-router-force-load-balancing
   double moe_aux_loss_coeff = 0.0;                       // --moe-aux-loss-coeff
   std::optional<double> moe_z_loss_coeff;                // --moe-z-loss-coeff
   std::optional<double> moe_input_jitter_eps;            // --moe-input-jitter-eps
 
   // Dispatch.
-  std::string moe_token_dispatcher_type = "allgather";  // --moe-token-dispatcher-type
+  DispatcherType moe_token_dispatcher_type = DispatcherType::allgather;  // allgather|alltoall
   std::optional<double> moe_expert_capacity_factor;     // --moe-expert-capacity-factor
   bool moe_pad_expert_input_to_capacity = false;        // --moe-pad-expert-input-to-capacity
   std::string moe_token_drop_policy = "probs";          // --moe-token-drop-policy probs|position
@@ -77,10 +92,12 @@ struct MoEConfig {
   void validate_sizes() const;
 
   // Derived views.
-  LoadBalancingType load_balancing() const;
-  DispatcherType dispatcher() const;
+  LoadBalancingType load_balancing() const { return moe_router_load_balancing_type; }
+  DispatcherType dispatcher() const { return moe_token_dispatcher_type; }
   ops::TopKConfig topk_config() const;
-  DType router_dtype() const { return moe_router_dtype == "fp64" ? DType::f64 : DType::f32; }
+  DType router_dtype() const {
+    return moe_router_dtype == RouterDType::fp64 ? DType::f64 : DType::f32;
+  }
   ops::DropPolicy drop_policy() const;
   int64_t num_local_experts() const { return num_experts / expert_model_parallel_size; }
   int64_t local_ffn_size() const { return moe_ffn_hidden_size / expert_tensor_parallel_size; }

@@ -145,9 +145,9 @@ void finish(ParseState& s) {
   // A preset's --moe-aux-loss-coeff belongs to its aux-loss balancing: a balancing type that
   // takes no coefficient (sinkhorn, none), given without --moe-aux-loss-coeff, drops it
   // (Megatron's default coefficient is 0), so only a coefficient the user gave is refused.
-  const std::string& balancing = m.moe.moe_router_load_balancing_type;
+  const nn::LoadBalancingType balancing = m.moe.moe_router_load_balancing_type;
   if (given("--moe-router-load-balancing-type") && !given("--moe-aux-loss-coeff") &&
-      (balancing == "sinkhorn" || balancing == "none"))
+      (balancing == nn::LoadBalancingType::sinkhorn || balancing == nn::LoadBalancingType::none))
     m.moe.moe_aux_loss_coeff = 0.0;
 
   TrainConfig& t = r.train;

@@ -152,13 +152,14 @@ void add_moe_flags(std::vector<Entry>& t) {
   }));
   t.push_back(value("--moe-router-load-balancing-type", "TYPE",
                     "aux_loss | seq_aux_loss | global_aux_loss | sinkhorn | none", [](S& s, V v) {
-                      s.run.model.moe.moe_router_load_balancing_type = one_of(
-                          "--moe-router-load-balancing-type", v,
-                          {"aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"});
+                      s.run.model.moe.moe_router_load_balancing_type =
+                          nn::parse_load_balancing_type(one_of(
+                              "--moe-router-load-balancing-type", v,
+                              {"aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"}));
                     }));
   t.push_back(value("--moe-router-score-function", "FN", "softmax | sigmoid", [](S& s, V v) {
     s.run.model.moe.moe_router_score_function =
-        one_of("--moe-router-score-function", v, {"softmax", "sigmoid"});
+        nn::parse_score_function(one_of("--moe-router-score-function", v, {"softmax", "sigmoid"}));
   }));
   t.push_back(toggle("--moe-router-pre-softmax", "moe.moe_router_pre_softmax = true",
                      [](S& s, V) { s.run.model.moe.moe_router_pre_softmax = true; }));
@@ -181,7 +182,8 @@ void add_moe_flags(std::vector<Entry>& t) {
         s.run.model.moe.moe_router_bias_update_rate = as_double("--moe-router-bias-update-rate", v);
       }));
   t.push_back(value("--moe-router-dtype", "DTYPE", "fp32 | fp64", [](S& s, V v) {
-    s.run.model.moe.moe_router_dtype = one_of("--moe-router-dtype", v, {"fp32", "fp64"});
+    s.run.model.moe.moe_router_dtype =
+        nn::parse_router_dtype(one_of("--moe-router-dtype", v, {"fp32", "fp64"}));
   }));
   t.push_back(toggle("--moe-router-force-load-balancing",
                      "moe.moe_router_force_load_balancing = true",
@@ -196,8 +198,8 @@ void add_moe_flags(std::vector<Entry>& t) {
     s.run.model.moe.moe_input_jitter_eps = as_double("--moe-input-jitter-eps", v);
   }));
   t.push_back(value("--moe-token-dispatcher-type", "TYPE", "allgather | alltoall", [](S& s, V v) {
-    s.run.model.moe.moe_token_dispatcher_type =
-        one_of("--moe-token-dispatcher-type", v, {"allgather", "alltoall"});
+    s.run.model.moe.moe_token_dispatcher_type = nn::parse_dispatcher_type(
+        one_of("--moe-token-dispatcher-type", v, {"allgather", "alltoall"}));
   }));
   t.push_back(
       value("--moe-expert-capacity-factor", "X", "moe.moe_expert_capacity_factor", [](S& s, V v) {
