@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,8 @@ double relative_error(const std::vector<double>& a, const std::vector<double>& b
                                  const std::string& what = "");
 ::testing::AssertionResult close_as(const Tensor& actual, const Tensor& expected, DType dtype,
                                     const std::string& what = "");
-#define EXPECT_CLOSE(actual, expected, tol) EXPECT_TRUE(::moe::test::close(actual, expected, tol, #actual))
+#define EXPECT_CLOSE(actual, expected, tol) \
+  EXPECT_TRUE(::moe::test::close(actual, expected, tol, #actual))
 
 // Exact equality of integer (or any) tensors, elementwise.
 ::testing::AssertionResult equal(const Tensor& actual, const Tensor& expected,
@@ -64,8 +66,12 @@ bool have_gpu();
 
 // Copies to the first GPU / to the host (shorthands for the CUDA-vs-CPU tests); an undefined
 // tensor stays undefined.
-inline Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda()) : Tensor(); }
-inline Tensor host(const Tensor& t) { return t.defined() ? t.to(Device::cpu()) : Tensor(); }
+inline Tensor gpu(const Tensor& t) {
+  return t.defined() ? t.to(Device::cuda()) : Tensor();
+}
+inline Tensor host(const Tensor& t) {
+  return t.defined() ? t.to(Device::cpu()) : Tensor();
+}
 
 // The dtype a CPU reference computes a kernel dtype in: f32 for bf16/f16 (on the same rounded
 // values), the dtype itself otherwise.
@@ -90,5 +96,13 @@ PairedInput paired_input(const Shape& shape, DType dtype, uint64_t seed, bool mi
 
 // The message of the std::exception `fn` throws, or "" when it returns: for tests of errors.
 std::string message_of(const std::function<void()>& fn);
+
+// That `message` holds every one of the parts that follow (strings).
+#define EXPECT_SAYS(message, ...)                                                   \
+  do {                                                                              \
+    const std::string said_ = (message);                                            \
+    for (const std::string& part : std::initializer_list<std::string>{__VA_ARGS__}) \
+      EXPECT_NE(said_.find(part), std::string::npos) << part << "\n" << said_;      \
+  } while (0)
 
 }  // namespace moe::test

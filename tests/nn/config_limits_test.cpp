@@ -11,6 +11,7 @@
 #include <functional>
 #include <string>
 
+#include "common/check.h"
 #include "moe/core/error.h"
 #include "moe/core/json_file.h"
 #include "moe/nn/hf_config.h"
@@ -37,25 +38,10 @@ json hf(const std::string& zoo_name) {
   return json::object();
 }
 
-// The moe::Error's message, or why there was none (another exception: a failure too).
+// The moe::Error's message ("" when none was thrown).
 std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("(not a moe::Error: ") + e.what() + ")";
-  }
-  return "(no error)";
+  return test::message_of(f);
 }
-
-// The message holds every part.
-#define EXPECT_SAYS(message, ...)                                                   \
-  do {                                                                              \
-    const std::string m = (message);                                                \
-    for (const std::string& part : std::initializer_list<std::string>{__VA_ARGS__}) \
-      EXPECT_NE(m.find(part), std::string::npos) << part << "\n" << m;              \
-  } while (0)
 
 TEST(ConfigLimits, CheckSizeNamesTheFieldAndTheReason) {
   EXPECT_NO_THROW(check_size("x", 5, 1, kLayerLimit));
@@ -130,7 +116,7 @@ TEST(ConfigLimits, MessagesQuoteValuesThatAreNotUtf8) {
   model["hidden_size"] = std::string("\xc3");
   EXPECT_SAYS(error_of([&] { model_config_from_json(model); }), "hidden_size must be an integer");
   EXPECT_EQ(json_excerpt(std::string("a\xff")), "\"a\xEF\xBF\xBD\"");  // U+FFFD
-  EXPECT_EQ(json_excerpt(std::string(300, 'x'), 200).size(), 203u);         // cut, "..." added
+  EXPECT_EQ(json_excerpt(std::string(300, 'x'), 200).size(), 203u);    // cut, "..." added
 }
 
 TEST(ConfigLimits, ModelConfigJsonSizesAreCheckedAsRead) {

@@ -11,29 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "common/check.h"
 #include "moe/core/error.h"
 
 namespace moe::nn {
 namespace {
 
-// The moe::Error's message, or why there was none (another exception: a failure too).
+// The moe::Error's message ("" when none was thrown).
 std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("(not a moe::Error: ") + e.what() + ")";
-  }
-  return "(no error)";
+  return test::message_of(f);
 }
-
-#define EXPECT_SAYS(message, ...)                                                   \
-  do {                                                                              \
-    const std::string said_ = (message);                                            \
-    for (const std::string& part : std::initializer_list<std::string>{__VA_ARGS__}) \
-      EXPECT_NE(said_.find(part), std::string::npos) << part << "\n" << said_;      \
-  } while (0)
 
 PipelineLayoutOptions layout_options(std::string layout, int64_t layers, int64_t mtp, int pp) {
   PipelineLayoutOptions o;
