@@ -18,9 +18,12 @@
 
 #include "common/check.h"
 #include "moe/ops/attention.h"
+#include "ops/attention_test_util.h"
 
 namespace moe::ops {
 namespace {
+
+using test::in_layout;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -37,23 +40,6 @@ const char* layout_name(AttentionLayout layout) {
 
 DType lse_dtype(DType dt) {
   return dt == DType::f64 ? DType::f64 : DType::f32;
-}
-
-// [d0, d1, d2, d3] -> [d1, d0, d2, d3]: bshd <-> sbhd (its own inverse).
-Tensor swap_leading(const Tensor& t) {
-  const Shape& s = t.shape();
-  const std::vector<double> x = t.to_double_vector();
-  std::vector<double> y(x.size());
-  const int64_t inner = s[2] * s[3];
-  for (int64_t a = 0; a < s[0]; ++a)
-    for (int64_t b = 0; b < s[1]; ++b)
-      for (int64_t e = 0; e < inner; ++e)
-        y[size_t((b * s[0] + a) * inner + e)] = x[size_t((a * s[1] + b) * inner + e)];
-  return Tensor::from_vector(y, {s[1], s[0], s[2], s[3]}).to(t.dtype());
-}
-
-Tensor in_layout(const Tensor& bshd, AttentionLayout layout) {
-  return layout == AttentionLayout::bshd ? bshd : swap_leading(bshd);
 }
 
 // Positions [begin, begin + count) of dim `dim` of a tensor (a copy, same dtype).

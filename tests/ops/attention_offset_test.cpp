@@ -18,10 +18,13 @@
 
 #include "common/check.h"
 #include "moe/ops/attention.h"
+#include "ops/attention_test_util.h"
 #include "ops/dropout_testing.h"
 
 namespace moe::ops {
 namespace {
+
+using test::in_layout;
 
 // One problem: Sq query rows at key position `offset` over Sk keys.
 struct Chunk {
@@ -35,24 +38,6 @@ std::ostream& operator<<(std::ostream& out, const Chunk& c) {
 }
 
 constexpr int64_t kB = 2, kHq = 4, kHkv = 2, kD = 5, kDv = 3;  // GQA, D != Dv
-
-// [d0, d1, d2, d3] -> [d1, d0, d2, d3]: bshd <-> sbhd.
-Tensor swap_leading(const Tensor& t) {
-  const Shape& s = t.shape();
-  const std::vector<double> x = t.to_double_vector();
-  std::vector<double> y(x.size());
-  const int64_t inner = s[2] * s[3];
-  for (int64_t a = 0; a < s[0]; ++a)
-    for (int64_t b = 0; b < s[1]; ++b)
-      for (int64_t e = 0; e < inner; ++e)
-        y[size_t((b * s[0] + a) * inner + e)] = x[size_t((a * s[1] + b) * inner + e)];
-  return Tensor::from_vector(y, {s[1], s[0], s[2], s[3]}).to(t.dtype());
-}
-
-// A bshd tensor in `layout` (and back: the swap is its own inverse).
-Tensor in_layout(const Tensor& bshd, AttentionLayout layout) {
-  return layout == AttentionLayout::bshd ? bshd : swap_leading(bshd);
-}
 
 // Zeros of `rows` positions of dout in `layout`.
 Tensor zero_rows(int64_t rows, AttentionLayout layout) {

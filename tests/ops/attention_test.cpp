@@ -13,22 +13,12 @@
 #include <vector>
 
 #include "common/check.h"
+#include "ops/attention_test_util.h"
 
 namespace moe::ops {
 namespace {
 
-// [d0, d1, d2, d3] -> [d1, d0, d2, d3]: bshd <-> sbhd.
-Tensor swap_leading(const Tensor& t) {
-  const Shape& s = t.shape();
-  const std::vector<double> x = t.to_double_vector();
-  std::vector<double> y(x.size());
-  const int64_t inner = s[2] * s[3];
-  for (int64_t a = 0; a < s[0]; ++a)
-    for (int64_t b = 0; b < s[1]; ++b)
-      for (int64_t e = 0; e < inner; ++e)
-        y[(b * s[0] + a) * inner + e] = x[(a * s[1] + b) * inner + e];
-  return Tensor::from_vector(y, {s[1], s[0], s[2], s[3]}).to(t.dtype());
-}
+using test::swap_leading;
 
 // k [B, S, Hkv, D] -> [B, S, Hkv * group, D], head h reading kv head h / group.
 Tensor repeat_heads(const Tensor& t, int64_t group) {

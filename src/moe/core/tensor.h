@@ -18,6 +18,11 @@ namespace moe {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);
+// `shape` with its first dimension set to n (the rows of a sequence-major tensor).
+inline Shape with_dim0(Shape shape, int64_t n) {
+  shape[0] = n;
+  return shape;
+}
 
 class Storage {
  public:

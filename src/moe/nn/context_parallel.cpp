@@ -13,12 +13,6 @@ namespace {
 
 constexpr const char* kOp = "context parallelism";
 
-Shape with_dim0(const Shape& s, int64_t n) {
-  Shape out = s;
-  out[0] = n;
-  return out;
-}
-
 }  // namespace
 
 void ranks_to_positions(const Tensor& by_rank, Tensor& by_position, int cp_size) {

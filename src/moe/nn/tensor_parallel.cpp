@@ -8,12 +8,6 @@ namespace {
 
 constexpr const char* kOp = "tensor parallelism";
 
-Shape with_dim0(const Shape& s, int64_t n) {
-  Shape out = s;
-  out[0] = n;
-  return out;
-}
-
 void check_rows(const Tensor& x, const char* what) {
   MOE_CHECK(x.dim() >= 1, kOp, ": ", what, " of a 0-d tensor");
 }

@@ -235,19 +235,20 @@ StepMetrics Trainer::train_step() {
       micro_batches.push_back(load(train_, "training"));
     }
     run_pipeline(micro_batches, first_samples, scale, /*forward_only=*/false, step);
-  }
-  for (int64_t i = 0; i < M && !pipelined(); ++i) {
-    if (ddp_) ddp_->start_micro_batch(i == M - 1);
-    const int64_t first_sample = train_.position() + rank_offset;
-    MicroBatch mb = load(train_, "training");
-    nn::GPTContext ctx;
-    ctx.dropout_first_sample = first_sample;
-    // The scale is known now: the output layer's loss backward runs inside the forward.
-    ctx.loss_scale_known_in_forward = scale;
-    const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
-    if (on_micro_batch) on_micro_batch(ctx);
-    model_.backward(ctx, scale);
-    step.add(loss, ctx);
+  } else {
+    for (int64_t i = 0; i < M; ++i) {
+      if (ddp_) ddp_->start_micro_batch(i == M - 1);
+      const int64_t first_sample = train_.position() + rank_offset;
+      MicroBatch mb = load(train_, "training");
+      nn::GPTContext ctx;
+      ctx.dropout_first_sample = first_sample;
+      // The scale is known now: the output layer's loss backward runs inside the forward.
+      ctx.loss_scale_known_in_forward = scale;
+      const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
+      if (on_micro_batch) on_micro_batch(ctx);
+      model_.backward(ctx, scale);
+      step.add(loss, ctx);
+    }
   }
   Tensor& sums = step.sums;
   if (ddp_) ddp_->finish_grad_sync();
@@ -343,16 +344,19 @@ double Trainer::evaluate() {
   const int64_t count = config_.eval_iters * num_microbatches();
   StepSums step;  // [lm loss, aux, mtp, labelled tokens]
   step.per_token = config_.calculate_per_token_loss;
-  for (int64_t it = 0; it < config_.eval_iters && pipelined(); ++it) {
-    std::vector<MicroBatch> micro_batches;
-    for (int64_t i = 0; i < num_microbatches(); ++i)
-      micro_batches.push_back(load(*valid_, "validation"));
-    run_pipeline(micro_batches, {}, 1.0, /*forward_only=*/true, step);
-  }
-  for (int64_t i = 0; i < count && !pipelined(); ++i) {
-    MicroBatch mb = load(*valid_, "validation");
-    nn::GPTContext ctx;
-    step.add(model_.forward(mb.input_ids, mb.labels, ctx), ctx);
+  if (pipelined()) {
+    for (int64_t it = 0; it < config_.eval_iters; ++it) {
+      std::vector<MicroBatch> micro_batches;
+      for (int64_t i = 0; i < num_microbatches(); ++i)
+        micro_batches.push_back(load(*valid_, "validation"));
+      run_pipeline(micro_batches, {}, 1.0, /*forward_only=*/true, step);
+    }
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      MicroBatch mb = load(*valid_, "validation");
+      nn::GPTContext ctx;
+      step.add(model_.forward(mb.input_ids, mb.labels, ctx), ctx);
+    }
   }
   // The forward passes counted routed tokens for the expert-bias update: not training data.
   model_.discard_step();
