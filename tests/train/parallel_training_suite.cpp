@@ -52,6 +52,10 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
   m.untie_embeddings_and_output_weights = !c.tied;
   m.hidden_dropout = m.attention_dropout = c.dropout;
   m.moe.moe_shared_expert_overlap = c.shared_expert_overlap;
+  if (c.capacity_factor > 0) {
+    m.moe.moe_expert_capacity_factor = c.capacity_factor;
+    m.moe.moe_pad_expert_input_to_capacity = true;
+  }
   if (c.pp > 1 || c.layers > 0) {  // DeepSeek-V3-like: a dense first layer, then MoE layers
     m.num_layers = c.layers > 0 ? c.layers : 4;
     m.moe_layer_pattern.assign(static_cast<size_t>(m.num_layers), 1);
@@ -201,6 +205,7 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.tied) n += "_tied";
   if (c.pp_account_for_ends) n += "_accountends";
   if (c.shared_expert_overlap) n += "_sharedoverlap";
+  if (c.capacity_factor > 0) n += "_droppad";
   return n;
 }
 
@@ -394,6 +399,16 @@ std::vector<ParallelTrainingCase> process_runner_cases(int world) {
   // stages talk): every schedule, layout and combination, at the cost of one model.
   for (const ParallelTrainingCase& c : pipeline_parallel_cases_for_world(world))
     if (c.model == "gqa") out.push_back(c);
+  // The dispatcher's overlapped exchanges (--moe-shared-expert-overlap) and drop-and-pad's
+  // fixed row counts on real processes.
+  ParallelTrainingCase overlap = gqa_alltoall_case(world, world, 1, false);
+  overlap.shared_expert_overlap = true;
+  out.push_back(overlap);
+  if (world == 4) {
+    ParallelTrainingCase drop = gqa_alltoall_case(world, 2, 1, false);
+    drop.capacity_factor = 0.5;
+    out.push_back(drop);
+  }
   return out;
 }
 
@@ -412,6 +427,14 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
   for (const auto& [world, ep] : {std::pair{2, 2}, std::pair{4, 4}}) {
     ParallelTrainingCase c = gqa_alltoall_case(world, ep, 1, /*distributed_optimizer=*/false);
     c.shared_expert_overlap = true;
+    out.push_back(c);
+  }
+  // Drop-and-pad (capacity factor 0.5: half the assignments are dropped) under EP 2 x DP 2, both
+  // dispatchers.
+  for (const char* dispatcher : {"alltoall", "allgather"}) {
+    ParallelTrainingCase c = gqa_alltoall_case(4, 2, 1, /*distributed_optimizer=*/false);
+    c.dispatcher = dispatcher;
+    c.capacity_factor = 0.5;
     out.push_back(c);
   }
   // --grad-reduce-in-bf16 under EP 4 with the distributed optimizer and overlap.

@@ -52,8 +52,9 @@ struct ParallelTrainingCase {
   // --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split.
   bool pp_account_for_ends = false;
   bool tied = false;
-  bool shared_expert_overlap = false;  // --moe-shared-expert-overlap (alltoall dispatcher)       // the output layer tied to the embedding (else untied)
-  std::string dispatcher;  // "allgather" | "alltoall"
+  bool shared_expert_overlap = false;  // --moe-shared-expert-overlap (alltoall dispatcher)       //
+                                       // the output layer tied to the embedding (else untied)
+  std::string dispatcher;              // "allgather" | "alltoall"
   bool distributed_optimizer = false;
   bool overlap = false;  // --overlap-grad-reduce (and --overlap-param-gather with the
                          // distributed optimizer); small buckets so there are several
@@ -63,6 +64,9 @@ struct ParallelTrainingCase {
   // --hidden-dropout = --attention-dropout (0: none). The masks are counter-based on the global
   // sample index (ops/dropout.h), so any mapping draws the one-rank run's masks.
   double dropout = 0.0;
+  // --moe-expert-capacity-factor (0: none, no tokens dropped) with
+  // --moe-pad-expert-input-to-capacity: drop-and-pad, each expert's rows a fixed count.
+  double capacity_factor = 0.0;
 };
 std::string case_name(const ParallelTrainingCase& c);
 inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) {
