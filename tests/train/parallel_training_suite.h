@@ -51,9 +51,8 @@ struct ParallelTrainingCase {
   int pp_first_layers = 0, pp_last_layers = 0;
   // --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split.
   bool pp_account_for_ends = false;
-  bool tied = false;
-  bool shared_expert_overlap = false;  // --moe-shared-expert-overlap (alltoall dispatcher)       //
-                                       // the output layer tied to the embedding (else untied)
+  bool tied = false;                   // the output layer tied to the embedding (else untied)
+  bool shared_expert_overlap = false;  // --moe-shared-expert-overlap (alltoall dispatcher)
   std::string dispatcher;              // "allgather" | "alltoall"
   bool distributed_optimizer = false;
   bool overlap = false;  // --overlap-grad-reduce (and --overlap-param-gather with the
