@@ -22,16 +22,20 @@ void expect_refused(const std::function<void(MoEConfig&)>& change, const std::st
   }
 }
 
-TEST(MoEConfig, DefaultsAreValid) { EXPECT_NO_THROW(test::small_moe_config().validate()); }
+TEST(MoEConfig, DefaultsAreValid) {
+  EXPECT_NO_THROW(test::small_moe_config().validate());
+}
 
 TEST(MoEConfig, RefusesInvalidCombinations) {
   expect_refused([](MoEConfig& c) { c.moe_router_topk = 1; }, "--moe-router-pre-softmax");
   expect_refused([](MoEConfig& c) { c.moe_router_group_topk = 2; }, "--moe-router-num-groups");
   expect_refused([](MoEConfig& c) { c.moe_router_num_groups = 2; }, "--moe-router-group-topk");
-  expect_refused([](MoEConfig& c) {
-    c.moe_router_num_groups = 3;
-    c.moe_router_group_topk = 1;
-  }, "--moe-router-num-groups");
+  expect_refused(
+      [](MoEConfig& c) {
+        c.moe_router_num_groups = 3;
+        c.moe_router_group_topk = 1;
+      },
+      "--moe-router-num-groups");
   expect_refused(
       [](MoEConfig& c) { c.moe_router_load_balancing_type = nn::LoadBalancingType::sinkhorn; },
       "--moe-aux-loss-coeff");
@@ -50,7 +54,6 @@ TEST(MoEConfig, RefusesInvalidCombinations) {
   expect_refused([](MoEConfig& c) { c.expert_tensor_parallel_size = 3; },
                  "--expert-tensor-parallel-size");
   expect_refused([](MoEConfig& c) { c.moe_input_jitter_eps = 1.5; }, "--moe-input-jitter-eps");
-  expect_refused([](MoEConfig& c) { c.moe_token_drop_policy = "random"; }, "--moe-token-drop-policy");
   expect_refused(
       [](MoEConfig& c) { c.moe_router_load_balancing_type = nn::LoadBalancingType::none; },
       "--moe-aux-loss-coeff");
@@ -85,6 +88,8 @@ TEST(MoEConfig, RefusesUnknownNames) {
                      "--moe-router-score-function relu is not one of softmax, sigmoid");
   expect_parse_error([] { nn::parse_router_dtype("bf16"); },
                      "--moe-router-dtype bf16 is not one of fp32, fp64");
+  expect_parse_error([] { nn::parse_drop_policy("random"); },
+                     "--moe-token-drop-policy random is not one of probs, position");
 }
 
 TEST(MoEConfig, NamesRoundTrip) {
@@ -95,6 +100,7 @@ TEST(MoEConfig, NamesRoundTrip) {
   for (const char* n : {"allgather", "alltoall"})
     EXPECT_STREQ(nn::name(nn::parse_dispatcher_type(n)), n);
   for (const char* n : {"fp32", "fp64"}) EXPECT_STREQ(nn::name(nn::parse_router_dtype(n)), n);
+  for (const char* n : {"probs", "position"}) EXPECT_STREQ(nn::name(nn::parse_drop_policy(n)), n);
   EXPECT_EQ(nn::parse_router_dtype("fp64"), nn::RouterDType::fp64);
   EXPECT_EQ(nn::parse_score_function("sigmoid"), ops::ScoreFunction::sigmoid);
 }

@@ -56,7 +56,7 @@ const std::vector<Variant>& variants() {
       {"capacity_drop_pad_position_alltoall",
        [](MoEConfig& c) {
          c.moe_expert_capacity_factor = 0.75;
-         c.moe_token_drop_policy = "position";
+         c.moe_token_drop_policy = ops::DropPolicy::position;
          c.moe_pad_expert_input_to_capacity = true;
          c.moe_token_dispatcher_type = nn::DispatcherType::alltoall;
        }},
@@ -81,7 +81,8 @@ TEST_P(MoELayerGradient, MatchesFiniteDifferences) {
   MoELayer layer(config, Device::cpu());
   // Give the expert bias a non-zero value so it actually changes the selection.
   if (config.moe_router_enable_expert_bias)
-    layer.router.expert_bias.copy_(test::random_normal({config.num_experts}, DType::f32, 99, Device::cpu(), 0.3));
+    layer.router.expert_bias.copy_(
+        test::random_normal({config.num_experts}, DType::f32, 99, Device::cpu(), 0.3));
 
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);

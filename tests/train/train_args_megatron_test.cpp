@@ -86,7 +86,7 @@ TEST(TrainArgsMegatron, AbsentFlagsTakeMegatronsDefaults) {
   EXPECT_FALSE(e.moe_expert_capacity_factor.has_value());     // None
   EXPECT_DOUBLE_EQ(e.moe_router_bias_update_rate, 1e-3);      // 0.001
   EXPECT_EQ(e.moe_token_dispatcher_type, nn::DispatcherType::allgather);  // allgather
-  EXPECT_EQ(e.moe_token_drop_policy, "probs");                // probs
+  EXPECT_EQ(e.moe_token_drop_policy, ops::DropPolicy::probs);           // probs
   EXPECT_FALSE(e.moe_router_pre_softmax || e.moe_router_enable_expert_bias ||
                e.moe_pad_expert_input_to_capacity || e.moe_shared_expert_gate ||
                e.moe_router_padding_for_fp8 || e.moe_router_force_load_balancing);

@@ -134,8 +134,7 @@ class ObjectReader {
 
   void read(const std::string& key, int64_t& out) {
     if (const json* v = find(key)) {
-      MOE_CHECK(v->is_number_integer(), where_, key, " must be an integer, got ",
-                json_excerpt(*v));
+      MOE_CHECK(v->is_number_integer(), where_, key, " must be an integer, got ", json_excerpt(*v));
       MOE_CHECK(!v->is_number_unsigned() || v->get<uint64_t>() <= uint64_t{INT64_MAX}, where_, key,
                 " ", json_excerpt(*v), " does not fit a 64-bit integer");
       out = v->get<int64_t>();
@@ -252,7 +251,7 @@ void read_moe(const json& object, MoEConfig& m) {
   r.read("moe_token_dispatcher_type", m.moe_token_dispatcher_type, parse_dispatcher_type);
   r.read("moe_expert_capacity_factor", m.moe_expert_capacity_factor);
   r.read("moe_pad_expert_input_to_capacity", m.moe_pad_expert_input_to_capacity);
-  r.read("moe_token_drop_policy", m.moe_token_drop_policy);
+  r.read("moe_token_drop_policy", m.moe_token_drop_policy, parse_drop_policy);
   r.read("moe_router_padding_for_fp8", m.moe_router_padding_for_fp8);
   r.read("moe_grouped_gemm", m.moe_grouped_gemm);
   r.read("expert_model_parallel_size", m.expert_model_parallel_size);
@@ -406,7 +405,7 @@ json moe_to_json(const MoEConfig& m) {
       {"moe_token_dispatcher_type", name(m.moe_token_dispatcher_type)},
       {"moe_expert_capacity_factor", optional_json(m.moe_expert_capacity_factor)},
       {"moe_pad_expert_input_to_capacity", m.moe_pad_expert_input_to_capacity},
-      {"moe_token_drop_policy", m.moe_token_drop_policy},
+      {"moe_token_drop_policy", name(m.moe_token_drop_policy)},
       {"moe_router_padding_for_fp8", m.moe_router_padding_for_fp8},
       {"moe_grouped_gemm", m.moe_grouped_gemm},
       {"expert_model_parallel_size", m.expert_model_parallel_size},

@@ -80,10 +80,20 @@ const char* name(RouterDType dtype) {
   MOE_FAIL("unknown RouterDType ", static_cast<int>(dtype));
 }
 
-ops::DropPolicy MoEConfig::drop_policy() const {
-  if (moe_token_drop_policy == "probs") return ops::DropPolicy::probs;
-  if (moe_token_drop_policy == "position") return ops::DropPolicy::position;
-  MOE_FAIL("--moe-token-drop-policy ", moe_token_drop_policy, " is not one of probs, position");
+ops::DropPolicy parse_drop_policy(const std::string& p) {
+  if (p == "probs") return ops::DropPolicy::probs;
+  if (p == "position") return ops::DropPolicy::position;
+  MOE_FAIL("--moe-token-drop-policy ", p, " is not one of probs, position");
+}
+
+const char* name(ops::DropPolicy policy) {
+  switch (policy) {
+    case ops::DropPolicy::probs:
+      return "probs";
+    case ops::DropPolicy::position:
+      return "position";
+  }
+  MOE_FAIL("unknown DropPolicy ", static_cast<int>(policy));
 }
 
 ops::TopKConfig MoEConfig::topk_config() const {
@@ -129,7 +139,6 @@ void MoEConfig::validate() const {
             moe_router_topk, " must be between 1 and --num-experts ", num_experts);
 
   const LoadBalancingType balancing = load_balancing();
-  (void)drop_policy();
   const bool softmax = moe_router_score_function == ops::ScoreFunction::softmax;
 
   MOE_CHECK(!moe_router_pre_softmax || softmax,

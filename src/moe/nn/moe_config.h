@@ -16,7 +16,8 @@ namespace moe::nn {
 // The options that take one of a few names are enums, parsed once where a name enters (flags,
 // model_config.json, config.json, the zoo) and named again where one leaves (files, logs). The
 // parse_* functions throw moe::Error naming the flag and the accepted names; name() gives the
-// flag's spelling back. The score function is ops::ScoreFunction (ops/router.h).
+// flag's spelling back. The score function is ops::ScoreFunction (ops/router.h), the drop
+// policy ops::DropPolicy (ops/permute.h).
 enum class LoadBalancingType { aux_loss, seq_aux_loss, global_aux_loss, sinkhorn, none };
 enum class DispatcherType { allgather, alltoall };
 enum class RouterDType { fp32, fp64 };
@@ -25,10 +26,12 @@ LoadBalancingType parse_load_balancing_type(const std::string& name);
 ops::ScoreFunction parse_score_function(const std::string& name);
 DispatcherType parse_dispatcher_type(const std::string& name);
 RouterDType parse_router_dtype(const std::string& name);
+ops::DropPolicy parse_drop_policy(const std::string& name);
 const char* name(LoadBalancingType type);
 const char* name(ops::ScoreFunction function);
 const char* name(DispatcherType type);
 const char* name(RouterDType dtype);
+const char* name(ops::DropPolicy policy);
 
 struct MoEConfig {
   // Shape.
@@ -67,10 +70,10 @@ struct MoEConfig {
 
   // Dispatch.
   DispatcherType moe_token_dispatcher_type = DispatcherType::allgather;  // allgather|alltoall
-  std::optional<double> moe_expert_capacity_factor;     // --moe-expert-capacity-factor
-  bool moe_pad_expert_input_to_capacity = false;        // --moe-pad-expert-input-to-capacity
-  std::string moe_token_drop_policy = "probs";          // --moe-token-drop-policy probs|position
-  bool moe_router_padding_for_fp8 = false;              // --moe-router-padding-for-fp8
+  std::optional<double> moe_expert_capacity_factor;  // --moe-expert-capacity-factor
+  bool moe_pad_expert_input_to_capacity = false;     // --moe-pad-expert-input-to-capacity
+  ops::DropPolicy moe_token_drop_policy = ops::DropPolicy::probs;  // --moe-token-drop-policy
+  bool moe_router_padding_for_fp8 = false;                         // --moe-router-padding-for-fp8
 
   // Experts.
   bool moe_grouped_gemm = true;  // --moe-grouped-gemm (Megatron's default is off; ours is on)
@@ -98,7 +101,6 @@ struct MoEConfig {
   DType router_dtype() const {
     return moe_router_dtype == RouterDType::fp64 ? DType::f64 : DType::f32;
   }
-  ops::DropPolicy drop_policy() const;
   int64_t num_local_experts() const { return num_experts / expert_model_parallel_size; }
   int64_t local_ffn_size() const { return moe_ffn_hidden_size / expert_tensor_parallel_size; }
 };

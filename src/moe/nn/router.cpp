@@ -123,8 +123,8 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
   ctx.expert_ids = ctx.routing.expert_ids;
   if (config_.moe_expert_capacity_factor) {
     const int64_t capacity = ops::expert_capacity(T, K, E, *config_.moe_expert_capacity_factor);
-    ctx.expert_ids =
-        ops::drop_over_capacity(ctx.expert_ids, ctx.probs, E, capacity, config_.drop_policy());
+    ctx.expert_ids = ops::drop_over_capacity(ctx.expert_ids, ctx.probs, E, capacity,
+                                             config_.moe_token_drop_policy);
   }
 }
 

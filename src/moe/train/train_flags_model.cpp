@@ -106,8 +106,9 @@ void add_model_flags(std::vector<Entry>& t) {
   t.push_back(value("--normalization", "RMSNorm", "accepted: RMSNorm only",
                     [](S&, V v) { one_of("--normalization", v, {"RMSNorm"}); }));
   t.push_back(value("--position-embedding-type", "rope|yarn",
-                    "rope, or yarn (YaRN-scaled rope: --rotary-scaling-factor, ...)",
-                    [](S&, V v) { one_of("--position-embedding-type", v, {"rope", "yarn"}); }));
+                    "rope, or yarn (YaRN-scaled rope: --rotary-scaling-factor, ...)", [](S&, V v) {
+                      one_of("--position-embedding-type", v, {"rope", "yarn"});
+                    }));
   t.push_back(value("--mtp-num-layers", "D", "model.mtp_num_layers", [](S& s, V v) {
     s.run.model.mtp_num_layers = as_count("--mtp-num-layers", v, 0);
   }));
@@ -210,7 +211,7 @@ void add_moe_flags(std::vector<Entry>& t) {
                      [](S& s, V) { s.run.model.moe.moe_pad_expert_input_to_capacity = true; }));
   t.push_back(value("--moe-token-drop-policy", "POLICY", "probs | position", [](S& s, V v) {
     s.run.model.moe.moe_token_drop_policy =
-        one_of("--moe-token-drop-policy", v, {"probs", "position"});
+        nn::parse_drop_policy(one_of("--moe-token-drop-policy", v, {"probs", "position"}));
   }));
   t.push_back(toggle("--moe-grouped-gemm", "moe.moe_grouped_gemm = true (moecore's default)",
                      [](S& s, V) { s.run.model.moe.moe_grouped_gemm = true; }));
