@@ -1,14 +1,15 @@
 // `moe convert` on folders: HF -> moecore -> HF returns identical tensors (names, dtypes, shapes,
 // bytes) for bf16 / f32 checkpoints and for a DeepSeek-V3-style FP8 checkpoint with MTP layers
 // kept with --keep-fp8; dequantization to --dtype; sharding; tokenizer files; atomic output.
+#include "moe/checkpoint/checkpoint_convert.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
 #include "checkpoint/checkpoint_testing.h"
-#include "moe/checkpoint/checkpoint_convert.h"
+#include "moe/checkpoint/hf_config_import.h"
 #include "moe/checkpoint/shard_writer.h"
-#include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
 
@@ -38,16 +39,18 @@ TEST_F(CheckpointConvert, RoundTripIsExactForBf16AndF32) {
       const nn::ModelConfig config = nn::model_zoo(name);
       const TensorMap hf = random_hf_tensors(config, dtype, seed);
       write_hf_folder(dir_ / (tag + "-hf"), config, hf, dtype);
-      const ConvertSummary a = convert_checkpoint(path(tag + "-hf"), path(tag + "-moe"),
-                                                  to(CheckpointFormat::hf, CheckpointFormat::moecore));
+      const ConvertSummary a =
+          convert_checkpoint(path(tag + "-hf"), path(tag + "-moe"),
+                             to(CheckpointFormat::hf, CheckpointFormat::moecore));
       EXPECT_GT(a.files.size(), 1u);  // sharded at 50 kB
       EXPECT_EQ(a.copied, std::vector<std::string>{"tokenizer.json"});
-      const ConvertSummary b = convert_checkpoint(path(tag + "-moe"), path(tag + "-back"),
-                                                  to(CheckpointFormat::moecore, CheckpointFormat::hf));
+      const ConvertSummary b =
+          convert_checkpoint(path(tag + "-moe"), path(tag + "-back"),
+                             to(CheckpointFormat::moecore, CheckpointFormat::hf));
       EXPECT_TRUE(same_tensors(read_all(path(tag + "-back")), hf));
       EXPECT_TRUE(fs::exists(dir_ / (tag + "-back") / "tokenizer.json"));
       // config.json reads back to the same model.
-      nn::ModelConfig back = nn::from_hf_config_file(path(tag + "-back"));
+      nn::ModelConfig back = checkpoint::from_hf_config_file(path(tag + "-back"));
       EXPECT_EQ(back.name, tag + "-back");  // HF configs take the folder's name
       back.name = config.name;
       EXPECT_EQ(nn::model_config_to_json(back).dump(), nn::model_config_to_json(config).dump());
@@ -85,7 +88,8 @@ TEST_F(CheckpointConvert, Fp8WithMtpRoundTripsWithKeepFp8) {
   const ConvertSummary b = convert_checkpoint(path("moe"), path("back"),
                                               to(CheckpointFormat::moecore, CheckpointFormat::hf));
   EXPECT_TRUE(same_tensors(read_all(path("back")), hf));
-  const nlohmann::json config_json = nlohmann::json::parse(std::ifstream(dir_ / "back" / "config.json"));
+  const nlohmann::json config_json =
+      nlohmann::json::parse(std::ifstream(dir_ / "back" / "config.json"));
   EXPECT_EQ(fp8_block_size_of(config_json.at("quantization_config")), block);
   EXPECT_EQ(config_json.at("num_nextn_predict_layers"), 1);
 
@@ -101,8 +105,8 @@ TEST_F(CheckpointConvert, Fp8WithMtpRoundTripsWithKeepFp8) {
   EXPECT_TRUE(io::testing::same_bytes(
       plain.at("model.layers.1.self_attn.q_b_proj.weight"),
       dequantize_fp8_blocks(hf.at("model.layers.1.self_attn.q_b_proj.weight"),
-                            hf.at("model.layers.1.self_attn.q_b_proj.weight_scale_inv"),
-                            DType::f32, block)));
+                            hf.at("model.layers.1.self_attn.q_b_proj.weight_scale_inv"), DType::f32,
+                            block)));
 }
 
 TEST_F(CheckpointConvert, OutputIsAtomicAndChecked) {
@@ -120,8 +124,11 @@ TEST_F(CheckpointConvert, OutputIsAtomicAndChecked) {
   convert_checkpoint(path("hf"), path("out"), force);
   EXPECT_TRUE(fails_with([&] { convert_checkpoint(path("out"), path("out2"), hf_to_moe); },
                          {"is a moecore folder, not hf"}));
-  EXPECT_TRUE(fails_with([&] { convert_checkpoint(path("hf"), path("x"), to(CheckpointFormat::hf, CheckpointFormat::hf)); },
-                         {"nothing to convert"}));
+  EXPECT_TRUE(fails_with(
+      [&] {
+        convert_checkpoint(path("hf"), path("x"), to(CheckpointFormat::hf, CheckpointFormat::hf));
+      },
+      {"nothing to convert"}));
 
   // A failing conversion leaves neither the output nor a temporary folder.
   hf.erase("model.layers.2.self_attn.q_norm.weight");

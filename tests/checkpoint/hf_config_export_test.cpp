@@ -1,13 +1,14 @@
-// ModelConfig -> HF config.json: the inverse of nn::from_hf_config for every zoo model, and
+// ModelConfig -> HF config.json: the inverse of from_hf_config for every zoo model, and
 // clear errors for models HF cannot express.
+#include "moe/checkpoint/hf_config_export.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "io/safetensors_testing.h"
-#include "moe/checkpoint/hf_config_export.h"
-#include "moe/nn/hf_config.h"
+#include "moe/checkpoint/hf_config_import.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
 
@@ -24,7 +25,7 @@ TEST(HfConfigExport, FromHfConfigInvertsItForEveryZooModel) {
     const nlohmann::json hf = to_hf_config(config, DType::bf16, &notes);
     EXPECT_EQ(hf.at("model_type"), config.family);
     EXPECT_EQ(hf.at("torch_dtype"), "bfloat16");
-    const nn::ModelConfig back = nn::from_hf_config(hf, config.name);
+    const nn::ModelConfig back = from_hf_config(hf, config.name);
     EXPECT_EQ(nn::model_config_to_json(back).dump(2), nn::model_config_to_json(config).dump(2));
     EXPECT_TRUE(notes.empty()) << notes.front();
   }
@@ -59,8 +60,8 @@ TEST(HfConfigExport, TrainingOptionsAreNotesAndArchitectureChangesAreErrors) {
   EXPECT_TRUE(fails_with([&] { to_hf_config(c); }, {"qwen3-moe-tiny", "rotary_percent"}));
   c = nn::model_zoo("mixtral-tiny");
   c.moe.moe_shared_expert_intermediate_size = 16;
-  EXPECT_TRUE(fails_with([&] { to_hf_config(c); },
-                         {"mixtral", "moe.moe_shared_expert_intermediate_size"}));
+  EXPECT_TRUE(
+      fails_with([&] { to_hf_config(c); }, {"mixtral", "moe.moe_shared_expert_intermediate_size"}));
   c = nn::model_zoo("deepseek-v2-tiny");
   c.mtp_num_layers = 1;
   EXPECT_TRUE(fails_with([&] { to_hf_config(c); }, {"mtp_num_layers"}));
@@ -87,12 +88,12 @@ TEST_F(HfConfigDropout, AttentionDropoutRoundTripsAndHiddenDropoutIsANote) {
     EXPECT_FALSE(hf.contains("hidden_dropout"));
     ASSERT_EQ(notes.size(), 1u);
     EXPECT_NE(notes[0].find("hidden_dropout"), std::string::npos) << notes[0];
-    EXPECT_EQ(nn::from_hf_config(hf, name).attention_dropout, 0.15);
+    EXPECT_EQ(from_hf_config(hf, name).attention_dropout, 0.15);
 
     const std::filesystem::path folder = path(name);
     std::filesystem::create_directories(folder);
     std::ofstream(folder / "config.json") << hf.dump(2);
-    const nn::ModelConfig back = nn::from_hf_config_file(folder.string());
+    const nn::ModelConfig back = from_hf_config_file(folder.string());
     EXPECT_EQ(back.attention_dropout, 0.15);
     EXPECT_EQ(back.hidden_dropout, 0.0);  // HF has none: no dropout there
     c.hidden_dropout = 0.0;
@@ -102,11 +103,11 @@ TEST_F(HfConfigDropout, AttentionDropoutRoundTripsAndHiddenDropoutIsANote) {
   // Absent (or null): transformers' default 0.0; out of [0, 1] or not a number: an error.
   nlohmann::json hf = to_hf_config(nn::model_zoo("mixtral-tiny"));
   hf.erase("attention_dropout");
-  EXPECT_EQ(nn::from_hf_config(hf).attention_dropout, 0.0);
+  EXPECT_EQ(from_hf_config(hf).attention_dropout, 0.0);
   hf["attention_dropout"] = 1.5;
-  EXPECT_TRUE(fails_with([&] { nn::from_hf_config(hf); }, {"attention-dropout"}));
+  EXPECT_TRUE(fails_with([&] { from_hf_config(hf); }, {"attention-dropout"}));
   hf["attention_dropout"] = "0.1";
-  EXPECT_TRUE(fails_with([&] { nn::from_hf_config(hf); }, {"attention_dropout", "number"}));
+  EXPECT_TRUE(fails_with([&] { from_hf_config(hf); }, {"attention_dropout", "number"}));
 }
 
 }  // namespace

@@ -14,7 +14,7 @@
 
 #include "common/check.h"
 #include "fuzz/sweep.h"
-#include "moe/nn/hf_config.h"
+#include "moe/checkpoint/hf_config_import.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
 #include "moe/nn/param_count.h"
@@ -23,6 +23,7 @@
 namespace moe::nn {
 namespace {
 
+using checkpoint::from_hf_config_file;
 using nlohmann::json;
 using sweep::Mutant;
 

@@ -12,9 +12,9 @@
 #include <string>
 
 #include "common/check.h"
+#include "moe/checkpoint/hf_config_import.h"
 #include "moe/core/error.h"
 #include "moe/core/json_file.h"
-#include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/model_zoo.h"
 #include "moe/nn/param_count.h"
@@ -23,6 +23,7 @@
 namespace moe::nn {
 namespace {
 
+using checkpoint::from_hf_config;
 using nlohmann::json;
 
 const std::vector<std::string>& tiny_hf_models() {
@@ -32,10 +33,7 @@ const std::vector<std::string>& tiny_hf_models() {
 }
 
 json hf(const std::string& zoo_name) {
-  for (const test::HfConfigText& t : test::hf_config_texts())
-    if (t.zoo_name == zoo_name) return json::parse(t.json);
-  ADD_FAILURE() << "no HF config text for " << zoo_name;
-  return json::object();
+  return test::hf_config_json(zoo_name);
 }
 
 // The moe::Error's message ("" when none was thrown).

@@ -6,6 +6,9 @@
 // entries must equal from_hf_config() of these.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
 #include <string>
 #include <vector>
 
@@ -424,6 +427,14 @@ inline const std::vector<HfConfigText>& hf_config_texts() {
 })json"},
   };
   return texts;
+}
+
+// The parsed config.json of a zoo model (a test failure and {} when there is none).
+inline nlohmann::json hf_config_json(const std::string& zoo_name) {
+  for (const HfConfigText& t : hf_config_texts())
+    if (t.zoo_name == zoo_name) return nlohmann::json::parse(t.json);
+  ADD_FAILURE() << "no HF config text for " << zoo_name;
+  return nlohmann::json::object();
 }
 
 }  // namespace moe::test

@@ -12,8 +12,8 @@
 #include <string>
 
 #include "common/check.h"
+#include "moe/checkpoint/hf_config_import.h"
 #include "moe/core/error.h"
-#include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
 #include "moe/nn/param_count.h"
 #include "nn/hf_config_texts.h"
@@ -86,7 +86,7 @@ TEST(ModelZoo, EntriesEqualTheirHuggingFaceConfigs) {
   for (const test::HfConfigText& t : test::hf_config_texts()) {
     SCOPED_TRACE(t.zoo_name);
     const json from_hf =
-        nn::model_config_to_json(nn::from_hf_config(json::parse(t.json), t.zoo_name));
+        nn::model_config_to_json(checkpoint::from_hf_config(json::parse(t.json), t.zoo_name));
     const json zoo = nn::model_config_to_json(nn::model_zoo(t.zoo_name));
     EXPECT_EQ(zoo, from_hf) << "differences (zoo -> from_hf): " << json::diff(zoo, from_hf).dump();
   }

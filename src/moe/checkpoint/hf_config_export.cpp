@@ -5,9 +5,9 @@
 
 #include <set>
 
+#include "moe/checkpoint/hf_config_import.h"
 #include "moe/core/error.h"
 #include "moe/core/json_file.h"
-#include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
 
 namespace moe::checkpoint {
@@ -22,13 +22,23 @@ const std::set<std::string>& training_only_keys() {
   return keys;
 }
 const std::set<std::string>& training_only_moe_keys() {
-  static const std::set<std::string> keys{
-      "moe_router_load_balancing_type", "moe_aux_loss_coeff", "moe_z_loss_coeff",
-      "moe_input_jitter_eps", "moe_token_dispatcher_type", "moe_expert_capacity_factor",
-      "moe_pad_expert_input_to_capacity", "moe_token_drop_policy", "moe_router_padding_for_fp8",
-      "moe_grouped_gemm", "expert_model_parallel_size", "expert_tensor_parallel_size",
-      "params_dtype", "seed", "moe_router_bias_update_rate", "moe_router_dtype",
-      "moe_router_force_load_balancing"};
+  static const std::set<std::string> keys{"moe_router_load_balancing_type",
+                                          "moe_aux_loss_coeff",
+                                          "moe_z_loss_coeff",
+                                          "moe_input_jitter_eps",
+                                          "moe_token_dispatcher_type",
+                                          "moe_expert_capacity_factor",
+                                          "moe_pad_expert_input_to_capacity",
+                                          "moe_token_drop_policy",
+                                          "moe_router_padding_for_fp8",
+                                          "moe_grouped_gemm",
+                                          "expert_model_parallel_size",
+                                          "expert_tensor_parallel_size",
+                                          "params_dtype",
+                                          "seed",
+                                          "moe_router_bias_update_rate",
+                                          "moe_router_dtype",
+                                          "moe_router_force_load_balancing"};
   return keys;
 }
 
@@ -178,13 +188,20 @@ void diff(const json& want, const json& got, const std::string& prefix,
 
 std::string torch_dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::bf16: return "bfloat16";
-    case DType::f32: return "float32";
-    case DType::f16: return "float16";
-    case DType::f64: return "float64";
-    case DType::fp8_e4m3: return "float8_e4m3fn";
-    case DType::fp8_e5m2: return "float8_e5m2";
-    default: MOE_FAIL("torch_dtype: ", dtype, " is not a weight dtype");
+    case DType::bf16:
+      return "bfloat16";
+    case DType::f32:
+      return "float32";
+    case DType::f16:
+      return "float16";
+    case DType::f64:
+      return "float64";
+    case DType::fp8_e4m3:
+      return "float8_e4m3fn";
+    case DType::fp8_e5m2:
+      return "float8_e5m2";
+    default:
+      MOE_FAIL("torch_dtype: ", dtype, " is not a weight dtype");
   }
 }
 
@@ -211,14 +228,14 @@ json to_hf_config(const nn::ModelConfig& c, DType torch_dtype, std::vector<std::
   // Read it back the way a user of the export will.
   nn::ModelConfig back;
   try {
-    back = nn::from_hf_config(j, c.name);
+    back = from_hf_config(j, c.name);
   } catch (const Error& e) {
     MOE_FAIL("model ", c.name, " cannot be written as a Hugging Face ", c.family,
              " config: ", e.what());
   }
   std::vector<std::string> model, training;
-  diff(nn::model_config_to_json(c), nn::model_config_to_json(back), "", training_only_keys(),
-       model, training);
+  diff(nn::model_config_to_json(c), nn::model_config_to_json(back), "", training_only_keys(), model,
+       training);
   if (!model.empty()) {
     std::string lines;
     for (const std::string& l : model) lines += "\n  " + l;

@@ -1,5 +1,5 @@
 // ModelConfig -> Hugging Face config.json for the model's family: the inverse of
-// nn::from_hf_config (hf_config.h has the field-by-field mapping), written for HF export
+// from_hf_config (hf_config_import.h has the field-by-field mapping), written for HF export
 // (`moe convert --to hf`).
 //
 // Only what changes the model's function is checked: after writing, the result is read back

@@ -12,6 +12,7 @@
 #include "moe/checkpoint/box_copy.h"
 #include "moe/checkpoint/box_load.h"
 #include "moe/checkpoint/convert.h"
+#include "moe/checkpoint/hf_config_import.h"
 #include "moe/checkpoint/hf_names.h"
 #include "moe/checkpoint/shard_writer.h"
 #include "moe/checkpoint/sharded_tensor_source.h"
@@ -20,7 +21,6 @@
 #include "moe/core/error.h"
 #include "moe/core/json_file.h"
 #include "moe/io/atomic_file.h"
-#include "moe/nn/hf_config.h"
 #include "moe/nn/model_config_json.h"
 
 namespace moe::checkpoint {
@@ -107,7 +107,7 @@ std::vector<std::string> missing_mtp_tensors(const nn::ModelConfig& config,
 nn::ModelConfig read_model_config(const std::string& dir, CheckpointFormat format) {
   if (format == CheckpointFormat::moecore)
     return nn::load_model_config((fs::path(dir) / "model_config.json").string());
-  nn::ModelConfig config = nn::from_hf_config_file(dir);
+  nn::ModelConfig config = from_hf_config_file(dir);
   if (config.mtp_num_layers == 0) return config;
   // transformers has no MTP module: a DeepSeek-V3 model it saved keeps
   // num_nextn_predict_layers in config.json but writes none of the MTP weights. Such a folder

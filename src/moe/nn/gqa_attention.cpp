@@ -2,7 +2,7 @@
 
 #include "moe/core/rng.h"
 #include "moe/nn/param_init.h"
-#include "moe/nn/rotary_frequencies.h"
+#include "moe/nn/rope_frequencies.h"
 #include "moe/ops/gemm.h"
 
 namespace moe::nn {
@@ -91,7 +91,7 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, const std::
     set_tp_replicated(k_norm->weight, tp, /*partial_grad=*/true);
   }
 
-  const ops::RotaryFrequencies freqs = rotary_frequencies(config, rotary_dim_);
+  const ops::RotaryFrequencies freqs = rope_frequencies(config, rotary_dim_);
   inv_freq_ = ops::inv_freq_tensor(freqs, dtype == DType::f64 ? DType::f64 : DType::f32, device);
   rotary_.layout = config.rotary_style == RotaryStyle::half ? ops::RotaryLayout::half
                                                             : ops::RotaryLayout::interleaved;

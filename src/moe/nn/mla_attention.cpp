@@ -4,7 +4,7 @@
 
 #include "moe/core/rng.h"
 #include "moe/nn/param_init.h"
-#include "moe/nn/rotary_frequencies.h"
+#include "moe/nn/rope_frequencies.h"
 #include "moe/ops/gemm.h"
 #include "moe/ops/rope_mla.h"
 
@@ -95,7 +95,7 @@ MlaAttention::MlaAttention(const ModelConfig& config, int64_t layer, const std::
   kv_b_proj = make("kv_b_proj.weight", {Hq * (nope_dim_ + v_dim_), kv_lora_rank_}, 0, std);
   o_proj = make("o_proj.weight", {H, Hq * v_dim_}, 1, output_layer_std(std, config.num_layers));
 
-  const ops::RotaryFrequencies freqs = rotary_frequencies(config, rope_dim_);
+  const ops::RotaryFrequencies freqs = rope_frequencies(config, rope_dim_);
   inv_freq_ = ops::inv_freq_tensor(freqs, dtype == DType::f64 ? DType::f64 : DType::f32, device);
   rotary_.layout = config.rotary_style == RotaryStyle::half
                        ? ops::RotaryLayout::half

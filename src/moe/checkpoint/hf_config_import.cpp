@@ -1,7 +1,7 @@
-// Hugging Face config.json -> ModelConfig (hf_config.h has the mapping). Defaults of the
+// Hugging Face config.json -> ModelConfig (hf_config_import.h has the mapping). Defaults of the
 // behaviour fields are those of transformers' MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig,
 // DeepseekV2Config and DeepseekV3Config; shape fields have no default here.
-#include "moe/nn/hf_config.h"
+#include "moe/checkpoint/hf_config_import.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +11,22 @@
 #include "moe/core/json_file.h"
 #include "moe/nn/config_limits.h"
 
-namespace moe::nn {
+namespace moe::checkpoint {
+
+// What this file fills, and the limits it checks the file's numbers against, are the model's.
+using nn::AttentionType;
+using nn::check_size;
+using nn::kCountLimit;
+using nn::kLayerLimit;
+using nn::kPositionLimit;
+using nn::kVocabLimit;
+using nn::kWidthLimit;
+using nn::LoadBalancingType;
+using nn::ModelConfig;
+using nn::MoEConfig;
+using nn::RotaryStyle;
+using nn::SizeLimit;
+using nn::YarnConfig;
 
 using nlohmann::json;
 
@@ -112,7 +127,7 @@ class HfFields {
   std::string model_type_;
 };
 
-// The fields every family shares (hf_config.h, "every family").
+// The fields every family shares (hf_config_import.h, "every family").
 void read_common(const HfFields& f, ModelConfig& c, double default_rope_theta,
                  double default_norm_eps, int64_t default_max_positions) {
   c.family = f.model_type();
@@ -268,8 +283,8 @@ ModelConfig deepseek(const HfFields& f, bool v3) {
   c.qk_layernorm = true;  // q_a_layernorm / kv_a_layernorm
   // DeepSeek rotates (x[2i], x[2i+1]) pairs; transformers' V3 port can be told otherwise
   // (rope_interleave false: rotate_half pairs).
-  c.rotary_style = v3 && !f.bool_or("rope_interleave", true) ? RotaryStyle::half
-                                                             : RotaryStyle::interleaved;
+  c.rotary_style =
+      v3 && !f.bool_or("rope_interleave", true) ? RotaryStyle::half : RotaryStyle::interleaved;
 
   MoEConfig& m = c.moe;
   m.num_experts = f.size_or("n_routed_experts", 0, 0, kCountLimit);  // null: a dense model
@@ -391,4 +406,4 @@ ModelConfig from_hf_config_file(const std::string& path) {
   }
 }
 
-}  // namespace moe::nn
+}  // namespace moe::checkpoint

@@ -1,8 +1,8 @@
-#include "moe/nn/rotary_frequencies.h"
+#include "moe/nn/rope_frequencies.h"
 
 namespace moe::nn {
 
-ops::RotaryFrequencies rotary_frequencies(const ModelConfig& config, int64_t rotary_dim) {
+ops::RotaryFrequencies rope_frequencies(const ModelConfig& config, int64_t rotary_dim) {
   if (!config.yarn) return ops::rope_frequencies(rotary_dim, config.rotary_base);
   const YarnConfig& y = *config.yarn;
   ops::YarnScaling scaling;

@@ -1,7 +1,7 @@
 // Hugging Face config.json -> ModelConfig: each family's rules (layer placement, routing in
 // Megatron's terms, shared experts, MLA, YaRN, MTP) and clear errors for what cannot be mapped.
 // The whole published configs are checked against the zoo in model_zoo_test.cpp.
-#include "moe/nn/hf_config.h"
+#include "moe/checkpoint/hf_config_import.h"
 
 #include <gtest/gtest.h>
 
@@ -17,15 +17,12 @@
 namespace moe {
 namespace {
 
+using checkpoint::from_hf_config;
 using nlohmann::json;
-using nn::from_hf_config;
 using nn::ModelConfig;
 
 json hf(const std::string& zoo_name) {
-  for (const test::HfConfigText& t : test::hf_config_texts())
-    if (t.zoo_name == zoo_name) return json::parse(t.json);
-  ADD_FAILURE() << "no HF config text for " << zoo_name;
-  return json::object();
+  return test::hf_config_json(zoo_name);
 }
 
 std::string error_of(const std::function<void()>& f) {
@@ -265,16 +262,16 @@ TEST(HfConfig, ReadsFilesAndFolders) {
     std::ofstream out(folder / "config.json");
     out << hf("mixtral-tiny").dump(2);
   }
-  EXPECT_EQ(nn::from_hf_config_file(folder.string()).name, "Tiny-Mixtral-hf-test");
-  EXPECT_EQ(nn::from_hf_config_file((folder / "config.json").string()).num_layers, 3);
+  EXPECT_EQ(checkpoint::from_hf_config_file(folder.string()).name, "Tiny-Mixtral-hf-test");
+  EXPECT_EQ(checkpoint::from_hf_config_file((folder / "config.json").string()).num_layers, 3);
   {
     std::ofstream out(folder / "config.json");
     out << "{";
   }
-  const std::string error = error_of([&] { nn::from_hf_config_file(folder.string()); });
+  const std::string error = error_of([&] { checkpoint::from_hf_config_file(folder.string()); });
   EXPECT_NE(error.find("config.json"), std::string::npos) << error;
   fs::remove_all(folder);
-  EXPECT_NE(error_of([&] { nn::from_hf_config_file(folder.string()); }).find("cannot open"),
+  EXPECT_NE(error_of([&] { checkpoint::from_hf_config_file(folder.string()); }).find("cannot open"),
             std::string::npos);
 }
 

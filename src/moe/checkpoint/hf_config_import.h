@@ -26,12 +26,13 @@
 //                 kv_channels.
 //   deepseek_v2/3 MLA: q_lora_rank (null: 0), kv_lora_rank, qk_nope_head_dim -> qk_head_dim,
 //                 qk_rope_head_dim -> qk_pos_emb_head_dim, v_head_dim; --qk-layernorm (the
-//                 latent norms); interleaved rotary (V3 with rope_interleave false: half); layer i is MoE iff i >= first_k_dense_replace
-//                 and i % moe_layer_freq == 0; n_routed_experts, moe_intermediate_size,
-//                 shared experts of n_shared_experts * moe_intermediate_size (no gate);
-//                 scoring_func softmax|sigmoid; topk_method greedy (no groups),
-//                 group_limited_greedy or noaux_tc (n_group / topk_group -> --moe-router-num-groups
-//                 / --moe-router-group-topk when n_group > 1; noaux_tc adds the expert bias,
+//                 latent norms); interleaved rotary (V3 with rope_interleave false: half); layer i
+//                 is MoE iff i >= first_k_dense_replace and i % moe_layer_freq == 0;
+//                 n_routed_experts, moe_intermediate_size, shared experts of n_shared_experts *
+//                 moe_intermediate_size (no gate); scoring_func softmax|sigmoid; topk_method greedy
+//                 (no groups), group_limited_greedy or noaux_tc (n_group / topk_group ->
+//                 --moe-router-num-groups / --moe-router-group-topk when n_group > 1; noaux_tc adds
+//                 the expert bias,
 //                 --moe-router-enable-expert-bias); norm_topk_prob false with softmax ->
 //                 --moe-router-pre-softmax; routed_scaling_factor -> --moe-router-topk-scaling-
 //                 factor (V2 applies it only when it does not renormalise, V3 always; 1.0 ->
@@ -42,8 +43,8 @@
 // error naming it; each is checked against its least value and its bound (config_limits.h) as
 // it is read, before anything is computed from it (hidden / heads, the layer pattern).
 // Behaviour fields missing from the file take transformers' defaults for that
-// configuration class (documented in hf_config.cpp next to each read). Anything moecore cannot
-// express is refused with the reason: other model types, other rope scalings, sliding-window
+// configuration class (documented in hf_config_import.cpp next to each read). Anything moecore
+// cannot express is refused with the reason: other model types, other rope scalings, sliding-window
 // attention, attention / o_proj biases, sigmoid routing without renormalisation.
 // Group scores: DeepSeek-V2's group_limited_greedy ranks groups by their best expert
 // (--moe-router-group-score-topk 1), V3's noaux_tc by the sum of their best two (2);
@@ -56,15 +57,15 @@
 
 #include "moe/nn/model_config.h"
 
-namespace moe::nn {
+namespace moe::checkpoint {
 
 // The supported model_type values, in the order listed above.
 const std::vector<std::string>& hf_supported_model_types();
 
 // config.json (parsed) -> a validate()d ModelConfig; `name` goes to ModelConfig::name.
-ModelConfig from_hf_config(const nlohmann::json& config, const std::string& name = "");
+nn::ModelConfig from_hf_config(const nlohmann::json& config, const std::string& name = "");
 // From a config.json file, or a model folder holding one; the name defaults to the folder's
 // name (".../Mixtral-8x7B-v0.1/config.json" -> "Mixtral-8x7B-v0.1"). Errors name the path.
-ModelConfig from_hf_config_file(const std::string& path);
+nn::ModelConfig from_hf_config_file(const std::string& path);
 
-}  // namespace moe::nn
+}  // namespace moe::checkpoint
