@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   bench_layer
       ->add_option("--grouped-gemm-backends", layer_options.gemm_backends,
                    "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched "
-                   "grouped_batched")
+                   "grouped_batched cutlass")
       ->check([](const std::string& name) {
         (void)moe::ops::parse_grouped_gemm_backend(name);  // throws, naming the choices
         return std::string();
