@@ -121,7 +121,7 @@ void grouped_gemm_wgrad_cpu(const Tensor& dy, const Tensor& x, std::span<const i
 }  // namespace
 
 void set_grouped_gemm_backend(GroupedGemmBackend backend) {
-  MOE_CHECK(backend != GroupedGemmBackend::cutlass || MOE_WITH_CUTLASS, kNoCutlass);
+  if (backend == GroupedGemmBackend::cutlass && !MOE_WITH_CUTLASS) MOE_FAIL(kNoCutlass);
   g_backend.store(backend);
 }
 GroupedGemmBackend grouped_gemm_backend() {
@@ -153,8 +153,8 @@ GroupedGemmBackend parse_grouped_gemm_backend(const std::string& name) {
   std::string names;
   for (GroupedGemmBackend b : kAllBackends) {
     if (name == grouped_gemm_backend_name(b)) {
-      MOE_CHECK(b != GroupedGemmBackend::cutlass || MOE_WITH_CUTLASS, "grouped GEMM backend '",
-                name, "': ", kNoCutlass);
+      if (b == GroupedGemmBackend::cutlass && !MOE_WITH_CUTLASS)
+        MOE_FAIL("grouped GEMM backend '", name, "': ", kNoCutlass);
       return b;
     }
     names += std::string(names.empty() ? "" : ", ") + grouped_gemm_backend_name(b);

@@ -70,6 +70,7 @@ bool is_half(DType dt) {
   return dt == DType::bf16 || dt == DType::f16;
 }
 
+#if MOE_WITH_CUTLASS
 // y's rows past sum(counts) (the sum is on the device: *total) set to zero, 16 bytes a store.
 __global__ void zero_rows_past_total(uint4* y, const int64_t* total, int64_t rows,
                                      int64_t row_words) {
@@ -116,6 +117,8 @@ cutlass_grouped::Call make_call(bool wgrad, const Tensor& counts, int64_t rows, 
   call.stream = current_stream(call.device);
   return call;
 }
+
+#endif  // MOE_WITH_CUTLASS
 
 }  // namespace
 
