@@ -80,10 +80,16 @@ int main(int argc, char** argv) {
   bench_layer
       ->add_option("--grouped-gemm-backends", layer_options.gemm_backends,
                    "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched "
-                   "grouped_batched")
+                   "grouped_batched cutlass (space- or comma-separated)")
+      ->delimiter(',')
       ->check([](const std::string& name) {
-        (void)moe::ops::parse_grouped_gemm_backend(name);  // throws, naming the choices
-        return std::string();
+        // A validator reports by its return value (a throw would escape CLI11's parse).
+        try {
+          (void)moe::ops::parse_grouped_gemm_backend(name);  // names the choices when it fails
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
       });
   bench_layer->add_option("--warmup", layer_options.warmup);
   bench_layer->add_option("--iters", layer_options.iters);

@@ -17,7 +17,7 @@ struct MoELayerBenchOptions {
   std::vector<std::string> routings{"balanced", "skewed"};
   std::string dispatcher = "alltoall";
   // Grouped-GEMM backends to compare: automatic, per_expert_lt, per_expert_streams,
-  // grouped_batched (ops/grouped_gemm.h).
+  // per_expert_threads, chunked_batched, grouped_batched, cutlass (ops/grouped_gemm.h).
   std::vector<std::string> gemm_backends{"automatic"};
   int warmup = 3;
   int iters = 10;

@@ -29,3 +29,13 @@ if ! python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.
   python3 -m pip install -q --no-deps --disable-pip-version-check nvidia-cudnn-frontend==1.32.0 >/dev/null 2>&1 \
     || echo "setup: pip install nvidia-cudnn-frontend failed: attention will use its native kernels"
 fi
+
+# CUTLASS's headers (the `cutlass` grouped GEMM backend: ops/grouped_gemm_cutlass.h) come from
+# PyPI too: the nvidia-cutlass wheel carries them under cutlass_library/source/include, where
+# CMake finds them through python3. Headers only: --no-deps skips its Python stack. Pinned: the
+# version the backend was written against.
+if ! python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['purelib'], 'cutlass_library', 'source', 'include', 'cutlass', 'cutlass.h')))" 2>/dev/null; then
+  echo "setup: installing nvidia-cutlass (pip, headers)"
+  python3 -m pip install -q --no-deps --disable-pip-version-check nvidia-cutlass==4.2.0.0 >/dev/null 2>&1 \
+    || echo "setup: pip install nvidia-cutlass failed: the cutlass grouped GEMM backend will be absent"
+fi

@@ -22,8 +22,11 @@
 // (the alltoall dispatcher already knows them), then runs the experts' GEMMs through cuBLAS.
 // That read (one small D2H copy and a wait on x's current stream) is the only host
 // synchronisation. Given host counts are trusted to match the tensor (it is not read).
+// The cutlass backend (below) is the exception: on calls it takes it reads the counts on the
+// device only (no synchronisation) and ignores given host counts.
 // Errors: the counts must be non-negative and sum to at most x's row count (checked on the
-// host, on both devices), and every shape/dtype mismatch names the op and the tensor.
+// host, on both devices; on the device by the cutlass backend, which traps: see
+// grouped_gemm_cutlass.h), and every shape/dtype mismatch names the op and the tensor.
 #pragma once
 
 #include <cstdint>
@@ -61,12 +64,21 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
 //                    one launch. wgrad (a reduction over each expert's rows) groups the
 //                    experts by row count, whole chunks making those few, and runs each group
 //                    as one batched call.
+//   cutlass          one persistent CUTLASS sm90 grouped GEMM (TMA, warp-specialised, wgmma)
+//                    that reads the counts from device memory: no host round trip, no row
+//                    padding (grouped_gemm_cutlass.h). Taken by calls that qualify (an sm_90
+//                    device, bf16/f16 operands, row lengths multiples of 8 elements, 16-byte
+//                    aligned tensors: grouped_gemm_cutlass_qualifies); the others run
+//                    per_expert_lt after reading the counts. Only in builds that found CUTLASS's
+//                    headers (scripts/setup.sh); elsewhere its name is refused.
 //   automatic        (default) with at least 16 experts with rows: chunked_batched when the
 //                    counts allow it, else per_expert_threads when they average at most 1024
 //                    rows; otherwise per_expert_lt. Measured on an H200 (docs/perf.md): few
 //                    large experts run best one cuBLASLt call each; many small ones leave
 //                    most of the GPU idle per call and pay the host's launch rate; cuBLAS's
-//                    grouped GEMM was the slowest at every MoE shape.
+//                    grouped GEMM was the slowest at every MoE shape. automatic never picks
+//                    cutlass yet: whether and where it should waits for its measurement on an
+//                    H200.
 // Process-wide; meant for benchmarks and tests comparing the two. Thread-safe.
 enum class GroupedGemmBackend {
   automatic,
@@ -74,7 +86,8 @@ enum class GroupedGemmBackend {
   per_expert_streams,
   per_expert_threads,
   chunked_batched,
-  grouped_batched
+  grouped_batched,
+  cutlass
 };
 
 // Rows per chunk of the chunked_batched backend.
@@ -84,6 +97,7 @@ inline constexpr int64_t kGroupedGemmChunkRows = 128;
 // backend allows it and there are at least 16 local experts; 1 otherwise. Padding rows carry
 // zero tokens with probability 0, so they change no result, only the work.
 int64_t grouped_gemm_row_multiple(Device device, DType dtype, int64_t num_local_experts);
+// Refuses cutlass in a build without it (grouped_gemm_cutlass_built()).
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
 const char* grouped_gemm_backend_name(GroupedGemmBackend backend);
 // The backend of that name; an error listing the names otherwise.

@@ -1,11 +1,13 @@
 // grouped_gemm / grouped_gemm_wgrad: public entry points (checks, reading and validating the
 // counts, device dispatch) and the CPU reference, a loop of dense gemm calls on row segments.
+// Calls the cutlass backend takes skip the host counts: it reads them on the device.
 #include <atomic>
 #include <vector>
 
 #include "moe/ops/gemm.h"
 #include "moe/ops/grouped_gemm.h"
 #include "moe/ops/grouped_gemm_cuda.h"
+#include "moe/ops/grouped_gemm_cutlass.h"
 
 namespace moe::ops {
 namespace {
@@ -64,6 +66,22 @@ std::vector<int64_t> host_counts(const Tensor& counts, std::span<const int64_t> 
   return out;
 }
 
+// Whether the call (a, b -> out: grouped_gemm_cutlass_qualifies) runs on the cutlass backend.
+bool runs_on_cutlass(const Tensor& a, const Tensor& b, const Tensor& out) {
+#if MOE_WITH_CUTLASS
+  return g_backend.load() == GroupedGemmBackend::cutlass &&
+         grouped_gemm_cutlass_qualifies(a, b, out);
+#else
+  (void)a, (void)b, (void)out;
+  return false;
+#endif
+}
+
+constexpr const char* kNoCutlass =
+    "the cutlass grouped GEMM backend is not in this build (CUTLASS's headers were not found "
+    "when it was configured: run scripts/setup.sh, or set MOE_CUTLASS_INCLUDE, and configure "
+    "again)";
+
 // The 2-D [a, b] view of expert e's matrix in a [E, a, b] tensor.
 Tensor expert_matrix(const Tensor& w, int64_t e) {
   return w.rows(e, 1).reshape({w.size(1), w.size(2)});
@@ -103,6 +121,7 @@ void grouped_gemm_wgrad_cpu(const Tensor& dy, const Tensor& x, std::span<const i
 }  // namespace
 
 void set_grouped_gemm_backend(GroupedGemmBackend backend) {
+  if (backend == GroupedGemmBackend::cutlass && !MOE_WITH_CUTLASS) MOE_FAIL(kNoCutlass);
   g_backend.store(backend);
 }
 GroupedGemmBackend grouped_gemm_backend() {
@@ -113,7 +132,8 @@ namespace {
 constexpr GroupedGemmBackend kAllBackends[] = {
     GroupedGemmBackend::automatic,          GroupedGemmBackend::per_expert_lt,
     GroupedGemmBackend::per_expert_streams, GroupedGemmBackend::per_expert_threads,
-    GroupedGemmBackend::chunked_batched,    GroupedGemmBackend::grouped_batched};
+    GroupedGemmBackend::chunked_batched,    GroupedGemmBackend::grouped_batched,
+    GroupedGemmBackend::cutlass};
 }  // namespace
 
 const char* grouped_gemm_backend_name(GroupedGemmBackend backend) {
@@ -124,6 +144,7 @@ const char* grouped_gemm_backend_name(GroupedGemmBackend backend) {
     case GroupedGemmBackend::per_expert_threads: return "per_expert_threads";
     case GroupedGemmBackend::chunked_batched: return "chunked_batched";
     case GroupedGemmBackend::grouped_batched: return "grouped_batched";
+    case GroupedGemmBackend::cutlass: return "cutlass";
   }
   return "?";
 }
@@ -131,7 +152,11 @@ const char* grouped_gemm_backend_name(GroupedGemmBackend backend) {
 GroupedGemmBackend parse_grouped_gemm_backend(const std::string& name) {
   std::string names;
   for (GroupedGemmBackend b : kAllBackends) {
-    if (name == grouped_gemm_backend_name(b)) return b;
+    if (name == grouped_gemm_backend_name(b)) {
+      if (b == GroupedGemmBackend::cutlass && !MOE_WITH_CUTLASS)
+        MOE_FAIL("grouped GEMM backend '", name, "': ", kNoCutlass);
+      return b;
+    }
     names += std::string(names.empty() ? "" : ", ") + grouped_gemm_backend_name(b);
   }
   MOE_FAIL("unknown grouped GEMM backend '", name, "'; one of: ", names);
@@ -164,6 +189,9 @@ void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& 
             trans_w ? "[E, N, " : "[E, ", k, trans_w ? "]" : ", N]");
   check_shape(y, {rows, n}, kForward, "y");
   check_counts_tensor(tokens_per_expert, experts, x, kForward);
+  if (runs_on_cutlass(x, w, y)) {
+    MOE_CUDA_ONLY(return grouped_gemm_cutlass(x, w, trans_w, tokens_per_expert, y);)
+  }
   const std::vector<int64_t> counts =
       host_counts(tokens_per_expert, host_tokens_per_expert, rows, kForward);
   if (x.is_cuda()) {
@@ -191,6 +219,9 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
   const int64_t experts = dw.size(0);
   check_shape(dw, {experts, dy.size(1), x.size(1)}, kWgrad, "dw");
   check_counts_tensor(tokens_per_expert, experts, x, kWgrad);
+  if (runs_on_cutlass(dy, x, dw)) {
+    MOE_CUDA_ONLY(return grouped_gemm_wgrad_cutlass(dy, x, tokens_per_expert, dw, accumulate);)
+  }
   const std::vector<int64_t> counts =
       host_counts(tokens_per_expert, host_tokens_per_expert, rows, kWgrad);
   if (x.is_cuda()) {

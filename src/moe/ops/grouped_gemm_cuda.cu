@@ -88,6 +88,8 @@ bool chunkable(std::span<const int64_t> counts) {
 
 GroupedGemmBackend choose_backend(std::span<const int64_t> counts, DType a_dtype, DType c_dtype) {
   GroupedGemmBackend backend = grouped_gemm_backend();
+  // cutlass calls reach this file only when they do not qualify for it (grouped_gemm_cutlass.h).
+  if (backend == GroupedGemmBackend::cutlass) backend = GroupedGemmBackend::per_expert_lt;
   if (backend == GroupedGemmBackend::automatic) {
     const Activity a = activity(counts);
     if (a.experts < kThreadedMinExperts) {

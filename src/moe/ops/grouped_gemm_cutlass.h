@@ -1,0 +1,41 @@
+// The `cutlass` grouped GEMM backend (GroupedGemmBackend::cutlass): the experts' products as one
+// persistent CUTLASS sm90 grouped GEMM (TMA loads, warp-specialised producer/consumer warps,
+// wgmma) that takes the per-expert row counts from device memory. No host round trip: a one-block
+// kernel turns the device counts into the GEMM's argument table (each expert's offset, problem
+// shape, operand pointers and strides), the grouped GEMM runs on it, and a kernel zeroes what the
+// contract of grouped_gemm.h says is zero (y's rows past sum(counts); dw of experts without rows
+// when not accumulating), reading the sum and the counts on the device. No row padding.
+//
+// Errors: the counts are validated on the device, since there is no host to tell without a
+// synchronisation: a negative count or a sum above the row count prints the op, the expert and
+// the value (device printf) and traps, which ends the process's CUDA context (every later CUDA
+// call fails). grouped_gemm_cpu.cpp's host checks of shapes and dtypes still run first.
+//
+// Plain C++ (no CUDA headers): called by grouped_gemm_cpu.cpp. Defined in
+// grouped_gemm_cutlass_dispatch.cu, with the GEMMs in grouped_gemm_cutlass_{fwd,wgrad}_*.cu
+// (built when CMake finds CUTLASS's headers: MOE_WITH_CUTLASS).
+#pragma once
+
+#include "moe/core/tensor.h"
+
+namespace moe::ops {
+
+// Whether this build has the backend (CUTLASS's headers were found at configure time).
+bool grouped_gemm_cutlass_built();
+
+// Whether a grouped_gemm (a = x, b = w, out = y) or grouped_gemm_wgrad (a = dy, b = x,
+// out = dw) call can run on CUTLASS: the backend is built, the tensors are on one CUDA device of
+// compute capability 9.0 (the sm_90a kernels run nowhere else), a and b are bf16 or f16 (one
+// dtype), out is that dtype or f32, no tensor is empty, every row length (the last dimension of
+// a, b and out) is a multiple of 8 elements and every base pointer 16-byte aligned (TMA's rule
+// for addresses and strides), and the sizes fit the GEMM's 32-bit problem shapes. Calls that do
+// not qualify run the cuBLAS path (counts read to the host).
+bool grouped_gemm_cutlass_qualifies(const Tensor& a, const Tensor& b, const Tensor& out);
+
+// The backend's entry points, for calls that qualify (the arguments are already checked).
+void grouped_gemm_cutlass(const Tensor& x, const Tensor& w, bool trans_w,
+                          const Tensor& tokens_per_expert, Tensor& y);
+void grouped_gemm_wgrad_cutlass(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
+                                Tensor& dw, bool accumulate);
+
+}  // namespace moe::ops

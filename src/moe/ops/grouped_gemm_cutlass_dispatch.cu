@@ -1,0 +1,194 @@
+// The cutlass grouped GEMM backend's entry points (grouped_gemm_cutlass.h): which calls qualify,
+// the per-device facts they need (cached), the zeroing kernels of grouped_gemm.h's contract, and
+// the hand-off to the files that instantiate the CUTLASS kernels. No CUTLASS header here, so
+// this file builds (and says the backend is absent) without them.
+//
+// Tiles, for the MoE shapes this backend is for (Qwen3-30B-A3B: 128 experts, N 768 / 1536,
+// K 2048; DeepSeek-V3: 256 experts, N 2048 / 4096, K 7168; Mixtral: 8 experts, N 14336 / 28672,
+// K 4096; 8192 x topk rows, so a few hundred rows per fine-grained expert):
+//   forward / dgrad  128 x 128 x 64, cooperative (two consumer warp groups share each tile: the
+//                    reduction is long, K >= 2048), clusters 1 x 2: the x tile of an expert is
+//                    multicast to two N tiles (every N above is a multiple of 256, so no
+//                    cluster half is wasted). 128-row tiles waste at most 127 rows per expert,
+//                    a quarter of a 512-row expert; 64-row tiles would halve the waste but run
+//                    the tensor cores at half the tile's reuse.
+//   wgrad            128 x 128 x 64, ping-pong: the reduction is the expert's rows (a few hundred:
+//                    a few k-tiles per output tile), so the epilogue (an f32 read-modify-write
+//                    when accumulating) is a large share; ping-pong overlaps one consumer's
+//                    epilogue with the other's MMAs. Clusters 1 x 2 (the dy tile multicast).
+// Eight kernels in all (forward w [N, K] and [K, N], wgrad into the input dtype and f32; bf16
+// and f16 each), two per file. The choice is meant to be revisited by measurement on an H200.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <mutex>
+
+#include "moe/core/cuda_utils.h"
+#include "moe/ops/grouped_gemm_cutlass.h"
+#include "moe/ops/grouped_gemm_cutlass_call.h"
+
+namespace moe::ops {
+namespace {
+
+// What a device is, queried once per device: the SM count sizes the persistent grid, the
+// compute capability says whether the sm_90a kernels run there.
+struct DeviceFacts {
+  int sm_count = 0;
+  int major = 0;
+  int minor = 0;
+};
+
+const DeviceFacts& device_facts(int device) {
+  static std::mutex mutex;
+  static std::map<int, DeviceFacts> cached;
+  std::lock_guard lock(mutex);
+  auto it = cached.find(device);
+  if (it != cached.end()) return it->second;
+  DeviceFacts facts;
+  MOE_CUDA_CHECK(cudaDeviceGetAttribute(&facts.sm_count, cudaDevAttrMultiProcessorCount, device));
+  MOE_CUDA_CHECK(cudaDeviceGetAttribute(&facts.major, cudaDevAttrComputeCapabilityMajor, device));
+  MOE_CUDA_CHECK(cudaDeviceGetAttribute(&facts.minor, cudaDevAttrComputeCapabilityMinor, device));
+  return cached.emplace(device, facts).first->second;  // std::map: references stay valid
+}
+
+// TMA: 16-byte aligned addresses and row strides (row lengths of 8 bf16/f16 elements).
+constexpr int64_t kRowMultiple = 8;
+constexpr uintptr_t kAddressAlignment = 16;
+
+bool tma_ready(const Tensor& t) {
+  if (t.dim() < 1 || t.numel() == 0) return false;
+  if (t.size(-1) % kRowMultiple != 0) return false;
+  if (reinterpret_cast<uintptr_t>(t.raw()) % kAddressAlignment != 0) return false;
+  for (int64_t d : t.shape())
+    if (d > INT32_MAX) return false;  // CUTLASS's problem shapes and group count are int
+  return true;
+}
+
+bool is_half(DType dt) {
+  return dt == DType::bf16 || dt == DType::f16;
+}
+
+#if MOE_WITH_CUTLASS
+// y's rows past sum(counts) (the sum is on the device: *total) set to zero, 16 bytes a store.
+__global__ void zero_rows_past_total(uint4* y, const int64_t* total, int64_t rows,
+                                     int64_t row_words) {
+  const int64_t begin = *total * row_words, end = rows * row_words;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int64_t i = begin + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < end;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = zero;
+}
+
+// dw_e = 0 for each expert e without rows; block (e, chunk) takes a share of expert e's matrix.
+__global__ void zero_empty_experts(uint4* dw, const void* counts, bool counts_i64,
+                                   int64_t expert_words) {
+  const int64_t e = blockIdx.x;
+  const int64_t count =
+      counts_i64 ? static_cast<const int64_t*>(counts)[e] : static_cast<const int32_t*>(counts)[e];
+  if (count != 0) return;  // negative counts trap in the table kernel
+  uint4* expert = dw + e * expert_words;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int64_t i = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < expert_words;
+       i += static_cast<int64_t>(gridDim.y) * blockDim.x)
+    expert[i] = zero;
+}
+
+constexpr int kZeroThreads = 256;
+
+cutlass_grouped::Call make_call(bool wgrad, const Tensor& counts, int64_t rows, int64_t n,
+                                int64_t k, const Tensor& a, const Tensor& b, Tensor& out,
+                                int64_t* total) {
+  cutlass_grouped::Call call;
+  call.wgrad = wgrad;
+  call.counts = counts.raw();
+  call.counts_i64 = counts.dtype() == DType::i64;
+  call.experts = static_cast<int>(counts.size(0));
+  call.rows = rows;
+  call.n = n;
+  call.k = k;
+  call.a = a.raw();
+  call.b = b.raw();
+  call.out = out.raw();
+  call.total = total;
+  call.device = out.device().index;
+  call.sm_count = device_facts(call.device).sm_count;
+  call.stream = current_stream(call.device);
+  return call;
+}
+
+#endif  // MOE_WITH_CUTLASS
+
+}  // namespace
+
+bool grouped_gemm_cutlass_built() {
+  return MOE_WITH_CUTLASS;
+}
+
+bool grouped_gemm_cutlass_qualifies(const Tensor& a, const Tensor& b, const Tensor& out) {
+  if (!grouped_gemm_cutlass_built()) return false;
+  if (!a.is_cuda() || !(b.device() == a.device()) || !(out.device() == a.device())) return false;
+  if (!is_half(a.dtype()) || b.dtype() != a.dtype()) return false;
+  if (out.dtype() != a.dtype() && out.dtype() != DType::f32) return false;
+  if (!tma_ready(a) || !tma_ready(b) || !tma_ready(out)) return false;
+  const DeviceFacts& facts = device_facts(a.device().index);
+  return facts.major == 9 && facts.minor == 0;
+}
+
+void grouped_gemm_cutlass(const Tensor& x, const Tensor& w, bool trans_w,
+                          const Tensor& tokens_per_expert, Tensor& y) {
+#if MOE_WITH_CUTLASS
+  const cudaStream_t stream = cuda::stream_of(y);  // also makes y's device current
+  Tensor total = Tensor::empty({1}, DType::i64, y.device());
+  const int64_t rows = x.size(0), k = x.size(1), n = y.size(1);
+  cutlass_grouped::Call call =
+      make_call(false, tokens_per_expert, rows, n, k, x, w, y, total.data<int64_t>());
+  if (trans_w) {
+    cutlass_grouped::run_fwd_nk(x.dtype(), call);
+  } else {
+    cutlass_grouped::run_fwd_kn(x.dtype(), call);
+  }
+  const int64_t row_words = n * static_cast<int64_t>(dtype_size(y.dtype())) / 16;
+  const unsigned blocks =
+      cuda::blocks_for(rows * row_words, kZeroThreads, 4 * static_cast<int64_t>(call.sm_count));
+  zero_rows_past_total<<<blocks, kZeroThreads, 0, stream>>>(static_cast<uint4*>(y.raw()),
+                                                            total.data<int64_t>(), rows, row_words);
+  MOE_CUDA_CHECK_LAUNCH();
+#else
+  (void)x, (void)w, (void)trans_w, (void)tokens_per_expert, (void)y;
+  MOE_FAIL("grouped_gemm: the cutlass backend is not in this build");
+#endif
+}
+
+void grouped_gemm_wgrad_cutlass(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
+                                Tensor& dw, bool accumulate) {
+#if MOE_WITH_CUTLASS
+  const cudaStream_t stream = cuda::stream_of(dw);  // also makes dw's device current
+  Tensor total = Tensor::empty({1}, DType::i64, dw.device());
+  const int64_t rows = x.size(0), n = dy.size(1), k = x.size(1);
+  cutlass_grouped::Call call =
+      make_call(true, tokens_per_expert, rows, n, k, dy, x, dw, total.data<int64_t>());
+  call.beta = accumulate ? 1.0f : 0.0f;
+  if (!accumulate) {
+    // Experts without rows have an empty problem in the GEMM (M = 0): their zero gradient is
+    // written here, on the counts as the device has them.
+    const int64_t expert_words = n * k * static_cast<int64_t>(dtype_size(dw.dtype())) / 16;
+    const dim3 grid(static_cast<unsigned>(call.experts),
+                    cuda::blocks_for(expert_words, kZeroThreads, 64));
+    zero_empty_experts<<<grid, kZeroThreads, 0, stream>>>(
+        static_cast<uint4*>(dw.raw()), call.counts, call.counts_i64, expert_words);
+    MOE_CUDA_CHECK_LAUNCH();
+  }
+  if (x.dtype() == DType::bf16) {
+    cutlass_grouped::run_wgrad_bf16(dw.dtype(), call);
+  } else {
+    cutlass_grouped::run_wgrad_f16(dw.dtype(), call);
+  }
+#else
+  (void)dy, (void)x, (void)tokens_per_expert, (void)dw, (void)accumulate;
+  MOE_FAIL("grouped_gemm_wgrad: the cutlass backend is not in this build");
+#endif
+}
+
+}  // namespace moe::ops
