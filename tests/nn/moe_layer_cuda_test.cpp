@@ -71,6 +71,9 @@ const std::vector<GpuVariant>& gpu_variants() {
          c.moe_router_topk = 6;
          c.moe_router_load_balancing_type = nn::LoadBalancingType::global_aux_loss;
        }},
+      // The CUTLASS grouped GEMM reading the counts on the device (bf16; f32 falls back).
+      {"cutlass_grouped_gemm",
+       [](MoEConfig& c) { c.moe_grouped_gemm_backend = ops::GroupedGemmBackend::cutlass; }},
   };
   return v;
 }
@@ -120,7 +123,7 @@ TEST_P(MoELayerCuda, MatchesCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, MoELayerCuda,
-                         ::testing::Combine(::testing::Range<size_t>(0, 8),
+                         ::testing::Combine(::testing::Range<size_t>(0, 9),
                                             ::testing::Values(DType::f32, DType::bf16)),
                          [](const auto& info) {
                            return std::string(gpu_variants()[std::get<0>(info.param)].name) + "_" +

@@ -17,22 +17,14 @@ namespace {
 
 using ops::GroupedGemmBackend;
 
-class BackendGuard {
- public:
-  explicit BackendGuard(GroupedGemmBackend backend) { ops::set_grouped_gemm_backend(backend); }
-  ~BackendGuard() { ops::set_grouped_gemm_backend(GroupedGemmBackend::automatic); }
-  BackendGuard(const BackendGuard&) = delete;
-  BackendGuard& operator=(const BackendGuard&) = delete;
-};
+const char* backend_name(GroupedGemmBackend b) {
+  return ops::grouped_gemm_backend_name(b);
+}
 
-const char* backend_name(GroupedGemmBackend b) { return ops::grouped_gemm_backend_name(b); }
-
-constexpr GroupedGemmBackend kBackends[] = {GroupedGemmBackend::automatic,
-                                            GroupedGemmBackend::per_expert_lt,
-                                            GroupedGemmBackend::per_expert_streams,
-                                            GroupedGemmBackend::per_expert_threads,
-                                            GroupedGemmBackend::chunked_batched,
-                                            GroupedGemmBackend::grouped_batched};
+constexpr GroupedGemmBackend kBackends[] = {
+    GroupedGemmBackend::automatic,          GroupedGemmBackend::per_expert_lt,
+    GroupedGemmBackend::per_expert_streams, GroupedGemmBackend::per_expert_threads,
+    GroupedGemmBackend::chunked_batched,    GroupedGemmBackend::grouped_batched};
 
 // About a third of the experts get no tokens; the others 1..max_rows (some equal, so the
 // grouped backend forms multi-expert groups: experts 0 and 1 get the same count).
@@ -53,7 +45,6 @@ int64_t total(const std::vector<int64_t>& counts) {
 Tensor counts_tensor(const std::vector<int64_t>& counts, DType dtype, Device device) {
   return Tensor::from_vector(counts, {static_cast<int64_t>(counts.size())}).to(dtype).to(device);
 }
-
 
 struct Layout {
   int64_t experts, max_rows, n, k;
@@ -84,9 +75,9 @@ TEST(GroupedGemmCuda, ForwardMatchesCpu) {
             SCOPED_TRACE(testing::Message()
                          << backend_name(backend) << " E=" << l.experts << " " << dt
                          << " trans_w=" << trans_w << " counts " << count_dt);
-            BackendGuard guard(backend);
             Tensor y = Tensor::full({rows, l.n}, NAN, dt, gpu);  // padding must be written
-            ops::grouped_gemm(x_gpu, w_gpu, trans_w, counts_tensor(counts, count_dt, gpu), y);
+            ops::grouped_gemm(x_gpu, w_gpu, trans_w, counts_tensor(counts, count_dt, gpu), y, {},
+                              backend);
             EXPECT_TRUE(test::close_as(y.to(Device::cpu()), expected, dt));
           }
       }
@@ -113,10 +104,11 @@ TEST(GroupedGemmCuda, ChunkedMatchesCpu) {
                         counts_tensor(counts, DType::i64, Device::cpu()), expected);
       for (GroupedGemmBackend backend :
            {GroupedGemmBackend::chunked_batched, GroupedGemmBackend::automatic}) {
-        SCOPED_TRACE(testing::Message() << backend_name(backend) << " " << dt << " trans_w=" << trans_w);
-        BackendGuard guard(backend);
+        SCOPED_TRACE(testing::Message()
+                     << backend_name(backend) << " " << dt << " trans_w=" << trans_w);
         Tensor y = Tensor::full({rows, n}, NAN, dt, gpu);
-        ops::grouped_gemm(x.to(gpu), w.to(gpu), trans_w, counts_tensor(counts, DType::i64, gpu), y);
+        ops::grouped_gemm(x.to(gpu), w.to(gpu), trans_w, counts_tensor(counts, DType::i64, gpu), y,
+                          {}, backend);
         EXPECT_TRUE(test::close_as(y.to(Device::cpu()), expected, dt));
       }
     }
@@ -129,11 +121,11 @@ TEST(GroupedGemmCuda, ChunkedMatchesCpu) {
       SCOPED_TRACE(testing::Message() << "wgrad " << dt << " accumulate=" << accumulate);
       Tensor expected = start.clone();
       ops::grouped_gemm_wgrad(dy.to(DType::f32), x.to(DType::f32),
-                              counts_tensor(counts, DType::i64, Device::cpu()), expected, accumulate);
-      BackendGuard guard(GroupedGemmBackend::chunked_batched);
+                              counts_tensor(counts, DType::i64, Device::cpu()), expected,
+                              accumulate);
       Tensor dw = start.to(gpu);
       ops::grouped_gemm_wgrad(dy.to(gpu), x.to(gpu), counts_tensor(counts, DType::i64, gpu), dw,
-                              accumulate);
+                              accumulate, {}, GroupedGemmBackend::chunked_batched);
       EXPECT_TRUE(test::close_as(dw.to(Device::cpu()), expected, dt));
     }
   }
@@ -156,9 +148,8 @@ TEST(GroupedGemmCuda, HostCountsAreUsedAsGiven) {
   const Tensor stale = Tensor::zeros({16}, DType::i64, gpu);
   for (GroupedGemmBackend backend : kBackends) {
     SCOPED_TRACE(backend_name(backend));
-    BackendGuard guard(backend);
     Tensor y = Tensor::full({rows, n}, NAN, DType::bf16, gpu);
-    ops::grouped_gemm(x.to(gpu), w.to(gpu), true, stale, y, counts);
+    ops::grouped_gemm(x.to(gpu), w.to(gpu), true, stale, y, counts, backend);
     EXPECT_TRUE(test::close_as(y.to(Device::cpu()), expected, DType::bf16));
   }
 }
@@ -195,11 +186,10 @@ TEST(GroupedGemmCuda, WgradMatchesCpu) {
             SCOPED_TRACE(testing::Message()
                          << backend_name(backend) << " E=" << l.experts << " " << dt.in << "->"
                          << dt.out << " accumulate=" << accumulate << " counts " << count_dt);
-            BackendGuard guard(backend);
             // Written gradients start as NaN: experts without tokens must come out zero.
             Tensor dw = accumulate ? base.to(gpu) : Tensor::full(base.shape(), NAN, dt.out, gpu);
             ops::grouped_gemm_wgrad(dy_gpu, x_gpu, counts_tensor(counts, count_dt, gpu), dw,
-                                    accumulate);
+                                    accumulate, {}, backend);
             EXPECT_TRUE(test::close_as(dw.to(Device::cpu()), expected, dt.out));
           }
       }
@@ -212,26 +202,27 @@ TEST(GroupedGemmCuda, EmptyExpertsAndNoRows) {
   const Device gpu = Device::cuda();
   for (GroupedGemmBackend backend : kBackends) {
     SCOPED_TRACE(backend_name(backend));
-    BackendGuard guard(backend);
     // Every expert empty: y is all padding, the written dw all zeros.
     const Tensor counts = Tensor::zeros({6}, DType::i32, gpu);
     Tensor y = Tensor::full({5, 7}, NAN, DType::bf16, gpu);
     ops::grouped_gemm(Tensor::full({5, 3}, 1.0, DType::bf16, gpu),
-                      Tensor::full({6, 7, 3}, 1.0, DType::bf16, gpu), true, counts, y);
+                      Tensor::full({6, 7, 3}, 1.0, DType::bf16, gpu), true, counts, y, {}, backend);
     EXPECT_TRUE(test::equal(y.to(Device::cpu()), Tensor::zeros({5, 7}, DType::bf16)));
     Tensor dw = Tensor::full({6, 7, 3}, NAN, DType::f32, gpu);
     ops::grouped_gemm_wgrad(Tensor::full({5, 7}, 1.0, DType::bf16, gpu),
-                            Tensor::full({5, 3}, 1.0, DType::bf16, gpu), counts, dw, false);
+                            Tensor::full({5, 3}, 1.0, DType::bf16, gpu), counts, dw, false, {},
+                            backend);
     EXPECT_TRUE(test::equal(dw.to(Device::cpu()), Tensor::zeros({6, 7, 3}, DType::f32)));
     Tensor kept = Tensor::full({6, 7, 3}, 2.0, DType::f32, gpu);
     ops::grouped_gemm_wgrad(Tensor::full({5, 7}, 1.0, DType::bf16, gpu),
-                            Tensor::full({5, 3}, 1.0, DType::bf16, gpu), counts, kept, true);
+                            Tensor::full({5, 3}, 1.0, DType::bf16, gpu), counts, kept, true, {},
+                            backend);
     EXPECT_TRUE(test::equal(kept.to(Device::cpu()), Tensor::full({6, 7, 3}, 2.0, DType::f32)));
     // No rows at all.
     Tensor y0 = Tensor::empty({0, 7}, DType::f32, gpu);
     ops::grouped_gemm(Tensor::empty({0, 3}, DType::f32, gpu),
                       Tensor::zeros({6, 7, 3}, DType::f32, gpu), true,
-                      Tensor::zeros({6}, DType::i64, gpu), y0);
+                      Tensor::zeros({6}, DType::i64, gpu), y0, {}, backend);
   }
 }
 

@@ -25,13 +25,7 @@ namespace {
 
 using ops::GroupedGemmBackend;
 
-class CutlassBackend {
- public:
-  CutlassBackend() { ops::set_grouped_gemm_backend(GroupedGemmBackend::cutlass); }
-  ~CutlassBackend() { ops::set_grouped_gemm_backend(GroupedGemmBackend::automatic); }
-  CutlassBackend(const CutlassBackend&) = delete;
-  CutlassBackend& operator=(const CutlassBackend&) = delete;
-};
+constexpr GroupedGemmBackend kCutlass = GroupedGemmBackend::cutlass;
 
 bool is_sm90(int device) {
   int major = 0, minor = 0;
@@ -114,7 +108,6 @@ TEST(GroupedGemmCutlassCuda, ForwardMatchesCpu) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   const Device gpu = Device::cuda();
-  CutlassBackend backend;
   // n and k are multiples of 8 but not of the 128 x 128 x 64 tiles: partial tiles everywhere.
   const int64_t n = 264, k = 200;
   for (int64_t experts : {1, 3, 6, 16, 128}) {
@@ -134,7 +127,8 @@ TEST(GroupedGemmCutlassCuda, ForwardMatchesCpu) {
         const Tensor x_gpu = x.to(gpu), w_gpu = w.to(gpu);
         Tensor y = Tensor::full({rows, n}, NAN, dt, gpu);
         ASSERT_TRUE(ops::grouped_gemm_cutlass_qualifies(x_gpu, w_gpu, y));
-        ops::grouped_gemm(x_gpu, w_gpu, trans_w, counts_tensor(counts, count_dt, gpu), y);
+        ops::grouped_gemm(x_gpu, w_gpu, trans_w, counts_tensor(counts, count_dt, gpu), y, {},
+                          kCutlass);
         const Tensor got = y.to(Device::cpu());
         EXPECT_TRUE(test::close_as(got, expected, dt));
         EXPECT_TRUE(test::equal(got.rows(rows - 5, 5), Tensor::zeros({5, n}, dt)));
@@ -147,7 +141,6 @@ TEST(GroupedGemmCutlassCuda, WgradMatchesCpu) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   const Device gpu = Device::cuda();
-  CutlassBackend backend;
   const int64_t n = 136, k = 264;
   struct DtypeCase {
     DType in, out;
@@ -177,7 +170,7 @@ TEST(GroupedGemmCutlassCuda, WgradMatchesCpu) {
         Tensor dw = accumulate ? base.to(gpu) : Tensor::full(base.shape(), NAN, dt.out, gpu);
         ASSERT_TRUE(ops::grouped_gemm_cutlass_qualifies(dy_gpu, x_gpu, dw));
         ops::grouped_gemm_wgrad(dy_gpu, x_gpu, counts_tensor(counts, DType::i64, gpu), dw,
-                                accumulate);
+                                accumulate, {}, kCutlass);
         const Tensor got = dw.to(Device::cpu());
         EXPECT_TRUE(test::close_as(got, expected, dt.out));
         for (int64_t e = 0; e < experts; ++e) {
@@ -195,19 +188,20 @@ TEST(GroupedGemmCutlassCuda, WgradMatchesCpu) {
 TEST(GroupedGemmCutlassCuda, AllExpertsEmpty) {
   MOE_REQUIRE_CUTLASS();
   const Device gpu = Device::cuda();
-  CutlassBackend backend;
   const Tensor counts = Tensor::zeros({6}, DType::i32, gpu);
   Tensor y = Tensor::full({5, 16}, NAN, DType::bf16, gpu);
   ops::grouped_gemm(Tensor::full({5, 8}, 1.0, DType::bf16, gpu),
-                    Tensor::full({6, 16, 8}, 1.0, DType::bf16, gpu), true, counts, y);
+                    Tensor::full({6, 16, 8}, 1.0, DType::bf16, gpu), true, counts, y, {}, kCutlass);
   EXPECT_TRUE(test::equal(y.to(Device::cpu()), Tensor::zeros({5, 16}, DType::bf16)));
   Tensor dw = Tensor::full({6, 16, 8}, NAN, DType::f32, gpu);
   ops::grouped_gemm_wgrad(Tensor::full({5, 16}, 1.0, DType::bf16, gpu),
-                          Tensor::full({5, 8}, 1.0, DType::bf16, gpu), counts, dw, false);
+                          Tensor::full({5, 8}, 1.0, DType::bf16, gpu), counts, dw, false, {},
+                          kCutlass);
   EXPECT_TRUE(test::equal(dw.to(Device::cpu()), Tensor::zeros({6, 16, 8}, DType::f32)));
   Tensor kept = Tensor::full({6, 16, 8}, 2.0, DType::f32, gpu);
   ops::grouped_gemm_wgrad(Tensor::full({5, 16}, 1.0, DType::bf16, gpu),
-                          Tensor::full({5, 8}, 1.0, DType::bf16, gpu), counts, kept, true);
+                          Tensor::full({5, 8}, 1.0, DType::bf16, gpu), counts, kept, true, {},
+                          kCutlass);
   EXPECT_TRUE(test::equal(kept.to(Device::cpu()), Tensor::full({6, 16, 8}, 2.0, DType::f32)));
 }
 
@@ -218,7 +212,6 @@ TEST(GroupedGemmCutlassCuda, ReadsTheDeviceCounts) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   const Device gpu = Device::cuda();
-  CutlassBackend backend;
   const std::vector<int64_t> counts = odd_counts(16), wrong(16, 0);
   const int64_t rows = total(counts) + 3, n = 40, k = 72;
   const Tensor x = test::random_normal({rows, k}, DType::bf16, seed + 1);
@@ -227,7 +220,12 @@ TEST(GroupedGemmCutlassCuda, ReadsTheDeviceCounts) {
   ops::grouped_gemm(x.to(DType::f32), w.to(DType::f32), true,
                     counts_tensor(counts, DType::i64, Device::cpu()), expected);
   Tensor y = Tensor::full({rows, n}, NAN, DType::bf16, gpu);
-  ops::grouped_gemm(x.to(gpu), w.to(gpu), true, counts_tensor(counts, DType::i64, gpu), y, wrong);
+  // What a caller holding only device counts asks before it reads them (nn::Experts).
+  EXPECT_FALSE(ops::grouped_gemm_reads_counts(kCutlass, x.to(gpu), w.to(gpu), y));
+  EXPECT_TRUE(
+      ops::grouped_gemm_reads_counts(GroupedGemmBackend::automatic, x.to(gpu), w.to(gpu), y));
+  ops::grouped_gemm(x.to(gpu), w.to(gpu), true, counts_tensor(counts, DType::i64, gpu), y, wrong,
+                    kCutlass);
   EXPECT_TRUE(test::close_as(y.to(Device::cpu()), expected, DType::bf16));
 
   const Tensor dy = test::random_normal({rows, n}, DType::bf16, seed + 3);
@@ -236,7 +234,7 @@ TEST(GroupedGemmCutlassCuda, ReadsTheDeviceCounts) {
                           counts_tensor(counts, DType::i64, Device::cpu()), dw_expected, false);
   Tensor dw = Tensor::full({16, n, k}, NAN, DType::f32, gpu);
   ops::grouped_gemm_wgrad(dy.to(gpu), x.to(gpu), counts_tensor(counts, DType::i64, gpu), dw, false,
-                          wrong);
+                          wrong, kCutlass);
   EXPECT_TRUE(test::close_as(dw.to(Device::cpu()), dw_expected, DType::f32));
 }
 
@@ -247,7 +245,6 @@ TEST(GroupedGemmCutlassCuda, NonQualifyingCallFallsBack) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   const Device gpu = Device::cuda();
-  CutlassBackend backend;
   const std::vector<int64_t> counts = odd_counts(6);
   const int64_t rows = total(counts) + 2, n = 48, k = 60;
   const Tensor stale = Tensor::zeros({6}, DType::i64, gpu);
@@ -259,7 +256,8 @@ TEST(GroupedGemmCutlassCuda, NonQualifyingCallFallsBack) {
   const Tensor x_gpu = x.to(gpu), w_gpu = w.to(gpu);
   Tensor y = Tensor::full({rows, n}, NAN, DType::bf16, gpu);
   EXPECT_FALSE(ops::grouped_gemm_cutlass_qualifies(x_gpu, w_gpu, y));
-  ops::grouped_gemm(x_gpu, w_gpu, true, stale, y, counts);
+  EXPECT_TRUE(ops::grouped_gemm_reads_counts(kCutlass, x_gpu, w_gpu, y));
+  ops::grouped_gemm(x_gpu, w_gpu, true, stale, y, counts, kCutlass);
   EXPECT_TRUE(test::close_as(y.to(Device::cpu()), expected, DType::bf16));
 
   const Tensor dy = test::random_normal({rows, n}, DType::bf16, seed + 3);
@@ -268,7 +266,7 @@ TEST(GroupedGemmCutlassCuda, NonQualifyingCallFallsBack) {
                           counts_tensor(counts, DType::i64, Device::cpu()), dw_expected, false);
   Tensor dw = Tensor::full({6, n, k}, NAN, DType::f32, gpu);
   EXPECT_FALSE(ops::grouped_gemm_cutlass_qualifies(dy.to(gpu), x_gpu, dw));
-  ops::grouped_gemm_wgrad(dy.to(gpu), x_gpu, stale, dw, false, counts);
+  ops::grouped_gemm_wgrad(dy.to(gpu), x_gpu, stale, dw, false, counts, kCutlass);
   EXPECT_TRUE(test::close_as(dw.to(Device::cpu()), dw_expected, DType::f32));
 }
 

@@ -286,12 +286,16 @@ TEST(GroupedGemmCpu, BadInputsGiveErrorsNamingTheOp) {
       "grouped_gemm_wgrad: tokens_per_expert sums to 10");
 }
 
-TEST(GroupedGemmCpu, BackendSwitchRoundTrips) {
-  const ops::GroupedGemmBackend before = ops::grouped_gemm_backend();
-  EXPECT_EQ(before, ops::GroupedGemmBackend::automatic);
-  ops::set_grouped_gemm_backend(ops::GroupedGemmBackend::grouped_batched);
-  EXPECT_EQ(ops::grouped_gemm_backend(), ops::GroupedGemmBackend::grouped_batched);
-  ops::set_grouped_gemm_backend(before);
+TEST(GroupedGemmCpu, BackendNamesRoundTrip) {
+  for (const char* name : {"automatic", "per_expert_lt", "per_expert_streams", "per_expert_threads",
+                           "chunked_batched", "grouped_batched"})
+    EXPECT_STREQ(ops::grouped_gemm_backend_name(ops::parse_grouped_gemm_backend(name)), name);
+  expect_error([] { ops::parse_grouped_gemm_backend("fastest"); },
+               "unknown grouped GEMM backend 'fastest' (--moe-grouped-gemm-backend)");
+  // On the CPU every call reads its counts (they are already on the host): no backend changes it.
+  const Tensor x = Tensor::zeros({4, 8}, DType::bf16), w = Tensor::zeros({2, 8, 8}, DType::bf16);
+  Tensor y = Tensor::zeros({4, 8}, DType::bf16);
+  EXPECT_TRUE(ops::grouped_gemm_reads_counts(ops::GroupedGemmBackend::automatic, x, w, y));
 }
 
 }  // namespace

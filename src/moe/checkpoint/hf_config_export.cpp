@@ -32,6 +32,7 @@ const std::set<std::string>& training_only_moe_keys() {
                                           "moe_token_drop_policy",
                                           "moe_router_padding_for_fp8",
                                           "moe_grouped_gemm",
+                                          "moe_grouped_gemm_backend",
                                           "expert_model_parallel_size",
                                           "expert_tensor_parallel_size",
                                           "params_dtype",

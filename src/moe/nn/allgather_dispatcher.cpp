@@ -12,7 +12,9 @@ namespace moe::nn {
 AllGatherDispatcher::AllGatherDispatcher(const MoEConfig& config, const MoEGroups& groups)
     : config_(config), groups_(groups) {}
 
-int AllGatherDispatcher::group_size() const { return MoEGroups::size_of(groups_.tp_ep); }
+int AllGatherDispatcher::group_size() const {
+  return MoEGroups::size_of(groups_.tp_ep);
+}
 
 void AllGatherDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& probs,
                                               const Tensor& expert_ids, DispatchContext& ctx) {
@@ -45,14 +47,16 @@ DispatchedTokens AllGatherDispatcher::dispatch_postprocess(DispatchContext& ctx)
   ops::PermuteConfig pc;
   pc.num_experts = El;
   // FP8 GEMMs need multiples of 16 rows; the bf16 grouped GEMM may ask for whole chunks.
-  pc.pad_multiple = std::max<int64_t>(config_.moe_router_padding_for_fp8 ? 16 : 1,
-                                      ops::grouped_gemm_row_multiple(ctx.x.device(), ctx.x.dtype(), El));
+  pc.pad_multiple =
+      std::max<int64_t>(config_.moe_router_padding_for_fp8 ? 16 : 1,
+                        ops::grouped_gemm_row_multiple(config_.moe_grouped_gemm_backend,
+                                                       ctx.x.device(), ctx.x.dtype(), El));
   if (config_.moe_pad_expert_input_to_capacity) {
     const int64_t T = ctx.num_tokens, K = ctx.probs.size(1);
     pc.pad_to_capacity = true;
-    pc.capacity = ops::expert_capacity(T, K, config_.num_experts,
-                                       *config_.moe_expert_capacity_factor) *
-                  group_size();
+    pc.capacity =
+        ops::expert_capacity(T, K, config_.num_experts, *config_.moe_expert_capacity_factor) *
+        group_size();
   }
   ctx.map = ops::make_permute_map(local_ids, pc);
   ctx.permuted = ops::permute_forward(ctx.comm_x, ctx.comm_probs, ctx.map);
@@ -74,8 +78,8 @@ void AllGatherDispatcher::combine_preprocess(const Tensor& expert_out, DispatchC
 void AllGatherDispatcher::combine_communicate(DispatchContext& ctx) {
   const int n = group_size();
   if (n == 1) return;
-  Tensor y = Tensor::empty({ctx.num_tokens, ctx.x.size(1)}, ctx.combine_buffer.dtype(),
-                           ctx.x.device());
+  Tensor y =
+      Tensor::empty({ctx.num_tokens, ctx.x.size(1)}, ctx.combine_buffer.dtype(), ctx.x.device());
   groups_.tp_ep->reduce_scatter(ctx.combine_buffer, y);
   ctx.combine_buffer = y;
 }

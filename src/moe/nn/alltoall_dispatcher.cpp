@@ -58,8 +58,9 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
   // whole chunks; across ranks that padding would be paid once per source rank, so not there.
   pc.pad_multiple = config_.moe_router_padding_for_fp8 ? 16 : 1;
   if (single_rank())
-    pc.pad_multiple =
-        std::max(pc.pad_multiple, ops::grouped_gemm_row_multiple(x.device(), x.dtype(), E));
+    pc.pad_multiple = std::max(
+        pc.pad_multiple,
+        ops::grouped_gemm_row_multiple(config_.moe_grouped_gemm_backend, x.device(), x.dtype(), E));
   if (config_.moe_pad_expert_input_to_capacity) {
     pc.pad_to_capacity = true;
     pc.capacity = ops::expert_capacity(T, K, E, *config_.moe_expert_capacity_factor);

@@ -13,7 +13,9 @@ constexpr uint64_t kFc1Salt = 0x46'43'31ULL;  // "FC1"
 constexpr uint64_t kFc2Salt = 0x46'43'32ULL;  // "FC2"
 
 // Expert e of a [E, rows, cols] tensor as a [rows, cols] view.
-Tensor expert_slice(const Tensor& w, int64_t e) { return w.rows(e, 1).reshape({w.size(1), w.size(2)}); }
+Tensor expert_slice(const Tensor& w, int64_t e) {
+  return w.rows(e, 1).reshape({w.size(1), w.size(2)});
+}
 }  // namespace
 
 Experts::Experts(const MoEConfig& config, Device device, int ep_rank, int etp_rank)
@@ -61,7 +63,8 @@ int64_t Experts::global_fc1_row(int64_t local_expert, int64_t row) const {
 
 void Experts::load_full(const Tensor& fc1_full, const Tensor& fc2_full) {
   const int64_t E = config_.num_experts, El = config_.num_local_experts();
-  const int64_t Fl = config_.local_ffn_size(), H = config_.hidden_size, F = config_.moe_ffn_hidden_size;
+  const int64_t Fl = config_.local_ffn_size(), H = config_.hidden_size,
+                F = config_.moe_ffn_hidden_size;
   check_shape(fc1_full, {E, 2 * F, H}, "Experts::load_full", "fc1");
   check_shape(fc2_full, {E, H, F}, "Experts::load_full", "fc2");
   const Tensor w1 = fc1_full.to(Device::cpu()).to(fc1.value.dtype());
@@ -71,8 +74,9 @@ void Experts::load_full(const Tensor& fc1_full, const Tensor& fc2_full) {
   for (int64_t le = 0; le < El; ++le) {
     const int64_t ge = ep_rank_ * El + le;
     for (int64_t half = 0; half < 2; ++half)
-      expert_slice(local1, le).rows(half * Fl, Fl).copy_(
-          expert_slice(w1, ge).rows(half * F + etp_rank_ * Fl, Fl));
+      expert_slice(local1, le)
+          .rows(half * Fl, Fl)
+          .copy_(expert_slice(w1, ge).rows(half * F + etp_rank_ * Fl, Fl));
     const size_t elem = dtype_size(w2.dtype());
     const Tensor src = expert_slice(w2, ge);
     Tensor dst = expert_slice(local2, le);
@@ -96,19 +100,32 @@ Tensor Experts::forward(const Tensor& x, const Tensor& probs, const Tensor& toke
   ctx.probs = probs;
   ctx.tokens_per_expert = tokens_per_expert;
   ctx.host_tokens_per_expert.assign(host_tokens_per_expert.begin(), host_tokens_per_expert.end());
-  // The GEMMs need the counts on the host: read them once here (the layer's one sync when the
-  // dispatcher did not already have them), not once per GEMM of the forward and backward.
-  if (ctx.host_tokens_per_expert.empty())
-    ctx.host_tokens_per_expert = tokens_per_expert.to(DType::i64).to_vector<int64_t>();
-  if (!config_.moe_grouped_gemm) return forward_sequential(x, probs, ctx);
+  if (!config_.moe_grouped_gemm) {
+    if (ctx.host_tokens_per_expert.empty())  // the per-expert loop slices rows on the host
+      ctx.host_tokens_per_expert = tokens_per_expert.to(DType::i64).to_vector<int64_t>();
+    return forward_sequential(x, probs, ctx);
+  }
+  // The counts are read to the host at most once per layer call (the layer's one
+  // synchronisation when the dispatcher did not have them), and not at all when every grouped
+  // GEMM reads them on the device.
+  const ops::GroupedGemmBackend backend = config_.moe_grouped_gemm_backend;
   const int64_t R = x.size(0), Fl = config_.local_ffn_size();
   ctx.fc1_out = Tensor::empty({R, 2 * Fl}, x.dtype(), x.device());
-  ops::grouped_gemm(x, fc1.value, true, tokens_per_expert, ctx.fc1_out, ctx.host_tokens_per_expert);
+  ops::grouped_gemm(x, fc1.value, true, tokens_per_expert, ctx.fc1_out,
+                    host_counts_for(x, fc1.value, ctx.fc1_out, ctx), backend);
   ctx.activation = ops::swiglu_forward(ctx.fc1_out, probs);
   Tensor y = Tensor::empty({R, config_.hidden_size}, x.dtype(), x.device());
   ops::grouped_gemm(ctx.activation, fc2.value, true, tokens_per_expert, y,
-                    ctx.host_tokens_per_expert);
+                    host_counts_for(ctx.activation, fc2.value, y, ctx), backend);
   return y;
+}
+
+std::span<const int64_t> Experts::host_counts_for(const Tensor& a, const Tensor& b,
+                                                  const Tensor& out, ExpertsContext& ctx) const {
+  if (!ops::grouped_gemm_reads_counts(config_.moe_grouped_gemm_backend, a, b, out)) return {};
+  if (ctx.host_tokens_per_expert.empty())
+    ctx.host_tokens_per_expert = ctx.tokens_per_expert.to(DType::i64).to_vector<int64_t>();
+  return ctx.host_tokens_per_expert;
 }
 
 Experts::Grads Experts::backward(const Tensor& grad_y, ExpertsContext& ctx) {
@@ -117,18 +134,21 @@ Experts::Grads Experts::backward(const Tensor& grad_y, ExpertsContext& ctx) {
   const int64_t R = ctx.x.size(0), Fl = config_.local_ffn_size();
   const Tensor dy = grad_y.to(ctx.x.dtype());
   // fc2: y = h fc2^T  ->  dh = dy fc2,  dfc2 += dy^T h
+  const ops::GroupedGemmBackend backend = config_.moe_grouped_gemm_backend;
   Tensor d_activation = Tensor::empty({R, Fl}, ctx.x.dtype(), ctx.x.device());
   ops::grouped_gemm(dy, fc2.value, false, ctx.tokens_per_expert, d_activation,
-                    ctx.host_tokens_per_expert);
+                    host_counts_for(dy, fc2.value, d_activation, ctx), backend);
   ops::grouped_gemm_wgrad(dy, ctx.activation, ctx.tokens_per_expert, fc2.grad,
-                          fc2.take_grad_beta() != 0.0f, ctx.host_tokens_per_expert);
+                          fc2.take_grad_beta() != 0.0f,
+                          host_counts_for(dy, ctx.activation, fc2.grad, ctx), backend);
   ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, ctx.probs);
   // fc1: h1 = x fc1^T  ->  dx = dh1 fc1,  dfc1 += dh1^T x
   Tensor dx = Tensor::empty({R, config_.hidden_size}, ctx.x.dtype(), ctx.x.device());
   ops::grouped_gemm(act.fc1_out, fc1.value, false, ctx.tokens_per_expert, dx,
-                    ctx.host_tokens_per_expert);
+                    host_counts_for(act.fc1_out, fc1.value, dx, ctx), backend);
   ops::grouped_gemm_wgrad(act.fc1_out, ctx.x, ctx.tokens_per_expert, fc1.grad,
-                          fc1.take_grad_beta() != 0.0f, ctx.host_tokens_per_expert);
+                          fc1.take_grad_beta() != 0.0f,
+                          host_counts_for(act.fc1_out, ctx.x, fc1.grad, ctx), backend);
   return {dx, act.probs};
 }
 

@@ -22,11 +22,13 @@
 namespace moe::nn {
 
 struct ExpertsContext {
-  Tensor x;                 // [R, H]
-  Tensor probs;             // [R] f32
-  Tensor fc1_out;           // [R, 2 F_local]
-  Tensor activation;        // [R, F_local]
-  Tensor tokens_per_expert; // [E_local] on the device
+  Tensor x;                  // [R, H]
+  Tensor probs;              // [R] f32
+  Tensor fc1_out;            // [R, 2 F_local]
+  Tensor activation;         // [R, F_local]
+  Tensor tokens_per_expert;  // [E_local] on the device
+  // The counts on the host: the dispatcher's when it had them, else read when a grouped GEMM
+  // first needs them (never when every call reads them on the device: the cutlass backend).
   std::vector<int64_t> host_tokens_per_expert;
 };
 
@@ -56,6 +58,10 @@ class Experts {
  private:
   Tensor forward_sequential(const Tensor& x, const Tensor& probs, ExpertsContext& ctx);
   Grads backward_sequential(const Tensor& grad_y, ExpertsContext& ctx);
+  // The host counts for a grouped GEMM call a, b -> out (ops::grouped_gemm_reads_counts):
+  // empty when it reads them on the device, else ctx's, read to the host first if need be.
+  std::span<const int64_t> host_counts_for(const Tensor& a, const Tensor& b, const Tensor& out,
+                                           ExpertsContext& ctx) const;
 
   MoEConfig config_;
   int ep_rank_ = 0;

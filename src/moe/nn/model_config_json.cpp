@@ -254,6 +254,7 @@ void read_moe(const json& object, MoEConfig& m) {
   r.read("moe_token_drop_policy", m.moe_token_drop_policy, parse_drop_policy);
   r.read("moe_router_padding_for_fp8", m.moe_router_padding_for_fp8);
   r.read("moe_grouped_gemm", m.moe_grouped_gemm);
+  r.read("moe_grouped_gemm_backend", m.moe_grouped_gemm_backend, ops::parse_grouped_gemm_backend);
   r.read("expert_model_parallel_size", m.expert_model_parallel_size);
   r.read("expert_tensor_parallel_size", m.expert_tensor_parallel_size);
   std::string dtype = dtype_name(m.params_dtype);
@@ -408,6 +409,7 @@ json moe_to_json(const MoEConfig& m) {
       {"moe_token_drop_policy", name(m.moe_token_drop_policy)},
       {"moe_router_padding_for_fp8", m.moe_router_padding_for_fp8},
       {"moe_grouped_gemm", m.moe_grouped_gemm},
+      {"moe_grouped_gemm_backend", name(m.moe_grouped_gemm_backend)},
       {"expert_model_parallel_size", m.expert_model_parallel_size},
       {"expert_tensor_parallel_size", m.expert_tensor_parallel_size},
       {"params_dtype", dtype_name(m.params_dtype)},

@@ -96,6 +96,10 @@ const char* name(ops::DropPolicy policy) {
   MOE_FAIL("unknown DropPolicy ", static_cast<int>(policy));
 }
 
+const char* name(ops::GroupedGemmBackend backend) {
+  return ops::grouped_gemm_backend_name(backend);
+}
+
 ops::TopKConfig MoEConfig::topk_config() const {
   ops::TopKConfig c;
   c.topk = moe_router_topk;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "moe/core/dtype.h"
+#include "moe/ops/grouped_gemm.h"
 #include "moe/ops/permute.h"
 #include "moe/ops/router.h"
 
@@ -32,6 +33,8 @@ const char* name(ops::ScoreFunction function);
 const char* name(DispatcherType type);
 const char* name(RouterDType dtype);
 const char* name(ops::DropPolicy policy);
+// ops::parse_grouped_gemm_backend / ops::grouped_gemm_backend_name, under the common name.
+const char* name(ops::GroupedGemmBackend backend);
 
 struct MoEConfig {
   // Shape.
@@ -77,6 +80,9 @@ struct MoEConfig {
 
   // Experts.
   bool moe_grouped_gemm = true;  // --moe-grouped-gemm (Megatron's default is off; ours is on)
+  // --moe-grouped-gemm-backend (moecore's): how the CUDA grouped GEMM runs (ops/grouped_gemm.h);
+  // cutlass reads the counts on the device, so a one-rank layer does not synchronise.
+  ops::GroupedGemmBackend moe_grouped_gemm_backend = ops::GroupedGemmBackend::automatic;
 
   // Parallelism of the expert layers.
   int expert_model_parallel_size = 1;   // --expert-model-parallel-size

@@ -37,13 +37,6 @@
 
 namespace moe::ops {
 
-void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& tokens_per_expert,
-                  Tensor& y, std::span<const int64_t> host_tokens_per_expert = {});
-
-void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
-                        Tensor& dw, bool accumulate,
-                        std::span<const int64_t> host_tokens_per_expert = {});
-
 // How the CUDA path runs the experts' GEMMs (the CPU reference ignores it):
 //   per_expert_lt    one cuBLASLt matmul per expert with rows (its best kernel for each shape;
 //                    a launch and a tail per expert).
@@ -79,7 +72,8 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
 //                    grouped GEMM was the slowest at every MoE shape. automatic never picks
 //                    cutlass yet: whether and where it should waits for its measurement on an
 //                    H200.
-// Process-wide; meant for benchmarks and tests comparing the two. Thread-safe.
+// Chosen per call (the MoE layer passes MoEConfig::moe_grouped_gemm_backend, the flag
+// --moe-grouped-gemm-backend).
 enum class GroupedGemmBackend {
   automatic,
   per_expert_lt,
@@ -90,18 +84,32 @@ enum class GroupedGemmBackend {
   cutlass
 };
 
+void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& tokens_per_expert,
+                  Tensor& y, std::span<const int64_t> host_tokens_per_expert = {},
+                  GroupedGemmBackend backend = GroupedGemmBackend::automatic);
+
+void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
+                        Tensor& dw, bool accumulate,
+                        std::span<const int64_t> host_tokens_per_expert = {},
+                        GroupedGemmBackend backend = GroupedGemmBackend::automatic);
+
 // Rows per chunk of the chunked_batched backend.
 inline constexpr int64_t kGroupedGemmChunkRows = 128;
 // The multiple the MoE dispatcher should pad each local expert's row count to, so the grouped
 // GEMM can run chunked_batched: kGroupedGemmChunkRows for CUDA bf16/f16 experts when the
 // backend allows it and there are at least 16 local experts; 1 otherwise. Padding rows carry
 // zero tokens with probability 0, so they change no result, only the work.
-int64_t grouped_gemm_row_multiple(Device device, DType dtype, int64_t num_local_experts);
-// Refuses cutlass in a build without it (grouped_gemm_cutlass_built()).
-void set_grouped_gemm_backend(GroupedGemmBackend backend);
+int64_t grouped_gemm_row_multiple(GroupedGemmBackend backend, Device device, DType dtype,
+                                  int64_t num_local_experts);
+// Whether a grouped_gemm (a = x, b = w, out = y) or grouped_gemm_wgrad (a = dy, b = x,
+// out = dw) call with `backend` needs the counts on the host: false for the calls the cutlass
+// backend takes (it reads them on the device), so a caller holding only device counts need not
+// read them (the synchronisation) for those.
+bool grouped_gemm_reads_counts(GroupedGemmBackend backend, const Tensor& a, const Tensor& b,
+                               const Tensor& out);
 const char* grouped_gemm_backend_name(GroupedGemmBackend backend);
-// The backend of that name; an error listing the names otherwise.
+// The backend of that name; an error listing the names otherwise, and for cutlass in a build
+// without it (grouped_gemm_cutlass_built()).
 GroupedGemmBackend parse_grouped_gemm_backend(const std::string& name);
-GroupedGemmBackend grouped_gemm_backend();
 
 }  // namespace moe::ops

@@ -1,7 +1,6 @@
 // grouped_gemm / grouped_gemm_wgrad: public entry points (checks, reading and validating the
 // counts, device dispatch) and the CPU reference, a loop of dense gemm calls on row segments.
 // Calls the cutlass backend takes skip the host counts: it reads them on the device.
-#include <atomic>
 #include <vector>
 
 #include "moe/ops/gemm.h"
@@ -14,8 +13,6 @@ namespace {
 
 constexpr const char* kForward = "grouped_gemm";
 constexpr const char* kWgrad = "grouped_gemm_wgrad";
-
-std::atomic<GroupedGemmBackend> g_backend{GroupedGemmBackend::automatic};
 
 bool is_half(DType dt) {
   return dt == DType::bf16 || dt == DType::f16;
@@ -67,12 +64,12 @@ std::vector<int64_t> host_counts(const Tensor& counts, std::span<const int64_t> 
 }
 
 // Whether the call (a, b -> out: grouped_gemm_cutlass_qualifies) runs on the cutlass backend.
-bool runs_on_cutlass(const Tensor& a, const Tensor& b, const Tensor& out) {
+bool runs_on_cutlass(GroupedGemmBackend backend, const Tensor& a, const Tensor& b,
+                     const Tensor& out) {
 #if MOE_WITH_CUTLASS
-  return g_backend.load() == GroupedGemmBackend::cutlass &&
-         grouped_gemm_cutlass_qualifies(a, b, out);
+  return backend == GroupedGemmBackend::cutlass && grouped_gemm_cutlass_qualifies(a, b, out);
 #else
-  (void)a, (void)b, (void)out;
+  (void)backend, (void)a, (void)b, (void)out;
   return false;
 #endif
 }
@@ -120,31 +117,37 @@ void grouped_gemm_wgrad_cpu(const Tensor& dy, const Tensor& x, std::span<const i
 
 }  // namespace
 
-void set_grouped_gemm_backend(GroupedGemmBackend backend) {
-  if (backend == GroupedGemmBackend::cutlass && !MOE_WITH_CUTLASS) MOE_FAIL(kNoCutlass);
-  g_backend.store(backend);
-}
-GroupedGemmBackend grouped_gemm_backend() {
-  return g_backend.load();
+bool grouped_gemm_reads_counts(GroupedGemmBackend backend, const Tensor& a, const Tensor& b,
+                               const Tensor& out) {
+  return !runs_on_cutlass(backend, a, b, out);
 }
 
 namespace {
-constexpr GroupedGemmBackend kAllBackends[] = {
-    GroupedGemmBackend::automatic,          GroupedGemmBackend::per_expert_lt,
-    GroupedGemmBackend::per_expert_streams, GroupedGemmBackend::per_expert_threads,
-    GroupedGemmBackend::chunked_batched,    GroupedGemmBackend::grouped_batched,
-    GroupedGemmBackend::cutlass};
+constexpr GroupedGemmBackend kAllBackends[] = {GroupedGemmBackend::automatic,
+                                               GroupedGemmBackend::per_expert_lt,
+                                               GroupedGemmBackend::per_expert_streams,
+                                               GroupedGemmBackend::per_expert_threads,
+                                               GroupedGemmBackend::chunked_batched,
+                                               GroupedGemmBackend::grouped_batched,
+                                               GroupedGemmBackend::cutlass};
 }  // namespace
 
 const char* grouped_gemm_backend_name(GroupedGemmBackend backend) {
   switch (backend) {
-    case GroupedGemmBackend::automatic: return "automatic";
-    case GroupedGemmBackend::per_expert_lt: return "per_expert_lt";
-    case GroupedGemmBackend::per_expert_streams: return "per_expert_streams";
-    case GroupedGemmBackend::per_expert_threads: return "per_expert_threads";
-    case GroupedGemmBackend::chunked_batched: return "chunked_batched";
-    case GroupedGemmBackend::grouped_batched: return "grouped_batched";
-    case GroupedGemmBackend::cutlass: return "cutlass";
+    case GroupedGemmBackend::automatic:
+      return "automatic";
+    case GroupedGemmBackend::per_expert_lt:
+      return "per_expert_lt";
+    case GroupedGemmBackend::per_expert_streams:
+      return "per_expert_streams";
+    case GroupedGemmBackend::per_expert_threads:
+      return "per_expert_threads";
+    case GroupedGemmBackend::chunked_batched:
+      return "chunked_batched";
+    case GroupedGemmBackend::grouped_batched:
+      return "grouped_batched";
+    case GroupedGemmBackend::cutlass:
+      return "cutlass";
   }
   return "?";
 }
@@ -159,20 +162,21 @@ GroupedGemmBackend parse_grouped_gemm_backend(const std::string& name) {
     }
     names += std::string(names.empty() ? "" : ", ") + grouped_gemm_backend_name(b);
   }
-  MOE_FAIL("unknown grouped GEMM backend '", name, "'; one of: ", names);
+  MOE_FAIL("unknown grouped GEMM backend '", name,
+           "' (--moe-grouped-gemm-backend); one of: ", names);
 }
 
-int64_t grouped_gemm_row_multiple(Device device, DType dtype, int64_t num_local_experts) {
-  const GroupedGemmBackend backend = g_backend.load();
+int64_t grouped_gemm_row_multiple(GroupedGemmBackend backend, Device device, DType dtype,
+                                  int64_t num_local_experts) {
   const bool allowed =
       backend == GroupedGemmBackend::automatic || backend == GroupedGemmBackend::chunked_batched;
   const bool half = dtype == DType::bf16 || dtype == DType::f16;
-  return device.is_cuda() && half && allowed && num_local_experts >= 16 ? kGroupedGemmChunkRows
-                                                                         : 1;
+  return device.is_cuda() && half && allowed && num_local_experts >= 16 ? kGroupedGemmChunkRows : 1;
 }
 
 void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& tokens_per_expert,
-                  Tensor& y, std::span<const int64_t> host_tokens_per_expert) {
+                  Tensor& y, std::span<const int64_t> host_tokens_per_expert,
+                  GroupedGemmBackend backend) {
   check_dim(x, 2, kForward, "x");
   check_dim(w, 3, kForward, "w");
   check_dim(y, 2, kForward, "y");
@@ -189,20 +193,21 @@ void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& 
             trans_w ? "[E, N, " : "[E, ", k, trans_w ? "]" : ", N]");
   check_shape(y, {rows, n}, kForward, "y");
   check_counts_tensor(tokens_per_expert, experts, x, kForward);
-  if (runs_on_cutlass(x, w, y)) {
+  if (runs_on_cutlass(backend, x, w, y)) {
     MOE_CUDA_ONLY(return grouped_gemm_cutlass(x, w, trans_w, tokens_per_expert, y);)
   }
   const std::vector<int64_t> counts =
       host_counts(tokens_per_expert, host_tokens_per_expert, rows, kForward);
   if (x.is_cuda()) {
-    MOE_CUDA_ONLY(return grouped_gemm_cuda(x, w, trans_w, counts, y);)
+    MOE_CUDA_ONLY(return grouped_gemm_cuda(x, w, trans_w, counts, y, backend);)
   }
   grouped_gemm_cpu(x, w, trans_w, counts, y);
 }
 
 void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
                         Tensor& dw, bool accumulate,
-                        std::span<const int64_t> host_tokens_per_expert) {
+                        std::span<const int64_t> host_tokens_per_expert,
+                        GroupedGemmBackend backend) {
   check_dim(dy, 2, kWgrad, "dy");
   check_dim(x, 2, kWgrad, "x");
   check_dim(dw, 3, kWgrad, "dw");
@@ -219,13 +224,13 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
   const int64_t experts = dw.size(0);
   check_shape(dw, {experts, dy.size(1), x.size(1)}, kWgrad, "dw");
   check_counts_tensor(tokens_per_expert, experts, x, kWgrad);
-  if (runs_on_cutlass(dy, x, dw)) {
+  if (runs_on_cutlass(backend, dy, x, dw)) {
     MOE_CUDA_ONLY(return grouped_gemm_wgrad_cutlass(dy, x, tokens_per_expert, dw, accumulate);)
   }
   const std::vector<int64_t> counts =
       host_counts(tokens_per_expert, host_tokens_per_expert, rows, kWgrad);
   if (x.is_cuda()) {
-    MOE_CUDA_ONLY(return grouped_gemm_wgrad_cuda(dy, x, counts, dw, accumulate);)
+    MOE_CUDA_ONLY(return grouped_gemm_wgrad_cuda(dy, x, counts, dw, accumulate, backend);)
   }
   grouped_gemm_wgrad_cpu(dy, x, counts, dw, accumulate);
 }

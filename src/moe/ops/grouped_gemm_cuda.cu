@@ -86,8 +86,8 @@ bool chunkable(std::span<const int64_t> counts) {
   return true;
 }
 
-GroupedGemmBackend choose_backend(std::span<const int64_t> counts, DType a_dtype, DType c_dtype) {
-  GroupedGemmBackend backend = grouped_gemm_backend();
+GroupedGemmBackend choose_backend(GroupedGemmBackend backend, std::span<const int64_t> counts,
+                                  DType a_dtype, DType c_dtype) {
   // cutlass calls reach this file only when they do not qualify for it (grouped_gemm_cutlass.h).
   if (backend == GroupedGemmBackend::cutlass) backend = GroupedGemmBackend::per_expert_lt;
   if (backend == GroupedGemmBackend::automatic) {
@@ -264,7 +264,8 @@ void run_grouped_batched(const std::vector<Problem>& problems, cublasOperation_t
   std::vector<float> alpha_f(group_count, 1.0f), beta_f(group_count, static_cast<float>(beta));
   const void* alpha = f64 ? static_cast<const void*>(alpha_d.data()) : alpha_f.data();
   const void* beta_array = f64 ? static_cast<const void*>(beta_d.data()) : beta_f.data();
-  const cudaDataType_t ab_type = cuda::blas_dtype(a_dtype, "grouped_gemm"), c_type = cuda::blas_dtype(c_dtype, "grouped_gemm");
+  const cudaDataType_t ab_type = cuda::blas_dtype(a_dtype, "grouped_gemm"),
+                       c_type = cuda::blas_dtype(c_dtype, "grouped_gemm");
 
   cublasHandle_t handle = cuda::cublas_handle(device, stream);
   MOE_CUBLAS_CHECK(cublasGemmGroupedBatchedEx_64(
@@ -304,7 +305,8 @@ void run_per_expert(const std::vector<Problem>& problems, bool cm_trans_a, bool 
     side = &side_streams(device);
     used = static_cast<int>(std::min<size_t>(problems.size(), kSideStreams));
     MOE_CUDA_CHECK(cudaEventRecord(side->fork, stream));
-    for (int i = 0; i < used; ++i) MOE_CUDA_CHECK(cudaStreamWaitEvent(side->streams[i], side->fork));
+    for (int i = 0; i < used; ++i)
+      MOE_CUDA_CHECK(cudaStreamWaitEvent(side->streams[i], side->fork));
   }
   for (size_t i = 0; i < problems.size(); ++i) {
     const Problem& p = problems[i];
@@ -391,7 +393,9 @@ void run_batched_by_shape(const std::vector<Problem>& problems, bool cm_trans_a,
   for (const auto& [shape, members] : groups)
     for (int operand = 0; operand < 3; ++operand)
       for (size_t i : members)
-        table.push_back(operand == 0 ? problems[i].b : operand == 1 ? problems[i].a : problems[i].c);
+        table.push_back(operand == 0   ? problems[i].b
+                        : operand == 1 ? problems[i].a
+                                       : problems[i].c);
   Tensor device_table =
       Tensor::empty({static_cast<int64_t>(table.size())}, DType::i64, Device::cuda(device));
   MOE_CUDA_CHECK(cudaMemcpyAsync(device_table.raw(), table.data(), table.size() * sizeof(void*),
@@ -401,14 +405,15 @@ void run_batched_by_shape(const std::vector<Problem>& problems, bool cm_trans_a,
   for (const auto& [shape, members] : groups) {
     uint32_t alignment = 256;
     for (size_t i : members)
-      for (const void* p : {problems[i].a, problems[i].b, static_cast<const void*>(problems[i].c)}) {
+      for (const void* p :
+           {problems[i].a, problems[i].b, static_cast<const void*>(problems[i].c)}) {
         const auto address = reinterpret_cast<uintptr_t>(p);
         if (address % alignment != 0)
           alignment = address % 16 == 0 ? 16 : static_cast<uint32_t>(dtype_size(a_dtype));
       }
     const size_t count = members.size();
-    LtMatmul args = row_major_args(problems[members.front()], cm_trans_a, cm_trans_b, a_dtype,
-                                   c_dtype, beta);
+    LtMatmul args =
+        row_major_args(problems[members.front()], cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta);
     args.a = pointers + offset;  // the table lists cuBLAS's second operand first
     args.b = pointers + offset + count;
     args.c = pointers + offset + 2 * count;
@@ -421,9 +426,9 @@ void run_batched_by_shape(const std::vector<Problem>& problems, bool cm_trans_a,
 }
 
 // per_expert_threads: the problems dealt round-robin to the launch threads.
-void run_per_expert_threaded(const std::vector<Problem>& problems, bool cm_trans_a,
-                             bool cm_trans_b, DType a_dtype, DType c_dtype, double beta,
-                             int device, cudaStream_t stream) {
+void run_per_expert_threaded(const std::vector<Problem>& problems, bool cm_trans_a, bool cm_trans_b,
+                             DType a_dtype, DType c_dtype, double beta, int device,
+                             cudaStream_t stream) {
   LaunchPool& pool = LaunchPool::instance();
   std::lock_guard use(pool.use);
   cudaEvent_t fork;
@@ -448,10 +453,10 @@ void run_per_expert_threaded(const std::vector<Problem>& problems, bool cm_trans
   MOE_CUDA_CHECK(cudaEventDestroy(fork));
 }
 
-void run(const std::vector<Problem>& problems, std::span<const int64_t> counts, bool cm_trans_a,
-         bool cm_trans_b, DType a_dtype, DType c_dtype, double beta, int device,
-         cudaStream_t stream) {
-  const GroupedGemmBackend backend = choose_backend(counts, a_dtype, c_dtype);
+void run(GroupedGemmBackend chosen, const std::vector<Problem>& problems,
+         std::span<const int64_t> counts, bool cm_trans_a, bool cm_trans_b, DType a_dtype,
+         DType c_dtype, double beta, int device, cudaStream_t stream) {
+  const GroupedGemmBackend backend = choose_backend(chosen, counts, a_dtype, c_dtype);
   if (backend == GroupedGemmBackend::chunked_batched) {  // reached by wgrad
     run_batched_by_shape(problems, cm_trans_a, cm_trans_b, a_dtype, c_dtype, beta, device, stream);
   } else if (backend == GroupedGemmBackend::per_expert_threads && problems.size() > 1) {
@@ -494,7 +499,7 @@ std::vector<int64_t> read_counts_cuda(const Tensor& tokens_per_expert) {
 }
 
 void grouped_gemm_cuda(const Tensor& x, const Tensor& w, bool trans_w,
-                       std::span<const int64_t> counts, Tensor& y) {
+                       std::span<const int64_t> counts, Tensor& y, GroupedGemmBackend backend) {
   const int64_t rows = x.size(0), k = x.size(1), n = y.size(1);
   if (y.numel() == 0) return;
   const cudaStream_t stream = cuda::stream_of(y);  // also makes y's device current
@@ -524,10 +529,12 @@ void grouped_gemm_cuda(const Tensor& x, const Tensor& w, bool trans_w,
     }
     start += rows_e;
   }
-  if (choose_backend(counts, x.dtype(), y.dtype()) == GroupedGemmBackend::chunked_batched) {
+  if (choose_backend(backend, counts, x.dtype(), y.dtype()) ==
+      GroupedGemmBackend::chunked_batched) {
     run_chunked(x, w, trans_w, counts, y, device, stream);
   } else {
-    run(problems, counts, /*cm_trans_a=*/trans_w, /*cm_trans_b=*/false, x.dtype(), y.dtype(),
+    run(backend, problems, counts, /*cm_trans_a=*/trans_w, /*cm_trans_b=*/false, x.dtype(),
+        y.dtype(),
         /*beta=*/0.0, device, stream);
   }
   if (start < rows) {
@@ -537,7 +544,7 @@ void grouped_gemm_cuda(const Tensor& x, const Tensor& w, bool trans_w,
 }
 
 void grouped_gemm_wgrad_cuda(const Tensor& dy, const Tensor& x, std::span<const int64_t> counts,
-                             Tensor& dw, bool accumulate) {
+                             Tensor& dw, bool accumulate, GroupedGemmBackend backend) {
   const int64_t n = dy.size(1), k = x.size(1);
   if (dw.numel() == 0) return;
   const cudaStream_t stream = cuda::stream_of(dw);  // also makes dw's device current
@@ -575,7 +582,7 @@ void grouped_gemm_wgrad_cuda(const Tensor& dy, const Tensor& x, std::span<const 
     start += counts[e];
     ++e;
   }
-  run(problems, counts, /*cm_trans_a=*/false, /*cm_trans_b=*/true, x.dtype(), dw.dtype(),
+  run(backend, problems, counts, /*cm_trans_a=*/false, /*cm_trans_b=*/true, x.dtype(), dw.dtype(),
       accumulate ? 1.0 : 0.0, device, stream);
 }
 

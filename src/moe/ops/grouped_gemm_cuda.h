@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "moe/core/tensor.h"
+#include "moe/ops/grouped_gemm.h"
 
 namespace moe::ops {
 
@@ -16,9 +17,11 @@ namespace moe::ops {
 std::vector<int64_t> read_counts_cuda(const Tensor& tokens_per_expert);
 
 // `counts` are the validated host counts (non-negative, sum <= rows).
+// `backend`: the caller's choice (grouped_gemm.h); cutlass reaches here only for calls it does
+// not take, and runs per_expert_lt.
 void grouped_gemm_cuda(const Tensor& x, const Tensor& w, bool trans_w,
-                       std::span<const int64_t> counts, Tensor& y);
+                       std::span<const int64_t> counts, Tensor& y, GroupedGemmBackend backend);
 void grouped_gemm_wgrad_cuda(const Tensor& dy, const Tensor& x, std::span<const int64_t> counts,
-                             Tensor& dw, bool accumulate);
+                             Tensor& dw, bool accumulate, GroupedGemmBackend backend);
 
 }  // namespace moe::ops

@@ -215,6 +215,13 @@ void add_moe_flags(std::vector<Entry>& t) {
   }));
   t.push_back(toggle("--moe-grouped-gemm", "moe.moe_grouped_gemm = true (moecore's default)",
                      [](S& s, V) { s.run.model.moe.moe_grouped_gemm = true; }));
+  t.push_back(value("--moe-grouped-gemm-backend", "NAME",
+                    "moe.moe_grouped_gemm_backend: automatic | cutlass | per_expert_lt | ... "
+                    "(moecore's; ops/grouped_gemm.h)",
+                    [](S& s, V v) {
+                      s.run.model.moe.moe_grouped_gemm_backend =
+                          ops::parse_grouped_gemm_backend(std::string(v));
+                    }));
 }
 
 }  // namespace moe::train::flags
