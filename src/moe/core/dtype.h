@@ -10,6 +10,7 @@
 #include <ostream>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "moe/core/error.h"
 #include "moe/core/host_device.h"
@@ -237,6 +238,12 @@ decltype(auto) dispatch(DType dt, const char* what, Fn&& fn) {
     }
     return result;
   }
+}
+
+// dispatch over the floating-point dtypes the ops compute in: f64 (the reference), f32, bf16, f16.
+template <class Fn>
+decltype(auto) dispatch_float(DType dt, const char* what, Fn&& fn) {
+  return dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(dt, what, std::forward<Fn>(fn));
 }
 
 }  // namespace moe

@@ -98,10 +98,9 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
       MOE_CHECK(exp_avg_sq.dtype() == exp_avg.dtype(),
                 "adamw_step: exp_avg and exp_avg_sq must share a dtype, got ", exp_avg.dtype(),
                 " and ", exp_avg_sq.dtype());
-      dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-          out_dtype, "adamw_step", [&]<class M>() {
-            adamw_cpu<P, S, M>(param, grad, exp_avg, exp_avg_sq, step, model_param);
-          });
+      dispatch_float(out_dtype, "adamw_step", [&]<class M>() {
+        adamw_cpu<P, S, M>(param, grad, exp_avg, exp_avg_sq, step, model_param);
+      });
     });
   });
 }
@@ -115,7 +114,7 @@ Tensor squared_norm(const Tensor& x) {
   if (x.is_cuda()) {
     MOE_CUDA_ONLY(detail::squared_norm_cuda(x, out); return out;)
   }
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(x.dtype(), op, [&]<class T>() {
+  dispatch_float(x.dtype(), op, [&]<class T>() {
     const T* p = x.data<T>();
     if constexpr (std::is_same_v<T, double>) {
       double sum = 0;

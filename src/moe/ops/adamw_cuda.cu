@@ -1,6 +1,7 @@
 // CUDA optimizer math: AdamW as one grid-stride elementwise kernel (fp32 arithmetic, states and
-// model copy rounded on store, 4 elements per thread with wide loads when aligned), and a deterministic squared norm (a grid fixed by the size,
-// per-block tree sums in fp64, then one block adding the partials in order).
+// model copy rounded on store, 4 elements per thread with wide loads when aligned), and a
+// deterministic squared norm (a grid fixed by the size, per-block tree sums in fp64, then one block
+// adding the partials in order).
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -28,8 +29,8 @@ __device__ __forceinline__ void adamw_element(float& p, float g, float& m, float
   m = __fmaf_rn(c.beta1, m, __fmul_rn(1.0f - c.beta1, g));
   v = __fmaf_rn(c.beta2, v, __fmul_rn(__fmul_rn(1.0f - c.beta2, g), g));
   const float denominator = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, c.bias_correction2)), c.eps);
-  const float update = __fmaf_rn(c.weight_decay, p, __fdiv_rn(__fdiv_rn(m, c.bias_correction1),
-                                                              denominator));
+  const float update =
+      __fmaf_rn(c.weight_decay, p, __fdiv_rn(__fdiv_rn(m, c.bias_correction1), denominator));
   p = __fmaf_rn(-c.lr, update, p);
   model = p;
 }
@@ -180,18 +181,17 @@ void squared_norm_cuda(const Tensor& x, Tensor& out) {
   const int64_t n = x.numel();
   cudaStream_t stream = cuda::stream_of(x);
   // The grid depends on n alone, so the summation order (and the result) is reproducible.
-  const int64_t blocks = std::clamp<int64_t>((n + kThreads * 8 - 1) / (kThreads * 8), 1,
-                                             kMaxNormBlocks);
+  const int64_t blocks =
+      std::clamp<int64_t>((n + kThreads * 8 - 1) / (kThreads * 8), 1, kMaxNormBlocks);
   Tensor partial = Tensor::empty({blocks}, DType::f64, x.device());
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(x.dtype(), "squared_norm",
-                                                            [&]<class T>() {
-    squared_norm_partials<T><<<unsigned(blocks), kThreads, 0, stream>>>(x.data<T>(), n,
-                                                                        partial.data<double>());
+  dispatch_float(x.dtype(), "squared_norm", [&]<class T>() {
+    squared_norm_partials<T>
+        <<<unsigned(blocks), kThreads, 0, stream>>>(x.data<T>(), n, partial.data<double>());
     MOE_CUDA_CHECK_LAUNCH();
   });
   dispatch<DType::f64, DType::f32>(out.dtype(), "squared_norm", [&]<class O>() {
-    squared_norm_finish<O><<<1, kThreads, 0, stream>>>(partial.data<double>(), blocks,
-                                                       out.data<O>());
+    squared_norm_finish<O>
+        <<<1, kThreads, 0, stream>>>(partial.data<double>(), blocks, out.data<O>());
     MOE_CUDA_CHECK_LAUNCH();
   });
 }

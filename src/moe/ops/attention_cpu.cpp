@@ -135,46 +135,45 @@ void forward_cpu(const AttentionShape& s, const Tensor& q, const Tensor& k, cons
   const AttentionStrides ks = s.k_strides();
   const AttentionStrides vs = s.v_strides();
   const AttentionStrides os = s.out_strides();
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      q.dtype(), "attention_forward", [&]<class T>() {
-        using A = Acc<T>;
-        const T* qp = q.data<T>();
-        const T* kp = k.data<T>();
-        const T* vp = v.data<T>();
-        T* op = out.data<T>();
-        A* lp = lse.data<A>();
-        const A scale = static_cast<A>(s.scale);
-        std::vector<A> scores(static_cast<size_t>(s.kv_seq));
-        std::vector<A> row(static_cast<size_t>(s.v_head_dim));
-        for (int64_t b = 0; b < s.batch; ++b) {
-          for (int64_t h = 0; h < s.q_heads; ++h) {
-            const int64_t g = h / s.group();
-            for (int64_t i = 0; i < s.q_seq; ++i) {
-              const T* qi = qp + at(qs, b, i, h);
-              const int64_t n = s.visible_keys(i);
-              A m = -std::numeric_limits<A>::infinity();
-              for (int64_t j = 0; j < n; ++j) {
-                scores[j] = scale * dot<T, A>(qi, kp + at(ks, b, j, g), s.head_dim);
-                m = std::max(m, scores[j]);
-              }
-              A l = 0;
-              std::fill(row.begin(), row.end(), A(0));
-              const bool drop = s.dropout.active();
-              const DropoutRow<A> mask(s, b, h, i);
-              for (int64_t j = 0; j < n; ++j) {
-                const A p = std::exp(scores[j] - m);
-                l += p;
-                const A pv = drop ? p * mask(j) : p;  // the dropped probability multiplies v
-                const T* vj = vp + at(vs, b, j, g);
-                for (int64_t d = 0; d < s.v_head_dim; ++d) row[d] += pv * static_cast<A>(vj[d]);
-              }
-              T* oi = op + at(os, b, i, h);
-              for (int64_t d = 0; d < s.v_head_dim; ++d) oi[d] = T(row[d] / l);
-              lp[(b * s.q_heads + h) * s.q_seq + i] = m + std::log(l);
-            }
+  dispatch_float(q.dtype(), "attention_forward", [&]<class T>() {
+    using A = Acc<T>;
+    const T* qp = q.data<T>();
+    const T* kp = k.data<T>();
+    const T* vp = v.data<T>();
+    T* op = out.data<T>();
+    A* lp = lse.data<A>();
+    const A scale = static_cast<A>(s.scale);
+    std::vector<A> scores(static_cast<size_t>(s.kv_seq));
+    std::vector<A> row(static_cast<size_t>(s.v_head_dim));
+    for (int64_t b = 0; b < s.batch; ++b) {
+      for (int64_t h = 0; h < s.q_heads; ++h) {
+        const int64_t g = h / s.group();
+        for (int64_t i = 0; i < s.q_seq; ++i) {
+          const T* qi = qp + at(qs, b, i, h);
+          const int64_t n = s.visible_keys(i);
+          A m = -std::numeric_limits<A>::infinity();
+          for (int64_t j = 0; j < n; ++j) {
+            scores[j] = scale * dot<T, A>(qi, kp + at(ks, b, j, g), s.head_dim);
+            m = std::max(m, scores[j]);
           }
+          A l = 0;
+          std::fill(row.begin(), row.end(), A(0));
+          const bool drop = s.dropout.active();
+          const DropoutRow<A> mask(s, b, h, i);
+          for (int64_t j = 0; j < n; ++j) {
+            const A p = std::exp(scores[j] - m);
+            l += p;
+            const A pv = drop ? p * mask(j) : p;  // the dropped probability multiplies v
+            const T* vj = vp + at(vs, b, j, g);
+            for (int64_t d = 0; d < s.v_head_dim; ++d) row[d] += pv * static_cast<A>(vj[d]);
+          }
+          T* oi = op + at(os, b, i, h);
+          for (int64_t d = 0; d < s.v_head_dim; ++d) oi[d] = T(row[d] / l);
+          lp[(b * s.q_heads + h) * s.q_seq + i] = m + std::log(l);
         }
-      });
+      }
+    }
+  });
 }
 
 void backward_cpu(const AttentionShape& s, const Tensor& grad_out, const Tensor& q, const Tensor& k,
@@ -184,72 +183,74 @@ void backward_cpu(const AttentionShape& s, const Tensor& grad_out, const Tensor&
   const AttentionStrides ks = s.k_strides();
   const AttentionStrides vs = s.v_strides();
   const AttentionStrides os = s.out_strides();
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      q.dtype(), "attention_backward", [&]<class T>() {
-        using A = Acc<T>;
-        const T* qp = q.data<T>();
-        const T* kp = k.data<T>();
-        const T* vp = v.data<T>();
-        const T* op = out.data<T>();
-        const T* gp = grad_out.data<T>();
-        const A* lp = lse.data<A>();
-        // dk, dv sum over rows and query heads: accumulate in A, round once at the end.
-        std::vector<A> dk_acc(static_cast<size_t>(dk.numel()), A(0));
-        std::vector<A> dv_acc(static_cast<size_t>(dv.numel()), A(0));
-        std::vector<A> dq_row(static_cast<size_t>(s.head_dim));
-        T* dqp = dq.data<T>();
-        const A scale = static_cast<A>(s.scale);
-        for (int64_t b = 0; b < s.batch; ++b) {
-          for (int64_t h = 0; h < s.q_heads; ++h) {
-            const int64_t g = h / s.group();
-            for (int64_t i = 0; i < s.q_seq; ++i) {
-              const T* qi = qp + at(qs, b, i, h);
-              const T* doi = gp + at(os, b, i, h);
-              const A delta = dot<T, A>(doi, op + at(os, b, i, h), s.v_head_dim);
-              const A lse_i = lp[(b * s.q_heads + h) * s.q_seq + i];
-              std::fill(dq_row.begin(), dq_row.end(), A(0));
-              const bool drop = s.dropout.active();
-              const DropoutRow<A> mask(s, b, h, i);
-              const int64_t n = s.visible_keys(i);
-              for (int64_t j = 0; j < n; ++j) {
-                const T* kj = kp + at(ks, b, j, g);
-                const T* vj = vp + at(vs, b, j, g);
-                const A p_soft = std::exp(scale * dot<T, A>(qi, kj, s.head_dim) - lse_i);
-                A dp = dot<T, A>(doi, vj, s.v_head_dim);
-                A p = p_soft;  // what multiplied v in the forward
-                if (drop) {
-                  const A c = mask(j);
-                  dp *= c;
-                  p *= c;
-                }
-                const A ds = p_soft * (dp - delta);
-                A* dkj = dk_acc.data() + at(ks, b, j, g);
-                A* dvj = dv_acc.data() + at(vs, b, j, g);
-                for (int64_t d = 0; d < s.head_dim; ++d) {
-                  dq_row[d] += ds * static_cast<A>(kj[d]);
-                  dkj[d] += scale * ds * static_cast<A>(qi[d]);
-                }
-                for (int64_t d = 0; d < s.v_head_dim; ++d) dvj[d] += p * static_cast<A>(doi[d]);
-              }
-              T* dqi = dqp + at(qs, b, i, h);
-              for (int64_t d = 0; d < s.head_dim; ++d) dqi[d] = T(scale * dq_row[d]);
+  dispatch_float(q.dtype(), "attention_backward", [&]<class T>() {
+    using A = Acc<T>;
+    const T* qp = q.data<T>();
+    const T* kp = k.data<T>();
+    const T* vp = v.data<T>();
+    const T* op = out.data<T>();
+    const T* gp = grad_out.data<T>();
+    const A* lp = lse.data<A>();
+    // dk, dv sum over rows and query heads: accumulate in A, round once at the end.
+    std::vector<A> dk_acc(static_cast<size_t>(dk.numel()), A(0));
+    std::vector<A> dv_acc(static_cast<size_t>(dv.numel()), A(0));
+    std::vector<A> dq_row(static_cast<size_t>(s.head_dim));
+    T* dqp = dq.data<T>();
+    const A scale = static_cast<A>(s.scale);
+    for (int64_t b = 0; b < s.batch; ++b) {
+      for (int64_t h = 0; h < s.q_heads; ++h) {
+        const int64_t g = h / s.group();
+        for (int64_t i = 0; i < s.q_seq; ++i) {
+          const T* qi = qp + at(qs, b, i, h);
+          const T* doi = gp + at(os, b, i, h);
+          const A delta = dot<T, A>(doi, op + at(os, b, i, h), s.v_head_dim);
+          const A lse_i = lp[(b * s.q_heads + h) * s.q_seq + i];
+          std::fill(dq_row.begin(), dq_row.end(), A(0));
+          const bool drop = s.dropout.active();
+          const DropoutRow<A> mask(s, b, h, i);
+          const int64_t n = s.visible_keys(i);
+          for (int64_t j = 0; j < n; ++j) {
+            const T* kj = kp + at(ks, b, j, g);
+            const T* vj = vp + at(vs, b, j, g);
+            const A p_soft = std::exp(scale * dot<T, A>(qi, kj, s.head_dim) - lse_i);
+            A dp = dot<T, A>(doi, vj, s.v_head_dim);
+            A p = p_soft;  // what multiplied v in the forward
+            if (drop) {
+              const A c = mask(j);
+              dp *= c;
+              p *= c;
             }
+            const A ds = p_soft * (dp - delta);
+            A* dkj = dk_acc.data() + at(ks, b, j, g);
+            A* dvj = dv_acc.data() + at(vs, b, j, g);
+            for (int64_t d = 0; d < s.head_dim; ++d) {
+              dq_row[d] += ds * static_cast<A>(kj[d]);
+              dkj[d] += scale * ds * static_cast<A>(qi[d]);
+            }
+            for (int64_t d = 0; d < s.v_head_dim; ++d) dvj[d] += p * static_cast<A>(doi[d]);
           }
+          T* dqi = dqp + at(qs, b, i, h);
+          for (int64_t d = 0; d < s.head_dim; ++d) dqi[d] = T(scale * dq_row[d]);
         }
-        T* dkp = dk.data<T>();
-        T* dvp = dv.data<T>();
-        for (size_t e = 0; e < dk_acc.size(); ++e) dkp[e] = T(dk_acc[e]);
-        for (size_t e = 0; e < dv_acc.size(); ++e) dvp[e] = T(dv_acc[e]);
-      });
+      }
+    }
+    T* dkp = dk.data<T>();
+    T* dvp = dv.data<T>();
+    for (size_t e = 0; e < dk_acc.size(); ++e) dkp[e] = T(dk_acc[e]);
+    for (size_t e = 0; e < dv_acc.size(); ++e) dvp[e] = T(dv_acc[e]);
+  });
 }
 
 }  // namespace
 
 const char* attention_backend_name(AttentionBackend backend) {
   switch (backend) {
-    case AttentionBackend::automatic: return "automatic";
-    case AttentionBackend::cudnn: return "cudnn";
-    case AttentionBackend::native: return "native";
+    case AttentionBackend::automatic:
+      return "automatic";
+    case AttentionBackend::cudnn:
+      return "cudnn";
+    case AttentionBackend::native:
+      return "native";
   }
   return "?";
 }
@@ -307,8 +308,7 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
           detail::attention_forward_cudnn(shape, q, k, v, result.out, result.lse);
         } else {
           detail::attention_forward_cuda(shape, q, k, v, result.out, result.lse);
-        }
-        return result;)
+        } return result;)
   }
   forward_cpu(shape, q, k, v, result.out, result.lse);
   return result;
@@ -351,8 +351,7 @@ AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q, const
         } else {
           detail::attention_backward_cuda(shape, grad_out, q, k, v, out, lse, grads.q, grads.k,
                                           grads.v);
-        }
-        return grads;)
+        } return grads;)
   }
   backward_cpu(shape, grad_out, q, k, v, out, lse, grads.q, grads.k, grads.v);
   return grads;

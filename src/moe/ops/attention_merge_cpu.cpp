@@ -85,25 +85,24 @@ MergeShape check_merge(const Tensor& out_acc, const Tensor& lse_acc, const Tenso
 
 void attention_merge_cpu(Tensor& out_acc, Tensor& lse_acc, const Tensor& out_b, const Tensor& lse_b,
                          const MergeShape& s) {
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      out_acc.dtype(), "attention_merge_", [&]<class T>() {
-        using A = Acc<T>;
-        T* acc = out_acc.data<T>();
-        const T* blk = out_b.data<T>();
-        A* lse_a = lse_acc.data<A>();
-        const A* lse_blk = lse_b.data<A>();
-        const int64_t dv = s.v_head_dim;
-        for (int64_t r = 0; r < s.rows(); ++r) {
-          const detail::MergeRow row = detail::merge_row(s, r);
-          const detail::MergeWeights<A> w =
-              detail::merge_weights(lse_a[row.lse_acc], lse_blk[row.lse_b]);
-          T* o = acc + row.acc_row * dv;
-          const T* ob = blk + r * dv;
-          for (int64_t d = 0; d < dv; ++d)
-            o[d] = T(detail::merge_value(w, static_cast<A>(o[d]), static_cast<A>(ob[d])));
-          lse_a[row.lse_acc] = w.lse;
-        }
-      });
+  dispatch_float(out_acc.dtype(), "attention_merge_", [&]<class T>() {
+    using A = Acc<T>;
+    T* acc = out_acc.data<T>();
+    const T* blk = out_b.data<T>();
+    A* lse_a = lse_acc.data<A>();
+    const A* lse_blk = lse_b.data<A>();
+    const int64_t dv = s.v_head_dim;
+    for (int64_t r = 0; r < s.rows(); ++r) {
+      const detail::MergeRow row = detail::merge_row(s, r);
+      const detail::MergeWeights<A> w =
+          detail::merge_weights(lse_a[row.lse_acc], lse_blk[row.lse_b]);
+      T* o = acc + row.acc_row * dv;
+      const T* ob = blk + r * dv;
+      for (int64_t d = 0; d < dv; ++d)
+        o[d] = T(detail::merge_value(w, static_cast<A>(o[d]), static_cast<A>(ob[d])));
+      lse_a[row.lse_acc] = w.lse;
+    }
+  });
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ void check_block(int64_t offset, int64_t local, int64_t total, int64_t total_fie
 void dropout_cpu(const Tensor& x, Tensor& y, const DropoutArgs& args) {
   const int64_t S = x.size(0), B = x.size(1), F = x.size(2);
   const float p = static_cast<float>(args.p);
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(x.dtype(), "dropout", [&]<class T>() {
+  dispatch_float(x.dtype(), "dropout", [&]<class T>() {
     using A = Acc<T>;
     const A scale = static_cast<A>(keep_scale(args.p));
     const T* in = x.data<T>();

@@ -66,7 +66,7 @@ void dropout_cuda(const Tensor& x, Tensor& y, const DropoutArgs& args, double sc
   const Layout l = layout_of(x.shape(), args);
   if (l.n == 0) return;
   cudaStream_t stream = cuda::stream_of(x);
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(x.dtype(), "dropout", [&]<class T>() {
+  dispatch_float(x.dtype(), "dropout", [&]<class T>() {
     dropout_kernel<T><<<cuda::blocks_for(l.n, kThreads), kThreads, 0, stream>>>(
         x.data<T>(), y.data<T>(), l, static_cast<Acc<T>>(scale));
     MOE_CUDA_CHECK_LAUNCH();

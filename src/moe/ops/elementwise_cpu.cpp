@@ -15,8 +15,6 @@ void check_float(const Tensor& t, const char* op, const char* name) {
             name, " must be one of f64, f32, bf16, f16, got ", d);
 }
 
-#define MOE_ELEMENTWISE_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 }  // namespace
 
 void add_(Tensor& a, const Tensor& b, double alpha) {
@@ -28,8 +26,8 @@ void add_(Tensor& a, const Tensor& b, double alpha) {
   if (a.is_cuda()) {
     MOE_CUDA_ONLY(detail::add_cuda(a, b, alpha); return;)
   }
-  dispatch<MOE_ELEMENTWISE_DTYPES>(a.dtype(), op, [&]<class TA>() {
-    dispatch<MOE_ELEMENTWISE_DTYPES>(b.dtype(), op, [&]<class TB>() {
+  dispatch_float(a.dtype(), op, [&]<class TA>() {
+    dispatch_float(b.dtype(), op, [&]<class TB>() {
       using A = std::conditional_t<std::is_same_v<TA, double> || std::is_same_v<TB, double>, double,
                                    float>;
       TA* pa = a.data<TA>();
@@ -47,7 +45,7 @@ void scale_(Tensor& a, double s) {
   if (a.is_cuda()) {
     MOE_CUDA_ONLY(detail::scale_cuda(a, s); return;)
   }
-  dispatch<MOE_ELEMENTWISE_DTYPES>(a.dtype(), op, [&]<class T>() {
+  dispatch_float(a.dtype(), op, [&]<class T>() {
     using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
     T* p = a.data<T>();
     const A k = static_cast<A>(s);
@@ -67,7 +65,7 @@ Tensor sum_rows(const Tensor& x) {
   }
   // Reference: accumulate in double, round once.
   std::vector<double> acc(static_cast<size_t>(cols), 0.0);
-  dispatch<MOE_ELEMENTWISE_DTYPES>(x.dtype(), op, [&]<class T>() {
+  dispatch_float(x.dtype(), op, [&]<class T>() {
     const T* p = x.data<T>();
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) acc[c] += static_cast<double>(p[r * cols + c]);

@@ -90,16 +90,14 @@ __global__ void add_partials_kernel(const O* __restrict__ partial, O* __restrict
   out[c] = acc;
 }
 
-#define MOE_ELEMENTWISE_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 }  // namespace
 
 void add_cuda(Tensor& a, const Tensor& b, double alpha) {
   const int64_t n = a.numel();
   if (n == 0) return;
   cudaStream_t stream = cuda::stream_of(a);
-  dispatch<MOE_ELEMENTWISE_DTYPES>(a.dtype(), "add_", [&]<class TA>() {
-    dispatch<MOE_ELEMENTWISE_DTYPES>(b.dtype(), "add_", [&]<class TB>() {
+  dispatch_float(a.dtype(), "add_", [&]<class TA>() {
+    dispatch_float(b.dtype(), "add_", [&]<class TB>() {
       using A = MixedAcc<TA, TB>;
       // 16 bytes of the narrower dtype per pack (the wider one moves 32 or 64 bytes).
       constexpr int kN = kPack16 < TA >> kPack16<TB> ? kPack16<TA> : kPack16<TB>;
@@ -120,7 +118,7 @@ void scale_cuda(Tensor& a, double s) {
   const int64_t n = a.numel();
   if (n == 0) return;
   cudaStream_t stream = cuda::stream_of(a);
-  dispatch<MOE_ELEMENTWISE_DTYPES>(a.dtype(), "scale_", [&]<class T>() {
+  dispatch_float(a.dtype(), "scale_", [&]<class T>() {
     constexpr int kN = kPack16<T>;
     const bool vector = aligned_to(a.raw(), 16);
     const unsigned blocks = cuda::blocks_for(vector ? (n + kN - 1) / kN : n, kThreads);
@@ -142,7 +140,7 @@ void sum_rows_cuda(const Tensor& x, Tensor& out) {
       std::clamp<int64_t>((rows + kMinRowsPerSplit - 1) / kMinRowsPerSplit, 1, kMaxSplits);
   const int64_t rows_per_split = std::max<int64_t>((rows + splits - 1) / splits, 1);
   const unsigned col_blocks = static_cast<unsigned>((cols + kThreads - 1) / kThreads);
-  dispatch<MOE_ELEMENTWISE_DTYPES>(x.dtype(), "sum_rows", [&]<class T>() {
+  dispatch_float(x.dtype(), "sum_rows", [&]<class T>() {
     using O = std::conditional_t<std::is_same_v<T, double>, double, float>;
     Tensor partial = splits == 1 ? out : Tensor::empty({splits, cols}, out.dtype(), out.device());
     column_sum_kernel<T, O>

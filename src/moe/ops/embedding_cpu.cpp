@@ -10,8 +10,6 @@
 namespace moe::ops {
 namespace {
 
-#define MOE_EMBEDDING_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 struct Shard {
   int64_t start, end, vocab_size;
 };
@@ -81,7 +79,7 @@ void backward_cpu(const Tensor& grad_y, const Tensor& ids, const Shard& shard, T
                   bool accumulate) {
   const int64_t tokens = ids.numel(), hidden = grad_weight.size(1);
   if (!accumulate) grad_weight.zero_();
-  dispatch<MOE_EMBEDDING_DTYPES>(grad_y.dtype(), "embedding_backward", [&]<class T>() {
+  dispatch_float(grad_y.dtype(), "embedding_backward", [&]<class T>() {
     using G = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const T* dy = grad_y.data<T>();
     G* dw = grad_weight.data<G>();
@@ -116,8 +114,7 @@ Tensor embedding_forward(const Tensor& ids, const Tensor& weight, const Embeddin
   Tensor y = Tensor::empty(rows_shape(ids, weight.size(1)), weight.dtype(), weight.device());
   if (ids.is_cuda()) {
     MOE_CUDA_ONLY(detail::embedding_forward_cuda(ids.reshape({-1}), weight, shard.start,
-                                                 shard.vocab_size, args.invalid_count,
-                                                 y);
+                                                 shard.vocab_size, args.invalid_count, y);
                   return y;)
   }
   check_ids_cpu(ids, shard.vocab_size, op);

@@ -2,10 +2,9 @@
 // (or zeros it), counting out-of-range ids without a host sync. Backward: a stable radix sort of
 // (local id, token) pairs, then one block per distinct id sums that id's dy rows in token order
 // and adds the sum to dW: deterministic, no float atomics.
-#include <cub/device/device_radix_sort.cuh>
-
 #include <algorithm>
 #include <cstdio>
+#include <cub/device/device_radix_sort.cuh>
 #include <initializer_list>
 
 #include "moe/core/cuda_utils.h"
@@ -22,27 +21,28 @@ __device__ void report_bad_id(int64_t token, int64_t id, int64_t vocab_size,
                               int32_t* invalid_count) {
   if (invalid_count != nullptr) atomicAdd(invalid_count, 1);  // integer: order-independent
   if (atomicCAS(&g_embedding_reported_bad_id, 0u, 1u) == 0u)
-    printf("moe::ops::embedding_forward: token %lld has id %lld, outside the vocabulary [0, %lld) "
-           "(a zero row is used; further bad ids are counted, not printed)\n",
-           static_cast<long long>(token), static_cast<long long>(id),
-           static_cast<long long>(vocab_size));
+    printf(
+        "moe::ops::embedding_forward: token %lld has id %lld, outside the vocabulary [0, %lld) "
+        "(a zero row is used; further bad ids are counted, not printed)\n",
+        static_cast<long long>(token), static_cast<long long>(id),
+        static_cast<long long>(vocab_size));
 }
 
 // Row copies move whole words: W bytes (16 when aligned, else the element size).
 template <class Word>
 __global__ void embedding_forward_kernel(const void* __restrict__ ids_raw, bool ids_i64,
                                          const Word* __restrict__ weight, Word* __restrict__ y,
-                                         int64_t tokens, int64_t words_per_row,
-                                         int64_t vocab_start, int64_t vocab_end,
-                                         int64_t vocab_size, int32_t* invalid_count,
-                                         int threads_per_row) {
-  const int64_t token = int64_t(blockIdx.x) * (blockDim.x / threads_per_row) +
-                        threadIdx.x / threads_per_row;
+                                         int64_t tokens, int64_t words_per_row, int64_t vocab_start,
+                                         int64_t vocab_end, int64_t vocab_size,
+                                         int32_t* invalid_count, int threads_per_row) {
+  const int64_t token =
+      int64_t(blockIdx.x) * (blockDim.x / threads_per_row) + threadIdx.x / threads_per_row;
   const int lane = static_cast<int>(threadIdx.x) % threads_per_row;
   if (token >= tokens) return;
   const int64_t id = ids_i64 ? static_cast<const int64_t*>(ids_raw)[token]
                              : static_cast<int64_t>(static_cast<const int32_t*>(ids_raw)[token]);
-  if (lane == 0 && (id < 0 || id >= vocab_size)) report_bad_id(token, id, vocab_size, invalid_count);
+  if (lane == 0 && (id < 0 || id >= vocab_size))
+    report_bad_id(token, id, vocab_size, invalid_count);
   Word* dst = y + token * words_per_row;
   if (id >= vocab_start && id < vocab_end) {
     const Word* src = weight + (id - vocab_start) * words_per_row;
@@ -61,8 +61,8 @@ __global__ void embedding_keys_kernel(const I* __restrict__ ids, int32_t* __rest
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= tokens) return;
   const int64_t id = static_cast<int64_t>(ids[t]);
-  keys[t] = (id >= vocab_start && id < vocab_end) ? static_cast<int32_t>(id - vocab_start)
-                                                  : sentinel;
+  keys[t] =
+      (id >= vocab_start && id < vocab_end) ? static_cast<int32_t>(id - vocab_start) : sentinel;
   order[t] = static_cast<int32_t>(t);
 }
 
@@ -71,9 +71,8 @@ __global__ void embedding_keys_kernel(const I* __restrict__ ids, int32_t* __rest
 template <class T, class G>
 __global__ void embedding_segment_sum_kernel(const T* __restrict__ dy,
                                              const int32_t* __restrict__ sorted_keys,
-                                             const int32_t* __restrict__ order,
-                                             G* __restrict__ dw, int64_t tokens, int64_t hidden,
-                                             int32_t sentinel) {
+                                             const int32_t* __restrict__ order, G* __restrict__ dw,
+                                             int64_t tokens, int64_t hidden, int32_t sentinel) {
   const int64_t i = blockIdx.x;
   const int32_t key = sorted_keys[i];
   if (key == sentinel || (i > 0 && sorted_keys[i - 1] == key)) return;
@@ -82,7 +81,8 @@ __global__ void embedding_segment_sum_kernel(const T* __restrict__ dy,
   G* row = dw + int64_t(key) * hidden;
   for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
     G acc = 0;
-    for (int64_t j = i; j < end; ++j) acc += static_cast<G>(to_acc(dy[int64_t(order[j]) * hidden + c]));
+    for (int64_t j = i; j < end; ++j)
+      acc += static_cast<G>(to_acc(dy[int64_t(order[j]) * hidden + c]));
     row[c] += acc;
   }
 }
@@ -116,9 +116,15 @@ void embedding_forward_cuda(const Tensor& ids, const Tensor& weight, int64_t voc
     launch.template operator()<uint4>();
   } else {
     switch (dtype_size(weight.dtype())) {
-      case 8: launch.template operator()<uint2>(); break;
-      case 4: launch.template operator()<uint32_t>(); break;
-      default: launch.template operator()<uint16_t>(); break;
+      case 8:
+        launch.template operator()<uint2>();
+        break;
+      case 4:
+        launch.template operator()<uint32_t>();
+        break;
+      default:
+        launch.template operator()<uint16_t>();
+        break;
     }
   }
 }
@@ -143,10 +149,10 @@ void embedding_backward_cuda(const Tensor& grad_y, const Tensor& ids, int64_t vo
   Tensor sorted_order = Tensor::empty({tokens}, DType::i32, device);
   constexpr int kThreads = 256;
   dispatch<DType::i32, DType::i64>(ids.dtype(), "embedding_backward (ids)", [&]<class I>() {
-    embedding_keys_kernel<I><<<cuda::blocks_for(tokens, kThreads, 0x7fffffffLL), kThreads, 0,
-                               stream>>>(ids.data<I>(), keys.data<int32_t>(),
-                                         order.data<int32_t>(), tokens, vocab_start, vocab_end,
-                                         sentinel);
+    embedding_keys_kernel<I>
+        <<<cuda::blocks_for(tokens, kThreads, 0x7fffffffLL), kThreads, 0, stream>>>(
+            ids.data<I>(), keys.data<int32_t>(), order.data<int32_t>(), tokens, vocab_start,
+            vocab_end, sentinel);
     MOE_CUDA_CHECK_LAUNCH();
   });
   // Stable LSD radix sort over just the bits the keys use.
@@ -154,8 +160,8 @@ void embedding_backward_cuda(const Tensor& grad_y, const Tensor& ids, int64_t vo
   const int items = static_cast<int>(tokens);
   size_t temp_bytes = 0;
   MOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      nullptr, temp_bytes, keys.data<int32_t>(), sorted_keys.data<int32_t>(),
-      order.data<int32_t>(), sorted_order.data<int32_t>(), items, 0, end_bit, stream));
+      nullptr, temp_bytes, keys.data<int32_t>(), sorted_keys.data<int32_t>(), order.data<int32_t>(),
+      sorted_order.data<int32_t>(), items, 0, end_bit, stream));
   Tensor temp =
       Tensor::empty({static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))}, DType::u8, device);
   MOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
@@ -163,14 +169,13 @@ void embedding_backward_cuda(const Tensor& grad_y, const Tensor& ids, int64_t vo
       order.data<int32_t>(), sorted_order.data<int32_t>(), items, 0, end_bit, stream));
 
   const int threads = static_cast<int>(std::min<int64_t>(256, ((hidden + 31) / 32) * 32));
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      grad_y.dtype(), "embedding_backward", [&]<class T>() {
-        using G = Acc<T>;  // f64 for f64, else f32: grad_weight's dtype
-        embedding_segment_sum_kernel<T, G><<<static_cast<unsigned>(tokens), threads, 0, stream>>>(
-            grad_y.data<T>(), sorted_keys.data<int32_t>(), sorted_order.data<int32_t>(),
-            grad_weight.data<G>(), tokens, hidden, sentinel);
-        MOE_CUDA_CHECK_LAUNCH();
-      });
+  dispatch_float(grad_y.dtype(), "embedding_backward", [&]<class T>() {
+    using G = Acc<T>;  // f64 for f64, else f32: grad_weight's dtype
+    embedding_segment_sum_kernel<T, G><<<static_cast<unsigned>(tokens), threads, 0, stream>>>(
+        grad_y.data<T>(), sorted_keys.data<int32_t>(), sorted_order.data<int32_t>(),
+        grad_weight.data<G>(), tokens, hidden, sentinel);
+    MOE_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace moe::ops::detail

@@ -20,7 +20,7 @@ void scale_cpu(Tensor& c, float beta) {
     c.zero_();
     return;
   }
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(c.dtype(), kOp, [&]<class T>() {
+  dispatch_float(c.dtype(), kOp, [&]<class T>() {
     T* p = c.data<T>();
     for (int64_t i = 0, n = c.numel(); i < n; ++i) {
       if constexpr (std::is_same_v<T, double>)

@@ -151,9 +151,8 @@ std::unique_ptr<Plan> make_plan(const PlanKey& key, cublasLtHandle_t handle) {
   MOE_CHECK(status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
             "gemm: cuBLASLt has no algorithm for ", key.a_dtype, " -> ", key.c_dtype, " M=", key.m,
             " N=", key.n, " K=", key.k, " batch=", key.batch, " trans_a=", key.trans_a,
-            " trans_b=", key.trans_b,
-            " (alignments ", key.align_a, "/", key.align_b, "/", key.align_c,
-            " B; heuristic status ", cublasGetStatusName(status), ")");
+            " trans_b=", key.trans_b, " (alignments ", key.align_a, "/", key.align_b, "/",
+            key.align_c, " B; heuristic status ", cublasGetStatusName(status), ")");
   plan->algo = result.algo;
   return plan;
 }
@@ -207,7 +206,7 @@ void scale_cuda(Tensor& c, float beta, cudaStream_t stream) {
     MOE_CUDA_CHECK(cudaMemsetAsync(c.raw(), 0, c.nbytes(), stream));
     return;
   }
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(c.dtype(), "gemm", [&]<class T>() {
+  dispatch_float(c.dtype(), "gemm", [&]<class T>() {
     constexpr int kThreads = 256;
     using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
     scale_kernel<T, S><<<cuda::blocks_for(c.numel(), kThreads), kThreads, 0, stream>>>(
@@ -231,18 +230,19 @@ void lt_matmul(const LtMatmul& args, int device, StreamHandle stream_handle) {
             " inputs with ", args.c_dtype, " output");
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   cublasLtHandle_t handle = cuda::cublaslt_handle(device);
-  const PlanKey key{device,
-                    args.a_dtype,
-                    args.c_dtype,
-                    args.trans_a,
-                    args.trans_b,
-                    args.m,
-                    args.n,
-                    args.k,
-                    args.pointer_array ? args.pointer_alignment : alignment_class(args.a, args.a_dtype),
-                    args.pointer_array ? args.pointer_alignment : alignment_class(args.b, args.a_dtype),
-                    args.pointer_array ? args.pointer_alignment : alignment_class(args.c, args.c_dtype),
-                    args.pointer_array ? args.batch : 0};
+  const PlanKey key{
+      device,
+      args.a_dtype,
+      args.c_dtype,
+      args.trans_a,
+      args.trans_b,
+      args.m,
+      args.n,
+      args.k,
+      args.pointer_array ? args.pointer_alignment : alignment_class(args.a, args.a_dtype),
+      args.pointer_array ? args.pointer_alignment : alignment_class(args.b, args.a_dtype),
+      args.pointer_array ? args.pointer_alignment : alignment_class(args.c, args.c_dtype),
+      args.pointer_array ? args.batch : 0};
   const Plan& plan = tls_plans.get(key, handle);
   const cuda::BlasWorkspace workspace = cuda::blas_workspace(device, stream);
   const float alpha_f = static_cast<float>(args.alpha), beta_f = static_cast<float>(args.beta);

@@ -75,24 +75,23 @@ void sum_slot_rows_cpu(const Tensor& src, const Tensor& grad_probs_perm, const T
                        int64_t topk, Tensor& dst, Tensor& grad_probs) {
   const int64_t tokens = dst.size(0), cols = dst.size(1);
   const int32_t* s2r = slot_to_row.data<int32_t>();
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      src.dtype(), "unpermute / permute_backward", [&]<class T>() {
-        using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
-        const T* in = src.data<T>();
-        T* out = dst.data<T>();
-        std::vector<A> acc(static_cast<size_t>(cols));
-        for (int64_t t = 0; t < tokens; ++t) {
-          std::fill(acc.begin(), acc.end(), A(0));
-          for (int64_t j = 0; j < topk; ++j) {
-            const int32_t r = s2r[t * topk + j];
-            if (r < 0) continue;
-            const T* row = in + int64_t(r) * cols;
-            for (int64_t c = 0; c < cols; ++c) acc[c] += static_cast<A>(row[c]);
-          }
-          T* o = out + t * cols;
-          for (int64_t c = 0; c < cols; ++c) o[c] = T(acc[c]);
-        }
-      });
+  dispatch_float(src.dtype(), "unpermute / permute_backward", [&]<class T>() {
+    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    const T* in = src.data<T>();
+    T* out = dst.data<T>();
+    std::vector<A> acc(static_cast<size_t>(cols));
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t j = 0; j < topk; ++j) {
+        const int32_t r = s2r[t * topk + j];
+        if (r < 0) continue;
+        const T* row = in + int64_t(r) * cols;
+        for (int64_t c = 0; c < cols; ++c) acc[c] += static_cast<A>(row[c]);
+      }
+      T* o = out + t * cols;
+      for (int64_t c = 0; c < cols; ++c) o[c] = T(acc[c]);
+    }
+  });
   if (!grad_probs.defined()) return;
   dispatch<DType::f32, DType::f64>(grad_probs.dtype(), "permute_backward (probs)", [&]<class P>() {
     const P* g = grad_probs_perm.data<P>();

@@ -149,24 +149,23 @@ void sum_slot_rows_cuda(const Tensor& src, const Tensor& grad_probs_perm, const 
   if (tokens == 0) return;
   const int64_t cols = dst.size(1);
   cudaStream_t stream = cuda::stream_of(dst);
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      src.dtype(), "unpermute / permute_backward", [&]<class T>() {
-        with_probs_type(grad_probs_perm, "permute_backward (probs)", [&]<class P>() {
-          auto launch_with = [&]<int N>() {
-            const RowLaunch launch = row_launch(tokens, (cols + N - 1) / N);
-            sum_slot_rows_kernel<T, N, P><<<launch.blocks, kRowBlock, 0, stream>>>(
-                src.data<T>(), dst.data<T>(), tokens, cols, slot_to_row.data<int32_t>(), topk,
-                launch.threads_per_row, ptr_or_null<P>(grad_probs_perm),
-                grad_probs.defined() ? grad_probs.data<P>() : nullptr);
-            MOE_CUDA_CHECK_LAUNCH();
-          };
-          constexpr int kN = kPack16<T>;
-          if (cols % kN == 0 && aligned_to(src.raw(), 16) && aligned_to(dst.raw(), 16))
-            launch_with.template operator()<kN>();
-          else
-            launch_with.template operator()<1>();
-        });
-      });
+  dispatch_float(src.dtype(), "unpermute / permute_backward", [&]<class T>() {
+    with_probs_type(grad_probs_perm, "permute_backward (probs)", [&]<class P>() {
+      auto launch_with = [&]<int N>() {
+        const RowLaunch launch = row_launch(tokens, (cols + N - 1) / N);
+        sum_slot_rows_kernel<T, N, P><<<launch.blocks, kRowBlock, 0, stream>>>(
+            src.data<T>(), dst.data<T>(), tokens, cols, slot_to_row.data<int32_t>(), topk,
+            launch.threads_per_row, ptr_or_null<P>(grad_probs_perm),
+            grad_probs.defined() ? grad_probs.data<P>() : nullptr);
+        MOE_CUDA_CHECK_LAUNCH();
+      };
+      constexpr int kN = kPack16<T>;
+      if (cols % kN == 0 && aligned_to(src.raw(), 16) && aligned_to(dst.raw(), 16))
+        launch_with.template operator()<kN>();
+      else
+        launch_with.template operator()<1>();
+    });
+  });
 }
 
 void copy_chunks_cuda(const Tensor& src, const std::vector<ChunkCopy>& chunks, Tensor& dst) {

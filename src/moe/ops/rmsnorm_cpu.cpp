@@ -13,8 +13,6 @@ namespace {
 template <class T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-#define MOE_RMSNORM_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 DType rstd_dtype_for(DType x) {
   return x == DType::f64 ? DType::f64 : DType::f32;
 }
@@ -40,7 +38,7 @@ int64_t check_x_weight(const Tensor& x, const Tensor& weight, const char* op) {
 
 void forward_cpu(const Tensor& x, const Tensor& weight, double eps, Tensor& y, Tensor& rstd) {
   const int64_t rows = x.size(0), hidden = x.size(1);
-  dispatch<MOE_RMSNORM_DTYPES>(x.dtype(), "rmsnorm_forward", [&]<class T>() {
+  dispatch_float(x.dtype(), "rmsnorm_forward", [&]<class T>() {
     using A = Acc<T>;
     const T* in = x.data<T>();
     const T* w = weight.data<T>();
@@ -64,7 +62,7 @@ void forward_cpu(const Tensor& x, const Tensor& weight, double eps, Tensor& y, T
 void backward_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
                   Tensor& dx, Tensor& grad_weight, bool accumulate) {
   const int64_t rows = x.size(0), hidden = x.size(1);
-  dispatch<MOE_RMSNORM_DTYPES>(x.dtype(), "rmsnorm_backward", [&]<class T>() {
+  dispatch_float(x.dtype(), "rmsnorm_backward", [&]<class T>() {
     using A = Acc<T>;
     using G = std::conditional_t<std::is_same_v<T, double>, double, float>;  // dw's type
     const T* in = x.data<T>();
@@ -140,8 +138,9 @@ Tensor rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& wei
   const Tensor dy2 = grad_y.reshape({rows, hidden});
   Tensor dx2 = dx.reshape({rows, hidden});
   if (x.is_cuda()) {
-    MOE_CUDA_ONLY(detail::rmsnorm_backward_cuda(dy2, x2, weight, rstd, dx2, grad_weight, accumulate);
-                  return dx;)
+    MOE_CUDA_ONLY(
+        detail::rmsnorm_backward_cuda(dy2, x2, weight, rstd, dx2, grad_weight, accumulate);
+        return dx;)
   }
   backward_cpu(dy2, x2, weight, rstd, dx2, grad_weight, accumulate);
   return dx;

@@ -83,8 +83,7 @@ __global__ void rmsnorm_dx_kernel(const T* __restrict__ dy, const T* __restrict_
       const Pack<T, N> dv = load_pack<N>(dy + base + c);
       const Pack<T, N> wv = load_pack<N>(w + c);
 #pragma unroll
-      for (int i = 0; i < N; ++i)
-        dot += to_acc(dv.v[i]) * to_acc(wv.v[i]) * (to_acc(xv.v[i]) * rs);
+      for (int i = 0; i < N; ++i) dot += to_acc(dv.v[i]) * to_acc(wv.v[i]) * (to_acc(xv.v[i]) * rs);
     }
   }
   const A total = row_group_sum(dot, threads_per_row, scratch);
@@ -165,8 +164,6 @@ void with_pack_width(int64_t hidden, std::initializer_list<const void*> bases, F
     launch.template operator()<1>();
 }
 
-#define MOE_RMSNORM_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 }  // namespace
 
 void rmsnorm_forward_cuda(const Tensor& x, const Tensor& weight, double eps, Tensor& y,
@@ -174,7 +171,7 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& weight, double eps, Ten
   const int64_t rows = x.size(0), hidden = x.size(1);
   if (rows == 0) return;
   cudaStream_t stream = cuda::stream_of(x);
-  dispatch<MOE_RMSNORM_DTYPES>(x.dtype(), "rmsnorm_forward", [&]<class T>() {
+  dispatch_float(x.dtype(), "rmsnorm_forward", [&]<class T>() {
     using A = Acc<T>;
     with_pack_width<T>(hidden, {x.raw(), weight.raw(), y.raw()}, [&]<int N>() {
       const RowLaunch launch = row_launch(rows, (hidden + N - 1) / N);
@@ -190,7 +187,7 @@ void rmsnorm_backward_cuda(const Tensor& grad_y, const Tensor& x, const Tensor& 
                            const Tensor& rstd, Tensor& dx, Tensor& grad_weight, bool accumulate) {
   const int64_t rows = x.size(0), hidden = x.size(1);
   cudaStream_t stream = cuda::stream_of(x);
-  dispatch<MOE_RMSNORM_DTYPES>(x.dtype(), "rmsnorm_backward", [&]<class T>() {
+  dispatch_float(x.dtype(), "rmsnorm_backward", [&]<class T>() {
     using A = Acc<T>;
     if (rows > 0) {
       with_pack_width<T>(hidden, {grad_y.raw(), x.raw(), weight.raw(), dx.raw()}, [&]<int N>() {
@@ -207,7 +204,8 @@ void rmsnorm_backward_cuda(const Tensor& grad_y, const Tensor& x, const Tensor& 
                               std::max<int64_t>(1, kTargetBlocks / col_tiles));
     chunks = std::min<int64_t>(chunks, 65535);
     const int64_t rows_per_chunk = chunks > 0 ? (rows + chunks - 1) / chunks : 0;
-    Tensor partial = Tensor::empty({std::max<int64_t>(chunks, 1), hidden}, rstd.dtype(), x.device());
+    Tensor partial =
+        Tensor::empty({std::max<int64_t>(chunks, 1), hidden}, rstd.dtype(), x.device());
     if (chunks > 0) {
       MOE_CHECK(col_tiles <= 0x7fffffffLL, "rmsnorm_backward: hidden ", hidden, " is too wide");
       const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(chunks));
@@ -217,9 +215,9 @@ void rmsnorm_backward_cuda(const Tensor& grad_y, const Tensor& x, const Tensor& 
       MOE_CUDA_CHECK_LAUNCH();
     }
     constexpr int kThreads = 256;
-    rmsnorm_dw_finish_kernel<A, A><<<cuda::blocks_for(hidden, kThreads, 0x7fffffffLL), kThreads, 0,
-                                     stream>>>(partial.data<A>(), grad_weight.data<A>(), hidden,
-                                               chunks, accumulate);
+    rmsnorm_dw_finish_kernel<A, A>
+        <<<cuda::blocks_for(hidden, kThreads, 0x7fffffffLL), kThreads, 0, stream>>>(
+            partial.data<A>(), grad_weight.data<A>(), hidden, chunks, accumulate);
     MOE_CUDA_CHECK_LAUNCH();
   });
 }

@@ -11,8 +11,6 @@
 namespace moe::ops {
 namespace {
 
-#define MOE_ROPE_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 // Checks x / inv_freq / positions and returns the launch description (inverse unset).
 detail::RotaryLaunch describe(const Tensor& x, const Tensor& inv_freq, const Tensor& positions,
                               const RotaryArgs& args, const char* op, const char* x_name) {
@@ -77,7 +75,7 @@ void rotary_cpu(const Tensor& x, const Tensor& inv_freq, const Tensor& positions
     pos.assign(p.begin(), p.end());
   }
   const int64_t half = l.rotary_dim / 2;
-  dispatch<MOE_ROPE_DTYPES>(x.dtype(), "rotary", [&]<class T>() {
+  dispatch_float(x.dtype(), "rotary", [&]<class T>() {
     using C = Compute<T>;
     const T* in = x.data<T>();
     T* out = y.data<T>();
@@ -117,8 +115,8 @@ void rotary_cpu(const Tensor& x, const Tensor& inv_freq, const Tensor& positions
   });
 }
 
-Tensor run(const Tensor& x, const Tensor& inv_freq, const Tensor& positions,
-           const RotaryArgs& args, bool inverse, const char* op, const char* x_name) {
+Tensor run(const Tensor& x, const Tensor& inv_freq, const Tensor& positions, const RotaryArgs& args,
+           bool inverse, const char* op, const char* x_name) {
   detail::RotaryLaunch l = describe(x, inv_freq, positions, args, op, x_name);
   l.inverse = inverse;
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());

@@ -84,15 +84,15 @@ void rotary_cuda(const Tensor& x, const Tensor& inv_freq, const Tensor& position
   int threads = 32;
   while (threads < items && threads < 256) threads *= 2;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(l.tokens, 1 << 20));
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(x.dtype(), "rotary", [&]<class T>() {
+  dispatch_float(x.dtype(), "rotary", [&]<class T>() {
     using C = Acc<T>;
     const size_t smem = static_cast<size_t>(2 * half) * sizeof(C);
     MOE_CHECK(smem <= 48 * 1024, "rotary: rotary dimension ", l.rotary_dim,
               " needs more shared memory than a block has");
     dispatch<DType::f32, DType::f64>(inv_freq.dtype(), "rotary (inv_freq)", [&]<class F>() {
       auto launch = [&]<class P>(const P* pos) {
-        rotary_kernel<T, F, P><<<blocks, threads, smem, stream>>>(
-            x.data<T>(), y.data<T>(), inv_freq.data<F>(), pos, l);
+        rotary_kernel<T, F, P><<<blocks, threads, smem, stream>>>(x.data<T>(), y.data<T>(),
+                                                                  inv_freq.data<F>(), pos, l);
         MOE_CUDA_CHECK_LAUNCH();
       };
       if (!positions.defined())

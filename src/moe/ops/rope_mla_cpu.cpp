@@ -8,8 +8,6 @@
 namespace moe::ops {
 namespace {
 
-#define MOE_MLA_KV_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 template <class T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
@@ -74,7 +72,7 @@ MlaKeyValue mla_expand_kv_forward(const Tensor& kv, const Tensor& k_pe, int64_t 
   if (kv.is_cuda()) {
     MOE_CUDA_ONLY(detail::mla_expand_kv_forward_cuda(kv, k_pe, l, out.k, out.v); return out;)
   }
-  dispatch<MOE_MLA_KV_DTYPES>(kv.dtype(), op, [&]<class T>() {
+  dispatch_float(kv.dtype(), op, [&]<class T>() {
     const T* in = kv.data<T>();
     const T* pe = k_pe.data<T>();
     T* k = out.k.data<T>();
@@ -125,7 +123,7 @@ MlaKeyValueGrads mla_expand_kv_backward(const Tensor& grad_k, const Tensor& grad
   if (grad_k.is_cuda()) {
     MOE_CUDA_ONLY(detail::mla_expand_kv_backward_cuda(grad_k, grad_v, l, g.kv, g.k_pe); return g;)
   }
-  dispatch<MOE_MLA_KV_DTYPES>(grad_k.dtype(), op, [&]<class T>() {
+  dispatch_float(grad_k.dtype(), op, [&]<class T>() {
     using A = Acc<T>;
     const T* dk = grad_k.data<T>();
     const T* dv_in = grad_v.data<T>();

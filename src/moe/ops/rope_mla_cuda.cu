@@ -60,8 +60,6 @@ __global__ void k_pe_grad_kernel(const T* __restrict__ grad_k, T* __restrict__ g
   }
 }
 
-#define MOE_MLA_KV_CUDA_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 }  // namespace
 
 void mla_expand_kv_forward_cuda(const Tensor& kv, const Tensor& k_pe, const MlaKvLaunch& l,
@@ -69,7 +67,7 @@ void mla_expand_kv_forward_cuda(const Tensor& kv, const Tensor& k_pe, const MlaK
   const int64_t items = l.tokens * l.heads * (l.nope_dim + l.rope_dim + l.v_dim);
   if (items == 0) return;
   cudaStream_t stream = cuda::stream_of(kv);
-  dispatch<MOE_MLA_KV_CUDA_DTYPES>(kv.dtype(), "mla_expand_kv_forward", [&]<class T>() {
+  dispatch_float(kv.dtype(), "mla_expand_kv_forward", [&]<class T>() {
     expand_kv_kernel<T><<<cuda::blocks_for(items, kThreads), kThreads, 0, stream>>>(
         kv.data<T>(), k_pe.data<T>(), k.data<T>(), v.data<T>(), l);
     MOE_CUDA_CHECK_LAUNCH();
@@ -82,7 +80,7 @@ void mla_expand_kv_backward_cuda(const Tensor& grad_k, const Tensor& grad_v, con
   cudaStream_t stream = cuda::stream_of(grad_k);
   const int64_t kv_items = l.tokens * l.heads * (l.nope_dim + l.v_dim);
   const int64_t pe_items = l.tokens * l.rope_dim;
-  dispatch<MOE_MLA_KV_CUDA_DTYPES>(grad_k.dtype(), "mla_expand_kv_backward", [&]<class T>() {
+  dispatch_float(grad_k.dtype(), "mla_expand_kv_backward", [&]<class T>() {
     expand_kv_grad_kernel<T><<<cuda::blocks_for(kv_items, kThreads), kThreads, 0, stream>>>(
         grad_k.data<T>(), grad_v.data<T>(), grad_kv.data<T>(), l);
     MOE_CUDA_CHECK_LAUNCH();

@@ -87,7 +87,7 @@ Tensor apply_jitter(const Tensor& x, double eps, uint64_t seed, const char* op) 
     MOE_CUDA_ONLY(detail::jitter_cuda(x, eps, seed, out); return out;)
   }
   const float lo = static_cast<float>(1.0 - eps), hi = static_cast<float>(1.0 + eps);
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(x.dtype(), op, [&]<class T>() {
+  dispatch_float(x.dtype(), op, [&]<class T>() {
     const T* in = x.data<T>();
     T* y = out.data<T>();
     for (int64_t i = 0, n = x.numel(); i < n; ++i) {

@@ -143,12 +143,11 @@ void jitter_cuda(const Tensor& x, double eps, uint64_t seed, Tensor& out) {
   const int64_t n = x.numel();
   if (n == 0) return;
   const float lo = static_cast<float>(1.0 - eps), hi = static_cast<float>(1.0 + eps);
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      x.dtype(), "input jitter", [&]<class T>() {
-        jitter_kernel<T><<<cuda::blocks_for(n, kThreads), kThreads, 0, cuda::stream_of(x)>>>(
-            x.data<T>(), n, seed, lo, hi, out.data<T>());
-        MOE_CUDA_CHECK_LAUNCH();
-      });
+  dispatch_float(x.dtype(), "input jitter", [&]<class T>() {
+    jitter_kernel<T><<<cuda::blocks_for(n, kThreads), kThreads, 0, cuda::stream_of(x)>>>(
+        x.data<T>(), n, seed, lo, hi, out.data<T>());
+    MOE_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace moe::ops::detail

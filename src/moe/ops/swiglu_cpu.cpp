@@ -51,101 +51,96 @@ void with_probs_type(const Tensor& probs, Fn&& fn) {
 
 void swiglu_forward_cpu(const Tensor& fc1_out, const Tensor& probs, Tensor& h) {
   const int64_t rows = fc1_out.size(0), ffn = fc1_out.size(1) / 2;
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      fc1_out.dtype(), "swiglu_forward", [&]<class T>() {
-        with_probs_type(probs, [&]<class P>() {
-          using A = Acc<T>;
-          const T* in = fc1_out.data<T>();
-          const P* p = probs.defined() ? probs.data<P>() : nullptr;
-          T* out = h.data<T>();
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* gate = in + r * 2 * ffn;
-            const T* up = gate + ffn;
-            const A scale = p ? static_cast<A>(p[r]) : A(1);
-            for (int64_t f = 0; f < ffn; ++f) {
-              const A g = static_cast<A>(gate[f]);
-              const A silu = g * sigmoid(g);
-              out[r * ffn + f] = T(silu * static_cast<A>(up[f]) * scale);
-            }
-          }
-        });
-      });
+  dispatch_float(fc1_out.dtype(), "swiglu_forward", [&]<class T>() {
+    with_probs_type(probs, [&]<class P>() {
+      using A = Acc<T>;
+      const T* in = fc1_out.data<T>();
+      const P* p = probs.defined() ? probs.data<P>() : nullptr;
+      T* out = h.data<T>();
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* gate = in + r * 2 * ffn;
+        const T* up = gate + ffn;
+        const A scale = p ? static_cast<A>(p[r]) : A(1);
+        for (int64_t f = 0; f < ffn; ++f) {
+          const A g = static_cast<A>(gate[f]);
+          const A silu = g * sigmoid(g);
+          out[r * ffn + f] = T(silu * static_cast<A>(up[f]) * scale);
+        }
+      }
+    });
+  });
 }
 
 void swiglu_backward_cpu(const Tensor& grad_h, const Tensor& fc1_out, const Tensor& probs,
                          Tensor& d_fc1, Tensor& d_probs) {
   const int64_t rows = fc1_out.size(0), ffn = fc1_out.size(1) / 2;
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      fc1_out.dtype(), "swiglu_backward", [&]<class T>() {
-        with_probs_type(probs, [&]<class P>() {
-          using A = Acc<T>;
-          const T* in = fc1_out.data<T>();
-          const T* dh = grad_h.data<T>();
-          const P* p = probs.defined() ? probs.data<P>() : nullptr;
-          T* d_in = d_fc1.data<T>();
-          P* dp_out = d_probs.defined() ? d_probs.data<P>() : nullptr;
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* gate = in + r * 2 * ffn;
-            const T* up = gate + ffn;
-            T* d_gate = d_in + r * 2 * ffn;
-            T* d_up = d_gate + ffn;
-            const A scale = p ? static_cast<A>(p[r]) : A(1);
-            A d_scale = 0;
-            for (int64_t f = 0; f < ffn; ++f) {
-              const A g = static_cast<A>(gate[f]), u = static_cast<A>(up[f]);
-              const A d = static_cast<A>(dh[r * ffn + f]);
-              const A s = sigmoid(g);
-              const A silu = g * s;
-              const A d_silu = s * (A(1) + g * (A(1) - s));  // silu'(g)
-              const A dp = d * scale;
-              d_gate[f] = T(dp * u * d_silu);
-              d_up[f] = T(dp * silu);
-              d_scale += silu * u * d;
-            }
-            if (dp_out) dp_out[r] = static_cast<P>(d_scale);
-          }
-        });
-      });
+  dispatch_float(fc1_out.dtype(), "swiglu_backward", [&]<class T>() {
+    with_probs_type(probs, [&]<class P>() {
+      using A = Acc<T>;
+      const T* in = fc1_out.data<T>();
+      const T* dh = grad_h.data<T>();
+      const P* p = probs.defined() ? probs.data<P>() : nullptr;
+      T* d_in = d_fc1.data<T>();
+      P* dp_out = d_probs.defined() ? d_probs.data<P>() : nullptr;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* gate = in + r * 2 * ffn;
+        const T* up = gate + ffn;
+        T* d_gate = d_in + r * 2 * ffn;
+        T* d_up = d_gate + ffn;
+        const A scale = p ? static_cast<A>(p[r]) : A(1);
+        A d_scale = 0;
+        for (int64_t f = 0; f < ffn; ++f) {
+          const A g = static_cast<A>(gate[f]), u = static_cast<A>(up[f]);
+          const A d = static_cast<A>(dh[r * ffn + f]);
+          const A s = sigmoid(g);
+          const A silu = g * s;
+          const A d_silu = s * (A(1) + g * (A(1) - s));  // silu'(g)
+          const A dp = d * scale;
+          d_gate[f] = T(dp * u * d_silu);
+          d_up[f] = T(dp * silu);
+          d_scale += silu * u * d;
+        }
+        if (dp_out) dp_out[r] = static_cast<P>(d_scale);
+      }
+    });
+  });
 }
 
 void sigmoid_gate_forward_cpu(const Tensor& out, const Tensor& gate_logits, Tensor& y) {
   const int64_t rows = out.size(0), cols = out.size(1);
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      out.dtype(), "sigmoid_gate_forward", [&]<class T>() {
-        using A = Acc<T>;
-        const T* o = out.data<T>();
-        const T* g = gate_logits.data<T>();
-        T* dst = y.data<T>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const A s = sigmoid(static_cast<A>(g[r]));
-          for (int64_t c = 0; c < cols; ++c)
-            dst[r * cols + c] = T(static_cast<A>(o[r * cols + c]) * s);
-        }
-      });
+  dispatch_float(out.dtype(), "sigmoid_gate_forward", [&]<class T>() {
+    using A = Acc<T>;
+    const T* o = out.data<T>();
+    const T* g = gate_logits.data<T>();
+    T* dst = y.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const A s = sigmoid(static_cast<A>(g[r]));
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = T(static_cast<A>(o[r * cols + c]) * s);
+    }
+  });
 }
 
 void sigmoid_gate_backward_cpu(const Tensor& grad_y, const Tensor& out, const Tensor& gate_logits,
                                Tensor& d_out, Tensor& d_gate) {
   const int64_t rows = out.size(0), cols = out.size(1);
-  dispatch<DType::f64, DType::f32, DType::bf16, DType::f16>(
-      out.dtype(), "sigmoid_gate_backward", [&]<class T>() {
-        using A = Acc<T>;
-        const T* o = out.data<T>();
-        const T* g = gate_logits.data<T>();
-        const T* dy = grad_y.data<T>();
-        T* d_o = d_out.data<T>();
-        T* d_g = d_gate.data<T>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const A s = sigmoid(static_cast<A>(g[r]));
-          A dot = 0;  // sum_h dy * out
-          for (int64_t c = 0; c < cols; ++c) {
-            const A d = static_cast<A>(dy[r * cols + c]);
-            d_o[r * cols + c] = T(d * s);
-            dot += d * static_cast<A>(o[r * cols + c]);
-          }
-          d_g[r] = T(dot * (s * (A(1) - s)));
-        }
-      });
+  dispatch_float(out.dtype(), "sigmoid_gate_backward", [&]<class T>() {
+    using A = Acc<T>;
+    const T* o = out.data<T>();
+    const T* g = gate_logits.data<T>();
+    const T* dy = grad_y.data<T>();
+    T* d_o = d_out.data<T>();
+    T* d_g = d_gate.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const A s = sigmoid(static_cast<A>(g[r]));
+      A dot = 0;  // sum_h dy * out
+      for (int64_t c = 0; c < cols; ++c) {
+        const A d = static_cast<A>(dy[r * cols + c]);
+        d_o[r * cols + c] = T(d * s);
+        dot += d * static_cast<A>(o[r * cols + c]);
+      }
+      d_g[r] = T(dot * (s * (A(1) - s)));
+    }
+  });
 }
 
 }  // namespace

@@ -162,15 +162,13 @@ void with_probs_type(const Tensor& probs, Fn&& fn) {
   dispatch<DType::f32, DType::f64>(probs.dtype(), "swiglu (probs)", std::forward<Fn>(fn));
 }
 
-#define MOE_ACTIVATION_DTYPES DType::f64, DType::f32, DType::bf16, DType::f16
-
 }  // namespace
 
 void swiglu_forward_cuda(const Tensor& fc1_out, const Tensor& probs, Tensor& h) {
   const int64_t rows = fc1_out.size(0), ffn = fc1_out.size(1) / 2;
   if (rows == 0 || ffn == 0) return;
   cudaStream_t stream = cuda::stream_of(fc1_out);
-  dispatch<MOE_ACTIVATION_DTYPES>(fc1_out.dtype(), "swiglu_forward", [&]<class T>() {
+  dispatch_float(fc1_out.dtype(), "swiglu_forward", [&]<class T>() {
     with_probs_type(probs, [&]<class P>() {
       with_pack_width<T>(ffn, {fc1_out.raw(), h.raw()}, [&]<int N>() {
         const RowLaunch launch = row_launch(rows, (ffn + N - 1) / N);
@@ -188,7 +186,7 @@ void swiglu_backward_cuda(const Tensor& grad_h, const Tensor& fc1_out, const Ten
   const int64_t rows = fc1_out.size(0), ffn = fc1_out.size(1) / 2;
   if (rows == 0) return;
   cudaStream_t stream = cuda::stream_of(fc1_out);
-  dispatch<MOE_ACTIVATION_DTYPES>(fc1_out.dtype(), "swiglu_backward", [&]<class T>() {
+  dispatch_float(fc1_out.dtype(), "swiglu_backward", [&]<class T>() {
     with_probs_type(probs, [&]<class P>() {
       with_pack_width<T>(ffn, {fc1_out.raw(), grad_h.raw(), d_fc1.raw()}, [&]<int N>() {
         const RowLaunch launch = row_launch(rows, (ffn + N - 1) / N);
@@ -206,7 +204,7 @@ void sigmoid_gate_forward_cuda(const Tensor& out, const Tensor& gate_logits, Ten
   const int64_t rows = out.size(0), cols = out.size(1);
   if (rows == 0 || cols == 0) return;
   cudaStream_t stream = cuda::stream_of(out);
-  dispatch<MOE_ACTIVATION_DTYPES>(out.dtype(), "sigmoid_gate_forward", [&]<class T>() {
+  dispatch_float(out.dtype(), "sigmoid_gate_forward", [&]<class T>() {
     with_pack_width<T>(cols, {out.raw(), y.raw()}, [&]<int N>() {
       const RowLaunch launch = row_launch(rows, (cols + N - 1) / N);
       sigmoid_gate_forward_kernel<T, N><<<launch.blocks, kRowBlock, 0, stream>>>(
@@ -221,7 +219,7 @@ void sigmoid_gate_backward_cuda(const Tensor& grad_y, const Tensor& out, const T
   const int64_t rows = out.size(0), cols = out.size(1);
   if (rows == 0) return;
   cudaStream_t stream = cuda::stream_of(out);
-  dispatch<MOE_ACTIVATION_DTYPES>(out.dtype(), "sigmoid_gate_backward", [&]<class T>() {
+  dispatch_float(out.dtype(), "sigmoid_gate_backward", [&]<class T>() {
     with_pack_width<T>(cols, {grad_y.raw(), out.raw(), d_out.raw()}, [&]<int N>() {
       const RowLaunch launch = row_launch(rows, (cols + N - 1) / N);
       sigmoid_gate_backward_kernel<T, N><<<launch.blocks, kRowBlock, 0, stream>>>(
