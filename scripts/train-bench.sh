@@ -7,6 +7,8 @@
 # the log lines after the first two iterations (which include cuBLASLt / cuDNN plan building).
 # No dropout (--attention-dropout 0 --hidden-dropout 0, as these models' Megatron recipes pass;
 # with flags the default would be Megatron's 0.1).
+# MOE_TRAIN_FLAGS (space-separated) are added to every run, e.g.
+# MOE_TRAIN_FLAGS="--moe-grouped-gemm-backend cutlass".
 #   scripts/train-bench.sh MOE_BINARY LOGDIR [model:layers ...]
 set -uo pipefail
 moe=$1 logdir=$2
@@ -31,7 +33,7 @@ for spec in "${models[@]}"; do
         --micro-batch-size 2 --global-batch-size "$gbs" --train-iters "$iters" --lr 3e-4 --lr-warmup-iters 1 \
         --log-interval 1 --eval-iters 0 --sample-tokens 0 --moe-router-force-load-balancing \
         --attention-dropout 0 --hidden-dropout 0 \
-        "${extra[@]}" >"$log" 2>&1 || { status=1; echo "| $spec | $gbs | $moments | failed: see $log |"; continue; }
+        "${extra[@]}" ${MOE_TRAIN_FLAGS:-} >"$log" 2>&1 || { status=1; echo "| $spec | $gbs | $moments | failed: see $log |"; continue; }
       lines=$(grep " iteration " "$log" | tail -n +3)
       printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$spec" "$gbs" "$moments" \
         "$(field 'tokens/s' <<<"$lines" | median)" \
