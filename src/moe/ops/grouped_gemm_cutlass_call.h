@@ -24,15 +24,15 @@ struct Call {
   const void* b = nullptr;
   void* out = nullptr;
   float beta = 0.0f;         // wgrad: 1 accumulates into dw
-  int64_t* total = nullptr;  // device: receives sum(counts), for the caller's zeroing
+  int64_t* total = nullptr;  // device, or null: receives sum(counts), for the forward's zeroing
   int device = 0;
   int sm_count = 0;
   StreamHandle stream = nullptr;
 };
 
 // Each runs `call` on its stream: the argument-table kernel (which validates the counts and
-// writes *call.total), then the grouped GEMM. `dtype` is a's and b's (bf16 or f16); the forward
-// writes that dtype, the wgrad `out_dtype` (the inputs' dtype or f32).
+// writes *call.total when given), then the grouped GEMM. `dtype` is a's and b's (bf16 or f16); the
+// forward writes that dtype, the wgrad `out_dtype` (the inputs' dtype or f32).
 void run_fwd_nk(DType dtype, const Call& call);  // y_e = x_e w_e^T, w [E, N, K]
 void run_fwd_kn(DType dtype, const Call& call);  // y_e = x_e w_e,   w [E, K, N]
 void run_wgrad_bf16(DType out_dtype, const Call& call);

@@ -165,10 +165,9 @@ void grouped_gemm_wgrad_cutlass(const Tensor& dy, const Tensor& x, const Tensor&
                                 Tensor& dw, bool accumulate) {
 #if MOE_WITH_CUTLASS
   const cudaStream_t stream = cuda::stream_of(dw);  // also makes dw's device current
-  Tensor total = Tensor::empty({1}, DType::i64, dw.device());
   const int64_t rows = x.size(0), n = dy.size(1), k = x.size(1);
   cutlass_grouped::Call call =
-      make_call(true, tokens_per_expert, rows, n, k, dy, x, dw, total.data<int64_t>());
+      make_call(true, tokens_per_expert, rows, n, k, dy, x, dw, /*total=*/nullptr);
   call.beta = accumulate ? 1.0f : 0.0f;
   if (!accumulate) {
     // Experts without rows have an empty problem in the GEMM (M = 0): their zero gradient is

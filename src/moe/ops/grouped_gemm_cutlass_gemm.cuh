@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kTableThreads)
     }
     __trap();
   }
-  if (threadIdx.x == 0) *call.total = carry;
+  if (threadIdx.x == 0 && call.total != nullptr) *call.total = carry;
 }
 
 template <class T>
