@@ -115,6 +115,18 @@ TEST(ExchangeSlotsCuda, LargeExchangeMatchesCpu) {
                        make_received_slots(counts, slot_rows));
 }
 
+TEST(ExchangeSlotsCuda, PeakAccumulatesOnTheDevice) {
+  MOE_REQUIRE_GPU();
+  Tensor peak = Tensor::zeros({1}, DType::i64, Device::cuda(0));
+  const auto send = [&](std::vector<int64_t> n) {
+    make_send_slots(gpu(Tensor::from_vector(n, {4})), 2, 3, 8, peak);
+    return host(peak).to_vector<int64_t>().front();
+  };
+  EXPECT_EQ(send({2, 0, 1, 3}), 4);
+  EXPECT_EQ(send({1, 1, 0, 2}), 4);  // lower: kept
+  EXPECT_EQ(send({6, 0, 0, 0}), 6);  // higher: raised
+}
+
 TEST(ExchangeSlotsCuda, ManyExperts) {
   // E = 4096 and S*El = 4096: several rounds of the single-block scans.
   MOE_REQUIRE_GPU();

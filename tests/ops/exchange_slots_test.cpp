@@ -91,6 +91,29 @@ TEST(ExchangeSlots, SendNothingRouted) {
   expect_send(s, std::vector<int32_t>(8, -1), {-1, -1, -1}, {0, 0, 0, 0}, {4, 1}, 0);
 }
 
+TEST(ExchangeSlots, PeakAccumulatesOverCalls) {
+  // The caller's accumulator keeps the running maximum: 4 (destination 1 of the first call),
+  // then a call peaking at 2 leaves it, then one at 6 raises it; zeroing starts over.
+  Tensor peak = Tensor::zeros({1}, DType::i64);
+  make_send_slots(longs_of({2, 0, 1, 3}, {4}), 2, 3, 8, peak);
+  EXPECT_EQ(longs(peak), std::vector<int64_t>{4});
+  const SendSlots s = make_send_slots(longs_of({1, 1, 0, 2}, {4}), 2, 3, 8, peak);
+  EXPECT_EQ(longs(peak), std::vector<int64_t>{4});
+  EXPECT_EQ(longs(s.peak_rows), std::vector<int64_t>{4});  // the same storage
+  make_send_slots(longs_of({6, 0, 0, 0}, {4}), 2, 3, 8, peak);
+  EXPECT_EQ(longs(peak), std::vector<int64_t>{6});
+  peak.zero_();
+  make_send_slots(longs_of({1, 0, 0, 0}, {4}), 2, 3, 8, peak);
+  EXPECT_EQ(longs(peak), std::vector<int64_t>{1});
+  const Tensor n = longs_of({2, 0, 1, 3}, {4});
+  EXPECT_SAYS(
+      test::message_of([&] { make_send_slots(n, 2, 3, 8, Tensor::zeros({2}, DType::i64)); }),
+      "peak_rows");
+  EXPECT_SAYS(
+      test::message_of([&] { make_send_slots(n, 2, 3, 8, Tensor::zeros({1}, DType::i32)); }),
+      "peak_rows");
+}
+
 // ---- make_received_slots ---------------------------------------------------------------------
 
 void expect_received(const ReceivedSlots& r, const std::vector<int32_t>& row_to_received,

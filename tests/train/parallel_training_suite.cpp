@@ -56,6 +56,7 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
     m.moe.moe_expert_capacity_factor = c.capacity_factor;
     m.moe.moe_pad_expert_input_to_capacity = true;
   }
+  if (c.rank_capacity_factor > 0) m.moe.moe_expert_rank_capacity_factor = c.rank_capacity_factor;
   if (c.pp > 1 || c.layers > 0) {  // DeepSeek-V3-like: a dense first layer, then MoE layers
     m.num_layers = c.layers > 0 ? c.layers : 4;
     m.moe_layer_pattern.assign(static_cast<size_t>(m.num_layers), 1);
@@ -206,6 +207,7 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.pp_account_for_ends) n += "_accountends";
   if (c.shared_expert_overlap) n += "_sharedoverlap";
   if (c.capacity_factor > 0) n += "_droppad";
+  if (c.rank_capacity_factor > 0) n += c.rank_capacity_factor < 1 ? "_slotsshort" : "_slotsample";
   return n;
 }
 
@@ -409,6 +411,12 @@ std::vector<ParallelTrainingCase> process_runner_cases(int world) {
     drop.capacity_factor = 0.5;
     out.push_back(drop);
   }
+  // The sync-free exchange's fixed slots: ample, and short (every step redone).
+  for (const double factor : {4.0, 0.3}) {
+    ParallelTrainingCase slots = gqa_alltoall_case(world, world, 1, world == 4);
+    slots.rank_capacity_factor = factor;
+    out.push_back(slots);
+  }
   return out;
 }
 
@@ -436,6 +444,26 @@ std::vector<ParallelTrainingCase> parallel_training_cases() {
     c.dispatcher = dispatcher;
     c.capacity_factor = 0.5;
     out.push_back(c);
+  }
+  // The sync-free exchange (--moe-expert-rank-capacity-factor): ample slots under EP 4 and
+  // EP 2 x ETP 2; short ones, every step run again synchronising, with the distributed
+  // optimizer and overlap, for the MLA model (the expert bias and its counts must be those of
+  // one run), and under PP 2 x EP 2 (the pipeline's schedule run twice).
+  for (const auto& [ep, etp, factor] : {std::tuple{4, 1, 4.0}, std::tuple{2, 2, 4.0},
+                                        std::tuple{2, 1, 0.3}, std::tuple{4, 1, 0.3}}) {
+    ParallelTrainingCase c = gqa_alltoall_case(4, ep, etp, factor < 1, factor < 1);
+    c.rank_capacity_factor = factor;
+    out.push_back(c);
+  }
+  {
+    ParallelTrainingCase mla = gqa_alltoall_case(2, 2, 1, false);
+    mla.model = "mla";
+    mla.rank_capacity_factor = 0.3;
+    out.push_back(mla);
+    ParallelTrainingCase pp = gqa_alltoall_case(4, 2, 1, false);
+    pp.pp = 2;
+    pp.rank_capacity_factor = 0.3;
+    out.push_back(pp);
   }
   // --grad-reduce-in-bf16 under EP 4 with the distributed optimizer and overlap.
   ParallelTrainingCase bf16 = gqa_alltoall_case(4, 4, 1, true, true);
@@ -520,6 +548,12 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
   expect_series(actual.loss, expected.loss, tol, "lm loss", rank);
   expect_series(actual.aux, expected.aux, tol, "aux loss", rank);
   expect_series(actual.grad_norm, expected.grad_norm, tol, "gradient norm", rank);
+  if (c.rank_capacity_factor > 0 && c.ep * c.etp > 1) {
+    // Short slots: every step was run again (else the dropped rows would show above); ample
+    // ones: none was.
+    EXPECT_EQ(actual.trainer.redone_steps(), c.rank_capacity_factor < 1 ? kParallelSteps : 0)
+        << "rank " << rank;
+  }
 
   std::map<std::string, nn::Parameter*> by_name;
   for (nn::Parameter* p : reference.parameters()) by_name[p->name] = p;

@@ -66,6 +66,11 @@ struct ParallelTrainingCase {
   // --moe-expert-capacity-factor (0: none, no tokens dropped) with
   // --moe-pad-expert-input-to-capacity: drop-and-pad, each expert's rows a fixed count.
   double capacity_factor = 0.0;
+  // --moe-expert-rank-capacity-factor (0: none): the alltoall dispatcher's sync-free exchange of
+  // fixed slots. Below 1 a slot is always short (the busiest destination gets at least the even
+  // share), so every step is run again with the synchronising exchange; at the EP size or more
+  // no slot can be (a pair's slot holds all T * K rows): no step is.
+  double rank_capacity_factor = 0.0;
 };
 std::string case_name(const ParallelTrainingCase& c);
 inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) {

@@ -22,24 +22,24 @@ Tensor as_rows(const Tensor& probs) {
 AllToAllDispatcher::AllToAllDispatcher(const MoEConfig& config, const MoEGroups& groups)
     : config_(config), groups_(groups) {}
 
-void AllToAllDispatcher::check_equal_token_counts(int64_t num_tokens, Device device) {
-  if (verified_tokens_ >= 0) return;
-  // Each rank's capacity follows from its own token count: they must agree (every micro-batch
-  // of a run has the same shape on every rank). Checked at the first dispatch, which every rank
-  // of the group reaches together (a later check could be reached by some ranks only).
+void AllToAllDispatcher::check_equal_token_counts(int64_t num_tokens, Device device,
+                                                  const char* flag) {
+  if (verified_tokens_ == num_tokens) return;
+  // Each rank's capacity (or slot) follows from its own token count: they must agree (every
+  // micro-batch of a run has the same shape on every rank). Checked at the first dispatch, which
+  // every rank of the group reaches together, and again when the shape changes (evaluation
+  // with another micro-batch shape: again every rank at once).
   const int n = groups_.tp_ep->size();
   Tensor mine = Tensor::full({1}, static_cast<double>(num_tokens), DType::i64, device);
   Tensor all = Tensor::empty({n}, DType::i64, device);
   groups_.tp_ep->all_gather(mine, all);
   const std::vector<int64_t> counts = all.to_vector<int64_t>();
   for (int r = 0; r < n; ++r)
-    MOE_CHECK(
-        counts[static_cast<size_t>(r)] == num_tokens,
-        "--moe-pad-expert-input-to-capacity: the ranks of an expert group must route the same "
-        "number of tokens (each pads every expert to the capacity of its own count), but "
-        "this rank routes ",
-        num_tokens, " and rank ", r, " of the group ", counts[static_cast<size_t>(r)]);
-  verified_tokens_ = num_tokens;  // checked once
+    MOE_CHECK(counts[static_cast<size_t>(r)] == num_tokens, flag,
+              ": the ranks of an expert group must route the same number of tokens (each sizes its "
+              "exchange from its own count), but this rank routes ",
+              num_tokens, " and rank ", r, " of the group ", counts[static_cast<size_t>(r)]);
+  verified_tokens_ = num_tokens;
 }
 
 int64_t AllToAllDispatcher::sent_rows(const DispatchContext& ctx) const {
@@ -68,6 +68,10 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
   ctx.map = ops::make_permute_map(expert_ids, pc);
   ctx.permuted = ops::permute_forward(x, ctx.probs, ctx.map);
   if (single_rank()) return;
+  if (uses_slots()) {
+    slots_preprocess(ctx);
+    return;
+  }
 
   const int P = groups_.ep_size(), Q = groups_.etp_size(), p = groups_.ep_rank(),
             q = groups_.etp_rank();
@@ -78,7 +82,7 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
   // the counts are all-gathered and read on the host: the one sync of this dispatcher.
   std::vector<int64_t> counts;
   if (config_.moe_pad_expert_input_to_capacity) {
-    check_equal_token_counts(T, x.device());
+    check_equal_token_counts(T, x.device(), "--moe-pad-expert-input-to-capacity");
     counts.assign(static_cast<size_t>(P) * Q * E, ctx.map.num_rows / E);
   } else {
     Tensor all_counts = Tensor::empty({static_cast<int64_t>(P) * Q, E}, DType::i64, x.device());
@@ -180,12 +184,18 @@ Tensor AllToAllDispatcher::exchange_backward(const Tensor& rows, const DispatchC
 
 void AllToAllDispatcher::dispatch_communicate(DispatchContext& ctx) {
   if (single_rank()) return;
+  if (ctx.slot_rows > 0) {
+    slots_communicate_start(ctx);
+    slots_communicate_finish(ctx);
+    return;
+  }
   ctx.comm_x = exchange_forward(ctx.permuted.x, ctx);
   ctx.comm_probs = exchange_forward(as_rows(ctx.permuted.probs), ctx);
 }
 
 void AllToAllDispatcher::dispatch_communicate_start(DispatchContext& ctx) {
   if (single_rank()) return;
+  if (ctx.slot_rows > 0) return slots_communicate_start(ctx);
   // Both rows' all-to-alls posted; the sent buffers stay alive in ctx.permuted.
   ctx.comm_x = exchange_forward_start(ctx.permuted.x, ctx);
   ctx.comm_probs = exchange_forward_start(as_rows(ctx.permuted.probs), ctx);
@@ -193,6 +203,7 @@ void AllToAllDispatcher::dispatch_communicate_start(DispatchContext& ctx) {
 
 void AllToAllDispatcher::dispatch_communicate_finish(DispatchContext& ctx) {
   if (single_rank()) return;
+  if (ctx.slot_rows > 0) return slots_communicate_finish(ctx);
   for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
   ctx.in_flight.clear();
   ctx.comm_x = exchange_forward_finish(ctx.comm_x, ctx);
@@ -207,6 +218,15 @@ DispatchedTokens AllToAllDispatcher::dispatch_postprocess(DispatchContext& ctx) 
     if (config_.moe_pad_expert_input_to_capacity)
       ctx.out.host_tokens_per_expert.assign(static_cast<size_t>(config_.num_experts),
                                             ctx.map.num_rows / config_.num_experts);
+    return ctx.out;
+  }
+  if (ctx.slot_rows > 0) {  // the counts stay on the device
+    ctx.out.x = slots_grouped(ctx.comm_x, ctx);
+    const Tensor probs = slots_grouped(ctx.comm_probs, ctx);
+    ctx.out.probs = probs.reshape({probs.size(0)});
+    ctx.out.tokens_per_expert = ctx.received_slots.tokens_per_expert;
+    ctx.out.host_tokens_per_expert.clear();
+    ctx.comm_x = ctx.comm_probs = Tensor();
     return ctx.out;
   }
   ctx.out.x = ops::sort_chunks(ctx.comm_x, ctx.chunk_sizes, ctx.chunk_order);
@@ -229,7 +249,7 @@ DispatchedTokens AllToAllDispatcher::dispatch_postprocess(DispatchContext& ctx) 
 }
 
 void AllToAllDispatcher::combine_preprocess(const Tensor& expert_out, DispatchContext& ctx) {
-  if (single_rank()) {
+  if (single_rank() || ctx.slot_rows > 0) {  // the slots' map runs in combine_communicate
     ctx.combine_buffer = expert_out;
     return;
   }
@@ -238,7 +258,9 @@ void AllToAllDispatcher::combine_preprocess(const Tensor& expert_out, DispatchCo
 
 void AllToAllDispatcher::combine_communicate(DispatchContext& ctx) {
   if (single_rank()) return;
-  ctx.combine_buffer = exchange_backward(ctx.combine_buffer, ctx, ctx.map.num_rows);
+  ctx.combine_buffer = ctx.slot_rows > 0
+                           ? slots_return(ctx.combine_buffer, ctx)
+                           : exchange_backward(ctx.combine_buffer, ctx, ctx.map.num_rows);
 }
 
 Tensor AllToAllDispatcher::combine_postprocess(DispatchContext& ctx) {
@@ -254,8 +276,12 @@ Tensor AllToAllDispatcher::combine_backward(const Tensor& dy, DispatchContext& c
 
 void AllToAllDispatcher::combine_backward_start(const Tensor& dy, DispatchContext& ctx) {
   ctx.combine_buffer = ops::unpermute_backward(dy, ctx.map);  // sent: kept until finish
-  ctx.pending_grad =
-      single_rank() ? ctx.combine_buffer : exchange_forward_start(ctx.combine_buffer, ctx);
+  if (single_rank())
+    ctx.pending_grad = ctx.combine_buffer;
+  else if (ctx.slot_rows > 0)
+    ctx.pending_grad = slots_post(ctx.combine_buffer, ctx);
+  else
+    ctx.pending_grad = exchange_forward_start(ctx.combine_buffer, ctx);
 }
 
 Tensor AllToAllDispatcher::combine_backward_finish(DispatchContext& ctx) {
@@ -263,7 +289,18 @@ Tensor AllToAllDispatcher::combine_backward_finish(DispatchContext& ctx) {
   ctx.in_flight.clear();
   Tensor d = std::move(ctx.pending_grad);
   ctx.pending_grad = ctx.combine_buffer = Tensor();
+  ctx.in_flight_buffers.clear();
   if (single_rank()) return d;
+  if (ctx.slot_rows > 0) {
+    if (groups_.etp_size() > 1) {
+      Shape shape = d.shape();
+      shape[0] *= groups_.etp_size();
+      Tensor all = Tensor::empty(shape, d.dtype(), d.device());
+      groups_.etp->all_gather(d, all);
+      d = all;
+    }
+    return slots_grouped(d, ctx);
+  }
   return ops::sort_chunks(exchange_forward_finish(d, ctx), ctx.chunk_sizes, ctx.chunk_order);
 }
 
@@ -271,7 +308,11 @@ TokenDispatcher::Grads AllToAllDispatcher::dispatch_backward(const Tensor& dx_ex
                                                              const Tensor& dprobs_expert,
                                                              DispatchContext& ctx) {
   Tensor dx_rows = dx_expert, dprobs_rows = dprobs_expert;
-  if (!single_rank()) {
+  if (ctx.slot_rows > 0) {
+    dx_rows = slots_return(dx_expert, ctx);
+    dprobs_rows = slots_return(as_rows(dprobs_expert), ctx);
+    dprobs_rows = dprobs_rows.reshape({dprobs_rows.size(0)});
+  } else if (!single_rank()) {
     dx_rows =
         exchange_backward(ops::sort_chunks(dx_expert, ctx.sorted_chunk_sizes, ctx.inverse_order),
                           ctx, ctx.map.num_rows);

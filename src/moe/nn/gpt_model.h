@@ -206,6 +206,22 @@ class GPTModel {
   std::vector<uint64_t> router_forward_counts();
   void set_router_forward_counts(const std::vector<uint64_t>& counts);
 
+  // The MoE layers this rank holds: decoder layers, then MTP layers.
+  std::vector<MoELayer*> moe_layers();
+  // The sync-free expert exchange (--moe-expert-rank-capacity-factor; alltoall_dispatcher.h)
+  // since the last call, over this rank's MoE layers (gpt_model_dispatch.cpp): over_rows, the
+  // most rows one forward routed to a destination past its slot (<= 0: every slot held its
+  // rows), and needed_factor, the least factor that would have held them all. One read of the
+  // device; the layers' peaks are reset. nullopt when no layer exchanged in that mode.
+  struct SlotOverflow {
+    int64_t over_rows = 0;
+    double needed_factor = 0.0;
+  };
+  std::optional<SlotOverflow> take_slot_overflow();
+  // Every MoE layer's dispatcher exchanges with the host-sized (synchronising) exchange while
+  // on: the redo of a step whose slots overflowed, and evaluation.
+  void set_synchronising_dispatch(bool on);
+
   // Optional hooks for the data-parallel wrapper (train/data_parallel.h). on_params_needed is
   // called in forward() and logits() before a group of parameters is first read (the
   // embedding, each decoder layer, the final norm with lm_head, each MTP layer): an

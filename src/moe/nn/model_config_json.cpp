@@ -253,6 +253,7 @@ void read_moe(const json& object, MoEConfig& m) {
   r.read("moe_pad_expert_input_to_capacity", m.moe_pad_expert_input_to_capacity);
   r.read("moe_token_drop_policy", m.moe_token_drop_policy, parse_drop_policy);
   r.read("moe_router_padding_for_fp8", m.moe_router_padding_for_fp8);
+  r.read("moe_expert_rank_capacity_factor", m.moe_expert_rank_capacity_factor);
   r.read("moe_grouped_gemm", m.moe_grouped_gemm);
   r.read("moe_grouped_gemm_backend", m.moe_grouped_gemm_backend, ops::parse_grouped_gemm_backend);
   r.read("expert_model_parallel_size", m.expert_model_parallel_size);
@@ -408,6 +409,7 @@ json moe_to_json(const MoEConfig& m) {
       {"moe_pad_expert_input_to_capacity", m.moe_pad_expert_input_to_capacity},
       {"moe_token_drop_policy", name(m.moe_token_drop_policy)},
       {"moe_router_padding_for_fp8", m.moe_router_padding_for_fp8},
+      {"moe_expert_rank_capacity_factor", optional_json(m.moe_expert_rank_capacity_factor)},
       {"moe_grouped_gemm", m.moe_grouped_gemm},
       {"moe_grouped_gemm_backend", name(m.moe_grouped_gemm_backend)},
       {"expert_model_parallel_size", m.expert_model_parallel_size},

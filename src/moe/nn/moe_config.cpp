@@ -1,5 +1,7 @@
 #include "moe/nn/moe_config.h"
 
+#include <cmath>
+
 #include "moe/core/error.h"
 #include "moe/nn/config_limits.h"
 
@@ -212,6 +214,18 @@ void MoEConfig::validate() const {
     MOE_CHECK(*moe_expert_capacity_factor > 0, "--moe-expert-capacity-factor must be positive");
   MOE_CHECK(!moe_pad_expert_input_to_capacity || moe_expert_capacity_factor,
             "--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor");
+  if (moe_expert_rank_capacity_factor) {
+    const double f = *moe_expert_rank_capacity_factor;
+    MOE_CHECK(std::isfinite(f) && f > 0, "--moe-expert-rank-capacity-factor must be positive, got ",
+              f);
+    MOE_CHECK(moe_token_dispatcher_type == DispatcherType::alltoall,
+              "--moe-expert-rank-capacity-factor sizes the alltoall dispatcher's exchange; add "
+              "--moe-token-dispatcher-type alltoall (the allgather dispatcher's sizes are fixed "
+              "already)");
+    MOE_CHECK(!moe_pad_expert_input_to_capacity,
+              "--moe-expert-rank-capacity-factor: --moe-pad-expert-input-to-capacity exchanges "
+              "fixed sizes already (every expert padded to its capacity); give one of them");
+  }
 
   // Parallelism.
   MOE_CHECK(expert_model_parallel_size >= 1 && expert_tensor_parallel_size >= 1,

@@ -77,6 +77,10 @@ struct MoEConfig {
   bool moe_pad_expert_input_to_capacity = false;     // --moe-pad-expert-input-to-capacity
   ops::DropPolicy moe_token_drop_policy = ops::DropPolicy::probs;  // --moe-token-drop-policy
   bool moe_router_padding_for_fp8 = false;                         // --moe-router-padding-for-fp8
+  // --moe-expert-rank-capacity-factor F: the alltoall dispatcher's sync-free exchange, fixed
+  // slots of ceil(T * K * F / EP) rows per rank pair (alltoall_dispatcher.h); unset: the
+  // exchange is sized from the counts read on the host.
+  std::optional<double> moe_expert_rank_capacity_factor;
 
   // Experts.
   bool moe_grouped_gemm = true;  // --moe-grouped-gemm (Megatron's default is off; ours is on)

@@ -55,6 +55,11 @@ class MoELayer {
   // End of an optimizer step: expert-bias update, per-step accumulators reset.
   void finish_step() { router.finish_step(); }
   void discard_step() { router.discard_step(); }
+  // The dispatcher's sync-free exchange (token_dispatcher.h): its budget's use since the last
+  // reset, and the synchronising exchange for a step's redo (or evaluation).
+  TokenDispatcher::SlotUsage slot_usage() const { return dispatcher_->slot_usage(); }
+  void reset_slot_usage() { dispatcher_->reset_slot_usage(); }
+  void set_synchronising_dispatch(bool on) { dispatcher_->set_synchronising(on); }
 
   std::vector<Parameter*> parameters();
   void zero_grad();

@@ -8,6 +8,8 @@
 //   alltoall:  permute by global expert (so each destination's rows are contiguous); all-to-all
 //              over EP (+ all-gather-v over ETP); reorder chunks [source][local expert] ->
 //              [local expert][source]. Combine: the inverse of each step, in reverse.
+//              With --moe-expert-rank-capacity-factor the exchange moves fixed slots instead
+//              (alltoall_dispatcher.h): no host synchronisation.
 //
 // Gradient rule: activation gradients are written; dispatchers hold no parameters.
 #pragma once
@@ -19,6 +21,7 @@
 #include "moe/dist/process_group.h"
 #include "moe/nn/moe_config.h"
 #include "moe/nn/moe_groups.h"
+#include "moe/ops/exchange_slots.h"
 #include "moe/ops/permute.h"
 
 namespace moe::nn {
@@ -45,6 +48,12 @@ struct DispatchContext {
   std::vector<int64_t> chunk_sizes;                  // received chunks, [etp][ep][local expert]
   std::vector<int64_t> chunk_order, inverse_order;   // to [local expert][etp][ep] and back
   std::vector<int64_t> sorted_chunk_sizes;
+  // alltoall's sync-free exchange: every (source, destination) pair moves a slot of
+  // slot_rows rows (0: the exchange above, sized on the host); the maps are on the device.
+  int64_t slot_rows = 0;
+  ops::SendSlots send_slots;
+  ops::ReceivedSlots received_slots;
+  Tensor send_counts, received_counts;  // [P, El] i64 sent; [Q * P, El] received
   // stage buffers
   Tensor comm_x, comm_probs;
   DispatchedTokens out;
@@ -52,6 +61,7 @@ struct DispatchContext {
   // Exchanges started and not yet waited for (the *_start / *_finish halves below), and the
   // rows a started backward exchange receives.
   std::vector<std::shared_ptr<dist::Work>> in_flight;
+  std::vector<Tensor> in_flight_buffers;  // what they send, kept alive until they complete
   Tensor pending_grad;
 };
 
@@ -92,6 +102,22 @@ class TokenDispatcher {
     ctx.pending_grad = Tensor();
     return d;
   }
+
+  // The sync-free exchange's budget (alltoall with --moe-expert-rank-capacity-factor): the
+  // most rows one forward since the last reset routed to one destination rank (a [1] i64
+  // tensor on the device, max-accumulated; undefined while the mode is off), the slot each
+  // pair had, and the rows an even routing sends each destination (T * K / P), so a caller
+  // can say which factor would have sufficed.
+  struct SlotUsage {
+    Tensor peak_rows;
+    int64_t slot_rows = 0;
+    double even_rows = 0.0;
+  };
+  virtual SlotUsage slot_usage() const { return {}; }
+  virtual void reset_slot_usage() {}
+  // Forwards from now on exchange with the host-sized (synchronising) exchange even when the
+  // sync-free one is configured: the redo of a step whose slots overflowed.
+  virtual void set_synchronising(bool) {}
 
   // All stages of one direction, in order.
   DispatchedTokens dispatch(const Tensor& x, const Tensor& probs, const Tensor& expert_ids,

@@ -34,13 +34,18 @@ struct SendSlots {
   Tensor row_to_slot;  // [R] i32: the send-slot row of each permuted row, -1 = not sent (past
                        // the budget C, or past the counted rows)
   Tensor counts;       // [P, El] i64: rows sent per (destination, its local expert)
-  Tensor peak_rows;    // [1] i64: max over destinations of r_d (the rows routed there before
-                       // the budget): the slot overflowed iff peak_rows > C
+  Tensor peak_rows;    // [1] i64: the accumulator below, after this call
 };
 
 // tokens_per_expert [P*El] i64 (on the permuted rows' device), destinations P >= 1,
 // slot_rows C >= 0, num_rows R >= sum(tokens_per_expert) (the permuted buffer's rows).
+// peak_rows [1] i64 on the same device accumulates the most rows routed to one destination
+// before the budget: peak_rows = max(peak_rows, max_d r_d), so a slot overflowed since it was
+// zeroed iff peak_rows > C (a running maximum over calls, kept on the device).
 // CPU: the counts are checked (non-negative, summing to at most R); CUDA trusts them.
+SendSlots make_send_slots(const Tensor& tokens_per_expert, int64_t destinations, int64_t slot_rows,
+                          int64_t num_rows, const Tensor& peak_rows);
+// The same with a fresh accumulator (zero before the call): its peak_rows is this call's.
 SendSlots make_send_slots(const Tensor& tokens_per_expert, int64_t destinations, int64_t slot_rows,
                           int64_t num_rows);
 

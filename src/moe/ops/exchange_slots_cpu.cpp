@@ -47,7 +47,8 @@ void make_send_slots_cpu(const Tensor& tokens_per_expert, int64_t destinations, 
     }
     peak = std::max(peak, routed);
   }
-  out.peak_rows.data<int64_t>()[0] = peak;
+  int64_t* accumulated = out.peak_rows.data<int64_t>();
+  accumulated[0] = std::max(accumulated[0], peak);
 }
 
 void make_received_slots_cpu(const Tensor& counts, int64_t slot_rows, ReceivedSlots& out) {
@@ -101,8 +102,20 @@ void gather_rows_cpu(const Tensor& x, const Tensor& index, size_t row_bytes, Ten
 
 SendSlots make_send_slots(const Tensor& tokens_per_expert, int64_t destinations, int64_t slot_rows,
                           int64_t num_rows) {
+  const Tensor peak_rows = Tensor::zeros(
+      {1}, DType::i64, tokens_per_expert.defined() ? tokens_per_expert.device() : Device::cpu());
+  return make_send_slots(tokens_per_expert, destinations, slot_rows, num_rows, peak_rows);
+}
+
+SendSlots make_send_slots(const Tensor& tokens_per_expert, int64_t destinations, int64_t slot_rows,
+                          int64_t num_rows, const Tensor& peak_rows) {
   const char* op = "make_send_slots";
   check_defined(tokens_per_expert, op, "tokens_per_expert");
+  check_defined(peak_rows, op, "peak_rows");
+  check_shape(peak_rows, {1}, op, "peak_rows");
+  check_dtype(peak_rows, DType::i64, op, "peak_rows");
+  MOE_CHECK(peak_rows.device() == tokens_per_expert.device(), op,
+            ": peak_rows must be on tokens_per_expert's device");
   check_dim(tokens_per_expert, 1, op, "tokens_per_expert");
   check_dtype(tokens_per_expert, DType::i64, op, "tokens_per_expert");
   MOE_CHECK(destinations >= 1, op, ": destinations must be >= 1, got ", destinations);
@@ -121,7 +134,7 @@ SendSlots make_send_slots(const Tensor& tokens_per_expert, int64_t destinations,
   out.slot_to_row = Tensor::empty({destinations * slot_rows}, DType::i32, device);
   out.row_to_slot = Tensor::empty({num_rows}, DType::i32, device);
   out.counts = Tensor::empty({destinations, local}, DType::i64, device);
-  out.peak_rows = Tensor::empty({1}, DType::i64, device);
+  out.peak_rows = peak_rows;  // the caller's accumulator (a handle to its storage)
   if (tokens_per_expert.is_cuda()) {
     MOE_CUDA_ONLY(detail::make_send_slots_cuda(tokens_per_expert, destinations, slot_rows, out);
                   return out;)

@@ -65,7 +65,8 @@ __device__ int64_t last_at_or_below(int64_t x, int64_t lo, int64_t hi, At at) {
 
 // ---- make_send_slots -----------------------------------------------------------------------
 
-// One block. starts [E+1]: the exclusive prefix of n; counts[e]: kept rows; peak_rows[0].
+// One block. starts [E+1]: the exclusive prefix of n; counts[e]: kept rows; peak_rows[0]:
+// max(itself, the most rows routed to one destination).
 __global__ void send_prefix_kernel(const int64_t* __restrict__ n, int64_t destinations,
                                    int64_t local, int64_t slot_rows, int64_t* starts,
                                    int64_t* __restrict__ counts, int64_t* __restrict__ peak_rows) {
@@ -88,7 +89,7 @@ __global__ void send_prefix_kernel(const int64_t* __restrict__ n, int64_t destin
     peak = routed > peak ? routed : peak;
   }
   peak = Reduce(temp.reduce).Reduce(peak, MaxOf());
-  if (threadIdx.x == 0) peak_rows[0] = peak;
+  if (threadIdx.x == 0) peak_rows[0] = peak > peak_rows[0] ? peak : peak_rows[0];  // a running max
 }
 
 // Items [0, P*C) are send-slot rows, [P*C, P*C + R) permuted rows.

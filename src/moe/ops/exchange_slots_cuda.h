@@ -10,8 +10,9 @@
 
 namespace moe::ops::detail {
 
-// Fills out.slot_to_row, out.row_to_slot, out.counts and out.peak_rows (allocated by the caller,
-// shapes as in SendSlots) from tokens_per_expert [destinations * El] i64.
+// Fills out.slot_to_row, out.row_to_slot and out.counts (allocated by the caller, shapes as in
+// SendSlots) from tokens_per_expert [destinations * El] i64, and raises out.peak_rows (the
+// caller's accumulator) to the most rows routed to one destination.
 void make_send_slots_cuda(const Tensor& tokens_per_expert, int64_t destinations, int64_t slot_rows,
                           SendSlots& out);
 

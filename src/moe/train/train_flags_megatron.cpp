@@ -104,9 +104,6 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
                         "alltoall"));
   t.push_back(not_built("--moe-enable-routing-replay", "",
                         "routing replay (recorded routes replayed) is not built yet"));
-  t.push_back(not_built("--moe-expert-rank-capacity-factor", "X",
-                        "a per-rank capacity is not built yet; use --moe-expert-capacity-factor "
-                        "(per expert)"));
   t.push_back(not_built("--moe-latent-size", "N",
                         "the latent MoE projection is not built yet; leave it out"));
   t.push_back(not_built("--moe-layer-recompute", "",

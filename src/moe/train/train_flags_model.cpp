@@ -206,6 +206,13 @@ void add_moe_flags(std::vector<Entry>& t) {
       value("--moe-expert-capacity-factor", "X", "moe.moe_expert_capacity_factor", [](S& s, V v) {
         s.run.model.moe.moe_expert_capacity_factor = as_double("--moe-expert-capacity-factor", v);
       }));
+  t.push_back(value("--moe-expert-rank-capacity-factor", "X",
+                    "moe.moe_expert_rank_capacity_factor (alltoall: fixed exchange slots, no "
+                    "host sync)",
+                    [](S& s, V v) {
+                      s.run.model.moe.moe_expert_rank_capacity_factor =
+                          as_double("--moe-expert-rank-capacity-factor", v);
+                    }));
   t.push_back(toggle("--moe-pad-expert-input-to-capacity",
                      "moe.moe_pad_expert_input_to_capacity = true",
                      [](S& s, V) { s.run.model.moe.moe_pad_expert_input_to_capacity = true; }));

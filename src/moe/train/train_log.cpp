@@ -51,8 +51,10 @@ ModelFlops model_flops_breakdown(const nn::ModelConfig& c, int64_t seq_length, i
   const int64_t output = c.vocab_size * c.hidden_size;
   ModelFlops flops;
   flops.matmul_params = count.main.active() + count.mtp.active() - count.main.embedding -
-                        count.main.norms - count.mtp.norms - layers * non_matmul_attention_params(c);
-  if (!c.untie_embeddings_and_output_weights) flops.matmul_params += output;  // tied: still a matmul
+                        count.main.norms - count.mtp.norms -
+                        layers * non_matmul_attention_params(c);
+  if (!c.untie_embeddings_and_output_weights)
+    flops.matmul_params += output;                   // tied: still a matmul
   flops.matmul_params += c.mtp_num_layers * output;  // each MTP depth runs the output layer
   double dqk, dv;
   if (c.attention_type == nn::AttentionType::mla) {
@@ -63,7 +65,8 @@ ModelFlops model_flops_breakdown(const nn::ModelConfig& c, int64_t seq_length, i
   }
   const double T = static_cast<double>(tokens);
   flops.matmul = 6.0 * T * static_cast<double>(flops.matmul_params);
-  flops.attention = 6.0 * T * static_cast<double>(layers) * (static_cast<double>(seq_length) / 2.0) *
+  flops.attention = 6.0 * T * static_cast<double>(layers) *
+                    (static_cast<double>(seq_length) / 2.0) *
                     static_cast<double>(c.num_attention_heads) * (dqk + dv);
   return flops;
 }
@@ -75,7 +78,8 @@ double model_flops(const nn::ModelConfig& c, int64_t seq_length, int64_t tokens)
 // ---- per-layer MoE stats -------------------------------------------------------------------
 
 void MoELayerStatsCollector::add(int64_t layer, const nn::RouterContext& router) {
-  auto it = std::find_if(sums_.begin(), sums_.end(), [&](const Sum& s) { return s.layer == layer; });
+  auto it =
+      std::find_if(sums_.begin(), sums_.end(), [&](const Sum& s) { return s.layer == layer; });
   if (it == sums_.end()) {
     sums_.push_back(Sum{});
     it = sums_.end() - 1;
@@ -92,7 +96,7 @@ void MoELayerStatsCollector::add(int64_t layer, const nn::RouterContext& router)
   }
   if (capacity_may_drop_ && router.expert_ids.defined() && router.expert_ids.numel() > 0) {
     const Tensor ids = router.expert_ids.dtype() == DType::i32 ? router.expert_ids
-                                                                : router.expert_ids.to(DType::i32);
+                                                               : router.expert_ids.to(DType::i32);
     for (int32_t id : ids.to(Device::cpu()).to_vector<int32_t>()) s.dropped += id < 0 ? 1 : 0;
   }
 }
@@ -113,8 +117,8 @@ void MoELayerStatsCollector::reduce_over_group() {
   // [aux, z, calls, dropped, counts...] per layer.
   std::vector<double> packed;
   for (const Sum& s : sums_) {
-    packed.insert(packed.end(), {s.aux, s.z, static_cast<double>(s.calls),
-                                 static_cast<double>(s.dropped)});
+    packed.insert(packed.end(),
+                  {s.aux, s.z, static_cast<double>(s.calls), static_cast<double>(s.dropped)});
     packed.insert(packed.end(), s.counts.begin(), s.counts.end());
   }
   Tensor t = Tensor::from_vector(packed, {static_cast<int64_t>(packed.size())}, group_device_);
@@ -199,7 +203,8 @@ std::string format_log_line(const LogRecord& r, const std::string& timestamp) {
   line += printf_string(" grad norm: %.3f |", r.grad_norm);
   line += printf_string(" number of skipped iterations: %3lld |",
                         static_cast<long long>(r.skipped_iterations));
-  line += printf_string(" number of nan iterations: %3lld |", static_cast<long long>(r.nan_iterations));
+  line +=
+      printf_string(" number of nan iterations: %3lld |", static_cast<long long>(r.nan_iterations));
   line += printf_string(" tokens/s: %.0f |", r.tokens_per_second);
   line += printf_string(" TFLOP/s/GPU: %.3g |", r.tflops_per_gpu);
   if (r.mfu) line += printf_string(" MFU: %.1f%% |", *r.mfu * 100.0);
@@ -246,9 +251,14 @@ nlohmann::json log_record_json(const LogRecord& r) {
   if (!r.layers.empty()) {
     nlohmann::json layers = nlohmann::json::array();
     for (const MoELayerStats& s : r.layers) {
-      layers.push_back({{"layer", s.layer}, {"aux_loss", s.aux_loss}, {"z_loss", s.z_loss},
-                        {"tokens", s.tokens}, {"load_min", s.load_min}, {"load_max", s.load_max},
-                        {"load_cv", s.load_cv}, {"dropped", s.dropped}});
+      layers.push_back({{"layer", s.layer},
+                        {"aux_loss", s.aux_loss},
+                        {"z_loss", s.z_loss},
+                        {"tokens", s.tokens},
+                        {"load_min", s.load_min},
+                        {"load_max", s.load_max},
+                        {"load_cv", s.load_cv},
+                        {"dropped", s.dropped}});
       if (!s.expert_tokens.empty()) layers.back()["expert_tokens"] = s.expert_tokens;
     }
     j["moe_layers"] = layers;
@@ -261,8 +271,8 @@ nlohmann::json log_record_json(const LogRecord& r) {
 TrainLogger::TrainLogger(const nn::ModelConfig& model, const TrainLoggerOptions& options,
                          std::FILE* out)
     : model_(model), options_(options), out_(out) {
-  flops_per_iteration_ = model_flops(model, options.seq_length,
-                                     options.global_batch_size * options.seq_length);
+  flops_per_iteration_ =
+      model_flops(model, options.seq_length, options.global_batch_size * options.seq_length);
   if (!options_.metrics_jsonl.empty()) {
     const std::filesystem::path path(options_.metrics_jsonl);
     if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
@@ -303,6 +313,7 @@ void TrainLogger::on_step(const StepMetrics& m, bool log_now, std::vector<MoELay
     last_grad_norm_ = m.grad_norm;
   }
   if (m.skipped && out_) std::fprintf(out_, " %s\n", m.message.c_str());
+  if (!m.note.empty() && out_) std::fprintf(out_, " %s\n", m.note.c_str());
   if (!log_now) return;
 
   LogRecord r;
@@ -381,8 +392,11 @@ void TrainLogger::on_eval(int64_t iteration, int64_t consumed_samples, double lm
     std::fprintf(out_, "%s\n%s\n%s\n", rule.c_str(), text.c_str(), rule.c_str());
     std::fflush(out_);
   }
-  nlohmann::json j = {{"iteration", iteration}, {"consumed_samples", consumed_samples},
-                      {"valid_lm_loss", lm_loss}, {"valid_ppl", ppl}, {"time", wall_time()}};
+  nlohmann::json j = {{"iteration", iteration},
+                      {"consumed_samples", consumed_samples},
+                      {"valid_lm_loss", lm_loss},
+                      {"valid_ppl", ppl},
+                      {"time", wall_time()}};
   if (!std::isfinite(lm_loss)) j["valid_lm_loss"] = nullptr, j["valid_ppl"] = nullptr;
   write_json(j);
   if (tensorboard_) {

@@ -217,41 +217,64 @@ StepMetrics Trainer::train_step() {
   StepMetrics m;
   m.iteration = iteration_ + 1;
 
-  model_.zero_grad();
-  // [lm, aux, mtp, labelled tokens] summed over the micro-batches, on the device.
-  StepSums step;
-  step.per_token = per_token;
   // This rank's first sample in the training stream (next_samples' order): the dropout masks'
   // counter, the same under any data-parallel mapping and restored with the data.
   const int64_t rank_offset =
       data_parallel_size() > 1 ? parallel_.state->dp_rank() * config_.micro_batch_size : 0;
-  if (pipelined()) {
-    // Every stage reads the step's micro-batches (the first embeds the ids, the last scores
-    // the labels), then runs its schedule.
-    std::vector<MicroBatch> micro_batches;
-    std::vector<int64_t> first_samples;
-    for (int64_t i = 0; i < M; ++i) {
-      first_samples.push_back(train_.position() + rank_offset);
-      micro_batches.push_back(load(train_, "training"));
+  // Every stage reads the step's micro-batches (the first embeds the ids, the last scores the
+  // labels); kept, so a step can be run again.
+  std::vector<MicroBatch> micro_batches;
+  std::vector<int64_t> first_samples;
+  for (int64_t i = 0; i < M; ++i) {
+    first_samples.push_back(train_.position() + rank_offset);
+    micro_batches.push_back(load(train_, "training"));
+  }
+  // Forward and backward of every micro-batch: gradients, and [lm, aux, mtp, labelled tokens]
+  // summed over the micro-batches on the device.
+  const auto forward_backward = [&](bool report_micro_batches) {
+    model_.zero_grad();
+    StepSums step;
+    step.per_token = per_token;
+    if (pipelined()) {
+      run_pipeline(micro_batches, first_samples, scale, /*forward_only=*/false, step);
+    } else {
+      for (int64_t i = 0; i < M; ++i) {
+        if (ddp_) ddp_->start_micro_batch(i == M - 1);
+        nn::GPTContext ctx;
+        ctx.dropout_first_sample = first_samples[static_cast<size_t>(i)];
+        // The scale is known now: the output layer's loss backward runs inside the forward.
+        ctx.loss_scale_known_in_forward = scale;
+        const MicroBatch& mb = micro_batches[static_cast<size_t>(i)];
+        const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
+        if (on_micro_batch && report_micro_batches) on_micro_batch(ctx);
+        model_.backward(ctx, scale);
+        step.add(loss, ctx);
+      }
     }
-    run_pipeline(micro_batches, first_samples, scale, /*forward_only=*/false, step);
-  } else {
-    for (int64_t i = 0; i < M; ++i) {
-      if (ddp_) ddp_->start_micro_batch(i == M - 1);
-      const int64_t first_sample = train_.position() + rank_offset;
-      MicroBatch mb = load(train_, "training");
-      nn::GPTContext ctx;
-      ctx.dropout_first_sample = first_sample;
-      // The scale is known now: the output layer's loss backward runs inside the forward.
-      ctx.loss_scale_known_in_forward = scale;
-      const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
-      if (on_micro_batch) on_micro_batch(ctx);
-      model_.backward(ctx, scale);
-      step.add(loss, ctx);
-    }
+    if (ddp_) ddp_->finish_grad_sync();
+    return step;
+  };
+  const std::vector<uint64_t> router_counts = model_.router_forward_counts();
+  StepSums step = forward_backward(true);
+  // The sync-free expert exchange: a slot that overflowed left rows behind, so the step runs
+  // again with the host-sized exchange (the same routing: the routers' counters are restored),
+  // and the result is the one of any other mapping.
+  const std::optional<nn::GPTModel::SlotOverflow> over = slot_overflow();
+  if (over && over->over_rows > 0) {
+    m.note = detail::concat("iteration ", m.iteration,
+                            ": the expert exchange's slots were short by up to ", over->over_rows,
+                            " rows (--moe-expert-rank-capacity-factor ",
+                            *model_.config().moe.moe_expert_rank_capacity_factor, "; ",
+                            std::ceil(over->needed_factor * 100) / 100,
+                            " would have held them); the step was run again, synchronising");
+    model_.discard_step();
+    model_.set_router_forward_counts(router_counts);
+    model_.set_synchronising_dispatch(true);
+    step = forward_backward(false);
+    model_.set_synchronising_dispatch(false);
+    ++redone_steps_;
   }
   Tensor& sums = step.sums;
-  if (ddp_) ddp_->finish_grad_sync();
   // Each TP and CP rank's aux loss covers its own tokens (the lm and MTP losses are whole on
   // every rank): their sum is the replica's.
   if (parallel_.state && parallel_.state->tp_cp_size() > 1) {
@@ -336,6 +359,22 @@ StepMetrics Trainer::train_step() {
   return m;
 }
 
+std::optional<nn::GPTModel::SlotOverflow> Trainer::slot_overflow() {
+  const nn::MoEConfig& moe = model_.config().moe;
+  if (!moe.moe_expert_rank_capacity_factor || !parallel_.state ||
+      moe.expert_model_parallel_size * moe.expert_tensor_parallel_size == 1)
+    return std::nullopt;
+  // Every rank takes part (a stage without MoE layers too): one decision for the world.
+  const std::optional<nn::GPTModel::SlotOverflow> mine = model_.take_slot_overflow();
+  const double none = static_cast<double>(std::numeric_limits<int64_t>::min());
+  Tensor worst = Tensor::from_vector<double>(
+      {mine ? static_cast<double>(mine->over_rows) : none, mine ? mine->needed_factor : 0.0}, {2},
+      model_.device());
+  parallel_.state->world()->all_reduce(worst, dist::ReduceOp::max);
+  const std::vector<double> host = worst.to_vector<double>();
+  return nn::GPTModel::SlotOverflow{static_cast<int64_t>(host[0]), host[1]};
+}
+
 double Trainer::evaluate() {
   MOE_CHECK(valid_ != nullptr, "evaluate: no validation data was given to the trainer");
   MOE_CHECK(config_.eval_iters > 0, "evaluate: --eval-iters must be positive, got ",
@@ -344,6 +383,9 @@ double Trainer::evaluate() {
   const int64_t count = config_.eval_iters * num_microbatches();
   StepSums step;  // [lm loss, aux, mtp, labelled tokens]
   step.per_token = config_.calculate_per_token_loss;
+  // Forward only, off the training's hot path: the host-sized expert exchange, which cannot
+  // overflow, rather than a redo machinery for evaluation.
+  model_.set_synchronising_dispatch(true);
   if (pipelined()) {
     for (int64_t it = 0; it < config_.eval_iters; ++it) {
       std::vector<MicroBatch> micro_batches;
@@ -358,6 +400,7 @@ double Trainer::evaluate() {
       step.add(model_.forward(mb.input_ids, mb.labels, ctx), ctx);
     }
   }
+  model_.set_synchronising_dispatch(false);
   // The forward passes counted routed tokens for the expert-bias update: not training data.
   model_.discard_step();
   Tensor& sum = step.sums;

@@ -12,6 +12,10 @@
 //       -> gradients are the mean of the micro-batch means, the MoE aux / z losses and the MTP
 //          loss scaled by the same 1 / M (Megatron's MoEAuxLossAutoScaler / MTPLossAutoScaler
 //          get loss_scale / num_microbatches)
+//   the alltoall dispatcher's sync-free exchange (--moe-expert-rank-capacity-factor): when a
+//     slot overflowed on any rank (one world all-reduce), every micro-batch's forward and
+//     backward runs again with the host-sized exchange, the routers' jitter counters restored
+//     (StepMetrics::note says so)
 //   reported lm / aux / mtp loss = (1 / M) sum_m (the micro-batch's value)   (one read-back)
 //   non-finite loss or gradient norm:
 //     skip: no update, no expert-bias update, the schedule's step count stays, skipped += 1;
@@ -32,6 +36,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "moe/dist/parallel_state.h"
@@ -125,6 +130,7 @@ struct StepMetrics {
   double grad_norm = 0.0;  // before clipping; NaN when the loss was already not finite
   bool skipped = false;
   std::string message;   // why the step was skipped ("" when it was taken)
+  std::string note;      // what else the log should say about the step ("" : nothing)
   int64_t tokens = 0;    // tokens processed: global_batch_size * seq_length
   double seconds = 0.0;  // host wall time of train_step (the read-backs synchronise)
 };
@@ -171,6 +177,9 @@ class Trainer {
   int64_t iteration() const { return iteration_; }
   int64_t consumed_samples() const { return consumed_samples_; }
   int64_t skipped_iterations() const { return skipped_; }
+  // Steps run a second time with the host-sized expert exchange because a slot of the
+  // sync-free one overflowed (--moe-expert-rank-capacity-factor, dropless models).
+  int64_t redone_steps() const { return redone_steps_; }
   int64_t optimizer_steps() const { return optimizer_->steps_taken(); }
   // The schedules' position: the samples of the updates taken (TrainerState::schedule_samples).
   int64_t schedule_samples() const { return schedule_samples_; }
@@ -224,6 +233,9 @@ class Trainer {
   // forwards (and, unless forward_only, backwards scaled by `scale`) of its chunks, the
   // activations and their gradients sent between the stages. first_samples[m]: micro-batch m's
   // first training sample (the dropout masks'; empty: no dropout, evaluation).
+  // The sync-free expert exchange's overflow since the last call, over the whole world (a
+  // collective, at the end of each step); nullopt when the mode is off.
+  std::optional<nn::GPTModel::SlotOverflow> slot_overflow();
   void run_pipeline(const std::vector<MicroBatch>& micro_batches,
                     const std::vector<int64_t>& first_samples, double scale, bool forward_only,
                     StepSums& sums);
@@ -239,6 +251,7 @@ class Trainer {
   int64_t skipped_ = 0;
   int64_t skipped_in_a_row_ = 0;  // not saved: a resumed run counts again from 0
   int64_t schedule_samples_ = 0;
+  int64_t redone_steps_ = 0;  // steps run again after the expert exchange's slots overflowed
   std::vector<PipelineAction> executed_;  // run_pipeline's record of the last training step
 };
 
