@@ -1,6 +1,8 @@
 // The `moe` program: one binary, subcommands, Megatron's flag names.
 //   moe                   a one-layer demo: an MoE layer forward + backward, what it did
 //   moe bench moe-layer   the MoE layer benchmark (bench/moe_layer_bench.h)
+//   moe bench moe-ep      the MoE layer under expert parallelism on a launch's ranks: weak
+//                         scaling and the dispatch/combine exchange (bench/moe_ep_bench.h)
 //   moe bench attention   the attention benchmark, per backend (bench/attention_bench.h)
 //   moe bench model       whole-model forward + backward (bench/model_bench.h)
 //   moe bench tokenizer   single-thread tokenizer encoding speed (bench/tokenizer_bench.h)
@@ -36,6 +38,7 @@
 #include "moe/dist/init.h"
 #include "moe/ops/attention.h"
 #include "moe/ops/grouped_gemm.h"
+#include "moe_ep_bench.h"
 #include "moe_layer_bench.h"
 #include "pipeline_bench.h"
 #include "plot_cmd.h"
@@ -95,6 +98,9 @@ int main(int argc, char** argv) {
   bench_layer->add_option("--iters", layer_options.iters);
   bench_layer->add_flag("!--no-stages", layer_options.stages, "skip the per-stage breakdown");
 
+  moe::bench::MoEEpBenchOptions ep_options;
+  CLI::App* bench_ep = moe::bench::add_moe_ep_bench_command(*bench, ep_options);
+
   moe::bench::AttentionBenchOptions attention_options;
   CLI::App* bench_attention =
       bench->add_subcommand("attention", "causal attention forward/backward per backend");
@@ -147,6 +153,7 @@ int main(int argc, char** argv) {
       layer_options.cpu = force_cpu;
       return moe::bench::run_moe_layer_bench(layer_options);
     }
+    if (bench_ep->parsed()) return moe::bench::run_moe_ep_bench(ep_options, force_cpu);
     if (bench_attention->parsed()) {
       attention_options.cpu = force_cpu;
       return moe::bench::run_attention_bench(attention_options);
