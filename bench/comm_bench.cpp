@@ -13,6 +13,7 @@
 #include "moe/core/stream.h"
 #include "moe/core/tensor.h"
 #include "moe/core/timer.h"
+#include "world_options.h"
 
 namespace moe::bench {
 namespace {
@@ -182,16 +183,9 @@ CLI::App* add_comm_bench_command(CLI::App& bench, CommBenchOptions& o) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o.warmup, "untimed calls first (default 5)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--device", o.device, "cpu or cuda (default: cuda when the rank has a GPU)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("!--no-check", o.check, "skip checking each output once");
   cmd->add_option("--jsonl", o.jsonl, "append one JSON line per op and size to this file (rank 0)");
-  cmd->add_option("--distributed-backend", o.distributed.backend,
-                  "nccl | mpi | local (default: local for one process, nccl with GPUs, else mpi)")
-      ->check(CLI::IsMember({"nccl", "mpi", "local"}));
-  cmd->add_option("--distributed-timeout-minutes", o.distributed.timeout_minutes,
-                  "rendezvous and collective timeout (default 10)")
-      ->check(CLI::PositiveNumber);
+  add_world_options(*cmd, o.device, o.distributed);
   return cmd;
 }
 

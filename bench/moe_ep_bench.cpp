@@ -18,6 +18,7 @@
 #include "moe/nn/moe_layer.h"
 #include "moe/ops/grouped_gemm.h"
 #include "moe_bench_shapes.h"
+#include "world_options.h"
 
 namespace moe::bench {
 namespace {
@@ -237,16 +238,9 @@ CLI::App* add_moe_ep_bench_command(CLI::App& bench, MoEEpBenchOptions& o) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o.iters, "timed steps per row (default 10)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--device", o.device, "cpu or cuda (default: cuda when the rank has a GPU)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--cpu", o.cpu, "stay on the CPU (as the program's --cpu, or --device cpu)");
   cmd->add_option("--jsonl", o.jsonl, "append one JSON line per row to this file (rank 0)");
-  cmd->add_option("--distributed-backend", o.distributed.backend,
-                  "nccl | mpi | local (default: local for one process, nccl with GPUs, else mpi)")
-      ->check(CLI::IsMember({"nccl", "mpi", "local"}));
-  cmd->add_option("--distributed-timeout-minutes", o.distributed.timeout_minutes,
-                  "rendezvous and collective timeout (default 10)")
-      ->check(CLI::PositiveNumber);
+  add_world_options(*cmd, o.device, o.distributed);
   return cmd;
 }
 
@@ -365,8 +359,11 @@ int run_moe_ep_bench(const MoEEpBenchOptions& options, bool force_cpu) {
                                   {"max_mean_load", r.load_ratio},
                                   {"dispatch_gbps", r.dispatch_gbps},
                                   {"combine_gbps", r.combine_gbps}};
-            for (size_t s = 0; s < kExchangeStages.size(); ++s)
-              row[std::string(kExchangeStages[s]) + "_ms"] = r.stage_ms[s];
+            for (size_t s = 0; s < kExchangeStages.size(); ++s) {
+              std::string key = std::string(kExchangeStages[s]) + "_ms";  // combine_bwd_ms
+              std::replace(key.begin(), key.end(), '.', '_');
+              row[key] = r.stage_ms[s];
+            }
             if (exchange == "sync-free") {
               row["rank_capacity_factor"] = options.rank_capacity_factor;
               row["slot_peak_rows"] = r.slot_peak;
