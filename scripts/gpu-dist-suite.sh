@@ -17,22 +17,8 @@
 set -uo pipefail
 build=$1 logdir=$2 what=${3:-all}
 mkdir -p "$logdir"
-export LD_LIBRARY_PATH="$build/deps:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on these machines
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mpirun_flags=(--allow-run-as-root --oversubscribe --mca btl_vader_single_copy_mechanism none)
-gpus=$(nvidia-smi -L | wc -l)
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logdir/gpu.txt"
-status=0
-step() {  # step NAME COMMAND...: runs, logs to LOGDIR/NAME.log, prints the outcome
-  local name=$1
-  shift
-  local start=$SECONDS
-  "$@" >"$logdir/$name.log" 2>&1
-  local rc=$?
-  echo "$name: exit $rc ($((SECONDS - start)) s)"
-  [ $rc -eq 0 ] || { status=1; tail -n 30 "$logdir/$name.log"; }
-}
+# shellcheck source=scripts/gpu-env.sh
+source "$(dirname "$0")/gpu-env.sh"
 
 # Every gpu test: the allocator under them all changed with record_stream.
 if [ "$what" = all ]; then

@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <tuple>
 #include <vector>
 
 #include "moe/core/error.h"
@@ -32,8 +33,12 @@ size_t round_up(size_t n, size_t to) {
 //   pending    - freed, but streams other than its own used it (record_stream): it waits for an
 //                event recorded on each of them at free time (`pending_events` counts those
 //                not yet seen complete) and is in no free list;
-//   free       - in the free list of (its device, its stream), or of (device, nullptr) once
-//                its stream is gone, which serves any stream.
+//   free       - in the free list of (its device, its stream, its pool), or of (device,
+//                nullptr, pool) once its stream is gone, which serves any stream.
+// Pools: pool 0 is the general cache; a private pool (a CUDA graph's, core/cuda_graph.h) takes
+// the allocations of the (device, stream) it is active on, and its blocks go back to its own
+// free lists, so nothing outside the graph is handed memory a replay writes. A released pool's
+// blocks join pool 0 as they are freed.
 // Pending events are polled (never waited for) at each allocate; they are waited for only when
 // the device is out of memory and by empty_cache, as PyTorch's CUDACachingAllocator does:
 // waiting before every cudaMalloc would stall compute behind communication still in flight.
@@ -45,15 +50,20 @@ struct CachingCudaAllocator {
     bool allocated = false;
     std::set<StreamHandle> stream_uses;  // other streams that used it since it was allocated
     int pending_events = 0;
+    uint64_t pool = 0;  // 0: the general cache
   };
   struct PendingEvent {
     Event event;
     void* ptr;
   };
-  using FreeList = std::multimap<size_t, void*>;  // by size, for best fit
+  using FreeList = std::multimap<size_t, void*>;            // by size, for best fit
+  using ListKey = std::tuple<int, StreamHandle, uint64_t>;  // device, stream, pool
 
   std::mutex mutex;
-  std::map<std::pair<int, StreamHandle>, FreeList> free_lists;
+  std::map<ListKey, FreeList> free_lists;
+  std::map<std::pair<int, StreamHandle>, uint64_t> active_pools;  // where a pool is capturing
+  std::set<uint64_t> live_pools;
+  uint64_t next_pool = 1;
   // Every block obtained from the driver, by base address: ordered, so record_stream finds the
   // block holding a pointer into it (a view's data).
   std::map<void*, Block> blocks;
@@ -70,8 +80,10 @@ struct CachingCudaAllocator {
     std::lock_guard lock(mutex);
     live_streams.insert({device, stream});
     MemoryStats& s = stats[device];
+    const auto active = active_pools.find({device, stream});
+    const uint64_t pool = active == active_pools.end() ? 0 : active->second;
     process_events_locked();
-    void* ptr = take_cached_locked(device, stream, bytes);
+    void* ptr = take_cached_locked(device, stream, bytes, pool);
     if (ptr == nullptr) {
       cudaError_t status = cudaMalloc(&ptr, bytes);
       if (status == cudaErrorMemoryAllocation) {
@@ -79,7 +91,7 @@ struct CachingCudaAllocator {
         // fits, else give every cached block back to the driver and try again.
         (void)cudaGetLastError();
         synchronize_events_locked();
-        ptr = take_cached_locked(device, stream, bytes);
+        ptr = take_cached_locked(device, stream, bytes, pool);
         if (ptr == nullptr) {
           release_cached_locked();
           status = cudaMalloc(&ptr, bytes);
@@ -97,6 +109,7 @@ struct CachingCudaAllocator {
         Block& block = blocks[ptr];
         block.bytes = bytes;
         block.device = device;
+        block.pool = pool;
         s.reserved_bytes += static_cast<int64_t>(bytes);
         ++s.num_device_mallocs;
       }
@@ -114,11 +127,12 @@ struct CachingCudaAllocator {
 #endif
   }
 
-  // Best fit from this stream's blocks, then from blocks of destroyed (synchronised) streams;
-  // never hands a large block to a much smaller request. Null when nothing fits.
-  void* take_cached_locked(int device, StreamHandle stream, size_t bytes) {
+  // Best fit from this stream's blocks of `pool`, then from the pool's blocks of destroyed
+  // (synchronised) streams; never hands a large block to a much smaller request. Null when
+  // nothing fits.
+  void* take_cached_locked(int device, StreamHandle stream, size_t bytes, uint64_t pool) {
     for (StreamHandle key : {stream, static_cast<StreamHandle>(nullptr)}) {
-      auto list_it = free_lists.find({device, key});
+      auto list_it = free_lists.find({device, key, pool});
       if (list_it == free_lists.end()) continue;
       FreeList& list = list_it->second;
       auto it = list.lower_bound(bytes);
@@ -177,24 +191,33 @@ struct CachingCudaAllocator {
     for (auto& [ptr, block] : blocks) {
       if (block.device == device) block.stream_uses.erase(stream);
     }
-    auto it = free_lists.find({device, stream});
-    if (it == free_lists.end()) return;
-    FreeList& orphans = free_lists[{device, nullptr}];
-    for (auto& [bytes, ptr] : it->second) {
-      orphans.emplace(bytes, ptr);
-      blocks.at(ptr).stream = nullptr;
+    active_pools.erase({device, stream});
+    // Its free blocks (of every pool) serve any stream of the device, in their pool.
+    for (auto it = free_lists.begin(); it != free_lists.end();) {
+      const auto& [list_device, list_stream, pool] = it->first;
+      if (list_device != device || list_stream != stream) {
+        ++it;
+        continue;
+      }
+      FreeList& orphans = free_lists[{device, nullptr, pool}];
+      for (auto& [bytes, ptr] : it->second) {
+        orphans.emplace(bytes, ptr);
+        blocks.at(ptr).stream = nullptr;
+      }
+      it = free_lists.erase(it);
     }
-    free_lists.erase(it);
   }
 
-  // Returns cached blocks to the driver, after waiting for the pending ones to become free.
+  // Returns the general cache's blocks to the driver, after waiting for the pending ones to
+  // become free. Private pools keep theirs (a graph's replay writes them).
   void release_cached_locked() {
 #if MOE_WITH_CUDA
     synchronize_events_locked();
     for (auto& [key, list] : free_lists) {
+      if (std::get<2>(key) != 0) continue;
       for (auto& [bytes, ptr] : list) {
         (void)cudaFree(ptr);
-        stats[key.first].reserved_bytes -= static_cast<int64_t>(bytes);
+        stats[std::get<0>(key)].reserved_bytes -= static_cast<int64_t>(bytes);
         blocks.erase(ptr);
       }
       list.clear();
@@ -203,13 +226,60 @@ struct CachingCudaAllocator {
 #endif
   }
 
+  uint64_t create_pool() {
+    std::lock_guard lock(mutex);
+    live_pools.insert(next_pool);
+    return next_pool++;
+  }
+
+  void set_pool(int device, StreamHandle stream, uint64_t pool) {
+    std::lock_guard lock(mutex);
+    MOE_CHECK(pool == 0 || live_pools.contains(pool), "memory pool ", pool,
+              " does not exist (released, or never created)");
+    if (pool == 0)
+      active_pools.erase({device, stream});
+    else
+      active_pools[{device, stream}] = pool;
+  }
+
+  // The pool's free blocks join the general cache; its blocks still held do when freed.
+  void release_pool(uint64_t pool) {
+    std::lock_guard lock(mutex);
+    if (!live_pools.erase(pool)) return;
+    for (auto it = active_pools.begin(); it != active_pools.end();)
+      it = it->second == pool ? active_pools.erase(it) : std::next(it);
+    for (auto it = free_lists.begin(); it != free_lists.end();) {
+      const auto& [device, stream, owner] = it->first;
+      if (owner != pool) {
+        ++it;
+        continue;
+      }
+      FreeList& general = free_lists[{device, stream, 0}];
+      for (auto& [bytes, ptr] : it->second) {
+        general.emplace(bytes, ptr);
+        blocks.at(ptr).pool = 0;
+      }
+      it = free_lists.erase(it);
+    }
+    for (auto& [ptr, block] : blocks)
+      if (block.pool == pool) block.pool = 0;  // held blocks: the general cache's once freed
+  }
+
+  int64_t pool_bytes(uint64_t pool) {
+    std::lock_guard lock(mutex);
+    int64_t bytes = 0;
+    for (const auto& [ptr, block] : blocks)
+      if (block.pool == pool) bytes += static_cast<int64_t>(block.bytes);
+    return bytes;
+  }
+
  private:
   // A freed block, no longer used by any stream, goes to its stream's free list, or to the
   // list serving any stream if its stream was destroyed meanwhile (its thread ended).
   void free_block_locked(void* ptr) {
     Block& block = blocks.at(ptr);
     if (!live_streams.contains({block.device, block.stream})) block.stream = nullptr;
-    free_lists[{block.device, block.stream}].emplace(block.bytes, ptr);
+    free_lists[{block.device, block.stream, block.pool}].emplace(block.bytes, ptr);
   }
 
   // One pending event has been seen complete: the block is free when it was the last one.
@@ -328,6 +398,22 @@ void reset_peak_memory(Device device) {
   std::lock_guard lock(a.mutex);
   MemoryStats& s = a.stats[device.index];
   s.peak_allocated_bytes = s.allocated_bytes;
+}
+
+uint64_t create_memory_pool() {
+  return cuda_allocator().create_pool();
+}
+
+void set_allocation_pool(int device, StreamHandle stream, uint64_t pool) {
+  cuda_allocator().set_pool(device, stream, pool);
+}
+
+void release_memory_pool(uint64_t pool) {
+  cuda_allocator().release_pool(pool);
+}
+
+int64_t memory_pool_bytes(uint64_t pool) {
+  return cuda_allocator().pool_bytes(pool);
 }
 
 void release_stream_blocks(int device, StreamHandle stream) {

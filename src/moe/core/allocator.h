@@ -33,8 +33,22 @@ void record_stream(const void* ptr, Device device, StreamHandle stream);
 
 MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
-// Returns cached, unused CUDA blocks to the driver.
+// Returns cached, unused CUDA blocks of the general cache to the driver (private pools keep
+// theirs).
 void empty_cache();
+
+// Private memory pools, for CUDA graphs (core/cuda_graph.h). A graph's replay writes the memory
+// its capture was given, so that memory must never go to anything else while the graph lives:
+// while a pool is set on (device, stream), that stream's allocations on the device come from
+// the pool, and blocks of the pool, whenever freed, return to it (and only allocations made
+// with the pool set take them). Pool 0 is the general cache.
+uint64_t create_memory_pool();
+// Allocations on `stream` of `device` come from `pool` from now on (0: the general cache).
+void set_allocation_pool(int device, StreamHandle stream, uint64_t pool);
+// The graph is gone: the pool's free blocks join the general cache, its held ones when freed.
+void release_memory_pool(uint64_t pool);
+// Bytes the pool holds from the driver (held by tensors or cached in it).
+int64_t memory_pool_bytes(uint64_t pool);
 // Called when a stream is about to be destroyed (after it was synchronised): its cached
 // blocks become reusable by any stream of that device instead of being stranded.
 void release_stream_blocks(int device, StreamHandle stream);

@@ -331,6 +331,41 @@ void add_precision_flags(std::vector<Entry>& t) {
                     [](S& s, V v) {
                       s.nan_action = one_of("--nan-action", v, {"skip", "stop"});
                     }));
+
+  // CUDA graphs (Megatron's names): the whole forward and backward of a step as one graph.
+  t.push_back(value(
+      "--cuda-graph-impl", "IMPL",
+      "none | full_iteration (train.cuda_graph_impl: every micro-batch's forward and backward "
+      "captured as one CUDA graph after the warm-up steps, then replayed; one GPU)",
+      [](S& s, V v) {
+        const std::string impl = one_of("--cuda-graph-impl", v,
+                                        {"none", "local", "transformer_engine", "full_iteration"});
+        MOE_CHECK(impl != "local" && impl != "transformer_engine", "--cuda-graph-impl ", impl,
+                  ": per-layer CUDA graphs are not built yet; --cuda-graph-impl full_iteration "
+                  "captures the whole forward and backward of a step");
+        s.run.train.cuda_graph_impl =
+            impl == "full_iteration" ? CudaGraphImpl::full_iteration : CudaGraphImpl::none;
+      }));
+  for (const char* name : {"--cuda-graph-modules", "--cuda-graph-scope"})
+    t.push_back(value(name, "MODULES",
+                      "per-layer graph modules (attn, mlp, moe, moe_router, ...): not built; "
+                      "full_iteration (the deprecated scope) = --cuda-graph-impl full_iteration",
+                      [name](S& s, V v) {
+                        for (const std::string& m : split_values(v)) {
+                          MOE_CHECK(m == "full_iteration", name, " ", m,
+                                    ": per-layer CUDA graphs are not built yet; "
+                                    "--cuda-graph-impl full_iteration captures the whole forward "
+                                    "and backward of a step");
+                          s.run.train.cuda_graph_impl = CudaGraphImpl::full_iteration;
+                        }
+                      }));
+  t.push_back(value("--cuda-graph-warmup-steps", "N",
+                    "eager steps before the capture (default 3; at least 1: the first step "
+                    "builds the kernels' plans and the gradients)",
+                    [](S& s, V v) {
+                      s.run.train.cuda_graph_warmup_steps =
+                          as_count("--cuda-graph-warmup-steps", v, 1);
+                    }));
 }
 
 }  // namespace moe::train::flags

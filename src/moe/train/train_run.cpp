@@ -31,15 +31,25 @@
 namespace moe::train {
 namespace {
 
-void refuse_unwired(const TrainRunConfig& c, const TrainHooks& hooks) {
-  const char* later =
-      " is not supported by this build yet (training checkpoints are not wired "
-      "into `moe train`); remove it";
-  MOE_CHECK(c.load.empty() || hooks.load, "--load", later);
-  MOE_CHECK(c.save.empty() || hooks.save, "--save", later);
-  MOE_CHECK(c.save_interval == 0 || hooks.save, "--save-interval", later);
-  MOE_CHECK(!c.finetune || hooks.load, "--finetune", later);
-  MOE_CHECK(!c.no_load_optim || hooks.load, "--no-load-optim", later);
+// The checkpoint flags act through the hooks: a caller of run_training that passes none (a
+// test, a program embedding the loop) gets them refused rather than silently not saving.
+void require_checkpoint_hooks(const TrainRunConfig& c, const TrainHooks& hooks) {
+  const char* none =
+      " needs the checkpoint hooks (standard_train_hooks(), which the moe program passes); "
+      "this caller of run_training gave none";
+  MOE_CHECK(c.load.empty() || hooks.load, "--load", none);
+  MOE_CHECK(c.save.empty() || hooks.save, "--save", none);
+  MOE_CHECK(c.save_interval == 0 || hooks.save, "--save-interval", none);
+  MOE_CHECK(!c.finetune || hooks.load, "--finetune", none);
+  MOE_CHECK(!c.no_load_optim || hooks.load, "--no-load-optim", none);
+}
+
+// What a step captured as one CUDA graph cannot do besides the trainer's rules (trainer.h).
+void check_cuda_graph_flags(const TrainRunConfig& c) {
+  if (c.train.cuda_graph_impl != CudaGraphImpl::full_iteration) return;
+  MOE_CHECK(!c.moe_per_layer_logging,
+            "--moe-per-layer-logging reads every micro-batch's routing on the host, which a "
+            "replayed step does not run: not with --cuda-graph-impl full_iteration");
 }
 
 namespace fs = std::filesystem;
@@ -466,7 +476,7 @@ TrainRunResult run_training(const TrainRunConfig& config, const TrainHooks& hook
   // Several ranks (moe launch, torchrun, srun, mpirun): they meet and rank 0 says where each
   // is (with the mapping, when the world divides into it; else the refusal below names it).
   interrupt_report_reset();
-  refuse_unwired(config, hooks);
+  require_checkpoint_hooks(config, hooks);
   dist::DistributedOptions options = config.distributed;
   options.cpu = options.cpu || config.cpu;
   const dist::World world = dist::init_distributed(options);
@@ -488,7 +498,8 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
     if (world.reports_interrupts) update();
   };
   report([] { interrupt_report_reset(); });
-  refuse_unwired(config, hooks);
+  require_checkpoint_hooks(config, hooks);
+  check_cuda_graph_flags(config);
   check_expert_mapping(config, world.size());
   check_parallel_flags(config, world.size());
   std::FILE* out = world.rank() == 0 ? all_out : nullptr;

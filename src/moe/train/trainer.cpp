@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "moe/core/cuda_graph.h"
 #include "moe/core/error.h"
 #include "moe/core/trace_range.h"
 #include "moe/ops/elementwise.h"
@@ -47,6 +48,22 @@ std::unique_ptr<Optimizer> make_optimizer(nn::GPTModel& model, const TrainConfig
     return std::make_unique<DistributedOptimizer>(ddp->buffers(), c.optimizer, ddp->norm_groups(),
                                                   ddp->config().overlap_param_gather);
   return std::make_unique<AdamW>(model.parameters(), c.optimizer, ddp->norm_groups());
+}
+
+// The MoE layers of a captured step (Trainer::check_cuda_graph_rules).
+void check_cuda_graph_moe_rules(const nn::MoEConfig& moe, const char* flag) {
+  MOE_CHECK(!moe.moe_input_jitter_eps, flag,
+            ": --moe-input-jitter-eps draws new noise every step from a counter a graph would "
+            "freeze; leave it out");
+  MOE_CHECK(moe.moe_grouped_gemm, flag,
+            ": the sequential experts read their counts on the host; leave --moe-grouped-gemm on");
+  MOE_CHECK(moe.moe_grouped_gemm_backend == ops::GroupedGemmBackend::cutlass ||
+                moe.moe_pad_expert_input_to_capacity,
+            flag,
+            ": the MoE layers read their routed counts on the host with the cuBLAS grouped GEMMs, "
+            "which a capture cannot; add --moe-grouped-gemm-backend cutlass (it reads them on the "
+            "GPU), or drop and pad (--moe-expert-capacity-factor with "
+            "--moe-pad-expert-input-to-capacity)");
 }
 
 // acc[i] += value (0-d), on the device: the losses are read back once per step.
@@ -115,6 +132,7 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
     model.on_params_needed = [dopt](const std::vector<nn::Parameter*>& params) {
       dopt->wait_for_params(params);
     };
+  if (config_.cuda_graph_impl == CudaGraphImpl::full_iteration) check_cuda_graph_rules();
   if (config_.calculate_per_token_loss) {
     MOE_CHECK(model.config().mtp_num_layers == 0,
               "--calculate-per-token-loss with --mtp-num-layers is not supported yet (the MTP "
@@ -231,12 +249,13 @@ StepMetrics Trainer::train_step() {
   }
   // Forward and backward of every micro-batch: gradients, and [lm, aux, mtp, labelled tokens]
   // summed over the micro-batches on the device.
-  const auto forward_backward = [&](bool report_micro_batches) {
+  const auto forward_backward = [&](const std::vector<MicroBatch>& inputs,
+                                    bool report_micro_batches) {
     model_.zero_grad();
     StepSums step;
     step.per_token = per_token;
     if (pipelined()) {
-      run_pipeline(micro_batches, first_samples, scale, /*forward_only=*/false, step);
+      run_pipeline(inputs, first_samples, scale, /*forward_only=*/false, step);
     } else {
       for (int64_t i = 0; i < M; ++i) {
         if (ddp_) ddp_->start_micro_batch(i == M - 1);
@@ -244,7 +263,7 @@ StepMetrics Trainer::train_step() {
         ctx.dropout_first_sample = first_samples[static_cast<size_t>(i)];
         // The scale is known now: the output layer's loss backward runs inside the forward.
         ctx.loss_scale_known_in_forward = scale;
-        const MicroBatch& mb = micro_batches[static_cast<size_t>(i)];
+        const MicroBatch& mb = inputs[static_cast<size_t>(i)];
         const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
         if (on_micro_batch && report_micro_batches) on_micro_batch(ctx);
         model_.backward(ctx, scale);
@@ -255,7 +274,17 @@ StepMetrics Trainer::train_step() {
     return step;
   };
   const std::vector<uint64_t> router_counts = model_.router_forward_counts();
-  StepSums step = forward_backward(true);
+  StepSums step;
+  if (config_.cuda_graph_impl == CudaGraphImpl::full_iteration &&
+      eager_steps_ >= config_.cuda_graph_warmup_steps) {
+    step = replay_step_graph(
+        micro_batches,
+        [&](const std::vector<MicroBatch>& inputs) { return forward_backward(inputs, false); },
+        m.note);
+  } else {
+    step = forward_backward(micro_batches, true);
+    ++eager_steps_;
+  }
   // The sync-free expert exchange: a slot that overflowed left rows behind, so the step runs
   // again with the host-sized exchange (the same routing: the routers' counters are restored),
   // and the result is the one of any other mapping.
@@ -270,7 +299,7 @@ StepMetrics Trainer::train_step() {
     model_.discard_step();
     model_.set_router_forward_counts(router_counts);
     model_.set_synchronising_dispatch(true);
-    step = forward_backward(false);
+    step = forward_backward(micro_batches, false);
     model_.set_synchronising_dispatch(false);
     ++redone_steps_;
   }
@@ -357,6 +386,50 @@ StepMetrics Trainer::train_step() {
   m.tokens = config_.global_batch_size * config_.seq_length;
   m.seconds = seconds_since(start);
   return m;
+}
+
+void Trainer::check_cuda_graph_rules() const {
+  const char* flag = "--cuda-graph-impl full_iteration";
+  const nn::ModelConfig& c = model_.config();
+  MOE_CHECK(c.hidden_dropout == 0 && c.attention_dropout == 0, flag,
+            ": dropout draws new masks every step from counters a graph would freeze; add "
+            "--attention-dropout 0 --hidden-dropout 0");
+  if (c.moe.num_experts > 0) check_cuda_graph_moe_rules(c.moe, flag);
+  MOE_CHECK(model_.device().is_cuda(), flag, " captures GPU work, but this run is on the ",
+            model_.device());
+  MOE_CHECK(!parallel_.state, flag,
+            " runs on one rank (a capture spanning the ranks' collectives is not built yet)");
+}
+
+Trainer::StepSums Trainer::replay_step_graph(
+    const std::vector<MicroBatch>& micro_batches,
+    const std::function<StepSums(const std::vector<MicroBatch>&)>& run, std::string& note) {
+  if (!step_graph_) {
+    // The buffers the graph reads (allocated before the capture, outside its pool), holding
+    // this step's micro-batches; the capture records the step without running it.
+    graph_inputs_.clear();
+    for (const MicroBatch& mb : micro_batches)
+      graph_inputs_.push_back({mb.input_ids.clone(), mb.labels.clone()});
+    auto graph = std::make_unique<CudaGraph>();
+    graph->capture(model_.device(), [&] { graph_sums_ = run(graph_inputs_); });
+    step_graph_ = std::move(graph);
+    note = detail::concat("iteration ", iteration_ + 1, ": captured the forward and backward of ",
+                          micro_batches.size(),
+                          " micro-batches as one CUDA graph (--cuda-graph-impl full_iteration); "
+                          "its memory pool holds ",
+                          std::llround(static_cast<double>(step_graph_->pool_bytes()) / (1 << 20)),
+                          " MiB");
+  } else {
+    for (size_t i = 0; i < micro_batches.size(); ++i) {
+      graph_inputs_[i].input_ids.copy_(micro_batches[i].input_ids);
+      graph_inputs_[i].labels.copy_(micro_batches[i].labels);
+    }
+  }
+  step_graph_->replay();
+  // The graph writes the same sums tensor every replay: the step keeps its own copy.
+  StepSums step = graph_sums_;
+  step.sums = graph_sums_.sums.clone();
+  return step;
 }
 
 std::optional<nn::GPTModel::SlotOverflow> Trainer::slot_overflow() {

@@ -47,7 +47,20 @@
 #include "moe/train/optimizer.h"
 #include "moe/train/pipeline_schedule.h"
 
+namespace moe {
+class CudaGraph;
+}
+
 namespace moe::train {
+
+// --cuda-graph-impl (Megatron's name). full_iteration: after cuda_graph_warmup_steps eager
+// steps, the forward and backward of every micro-batch of a step are captured as one CUDA graph
+// (core/cuda_graph.h) and replayed each step after, the micro-batches copied into the buffers
+// the graph reads; the optimizer, the loss read-back and the logging run eagerly. One rank, no
+// dropout or router jitter (their counters change every step and a graph would freeze them),
+// and MoE layers that do not read their counts on the host (--moe-grouped-gemm-backend
+// cutlass, or drop-and-pad): the trainer refuses anything else, naming it.
+enum class CudaGraphImpl { none, full_iteration };
 
 enum class NanAction {
   skip,  // moecore's --nan-action skip: drop the update and go on (up to a limit, below)
@@ -93,6 +106,8 @@ struct TrainConfig {
   bool calculate_per_token_loss = false;
   // NanAction::skip: this many skipped updates in a row stop the run (>= 1; see above).
   int64_t max_consecutive_skipped = kMaxConsecutiveSkippedIterations;
+  CudaGraphImpl cuda_graph_impl = CudaGraphImpl::none;  // --cuda-graph-impl (above)
+  int64_t cuda_graph_warmup_steps = 3;                  // --cuda-graph-warmup-steps (>= 1)
 
   // Micro-batches per rank and step: global / (micro x data-parallel size).
   int64_t num_microbatches(int64_t data_parallel_size = 1) const {
@@ -229,13 +244,20 @@ class Trainer {
     void add(const nn::GPTLoss& loss, const nn::GPTContext& ctx);
   };
   bool pipelined() const { return parallel_.state && parallel_.state->pp_size() > 1; }
+  // The sync-free expert exchange's overflow since the last call, over the whole world (a
+  // collective, at the end of each step); nullopt when the mode is off.
+  std::optional<nn::GPTModel::SlotOverflow> slot_overflow();
+  // --cuda-graph-impl full_iteration: refuses what a captured step cannot do, naming it.
+  void check_cuda_graph_rules() const;
+  // The step's forward and backward as a replay of the step graph, captured first when there
+  // is none (`note` then says so, with the graph's memory).
+  StepSums replay_step_graph(const std::vector<MicroBatch>& micro_batches,
+                             const std::function<StepSums(const std::vector<MicroBatch>&)>& run,
+                             std::string& note);
   // Runs this pipeline rank's schedule (pipeline_schedule.h) over the step's micro-batches:
   // forwards (and, unless forward_only, backwards scaled by `scale`) of its chunks, the
   // activations and their gradients sent between the stages. first_samples[m]: micro-batch m's
   // first training sample (the dropout masks'; empty: no dropout, evaluation).
-  // The sync-free expert exchange's overflow since the last call, over the whole world (a
-  // collective, at the end of each step); nullopt when the mode is off.
-  std::optional<nn::GPTModel::SlotOverflow> slot_overflow();
   void run_pipeline(const std::vector<MicroBatch>& micro_batches,
                     const std::vector<int64_t>& first_samples, double scale, bool forward_only,
                     StepSums& sums);
@@ -252,6 +274,12 @@ class Trainer {
   int64_t skipped_in_a_row_ = 0;  // not saved: a resumed run counts again from 0
   int64_t schedule_samples_ = 0;
   int64_t redone_steps_ = 0;  // steps run again after the expert exchange's slots overflowed
+  // --cuda-graph-impl full_iteration: eager steps run so far (the warm-up), the step graph,
+  // the micro-batch buffers it reads and the loss sums it writes.
+  int64_t eager_steps_ = 0;
+  std::unique_ptr<CudaGraph> step_graph_;
+  std::vector<MicroBatch> graph_inputs_;
+  StepSums graph_sums_;
   std::vector<PipelineAction> executed_;  // run_pipeline's record of the last training step
 };
 
