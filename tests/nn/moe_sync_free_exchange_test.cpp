@@ -41,6 +41,20 @@ TEST(SyncFreeExchange, AmpleSlotsMatchOneRank) {
   }
 }
 
+TEST(SyncFreeExchange, WithSharedExpertOverlapAndFp8PaddingMatchesOneRank) {
+  // The shared expert computing while the slots are in flight; each expert's rows padded to
+  // multiples of 16 (the slots then too).
+  for (const bool overlap : {true, false}) {
+    MoEConfig c = slots_config(DType::f64, 8.0);
+    c.moe_shared_expert_overlap = overlap;
+    c.moe_router_padding_for_fp8 = !overlap;
+    SCOPED_TRACE(overlap ? "shared expert overlap" : "fp8 padding");
+    for (const auto& [ep, etp] : {std::pair{2, 1}, std::pair{4, 1}, std::pair{2, 2}})
+      test::check_expert_parallel_invariance(c, ep, etp, 19, Device::cpu(),
+                                             test::tolerance(DType::f64) * 10);
+  }
+}
+
 TEST(SyncFreeExchange, WithTokenDroppingMatchesOneRank) {
   // --moe-expert-capacity-factor without padding: the counts vary below the capacity, and the
   // exchange of fixed slots carries them as the synchronising one does.
