@@ -97,6 +97,8 @@ int main(int argc, char** argv) {
   bench_layer->add_option("--warmup", layer_options.warmup);
   bench_layer->add_option("--iters", layer_options.iters);
   bench_layer->add_flag("!--no-stages", layer_options.stages, "skip the per-stage breakdown");
+  bench_layer->add_flag("--cuda-graph", layer_options.cuda_graph,
+                        "also time the forward+backward replayed as one CUDA graph");
 
   moe::bench::MoEEpBenchOptions ep_options;
   CLI::App* bench_ep = moe::bench::add_moe_ep_bench_command(*bench, ep_options);

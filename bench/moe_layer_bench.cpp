@@ -7,6 +7,7 @@
 
 #include "ceilings.h"
 #include "moe/core/allocator.h"
+#include "moe/core/cuda_graph.h"
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/core/timer.h"
@@ -92,6 +93,39 @@ int run_moe_layer_bench(const MoELayerBenchOptions& options) {
               imbalance, fwd_ms, fwd_tflops, step_ms, step_tflops,
               step_tflops / ceilings.gemm_tflops, peer, peak);
           std::fflush(stdout);
+
+          if (options.cuda_graph && gpu) {
+            // The same forward+backward captured as one CUDA graph and replayed: what the
+            // host's launches cost (only a layer that reads its counts on the device captures).
+            CudaGraph graph;
+            std::string failure;
+            try {
+              graph.capture(device, [&] {
+                nn::MoEContext graph_ctx;
+                layer->zero_grad();
+                layer->forward(x, graph_ctx);
+                layer->backward(dy, graph_ctx);
+              });
+            } catch (const Error& e) {
+              failure = e.what();
+            }
+            if (failure.empty()) {
+              const double graph_ms =
+                  median_ms(device, options.warmup, options.iters, [&] { graph.replay(); });
+              const double graph_tflops = 3.0 * fwd_flops / (graph_ms * 1e-3) / 1e12;
+              std::printf(
+                  "| %s | %lld | %s | %s+graph | %.2f | - | - | %.2f | %.3g | %.2f | - | "
+                  "%.3g (pool) |\n",
+                  shape.name.c_str(), static_cast<long long>(T), routing.c_str(), backend.c_str(),
+                  imbalance, graph_ms, graph_tflops, graph_tflops / ceilings.gemm_tflops,
+                  gib(graph.pool_bytes()));
+            } else {
+              std::printf("| %s | %lld | %s | %s+graph | not capturable: %.80s |\n",
+                          shape.name.c_str(), static_cast<long long>(T), routing.c_str(),
+                          backend.c_str(), failure.c_str());
+            }
+            std::fflush(stdout);
+          }
 
           if (options.stages) {
             DeviceTimer timer(device);

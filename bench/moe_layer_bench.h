@@ -22,7 +22,10 @@ struct MoELayerBenchOptions {
   int warmup = 3;
   int iters = 10;
   bool stages = true;  // also print where the time goes, per stage
-  bool cpu = false;    // force the CPU even when a GPU is present
+  // Also time the forward+backward captured as one CUDA graph and replayed (GPU; a row
+  // "<backend>+graph", or why the layer could not be captured: it read its counts on the host).
+  bool cuda_graph = false;
+  bool cpu = false;  // force the CPU even when a GPU is present
 };
 
 int run_moe_layer_bench(const MoELayerBenchOptions& options);

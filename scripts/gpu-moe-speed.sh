@@ -6,7 +6,8 @@
 #          backend against the CPU reference, the one-rank layer captured as one CUDA graph,
 #          the graph's private pool, a training step replayed as a graph against eager steps);
 #   layer  `moe bench moe-layer` at T = 8192, balanced and skewed routing, automatic and
-#          cutlass, and PEERS/moe_layer_peers.py (torch._grouped_mm) on the same shapes if given;
+#          cutlass, each also replayed as one CUDA graph (--cuda-graph: the launches' cost), and
+#          PEERS/moe_layer_peers.py (torch._grouped_mm) on the same shapes if given;
 #   train  the training-step benchmark (scripts/train-bench.sh) with the automatic backend, with
 #          cutlass, and with cutlass and the step captured as one CUDA graph
 #          (--cuda-graph-impl full_iteration: the time it saves, and in its log the memory).
@@ -27,7 +28,7 @@ if wants tests; then
 fi
 if wants layer; then
   timeout 300 "$build/moe" bench moe-layer --tokens 8192 --routings balanced skewed --iters 8 \
-    --warmup 3 --no-stages --grouped-gemm-backends automatic cutlass 2>&1 |
+    --warmup 3 --no-stages --grouped-gemm-backends automatic cutlass --cuda-graph 2>&1 |
     tee "$logdir/bench_moe_layer.log" | grep "^|" || status=1
   if [ -n "$peers" ]; then
     timeout 250 python3 "$peers/moe_layer_peers.py" --impls torch_grouped_mm --iters 8 \
