@@ -37,7 +37,7 @@
 #include "moe/dist/fatal.h"
 #include "moe/dist/init.h"
 #include "moe/ops/attention.h"
-#include "moe/ops/grouped_gemm.h"
+#include "moe_bench_shapes.h"
 #include "moe_ep_bench.h"
 #include "moe_layer_bench.h"
 #include "pipeline_bench.h"
@@ -85,15 +85,7 @@ int main(int argc, char** argv) {
                    "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched "
                    "grouped_batched cutlass (space- or comma-separated)")
       ->delimiter(',')
-      ->check([](const std::string& name) {
-        // A validator reports by its return value (a throw would escape CLI11's parse).
-        try {
-          (void)moe::ops::parse_grouped_gemm_backend(name);  // names the choices when it fails
-          return std::string();
-        } catch (const std::exception& e) {
-          return std::string(e.what());
-        }
-      });
+      ->check(moe::bench::grouped_gemm_backend_problem);
   bench_layer->add_option("--warmup", layer_options.warmup);
   bench_layer->add_option("--iters", layer_options.iters);
   bench_layer->add_flag("!--no-stages", layer_options.stages, "skip the per-stage breakdown");

@@ -1,9 +1,11 @@
 #include "moe_bench_shapes.h"
 
 #include <algorithm>
+#include <exception>
 
 #include "moe/core/error.h"
 #include "moe/nn/moe_layer.h"
+#include "moe/ops/grouped_gemm.h"
 
 namespace moe::bench {
 
@@ -58,6 +60,15 @@ void check_shape_names(const std::vector<std::string>& names, const std::string&
     const bool found =
         std::any_of(shapes.begin(), shapes.end(), [&](const Shape& s) { return s.name == name; });
     MOE_CHECK(found, command, ": --shapes '", name, "' is not a shape; the shapes are: ", known);
+  }
+}
+
+std::string grouped_gemm_backend_problem(const std::string& name) {
+  try {
+    (void)ops::parse_grouped_gemm_backend(name);
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
   }
 }
 

@@ -43,4 +43,8 @@ void skew_expert_bias(nn::MoELayer& layer, const Shape& s);
 // the shapes, not a row silently missing from the table.
 void check_shape_names(const std::vector<std::string>& names, const std::string& command);
 
+// A CLI11 validator of --grouped-gemm-backend(s) values: "" for a backend name, else the error
+// naming the choices (a validator reports by its return value; a throw would escape the parse).
+std::string grouped_gemm_backend_problem(const std::string& name);
+
 }  // namespace moe::bench

@@ -225,15 +225,7 @@ CLI::App* add_moe_ep_bench_command(CLI::App& bench, MoEEpBenchOptions& o) {
   cmd->add_option("--grouped-gemm-backend", o.gemm_backend,
                   "automatic per_expert_lt per_expert_streams per_expert_threads chunked_batched "
                   "grouped_batched cutlass (default automatic)")
-      ->check([](const std::string& name) {
-        // A validator reports by its return value (a throw would escape CLI11's parse).
-        try {
-          (void)ops::parse_grouped_gemm_backend(name);
-          return std::string();
-        } catch (const std::exception& e) {
-          return std::string(e.what());
-        }
-      });
+      ->check(grouped_gemm_backend_problem);
   cmd->add_option("--warmup", o.warmup, "untimed steps first (default 3)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--iters", o.iters, "timed steps per row (default 10)")

@@ -80,8 +80,11 @@ struct CachingCudaAllocator {
     std::lock_guard lock(mutex);
     live_streams.insert({device, stream});
     MemoryStats& s = stats[device];
-    const auto active = active_pools.find({device, stream});
-    const uint64_t pool = active == active_pools.end() ? 0 : active->second;
+    uint64_t pool = 0;  // the general cache unless a graph is capturing on this stream
+    if (!active_pools.empty()) {
+      const auto active = active_pools.find({device, stream});
+      if (active != active_pools.end()) pool = active->second;
+    }
     process_events_locked();
     void* ptr = take_cached_locked(device, stream, bytes, pool);
     if (ptr == nullptr) {

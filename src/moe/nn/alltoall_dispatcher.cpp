@@ -131,8 +131,7 @@ void AllToAllDispatcher::dispatch_preprocess(const Tensor& x, const Tensor& prob
 
 Tensor AllToAllDispatcher::exchange_forward(const Tensor& rows, DispatchContext& ctx) const {
   const Tensor received = exchange_forward_start(rows, ctx);
-  for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
-  ctx.in_flight.clear();
+  ctx.wait_in_flight();
   return exchange_forward_finish(received, ctx);
 }
 
@@ -204,8 +203,7 @@ void AllToAllDispatcher::dispatch_communicate_start(DispatchContext& ctx) {
 void AllToAllDispatcher::dispatch_communicate_finish(DispatchContext& ctx) {
   if (single_rank()) return;
   if (ctx.slot_rows > 0) return slots_communicate_finish(ctx);
-  for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
-  ctx.in_flight.clear();
+  ctx.wait_in_flight();
   ctx.comm_x = exchange_forward_finish(ctx.comm_x, ctx);
   ctx.comm_probs = exchange_forward_finish(ctx.comm_probs, ctx);
 }
@@ -285,22 +283,11 @@ void AllToAllDispatcher::combine_backward_start(const Tensor& dy, DispatchContex
 }
 
 Tensor AllToAllDispatcher::combine_backward_finish(DispatchContext& ctx) {
-  for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
-  ctx.in_flight.clear();
+  ctx.wait_in_flight();
   Tensor d = std::move(ctx.pending_grad);
   ctx.pending_grad = ctx.combine_buffer = Tensor();
-  ctx.in_flight_buffers.clear();
   if (single_rank()) return d;
-  if (ctx.slot_rows > 0) {
-    if (groups_.etp_size() > 1) {
-      Shape shape = d.shape();
-      shape[0] *= groups_.etp_size();
-      Tensor all = Tensor::empty(shape, d.dtype(), d.device());
-      groups_.etp->all_gather(d, all);
-      d = all;
-    }
-    return slots_grouped(d, ctx);
-  }
+  if (ctx.slot_rows > 0) return slots_grouped(slots_over_etp(d), ctx);
   return ops::sort_chunks(exchange_forward_finish(d, ctx), ctx.chunk_sizes, ctx.chunk_order);
 }
 

@@ -70,6 +70,9 @@ class AllToAllDispatcher final : public TokenDispatcher {
   // all-gather and the received slots' map.
   void slots_communicate_start(DispatchContext& ctx) const;
   void slots_communicate_finish(DispatchContext& ctx) const;
+  // Under ETP: every ETP rank computes a slice of the same experts' outputs for all their rows,
+  // so each gathers its ETP peers' received slots (sources s = q * P + r, as the counts do).
+  Tensor slots_over_etp(const Tensor& slots) const;
   // A received (and ETP-gathered) slot buffer -> rows grouped by local expert.
   Tensor slots_grouped(const Tensor& received, const DispatchContext& ctx) const;
   // Rows grouped by local expert -> this rank's permuted rows [R, ...] (the combine and the

@@ -28,12 +28,6 @@ Tensor rows_like(const Tensor& like, int64_t rows) {
   return Tensor::empty(shape, like.dtype(), like.device());
 }
 
-void wait_all(DispatchContext& ctx) {
-  for (const std::shared_ptr<dist::Work>& w : ctx.in_flight) w->wait();
-  ctx.in_flight.clear();
-  ctx.in_flight_buffers.clear();
-}
-
 }  // namespace
 
 bool AllToAllDispatcher::uses_slots() const {
@@ -93,21 +87,19 @@ void AllToAllDispatcher::slots_communicate_start(DispatchContext& ctx) const {
       groups_.ep->all_to_all_v_async(sent, ctx.received_counts, splits, splits));
 }
 
-void AllToAllDispatcher::slots_communicate_finish(DispatchContext& ctx) const {
-  wait_all(ctx);
+Tensor AllToAllDispatcher::slots_over_etp(const Tensor& slots) const {
   const int Q = groups_.etp_size();
-  if (Q > 1) {
-    // Every ETP rank computes a slice of the same experts' outputs for all their rows: each
-    // gathers its ETP peers' slots (sources s = q * P + r, as the counts).
-    const auto gather = [&](Tensor& t) {
-      Tensor all = rows_like(t, t.size(0) * Q);
-      groups_.etp->all_gather(t, all);
-      t = all;
-    };
-    gather(ctx.comm_x);
-    gather(ctx.comm_probs);
-    gather(ctx.received_counts);
-  }
+  if (Q == 1) return slots;
+  Tensor all = rows_like(slots, slots.size(0) * Q);
+  groups_.etp->all_gather(slots, all);
+  return all;
+}
+
+void AllToAllDispatcher::slots_communicate_finish(DispatchContext& ctx) const {
+  ctx.wait_in_flight();
+  ctx.comm_x = slots_over_etp(ctx.comm_x);
+  ctx.comm_probs = slots_over_etp(ctx.comm_probs);
+  ctx.received_counts = slots_over_etp(ctx.received_counts);
   ctx.received_slots = ops::make_received_slots(ctx.received_counts, ctx.slot_rows);
 }
 

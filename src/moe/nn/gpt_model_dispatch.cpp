@@ -17,8 +17,9 @@ std::vector<MoELayer*> GPTModel::moe_layers() {
 }
 
 std::optional<GPTModel::SlotOverflow> GPTModel::take_slot_overflow() {
+  const std::vector<MoELayer*> layers = moe_layers();
   std::vector<TokenDispatcher::SlotUsage> used;
-  for (MoELayer* moe : moe_layers()) {
+  for (MoELayer* moe : layers) {
     TokenDispatcher::SlotUsage u = moe->slot_usage();
     if (u.peak_rows.defined()) used.push_back(std::move(u));
   }
@@ -31,7 +32,7 @@ std::optional<GPTModel::SlotOverflow> GPTModel::take_slot_overflow() {
     slot.copy_(used[i].peak_rows);
   }
   const std::vector<int64_t> host = peaks.to_vector<int64_t>();
-  for (MoELayer* moe : moe_layers()) moe->reset_slot_usage();
+  for (MoELayer* moe : layers) moe->reset_slot_usage();
   SlotOverflow out{std::numeric_limits<int64_t>::min(), 0.0};
   for (size_t i = 0; i < used.size(); ++i) {
     out.over_rows = std::max(out.over_rows, host[i] - used[i].slot_rows);

@@ -53,7 +53,7 @@ struct DispatchContext {
   int64_t slot_rows = 0;
   ops::SendSlots send_slots;
   ops::ReceivedSlots received_slots;
-  Tensor send_counts, received_counts;  // [P, El] i64 sent; [Q * P, El] received
+  Tensor received_counts;  // [Q * P, El] i64: the counts beside the received slots
   // stage buffers
   Tensor comm_x, comm_probs;
   DispatchedTokens out;
@@ -62,6 +62,12 @@ struct DispatchContext {
   // rows a started backward exchange receives.
   std::vector<std::shared_ptr<dist::Work>> in_flight;
   std::vector<Tensor> in_flight_buffers;  // what they send, kept alive until they complete
+  // Waits for the exchanges in flight (then forgets them and their buffers).
+  void wait_in_flight() {
+    for (const std::shared_ptr<dist::Work>& w : in_flight) w->wait();
+    in_flight.clear();
+    in_flight_buffers.clear();
+  }
   Tensor pending_grad;
 };
 

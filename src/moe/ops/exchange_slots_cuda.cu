@@ -200,24 +200,6 @@ __global__ void gather_index_rows_kernel(const W* __restrict__ src, int64_t src_
   for (int64_t c = lane; c < words_per_row; c += threads_per_row) out[c] = in[c];
 }
 
-// The widest memory word that divides the row and both base addresses.
-template <class Fn>
-void with_word(int64_t row_bytes, const void* a, const void* b, Fn&& fn) {
-  auto fits = [&](size_t w) {
-    return row_bytes % static_cast<int64_t>(w) == 0 && aligned_to(a, w) && aligned_to(b, w);
-  };
-  if (fits(16))
-    fn.template operator()<uint4>();
-  else if (fits(8))
-    fn.template operator()<uint2>();
-  else if (fits(4))
-    fn.template operator()<uint32_t>();
-  else if (fits(2))
-    fn.template operator()<uint16_t>();
-  else
-    fn.template operator()<uint8_t>();
-}
-
 }  // namespace
 
 void make_send_slots_cuda(const Tensor& tokens_per_expert, int64_t destinations, int64_t slot_rows,

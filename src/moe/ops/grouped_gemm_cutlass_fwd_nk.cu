@@ -6,15 +6,7 @@
 namespace moe::ops::cutlass_grouped {
 
 void run_fwd_nk(DType dtype, const Call& call) {
-  using A = cutlass::layout::RowMajor;
-  using B = cutlass::layout::ColumnMajor;  // w_e [N, K]: B K-major
-  if (dtype == DType::bf16) {
-    run<cutlass::bfloat16_t, A, cutlass::bfloat16_t, B, void, cutlass::bfloat16_t, Cooperative>(
-        call);
-  } else {
-    MOE_CHECK(dtype == DType::f16, "grouped_gemm: the cutlass backend has no ", dtype, " kernel");
-    run<cutlass::half_t, A, cutlass::half_t, B, void, cutlass::half_t, Cooperative>(call);
-  }
+  run_forward<cutlass::layout::ColumnMajor>(dtype, call);  // w_e [N, K]: B K-major
 }
 
 }  // namespace moe::ops::cutlass_grouped

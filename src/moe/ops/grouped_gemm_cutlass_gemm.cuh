@@ -309,4 +309,32 @@ void run(const Call& call) {
   // only by later work on this stream, which runs after this GEMM.
 }
 
+// The forward / dgrad family for one layout of w (B): bf16 or f16 in and out, cooperative.
+template <class LayoutB>
+void run_forward(DType dtype, const Call& call) {
+  using A = cutlass::layout::RowMajor;  // x_e [rows, K]
+  if (dtype == DType::bf16) {
+    run<cutlass::bfloat16_t, A, cutlass::bfloat16_t, LayoutB, void, cutlass::bfloat16_t,
+        Cooperative>(call);
+  } else {
+    MOE_CHECK(dtype == DType::f16, "grouped_gemm: the cutlass backend has no ", dtype, " kernel");
+    run<cutlass::half_t, A, cutlass::half_t, LayoutB, void, cutlass::half_t, Cooperative>(call);
+  }
+}
+
+// The weight-gradient family for inputs T (dtype `in`): dw_e (+)= dy_e^T x_e into f32 or T,
+// ping-pong.
+template <class T>
+void run_wgrad(DType in, DType out_dtype, const Call& call) {
+  using A = cutlass::layout::ColumnMajor;  // dy_e^T
+  using B = cutlass::layout::RowMajor;     // x_e
+  if (out_dtype == DType::f32) {
+    run<T, A, T, B, float, float, Pingpong>(call);
+  } else {
+    MOE_CHECK(out_dtype == in, "grouped_gemm_wgrad: the cutlass backend has no ", in, " -> ",
+              out_dtype, " kernel");
+    run<T, A, T, B, T, T, Pingpong>(call);
+  }
+}
+
 }  // namespace moe::ops::cutlass_grouped

@@ -6,16 +6,7 @@
 namespace moe::ops::cutlass_grouped {
 
 void run_wgrad_f16(DType out_dtype, const Call& call) {
-  using T = cutlass::half_t;
-  using A = cutlass::layout::ColumnMajor;  // dy_e^T
-  using B = cutlass::layout::RowMajor;     // x_e
-  if (out_dtype == DType::f32) {
-    run<T, A, T, B, float, float, Pingpong>(call);
-  } else {
-    MOE_CHECK(out_dtype == DType::f16, "grouped_gemm_wgrad: the cutlass backend has no f16 -> ",
-              out_dtype, " kernel");
-    run<T, A, T, B, T, T, Pingpong>(call);
-  }
+  run_wgrad<cutlass::half_t>(DType::f16, out_dtype, call);
 }
 
 }  // namespace moe::ops::cutlass_grouped

@@ -82,24 +82,6 @@ const P* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data<P>() : nullptr;
 }
 
-// The widest memory word that divides the row and both base addresses.
-template <class Fn>
-void with_word(int64_t row_bytes, const void* a, const void* b, Fn&& fn) {
-  auto fits = [&](size_t w) {
-    return row_bytes % static_cast<int64_t>(w) == 0 && aligned_to(a, w) && aligned_to(b, w);
-  };
-  if (fits(16))
-    fn.template operator()<uint4>();
-  else if (fits(8))
-    fn.template operator()<uint2>();
-  else if (fits(4))
-    fn.template operator()<uint32_t>();
-  else if (fits(2))
-    fn.template operator()<uint16_t>();
-  else
-    fn.template operator()<uint8_t>();
-}
-
 constexpr int kMaxChunksPerLaunch = 128;  // keeps the kernel argument under 4 KiB
 
 struct ChunkBatch {

@@ -103,6 +103,25 @@ inline bool aligned_to(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
+// A row copy's memory word: the widest (16, 8, 4, 2 or 1 bytes) that divides the row's bytes
+// and aligns both base addresses; fn is called with that word type (rows as opaque bytes).
+template <class Fn>
+void with_word(int64_t row_bytes, const void* a, const void* b, Fn&& fn) {
+  auto fits = [&](size_t w) {
+    return row_bytes % static_cast<int64_t>(w) == 0 && aligned_to(a, w) && aligned_to(b, w);
+  };
+  if (fits(16))
+    fn.template operator()<uint4>();
+  else if (fits(8))
+    fn.template operator()<uint2>();
+  else if (fits(4))
+    fn.template operator()<uint32_t>();
+  else if (fits(2))
+    fn.template operator()<uint16_t>();
+  else
+    fn.template operator()<uint8_t>();
+}
+
 // ---- row launch shape ------------------------------------------------------------------------
 
 inline constexpr int kRowBlock = 256;
