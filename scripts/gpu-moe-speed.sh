@@ -10,9 +10,14 @@
 #          PEERS/moe_layer_peers.py (torch._grouped_mm) on the same shapes if given;
 #   train  the training-step benchmark (scripts/train-bench.sh) with the automatic backend, with
 #          cutlass, and with cutlass and the step captured as one CUDA graph
-#          (--cuda-graph-impl full_iteration: the time it saves, and in its log the memory).
+#          (--cuda-graph-impl full_iteration: the time it saves, and in its log the memory);
+#   profile  the timeline of a Qwen3-30B-A3B:8 step (docs/perf.md): `moe train --profile` over
+#          iterations 5-6 with moecore's recorder (host ranges and CUPTI's kernels), eager with
+#          the automatic backend and with cutlass, and with cutlass replayed as one CUDA graph;
+#          the summaries (stages, idle gaps and their causes) in LOGDIR/profile_*.log, the Chrome
+#          traces in LOGDIR/profile_*/rank-0.json.
 # Logs go to LOGDIR; a build unpacked as scripts/gpu-pack.sh packs it.
-#   scripts/gpu-moe-speed.sh BUILD LOGDIR [PEERS] [tests|layer|train|all]
+#   scripts/gpu-moe-speed.sh BUILD LOGDIR [PEERS] [tests|layer|train|profile|all]
 set -uo pipefail
 build=$1 logdir=$2 peers=${3:-} part=${4:-all}
 mkdir -p "$logdir"
@@ -22,7 +27,7 @@ status=0
 wants() { [ "$part" = all ] || [ "$part" = "$1" ]; }
 if wants tests; then
   timeout 240 "$build/tests/moe_gpu_tests" \
-    --gtest_filter='GroupedGemm*:MoELayer*:ExchangeSlotsCuda*:CudaGraph*:TrainerCudaGraph*' \
+    --gtest_filter='GroupedGemm*:MoELayer*:ExchangeSlotsCuda*:CudaGraph*:TrainerCudaGraph*:DeviceActivityCuda*' \
     >"$logdir/tests.log" 2>&1 || status=1
   grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran|Failure" "$logdir/tests.log" | head -n 30
 fi
@@ -45,6 +50,20 @@ if wants train; then
       bash "$(dirname "$0")/train-bench.sh" "$build/moe" "$logdir/train_$variant" qwen3-30b-a3b:8 |
       tee "$logdir/train_$variant.md" || status=1
     grep -h "CUDA graph" "$logdir/train_$variant"/*.log 2>/dev/null | head -n 2
+  done
+fi
+if wants profile; then
+  for variant in automatic cutlass cutlass-graph; do
+    flags=(--moe-grouped-gemm-backend "${variant%-graph}")
+    [ "$variant" = cutlass-graph ] &&
+      flags+=(--cuda-graph-impl full_iteration --cuda-graph-warmup-steps 2)
+    timeout 150 "$build/moe" train --model qwen3-30b-a3b --num-layers 8 --bf16 --seq-length 4096 \
+      --micro-batch-size 2 --global-batch-size 2 --train-iters 6 --lr 3e-4 --lr-warmup-iters 1 \
+      --log-interval 1 --eval-iters 0 --sample-tokens 0 --moe-router-force-load-balancing \
+      --attention-dropout 0 --hidden-dropout 0 "${flags[@]}" \
+      --profile --profile-step-start 4 --profile-step-end 6 --profile-dir "$logdir/profile_$variant" \
+      >"$logdir/profile_$variant.log" 2>&1 || status=1
+    sed -n '/^profile of/,/^  trace/p' "$logdir/profile_$variant.log" | head -n 60
   done
 fi
 exit $status

@@ -28,6 +28,11 @@ ldd "${programs[@]}" | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
     *) cp -L "$lib" "$stage/$build/deps/" ;;
   esac
 done
+# CUPTI (moe train --profile's device recorder) is loaded with dlopen, so ldd does not list it:
+# the toolkit's own, of the CUDA version the build was made with.
+for cupti in /usr/local/cuda/lib64/libcupti.so.[0-9]* /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.[0-9]*; do
+  [ -f "$cupti" ] && { cp -L "$cupti" "$stage/$build/deps/"; break; }
+done
 strip --strip-unneeded "$stage/$build/deps/"* 2>/dev/null || true
 tar -C "$stage" -cJf "$out" "$build"
 echo "$out: $(du -h "$out" | cut -f1)"

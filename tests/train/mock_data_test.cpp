@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/printed_text.h"
 #include "moe/train/mock_batch_source.h"
 #include "moe/train/train_args.h"
 #include "moe/train/train_run.h"
@@ -101,10 +102,7 @@ TEST(MockData, ShortRunTrainsOnIt) {
                                                   "1"});
   std::FILE* out = std::tmpfile();
   const TrainRunResult r = run_training(config, standard_train_hooks(), out);
-  std::rewind(out);
-  std::string text(1 << 15, '\0');
-  text.resize(std::fread(text.data(), 1, text.size(), out));
-  std::fclose(out);
+  const std::string text = test::printed_text(out);
   ASSERT_EQ(r.iterations, 3);
   for (double loss : r.losses) EXPECT_NEAR(loss, std::log(200.0), 0.5);  // random tokens
   EXPECT_NE(text.find("--mock-data, random tokens of the 200-id vocabulary"), std::string::npos)

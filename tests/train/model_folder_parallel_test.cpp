@@ -42,6 +42,7 @@
 #include <regex>
 #include <set>
 
+#include "common/printed_text.h"
 #include "moe/checkpoint/model_io.h"
 #include "moe/checkpoint/tensor_source.h"
 #include "moe/dist/local_backend.h"
@@ -445,16 +446,6 @@ TEST(ModelFolderTensorParallelReads, EachRankReadsOnlyItsRowsOfColumnParallelTen
   }
 }
 
-// The whole text a tmpfile received (closing it).
-std::string text_of(std::FILE* out) {
-  std::rewind(out);
-  std::string text;
-  char buffer[4096];
-  while (const size_t n = std::fread(buffer, 1, sizeof buffer, out)) text.append(buffer, n);
-  std::fclose(out);
-  return text;
-}
-
 // `moe train --load HF_DIR --finetune` (no --model: the folder's model) under TP 2, with and
 // without --sequence-parallel, TP 2 x EP 2 (DP 2), CP 2, TP 2 x CP 2 with --sequence-parallel,
 // CP 2 x EP 2, PP 2 (uneven) and PP 2 (a layout) x TP 2 with --sequence-parallel: every rank trains
@@ -519,7 +510,7 @@ TEST(ModelFolderParallelTraining, FineTunesAHuggingFaceFolderAsOneRank) {
       std::lock_guard lock(mutex);
       results[static_cast<size_t>(r)] = std::move(result);
     });
-    const std::string text = text_of(out);
+    const std::string text = test::printed_text(out);
     EXPECT_NE(text.find("loaded the weights of the model folder " + dir.string()),
               std::string::npos)
         << text;

@@ -693,5 +693,32 @@ TEST(TrainArgs, RunConfigJsonRecordsTheFlags) {
   EXPECT_NE(describe(run).find("--lr 0.01"), std::string::npos);
 }
 
+TEST(TrainArgs, ProfileFlagsAreMegatronsWindow) {
+  const TrainRunConfig defaults = parse({"--profile"});
+  EXPECT_TRUE(defaults.profile.enabled);
+  EXPECT_EQ(defaults.profile.step_start, 10);  // Megatron's defaults
+  EXPECT_EQ(defaults.profile.step_end, 12);
+  EXPECT_TRUE(defaults.profile.ranks.empty());
+  const TrainRunConfig run =
+      parse({"--profile", "--profile-step-start", "3", "--profile-step-end", "5", "--profile-ranks",
+             "0", "2", "--use-pytorch-profiler", "--tensorboard-dir", "tb", "--nvtx-ranges"});
+  EXPECT_EQ(run.profile.step_start, 3);
+  EXPECT_EQ(run.profile.step_end, 5);
+  EXPECT_EQ(run.profile.ranks, (std::vector<int64_t>{0, 2}));
+  EXPECT_TRUE(run.profile.use_builtin);
+  EXPECT_EQ(run.profile.trace_path(2, run.tensorboard_dir), "torch_profile/rank-2.json");
+  EXPECT_EQ(parse({"--profile", "--profile-dir", "p"}).profile.dir, "p");
+  // Megatron ignores --use-pytorch-profiler without --profile; so does moecore.
+  EXPECT_FALSE(parse({"--use-pytorch-profiler"}).profile.enabled);
+
+  EXPECT_ERROR_NAMES(Args({"--profile", "--profile-step-start", "5", "--profile-step-end", "5"}),
+                     "--profile-step-end 5", "--profile-step-start 5");
+  EXPECT_ERROR_NAMES(Args({"--profile-dir", "p"}), "--profile-dir p needs --profile");
+  EXPECT_ERROR_NAMES(Args({"--profile", "--use-pytorch-profiler"}), "--use-pytorch-profiler",
+                     "--tensorboard-dir", "--profile-dir");
+  EXPECT_ERROR_NAMES(Args({"--profile", "--profile-ranks", "-1"}), "--profile-ranks");
+  EXPECT_ERROR_NAMES(Args({"--profile", "--profile-step-start", "x"}), "--profile-step-start");
+}
+
 }  // namespace
 }  // namespace moe::train

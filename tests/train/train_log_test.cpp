@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/printed_text.h"
 #include "moe/nn/gpt_model.h"
 #include "moe/train/train_log.h"
 #include "nn/gpt_test_util.h"
@@ -153,10 +154,7 @@ TEST(TrainLog, LoggerAveragesTheIntervalAndWritesJsonlAndTensorBoard) {
   EXPECT_EQ(lines[2]["skipped_iterations"], 0);
   EXPECT_EQ(lines[3]["event"], "saved checkpoint x");
 
-  std::rewind(out);
-  std::string text(8192, '\0');
-  text.resize(std::fread(text.data(), 1, text.size(), out));
-  std::fclose(out);
+  const std::string text = test::printed_text(out);
   EXPECT_NE(text.find("iteration        3/       6 | consumed samples:           12 |"), std::string::npos) << text;
   EXPECT_NE(text.find("iteration 2: skipped"), std::string::npos) << text;
   EXPECT_NE(text.find("validation loss at iteration 3 | lm loss value: 2.500000E+00"), std::string::npos) << text;
@@ -195,10 +193,7 @@ TEST(TrainLog, NotesWithBytesThatAreNotUtf8StayValidJson) {
   EXPECT_NE(event.find(" ok "), std::string::npos) << event;
   EXPECT_EQ(lines[1]["event"], "after");
   EXPECT_EQ(json_line(nlohmann::json{{"x", "\xC3"}}), "{\"x\":\"\xEF\xBF\xBD\"}");
-  std::rewind(out);
-  std::string text(1024, '\0');
-  text.resize(std::fread(text.data(), 1, text.size(), out));
-  std::fclose(out);
+  const std::string text = test::printed_text(out);
   EXPECT_NE(text.find(sample), std::string::npos);
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/printed_text.h"
 #include "moe/core/error.h"
 #include "moe/data/preprocess.h"
 #include "moe/data/tokenizer.h"
@@ -45,15 +46,6 @@ std::vector<std::string> small_run(const std::vector<std::string>& more) {
   return args;
 }
 
-std::string text_of(std::FILE* out) {
-  std::rewind(out);
-  std::string text;
-  char buffer[4096];
-  while (const size_t n = std::fread(buffer, 1, sizeof buffer, out)) text.append(buffer, n);
-  std::fclose(out);
-  return text;
-}
-
 struct RanksRun {
   std::vector<TrainRunResult> results;  // per rank
   std::string output;                   // everything the ranks wrote to the shared output
@@ -72,7 +64,7 @@ RanksRun run_on_ranks(const TrainRunConfig& config, int ranks) {
     std::lock_guard lock(mutex);
     run.results[static_cast<size_t>(r)] = std::move(result);
   });
-  run.output = text_of(out);
+  run.output = test::printed_text(out);
   return run;
 }
 
@@ -100,7 +92,7 @@ TEST(TrainRunParallel, ExpertParallelRanksTrainTheOneRankModel) {
   std::FILE* one_out = std::tmpfile();
   const TrainRunResult one = run_training_on(one_config, TrainWorld{nullptr, Device::cpu(), true},
                                              standard_train_hooks(), one_out);
-  const std::string one_text = text_of(one_out);
+  const std::string one_text = test::printed_text(one_out);
   ASSERT_EQ(one.losses.size(), 6u);
 
   const RanksRun many = run_on_ranks(
@@ -427,7 +419,7 @@ TEST(TrainRunParallel, ExitSignalEndsTheRunAfterTheIteration) {
   sigaction(SIGTERM, &old_term, nullptr);
   sigaction(SIGINT, &old_int, nullptr);
   reset_exit_signal();
-  const std::string text = text_of(out);
+  const std::string text = test::printed_text(out);
   EXPECT_EQ(r.iterations, 3);
   EXPECT_EQ(r.exit_signal, SIGTERM);
   EXPECT_EQ(saves, 1);

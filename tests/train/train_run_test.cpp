@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "checkpoint/checkpoint_testing.h"
+#include "common/printed_text.h"
 #include "moe/checkpoint/model_io.h"
 #include "moe/core/device.h"
 #include "moe/core/error.h"
@@ -49,14 +50,6 @@ std::string error_of(const TrainRunConfig& config, const TrainHooks& hooks = {})
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-std::string output_of(std::FILE* out) {
-  std::rewind(out);
-  std::string text(1 << 16, '\0');
-  text.resize(std::fread(text.data(), 1, text.size(), out));
-  std::fclose(out);
-  return text;
 }
 
 // A small and quick run: 1 layer of width 32, 4 experts.
@@ -110,12 +103,44 @@ TEST(TrainRun, PerLayerMoELogging) {
     EXPECT_GT(j["moe_layers"][0]["aux_loss"].get<double>(), 0.0);
   }
   EXPECT_EQ(with_layers, 1);  // one log point at iteration 10
-  std::rewind(out);
-  std::string text;
-  char buffer[4096];
-  while (const size_t n = std::fread(buffer, 1, sizeof(buffer), out)) text.append(buffer, n);
-  std::fclose(out);
+  const std::string text = test::printed_text(out);
   EXPECT_NE(text.find("expert load min/max/cv"), std::string::npos) << text;
+}
+
+// --profile on the CPU: the window's steps as a summary per stage and a Chrome trace holding
+// the stages a step passes through; the losses are the unprofiled run's; a rank the run does
+// not have is refused.
+TEST(TrainRun, ProfileWritesTheWindowsStagesAndChangesNothing) {
+  const fs::path dir = fresh_dir("profile");
+  std::vector<std::string> args = small_run_args();
+  *(std::find(args.begin(), args.end(), "--train-iters") + 1) = "3";
+  args.insert(args.end(), {"--sample-tokens", "0", "--eval-iters", "0"});
+  const TrainRunResult plain = run_training(parse_train_args(args), {}, nullptr);
+  std::vector<std::string> profiled_args = args;
+  profiled_args.insert(profiled_args.end(),
+                       {"--profile", "--profile-step-start", "1", "--profile-step-end", "2",
+                        "--profile-dir", dir.string()});
+  std::FILE* out = std::tmpfile();
+  const TrainRunResult profiled = run_training(parse_train_args(profiled_args), {}, out);
+  EXPECT_EQ(profiled.losses, plain.losses);
+  const std::string text = test::printed_text(out);
+  EXPECT_NE(text.find("profile of iteration 2 on rank 0: 1 step in"), std::string::npos) << text;
+  const nlohmann::json trace = nlohmann::json::parse(read_text(dir / "rank-0.json"));
+  std::map<std::string, int> calls;
+  for (const nlohmann::json& e : trace.at("traceEvents"))
+    if (e.at("ph") == "X") ++calls[e.at("name").get<std::string>()];
+  EXPECT_EQ(calls["train_step"], 1);
+  for (const char* stage : {"forward", "backward", "embedding", "layer", "attention", "moe.route",
+                            "moe.dispatch", "moe.experts", "moe.combine", "output_layer",
+                            "layer.bwd", "moe.experts.bwd", "embedding.bwd", "losses", "optimizer"})
+    EXPECT_GE(calls[stage], 1) << stage;
+  EXPECT_EQ(calls["layer"], 2);  // 2 micro-batches of the one layer
+  EXPECT_TRUE(fs::exists(dir / "rank-0.txt"));
+
+  profiled_args.insert(profiled_args.end(), {"--profile-ranks", "1"});
+  EXPECT_NE(error_of(parse_train_args(profiled_args)).find("--profile-ranks 1: the run has 1 rank"),
+            std::string::npos);
+  fs::remove_all(dir);
 }
 
 TEST(TrainRun, ShortRunLearnsLogsSavesAndSamples) {
@@ -157,10 +182,7 @@ TEST(TrainRun, ShortRunLearnsLogsSavesAndSamples) {
   EXPECT_EQ(latest_checkpoint_iteration((dir / "save").string()), 40);
   EXPECT_FALSE(fs::is_empty(dir / "tb"));
 
-  std::rewind(out);
-  std::string text(1 << 16, '\0');
-  text.resize(std::fread(text.data(), 1, text.size(), out));
-  std::fclose(out);
+  const std::string text = test::printed_text(out);
   EXPECT_NE(text.find("iteration       40/      40 |"), std::string::npos) << text;
   EXPECT_NE(text.find("saved checkpoint"), std::string::npos) << text;
   EXPECT_NE(text.find("sample ("), std::string::npos) << text;
@@ -285,10 +307,7 @@ TEST(TrainRun, ResumingWithRouterJitterDrawsTheSameJitter) {
   std::FILE* out = std::tmpfile();
   const TrainRunResult resumed =
       run_training(parse_train_args(second), standard_train_hooks(), out);
-  std::rewind(out);
-  std::string text(1 << 16, '\0');
-  text.resize(std::fread(text.data(), 1, text.size(), out));
-  std::fclose(out);
+  const std::string text = test::printed_text(out);
   EXPECT_EQ(text.find("draws other jitter"), std::string::npos) << text;  // no warning
   ASSERT_EQ(resumed.iterations, 6);
   for (size_t i = 0; i < 6; ++i)
@@ -359,7 +378,7 @@ TEST(TrainRun, SaveNeverWritesOverAnotherRunsIterations) {
   resume.insert(resume.end(), {"--load", save.string()});
   std::FILE* out = std::tmpfile();
   EXPECT_EQ(run_training(parse_train_args(resume), standard_train_hooks(), out).iterations, 0);
-  EXPECT_NE(output_of(out).find("is the checkpoint this run loaded"), std::string::npos);
+  EXPECT_NE(test::printed_text(out).find("is the checkpoint this run loaded"), std::string::npos);
   auto after = save_folder_bytes(save);
   after["metrics.jsonl"] = before.at("metrics.jsonl");  // the resumed run appended its notes
   EXPECT_EQ(after, before);
@@ -369,7 +388,7 @@ TEST(TrainRun, SaveNeverWritesOverAnotherRunsIterations) {
   replace.replace_earlier_saves = true;
   out = std::tmpfile();
   run_training(parse_train_args(saving_run_args(save, 4)), standard_train_hooks(replace), out);
-  const std::string text = output_of(out);
+  const std::string text = test::printed_text(out);
   EXPECT_NE(text.find("replacing " + (save / "iter_0000002").string()), std::string::npos) << text;
   EXPECT_EQ(latest_checkpoint_iteration(save.string()), 4);
 }
@@ -410,7 +429,7 @@ TEST(TrainRun, AModelFolderInLoadGivesTheRunItsWeights) {
       std::FILE* out = std::tmpfile();
       EXPECT_EQ(run_training(parse_train_args(with_load), hooks, out).iterations, 1);
       EXPECT_TRUE(checked);
-      const std::string text = output_of(out);
+      const std::string text = test::printed_text(out);
       EXPECT_NE(text.find("loaded the weights of the model folder"), std::string::npos) << text;
       EXPECT_EQ(text.find("from scratch"), std::string::npos) << text;
     }

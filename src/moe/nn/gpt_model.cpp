@@ -4,6 +4,7 @@
 #include <array>
 
 #include "moe/core/rng.h"
+#include "moe/core/trace_range.h"
 #include "moe/nn/param_init.h"
 #include "moe/ops/dropout.h"
 #include "moe/ops/elementwise.h"
@@ -180,6 +181,7 @@ int64_t GPTModel::local_seq_length(int64_t seq_length) const {
 }
 
 Tensor GPTModel::embed(const Tensor& ids) {
+  const TraceRange range("embedding");
   const TensorParallel& tp = groups_.tp;
   if (!tp.active()) return ops::embedding_forward(ids, embed_tokens.value);
   ops::EmbeddingArgs args;
@@ -190,6 +192,7 @@ Tensor GPTModel::embed(const Tensor& ids) {
 }
 
 void GPTModel::embed_backward(const Tensor& dy, const Tensor& ids) {
+  const TraceRange range("embedding.bwd");
   const TensorParallel& tp = groups_.tp;
   const bool accumulate = embed_tokens.take_grad_beta() != 0.0f;
   ops::EmbeddingArgs args;
@@ -202,6 +205,7 @@ void GPTModel::embed_backward(const Tensor& dy, const Tensor& ids) {
 
 ops::CrossEntropyResult GPTModel::output_loss(const Tensor& hidden, const Tensor& labels,
                                               const Tensor& loss_mask, Tensor& saved_input) {
+  const TraceRange range("output_layer");
   const TensorParallel& tp = groups_.tp;
   const Tensor& weight = output_weight().value;
   const Tensor all = tp_enter_forward(hidden, tp);
@@ -252,6 +256,7 @@ ops::CrossEntropyResult GPTModel::over_sequence(ops::CrossEntropyResult local) c
 Tensor GPTModel::output_loss_backward(double grad_loss, const Tensor& saved_input,
                                       const Tensor& labels, const Tensor& loss_mask,
                                       const ops::CrossEntropyResult& saved) {
+  const TraceRange range("output_layer.bwd");
   const TensorParallel& tp = groups_.tp;
   Parameter& weight = output_weight();
   // The fused cross-entropy accumulates dW (+=): materialise a lazily zeroed gradient first.
@@ -413,6 +418,7 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
     return out;
   }
   if (fuses_output_backward(ctx)) {
+    const TraceRange range("output_layer");  // its backward too (the loss's scale is known)
     ops::CrossEntropyWithGrad fused = ops::linear_cross_entropy_forward_backward(
         *ctx.loss_scale_known_in_forward, ctx.hidden, output_weight().value, ctx.labels,
         ctx.loss_mask, output_weight().grad_value(), cross_entropy);
@@ -444,6 +450,7 @@ GPTLoss GPTModel::forward(const Tensor& input_ids, const Tensor& labels, GPTCont
 }
 
 void GPTModel::mtp_layers_forward(GPTContext& ctx, Tensor& aux_loss) {
+  const TraceRange range("mtp");
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
   const int64_t Sl = local_seq_length(S), H = config_.hidden_size, D = config_.mtp_num_layers;
   const ContextParallel& cp = groups_.cp;
@@ -498,6 +505,7 @@ std::vector<Tensor> GPTModel::mtp_losses_backward(GPTContext& ctx, double loss_s
 }
 
 Tensor GPTModel::mtp_layers_backward(GPTContext& ctx, std::vector<Tensor> dh, double loss_scale) {
+  const TraceRange range("mtp.bwd");
   const int64_t S = ctx.tokens_shape[0], B = ctx.tokens_shape[1];
   const int64_t Sl = local_seq_length(S), H = config_.hidden_size, D = config_.mtp_num_layers;
   Tensor d_next;  // d h_k from depth k + 1's layer

@@ -48,6 +48,7 @@ std::vector<Entry> build_table() {
   flags::add_optimizer_flags(t);
   flags::add_precision_flags(t);
   flags::add_logging_flags(t);
+  flags::add_profile_flags(t);
   flags::add_checkpoint_flags(t);
   flags::add_data_flags(t);
   flags::add_megatron_surface_flags(t);
@@ -94,6 +95,25 @@ std::string unknown_flag_message(const std::string& name, const std::string& whe
   return moe::detail::concat("moe train: unknown flag ", name, where,
                              best.empty() ? std::string() : " (did you mean " + best + "?)",
                              "; `moe train --help` lists the flags");
+}
+
+// --profile's window and destination (step_profiler.h). Megatron ignores
+// --use-pytorch-profiler without --profile, and so does moecore; its own --profile-dir is refused
+// there, since it would record nothing.
+void check_profile_flags(const TrainRunConfig& r) {
+  const ProfileConfig& p = r.profile;
+  if (!p.enabled) {
+    MOE_CHECK(p.dir.empty(), "--profile-dir ", p.dir,
+              " needs --profile: it is where the profiled iterations' trace goes");
+    return;
+  }
+  MOE_CHECK(p.step_end > p.step_start, "--profile-step-end ", p.step_end,
+            " must be above --profile-step-start ", p.step_start,
+            " (the window is the iterations after the start up to the end)");
+  MOE_CHECK(!p.use_builtin || !p.dir.empty() || !r.tensorboard_dir.empty(),
+            "--use-pytorch-profiler writes its trace beside --tensorboard-dir (in "
+            "<dir>/../torch_profile, as Megatron does): give --tensorboard-dir, or --profile-dir "
+            "DIR for the trace's folder");
 }
 
 // Megatron's --moe-layer-freq / --num-layers interplay, and the other derived values.
@@ -275,6 +295,7 @@ void finish(ParseState& s) {
               " is smaller than the tokenizer's ", tokens, " ids (", tokenizer->description(), ")");
   }
   MOE_CHECK(r.save_interval == 0 || !r.save.empty(), "--save-interval needs --save");
+  check_profile_flags(r);
   MOE_CHECK(!r.finetune || !r.load.empty(), "--finetune needs --load");
   MOE_CHECK(!r.no_load_optim || !r.load.empty(), "--no-load-optim needs --load");
 

@@ -52,6 +52,7 @@
 #include "moe/dist/init.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/pipeline_layout.h"
+#include "moe/train/step_profiler.h"
 #include "moe/train/trainer.h"
 
 namespace moe::train {
@@ -103,6 +104,9 @@ struct TrainRunConfig {
   // --pipeline-timeline (moecore): after the first iteration, the schedule every pipeline rank
   // executed, drawn (train/pipeline_timeline_report.h).
   bool pipeline_timeline = false;
+  // --profile, --profile-step-start / -end, --profile-ranks, --use-pytorch-profiler,
+  // --profile-dir (moecore): train/step_profiler.h.
+  ProfileConfig profile;
 
   // Checkpoints (train_run.h refuses them when the build has no checkpoint hooks).
   std::string save;            // --save DIR

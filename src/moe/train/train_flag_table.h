@@ -5,7 +5,7 @@
 // the flags are applied in and `moe train --help` lists them:
 //   model (train_flags_model.cpp), MLA (train_flags_mla.cpp), MoE (train_flags_model.cpp);
 //   parallel, batches, schedule, optimizer, precision (train_flags_training.cpp); logging,
-//   checkpoints, data (train_flags_io.cpp).
+//   profiling, checkpoints, data (train_flags_io.cpp).
 // Internal to train_args: nothing else includes it.
 #pragma once
 
@@ -82,6 +82,7 @@ void add_schedule_flags(std::vector<Entry>& t);    // lr and weight decay (train
 void add_optimizer_flags(std::vector<Entry>& t);   // AdamW (train.optimizer)
 void add_precision_flags(std::vector<Entry>& t);   // precision, device, NaN handling
 void add_logging_flags(std::vector<Entry>& t);     // evaluation and logging
+void add_profile_flags(std::vector<Entry>& t);     // --profile and its window (profile)
 void add_checkpoint_flags(std::vector<Entry>& t);  // --save, --load, upcycling
 void add_data_flags(std::vector<Entry>& t);        // data, tokenizer, the sample, --config
 // Megatron flags accepted because moecore always does it, checkpoint formats, refused --moe-*.

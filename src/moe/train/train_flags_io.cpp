@@ -33,6 +33,45 @@ void add_logging_flags(std::vector<Entry>& t) {
                      [](S& s, V) { s.run.pipeline_timeline = true; }));
 }
 
+// Profiling (step_profiler.h): Megatron-LM's window flags, and where moecore's trace goes.
+void add_profile_flags(std::vector<Entry>& t) {
+  using S = ParseState;
+  using V = const std::string&;
+  t.push_back(toggle("--profile",
+                     "profile iterations (--profile-step-start, --profile-step-end]: a summary "
+                     "per stage (host and device time, the device's idle gaps and their cause); "
+                     "without --profile-dir / --use-pytorch-profiler the window is Nsight "
+                     "Systems' capture range (nsys profile --capture-range=cudaProfilerApi)",
+                     [](S& s, V) { s.run.profile.enabled = true; }));
+  t.push_back(
+      value("--profile-step-start", "N", "--profile starts after iteration N (default 10)",
+            [](S& s, V v) { s.run.profile.step_start = as_count("--profile-step-start", v, 0); }));
+  t.push_back(
+      value("--profile-step-end", "N", "--profile ends after iteration N (default 12)",
+            [](S& s, V v) { s.run.profile.step_end = as_count("--profile-step-end", v, 1); }));
+  t.push_back(value("--profile-ranks", "R ...",
+                    "the global ranks --profile profiles (default: all)", [](S& s, V v) {
+                      s.run.profile.ranks.clear();
+                      for (const std::string& r : split_values(v))
+                        s.run.profile.ranks.push_back(as_count("--profile-ranks", r, 0));
+                    }));
+  t.push_back(toggle("--use-pytorch-profiler",
+                     "with --profile: moecore's own recorder (host ranges and the device's "
+                     "kernels, copies and memsets from CUPTI) writes a Chrome trace per rank to "
+                     "<--tensorboard-dir>/../torch_profile/rank-R.json, where Megatron writes "
+                     "PyTorch's",
+                     [](S& s, V) { s.run.profile.use_builtin = true; }));
+  t.push_back(value("--profile-dir", "DIR",
+                    "moecore: with --profile, record the device too and write each profiled "
+                    "rank's Chrome trace (rank-R.json) and summary (rank-R.txt) to DIR",
+                    [](S& s, V v) { s.run.profile.dir = v; }));
+  t.push_back(toggle("--nvtx-ranges",
+                     "moecore's NVTX ranges (route, dispatch, experts, combine, attention, "
+                     "communication, optimizer) are always on: they cost nothing until a "
+                     "profiler attaches",
+                     [](S&, V) {}));
+}
+
 // Checkpoints (train_run.h refuses them without the build's checkpoint hooks).
 void add_checkpoint_flags(std::vector<Entry>& t) {
   using S = ParseState;

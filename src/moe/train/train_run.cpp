@@ -25,6 +25,7 @@
 #include "moe/train/memory_report.h"
 #include "moe/train/mock_batch_source.h"
 #include "moe/train/pipeline_timeline_report.h"
+#include "moe/train/step_profiler.h"
 #include "moe/train/train_checkpoint.h"
 #include "moe/train/train_upcycle.h"
 
@@ -502,6 +503,9 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   check_cuda_graph_flags(config);
   check_expert_mapping(config, world.size());
   check_parallel_flags(config, world.size());
+  for (const int64_t r : config.profile.ranks)
+    MOE_CHECK(r < world.size(), "--profile-ranks ", r, ": the run has ", world.size(), " rank",
+              world.size() == 1 ? "" : "s", " (0 to ", world.size() - 1, ")");
   std::FILE* out = world.rank() == 0 ? all_out : nullptr;
   if (hooks.prepare) hooks.prepare(config);
   const Device device = world.device;
@@ -583,8 +587,13 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
   if (state) layer_stats.set_group(state->dp_cp(), device);
   if (config.moe_per_layer_logging)
     trainer.on_micro_batch = [&](const nn::GPTContext& ctx) { layer_stats.observe(ctx); };
+  // --profile: its window's steps recorded; rank 0 prints its summary, each rank with a trace
+  // folder writes its own there.
+  StepProfiler profiler(config.profile, world.rank(), config.tensorboard_dir, device.is_cuda(),
+                        out);
   while (trainer.iteration() < tc.train_iters) {
     report([&] { interrupt_report_iteration(trainer.iteration() + 1, tc.train_iters); });
+    profiler.before_step(trainer.iteration());
     const StepMetrics m = trainer.train_step();
     ++result.iterations;
     result.losses.push_back(m.skipped ? std::numeric_limits<double>::quiet_NaN() : m.loss);
@@ -617,11 +626,13 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
       hooks.save(session);
       saved_iteration = m.iteration;
     }
+    profiler.after_step(m.iteration);
     if (config.exit_signal_handler) {
       result.exit_signal = agreed_exit_signal(exit_signal_received(), world.group, device);
       if (result.exit_signal != 0) break;
     }
   }
+  profiler.finish(trainer.iteration());
   if (result.exit_signal != 0) {
     // --exit-signal-handler: save what was trained (unless just saved) and stop; no final
     // evaluation, no sample (a pre-empted job has seconds left).

@@ -264,9 +264,10 @@ StepMetrics Trainer::train_step() {
         // The scale is known now: the output layer's loss backward runs inside the forward.
         ctx.loss_scale_known_in_forward = scale;
         const MicroBatch& mb = inputs[static_cast<size_t>(i)];
-        const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
+        const nn::GPTLoss loss =
+            traced("forward", [&] { return model_.forward(mb.input_ids, mb.labels, ctx); });
         if (on_micro_batch && report_micro_batches) on_micro_batch(ctx);
-        model_.backward(ctx, scale);
+        traced("backward", [&] { model_.backward(ctx, scale); });
         step.add(loss, ctx);
       }
     }
@@ -312,9 +313,11 @@ StepMetrics Trainer::train_step() {
     Tensor slot = sums.rows(1, 1);
     slot.copy_(aux);
   }
-  reduce_losses_over_stages(sums);
-  reduce_losses(sums);
-  const std::vector<double> host = sums.to_double_vector();  // the step's one loss read-back
+  const std::vector<double> host = traced("losses", [&] {
+    reduce_losses_over_stages(sums);
+    reduce_losses(sums);
+    return sums.to_double_vector();  // the step's one loss read-back
+  });
   if (per_token) {
     // Megatron's finalize_model_grads: every gradient / the global batch's labelled tokens.
     const double tokens = std::max(host[3], 1.0);
@@ -411,7 +414,8 @@ Trainer::StepSums Trainer::replay_step_graph(
     for (const MicroBatch& mb : micro_batches)
       graph_inputs_.push_back({mb.input_ids.clone(), mb.labels.clone()});
     auto graph = std::make_unique<CudaGraph>();
-    graph->capture(model_.device(), [&] { graph_sums_ = run(graph_inputs_); });
+    traced("cuda_graph.capture",
+           [&] { graph->capture(model_.device(), [&] { graph_sums_ = run(graph_inputs_); }); });
     step_graph_ = std::move(graph);
     note = detail::concat("iteration ", iteration_ + 1, ": captured the forward and backward of ",
                           micro_batches.size(),
@@ -425,7 +429,7 @@ Trainer::StepSums Trainer::replay_step_graph(
       graph_inputs_[i].labels.copy_(micro_batches[i].labels);
     }
   }
-  step_graph_->replay();
+  traced("cuda_graph.replay", [&] { step_graph_->replay(); });
   // The graph writes the same sums tensor every replay: the step keeps its own copy.
   StepSums step = graph_sums_;
   step.sums = graph_sums_.sums.clone();

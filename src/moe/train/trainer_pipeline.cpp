@@ -128,7 +128,8 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
         ctx.dropout_first_sample = first_samples[static_cast<size_t>(a.microbatch)];
         ctx.loss_scale_known_in_forward = scale;
       }
-      const nn::GPTLoss loss = model_.forward(mb.input_ids, mb.labels, ctx);
+      const nn::GPTLoss loss =
+          traced("forward", [&] { return model_.forward(mb.input_ids, mb.labels, ctx); });
       if (on_micro_batch && !forward_only) on_micro_batch(ctx);
       sums.add(loss, ctx);
       if (forward_only && model_.chunk(a.chunk).loss) contexts.erase(key);
@@ -136,7 +137,7 @@ void Trainer::run_pipeline(const std::vector<MicroBatch>& micro_batches,
       wait_until(&PostedBatch::output_grads, key);
       // Reductions start in the last backward of each chunk (data_parallel.h).
       if (ddp_) ddp_->start_micro_batch(a.microbatch == M - 1);
-      model_.backward(ctx, scale);
+      traced("backward", [&] { model_.backward(ctx, scale); });
       // The first stage sends nothing back: its context ends here.
       if (model_.chunk(a.chunk).embedding) contexts.erase(key);
     }
