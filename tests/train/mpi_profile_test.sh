@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `moe train --profile` under mpirun: each profiled rank records its own window and writes its
-# own trace and summary; --profile-ranks leaves the others out; rank 0 prints its summary.
+# own trace and summary; --profile-ranks leaves the others out; rank 0 prints its summary and the
+# table of every rank (gathered from all of them, the unprofiled ones included).
 # Two data-parallel CPU ranks, iteration 2 profiled:
 #   - every rank: DIR/rank-R.json (a Chrome trace with the step, its stages and the gradients'
 #     data-parallel reduction) and DIR/rank-R.txt; rank 0's summary on the output;
@@ -36,10 +37,17 @@ done
 [ "$(grep -c '^profile of iteration 2 on rank' <<<"$all")" = 1 ] ||
   { echo "$all"; fail "the output should hold rank 0's summary alone"; }
 grep -q '^profile of iteration 2 on rank 0' <<<"$all" || { echo "$all"; fail "no rank 0 summary"; }
+grep -q '^profile of iteration 2, every rank' <<<"$all" || { echo "$all"; fail "no table of the ranks"; }
+for r in 0 1; do
+  grep -qE "^ +$r +[0-9]+\.[0-9]+ " <<<"$all" || { echo "$all"; fail "the table has no row for rank $r"; }
+done
 
 one=$(timeout 300 "$mpiexec" --allow-run-as-root --oversubscribe -np 2 "$moe" "${run[@]}" --profile-ranks 1 --profile-dir "$dir/one" 2>&1) ||
   { echo "$one"; fail "the run profiling rank 1 failed"; }
 [ -f "$dir/one/rank-1.json" ] || { echo "$one"; fail "--profile-ranks 1: no trace of rank 1"; }
 [ ! -e "$dir/one/rank-0.json" ] || fail "--profile-ranks 1: rank 0 wrote a trace"
-! grep -q '^profile of' <<<"$one" || { echo "$one"; fail "--profile-ranks 1: rank 0 printed a profile"; }
+! grep -q '^profile of iteration 2 on' <<<"$one" ||
+  { echo "$one"; fail "--profile-ranks 1: rank 0 printed a summary of its own"; }
+grep -qE '^ +0 +not profiled' <<<"$one" || { echo "$one"; fail "--profile-ranks 1: rank 0's row"; }
+grep -qE '^ +1 +[0-9]+\.[0-9]+ ' <<<"$one" || { echo "$one"; fail "--profile-ranks 1: rank 1's row"; }
 echo "mpi_profile_test: passed"

@@ -225,5 +225,39 @@ TEST(StepProfile, TheChromeTraceHoldsEveryRecord) {
   EXPECT_EQ(device, 5);
 }
 
+TEST(StepProfile, EveryRanksTable) {
+  Timeline t;
+  t.spans.push_back(span("grad_sync", 500, 600, 1, 5));
+  t.spans.push_back(span("moe.dispatch", 300, 350, 2, 6));  // a second dispatch range, in layer
+  const RankProfile p = rank_profile(summarize_step_profile(t.spans, t.activities));
+  EXPECT_TRUE(p.profiled);
+  EXPECT_TRUE(p.has_device);
+  EXPECT_EQ(p.steps, 1);
+  EXPECT_EQ(p.wall_ns, 1000 * kUs);
+  EXPECT_EQ(p.busy_ns, 600 * kUs);
+  EXPECT_EQ(p.host_bound_idle_ns, 370 * kUs);
+  EXPECT_EQ(p.grad_sync_ns, 100 * kUs);
+  EXPECT_EQ(p.pipeline_wait_ns, 0);
+  EXPECT_EQ(p.moe_exchange_ns, 150 * kUs);
+  // Through the gathered numbers and back.
+  const std::vector<double> fields = rank_profile_fields(p);
+  ASSERT_EQ(static_cast<int64_t>(fields.size()), kRankProfileFields);
+  const RankProfile back = rank_profile_of_fields(fields.data());
+  EXPECT_EQ(rank_profile_fields(back), fields);
+
+  RankProfile two_steps = p;
+  two_steps.steps = 2;
+  const std::string text = format_rank_profiles({p, RankProfile{}, two_steps}, 11, 12);
+  EXPECT_NE(text.find("profile of iterations 11-12, every rank"), std::string::npos) << text;
+  EXPECT_NE(text.find("       0       1.00        60.0%           0.37        0.10           0.00"
+                      "          0.15"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("       1   not profiled"), std::string::npos) << text;
+  EXPECT_NE(text.find("       2       0.50        60.0%           0.18        0.05"),
+            std::string::npos)
+      << text;  // per step
+}
+
 }  // namespace
 }  // namespace moe::train

@@ -24,10 +24,12 @@ namespace fs = std::filesystem;
 // Runs iterations first..last (the loop of train_run), each a "train_step" range holding a
 // "layer"; returns what the profiler printed.
 std::string run_steps(const ProfileConfig& config, int64_t first, int64_t last, int rank = 0,
-                      const std::string& tensorboard_dir = "") {
+                      const std::string& tensorboard_dir = "",
+                      StepProfiler::GatherRanks gather = nullptr) {
   std::FILE* out = std::tmpfile();
   {
     StepProfiler profiler(config, rank, tensorboard_dir, /*on_gpu=*/false, out);
+    if (gather) profiler.set_gather(gather);
     for (int64_t it = first; it <= last; ++it) {
       profiler.before_step(it - 1);
       {
@@ -120,6 +122,40 @@ TEST(StepProfiler, WritesTheTraceAndTheSummaryToTheFolder) {
   std::getline(summary, first_line);
   EXPECT_EQ(first_line.rfind("profile of iterations 2-3 on rank 1: 2 steps", 0), 0u) << first_line;
   fs::remove_all(dir);
+}
+
+TEST(StepProfiler, EveryRankJoinsTheGatherOnceAndRankZeroPrintsTheTable) {
+  ProfileConfig c = window(1, 3);
+  c.ranks = {1};  // rank 0 does not record, but takes part
+  std::vector<RankProfile> sent;
+  const auto gather = [&](const RankProfile& mine) {
+    sent.push_back(mine);
+    RankProfile other;
+    other.profiled = true;
+    other.steps = 2;
+    other.wall_ns = 4'000'000;
+    other.grad_sync_ns = 1'000'000;
+    return std::vector<RankProfile>{mine, other};
+  };
+  const std::string text = run_steps(c, 1, 5, /*rank=*/0, "", gather);
+  ASSERT_EQ(sent.size(), 1u);  // once, at the window's end
+  EXPECT_FALSE(sent[0].profiled);
+  EXPECT_NE(text.find("profile of iterations 2-3, every rank"), std::string::npos) << text;
+  EXPECT_NE(text.find("       0   not profiled"), std::string::npos) << text;
+  EXPECT_NE(text.find("       1       2.00            -              -        0.50"),
+            std::string::npos)
+      << text;
+
+  sent.clear();
+  (void)run_steps(c, 1, 5, /*rank=*/1, "", gather);
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_TRUE(sent[0].profiled);
+  EXPECT_EQ(sent[0].steps, 2);
+  EXPECT_FALSE(sent[0].has_device);
+
+  sent.clear();
+  (void)run_steps(c, 5, 9, /*rank=*/1, "", gather);  // the window is not in the run: no gather
+  EXPECT_TRUE(sent.empty());
 }
 
 }  // namespace

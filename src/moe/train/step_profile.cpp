@@ -1,6 +1,7 @@
 #include "moe/train/step_profile.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <unordered_map>
@@ -280,6 +281,82 @@ std::string format_step_profile(const StepProfileSummary& s, int64_t first_itera
       if (!g.host_stage.empty()) text += "; host in " + g.host_stage;
       out += text + "\n";
     }
+  }
+  return out;
+}
+
+RankProfile rank_profile(const StepProfileSummary& s) {
+  RankProfile p;
+  p.profiled = true;
+  p.has_device = s.has_device;
+  p.steps = s.steps;
+  p.wall_ns = s.end_ns - s.begin_ns;
+  p.busy_ns = s.busy_ns;
+  p.host_bound_idle_ns = s.host_bound_idle_ns;
+  for (const StageProfile& st : s.stages) {
+    if (st.name == "grad_sync") p.grad_sync_ns += st.host_ns;
+    if (st.name == "pipeline.wait") p.pipeline_wait_ns += st.host_ns;
+    if (st.name == "moe.dispatch" || st.name == "moe.combine" || st.name == "moe.dispatch.bwd" ||
+        st.name == "moe.combine.bwd")
+      p.moe_exchange_ns += st.host_ns;
+  }
+  return p;
+}
+
+std::vector<double> rank_profile_fields(const RankProfile& p) {
+  const auto d = [](int64_t v) { return static_cast<double>(v); };
+  return {
+      p.profiled ? 1.0 : 0.0, p.has_device ? 1.0 : 0.0, d(p.steps),        d(p.wall_ns),
+      d(p.busy_ns),           d(p.host_bound_idle_ns),  d(p.grad_sync_ns), d(p.pipeline_wait_ns),
+      d(p.moe_exchange_ns)};
+}
+
+RankProfile rank_profile_of_fields(const double* f) {
+  const auto i = [](double v) { return static_cast<int64_t>(std::llround(v)); };
+  RankProfile p;
+  p.profiled = f[0] != 0.0;
+  p.has_device = f[1] != 0.0;
+  p.steps = i(f[2]);
+  p.wall_ns = i(f[3]);
+  p.busy_ns = i(f[4]);
+  p.host_bound_idle_ns = i(f[5]);
+  p.grad_sync_ns = i(f[6]);
+  p.pipeline_wait_ns = i(f[7]);
+  p.moe_exchange_ns = i(f[8]);
+  return p;
+}
+
+std::string format_rank_profiles(const std::vector<RankProfile>& ranks, int64_t first_iteration,
+                                 int64_t last_iteration) {
+  std::string out = "profile of iteration" +
+                    (first_iteration == last_iteration ? " " + std::to_string(first_iteration)
+                                                       : "s " + std::to_string(first_iteration) +
+                                                             "-" + std::to_string(last_iteration)) +
+                    ", every rank (ms a step; host ms a step in the ranges where ranks wait on "
+                    "each other):\n";
+  char line[256];
+  std::snprintf(line, sizeof(line), "  %6s %10s %12s %14s %11s %14s %13s\n", "rank", "step ms",
+                "device busy", "idle for host", "grad_sync", "pipeline.wait", "moe exchange");
+  out += line;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    const RankProfile& p = ranks[r];
+    if (!p.profiled || p.steps == 0) {
+      std::snprintf(line, sizeof(line), "  %6zu   not profiled\n", r);
+      out += line;
+      continue;
+    }
+    const double steps = static_cast<double>(p.steps);
+    const auto per_step = [&](int64_t ns) { return static_cast<double>(ns) * 1e-6 / steps; };
+    char busy[32] = "-", idle[32] = "-";
+    if (p.has_device && p.wall_ns > 0) {
+      std::snprintf(busy, sizeof(busy), "%.1f%%",
+                    100.0 * static_cast<double>(p.busy_ns) / static_cast<double>(p.wall_ns));
+      std::snprintf(idle, sizeof(idle), "%.2f", per_step(p.host_bound_idle_ns));
+    }
+    std::snprintf(line, sizeof(line), "  %6zu %10.2f %12s %14s %11.2f %14.2f %13.2f\n", r,
+                  per_step(p.wall_ns), busy, idle, per_step(p.grad_sync_ns),
+                  per_step(p.pipeline_wait_ns), per_step(p.moe_exchange_ns));
+    out += line;
   }
   return out;
 }

@@ -74,6 +74,35 @@ StepProfileSummary summarize_step_profile(const std::vector<TraceSpan>& spans,
 std::string format_step_profile(const StepProfileSummary& summary, int64_t first_iteration,
                                 int64_t last_iteration, int rank, const std::string& device_note);
 
+// One rank's line in the table of every rank that rank 0 prints after a window of a multi-rank
+// run: where a straggler, or a rank waiting on the others, shows.
+struct RankProfile {
+  bool profiled = false;  // the rank recorded the window (--profile-ranks, one recorder)
+  bool has_device = false;
+  int64_t steps = 0;
+  int64_t wall_ns = 0;
+  int64_t busy_ns = 0;
+  int64_t host_bound_idle_ns = 0;  // idle gaps whose next work the host queued mid-gap
+  // Host time in the ranges where a rank waits on the others: the data-parallel reductions
+  // (grad_sync), pipeline receives (pipeline.wait), and the MoE exchange (moe.dispatch,
+  // moe.combine and their backward: with the synchronising exchange the host waits there for
+  // the counts; their compute is in the figure too).
+  int64_t grad_sync_ns = 0;
+  int64_t pipeline_wait_ns = 0;
+  int64_t moe_exchange_ns = 0;
+};
+
+RankProfile rank_profile(const StepProfileSummary& summary);
+// The figures as numbers (to gather them over the ranks) and back.
+std::vector<double> rank_profile_fields(const RankProfile& p);
+RankProfile rank_profile_of_fields(const double* fields);
+inline constexpr int64_t kRankProfileFields = 9;
+
+// The table of every rank: per step, wall time, device busy share, idle waiting on the host,
+// and the host's time in the waiting ranges.
+std::string format_rank_profiles(const std::vector<RankProfile>& ranks, int64_t first_iteration,
+                                 int64_t last_iteration);
+
 // The records as a Chrome trace (JSON object format, microseconds from the window's begin).
 nlohmann::json step_profile_trace(const std::vector<TraceSpan>& spans,
                                   const std::vector<DeviceActivity>& activities, int rank);

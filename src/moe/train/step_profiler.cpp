@@ -48,17 +48,20 @@ StepProfiler::~StepProfiler() {
 }
 
 void StepProfiler::before_step(int64_t completed) {
-  if (!active_ || recording_ || done_) return;
-  if (completed >= config_.step_start && completed < config_.step_end) start(completed + 1);
+  if (!config_.enabled || open_ || done_) return;
+  if (completed < config_.step_start || completed >= config_.step_end) return;
+  open_ = true;
+  first_iteration_ = completed + 1;
+  if (active_) start_recording();
 }
 
 void StepProfiler::after_step(int64_t completed) {
-  if (recording_ && completed >= config_.step_end) stop(completed);
+  if (open_ && completed >= config_.step_end) close(completed);
 }
 
 void StepProfiler::finish(int64_t completed) {
-  if (recording_) {
-    stop(completed);
+  if (open_) {
+    close(completed);
     return;
   }
   if (active_ && !done_ && out_)
@@ -72,17 +75,27 @@ void StepProfiler::finish(int64_t completed) {
                  static_cast<long long>(config_.step_end), static_cast<long long>(completed));
 }
 
-void StepProfiler::start(int64_t first_iteration) {
+void StepProfiler::close(int64_t last_iteration) {
+  open_ = false;
+  done_ = true;
+  const RankProfile mine = recording_ ? stop_recording(last_iteration) : RankProfile{};
+  if (!gather_) return;
+  const std::vector<RankProfile> ranks = gather_(mine);
+  if (out_ && ranks.size() > 1) {
+    std::fprintf(out_, "%s", format_rank_profiles(ranks, first_iteration_, last_iteration).c_str());
+    std::fflush(out_);
+  }
+}
+
+void StepProfiler::start_recording() {
   if (!TraceRecorder::start()) {
-    done_ = true;
     if (out_)
       std::fprintf(out_,
-                   "profile: rank %d not profiled: another recording of this process is "
-                   "in progress\n",
+                   "profile: rank %d not profiled: another recording of this process is in "
+                   "progress\n",
                    rank_);
     return;
   }
-  first_iteration_ = first_iteration;
   recording_ = true;
   if (!on_gpu_) {
     device_note_ = "a CPU run: the host's ranges are its work";
@@ -98,17 +111,17 @@ void StepProfiler::start(int64_t first_iteration) {
   }
 }
 
-void StepProfiler::stop(int64_t last_iteration) {
+RankProfile StepProfiler::stop_recording(int64_t last_iteration) {
   int64_t dropped = 0;
   std::vector<DeviceActivity> activities;
   if (device_recording_) activities = DeviceActivityRecorder::stop(&dropped);
   if (nsys_range_) stop_profiler_capture();
   const std::vector<TraceSpan> spans = TraceRecorder::stop();
   recording_ = device_recording_ = nsys_range_ = false;
-  done_ = true;
 
-  std::string text = format_step_profile(summarize_step_profile(spans, activities),
-                                         first_iteration_, last_iteration, rank_, device_note_);
+  const StepProfileSummary summary = summarize_step_profile(spans, activities);
+  std::string text =
+      format_step_profile(summary, first_iteration_, last_iteration, rank_, device_note_);
   if (dropped > 0)
     text += "  CUPTI dropped " + std::to_string(dropped) +
             " records for want of buffer space: the device's figures are short of them\n";
@@ -128,6 +141,7 @@ void StepProfiler::stop(int64_t last_iteration) {
     std::fprintf(out_, "%s", text.c_str());
     std::fflush(out_);
   }
+  return rank_profile(summary);
 }
 
 }  // namespace moe::train

@@ -14,8 +14,11 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "moe/train/step_profile.h"
 
 namespace moe::train {
 
@@ -42,8 +45,14 @@ class StepProfiler {
   StepProfiler(const StepProfiler&) = delete;
   StepProfiler& operator=(const StepProfiler&) = delete;
 
+  // Several ranks: every rank's figures to every rank (a collective: each rank of the run calls
+  // it once, at the window's end, whether it recorded or not); rank 0 prints them as a table.
+  using GatherRanks = std::function<std::vector<RankProfile>(const RankProfile& mine)>;
+  void set_gather(GatherRanks gather) { gather_ = std::move(gather); }
+
   // Around each training step: `completed` is the iterations done before / after it. A window
-  // that a resumed run starts inside is profiled from the run's first step.
+  // that a resumed run starts inside is profiled from the run's first step. Every rank of a run
+  // calls these at the same iterations, so the window opens and closes on all of them together.
   void before_step(int64_t completed);
   void after_step(int64_t completed);
   // At the end of training: a window still open (training ended inside it) is closed there.
@@ -52,16 +61,19 @@ class StepProfiler {
   bool recording() const { return recording_; }
 
  private:
-  void start(int64_t first_iteration);
-  void stop(int64_t last_iteration);
+  void start_recording();
+  RankProfile stop_recording(int64_t last_iteration);  // prints / writes this rank's summary
+  void close(int64_t last_iteration);
 
   ProfileConfig config_;
   int rank_;
   std::string trace_path_;
   bool on_gpu_;
   std::FILE* out_;
+  GatherRanks gather_;
   bool active_ = false;     // this rank profiles
-  bool recording_ = false;  // host ranges recording (and the device's, or nsys's range)
+  bool open_ = false;       // the window is open (on every rank)
+  bool recording_ = false;  // this rank records: host ranges (and the device's, or nsys's range)
   bool device_recording_ = false;
   bool nsys_range_ = false;
   bool done_ = false;
