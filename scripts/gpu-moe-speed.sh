@@ -53,11 +53,13 @@ if wants train; then
   done
 fi
 if wants profile; then
+  # MOE_PROFILE_MODEL (model:layers): the default fits an H200; an 80 GB H100 takes :4.
+  spec=${MOE_PROFILE_MODEL:-qwen3-30b-a3b:8}
   for variant in automatic cutlass cutlass-graph; do
     flags=(--moe-grouped-gemm-backend "${variant%-graph}")
     [ "$variant" = cutlass-graph ] &&
       flags+=(--cuda-graph-impl full_iteration --cuda-graph-warmup-steps 2)
-    timeout 150 "$build/moe" train --model qwen3-30b-a3b --num-layers 8 --bf16 --seq-length 4096 \
+    timeout 150 "$build/moe" train --model "${spec%%:*}" --num-layers "${spec##*:}" --bf16 --seq-length 4096 \
       --micro-batch-size 2 --global-batch-size 2 --train-iters 6 --lr 3e-4 --lr-warmup-iters 1 \
       --log-interval 1 --eval-iters 0 --sample-tokens 0 --moe-router-force-load-balancing \
       --attention-dropout 0 --hidden-dropout 0 "${flags[@]}" \

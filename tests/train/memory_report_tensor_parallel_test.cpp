@@ -257,5 +257,57 @@ TEST(MemoryReportTensorParallel, TensorParallelRanksHoldTheirBlocksAndFewerActiv
   EXPECT_LT(without.ranks[0].activation_bytes, one.ranks[0].activation_bytes);
 }
 
+// Activation recomputation: full keeps one [S, B, H] input per unit (and nothing of its
+// layers); selective drops the recomputed blocks' inner activations and keeps their input.
+TEST(MemoryReportTensorParallel, RecomputationKeepsTheUnitsInputs) {
+  nn::ModelConfig c = default_train_model();  // 4 MoE layers, h 64, no shared expert
+  c.moe.moe_shared_expert_intermediate_size = 32;
+  c.moe_layer_pattern = {0, 1, 1, 1};
+  const int64_t b = 2, s = 16, h = 64;
+  ActivationShape shape;
+  shape.micro_batch_size = b;
+  shape.seq_length = s;
+  shape.dtype = DType::bf16;
+  const int64_t plain = activation_bytes_estimate(c, shape);
+  const int64_t per_token_bytes = b * s * 2;  // bf16
+  const int64_t ends = 2 * h;                 // the final norm's and the output layer's inputs
+
+  shape.recompute.granularity = nn::RecomputeGranularity::full;
+  shape.recompute.method = nn::RecomputeMethod::uniform;
+  shape.recompute.num_layers = 2;  // units {0, 1}, {2, 3}: two inputs
+  EXPECT_EQ(activation_bytes_estimate(c, shape), per_token_bytes * (2 * h + ends));
+  shape.recompute.num_layers = 1;  // four units
+  EXPECT_EQ(activation_bytes_estimate(c, shape), per_token_bytes * (4 * h + ends));
+  shape.recompute.method = nn::RecomputeMethod::block;  // layer 0 alone
+  const LayerActivations dense = layer_activations(c, 0);
+  EXPECT_EQ(activation_bytes_estimate(c, shape),
+            plain - per_token_bytes * static_cast<int64_t>(dense.between + dense.split - h));
+
+  // Selective: the MoE blocks of layers 1-3 keep their input only (the shared expert's input,
+  // counted already); the dense MLP of layer 0 drops its 3 F; shared_experts alone its 3 F_shared.
+  shape.recompute = nn::RecomputeConfig{};
+  shape.recompute.granularity = nn::RecomputeGranularity::selective;
+  shape.recompute.moe = shape.recompute.mlp = true;
+  const LayerActivations moe = layer_activations(c, 1);
+  EXPECT_EQ(moe.block_split, h + 2 * h + 2 * 3 * 64 + 3 * 32);
+  EXPECT_EQ(
+      activation_bytes_estimate(c, shape),
+      plain - per_token_bytes * static_cast<int64_t>(3 * moe.block_split + dense.block_split));
+  shape.recompute.moe = shape.recompute.mlp = false;
+  shape.recompute.shared_experts = true;
+  EXPECT_EQ(activation_bytes_estimate(c, shape), plain - per_token_bytes * 3 * 3 * 32);
+  // Without a shared expert the MoE block's input is not counted otherwise: it is added.
+  c.moe.moe_shared_expert_intermediate_size = 0;
+  shape.recompute.shared_experts = false;
+  shape.recompute.moe = true;
+  ActivationShape none = shape;
+  none.recompute = nn::RecomputeConfig{};
+  const int64_t no_shared = activation_bytes_estimate(c, none);
+  const LayerActivations bare = layer_activations(c, 1);
+  EXPECT_FALSE(bare.block_input_counted);
+  EXPECT_EQ(activation_bytes_estimate(c, shape),
+            no_shared - per_token_bytes * static_cast<int64_t>(3 * (bare.block_split - h)));
+}
+
 }  // namespace
 }  // namespace moe::train

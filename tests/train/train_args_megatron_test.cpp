@@ -156,7 +156,7 @@ TEST(TrainArgsMegatron, TheGuidesMixtralCommandParses) {
   EXPECT_DOUBLE_EQ(r.train.schedule.min_lr, 1e-5);
   EXPECT_TRUE(r.bf16);
   // Refused with their reason, not ignored.
-  for (const char* flag : {"--moe-enable-deepep", "--moe-layer-recompute", "--moe-paged-stash"}) {
+  for (const char* flag : {"--moe-enable-deepep", "--moe-single-grouped-weight", "--moe-paged-stash"}) {
     try {
       parse_train_args({flag, "--lr", "1e-4"});
       ADD_FAILURE() << flag << " accepted";

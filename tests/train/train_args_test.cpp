@@ -720,5 +720,48 @@ TEST(TrainArgs, ProfileFlagsAreMegatronsWindow) {
   EXPECT_ERROR_NAMES(Args({"--profile", "--profile-step-start", "x"}), "--profile-step-start");
 }
 
+TEST(TrainArgs, RecomputeFlagsFollowMegatronsRules) {
+  const TrainRunConfig full = parse({"--recompute-granularity", "full", "--recompute-method",
+                                     "block", "--recompute-num-layers", "2"});
+  EXPECT_TRUE(full.recompute.full());
+  EXPECT_EQ(full.recompute.method, nn::RecomputeMethod::block);
+  EXPECT_EQ(full.recompute.num_layers, 2);
+  EXPECT_NE(describe(full).find("recompute full, block: the first 2 layers of each block"),
+            std::string::npos);
+  // selective: Megatron's default module core_attn (nothing to drop), or the modules given.
+  const TrainRunConfig fused = parse({"--recompute-granularity", "selective"});
+  EXPECT_FALSE(fused.recompute.moe || fused.recompute.mlp || fused.recompute.shared_experts);
+  const TrainRunConfig sel = parse({"--recompute-granularity", "selective", "--recompute-modules",
+                                    "moe", "shared_experts"});
+  EXPECT_TRUE(sel.recompute.moe);
+  EXPECT_TRUE(sel.recompute.shared_experts);
+  EXPECT_FALSE(sel.recompute.mlp);
+  // The older switches.
+  const TrainRunConfig moe_layer = parse({"--moe-layer-recompute"});
+  EXPECT_EQ(moe_layer.recompute.granularity, nn::RecomputeGranularity::selective);
+  EXPECT_TRUE(moe_layer.recompute.moe);
+  EXPECT_EQ(parse({"--recompute-activations"}).recompute.granularity,
+            nn::RecomputeGranularity::selective);
+  // Without a granularity the others change nothing, as in Megatron.
+  EXPECT_EQ(parse({"--recompute-modules", "moe"}).recompute.granularity,
+            nn::RecomputeGranularity::none);
+  EXPECT_FALSE(parse({"--recompute-modules", "moe"}).recompute.moe);
+
+  EXPECT_ERROR_NAMES(Args({"--recompute-granularity", "full", "--recompute-num-layers", "1"}),
+                     "--recompute-method");
+  EXPECT_ERROR_NAMES(Args({"--recompute-granularity", "full", "--recompute-method", "uniform"}),
+                     "--recompute-num-layers");
+  EXPECT_ERROR_NAMES(Args({"--recompute-granularity", "selective", "--recompute-num-layers", "1"}),
+                     "--recompute-num-layers", "full");
+  EXPECT_ERROR_NAMES(Args({"--recompute-granularity", "partial"}), "--recompute-granularity");
+  EXPECT_ERROR_NAMES(Args({"--recompute-granularity", "full", "--recompute-method", "uniform",
+                           "--recompute-num-layers", "1", "--moe-layer-recompute"}),
+                     "--moe-layer-recompute", "full");
+  EXPECT_ERROR_NAMES(Args({"--recompute-granularity", "selective", "--recompute-modules",
+                           "moe_act"}),
+                     "moe_act", "not built yet");
+  EXPECT_ERROR_NAMES(Args({"--distribute-saved-activations"}), "--distribute-saved-activations");
+}
+
 }  // namespace
 }  // namespace moe::train

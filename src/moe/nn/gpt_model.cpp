@@ -337,11 +337,20 @@ Tensor GPTModel::trunk(const Tensor& input_ids, GPTContext& ctx) {
     x = ctx.stage_input;
   }
   const size_t begin = chunk_begin(ctx.chunk);
-  ctx.layers.resize(static_cast<size_t>(st.num_layers));
+  ctx.layers.assign(static_cast<size_t>(st.num_layers), TransformerLayerContext{});
+  ctx.recompute_inputs.assign(ctx.layers.size(), Tensor());
+  // Full recomputation: a unit's layers keep their router outputs only, its first its input.
+  std::vector<bool> recomputed(ctx.layers.size(), false), unit_first(ctx.layers.size(), false);
+  for (const auto& [first, end] : recompute_units(recompute_, st.num_layers)) {
+    unit_first[static_cast<size_t>(first)] = true;
+    for (int64_t i = first; i < end; ++i) recomputed[static_cast<size_t>(i)] = true;
+  }
   for (size_t i = 0; i < ctx.layers.size(); ++i) {
     TransformerLayer& layer = layers[begin + i];
     if (on_params_needed) on_params_needed(layer.parameters());
+    if (unit_first[i]) ctx.recompute_inputs[i] = x;
     x = layer.forward(x, ctx.layers[i], ctx.dropout);
+    if (recomputed[i]) ctx.layers[i] = ctx.layers[i].outputs();
   }
   if (!ends_decoder(st)) {
     ctx.stage_output = x;
@@ -559,7 +568,19 @@ void GPTModel::backward(GPTContext& ctx, double loss_scale) {
     }
   }
   const size_t begin = chunk_begin(ctx.chunk);
+  const std::vector<std::pair<int64_t, int64_t>> units = recompute_units(recompute_, st.num_layers);
   for (size_t i = ctx.layers.size(); i-- > 0;) {
+    for (const auto& [first, end] : units) {
+      if (static_cast<size_t>(end) != i + 1) continue;
+      // The unit ending here: its forward again, from its input, with the contexts it fills.
+      const TraceRange range("recompute");
+      Tensor y = std::move(ctx.recompute_inputs[static_cast<size_t>(first)]);
+      MOE_CHECK(y.defined(), kOp, ": the recomputed layers ", first, "-", end - 1,
+                " have no saved input (a second backward of one forward?)");
+      for (int64_t j = first; j < end; ++j)
+        y = layers[begin + static_cast<size_t>(j)].forward(y, ctx.layers[static_cast<size_t>(j)],
+                                                           ctx.dropout);
+    }
     dx = layers[begin + i].backward(dx, ctx.layers[i], loss_scale);
     if (on_grads_ready) on_grads_ready(layers[begin + i].parameters());
   }
@@ -668,6 +689,13 @@ std::vector<NamedBuffer> GPTModel::buffers() {
   for (TransformerLayer& layer : layers) add(layer);
   for (MtpLayer& mtp : mtp_layers) add(mtp.layer);
   return named;
+}
+
+void GPTModel::set_recompute(const RecomputeConfig& config) {
+  for (const PipelineStage& st : chunks_) (void)recompute_units(config, st.num_layers);  // checks
+  recompute_ = config;
+  for (TransformerLayer& layer : layers) layer.set_recompute(config);
+  for (MtpLayer& mtp : mtp_layers) mtp.layer.set_recompute(config);
 }
 
 void GPTModel::zero_grad() {

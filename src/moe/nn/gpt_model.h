@@ -133,6 +133,9 @@ struct GPTContext {
   Tensor labels;           // [T] this rank's rows' labels (T = S_cp * B)
   Tensor loss_mask;        // [T] f32, or undefined
   std::vector<TransformerLayerContext> layers;
+  // Full activation recomputation (recompute.h): per layer of the chunk, the input of the
+  // recomputed unit that starts there (undefined elsewhere, and once the backward used it).
+  std::vector<Tensor> recompute_inputs;
   RMSNormContext final_norm;
   Tensor hidden;      // [T, H] the final norm's output (this rank's rows under sequence
                       // parallelism)
@@ -221,6 +224,11 @@ class GPTModel {
   // Every MoE layer's dispatcher exchanges with the host-sized (synchronising) exchange while
   // on: the redo of a step whose slots overflowed, and evaluation.
   void set_synchronising_dispatch(bool on);
+  // Activation recomputation (recompute.h; --recompute-granularity, --recompute-method,
+  // --recompute-num-layers, --recompute-modules): full recomputes units of each chunk's decoder
+  // layers, selective parts of every layer (MTP layers' too). Training is the same either way.
+  void set_recompute(const RecomputeConfig& config);
+  const RecomputeConfig& recompute() const { return recompute_; }
 
   // Optional hooks for the data-parallel wrapper (train/data_parallel.h). on_params_needed is
   // called in forward() and logits() before a group of parameters is first read (the
@@ -318,6 +326,7 @@ class GPTModel {
 
   ModelConfig config_;
   ModelGroups groups_;
+  RecomputeConfig recompute_;
   std::vector<PipelineStage> chunks_;
   std::vector<size_t> chunk_begin_;
   DType dtype_;

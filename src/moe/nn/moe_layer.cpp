@@ -63,6 +63,13 @@ Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
     if (!overlap) shared_out = shared_forward();
     ops::add_(y, shared_out);
     MOE_STAGE_DONE("shared");
+    // A first forward (not a recomputation, which the backward reads at once) keeps the shared
+    // expert's input alone.
+    if (recompute_shared_expert_ && !ctx.router.recompute) {
+      const Tensor input = ctx.shared.x;
+      ctx.shared = SharedExpertContext{};
+      ctx.shared.x = input;
+    }
   }
   return shard ? sequence_gather(y.reshape(mine.shape()), tp_) : y.reshape(ctx.input_shape);
 }
@@ -76,6 +83,10 @@ Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) 
   // exchange is in flight; its input gradient is added where it would be otherwise.
   const bool overlap = shared_expert && config_.moe_shared_expert_overlap;
   const auto shared_backward = [&] {
+    if (!ctx.shared.fc1_out.defined()) {  // --recompute-modules shared_experts
+      const Tensor input = ctx.shared.x;  // forward() resets the context it fills
+      traced("moe.shared_expert.recompute", [&] { shared_expert->forward(input, ctx.shared); });
+    }
     return traced("moe.shared_expert.bwd",
                   [&] { return shared_expert->backward(d_tokens, ctx.shared); });
   };

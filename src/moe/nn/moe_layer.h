@@ -70,6 +70,10 @@ class MoELayer {
   // "shared.bwd"), so a profiler can timestamp the stages. Unset: no cost.
   std::function<void(const char* stage)> stage_hook;
 
+  // --recompute-modules shared_experts (recompute.h): after a first forward the shared expert
+  // keeps only its input; its backward runs its forward again first.
+  void set_recompute_shared_expert(bool on) { recompute_shared_expert_ = on; }
+
   Router router;
   Experts experts;
   std::optional<SharedExpert> shared_expert;
@@ -79,6 +83,7 @@ class MoELayer {
   MoEGroups groups_;
   TensorParallel tp_;  // the model's (sequence_parallel: whether the input is a shard already)
   std::unique_ptr<TokenDispatcher> dispatcher_;
+  bool recompute_shared_expert_ = false;
 };
 
 }  // namespace moe::nn

@@ -46,17 +46,23 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
             " tokens do not split into ", num_sequences, " sequences");
   const DType rd = config_.router_dtype();
   const LoadBalancingType balancing = config_.load_balancing();
+  const bool recompute = ctx.recompute;
+  const uint64_t first_jitter_seed = ctx.jitter_seed;
+  const Tensor first_aux_counts = ctx.aux_counts;
   ctx = RouterContext{};
+  ctx.recompute = recompute;
   ctx.input_dtype = x.dtype();
   ctx.num_sequences = num_sequences;
 
   Tensor xr = x.to(rd);
   if (config_.moe_input_jitter_eps) {
-    ctx.jitter_seed = mix_seed(mix_seed(config_.seed, forward_count_),
-                               static_cast<uint64_t>(MoEGroups::rank_of(groups_.tp_dp_cp)));
+    ctx.jitter_seed = recompute
+                          ? first_jitter_seed
+                          : mix_seed(mix_seed(config_.seed, forward_count_),
+                                     static_cast<uint64_t>(MoEGroups::rank_of(groups_.tp_dp_cp)));
     xr = ops::input_jitter_forward(xr, *config_.moe_input_jitter_eps, ctx.jitter_seed);
   }
-  ++forward_count_;
+  if (!recompute) ++forward_count_;
   ctx.router_input = xr;
   ctx.logits = ops::matmul(xr, weight.value, false, true);
 
@@ -76,7 +82,7 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
     ctx.routing = ops::topk_routing_forward(ctx.logits, bias, topk);
   }
   ctx.tokens_per_expert = ops::tokens_per_expert_histogram(ctx.routing.expert_ids, E);
-  if (config_.moe_router_enable_expert_bias) {
+  if (config_.moe_router_enable_expert_bias && !recompute) {
     ops::add_(step_tokens_per_expert_, ctx.tokens_per_expert.to(DType::f32));
   }
 
@@ -101,13 +107,17 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
                                                  ctx.aux_total_tokens, K, coeff);
         break;
       case LoadBalancingType::global_aux_loss: {
-        Tensor counts = ctx.tokens_per_expert.to(rd);
-        all_reduce_if(groups_.tp_dp_cp, counts);
-        ops::add_(global_tokens_per_expert_, counts);
-        ++global_micro_batches_;
-        // The running average over the step's micro-batches so far, as Megatron uses.
-        ctx.aux_counts = global_tokens_per_expert_.clone();
-        ops::scale_(ctx.aux_counts, 1.0 / static_cast<double>(global_micro_batches_));
+        if (recompute) {
+          ctx.aux_counts = first_aux_counts;  // the average the first forward used
+        } else {
+          Tensor counts = ctx.tokens_per_expert.to(rd);
+          all_reduce_if(groups_.tp_dp_cp, counts);
+          ops::add_(global_tokens_per_expert_, counts);
+          ++global_micro_batches_;
+          // The running average over the step's micro-batches so far, as Megatron uses.
+          ctx.aux_counts = global_tokens_per_expert_.clone();
+          ops::scale_(ctx.aux_counts, 1.0 / static_cast<double>(global_micro_batches_));
+        }
         ctx.aux_total_tokens = T * MoEGroups::size_of(groups_.tp_dp_cp);
         ctx.aux_loss =
             ops::aux_loss_forward(ctx.aux_scores, ctx.aux_counts, ctx.aux_total_tokens, K, coeff);
@@ -126,6 +136,22 @@ void Router::forward(const Tensor& x, int64_t num_sequences, RouterContext& ctx)
     ctx.expert_ids = ops::drop_over_capacity(ctx.expert_ids, ctx.probs, E, capacity,
                                              config_.moe_token_drop_policy);
   }
+}
+
+RouterContext RouterContext::outputs() const {
+  RouterContext kept;
+  kept.probs = probs;
+  kept.expert_ids = expert_ids;
+  kept.aux_loss = aux_loss;
+  kept.z_loss = z_loss;
+  kept.tokens_per_expert = tokens_per_expert;
+  kept.aux_counts = aux_counts;  // [E] or [B, E]: the global-aux average a recompute reuses
+  kept.aux_total_tokens = aux_total_tokens;
+  kept.num_sequences = num_sequences;
+  kept.jitter_seed = jitter_seed;
+  kept.input_dtype = input_dtype;
+  kept.recompute = recompute;
+  return kept;
 }
 
 Tensor Router::backward(const Tensor& d_probs, RouterContext& ctx, double loss_scale) {

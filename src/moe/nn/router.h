@@ -36,12 +36,21 @@ struct RouterContext {
   Tensor router_input;  // x in the router dtype, after jitter
   Tensor logits;        // [T, E]
   ops::TopKRouting routing;
-  Tensor aux_scores;    // [T, E]
-  Tensor aux_counts;    // [E] or [B, E] as used by the loss (router dtype)
+  Tensor aux_scores;  // [T, E]
+  Tensor aux_counts;  // [E] or [B, E] as used by the loss (router dtype)
   int64_t aux_total_tokens = 0;
   int64_t num_sequences = 1;
   uint64_t jitter_seed = 0;
   DType input_dtype = DType::f32;
+  // Activation recomputation (recompute.h): set on the context a first forward left (its
+  // outputs() alone), the forward runs again equal to it: the same jitter draw and global-aux
+  // counts, and no step accumulator counts the tokens a second time.
+  bool recompute = false;
+
+  // What a recomputed layer keeps of the first forward: the outputs (probabilities, expert ids,
+  // losses, counts: read by the loss, the logs and the recomputation), not the [T, H] / [T, E]
+  // tensors the backward reads.
+  RouterContext outputs() const;
 };
 
 class Router {
@@ -66,8 +75,8 @@ class Router {
   uint64_t forward_count() const { return forward_count_; }
   void set_forward_count(uint64_t count) { forward_count_ = count; }
 
-  Parameter weight;      // [E, H] router dtype
-  Tensor expert_bias;    // [E] f32 buffer (checkpointed), zero-initialised
+  Parameter weight;    // [E, H] router dtype
+  Tensor expert_bias;  // [E] f32 buffer (checkpointed), zero-initialised
 
  private:
   MoEConfig config_;

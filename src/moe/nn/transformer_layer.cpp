@@ -67,6 +67,8 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
   const TraceRange range("layer");
   check_dim(x, 3, "TransformerLayer::forward", "x");
   ctx.dropout = dropout;
+  const bool recompute = ctx.recompute;
+  if (moe) ctx.moe.router.recompute = recompute;
   const ops::DropoutArgs probs = dropout.args(layer_, ops::DropoutSite::attention_probs);
   // h = x + drop(attention(norm1(x)))
   const Tensor normed_x = input_layernorm.forward(x, ctx.input_norm);
@@ -77,6 +79,19 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
   // out = h + drop(mlp(norm2(h)))
   const Tensor normed = post_attention_layernorm.forward(h, ctx.post_attention_norm);
   Tensor out = moe ? moe->forward(normed, ctx.moe) : mlp->forward(normed, ctx.mlp);
+  if (recompute_mlp_block_ && !recompute) {
+    // Selective recomputation: the block's input alone stays (and the router's outputs).
+    ctx.mlp_block_input = normed;
+    if (moe) {
+      const RouterContext router = ctx.moe.router.outputs();
+      const Shape input_shape = ctx.moe.input_shape;
+      ctx.moe = MoEContext{};
+      ctx.moe.router = router;
+      ctx.moe.input_shape = input_shape;
+    } else {
+      ctx.mlp = DenseMLPContext{};
+    }
+  }
   dropout.apply_(out, layer_, ops::DropoutSite::mlp_output);
   ops::add_(out, h);
   return out;
@@ -87,6 +102,17 @@ Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx
   const TraceRange range("layer.bwd");
   // p = 0: dropout_backward returns its input (no copy, nothing runs).
   const Tensor d_mlp = ctx.dropout.backward(dy, layer_, ops::DropoutSite::mlp_output);
+  if (ctx.mlp_block_input.defined()) {  // selective recomputation of the MoE block / dense MLP
+    const TraceRange recompute_range("layer.recompute_mlp");
+    const Tensor input = ctx.mlp_block_input;
+    ctx.mlp_block_input = Tensor();
+    if (moe) {
+      ctx.moe.router.recompute = true;
+      (void)moe->forward(input, ctx.moe);
+    } else {
+      (void)mlp->forward(input, ctx.mlp);
+    }
+  }
   const Tensor d_normed =
       moe ? moe->backward(d_mlp, ctx.moe, loss_scale) : mlp->backward(d_mlp, ctx.mlp);
   Tensor dh = post_attention_layernorm.backward(d_normed, ctx.post_attention_norm);
@@ -97,6 +123,21 @@ Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx
   Tensor dx = input_layernorm.backward(d_normed_x, ctx.input_norm);
   ops::add_(dx, dh);
   return dx;
+}
+
+TransformerLayerContext TransformerLayerContext::outputs() const {
+  TransformerLayerContext kept;
+  kept.moe.router = moe.router.outputs();
+  kept.moe.router.recompute = true;
+  kept.dropout = dropout;
+  kept.recompute = true;
+  return kept;
+}
+
+void TransformerLayer::set_recompute(const RecomputeConfig& config) {
+  const bool selective = config.granularity == RecomputeGranularity::selective;
+  recompute_mlp_block_ = selective && (moe ? config.moe : config.mlp);
+  if (moe) moe->set_recompute_shared_expert(selective && config.shared_experts);
 }
 
 std::vector<Parameter*> TransformerLayer::parameters() {

@@ -31,6 +31,7 @@
 #include "moe/nn/model_config.h"
 #include "moe/nn/model_groups.h"
 #include "moe/nn/moe_layer.h"
+#include "moe/nn/recompute.h"
 #include "moe/nn/rmsnorm_module.h"
 
 namespace moe::nn {
@@ -43,6 +44,15 @@ struct TransformerLayerContext {
   DenseMLPContext mlp;   // dense layers
   MoEContext moe;        // MoE layers: also holds this call's router aux_loss / z_loss
   LayerDropout dropout;  // this call's dropout (default: none)
+  // Activation recomputation (recompute.h). Selective moe / mlp: the block's input, kept when the
+  // first forward dropped the block's context (the backward runs the block's forward again).
+  Tensor mlp_block_input;
+  // Set on the context outputs() left: the forward running now recomputes the first one.
+  bool recompute = false;
+
+  // What full recomputation keeps of a first forward: the router's outputs (losses, logs) and
+  // the dropout, marked for recomputation.
+  TransformerLayerContext outputs() const;
 };
 
 class TransformerLayer {
@@ -64,6 +74,9 @@ class TransformerLayer {
 
   std::vector<Parameter*> parameters();
   void zero_grad();
+  // Selective recomputation of this layer's parts (recompute.h): the MoE block or dense MLP,
+  // the shared expert.
+  void set_recompute(const RecomputeConfig& config);
   bool is_moe() const { return moe != nullptr; }
   bool is_mla() const { return mla_attention.has_value(); }
   int64_t index() const { return layer_; }
@@ -80,6 +93,7 @@ class TransformerLayer {
 
  private:
   int64_t layer_ = 0;
+  bool recompute_mlp_block_ = false;  // selective moe (MoE layers) or mlp (dense layers)
 };
 
 // The MoE block's config for layer `layer` of a model (hidden size, dtype, std and seed from the

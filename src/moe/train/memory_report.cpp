@@ -72,6 +72,8 @@ LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
   if (!moe) {
     a.between += h;  // the dense MLP's input
     a.split += 3 * static_cast<double>(c.ffn_hidden_size);
+    a.block_split = 3 * static_cast<double>(c.ffn_hidden_size);
+    a.block_input_counted = true;
     return a;
   }
   const nn::MoEConfig& e = c.moe;
@@ -80,9 +82,13 @@ LayerActivations layer_activations(const nn::ModelConfig& c, int64_t layer) {
   // On the sequence shard: the router's input, the rows the experts receive (top-k copies of
   // each token, gathered over ETP) and their fc1 output and activation at width F / ETP.
   a.split += h + k * etp * h + 3 * k * static_cast<double>(e.moe_ffn_hidden_size);
+  a.block_split = h + k * etp * h + 3 * k * static_cast<double>(e.moe_ffn_hidden_size);
   if (e.moe_shared_expert_intermediate_size > 0) {
     a.between += h;  // the shared expert's input
-    a.split += 3 * static_cast<double>(e.moe_shared_expert_intermediate_size);
+    a.shared_split = 3 * static_cast<double>(e.moe_shared_expert_intermediate_size);
+    a.split += a.shared_split;
+    a.block_split += a.shared_split;
+    a.block_input_counted = true;
   }
   return a;
 }
@@ -114,12 +120,30 @@ int64_t stage_activation_bytes(const nn::ModelConfig& c, const nn::PipelineStage
   // The final norm's input and the output layer's input, on the stage of the loss.
   double per_token = stage.loss ? 2 * h / t_sp : 0.0;
   double gathered_keys_values = 0;  // per token of the whole sequence, under CP
+  const nn::RecomputeConfig& recompute = shape.recompute;
   const auto add = [&](int64_t l) {
-    const LayerActivations a = layer_activations(c, l);
+    LayerActivations a = layer_activations(c, l);
+    if (recompute.granularity == nn::RecomputeGranularity::selective) {
+      const bool moe = c.is_moe_layer(std::min(l, c.num_layers - 1));
+      if (moe ? recompute.moe : recompute.mlp) {
+        a.split -= a.block_split;
+        if (!a.block_input_counted) a.between += h;  // the block's input, kept
+      } else if (moe && recompute.shared_experts) {
+        a.split -= a.shared_split;
+      }
+    }
     per_token += a.between / t_sp + a.gathered + a.split / t;
     if (cp > 1 && shape.gathers_keys_values) gathered_keys_values += a.keys_values / t;
   };
-  for (int64_t l = stage.first_layer; l < stage.first_layer + stage.num_layers; ++l) add(l);
+  // Full recomputation: a unit's layers keep its input alone.
+  std::vector<int> kept(static_cast<size_t>(stage.num_layers), 1);  // 1 all, 2 input, 0 none
+  for (const auto& [first, end] : nn::recompute_units(recompute, stage.num_layers))
+    for (int64_t i = first; i < end; ++i) kept[static_cast<size_t>(i)] = i == first ? 2 : 0;
+  for (int64_t l = stage.first_layer; l < stage.first_layer + stage.num_layers; ++l) {
+    const int keep = kept[static_cast<size_t>(l - stage.first_layer)];
+    if (keep == 1) add(l);
+    if (keep == 2) per_token += h / t_sp;
+  }
   for (int64_t d = stage.first_mtp_layer; d < stage.first_mtp_layer + stage.num_mtp_layers; ++d)
     add(c.num_layers + d);  // layers past num_layers are MTP depths (layer_activations)
   const double tokens = static_cast<double>(shape.micro_batch_size * shape.seq_length);
@@ -174,6 +198,7 @@ RankMemory rank_memory(nn::GPTModel& model, Trainer& trainer) {
   shape.context_parallel = model.groups().cp.size();
   shape.gathers_keys_values =
       model.groups().cp.exchange == nn::ContextParallel::Exchange::all_gather;
+  shape.recompute = model.recompute();
   // Each chunk's micro-batch, over the schedule the trainer runs (trainer_pipeline.cpp's call;
   // without pipeline parallelism the list alternates forward and backward: one micro-batch).
   std::vector<int64_t> chunk_bytes;

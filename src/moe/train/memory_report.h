@@ -105,6 +105,7 @@
 #include "moe/dist/process_group.h"
 #include "moe/nn/gpt_model.h"
 #include "moe/nn/pipeline_layout.h"
+#include "moe/nn/recompute.h"
 #include "moe/train/pipeline_schedule.h"
 #include "moe/train/trainer.h"
 
@@ -132,6 +133,11 @@ struct ActivationShape {
   bool sequence_parallel = false;
   int context_parallel = 1;          // c: each rank holds s / c of every sequence
   bool gathers_keys_values = false;  // --cp-comm-type all_gather: the whole sequence's kept
+  // Activation recomputation (nn/recompute.h): full keeps a unit's input alone (h / t_sp a
+  // token, on its first layer) and nothing of its layers; selective drops the recomputed
+  // blocks' split part (block_split, or shared_split), keeping the block's input h / t_sp.
+  // What a backward recomputes is transient (one unit, or one block, at a time): not counted.
+  nn::RecomputeConfig recompute;
 };
 
 // One layer's activations per token of the sequence, in elements (see above).
@@ -142,6 +148,12 @@ struct LayerActivations {
   // Of split: the attention's keys and values (GQA 2 Hkv D, MLA Hq (dn + dr + dv)), which
   // context parallelism also keeps for the whole sequence (gathered from the CP group).
   double keys_values = 0;
+  // Of split: the MLP block's own (dense MLP 3 F; MoE h + k ETP h + 3 k F_expert + 3 F_shared),
+  // and of that the shared expert's 3 F_shared; and whether `between` counts the block's input
+  // (the dense MLP's or shared expert's h): what selective recomputation drops and keeps.
+  double block_split = 0;
+  double shared_split = 0;
+  bool block_input_counted = false;
 };
 // Layer `layer` of `config` (config.moe's expert_tensor_parallel_size included); layers past
 // num_layers are MTP depths (the last layer's kind, with the MTP module's own norms).

@@ -47,6 +47,7 @@ std::vector<Entry> build_table() {
   flags::add_schedule_flags(t);
   flags::add_optimizer_flags(t);
   flags::add_precision_flags(t);
+  flags::add_recompute_flags(t);
   flags::add_logging_flags(t);
   flags::add_profile_flags(t);
   flags::add_checkpoint_flags(t);
@@ -296,6 +297,7 @@ void finish(ParseState& s) {
   }
   MOE_CHECK(r.save_interval == 0 || !r.save.empty(), "--save-interval needs --save");
   check_profile_flags(r);
+  flags::finish_recompute_flags(s);
   MOE_CHECK(!r.finetune || !r.load.empty(), "--finetune needs --load");
   MOE_CHECK(!r.no_load_optim || !r.load.empty(), "--no-load-optim needs --load");
 
@@ -745,6 +747,8 @@ std::string describe(const TrainRunConfig& r, int64_t dp) {
             : r.cp_comm_type == "a2a"      ? "a2a: heads traded for the sequence"
                                            : "p2p: a ring of key/value exchanges")
         << ")";
+  if (r.recompute.granularity != nn::RecomputeGranularity::none)
+    out << "; recompute " << nn::describe_recompute(r.recompute);
   out << "; dropout " << dropout_text(r, "--attention-dropout", m.attention_dropout)
       << " attention, " << dropout_text(r, "--hidden-dropout", m.hidden_dropout) << " hidden";
   out << "; lr " << t.schedule.lr << " " << t.schedule.decay_style << " to " << t.schedule.min_lr

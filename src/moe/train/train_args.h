@@ -52,6 +52,7 @@
 #include "moe/dist/init.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/pipeline_layout.h"
+#include "moe/nn/recompute.h"
 #include "moe/train/step_profiler.h"
 #include "moe/train/trainer.h"
 
@@ -82,6 +83,9 @@ struct TrainRunConfig {
   // pipeline-split, --pipeline-model-parallel-layout; the sizes of the model and
   // --pipeline-model-parallel-size are filled in by the run.
   nn::PipelineLayoutOptions pipeline;
+  // Activation recomputation (nn/recompute.h): --recompute-granularity, --recompute-method,
+  // --recompute-num-layers, --recompute-modules, --moe-layer-recompute.
+  nn::RecomputeConfig recompute;
   int64_t num_layers_per_virtual_pipeline_stage = 0;  // Megatron's flag (0: not given)
   std::string cp_comm_type = "p2p";  // --cp-comm-type: p2p (a ring), all_gather or a2a
   // Megatron's DDP options (train/data_parallel.h): --use-distributed-optimizer,

@@ -24,7 +24,7 @@ namespace moe::train::flags {
 // depend on several flags) into the final config.
 struct ParseState {
   TrainRunConfig run;
-  std::string moe_layer_freq;     // --moe-layer-freq, applied once num_layers is final
+  std::string moe_layer_freq;  // --moe-layer-freq, applied once num_layers is final
   bool start_wd_given = false, end_wd_given = false;
   bool precision_aware = false;  // --use-precision-aware-optimizer
   std::string exp_avg_dtype, exp_avg_sq_dtype;
@@ -33,8 +33,11 @@ struct ParseState {
   // The preset's head dim is its hidden / heads (kv_channels 0 or equal to it): it follows
   // --hidden-size / --num-attention-heads as Megatron's derived kv_channels does (finish()).
   bool preset_head_dim_derived = true;
-  std::string rope_type;  // --rope-type ("": MLA's yarn, else rope)
-  std::map<std::string, std::string> values;  // every given flag -> its text
+  std::string rope_type;                       // --rope-type ("": MLA's yarn, else rope)
+  std::vector<std::string> recompute_modules;  // --recompute-modules, applied by finish
+  bool recompute_method_given = false;         // --recompute-method
+  bool moe_layer_recompute = false;            // --moe-layer-recompute
+  std::map<std::string, std::string> values;   // every given flag -> its text
 };
 
 // Megatron's kv_channels: a model whose head dim is hidden / heads has none of its own.
@@ -70,19 +73,23 @@ Entry toggle(std::string name, std::string help, Apply apply);
 Entry refused(std::string name, std::string value_name, std::string why);
 
 // ---- the parts of the table, in build_table()'s order ------------------------------------------
-void add_model_flags(std::vector<Entry>& t);       // --model and the model's shape (model)
+void add_model_flags(std::vector<Entry>& t);  // --model and the model's shape (model)
 // --multi-latent-attention, its shape and YaRN (train_flags_mla.cpp); finish_mla_flags checks
 // and completes them once every flag is applied.
 void add_mla_flags(std::vector<Entry>& t);
 void finish_mla_flags(ParseState& s);
-void add_moe_flags(std::vector<Entry>& t);         // the MoE block (model.moe)
-void add_parallel_flags(std::vector<Entry>& t);    // parallel sizes, DDP, distributed backend
-void add_batch_flags(std::vector<Entry>& t);       // batches, length, iterations, seed (train)
-void add_schedule_flags(std::vector<Entry>& t);    // lr and weight decay (train.schedule)
-void add_optimizer_flags(std::vector<Entry>& t);   // AdamW (train.optimizer)
-void add_precision_flags(std::vector<Entry>& t);   // precision, device, NaN handling
-void add_logging_flags(std::vector<Entry>& t);     // evaluation and logging
-void add_profile_flags(std::vector<Entry>& t);     // --profile and its window (profile)
+void add_moe_flags(std::vector<Entry>& t);        // the MoE block (model.moe)
+void add_parallel_flags(std::vector<Entry>& t);   // parallel sizes, DDP, distributed backend
+void add_batch_flags(std::vector<Entry>& t);      // batches, length, iterations, seed (train)
+void add_schedule_flags(std::vector<Entry>& t);   // lr and weight decay (train.schedule)
+void add_optimizer_flags(std::vector<Entry>& t);  // AdamW (train.optimizer)
+void add_precision_flags(std::vector<Entry>& t);  // precision, device, NaN handling
+void add_logging_flags(std::vector<Entry>& t);    // evaluation and logging
+void add_profile_flags(std::vector<Entry>& t);    // --profile and its window (profile)
+// Activation recomputation (train_flags_recompute.cpp); finish_recompute_flags applies
+// Megatron's rules once every flag is applied.
+void add_recompute_flags(std::vector<Entry>& t);
+void finish_recompute_flags(ParseState& s);
 void add_checkpoint_flags(std::vector<Entry>& t);  // --save, --load, upcycling
 void add_data_flags(std::vector<Entry>& t);        // data, tokenizer, the sample, --config
 // Megatron flags accepted because moecore always does it, checkpoint formats, refused --moe-*.

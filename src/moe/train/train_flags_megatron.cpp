@@ -106,8 +106,6 @@ void add_megatron_surface_flags(std::vector<Entry>& t) {
                         "routing replay (recorded routes replayed) is not built yet"));
   t.push_back(not_built("--moe-latent-size", "N",
                         "the latent MoE projection is not built yet; leave it out"));
-  t.push_back(not_built("--moe-layer-recompute", "",
-                        "activation recomputation is not built yet; lower --micro-batch-size"));
   t.push_back(not_built("--moe-mlp-glu-interleave-size", "N",
                         "interleaved GLU weights are not built yet: moecore's experts keep gate "
                         "and up apart"));

@@ -533,6 +533,7 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
       state ? nn::model_groups_of(*state, run.sequence_parallel, cp_exchange(run.cp_comm_type))
             : nn::ModelGroups{},
       pipeline_chunks(run, state.get()));
+  model.set_recompute(run.recompute);
   Trainer trainer(model, tc, *data.train, tc.eval_iters > 0 ? data.valid.get() : nullptr,
                   state ? TrainParallel{state, run.ddp} : TrainParallel{});
 
