@@ -74,6 +74,13 @@ Tensor MoELayer::forward(const Tensor& x, MoEContext& ctx) {
   return shard ? sequence_gather(y.reshape(mine.shape()), tp_) : y.reshape(ctx.input_shape);
 }
 
+MoEContext MoEContext::outputs() const {
+  MoEContext kept;
+  kept.input_shape = input_shape;
+  kept.router = router.outputs();
+  return kept;
+}
+
 Tensor MoELayer::backward(const Tensor& dy, MoEContext& ctx, double loss_scale) {
   check_shape(dy, ctx.input_shape, "MoELayer::backward", "dy");
   const bool shard = tp_.active() && !tp_.sequence_parallel;

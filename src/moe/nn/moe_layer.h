@@ -40,6 +40,10 @@ struct MoEContext {
   DispatchContext dispatch;
   ExpertsContext experts;
   SharedExpertContext shared;
+
+  // What recomputation keeps of a first forward: the router's outputs and the input's shape
+  // (recompute.h).
+  MoEContext outputs() const;
 };
 
 class MoELayer {

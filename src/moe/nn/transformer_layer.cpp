@@ -83,11 +83,7 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
     // Selective recomputation: the block's input alone stays (and the router's outputs).
     ctx.mlp_block_input = normed;
     if (moe) {
-      const RouterContext router = ctx.moe.router.outputs();
-      const Shape input_shape = ctx.moe.input_shape;
-      ctx.moe = MoEContext{};
-      ctx.moe.router = router;
-      ctx.moe.input_shape = input_shape;
+      ctx.moe = ctx.moe.outputs();
     } else {
       ctx.mlp = DenseMLPContext{};
     }
@@ -127,7 +123,7 @@ Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx
 
 TransformerLayerContext TransformerLayerContext::outputs() const {
   TransformerLayerContext kept;
-  kept.moe.router = moe.router.outputs();
+  kept.moe = moe.outputs();
   kept.moe.router.recompute = true;
   kept.dropout = dropout;
   kept.recompute = true;

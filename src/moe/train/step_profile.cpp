@@ -163,7 +163,8 @@ StepProfileSummary summarize_step_profile(const std::vector<TraceSpan>& spans,
     return activities[a].begin_ns < activities[b].begin_ns;
   });
   std::vector<IdleGap> gaps;
-  int64_t cursor = sum.begin_ns;  // the end of the busy time so far
+  std::vector<const DeviceActivity*> gap_next;  // beside gaps: the work that ends each
+  int64_t cursor = sum.begin_ns;                // the end of the busy time so far
   auto add_gap = [&](int64_t begin, int64_t end, const DeviceActivity* next) {
     if (end <= begin) return;
     sum.idle_ns += end - begin;
@@ -179,25 +180,17 @@ StepProfileSummary summarize_step_profile(const std::vector<TraceSpan>& spans,
     sum.gaps_idle_ns += end - begin;
     if (g.queued_into_gap_ns >= 0) sum.host_bound_idle_ns += end - begin;
     gaps.push_back(std::move(g));
+    gap_next.push_back(next);
   };
-  std::vector<const DeviceActivity*> gap_next;  // beside gaps
   for (const size_t i : order) {
     const DeviceActivity& a = activities[i];
-    if (a.begin_ns > cursor) {
-      const size_t before = gaps.size();
-      add_gap(cursor, a.begin_ns, &a);
-      if (gaps.size() > before) gap_next.push_back(&a);
-    }
+    if (a.begin_ns > cursor) add_gap(cursor, a.begin_ns, &a);
     if (a.end_ns > cursor) {
       sum.busy_ns += a.end_ns - std::max(cursor, a.begin_ns);
       cursor = a.end_ns;
     }
   }
-  if (sum.end_ns > cursor) {
-    const size_t before = gaps.size();
-    add_gap(cursor, sum.end_ns, nullptr);
-    if (gaps.size() > before) gap_next.push_back(nullptr);
-  }
+  if (sum.end_ns > cursor) add_gap(cursor, sum.end_ns, nullptr);
 
   // The largest gaps, explained: the next work's stage, and where its host thread was mid-gap.
   std::vector<size_t> by_length(gaps.size());

@@ -33,11 +33,8 @@ struct ParseState {
   // The preset's head dim is its hidden / heads (kv_channels 0 or equal to it): it follows
   // --hidden-size / --num-attention-heads as Megatron's derived kv_channels does (finish()).
   bool preset_head_dim_derived = true;
-  std::string rope_type;                       // --rope-type ("": MLA's yarn, else rope)
-  std::vector<std::string> recompute_modules;  // --recompute-modules, applied by finish
-  bool recompute_method_given = false;         // --recompute-method
-  bool moe_layer_recompute = false;            // --moe-layer-recompute
-  std::map<std::string, std::string> values;   // every given flag -> its text
+  std::string rope_type;                      // --rope-type ("": MLA's yarn, else rope)
+  std::map<std::string, std::string> values;  // every given flag -> its text
 };
 
 // Megatron's kv_channels: a model whose head dim is hidden / heads has none of its own.

@@ -17,10 +17,7 @@ void add_recompute_flags(std::vector<Entry>& t) {
                     "with full: uniform (every layer, in units of --recompute-num-layers "
                     "consecutive layers of each pipeline chunk) | block (the first "
                     "--recompute-num-layers layers of each chunk, one by one)",
-                    [](S& s, V v) {
-                      s.run.recompute.method = nn::parse_recompute_method(v);
-                      s.recompute_method_given = true;
-                    }));
+                    [](S& s, V v) { s.run.recompute.method = nn::parse_recompute_method(v); }));
   t.push_back(value(
       "--recompute-num-layers", "N",
       "with full: the layers of a unit (uniform) or "
@@ -31,14 +28,14 @@ void add_recompute_flags(std::vector<Entry>& t) {
                     "core_attn (Megatron's default: moecore's fused attention keeps no S x S "
                     "probabilities, so it changes nothing); moe_act, layernorm and mla_up_proj "
                     "are not built yet",
-                    [](S& s, V v) { s.recompute_modules = split_values(v); }));
+                    [](S&, V) {}));  // read by finish_recompute_flags (ParseState::values)
   t.push_back(toggle(
       "--recompute-activations", "Megatron's older switch: --recompute-granularity selective",
       [](S& s, V) { s.run.recompute.granularity = nn::RecomputeGranularity::selective; }));
   t.push_back(toggle("--moe-layer-recompute",
                      "Megatron's older switch: --recompute-granularity selective "
                      "--recompute-modules moe",
-                     [](S& s, V) { s.moe_layer_recompute = true; }));
+                     [](S&, V) {}));  // read by finish_recompute_flags
   t.push_back(refused("--distribute-saved-activations", "",
                       "not built yet: a recomputed unit's input is kept whole on each tensor-"
                       "parallel rank (under --sequence-parallel, its shard)"));
@@ -47,7 +44,9 @@ void add_recompute_flags(std::vector<Entry>& t) {
 // Megatron's rules (TransformerConfig.__post_init__), once every flag is applied.
 void finish_recompute_flags(ParseState& s) {
   nn::RecomputeConfig& r = s.run.recompute;
-  if (s.moe_layer_recompute) {
+  const auto given = [&](const char* flag) { return s.values.count(flag) > 0; };
+  const bool moe_layer_recompute = given("--moe-layer-recompute");
+  if (moe_layer_recompute) {
     MOE_CHECK(r.granularity != nn::RecomputeGranularity::full,
               "--moe-layer-recompute with --recompute-granularity full: leave one out (full "
               "recomputes the MoE block with the rest of the layer)");
@@ -55,7 +54,7 @@ void finish_recompute_flags(ParseState& s) {
   }
   switch (r.granularity) {
     case nn::RecomputeGranularity::full:
-      MOE_CHECK(s.recompute_method_given,
+      MOE_CHECK(given("--recompute-method"),
                 "--recompute-granularity full needs --recompute-method uniform or block");
       MOE_CHECK(r.num_layers >= 1,
                 "--recompute-granularity full needs --recompute-num-layers (the layers of a "
@@ -66,9 +65,10 @@ void finish_recompute_flags(ParseState& s) {
                 "--recompute-num-layers is for --recompute-granularity full; selective "
                 "recomputes its modules in every layer");
       // Megatron's default module list is core_attn.
-      std::vector<std::string> modules =
-          s.recompute_modules.empty() ? std::vector<std::string>{"core_attn"} : s.recompute_modules;
-      if (s.moe_layer_recompute) modules.push_back("moe");
+      std::vector<std::string> modules = given("--recompute-modules")
+                                             ? split_values(s.values.at("--recompute-modules"))
+                                             : std::vector<std::string>{"core_attn"};
+      if (moe_layer_recompute) modules.push_back("moe");
       nn::set_recompute_modules(r, modules);
       break;
     }
