@@ -1,6 +1,8 @@
 // The `moe` program: one binary, subcommands, Megatron's flag names.
 //   moe                   a one-layer demo: an MoE layer forward + backward, what it did
 //   moe bench moe-layer   the MoE layer benchmark (bench/moe_layer_bench.h)
+//   moe bench grouped-gemm  the experts' six grouped GEMMs by backend and cutlass tile
+//                         configuration (bench/grouped_gemm_bench.h)
 //   moe bench moe-ep      the MoE layer under expert parallelism on a launch's ranks: weak
 //                         scaling and the dispatch/combine exchange (bench/moe_ep_bench.h)
 //   moe bench attention   the attention benchmark, per backend (bench/attention_bench.h)
@@ -29,6 +31,7 @@
 #include "convert_cmd.h"
 #include "forward_cmd.h"
 #include "generate_cmd.h"
+#include "grouped_gemm_bench.h"
 #include "info_cmd.h"
 #include "launch_cmd.h"
 #include "layer_demo.h"
@@ -92,6 +95,23 @@ int main(int argc, char** argv) {
   bench_layer->add_flag("--cuda-graph", layer_options.cuda_graph,
                         "also time the forward+backward replayed as one CUDA graph");
 
+  moe::bench::GroupedGemmBenchOptions gemm_options;
+  CLI::App* bench_gemm = bench->add_subcommand(
+      "grouped-gemm", "the experts' grouped GEMMs by backend and cutlass tile configuration");
+  bench_gemm->add_option("--shapes", gemm_options.shapes,
+                         "mixtral-8x7b qwen3-30b-a3b deepseek-v3 deepseek-v3-ep8");
+  bench_gemm->add_option("--tokens", gemm_options.tokens, "tokens T (rows T x top-k)");
+  bench_gemm->add_option("--routings", gemm_options.routings, "balanced and/or skewed")
+      ->check(CLI::IsMember({"balanced", "skewed"}));
+  bench_gemm
+      ->add_option("--columns", gemm_options.columns,
+                   "backends (automatic, per_expert_lt, chunked_batched, ...) and cutlass:<tiles> "
+                   "(by_shape, coop_128x128, coop_128x256, coop_256x128, pingpong_128x128, "
+                   "pingpong_64x256); default: automatic, cutlass:by_shape and every tile")
+      ->delimiter(',');
+  bench_gemm->add_option("--warmup", gemm_options.warmup);
+  bench_gemm->add_option("--iters", gemm_options.iters);
+
   moe::bench::MoEEpBenchOptions ep_options;
   CLI::App* bench_ep = moe::bench::add_moe_ep_bench_command(*bench, ep_options);
 
@@ -147,6 +167,7 @@ int main(int argc, char** argv) {
       layer_options.cpu = force_cpu;
       return moe::bench::run_moe_layer_bench(layer_options);
     }
+    if (bench_gemm->parsed()) return moe::bench::run_grouped_gemm_bench(gemm_options);
     if (bench_ep->parsed()) return moe::bench::run_moe_ep_bench(ep_options, force_cpu);
     if (bench_attention->parsed()) {
       attention_options.cpu = force_cpu;

@@ -5,6 +5,9 @@
 #   tests  the grouped-GEMM, MoE-layer, exchange-slot and CUDA-graph gpu tests (the cutlass
 #          backend against the CPU reference, the one-rank layer captured as one CUDA graph,
 #          the graph's private pool, a training step replayed as a graph against eager steps);
+#   gemm   `moe bench grouped-gemm`: the experts' six grouped GEMMs (written and accumulated
+#          weight gradients) of every shape, balanced and skewed, with the automatic backend and
+#          the cutlass backend in each tile configuration and its by-shape choice;
 #   layer  `moe bench moe-layer` at T = 8192, balanced and skewed routing, automatic and
 #          cutlass, each also replayed as one CUDA graph (--cuda-graph: the launches' cost), and
 #          PEERS/moe_layer_peers.py (torch._grouped_mm) on the same shapes if given;
@@ -17,7 +20,7 @@
 #          the summaries (stages, idle gaps and their causes) in LOGDIR/profile_*.log, the Chrome
 #          traces in LOGDIR/profile_*/rank-0.json.
 # Logs go to LOGDIR; a build unpacked as scripts/gpu-pack.sh packs it.
-#   scripts/gpu-moe-speed.sh BUILD LOGDIR [PEERS] [tests|layer|train|profile|all]
+#   scripts/gpu-moe-speed.sh BUILD LOGDIR [PEERS] [tests|gemm|layer|train|profile|all]
 set -uo pipefail
 build=$1 logdir=$2 peers=${3:-} part=${4:-all}
 mkdir -p "$logdir"
@@ -30,6 +33,10 @@ if wants tests; then
     --gtest_filter='GroupedGemm*:MoELayer*:ExchangeSlotsCuda*:CudaGraph*:TrainerCudaGraph*:DeviceActivityCuda*' \
     >"$logdir/tests.log" 2>&1 || status=1
   grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran|Failure" "$logdir/tests.log" | head -n 30
+fi
+if wants gemm; then
+  timeout 300 "$build/moe" bench grouped-gemm --iters 6 --warmup 2 2>&1 |
+    tee "$logdir/bench_grouped_gemm.log" | grep -E "^\||ceilings" || status=1
 fi
 if wants layer; then
   timeout 300 "$build/moe" bench moe-layer --tokens 8192 --routings balanced skewed --iters 8 \

@@ -184,6 +184,85 @@ TEST(GroupedGemmCutlassCuda, WgradMatchesCpu) {
   }
 }
 
+// Every tile configuration (ops::CutlassTiles) against the CPU reference, as the default
+// ones above: bf16 forwards with both weight layouts, the bf16 -> f32 weight gradient written
+// and accumulated, odd and empty experts, n and k that leave partial tiles of every size (n =
+// 264: one 256-wide tile and 8 columns; 136 rows of a 64-row tile). Each call names its
+// configuration, so a configuration whose kernel were wrong fails here by name.
+TEST(GroupedGemmCutlassCuda, EveryTileConfigurationMatchesCpu) {
+  MOE_REQUIRE_CUTLASS();
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(seed);
+  const Device gpu = Device::cuda();
+  const int64_t n = 264, k = 136;
+  for (int64_t experts : {6, 32}) {
+    const std::vector<int64_t> counts = odd_counts(experts);
+    const int64_t rows = total(counts) + 3;
+    const Tensor counts_cpu = counts_tensor(counts, DType::i64, Device::cpu());
+    const Tensor counts_gpu = counts_tensor(counts, DType::i64, gpu);
+    const Tensor x = test::random_normal({rows, k}, DType::bf16, seed + 1);
+    const Tensor dy = test::random_normal({rows, n}, DType::bf16, seed + 2);
+    const Tensor base = test::random_normal({experts, n, k}, DType::f32, seed + 3);
+    const Tensor x_gpu = x.to(gpu), dy_gpu = dy.to(gpu);
+    for (bool trans_w : {true, false}) {
+      const Tensor w = test::random_normal(trans_w ? Shape{experts, n, k} : Shape{experts, k, n},
+                                           DType::bf16, seed + 4);
+      Tensor expected = Tensor::empty({rows, n}, DType::f32);
+      ops::grouped_gemm(x.to(DType::f32), w.to(DType::f32), trans_w, counts_cpu, expected);
+      const Tensor w_gpu = w.to(gpu);
+      for (ops::CutlassTiles tiles : ops::all_cutlass_tiles()) {
+        SCOPED_TRACE(testing::Message() << ops::cutlass_tiles_name(tiles) << " E=" << experts
+                                        << " trans_w=" << trans_w);
+        Tensor y = Tensor::full({rows, n}, NAN, DType::bf16, gpu);
+        ops::grouped_gemm_cutlass(x_gpu, w_gpu, trans_w, counts_gpu, y, tiles);
+        const Tensor got = y.to(Device::cpu());
+        EXPECT_TRUE(test::close_as(got, expected, DType::bf16));
+        EXPECT_TRUE(test::equal(got.rows(rows - 3, 3), Tensor::zeros({3, n}, DType::bf16)));
+      }
+    }
+    for (bool accumulate : {false, true}) {
+      Tensor expected = base.clone();
+      ops::grouped_gemm_wgrad(dy.to(DType::f32), x.to(DType::f32), counts_cpu, expected,
+                              accumulate);
+      for (ops::CutlassTiles tiles : ops::all_cutlass_tiles()) {
+        SCOPED_TRACE(testing::Message() << ops::cutlass_tiles_name(tiles) << " E=" << experts
+                                        << " accumulate=" << accumulate);
+        Tensor dw = accumulate ? base.to(gpu) : Tensor::full(base.shape(), NAN, DType::f32, gpu);
+        ops::grouped_gemm_wgrad_cutlass(dy_gpu, x_gpu, counts_gpu, dw, accumulate, tiles);
+        const Tensor got = dw.to(Device::cpu());
+        EXPECT_TRUE(test::close_as(got, expected, DType::f32));
+        for (int64_t e = 0; e < experts; ++e) {
+          if (counts[static_cast<size_t>(e)] != 0) continue;
+          EXPECT_TRUE(test::equal(expert(got, e),
+                                  accumulate ? expert(base, e) : Tensor::zeros({n, k}, DType::f32)))
+              << "expert " << e << " without rows";
+        }
+      }
+    }
+  }
+}
+
+// A configuration without a kernel for the dtypes (f16 has only the defaults) is an error
+// naming it, not a silently different kernel.
+TEST(GroupedGemmCutlassCuda, TileConfigurationWithoutTheKernelIsRefused) {
+  MOE_REQUIRE_CUTLASS();
+  const Device gpu = Device::cuda();
+  const Tensor counts = Tensor::full({2}, 8.0, DType::i64, gpu);
+  const Tensor x = Tensor::zeros({16, 16}, DType::f16, gpu);
+  const Tensor w = Tensor::zeros({2, 16, 16}, DType::f16, gpu);
+  Tensor y = Tensor::zeros({16, 16}, DType::f16, gpu);
+  EXPECT_SAYS(test::message_of([&] {
+                ops::grouped_gemm_cutlass(x, w, true, counts, y, ops::CutlassTiles::coop_256x128);
+              }),
+              "f16", "coop_256x128");
+  Tensor dw = Tensor::zeros({2, 16, 16}, DType::f16, gpu);
+  EXPECT_SAYS(test::message_of([&] {
+                ops::grouped_gemm_wgrad_cutlass(x, x, counts, dw, false,
+                                                ops::CutlassTiles::coop_128x256);
+              }),
+              "f16", "coop_128x256");
+}
+
 // Every expert empty: y is all zero rows, the written dw all zeros, the accumulated one kept.
 TEST(GroupedGemmCutlassCuda, AllExpertsEmpty) {
   MOE_REQUIRE_CUTLASS();

@@ -16,9 +16,39 @@
 // (built when CMake finds CUTLASS's headers: MOE_WITH_CUTLASS).
 #pragma once
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "moe/core/tensor.h"
 
 namespace moe::ops {
+
+// The kernel configurations the backend has: output tile M x N (K tiles of 64), the schedule
+// (cooperative: two consumer warp groups split one tile; ping-pong: each consumer warp group
+// owns a tile, one's epilogue overlapping the other's MMAs) and a cluster of two CTAs along the
+// tile's shorter side, so the operand they share is loaded once (TMA multicast). by_shape
+// lets the backend pick for the call (cutlass_tiles_for).
+enum class CutlassTiles {
+  by_shape,
+  coop_128x128,      // cluster 1 x 2
+  coop_128x256,      // cluster 2 x 1
+  coop_256x128,      // cluster 1 x 2
+  pingpong_128x128,  // cluster 1 x 2
+  pingpong_64x256,   // cluster 2 x 1
+};
+
+const char* cutlass_tiles_name(CutlassTiles tiles);  // "coop_128x128", ...
+// The configuration of that name; an error listing the names otherwise.
+CutlassTiles parse_cutlass_tiles(const std::string& name);
+// Every configuration but by_shape, in declaration order.
+std::vector<CutlassTiles> all_cutlass_tiles();
+
+// What by_shape runs for a forward / dgrad (wgrad = false: y [rows, n] = x [rows, k] w_e) or a
+// weight gradient (wgrad = true: dw_e [n, k] = dy_e^T x_e, reduced over the expert's rows) over
+// `rows` rows of `experts` experts, bf16 in (f16 and the wgrad into bf16 have only the default
+// configurations).
+CutlassTiles cutlass_tiles_for(bool wgrad, int64_t rows, int64_t experts, int64_t n, int64_t k);
 
 // Whether this build has the backend (CUTLASS's headers were found at configure time).
 bool grouped_gemm_cutlass_built();
@@ -33,9 +63,13 @@ bool grouped_gemm_cutlass_built();
 bool grouped_gemm_cutlass_qualifies(const Tensor& a, const Tensor& b, const Tensor& out);
 
 // The backend's entry points, for calls that qualify (the arguments are already checked).
+// `tiles` other than by_shape is for measuring the configurations (`moe bench grouped-gemm`);
+// a configuration that has no kernel for the dtypes is an error naming it.
 void grouped_gemm_cutlass(const Tensor& x, const Tensor& w, bool trans_w,
-                          const Tensor& tokens_per_expert, Tensor& y);
+                          const Tensor& tokens_per_expert, Tensor& y,
+                          CutlassTiles tiles = CutlassTiles::by_shape);
 void grouped_gemm_wgrad_cutlass(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
-                                Tensor& dw, bool accumulate);
+                                Tensor& dw, bool accumulate,
+                                CutlassTiles tiles = CutlassTiles::by_shape);
 
 }  // namespace moe::ops

@@ -24,6 +24,9 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 #include "moe/core/cuda_utils.h"
 #include "moe/ops/grouped_gemm_cutlass.h"
@@ -71,6 +74,28 @@ bool is_half(DType dt) {
 }
 
 #if MOE_WITH_CUTLASS
+// fn(std::integral_constant<CutlassTiles, tiles>{}): the compile-time configuration of a
+// run-time one (not by_shape), so each family's instantiation of it is called.
+template <class Fn>
+void with_tiles(CutlassTiles tiles, Fn&& fn) {
+  using T = CutlassTiles;
+  switch (tiles) {
+    case T::coop_128x128:
+      return fn(std::integral_constant<T, T::coop_128x128>{});
+    case T::coop_128x256:
+      return fn(std::integral_constant<T, T::coop_128x256>{});
+    case T::coop_256x128:
+      return fn(std::integral_constant<T, T::coop_256x128>{});
+    case T::pingpong_128x128:
+      return fn(std::integral_constant<T, T::pingpong_128x128>{});
+    case T::pingpong_64x256:
+      return fn(std::integral_constant<T, T::pingpong_64x256>{});
+    case T::by_shape:
+      break;
+  }
+  MOE_FAIL("grouped GEMM: no cutlass kernel for tiles ", cutlass_tiles_name(tiles));
+}
+
 // y's rows past sum(counts) (the sum is on the device: *total) set to zero, 16 bytes a store.
 __global__ void zero_rows_past_total(uint4* y, const int64_t* total, int64_t rows,
                                      int64_t row_words) {
@@ -122,10 +147,6 @@ cutlass_grouped::Call make_call(bool wgrad, const Tensor& counts, int64_t rows, 
 
 }  // namespace
 
-bool grouped_gemm_cutlass_built() {
-  return MOE_WITH_CUTLASS;
-}
-
 bool grouped_gemm_cutlass_qualifies(const Tensor& a, const Tensor& b, const Tensor& out) {
   if (!grouped_gemm_cutlass_built()) return false;
   if (!a.is_cuda() || !(b.device() == a.device()) || !(out.device() == a.device())) return false;
@@ -137,18 +158,23 @@ bool grouped_gemm_cutlass_qualifies(const Tensor& a, const Tensor& b, const Tens
 }
 
 void grouped_gemm_cutlass(const Tensor& x, const Tensor& w, bool trans_w,
-                          const Tensor& tokens_per_expert, Tensor& y) {
+                          const Tensor& tokens_per_expert, Tensor& y, CutlassTiles tiles) {
 #if MOE_WITH_CUTLASS
   const cudaStream_t stream = cuda::stream_of(y);  // also makes y's device current
   Tensor total = Tensor::empty({1}, DType::i64, y.device());
   const int64_t rows = x.size(0), k = x.size(1), n = y.size(1);
   cutlass_grouped::Call call =
       make_call(false, tokens_per_expert, rows, n, k, x, w, y, total.data<int64_t>());
-  if (trans_w) {
-    cutlass_grouped::run_fwd_nk(x.dtype(), call);
-  } else {
-    cutlass_grouped::run_fwd_kn(x.dtype(), call);
-  }
+  if (tiles == CutlassTiles::by_shape)
+    tiles = x.dtype() == DType::bf16 ? cutlass_tiles_for(false, rows, call.experts, n, k)
+                                     : cutlass_grouped::kDefaultForward;
+  with_tiles(tiles, [&](auto c) {
+    if (trans_w) {
+      cutlass_grouped::run_fwd_nk<c.value>(x.dtype(), call);
+    } else {
+      cutlass_grouped::run_fwd_kn<c.value>(x.dtype(), call);
+    }
+  });
   const int64_t row_words = n * static_cast<int64_t>(dtype_size(y.dtype())) / 16;
   const unsigned blocks =
       cuda::blocks_for(rows * row_words, kZeroThreads, 4 * static_cast<int64_t>(call.sm_count));
@@ -156,13 +182,13 @@ void grouped_gemm_cutlass(const Tensor& x, const Tensor& w, bool trans_w,
                                                             total.data<int64_t>(), rows, row_words);
   MOE_CUDA_CHECK_LAUNCH();
 #else
-  (void)x, (void)w, (void)trans_w, (void)tokens_per_expert, (void)y;
+  (void)x, (void)w, (void)trans_w, (void)tokens_per_expert, (void)y, (void)tiles;
   MOE_FAIL("grouped_gemm: the cutlass backend is not in this build");
 #endif
 }
 
 void grouped_gemm_wgrad_cutlass(const Tensor& dy, const Tensor& x, const Tensor& tokens_per_expert,
-                                Tensor& dw, bool accumulate) {
+                                Tensor& dw, bool accumulate, CutlassTiles tiles) {
 #if MOE_WITH_CUTLASS
   const cudaStream_t stream = cuda::stream_of(dw);  // also makes dw's device current
   const int64_t rows = x.size(0), n = dy.size(1), k = x.size(1);
@@ -179,13 +205,14 @@ void grouped_gemm_wgrad_cutlass(const Tensor& dy, const Tensor& x, const Tensor&
         static_cast<uint4*>(dw.raw()), call.counts, call.counts_i64, expert_words);
     MOE_CUDA_CHECK_LAUNCH();
   }
-  if (x.dtype() == DType::bf16) {
-    cutlass_grouped::run_wgrad_bf16(dw.dtype(), call);
-  } else {
-    cutlass_grouped::run_wgrad_f16(dw.dtype(), call);
-  }
+  if (tiles == CutlassTiles::by_shape)
+    tiles = x.dtype() == DType::bf16 && dw.dtype() == DType::f32
+                ? cutlass_tiles_for(true, rows, call.experts, n, k)
+                : cutlass_grouped::kDefaultWgrad;
+  with_tiles(tiles,
+             [&](auto c) { cutlass_grouped::run_wgrad<c.value>(x.dtype(), dw.dtype(), call); });
 #else
-  (void)dy, (void)x, (void)tokens_per_expert, (void)dw, (void)accumulate;
+  (void)dy, (void)x, (void)tokens_per_expert, (void)dw, (void)accumulate, (void)tiles;
   MOE_FAIL("grouped_gemm_wgrad: the cutlass backend is not in this build");
 #endif
 }

@@ -1,6 +1,7 @@
 // Internal to the cutlass grouped GEMM backend: the CUTLASS sm90 grouped GEMM types, the kernel
 // that builds their per-expert argument table from the device counts, and the launch. Included
-// only by grouped_gemm_cutlass_{fwd,wgrad}_*.cu, each instantiating one family of kernels.
+// only by grouped_gemm_cutlass_{fwd_nk,fwd_kn,wgrad}_*.cu, each instantiating one family of
+// kernels in one tile configuration (CutlassTiles).
 //
 // CUTLASS computes D = alpha A B + beta C per group with A (M x K), B (K x N, given as N x K),
 // C and D (M x N). Our row-major operands map onto it as
@@ -12,9 +13,8 @@
 // An expert without rows gets M = 0 (no tiles): the forward has nothing to write for it, and
 // the wgrad's zero or untouched gradient is the caller's (no reliance on CUTLASS's K = 0 path).
 //
-// Tiles (grouped_gemm_cutlass_dispatch.cu's comment gives the reasoning): 128 x 128 x 64 with
-// clusters of 1 x 2 (the A tile multicast to two N tiles), cooperative for the forward (long K),
-// ping-pong for the wgrad (short K = n_e: one consumer's epilogue overlaps the other's MMAs).
+// Tiles: CutlassTiles (grouped_gemm_cutlass.h) names them; which one a call runs is
+// cutlass_tiles_for's choice (grouped_gemm_cutlass_dispatch.cu gives the measurements).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -47,15 +47,21 @@ using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>
 struct Cooperative {
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
-  using TileShape = cute::Shape<cute::_128, cute::_128, cute::_64>;
-  using ClusterShape = cute::Shape<cute::_1, cute::_2, cute::_1>;
 };
 
 struct Pingpong {
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
-  using TileShape = cute::Shape<cute::_128, cute::_128, cute::_64>;
-  using ClusterShape = cute::Shape<cute::_1, cute::_2, cute::_1>;
+};
+
+// The schedule of configuration C (tile_spec): its kind, output tile (M x N, K tiles of 64) and
+// cluster (M x N CTAs).
+template <CutlassTiles C>
+struct ScheduleOf : std::conditional_t<tile_spec(C).pingpong, Pingpong, Cooperative> {
+  static constexpr TileSpec kSpec = tile_spec(C);
+  using TileShape = cute::Shape<cute::Int<kSpec.m>, cute::Int<kSpec.n>, cute::_64>;
+  using ClusterShape =
+      cute::Shape<cute::Int<kSpec.cluster_m>, cute::Int<kSpec.cluster_n>, cute::_1>;
 };
 
 // One grouped GEMM type: A (LayoutA) times B (LayoutB) into row-major D; ElementC is void when
@@ -309,32 +315,58 @@ void run(const Call& call) {
   // only by later work on this stream, which runs after this GEMM.
 }
 
-// The forward / dgrad family for one layout of w (B): bf16 or f16 in and out, cooperative.
-template <class LayoutB>
+// The forward / dgrad family for one layout of w (B) in configuration C: bf16 in and out (f16
+// too in the default configuration).
+template <class LayoutB, CutlassTiles C>
 void run_forward(DType dtype, const Call& call) {
   using A = cutlass::layout::RowMajor;  // x_e [rows, K]
+  using S = ScheduleOf<C>;
   if (dtype == DType::bf16) {
-    run<cutlass::bfloat16_t, A, cutlass::bfloat16_t, LayoutB, void, cutlass::bfloat16_t,
-        Cooperative>(call);
-  } else {
-    MOE_CHECK(dtype == DType::f16, "grouped_gemm: the cutlass backend has no ", dtype, " kernel");
-    run<cutlass::half_t, A, cutlass::half_t, LayoutB, void, cutlass::half_t, Cooperative>(call);
+    run<cutlass::bfloat16_t, A, cutlass::bfloat16_t, LayoutB, void, cutlass::bfloat16_t, S>(call);
+    return;
   }
+  if constexpr (C == kDefaultForward) {
+    if (dtype == DType::f16) {
+      run<cutlass::half_t, A, cutlass::half_t, LayoutB, void, cutlass::half_t, S>(call);
+      return;
+    }
+  }
+  MOE_FAIL("grouped_gemm: the cutlass backend has no ", dtype, " kernel in configuration ",
+           cutlass_tiles_name(C));
 }
 
-// The weight-gradient family for inputs T (dtype `in`): dw_e (+)= dy_e^T x_e into f32 or T,
-// ping-pong.
-template <class T>
+template <CutlassTiles C>
+void run_fwd_nk(DType dtype, const Call& call) {
+  run_forward<cutlass::layout::ColumnMajor, C>(dtype, call);  // w_e [N, K]: B K-major
+}
+
+template <CutlassTiles C>
+void run_fwd_kn(DType dtype, const Call& call) {
+  run_forward<cutlass::layout::RowMajor, C>(dtype, call);  // w_e [K, N]: B N-major
+}
+
+// The weight-gradient family in configuration C: dw_e (+)= dy_e^T x_e, bf16 into f32 (also
+// bf16 -> bf16 and f16 -> f16 / f32 in the default configuration).
+template <CutlassTiles C>
 void run_wgrad(DType in, DType out_dtype, const Call& call) {
   using A = cutlass::layout::ColumnMajor;  // dy_e^T
   using B = cutlass::layout::RowMajor;     // x_e
-  if (out_dtype == DType::f32) {
-    run<T, A, T, B, float, float, Pingpong>(call);
-  } else {
-    MOE_CHECK(out_dtype == in, "grouped_gemm_wgrad: the cutlass backend has no ", in, " -> ",
-              out_dtype, " kernel");
-    run<T, A, T, B, T, T, Pingpong>(call);
+  using S = ScheduleOf<C>;
+  using bf16 = cutlass::bfloat16_t;
+  using f16 = cutlass::half_t;
+  if (in == DType::bf16 && out_dtype == DType::f32) {
+    run<bf16, A, bf16, B, float, float, S>(call);
+    return;
   }
+  if constexpr (C == kDefaultWgrad) {
+    if (in == DType::bf16 && out_dtype == DType::bf16)
+      return run<bf16, A, bf16, B, bf16, bf16, S>(call);
+    if (in == DType::f16 && out_dtype == DType::f32)
+      return run<f16, A, f16, B, float, float, S>(call);
+    if (in == DType::f16 && out_dtype == DType::f16) return run<f16, A, f16, B, f16, f16, S>(call);
+  }
+  MOE_FAIL("grouped_gemm_wgrad: the cutlass backend has no ", in, " -> ", out_dtype,
+           " kernel in configuration ", cutlass_tiles_name(C));
 }
 
 }  // namespace moe::ops::cutlass_grouped
