@@ -155,7 +155,9 @@ class ProcessGroup {
   virtual std::shared_ptr<ProcessGroup> split(const std::vector<std::vector<int>>& groups) = 0;
   // Collective over this group, as split: the group of `ranks` for its members, nullptr for
   // every other member.
-  std::shared_ptr<ProcessGroup> new_subgroup(const std::vector<int>& ranks) { return split({ranks}); }
+  std::shared_ptr<ProcessGroup> new_subgroup(const std::vector<int>& ranks) {
+    return split({ranks});
+  }
 
   // ---- failure ----------------------------------------------------------------------------
   // Ends every operation in flight on this group and its subgroups, on every rank that can be
@@ -163,6 +165,18 @@ class ProcessGroup {
   // hangs. `reason` is reported by the ranks that were waiting.
   virtual void abort(const std::string& reason) = 0;
 };
+
+// Every rank's `values` (the same count on each rank), rank after rank: the gathers of a few
+// numbers per rank for reports and flags (memory, profiles, which ranks hold a copy), staged
+// through a tensor on `device` (NCCL gathers device memory).
+template <class T>
+std::vector<T> all_gather_values(ProcessGroup& group, const std::vector<T>& values, Device device) {
+  const auto count = static_cast<int64_t>(values.size());
+  const Tensor in = Tensor::from_vector(values, {count}, device);
+  Tensor out = Tensor::empty({group.size() * count}, in.dtype(), device);
+  group.all_gather(in, out);
+  return out.to(Device::cpu()).template to_vector<T>();
+}
 
 // Timeouts of collectives: an operation that has not completed after this long aborts the group
 // and throws naming the operation (Megatron's --distributed-timeout-minutes; its default is 10).

@@ -30,10 +30,8 @@ void AllToAllDispatcher::check_equal_token_counts(int64_t num_tokens, Device dev
   // every rank of the group reaches together, and again when the shape changes (evaluation
   // with another micro-batch shape: again every rank at once).
   const int n = groups_.tp_ep->size();
-  Tensor mine = Tensor::full({1}, static_cast<double>(num_tokens), DType::i64, device);
-  Tensor all = Tensor::empty({n}, DType::i64, device);
-  groups_.tp_ep->all_gather(mine, all);
-  const std::vector<int64_t> counts = all.to_vector<int64_t>();
+  const std::vector<int64_t> counts =
+      dist::all_gather_values(*groups_.tp_ep, std::vector<int64_t>{num_tokens}, device);
   for (int r = 0; r < n; ++r)
     MOE_CHECK(counts[static_cast<size_t>(r)] == num_tokens, flag,
               ": the ranks of an expert group must route the same number of tokens (each sizes its "

@@ -95,10 +95,8 @@ DataParallel::DataParallel(nn::GPTModel& model, const dist::ParallelState& state
   if (state.pp_size() > 1) {
     const bool holds = std::any_of(params.begin(), params.end(),
                                    [](const nn::Parameter* p) { return p->layout.pp_shared; });
-    Tensor mine = Tensor::full({1}, holds ? 1.0 : 0.0, DType::i64, model.device());
-    Tensor all = Tensor::empty({state.pp_size()}, DType::i64, model.device());
-    state.pp()->all_gather(mine, all);
-    const std::vector<int64_t> flags = all.to_vector<int64_t>();
+    const std::vector<int64_t> flags =
+        dist::all_gather_values(*state.pp(), std::vector<int64_t>{holds ? 1 : 0}, model.device());
     for (int r = 0; r < state.pp_size(); ++r)
       if (flags[static_cast<size_t>(r)] != 0) pp_shared_holders_.push_back(r);
   }

@@ -248,10 +248,7 @@ std::vector<RankMemory> gather_rank_memory(const RankMemory& mine,
   const std::vector<int64_t> local = {
       mine.parameter_bytes, mine.gradient_bytes, mine.optimizer_bytes, mine.activation_bytes,
       mine.peak_bytes,      mine.pipeline_size,  mine.in_flight};
-  const Tensor in = Tensor::from_vector(local, {kFields}, device);
-  Tensor out = Tensor::zeros({static_cast<int64_t>(world->size()) * kFields}, DType::i64, device);
-  world->all_gather(in, out);
-  const std::vector<int64_t> all = out.to(Device::cpu()).to_vector<int64_t>();
+  const std::vector<int64_t> all = dist::all_gather_values(*world, local, device);
   std::vector<RankMemory> ranks(static_cast<size_t>(world->size()));
   for (size_t r = 0; r < ranks.size(); ++r) {
     const int64_t* f = all.data() + r * kFields;

@@ -17,11 +17,8 @@ std::vector<std::vector<PipelineAction>> gather_pipeline_actions(
     Device device) {
   const int P = pp->size();
   // The lists' lengths first (the stages' lists differ: the first receives no activations).
-  Tensor count =
-      Tensor::from_vector(std::vector<int64_t>{static_cast<int64_t>(mine.size())}, {1}, device);
-  Tensor counts = Tensor::empty({P}, DType::i64, device);
-  pp->all_gather(count, counts);
-  const std::vector<int64_t> n = counts.to_vector<int64_t>();
+  const std::vector<int64_t> n =
+      dist::all_gather_values(*pp, std::vector<int64_t>{static_cast<int64_t>(mine.size())}, device);
   std::vector<int64_t> flat;
   for (const PipelineAction& a : mine)
     for (int64_t v : {static_cast<int64_t>(a.kind), int64_t{a.microbatch}, int64_t{a.chunk},

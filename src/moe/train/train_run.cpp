@@ -594,11 +594,8 @@ TrainRunResult run_training_on(const TrainRunConfig& config, const TrainWorld& w
                         out);
   if (world.size() > 1)
     profiler.set_gather([&](const RankProfile& mine) {
-      const std::vector<double> fields = rank_profile_fields(mine);
-      const Tensor in = Tensor::from_vector(fields, {kRankProfileFields}, device);
-      Tensor out_fields = Tensor::zeros({world.size() * kRankProfileFields}, DType::f64, device);
-      world.group->all_gather(in, out_fields);
-      const std::vector<double> all = out_fields.to(Device::cpu()).to_vector<double>();
+      const std::vector<double> all =
+          dist::all_gather_values(*world.group, rank_profile_fields(mine), device);
       std::vector<RankProfile> ranks;
       for (int r = 0; r < world.size(); ++r)
         ranks.push_back(rank_profile_of_fields(all.data() + r * kRankProfileFields));
