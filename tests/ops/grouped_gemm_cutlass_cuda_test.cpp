@@ -301,8 +301,20 @@ TEST(GroupedGemmCutlassCuda, ReadsTheDeviceCounts) {
   Tensor y = Tensor::full({rows, n}, NAN, DType::bf16, gpu);
   // What a caller holding only device counts asks before it reads them (nn::Experts).
   EXPECT_FALSE(ops::grouped_gemm_reads_counts(kCutlass, x.to(gpu), w.to(gpu), y));
-  EXPECT_TRUE(
+  // automatic takes cutlass for these small experts' forward (ops::automatic_takes_cutlass),
+  // not for their written weight gradient; any cuBLAS backend reads the counts.
+  EXPECT_FALSE(
       ops::grouped_gemm_reads_counts(GroupedGemmBackend::automatic, x.to(gpu), w.to(gpu), y));
+  EXPECT_TRUE(
+      ops::grouped_gemm_reads_counts(GroupedGemmBackend::chunked_batched, x.to(gpu), w.to(gpu), y));
+  {
+    const Tensor dy_gpu = Tensor::zeros({rows, n}, DType::bf16, gpu);
+    const Tensor dw_gpu = Tensor::zeros({16, n, k}, DType::f32, gpu);
+    EXPECT_TRUE(ops::grouped_gemm_reads_counts(GroupedGemmBackend::automatic, dy_gpu, x.to(gpu),
+                                               dw_gpu, /*accumulate=*/false));
+    EXPECT_FALSE(ops::grouped_gemm_reads_counts(GroupedGemmBackend::automatic, dy_gpu, x.to(gpu),
+                                                dw_gpu, /*accumulate=*/true));
+  }
   ops::grouped_gemm(x.to(gpu), w.to(gpu), true, counts_tensor(counts, DType::i64, gpu), y, wrong,
                     kCutlass);
   EXPECT_TRUE(test::close_as(y.to(Device::cpu()), expected, DType::bf16));

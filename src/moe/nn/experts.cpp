@@ -121,8 +121,10 @@ Tensor Experts::forward(const Tensor& x, const Tensor& probs, const Tensor& toke
 }
 
 std::span<const int64_t> Experts::host_counts_for(const Tensor& a, const Tensor& b,
-                                                  const Tensor& out, ExpertsContext& ctx) const {
-  if (!ops::grouped_gemm_reads_counts(config_.moe_grouped_gemm_backend, a, b, out)) return {};
+                                                  const Tensor& out, ExpertsContext& ctx,
+                                                  bool accumulate) const {
+  if (!ops::grouped_gemm_reads_counts(config_.moe_grouped_gemm_backend, a, b, out, accumulate))
+    return {};
   if (ctx.host_tokens_per_expert.empty())
     ctx.host_tokens_per_expert = ctx.tokens_per_expert.to(DType::i64).to_vector<int64_t>();
   return ctx.host_tokens_per_expert;
@@ -138,17 +140,19 @@ Experts::Grads Experts::backward(const Tensor& grad_y, ExpertsContext& ctx) {
   Tensor d_activation = Tensor::empty({R, Fl}, ctx.x.dtype(), ctx.x.device());
   ops::grouped_gemm(dy, fc2.value, false, ctx.tokens_per_expert, d_activation,
                     host_counts_for(dy, fc2.value, d_activation, ctx), backend);
-  ops::grouped_gemm_wgrad(dy, ctx.activation, ctx.tokens_per_expert, fc2.grad,
-                          fc2.take_grad_beta() != 0.0f,
-                          host_counts_for(dy, ctx.activation, fc2.grad, ctx), backend);
+  const bool accumulate_fc2 = fc2.take_grad_beta() != 0.0f;
+  ops::grouped_gemm_wgrad(dy, ctx.activation, ctx.tokens_per_expert, fc2.grad, accumulate_fc2,
+                          host_counts_for(dy, ctx.activation, fc2.grad, ctx, accumulate_fc2),
+                          backend);
   ops::SwigluGrads act = ops::swiglu_backward(d_activation, ctx.fc1_out, ctx.probs);
   // fc1: h1 = x fc1^T  ->  dx = dh1 fc1,  dfc1 += dh1^T x
   Tensor dx = Tensor::empty({R, config_.hidden_size}, ctx.x.dtype(), ctx.x.device());
   ops::grouped_gemm(act.fc1_out, fc1.value, false, ctx.tokens_per_expert, dx,
                     host_counts_for(act.fc1_out, fc1.value, dx, ctx), backend);
-  ops::grouped_gemm_wgrad(act.fc1_out, ctx.x, ctx.tokens_per_expert, fc1.grad,
-                          fc1.take_grad_beta() != 0.0f,
-                          host_counts_for(act.fc1_out, ctx.x, fc1.grad, ctx), backend);
+  const bool accumulate_fc1 = fc1.take_grad_beta() != 0.0f;
+  ops::grouped_gemm_wgrad(act.fc1_out, ctx.x, ctx.tokens_per_expert, fc1.grad, accumulate_fc1,
+                          host_counts_for(act.fc1_out, ctx.x, fc1.grad, ctx, accumulate_fc1),
+                          backend);
   return {dx, act.probs};
 }
 

@@ -58,10 +58,11 @@ class Experts {
  private:
   Tensor forward_sequential(const Tensor& x, const Tensor& probs, ExpertsContext& ctx);
   Grads backward_sequential(const Tensor& grad_y, ExpertsContext& ctx);
-  // The host counts for a grouped GEMM call a, b -> out (ops::grouped_gemm_reads_counts):
-  // empty when it reads them on the device, else ctx's, read to the host first if need be.
+  // The host counts for a grouped GEMM call a, b -> out (ops::grouped_gemm_reads_counts;
+  // `accumulate` as the weight gradient's): empty when it reads them on the device, else ctx's,
+  // read to the host first if need be.
   std::span<const int64_t> host_counts_for(const Tensor& a, const Tensor& b, const Tensor& out,
-                                           ExpertsContext& ctx) const;
+                                           ExpertsContext& ctx, bool accumulate = false) const;
 
   MoEConfig config_;
   int ep_rank_ = 0;

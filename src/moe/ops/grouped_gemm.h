@@ -64,14 +64,16 @@ namespace moe::ops {
 //                    aligned tensors: grouped_gemm_cutlass_qualifies); the others run
 //                    per_expert_lt after reading the counts. Only in builds that found CUTLASS's
 //                    headers (scripts/setup.sh); elsewhere its name is refused.
-//   automatic        (default) with at least 16 experts with rows: chunked_batched when the
-//                    counts allow it, else per_expert_threads when they average at most 1024
-//                    rows; otherwise per_expert_lt. Measured on an H200 (docs/perf.md): few
-//                    large experts run best one cuBLASLt call each; many small ones leave
-//                    most of the GPU idle per call and pay the host's launch rate; cuBLAS's
-//                    grouped GEMM was the slowest at every MoE shape. automatic never picks
-//                    cutlass yet: whether and where it should waits for its measurement on an
-//                    H200.
+//   automatic        (default) cutlass for the calls that qualify for it where it measured
+//                    faster (automatic_takes_cutlass in grouped_gemm_cutlass.h: the forward and
+//                    dgrad of experts of at most 384 rows on average, the accumulated weight
+//                    gradient of experts of at most 512); otherwise, with at least 16 experts
+//                    with rows, chunked_batched when the counts allow it, else
+//                    per_expert_threads when they average at most 1024 rows; otherwise
+//                    per_expert_lt. Measured (docs/perf.md): few large experts run best one
+//                    cuBLASLt call each; many small ones leave most of the GPU idle per call and
+//                    pay the host's launch rate; cuBLAS's grouped GEMM was the slowest at every
+//                    MoE shape.
 // Chosen per call (the MoE layer passes MoEConfig::moe_grouped_gemm_backend, the flag
 // --moe-grouped-gemm-backend).
 enum class GroupedGemmBackend {
@@ -102,11 +104,11 @@ inline constexpr int64_t kGroupedGemmChunkRows = 128;
 int64_t grouped_gemm_row_multiple(GroupedGemmBackend backend, Device device, DType dtype,
                                   int64_t num_local_experts);
 // Whether a grouped_gemm (a = x, b = w, out = y) or grouped_gemm_wgrad (a = dy, b = x,
-// out = dw) call with `backend` needs the counts on the host: false for the calls the cutlass
-// backend takes (it reads them on the device), so a caller holding only device counts need not
-// read them (the synchronisation) for those.
+// out = dw, `accumulate` as passed to it) call with `backend` needs the counts on the host:
+// false for the calls the cutlass backend takes (it reads them on the device), so a caller
+// holding only device counts need not read them (the synchronisation) for those.
 bool grouped_gemm_reads_counts(GroupedGemmBackend backend, const Tensor& a, const Tensor& b,
-                               const Tensor& out);
+                               const Tensor& out, bool accumulate = false);
 const char* grouped_gemm_backend_name(GroupedGemmBackend backend);
 // The backend of that name; an error listing the names otherwise, and for cutlass in a build
 // without it (grouped_gemm_cutlass_built()).

@@ -63,13 +63,20 @@ std::vector<int64_t> host_counts(const Tensor& counts, std::span<const int64_t> 
   return out;
 }
 
-// Whether the call (a, b -> out: grouped_gemm_cutlass_qualifies) runs on the cutlass backend.
+// Whether the call (a, b -> out: grouped_gemm_cutlass_qualifies) runs on the cutlass backend:
+// asked for, or automatic's choice (automatic_takes_cutlass). A weight gradient's out is
+// dw [E, n, k]; a forward's b is w [E, ...].
 bool runs_on_cutlass(GroupedGemmBackend backend, const Tensor& a, const Tensor& b,
-                     const Tensor& out) {
+                     const Tensor& out, bool accumulate) {
 #if MOE_WITH_CUTLASS
-  return backend == GroupedGemmBackend::cutlass && grouped_gemm_cutlass_qualifies(a, b, out);
+  if (backend != GroupedGemmBackend::cutlass && backend != GroupedGemmBackend::automatic)
+    return false;
+  if (!grouped_gemm_cutlass_qualifies(a, b, out)) return false;
+  const bool wgrad = out.dim() == 3;
+  return backend == GroupedGemmBackend::cutlass ||
+         automatic_takes_cutlass(wgrad, accumulate, a.size(0), wgrad ? out.size(0) : b.size(0));
 #else
-  (void)backend, (void)a, (void)b, (void)out;
+  (void)backend, (void)a, (void)b, (void)out, (void)accumulate;
   return false;
 #endif
 }
@@ -118,8 +125,8 @@ void grouped_gemm_wgrad_cpu(const Tensor& dy, const Tensor& x, std::span<const i
 }  // namespace
 
 bool grouped_gemm_reads_counts(GroupedGemmBackend backend, const Tensor& a, const Tensor& b,
-                               const Tensor& out) {
-  return !runs_on_cutlass(backend, a, b, out);
+                               const Tensor& out, bool accumulate) {
+  return !runs_on_cutlass(backend, a, b, out, accumulate);
 }
 
 namespace {
@@ -193,7 +200,7 @@ void grouped_gemm(const Tensor& x, const Tensor& w, bool trans_w, const Tensor& 
             trans_w ? "[E, N, " : "[E, ", k, trans_w ? "]" : ", N]");
   check_shape(y, {rows, n}, kForward, "y");
   check_counts_tensor(tokens_per_expert, experts, x, kForward);
-  if (runs_on_cutlass(backend, x, w, y)) {
+  if (runs_on_cutlass(backend, x, w, y, false)) {
     MOE_CUDA_ONLY(return grouped_gemm_cutlass(x, w, trans_w, tokens_per_expert, y);)
   }
   const std::vector<int64_t> counts =
@@ -224,7 +231,7 @@ void grouped_gemm_wgrad(const Tensor& dy, const Tensor& x, const Tensor& tokens_
   const int64_t experts = dw.size(0);
   check_shape(dw, {experts, dy.size(1), x.size(1)}, kWgrad, "dw");
   check_counts_tensor(tokens_per_expert, experts, x, kWgrad);
-  if (runs_on_cutlass(backend, dy, x, dw)) {
+  if (runs_on_cutlass(backend, dy, x, dw, accumulate)) {
     MOE_CUDA_ONLY(return grouped_gemm_wgrad_cutlass(dy, x, tokens_per_expert, dw, accumulate);)
   }
   const std::vector<int64_t> counts =

@@ -50,6 +50,11 @@ std::vector<CutlassTiles> all_cutlass_tiles();
 // configurations).
 CutlassTiles cutlass_tiles_for(bool wgrad, int64_t rows, int64_t experts, int64_t n, int64_t k);
 
+// Whether GroupedGemmBackend::automatic runs a call that qualifies for this backend on it rather
+// than on cuBLAS: the forward / dgrad of fine-grained experts (at most 384 rows each on average)
+// and the accumulated weight gradient of experts of at most 512 rows (measured: docs/perf.md).
+bool automatic_takes_cutlass(bool wgrad, bool accumulate, int64_t rows, int64_t experts);
+
 // Whether this build has the backend (CUTLASS's headers were found at configure time).
 bool grouped_gemm_cutlass_built();
 

@@ -3,21 +3,10 @@
 // the hand-off to the files that instantiate the CUTLASS kernels. No CUTLASS header here, so
 // this file builds (and says the backend is absent) without them.
 //
-// Tiles, for the MoE shapes this backend is for (Qwen3-30B-A3B: 128 experts, N 768 / 1536,
-// K 2048; DeepSeek-V3: 256 experts, N 2048 / 4096, K 7168; Mixtral: 8 experts, N 14336 / 28672,
-// K 4096; 8192 x topk rows, so a few hundred rows per fine-grained expert):
-//   forward / dgrad  128 x 128 x 64, cooperative (two consumer warp groups share each tile: the
-//                    reduction is long, K >= 2048), clusters 1 x 2: the x tile of an expert is
-//                    multicast to two N tiles (every N above is a multiple of 256, so no
-//                    cluster half is wasted). 128-row tiles waste at most 127 rows per expert,
-//                    a quarter of a 512-row expert; 64-row tiles would halve the waste but run
-//                    the tensor cores at half the tile's reuse.
-//   wgrad            128 x 128 x 64, ping-pong: the reduction is the expert's rows (a few hundred:
-//                    a few k-tiles per output tile), so the epilogue (an f32 read-modify-write
-//                    when accumulating) is a large share; ping-pong overlaps one consumer's
-//                    epilogue with the other's MMAs. Clusters 1 x 2 (the dy tile multicast).
-// Eight kernels in all (forward w [N, K] and [K, N], wgrad into the input dtype and f32; bf16
-// and f16 each), two per file. The choice is meant to be revisited by measurement on an H200.
+// The tile configuration of a call: the caller's, or by_shape's (cutlass_tiles_for, with the
+// measurements behind it, in grouped_gemm_cutlass_tiles.cpp). Every configuration has bf16
+// kernels (forward with w [N, K] and [K, N], wgrad into f32); f16, and the wgrad into bf16, only
+// the default ones (tile_spec in grouped_gemm_cutlass_call.h).
 #include <cuda_runtime.h>
 
 #include <algorithm>
