@@ -11,9 +11,13 @@
 #   layer  `moe bench moe-layer` at T = 8192, balanced and skewed routing, automatic and
 #          cutlass, each also replayed as one CUDA graph (--cuda-graph: the launches' cost), and
 #          PEERS/moe_layer_peers.py (torch._grouped_mm) on the same shapes if given;
-#   train  the training-step benchmark (scripts/train-bench.sh) with the automatic backend, with
-#          cutlass, and with cutlass and the step captured as one CUDA graph
-#          (--cuda-graph-impl full_iteration: the time it saves, and in its log the memory);
+#   train  the training-step benchmark (scripts/train-bench.sh) with the automatic backend (eager,
+#          and with per-layer graphs of the attention blocks: --cuda-graph-impl local
+#          --cuda-graph-modules attn), with cutlass (eager, with per-layer graphs of whole
+#          layers, and with the step captured as one CUDA graph: --cuda-graph-impl
+#          full_iteration): the time graphs save, and in the logs their memory;
+#          MOE_TRAIN_MOMENTS as train-bench.sh takes it, MOE_TRAIN_MODEL (model:layers) the
+#          model (default qwen3-30b-a3b:8, which fits an H200; an 80 GB H100 takes :4);
 #   profile  the timeline of a Qwen3-30B-A3B:8 step (docs/perf.md): `moe train --profile` over
 #          iterations 5-6 with moecore's recorder (host ranges and CUPTI's kernels), eager with
 #          the automatic backend and with cutlass, and with cutlass replayed as one CUDA graph;
@@ -49,12 +53,17 @@ if wants layer; then
   fi
 fi
 if wants train; then
-  for variant in automatic cutlass cutlass-graph; do
-    flags="--moe-grouped-gemm-backend ${variant%-graph}"
-    [ "$variant" = cutlass-graph ] &&
-      flags="$flags --cuda-graph-impl full_iteration --cuda-graph-warmup-steps 2"
+  for variant in automatic automatic-local-attn cutlass cutlass-local cutlass-graph; do
+    flags="--moe-grouped-gemm-backend ${variant%%-*}"
+    case $variant in
+      *-local-attn) flags="$flags --cuda-graph-impl local --cuda-graph-modules attn" ;;
+      *-local) flags="$flags --cuda-graph-impl local" ;;
+      *-graph) flags="$flags --cuda-graph-impl full_iteration" ;;
+    esac
+    [ "$variant" != automatic ] && [ "$variant" != cutlass ] && flags="$flags --cuda-graph-warmup-steps 2"
     MOE_TRAIN_FLAGS="$flags" timeout 190 \
-      bash "$(dirname "$0")/train-bench.sh" "$build/moe" "$logdir/train_$variant" qwen3-30b-a3b:8 |
+      bash "$(dirname "$0")/train-bench.sh" "$build/moe" "$logdir/train_$variant" \
+        "${MOE_TRAIN_MODEL:-qwen3-30b-a3b:8}" |
       tee "$logdir/train_$variant.md" || status=1
     grep -h "CUDA graph" "$logdir/train_$variant"/*.log 2>/dev/null | head -n 2
   done

@@ -8,7 +8,8 @@
 # No dropout (--attention-dropout 0 --hidden-dropout 0, as these models' Megatron recipes pass;
 # with flags the default would be Megatron's 0.1).
 # MOE_TRAIN_FLAGS (space-separated) are added to every run, e.g.
-# MOE_TRAIN_FLAGS="--moe-grouped-gemm-backend cutlass".
+# MOE_TRAIN_FLAGS="--moe-grouped-gemm-backend cutlass". MOE_TRAIN_MOMENTS picks the moments'
+# dtypes (default "fp32 bf16").
 #   scripts/train-bench.sh MOE_BINARY LOGDIR [model:layers ...]
 set -uo pipefail
 moe=$1 logdir=$2
@@ -25,7 +26,7 @@ for spec in "${models[@]}"; do
   model=${spec%%:*} layers=${spec##*:}
   for gbs in 2 16; do
     iters=$((gbs == 2 ? 14 : 6))
-    for moments in fp32 bf16; do
+    for moments in ${MOE_TRAIN_MOMENTS:-fp32 bf16}; do
       extra=()
       [ "$moments" = bf16 ] && extra=(--use-precision-aware-optimizer --exp-avg-dtype bf16 --exp-avg-sq-dtype bf16)
       log="$logdir/train_${model}_${layers}_gbs${gbs}_${moments}.log"

@@ -1,9 +1,12 @@
 // CUDA graphs and their private memory pools: a block allocated in a pool returns to the pool,
 // never to an allocation outside it, until the pool is released; a captured graph replays its
 // work (here a fill and a copy) on new input values copied into the tensor it reads, and its
-// outputs live in its pool; a capture that synchronises with the host fails and names the call.
+// outputs live in its pool; graphs sharing a pool take the temporaries the captures before them
+// freed, never what they keep, and the pool lives until its last graph is gone; a capture that
+// synchronises with the host fails and names the call.
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <vector>
 
 #include "common/check.h"
@@ -64,6 +67,53 @@ TEST(CudaGraph, ReplaysOnNewInputsAndKeepsItsOutputs) {
   graph.replay();
   EXPECT_EQ(output.to_vector<float>(), (std::vector<float>{5, 6, 7, 8}));
   EXPECT_EQ(other.to_vector<float>()[0], 9.0f);
+}
+
+TEST(CudaGraph, GraphsSharingAPoolReuseTemporariesNotOutputs) {
+  MOE_REQUIRE_GPU();
+  const int64_t n = (3 << 20) + 5;  // floats: a size no other test uses
+  const Tensor input = Tensor::full({n}, 2.0, DType::f32, kGpu);
+  auto pool = std::make_shared<GraphMemoryPool>();
+  // Each graph copies `in` through a temporary (freed inside the capture) into an output it
+  // keeps; `temporary` gets the temporary's address.
+  const auto capture_copy = [&](CudaGraph& graph, const Tensor& in, Tensor& out,
+                                const void*& temporary_at) {
+    graph.capture(
+        kGpu,
+        [&] {
+          Tensor temporary = Tensor::empty({n}, DType::f32, kGpu);
+          temporary_at = temporary.raw();
+          temporary.copy_(in);
+          out = Tensor::empty({n}, DType::f32, kGpu);
+          out.copy_(temporary);
+        },
+        pool);
+  };
+  Tensor first_out, second_out;
+  const void* first_temporary = nullptr;
+  const void* second_temporary = nullptr;
+  CudaGraph first, second;
+  capture_copy(first, input, first_out, first_temporary);
+  const int64_t after_first = pool->bytes();
+  capture_copy(second, first_out, second_out, second_temporary);
+  // The second capture's temporary is the first's, its output new memory: the pool grew by one
+  // tensor, not two.
+  EXPECT_EQ(second_temporary, first_temporary);
+  EXPECT_NE(second_out.raw(), first_out.raw());
+  EXPECT_NE(second_out.raw(), first_temporary);
+  EXPECT_GE(pool->bytes(), after_first + n * 4);
+  EXPECT_LT(pool->bytes(), after_first + 2 * n * 4);
+  EXPECT_EQ(first.pool_bytes(), second.pool_bytes());  // one pool
+  first.replay();
+  second.replay();
+  EXPECT_EQ(second_out.to_vector<float>()[static_cast<size_t>(n - 1)], 2.0f);
+  const int64_t id = pool->id();
+  pool.reset();  // the graphs keep it
+  EXPECT_GT(memory_pool_bytes(id), 0);
+  first = CudaGraph();
+  second = CudaGraph();
+  first_out = second_out = Tensor();
+  EXPECT_EQ(memory_pool_bytes(id), 0);  // released with its last graph
 }
 
 TEST(CudaGraph, ACaptureThatSynchronisesFailsNamingIt) {

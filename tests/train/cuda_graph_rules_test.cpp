@@ -1,10 +1,12 @@
-// --cuda-graph-impl: Megatron's flag names parse (full_iteration, and the deprecated scope
-// value), per-layer graphs are refused naming full_iteration, and the trainer refuses what a
-// captured step cannot do (dropout, router jitter, MoE layers that read their counts on the
-// host, the CPU, several ranks, per-layer MoE logging), each naming the flag to change. The
-// capture itself runs on a GPU (trainer_cuda_graph_cuda_test.cpp).
+// --cuda-graph-impl: Megatron's flag names parse (local with its modules, full_iteration, and
+// the deprecated scope values), the modules moecore does not build are refused naming what it
+// does, and the trainer refuses what a captured step or layer cannot do (dropout, router jitter,
+// MoE layers that read their counts on the host, recomputation, the global aux loss in a
+// captured MoE block, the CPU, per-layer MoE logging with a step graph), each naming the flag to
+// change. The captures themselves run on a GPU (trainer_cuda_graph_cuda_test.cpp).
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,33 +42,59 @@ TEST(CudaGraphFlags, MegatronNamesParse) {
         << flag;
   EXPECT_EQ(parse_train_args({"--cuda-graph-impl", "none", "--lr", "1e-3"}).train.cuda_graph_impl,
             CudaGraphImpl::none);
+  // Per-layer graphs: the modules as Megatron's words or a YAML list; none: the whole layer.
+  const TrainRunConfig local = parse_train_args(
+      {"--cuda-graph-scope", "attn", "moe", "--cuda-graph-impl", "local", "--lr", "1e-3"});
+  EXPECT_EQ(local.train.cuda_graph_impl, CudaGraphImpl::local);
+  ASSERT_TRUE(local.train.cuda_graph_modules.has_value());
+  EXPECT_TRUE(local.train.cuda_graph_modules->attn);
+  EXPECT_FALSE(local.train.cuda_graph_modules->mlp);
+  EXPECT_TRUE(local.train.cuda_graph_modules->moe);
+  EXPECT_EQ(nn::describe_layer_graph_modules(*local.train.cuda_graph_modules), "attn moe");
+  const TrainRunConfig yaml = parse_train_args(
+      {"--cuda-graph-impl", "local", "--cuda-graph-modules", "[mlp]", "--lr", "1e-3"});
+  EXPECT_EQ(nn::describe_layer_graph_modules(*yaml.train.cuda_graph_modules), "mlp");
+  EXPECT_FALSE(parse_train_args({"--cuda-graph-impl", "local", "--lr", "1e-3"})
+                   .train.cuda_graph_modules.has_value());
+  EXPECT_EQ(nn::describe_layer_graph_modules(
+                *parse_train_args({"--cuda-graph-scope", "full", "--lr", "1e-3"})
+                     .train.cuda_graph_modules),
+            "whole layers");
 }
 
-TEST(CudaGraphFlags, PerLayerGraphsAreRefusedNamingFullIteration) {
-  for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"--cuda-graph-impl", "local"},
-        std::vector<std::string>{"--cuda-graph-impl", "transformer_engine"},
-        std::vector<std::string>{"--cuda-graph-scope", "attn"},
-        std::vector<std::string>{"--cuda-graph-modules", "[moe_router,moe_preprocess]"}}) {
-    const std::string e = parse_error(args);
-    EXPECT_NE(e.find("per-layer CUDA graphs are not built yet"), std::string::npos) << e;
-    EXPECT_NE(e.find("--cuda-graph-impl full_iteration"), std::string::npos) << e;
+TEST(CudaGraphFlags, ModulesNotBuiltAreRefusedNamingWhatIs) {
+  for (const char* module : {"moe_router", "moe_preprocess"}) {
+    const std::string e =
+        parse_error({"--cuda-graph-impl", "local", "--cuda-graph-scope", "attn", module});
+    EXPECT_NE(e.find(module), std::string::npos) << e;
+    EXPECT_NE(e.find("not built"), std::string::npos) << e;
+    EXPECT_NE(e.find("the whole block with moe"), std::string::npos) << e;
   }
+  EXPECT_NE(parse_error({"--cuda-graph-modules", "mamba"}).find("no Mamba"), std::string::npos);
+  EXPECT_NE(parse_error({"--cuda-graph-modules", "attention"}).find("not a module"),
+            std::string::npos);
+  const std::string te = parse_error({"--cuda-graph-impl", "transformer_engine"});
+  EXPECT_NE(te.find("--cuda-graph-impl local"), std::string::npos) << te;
   EXPECT_NE(parse_error({"--cuda-graph-impl", "everything"}).find("--cuda-graph-impl"),
             std::string::npos);
   EXPECT_NE(parse_error({"--cuda-graph-warmup-steps", "0"}).find("--cuda-graph-warmup-steps"),
             std::string::npos);
 }
 
-// The trainer's refusal for `model` with a full-iteration graph ("" when it accepts).
-std::string trainer_error(const nn::ModelConfig& model_config) {
+// The trainer's refusal for `model` with a full-iteration graph, or per-layer graphs of
+// `modules` ("" when it accepts).
+std::string trainer_error(const nn::ModelConfig& model_config,
+                          std::optional<nn::LayerGraphModules> modules = std::nullopt,
+                          const nn::RecomputeConfig& recompute = {}) {
   nn::GPTModel model(model_config, DType::f32, Device::cpu(), 5);
+  model.set_recompute(recompute);
   TokenArraySource source(std::vector<int32_t>(200, 1), 8, 3);
   TrainConfig config;
   config.seq_length = 8;
   config.train_iters = 1;
   config.schedule.lr = 1e-3;
-  config.cuda_graph_impl = CudaGraphImpl::full_iteration;
+  config.cuda_graph_impl = modules ? CudaGraphImpl::local : CudaGraphImpl::full_iteration;
+  if (modules && modules->any()) config.cuda_graph_modules = modules;
   try {
     Trainer trainer(model, config, source);
   } catch (const Error& e) {
@@ -111,6 +139,50 @@ TEST(CudaGraphRules, TheTrainerRefusesWhatACaptureCannotDo) {
   dense.moe.num_experts = 0;
   dense.moe.moe_router_topk = 0;
   expect_says(dense, "captures GPU work");
+}
+
+TEST(CudaGraphRules, TheTrainerRefusesWhatALayerGraphCannotDo) {
+  const auto expect_says = [](const nn::ModelConfig& c, const nn::LayerGraphModules& modules,
+                              const char* says, const nn::RecomputeConfig& recompute = {}) {
+    const std::string e = trainer_error(c, modules, recompute);
+    EXPECT_NE(e.find("--cuda-graph-impl local"), std::string::npos) << e;
+    EXPECT_NE(e.find(says), std::string::npos) << "expected '" << says << "' in: " << e;
+  };
+  const nn::LayerGraphModules whole = nn::LayerGraphModules::whole_layer();
+  const nn::LayerGraphModules attn{true, false, false};
+  nn::ModelConfig dropout = graph_ready_config();
+  dropout.attention_dropout = 0.1;
+  expect_says(dropout, attn, "--attention-dropout 0 --hidden-dropout 0");
+  nn::RecomputeConfig full;
+  full.granularity = nn::RecomputeGranularity::full;
+  full.num_layers = 1;
+  expect_says(graph_ready_config(), attn, "--recompute-granularity", full);
+  // A captured MoE block: the counts on the device, no global aux loss.
+  nn::ModelConfig cublas = graph_ready_config();
+  cublas.moe.moe_grouped_gemm_backend = ops::GroupedGemmBackend::automatic;
+  expect_says(cublas, whole, "--moe-grouped-gemm-backend cutlass");
+  nn::ModelConfig global_aux = graph_ready_config();
+  global_aux.moe.moe_router_load_balancing_type = nn::LoadBalancingType::global_aux_loss;
+  expect_says(global_aux, whole, "--moe-router-load-balancing-type");
+  // ... which attention alone does not need: what remains is the device.
+  expect_says(cublas, attn, "captures GPU work, but this run is on the cpu");
+  expect_says(global_aux, attn, "captures GPU work");
+  expect_says(graph_ready_config(), whole, "captures GPU work");
+  // Modules need the per-layer implementation.
+  nn::GPTModel model(graph_ready_config(), DType::f32, Device::cpu(), 5);
+  TokenArraySource source(std::vector<int32_t>(200, 1), 8, 3);
+  TrainConfig config;
+  config.seq_length = 8;
+  config.train_iters = 1;
+  config.schedule.lr = 1e-3;
+  config.cuda_graph_modules = attn;
+  try {
+    Trainer trainer(model, config, source);
+    ADD_FAILURE() << "--cuda-graph-modules without --cuda-graph-impl local was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("need --cuda-graph-impl local"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(CudaGraphRules, PerLayerLoggingIsRefused) {

@@ -57,6 +57,10 @@ nn::ModelConfig case_model(const ParallelTrainingCase& c, DType dtype) {
     m.moe.moe_pad_expert_input_to_capacity = true;
   }
   if (c.rank_capacity_factor > 0) m.moe.moe_expert_rank_capacity_factor = c.rank_capacity_factor;
+  if (c.cuda_graph == "whole") {  // the cutlass GEMM reads its counts on the device
+    m.moe.moe_grouped_gemm_backend = ops::GroupedGemmBackend::cutlass;
+    m.moe.moe_ffn_hidden_size = 8;  // rows of 16 bytes, as its TMA loads need
+  }
   if (c.pp > 1 || c.layers > 0) {  // DeepSeek-V3-like: a dense first layer, then MoE layers
     m.num_layers = c.layers > 0 ? c.layers : 4;
     m.moe_layer_pattern.assign(static_cast<size_t>(m.num_layers), 1);
@@ -209,6 +213,7 @@ std::string case_name(const ParallelTrainingCase& c) {
   if (c.capacity_factor > 0) n += "_droppad";
   if (c.rank_capacity_factor > 0) n += c.rank_capacity_factor < 1 ? "_slotsshort" : "_slotsample";
   if (!c.recompute.empty()) n += "_recompute_" + c.recompute;
+  if (!c.cuda_graph.empty()) n += "_graphs_" + c.cuda_graph;
   return n;
 }
 
@@ -443,6 +448,15 @@ std::vector<ParallelTrainingCase> process_runner_cases(int world) {
   selective.model = "mla";
   selective.recompute = "selective";
   out.push_back(selective);
+  // Per-layer CUDA graphs (GPU runs): the attention blocks under EP with the distributed
+  // optimizer and overlap (the expert exchange and the reductions run eagerly between the
+  // graphs), whole layers under data parallelism.
+  ParallelTrainingCase attn_graphs = gqa_alltoall_case(world, world, 1, true, true);
+  attn_graphs.cuda_graph = "attn";
+  out.push_back(attn_graphs);
+  ParallelTrainingCase layer_graphs = gqa_alltoall_case(world, 1, 1, true, true);
+  layer_graphs.cuda_graph = "whole";
+  out.push_back(layer_graphs);
   return out;
 }
 
@@ -609,6 +623,7 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
   // check all of them to 1e-9.
   const bool bf16 = dtype == DType::bf16;
   const double weight_tol = bf16 && !bitwise ? 1e-1 : tol;
+  if (!c.cuda_graph.empty() && !device.is_cuda()) GTEST_SKIP() << "CUDA graphs run on a GPU";
   TrainConfig tc = case_train_config();
   tc.calculate_per_token_loss = c.per_token_loss;
 
@@ -624,7 +639,13 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
   const nn::ModelConfig config = case_model(c, dtype);
   nn::GPTModel model(config, dtype, device, tc.seed, groups, case_chunks(c, config, parallel));
   model.set_recompute(case_recompute(c));
-  Run actual(model, tc, parallel);
+  TrainConfig parallel_tc = tc;
+  if (!c.cuda_graph.empty()) {
+    parallel_tc.cuda_graph_impl = CudaGraphImpl::local;
+    parallel_tc.cuda_graph_warmup_steps = 2;
+    if (c.cuda_graph == "attn") parallel_tc.cuda_graph_modules = nn::LayerGraphModules{true};
+  }
+  Run actual(model, parallel_tc, parallel);
 
   expect_series(actual.loss, expected.loss, tol, "lm loss", rank);
   expect_series(actual.aux, expected.aux, tol, "aux loss", rank);

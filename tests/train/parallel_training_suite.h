@@ -77,6 +77,10 @@ struct ParallelTrainingCase {
   // --recompute-method uniform --recompute-num-layers 2); "full_block" (block, 1: the first
   // layer of each chunk); "selective" (--recompute-modules moe mlp shared_experts).
   std::string recompute;
+  // Per-layer CUDA graphs (--cuda-graph-impl local, 2 warm-up steps) in the parallel run only:
+  // "" none; "attn" (--cuda-graph-modules attn); "whole" (whole layers, with the cutlass grouped
+  // GEMM in both runs so the MoE blocks can be captured). GPU runs only: skipped on the CPU.
+  std::string cuda_graph;
 };
 std::string case_name(const ParallelTrainingCase& c);
 inline void PrintTo(const ParallelTrainingCase& c, std::ostream* out) {

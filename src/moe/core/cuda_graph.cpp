@@ -16,20 +16,30 @@
 
 namespace moe {
 
+GraphMemoryPool::GraphMemoryPool() : id_(create_memory_pool()) {}
+
+GraphMemoryPool::~GraphMemoryPool() {
+  release_memory_pool(id_);
+}
+
+int64_t GraphMemoryPool::bytes() const {
+  return memory_pool_bytes(id_);
+}
+
 CudaGraph::~CudaGraph() {
   reset();
 }
 
 CudaGraph::CudaGraph(CudaGraph&& other) noexcept
     : exec_(std::exchange(other.exec_, nullptr)),
-      pool_(std::exchange(other.pool_, 0)),
+      pool_(std::move(other.pool_)),
       device_(std::exchange(other.device_, -1)) {}
 
 CudaGraph& CudaGraph::operator=(CudaGraph&& other) noexcept {
   if (this != &other) {
     reset();
     exec_ = std::exchange(other.exec_, nullptr);
-    pool_ = std::exchange(other.pool_, 0);
+    pool_ = std::move(other.pool_);
     device_ = std::exchange(other.device_, -1);
   }
   return *this;
@@ -40,27 +50,27 @@ void CudaGraph::reset() noexcept {
   if (exec_ != nullptr) (void)cudaGraphExecDestroy(reinterpret_cast<cudaGraphExec_t>(exec_));
 #endif
   exec_ = nullptr;
-  if (pool_ != 0) release_memory_pool(pool_);
-  pool_ = 0;
+  pool_.reset();
   device_ = -1;
 }
 
 int64_t CudaGraph::pool_bytes() const {
-  return pool_ == 0 ? 0 : memory_pool_bytes(pool_);
+  return pool_ ? pool_->bytes() : 0;
 }
 
 #if MOE_WITH_CUDA
 
-void CudaGraph::capture(Device device, const std::function<void()>& f) {
+void CudaGraph::capture(Device device, const std::function<void()>& f,
+                        std::shared_ptr<GraphMemoryPool> pool) {
   MOE_CHECK(device.is_cuda(), "CudaGraph::capture: ", device, " is not a GPU");
   MOE_CHECK(exec_ == nullptr, "CudaGraph::capture: this graph was captured already");
   const StreamHandle handle = current_stream(device.index);
   const auto stream = reinterpret_cast<cudaStream_t>(handle);
   // Work queued before the capture is not part of it and must not be pending inside it.
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  pool_ = create_memory_pool();
+  pool_ = pool ? std::move(pool) : std::make_shared<GraphMemoryPool>();
   device_ = device.index;
-  set_allocation_pool(device.index, handle, pool_);
+  set_allocation_pool(device.index, handle, pool_->id());
   std::string failure;
   cudaError_t begun = cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed);
   if (begun == cudaSuccess) {
@@ -103,7 +113,8 @@ void CudaGraph::replay() const {
 
 #else
 
-void CudaGraph::capture(Device device, const std::function<void()>&) {
+void CudaGraph::capture(Device device, const std::function<void()>&,
+                        std::shared_ptr<GraphMemoryPool>) {
   MOE_FAIL("CudaGraph::capture on ", device, ": this build has no CUDA");
 }
 

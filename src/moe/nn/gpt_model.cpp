@@ -698,6 +698,25 @@ void GPTModel::set_recompute(const RecomputeConfig& config) {
   for (MtpLayer& mtp : mtp_layers) mtp.layer.set_recompute(config);
 }
 
+void GPTModel::set_layer_graphs(const LayerGraphModules& modules) {
+  layer_graph_pool_ = std::make_shared<GraphMemoryPool>();
+  for (TransformerLayer& layer : layers) layer.set_graphs(modules, layer_graph_pool_);
+}
+
+void GPTModel::set_layer_graphs_on(bool on) {
+  for (TransformerLayer& layer : layers) layer.set_graphs_on(on);
+}
+
+GPTModel::LayerGraphUse GPTModel::layer_graph_use() const {
+  LayerGraphUse use;
+  if (layer_graph_pool_) use.pool_bytes = layer_graph_pool_->bytes();
+  for (const TransformerLayer& layer : layers) {
+    use.graphs += layer.graphs();
+    use.pool_bytes += layer.graph_own_pool_bytes();
+  }
+  return use;
+}
+
 void GPTModel::zero_grad() {
   for (Parameter* p : parameters()) p->zero_grad();
 }

@@ -90,6 +90,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -229,6 +230,19 @@ class GPTModel {
   // layers, selective parts of every layer (MTP layers' too). Training is the same either way.
   void set_recompute(const RecomputeConfig& config);
   const RecomputeConfig& recompute() const { return recompute_; }
+  // Per-layer CUDA graphs of the decoder layers (layer_graphs.h; --cuda-graph-impl local):
+  // set_layer_graphs chooses the blocks (their graphs share one memory pool); set_layer_graphs_on
+  // turns capture and replay on and off (the trainer: on for its training steps after the
+  // warm-up). MTP layers run eagerly.
+  void set_layer_graphs(const LayerGraphModules& modules);
+  void set_layer_graphs_on(bool on);
+  // The graphs the decoder layers captured so far, and the bytes their pools hold (the shared
+  // pool and any of their own).
+  struct LayerGraphUse {
+    int64_t graphs = 0;
+    int64_t pool_bytes = 0;
+  };
+  LayerGraphUse layer_graph_use() const;
 
   // Optional hooks for the data-parallel wrapper (train/data_parallel.h). on_params_needed is
   // called in forward() and logits() before a group of parameters is first read (the
@@ -326,6 +340,7 @@ class GPTModel {
 
   ModelConfig config_;
   ModelGroups groups_;
+  std::shared_ptr<GraphMemoryPool> layer_graph_pool_;  // set_layer_graphs' shared pool
   RecomputeConfig recompute_;
   std::vector<PipelineStage> chunks_;
   std::vector<size_t> chunk_begin_;

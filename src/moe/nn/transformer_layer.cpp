@@ -67,8 +67,33 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
   const TraceRange range("layer");
   check_dim(x, 3, "TransformerLayer::forward", "x");
   ctx.dropout = dropout;
-  const bool recompute = ctx.recompute;
-  if (moe) ctx.moe.router.recompute = recompute;
+  if (!graphs_on_ || !graph_unit_) return mlp_block_forward(attention_block_forward(x, ctx), ctx);
+  const auto attention_block = [this](const Tensor& in, TransformerLayerContext& c) {
+    return attention_block_forward(in, c);
+  };
+  const auto mlp_block = [this](const Tensor& in, TransformerLayerContext& c) {
+    return mlp_block_forward(in, c);
+  };
+  // The router counts its forwards on the host (Router::forward_count); a replay does not run
+  // that code.
+  const auto count_forward = [this] {
+    if (moe) moe->router.set_forward_count(moe->router.forward_count() + 1);
+  };
+  if (graph_attention_ && graph_mlp_)
+    return graph_unit_->forward(
+        x, ctx,
+        [this](const Tensor& in, TransformerLayerContext& c) {
+          return mlp_block_forward(attention_block_forward(in, c), c);
+        },
+        count_forward);
+  const Tensor h = graph_attention_ ? graph_unit_->forward(x, ctx, attention_block)
+                                    : attention_block_forward(x, ctx);
+  return graph_mlp_ ? graph_unit_->forward(h, ctx, mlp_block, count_forward)
+                    : mlp_block_forward(h, ctx);
+}
+
+Tensor TransformerLayer::attention_block_forward(const Tensor& x, TransformerLayerContext& ctx) {
+  const LayerDropout& dropout = ctx.dropout;
   const ops::DropoutArgs probs = dropout.args(layer_, ops::DropoutSite::attention_probs);
   // h = x + drop(attention(norm1(x)))
   const Tensor normed_x = input_layernorm.forward(x, ctx.input_norm);
@@ -76,6 +101,13 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
                            : self_attention.forward(normed_x, ctx.attention, probs);
   dropout.apply_(h, layer_, ops::DropoutSite::attention_output);
   ops::add_(h, x);
+  return h;
+}
+
+Tensor TransformerLayer::mlp_block_forward(const Tensor& h, TransformerLayerContext& ctx) {
+  const LayerDropout& dropout = ctx.dropout;
+  const bool recompute = ctx.recompute;
+  if (moe) ctx.moe.router.recompute = recompute;
   // out = h + drop(mlp(norm2(h)))
   const Tensor normed = post_attention_layernorm.forward(h, ctx.post_attention_norm);
   Tensor out = moe ? moe->forward(normed, ctx.moe) : mlp->forward(normed, ctx.mlp);
@@ -96,6 +128,30 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
 Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx,
                                   double loss_scale) {
   const TraceRange range("layer.bwd");
+  if (!graphs_on_ || !graph_unit_)
+    return attention_block_backward(mlp_block_backward(dy, ctx, loss_scale), ctx);
+  if (graph_attention_ && graph_mlp_)
+    return graph_unit_->backward(dy, ctx, loss_scale, parameters(),
+                                 [this, loss_scale](const Tensor& d, TransformerLayerContext& c) {
+                                   return attention_block_backward(
+                                       mlp_block_backward(d, c, loss_scale), c);
+                                 });
+  const Tensor dh =
+      graph_mlp_
+          ? graph_unit_->backward(dy, ctx, loss_scale, mlp_block_parameters(),
+                                  [this, loss_scale](const Tensor& d, TransformerLayerContext& c) {
+                                    return mlp_block_backward(d, c, loss_scale);
+                                  })
+          : mlp_block_backward(dy, ctx, loss_scale);
+  if (!graph_attention_) return attention_block_backward(dh, ctx);
+  return graph_unit_->backward(dh, ctx, loss_scale, attention_block_parameters(),
+                               [this](const Tensor& d, TransformerLayerContext& c) {
+                                 return attention_block_backward(d, c);
+                               });
+}
+
+Tensor TransformerLayer::mlp_block_backward(const Tensor& dy, TransformerLayerContext& ctx,
+                                            double loss_scale) {
   // p = 0: dropout_backward returns its input (no copy, nothing runs).
   const Tensor d_mlp = ctx.dropout.backward(dy, layer_, ops::DropoutSite::mlp_output);
   if (ctx.mlp_block_input.defined()) {  // selective recomputation of the MoE block / dense MLP
@@ -113,6 +169,10 @@ Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx
       moe ? moe->backward(d_mlp, ctx.moe, loss_scale) : mlp->backward(d_mlp, ctx.mlp);
   Tensor dh = post_attention_layernorm.backward(d_normed, ctx.post_attention_norm);
   ops::add_(dh, dy);
+  return dh;
+}
+
+Tensor TransformerLayer::attention_block_backward(const Tensor& dh, TransformerLayerContext& ctx) {
   const Tensor d_attention = ctx.dropout.backward(dh, layer_, ops::DropoutSite::attention_output);
   const Tensor d_normed_x = mla_attention ? mla_attention->backward(d_attention, ctx.mla_attention)
                                           : self_attention.backward(d_attention, ctx.attention);
@@ -136,13 +196,47 @@ void TransformerLayer::set_recompute(const RecomputeConfig& config) {
   if (moe) moe->set_recompute_shared_expert(selective && config.shared_experts);
 }
 
-std::vector<Parameter*> TransformerLayer::parameters() {
+std::vector<Parameter*> TransformerLayer::attention_block_parameters() {
   std::vector<Parameter*> params{&input_layernorm.weight};
   for (Parameter* p : mla_attention ? mla_attention->parameters() : self_attention.parameters())
     params.push_back(p);
-  params.push_back(&post_attention_layernorm.weight);
+  return params;
+}
+
+std::vector<Parameter*> TransformerLayer::mlp_block_parameters() {
+  std::vector<Parameter*> params{&post_attention_layernorm.weight};
   for (Parameter* p : moe ? moe->parameters() : mlp->parameters()) params.push_back(p);
   return params;
+}
+
+std::vector<Parameter*> TransformerLayer::parameters() {
+  std::vector<Parameter*> params = attention_block_parameters();
+  for (Parameter* p : mlp_block_parameters()) params.push_back(p);
+  return params;
+}
+
+void TransformerLayer::set_graphs(const LayerGraphModules& modules,
+                                  std::shared_ptr<GraphMemoryPool> pool) {
+  graph_attention_ = modules.attn;
+  graph_mlp_ = moe ? modules.moe : modules.mlp;
+  graph_unit_ =
+      graph_attention_ || graph_mlp_
+          ? std::make_unique<LayerGraphUnit>(layer_, graph_attention_, graph_mlp_, std::move(pool))
+          : nullptr;
+}
+
+void TransformerLayer::set_graphs_on(bool on) {
+  if (!on && graphs_on_ && graph_unit_ && graph_unit_->graphs() > 0)
+    graph_unit_->close_shared_pool();
+  graphs_on_ = on;
+}
+
+int64_t TransformerLayer::graphs() const {
+  return graph_unit_ ? graph_unit_->graphs() : 0;
+}
+
+int64_t TransformerLayer::graph_own_pool_bytes() const {
+  return graph_unit_ ? graph_unit_->own_pool_bytes() : 0;
 }
 
 void TransformerLayer::zero_grad() {

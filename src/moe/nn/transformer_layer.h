@@ -18,6 +18,9 @@
 // sequence shard under sequence parallelism (then the norm weights' gradients are partial).
 // Per-call state lives in a TransformerLayerContext the caller owns (micro-batches in flight,
 // recomputation), as for MoELayer.
+// Per-layer CUDA graphs (layer_graphs.h): set_graphs captures the attention block, the MLP
+// block, or both, and replays them while graphs are on (the trainer turns them on for its
+// training steps after the warm-up; evaluation and generation run eagerly).
 #pragma once
 
 #include <memory>
@@ -27,6 +30,7 @@
 #include "moe/nn/dense_mlp.h"
 #include "moe/nn/gqa_attention.h"
 #include "moe/nn/layer_dropout.h"
+#include "moe/nn/layer_graphs.h"
 #include "moe/nn/mla_attention.h"
 #include "moe/nn/model_config.h"
 #include "moe/nn/model_groups.h"
@@ -49,6 +53,9 @@ struct TransformerLayerContext {
   Tensor mlp_block_input;
   // Set on the context outputs() left: the forward running now recomputes the first one.
   bool recompute = false;
+  // Which blocks' forwards ran as a replayed graph (layer_graphs.cpp's bits): their backward
+  // then replays the unit's backward graph.
+  uint8_t graphed = 0;
 
   // What full recomputation keeps of a first forward: the router's outputs (losses, logs) and
   // the dropout, marked for recomputation.
@@ -71,6 +78,24 @@ class TransformerLayer {
   // forwards) is kept in ctx for the backward.
   Tensor forward(const Tensor& x, TransformerLayerContext& ctx, const LayerDropout& dropout = {});
   Tensor backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale = 1.0);
+  // The two blocks (the forward above is their chain; each backward adds its residual).
+  //   attention block: x -> h = x + drop(attention(norm1(x)));  backward dh -> dx
+  //   MLP block:       h -> out = h + drop(mlp(norm2(h)));       backward d_out -> dh
+  Tensor attention_block_forward(const Tensor& x, TransformerLayerContext& ctx);
+  Tensor mlp_block_forward(const Tensor& h, TransformerLayerContext& ctx);
+  Tensor mlp_block_backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale);
+  Tensor attention_block_backward(const Tensor& dh, TransformerLayerContext& ctx);
+
+  // Per-layer CUDA graphs of these modules (attn; mlp for a dense layer, moe for an MoE
+  // layer), captured into `pool` (shared with the other layers: layer_graphs.h; null: pools of
+  // their own); none of this layer's blocks: graphs off. Drops graphs captured before.
+  void set_graphs(const LayerGraphModules& modules, std::shared_ptr<GraphMemoryPool> pool);
+  // Whether forwards and backwards run through the graphs (captured at the first call). Turning
+  // them off after graphs were captured closes the shared pool to later captures.
+  void set_graphs_on(bool on);
+  // Graphs captured so far, and the bytes of the pools they hold apart from the shared one.
+  int64_t graphs() const;
+  int64_t graph_own_pool_bytes() const;
 
   std::vector<Parameter*> parameters();
   void zero_grad();
@@ -92,8 +117,15 @@ class TransformerLayer {
   std::unique_ptr<MoELayer> moe;  // MoE layers
 
  private:
+  std::vector<Parameter*> attention_block_parameters();
+  std::vector<Parameter*> mlp_block_parameters();
+
   int64_t layer_ = 0;
   bool recompute_mlp_block_ = false;  // selective moe (MoE layers) or mlp (dense layers)
+  // Per-layer graphs: the one unit of the captured blocks (both blocks make one unit).
+  std::unique_ptr<LayerGraphUnit> graph_unit_;
+  bool graph_attention_ = false, graph_mlp_ = false;  // the blocks it spans
+  bool graphs_on_ = false;
 };
 
 // The MoE block's config for layer `layer` of a model (hidden size, dtype, std and seed from the

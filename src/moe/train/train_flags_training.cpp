@@ -332,32 +332,37 @@ void add_precision_flags(std::vector<Entry>& t) {
                       s.nan_action = one_of("--nan-action", v, {"skip", "stop"});
                     }));
 
-  // CUDA graphs (Megatron's names): the whole forward and backward of a step as one graph.
+  // CUDA graphs (Megatron's names): per-layer graphs, or the whole forward and backward of a
+  // step as one graph.
   t.push_back(value(
       "--cuda-graph-impl", "IMPL",
-      "none | full_iteration (train.cuda_graph_impl: every micro-batch's forward and backward "
-      "captured as one CUDA graph after the warm-up steps, then replayed; one GPU)",
+      "none | local (train.cuda_graph_impl: per-layer graphs of the --cuda-graph-modules blocks, "
+      "captured after the warm-up steps, then replayed; several ranks) | full_iteration (every "
+      "micro-batch's forward and backward as one CUDA graph; one GPU)",
       [](S& s, V v) {
         const std::string impl = one_of("--cuda-graph-impl", v,
                                         {"none", "local", "transformer_engine", "full_iteration"});
-        MOE_CHECK(impl != "local" && impl != "transformer_engine", "--cuda-graph-impl ", impl,
-                  ": per-layer CUDA graphs are not built yet; --cuda-graph-impl full_iteration "
-                  "captures the whole forward and backward of a step");
-        s.run.train.cuda_graph_impl =
-            impl == "full_iteration" ? CudaGraphImpl::full_iteration : CudaGraphImpl::none;
+        MOE_CHECK(impl != "transformer_engine",
+                  "--cuda-graph-impl transformer_engine: moecore has no Transformer Engine; "
+                  "--cuda-graph-impl local captures the same per-layer graphs");
+        s.run.train.cuda_graph_impl = impl == "full_iteration" ? CudaGraphImpl::full_iteration
+                                      : impl == "local"        ? CudaGraphImpl::local
+                                                               : CudaGraphImpl::none;
       }));
   for (const char* name : {"--cuda-graph-modules", "--cuda-graph-scope"})
-    t.push_back(value(name, "MODULES",
-                      "per-layer graph modules (attn, mlp, moe, moe_router, ...): not built; "
-                      "full_iteration (the deprecated scope) = --cuda-graph-impl full_iteration",
+    t.push_back(value(name, "M ...",
+                      "with --cuda-graph-impl local: attn, mlp (dense layers), moe (MoE layers); "
+                      "none or full: the whole layer (moe_router and moe_preprocess are not "
+                      "built); full_iteration (the deprecated scope) = --cuda-graph-impl "
+                      "full_iteration",
                       [name](S& s, V v) {
-                        for (const std::string& m : split_values(v)) {
-                          MOE_CHECK(m == "full_iteration", name, " ", m,
-                                    ": per-layer CUDA graphs are not built yet; "
-                                    "--cuda-graph-impl full_iteration captures the whole forward "
-                                    "and backward of a step");
+                        const std::vector<std::string> modules = split_values(v);
+                        if (modules.size() == 1 && modules[0] == "full_iteration") {
                           s.run.train.cuda_graph_impl = CudaGraphImpl::full_iteration;
+                          return;
                         }
+                        s.run.train.cuda_graph_modules =
+                            nn::parse_layer_graph_modules(modules, name);
                       }));
   t.push_back(value("--cuda-graph-warmup-steps", "N",
                     "eager steps before the capture (default 3; at least 1: the first step "

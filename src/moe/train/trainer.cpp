@@ -133,6 +133,15 @@ Trainer::Trainer(nn::GPTModel& model, const TrainConfig& config, BatchSource& tr
       dopt->wait_for_params(params);
     };
   if (config_.cuda_graph_impl == CudaGraphImpl::full_iteration) check_cuda_graph_rules();
+  MOE_CHECK(!config_.cuda_graph_modules || config_.cuda_graph_impl == CudaGraphImpl::local,
+            "--cuda-graph-modules ", nn::describe_layer_graph_modules(*config_.cuda_graph_modules),
+            ": per-layer graph modules need --cuda-graph-impl local");
+  if (config_.cuda_graph_impl == CudaGraphImpl::local) {
+    const nn::LayerGraphModules modules =
+        config_.cuda_graph_modules.value_or(nn::LayerGraphModules::whole_layer());
+    check_layer_graph_rules(modules);
+    model_.set_layer_graphs(modules);
+  }
   if (config_.calculate_per_token_loss) {
     MOE_CHECK(model.config().mtp_num_layers == 0,
               "--calculate-per-token-loss with --mtp-num-layers is not supported yet (the MTP "
@@ -276,12 +285,33 @@ StepMetrics Trainer::train_step() {
   };
   const std::vector<uint64_t> router_counts = model_.router_forward_counts();
   StepSums step;
-  if (config_.cuda_graph_impl == CudaGraphImpl::full_iteration &&
-      eager_steps_ >= config_.cuda_graph_warmup_steps) {
+  const bool warmed_up = eager_steps_ >= config_.cuda_graph_warmup_steps;
+  if (config_.cuda_graph_impl == CudaGraphImpl::full_iteration && warmed_up) {
     step = replay_step_graph(
         micro_batches,
         [&](const std::vector<MicroBatch>& inputs) { return forward_backward(inputs, false); },
         m.note);
+  } else if (config_.cuda_graph_impl == CudaGraphImpl::local && warmed_up) {
+    // Per-layer graphs: the layers capture at their first calls, then replay.
+    const int64_t captured = model_.layer_graph_use().graphs;
+    struct GraphsOn {
+      nn::GPTModel& model;
+      explicit GraphsOn(nn::GPTModel& m) : model(m) { model.set_layer_graphs_on(true); }
+      ~GraphsOn() { model.set_layer_graphs_on(false); }
+    };
+    {
+      const GraphsOn on(model_);
+      step = forward_backward(micro_batches, true);
+    }
+    const nn::GPTModel::LayerGraphUse use = model_.layer_graph_use();
+    if (use.graphs > captured)
+      m.note = detail::concat(
+          "iteration ", iteration_ + 1, ": captured ", use.graphs - captured,
+          " per-layer CUDA graphs (--cuda-graph-impl local, ",
+          nn::describe_layer_graph_modules(
+              config_.cuda_graph_modules.value_or(nn::LayerGraphModules::whole_layer())),
+          "); the layers' graphs hold ",
+          std::llround(static_cast<double>(use.pool_bytes) / (1 << 20)), " MiB in their pools");
   } else {
     step = forward_backward(micro_batches, true);
     ++eager_steps_;
@@ -402,6 +432,47 @@ void Trainer::check_cuda_graph_rules() const {
             model_.device());
   MOE_CHECK(!parallel_.state, flag,
             " runs on one rank (a capture spanning the ranks' collectives is not built yet)");
+}
+
+void Trainer::check_layer_graph_rules(const nn::LayerGraphModules& modules) const {
+  const char* flag = "--cuda-graph-impl local";
+  const nn::ModelConfig& c = model_.config();
+  MOE_CHECK(c.hidden_dropout == 0 && c.attention_dropout == 0, flag,
+            ": dropout draws new masks every step from counters a graph would freeze; add "
+            "--attention-dropout 0 --hidden-dropout 0");
+  MOE_CHECK(
+      !pipelined(), flag,
+      ": a pipeline schedule keeps several micro-batches in flight, and a layer's graph "
+      "holds the buffers of one; leave --pipeline-model-parallel-size at 1 (or use no graphs)");
+  MOE_CHECK(model_.recompute().granularity == nn::RecomputeGranularity::none, flag,
+            ": a recomputed layer runs its forward again inside its backward, which the layer's "
+            "graphs do not follow; leave out --recompute-granularity");
+  const dist::ParallelState* ps = parallel_.state.get();
+  const auto size = [ps](int (dist::ParallelState::*of)() const) { return ps ? (ps->*of)() : 1; };
+  if (modules.attn)
+    MOE_CHECK(size(&dist::ParallelState::tp_size) == 1 && size(&dist::ParallelState::cp_size) == 1,
+              flag,
+              " with attn: the attention's tensor- and context-parallel collectives are "
+              "not captured; --tensor-model-parallel-size and --context-parallel-size must be 1");
+  const bool any_moe = c.moe.num_experts > 0 && modules.moe;
+  const bool any_dense = modules.mlp;
+  if (any_dense || any_moe)
+    MOE_CHECK(size(&dist::ParallelState::tp_size) == 1, flag,
+              " with mlp or moe: the MLP's tensor-parallel collectives are not captured; "
+              "--tensor-model-parallel-size must be 1");
+  if (any_moe) {
+    MOE_CHECK(size(&dist::ParallelState::ep_size) == 1 && size(&dist::ParallelState::etp_size) == 1,
+              flag,
+              " with moe: the expert exchange is not captured; --expert-model-parallel-size and "
+              "--expert-tensor-parallel-size must be 1 (capture attn alone with experts spread)");
+    check_cuda_graph_moe_rules(c.moe, flag);
+    MOE_CHECK(c.moe.load_balancing() != nn::LoadBalancingType::global_aux_loss, flag,
+              " with moe: the global aux loss averages the counts over a step's micro-batches so "
+              "far, a number a graph would freeze; use another --moe-router-load-balancing-type, "
+              "or leave moe out of --cuda-graph-modules");
+  }
+  MOE_CHECK(model_.device().is_cuda(), flag, " captures GPU work, but this run is on the ",
+            model_.device());
 }
 
 Trainer::StepSums Trainer::replay_step_graph(

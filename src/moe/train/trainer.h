@@ -60,7 +60,15 @@ namespace moe::train {
 // dropout or router jitter (their counters change every step and a graph would freeze them),
 // and MoE layers that do not read their counts on the host (--moe-grouped-gemm-backend
 // cutlass, or drop-and-pad): the trainer refuses anything else, naming it.
-enum class CudaGraphImpl { none, full_iteration };
+// local (Megatron's CudaGraphManager): per-layer graphs (nn/layer_graphs.h) of the blocks
+// cuda_graph_modules names (attn, mlp, moe; by default the whole layer), captured at the first
+// training step after the warm-up and replayed every micro-batch after; between them the
+// collectives (data- and expert-parallel), host reads and the optimizer run eagerly, so it works
+// on several ranks. No pipeline schedule or recomputation (a graph's buffers hold one
+// micro-batch), no dropout or jitter; a captured block has no collective inside (attn: TP = CP
+// = 1; mlp: TP = 1; moe: TP = EP = ETP = 1, the MoE rules above, no global aux loss, whose
+// per-micro-batch average a graph would freeze). Refused otherwise, naming the flag.
+enum class CudaGraphImpl { none, local, full_iteration };
 
 enum class NanAction {
   skip,  // moecore's --nan-action skip: drop the update and go on (up to a limit, below)
@@ -107,7 +115,9 @@ struct TrainConfig {
   // NanAction::skip: this many skipped updates in a row stop the run (>= 1; see above).
   int64_t max_consecutive_skipped = kMaxConsecutiveSkippedIterations;
   CudaGraphImpl cuda_graph_impl = CudaGraphImpl::none;  // --cuda-graph-impl (above)
-  int64_t cuda_graph_warmup_steps = 3;                  // --cuda-graph-warmup-steps (>= 1)
+  // --cuda-graph-modules (--cuda-graph-scope): local's blocks; unset: the whole layer.
+  std::optional<nn::LayerGraphModules> cuda_graph_modules;
+  int64_t cuda_graph_warmup_steps = 3;  // --cuda-graph-warmup-steps (>= 1)
 
   // Micro-batches per rank and step: global / (micro x data-parallel size).
   int64_t num_microbatches(int64_t data_parallel_size = 1) const {
@@ -249,6 +259,8 @@ class Trainer {
   std::optional<nn::GPTModel::SlotOverflow> slot_overflow();
   // --cuda-graph-impl full_iteration: refuses what a captured step cannot do, naming it.
   void check_cuda_graph_rules() const;
+  // --cuda-graph-impl local: the same for per-layer graphs of `modules`.
+  void check_layer_graph_rules(const nn::LayerGraphModules& modules) const;
   // The step's forward and backward as a replay of the step graph, captured first when there
   // is none (`note` then says so, with the graph's memory).
   StepSums replay_step_graph(const std::vector<MicroBatch>& micro_batches,
@@ -274,7 +286,8 @@ class Trainer {
   int64_t skipped_in_a_row_ = 0;  // not saved: a resumed run counts again from 0
   int64_t schedule_samples_ = 0;
   int64_t redone_steps_ = 0;  // steps run again after the expert exchange's slots overflowed
-  // --cuda-graph-impl full_iteration: eager steps run so far (the warm-up), the step graph,
+  // --cuda-graph-impl full_iteration and local: eager steps run so far (the warm-up);
+  // full_iteration: the step graph,
   // the micro-batch buffers it reads and the loss sums it writes.
   int64_t eager_steps_ = 0;
   std::unique_ptr<CudaGraph> step_graph_;
