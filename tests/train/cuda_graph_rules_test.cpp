@@ -1,5 +1,5 @@
 // --cuda-graph-impl: Megatron's flag names parse (local with its modules, full_iteration, and
-// the deprecated scope values), the modules moecore does not build are refused naming what it
+// the deprecated scope values), the modules moecore does not have are refused naming what it
 // does, and the trainer refuses what a captured step or layer cannot do (dropout, router jitter,
 // MoE layers that read their counts on the host, recomputation, the global aux loss in a
 // captured MoE block, the CPU, per-layer MoE logging with a step graph), each naming the flag to
@@ -62,14 +62,18 @@ TEST(CudaGraphFlags, MegatronNamesParse) {
             "whole layers");
 }
 
-TEST(CudaGraphFlags, ModulesNotBuiltAreRefusedNamingWhatIs) {
-  for (const char* module : {"moe_router", "moe_preprocess"}) {
-    const std::string e =
-        parse_error({"--cuda-graph-impl", "local", "--cuda-graph-scope", "attn", module});
-    EXPECT_NE(e.find(module), std::string::npos) << e;
-    EXPECT_NE(e.find("not built"), std::string::npos) << e;
-    EXPECT_NE(e.find("the whole block with moe"), std::string::npos) << e;
-  }
+TEST(CudaGraphFlags, RouterModulesParseAndOthersAreRefused) {
+  // Megatron's pair for expert-parallel MoE layers.
+  const TrainRunConfig router =
+      parse_train_args({"--cuda-graph-impl", "local", "--cuda-graph-scope", "attn", "moe_router",
+                        "moe_preprocess", "--lr", "1e-3"});
+  EXPECT_TRUE(router.train.cuda_graph_modules->moe_router);
+  EXPECT_TRUE(router.train.cuda_graph_modules->moe_preprocess);
+  EXPECT_FALSE(router.train.cuda_graph_modules->moe);
+  EXPECT_EQ(nn::describe_layer_graph_modules(*router.train.cuda_graph_modules),
+            "attn moe_router moe_preprocess");
+  const std::string alone = parse_error({"--cuda-graph-modules", "attn", "moe_preprocess"});
+  EXPECT_NE(alone.find("add moe_router"), std::string::npos) << alone;
   EXPECT_NE(parse_error({"--cuda-graph-modules", "mamba"}).find("no Mamba"), std::string::npos);
   EXPECT_NE(parse_error({"--cuda-graph-modules", "attention"}).find("not a module"),
             std::string::npos);
@@ -164,6 +168,13 @@ TEST(CudaGraphRules, TheTrainerRefusesWhatALayerGraphCannotDo) {
   nn::ModelConfig global_aux = graph_ready_config();
   global_aux.moe.moe_router_load_balancing_type = nn::LoadBalancingType::global_aux_loss;
   expect_says(global_aux, whole, "--moe-router-load-balancing-type");
+  // The router's part: no frozen counters either.
+  const nn::LayerGraphModules router{false, false, false, true, true};
+  expect_says(global_aux, router, "--moe-router-load-balancing-type");
+  nn::ModelConfig jitter = graph_ready_config();
+  jitter.moe.moe_input_jitter_eps = 0.01;
+  expect_says(jitter, router, "--moe-input-jitter-eps");
+  expect_says(cublas, router, "captures GPU work");  // the experts run eagerly
   // ... which attention alone does not need: what remains is the device.
   expect_says(cublas, attn, "captures GPU work, but this run is on the cpu");
   expect_says(global_aux, attn, "captures GPU work");

@@ -454,6 +454,15 @@ std::vector<ParallelTrainingCase> process_runner_cases(int world) {
   ParallelTrainingCase attn_graphs = gqa_alltoall_case(world, world, 1, true, true);
   attn_graphs.cuda_graph = "attn";
   out.push_back(attn_graphs);
+  // ... with the routers and shared experts (the exchange's counts read on the host between
+  // the graphs), and with the dispatcher's preprocessing under drop-and-pad.
+  ParallelTrainingCase router_graphs = gqa_alltoall_case(world, world, 1, false);
+  router_graphs.cuda_graph = "router";
+  out.push_back(router_graphs);
+  ParallelTrainingCase preprocess_graphs = gqa_alltoall_case(world, world, 1, false);
+  preprocess_graphs.cuda_graph = "router_preprocess";
+  preprocess_graphs.capacity_factor = 1.0;
+  out.push_back(preprocess_graphs);
   ParallelTrainingCase layer_graphs = gqa_alltoall_case(world, 1, 1, true, true);
   layer_graphs.cuda_graph = "whole";
   out.push_back(layer_graphs);
@@ -644,6 +653,9 @@ void run_parallel_training_case(const std::shared_ptr<dist::ProcessGroup>& world
     parallel_tc.cuda_graph_impl = CudaGraphImpl::local;
     parallel_tc.cuda_graph_warmup_steps = 2;
     if (c.cuda_graph == "attn") parallel_tc.cuda_graph_modules = nn::LayerGraphModules{true};
+    if (c.cuda_graph == "router" || c.cuda_graph == "router_preprocess")
+      parallel_tc.cuda_graph_modules =
+          nn::LayerGraphModules{true, false, false, true, c.cuda_graph == "router_preprocess"};
   }
   Run actual(model, parallel_tc, parallel);
 

@@ -78,8 +78,9 @@ struct ParallelTrainingCase {
   // layer of each chunk); "selective" (--recompute-modules moe mlp shared_experts).
   std::string recompute;
   // Per-layer CUDA graphs (--cuda-graph-impl local, 2 warm-up steps) in the parallel run only:
-  // "" none; "attn" (--cuda-graph-modules attn); "whole" (whole layers, with the cutlass grouped
-  // GEMM in both runs so the MoE blocks can be captured). GPU runs only: skipped on the CPU.
+  // "" none; "attn" (--cuda-graph-modules attn); "router" (attn moe_router); "router_preprocess"
+  // (attn moe_router moe_preprocess); "whole" (whole layers, with the cutlass grouped GEMM in
+  // both runs so the MoE blocks can be captured). GPU runs only: skipped on the CPU.
   std::string cuda_graph;
 };
 std::string case_name(const ParallelTrainingCase& c);

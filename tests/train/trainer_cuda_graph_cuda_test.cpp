@@ -1,12 +1,15 @@
 // CUDA graphs in training on a GPU: a small MoE model (cutlass grouped GEMM, so the MoE layers
 // read their counts on the device) trains 7 steps eagerly, and 7 steps with graphs captured
 // after 2 warm-up steps and replayed: --cuda-graph-impl full_iteration (the step as one graph),
-// and --cuda-graph-impl local (per-layer graphs) of whole layers, of the attention blocks alone
-// and of the MoE / dense MLP blocks alone. The losses, gradient norms and final weights agree
-// (deterministic attention: the same kernels in the same order), the capture is reported with
-// its memory, and a replay reads each step's new micro-batches (a graph that replayed the
-// captured inputs would repeat one batch's loss). Two micro-batches a step: each layer's
-// backward is captured twice, once writing the gradients after zero_grad, once accumulating.
+// and --cuda-graph-impl local (per-layer graphs) of whole layers, of the attention blocks alone,
+// of the MoE / dense MLP blocks alone, and of the MoE blocks' router part (with a shared expert,
+// and the experts on the automatic backend, which reads the counts on the host between the
+// graphs) with and without the attention blocks and the dispatcher's preprocessing. The losses,
+// gradient norms and final weights agree (deterministic attention: the same kernels in the same
+// order), the capture is reported with its memory, and a replay reads each step's new micro-batches
+// (a graph that replayed the captured inputs would repeat one batch's loss). Two micro-batches a
+// step: each layer's backward is captured twice, once writing the gradients after zero_grad, once
+// accumulating.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -31,11 +34,19 @@ struct TrainedRun {
   std::map<std::string, Tensor> weights;
 };
 
+// The model's MoE layers: the grouped GEMM's backend, and a shared expert or none.
+struct MoEVariant {
+  ops::GroupedGemmBackend backend = ops::GroupedGemmBackend::cutlass;
+  bool shared_expert = false;
+};
+
 TrainedRun train(CudaGraphImpl impl, uint64_t seed,
-                 std::optional<nn::LayerGraphModules> modules = std::nullopt) {
+                 std::optional<nn::LayerGraphModules> modules = std::nullopt,
+                 MoEVariant variant = {}) {
   nn::ModelConfig c = test::small_gpt_config();
   c.deterministic_mode = true;
-  c.moe.moe_grouped_gemm_backend = ops::GroupedGemmBackend::cutlass;
+  c.moe.moe_grouped_gemm_backend = variant.backend;
+  if (variant.shared_expert) c.moe.moe_shared_expert_intermediate_size = 32;
   nn::GPTModel model(c, DType::bf16, Device::cuda(0), seed);
   TrainConfig tc;
   tc.micro_batch_size = 2;
@@ -104,23 +115,35 @@ TEST(TrainerCudaGraph, PerLayerGraphsEqualEagerSteps) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(seed);
   const TrainedRun eager = train(CudaGraphImpl::none, seed);
-  const int64_t layers = test::small_gpt_config().num_layers;
-  // Modules -> the graphs each layer captures: one forward and two backwards per unit.
-  const std::vector<std::pair<nn::LayerGraphModules, std::string>> cases = {
-      {nn::LayerGraphModules::whole_layer(), "whole layers"},
-      {{true, false, false}, "attn"},
-      {{false, true, true}, "mlp moe"},
+  // The router's part with a shared expert, the experts on the automatic backend (which reads
+  // the counts on the host: eager between the graphs).
+  const MoEVariant routed{ops::GroupedGemmBackend::automatic, true};
+  const TrainedRun eager_routed = train(CudaGraphImpl::none, seed, std::nullopt, routed);
+  // The model has a dense layer and two MoE layers; a unit captures one forward and two
+  // backwards (writing the gradients, then accumulating).
+  struct Case {
+    nn::LayerGraphModules modules;
+    std::string name;
+    int units;
+    MoEVariant variant;
   };
-  for (const auto& [modules, name] : cases) {
+  const std::vector<Case> cases = {
+      {nn::LayerGraphModules::whole_layer(), "whole layers", 3, {}},
+      {{true, false, false, false, false}, "attn", 3, {}},
+      {{false, true, true, false, false}, "mlp moe", 3, {}},
+      {{true, false, false, true, true}, "attn moe_router moe_preprocess", 5, routed},
+      {{false, false, false, true, false}, "moe_router", 2, routed},
+  };
+  for (const auto& [modules, name, units, variant] : cases) {
     SCOPED_TRACE(name);
-    const TrainedRun graph = train(CudaGraphImpl::local, seed, modules);
+    const TrainedRun graph = train(CudaGraphImpl::local, seed, modules, variant);
     EXPECT_EQ(graph.notes[1], "");
-    const std::string expected = "captured " + std::to_string(3 * layers) +
+    const std::string expected = "captured " + std::to_string(3 * units) +
                                  " per-layer CUDA graphs (--cuda-graph-impl local, " + name + ")";
     EXPECT_NE(graph.notes[2].find(expected), std::string::npos) << graph.notes[2];
     EXPECT_NE(graph.notes[2].find("MiB in their pools"), std::string::npos) << graph.notes[2];
     EXPECT_EQ(graph.notes[3], "");  // nothing new to capture after the first graphed step
-    expect_same_training(graph, eager);
+    expect_same_training(graph, variant.shared_expert ? eager_routed : eager);
   }
 }
 

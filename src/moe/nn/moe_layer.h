@@ -56,6 +56,33 @@ class MoELayer {
   // dy like x -> dx like x. `loss_scale` multiplies the aux/z-loss gradients (the factor the
   // main loss gradient carries).
   Tensor backward(const Tensor& dy, MoEContext& ctx, double loss_scale = 1.0);
+
+  // The block in parts, for per-layer graphs of the router (layer_graphs.h); forward() and
+  // backward() are their chains. Tokens are this rank's rows [T, H].
+  //   tokens_of      x -> tokens (this rank's sequence shard, flattened); sets input_shape
+  //   route_forward  the router, the shared expert unless it overlaps the exchange (its output
+  //                  returned; undefined otherwise), and with `preprocess` the dispatcher's
+  //                  preprocessing (the permutation and the splits)
+  //   routed_forward the rest of the dispatch, the experts, the combine, the shared expert's sum
+  //   output_of      tokens -> like x (the sequence shards gathered)
+  // and backward: grads_of (dy like x -> d tokens), routed_backward (the combine's, experts' and
+  // dispatch's backwards, the overlapped shared expert's), route_backward (the router's, then
+  // the shared expert's unless overlapped: d tokens).
+  struct RoutedGrads {
+    Tensor probs, x;  // d routing probabilities, d tokens through the dispatch
+    Tensor shared;    // d tokens through the shared expert when it overlapped (else undefined)
+  };
+  Tensor tokens_of(const Tensor& x, MoEContext& ctx) const;
+  Tensor route_forward(const Tensor& tokens, int64_t num_sequences, MoEContext& ctx,
+                       bool preprocess);
+  Tensor routed_forward(const Tensor& tokens, Tensor shared_out, MoEContext& ctx,
+                        bool preprocessed);
+  Tensor output_of(const Tensor& y, const MoEContext& ctx) const;
+  Tensor grads_of(const Tensor& dy, const MoEContext& ctx) const;
+  RoutedGrads routed_backward(const Tensor& d_tokens, MoEContext& ctx);
+  Tensor route_backward(const RoutedGrads& grads, const Tensor& d_tokens, MoEContext& ctx,
+                        double loss_scale);
+  bool overlaps_shared_expert() const { return shared_expert && config_.moe_shared_expert_overlap; }
   // End of an optimizer step: expert-bias update, per-step accumulators reset.
   void finish_step() { router.finish_step(); }
   void discard_step() { router.discard_step(); }
@@ -88,6 +115,9 @@ class MoELayer {
   TensorParallel tp_;  // the model's (sequence_parallel: whether the input is a shard already)
   std::unique_ptr<TokenDispatcher> dispatcher_;
   bool recompute_shared_expert_ = false;
+
+  Tensor shared_forward(const Tensor& tokens, MoEContext& ctx);
+  Tensor shared_backward(const Tensor& d_tokens, MoEContext& ctx);
 };
 
 }  // namespace moe::nn

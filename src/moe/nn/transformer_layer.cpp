@@ -67,29 +67,8 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
   const TraceRange range("layer");
   check_dim(x, 3, "TransformerLayer::forward", "x");
   ctx.dropout = dropout;
-  if (!graphs_on_ || !graph_unit_) return mlp_block_forward(attention_block_forward(x, ctx), ctx);
-  const auto attention_block = [this](const Tensor& in, TransformerLayerContext& c) {
-    return attention_block_forward(in, c);
-  };
-  const auto mlp_block = [this](const Tensor& in, TransformerLayerContext& c) {
-    return mlp_block_forward(in, c);
-  };
-  // The router counts its forwards on the host (Router::forward_count); a replay does not run
-  // that code.
-  const auto count_forward = [this] {
-    if (moe) moe->router.set_forward_count(moe->router.forward_count() + 1);
-  };
-  if (graph_attention_ && graph_mlp_)
-    return graph_unit_->forward(
-        x, ctx,
-        [this](const Tensor& in, TransformerLayerContext& c) {
-          return mlp_block_forward(attention_block_forward(in, c), c);
-        },
-        count_forward);
-  const Tensor h = graph_attention_ ? graph_unit_->forward(x, ctx, attention_block)
-                                    : attention_block_forward(x, ctx);
-  return graph_mlp_ ? graph_unit_->forward(h, ctx, mlp_block, count_forward)
-                    : mlp_block_forward(h, ctx);
+  if (graphs_on_ && !graph_units().empty()) return graphed_forward(x, ctx);
+  return mlp_block_forward(attention_block_forward(x, ctx), ctx);
 }
 
 Tensor TransformerLayer::attention_block_forward(const Tensor& x, TransformerLayerContext& ctx) {
@@ -128,26 +107,8 @@ Tensor TransformerLayer::mlp_block_forward(const Tensor& h, TransformerLayerCont
 Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx,
                                   double loss_scale) {
   const TraceRange range("layer.bwd");
-  if (!graphs_on_ || !graph_unit_)
-    return attention_block_backward(mlp_block_backward(dy, ctx, loss_scale), ctx);
-  if (graph_attention_ && graph_mlp_)
-    return graph_unit_->backward(dy, ctx, loss_scale, parameters(),
-                                 [this, loss_scale](const Tensor& d, TransformerLayerContext& c) {
-                                   return attention_block_backward(
-                                       mlp_block_backward(d, c, loss_scale), c);
-                                 });
-  const Tensor dh =
-      graph_mlp_
-          ? graph_unit_->backward(dy, ctx, loss_scale, mlp_block_parameters(),
-                                  [this, loss_scale](const Tensor& d, TransformerLayerContext& c) {
-                                    return mlp_block_backward(d, c, loss_scale);
-                                  })
-          : mlp_block_backward(dy, ctx, loss_scale);
-  if (!graph_attention_) return attention_block_backward(dh, ctx);
-  return graph_unit_->backward(dh, ctx, loss_scale, attention_block_parameters(),
-                               [this](const Tensor& d, TransformerLayerContext& c) {
-                                 return attention_block_backward(d, c);
-                               });
+  if (graphs_on_ && !graph_units().empty()) return graphed_backward(dy, ctx, loss_scale);
+  return attention_block_backward(mlp_block_backward(dy, ctx, loss_scale), ctx);
 }
 
 Tensor TransformerLayer::mlp_block_backward(const Tensor& dy, TransformerLayerContext& ctx,
@@ -213,30 +174,6 @@ std::vector<Parameter*> TransformerLayer::parameters() {
   std::vector<Parameter*> params = attention_block_parameters();
   for (Parameter* p : mlp_block_parameters()) params.push_back(p);
   return params;
-}
-
-void TransformerLayer::set_graphs(const LayerGraphModules& modules,
-                                  std::shared_ptr<GraphMemoryPool> pool) {
-  graph_attention_ = modules.attn;
-  graph_mlp_ = moe ? modules.moe : modules.mlp;
-  graph_unit_ =
-      graph_attention_ || graph_mlp_
-          ? std::make_unique<LayerGraphUnit>(layer_, graph_attention_, graph_mlp_, std::move(pool))
-          : nullptr;
-}
-
-void TransformerLayer::set_graphs_on(bool on) {
-  if (!on && graphs_on_ && graph_unit_ && graph_unit_->graphs() > 0)
-    graph_unit_->close_shared_pool();
-  graphs_on_ = on;
-}
-
-int64_t TransformerLayer::graphs() const {
-  return graph_unit_ ? graph_unit_->graphs() : 0;
-}
-
-int64_t TransformerLayer::graph_own_pool_bytes() const {
-  return graph_unit_ ? graph_unit_->own_pool_bytes() : 0;
 }
 
 void TransformerLayer::zero_grad() {

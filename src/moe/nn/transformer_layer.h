@@ -18,9 +18,10 @@
 // sequence shard under sequence parallelism (then the norm weights' gradients are partial).
 // Per-call state lives in a TransformerLayerContext the caller owns (micro-batches in flight,
 // recomputation), as for MoELayer.
-// Per-layer CUDA graphs (layer_graphs.h): set_graphs captures the attention block, the MLP
-// block, or both, and replays them while graphs are on (the trainer turns them on for its
-// training steps after the warm-up; evaluation and generation run eagerly).
+// Per-layer CUDA graphs (layer_graphs.h, transformer_layer_graphs.cpp): set_graphs captures the
+// attention block, the MLP block, both, or the MoE block's router part, and replays them while
+// graphs are on (the trainer turns them on for its training steps after the warm-up; evaluation
+// and generation run eagerly).
 #pragma once
 
 #include <memory>
@@ -86,9 +87,10 @@ class TransformerLayer {
   Tensor mlp_block_backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale);
   Tensor attention_block_backward(const Tensor& dh, TransformerLayerContext& ctx);
 
-  // Per-layer CUDA graphs of these modules (attn; mlp for a dense layer, moe for an MoE
-  // layer), captured into `pool` (shared with the other layers: layer_graphs.h; null: pools of
-  // their own); none of this layer's blocks: graphs off. Drops graphs captured before.
+  // Per-layer CUDA graphs of these modules (attn; mlp for a dense layer; moe, or else
+  // moe_router with moe_preprocess, for an MoE layer), captured into `pool` (shared with the
+  // other layers: layer_graphs.h; null: pools of their own); none of this layer's parts: graphs
+  // off. Drops graphs captured before.
   void set_graphs(const LayerGraphModules& modules, std::shared_ptr<GraphMemoryPool> pool);
   // Whether forwards and backwards run through the graphs (captured at the first call). Turning
   // them off after graphs were captured closes the shared pool to later captures.
@@ -122,10 +124,19 @@ class TransformerLayer {
 
   int64_t layer_ = 0;
   bool recompute_mlp_block_ = false;  // selective moe (MoE layers) or mlp (dense layers)
-  // Per-layer graphs: the one unit of the captured blocks (both blocks make one unit).
-  std::unique_ptr<LayerGraphUnit> graph_unit_;
-  bool graph_attention_ = false, graph_mlp_ = false;  // the blocks it spans
+  // Per-layer graphs (transformer_layer_graphs.cpp): whole_unit_ when both blocks are
+  // captured; else attention_unit_ and mlp_unit_ (the MLP block, or the router part).
+  std::unique_ptr<LayerGraphUnit> whole_unit_, attention_unit_, mlp_unit_;
+  bool mlp_unit_is_router_ = false, router_preprocess_ = false;
   bool graphs_on_ = false;
+  std::vector<LayerGraphUnit*> graph_units() const;
+  Tensor graphed_forward(const Tensor& x, TransformerLayerContext& ctx);
+  Tensor graphed_backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale);
+  // moe_router: the MoE block with its router part (the norm, the router, the shared expert;
+  // the dispatcher's preprocessing with moe_preprocess) as a graph, the rest eager.
+  Tensor router_split_forward(const Tensor& h, TransformerLayerContext& ctx);
+  Tensor router_split_backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale);
+  std::vector<Parameter*> router_part_parameters();
 };
 
 // The MoE block's config for layer `layer` of a model (hidden size, dtype, std and seed from the

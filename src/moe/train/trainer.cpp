@@ -471,6 +471,33 @@ void Trainer::check_layer_graph_rules(const nn::LayerGraphModules& modules) cons
               "far, a number a graph would freeze; use another --moe-router-load-balancing-type, "
               "or leave moe out of --cuda-graph-modules");
   }
+  // moe_router (without moe): the norm, the router and the shared expert; moe_preprocess adds
+  // the dispatcher's preprocessing.
+  if (c.moe.num_experts > 0 && modules.moe_router && !modules.moe) {
+    MOE_CHECK(size(&dist::ParallelState::tp_size) == 1 && size(&dist::ParallelState::cp_size) == 1,
+              flag,
+              " with moe_router: the router's counts are summed over the tensor- and "
+              "context-parallel ranks inside it; --tensor-model-parallel-size and "
+              "--context-parallel-size must be 1");
+    MOE_CHECK(!c.moe.moe_input_jitter_eps, flag,
+              " with moe_router: --moe-input-jitter-eps draws new noise every step from a counter "
+              "a graph would freeze; leave it out");
+    MOE_CHECK(c.moe.load_balancing() != nn::LoadBalancingType::global_aux_loss, flag,
+              " with moe_router: the global aux loss averages the counts over a step's "
+              "micro-batches so far, a number a graph would freeze; use another "
+              "--moe-router-load-balancing-type, or leave moe_router out of --cuda-graph-modules");
+    const bool expert_parallel =
+        size(&dist::ParallelState::ep_size) * size(&dist::ParallelState::etp_size) > 1;
+    MOE_CHECK(!modules.moe_preprocess || !expert_parallel ||
+                  c.moe.dispatcher() == nn::DispatcherType::allgather ||
+                  c.moe.moe_pad_expert_input_to_capacity || c.moe.moe_expert_rank_capacity_factor,
+              flag,
+              " with moe_preprocess: the alltoall dispatcher's preprocessing gathers the routed "
+              "counts of the expert-parallel ranks and reads them on the host; capture it with "
+              "drop-and-pad (--moe-expert-capacity-factor with "
+              "--moe-pad-expert-input-to-capacity) or the sync-free exchange "
+              "(--moe-expert-rank-capacity-factor), or leave moe_preprocess out");
+  }
   MOE_CHECK(model_.device().is_cuda(), flag, " captures GPU work, but this run is on the ",
             model_.device());
 }
