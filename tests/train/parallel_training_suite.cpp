@@ -463,6 +463,14 @@ std::vector<ParallelTrainingCase> process_runner_cases(int world) {
   preprocess_graphs.cuda_graph = "router_preprocess";
   preprocess_graphs.capacity_factor = 1.0;
   out.push_back(preprocess_graphs);
+  // ... and with the sync-free exchange's slots: ample, and short (every step redone eagerly
+  // after its graphs ran).
+  for (const double factor : {4.0, 0.3}) {
+    ParallelTrainingCase slots = gqa_alltoall_case(world, world, 1, false);
+    slots.cuda_graph = "router_preprocess";
+    slots.rank_capacity_factor = factor;
+    out.push_back(slots);
+  }
   ParallelTrainingCase layer_graphs = gqa_alltoall_case(world, 1, 1, true, true);
   layer_graphs.cuda_graph = "whole";
   out.push_back(layer_graphs);
