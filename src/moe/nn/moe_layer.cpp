@@ -164,13 +164,20 @@ Tensor MoELayer::route_backward(const RoutedGrads& grads, const Tensor& d_tokens
   return dx;
 }
 
-std::vector<Parameter*> MoELayer::parameters() {
-  std::vector<Parameter*> params{&router.weight, &experts.fc1, &experts.fc2};
+std::vector<Parameter*> MoELayer::route_parameters() {
+  std::vector<Parameter*> params{&router.weight};
   if (shared_expert) {
     params.push_back(&shared_expert->fc1);
     params.push_back(&shared_expert->fc2);
     if (config_.moe_shared_expert_gate) params.push_back(&shared_expert->gate);
   }
+  return params;
+}
+
+std::vector<Parameter*> MoELayer::parameters() {
+  // The router, the experts, the shared expert (the order of checkpoints and optimizer state).
+  std::vector<Parameter*> params = route_parameters();
+  params.insert(params.begin() + 1, {&experts.fc1, &experts.fc2});
   return params;
 }
 

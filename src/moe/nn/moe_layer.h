@@ -93,6 +93,9 @@ class MoELayer {
   void set_synchronising_dispatch(bool on) { dispatcher_->set_synchronising(on); }
 
   std::vector<Parameter*> parameters();
+  // The parameters of the route stages (route_forward / route_backward): the router's and the
+  // shared expert's.
+  std::vector<Parameter*> route_parameters();
   void zero_grad();
   const MoEConfig& config() const { return config_; }
 

@@ -67,7 +67,7 @@ Tensor TransformerLayer::forward(const Tensor& x, TransformerLayerContext& ctx,
   const TraceRange range("layer");
   check_dim(x, 3, "TransformerLayer::forward", "x");
   ctx.dropout = dropout;
-  if (graphs_on_ && !graph_units().empty()) return graphed_forward(x, ctx);
+  if (graphs_on_ && has_graphs()) return graphed_forward(x, ctx);
   return mlp_block_forward(attention_block_forward(x, ctx), ctx);
 }
 
@@ -107,7 +107,7 @@ Tensor TransformerLayer::mlp_block_forward(const Tensor& h, TransformerLayerCont
 Tensor TransformerLayer::backward(const Tensor& dy, TransformerLayerContext& ctx,
                                   double loss_scale) {
   const TraceRange range("layer.bwd");
-  if (graphs_on_ && !graph_units().empty()) return graphed_backward(dy, ctx, loss_scale);
+  if (graphs_on_ && has_graphs()) return graphed_backward(dy, ctx, loss_scale);
   return attention_block_backward(mlp_block_backward(dy, ctx, loss_scale), ctx);
 }
 

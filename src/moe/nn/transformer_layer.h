@@ -130,6 +130,10 @@ class TransformerLayer {
   bool mlp_unit_is_router_ = false, router_preprocess_ = false;
   bool graphs_on_ = false;
   std::vector<LayerGraphUnit*> graph_units() const;
+  bool has_graphs() const;  // without building graph_units' list (every layer call asks)
+  // The router counts its forwards on the host (Router::forward_count); a replay does not run
+  // that code, so the layer counts it after each one.
+  void count_replayed_forward();
   Tensor graphed_forward(const Tensor& x, TransformerLayerContext& ctx);
   Tensor graphed_backward(const Tensor& dy, TransformerLayerContext& ctx, double loss_scale);
   // moe_router: the MoE block with its router part (the norm, the router, the shared expert;

@@ -26,6 +26,10 @@ void TransformerLayer::set_graphs(const LayerGraphModules& modules,
     mlp_unit_ = std::make_unique<LayerGraphUnit>(layer_, block ? kMlpPart : kRouterPart, pool);
 }
 
+bool TransformerLayer::has_graphs() const {
+  return whole_unit_ || attention_unit_ || mlp_unit_;
+}
+
 std::vector<LayerGraphUnit*> TransformerLayer::graph_units() const {
   std::vector<LayerGraphUnit*> units;
   for (const auto* unit : {&whole_unit_, &attention_unit_, &mlp_unit_})
@@ -53,21 +57,17 @@ int64_t TransformerLayer::graph_own_pool_bytes() const {
 }
 
 std::vector<Parameter*> TransformerLayer::router_part_parameters() {
-  std::vector<Parameter*> params{&post_attention_layernorm.weight, &moe->router.weight};
-  if (moe->shared_expert) {
-    params.push_back(&moe->shared_expert->fc1);
-    params.push_back(&moe->shared_expert->fc2);
-    if (moe->config().moe_shared_expert_gate) params.push_back(&moe->shared_expert->gate);
-  }
+  std::vector<Parameter*> params{&post_attention_layernorm.weight};
+  for (Parameter* p : moe->route_parameters()) params.push_back(p);
   return params;
 }
 
+void TransformerLayer::count_replayed_forward() {
+  if (moe) moe->router.set_forward_count(moe->router.forward_count() + 1);
+}
+
 Tensor TransformerLayer::graphed_forward(const Tensor& x, TransformerLayerContext& ctx) {
-  // The router counts its forwards on the host (Router::forward_count); a replay does not run
-  // that code.
-  const auto count_forward = [this] {
-    if (moe) moe->router.set_forward_count(moe->router.forward_count() + 1);
-  };
+  const auto count_forward = [this] { count_replayed_forward(); };
   if (whole_unit_)
     return whole_unit_->forward(
         {x}, ctx,
@@ -136,7 +136,7 @@ Tensor TransformerLayer::router_split_forward(const Tensor& h, TransformerLayerC
         Tensor shared_out = moe->route_forward(tokens, num_sequences, c.moe, preprocess);
         return std::vector<Tensor>{tokens, shared_out};
       },
-      [this] { moe->router.set_forward_count(moe->router.forward_count() + 1); });
+      [this] { count_replayed_forward(); });
   Tensor out =
       moe->output_of(moe->routed_forward(routed[0], routed[1], ctx.moe, preprocess), ctx.moe);
   ctx.dropout.apply_(out, layer_, ops::DropoutSite::mlp_output);

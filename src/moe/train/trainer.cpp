@@ -460,32 +460,34 @@ void Trainer::check_layer_graph_rules(const nn::LayerGraphModules& modules) cons
     MOE_CHECK(size(&dist::ParallelState::tp_size) == 1, flag,
               " with mlp or moe: the MLP's tensor-parallel collectives are not captured; "
               "--tensor-model-parallel-size must be 1");
+  // moe_router (without moe): the norm, the router and the shared expert; moe_preprocess adds
+  // the dispatcher's preprocessing.
+  const bool router_part = c.moe.num_experts > 0 && modules.moe_router && !modules.moe;
+  if (any_moe || router_part) {  // a captured router freezes what it counts on the host
+    const char* module = any_moe ? "moe" : "moe_router";
+    MOE_CHECK(!c.moe.moe_input_jitter_eps, flag, " with ", module,
+              ": --moe-input-jitter-eps draws new noise every step from a counter a graph would "
+              "freeze; leave it out");
+    MOE_CHECK(c.moe.load_balancing() != nn::LoadBalancingType::global_aux_loss, flag, " with ",
+              module,
+              ": the global aux loss averages the counts over a step's micro-batches so far, a "
+              "number a graph would freeze; use another --moe-router-load-balancing-type, or "
+              "leave ",
+              module, " out of --cuda-graph-modules");
+  }
   if (any_moe) {
     MOE_CHECK(size(&dist::ParallelState::ep_size) == 1 && size(&dist::ParallelState::etp_size) == 1,
               flag,
               " with moe: the expert exchange is not captured; --expert-model-parallel-size and "
               "--expert-tensor-parallel-size must be 1 (capture attn alone with experts spread)");
     check_cuda_graph_moe_rules(c.moe, flag);
-    MOE_CHECK(c.moe.load_balancing() != nn::LoadBalancingType::global_aux_loss, flag,
-              " with moe: the global aux loss averages the counts over a step's micro-batches so "
-              "far, a number a graph would freeze; use another --moe-router-load-balancing-type, "
-              "or leave moe out of --cuda-graph-modules");
   }
-  // moe_router (without moe): the norm, the router and the shared expert; moe_preprocess adds
-  // the dispatcher's preprocessing.
-  if (c.moe.num_experts > 0 && modules.moe_router && !modules.moe) {
+  if (router_part) {
     MOE_CHECK(size(&dist::ParallelState::tp_size) == 1 && size(&dist::ParallelState::cp_size) == 1,
               flag,
               " with moe_router: the router's counts are summed over the tensor- and "
               "context-parallel ranks inside it; --tensor-model-parallel-size and "
               "--context-parallel-size must be 1");
-    MOE_CHECK(!c.moe.moe_input_jitter_eps, flag,
-              " with moe_router: --moe-input-jitter-eps draws new noise every step from a counter "
-              "a graph would freeze; leave it out");
-    MOE_CHECK(c.moe.load_balancing() != nn::LoadBalancingType::global_aux_loss, flag,
-              " with moe_router: the global aux loss averages the counts over a step's "
-              "micro-batches so far, a number a graph would freeze; use another "
-              "--moe-router-load-balancing-type, or leave moe_router out of --cuda-graph-modules");
     const bool expert_parallel =
         size(&dist::ParallelState::ep_size) * size(&dist::ParallelState::etp_size) > 1;
     MOE_CHECK(!modules.moe_preprocess || !expert_parallel ||
